@@ -1,9 +1,10 @@
 """ramraft's Raft core: a pure, synchronous state machine (no I/O, no clock).
 
 See ``consensus.types`` for the values it takes and gives, and
-``consensus.node.RaftNode`` for the Ready/advance contract.
+``consensus.raft.RaftNode`` for the Ready/advance contract.
 """
 
+from consensus.raft import CAMPAIGN_TRANSFER, Config, LeadershipTransferError, RaftNode
 from consensus.types import (
     NO_NODE,
     CompactionError,
@@ -29,21 +30,25 @@ from consensus.types import (
 )
 
 __all__ = [
+    "CAMPAIGN_TRANSFER",
     "NO_NODE",
     "CompactionError",
     "ConfChange",
     "ConfChangeError",
     "ConfChangeType",
     "ConfState",
+    "Config",
     "Entry",
     "EntryKind",
     "HardState",
+    "LeadershipTransferError",
     "Message",
     "MsgType",
     "NodeId",
     "NotLeaderError",
     "ProposalDroppedError",
     "RaftError",
+    "RaftNode",
     "ReadState",
     "Ready",
     "Role",

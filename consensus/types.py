@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 NodeId = str
 NO_NODE: NodeId = ""
@@ -23,12 +22,14 @@ class EntryKind(enum.IntEnum):
     CONF_CHANGE = 1  # data is an encoded ConfChange (see ConfChange.encode)
 
 
-class Entry(NamedTuple):
-    """One log entry.
+@dataclass(slots=True)
+class Entry:
+    """One log entry. Treat it as immutable: logs of several nodes in the
+    simulator share the same objects.
 
-    A NamedTuple rather than a dataclass: the leader creates one per proposed
-    command on the hot path, and tuple construction costs a third of a frozen
-    dataclass's.
+    Not ``frozen``: the leader creates one per proposed command on the hot
+    path, and a frozen dataclass's ``__init__`` costs four times as much
+    (0.23 vs 1.03 us here).
     """
 
     term: int
@@ -64,7 +65,9 @@ class ConfState:
 
     def __post_init__(self) -> None:
         if self.voters & self.learners:
-            raise ValueError(f"a node is both voter and learner: {sorted(self.voters & self.learners)}")
+            raise ValueError(
+                f"a node is both voter and learner: {sorted(self.voters & self.learners)}"
+            )
 
     @property
     def members(self) -> frozenset[NodeId]:
@@ -75,23 +78,52 @@ class ConfChangeType(enum.IntEnum):
     ADD_LEARNER = 0
     PROMOTE = 1  # learner -> voter
     REMOVE = 2  # voter or learner -> gone
+    # The first entry of a new cluster's log: the initial voters. Every
+    # initial member writes the identical entry (term 1, index 1), so a server
+    # that joins later learns the starting membership from the log itself.
+    BOOTSTRAP = 3
+
+
+def check_node_id(node_id: NodeId) -> None:
+    """Node ids are short printable names without separators."""
+    if (
+        not node_id
+        or len(node_id) > 255
+        or not node_id.isprintable()
+        or any(c in node_id for c in " ,=\n")
+    ):
+        raise ValueError(
+            f"invalid node id {node_id!r}: use 1-255 printable characters, no spaces, commas or '='"
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class ConfChange:
-    """A single-server membership change (Raft thesis 4.1 / 4.2.1)."""
+    """A single-server membership change (Raft thesis 4.1 / 4.2.1), or the
+    bootstrap configuration (``voters``)."""
 
     type: ConfChangeType
-    node_id: NodeId
+    node_id: NodeId = NO_NODE
+    voters: tuple[NodeId, ...] = ()
+
+    @staticmethod
+    def bootstrap(voters: frozenset[NodeId]) -> ConfChange:
+        return ConfChange(ConfChangeType.BOOTSTRAP, voters=tuple(sorted(voters)))
 
     def encode(self) -> bytes:
+        if self.type == ConfChangeType.BOOTSTRAP:
+            return bytes([int(self.type)]) + ",".join(self.voters).encode()
         return bytes([int(self.type)]) + self.node_id.encode()
 
     @staticmethod
     def decode(data: bytes) -> ConfChange:
         if not data:
             raise ValueError("empty conf change")
-        return ConfChange(ConfChangeType(data[0]), data[1:].decode())
+        kind = ConfChangeType(data[0])
+        text = data[1:].decode()
+        if kind == ConfChangeType.BOOTSTRAP:
+            return ConfChange(kind, voters=tuple(text.split(",")) if text else ())
+        return ConfChange(kind, text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1009 @@
+"""The Raft algorithm as a pure state machine (sans-I/O, after etcd's raft).
+
+``RaftNode`` takes inputs -- ``tick()``, ``step(message)``, ``propose()``,
+``read_index()``, membership and leadership requests -- and changes its state.
+Everything the outside world must do as a result is collected into a
+``Ready`` (see consensus/types.py for the order in which the caller must
+persist, send, apply, then ``advance()``). Nothing here performs I/O, reads a
+clock, or uses global randomness: time is the number of ``tick()`` calls, and
+the only randomness (election timeouts) comes from ``Config.rng``.
+
+References in comments: "paper" is Ongaro & Ousterhout, "In Search of an
+Understandable Consensus Algorithm" (2014); "thesis" is Ongaro, "Consensus:
+Bridging Theory and Practice" (2014).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from consensus import quorum
+from consensus.confchange import validate_conf_change
+from consensus.log import RaftLog
+from consensus.progress import Progress, ProgressState
+from consensus.read_only import ReadOnly, ReadRound, round_context
+from consensus.types import (
+    NO_NODE,
+    CompactionError,
+    ConfChange,
+    ConfChangeError,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    MsgType,
+    NodeId,
+    NotLeaderError,
+    ProposalDroppedError,
+    RaftError,
+    ReadState,
+    Ready,
+    Role,
+    SnapshotMeta,
+    SnapshotToInstall,
+    SoftState,
+    check_node_id,
+)
+
+# Marks a vote request that a leadership transfer started (thesis 3.10): voters
+# grant it even while they still hear from the current leader.
+CAMPAIGN_TRANSFER = b"transfer"
+
+
+class LeadershipTransferError(RaftError):
+    """A leadership transfer that cannot start (unknown target, a learner...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    id: NodeId
+    rng: random.Random = field(compare=False)
+    # Ticks without hearing from a leader before a follower campaigns; the
+    # actual timeout is drawn from [election_tick, 2 * election_tick).
+    election_tick: int = 10
+    # Ticks between leader heartbeats. Must be well below election_tick.
+    heartbeat_tick: int = 1
+    pre_vote: bool = True  # thesis 9.6
+    check_quorum: bool = True  # thesis 6.2: a leader cut off from a majority steps down
+    # Cap on the entry bytes in one AppendEntries (always at least one entry).
+    max_msg_bytes: int = 1 << 20
+    # Pipeline window: AppendEntries messages in flight per follower.
+    max_inflight_msgs: int = 256
+    # Proposals are refused while more than this many bytes wait for commit.
+    max_uncommitted_bytes: int = 256 << 20
+    # A learner is promoted only when at most this many entries behind.
+    max_learner_lag: int = 1000
+
+    def validate(self) -> None:
+        check_node_id(self.id)
+        if self.heartbeat_tick < 1:
+            raise ValueError("heartbeat_tick must be at least 1")
+        if self.election_tick <= self.heartbeat_tick:
+            raise ValueError("election_tick must be larger than heartbeat_tick")
+        if self.max_inflight_msgs < 1 or self.max_msg_bytes < 1:
+            raise ValueError("max_inflight_msgs and max_msg_bytes must be positive")
+
+
+class RaftNode:
+    """One Raft server's consensus state. Not thread-safe: one owner calls it.
+
+    Construct it from what storage recovered (``hard_state``, the newest
+    ``snapshot`` and the ``entries`` after it). When storage holds nothing,
+    ``bootstrap`` (the initial voters of a new cluster) is written as the first
+    log entry, identical on every initial member; a server that will join an
+    existing cluster later passes no ``bootstrap`` and waits for the leader.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        hard_state: HardState | None = None,
+        snapshot: SnapshotMeta | None = None,
+        entries: Sequence[Entry] = (),
+        bootstrap: ConfState | None = None,
+    ) -> None:
+        config.validate()
+        hard_state = hard_state or HardState()
+        self.cfg = config
+        self.id = config.id
+        fresh = snapshot is None and not entries and hard_state == HardState()
+        if snapshot is None:
+            snapshot = SnapshotMeta(0, 0, ConfState())
+        self.log = RaftLog(snapshot, entries, hard_state.commit)
+        if fresh and bootstrap is not None and bootstrap.voters:
+            # Term 1, index 1, committed: every initial member writes exactly
+            # this entry, so it is on all their disks once they persist it.
+            change = ConfChange.bootstrap(bootstrap.voters)
+            self.log.append([Entry(1, 1, change.encode(), EntryKind.CONF_CHANGE)])
+            self.log.stabled = 0
+            self.log.commit_to(1)
+            hard_state = HardState(1, NO_NODE, 1)
+        # The newest snapshot the application holds: what a lagging follower is sent.
+        self.latest_snapshot = snapshot
+
+        # Persistent state (paper Figure 2). Invariant: vote is only ever set
+        # once per term.
+        self.term = hard_state.term
+        self.vote = hard_state.vote
+        self._persisted = hard_state if not fresh else HardState()
+
+        self.role = Role.FOLLOWER
+        self.leader: NodeId = NO_NODE
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_timeout = config.election_tick
+        # Votes received in the current (pre-)election: voter -> granted.
+        self.votes: dict[NodeId, bool] = {}
+        # Leader only: every member's replication progress, self included.
+        self.progress: dict[NodeId, Progress] = {}
+        self.lead_transferee: NodeId = NO_NODE
+        # Leader only: no new membership change until this index is committed.
+        self.pending_conf_index = 0
+        self._uncommitted_bytes = 0
+        self._read_only = ReadOnly(first_round_id=1)
+        # Follower side of ReadIndex: reads not yet sent, and sent rounds.
+        self._follower_reads: list[bytes] = []
+        # round context -> (tick it was sent at, the reads in it)
+        self._follower_rounds: dict[bytes, tuple[int, list[bytes]]] = {}
+        self._next_follower_round = 1
+        self._ticks = 0  # logical clock, only to expire unanswered follower reads
+        self._pending_snapshot: SnapshotToInstall | None = None
+
+        # Output collected for the next Ready.
+        self._msgs: list[Message] = []
+        self._read_states: list[ReadState] = []
+        self._dropped_reads: list[bytes] = []
+        self._broadcast_pending = False
+        self._soft = SoftState(NO_NODE, Role.FOLLOWER)
+        self._in_ready = False
+
+        self._become_follower(self.term, NO_NODE)
+
+    # ==== inputs ===========================================================================
+
+    def tick(self) -> None:
+        """One unit of logical time has passed."""
+        self._ticks += 1
+        if self._follower_rounds:
+            self._expire_follower_reads()
+        if self.role == Role.LEADER:
+            self._tick_leader()
+        else:
+            self._tick_election()
+
+    def propose(self, data: bytes) -> int:
+        """Append a command to the leader's log; returns its index. The command
+        is committed when an entry with this index *and the current term*
+        comes out in ``Ready.committed_entries``; an entry of another term at
+        that index means the proposal was lost (a new leader overwrote it)."""
+        return self.propose_batch((data,))
+
+    def propose_batch(self, commands: Sequence[bytes]) -> int:
+        """Append many commands at once; returns the index of the first."""
+        self._check_can_propose(sum(len(c) for c in commands))
+        first = self.log.last_index + 1
+        term = self.term
+        self._append([Entry(term, first + n, data) for n, data in enumerate(commands)])
+        return first
+
+    def propose_conf_change(self, change: ConfChange) -> int:
+        """Propose a single-server membership change (thesis 4.1). It takes
+        effect on each server as soon as the entry reaches its log; only one
+        may be uncommitted at a time."""
+        self._check_can_propose(0)
+        if self.pending_conf_index > self.log.committed:
+            raise ProposalDroppedError(
+                f"membership change at index {self.pending_conf_index} is not committed yet"
+            )
+        conf = self.log.conf
+        validate_conf_change(conf, change)
+        if change.type == ConfChangeType.PROMOTE:
+            lag = self.log.last_index - self.progress[change.node_id].match
+            if lag > self.cfg.max_learner_lag:
+                raise ConfChangeError(
+                    f"learner {change.node_id} is {lag} entries behind the leader; promote it "
+                    f"once it is within {self.cfg.max_learner_lag}"
+                )
+        index = self.log.last_index + 1
+        self._append([Entry(self.term, index, change.encode(), EntryKind.CONF_CHANGE)])
+        self.pending_conf_index = index
+        self._sync_progress_with_conf()
+        return index
+
+    def read_index(self, context: bytes) -> None:
+        """Ask for a linearizable read (thesis 6.4). When it is safe, a
+        ``ReadState(context, index)`` comes out of a Ready: serve the read once
+        the state machine has applied ``index``. If leadership is lost first,
+        ``context`` comes out in ``Ready.dropped_reads`` instead."""
+        if self.role == Role.LEADER:
+            self._read_only.add(self.id, context)
+        elif self.leader != NO_NODE:
+            self._follower_reads.append(context)
+        else:
+            raise NotLeaderError(NO_NODE, "no leader known to confirm a read")
+
+    def transfer_leadership(self, target: NodeId) -> None:
+        """Hand leadership to ``target`` (thesis 3.10): stop taking proposals,
+        bring the target's log up to date, then tell it to campaign at once.
+        Aborted if it has not happened within an election timeout."""
+        if self.role != Role.LEADER:
+            raise NotLeaderError(self.leader)
+        if target == self.id:
+            return
+        if target not in self.log.conf.voters:
+            raise LeadershipTransferError(f"{target} is not a voter and cannot lead")
+        if self.lead_transferee == target:
+            return
+        self.lead_transferee = target
+        self.election_elapsed = 0  # the transfer has one election timeout to finish
+        if self.progress[target].match == self.log.last_index:
+            self._send(Message(MsgType.TIMEOUT_NOW, self.id, target, self.term))
+        else:
+            self._send_append(target)
+
+    def step(self, m: Message) -> None:
+        """Take in one message from a peer."""
+        if m.term > self.term:
+            if m.type in (MsgType.VOTE, MsgType.PRE_VOTE) and self._in_lease(m):
+                # Thesis 4.2.3: while we hear from a leader, a candidate is
+                # disrupting a working cluster (often a removed server): ignore.
+                return
+            if m.type == MsgType.PRE_VOTE or (m.type == MsgType.PRE_VOTE_RESP and not m.reject):
+                # A pre-vote is about a future term; it must not move ours.
+                pass
+            elif m.type in (MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT):
+                self._become_follower(m.term, m.src)
+            else:
+                self._become_follower(m.term, NO_NODE)
+        elif m.term < self.term:
+            self._answer_stale(m)
+            return
+
+        if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
+            self._handle_vote_request(m)
+        elif self.role == Role.LEADER:
+            self._step_leader(m)
+        elif self.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
+            self._step_candidate(m)
+        else:
+            self._step_follower(m)
+
+    def report_unreachable(self, peer: NodeId) -> None:
+        """The transport could not deliver to ``peer``: stop pipelining to it."""
+        pr = self.progress.get(peer)
+        if self.role == Role.LEADER and pr is not None and pr.state == ProgressState.REPLICATE:
+            pr.become_probe()
+
+    def report_snapshot(self, peer: NodeId, ok: bool) -> None:
+        """The transport finished streaming a snapshot to ``peer``."""
+        pr = self.progress.get(peer)
+        if self.role != Role.LEADER or pr is None or pr.state != ProgressState.SNAPSHOT:
+            return
+        if not ok:
+            pr.pending_snapshot = 0
+        pr.become_probe()
+        # Wait for the follower's answer (or a heartbeat) before probing again.
+        pr.probe_sent = True
+
+    def snapshot_meta(self, index: int) -> SnapshotMeta:
+        """The metadata a snapshot of the state machine at ``index`` (already
+        applied) must carry."""
+        if not self.log.offset <= index <= self.log.applied:
+            raise CompactionError(
+                f"can only snapshot an applied index in [{self.log.offset}, {self.log.applied}], "
+                f"not {index}"
+            )
+        term = self.log.term(index)
+        assert term is not None
+        return SnapshotMeta(index, term, self.log.conf_at(index))
+
+    def compact(self, snapshot: SnapshotMeta, retain_entries: int = 0) -> None:
+        """The application has durably stored ``snapshot`` (from
+        ``snapshot_meta``): remember it as the one to send to lagging followers
+        and drop the log up to it, keeping ``retain_entries`` entries before it
+        so slightly lagging followers can still be caught up from the log."""
+        if snapshot.index < self.latest_snapshot.index:
+            raise CompactionError(
+                f"snapshot at {snapshot.index} is older than the one at "
+                f"{self.latest_snapshot.index}"
+            )
+        if snapshot.index > self.log.applied:
+            raise CompactionError(f"snapshot at {snapshot.index} is beyond applied")
+        self.latest_snapshot = snapshot
+        self.log.compact(max(self.log.offset, snapshot.index - retain_entries))
+
+    # ==== output ===========================================================================
+
+    def has_ready(self) -> bool:
+        return bool(
+            self._msgs
+            or self._broadcast_pending
+            or (self._read_only.queued and self.role == Role.LEADER and self._committed_in_term())
+            or self._follower_reads
+            or self._read_states
+            or self._dropped_reads
+            or self._pending_snapshot is not None
+            or self.log.stabled < self.log.last_index
+            or self.log.applied < self.log.committed
+            or self._hard_state() != self._persisted
+            or self._soft_state() != self._soft
+        )
+
+    def ready(self) -> Ready:
+        """Collect what must be persisted, sent and applied. See ``Ready`` for
+        the order; call ``advance()`` when done, before any other input."""
+        if self._in_ready:
+            raise RaftError("ready() called again before advance()")
+        self._flush()
+        rd = Ready()
+        hard_state = self._hard_state()
+        if hard_state != self._persisted:
+            rd.hard_state = hard_state
+        rd.entries = self.log.unstable_entries()
+        rd.snapshot = self._pending_snapshot
+        rd.messages, self._msgs = self._msgs, []
+        rd.committed_entries = self.log.next_committed()
+        rd.read_states, self._read_states = self._read_states, []
+        rd.dropped_reads, self._dropped_reads = self._dropped_reads, []
+        soft = self._soft_state()
+        if soft != self._soft:
+            rd.soft_state = soft
+            self._soft = soft
+        self._in_ready = True
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """Everything in ``rd`` has been persisted, sent and applied."""
+        self._in_ready = False
+        if rd.hard_state is not None:
+            self._persisted = rd.hard_state
+        if rd.snapshot is not None and rd.snapshot is self._pending_snapshot:
+            self._pending_snapshot = None
+        if rd.entries:
+            last = rd.entries[-1]
+            self.log.stable_to(last.index, last.term)
+        if rd.committed_entries:
+            self.log.applied_to(rd.committed_entries[-1].index)
+
+    # ==== status ===========================================================================
+
+    @property
+    def commit_index(self) -> int:
+        return self.log.committed
+
+    @property
+    def applied_index(self) -> int:
+        return self.log.applied
+
+    @property
+    def last_index(self) -> int:
+        return self.log.last_index
+
+    @property
+    def conf(self) -> ConfState:
+        return self.log.conf
+
+    def _hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.log.committed)
+
+    def _soft_state(self) -> SoftState:
+        return SoftState(self.leader, self.role)
+
+    def check_invariants(self) -> None:
+        """Assert the rules that must hold between any two inputs."""
+        self.log.check_invariants()
+        assert self.term >= self._persisted.term, "term went backwards"
+        if self.role == Role.LEADER:
+            assert self.leader == self.id, "a leader must name itself leader"
+            assert self.vote == self.id, "a leader voted for itself in its term"
+            own = self.progress.get(self.id)
+            if own is not None:
+                assert own.match == self.log.last_index, "leader's own match lags its log"
+            for peer, pr in self.progress.items():
+                assert pr.match < pr.next, f"progress of {peer}: match {pr.match} >= next {pr.next}"
+        else:
+            assert not self.progress, "only a leader tracks progress"
+        conf = self.log.conf
+        assert not (conf.voters & conf.learners), "voter and learner at once"
+
+    # ==== roles ============================================================================
+
+    def _reset(self, term: int) -> None:
+        if self.term != term:
+            self.term = term
+            self.vote = NO_NODE
+        self.leader = NO_NODE
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_timeout = self.cfg.election_tick + self.cfg.rng.randrange(
+            self.cfg.election_tick
+        )
+        self.votes = {}
+        self.lead_transferee = NO_NODE
+        self._drop_leader_reads()
+        self.progress = {}
+
+    def _become_follower(self, term: int, leader: NodeId) -> None:
+        previous_leader = self.leader
+        self._reset(term)
+        self.role = Role.FOLLOWER
+        self.leader = leader
+        if leader != previous_leader:
+            self._drop_follower_reads()
+
+    def _become_pre_candidate(self) -> None:
+        # Thesis 9.6: a pre-election changes neither term nor vote.
+        self._drop_leader_reads()
+        self.progress = {}
+        self._drop_follower_reads()
+        self.role = Role.PRE_CANDIDATE
+        self.leader = NO_NODE
+        self.votes = {}
+        self.election_elapsed = 0
+        self.randomized_election_timeout = self.cfg.election_tick + self.cfg.rng.randrange(
+            self.cfg.election_tick
+        )
+
+    def _become_candidate(self) -> None:
+        self._reset(self.term + 1)
+        self._drop_follower_reads()
+        self.role = Role.CANDIDATE
+        self.vote = self.id
+
+    def _become_leader(self) -> None:
+        self._reset(self.term)
+        self.role = Role.LEADER
+        self.leader = self.id
+        self.vote = self.id
+        self._uncommitted_bytes = 0
+        self._sync_progress_with_conf()
+        for peer, pr in self.progress.items():
+            if peer == self.id:
+                pr.match = self.log.last_index
+                pr.become_replicate()
+        # No membership change until everything before this term is committed.
+        self.pending_conf_index = self.log.last_index
+        # Paper 5.4.2 / thesis 6.4: commit an entry of our own term at once,
+        # which also commits everything before it and lets reads be served.
+        self._append([Entry(self.term, self.log.last_index + 1)])
+
+    def _promotable(self) -> bool:
+        return self.id in self.log.conf.voters and self._pending_snapshot is None
+
+    def _in_lease(self, m: Message) -> bool:
+        return (
+            self.cfg.check_quorum
+            and self.leader != NO_NODE
+            and self.election_elapsed < self.cfg.election_tick
+            and m.context != CAMPAIGN_TRANSFER
+        )
+
+    # ==== elections (paper 5.2, thesis 9.6) ================================================
+
+    def _tick_election(self) -> None:
+        self.election_elapsed += 1
+        if self._promotable() and self.election_elapsed >= self.randomized_election_timeout:
+            self.election_elapsed = 0
+            self._campaign(pre_vote=self.cfg.pre_vote, transfer=False)
+
+    def _campaign(self, *, pre_vote: bool, transfer: bool) -> None:
+        if pre_vote:
+            self._become_pre_candidate()
+            vote_term = self.term + 1
+            vote_type = MsgType.PRE_VOTE
+        else:
+            self._become_candidate()
+            vote_term = self.term
+            vote_type = MsgType.VOTE
+        self.votes[self.id] = True
+        if self._count_votes():
+            return
+        context = CAMPAIGN_TRANSFER if transfer else b""
+        for voter in sorted(self.log.conf.voters):
+            if voter != self.id:
+                self._send(
+                    Message(
+                        vote_type,
+                        self.id,
+                        voter,
+                        vote_term,
+                        log_term=self.log.last_term,
+                        index=self.log.last_index,
+                        context=context,
+                    )
+                )
+
+    def _count_votes(self) -> bool:
+        """Act on the election's outcome if it is decided; True if it is."""
+        result = quorum.tally(self.log.conf.voters, self.votes)
+        if result == quorum.VoteResult.WON:
+            if self.role == Role.PRE_CANDIDATE:
+                self._campaign(pre_vote=False, transfer=False)
+            else:
+                self._become_leader()
+            return True
+        if result == quorum.VoteResult.LOST:
+            self._become_follower(self.term, NO_NODE)
+            return True
+        return False
+
+    def _handle_vote_request(self, m: Message) -> None:
+        response = MsgType.VOTE_RESP if m.type == MsgType.VOTE else MsgType.PRE_VOTE_RESP
+        can_vote = (
+            self.vote == m.src
+            or (self.vote == NO_NODE and self.leader == NO_NODE)
+            or (m.type == MsgType.PRE_VOTE and m.term > self.term)
+        )
+        if can_vote and self._log_ok_for_vote(m):
+            # A granted pre-vote answers in the candidate's future term, so
+            # the pre-candidate does not take it for a stale message.
+            self._send(Message(response, self.id, m.src, m.term))
+            if m.type == MsgType.VOTE:
+                self.election_elapsed = 0
+                self.vote = m.src
+        else:
+            self._send(Message(response, self.id, m.src, self.term, reject=True))
+
+    def _log_ok_for_vote(self, m: Message) -> bool:
+        """Paper 5.4.1: grant only to a candidate whose log is at least as up to
+        date as ours, so a leader always holds every committed entry."""
+        return self.log.is_up_to_date(m.index, m.log_term)
+
+    def _answer_stale(self, m: Message) -> None:
+        """A message from an older term. A stale leader's append or heartbeat
+        is answered so it learns the new term and steps down (with PreVote or
+        CheckQuorum on, its followers would otherwise never tell it); a
+        pre-vote is refused so the pre-candidate stops waiting."""
+        if m.type in (MsgType.APPEND, MsgType.HEARTBEAT) and (
+            self.cfg.check_quorum or self.cfg.pre_vote
+        ):
+            self._send(Message(MsgType.APPEND_RESP, self.id, m.src, self.term))
+        elif m.type == MsgType.PRE_VOTE:
+            self._send(Message(MsgType.PRE_VOTE_RESP, self.id, m.src, self.term, reject=True))
+        elif m.type == MsgType.READ_INDEX:
+            self._send(
+                Message(
+                    MsgType.READ_INDEX_RESP,
+                    self.id,
+                    m.src,
+                    self.term,
+                    context=m.context,
+                    reject=True,
+                )
+            )
+
+    # ==== followers and candidates =========================================================
+
+    def _step_candidate(self, m: Message) -> None:
+        if m.type in (MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT):
+            # A leader of this term exists (paper 5.2): follow it.
+            self._become_follower(self.term, m.src)
+            self._step_follower(m)
+        elif (m.type == MsgType.VOTE_RESP and self.role == Role.CANDIDATE) or (
+            m.type == MsgType.PRE_VOTE_RESP and self.role == Role.PRE_CANDIDATE
+        ):
+            if m.src in self.log.conf.voters:
+                self.votes.setdefault(m.src, not m.reject)
+                self._count_votes()
+        elif m.type == MsgType.READ_INDEX:
+            self._refuse_read(m)
+
+    def _step_follower(self, m: Message) -> None:
+        if m.type in (MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT):
+            self.election_elapsed = 0
+            if self.leader != m.src:
+                self._drop_follower_reads()
+            self.leader = m.src
+            if m.type == MsgType.APPEND:
+                self._handle_append(m)
+            elif m.type == MsgType.HEARTBEAT:
+                self._handle_heartbeat(m)
+            else:
+                self._handle_snapshot(m)
+        elif m.type == MsgType.TIMEOUT_NOW:
+            if self._promotable():
+                self._campaign(pre_vote=False, transfer=True)
+        elif m.type == MsgType.READ_INDEX_RESP:
+            sent = self._follower_rounds.pop(m.context, None)
+            if sent is None:
+                return
+            reads = sent[1]
+            if m.reject:
+                self._dropped_reads.extend(reads)
+            else:
+                self._read_states.extend(ReadState(ctx, m.index) for ctx in reads)
+        elif m.type == MsgType.READ_INDEX:
+            self._refuse_read(m)
+
+    def _handle_append(self, m: Message) -> None:
+        """Paper Figure 2, AppendEntries receiver."""
+        if m.index < self.log.committed:
+            # Everything up to our commit index already matches the leader.
+            self._send(
+                Message(MsgType.APPEND_RESP, self.id, m.src, self.term, index=self.log.committed)
+            )
+            return
+        last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
+        if last_new is not None:
+            self._send(Message(MsgType.APPEND_RESP, self.id, m.src, self.term, index=last_new))
+            return
+        # Consistency check failed. Tell the leader where our logs may agree,
+        # skipping whole terms at once (fast back-off).
+        hint_index, hint_term = self.log.find_conflict_by_term(
+            min(m.index, self.log.last_index), m.log_term
+        )
+        self._send(
+            Message(
+                MsgType.APPEND_RESP,
+                self.id,
+                m.src,
+                self.term,
+                index=m.index,
+                reject=True,
+                reject_hint=hint_index,
+                log_term=hint_term,
+            )
+        )
+
+    def _handle_heartbeat(self, m: Message) -> None:
+        # The leader sends min(our match, its commit), so our log agrees with
+        # its log up to there; anything beyond our log would be a bug.
+        if m.commit <= self.log.last_index:
+            self.log.commit_to(m.commit)
+        self._send(Message(MsgType.HEARTBEAT_RESP, self.id, m.src, self.term, context=m.context))
+
+    def _handle_snapshot(self, m: Message) -> None:
+        """Paper 7 / Figure 13, InstallSnapshot receiver."""
+        meta = m.snapshot
+        if meta is None:
+            return
+        if meta.index <= self.log.committed:
+            self._send(
+                Message(MsgType.APPEND_RESP, self.id, m.src, self.term, index=self.log.committed)
+            )
+            return
+        if self.log.match_term(meta.index, meta.term):
+            # We hold the snapshot's last entry: our log up to it is the
+            # leader's, so no need to install anything.
+            self.log.commit_to(meta.index)
+        else:
+            self.log.restore(meta)
+            self.latest_snapshot = meta
+            self._pending_snapshot = SnapshotToInstall(meta, m.snapshot_data)
+        self._send(
+            Message(MsgType.APPEND_RESP, self.id, m.src, self.term, index=self.log.committed)
+        )
+
+    # ==== the leader =======================================================================
+
+    def _tick_leader(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.cfg.election_tick:
+            self.election_elapsed = 0
+            if self.cfg.check_quorum and not self._quorum_active():
+                # Thesis 6.2: we cannot reach a majority; another leader may
+                # already exist. Step down so clients look elsewhere.
+                self._become_follower(self.term, NO_NODE)
+                return
+            if self.lead_transferee != NO_NODE:
+                self.lead_transferee = NO_NODE  # the transfer timed out
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_tick:
+            self.heartbeat_elapsed = 0
+            self._broadcast_heartbeat(self._read_only.last_round_context())
+
+    def _quorum_active(self) -> bool:
+        active = {peer for peer, pr in self.progress.items() if pr.recent_active}
+        active.add(self.id)
+        for pr in self.progress.values():
+            pr.recent_active = False
+        return quorum.has_quorum(self.log.conf.voters, active)
+
+    def _check_can_propose(self, size: int) -> None:
+        if self.role != Role.LEADER:
+            raise NotLeaderError(self.leader)
+        if self.lead_transferee != NO_NODE:
+            raise ProposalDroppedError(f"leadership is being transferred to {self.lead_transferee}")
+        if self._uncommitted_bytes + size > self.cfg.max_uncommitted_bytes and size:
+            raise ProposalDroppedError("too many uncommitted bytes; retry when commits catch up")
+
+    def _append(self, entries: list[Entry]) -> None:
+        self.log.append(entries)
+        self._uncommitted_bytes += sum(len(e.data) for e in entries)
+        own = self.progress.get(self.id)
+        if own is not None:
+            own.maybe_update(self.log.last_index)
+        # Appends to followers are built once per Ready, so proposals that
+        # arrive in one turn travel together (batching).
+        self._broadcast_pending = True
+
+    def _sync_progress_with_conf(self) -> None:
+        """Track exactly the members of the configuration in force."""
+        conf = self.log.conf
+        for member in conf.members:
+            pr = self.progress.get(member)
+            if pr is None:
+                pr = Progress(self.log.last_index + 1, self.cfg.max_inflight_msgs, False)
+                pr.recent_active = True  # give a new member a CheckQuorum round
+                self.progress[member] = pr
+            pr.is_learner = member in conf.learners
+        for member in list(self.progress):
+            if member not in conf.members and member != self.id:
+                del self.progress[member]
+        if self.lead_transferee not in conf.voters:
+            self.lead_transferee = NO_NODE
+
+    def _step_leader(self, m: Message) -> None:
+        if m.type == MsgType.READ_INDEX:
+            self._read_only.add(m.src, m.context)
+            return
+        pr = self.progress.get(m.src)
+        if pr is None:
+            return
+        if m.type == MsgType.APPEND_RESP:
+            pr.recent_active = True
+            if m.reject:
+                self._handle_append_reject(m, pr)
+            else:
+                self._handle_append_success(m, pr)
+        elif m.type == MsgType.HEARTBEAT_RESP:
+            pr.recent_active = True
+            pr.probe_sent = False
+            if pr.state == ProgressState.REPLICATE and pr.inflights.full():
+                # An append may have been lost: let one more through, whose
+                # reply (or rejection) gets the pipeline moving again.
+                pr.inflights.free_first()
+            if pr.match < self.log.last_index:
+                self._send_append(m.src)
+            if m.context and not pr.is_learner:
+                self._ack_read_round(m.context, m.src)
+
+    def _handle_append_reject(self, m: Message, pr: Progress) -> None:
+        hint = m.reject_hint
+        if m.log_term > 0:
+            # Skip every entry of ours in a term the follower cannot match.
+            hint, _ = self.log.find_conflict_by_term(hint, m.log_term)
+        if pr.maybe_decrease_to(m.index, hint):
+            if pr.state == ProgressState.REPLICATE:
+                pr.become_probe()
+            self._send_append(m.src)
+
+    def _handle_append_success(self, m: Message, pr: Progress) -> None:
+        was_paused = pr.is_paused()
+        if not pr.maybe_update(m.index):
+            return
+        if pr.state == ProgressState.PROBE or (
+            pr.state == ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot
+        ):
+            pr.become_replicate()
+        elif pr.state == ProgressState.REPLICATE:
+            pr.inflights.free_to(m.index)
+        if self._maybe_commit():
+            if self.role != Role.LEADER:
+                return  # the commit removed us from the configuration
+            self._broadcast_pending = True
+        elif was_paused:
+            self._send_append(m.src)
+        # Fill the pipeline window with whatever the follower still lacks.
+        while self._send_append(m.src, send_if_empty=False):
+            pass
+        if m.src == self.lead_transferee and pr.match == self.log.last_index:
+            self._send(Message(MsgType.TIMEOUT_NOW, self.id, m.src, self.term))
+
+    def _maybe_commit(self) -> bool:
+        match = {peer: pr.match for peer, pr in self.progress.items()}
+        index = quorum.committed_index(self.log.conf.voters, match)
+        if index <= self.log.committed or not self._may_commit_by_counting(index):
+            return False
+        before = self.log.committed
+        self.log.commit_to(index)
+        self._on_commit(before)
+        return True
+
+    def _may_commit_by_counting(self, index: int) -> bool:
+        """Paper 5.4.2 (the Figure 8 case): an entry from an earlier term is
+        never committed by counting its replicas; only an entry of the
+        current term is, and that commits everything before it."""
+        return self.log.term(index) == self.term
+
+    def _on_commit(self, before: int) -> None:
+        committed = self.log.committed
+        self._uncommitted_bytes = max(
+            0,
+            self._uncommitted_bytes
+            - sum(
+                len(e.data) for e in self.log.slice(max(before, self.log.offset) + 1, committed + 1)
+            ),
+        )
+        conf = self.log.conf
+        if self.id not in conf.voters and committed >= self.log.last_conf_index:
+            # Thesis 4.2.2: a leader removed from the configuration leads until
+            # the change commits, then steps down.
+            self._become_follower(self.term, NO_NODE)
+
+    def _send_append(self, to: NodeId, send_if_empty: bool = True) -> bool:
+        """Send ``to`` the entries it lacks (or a snapshot when they are
+        compacted away). False if nothing was sent."""
+        pr = self.progress[to]
+        if pr.is_paused():
+            return False
+        prev_index = pr.next - 1
+        prev_term = self.log.term(prev_index)
+        if prev_term is None and prev_index <= self.log.last_index:
+            return self._send_snapshot(to, pr)
+        if prev_term is None:
+            # next is past our log (stale optimism): back off to what we have.
+            pr.become_probe()
+            prev_index = pr.next - 1
+            prev_term = self.log.term(prev_index)
+            if prev_term is None:
+                return self._send_snapshot(to, pr)
+        entries = self.log.slice(pr.next, self.log.last_index + 1, self.cfg.max_msg_bytes)
+        if not entries and not send_if_empty:
+            return False
+        if pr.state == ProgressState.REPLICATE and entries and pr.inflights.full():
+            return False
+        self._send(
+            Message(
+                MsgType.APPEND,
+                self.id,
+                to,
+                self.term,
+                log_term=prev_term,
+                index=prev_index,
+                entries=tuple(entries),
+                commit=self.log.committed,
+            )
+        )
+        pr.sent_entries(entries[-1].index if entries else prev_index, len(entries))
+        return True
+
+    def _send_snapshot(self, to: NodeId, pr: Progress) -> bool:
+        """Paper 7: the follower needs entries we compacted; send the snapshot
+        (the transport streams its data in chunks)."""
+        if not pr.recent_active:
+            # Do not start a costly snapshot to a peer we have not heard from.
+            return False
+        snapshot = self.latest_snapshot
+        self._send(Message(MsgType.SNAPSHOT, self.id, to, self.term, snapshot=snapshot))
+        pr.become_snapshot(snapshot.index)
+        return True
+
+    def _broadcast_append(self) -> None:
+        for peer in self.progress:
+            if peer != self.id and self._send_append(peer):
+                # Fill the pipeline window when the size cap splits the batch.
+                while self._send_append(peer, send_if_empty=False):
+                    pass
+
+    def _broadcast_heartbeat(self, context: bytes) -> None:
+        for peer, pr in self.progress.items():
+            if peer == self.id:
+                continue
+            self._send(
+                Message(
+                    MsgType.HEARTBEAT,
+                    self.id,
+                    peer,
+                    self.term,
+                    commit=min(pr.match, self.log.committed),
+                    context=context,
+                )
+            )
+
+    # ==== reads (thesis 6.4) ===============================================================
+
+    def _committed_in_term(self) -> bool:
+        return self.log.term(self.log.committed) == self.term
+
+    def _start_read_round(self) -> None:
+        if not self._read_only.queued or not self._committed_in_term():
+            return  # reads wait for the leader's first commit of its term
+        context = self._read_only.start_round(self.log.committed, self.id)
+        assert context is not None
+        if quorum.has_quorum(self.log.conf.voters, {self.id}):
+            self._release_reads(context)  # a single voter confirms itself
+        else:
+            self._broadcast_heartbeat(context)
+
+    def _ack_read_round(self, context: bytes, voter: NodeId) -> None:
+        read_round = self._read_only.ack(context, voter)
+        if read_round is not None and quorum.has_quorum(self.log.conf.voters, read_round.acks):
+            self._release_reads(context)
+
+    def _release_reads(self, context: bytes) -> None:
+        for read_round in self._read_only.release_through(context):
+            self._serve_round(read_round)
+
+    def _serve_round(self, read_round: ReadRound) -> None:
+        for request in read_round.requests:
+            if request.requester == self.id:
+                self._read_states.append(ReadState(request.context, read_round.index))
+            else:
+                self._send(
+                    Message(
+                        MsgType.READ_INDEX_RESP,
+                        self.id,
+                        request.requester,
+                        self.term,
+                        index=read_round.index,
+                        context=request.context,
+                    )
+                )
+
+    def _refuse_read(self, m: Message) -> None:
+        self._send(
+            Message(
+                MsgType.READ_INDEX_RESP, self.id, m.src, self.term, context=m.context, reject=True
+            )
+        )
+
+    def _drop_leader_reads(self) -> None:
+        for request in self._read_only.drain():
+            if request.requester == self.id:
+                self._dropped_reads.append(request.context)
+            else:
+                self._send(
+                    Message(
+                        MsgType.READ_INDEX_RESP,
+                        self.id,
+                        request.requester,
+                        self.term,
+                        context=request.context,
+                        reject=True,
+                    )
+                )
+
+    def _drop_follower_reads(self) -> None:
+        self._dropped_reads.extend(self._follower_reads)
+        self._follower_reads = []
+        for _, reads in self._follower_rounds.values():
+            self._dropped_reads.extend(reads)
+        self._follower_rounds.clear()
+
+    def _expire_follower_reads(self) -> None:
+        """A read round the leader never answered (lost message, leader cut
+        off) is given up after two election timeouts, so it cannot leak."""
+        deadline = self._ticks - 2 * self.cfg.election_tick
+        for context, (sent_at, reads) in list(self._follower_rounds.items()):
+            if sent_at < deadline:
+                del self._follower_rounds[context]
+                self._dropped_reads.extend(reads)
+
+    def _send_follower_reads(self) -> None:
+        if not self._follower_reads:
+            return
+        if self.leader == NO_NODE or self.role != Role.FOLLOWER:
+            self._drop_follower_reads()
+            return
+        context = round_context(self._next_follower_round)
+        self._next_follower_round += 1
+        self._follower_rounds[context] = (self._ticks, self._follower_reads)
+        self._follower_reads = []
+        self._send(Message(MsgType.READ_INDEX, self.id, self.leader, self.term, context=context))
+
+    # ==== plumbing =========================================================================
+
+    def _flush(self) -> None:
+        """Turn what accumulated since the last Ready into messages: one append
+        per follower for all new proposals, one heartbeat round for all new
+        reads."""
+        if self.role == Role.LEADER:
+            if self._broadcast_pending:
+                self._broadcast_pending = False
+                self._maybe_commit()
+                if self.role == Role.LEADER:
+                    self._broadcast_append()
+            if self.role == Role.LEADER:
+                self._start_read_round()
+        else:
+            self._broadcast_pending = False
+            self._send_follower_reads()
+
+    def _send(self, m: Message) -> None:
+        self._msgs.append(m)

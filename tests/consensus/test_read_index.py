@@ -1,0 +1,107 @@
+"""Linearizable reads by ReadIndex (thesis 6.4)."""
+
+from __future__ import annotations
+
+import pytest
+
+from consensus import MsgType, NotLeaderError, ReadState
+from tests.consensus.harness import Cluster
+
+
+def test_leader_serves_a_read_after_one_heartbeat_round() -> None:
+    c = Cluster()
+    a = c.elect("a")
+    c.propose("a", b"w")
+    a.read_index(b"r1")
+    rd = a.ready()
+    assert not rd.read_states, "no read before a majority confirms leadership"
+    beats = [m for m in rd.messages if m.type == MsgType.HEARTBEAT]
+    assert {m.dst for m in beats} == {"b", "c"} and all(m.context for m in beats)
+    a.advance(rd)
+    c.queue.extend(rd.messages)
+    c.deliver_all()
+    assert c.peers["a"].read_states == [ReadState(b"r1", a.commit_index)]
+
+
+def test_one_round_confirms_every_read_waiting_at_that_moment() -> None:
+    c = Cluster()
+    a = c.elect("a")
+    c.tick_all(1)
+    for n in range(50):
+        a.read_index(b"r%d" % n)
+    c.sent.clear()
+    c.deliver_all()
+    assert len([m for m in c.sent if m.type == MsgType.HEARTBEAT]) == 2
+    assert len(c.peers["a"].read_states) == 50
+
+
+def test_new_leader_waits_for_its_noop_before_serving_reads() -> None:
+    """Thesis 6.4 step 1: until an entry of its term commits, a new leader's
+    commit index may lag writes acknowledged by its predecessor."""
+    c = Cluster()
+    c.filter = lambda m: m.type != MsgType.APPEND_RESP  # the no-op cannot commit
+    a = c.elect("a")
+    a.read_index(b"r")
+    c.tick_all(3)
+    assert not c.peers["a"].read_states
+    c.filter = None
+    c.tick_all(3)
+    assert [rs.context for rs in c.peers["a"].read_states] == [b"r"]
+    assert a.log.term(c.peers["a"].read_states[0].index) == a.term
+
+
+def test_deposed_leader_cannot_confirm_a_read() -> None:
+    """A partitioned old leader never gets the majority ack, and the read is
+    dropped when it steps down."""
+    c = Cluster()
+    a = c.elect("a")
+    c.tick_all(1)
+    c.isolate("a")
+    a.read_index(b"stale?")
+    c.tick("a", 25)
+    c.deliver_all()
+    assert not c.peers["a"].read_states
+    assert c.peers["a"].dropped_reads == [b"stale?"]
+
+
+def test_follower_read_asks_the_leader_for_the_index() -> None:
+    c = Cluster()
+    c.elect("a")
+    c.propose("a", b"w")
+    b = c.node("b")
+    b.read_index(b"fr")
+    c.deliver_all()
+    assert c.peers["b"].read_states == [ReadState(b"fr", c.node("a").commit_index)]
+
+
+def test_follower_without_leader_refuses_reads() -> None:
+    c = Cluster()
+    with pytest.raises(NotLeaderError):
+        c.node("b").read_index(b"x")
+
+
+def test_follower_reads_dropped_when_leader_changes() -> None:
+    c = Cluster()
+    c.elect("a")
+    c.tick_all(1)
+    c.isolate("a")
+    b = c.node("b")
+    b.read_index(b"lost")
+    c.deliver_all()
+    assert not c.peers["b"].read_states
+    c.tick("b", 40)
+    c.tick("c", 40)
+    c.deliver_all()
+    assert c.peers["b"].dropped_reads == [b"lost"]
+
+
+def test_unanswered_follower_read_expires() -> None:
+    c = Cluster(check_quorum=False)
+    c.elect("a")
+    c.tick_all(1)
+    c.filter = lambda m: m.type != MsgType.READ_INDEX_RESP
+    c.node("b").read_index(b"r")
+    c.deliver_all()
+    for _ in range(25):
+        c.tick_all(1)
+    assert c.peers["b"].dropped_reads == [b"r"]
