@@ -58,7 +58,7 @@ def _plugin(tmp: Path, name: str, function: str) -> Path:
 def generate(out: Path) -> list[Path]:
     """Generates code for every proto file under ``out`` (which receives a
     ``proto/`` directory). Returns the files written."""
-    from grpc_tools import protoc
+    from grpc_tools import protoc  # type: ignore[import-untyped]
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "proto").mkdir(exist_ok=True)
