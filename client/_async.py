@@ -34,8 +34,8 @@ Resp = TypeVar("Resp")
 class _Stubs:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.channel = channel
-        self.kv = kv_pb2_grpc.KVAsyncStub(channel)
-        self.admin = admin_pb2_grpc.AdminAsyncStub(channel)
+        self.kv = kv_pb2_grpc.KVStub(channel)  # typed as KVAsyncStub
+        self.admin = admin_pb2_grpc.AdminStub(channel)  # typed as AdminAsyncStub
 
 
 class AsyncClient:

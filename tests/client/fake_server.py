@@ -104,10 +104,8 @@ class _KV(kv_pb2_grpc.KVServicer):
         self.node._enter("CompareAndSwap", request, context)
         with self.node.lock:
             current = self.node.data.get(request.key)
-            if request.HasField("expected"):
-                ok = current == request.expected
-            else:
-                ok = current is None
+            absent_wanted = not request.HasField("expected")
+            ok = current is None if absent_wanted else current == request.expected
             if ok:
                 self.node.data[request.key] = request.value
             return kv_pb2.CompareAndSwapResponse(

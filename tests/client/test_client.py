@@ -3,6 +3,7 @@ session, rotation, leader hints, deadlines and error mapping."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
@@ -22,11 +23,11 @@ from client import (
 )
 from tests.client.fake_server import Failure, FakeServer, dead_address
 
-FAST = {"timeout": 3.0}
+T = 3.0
 
 
 def test_key_value_round_trip(server: FakeServer) -> None:
-    with Client([server.address], **FAST) as c:
+    with Client([server.address], timeout=T) as c:
         assert c.get("k") is None
         assert c.put("k", b"v1") == 1
         assert c.put("s", "text") == 2  # str values are sent as UTF-8
@@ -42,17 +43,15 @@ def test_key_value_round_trip(server: FakeServer) -> None:
 
 
 def test_empty_value_is_found_not_absent(server: FakeServer) -> None:
-    with Client(server.address, **FAST) as c:
+    with Client(server.address, timeout=T) as c:
         c.put("k", b"")
         assert c.get("k") == b""
 
 
 def test_cas_absent_versus_expected_empty(server: FakeServer) -> None:
-    with Client(server.address, **FAST) as c:
+    with Client(server.address, timeout=T) as c:
         assert c.cas("k", None, b"a") == CasResult(swapped=True, found=False, current=None, index=1)
-        assert c.cas("k", None, b"b") == CasResult(
-            swapped=False, found=True, current=b"a", index=2
-        )
+        assert c.cas("k", None, b"b") == CasResult(swapped=False, found=True, current=b"a", index=2)
         assert c.cas("k", b"a", b"c").swapped
         c.put("e", b"")
         assert c.cas("e", b"", b"x").swapped  # b"" is a value, not "absent"
@@ -62,7 +61,7 @@ def test_cas_absent_versus_expected_empty(server: FakeServer) -> None:
 
 def test_range_and_scan(server: FakeServer) -> None:
     server.node.data.update({f"p/{i:02}": bytes([i]) for i in range(25)} | {"q": b"x"})
-    with Client(server.address, **FAST) as c:
+    with Client(server.address, timeout=T) as c:
         page = c.range("p/", limit=10)
         assert [k for k, _ in page.items] == [f"p/{i:02}" for i in range(10)]
         assert page.more
@@ -75,7 +74,7 @@ def test_range_and_scan(server: FakeServer) -> None:
 
 def test_retries_reuse_the_session_of_the_write(server: FakeServer) -> None:
     server.node.fail_next(3)
-    with Client([server.address], client_id=42, **FAST) as c:
+    with Client([server.address], client_id=42, timeout=T) as c:
         assert c.put("k", b"v") == 1
         c.delete("k")
     sessions = server.node.sessions()
@@ -84,7 +83,7 @@ def test_retries_reuse_the_session_of_the_write(server: FakeServer) -> None:
 
 
 def test_sessions_are_random_non_zero_and_per_client(server: FakeServer) -> None:
-    with Client(server.address, **FAST) as a, Client(server.address, **FAST) as b:
+    with Client(server.address, timeout=T) as a, Client(server.address, timeout=T) as b:
         a.put("k", b"1")
         b.put("k", b"2")
         assert a.client_id != b.client_id
@@ -94,7 +93,7 @@ def test_sessions_are_random_non_zero_and_per_client(server: FakeServer) -> None
 
 
 def test_reads_carry_no_session(server: FakeServer) -> None:
-    with Client(server.address, **FAST) as c:
+    with Client(server.address, timeout=T) as c:
         c.get("k")
         c.range("")
     assert server.node.sessions() == [None, None]
@@ -102,7 +101,7 @@ def test_reads_carry_no_session(server: FakeServer) -> None:
 
 def test_first_unacked_tracks_concurrent_writes(server: FakeServer) -> None:
     server.node.hang = 0.3
-    with Client(server.address, client_id=7, **FAST) as c:
+    with Client(server.address, client_id=7, timeout=T) as c:
         slow = threading.Thread(target=c.put, args=("a", b"1"))
         slow.start()
         time.sleep(0.1)  # write 1 is in flight
@@ -119,7 +118,7 @@ def test_rotates_away_from_a_failing_node(servers) -> None:
     bad, good = servers(), servers()
     bad.node.always = Failure(grpc.StatusCode.UNAVAILABLE, "no leader")
     for _ in range(5):
-        with Client([bad.address, good.address], **FAST) as c:
+        with Client([bad.address, good.address], timeout=T) as c:
             c.put("k", b"v")
     assert good.node.methods() == ["Put"] * 5
     # The same session went to both nodes.
@@ -128,7 +127,7 @@ def test_rotates_away_from_a_failing_node(servers) -> None:
 
 
 def test_rotates_away_from_a_dead_endpoint(server: FakeServer) -> None:
-    with Client([dead_address(), server.address], **FAST) as c:
+    with Client([dead_address(), server.address], timeout=T) as c:
         for i in range(4):
             c.put(f"k{i}", b"v")
         # Once a node works, calls stick to it.
@@ -139,7 +138,7 @@ def test_rotates_away_from_a_dead_endpoint(server: FakeServer) -> None:
 def test_leader_hint_is_followed_even_outside_the_endpoint_list(servers) -> None:
     follower, leader = servers(), servers()
     follower.node.fail_next(1, leader=leader.address)
-    with Client([follower.address], **FAST) as c:
+    with Client([follower.address], timeout=T) as c:
         started = time.monotonic()
         c.put("k", b"v")
         assert time.monotonic() - started < 0.5  # no back-off pause before a hint
@@ -153,7 +152,7 @@ def test_leader_hint_is_followed_even_outside_the_endpoint_list(servers) -> None
 def test_leader_hint_on_success_moves_later_calls(servers) -> None:
     follower, leader = servers(), servers()
     follower.node.success_hint = leader.address
-    with Client([follower.address, leader.address], rng=_Start(0), **FAST) as c:
+    with Client([follower.address, leader.address], rng=_Start(0), timeout=T) as c:
         c.put("a", b"1")
         c.put("b", b"2")
     assert follower.node.methods() == ["Put"]
@@ -163,7 +162,7 @@ def test_leader_hint_on_success_moves_later_calls(servers) -> None:
 def test_unreachable_hint_is_dropped(servers) -> None:
     node = servers()
     node.node.fail_next(1, leader=dead_address())
-    with Client([node.address], **FAST) as c:
+    with Client([node.address], timeout=T) as c:
         c.put("k", b"v")
         assert c.endpoints == [node.address]
 
@@ -198,9 +197,7 @@ def test_a_hung_node_ends_in_deadline_exceeded(server: FakeServer) -> None:
 def test_attempt_timeout_moves_on_from_a_hung_node(servers) -> None:
     hung, good = servers(), servers()
     hung.node.hang = 2.0
-    with Client(
-        [hung.address, good.address], timeout=3.0, attempt_timeout=0.3, rng=_Start(0)
-    ) as c:
+    with Client([hung.address, good.address], timeout=3.0, attempt_timeout=0.3, rng=_Start(0)) as c:
         started = time.monotonic()
         c.put("k", b"v")
         assert time.monotonic() - started < 1.5
@@ -231,7 +228,10 @@ def test_other_errors_are_final_and_mapped(
 ) -> None:
     a, b = servers(), servers()
     a.node.fail_next(1, code, details="key exceeds 1024 bytes")
-    with Client([a.address, b.address], rng=_Start(0), **FAST) as c, pytest.raises(exception) as e:
+    with (
+        Client([a.address, b.address], rng=_Start(0), timeout=T) as c,
+        pytest.raises(exception) as e,
+    ):
         c.put("k", b"v")
     assert type(e.value) is exception
     assert e.value.code == code
@@ -242,7 +242,7 @@ def test_other_errors_are_final_and_mapped(
 
 def test_invalid_argument_is_also_a_value_error(server: FakeServer) -> None:
     server.node.fail_next(1, grpc.StatusCode.INVALID_ARGUMENT)
-    with Client(server.address, **FAST) as c, pytest.raises(ValueError):
+    with Client(server.address, timeout=T) as c, pytest.raises(ValueError):
         c.get("k")
 
 
@@ -266,7 +266,7 @@ def test_bad_arguments_fail_before_any_call(server: FakeServer) -> None:
 
 
 def test_admin_calls(server: FakeServer) -> None:
-    with Client(server.address, **FAST) as c:
+    with Client(server.address, timeout=T) as c:
         c.put("k", b"v")
         status = c.status()
         assert status.node.id == "n1" and status.node.commit_index == 1
@@ -285,7 +285,7 @@ def test_admin_calls(server: FakeServer) -> None:
 def test_pinned_endpoint_is_not_rotated(servers) -> None:
     a, b = servers(), servers()
     a.node.fail_next(1)
-    with Client([b.address], **FAST) as c:
+    with Client([b.address], timeout=T) as c:
         with pytest.raises(Unavailable):
             c.status(endpoint=a.address)
         assert c.status(endpoint=a.address).node.address == a.address
@@ -294,7 +294,7 @@ def test_pinned_endpoint_is_not_rotated(servers) -> None:
 
 
 def test_client_is_usable_from_many_threads(server: FakeServer) -> None:
-    with Client(server.address, **FAST) as c:
+    with Client(server.address, timeout=T) as c:
         threads = [
             threading.Thread(target=lambda i=i: [c.put(f"{i}-{j}", b"v") for j in range(20)])
             for i in range(8)
@@ -307,14 +307,14 @@ def test_client_is_usable_from_many_threads(server: FakeServer) -> None:
     assert sorted(sequences) == list(range(1, 161))
 
 
-class _Start:
-    """A stand-in random source that makes the client start at endpoint i."""
+class _Start(random.Random):
+    """A random source that makes the client start at endpoint i."""
 
     def __init__(self, i: int) -> None:
+        super().__init__(0)
         self.i = i
 
-    def randrange(self, n: int) -> int:
+    def randrange(self, *args: object, **kwargs: object) -> int:
+        n = args[-1] if len(args) == 1 else args[1]
+        assert isinstance(n, int)
         return self.i % n
-
-    def uniform(self, a: float, b: float) -> float:
-        return (a + b) / 2
