@@ -14,17 +14,20 @@ wire syntax and UTF-8; ``parse_batch`` refuses inputs over a size limit before
 parsing, so a decoded batch never holds more than a constant times its size
 in memory.
 
-``Message.snapshot_data`` is not on the wire (snapshots travel on their own
-stream, see ``SnapshotHeader``); it decodes as None.
+``Message.snapshot_data`` is not on the wire: snapshots travel on their own
+InstallSnapshot stream, which ``snapshot_chunks`` produces and
+``SnapshotReceiver`` checks (header, data chunks, then a trailer with the
+size and CRC-32C of the data).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from itertools import repeat
 from typing import Any, Final
 
+import crc32c
 from google.protobuf.message import DecodeError, EncodeError
 
 from consensus.types import (
@@ -39,7 +42,9 @@ from proto import raft_pb2
 
 __all__ = [
     "DEFAULT_MAX_BATCH_BYTES",
+    "SNAPSHOT_CHUNK_BYTES",
     "CodecError",
+    "SnapshotReceiver",
     "decode_batch",
     "decode_conf_state",
     "decode_message",
@@ -50,11 +55,14 @@ __all__ = [
     "encode_snapshot_meta",
     "parse_batch",
     "serialize_batch",
+    "snapshot_chunks",
 ]
 
 # The largest serialized MessageBatch parse_batch accepts. Keep it in line
 # with the gRPC channel's max message size.
 DEFAULT_MAX_BATCH_BYTES: Final = 64 * 1024 * 1024
+# Data bytes per InstallSnapshot chunk (well under gRPC's 4 MiB default).
+SNAPSHOT_CHUNK_BYTES: Final = 1024 * 1024
 
 _MSG_TYPES: Final = tuple(MsgType)
 _ENTRY_KINDS: Final = tuple(EntryKind)
@@ -272,3 +280,105 @@ def parse_batch(data: bytes, max_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> list[M
     except DecodeError as e:
         raise CodecError(f"malformed message batch: {e}") from e
     return decode_batch(batch)
+
+
+# -- snapshots ------------------------------------------------------------
+
+
+def snapshot_chunks(
+    message: Message,
+    data: bytes | Iterable[bytes],
+    size: int,
+    chunk_bytes: int = SNAPSHOT_CHUNK_BYTES,
+) -> Iterator[raft_pb2.SnapshotChunk]:
+    """The InstallSnapshot stream for a SNAPSHOT ``message``: a header (the
+    message and ``size``), the data in chunks of at most ``chunk_bytes``,
+    then a trailer with the size and CRC-32C. ``data`` may be one bytes
+    object or an iterable of pieces (e.g. read from a file) totalling
+    ``size``; a mismatch raises CodecError before the trailer is sent."""
+    if message.type is not MsgType.SNAPSHOT or message.snapshot is None:
+        raise CodecError("an InstallSnapshot stream needs a SNAPSHOT message with metadata")
+    if size < 0 or chunk_bytes <= 0:
+        raise CodecError(f"invalid snapshot size {size} or chunk size {chunk_bytes}")
+    yield raft_pb2.SnapshotChunk(
+        header=raft_pb2.SnapshotHeader(message=encode_message(message), size=size)
+    )
+    crc = 0
+    sent = 0
+    for piece in [data] if isinstance(data, bytes) else data:
+        view = memoryview(piece)
+        for start in range(0, len(view), chunk_bytes):
+            part = bytes(view[start : start + chunk_bytes])
+            sent += len(part)
+            if sent > size:
+                raise CodecError(f"snapshot data exceeds the declared {size} bytes")
+            crc = crc32c.crc32c(part, value=crc)
+            yield raft_pb2.SnapshotChunk(data=part)
+    if sent != size:
+        raise CodecError(f"snapshot data is {sent} bytes, {size} declared")
+    yield raft_pb2.SnapshotChunk(trailer=raft_pb2.SnapshotTrailer(crc32c=crc, size=sent))
+
+
+class SnapshotReceiver:
+    """Checks an incoming InstallSnapshot stream chunk by chunk and passes the
+    data to ``write`` (e.g. a temporary file's write). Raises CodecError on
+    any violation: no header first, a second header, data after the trailer,
+    more data than declared, a size over ``max_bytes``, a wrong size or CRC
+    in the trailer. ``message`` is available after the header; ``done`` is
+    True once a valid trailer arrived (only then may the snapshot be used).
+    """
+
+    def __init__(self, write: Callable[[bytes], object], max_bytes: int) -> None:
+        self._write = write
+        self._max_bytes = max_bytes
+        self.message: Message | None = None
+        self.size = 0
+        self.received = 0
+        self._crc = 0
+        self.done = False
+
+    def feed(self, chunk: raft_pb2.SnapshotChunk) -> None:
+        part = chunk.WhichOneof("part")
+        if self.done:
+            raise CodecError(f"snapshot {part} after the trailer")
+        if part == "header":
+            self._header(chunk.header)
+        elif self.message is None:
+            raise CodecError(
+                f"snapshot stream starts with {part or 'an empty chunk'}, not a header"
+            )
+        elif part == "data":
+            data = chunk.data
+            if self.received + len(data) > self.size:
+                raise CodecError(f"snapshot data exceeds the declared {self.size} bytes")
+            self.received += len(data)
+            self._crc = crc32c.crc32c(data, value=self._crc)
+            self._write(data)
+        elif part == "trailer":
+            trailer = chunk.trailer
+            if trailer.size != self.received or self.received != self.size:
+                raise CodecError(
+                    f"snapshot truncated or padded: {self.received} bytes received, "
+                    f"{self.size} declared, {trailer.size} in the trailer"
+                )
+            if trailer.crc32c != self._crc:
+                raise CodecError(
+                    f"snapshot checksum mismatch: crc32c {self._crc:#010x} received, "
+                    f"{trailer.crc32c:#010x} sent"
+                )
+            self.done = True
+        else:
+            raise CodecError("empty snapshot chunk")
+
+    def _header(self, header: raft_pb2.SnapshotHeader) -> None:
+        if self.message is not None:
+            raise CodecError("a second snapshot header")
+        message = decode_message(header.message)
+        if message.type is not MsgType.SNAPSHOT or message.snapshot is None:
+            raise CodecError(f"snapshot header carries a {message.type.name} message")
+        if header.size > self._max_bytes:
+            raise CodecError(
+                f"snapshot of {header.size} bytes exceeds the limit of {self._max_bytes}"
+            )
+        self.message = message
+        self.size = header.size
