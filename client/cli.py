@@ -245,7 +245,12 @@ def _consistency(args: argparse.Namespace) -> int:
 
 
 def _cmd_put(client: Client, args: argparse.Namespace) -> int:
-    value = sys.stdin.buffer.read() if args.value in (None, "-") else args.value.encode()
+    if args.value in (None, "-"):
+        if args.value is None and sys.stdin.isatty():
+            raise UsageError("put: give a VALUE, or '-' to type it, or pipe it on standard input")
+        value = sys.stdin.buffer.read()
+    else:
+        value = args.value.encode()
     index = client.put(args.key, value)
     if json_from_args(args):
         _print_json({"key": args.key, "index": index})

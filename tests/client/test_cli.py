@@ -42,10 +42,14 @@ def test_put_get_delete_human(server: FakeServer, capsys) -> None:
 
 
 def test_put_reads_stdin(server: FakeServer, capsys, monkeypatch) -> None:
-    stdin = types.SimpleNamespace(buffer=io.BytesIO(b"\x00binary\xff"))
+    stdin = types.SimpleNamespace(buffer=io.BytesIO(b"\x00binary\xff"), isatty=lambda: False)
     monkeypatch.setattr(sys, "stdin", stdin)
     assert run(capsys, "put", "k", "--endpoints", server.address)[0] == 0
     assert server.node.data["k"] == b"\x00binary\xff"
+    # At a terminal, a missing value is a usage error rather than a silent wait.
+    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(isatty=lambda: True))
+    status, _, err = run(capsys, "put", "k", "--endpoints", server.address)
+    assert status == 2 and "give a VALUE" in err
 
 
 def test_json_output(server: FakeServer, capsys, monkeypatch) -> None:
