@@ -1,0 +1,57 @@
+"""The ramraft client library.
+
+    from client import Client
+    with Client("127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003", timeout=5) as c:
+        c.put("greeting", b"hello")
+        c.get("greeting")                             # b"hello"
+        c.get("greeting", consistency=SERIALIZABLE)   # from the node's memory
+        c.cas("greeting", b"hello", b"bye")           # CasResult(swapped=True, ...)
+
+``AsyncClient`` has the same methods as coroutines. Both retry on another
+node while the cluster is unavailable, up to the call's deadline, and send
+every write with a session so a retried write is applied once. Errors are
+subclasses of ``RamraftError`` (see client.errors); a write that raised
+``Unavailable`` or ``DeadlineExceeded`` may or may not have been applied.
+"""
+
+from client._async import AsyncClient
+from client._core import (
+    DEFAULT_TIMEOUT,
+    LEADER_METADATA_KEY,
+    LINEARIZABLE,
+    SERIALIZABLE,
+    CasResult,
+    GetResult,
+    RangePage,
+    RetryPolicy,
+    parse_endpoints,
+)
+from client._sync import Client
+from client.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    RamraftError,
+    Unavailable,
+)
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "LEADER_METADATA_KEY",
+    "LINEARIZABLE",
+    "SERIALIZABLE",
+    "AsyncClient",
+    "CasResult",
+    "Client",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "GetResult",
+    "InvalidArgument",
+    "NotFound",
+    "RamraftError",
+    "RangePage",
+    "RetryPolicy",
+    "Unavailable",
+    "parse_endpoints",
+]

@@ -1,0 +1,320 @@
+"""The asyncio client (grpc.aio)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable, Iterable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from client import _core
+from client._core import (
+    CallAttempts,
+    CasResult,
+    EndpointRing,
+    GetResult,
+    RangePage,
+    RetryPolicy,
+    SessionTracker,
+)
+from proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+
+__all__ = ["AsyncClient"]
+
+log = structlog.get_logger("ramraft.client")
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class _Stubs:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.kv = kv_pb2_grpc.KVStub(channel)  # typed as KVAsyncStub
+        self.admin = admin_pb2_grpc.AdminStub(channel)  # typed as AdminAsyncStub
+
+
+class AsyncClient:
+    """An asyncio ramraft client (grpc.aio). Use it from one event loop; many
+    calls may run at once (each write has its own session sequence).
+
+    ``endpoints``: ``"host:port,host:port"`` or a list; any node will do (a
+    follower forwards to the leader). ``timeout``: the default overall
+    deadline of each call, retries included, in seconds. ``attempt_timeout``:
+    the longest a single attempt may take before the client tries another
+    node (default: no limit but the deadline). ``client_id``: the session id
+    (default: random). Every method takes ``timeout=`` to override the
+    default for that call.
+
+    Writes that raise Unavailable or DeadlineExceeded may or may not have
+    been applied (see client.errors).
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Iterable[str],
+        timeout: float = _core.DEFAULT_TIMEOUT,
+        *,
+        attempt_timeout: float | None = None,
+        client_id: int | None = None,
+        retry: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._rng = rng or random.Random()
+        self._ring = EndpointRing(_core.parse_endpoints(endpoints), self._rng)
+        self.timeout = _core.check_timeout(timeout)
+        if attempt_timeout is not None:
+            _core.check_timeout(attempt_timeout, "attempt_timeout")
+        self._policy = retry or RetryPolicy(attempt_timeout=attempt_timeout)
+        self._sessions = SessionTracker(client_id)
+        self._stubs: dict[str, _Stubs] = {}
+        self._closed = False
+
+    @property
+    def client_id(self) -> int:
+        return self._sessions.client_id
+
+    @property
+    def endpoints(self) -> list[str]:
+        return self._ring.endpoints
+
+    async def close(self) -> None:
+        self._closed = True
+        stubs, self._stubs = self._stubs, {}
+        for s in stubs.values():
+            await s.channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- key-value ------------------------------------------------------------
+
+    async def put(self, key: str, value: bytes | str, *, timeout: float | None = None) -> int:
+        """Sets ``key`` to ``value``; returns the log index of the write."""
+        request = kv_pb2.PutRequest(key=_core.to_key(key), value=_core.to_value(value))
+        response = await self._write("Put", lambda s: s.kv.Put, request, timeout)
+        return response.index
+
+    async def get(
+        self,
+        key: str,
+        *,
+        consistency: int = _core.LINEARIZABLE,
+        timeout: float | None = None,
+    ) -> bytes | None:
+        """The value of ``key``, or None when it is absent."""
+        return (await self.get_result(key, consistency=consistency, timeout=timeout)).value
+
+    async def get_result(
+        self,
+        key: str,
+        *,
+        consistency: int = _core.LINEARIZABLE,
+        timeout: float | None = None,
+    ) -> GetResult:
+        """Like get(), with ``found`` and the index the read was served at."""
+        request = kv_pb2.GetRequest(
+            key=_core.to_key(key), consistency=_core.check_consistency(consistency)
+        )
+        r = await self._call("Get", lambda s: s.kv.Get, request, timeout)
+        return GetResult(found=r.found, value=r.value if r.found else None, index=r.index)
+
+    async def delete(self, key: str, *, timeout: float | None = None) -> bool:
+        """Removes ``key``; returns whether it existed."""
+        request = kv_pb2.DeleteRequest(key=_core.to_key(key))
+        response = await self._write("Delete", lambda s: s.kv.Delete, request, timeout)
+        return response.deleted
+
+    async def cas(
+        self,
+        key: str,
+        expected: bytes | str | None,
+        value: bytes | str,
+        *,
+        timeout: float | None = None,
+    ) -> CasResult:
+        """Sets ``key`` to ``value`` if its value is ``expected`` (None: if
+        the key is absent)."""
+        request = _core.cas_request(key, expected, value)
+        response = await self._write(
+            "CompareAndSwap", lambda s: s.kv.CompareAndSwap, request, timeout
+        )
+        return _core.cas_result(response)
+
+    async def range(
+        self,
+        prefix: str = "",
+        *,
+        start_after: str = "",
+        limit: int = 0,
+        consistency: int = _core.LINEARIZABLE,
+        timeout: float | None = None,
+    ) -> RangePage:
+        """One page of keys starting with ``prefix``, after ``start_after``,
+        at most ``limit`` (0: the server's page size)."""
+        request = kv_pb2.RangeRequest(
+            prefix=_core.to_key(prefix),
+            start_after=_core.to_key(start_after),
+            limit=limit,
+            consistency=_core.check_consistency(consistency),
+        )
+        return _core.range_page(await self._call("Range", lambda s: s.kv.Range, request, timeout))
+
+    async def scan(
+        self,
+        prefix: str = "",
+        *,
+        page_size: int = 0,
+        consistency: int = _core.LINEARIZABLE,
+        timeout: float | None = None,
+    ) -> AsyncIterator[tuple[str, bytes]]:
+        """Every (key, value) with ``prefix``, fetched page by page (each page
+        is one read with its own deadline; pages may come from different
+        points in time)."""
+        after = ""
+        while True:
+            page = await self.range(
+                prefix,
+                start_after=after,
+                limit=page_size,
+                consistency=consistency,
+                timeout=timeout,
+            )
+            for item in page.items:
+                yield item
+            if not page.more or not page.items:
+                return
+            after = page.items[-1][0]
+
+    # -- admin ------------------------------------------------------------------
+
+    async def status(
+        self, *, endpoint: str | None = None, timeout: float | None = None
+    ) -> admin_pb2.StatusResponse:
+        """The status of one node (``endpoint``, or whichever answers) and of
+        the members as the leader sees them."""
+        return await self._call(
+            "Status", lambda s: s.admin.Status, admin_pb2.StatusRequest(), timeout, endpoint
+        )
+
+    async def members(self, *, timeout: float | None = None) -> list[admin_pb2.Member]:
+        r = await self._call(
+            "Members", lambda s: s.admin.Members, admin_pb2.MembersRequest(), timeout
+        )
+        return list(r.members)
+
+    async def transfer_leadership(self, target: str = "", *, timeout: float | None = None) -> str:
+        """Hands leadership to ``target`` (default: the most caught-up voter);
+        returns the new leader's id."""
+        request = admin_pb2.TransferLeadershipRequest(target=target)
+        r = await self._call(
+            "TransferLeadership", lambda s: s.admin.TransferLeadership, request, timeout
+        )
+        return r.leader
+
+    async def add_member(
+        self, node_id: str, address: str, *, timeout: float | None = None
+    ) -> list[admin_pb2.Member]:
+        """Adds a node (as a learner, promoted to voter once caught up);
+        returns the membership after the change."""
+        _core.parse_endpoints([address])
+        request = admin_pb2.AddMemberRequest(id=node_id, address=address)
+        return list(
+            (await self._call("AddMember", lambda s: s.admin.AddMember, request, timeout)).members
+        )
+
+    async def remove_member(
+        self, node_id: str, *, timeout: float | None = None
+    ) -> list[admin_pb2.Member]:
+        request = admin_pb2.RemoveMemberRequest(id=node_id)
+        r = await self._call("RemoveMember", lambda s: s.admin.RemoveMember, request, timeout)
+        return list(r.members)
+
+    async def snapshot(self, *, endpoint: str | None = None, timeout: float | None = None) -> int:
+        """Makes one node (``endpoint``, or whichever answers) snapshot now;
+        returns the index the snapshot covers."""
+        r = await self._call(
+            "Snapshot", lambda s: s.admin.Snapshot, admin_pb2.SnapshotRequest(), timeout, endpoint
+        )
+        return r.index
+
+    # -- machinery ----------------------------------------------------------------
+
+    def _stubs_for(self, endpoint: str) -> _Stubs:
+        stubs = self._stubs.get(endpoint)
+        if stubs is None:
+            if self._closed:
+                raise RuntimeError("the client is closed")
+            channel = grpc.aio.insecure_channel(endpoint, options=_core.CHANNEL_OPTIONS)
+            stubs = self._stubs[endpoint] = _Stubs(channel)
+        return stubs
+
+    async def _write(
+        self,
+        method: str,
+        rpc: Callable[[_Stubs], grpc.aio.UnaryUnaryMultiCallable[Req, Resp]],
+        request: Any,
+        timeout: float | None,
+    ) -> Resp:
+        sequence = self._sessions.begin()
+        try:
+            return await self._call(method, rpc, request, timeout, session=sequence)
+        finally:
+            self._sessions.end(sequence)
+
+    async def _call(
+        self,
+        method: str,
+        rpc: Callable[[_Stubs], grpc.aio.UnaryUnaryMultiCallable[Req, Resp]],
+        request: Req,
+        timeout: float | None,
+        endpoint: str | None = None,
+        *,
+        session: int | None = None,
+    ) -> Resp:
+        if endpoint is not None:
+            (endpoint,) = _core.parse_endpoints([endpoint])
+        attempts = CallAttempts(
+            self._ring,
+            self.timeout if timeout is None else _core.check_timeout(timeout),
+            self._policy,
+            self._rng,
+            pinned=endpoint,
+            method=method,
+        )
+        while True:
+            target, attempt_timeout = attempts.next()
+            if session is not None:
+                request.session.CopyFrom(self._sessions.session(session))  # type: ignore[attr-defined]
+            try:
+                call = rpc(self._stubs_for(target))(request, timeout=attempt_timeout)
+                response = await call
+                trailing = await call.trailing_metadata()
+            except grpc.RpcError as error:
+                pause = attempts.failed(target, error)
+                log.debug(
+                    "retrying",
+                    method=method,
+                    endpoint=target,
+                    code=str(getattr(error, "code", lambda: None)()),
+                    attempt=attempts.attempts,
+                    pause=round(pause, 3),
+                    sequence=session,
+                )
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                continue
+            attempts.succeeded(trailing)
+            return response

@@ -1,0 +1,434 @@
+"""What the sync and the asyncio client share: endpoints, sessions, the retry
+policy, request building and result types. No I/O here: the two clients run
+the same decisions with blocking or awaiting calls around them.
+
+Retry rules, for every call:
+- The overall deadline (``timeout``) covers every attempt and every pause.
+- UNAVAILABLE (node down, no leader, no quorum) moves to the next endpoint
+  and tries again. Each endpoint is tried once without pausing; after a full
+  round the client pauses, with exponential back-off and jitter.
+- A leader hint (trailing metadata ``ramraft-leader: host:port``) makes that
+  address the next endpoint to try, without pausing.
+- With ``attempt_timeout``, an attempt that times out while the overall
+  deadline has time left counts as UNAVAILABLE (a hung or paused node).
+- Any other error is final and maps to an exception in client.errors.
+- A write carries the same Session (client id, sequence) on every attempt,
+  so the cluster applies it at most once.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import grpc
+
+from client.errors import DeadlineExceeded, RamraftError, Unavailable, error_for_status
+from proto import kv_pb2
+
+DEFAULT_TIMEOUT: Final = 5.0
+LEADER_METADATA_KEY: Final = "ramraft-leader"
+# The largest message the client accepts or sends (range pages, big values).
+MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+# Channel options: reconnect quickly to a node that comes back (gRPC's default
+# back-off grows to two minutes, during which the channel fails every call).
+CHANNEL_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+# A hinted address that failed is ignored for this long (it may be a name
+# that only resolves inside the cluster's network).
+BAD_HINT_SECONDS: Final = 30.0
+
+Consistency = kv_pb2.Consistency
+LINEARIZABLE: Final = kv_pb2.LINEARIZABLE
+SERIALIZABLE: Final = kv_pb2.SERIALIZABLE
+
+_ENDPOINT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
+
+
+def parse_endpoints(endpoints: str | Iterable[str]) -> list[str]:
+    """``"h1:p1,h2:p2"`` or a list of ``"host:port"`` -> a list without
+    duplicates, in order. Raises ValueError naming the bad entry."""
+    items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    result: list[str] = []
+    for raw in items:
+        if not isinstance(raw, str):
+            raise TypeError(f"endpoint must be a string, not {type(raw).__name__}")
+        endpoint = raw.strip()
+        if not endpoint:
+            continue
+        match = _ENDPOINT.match(endpoint)
+        if match is None or not 0 < int(match.group(1)) < 65536:
+            raise ValueError(f"invalid endpoint {endpoint!r}: expected HOST:PORT")
+        if endpoint not in result:
+            result.append(endpoint)
+    if not result:
+        raise ValueError("no endpoints given")
+    return result
+
+
+def check_timeout(timeout: float, name: str = "timeout") -> float:
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, not {timeout!r}")
+    return float(timeout)
+
+
+def check_consistency(consistency: int) -> kv_pb2.Consistency.ValueType:
+    if consistency not in (LINEARIZABLE, SERIALIZABLE):
+        raise ValueError(f"unknown consistency {consistency!r}")
+    return kv_pb2.Consistency.ValueType(consistency)
+
+
+def to_key(key: str) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"key must be str, not {type(key).__name__}")
+    return key
+
+
+def to_value(value: bytes | str, name: str = "value") -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"{name} must be bytes or str, not {type(value).__name__}")
+
+
+# -- results ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GetResult:
+    found: bool
+    value: bytes | None  # None when not found
+    index: int  # the applied index of the node that served the read
+
+
+@dataclass(frozen=True, slots=True)
+class CasResult:
+    swapped: bool
+    found: bool  # whether the key existed before the request
+    current: bytes | None  # the value before the request; None when absent
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class RangePage:
+    items: list[tuple[str, bytes]]
+    more: bool  # more keys match after the last item
+    index: int
+
+
+# -- sessions ------------------------------------------------------------------
+
+
+class SessionTracker:
+    """Numbers this client's writes. The id is random and non-zero; sequence
+    numbers start at 1. ``first_unacked`` is the lowest sequence still in
+    flight, so that the cluster knows which replies it may forget while
+    several writes are outstanding. Thread-safe."""
+
+    def __init__(self, client_id: int | None = None) -> None:
+        if client_id is None:
+            client_id = 0
+            while client_id == 0:
+                client_id = secrets.randbits(64)
+        if not 0 < client_id < 2**64:
+            raise ValueError("client_id must be a non-zero unsigned 64-bit integer")
+        self.client_id: Final = client_id
+        self._last = 0
+        # Sequences in increasing order; finished ones are dropped from the
+        # front lazily, so the front is the lowest still in flight.
+        self._in_flight: collections.deque[int] = collections.deque()
+        self._done: set[int] = set()
+        self._lock = threading.Lock()
+
+    def begin(self) -> int:
+        with self._lock:
+            self._last += 1
+            self._in_flight.append(self._last)
+            return self._last
+
+    def session(self, sequence: int) -> kv_pb2.Session:
+        """The Session for an attempt of write ``sequence`` (built for each
+        attempt: first_unacked may have moved up in between)."""
+        with self._lock:
+            first = self._in_flight[0] if self._in_flight else sequence
+        return kv_pb2.Session(client_id=self.client_id, sequence=sequence, first_unacked=first)
+
+    def end(self, sequence: int) -> None:
+        """The write got its final answer, or the client gave up on it."""
+        with self._lock:
+            self._done.add(sequence)
+            while self._in_flight and self._in_flight[0] in self._done:
+                self._done.discard(self._in_flight.popleft())
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._in_flight) - len(self._done)
+
+
+# -- endpoints and retries -------------------------------------------------------
+
+
+class EndpointRing:
+    """The endpoints, and which one to try next. Calls stick to an endpoint
+    that works; a failure moves on; a leader hint jumps to the leader."""
+
+    def __init__(self, endpoints: Sequence[str], rng: random.Random) -> None:
+        self._configured = list(endpoints)
+        self._endpoints = list(endpoints)
+        # Different clients start at different nodes, to spread the load.
+        self._current = rng.randrange(len(self._endpoints))
+        self._bad_hints: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def endpoints(self) -> list[str]:
+        return list(self._endpoints)
+
+    def current(self) -> str:
+        with self._lock:
+            return self._endpoints[self._current % len(self._endpoints)]
+
+    def failed(self, endpoint: str, *, connection: bool) -> None:
+        """``endpoint`` failed: move past it (if no other call did already)."""
+        with self._lock:
+            if endpoint not in self._endpoints:
+                return
+            i = self._endpoints.index(endpoint)
+            if connection and endpoint not in self._configured:
+                # A hinted address we cannot reach: forget it for a while.
+                self._bad_hints[endpoint] = time.monotonic() + BAD_HINT_SECONDS
+                del self._endpoints[i]
+                self._current = i % len(self._endpoints)
+            elif self._current % len(self._endpoints) == i:
+                self._current = (i + 1) % len(self._endpoints)
+
+    def hint(self, address: str) -> bool:
+        """Prefer ``address`` (the leader) from now on. Returns whether the
+        next endpoint changed."""
+        try:
+            (address,) = parse_endpoints([address])
+        except (ValueError, TypeError):
+            return False
+        with self._lock:
+            if self._bad_hints.get(address, 0.0) > time.monotonic():
+                return False
+            if address not in self._endpoints:
+                self._endpoints.append(address)
+            i = self._endpoints.index(address)
+            if self._current % len(self._endpoints) == i:
+                return False
+            self._current = i
+            return True
+
+
+def leader_hint(*metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    for md in metadata:
+        for key, value in md or ():
+            if key == LEADER_METADATA_KEY:
+                text = value.decode(errors="replace") if isinstance(value, bytes) else value
+                return text.strip() or None
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """``attempt_timeout``: the longest one attempt may take (None: all the
+    time left). Pauses between rounds grow from ``backoff_base`` by doubling
+    up to ``backoff_max``, with jitter."""
+
+    attempt_timeout: float | None = None
+    backoff_base: float = 0.05
+    backoff_max: float = 1.0
+
+    def pause(self, round_: int, rng: random.Random) -> float:
+        ceiling = min(self.backoff_max, self.backoff_base * float(2 ** min(round_, 30)))
+        return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+# Server-side UNAVAILABLE messages that mean the request never reached a
+# server (as opposed to a server that answered "no leader").
+_CONNECTION_FAILURE = ("failed to connect", "connection refused", "dns resolution failed")
+
+
+class CallAttempts:
+    """One logical call: its deadline and the state of its attempts.
+
+    Usage (the clients wrap it around blocking or awaiting calls)::
+
+        attempts = CallAttempts(...)
+        while True:
+            endpoint, timeout = attempts.next()   # raises when out of time
+            try: result = call(endpoint, timeout); attempts.succeeded(...); return result
+            except grpc.RpcError as e: pause = attempts.failed(endpoint, e)  # raises if final
+            sleep(pause)
+    """
+
+    def __init__(
+        self,
+        ring: EndpointRing,
+        timeout: float,
+        policy: RetryPolicy,
+        rng: random.Random,
+        *,
+        pinned: str | None = None,
+        method: str = "",
+    ) -> None:
+        self._ring = ring
+        self._policy = policy
+        self._rng = rng
+        self._pinned = pinned
+        self._method = method
+        self._timeout = timeout
+        self._deadline = time.monotonic() + timeout
+        self.attempts = 0
+        self._failures_in_round = 0
+        self._round = 0
+        self._last_error: grpc.RpcError | None = None
+        self._last_endpoint: str | None = None
+
+    def remaining(self) -> float:
+        return self._deadline - time.monotonic()
+
+    def next(self) -> tuple[str, float]:
+        remaining = self.remaining()
+        if remaining <= 0.001:
+            raise self._give_up()
+        endpoint = self._pinned or self._ring.current()
+        timeout = remaining
+        if self._policy.attempt_timeout is not None and not self._pinned:
+            timeout = min(timeout, self._policy.attempt_timeout)
+        self.attempts += 1
+        return endpoint, timeout
+
+    def succeeded(self, trailing: Iterable[tuple[str, str | bytes]] | None) -> None:
+        hint = leader_hint(trailing)
+        if hint is not None and self._pinned is None:
+            self._ring.hint(hint)
+
+    def failed(self, endpoint: str, error: grpc.RpcError) -> float:
+        """The pause before the next attempt; raises the final exception
+        when the error is not worth retrying or no time is left."""
+        self._last_error, self._last_endpoint = error, endpoint
+        code = _code(error)
+        retry = code == grpc.StatusCode.UNAVAILABLE or (
+            code == grpc.StatusCode.DEADLINE_EXCEEDED and self.remaining() > 0.001
+        )
+        if not retry or self._pinned is not None:
+            raise self._error(error, endpoint)
+        details = (_details(error) or "").lower()
+        connection = any(s in details for s in _CONNECTION_FAILURE)
+        hint = leader_hint(_metadata(error, "trailing"), _metadata(error, "initial"))
+        self._ring.failed(endpoint, connection=connection)
+        if hint is not None and hint != endpoint and self._ring.hint(hint):
+            return 0.0
+        self._failures_in_round += 1
+        if self._failures_in_round < len(self._ring.endpoints):
+            return 0.0
+        self._failures_in_round = 0
+        pause = self._policy.pause(self._round, self._rng)
+        self._round += 1
+        return max(0.0, min(pause, self.remaining() - 0.001))
+
+    def _error(self, error: grpc.RpcError, endpoint: str) -> RamraftError:
+        code = _code(error)
+        details = _details(error) or ""
+        cls = error_for_status(code)
+        name = code.name if code is not None else "UNKNOWN"
+        return cls(
+            f"{self._method}: {name} from {endpoint}: {details}".strip(": "),
+            code=code,
+            details=details,
+            endpoint=endpoint,
+            attempts=self.attempts,
+        )
+
+    def _give_up(self) -> RamraftError:
+        error, endpoint = self._last_error, self._last_endpoint
+        code = _code(error) if error is not None else None
+        tried = f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}"
+        last = (
+            f"; last error from {endpoint}: {code.name if code else 'UNKNOWN'}: {_details(error)}"
+            if error is not None
+            else ""
+        )
+        cls: type[RamraftError] = (
+            Unavailable if code == grpc.StatusCode.UNAVAILABLE else DeadlineExceeded
+        )
+        what = "no node could serve it" if cls is Unavailable else "deadline exceeded"
+        return cls(
+            f"{self._method}: {what} within {self._timeout:g}s ({tried}){last}",
+            code=code,
+            details=(_details(error) or "") if error is not None else "",
+            endpoint=endpoint,
+            attempts=self.attempts,
+        )
+
+
+def _code(error: grpc.RpcError | None) -> grpc.StatusCode | None:
+    code = getattr(error, "code", None)
+    if callable(code):
+        result = code()
+        return result if isinstance(result, grpc.StatusCode) else None
+    return None
+
+
+def _details(error: grpc.RpcError | None) -> str | None:
+    details = getattr(error, "details", None)
+    if callable(details):
+        result = details()
+        return result if isinstance(result, str) else None
+    return None
+
+
+def _metadata(error: grpc.RpcError, which: str) -> Iterable[tuple[str, str | bytes]] | None:
+    getter = getattr(error, f"{which}_metadata", None)
+    if not callable(getter):
+        return None
+    try:
+        result = getter()
+    except Exception:  # metadata is best effort
+        return None
+    return result if isinstance(result, Iterable) else None
+
+
+# -- requests --------------------------------------------------------------------
+
+
+def range_page(response: kv_pb2.RangeResponse) -> RangePage:
+    return RangePage(
+        items=[(kv.key, kv.value) for kv in response.items],
+        more=response.more,
+        index=response.index,
+    )
+
+
+def cas_request(
+    key: str, expected: bytes | str | None, value: bytes | str
+) -> kv_pb2.CompareAndSwapRequest:
+    request = kv_pb2.CompareAndSwapRequest(key=to_key(key), value=to_value(value))
+    if expected is not None:
+        request.expected = to_value(expected, "expected")
+    return request
+
+
+def cas_result(response: kv_pb2.CompareAndSwapResponse) -> CasResult:
+    return CasResult(
+        swapped=response.swapped,
+        found=response.found,
+        current=response.current if response.found else None,
+        index=response.index,
+    )

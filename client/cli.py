@@ -1,0 +1,643 @@
+"""The ``ramraft`` command line.
+
+Client subcommands live here; the server's (``node``, ``cluster``,
+``bench``) are registered by ``server.cli.register(subparsers)`` when that
+module exists. A registered subcommand sets ``func`` with
+``parser.set_defaults(func=handler)``; ``handler(args) -> int`` returns the
+exit status. ``add_client_options`` and ``client_from_args`` give other
+subcommands the same --endpoints/--timeout/--json handling.
+
+Exit status: 0 success; 1 a negative answer (get: key not found; delete: key
+did not exist; cas: not swapped); 2 bad usage; 3 the cluster could not
+answer or refused the request; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import structlog
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message as ProtoMessage
+
+from client import _core
+from client._sync import Client
+from client.errors import RamraftError
+from proto import admin_pb2
+
+__all__ = [
+    "DEFAULT_ENDPOINTS",
+    "EXIT_ERROR",
+    "EXIT_NEGATIVE",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "UsageError",
+    "add_client_options",
+    "build_parser",
+    "client_from_args",
+    "main",
+]
+
+DEFAULT_ENDPOINTS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+EXIT_OK = 0
+EXIT_NEGATIVE = 1
+EXIT_USAGE = 2
+EXIT_ERROR = 3
+EXIT_INTERRUPTED = 130
+
+Handler = Callable[[argparse.Namespace], int]
+
+EPILOG = f"""\
+examples:
+  ramraft put greeting hello
+  ramraft get greeting
+  ramraft get greeting --serializable        # from the contacted node's memory
+  echo -n hello | ramraft put greeting        # value from standard input
+  ramraft cas greeting --expected hello bye   # set only if the value is "hello"
+  ramraft cas lock --absent me                # set only if the key is absent
+  ramraft range users/ --json
+  ramraft status
+  ramraft members add ramraft-3 10.0.0.4:7001
+  ramraft --endpoints 10.0.0.1:7001,10.0.0.2:7001 transfer-leader ramraft-2
+
+environment:
+  RAMRAFT_ENDPOINTS  default for --endpoints (otherwise {DEFAULT_ENDPOINTS})
+  RAMRAFT_TIMEOUT    default for --timeout in seconds (otherwise 5)
+
+exit status: 0 ok; 1 negative answer (key not found, not deleted, not
+swapped); 2 bad usage; 3 the cluster could not answer or refused.
+A write that fails with "unavailable" or "deadline exceeded" may or may not
+have been applied."""
+
+
+class UsageError(Exception):
+    """Bad command-line input found after parsing (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error as one line on stderr (argparse prints the whole
+    usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+# -- options shared by client subcommands ----------------------------------------
+
+
+def _options_parent() -> _Parser:
+    # default=SUPPRESS: the options may be given before or after the
+    # subcommand without one place overwriting the other with its default.
+    parent = _Parser(add_help=False)
+    group = parent.add_argument_group("connection")
+    group.add_argument(
+        "--endpoints",
+        metavar="HOST:PORT,...",
+        default=argparse.SUPPRESS,
+        help="nodes to contact, any of them will do (env RAMRAFT_ENDPOINTS; "
+        f"default {DEFAULT_ENDPOINTS})",
+    )
+    group.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="overall deadline of each request, retries included (env RAMRAFT_TIMEOUT; default 5)",
+    )
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print one JSON document on stdout, for scripts",
+    )
+    return parent
+
+
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    """Adds --endpoints, --timeout and --json to a (sub)parser."""
+    for action in _options_parent()._actions:
+        if action.dest != "help":
+            parser._add_action(action)
+
+
+def endpoints_from_args(args: argparse.Namespace) -> list[str]:
+    raw = getattr(args, "endpoints", None)
+    source = "--endpoints"
+    if raw is None:
+        raw = os.environ.get("RAMRAFT_ENDPOINTS") or None
+        source = "RAMRAFT_ENDPOINTS"
+    if raw is None:
+        raw = DEFAULT_ENDPOINTS
+    try:
+        return _core.parse_endpoints(raw)
+    except ValueError as e:
+        raise UsageError(f"{source}: {e}") from None
+
+
+def timeout_from_args(args: argparse.Namespace) -> float:
+    value: Any = getattr(args, "timeout", None)
+    source = "--timeout"
+    if value is None:
+        env = os.environ.get("RAMRAFT_TIMEOUT")
+        source = "RAMRAFT_TIMEOUT"
+        try:
+            value = float(env) if env else _core.DEFAULT_TIMEOUT
+        except ValueError:
+            raise UsageError(f"{source}: not a number: {env!r}") from None
+    try:
+        return _core.check_timeout(value)
+    except ValueError as e:
+        raise UsageError(f"{source}: {e}") from None
+
+
+def json_from_args(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False))
+
+
+def client_from_args(args: argparse.Namespace) -> Client:
+    return Client(endpoints_from_args(args), timeout_from_args(args))
+
+
+# -- output helpers ---------------------------------------------------------------
+
+
+def _print_json(document: object) -> None:
+    sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+
+
+def _write_bytes(data: bytes) -> None:
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    if sys.stdout.isatty() and not data.endswith(b"\n"):
+        sys.stdout.buffer.write(b"\n")
+    sys.stdout.buffer.flush()
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="backslashreplace")
+
+
+def _value_fields(name: str, data: bytes | None) -> dict[str, Any]:
+    """A value as JSON: the UTF-8 text (null when not valid UTF-8 or absent)
+    and, always, base64."""
+    if data is None:
+        return {name: None, f"{name}_base64": None}
+    try:
+        text: str | None = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return {name: text, f"{name}_base64": base64.b64encode(data).decode("ascii")}
+
+
+def _message_dict(message: ProtoMessage) -> dict[str, Any]:
+    """A protobuf message as plain JSON types (ints stay ints, enums become
+    their names, every field present)."""
+    out: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.is_repeated:
+            out[field.name] = [_json_value(field, v) for v in value]
+        else:
+            out[field.name] = _json_value(field, value)
+    return out
+
+
+def _json_value(field: Any, value: Any) -> Any:
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        # ROLE_PRE_CANDIDATE -> "pre-candidate", VOTER -> "voter"
+        enum = field.enum_type
+        if enum is None or value not in enum.values_by_number:
+            return value
+        name: str = enum.values_by_number[value].name
+        return name.removeprefix(enum.name.upper() + "_").lower().replace("_", "-")
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return _message_dict(value)
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return _text(value)
+    return value
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _suffrage(value: int) -> str:
+    return admin_pb2.Suffrage.Name(value).lower()  # type: ignore[arg-type]
+
+
+def _consistency(args: argparse.Namespace) -> int:
+    return _core.SERIALIZABLE if args.serializable else _core.LINEARIZABLE
+
+
+# -- subcommands -------------------------------------------------------------------
+
+
+def _cmd_put(client: Client, args: argparse.Namespace) -> int:
+    if args.value in (None, "-"):
+        if args.value is None and sys.stdin.isatty():
+            raise UsageError("put: give a VALUE, or '-' to type it, or pipe it on standard input")
+        value = sys.stdin.buffer.read()
+    else:
+        value = args.value.encode()
+    index = client.put(args.key, value)
+    if json_from_args(args):
+        _print_json({"key": args.key, "index": index})
+    else:
+        sys.stdout.write(f"OK (index {index})\n")
+    return EXIT_OK
+
+
+def _cmd_get(client: Client, args: argparse.Namespace) -> int:
+    result = client.get_result(args.key, consistency=_consistency(args))
+    if json_from_args(args):
+        _print_json(
+            {"key": args.key, "found": result.found}
+            | _value_fields("value", result.value)
+            | {"index": result.index}
+        )
+    elif result.value is not None:
+        _write_bytes(result.value)
+    else:
+        sys.stderr.write(f"ramraft: key not found: {args.key}\n")
+    return EXIT_OK if result.found else EXIT_NEGATIVE
+
+
+def _cmd_delete(client: Client, args: argparse.Namespace) -> int:
+    deleted = client.delete(args.key)
+    if json_from_args(args):
+        _print_json({"key": args.key, "deleted": deleted})
+    else:
+        sys.stdout.write("deleted\n" if deleted else f"key not found: {args.key}\n")
+    return EXIT_OK if deleted else EXIT_NEGATIVE
+
+
+def _cmd_cas(client: Client, args: argparse.Namespace) -> int:
+    expected = None if args.absent else args.expected.encode()
+    result = client.cas(args.key, expected, args.value.encode())
+    if json_from_args(args):
+        _print_json(
+            {"key": args.key, "swapped": result.swapped, "found": result.found}
+            | _value_fields("current", result.current)
+            | {"index": result.index}
+        )
+    elif result.swapped:
+        sys.stdout.write(f"swapped (index {result.index})\n")
+    elif result.current is None:
+        sys.stdout.write("not swapped: the key is absent\n")
+    else:
+        sys.stdout.write(f"not swapped: the current value is {_text(result.current)!r}\n")
+    return EXIT_OK if result.swapped else EXIT_NEGATIVE
+
+
+def _cmd_range(client: Client, args: argparse.Namespace) -> int:
+    consistency = _consistency(args)
+    if args.limit:
+        page = client.range(
+            args.prefix, start_after=args.start_after, limit=args.limit, consistency=consistency
+        )
+        items, more = page.items, page.more
+    else:
+        items, more = [], False
+        after = args.start_after
+        while True:
+            page = client.range(args.prefix, start_after=after, consistency=consistency)
+            items.extend(page.items)
+            if not page.more or not page.items:
+                break
+            after = page.items[-1][0]
+    if json_from_args(args):
+        _print_json(
+            {"items": [{"key": k} | _value_fields("value", v) for k, v in items], "more": more}
+        )
+    else:
+        for key, value in items:
+            sys.stdout.write(f"{key}\t{_text(value)}\n")
+        if more:
+            sys.stderr.write(f"(more keys after {items[-1][0]!r}: use --start-after)\n")
+    return EXIT_OK
+
+
+def _cmd_status(client: Client, args: argparse.Namespace) -> int:
+    nodes: list[dict[str, Any]] = []
+    members: list[dict[str, Any]] | None = None
+    for endpoint in client.endpoints:
+        try:
+            status = client.status(endpoint=endpoint)
+        except RamraftError as e:
+            nodes.append({"endpoint": endpoint, "error": str(e)})
+            continue
+        nodes.append({"endpoint": endpoint} | _message_dict(status.node))
+        if members is None and status.members_from_leader:
+            members = [_message_dict(m) for m in status.members]
+    if json_from_args(args):
+        _print_json({"nodes": nodes, "members": members or []})
+    else:
+        rows = [["ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST"]]
+        for n in nodes:
+            if "error" in n:
+                rows.append([n["endpoint"], "-", "unreachable", "", "", "", "", ""])
+                continue
+            rows.append(
+                [
+                    n["endpoint"],
+                    n["id"],
+                    n["role"],
+                    str(n["term"]),
+                    n["leader"] or "-",
+                    str(n["commit_index"]),
+                    str(n["applied_index"]),
+                    str(n["last_index"]),
+                ]
+            )
+        sys.stdout.write(_table(rows) + "\n")
+        if members:
+            sys.stdout.write("\nmembers, as the leader sees them:\n")
+            rows = [["ID", "ADDRESS", "SUFFRAGE", "MATCH", "LAG", "ACTIVE"]]
+            rows += [
+                [
+                    m["id"],
+                    m["address"],
+                    m["suffrage"],
+                    str(m["match_index"]),
+                    str(m["lag"]),
+                    "yes" if m["active"] else "no",
+                ]
+                for m in members
+            ]
+            sys.stdout.write(_table(rows) + "\n")
+    if all("error" in n for n in nodes):
+        sys.stderr.write("ramraft: error: no node answered\n")
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _cmd_transfer_leader(client: Client, args: argparse.Namespace) -> int:
+    leader = client.transfer_leadership(args.target or "")
+    if json_from_args(args):
+        _print_json({"leader": leader})
+    else:
+        sys.stdout.write(f"leader is now {leader}\n")
+    return EXIT_OK
+
+
+def _print_members(members: list[admin_pb2.Member], args: argparse.Namespace) -> None:
+    if json_from_args(args):
+        _print_json({"members": [_message_dict(m) for m in members]})
+        return
+    rows = [["ID", "ADDRESS", "SUFFRAGE"]]
+    rows += [[m.id, m.address, _suffrage(m.suffrage)] for m in members]
+    sys.stdout.write(_table(rows) + "\n")
+
+
+def _cmd_members(client: Client, args: argparse.Namespace) -> int:
+    action = getattr(args, "action", None) or "list"
+    if action == "add":
+        try:
+            _core.parse_endpoints([args.address])
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        members = client.add_member(args.id, args.address)
+    elif action == "remove":
+        members = client.remove_member(args.id)
+    else:
+        members = client.members()
+    _print_members(members, args)
+    return EXIT_OK
+
+
+def _cmd_snapshot(client: Client, args: argparse.Namespace) -> int:
+    endpoint = args.endpoint
+    if endpoint is not None:
+        try:
+            (endpoint,) = _core.parse_endpoints([endpoint])
+        except ValueError as e:
+            raise UsageError(f"--endpoint: {e}") from None
+    index = client.snapshot(endpoint=endpoint)
+    if json_from_args(args):
+        _print_json({"index": index})
+    else:
+        sys.stdout.write(f"snapshot taken at index {index}\n")
+    return EXIT_OK
+
+
+def _client_command(command: Callable[[Client, argparse.Namespace], int]) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        _quiet_logs()
+        with client_from_args(args) as client:
+            return command(client, args)
+
+    return run
+
+
+def _quiet_logs() -> None:
+    # The library logs retries at debug level; a person at a terminal (or a
+    # script reading stdout) wants only warnings, and on stderr.
+    if not structlog.is_configured():
+        structlog.configure(
+            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+            logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        )
+
+
+# -- the parser -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parent = _options_parent()
+    parser = _Parser(
+        prog="ramraft",
+        description="ramraft: a replicated in-memory key-value store. "
+        "Client commands talk to any node of the cluster.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[parent],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(
+        name: str, help: str, handler: Handler, epilog: str = ""
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            parents=[parent],
+            epilog=epilog or None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=handler)
+        return p
+
+    def serializable(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--serializable",
+            action="store_true",
+            help="read from the contacted node's memory at once (may be stale); "
+            "default: linearizable",
+        )
+
+    p = command(
+        "put",
+        "set a key to a value",
+        _client_command(_cmd_put),
+        "examples:\n  ramraft put greeting hello\n  ramraft put photo < photo.jpg",
+    )
+    p.add_argument("key")
+    p.add_argument("value", nargs="?", help="the value; omitted or '-': read standard input")
+
+    p = command(
+        "get",
+        "print the value of a key (exit status 1 when absent)",
+        _client_command(_cmd_get),
+        "examples:\n  ramraft get greeting\n  ramraft get greeting --serializable --json",
+    )
+    p.add_argument("key")
+    serializable(p)
+
+    p = command(
+        "delete",
+        "remove a key (exit status 1 when it did not exist)",
+        _client_command(_cmd_delete),
+    )
+    p.add_argument("key")
+
+    p = command(
+        "cas",
+        "compare and swap: set a key only if its value is as expected "
+        "(exit status 1 when not swapped)",
+        _client_command(_cmd_cas),
+        "examples:\n  ramraft cas counter --expected 1 2\n  ramraft cas lock --absent owner-1",
+    )
+    p.add_argument("key")
+    p.add_argument("value", help="the new value")
+    expect = p.add_mutually_exclusive_group(required=True)
+    expect.add_argument("--expected", metavar="VALUE", help="swap only if the value is VALUE")
+    expect.add_argument("--absent", action="store_true", help="swap only if the key is absent")
+
+    p = command(
+        "range",
+        "list keys with a prefix, in order",
+        _client_command(_cmd_range),
+        "examples:\n  ramraft range users/\n"
+        "  ramraft range users/ --limit 10 --start-after users/bob",
+    )
+    p.add_argument("prefix", nargs="?", default="", help="default: all keys")
+    p.add_argument("--start-after", default="", metavar="KEY", help="only keys after KEY")
+    p.add_argument(
+        "--limit", type=_non_negative, default=0, help="one page of at most N keys (default: all)"
+    )
+    serializable(p)
+
+    command("status", "show every node's state and the members", _client_command(_cmd_status))
+
+    p = command(
+        "transfer-leader",
+        "hand leadership to another voter",
+        _client_command(_cmd_transfer_leader),
+    )
+    p.add_argument("target", nargs="?", help="the node id (default: the most caught-up voter)")
+
+    p = command(
+        "members",
+        "list, add or remove members",
+        _client_command(_cmd_members),
+        "examples:\n  ramraft members\n  ramraft members add ramraft-3 10.0.0.4:7001\n"
+        "  ramraft members remove ramraft-3",
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    actions.add_parser("list", help="list the members (the default)", parents=[parent])
+    add = actions.add_parser(
+        "add", help="add a node: first as learner, then as voter", parents=[parent]
+    )
+    add.add_argument("id")
+    add.add_argument("address", metavar="HOST:PORT")
+    remove = actions.add_parser("remove", help="remove a node", parents=[parent])
+    remove.add_argument("id")
+
+    p = command("snapshot", "make a node take a snapshot now", _client_command(_cmd_snapshot))
+    p.add_argument(
+        "--endpoint", metavar="HOST:PORT", help="the node to snapshot (default: any node)"
+    )
+
+    _register_server_commands(sub)
+    return parser
+
+
+def _register_server_commands(sub: Any) -> None:
+    try:
+        server_cli = importlib.import_module("server.cli")
+    except ModuleNotFoundError as e:
+        if e.name not in ("server.cli", "server"):
+            raise  # a missing dependency of server.cli: a real error
+        return
+    server_cli.register(sub)
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Handler | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return func(args)
+    except UsageError as e:
+        sys.stderr.write(f"ramraft: error: {e}\n")
+        return EXIT_USAGE
+    except RamraftError as e:
+        sys.stderr.write(f"ramraft: error: {_one_line(str(e))}\n")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("ramraft: interrupted\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (e.g. `ramraft range | head`): not an error.
+        _silence_stdout()
+        return EXIT_OK
+    except Exception as e:
+        if os.environ.get("RAMRAFT_DEBUG"):
+            raise
+        sys.stderr.write(
+            f"ramraft: internal error: {type(e).__name__}: {_one_line(str(e))} "
+            "(set RAMRAFT_DEBUG=1 for a traceback)\n"
+        )
+        return EXIT_ERROR
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""An in-process stand-in for a ramraft node: the KV and Admin services over
+a dict, on 127.0.0.1 with a free port, that records every call and can be
+told to fail, hint at a leader, or hang."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import deque
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+
+
+@dataclass
+class Call:
+    method: str
+    session: tuple[int, int, int] | None  # (client_id, sequence, first_unacked)
+    request: Any
+
+
+@dataclass
+class Failure:
+    code: grpc.StatusCode
+    details: str = "injected"
+    leader: str | None = None  # sent as trailing metadata ramraft-leader
+
+
+@dataclass
+class FakeNode:
+    node_id: str = "n1"
+    data: dict[str, bytes] = field(default_factory=dict)
+    calls: list[Call] = field(default_factory=list)
+    failures: deque[Failure] = field(default_factory=deque)
+    always: Failure | None = None  # fail every call with this
+    hang: float = 0.0  # seconds each call sleeps before answering
+    success_hint: str | None = None  # leader hint on successful answers
+    index: int = 0
+    address: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail_next(self, n: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE, **kw: Any):
+        for _ in range(n):
+            self.failures.append(Failure(code, **kw))
+
+    def methods(self) -> list[str]:
+        return [c.method for c in self.calls]
+
+    def sessions(self) -> list[tuple[int, int, int] | None]:
+        return [c.session for c in self.calls]
+
+    def _enter(self, method: str, request: Any, context: grpc.ServicerContext) -> None:
+        session = None
+        if hasattr(request, "session") and request.HasField("session"):
+            s = request.session
+            session = (s.client_id, s.sequence, s.first_unacked)
+        with self.lock:
+            self.calls.append(Call(method, session, request))
+            failure = self.failures.popleft() if self.failures else self.always
+        if self.hang:
+            time.sleep(self.hang)
+        if failure is not None:
+            if failure.leader is not None:
+                context.set_trailing_metadata((("ramraft-leader", failure.leader),))
+            context.abort(failure.code, failure.details)
+        if self.success_hint is not None:
+            context.set_trailing_metadata((("ramraft-leader", self.success_hint),))
+
+    def _write(self) -> int:
+        self.index += 1
+        return self.index
+
+
+class _KV(kv_pb2_grpc.KVServicer):
+    def __init__(self, node: FakeNode) -> None:
+        self.node = node
+
+    def Put(self, request, context):
+        self.node._enter("Put", request, context)
+        with self.node.lock:
+            self.node.data[request.key] = request.value
+            return kv_pb2.PutResponse(index=self.node._write())
+
+    def Get(self, request, context):
+        self.node._enter("Get", request, context)
+        with self.node.lock:
+            value = self.node.data.get(request.key)
+            return kv_pb2.GetResponse(
+                found=value is not None, value=value or b"", index=self.node.index
+            )
+
+    def Delete(self, request, context):
+        self.node._enter("Delete", request, context)
+        with self.node.lock:
+            existed = self.node.data.pop(request.key, None) is not None
+            return kv_pb2.DeleteResponse(deleted=existed, index=self.node._write())
+
+    def CompareAndSwap(self, request, context):
+        self.node._enter("CompareAndSwap", request, context)
+        with self.node.lock:
+            current = self.node.data.get(request.key)
+            absent_wanted = not request.HasField("expected")
+            ok = current is None if absent_wanted else current == request.expected
+            if ok:
+                self.node.data[request.key] = request.value
+            return kv_pb2.CompareAndSwapResponse(
+                swapped=ok,
+                found=current is not None,
+                current=current or b"",
+                index=self.node._write(),
+            )
+
+    def Range(self, request, context):
+        self.node._enter("Range", request, context)
+        limit = request.limit or 1000
+        with self.node.lock:
+            keys = sorted(
+                k
+                for k in self.node.data
+                if k.startswith(request.prefix) and k > request.start_after
+            )
+            page = keys[:limit]
+            return kv_pb2.RangeResponse(
+                items=[kv_pb2.KeyValue(key=k, value=self.node.data[k]) for k in page],
+                more=len(keys) > limit,
+                index=self.node.index,
+            )
+
+
+class _Admin(admin_pb2_grpc.AdminServicer):
+    def __init__(self, node: FakeNode) -> None:
+        self.node = node
+
+    def Status(self, request, context):
+        self.node._enter("Status", request, context)
+        n = self.node
+        return admin_pb2.StatusResponse(
+            node=admin_pb2.NodeStatus(
+                id=n.node_id,
+                address=n.address,
+                role=admin_pb2.ROLE_LEADER,
+                term=3,
+                leader=n.node_id,
+                leader_address=n.address,
+                commit_index=n.index,
+                applied_index=n.index,
+                last_index=n.index,
+            ),
+            members=[
+                admin_pb2.MemberStatus(
+                    id=n.node_id,
+                    address=n.address,
+                    match_index=n.index,
+                    active=True,
+                ),
+                admin_pb2.MemberStatus(
+                    id="n2",
+                    address="127.0.0.1:1",
+                    suffrage=admin_pb2.LEARNER,
+                    match_index=max(0, n.index - 2),
+                    lag=min(2, n.index),
+                ),
+            ],
+            members_from_leader=True,
+        )
+
+    def Members(self, request, context):
+        self.node._enter("Members", request, context)
+        return admin_pb2.MembersResponse(
+            members=[admin_pb2.Member(id=self.node.node_id, address=self.node.address)]
+        )
+
+    def TransferLeadership(self, request, context):
+        self.node._enter("TransferLeadership", request, context)
+        return admin_pb2.TransferLeadershipResponse(leader=request.target or "n2")
+
+    def AddMember(self, request, context):
+        self.node._enter("AddMember", request, context)
+        return admin_pb2.AddMemberResponse(
+            members=[
+                admin_pb2.Member(id=self.node.node_id, address=self.node.address),
+                admin_pb2.Member(id=request.id, address=request.address),
+            ]
+        )
+
+    def RemoveMember(self, request, context):
+        self.node._enter("RemoveMember", request, context)
+        if request.id != "n2":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no member {request.id!r}")
+        return admin_pb2.RemoveMemberResponse(
+            members=[admin_pb2.Member(id=self.node.node_id, address=self.node.address)]
+        )
+
+    def Snapshot(self, request, context):
+        self.node._enter("Snapshot", request, context)
+        return admin_pb2.SnapshotResponse(index=self.node.index)
+
+
+class FakeServer:
+    def __init__(self, node: FakeNode | None = None) -> None:
+        self.node = node or FakeNode()
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        kv_pb2_grpc.add_KVServicer_to_server(_KV(self.node), self._server)
+        admin_pb2_grpc.add_AdminServicer_to_server(_Admin(self.node), self._server)
+        port = self._server.add_insecure_port("127.0.0.1:0")
+        self.address = self.node.address = f"127.0.0.1:{port}"
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop(grace=None)
+
+
+def dead_address() -> str:
+    """An address nothing listens on (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"127.0.0.1:{port}"

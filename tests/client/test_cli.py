@@ -1,0 +1,260 @@
+"""The `ramraft` command line against fake nodes: output, --json, exit
+statuses and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import types
+
+import grpc
+import pytest
+
+from client import cli
+from tests.client.fake_server import Failure, FakeServer, dead_address
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        status = cli.main(list(argv))
+    except SystemExit as e:  # argparse errors and --help
+        status = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAMRAFT_ENDPOINTS", raising=False)
+    monkeypatch.delenv("RAMRAFT_TIMEOUT", raising=False)
+    monkeypatch.delenv("RAMRAFT_DEBUG", raising=False)
+
+
+def test_put_get_delete_human(server: FakeServer, capsys) -> None:
+    ep = ["--endpoints", server.address]
+    assert run(capsys, "put", "greeting", "hello", *ep) == (0, "OK (index 1)\n", "")
+    assert run(capsys, *ep, "get", "greeting") == (0, "hello", "")  # options before, too
+    assert run(capsys, "get", "nope", *ep) == (1, "", "ramraft: key not found: nope\n")
+    assert run(capsys, "delete", "greeting", *ep) == (0, "deleted\n", "")
+    assert run(capsys, "delete", "greeting", *ep)[0] == 1
+
+
+def test_put_reads_stdin(server: FakeServer, capsys, monkeypatch) -> None:
+    stdin = types.SimpleNamespace(buffer=io.BytesIO(b"\x00binary\xff"), isatty=lambda: False)
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert run(capsys, "put", "k", "--endpoints", server.address)[0] == 0
+    assert server.node.data["k"] == b"\x00binary\xff"
+    # At a terminal, a missing value is a usage error rather than a silent wait.
+    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(isatty=lambda: True))
+    status, _, err = run(capsys, "put", "k", "--endpoints", server.address)
+    assert status == 2 and "give a VALUE" in err
+
+
+def test_json_output(server: FakeServer, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("RAMRAFT_ENDPOINTS", server.address)
+    status, out, _ = run(capsys, "put", "k", "v", "--json")
+    assert (status, json.loads(out)) == (0, {"key": "k", "index": 1})
+    status, out, _ = run(capsys, "get", "k", "--json", "--serializable")
+    assert json.loads(out) == {
+        "key": "k",
+        "found": True,
+        "value": "v",
+        "value_base64": "dg==",
+        "index": 1,
+    }
+    assert server.node.calls[-1].request.consistency == 1
+    server.node.data["bin"] = b"\xff"
+    status, out, _ = run(capsys, "get", "bin", "--json")
+    assert json.loads(out)["value"] is None and json.loads(out)["value_base64"] == "/w=="
+    status, out, _ = run(capsys, "get", "absent", "--json")
+    assert status == 1
+    assert json.loads(out) == {
+        "key": "absent",
+        "found": False,
+        "value": None,
+        "value_base64": None,
+        "index": 1,
+    }
+
+
+def test_cas(server: FakeServer, capsys) -> None:
+    ep = ["--endpoints", server.address]
+    assert run(capsys, "cas", "lock", "me", "--absent", *ep)[:2] == (0, "swapped (index 1)\n")
+    status, out, _ = run(capsys, "cas", "lock", "you", "--absent", *ep)
+    assert (status, out) == (1, "not swapped: the current value is 'me'\n")
+    status, out, _ = run(capsys, "cas", "lock", "you", "--expected", "me", "--json", *ep)
+    assert status == 0
+    assert json.loads(out) | {"index": 0} == {
+        "key": "lock",
+        "swapped": True,
+        "found": True,
+        "current": "me",
+        "current_base64": "bWU=",
+        "index": 0,
+    }
+    assert run(capsys, "cas", "other", "x", "--expected", "y", *ep)[1] == (
+        "not swapped: the key is absent\n"
+    )
+
+
+def test_range_pages_through_everything_unless_limited(server: FakeServer, capsys) -> None:
+    server.node.data.update({f"u/{i:04}": b"v" for i in range(2500)} | {"z": b"1"})
+    ep = ["--endpoints", server.address]
+    status, out, _ = run(capsys, "range", "u/", *ep)
+    assert status == 0 and len(out.splitlines()) == 2500
+    assert out.splitlines()[0] == "u/0000\tv"
+    status, out, err = run(capsys, "range", "u/", "--limit", "2", "--start-after", "u/0005", *ep)
+    assert out == "u/0006\tv\nu/0007\tv\n" and "more keys" in err
+    status, out, _ = run(capsys, "range", "--limit", "1", "--json", *ep)
+    assert json.loads(out) == {
+        "items": [{"key": "u/0000", "value": "v", "value_base64": "dg=="}],
+        "more": True,
+    }
+
+
+def test_status_asks_every_endpoint(servers, capsys) -> None:
+    a = servers()
+    dead = dead_address()
+    endpoints = f"{a.address},{dead}"
+    status, out, _ = run(capsys, "status", "--endpoints", endpoints, "--timeout", "1")
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "ENDPOINT",
+        "ID",
+        "ROLE",
+        "TERM",
+        "LEADER",
+        "COMMIT",
+        "APPLIED",
+        "LAST",
+    ]
+    assert lines[1].split()[:3] == [a.address, "n1", "leader"]
+    assert lines[2].split() == [dead, "-", "unreachable"]
+    assert "members, as the leader sees them:" in out
+    assert any(line.split()[:3] == ["n2", "127.0.0.1:1", "learner"] for line in lines)
+
+    status, out, _ = run(capsys, "status", "--endpoints", endpoints, "--timeout", "1", "--json")
+    doc = json.loads(out)
+    assert doc["nodes"][0]["role"] == "leader" and doc["nodes"][0]["term"] == 3
+    assert doc["nodes"][1]["endpoint"] == dead and "error" in doc["nodes"][1]
+    assert [m["suffrage"] for m in doc["members"]] == ["voter", "learner"]
+
+
+def test_status_with_no_node_answering_fails(capsys) -> None:
+    status, _, err = run(capsys, "status", "--endpoints", dead_address(), "--timeout", "0.5")
+    assert status == 3 and err == "ramraft: error: no node answered\n"
+
+
+def test_admin_commands(server: FakeServer, capsys) -> None:
+    ep = ["--endpoints", server.address]
+    assert run(capsys, "transfer-leader", "n3", *ep)[1] == "leader is now n3\n"
+    assert json.loads(run(capsys, "transfer-leader", "--json", *ep)[1]) == {"leader": "n2"}
+    status, out, _ = run(capsys, "members", *ep)
+    assert out.split() == ["ID", "ADDRESS", "SUFFRAGE", "n1", server.address, "voter"]
+    status, out, _ = run(capsys, "members", "add", "n4", "127.0.0.1:7004", "--json", *ep)
+    assert [m["id"] for m in json.loads(out)["members"]] == ["n1", "n4"]
+    assert run(capsys, "members", "remove", "n2", *ep)[0] == 0
+    status, _, err = run(capsys, "members", "remove", "ghost", *ep)
+    assert status == 3 and "NOT_FOUND" in err and "ghost" in err
+    assert run(capsys, "snapshot", *ep)[1] == "snapshot taken at index 0\n"
+    assert run(capsys, "snapshot", "--endpoint", server.address, "--json", *ep)[1] == (
+        '{"index": 0}\n'
+    )
+    assert server.node.methods() == [
+        "TransferLeadership",
+        "TransferLeadership",
+        "Members",
+        "AddMember",
+        "RemoveMember",
+        "RemoveMember",
+        "Snapshot",
+        "Snapshot",
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["get"],
+        ["cas", "k", "v"],
+        ["cas", "k", "v", "--absent", "--expected", "x"],
+        ["range", "--limit", "-1"],
+        ["range", "--limit", "many"],
+        ["get", "k", "--timeout", "soon"],
+        ["frobnicate"],
+        ["get", "k", "--endpoints", "no-port"],
+        ["get", "k", "--timeout", "0"],
+        ["members", "add", "n4", "not-an-address"],
+        ["snapshot", "--endpoint", "x"],
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(capsys, argv: list[str]) -> None:
+    status, out, err = run(capsys, *argv)
+    assert status == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert "error" in err and "Traceback" not in err
+
+
+def test_bad_environment_is_a_usage_error(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("RAMRAFT_TIMEOUT", "later")
+    status, _, err = run(capsys, "get", "k")
+    assert (status, err) == (2, "ramraft: error: RAMRAFT_TIMEOUT: not a number: 'later'\n")
+
+
+def test_cluster_errors_are_one_line_and_exit_3(servers, capsys) -> None:
+    down = servers()
+    down.node.always = Failure(grpc.StatusCode.UNAVAILABLE, "no leader\nat all")
+    status, out, err = run(capsys, "put", "k", "v", "--endpoints", down.address, "--timeout", "0.4")
+    assert status == 3 and out == ""
+    assert err.startswith("ramraft: error: Put: no node could serve it within 0.4s")
+    assert err.count("\n") == 1 and "no leader at all" in err
+
+    bad = servers()
+    bad.node.fail_next(1, grpc.StatusCode.INVALID_ARGUMENT, details="key exceeds 1024 bytes")
+    status, _, err = run(capsys, "get", "k", "--endpoints", bad.address)
+    assert status == 3 and "INVALID_ARGUMENT" in err and "key exceeds 1024 bytes" in err
+
+
+def test_help_has_examples(capsys) -> None:
+    status, out, _ = run(capsys, "--help")
+    assert status == 0 and "examples:" in out and "RAMRAFT_ENDPOINTS" in out
+    for command in ["put", "get", "delete", "cas", "range", "status", "transfer-leader"]:
+        assert command in out
+    status, out, _ = run(capsys, "cas", "--help")
+    assert status == 0 and "--absent" in out and "examples:" in out
+
+
+def test_no_command_prints_help_and_exits_2(capsys) -> None:
+    status, _, err = run(capsys)
+    assert status == 2 and "COMMAND" in err
+
+
+def test_server_commands_can_register(monkeypatch, capsys) -> None:
+    module = types.ModuleType("server.cli")
+
+    def register(subparsers) -> None:
+        p = subparsers.add_parser("node", help="run one node")
+        p.add_argument("--id", required=True)
+        p.set_defaults(func=lambda args: print(f"node {args.id}") or 0)
+
+    module.register = register  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "server.cli", module)
+    assert run(capsys, "node", "--id", "n1") == (0, "node n1\n", "")
+    assert "run one node" in run(capsys, "--help")[1]
+
+
+def test_client_options_helpers_for_other_commands(server: FakeServer) -> None:
+    parser = argparse.ArgumentParser()
+    cli.add_client_options(parser)
+    args = parser.parse_args(["--endpoints", server.address, "--timeout", "2", "--json"])
+    assert cli.json_from_args(args) is True
+    with cli.client_from_args(args) as client:
+        assert client.endpoints == [server.address] and client.timeout == 2.0
+        client.put("k", b"v")
+    defaults = parser.parse_args([])
+    assert cli.endpoints_from_args(defaults) == cli.DEFAULT_ENDPOINTS.split(",")
+    assert cli.timeout_from_args(defaults) == 5.0

@@ -1,0 +1,320 @@
+"""The blocking client against fake nodes: results, retries with the same
+session, rotation, leader hints, deadlines and error mapping."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import grpc
+import pytest
+
+from client import (
+    SERIALIZABLE,
+    CasResult,
+    Client,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    RamraftError,
+    Unavailable,
+)
+from tests.client.fake_server import Failure, FakeServer, dead_address
+
+T = 3.0
+
+
+def test_key_value_round_trip(server: FakeServer) -> None:
+    with Client([server.address], timeout=T) as c:
+        assert c.get("k") is None
+        assert c.put("k", b"v1") == 1
+        assert c.put("s", "text") == 2  # str values are sent as UTF-8
+        assert c.get("k") == b"v1"
+        assert c.get("s", consistency=SERIALIZABLE) == b"text"
+        r = c.get_result("k")
+        assert (r.found, r.value, r.index) == (True, b"v1", 2)
+        assert c.delete("k") is True
+        assert c.delete("k") is False
+        assert c.get_result("k").found is False
+    req = server.node.calls[4].request
+    assert req.consistency == SERIALIZABLE
+
+
+def test_empty_value_is_found_not_absent(server: FakeServer) -> None:
+    with Client(server.address, timeout=T) as c:
+        c.put("k", b"")
+        assert c.get("k") == b""
+
+
+def test_cas_absent_versus_expected_empty(server: FakeServer) -> None:
+    with Client(server.address, timeout=T) as c:
+        assert c.cas("k", None, b"a") == CasResult(swapped=True, found=False, current=None, index=1)
+        assert c.cas("k", None, b"b") == CasResult(swapped=False, found=True, current=b"a", index=2)
+        assert c.cas("k", b"a", b"c").swapped
+        c.put("e", b"")
+        assert c.cas("e", b"", b"x").swapped  # b"" is a value, not "absent"
+    cas_requests = [call.request for call in server.node.calls if call.method == "CompareAndSwap"]
+    assert [r.HasField("expected") for r in cas_requests] == [False, False, True, True]
+
+
+def test_range_and_scan(server: FakeServer) -> None:
+    server.node.data.update({f"p/{i:02}": bytes([i]) for i in range(25)} | {"q": b"x"})
+    with Client(server.address, timeout=T) as c:
+        page = c.range("p/", limit=10)
+        assert [k for k, _ in page.items] == [f"p/{i:02}" for i in range(10)]
+        assert page.more
+        page = c.range("p/", start_after="p/20", limit=10)
+        assert [k for k, _ in page.items] == [f"p/{i}" for i in range(21, 25)]
+        assert not page.more
+        assert list(c.scan("p/", page_size=7)) == [(f"p/{i:02}", bytes([i])) for i in range(25)]
+    assert sum(1 for m in server.node.methods() if m == "Range") == 2 + 4
+
+
+def test_retries_reuse_the_session_of_the_write(server: FakeServer) -> None:
+    server.node.fail_next(3)
+    with Client([server.address], client_id=42, timeout=T) as c:
+        assert c.put("k", b"v") == 1
+        c.delete("k")
+    sessions = server.node.sessions()
+    assert sessions[:4] == [(42, 1, 1)] * 4  # three failures, one success
+    assert sessions[4] == (42, 2, 2)  # the next write has the next number
+
+
+def test_sessions_are_random_non_zero_and_per_client(server: FakeServer) -> None:
+    with Client(server.address, timeout=T) as a, Client(server.address, timeout=T) as b:
+        a.put("k", b"1")
+        b.put("k", b"2")
+        assert a.client_id != b.client_id
+        assert 0 < a.client_id < 2**64
+    (ida, _, _), (idb, _, _) = server.node.sessions()  # type: ignore[misc]
+    assert (ida, idb) == (a.client_id, b.client_id)
+
+
+def test_reads_carry_no_session(server: FakeServer) -> None:
+    with Client(server.address, timeout=T) as c:
+        c.get("k")
+        c.range("")
+    assert server.node.sessions() == [None, None]
+
+
+def test_first_unacked_tracks_concurrent_writes(server: FakeServer) -> None:
+    server.node.hang = 0.3
+    with Client(server.address, client_id=7, timeout=T) as c:
+        slow = threading.Thread(target=c.put, args=("a", b"1"))
+        slow.start()
+        time.sleep(0.1)  # write 1 is in flight
+        server.node.hang = 0.0
+        c.put("b", b"2")
+        slow.join()
+        c.put("c", b"3")
+    by_sequence = {s[1]: s for s in server.node.sessions() if s}
+    assert by_sequence[2] == (7, 2, 1)  # 1 still in flight: its reply is needed
+    assert by_sequence[3] == (7, 3, 3)  # both answered
+
+
+def test_rotates_away_from_a_failing_node(servers) -> None:
+    bad, good = servers(), servers()
+    bad.node.always = Failure(grpc.StatusCode.UNAVAILABLE, "no leader")
+    for _ in range(5):
+        with Client([bad.address, good.address], timeout=T) as c:
+            c.put("k", b"v")
+    assert good.node.methods() == ["Put"] * 5
+    # The same session went to both nodes.
+    for call in bad.node.calls:
+        assert call.session in good.node.sessions()
+
+
+def test_rotates_away_from_a_dead_endpoint(server: FakeServer) -> None:
+    with Client([dead_address(), server.address], timeout=T) as c:
+        for i in range(4):
+            c.put(f"k{i}", b"v")
+        # Once a node works, calls stick to it.
+        assert c.get("k0") == b"v"
+    assert len(server.node.calls) == 5
+
+
+def test_leader_hint_is_followed_even_outside_the_endpoint_list(servers) -> None:
+    follower, leader = servers(), servers()
+    follower.node.fail_next(1, leader=leader.address)
+    with Client([follower.address], timeout=T) as c:
+        started = time.monotonic()
+        c.put("k", b"v")
+        assert time.monotonic() - started < 0.5  # no back-off pause before a hint
+        c.put("k2", b"v")
+        assert leader.address in c.endpoints
+    assert follower.node.methods() == ["Put"]
+    assert leader.node.methods() == ["Put", "Put"]
+    assert follower.node.sessions()[0] == leader.node.sessions()[0]
+
+
+def test_leader_hint_on_success_moves_later_calls(servers) -> None:
+    follower, leader = servers(), servers()
+    follower.node.success_hint = leader.address
+    with Client([follower.address, leader.address], rng=_Start(0), timeout=T) as c:
+        c.put("a", b"1")
+        c.put("b", b"2")
+    assert follower.node.methods() == ["Put"]
+    assert leader.node.methods() == ["Put"]
+
+
+def test_unreachable_hint_is_dropped(servers) -> None:
+    node = servers()
+    node.node.fail_next(1, leader=dead_address())
+    with Client([node.address], timeout=T) as c:
+        c.put("k", b"v")
+        assert c.endpoints == [node.address]
+
+
+def test_gives_up_with_unavailable_at_the_deadline(servers) -> None:
+    a, b = servers(), servers()
+    for s in (a, b):
+        s.node.always = Failure(grpc.StatusCode.UNAVAILABLE, "no leader")
+    with Client([a.address, b.address], timeout=0.8) as c:
+        started = time.monotonic()
+        with pytest.raises(Unavailable) as info:
+            c.put("k", b"v")
+        elapsed = time.monotonic() - started
+    assert 0.7 <= elapsed < 1.5
+    assert "no leader" in str(info.value)
+    assert info.value.attempts == len(a.node.calls) + len(b.node.calls) >= 4
+    # Paused between rounds: far fewer attempts than a busy loop would make.
+    assert info.value.attempts < 40
+    assert len({c.session for c in a.node.calls + b.node.calls}) == 1
+
+
+def test_a_hung_node_ends_in_deadline_exceeded(server: FakeServer) -> None:
+    server.node.hang = 2.0
+    with Client(server.address, timeout=0.5) as c:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded) as info:
+            c.get("k")
+        assert time.monotonic() - started < 1.5
+    assert isinstance(info.value, TimeoutError)
+
+
+def test_attempt_timeout_moves_on_from_a_hung_node(servers) -> None:
+    hung, good = servers(), servers()
+    hung.node.hang = 2.0
+    with Client([hung.address, good.address], timeout=3.0, attempt_timeout=0.3, rng=_Start(0)) as c:
+        started = time.monotonic()
+        c.put("k", b"v")
+        assert time.monotonic() - started < 1.5
+    assert hung.node.sessions() == good.node.sessions()
+
+
+def test_per_call_timeout_overrides_the_default(server: FakeServer) -> None:
+    server.node.hang = 1.0
+    with Client(server.address, timeout=10.0) as c:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            c.get("k", timeout=0.3)
+        assert time.monotonic() - started < 0.9
+
+
+@pytest.mark.parametrize(
+    ("code", "exception"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, InvalidArgument),
+        (grpc.StatusCode.NOT_FOUND, NotFound),
+        (grpc.StatusCode.FAILED_PRECONDITION, FailedPrecondition),
+        (grpc.StatusCode.INTERNAL, RamraftError),
+        (grpc.StatusCode.PERMISSION_DENIED, RamraftError),
+    ],
+)
+def test_other_errors_are_final_and_mapped(
+    servers, code: grpc.StatusCode, exception: type[RamraftError]
+) -> None:
+    a, b = servers(), servers()
+    a.node.fail_next(1, code, details="key exceeds 1024 bytes")
+    with (
+        Client([a.address, b.address], rng=_Start(0), timeout=T) as c,
+        pytest.raises(exception) as e,
+    ):
+        c.put("k", b"v")
+    assert type(e.value) is exception
+    assert e.value.code == code
+    assert "key exceeds 1024 bytes" in str(e.value)
+    assert e.value.endpoint == a.address
+    assert len(a.node.calls) == 1 and not b.node.calls  # not retried
+
+
+def test_invalid_argument_is_also_a_value_error(server: FakeServer) -> None:
+    server.node.fail_next(1, grpc.StatusCode.INVALID_ARGUMENT)
+    with Client(server.address, timeout=T) as c, pytest.raises(ValueError):
+        c.get("k")
+
+
+def test_bad_arguments_fail_before_any_call(server: FakeServer) -> None:
+    with pytest.raises(ValueError, match="invalid endpoint"):
+        Client("localhost")
+    with pytest.raises(ValueError, match="no endpoints"):
+        Client("")
+    with pytest.raises(ValueError, match="timeout"):
+        Client(server.address, timeout=0)
+    with Client(server.address) as c:
+        with pytest.raises(TypeError):
+            c.put(b"k", b"v")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            c.put("k", 5)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="consistency"):
+            c.get("k", consistency=7)
+        with pytest.raises(ValueError, match="timeout"):
+            c.get("k", timeout=-1)
+    assert server.node.calls == []
+
+
+def test_admin_calls(server: FakeServer) -> None:
+    with Client(server.address, timeout=T) as c:
+        c.put("k", b"v")
+        status = c.status()
+        assert status.node.id == "n1" and status.node.commit_index == 1
+        assert [m.id for m in status.members] == ["n1", "n2"]
+        assert [m.id for m in c.members()] == ["n1"]
+        assert c.transfer_leadership("n3") == "n3"
+        assert [m.id for m in c.add_member("n4", "127.0.0.1:7004")] == ["n1", "n4"]
+        assert [m.id for m in c.remove_member("n2")] == ["n1"]
+        with pytest.raises(NotFound):
+            c.remove_member("nope")
+        assert c.snapshot() == 1
+        with pytest.raises(ValueError):
+            c.add_member("n5", "no-port")
+
+
+def test_pinned_endpoint_is_not_rotated(servers) -> None:
+    a, b = servers(), servers()
+    a.node.fail_next(1)
+    with Client([b.address], timeout=T) as c:
+        with pytest.raises(Unavailable):
+            c.status(endpoint=a.address)
+        assert c.status(endpoint=a.address).node.address == a.address
+        assert c.snapshot(endpoint=a.address) == 0
+    assert not b.node.calls
+
+
+def test_client_is_usable_from_many_threads(server: FakeServer) -> None:
+    with Client(server.address, timeout=T) as c:
+        threads = [
+            threading.Thread(target=lambda i=i: [c.put(f"{i}-{j}", b"v") for j in range(20)])
+            for i in range(8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    sequences = [s[1] for s in server.node.sessions() if s]
+    assert sorted(sequences) == list(range(1, 161))
+
+
+class _Start(random.Random):
+    """A random source that makes the client start at endpoint i."""
+
+    def __init__(self, i: int) -> None:
+        super().__init__(0)
+        self.i = i
+
+    def randrange(self, *args: object, **kwargs: object) -> int:
+        n = args[-1] if len(args) == 1 else args[1]
+        assert isinstance(n, int)
+        return self.i % n

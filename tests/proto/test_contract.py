@@ -1,0 +1,111 @@
+"""The public contract of issue 4, checked against the generated descriptors:
+acceptance tests outside this repository call these names, so a rename or a
+renumbering must fail here first."""
+
+from __future__ import annotations
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from consensus.types import EntryKind, MsgType
+from proto import admin_pb2, kv_pb2, raft_pb2
+
+T = FieldDescriptor
+
+
+def _fields(message: Descriptor) -> dict[str, tuple[int, int]]:
+    return {f.name: (f.number, f.type) for f in message.fields}
+
+
+def _contains(message: Descriptor, expected: dict[str, tuple[int, int]]) -> None:
+    actual = _fields(message)
+    for name, spec in expected.items():
+        assert actual.get(name) == spec, f"{message.full_name}.{name}: {actual.get(name)} != {spec}"
+
+
+def test_package_and_services() -> None:
+    assert kv_pb2.DESCRIPTOR.package == "ramraft.v1"
+    assert admin_pb2.DESCRIPTOR.package == "ramraft.v1"
+    kv = kv_pb2.DESCRIPTOR.services_by_name["KV"]
+    methods = {m.name: (m.input_type.name, m.output_type.name) for m in kv.methods}
+    assert methods == {
+        "Put": ("PutRequest", "PutResponse"),
+        "Get": ("GetRequest", "GetResponse"),
+        "Delete": ("DeleteRequest", "DeleteResponse"),
+        "CompareAndSwap": ("CompareAndSwapRequest", "CompareAndSwapResponse"),
+        "Range": ("RangeRequest", "RangeResponse"),
+    }
+    admin = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
+    assert {"Status", "TransferLeadership", "AddMember", "RemoveMember", "Snapshot"} <= {
+        m.name for m in admin.methods
+    }
+
+
+def test_consistency_and_session() -> None:
+    assert dict(kv_pb2.Consistency.items()) == {"LINEARIZABLE": 0, "SERIALIZABLE": 1}
+    _contains(
+        kv_pb2.Session.DESCRIPTOR, {"client_id": (1, T.TYPE_UINT64), "sequence": (2, T.TYPE_UINT64)}
+    )
+
+
+def test_kv_messages() -> None:
+    m = kv_pb2
+    _contains(
+        m.PutRequest.DESCRIPTOR,
+        {"key": (1, T.TYPE_STRING), "value": (2, T.TYPE_BYTES), "session": (3, T.TYPE_MESSAGE)},
+    )
+    _contains(m.PutResponse.DESCRIPTOR, {"index": (1, T.TYPE_UINT64)})
+    _contains(m.GetRequest.DESCRIPTOR, {"key": (1, T.TYPE_STRING), "consistency": (2, T.TYPE_ENUM)})
+    _contains(
+        m.GetResponse.DESCRIPTOR,
+        {"found": (1, T.TYPE_BOOL), "value": (2, T.TYPE_BYTES), "index": (3, T.TYPE_UINT64)},
+    )
+    _contains(
+        m.DeleteRequest.DESCRIPTOR, {"key": (1, T.TYPE_STRING), "session": (2, T.TYPE_MESSAGE)}
+    )
+    _contains(m.DeleteResponse.DESCRIPTOR, {"deleted": (1, T.TYPE_BOOL)})
+    cas = m.CompareAndSwapRequest.DESCRIPTOR
+    _contains(
+        cas,
+        {
+            "key": (1, T.TYPE_STRING),
+            "expected": (2, T.TYPE_BYTES),
+            "value": (3, T.TYPE_BYTES),
+            "session": (4, T.TYPE_MESSAGE),
+        },
+    )
+    assert cas.fields_by_name["expected"].has_presence  # `optional`: unset = "key absent"
+    _contains(
+        m.CompareAndSwapResponse.DESCRIPTOR,
+        {"swapped": (1, T.TYPE_BOOL), "found": (2, T.TYPE_BOOL), "current": (3, T.TYPE_BYTES)},
+    )
+    _contains(
+        m.RangeRequest.DESCRIPTOR,
+        {
+            "prefix": (1, T.TYPE_STRING),
+            "start_after": (2, T.TYPE_STRING),
+            "limit": (3, T.TYPE_UINT32),
+            "consistency": (4, T.TYPE_ENUM),
+        },
+    )
+    _contains(m.RangeResponse.DESCRIPTOR, {"items": (1, T.TYPE_MESSAGE), "more": (2, T.TYPE_BOOL)})
+    assert m.RangeResponse.DESCRIPTOR.fields_by_name["items"].is_repeated
+    _contains(m.KeyValue.DESCRIPTOR, {"key": (1, T.TYPE_STRING), "value": (2, T.TYPE_BYTES)})
+
+
+def test_admin_status_has_what_the_issue_lists() -> None:
+    node = set(_fields(admin_pb2.NodeStatus.DESCRIPTOR))
+    assert {"id", "role", "term", "leader", "commit_index", "applied_index", "last_index"} <= node
+    member = set(_fields(admin_pb2.MemberStatus.DESCRIPTOR))
+    assert {"id", "address", "suffrage", "match_index", "lag"} <= member
+    assert set(_fields(admin_pb2.AddMemberRequest.DESCRIPTOR)) == {"id", "address"}
+    _contains(admin_pb2.SnapshotResponse.DESCRIPTOR, {"index": (1, T.TYPE_UINT64)})
+
+
+def test_peer_enums_mirror_the_core() -> None:
+    # The codec converts by value, so names and numbers must line up.
+    assert {name.removeprefix("MSG_"): v for name, v in raft_pb2.MessageType.items()} == {
+        t.name: t.value for t in MsgType
+    }
+    assert {name.removeprefix("ENTRY_"): v for name, v in raft_pb2.EntryKind.items()} == {
+        k.name: k.value for k in EntryKind
+    }
