@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from itertools import repeat
-from typing import Any, Final
+from typing import Final
 
 import crc32c
 from google.protobuf.message import DecodeError, EncodeError
@@ -67,7 +67,6 @@ SNAPSHOT_CHUNK_BYTES: Final = 1024 * 1024
 _MSG_TYPES: Final = tuple(MsgType)
 _ENTRY_KINDS: Final = tuple(EntryKind)
 _NORMAL: Final = EntryKind.NORMAL
-_new_tuple: Final = tuple.__new__
 assert [t.value for t in _MSG_TYPES] == list(range(len(_MSG_TYPES)))
 assert [k.value for k in _ENTRY_KINDS] == list(range(len(_ENTRY_KINDS)))
 
@@ -166,10 +165,10 @@ def _fill(pb: raft_pb2.Message, msg: Message) -> None:
         pb.snapshot.CopyFrom(encode_snapshot_meta(msg.snapshot))
     entries = msg.entries
     if entries:
-        terms, indexes, data, kinds = zip(*entries, strict=True)
-        pb.entry_terms.extend(terms)
-        pb.entry_indexes.extend(indexes)
-        pb.entry_data.extend(data)
+        pb.entry_terms.extend([e.term for e in entries])
+        pb.entry_indexes.extend([e.index for e in entries])
+        pb.entry_data.extend([e.data for e in entries])
+        kinds = [e.kind for e in entries]
         if any(kinds):  # an empty column means "all NORMAL"
             pb.entry_kinds.extend(kinds)
 
@@ -238,11 +237,8 @@ def _decode_entries(pb: raft_pb2.Message) -> tuple[Entry, ...]:
         kind_column: Iterable[EntryKind] = map(_ENTRY_KINDS.__getitem__, kinds)
     else:
         kind_column = repeat(_NORMAL)
-    # tuple.__new__(Entry, row) builds each Entry in C, without calling the
-    # NamedTuple's Python-level __new__.
     # Lengths were checked above; kind_column may be an endless repeat().
-    rows: Iterable[Any] = zip(terms, pb.entry_indexes, pb.entry_data, kind_column, strict=False)
-    return tuple(map(_new_tuple, repeat(Entry), rows))
+    return tuple(map(Entry, terms, pb.entry_indexes, pb.entry_data, kind_column))
 
 
 def decode_message(pb: raft_pb2.Message) -> Message:
