@@ -112,14 +112,18 @@ class RaftLog:
     def find_conflict_by_term(self, index: int, term: int) -> tuple[int, int]:
         """The largest index <= ``index`` whose term is <= ``term``, and that
         term: where the log owning it can agree with a log whose entry at
-        ``index`` has ``term`` (fast back-off, etcd's findConflictByTerm)."""
-        index = min(index, self.last_index)
+        ``index`` has ``term`` (fast back-off, etcd's findConflictByTerm).
+        Past the end of the log, ``index`` itself (term 0)."""
+        if index > self.last_index:
+            return index, 0
         while index > self.offset:
             t = self.entries[index - self.offset - 1].term
             if t <= term:
                 return index, t
             index -= 1
-        return self.offset, self.offset_term
+        # Compacted away: we cannot look further back, and the caller will
+        # find out (a snapshot) when it tries to send from here.
+        return index, self.offset_term if index == self.offset else 0
 
     # ---- membership ----------------------------------------------------------------------
 

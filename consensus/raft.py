@@ -145,12 +145,16 @@ class RaftNode:
         # Leader only: no new membership change until this index is committed.
         self.pending_conf_index = 0
         self._uncommitted_bytes = 0
-        self._read_only = ReadOnly(first_round_id=1)
+        # Read round ids start at a random 64-bit base for every incarnation:
+        # an answer still in flight to a previous incarnation of this node
+        # must never match a round of this one (it would release a read at
+        # a stale index). Found by the simulator.
+        self._read_only = ReadOnly(first_round_id=config.rng.getrandbits(62))
         # Follower side of ReadIndex: reads not yet sent, and sent rounds.
         self._follower_reads: list[bytes] = []
         # round context -> (tick it was sent at, the reads in it)
         self._follower_rounds: dict[bytes, tuple[int, list[bytes]]] = {}
-        self._next_follower_round = 1
+        self._next_follower_round = config.rng.getrandbits(62)
         self._ticks = 0  # logical clock, only to expire unanswered follower reads
         self._pending_snapshot: SnapshotToInstall | None = None
 
@@ -725,7 +729,7 @@ class RaftNode:
     def _sync_progress_with_conf(self) -> None:
         """Track exactly the members of the configuration in force."""
         conf = self.log.conf
-        for member in conf.members:
+        for member in sorted(conf.members):  # sorted: runs must not depend on hash seeds
             pr = self.progress.get(member)
             if pr is None:
                 pr = Progress(self.log.last_index + 1, self.cfg.max_inflight_msgs, False)
