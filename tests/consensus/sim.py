@@ -59,6 +59,7 @@ class FaultProfile:
     long_delay: float
     max_delay_ms: int
     crash: float
+    pause: float
     partition: float
     membership: float
     transfer: float
@@ -74,6 +75,7 @@ class FaultProfile:
             long_delay=rng.choice([0.0, 0.05, 0.2]),
             max_delay_ms=rng.choice([2, 8, 30]),
             crash=rng.choice([0.0, 0.002, 0.006]),
+            pause=rng.choice([0.0, 0.002, 0.006]),
             partition=rng.choice([0.0, 0.003, 0.01]),
             membership=rng.choice([0.0, 0.002, 0.01]),
             transfer=rng.choice([0.0, 0.001, 0.004]),
@@ -150,6 +152,9 @@ class SimNode:
         self.incarnation = 0
         self.kv = KVMachine()
         self.ready_scheduled = False
+        # A stopped process (SIGSTOP, a long GC pause): nothing happens on the
+        # node until then, and what arrived meanwhile is handled in a burst.
+        self.paused_until = 0
         # Client operations this incarnation is serving.
         self.writes: dict[int, tuple[int, Operation]] = {}  # index -> (term, op)
         self.reads: dict[bytes, Operation] = {}
@@ -202,6 +207,8 @@ class SimNode:
         while raft.has_ready():
             rd = raft.ready()
             self.sim.checker.on_ready(self, rd)
+            if rd.soft_state is not None and rd.soft_state.role == Role.LEADER:
+                self.sim.new_leader(self)
             self.disk.persist(rd)
             for m in rd.messages:
                 if m.type == MsgType.SNAPSHOT:
@@ -350,7 +357,8 @@ class Simulation:
 
     def run(self) -> Simulation:
         try:
-            for self.step_no in range(1, self.steps + 1):
+            for step in range(1, self.steps + 1):
+                self.step_no = step
                 self.one_step(chaos=True)
             self.settle()
         except SimulationFailure:
@@ -368,6 +376,12 @@ class Simulation:
                 self.client_op()
         time, _, kind, a, b = heapq.heappop(self._queue)
         self.now = max(self.now, time)
+        target = self._target(kind, a)
+        if target is not None and target.paused_until > self.now:
+            # The node is stopped: the event waits, and the backlog is
+            # handled in a random order when it resumes.
+            self.at(target.paused_until + self.rng.randint(0, 3), kind, a, b)
+            return
         if self.trace:
             self.trace(f"{self.now:7d} {kind} {a} {b}")
         if kind == "tick":
@@ -390,10 +404,27 @@ class Simulation:
                 node.start()
                 self.schedule_ready(node)
                 self.count("restart")
+        elif kind == "crash":
+            node = self.nodes[a]
+            if node.alive and node.incarnation == b:
+                node.crash()
+                self.count("crash-new-leader")
+                self.at(self.now + self.rng.randint(20, 600), "restart", node.id)
+        elif kind == "request":
+            self.serve_request(a)
         elif kind == "heal":
             self.network.blocked.clear()
             self.partitioned = False
         self.checker.after_step()
+
+    def _target(self, kind: str, a: Any) -> SimNode | None:
+        if kind in ("tick", "ready"):
+            return self.nodes[a]
+        if kind == "deliver":
+            return self.nodes.get(a.dst)
+        if kind == "request":
+            return self.nodes[a.node]
+        return None
 
     def deliver(self, m: Message, dropped: bool) -> None:
         if dropped or (m.src, m.dst) in self.network.blocked:
@@ -472,11 +503,18 @@ class Simulation:
     def maybe_inject_fault(self) -> None:
         f, rng = self.faults, self.rng
         live = [n for n in self.nodes.values() if n.alive]
+        leaders = [n for n in live if n.raft is not None and n.raft.role == Role.LEADER]
         if live and rng.random() < f.crash:
-            victim = rng.choice(live)
+            # Leaders are the interesting victims: half the crashes hit one.
+            victim = rng.choice(leaders if leaders and rng.random() < 0.5 else live)
             victim.crash()
             self.count("crash")
             self.at(self.now + rng.randint(20, 600), "restart", victim.id)
+        if live and rng.random() < f.pause:
+            victim = rng.choice(live)
+            if victim.paused_until <= self.now:
+                victim.paused_until = self.now + rng.randint(50, 800)
+                self.count("pause")
         if not self.partitioned and rng.random() < f.partition:
             self.partition()
         leader = self.leader()
@@ -492,12 +530,20 @@ class Simulation:
                     pass
                 self.schedule_ready(self.nodes[leader.id])
 
+    def new_leader(self, node: SimNode) -> None:
+        """A leader that dies during its takeover, having sent only part of
+        what it has, is how old-term entries end up on a majority without
+        being committed (paper Figure 8). Make that common."""
+        if self.rng.random() < self.faults.crash * 40:
+            self.at(self.now + self.rng.randint(1, 15), "crash", node.id, node.incarnation)
+
     def partition(self) -> None:
         rng, ids = self.rng, self.ids
         shape = rng.choice(["isolate", "split", "one-way", "bridge"])
         blocked: set[tuple[str, str]] = set()
         if shape == "isolate":
-            lone = rng.choice(ids)
+            leader = self.leader()
+            lone = leader.id if leader is not None and rng.random() < 0.5 else rng.choice(ids)
             blocked = {(lone, o) for o in ids if o != lone} | {(o, lone) for o in ids if o != lone}
         elif shape == "split":
             shuffled = rng.sample(ids, len(ids))
@@ -558,12 +604,19 @@ class Simulation:
         op = Operation(self._next_op, kind, key, node.id, self.now, self.floor.get(key, 0))
         self._next_op += 1
         self.history.append(op)
+        self.at(self.now + rng.randint(0, 2), "request", op)
+
+    def serve_request(self, op: Operation) -> None:
+        """The request reaches its node (which may have crashed meanwhile)."""
+        node = self.nodes[op.node]
         raft = node.raft
-        assert raft is not None
+        if raft is None:
+            self.complete(op, "failed")
+            return
         try:
-            if kind == "write":
+            if op.kind == "write":
                 op.value = f"v{op.op_id}"
-                data = f"w:{op.op_id}:{key}:{op.value}".encode()
+                data = f"w:{op.op_id}:{op.key}:{op.value}".encode()
                 index = raft.propose(data)
                 node.writes[index] = (raft.term, op)
             else:
@@ -602,6 +655,10 @@ class Checker:
         self.entry_registry: dict[tuple[int, int], tuple[bytes, int, int]] = {}
         # index -> (term, data) of every entry any node applied: state-machine safety.
         self.applied: dict[int, tuple[int, bytes]] = {}
+        # index -> the highest term any node had reached when the entry was first
+        # applied: the entry was committed in that term or an earlier one.
+        self.commit_term_bound: dict[int, int] = {}
+        self.max_term = 0
         self.max_applied = 0
         self.write_values: dict[int, str] = {}  # log index -> value a client write stored
         self.failed_writes: set[int] = set()
@@ -621,6 +678,7 @@ class Checker:
         raft = node.raft
         assert raft is not None
         self.touched.add(node.id)
+        self.max_term = max(self.max_term, raft.term)
         if rd.entries:
             prev_term = raft.log.term(rd.entries[0].index - 1)
             for entry in rd.entries:
@@ -641,24 +699,25 @@ class Checker:
         holder = self.leader_of_term.setdefault(raft.term, node.id)
         if holder != node.id:
             self.fail(f"election safety: {holder} and {node.id} both lead term {raft.term}")
-        # Leader completeness: every entry applied anywhere is in this log.
-        if raft.last_index < self.max_applied:
-            self.fail(
-                f"leader completeness: {node.id} leads term {raft.term} with last index "
-                f"{raft.last_index} but index {self.max_applied} was applied"
-            )
+        # Leader completeness (paper 5.4): an entry committed in an earlier
+        # term is in the log of every leader of a later term. An entry first
+        # applied while no node had reached this leader's term was committed
+        # before it.
         for index in range(raft.log.offset + 1, self.max_applied + 1):
+            if self.commit_term_bound[index] >= raft.term:
+                continue
             term, _ = self.applied[index]
             if raft.log.term(index) != term:
                 self.fail(
-                    f"leader completeness: {node.id} (term {raft.term}) lacks the committed "
-                    f"entry at {index} (term {term})"
+                    f"leader completeness: {node.id} (term {raft.term}) lacks the entry at "
+                    f"{index} (term {term}) committed before its term"
                 )
 
     def on_apply(self, node: SimNode, entry: Entry) -> None:
         seen = self.applied.get(entry.index)
         if seen is None:
             self.applied[entry.index] = (entry.term, entry.data)
+            self.commit_term_bound[entry.index] = self.max_term
             self.max_applied = max(self.max_applied, entry.index)
             if entry.kind == EntryKind.NORMAL and entry.data:
                 self.write_values[entry.index] = entry.data.decode().split(":", 3)[3]
