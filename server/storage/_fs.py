@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
-_datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
+_HAS_FDATASYNC = hasattr(os, "fdatasync")
 
 
 def datasync(fd: int) -> None:
     """fdatasync where the platform has it (it skips metadata such as mtime
     that recovery does not need; a size change is still synced)."""
-    _datasync(fd)
+    if _HAS_FDATASYNC:
+        os.fdatasync(fd)
+    else:
+        os.fsync(fd)
 
 
 def fsync_dir(path: str) -> None:

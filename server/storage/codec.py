@@ -170,13 +170,8 @@ def encode_payload(
         last_term = 0
         try:
             for term, index, data, kind in entries:
-                if index != expected or term < last_term:
-                    raise ValueError(
-                        f"entries must have consecutive indexes and non-decreasing terms: "
-                        f"got index {index} term {term} after index {expected - 1} term {last_term}"
-                    )
-                if kind not in _KINDS:
-                    raise ValueError(f"unknown entry kind {kind!r} at index {index}")
+                if index != expected or term < last_term or kind not in _KINDS:
+                    check_entries(entries)  # raises with the precise reason
                 buf += pack(ITEM_ENTRY, term, index, kind, len(data))
                 buf += data
                 expected += 1
@@ -189,6 +184,31 @@ def encode_payload(
             _put_hard_state_body(buf, hard_state)
         except struct.error as exc:
             raise ValueError(f"hard state field out of range: {exc}") from None
+
+
+def check_entries(entries: Sequence[Entry]) -> None:
+    """Raise ValueError unless the batch has consecutive indexes,
+    non-decreasing terms, known kinds and bytes-like data (the checks the
+    encoder makes on its way; the memory store, which encodes nothing,
+    calls this)."""
+    if not entries:
+        return
+    expected = entries[0].index
+    last_term = 0
+    for term, index, data, kind in entries:
+        if index != expected or term < last_term:
+            raise ValueError(
+                f"entries must have consecutive indexes and non-decreasing terms: "
+                f"got index {index} term {term} after index {expected - 1} term {last_term}"
+            )
+        if kind not in _KINDS:
+            raise ValueError(f"unknown entry kind {kind!r} at index {index}")
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"entry {index} data must be bytes, not {type(data).__name__}")
+        if term < 0 or index < 0 or term > 2**64 - 1 or index > 2**64 - 1 or len(data) > _MAX_U32:
+            raise ValueError(f"entry {index} field out of range")
+        expected += 1
+        last_term = term
 
 
 def encode_checkpoint(

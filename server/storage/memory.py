@@ -21,6 +21,7 @@ from typing import Self
 from consensus.types import Entry, HardState, SnapshotMeta
 
 from .api import RecoveredState, SnapshotStore
+from .codec import check_entries
 from .errors import SnapshotNotFoundError, StorageFailedError, StorageIOError
 from .model import LogModel, reconcile
 from .snapshots import DEFAULT_BLOCK_SIZE, DEFAULT_KEEP
@@ -86,6 +87,7 @@ class MemoryLogStore:
     ) -> None:
         view = self._writable()
         if snapshot is not None or entries or hard_state is not None:
+            check_entries(entries)
             retain = view.check(snapshot, entries, hard_state)
             self._io_point()
             batch = (snapshot, retain, tuple(entries), hard_state)
