@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import errno
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -58,6 +59,38 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_SEGMENT_SIZE = 64 << 20
 _SEGMENT_NAME = re.compile(r"^wal-(\d{20})\.log$")
+
+
+def written_extent(fd: int) -> int:
+    """Length of the file up to the end of its last data region.
+
+    Past it the file is a hole or preallocated space that was never written,
+    which reads as zeros by definition, so recovery need not read 64 MiB of
+    zeros from a fresh segment. Falls back to the file size where the file
+    system cannot tell (SEEK_DATA/SEEK_HOLE unsupported).
+    """
+    size = os.fstat(fd).st_size
+    seek_data = getattr(os, "SEEK_DATA", None)
+    seek_hole = getattr(os, "SEEK_HOLE", None)
+    if seek_data is None or seek_hole is None:
+        return size
+    end = 0
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, seek_data)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # no data after pos
+                    break
+                raise
+            pos = os.lseek(fd, start, seek_hole)
+            end = pos
+    except OSError:
+        return size
+    finally:
+        os.lseek(fd, 0, os.SEEK_SET)
+    return min(end, size)
 
 
 def segment_file_name(sequence: int) -> str:
@@ -372,7 +405,7 @@ class FileLogStore:
     ) -> int:
         path = segment.path
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(written_extent(f.fileno()))
         try:
             header = codec.decode_segment_header(data)
         except ValueError as exc:

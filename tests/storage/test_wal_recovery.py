@@ -152,6 +152,16 @@ def test_cut_at_every_byte_of_the_last_records(written: Written, tail: str) -> N
     assert recover(written)[0] == entries + more
 
 
+def frames_end(data: bytes) -> int:
+    """Where the valid frames of a segment end."""
+    pos = codec.SEGMENT_HEADER_SIZE
+    while True:
+        try:
+            pos = codec.read_frame(data, pos)[1]
+        except codec.FrameError:
+            return pos
+
+
 def flip(path: str, offset: int, bit: int) -> None:
     with open(path, "r+b") as f:
         f.seek(offset)
@@ -344,3 +354,36 @@ def test_truncation_is_crash_safe_at_every_byte(tmp_path: Path) -> None:
             assert entries == ents(1, 7, 1) + ents(8, 9, 2)
         else:
             assert entries == ents(1, 20, 1)
+
+
+@pytest.mark.parametrize("seek_data", [True, False])
+def test_torn_tail_inside_a_preallocated_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seek_data: bool
+) -> None:
+    if not seek_data:  # a file system without SEEK_DATA: the whole file is read
+        monkeypatch.delattr(os, "SEEK_DATA", raising=False)
+    log, _ = open_storage(tmp_path / "d", segment_size=1 << 16)
+    log.load()
+    for i in range(1, 21):
+        log.save(entries=ents(i, i, 1), hard_state=HardState(1, "", i - 1))
+    path = log.segments[-1]
+    log.close()
+    assert os.path.getsize(path) == 1 << 16
+    end = frames_end(Path(path).read_bytes())
+    torn = codec.encode_frame(entries=ents(21, 25, 1))
+    fd = os.open(path, os.O_WRONLY)
+    os.pwrite(fd, bytes(torn[: len(torn) // 2]), end)  # the crash came mid-write
+    os.close(fd)
+    log, _ = open_storage(tmp_path / "d", segment_size=1 << 16)
+    with capture_logs() as logs:
+        state = log.load()
+    assert state.entries == ents(1, 20, 1)
+    assert [e["event"] for e in logs].count("wal_torn_tail_truncated") == 1
+    assert os.path.getsize(path) == 1 << 16  # preallocated again
+    log.save(entries=ents(21, 22, 2))
+    log.close()
+    log, _ = open_storage(tmp_path / "d", segment_size=1 << 16)
+    with capture_logs() as logs:
+        assert log.load().entries == ents(1, 20, 1) + ents(21, 22, 2)
+    assert "wal_torn_tail_truncated" not in [e["event"] for e in logs]
+    log.close()
