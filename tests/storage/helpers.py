@@ -23,3 +23,11 @@ def meta(index: int, term: int, conf: ConfState = CONF) -> SnapshotMeta:
 def snapshot_bytes(index: int, size: int = 3000) -> bytes:
     unit = f"state@{index};".encode()
     return (unit * (size // len(unit) + 1))[:size]
+
+
+def rewrite(path: object, data: bytes) -> None:
+    """Replace a file's content in place (no O_TRUNC: truncating to zero
+    frees every block, which is slow on a file system mounted with discard)."""
+    with open(str(path), "r+b") as f:
+        f.write(data)
+        f.truncate(len(data))

@@ -23,7 +23,7 @@ from server.storage import (
 )
 from server.storage import codec
 
-from .helpers import ents, meta, snapshot_bytes
+from .helpers import ents, meta, rewrite, snapshot_bytes
 
 SEGMENT = 4096
 
@@ -126,7 +126,7 @@ def test_cut_at_every_byte_of_the_last_records(written: Written, tail: str) -> N
             data += bytes(len(original) + 100 - offset)
         elif tail == "garbage":
             data += rng.randbytes(rng.randint(1, 64)).replace(codec.FRAME_MAGIC[:1], b"\x00")
-        Path(last_path).write_bytes(data)
+        rewrite(last_path, data)
         whole = sum(1 for i in in_last if written.ends[i][1] <= offset) + in_last[0]
         with capture_logs() as logs:
             assert recover(written) == written.expected(whole), f"cut at {offset}"
@@ -137,7 +137,7 @@ def test_cut_at_every_byte_of_the_last_records(written: Written, tail: str) -> N
         if torn:
             assert torn[0]["log_level"] == "warning" and torn[0]["offset"] <= offset
     # and the truncated log takes new writes that a later restart sees
-    Path(last_path).write_bytes(original[: len(original) - 3])
+    rewrite(last_path, original[: len(original) - 3])
     entries, hs = recover(written)
     log = FileLogStore(
         str(written.wal_dir),
@@ -188,7 +188,7 @@ def test_bit_flip_in_the_middle_of_the_last_segment_is_refused(written: Written)
     for offset in range(start, end):  # every byte of one record, header and payload
         flip(last_path, offset, offset % 8)
         assert_refuses(written, last_path, offset)
-        Path(last_path).write_bytes(original)
+        rewrite(last_path, original)
     assert recover(written) == written.expected(len(written.batches))
 
 
@@ -256,7 +256,7 @@ def test_unknown_segment_version_is_refused_with_a_clear_message(written: Writte
     data = bytearray(path.read_bytes())
     struct.pack_into("<H", data, 8, 9)
     struct.pack_into("<I", data, 20, crc32c(bytes(data[:20])))
-    path.write_bytes(bytes(data))
+    rewrite(path, bytes(data))
     with pytest.raises(UnsupportedVersionError, match="format version 9.*reads only version 1"):
         recover(written)
 
@@ -341,7 +341,7 @@ def test_truncation_is_crash_safe_at_every_byte(tmp_path: Path) -> None:
     log.close()
     original = Path(path).read_bytes()
     for offset in range(before, len(original) + 1):
-        Path(path).write_bytes(original[:offset])
+        rewrite(path, original[:offset])
         log = FileLogStore(
             str(tmp_path / "d" / "wal"),
             FileSnapshotStore(str(tmp_path / "d" / "snap")),
