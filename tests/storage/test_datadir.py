@@ -15,7 +15,9 @@ from server.storage import DataDirLockedError, StorageError, open_storage
 
 def test_second_open_of_the_same_directory_is_refused(tmp_path: Path) -> None:
     log, _ = open_storage(tmp_path / "d")
-    with pytest.raises(DataDirLockedError, match=f"in use by another ramraft process \\(pid {os.getpid()}"):
+    with pytest.raises(
+        DataDirLockedError, match=f"in use by another ramraft process \\(pid {os.getpid()}"
+    ):
         open_storage(tmp_path / "d")
     log.close()
     log, _ = open_storage(tmp_path / "d")  # closing released it
@@ -58,7 +60,7 @@ def test_lock_held_by_another_process_and_released_when_it_dies(tmp_path: Path) 
 
 def test_directory_that_cannot_be_created(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
-    with pytest.raises(StorageError, match="cannot create the data directory .*file/d"):
+    with pytest.raises(StorageError, match=r"cannot create the data directory .*file/d"):
         open_storage(tmp_path / "file" / "d")
 
 

@@ -81,7 +81,7 @@ def test_rejected_batches_change_nothing(harness: Harness) -> None:
         {"entries": ents(3, 4, 3)},  # overwrites committed entry 3 with another term
         {"hard_state": HardState(1, "", 3)},  # term goes back
         {"hard_state": HardState(2, "n2", 3)},  # second vote in term 2
-        {"entries": [Entry(2, 6, b"x", 7)]},  # unknown kind  # type: ignore[arg-type]
+        {"entries": [Entry(2, 6, b"x", 7)]},  # type: ignore[arg-type]  # unknown kind
     ]
     for bad in bad_batches:
         with pytest.raises(ValueError):
@@ -237,14 +237,14 @@ def inject_write_failure(harness: Harness, monkeypatch: pytest.MonkeyPatch, wher
         return
     import os
 
-    real = {"write": os.pwrite, "sync": getattr(os, "fdatasync", os.fsync)}
+    real_pwrite = os.pwrite
 
     def failing(*args: object, **kwargs: object) -> int:
         raise error
 
     def short_then_fail(fd: int, data: bytes, offset: int) -> int:
         monkeypatch.setattr(os, "pwrite", failing)
-        return int(real["write"](fd, bytes(data)[: len(data) // 2], offset))
+        return real_pwrite(fd, bytes(data)[: len(data) // 2], offset)
 
     if where == "write":
         monkeypatch.setattr(os, "pwrite", short_then_fail)

@@ -67,10 +67,10 @@ def test_a_damaged_block_is_never_handed_out(tmp_path: Path) -> None:
     block5 = header_len + 5 * (BLOCK + 8)
     flip(path, block5 + 8 + 100, 2)
     got = bytearray()
-    with pytest.raises(CorruptionError, match=f"byte offset {block5}: block 5 fails its checksum"):
-        with store.open() as reader:
-            for chunk in reader:
-                got += chunk
+    damaged = f"byte offset {block5}: block 5 fails its checksum"
+    with pytest.raises(CorruptionError, match=damaged), store.open() as reader:
+        for chunk in reader:
+            got += chunk
     assert bytes(got) == DATA[: 5 * BLOCK]
 
 
@@ -92,10 +92,10 @@ def test_damaged_header_stops_recovery(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("cut", [1, 24, 300])
 def test_truncated_snapshot_is_refused(tmp_path: Path, cut: int) -> None:
-    store, path = make(tmp_path)
+    _store, path = make(tmp_path)
     data = path.read_bytes()
     rewrite(path, data[:-cut])
-    with pytest.raises(CorruptionError, match="trailer|length"):
+    with pytest.raises(CorruptionError, match=r"trailer|length"):
         FileSnapshotStore(str(tmp_path / "snap")).latest()
 
 
@@ -153,7 +153,7 @@ def test_write_error_removes_the_partial_file(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "writev", full)
-    with pytest.raises(StorageIOError, match="No space left.*previous snapshots are intact"):
+    with pytest.raises(StorageIOError, match=r"No space left.*previous snapshots are intact"):
         writer.write(b"x" * (BLOCK * 2))
     monkeypatch.undo()
     assert store.latest() == meta(77, 4)

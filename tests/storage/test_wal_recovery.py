@@ -19,9 +19,9 @@ from server.storage import (
     FileLogStore,
     FileSnapshotStore,
     UnsupportedVersionError,
+    codec,
     open_storage,
 )
-from server.storage import codec
 
 from .helpers import ents, meta, rewrite, snapshot_bytes
 
@@ -257,7 +257,7 @@ def test_unknown_segment_version_is_refused_with_a_clear_message(written: Writte
     struct.pack_into("<H", data, 8, 9)
     struct.pack_into("<I", data, 20, crc32c(bytes(data[:20])))
     rewrite(path, bytes(data))
-    with pytest.raises(UnsupportedVersionError, match="format version 9.*reads only version 1"):
+    with pytest.raises(UnsupportedVersionError, match=r"format version 9.*reads only version 1"):
         recover(written)
 
 
