@@ -120,14 +120,19 @@ class _Layout:
         magic, version, _flags, header_len = _PREFIX.unpack(prefix)
         if magic != SNAPSHOT_MAGIC:
             raise CorruptionError(path, 0, "not a ramraft snapshot (bad magic)", SNAPSHOT_HINT)
-        if version != SNAPSHOT_FORMAT_VERSION:
-            raise UnsupportedVersionError(path, version, SNAPSHOT_FORMAT_VERSION)
-        if not _PREFIX.size + _BODY.size + 4 <= header_len <= min(_MAX_HEADER, file_size):
+        # Every version keeps this prefix and ends its header with a crc32c,
+        # so the checksum is checked first: a flipped bit in the version field
+        # is damage, not a file from the future.
+        if not _PREFIX.size + 4 <= header_len <= min(_MAX_HEADER, file_size):
             raise CorruptionError(path, 0, f"bad header length {header_len}", SNAPSHOT_HINT)
         header = _read_exact(fd, header_len, 0)
         (stored,) = _U32.unpack_from(header, header_len - 4)
         if crc32c(header[:-4]) != stored:
             raise CorruptionError(path, 0, "snapshot header fails its checksum", SNAPSHOT_HINT)
+        if version != SNAPSHOT_FORMAT_VERSION:
+            raise UnsupportedVersionError(path, version, SNAPSHOT_FORMAT_VERSION)
+        if header_len < _PREFIX.size + _BODY.size + 4:
+            raise CorruptionError(path, 0, f"bad header length {header_len}", SNAPSHOT_HINT)
         block_size, index, term = _BODY.unpack_from(header, _PREFIX.size)
         try:
             conf, end = codec._get_conf(header, _PREFIX.size + _BODY.size, header_len - 4)

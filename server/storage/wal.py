@@ -38,8 +38,8 @@ StorageFailedError and every later write is refused.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import errno
+import itertools
 import os
 import re
 from collections.abc import Callable, Sequence
