@@ -89,7 +89,10 @@ class SnapshotWriter(Protocol):
     @property
     def meta(self) -> SnapshotMeta: ...
 
-    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append data; returns len(data) (file-like, so a state machine can
+        write to it as to a stream)."""
+        ...
 
     def commit(self) -> SnapshotMeta:
         """Make the snapshot durable and the newest visible one (if newest)."""

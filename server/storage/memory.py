@@ -157,7 +157,7 @@ class MemorySnapshotWriter:
     def bytes_written(self) -> int:
         return sum(len(p) for p in self._parts)
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._done:
             raise ValueError("snapshot writer is closed")
         exc = self._store.disk.fail_writes
@@ -165,7 +165,9 @@ class MemorySnapshotWriter:
             self._store.disk.fail_writes = None
             self.abort()
             raise StorageIOError(f"writing snapshot {self._meta.index} failed: {exc}") from exc
-        self._parts.append(bytes(data))
+        chunk = bytes(data)
+        self._parts.append(chunk)
+        return len(chunk)
 
     def commit(self) -> SnapshotMeta:
         if self._done:

@@ -215,12 +215,13 @@ class FileSnapshotWriter:
         self._seq += 1
         self._size += len(block)
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._done:
             raise ValueError("snapshot writer is closed")
         view = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
         with view:
             self._guard(lambda: self._write(view))
+            return len(view)
 
     def _write(self, view: memoryview) -> None:
         size = self._block_size
