@@ -44,11 +44,11 @@ from typing import Any, Protocol
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import structlog  # noqa: E402
+import structlog
 
-from consensus.types import ConfState, Entry, HardState, SnapshotMeta  # noqa: E402
-from server.storage import open_storage  # noqa: E402
-from server.storage._fs import datasync, preallocate  # noqa: E402
+from consensus.types import ConfState, Entry, HardState, SnapshotMeta
+from server.storage import open_storage
+from server.storage._fs import datasync, preallocate
 
 CONF = ConfState(voters=frozenset({"ramraft-0", "ramraft-1", "ramraft-2"}))
 
