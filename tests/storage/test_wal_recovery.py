@@ -387,3 +387,39 @@ def test_torn_tail_inside_a_preallocated_segment(
         assert log.load().entries == ents(1, 20, 1) + ents(21, 22, 2)
     assert "wal_torn_tail_truncated" not in [e["event"] for e in logs]
     log.close()
+
+
+def test_one_data_sync_per_batch_and_directory_syncs_for_new_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log, _ = open_storage(tmp_path / "d", segment_size=1 << 16)
+    log.load()
+    calls: list[str] = []
+    real_datasync, real_fsync = os.fdatasync, os.fsync
+
+    def datasync(fd: int) -> None:
+        calls.append("datasync")
+        real_datasync(fd)
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync-dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", datasync)
+    monkeypatch.setattr(os, "fsync", fsync)
+    log.save(entries=ents(1, 100, 1), hard_state=HardState(1, "", 0))  # a group commit
+    assert calls == ["datasync"]
+    calls.clear()
+    log.save(entries=ents(101, 102, 1), sync=False)
+    log.save(hard_state=HardState(1, "", 50), sync=False)
+    assert calls == []
+    log.save()
+    assert calls == ["datasync"]
+    calls.clear()
+    segments = len(log.segments)
+    while len(log.segments) == segments:  # until a batch starts a new segment
+        log.save(entries=ents(log.last_index + 1, log.last_index + 20, 1))
+    # the new segment file is synced, renamed, and the directory synced, then
+    # the batch written into it is synced once
+    assert calls[-3:] == ["fsync", "fsync-dir", "datasync"]
+    log.close()
