@@ -126,6 +126,11 @@ class LogModel:
                     f"of the entry before it"
                 )
             commit = self.hard_state.commit
+            if final < min(commit, last_index):
+                raise ValueError(
+                    f"entries {first}..{final} would discard committed entries "
+                    f"{final + 1}..{min(commit, last_index)} (commit index is {commit})"
+                )
             for index in range(first, min(commit, final, last_index) + 1):
                 stored = stored_term(index)
                 new = entries[index - first].term
@@ -179,22 +184,24 @@ class LogModel:
     def apply_entries(self, entries: Sequence[Entry]) -> None:
         """Append, first discarding the stored suffix from entries[0].index on.
 
-        During a replay the batch may start at or below prev_index (it
-        overwrote entries whose segment compaction has since deleted); the
-        part at or below prev_index is covered by a snapshot and skipped.
+        During a replay the batch may start at or below prev_index: back
+        when it was saved it replaced (uncommitted) entries that lived in a
+        segment compaction has since deleted. The log then ends where the
+        batch ends; the part at or below prev_index is covered by a snapshot
+        and only its last term is kept.
         """
         first = entries[0].index
         if first <= self.prev_index:
-            skip = self.prev_index - first + 1
-            if skip > len(entries):
+            del self.terms[:]
+            if self.entries is not None:
+                self.entries.clear()
+            if entries[-1].index <= self.prev_index:
+                self.prev_index = entries[-1].index
+                self.prev_term = entries[-1].term
                 return
+            skip = self.prev_index - first + 1
             self.prev_term = entries[skip - 1].term
             entries = entries[skip:]
-            if not entries:
-                del self.terms[:]
-                if self.entries is not None:
-                    self.entries.clear()
-                return
             first = entries[0].index
         keep = first - self.prev_index - 1
         if keep < 0 or keep > len(self.terms):

@@ -423,3 +423,38 @@ def test_one_data_sync_per_batch_and_directory_syncs_for_new_files(
     # the batch written into it is synced once
     assert calls[-3:] == ["fsync", "fsync-dir", "datasync"]
     log.close()
+
+
+def test_compaction_after_a_truncation_below_a_segment_checkpoint(tmp_path: Path) -> None:
+    """The oldest surviving segment may hold a batch that replaced entries
+    from a deleted segment (it overwrote uncommitted entries back then).
+    Replaying it must give the same log, not a false alarm."""
+    big = b"B" * 3000
+    log, snaps = open_storage(tmp_path / "d", segment_size=4096, preallocate=False)
+    log.load()
+    log.save(entries=ents(1, 40, 1), hard_state=HardState(1, "", 10))  # segment 1
+    log.save(entries=[Entry(1, 41, big)])  # does not fit: segment 2 (checkpoint: last 40)
+    log.save(entries=ents(20, 25, 2), hard_state=HardState(2, "", 10))  # conflict, in segment 2
+    log.save(entries=[Entry(2, 26, big)])  # segment 3 (checkpoint: last 25)
+    log.save(entries=ents(27, 60, 2), hard_state=HardState(2, "", 60))
+    assert len(log.segments) >= 3
+    with snaps.create(meta(40, 2)) as writer:
+        writer.write(b"state at 40")
+        writer.commit()
+    log.compact(40)  # deletes segment 1 only: segment 2 holds entry 41
+    assert Path(log.segments[0]).name == "wal-00000000000000000002.log"
+    log.close()
+    log, _ = open_storage(tmp_path / "d", segment_size=4096, preallocate=False)
+    state = log.load()
+    assert state.entries == ents(41, 60, 2)
+    log.close()
+
+
+def test_a_batch_may_not_discard_committed_entries(tmp_path: Path) -> None:
+    log, _ = open_storage(tmp_path / "d")
+    log.load()
+    log.save(entries=ents(1, 10, 1), hard_state=HardState(1, "", 8))
+    with pytest.raises(ValueError, match="discard committed"):
+        log.save(entries=ents(5, 6, 1))  # same terms, but 7..8 (committed) would go
+    log.save(entries=ents(5, 8, 1))  # up to the commit index is fine
+    log.close()
