@@ -352,7 +352,8 @@ def main() -> None:
         f"  recovery of {recovery['keys']:,} keys + {recovery['log_entries']:,} entries: "
         f"{recovery['total_s']:.2f} s (WAL {recovery['load_wal_s']:.2f} s, snapshot "
         f"{recovery['restore_snapshot_s']:.2f} s of which reading+verifying "
-        f"{recovery['snapshot_read_verify_only_s']:.2f} s, replay {recovery['replay_log_s']:.2f} s; "
+        f"{recovery['snapshot_read_verify_only_s']:.2f} s, "
+        f"replay {recovery['replay_log_s']:.2f} s; "
         f"aim < 5 s); snapshot {recovery['snapshot_mb']:.0f} MB written in "
         f"{recovery['snapshot_write_s']:.2f} s"
     )
