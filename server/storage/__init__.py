@@ -1,0 +1,64 @@
+"""Durable storage of a node: write-ahead log, snapshots, crash recovery.
+
+The runtime opens a data directory with open_storage() (or, in the simulator
+and unit tests, open_memory_storage()), calls ``log_store.load()`` once, and
+then persists every Ready with one ``log_store.save(...)`` call.
+"""
+
+from .api import LogStore, RecoveredState, SnapshotReader, SnapshotStore, SnapshotWriter
+from .datadir import DataDirLock, open_storage
+from .errors import (
+    CorruptionError,
+    DataDirLockedError,
+    SnapshotNotFoundError,
+    StorageError,
+    StorageFailedError,
+    StorageIOError,
+    UnsupportedVersionError,
+)
+from .memory import (
+    MemoryDisk,
+    MemoryLogStore,
+    MemorySnapshotReader,
+    MemorySnapshotStore,
+    MemorySnapshotWriter,
+    open_memory_storage,
+)
+from .snapshots import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_KEEP,
+    FileSnapshotReader,
+    FileSnapshotStore,
+    FileSnapshotWriter,
+)
+from .wal import DEFAULT_SEGMENT_SIZE, FileLogStore
+
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "DEFAULT_KEEP",
+    "DEFAULT_SEGMENT_SIZE",
+    "CorruptionError",
+    "DataDirLock",
+    "DataDirLockedError",
+    "FileLogStore",
+    "FileSnapshotReader",
+    "FileSnapshotStore",
+    "FileSnapshotWriter",
+    "LogStore",
+    "MemoryDisk",
+    "MemoryLogStore",
+    "MemorySnapshotReader",
+    "MemorySnapshotStore",
+    "MemorySnapshotWriter",
+    "RecoveredState",
+    "SnapshotNotFoundError",
+    "SnapshotReader",
+    "SnapshotStore",
+    "SnapshotWriter",
+    "StorageError",
+    "StorageFailedError",
+    "StorageIOError",
+    "UnsupportedVersionError",
+    "open_memory_storage",
+    "open_storage",
+]
