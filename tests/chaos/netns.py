@@ -83,9 +83,11 @@ _RUN_ID_RE = re.compile(r"^[0-9a-f]{6}$")
 _NETNS_RE = re.compile(rf"^{PREFIX}-([0-9a-f]{{6}})-[a-z0-9-]+$")
 _LINK_RE = re.compile(rf"^{PREFIX}([0-9a-f]{{6}})(?:br|h\d+|n\d+)$")
 _HOST_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-# `hostname "$0"` runs in the new UTS namespace, then the real command replaces
-# the shell, so the pid we hold is the command's pid.
-_SET_HOSTNAME_AND_EXEC = 'hostname "$0" && exec "$@"'
+# Runs after `setpriv --pdeathsig KILL`: sets the hostname in the new UTS
+# namespace, checks that the owner ($1) is still our parent (had it died before
+# setpriv armed PDEATHSIG, no signal would ever come), then the real command
+# replaces the shell, so the pid we hold is the command's pid.
+_SET_HOSTNAME_AND_EXEC = 'hostname "$0" && [ "$PPID" = "$1" ] && shift && exec "$@"'
 
 
 class ChaosNetError(RuntimeError):
@@ -554,7 +556,7 @@ class ChaosNet:
             "ip", "netns", "exec", host.netns,
             "unshare", "--uts", "--",
             "setpriv", "--pdeathsig", "KILL", "--",
-            "sh", "-c", _SET_HOSTNAME_AND_EXEC, host.name,
+            "sh", "-c", _SET_HOSTNAME_AND_EXEC, host.name, str(os.getpid()),
             *argv,
         ]  # fmt: skip
 
