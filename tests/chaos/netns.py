@@ -70,6 +70,17 @@ __all__ = [
 log = structlog.get_logger("ramraft.chaos.netns")
 
 PREFIX = "rrc"
+CONTAINER_UID = 10001  # the image's USER (Containerfile), owner of mounted data dirs
+# podman's default rlimits for root containers exceed this machine's hard
+# limits, and runc may not raise them (scripts/build-image.sh says more).
+PODMAN_RUN_FLAGS = (
+    "--runtime",
+    "runc",
+    "--ulimit",
+    "nofile=1024:1024",
+    "--ulimit",
+    "nproc=4096:4096",
+)
 DEFAULT_NODES: tuple[str, ...] = ("ramraft-0", "ramraft-1", "ramraft-2")
 STATE_DIR = Path("/run/ramraft-chaos")
 NETNS_ETC = Path("/etc/netns")
@@ -135,6 +146,13 @@ def _list_netns() -> list[str]:
 
 def _list_links() -> list[str]:
     return sorted(p.name for p in Path("/sys/class/net").iterdir())
+
+
+def _list_containers() -> list[str]:
+    if shutil.which("podman") is None:
+        return []
+    out = _cmd(["podman", "ps", "--all", "--format", "{{.Names}}"], check=False)
+    return sorted(out.split())
 
 
 def _netns_pids(netns: str) -> list[int]:
@@ -203,6 +221,9 @@ def leftovers() -> dict[str, list[str]]:
         for d in NETNS_ETC.iterdir():
             if m := _NETNS_RE.match(d.name):
                 found.setdefault(m.group(1), []).append(f"etc:{d}")
+    for ctr in _list_containers():
+        if m := _NETNS_RE.match(ctr):
+            found.setdefault(m.group(1), []).append(f"container:{ctr}")
     if STATE_DIR.is_dir():
         for f in STATE_DIR.glob("*.json"):
             if _RUN_ID_RE.match(f.stem):
@@ -212,6 +233,9 @@ def leftovers() -> dict[str, list[str]]:
 
 def _remove_run(run_id: str, state: Mapping[str, Any]) -> None:
     """Remove every resource of one run; safe to call on a half-built run."""
+    containers = [c for c in _list_containers() if c.startswith(f"{PREFIX}-{run_id}-")]
+    if containers:
+        _cmd(["podman", "rm", "--force", "--time", "0", *containers], check=False)
     namespaces = [ns for ns in _list_netns() if ns.startswith(f"{PREFIX}-{run_id}-")]
     for ns in namespaces:
         _kill_pids(_netns_pids(ns))
@@ -269,10 +293,12 @@ class ManagedProcess:
 
     name: str
     host: Host
-    argv: tuple[str, ...]
+    argv: tuple[str, ...]  # what the caller asked to run
+    command: tuple[str, ...]  # what is exec'd: argv wrapped for the namespace, or `podman run`
     env: dict[str, str]
     log_path: Path
     cwd: Path | None
+    container: str | None = None  # the podman container name, for start_container()
     popen: subprocess.Popen[bytes] | None = None
     starts: int = 0
     paused: bool = False
@@ -455,6 +481,9 @@ class ChaosNet:
                 self._torn_down = True
                 return
             self._torn_down = True
+        containers = [p.container for p in self.procs.values() if p.container is not None]
+        if containers:
+            _cmd(["podman", "rm", "--force", "--time", "0", *containers], check=False)
         for proc in self.procs.values():
             if proc.alive():
                 with contextlib.suppress(ProcessLookupError):
@@ -593,6 +622,7 @@ class ChaosNet:
                 name=key,
                 host=h,
                 argv=tuple(argv),
+                command=tuple(self._wrap(h, argv)),
                 env=self._child_env(h, env),
                 log_path=self.workdir / "logs" / f"{key}.log",
                 cwd=cwd,
@@ -600,6 +630,79 @@ class ChaosNet:
             self.procs[key] = proc
         self._spawn(proc)
         return proc
+
+    def start_container(
+        self,
+        host: str,
+        image: str,
+        args: Sequence[str] = (),
+        *,
+        name: str | None = None,
+        env: Mapping[str, str] | None = None,
+        entrypoint: str | None = None,
+        volumes: Mapping[Path | str, str] | None = None,
+        workdir: str | None = None,
+        podman_args: Sequence[str] = (),
+    ) -> ManagedProcess:
+        """Run `image` as a container in `host`'s namespace, as the StatefulSet runs it.
+
+        The container joins the host's network namespace (so its address, DNS
+        names and partitions are the host's), gets the host name as hostname,
+        the lab's hosts file, a read-only root, a tmpfs /tmp, no capabilities,
+        no-new-privileges, and the host's data dir (owned by uid 10001, the
+        image's user) at /var/lib/ramraft. kill/pause/resume/restart act on the
+        container (podman kill/pause); exit codes are podman's (137 = SIGKILL).
+        """
+        self._check_live()
+        if shutil.which("podman") is None:
+            raise ChaosNetError("podman is not installed (apt-get install -y podman runc)")
+        h = self.host(host)
+        key = name or host
+        ctr = f"{h.netns}-{key}"
+        data = self.data_dir(host) if host in self.node_names else None
+        mounts: dict[str, str] = {str(NETNS_ETC / h.netns / "hosts"): "/etc/hosts:ro"}
+        if data is not None:
+            data.mkdir(parents=True, exist_ok=True)
+            os.chown(data, CONTAINER_UID, CONTAINER_UID)
+            mounts[str(data)] = "/var/lib/ramraft"
+        mounts.update({str(k): v for k, v in (volumes or {}).items()})
+        argv: list[str] = [
+            "podman", "run", "--rm", *PODMAN_RUN_FLAGS,
+            "--name", ctr,
+            "--network", f"ns:{NETNS_RUN / h.netns}",
+            "--hostname", h.name,
+            "--read-only", "--tmpfs", "/tmp",
+            "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+            "--env", f"POD_NAMESPACE={self.k8s_namespace}",
+        ]  # fmt: skip
+        for src, dst in mounts.items():
+            argv += ["--volume", f"{src}:{dst}"]
+        for k, v in (env or {}).items():
+            argv += ["--env", f"{k}={v}"]
+        if entrypoint is not None:
+            argv += ["--entrypoint", entrypoint]
+        if workdir is not None:
+            argv += ["--workdir", workdir]
+        argv += [*podman_args, image, *args]
+        with self._lock:
+            if key in self.procs and self.procs[key].alive():
+                raise ChaosNetError(f"process {key!r} is already running")
+            proc = ManagedProcess(
+                name=key,
+                host=h,
+                argv=tuple(args),
+                command=tuple(argv),
+                env=dict(os.environ),
+                log_path=self.workdir / "logs" / f"{key}.log",
+                cwd=None,
+                container=ctr,
+            )
+            self.procs[key] = proc
+        self._spawn(proc)
+        return proc
+
+    def _podman(self, *args: str) -> None:
+        _cmd(["podman", *args], check=False)
 
     def _spawn(self, proc: ManagedProcess) -> None:
         assert self._spawner is not None
@@ -611,7 +714,7 @@ class ChaosNet:
         def launch() -> subprocess.Popen[bytes]:
             with proc.log_path.open("ab") as out:
                 return subprocess.Popen(
-                    self._wrap(proc.host, proc.argv),
+                    proc.command,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -663,11 +766,14 @@ class ChaosNet:
         proc = self.proc(name)
         if not proc.alive():
             return proc.returncode()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
+        if proc.paused and sig == signal.SIGTERM:
+            self.resume(name)  # a stopped process cannot act on TERM
+        if proc.container is not None:
+            self._podman("kill", "--signal", signal.Signals(sig).name, proc.container)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
         if sig in (signal.SIGKILL, signal.SIGTERM) and proc.popen is not None:
-            if proc.paused and sig == signal.SIGTERM:
-                os.killpg(proc.pid, signal.SIGCONT)  # a stopped process cannot act on TERM
             try:
                 code = proc.popen.wait(timeout=wait)
             except subprocess.TimeoutExpired:
@@ -698,12 +804,18 @@ class ChaosNet:
     def pause(self, name: str) -> None:
         """SIGSTOP the process group: a long GC pause, the sockets stay open."""
         proc = self.proc(name)
-        os.killpg(proc.pid, signal.SIGSTOP)
+        if proc.container is not None:
+            self._podman("pause", proc.container)  # the cgroup freezer
+        else:
+            os.killpg(proc.pid, signal.SIGSTOP)
         proc.paused = True
 
     def resume(self, name: str) -> None:
         proc = self.proc(name)
-        os.killpg(proc.pid, signal.SIGCONT)
+        if proc.container is not None:
+            self._podman("unpause", proc.container)
+        else:
+            os.killpg(proc.pid, signal.SIGCONT)
         proc.paused = False
 
     # -- network faults ----------------------------------------------------
