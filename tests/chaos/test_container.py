@@ -32,10 +32,8 @@ def _image_missing() -> str | None:
     return None if r.returncode == 0 else f"image {IMAGE} not built (scripts/build-image.sh)"
 
 
-pytestmark = [
-    pytest.mark.chaos,
-    pytest.mark.skipif(_image_missing() is not None, reason=str(_image_missing())),
-]
+_MISSING = _image_missing()
+pytestmark = [pytest.mark.chaos, pytest.mark.skipif(_MISSING is not None, reason=str(_MISSING))]
 
 
 def start_echo_containers(net: ChaosNet) -> None:

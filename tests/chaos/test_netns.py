@@ -6,7 +6,6 @@ datagram seen in the receiver's log proves one direction on its own.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -26,7 +25,10 @@ from tests.chaos.netns import (
 )
 
 PORT = 7000
-ECHO = [sys.executable, "-m", "tests.chaos.echo"]
+REPO = Path(__file__).resolve().parents[2]
+ECHO_PY = Path(__file__).with_name("echo.py")
+# Run as a file (stdlib only), so the namespaces need no sys.path set-up.
+ECHO = [sys.executable, str(ECHO_PY)]
 
 
 def start_echo(net: ChaosNet, *hosts: str) -> None:
@@ -176,7 +178,7 @@ def test_kill_and_restart_keep_the_identity_and_data_dir(chaos_net: ChaosNet) ->
         p = pathlib.Path({str(marker)!r})
         p.write_text(p.read_text() + "x" if p.exists() else "x")
         sys.argv = ["echo", "serve", "--port", "{PORT}"]
-        runpy.run_module("tests.chaos.echo", run_name="__main__")
+        runpy.run_path({str(ECHO_PY)!r}, run_name="__main__")
         """
     )
     proc = net.start("ramraft-1", [sys.executable, "-c", script], env={"RAMRAFT_ID": "ramraft-1"})
@@ -236,14 +238,14 @@ def test_sweep_removes_a_crashed_run_and_spares_live_ones(chaos_net: ChaosNet) -
         from tests.chaos.netns import ChaosNet
         net = ChaosNet(nodes=("ramraft-0",), client=None)
         net.setup()
-        echo = [sys.executable, "-m", "tests.chaos.echo", "serve", "--port", "{PORT}"]
+        echo = [sys.executable, {str(ECHO_PY)!r}, "serve", "--port", "{PORT}"]
         p = net.start("ramraft-0", echo)
         print("RUN", net.run_id, p.pid, net.workdir, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
     r = subprocess.run(
-        [sys.executable, "-c", crash], capture_output=True, text=True, timeout=30, cwd=os.getcwd()
+        [sys.executable, "-c", crash], capture_output=True, text=True, timeout=30, cwd=REPO
     )
     assert r.returncode == -signal.SIGKILL, r.stderr
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("RUN "))
