@@ -6,7 +6,11 @@ datagram seen in the receiver's log proves one direction on its own.
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -15,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.chaos import netns
 from tests.chaos.netns import (
     NETNS_ETC,
     NETNS_RUN,
@@ -105,6 +110,15 @@ def test_bad_arguments_are_refused_clearly() -> None:
         net.split(["ramraft-0"], ["ramraft-0", "ramraft-1"])
     with pytest.raises(ChaosNetError, match="not set up"):
         net.start("ramraft-0", ["true"])
+
+
+def test_unsupported_reason_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "needs root" in str(netns.unsupported_reason())
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda t: None if t == "nft" else real_which(t))
+    assert "apt-get install -y nftables" in str(netns.unsupported_reason())
 
 
 # -- the lab (root) -----------------------------------------------------------
@@ -259,3 +273,22 @@ def test_sweep_removes_a_crashed_run_and_spares_live_ones(chaos_net: ChaosNet) -
     assert run_id not in leftovers()
     assert chaos_net.run_id in leftovers()
     assert not Path(workdir).exists()
+
+
+@pytest.mark.chaos
+def test_host_access_puts_the_test_process_on_the_bridge(chaos_support: None) -> None:
+    with ChaosNet(host_access=True) as net:
+        start_echo(net, "ramraft-0")
+        ip = net.host("ramraft-0").ip
+        assert ipaddress.ip_address(ip) in net.subnet
+        with socket.create_connection((ip, PORT), timeout=2) as s:
+            s.sendall(b"hello\n")
+            assert s.makefile("rb").readline() == b"ramraft-0 hello\n"
+        route = subprocess.run(
+            ["ip", "-4", "route", "show", str(net.subnet)], capture_output=True, text=True
+        ).stdout
+        assert net.bridge in route
+    assert (
+        str(net.subnet)
+        not in subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+    )
