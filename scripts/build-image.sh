@@ -11,7 +11,7 @@
 #  2. Wheels for the package and all its dependencies are built on the host
 #     (`pip wheel`, which uses the host's package index settings) into
 #     build/wheels, so the build needs no network inside the container.
-#  3. podman build --runtime runc --ulimit nofile=1024:1024 -f Containerfile .
+#  3. podman build --runtime runc (lowered ulimits, see PODMAN_FLAGS) -f Containerfile .
 #  4. Smoke test: runs read-only, as uid 10001, and finds `ramraft` on PATH.
 #
 # Needs: podman, runc, debootstrap (apt-get install -y podman runc debootstrap).
@@ -27,7 +27,11 @@ SMOKE=1
 LOCAL_BASE=localhost/ramraft-base:bookworm
 ROOTFS=${RAMRAFT_BASE_ROOTFS:-/var/tmp/ramraft-base-rootfs}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-PODMAN_BUILD_FLAGS=(--runtime runc --ulimit nofile=1024:1024)
+# podman's default container rlimits for root (nofile 1048576, nproc 4194304)
+# exceed this machine's hard limits (20000, 96365), and runc may not raise them:
+# "error setting rlimit type 7 (NOFILE) / 6 (NPROC): operation not permitted".
+# So every build and run lowers both.
+PODMAN_FLAGS=(--runtime runc --ulimit nofile=1024:1024 --ulimit nproc=4096:4096)
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -83,14 +87,14 @@ mkdir -p build/wheels
 python3 -m pip wheel --quiet --wheel-dir build/wheels . setuptools wheel >&2
 
 say "podman build -t $TAG"
-podman build "${PODMAN_BUILD_FLAGS[@]}" \
+podman build "${PODMAN_FLAGS[@]}" \
   --build-arg BASE_IMAGE="$BASE" \
   --build-arg PIP_INSTALL_OPTS="--no-index --find-links=/src/build/wheels" \
   -f Containerfile -t "$TAG" . >&2
 
 if [ "$SMOKE" = 1 ]; then
   say "smoke test: read-only root, uid 10001, ramraft on PATH, packages import"
-  out=$(podman run --rm --runtime runc --read-only --tmpfs /tmp --user 10001:10001 \
+  out=$(podman run --rm "${PODMAN_FLAGS[@]}" --read-only --tmpfs /tmp --user 10001:10001 \
     --cap-drop ALL --security-opt no-new-privileges --entrypoint /bin/sh "$TAG" -c \
     'id -u; command -v ramraft; python3 -c "import consensus, server, client, proto, grpc; print(\"ok\")"')
   printf '%s\n' "$out" >&2

@@ -292,3 +292,25 @@ def test_host_access_puts_the_test_process_on_the_bridge(chaos_support: None) ->
         str(net.subnet)
         not in subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
     )
+
+
+@pytest.mark.chaos
+def test_sigterm_to_the_owner_cleans_up(chaos_support: None) -> None:
+    owner = textwrap.dedent(
+        f"""
+        import sys, time
+        from tests.chaos.netns import ChaosNet
+        with ChaosNet(nodes=("ramraft-0",), client=None) as net:
+            net.start("ramraft-0", [sys.executable, {str(ECHO_PY)!r}, "serve", "--port", "{PORT}"])
+            print("RUN", net.run_id, flush=True)
+            time.sleep(60)
+        """
+    )
+    p = subprocess.Popen([sys.executable, "-c", owner], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert p.stdout is not None
+    line = next(ln for ln in p.stdout if ln.startswith("RUN "))
+    run_id = line.split()[1]
+    assert run_id in leftovers()
+    p.terminate()
+    assert p.wait(timeout=20) == 128 + signal.SIGTERM  # SystemExit from the lab's handler
+    assert run_id not in leftovers()
