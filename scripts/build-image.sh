@@ -27,10 +27,11 @@ SMOKE=1
 LOCAL_BASE=localhost/ramraft-base:bookworm
 ROOTFS=${RAMRAFT_BASE_ROOTFS:-/var/tmp/ramraft-base-rootfs}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-# podman's default container rlimits for root (nofile 1048576, nproc 4194304)
-# exceed this machine's hard limits (20000, 96365), and runc may not raise them:
-# "error setting rlimit type 7 (NOFILE) / 6 (NPROC): operation not permitted".
-# So every build and run lowers both.
+# podman gives root containers RLIMIT_NOFILE 1048576 and RLIMIT_NPROC 32768 by
+# default; on this machine (shell hard limits: nofile 20000, nproc 96365) runc
+# then fails with "error setting rlimit type 7" (NOFILE), and with the
+# nofile limit lowered, "type 6" (NPROC): "operation not permitted". So every
+# build and run sets both explicitly.
 PODMAN_FLAGS=(--runtime runc --ulimit nofile=1024:1024 --ulimit nproc=4096:4096)
 
 while [ $# -gt 0 ]; do

@@ -71,8 +71,8 @@ log = structlog.get_logger("ramraft.chaos.netns")
 
 PREFIX = "rrc"
 CONTAINER_UID = 10001  # the image's USER (Containerfile), owner of mounted data dirs
-# podman's default rlimits for root containers exceed this machine's hard
-# limits, and runc may not raise them (scripts/build-image.sh says more).
+# podman's default rlimits for root containers fail to apply on this machine
+# ("error setting rlimit ... operation not permitted"; scripts/build-image.sh).
 PODMAN_RUN_FLAGS = (
     "--runtime",
     "runc",
