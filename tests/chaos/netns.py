@@ -70,6 +70,9 @@ __all__ = [
 log = structlog.get_logger("ramraft.chaos.netns")
 
 PREFIX = "rrc"
+# The ports of k8s/statefulset.yaml: client gRPC, Raft peers, web tier.
+GRPC_PORT, PEER_PORT, HTTP_PORT = 7000, 7001, 8080
+CONTAINER_DATA_DIR = "/var/lib/ramraft"
 CONTAINER_UID = 10001  # the image's USER (Containerfile), owner of mounted data dirs
 # podman's default rlimits for root containers fail to apply on this machine
 # ("error setting rlimit ... operation not permitted"; scripts/build-image.sh).
@@ -345,11 +348,12 @@ class ChaosNet:
     """A bridge, a namespace per host, and a nemesis. Use as a context manager.
 
     >>> with ChaosNet(k8s_namespace="default") as net:          # doctest: +SKIP
-    ...     for name in net.node_names:
-    ...         net.start(name, ["ramraft", "node", "--id", name,
-    ...                          "--peers", net.peers(7000),
-    ...                          "--data-dir", str(net.data_dir(name))])
+    ...     for name in net.node_names:      # processes, configured as the pods are
+    ...         net.start(name, ["ramraft", "node"], env=net.node_env(name))
+    ...     # or the image:  net.start_container(name, "localhost/ramraft:0.1.0",
+    ...     #                    env=net.node_env(name, data_dir=CONTAINER_DATA_DIR))
     ...     net.partition("ramraft-0"); ...; net.heal()
+    ...     net.kill("ramraft-1"); net.restart("ramraft-1")
     """
 
     def __init__(
@@ -573,6 +577,24 @@ class ChaosNet:
         """`<fqdn>:port,...` for clients (the --endpoints form)."""
         return ",".join(f"{self.fqdn(n)}:{port}" for n in self.node_names)
 
+    def node_env(self, name: str, *, data_dir: str | None = None) -> dict[str, str]:
+        """The RAMRAFT_* environment the StatefulSet gives pod `name`.
+
+        `data_dir` defaults to the lab's data dir for the node; pass
+        CONTAINER_DATA_DIR for start_container(). A test checks this against
+        k8s/statefulset.yaml, so a node started with it runs as it would in a pod.
+        """
+        if name not in self.node_names:
+            raise ChaosNetError(f"{name!r} is not a node; nodes are {list(self.node_names)}")
+        return {
+            "RAMRAFT_ID": name,
+            "RAMRAFT_PEERS": self.peers(PEER_PORT),
+            "RAMRAFT_LISTEN": f"0.0.0.0:{GRPC_PORT}",
+            "RAMRAFT_PEER_LISTEN": f"0.0.0.0:{PEER_PORT}",
+            "RAMRAFT_HTTP": f"0.0.0.0:{HTTP_PORT}",
+            "RAMRAFT_DATA_DIR": data_dir if data_dir is not None else str(self.data_dir(name)),
+        }
+
     def data_dir(self, name: str) -> Path:
         """A node's persistent data dir: it survives kill/restart, not teardown."""
         self.host(name)
@@ -664,7 +686,7 @@ class ChaosNet:
         if data is not None:
             data.mkdir(parents=True, exist_ok=True)
             os.chown(data, CONTAINER_UID, CONTAINER_UID)
-            mounts[str(data)] = "/var/lib/ramraft"
+            mounts[str(data)] = CONTAINER_DATA_DIR
         mounts.update({str(k): v for k, v in (volumes or {}).items()})
         argv: list[str] = [
             "podman", "run", "--rm", *PODMAN_RUN_FLAGS,

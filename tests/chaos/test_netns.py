@@ -110,6 +110,8 @@ def test_bad_arguments_are_refused_clearly() -> None:
         net.split(["ramraft-0"], ["ramraft-0", "ramraft-1"])
     with pytest.raises(ChaosNetError, match="not set up"):
         net.start("ramraft-0", ["true"])
+    with pytest.raises(ChaosNetError, match="'client' is not a node"):
+        net.node_env("client")
 
 
 def test_unsupported_reason_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
