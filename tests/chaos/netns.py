@@ -670,7 +670,7 @@ class ChaosNet:
 
         The container joins the host's network namespace (so its address, DNS
         names and partitions are the host's), gets the host name as hostname,
-        the lab's hosts file, a read-only root, a tmpfs /tmp, no capabilities,
+        the lab's hosts and resolv.conf files, a read-only root, a tmpfs /tmp, no capabilities,
         no-new-privileges, and the host's data dir (owned by uid 10001, the
         image's user) at /var/lib/ramraft. kill/pause/resume/restart act on the
         container (podman kill/pause); exit codes are podman's (137 = SIGKILL).
@@ -682,7 +682,11 @@ class ChaosNet:
         key = name or host
         ctr = f"{h.netns}-{key}"
         data = self.data_dir(host) if host in self.node_names else None
-        mounts: dict[str, str] = {str(NETNS_ETC / h.netns / "hosts"): "/etc/hosts:ro"}
+        etc = NETNS_ETC / h.netns
+        mounts: dict[str, str] = {
+            str(etc / "hosts"): "/etc/hosts:ro",
+            str(etc / "resolv.conf"): "/etc/resolv.conf:ro",
+        }
         if data is not None:
             data.mkdir(parents=True, exist_ok=True)
             os.chown(data, CONTAINER_UID, CONTAINER_UID)
