@@ -1,0 +1,53 @@
+"""Fixtures for tests that need the network-namespace lab (root, iproute2, nftables)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Generator, Iterator
+
+import pluggy
+import pytest
+
+from tests.chaos.netns import ChaosNet, sweep, unsupported_reason
+
+_support: list[str | None] = []
+
+
+def chaos_unsupported() -> str | None:
+    """Why the lab cannot run here (cached for the session), or None."""
+    if not _support:
+        _support.append(unsupported_reason())
+    return _support[0]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pluggy.Result[pytest.TestReport]]:
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture(scope="session")
+def chaos_support() -> None:
+    """Skip unless the lab can be built; then remove leftovers of crashed runs."""
+    reason = chaos_unsupported()
+    if reason is not None:
+        pytest.skip(f"chaos lab unavailable: {reason}")
+    sweep()
+
+
+@pytest.fixture
+def chaos_net(chaos_support: None, request: pytest.FixtureRequest) -> Iterator[ChaosNet]:
+    """Three nodes (ramraft-0..2) and a client, in namespace "default".
+
+    Logs and data dirs are in a temp dir the lab removes; when the test fails
+    the processes' logs are written to stderr first.
+    """
+    with ChaosNet() as net:
+        yield net
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            for name, text in net.logs():
+                sys.stderr.write(f"----- {name} log -----\n{text[-4000:]}\n")
