@@ -100,11 +100,13 @@ def check_node_id(node_id: NodeId) -> None:
 @dataclass(frozen=True, slots=True)
 class ConfChange:
     """A single-server membership change (Raft thesis 4.1 / 4.2.1), or the
-    bootstrap configuration (``voters``)."""
+    bootstrap configuration (``voters``). ``context`` is opaque to the core:
+    the server carries the new member's address in it."""
 
     type: ConfChangeType
     node_id: NodeId = NO_NODE
     voters: tuple[NodeId, ...] = ()
+    context: bytes = b""
 
     @staticmethod
     def bootstrap(voters: frozenset[NodeId]) -> ConfChange:
@@ -113,17 +115,22 @@ class ConfChange:
     def encode(self) -> bytes:
         if self.type == ConfChangeType.BOOTSTRAP:
             return bytes([int(self.type)]) + ",".join(self.voters).encode()
-        return bytes([int(self.type)]) + self.node_id.encode()
+        node = self.node_id.encode()
+        return bytes([int(self.type), len(node)]) + node + self.context
 
     @staticmethod
     def decode(data: bytes) -> ConfChange:
+        """Raises ValueError on anything malformed."""
         if not data:
             raise ValueError("empty conf change")
         kind = ConfChangeType(data[0])
-        text = data[1:].decode()
         if kind == ConfChangeType.BOOTSTRAP:
+            text = data[1:].decode()
             return ConfChange(kind, voters=tuple(text.split(",")) if text else ())
-        return ConfChange(kind, text)
+        if len(data) < 2 or len(data) < 2 + data[1]:
+            raise ValueError("truncated conf change")
+        end = 2 + data[1]
+        return ConfChange(kind, data[2:end].decode(), context=bytes(data[end:]))
 
 
 @dataclass(frozen=True, slots=True)

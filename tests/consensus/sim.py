@@ -59,6 +59,7 @@ class FaultProfile:
     long_delay: float
     max_delay_ms: int
     crash: float
+    takeover_crash: float  # chance that a new leader dies during its takeover
     pause: float
     partition: float
     membership: float
@@ -75,6 +76,7 @@ class FaultProfile:
             long_delay=rng.choice([0.0, 0.05, 0.2]),
             max_delay_ms=rng.choice([2, 8, 30]),
             crash=rng.choice([0.0, 0.002, 0.006]),
+            takeover_crash=rng.choice([0.0, 0.1, 0.5]),
             pause=rng.choice([0.0, 0.002, 0.006]),
             partition=rng.choice([0.0, 0.003, 0.01]),
             membership=rng.choice([0.0, 0.002, 0.01]),
@@ -200,6 +202,30 @@ class SimNode:
         self.reads.clear()
         self.reads_waiting.clear()
 
+    def log_view(self) -> tuple[Callable[[int, int], bool], int, int]:
+        """(has(index, term), last term, last index) of the log this server
+        would campaign or vote with: its live log, or its disk when down."""
+        raft = self.raft
+        if raft is not None:
+            log = raft.log
+
+            def has_live(index: int, term: int) -> bool:
+                return index <= log.offset or log.term(index) == term
+
+            return has_live, log.last_term, log.last_index
+        disk = self.disk
+        base = disk.snapshot.index if disk.snapshot else 0
+        base_term = disk.snapshot.term if disk.snapshot else 0
+        entries = [e for e in disk.entries if e.index > base]
+        by_index = {e.index: e.term for e in entries}
+
+        def has_disk(index: int, term: int) -> bool:
+            return index <= base or by_index.get(index) == term
+
+        if entries:
+            return has_disk, entries[-1].term, entries[-1].index
+        return has_disk, base_term, base
+
     def handle_ready(self) -> None:
         raft = self.raft
         assert raft is not None
@@ -207,9 +233,13 @@ class SimNode:
         while raft.has_ready():
             rd = raft.ready()
             self.sim.checker.on_ready(self, rd)
-            if rd.soft_state is not None and rd.soft_state.role == Role.LEADER:
-                self.sim.new_leader(self)
             self.disk.persist(rd)
+            if self.sim.crash_after_persist(self, rd):
+                # Died between the fsync and the sends: what it wrote is on
+                # disk, but nobody heard of it (paper Figure 8's S5).
+                self.crash()
+                self.sim.at(self.sim.now + self.sim.rng.randint(20, 600), "restart", self.id)
+                return
             for m in rd.messages:
                 if m.type == MsgType.SNAPSHOT:
                     assert m.snapshot == self.disk.snapshot, "sending a snapshot we do not hold"
@@ -337,6 +367,7 @@ class Simulation:
         self._next_op = 1
         self.floor: dict[str, int] = {}
         self.partitioned = False
+        self.membership_changed = False
         self.stats: dict[str, int] = {}
 
     # ---- scheduling -------------------------------------------------------------------------
@@ -374,14 +405,15 @@ class Simulation:
             self.maybe_inject_fault()
             if self.rng.random() < self.faults.client_rate:
                 self.client_op()
-        time, _, kind, a, b = heapq.heappop(self._queue)
-        self.now = max(self.now, time)
-        target = self._target(kind, a)
-        if target is not None and target.paused_until > self.now:
+        while True:
+            time, _, kind, a, b = heapq.heappop(self._queue)
+            self.now = max(self.now, time)
+            target = self._target(kind, a)
+            if target is None or target.paused_until <= self.now:
+                break
             # The node is stopped: the event waits, and the backlog is
             # handled in a random order when it resumes.
             self.at(target.paused_until + self.rng.randint(0, 3), kind, a, b)
-            return
         if self.trace:
             self.trace(f"{self.now:7d} {kind} {a} {b}")
         if kind == "tick":
@@ -457,7 +489,9 @@ class Simulation:
                 node.start()
                 self.schedule_ready(node)
         saved = self.faults
-        self.faults = replace(saved, drop=0.0, long_delay=0.0, duplicate=0.0)
+        self.faults = replace(
+            saved, drop=0.0, long_delay=0.0, duplicate=0.0, crash=0.0, takeover_crash=0.0
+        )
         start, steps = self.now, 0
         while self.now - start < max_virtual_ms and steps < max_steps:
             self.one_step(chaos=False)
@@ -530,12 +564,16 @@ class Simulation:
                     pass
                 self.schedule_ready(self.nodes[leader.id])
 
-    def new_leader(self, node: SimNode) -> None:
-        """A leader that dies during its takeover, having sent only part of
-        what it has, is how old-term entries end up on a majority without
-        being committed (paper Figure 8). Make that common."""
-        if self.rng.random() < self.faults.crash * 40:
-            self.at(self.now + self.rng.randint(1, 15), "crash", node.id, node.incarnation)
+    def crash_after_persist(self, node: SimNode, rd: Ready) -> bool:
+        """A new leader that dies during its takeover leaves entries of its
+        term on its own disk only; with old-term entries on a majority, that
+        is how paper Figure 8 arises. Make it common."""
+        became_leader = rd.soft_state is not None and rd.soft_state.role == Role.LEADER
+        chance = self.faults.takeover_crash if became_leader else self.faults.crash / 20
+        if self.rng.random() >= chance:
+            return False
+        self.count("crash-before-send")
+        return True
 
     def partition(self) -> None:
         rng, ids = self.rng, self.ids
@@ -578,6 +616,7 @@ class Simulation:
         change = rng.choice(choices)
         try:
             leader.propose_conf_change(change)
+            self.membership_changed = True
             self.count(f"conf-{change.type.name.lower()}")
         except (ConfChangeError, ProposalDroppedError):
             return
@@ -721,11 +760,42 @@ class Checker:
             self.max_applied = max(self.max_applied, entry.index)
             if entry.kind == EntryKind.NORMAL and entry.data:
                 self.write_values[entry.index] = entry.data.decode().split(":", 3)[3]
+            self.check_commit_is_durable(entry)
         elif seen != (entry.term, entry.data):
             self.fail(
                 f"state machine safety: {node.id} applies term {entry.term} at index "
                 f"{entry.index} where another node applied term {seen[0]}"
             )
+
+    def check_commit_is_durable(self, entry: Entry) -> None:
+        """Quorum intersection (paper 5.4.3): once an entry is committed, no
+        server lacking it can collect a majority of votes, because every
+        member of the majority that stored it would refuse (its log is more
+        up to date). Checked the moment the entry is first applied, so a
+        commit that Raft's rules did not make safe (Figure 8) is caught at
+        once, not only if a later election happens to overwrite it.
+
+        Only while the membership is the bootstrap one: with changes, the
+        majority that stored the entry may belong to an older configuration.
+        """
+        if self.sim.membership_changed:
+            return
+        logs = {node_id: self.sim.nodes[node_id].log_view() for node_id in self.sim.ids}
+        majority = len(self.sim.ids) // 2 + 1
+        for candidate, (has, last_term, last_index) in logs.items():
+            if has(entry.index, entry.term):
+                continue
+            votes = sum(
+                1
+                for _, other_last_term, other_last_index in logs.values()
+                if (last_term, last_index) >= (other_last_term, other_last_index)
+            )
+            if votes >= majority:
+                self.fail(
+                    f"committed entry at {entry.index} (term {entry.term}) is not safe: "
+                    f"{candidate} lacks it yet has a log as up to date as {votes} of "
+                    f"{len(logs)} servers, enough to be elected and overwrite it"
+                )
 
     def on_write_applied(self, op_id: int) -> None:
         if op_id in self.failed_writes:

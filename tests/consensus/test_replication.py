@@ -150,3 +150,67 @@ def test_single_node_cluster_commits_alone() -> None:
     c.propose("a", b"solo")
     assert c.applied_data("a") == [b"solo"]
     assert a.commit_index == a.last_index
+
+
+def figure_8(c: Cluster) -> None:
+    """Paper 5.4.2, Figure 8, played out with three servers (a, b, c):
+
+    (a) a leads term 2 and writes entry 3 to itself only;
+    (b) b leads term 3 (c's vote) and writes its own entry 3, to itself only;
+    (c) a leads term 4 (c's vote) and replicates its old entry 3 to c, so a
+        majority holds it -- but a's term-4 entry does not reach c yet;
+    (d) a dies; b leads term 5 (c's vote: b's last term 3 beats c's 2) and
+        overwrites entry 3 everywhere.
+    Safe only if a did not count (c) as a commit of entry 3.
+    """
+    c.elect("a")
+    c.tick_all(2)
+    a, b = c.node("a"), c.node("b")
+    c.isolate("a")
+    a.propose(b"a's term-2 entry")
+    c.deliver_all()
+    c.filter = lambda m: not (m.src == "b" and m.type == MsgType.APPEND)
+    c.elect("b")
+    c.isolate("b")
+    c.filter = None
+    a = c.crash_restart("a")  # a restarts from its disk, a follower again
+    c.cut.discard(("a", "c"))
+    c.cut.discard(("c", "a"))
+    # Once c holds a's entry 3, a's term-4 no-op (index 4) must not reach it.
+    c.filter = lambda m: (
+        not (
+            m.src == "a"
+            and m.type == MsgType.APPEND
+            and any(e.index >= 4 for e in m.entries)
+            and c.node("c").log.term(3) == 2
+        )
+    )
+    while a.role != Role.LEADER:
+        c.tick("a")
+        c.deliver_all()
+    c.tick_all(2)
+    c.isolate("a")  # a dies before its no-op reaches c
+    c.filter = None
+    c.crash_restart("b")  # b comes back from its disk, holding its term-3 entry
+    c.cut.discard(("b", "c"))
+    c.cut.discard(("c", "b"))
+    c.elect("b")
+    c.tick_all(2)
+
+
+def applied_by_index(c: Cluster, node_id: str) -> dict[int, tuple[int, bytes]]:
+    return {e.index: (e.term, e.data) for e in c.peers[node_id].applied}
+
+
+def test_figure_8_scenario() -> None:
+    """Paper 5.4.2, Figure 8: no server applies an entry that another server
+    later replaces at the same index."""
+    c = Cluster(check_quorum=False, pre_vote=False, max_msg_bytes=1)
+    figure_8(c)
+    assert c.node("b").role == Role.LEADER
+    assert c.node("c").log.term(3) == 3, "b overwrote entry 3 on c, as Raft allows"
+    a_applied, c_applied = applied_by_index(c, "a"), applied_by_index(c, "c")
+    for index in a_applied.keys() & c_applied.keys():
+        assert a_applied[index] == c_applied[index], f"a and c applied different entries at {index}"
+    assert 3 not in a_applied, "a must not have committed its term-2 entry by counting"
+    assert c.node("a").commit_index < 3
