@@ -44,6 +44,11 @@ class PeerStub:
                 request_serializer=proto_dot_raft__pb2.SnapshotChunk.SerializeToString,
                 response_deserializer=proto_dot_raft__pb2.InstallSnapshotResponse.FromString,
                 _registered_method=True)
+        self.Forward = channel.unary_unary(
+                '/ramraft.peer.v1.Peer/Forward',
+                request_serializer=proto_dot_raft__pb2.ForwardRequest.SerializeToString,
+                response_deserializer=proto_dot_raft__pb2.ForwardResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -64,6 +69,14 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Forward(self, request, context):
+        """A follower hands a client's command to the leader, which proposes it and
+        answers once it is applied. `result` is the state machine's encoded reply.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +89,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.InstallSnapshot,
                     request_deserializer=proto_dot_raft__pb2.SnapshotChunk.FromString,
                     response_serializer=proto_dot_raft__pb2.InstallSnapshotResponse.SerializeToString,
+            ),
+            'Forward': grpc.unary_unary_rpc_method_handler(
+                    servicer.Forward,
+                    request_deserializer=proto_dot_raft__pb2.ForwardRequest.FromString,
+                    response_serializer=proto_dot_raft__pb2.ForwardResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +150,33 @@ class Peer:
             '/ramraft.peer.v1.Peer/InstallSnapshot',
             proto_dot_raft__pb2.SnapshotChunk.SerializeToString,
             proto_dot_raft__pb2.InstallSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Forward(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ramraft.peer.v1.Peer/Forward',
+            proto_dot_raft__pb2.ForwardRequest.SerializeToString,
+            proto_dot_raft__pb2.ForwardResponse.FromString,
             options,
             channel_credentials,
             insecure,

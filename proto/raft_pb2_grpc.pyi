@@ -47,6 +47,10 @@ class PeerStub:
     """
     InstallSnapshot: _grpc.StreamUnaryMultiCallable[_raft_pb2.SnapshotChunk, _raft_pb2.InstallSnapshotResponse]
     """Streams one snapshot: a header, then data chunks, then a trailer."""
+    Forward: _grpc.UnaryUnaryMultiCallable[_raft_pb2.ForwardRequest, _raft_pb2.ForwardResponse]
+    """A follower hands a client's command to the leader, which proposes it and
+    answers once it is applied. `result` is the state machine's encoded reply.
+    """
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
@@ -57,6 +61,10 @@ class PeerAsyncStub(PeerStub):
     """
     InstallSnapshot: _aio.StreamUnaryMultiCallable[_raft_pb2.SnapshotChunk, _raft_pb2.InstallSnapshotResponse]  # type: ignore[assignment]
     """Streams one snapshot: a header, then data chunks, then a trailer."""
+    Forward: _aio.UnaryUnaryMultiCallable[_raft_pb2.ForwardRequest, _raft_pb2.ForwardResponse]  # type: ignore[assignment]
+    """A follower hands a client's command to the leader, which proposes it and
+    answers once it is applied. `result` is the state machine's encoded reply.
+    """
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -76,5 +84,15 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_raft_pb2.InstallSnapshotResponse, _abc.Awaitable[_raft_pb2.InstallSnapshotResponse]]:
         """Streams one snapshot: a header, then data chunks, then a trailer."""
+
+    @_abc_1.abstractmethod
+    def Forward(
+        self,
+        request: _raft_pb2.ForwardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_raft_pb2.ForwardResponse, _abc.Awaitable[_raft_pb2.ForwardResponse]]:
+        """A follower hands a client's command to the leader, which proposes it and
+        answers once it is applied. `result` is the state machine's encoded reply.
+        """
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

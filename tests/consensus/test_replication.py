@@ -165,7 +165,7 @@ def figure_8(c: Cluster) -> None:
     """
     c.elect("a")
     c.tick_all(2)
-    a, b = c.node("a"), c.node("b")
+    a = c.node("a")
     c.isolate("a")
     a.propose(b"a's term-2 entry")
     c.deliver_all()
