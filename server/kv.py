@@ -433,7 +433,7 @@ class KVSnapshotJob:
             del entries
             view.sessions = OrderedDict()
             count = 0
-            limit = _MIN_CHUNK_KEYS * 8
+            limit = _MIN_CHUNK_KEYS
             lock = machine._lock
             while True:
                 with lock:
@@ -445,9 +445,11 @@ class KVSnapshotJob:
                 keys, values = pairs
                 if not keys:
                     continue
-                frames.frame(msgpack.packb((_FRAME_DATA, keys, values), use_bin_type=True))
                 count += len(keys)
                 size = sum(map(len, values)) + 16 * len(keys)
+                for lo, hi in _pieces(values, size):
+                    payload = (_FRAME_DATA, keys[lo:hi], values[lo:hi])
+                    frames.frame(msgpack.packb(payload, use_bin_type=True))
                 # Aim at ~1 MiB frames whatever the value sizes.
                 per_key = max(1, size // len(keys))
                 limit = max(_MIN_CHUNK_KEYS, min(_MAX_CHUNK_KEYS, _CHUNK_BYTES // per_key))
@@ -695,6 +697,21 @@ class KVMachine:
             sessions=len(sessions),
             seconds=round(time.perf_counter() - started, 3),
         )
+
+
+def _pieces(values: list[bytes], size: int) -> Iterator[tuple[int, int]]:
+    """Split a chunk into runs of about _CHUNK_BYTES (at least one value each)."""
+    if size <= 2 * _CHUNK_BYTES:
+        yield 0, len(values)
+        return
+    lo, acc = 0, 0
+    for i, value in enumerate(values):
+        acc += len(value) + 16
+        if acc >= _CHUNK_BYTES:
+            yield lo, i + 1
+            lo, acc = i + 1, 0
+    if lo < len(values):
+        yield lo, len(values)
 
 
 def _unpack(payload: bytes, what: str) -> Any:
