@@ -231,10 +231,10 @@ def _default(obj: object) -> msgpack.ExtType:
     if kind is int:
         raise NotPlainDataError(f"int {obj} is outside the 64-bit range [{_INT_MIN}, {_INT_MAX}]")
     hint = ""
-    if isinstance(obj, int | str | float | bytes):
-        hint = f" (a subclass of {kind.__mro__[1].__name__}: convert it, e.g. with .value or int())"
-    elif isinstance(obj, dict | list):
-        hint = f" (a subclass of {kind.__mro__[1].__name__}: convert it to a plain one)"
+    for base in (int, float, str, bytes, dict, list, tuple, set, frozenset):
+        if isinstance(obj, base):
+            hint = f" (a subclass of {base.__name__}: convert it to a plain {base.__name__})"
+            break
     raise NotPlainDataError(
         f"{kind.__module__}.{kind.__qualname__} is not plain data{hint}; allowed: {_PLAIN}"
     )
