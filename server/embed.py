@@ -104,7 +104,7 @@ import contextlib
 import inspect
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from itertools import islice
 from typing import (
     Any,
@@ -343,7 +343,7 @@ class BoundCommand(Generic[P, R]):
         self._command = command
         self._model = model
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
         return self._command._propose(self._model, args, kwargs)
 
     def __repr__(self) -> str:
@@ -397,7 +397,7 @@ class Command(Generic[M, P, R]):
 
     def _propose(
         self, model: ReplicatedModel, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Awaitable[R]:
+    ) -> Coroutine[Any, Any, R]:
         machine: ModelMachine | None = getattr(model, "_ramraft_machine", None)
         qualname = f"{type(model).__qualname__}.{self.name}"
         if machine is not None and machine.applying:
