@@ -1,0 +1,766 @@
+"""The embedding API: an application's own replicated objects.
+
+In the spirit of Prevayler and bknr.datastore: the application's data is an
+ordinary Python object in RAM, changed only by *commands* that go through the
+Raft log and run, in log order, on every node::
+
+    class Board(ReplicatedModel):
+        def __init__(self) -> None:
+            self.notes: dict[int, str] = {}
+            self.next_id = 1
+
+        @command
+        def add(self, text: str) -> int:
+            if not text:
+                raise ValueError("empty note")    # before any change: nothing applied
+            note_id = self.next_id
+            self.notes[note_id] = text
+            self.next_id += 1
+            return note_id
+
+    board = Board()
+    machine = ModelMachine(board)          # what the runtime applies entries to
+    machine.bind(node.propose)             # async (data: bytes) -> object
+    note_id = await board.add("hello")     # proposes, waits for local apply
+    board.notes[note_id]                   # a plain memory read
+
+Calling ``board.add(...)`` from application code does not run ``add``: it
+checks the arguments against the signature, serialises the call (the name and
+plain-data arguments, with msgpack; never pickle), and returns an awaitable
+that proposes it through the injected proposer and resolves to the method's
+result once the entry has been applied on this node. The runtime applies the
+entry by calling :meth:`ModelMachine.apply`, which runs the real method on the
+node's one instance (the object the application holds), so reads on the node
+see committed state. Every node does the same with its own instance.
+
+Rules for commands (deterministic replay)
+-----------------------------------------
+A command must compute the same changes and result on every node, now and when
+the log is replayed after a restart:
+
+- no clocks (``time``, ``datetime.now``), randomness (``random``, ``uuid4``),
+  I/O, network, environment variables or other outside state: compute such
+  values BEFORE the call and pass them as arguments;
+- no iteration over ``set``/``frozenset`` of ``str``/``bytes`` where the order
+  matters (their order depends on each process's hash seed); ``dict`` order is
+  fine (insertion order); no ``id()``/``hash()`` of objects;
+- change only the model's own state, and only through commands: application
+  code that mutates the model directly changes one node only;
+- a command cannot call another command (that would propose from inside apply);
+  share code through plain helper methods instead;
+- keep state to plain data: ``dict``, ``list``, ``tuple``, ``set``,
+  ``frozenset``, ``str``, ``bytes``, ``int`` (64-bit), ``float``, ``bool``,
+  ``None`` (``dict`` keys: any of these that are hashable). Subclasses (an
+  ``IntEnum``, a ``defaultdict``) are rejected; convert them first.
+
+Errors, and what a failing command leaves behind
+-------------------------------------------------
+- Arguments that are not plain data, or do not fit the signature: raised at
+  call time (``NotPlainDataError``/``TypeError``); nothing is proposed.
+- A command that is ``async``, a generator, or a static/class method: rejected
+  with ``TypeError`` when the class is defined.
+- Calling a command on a model that is not attached to a ``ModelMachine`` with
+  a proposer: ``NotBoundError`` at call time.
+- A command that raises an ``Exception`` during apply: the entry counts as
+  applied and the caller gets :class:`CommandFailedError` (code
+  ``COMMAND_FAILED``, with the exception's type and message). **Changes the
+  command made before raising are kept** -- there is no rollback -- but they are
+  the same on every node, because the command is deterministic. Write commands
+  as "check everything, then mutate". ``MemoryError`` (and non-``Exception``
+  errors such as ``KeyboardInterrupt``) are not deterministic: they propagate
+  and stop the node instead. ``RecursionError`` is treated as a command failure;
+  keep recursion shallow, as the stack depth at apply time may differ between
+  nodes.
+- A command whose result is not plain data: its changes are kept, the caller
+  gets ``CommandFailedError`` with code ``BAD_RESULT``. Results reach the caller
+  as a copy (a round trip through the same encoding), so application code can
+  never hold a reference into the replicated state through a result.
+- An entry naming a command the class does not have (e.g. from another version
+  of the application): ``UNKNOWN_COMMAND`` result, nothing changes.
+
+Snapshots
+---------
+By default a model's state is its instance ``__dict__``; override
+:meth:`ReplicatedModel.snapshot_state` / :meth:`ReplicatedModel.restore_state`
+to choose (e.g. to skip a cache and rebuild it after restore). ``snapshot()``
+encodes the state on the event loop (the objects are mutable, so the encoded
+bytes ARE the consistent copy; the pause grows with the state, see
+bench/bench_statemachine.py); ``write_to`` then writes it from a worker thread.
+Top-level ``dict`` and ``list`` attributes are split into chunks, so restore
+reads the stream incrementally and never holds the whole encoded state. Restore
+replaces the contents of the SAME instance (references to the model stay
+valid; references to its inner containers do not). A model with a very large
+state and values that are never mutated in place can override ``snapshot`` on
+a ``ModelMachine`` subclass with a copy-on-write view as server/kv.py does.
+
+Exactly-once: a call can carry a session (see server/sessions.py); the default
+bound call does not (the runtime proposes in-process calls once). Calls with a
+session are deduplicated by a session table that is part of the snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from itertools import islice
+from typing import (
+    Any,
+    Concatenate,
+    Generic,
+    NamedTuple,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    cast,
+    overload,
+)
+
+import msgpack
+import structlog
+
+from server.sessions import (
+    DEFAULT_IDLE_ENTRIES,
+    DEFAULT_MAX_SESSIONS,
+    SessionEntry,
+    SessionTable,
+    valid_session,
+)
+from server.statemachine import (
+    TAG_MODEL,
+    CommandError,
+    ErrorCode,
+    FrameReader,
+    FrameWriter,
+    ReadableStream,
+    SnapshotAbortedError,
+    SnapshotError,
+    SnapshotFormatError,
+    StateMachine,
+    WritableStream,
+)
+
+log = structlog.get_logger(__name__)
+
+__all__ = [
+    "BadCallError",
+    "BoundCommand",
+    "Call",
+    "Command",
+    "CommandFailedError",
+    "CommandNestingError",
+    "LocalProposer",
+    "ModelMachine",
+    "NotBoundError",
+    "NotPlainDataError",
+    "Proposer",
+    "ReplicatedModel",
+    "command",
+    "decode_call",
+    "encode_call",
+    "pack_plain",
+    "unpack_plain",
+]
+
+M = TypeVar("M", bound="ReplicatedModel")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+# -- errors -------------------------------------------------------------------
+
+
+class NotPlainDataError(TypeError):
+    """A value cannot be replicated: it is not plain data."""
+
+
+class NotBoundError(RuntimeError):
+    """A command was called on a model no node applies, or before the runtime
+    gave its ModelMachine a proposer."""
+
+
+class CommandNestingError(RuntimeError):
+    """A command called another command while being applied."""
+
+
+class BadCallError(ValueError):
+    """Entry bytes that are not a model call."""
+
+
+class CommandFailedError(Exception):
+    """The call was committed but produced an error result (the same on every
+    node). ``code`` says which kind; ``message`` what happened."""
+
+    def __init__(self, error: CommandError) -> None:
+        super().__init__(str(error))
+        self.code = error.code
+        self.message = error.message
+        self.error = error
+
+
+# -- plain-data encoding --------------------------------------------------------
+
+_EXT_TUPLE = 1
+_EXT_SET = 2
+_EXT_FROZENSET = 3
+_INT_MIN = -(1 << 63)
+_INT_MAX = (1 << 64) - 1
+_PLAIN = "dict, list, tuple, set, frozenset, str, bytes, int, float, bool, None"
+
+
+def _packb(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True, strict_types=True, default=_default)
+
+
+def _sorted_if_possible(items: list[Any]) -> list[Any]:
+    # Sorting makes the encoding of a set canonical when its items allow it.
+    with contextlib.suppress(TypeError):
+        items.sort()
+    return items
+
+
+def _default(obj: object) -> msgpack.ExtType:
+    kind = type(obj)
+    if kind is tuple:
+        return msgpack.ExtType(_EXT_TUPLE, _packb(list(cast(tuple[Any, ...], obj))))
+    if kind is set or kind is frozenset:
+        items = _sorted_if_possible(list(cast(set[Any], obj)))
+        return msgpack.ExtType(_EXT_SET if kind is set else _EXT_FROZENSET, _packb(items))
+    if kind is int:
+        raise NotPlainDataError(f"int {obj} is outside the 64-bit range [{_INT_MIN}, {_INT_MAX}]")
+    hint = ""
+    for base in (int, float, str, bytes, dict, list, tuple, set, frozenset):
+        if isinstance(obj, base):
+            hint = f" (a subclass of {base.__name__}: convert it to a plain {base.__name__})"
+            break
+    raise NotPlainDataError(
+        f"{kind.__module__}.{kind.__qualname__} is not plain data{hint}; allowed: {_PLAIN}"
+    )
+
+
+def pack_plain(obj: object) -> bytes:
+    """Encode plain data (see the module docstring); raises NotPlainDataError."""
+    try:
+        return _packb(obj)
+    except NotPlainDataError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        # UnicodeEncodeError (lone surrogates), nesting too deep, cycles...
+        raise NotPlainDataError(f"cannot encode as plain data: {exc}") from None
+
+
+def _ext_hook(code: int, data: bytes) -> object:
+    items = unpack_plain(data)
+    if type(items) is not list:
+        raise ValueError("bad container payload")
+    if code == _EXT_TUPLE:
+        return tuple(items)
+    if code == _EXT_SET:
+        return set(items)
+    if code == _EXT_FROZENSET:
+        return frozenset(items)
+    raise ValueError(f"unknown extension type {code}")
+
+
+def unpack_plain(data: bytes | memoryview) -> Any:
+    """Decode what pack_plain() made. Raises ValueError/TypeError on bad bytes."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True, ext_hook=_ext_hook)
+
+
+# -- calls on the wire --------------------------------------------------------
+
+
+class Call(NamedTuple):
+    name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    session: tuple[int, int] | None = None
+
+
+_TAG = bytes([TAG_MODEL])
+
+
+def encode_call(
+    name: str,
+    args: tuple[Any, ...] | list[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    session: tuple[int, int] | None = None,
+) -> bytes:
+    """Entry data for calling command ``name``. Raises NotPlainDataError if an
+    argument is not plain data, ValueError for bad session ids."""
+    items: list[Any] = [name, list(args), dict(kwargs or {})]
+    if session is not None:
+        if not valid_session(*session):
+            raise ValueError(f"session ids must be ints in 1..2**64-1, got {session!r}")
+        items.extend(session)
+    try:
+        return _TAG + pack_plain(items)
+    except NotPlainDataError as exc:
+        raise NotPlainDataError(f"arguments of {name}() are not plain data: {exc}") from None
+
+
+def decode_call(data: bytes) -> Call:
+    """Decode entry data made by encode_call(); raises BadCallError."""
+    if not data or data[0] != TAG_MODEL:
+        raise BadCallError("not a model call (wrong tag)")
+    try:
+        items = unpack_plain(memoryview(data)[1:])
+    except Exception as exc:  # msgpack raises several types for bad input
+        raise BadCallError(f"undecodable model call: {exc}") from None
+    if type(items) is not list or len(items) not in (3, 5):
+        raise BadCallError("a model call is an array of 3 or 5 items")
+    name, args, kwargs = items[0], items[1], items[2]
+    if type(name) is not str or type(args) is not list or type(kwargs) is not dict:
+        raise BadCallError("a model call is [name: str, args: list, kwargs: map, ...]")
+    if not all(type(k) is str for k in kwargs):
+        raise BadCallError("keyword argument names must be strings")
+    session: tuple[int, int] | None = None
+    if len(items) == 5:
+        if not valid_session(items[3], items[4]):
+            raise BadCallError(f"bad session ids {items[3]!r}, {items[4]!r}")
+        session = (items[3], items[4])
+    return Call(name, args, kwargs, session)
+
+
+# -- the model side -----------------------------------------------------------
+
+
+class Proposer(Protocol):
+    """Provided by the runtime: replicate ``data`` through Raft, wait until the
+    entry is applied on this node, return what apply() returned for it."""
+
+    def __call__(self, data: bytes, /) -> Awaitable[object]: ...
+
+
+class BoundCommand(Generic[P, R]):
+    """``model.some_command``: calling it proposes the call."""
+
+    __slots__ = ("_command", "_model")
+
+    def __init__(self, command: Command[Any, P, R], model: ReplicatedModel) -> None:
+        self._command = command
+        self._model = model
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        return self._command._propose(self._model, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<command {type(self._model).__qualname__}.{self._command.name}>"
+
+
+class Command(Generic[M, P, R]):
+    """A method marked with ``@command`` (a descriptor)."""
+
+    def __init__(self, fn: Callable[Concatenate[M, P], R]) -> None:
+        if isinstance(fn, staticmethod | classmethod):
+            raise TypeError("@command goes on plain methods, not static or class methods")
+        if not callable(fn):
+            raise TypeError(f"@command needs a function, got {fn!r}")
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(
+                f"command {fn.__qualname__} is async: commands run synchronously inside apply; "
+                "make it a plain def and do any awaiting before proposing"
+            )
+        if inspect.isgeneratorfunction(fn):
+            raise TypeError(
+                f"command {fn.__qualname__} is a generator: its body would run lazily, "
+                "outside apply; return a list instead"
+            )
+        self.fn = fn
+        self.name: str = fn.__name__
+        self.signature = inspect.signature(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        if not (isinstance(owner, type) and issubclass(owner, ReplicatedModel)):
+            raise TypeError(
+                f"@command {name} is defined on {owner.__qualname__}, "
+                "which is not a ReplicatedModel subclass"
+            )
+        if name in _RESERVED:
+            raise TypeError(f"{name} is a ReplicatedModel method and cannot be a command")
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any] | None = None) -> Command[M, P, R]: ...
+    @overload
+    def __get__(self, obj: M, owner: type[Any] | None = None) -> BoundCommand[P, R]: ...
+    def __get__(
+        self, obj: M | None, owner: type[Any] | None = None
+    ) -> Command[M, P, R] | BoundCommand[P, R]:
+        if obj is None:
+            return self
+        return BoundCommand(self, obj)
+
+    def _propose(
+        self, model: ReplicatedModel, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Coroutine[Any, Any, R]:
+        machine: ModelMachine | None = getattr(model, "_ramraft_machine", None)
+        qualname = f"{type(model).__qualname__}.{self.name}"
+        if machine is not None and machine.applying:
+            raise CommandNestingError(
+                f"{qualname}() called while a command is being applied: commands cannot call "
+                "commands; move the shared code into a plain method"
+            )
+        if machine is None or machine.proposer is None:
+            raise NotBoundError(
+                f"{qualname}() called on a model that no node applies: wrap it in "
+                "ModelMachine(model) and bind() the runtime's proposer (or a LocalProposer)"
+            )
+        try:
+            self.signature.bind(model, *args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{qualname}(): {exc}") from None
+        data = encode_call(self.name, args, kwargs)
+        return machine.propose(data)
+
+
+def command(fn: Callable[Concatenate[M, P], R]) -> Command[M, P, R]:
+    """Mark a method of a :class:`ReplicatedModel` as a replicated command."""
+    return Command(fn)
+
+
+class ReplicatedModel:
+    """Base class of application models. Subclasses define state in
+    ``__init__`` and change it only in ``@command`` methods."""
+
+    __slots__ = ("__dict__", "__weakref__", "_ramraft_machine")
+    _ramraft_commands: dict[str, Command[Any, Any, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        commands: dict[str, Command[Any, Any, Any]] = {}
+        for klass in reversed(cls.__mro__):
+            for name, attr in vars(klass).items():
+                if isinstance(attr, Command):
+                    commands[name] = attr
+                elif name in commands:
+                    del commands[name]  # overridden by a plain attribute
+        cls._ramraft_commands = commands
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """The state to snapshot, as plain data: by default every instance
+        attribute. Called on the event loop; the result is encoded at once."""
+        return dict(vars(self))
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Replace the state with what snapshot_state() returned on some node.
+        By default the instance attributes become exactly ``state``."""
+        attributes = vars(self)
+        attributes.clear()
+        attributes.update(state)
+
+
+_RESERVED = frozenset({"snapshot_state", "restore_state", "_ramraft_commands", "_ramraft_machine"})
+
+
+def _reply_to_plain(reply: object) -> tuple[Any, ...]:
+    if type(reply) is bytes:
+        return (1, reply)
+    if type(reply) is CommandError:
+        return (0, int(reply.code), reply.message)
+    raise TypeError(f"unexpected session reply {reply!r}")
+
+
+def _reply_from_plain(plain: Any) -> bytes | CommandError:
+    if plain[0] == 1 and type(plain[1]) is bytes:
+        return bytes(plain[1])
+    if plain[0] == 0:
+        return CommandError(ErrorCode(plain[1]), str(plain[2]))
+    raise ValueError(f"bad session reply {plain!r}")
+
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+_MODEL_MAGIC = b"RRMD"
+_MODEL_VERSION = 1
+_CHUNK_ITEMS = 4096
+_REC_HEADER, _REC_SESSIONS, _REC_VALUE, _REC_DICT, _REC_LIST, _REC_END = range(6)
+
+
+def _error_message(exc: Exception) -> str:
+    # Object reprs carry memory addresses, which differ between nodes.
+    return _ADDRESS.sub("0x?", f"{type(exc).__name__}: {exc}")
+
+
+class _ModelSnapshotJob:
+    def __init__(self, index: int, records: list[bytes]) -> None:
+        self._index = index
+        self._records: list[bytes] | None = records
+
+    @property
+    def index(self) -> int:
+        return self._index
+
+    def write_to(self, stream: WritableStream) -> int:
+        records = self._records
+        if records is None:
+            raise SnapshotAbortedError("snapshot job already written or closed")
+        try:
+            frames = FrameWriter(stream, _MODEL_MAGIC, _MODEL_VERSION)
+            for i, record in enumerate(records):
+                frames.frame(record)
+                records[i] = b""  # free what has been written
+            return frames.bytes_written
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._records = None
+
+
+class ModelMachine:
+    """The state machine that applies model calls to one model instance.
+
+    ``session limits`` as in server/sessions.py; they must be the same on every
+    node.
+    """
+
+    def __init__(
+        self,
+        model: ReplicatedModel,
+        *,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        session_idle_entries: int | None = DEFAULT_IDLE_ENTRIES,
+    ) -> None:
+        if not isinstance(model, ReplicatedModel):
+            raise TypeError(f"ModelMachine needs a ReplicatedModel, got {type(model).__qualname__}")
+        if getattr(model, "_ramraft_machine", None) is not None:
+            raise ValueError("this model instance is already attached to a ModelMachine")
+        self.model = model
+        self.sessions = SessionTable(max_sessions, session_idle_entries)
+        self.proposer: Proposer | None = None
+        self.applying = False
+        self._commands = type(model)._ramraft_commands
+        self._applied_index = 0
+        object.__setattr__(model, "_ramraft_machine", self)
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied_index
+
+    @property
+    def model_name(self) -> str:
+        return type(self.model).__qualname__
+
+    def bind(self, proposer: Proposer | None) -> None:
+        """Route the model's command calls to ``proposer`` (None: unbind)."""
+        self.proposer = proposer
+
+    async def propose(self, data: bytes) -> Any:
+        """Propose encoded call data; return the command's result or raise
+        CommandFailedError. (Command calls on the model end up here.)"""
+        proposer = self.proposer
+        if proposer is None:
+            raise NotBoundError("no proposer bound to this ModelMachine")
+        result = await proposer(data)
+        if isinstance(result, CommandError):
+            raise CommandFailedError(result)
+        return result
+
+    # -- apply ----------------------------------------------------------------
+
+    def apply(self, index: int, command: bytes) -> object:
+        self._applied_index = index
+        if not command:
+            return None
+        try:
+            call = decode_call(command)
+        except BadCallError as exc:
+            return CommandError(ErrorCode.BAD_COMMAND, str(exc))
+        session = call.session
+        if session is None:
+            return self._reply(self._run(call))
+        verdict = self.sessions.begin(session[0], session[1], index)
+        if not verdict.apply:
+            return self._reply(verdict.reply)
+        outcome = self._run(call)
+        self.sessions.finish(session[0], session[1], index, outcome)
+        return self._reply(outcome)
+
+    @staticmethod
+    def _reply(outcome: object) -> object:
+        if type(outcome) is bytes:
+            return unpack_plain(outcome)  # a fresh copy for every caller
+        return outcome
+
+    def _run(self, call: Call) -> bytes | CommandError:
+        """Run the command; its packed result or an error."""
+        cmd = self._commands.get(call.name)
+        if cmd is None:
+            return CommandError(
+                ErrorCode.UNKNOWN_COMMAND, f"{self.model_name} has no command {call.name!r}"
+            )
+        self.applying = True
+        try:
+            value = cmd.fn(self.model, *call.args, **call.kwargs)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            return CommandError(
+                ErrorCode.COMMAND_FAILED,
+                f"{self.model_name}.{call.name}: {_error_message(exc)}; "
+                "changes made before the exception were kept",
+            )
+        finally:
+            self.applying = False
+        try:
+            return pack_plain(value)
+        except NotPlainDataError as exc:
+            return CommandError(
+                ErrorCode.BAD_RESULT,
+                f"{self.model_name}.{call.name} was applied but its result is not plain "
+                f"data: {exc}",
+            )
+
+    # -- snapshots ------------------------------------------------------------
+
+    def snapshot(self) -> _ModelSnapshotJob:
+        """Encode the model's state now (on the loop); write it later."""
+        state = self.model.snapshot_state()
+        if type(state) is not dict:
+            raise SnapshotError(f"{self.model_name}.snapshot_state() must return a dict")
+        sessions = self.sessions.copy_entries()
+        records = [
+            pack_plain(
+                (_REC_HEADER, self._applied_index, self.model_name, len(state), len(sessions))
+            )
+        ]
+        entries = [
+            (cid, e.sequence, e.last_index, _reply_to_plain(e.reply)) for cid, e in sessions.items()
+        ]
+        for start in range(0, len(entries), _CHUNK_ITEMS):
+            records.append(pack_plain((_REC_SESSIONS, entries[start : start + _CHUNK_ITEMS])))
+        for name, value in state.items():
+            if type(name) is not str:
+                raise SnapshotError(f"{self.model_name} state key {name!r} is not a str")
+            try:
+                records.extend(_encode_attribute(name, value))
+            except NotPlainDataError as exc:
+                raise SnapshotError(
+                    f"{self.model_name}.{name} is not plain data, cannot snapshot: {exc}"
+                ) from None
+        records.append(pack_plain((_REC_END, len(records) - 1)))
+        return _ModelSnapshotJob(self._applied_index, records)
+
+    def restore(self, stream: ReadableStream) -> None:
+        """Replace the model's state from a snapshot stream; on a bad stream
+        raise SnapshotFormatError and leave the model as it was."""
+        started = time.perf_counter()
+        frames = FrameReader(stream, _MODEL_MAGIC, _MODEL_VERSION)
+        header = self._record(frames)
+        if len(header) != 5 or header[0] != _REC_HEADER:
+            raise SnapshotFormatError("model snapshot does not start with its header")
+        _, index, name, n_attributes, n_sessions = header
+        if name != self.model_name:
+            raise SnapshotFormatError(
+                f"snapshot is of model {name!r}, this node's model is {self.model_name!r}"
+            )
+        if type(index) is not int or index < 0:
+            raise SnapshotFormatError(f"bad applied index {index!r} in model snapshot")
+        state: dict[str, Any] = {}
+        sessions: list[tuple[int, SessionEntry]] = []
+        count = 0
+        while True:
+            record = self._record(frames)
+            kind = record[0]
+            if kind == _REC_END:
+                if len(record) != 2 or record[1] != count:
+                    raise SnapshotFormatError("model snapshot trailer does not match its records")
+                break
+            count += 1
+            try:
+                _restore_record(record, state, sessions)
+            except (TypeError, ValueError, IndexError, KeyError) as exc:
+                raise SnapshotFormatError(f"bad record in model snapshot: {exc}") from None
+        if len(state) != n_attributes or len(sessions) != n_sessions:
+            raise SnapshotFormatError("model snapshot is missing attributes or sessions")
+        self.model.restore_state(state)
+        self.sessions.load(sessions)
+        self._applied_index = index
+        log.info(
+            "model snapshot restored",
+            model=self.model_name,
+            index=index,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+
+    @staticmethod
+    def _record(frames: FrameReader) -> list[Any]:
+        try:
+            record = unpack_plain(frames.frame())
+        except SnapshotFormatError:
+            raise
+        except Exception as exc:
+            raise SnapshotFormatError(f"undecodable model snapshot record: {exc}") from None
+        if type(record) is not tuple or not record:
+            raise SnapshotFormatError("model snapshot record is not a tagged tuple")
+        return list(record)
+
+
+def _encode_attribute(name: str, value: object) -> Iterator[bytes]:
+    if type(value) is dict and len(value) > _CHUNK_ITEMS:
+        items = iter(value.items())
+        while chunk := list(islice(items, _CHUNK_ITEMS)):
+            yield pack_plain((_REC_DICT, name, [x for pair in chunk for x in pair]))
+    elif type(value) is list and len(value) > _CHUNK_ITEMS:
+        for start in range(0, len(value), _CHUNK_ITEMS):
+            yield pack_plain((_REC_LIST, name, value[start : start + _CHUNK_ITEMS]))
+    else:
+        yield pack_plain((_REC_VALUE, name, value))
+
+
+def _restore_record(
+    record: list[Any], state: dict[str, Any], sessions: list[tuple[int, SessionEntry]]
+) -> None:
+    kind = record[0]
+    if kind == _REC_SESSIONS:
+        for cid, seq, last_index, reply in record[1]:
+            if not valid_session(cid, seq) or type(last_index) is not int:
+                raise ValueError(f"bad session ids {cid!r} {seq!r}")
+            sessions.append((cid, SessionEntry(seq, last_index, _reply_from_plain(reply))))
+        return
+    name = record[1]
+    if type(name) is not str or len(record) != 3:
+        raise ValueError("attribute record is (kind, name, data)")
+    data = record[2]
+    if kind == _REC_VALUE:
+        if name in state:
+            raise ValueError(f"attribute {name!r} appears twice")
+        state[name] = data
+    elif kind == _REC_DICT:
+        target = state.setdefault(name, {})
+        if type(target) is not dict or type(data) is not list or len(data) % 2:
+            raise ValueError(f"bad dict chunk for {name!r}")
+        it = iter(data)
+        target.update(zip(it, it, strict=False))
+    elif kind == _REC_LIST:
+        target = state.setdefault(name, [])
+        if type(target) is not list or type(data) is not list:
+            raise ValueError(f"bad list chunk for {name!r}")
+        target.extend(data)
+    else:
+        raise ValueError(f"unknown record kind {kind!r}")
+
+
+class LocalProposer:
+    """A one-node "log" for tests and for running an application alone: each
+    proposal gets the next index and is applied at once to every machine given
+    (e.g. the same model class on three "nodes", to show determinism). Returns
+    the first machine's result; ``last_results`` holds all of them."""
+
+    def __init__(self, *machines: StateMachine) -> None:
+        if not machines:
+            raise ValueError("LocalProposer needs at least one machine")
+        self.machines = machines
+        self.index = 0
+        self.log: list[bytes] = []
+        self.last_results: list[object] = []
+
+    async def __call__(self, data: bytes, /) -> object:
+        self.index += 1
+        self.log.append(data)
+        self.last_results = [m.apply(self.index, data) for m in self.machines]
+        return self.last_results[0]

@@ -1,0 +1,747 @@
+"""The built-in key-value state machine.
+
+State: a ``dict[str, bytes]`` for point reads plus a ``SortedList`` of the keys
+(sortedcontainers) for prefix ranges in O(log n + k), and the client session
+table (server/sessions.py). Keys are non-empty ``str``; they sort by code point,
+which is the order of their UTF-8 bytes.
+
+Commands (log entry data)
+-------------------------
+``TAG_KV`` then one msgpack array (never pickle: entries come from the
+network):
+
+====== ======================================= ===============================
+op     array                                   result of apply()
+====== ======================================= ===============================
+noop   ``[0]``                                 ``None``
+put    ``[1, key, value(, client, seq)]``      ``PutResult(index)``
+delete ``[2, key(, client, seq)]``             ``DeleteResult(deleted)``
+cas    ``[3, key, expected|nil, value(, ...)]`` ``CasResult(swapped, found, current)``
+====== ======================================= ===============================
+
+``cas`` swaps when the key's value equals ``expected``, or, with ``expected``
+nil, when the key is absent. ``found`` says whether the key existed before the
+command; ``current`` is the key's value after it (the new value when swapped,
+the unchanged value otherwise, ``b""`` when absent). ``PutResult.index`` is the
+index of the entry that wrote the value: for a retried write it is the index of
+the first application, not of the retry.
+
+Bytes that do not decode, or decode to something else, give a ``CommandError``
+with ``BAD_COMMAND``; the entry still counts as applied. Size limits on keys
+and values are the servicers' business (they are configuration, and apply()
+must not depend on configuration).
+
+Snapshots without stopping the node: copy-on-write with a journal
+-----------------------------------------------------------------
+The obvious strategy, a shallow ``dict.copy()`` plus a copy of the sorted key
+list taken on the event loop, costs about 140 ms per million keys on this
+machine: a pause of the whole node that grows with the state and at ten million
+keys would outlast an election timeout. So ``snapshot()`` copies nothing but
+the session table (bounded by ``max_sessions``) and installs a *view*:
+
+- the view walks the live keys in sorted order behind a cursor (the last key
+  it has emitted);
+- before the first change of a key above the cursor, apply() saves the key's
+  old value (or "absent") in the view's journal; a key of the view that is
+  deleted goes into a small sorted list of "gone" keys so the walk still
+  meets it;
+- keys at or below the cursor are no longer tracked: the view has them.
+
+``write_to`` (in a worker thread) takes the machine's lock for one chunk of
+up to a few thousand keys at a time (a few hundred microseconds), reads the
+live value or the journal's older one, then packs, checksums and writes the
+chunk without the lock. apply() takes the same lock, so the loop waits at most
+for one chunk. The journal holds only keys changed during the snapshot that
+the walk has not reached yet. Values are immutable ``bytes``, so nothing is
+ever copied but references. Snapshots are canonical: the same state gives the
+same bytes on every node (keys sorted, sessions in LRU order).
+
+Restore reads the stream frame by frame into a fresh dict and key list and
+swaps them in at the end under the lock: readers see the old state until then,
+and a corrupt stream leaves the machine unchanged. While an InstallSnapshot
+replaces a large state, old and new state are both in memory; a runtime that
+cannot afford that calls ``clear()`` first.
+"""
+
+from __future__ import annotations
+
+import enum
+import operator
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator
+from itertools import islice
+from typing import Any, NamedTuple
+
+import msgpack
+import structlog
+from sortedcontainers import SortedList
+
+from server.sessions import (
+    DEFAULT_IDLE_ENTRIES,
+    DEFAULT_MAX_SESSIONS,
+    SessionEntry,
+    SessionTable,
+    valid_session,
+)
+from server.statemachine import (
+    TAG_KV,
+    CommandError,
+    ErrorCode,
+    FrameReader,
+    FrameWriter,
+    ReadableStream,
+    SnapshotAbortedError,
+    SnapshotFormatError,
+    SnapshotInProgressError,
+    WritableStream,
+)
+
+log = structlog.get_logger(__name__)
+
+__all__ = [
+    "BadCommandError",
+    "CasResult",
+    "DeleteResult",
+    "KVCommand",
+    "KVMachine",
+    "Op",
+    "PutResult",
+    "Session",
+    "decode_command",
+    "encode_cas",
+    "encode_delete",
+    "encode_noop",
+    "encode_put",
+]
+
+
+class Op(enum.IntEnum):
+    NOOP = 0
+    PUT = 1
+    DELETE = 2
+    CAS = 3
+
+
+class Session(NamedTuple):
+    """A write's exactly-once identity: ids and sequences are 1..2**64-1."""
+
+    client_id: int
+    sequence: int
+
+
+class KVCommand(NamedTuple):
+    op: Op
+    key: str = ""
+    value: bytes = b""
+    expected: bytes | None = None
+    session: Session | None = None
+
+
+class PutResult(NamedTuple):
+    # The field shadows tuple.index(); the name is the API's (PutResponse.index).
+    index: int  # type: ignore[assignment]
+
+
+class DeleteResult(NamedTuple):
+    deleted: bool
+
+
+class CasResult(NamedTuple):
+    swapped: bool
+    found: bool
+    current: bytes
+
+
+KVResult = PutResult | DeleteResult | CasResult | CommandError | None
+
+
+class BadCommandError(ValueError):
+    """The bytes are not a key-value command."""
+
+
+# -- encoding -----------------------------------------------------------------
+
+_TAG = bytes([TAG_KV])
+_NOOP = _TAG + msgpack.packb([Op.NOOP.value])
+
+
+def _check_key(key: object) -> str:
+    if type(key) is not str:
+        raise TypeError(f"key must be str, not {type(key).__name__}")
+    if not key:
+        raise ValueError("key must not be empty")
+    return key
+
+
+def _check_value(value: object, what: str = "value") -> bytes:
+    if type(value) is bytes:
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
+
+
+def _with_session(items: list[Any], session: Session | tuple[int, int] | None) -> bytes:
+    if session is not None:
+        client_id, sequence = session
+        if not valid_session(client_id, sequence):
+            raise ValueError(
+                f"session ids must be ints in 1..2**64-1, got client_id={client_id!r}, "
+                f"sequence={sequence!r}"
+            )
+        items.append(client_id)
+        items.append(sequence)
+    try:
+        return _TAG + msgpack.packb(items, use_bin_type=True)
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"key is not valid Unicode text: {exc}") from None
+
+
+def encode_put(key: str, value: bytes, session: Session | tuple[int, int] | None = None) -> bytes:
+    """Entry data for ``put(key, value)``. Raises TypeError/ValueError for bad
+    arguments (empty key, non-bytes value, session ids out of range)."""
+    return _with_session([Op.PUT.value, _check_key(key), _check_value(value)], session)
+
+
+def encode_delete(key: str, session: Session | tuple[int, int] | None = None) -> bytes:
+    """Entry data for ``delete(key)``."""
+    return _with_session([Op.DELETE.value, _check_key(key)], session)
+
+
+def encode_cas(
+    key: str,
+    expected: bytes | None,
+    value: bytes,
+    session: Session | tuple[int, int] | None = None,
+) -> bytes:
+    """Entry data for ``cas(key, expected, value)``; ``expected=None`` means
+    "only if the key is absent"."""
+    exp = None if expected is None else _check_value(expected, "expected")
+    return _with_session([Op.CAS.value, _check_key(key), exp, _check_value(value)], session)
+
+
+def encode_noop() -> bytes:
+    """Entry data that changes nothing (e.g. a read barrier)."""
+    return _NOOP
+
+
+# Number of array items per op, without and with a session.
+_ARITY = {Op.NOOP: 1, Op.PUT: 3, Op.DELETE: 2, Op.CAS: 4}
+_NOOP_COMMAND = KVCommand(Op.NOOP)
+
+
+def decode_command(data: bytes) -> KVCommand:
+    """Decode entry data made by the ``encode_*`` helpers. Raises
+    :class:`BadCommandError` (with a reason) for anything else."""
+    if not data:
+        return _NOOP_COMMAND
+    if data[0] != TAG_KV:
+        raise BadCommandError(f"command tag 0x{data[0]:02x} is not the key-value machine's")
+    try:
+        items = msgpack.unpackb(memoryview(data)[1:], use_list=False, raw=False)
+    except Exception as exc:  # msgpack raises several types for bad input
+        raise BadCommandError(f"undecodable key-value command: {exc}") from None
+    if type(items) is not tuple or not items:
+        raise BadCommandError("a key-value command is a non-empty array")
+    try:
+        op = Op(items[0])
+    except ValueError:
+        raise BadCommandError(f"unknown key-value operation {items[0]!r}") from None
+    arity = _ARITY[op]
+    session: Session | None = None
+    if len(items) == arity + 2 and op is not Op.NOOP:
+        if not valid_session(items[-2], items[-1]):
+            raise BadCommandError(f"bad session ids {items[-2]!r}, {items[-1]!r}")
+        session = Session(items[-2], items[-1])
+    elif len(items) != arity:
+        raise BadCommandError(f"{op.name.lower()} takes {arity} fields, got {len(items)}")
+    if op is Op.NOOP:
+        return _NOOP_COMMAND
+    key = items[1]
+    if type(key) is not str or not key:
+        raise BadCommandError("key must be a non-empty string")
+    if op is Op.PUT:
+        if type(items[2]) is not bytes:
+            raise BadCommandError("put value must be bytes")
+        return KVCommand(op, key, items[2], None, session)
+    if op is Op.DELETE:
+        return KVCommand(op, key, b"", None, session)
+    expected, value = items[2], items[3]
+    if (expected is not None and type(expected) is not bytes) or type(value) is not bytes:
+        raise BadCommandError("cas expected must be bytes or nil, value bytes")
+    return KVCommand(op, key, value, expected, session)
+
+
+# -- session replies in snapshots ---------------------------------------------
+
+
+def _reply_to_plain(reply: object) -> tuple[Any, ...]:
+    if type(reply) is PutResult:
+        return (1, reply.index)
+    if type(reply) is DeleteResult:
+        return (2, reply.deleted)
+    if type(reply) is CasResult:
+        return (3, reply.swapped, reply.found, reply.current)
+    if type(reply) is CommandError:
+        return (0, int(reply.code), reply.message)
+    raise TypeError(f"unexpected session reply {reply!r}")
+
+
+def _reply_from_plain(plain: Any) -> KVResult:
+    kind = plain[0]
+    if kind == 1:
+        return PutResult(plain[1])
+    if kind == 2:
+        return DeleteResult(plain[1])
+    if kind == 3:
+        return CasResult(plain[1], plain[2], plain[3])
+    if kind == 0:
+        return CommandError(ErrorCode(plain[1]), plain[2])
+    raise ValueError(f"unknown reply kind {kind!r}")
+
+
+# -- the copy-on-write snapshot view -------------------------------------------
+
+
+class _View:
+    """The state of one snapshot in progress (see the module docstring).
+
+    Invariants: every key in ``before`` is above ``cursor``; ``gone`` holds
+    exactly the keys above ``cursor`` that existed when the view was taken and
+    are absent from the live map now; ``before[k] is None`` means k did not
+    exist when the view was taken.
+    """
+
+    __slots__ = ("before", "closed", "cursor", "gone", "index", "sessions")
+
+    def __init__(self, index: int, sessions: OrderedDict[int, SessionEntry]) -> None:
+        self.index = index
+        self.sessions = sessions
+        self.cursor: str | None = None
+        self.before: dict[str, bytes | None] = {}
+        self.gone: SortedList[str] = SortedList()
+        self.closed = False
+
+    def note_put(self, key: str, old: bytes | None) -> None:
+        cursor = self.cursor
+        if cursor is not None and key <= cursor:
+            return
+        before = self.before
+        if key not in before:
+            before[key] = old
+        elif old is None and before[key] is not None:
+            self.gone.remove(key)  # a key of the view, deleted, now back
+
+    def note_delete(self, key: str, old: bytes) -> None:
+        cursor = self.cursor
+        if cursor is not None and key <= cursor:
+            return
+        before = self.before
+        if key not in before:
+            before[key] = old
+            self.gone.add(key)
+        elif before[key] is not None:
+            self.gone.add(key)
+
+    def next_chunk(
+        self, keys: SortedList[str], data: dict[str, bytes], limit: int
+    ) -> tuple[list[str], list[bytes]] | None:
+        """The next keys of the view (at most ``limit``) and their values as of
+        the view; None when the walk is over. Called under the machine's lock."""
+        cursor = self.cursor
+        if cursor is None:
+            live = list(keys.islice(0, limit))
+        else:
+            live = list(islice(keys.irange(cursor, None, (False, True)), limit))
+        gone = self.gone
+        candidates = sorted(live + list(gone.islice(0, limit)))[:limit] if gone else live
+        if not candidates:
+            return None
+        new_cursor = candidates[-1]
+        if gone:
+            del gone[: gone.bisect_right(new_cursor)]
+        self.cursor = new_cursor
+        before = self.before
+        if not before:
+            return candidates, list(map(data.__getitem__, candidates))
+        out_keys: list[str] = []
+        out_values: list[bytes] = []
+        for key in candidates:
+            if key in before:
+                old = before.pop(key)
+                if old is None:
+                    continue  # created after the view was taken
+                out_keys.append(key)
+                out_values.append(old)
+            else:
+                out_keys.append(key)
+                out_values.append(data[key])
+        return out_keys, out_values
+
+
+_KV_MAGIC = b"RRKV"
+_KV_VERSION = 1
+_FRAME_SESSIONS = 1
+_FRAME_DATA = 2
+_FRAME_END = 3
+_SESSIONS_PER_FRAME = 4096
+_CHUNK_BYTES = 1 << 20
+_MIN_CHUNK_KEYS = 16
+_MAX_CHUNK_KEYS = 4096
+
+
+class KVSnapshotJob:
+    """A snapshot of a :class:`KVMachine`; see ``SnapshotJob``."""
+
+    def __init__(self, machine: KVMachine, view: _View) -> None:
+        self._machine = machine
+        self._view = view
+        self._finalizer = weakref.finalize(self, machine._release_view, view)
+
+    @property
+    def index(self) -> int:
+        return self._view.index
+
+    def write_to(self, stream: WritableStream) -> int:
+        machine, view = self._machine, self._view
+        started = time.perf_counter()
+        try:
+            if view.closed:
+                raise SnapshotAbortedError("snapshot job already written or closed")
+            frames = FrameWriter(stream, _KV_MAGIC, _KV_VERSION)
+            sessions = view.sessions
+            frames.frame(
+                msgpack.packb(
+                    {
+                        "index": view.index,
+                        "sessions": len(sessions),
+                        "max_sessions": machine.sessions.max_sessions,
+                        "idle_entries": machine.sessions.idle_entries,
+                    }
+                )
+            )
+            entries = [
+                (cid, e.sequence, e.last_index, _reply_to_plain(e.reply))
+                for cid, e in sessions.items()
+            ]
+            for start in range(0, len(entries), _SESSIONS_PER_FRAME):
+                chunk = entries[start : start + _SESSIONS_PER_FRAME]
+                frames.frame(msgpack.packb((_FRAME_SESSIONS, chunk), use_bin_type=True))
+            del entries
+            view.sessions = OrderedDict()
+            count = 0
+            limit = _MIN_CHUNK_KEYS
+            lock = machine._lock
+            while True:
+                with lock:
+                    if view.closed:
+                        raise SnapshotAbortedError("snapshot view dropped (machine restored)")
+                    pairs = view.next_chunk(machine._keys, machine._data, limit)
+                if pairs is None:
+                    break
+                keys, values = pairs
+                if not keys:
+                    continue
+                count += len(keys)
+                size = sum(map(len, values)) + 16 * len(keys)
+                for lo, hi in _pieces(values, size):
+                    payload = (_FRAME_DATA, keys[lo:hi], values[lo:hi])
+                    frames.frame(msgpack.packb(payload, use_bin_type=True))
+                # Aim at ~1 MiB frames whatever the value sizes.
+                per_key = max(1, size // len(keys))
+                limit = max(_MIN_CHUNK_KEYS, min(_MAX_CHUNK_KEYS, _CHUNK_BYTES // per_key))
+            frames.frame(msgpack.packb((_FRAME_END, count, len(sessions))))
+            log.info(
+                "kv snapshot written",
+                index=view.index,
+                keys=count,
+                bytes=frames.bytes_written,
+                seconds=round(time.perf_counter() - started, 3),
+            )
+            return frames.bytes_written
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+class KVMachine:
+    """The key-value state machine. All methods run on the event loop except
+    ``KVSnapshotJob.write_to`` and (if the runtime wishes) ``restore``."""
+
+    def __init__(
+        self,
+        *,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        session_idle_entries: int | None = DEFAULT_IDLE_ENTRIES,
+    ) -> None:
+        self._data: dict[str, bytes] = {}
+        self._keys: SortedList[str] = SortedList()
+        self.sessions = SessionTable(max_sessions, session_idle_entries)
+        self._applied_index = 0
+        # Held by apply() while it mutates and by a snapshot job while it reads
+        # one chunk; never held across I/O.
+        self._lock = threading.Lock()
+        self._view: _View | None = None
+
+    # -- reads (never through the log) ----------------------------------------
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied_index
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: str) -> tuple[bool, bytes]:
+        """``(found, value)``; value is b"" when not found."""
+        value = self._data.get(key)
+        if value is None:
+            return False, b""
+        return True, value
+
+    def range(
+        self, prefix: str = "", start_after: str = "", limit: int = 0
+    ) -> tuple[list[tuple[str, bytes]], bool]:
+        """Keys starting with ``prefix`` and greater than ``start_after``, in
+        order, at most ``limit`` of them (0: no limit). Returns ``(items,
+        more)``; ``more`` says whether further matching keys exist (pass the
+        last key as ``start_after`` to continue)."""
+        if limit < 0:
+            raise ValueError("limit must be >= 0")
+        keys = self._keys
+        if start_after and start_after >= prefix:
+            lo = keys.bisect_right(start_after)
+        else:
+            lo = keys.bisect_left(prefix)
+        upper = _prefix_successor(prefix)
+        hi = len(keys) if upper is None else keys.bisect_left(upper)
+        stop = hi if not limit else min(hi, lo + limit)
+        if stop <= lo:
+            return [], False
+        data = self._data
+        items = [(k, data[k]) for k in keys.islice(lo, stop)]
+        return items, stop < hi
+
+    def items(self) -> Iterator[tuple[str, bytes]]:
+        """All pairs in key order (for tests and tools; not for large maps on
+        the loop)."""
+        data = self._data
+        return ((k, data[k]) for k in self._keys)
+
+    # -- apply ----------------------------------------------------------------
+
+    def apply(self, index: int, command: bytes) -> KVResult:
+        self._applied_index = index
+        if not command:
+            return None
+        try:
+            cmd = decode_command(command)
+        except BadCommandError as exc:
+            return CommandError(ErrorCode.BAD_COMMAND, str(exc))
+        session = cmd.session
+        if session is None:
+            return self._execute(index, cmd)
+        verdict = self.sessions.begin(session.client_id, session.sequence, index)
+        if not verdict.apply:
+            return verdict.reply  # type: ignore[return-value]
+        result = self._execute(index, cmd)
+        self.sessions.finish(session.client_id, session.sequence, index, result)
+        return result
+
+    def _execute(self, index: int, cmd: KVCommand) -> KVResult:
+        op = cmd.op
+        key = cmd.key
+        data = self._data
+        with self._lock:
+            if op is Op.PUT:
+                self._set(key, data.get(key), cmd.value)
+                return PutResult(index)
+            old = data.get(key)
+            if op is Op.DELETE:
+                if old is None:
+                    return DeleteResult(False)
+                self._remove(key, old)
+                return DeleteResult(True)
+            if op is Op.CAS:
+                expected = cmd.expected
+                if (old is None) if expected is None else (old == expected):
+                    self._set(key, old, cmd.value)
+                    return CasResult(True, old is not None, cmd.value)
+                return CasResult(False, old is not None, b"" if old is None else old)
+            return None
+
+    def _set(self, key: str, old: bytes | None, value: bytes) -> None:
+        view = self._view
+        if view is not None:
+            view.note_put(key, old)
+        if old is None:
+            self._keys.add(key)
+        self._data[key] = value
+
+    def _remove(self, key: str, old: bytes) -> None:
+        view = self._view
+        if view is not None:
+            view.note_delete(key, old)
+        del self._data[key]
+        self._keys.remove(key)
+
+    # -- snapshots ------------------------------------------------------------
+
+    def snapshot(self) -> KVSnapshotJob:
+        """Fix a view of the current state (cost: a copy of the session table)."""
+        with self._lock:
+            if self._view is not None:
+                raise SnapshotInProgressError(
+                    f"a snapshot at index {self._view.index} is still being written"
+                )
+            view = _View(self._applied_index, self.sessions.copy_entries())
+            self._view = view
+        return KVSnapshotJob(self, view)
+
+    def _release_view(self, view: _View) -> None:
+        with self._lock:
+            view.closed = True
+            view.before = {}
+            view.gone = SortedList()
+            if self._view is view:
+                self._view = None
+
+    def clear(self) -> None:
+        """Drop all state (and any snapshot view), e.g. to free memory before a
+        restore."""
+        with self._lock:
+            self._drop_view()
+            self._data = {}
+            self._keys = SortedList()
+            self.sessions.load(())
+            self._applied_index = 0
+
+    def _drop_view(self) -> None:
+        view = self._view
+        if view is not None:
+            view.closed = True
+            self._view = None
+
+    def restore(self, stream: ReadableStream) -> None:
+        """Replace the whole state from a stream written by a snapshot job.
+        Raises SnapshotFormatError (state unchanged) if the stream is bad."""
+        started = time.perf_counter()
+        frames = FrameReader(stream, _KV_MAGIC, _KV_VERSION)
+        header = _unpack(frames.frame(), "header")
+        if not isinstance(header, dict):
+            raise SnapshotFormatError("kv snapshot header is not a map")
+        index, n_sessions = header.get("index"), header.get("sessions")
+        if type(index) is not int or index < 0 or type(n_sessions) is not int:
+            raise SnapshotFormatError(f"bad kv snapshot header {header!r}")
+        if (header.get("max_sessions"), header.get("idle_entries")) != (
+            self.sessions.max_sessions,
+            self.sessions.idle_entries,
+        ):
+            log.warning(
+                "snapshot taken with other session limits",
+                snapshot_max_sessions=header.get("max_sessions"),
+                snapshot_idle_entries=header.get("idle_entries"),
+                max_sessions=self.sessions.max_sessions,
+                idle_entries=self.sessions.idle_entries,
+            )
+        sessions: list[tuple[int, SessionEntry]] = []
+        data: dict[str, bytes] = {}
+        ordered: list[str] = []
+        last: str | None = None
+        while True:
+            frame = _unpack(frames.frame(), "frame")
+            if type(frame) is not list or not frame:
+                raise SnapshotFormatError("kv snapshot frame is not a tagged array")
+            kind = frame[0]
+            if kind == _FRAME_DATA and len(frame) == 3:
+                keys, values = frame[1], frame[2]
+                last = _check_data_chunk(keys, values, last)
+                data.update(zip(keys, values, strict=True))
+                ordered.extend(keys)
+            elif kind == _FRAME_SESSIONS and len(frame) == 2:
+                try:
+                    for cid, seq, last_index, reply in frame[1]:
+                        if not valid_session(cid, seq) or type(last_index) is not int:
+                            raise ValueError(f"bad session ids {cid!r} {seq!r}")
+                        sessions.append(
+                            (cid, SessionEntry(seq, last_index, _reply_from_plain(reply)))
+                        )
+                except (TypeError, ValueError, IndexError) as exc:
+                    raise SnapshotFormatError(f"bad session record in kv snapshot: {exc}") from None
+            elif kind == _FRAME_END and len(frame) == 3:
+                if frame[1] != len(data) or frame[2] != n_sessions or len(sessions) != n_sessions:
+                    raise SnapshotFormatError(
+                        f"kv snapshot counts disagree: trailer says {frame[1]} keys, "
+                        f"{frame[2]} sessions; read {len(data)} keys, {len(sessions)} sessions"
+                    )
+                break
+            else:
+                raise SnapshotFormatError(f"unknown kv snapshot frame kind {kind!r}")
+        keys_index = SortedList(ordered)  # already sorted: linear time
+        del ordered
+        with self._lock:
+            self._drop_view()
+            self._data = data
+            self._keys = keys_index
+            self.sessions.load(sessions)
+            self._applied_index = index
+        log.info(
+            "kv snapshot restored",
+            index=index,
+            keys=len(data),
+            sessions=len(sessions),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+
+
+def _pieces(values: list[bytes], size: int) -> Iterator[tuple[int, int]]:
+    """Split a chunk into runs of about _CHUNK_BYTES (at least one value each)."""
+    if size <= 2 * _CHUNK_BYTES:
+        yield 0, len(values)
+        return
+    lo, acc = 0, 0
+    for i, value in enumerate(values):
+        acc += len(value) + 16
+        if acc >= _CHUNK_BYTES:
+            yield lo, i + 1
+            lo, acc = i + 1, 0
+    if lo < len(values):
+        yield lo, len(values)
+
+
+def _unpack(payload: bytes, what: str) -> Any:
+    try:
+        return msgpack.unpackb(payload, raw=False, use_list=True)
+    except Exception as exc:
+        raise SnapshotFormatError(f"undecodable kv snapshot {what}: {exc}") from None
+
+
+def _check_data_chunk(keys: Any, values: Any, last: str | None) -> str | None:
+    if type(keys) is not list or type(values) is not list or len(keys) != len(values):
+        raise SnapshotFormatError("kv snapshot data frame is not two arrays of equal length")
+    if not keys:
+        return last
+    if set(map(type, keys)) != {str} or set(map(type, values)) != {bytes}:
+        raise SnapshotFormatError(
+            "kv snapshot data frame holds keys that are not text or values that are not bytes"
+        )
+    if (last is not None and keys[0] <= last) or not all(
+        map(operator.lt, keys, islice(keys, 1, None))
+    ):
+        raise SnapshotFormatError("kv snapshot keys are not in strictly increasing order")
+    last_key: str = keys[-1]
+    return last_key
+
+
+def _prefix_successor(prefix: str) -> str | None:
+    """The least string greater than every string that starts with
+    ``prefix``; None if there is none (empty prefix, or all max code points)."""
+    stripped = prefix.rstrip("\U0010ffff")
+    if not stripped:
+        return None
+    return stripped[:-1] + chr(ord(stripped[-1]) + 1)
