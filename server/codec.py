@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from itertools import repeat
-from typing import Final
+from typing import Any, Final
 
 import crc32c
 from google.protobuf.message import DecodeError, EncodeError
@@ -168,7 +168,7 @@ def _fill(pb: raft_pb2.Message, msg: Message) -> None:
         pb.entry_terms.extend([e.term for e in entries])
         pb.entry_indexes.extend([e.index for e in entries])
         pb.entry_data.extend([e.data for e in entries])
-        kinds = [e.kind for e in entries]
+        kinds: list[Any] = [e.kind for e in entries]
         if any(kinds):  # an empty column means "all NORMAL"
             pb.entry_kinds.extend(kinds)
 

@@ -278,7 +278,7 @@ def decode_command(data: bytes) -> KVCommand:
 # -- session replies in snapshots ---------------------------------------------
 
 
-def _reply_to_plain(reply: object) -> tuple[Any, ...]:
+def reply_to_plain(reply: object) -> tuple[Any, ...]:
     if type(reply) is PutResult:
         return (1, reply.index)
     if type(reply) is DeleteResult:
@@ -290,7 +290,7 @@ def _reply_to_plain(reply: object) -> tuple[Any, ...]:
     raise TypeError(f"unexpected session reply {reply!r}")
 
 
-def _reply_from_plain(plain: Any) -> KVResult:
+def reply_from_plain(plain: Any) -> KVResult:
     kind = plain[0]
     if kind == 1:
         return PutResult(plain[1])
@@ -424,7 +424,7 @@ class KVSnapshotJob:
                 )
             )
             entries = [
-                (cid, e.sequence, e.last_index, _reply_to_plain(e.reply))
+                (cid, e.sequence, e.last_index, reply_to_plain(e.reply))
                 for cid, e in sessions.items()
             ]
             for start in range(0, len(entries), _SESSIONS_PER_FRAME):
@@ -669,7 +669,7 @@ class KVMachine:
                         if not valid_session(cid, seq) or type(last_index) is not int:
                             raise ValueError(f"bad session ids {cid!r} {seq!r}")
                         sessions.append(
-                            (cid, SessionEntry(seq, last_index, _reply_from_plain(reply)))
+                            (cid, SessionEntry(seq, last_index, reply_from_plain(reply)))
                         )
                 except (TypeError, ValueError, IndexError) as exc:
                     raise SnapshotFormatError(f"bad session record in kv snapshot: {exc}") from None

@@ -169,7 +169,8 @@ def encode_payload(
         expected = entries[0].index
         last_term = 0
         try:
-            for term, index, data, kind in entries:
+            for entry in entries:
+                term, index, data, kind = entry.term, entry.index, entry.data, entry.kind
                 if index != expected or term < last_term or kind not in _KINDS:
                     check_entries(entries)  # raises with the precise reason
                 buf += pack(ITEM_ENTRY, term, index, kind, len(data))
@@ -195,7 +196,8 @@ def check_entries(entries: Sequence[Entry]) -> None:
         return
     expected = entries[0].index
     last_term = 0
-    for term, index, data, kind in entries:
+    for entry in entries:
+        term, index, data, kind = entry.term, entry.index, entry.data, entry.kind
         if index != expected or term < last_term:
             raise ValueError(
                 f"entries must have consecutive indexes and non-decreasing terms: "

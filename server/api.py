@@ -1,0 +1,188 @@
+"""The in-process API: the same reads and writes the gRPC KV service and the
+web tier serve, as plain coroutines.
+
+Every node accepts every request. A write on a follower is forwarded to the
+leader over the peer port (``Peer.Forward``) and retried there until its
+deadline while leadership moves; the session in the command makes the
+retries safe. A linearizable read asks for a read index (the leader, or a
+follower asking the leader) and waits until it is applied locally; a
+serializable read is served from local memory at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+
+from proto import raft_pb2
+from server.runtime import NotLeader, Overloaded, RaftRuntime, Unavailable
+
+log = structlog.get_logger("ramraft.api")
+
+DEFAULT_TIMEOUT = 5.0
+
+
+class Deadline:
+    def __init__(self, seconds: float | None) -> None:
+        self.at = time.monotonic() + (seconds if seconds is not None else DEFAULT_TIMEOUT)
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    def check(self) -> float:
+        left = self.remaining()
+        if left <= 0:
+            raise TimeoutError("the request's deadline passed")
+        return left
+
+
+class BadRequest(ValueError):
+    """Input that breaks a documented limit; the message names it."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_key_bytes: int
+    max_value_bytes: int
+    max_range_limit: int
+
+    def check_key(self, key: str) -> None:
+        if not key:
+            raise BadRequest("key must not be empty")
+        size = len(key.encode("utf-8", errors="surrogatepass"))
+        if size > self.max_key_bytes:
+            raise BadRequest(f"key is {size} bytes; the limit is {self.max_key_bytes} bytes")
+
+    def check_value(self, value: bytes) -> None:
+        if len(value) > self.max_value_bytes:
+            raise BadRequest(
+                f"value is {len(value)} bytes; the limit is {self.max_value_bytes} bytes"
+            )
+
+
+class NodeAPI:
+    """Reads and writes through this node's runtime."""
+
+    def __init__(
+        self,
+        runtime: RaftRuntime,
+        encode_result: Callable[[object], bytes],
+        decode_result: Callable[[bytes], object],
+        limits: Limits,
+    ) -> None:
+        self.runtime = runtime
+        self.encode_result = encode_result
+        self.decode_result = decode_result
+        self.limits = limits
+        self.forwarded = 0
+
+    # ---- writes -----------------------------------------------------------------------------
+
+    async def write(
+        self, command: bytes, timeout: float | None = None, *, retry_unsafe: bool = False
+    ) -> tuple[int, object]:
+        """Propose ``command`` through the leader; (index, result) once applied.
+
+        A write that may already be in the log (proposed here or forwarded,
+        then leadership moved) is retried only if ``retry_unsafe`` -- the
+        command carries a session, so a second copy is not applied again.
+        Without one, that ambiguity is the caller's: Unavailable."""
+        deadline = Deadline(timeout)
+        backoff = 0.01
+        while True:
+            left = deadline.check()
+            try:
+                return await asyncio.wait_for(self.runtime.propose(command), left)
+            except NotLeader as e:
+                leader = e.leader  # refused before proposing: safe to send elsewhere
+            except Unavailable:
+                if not retry_unsafe or self.runtime.failed is not None or self.runtime.stopping:
+                    raise
+                leader = ""
+            if not leader:
+                await self.runtime.wait_for_leader(deadline.check())
+                continue
+            try:
+                return await self._forward(leader, command, deadline)
+            except _RetryElsewhere as e:
+                if not retry_unsafe and e.maybe_applied:
+                    raise Unavailable(
+                        "the leader changed while the write was in flight; it may or may not "
+                        "have been applied"
+                    ) from e
+                await asyncio.sleep(min(backoff, max(0.0, deadline.remaining())))
+                backoff = min(backoff * 2, 0.2)
+
+    async def _forward(self, leader: str, command: bytes, deadline: Deadline) -> tuple[int, object]:
+        channel = self.runtime.transport.channel(leader)
+        forward = channel.unary_unary(
+            "/ramraft.peer.v1.Peer/Forward",
+            request_serializer=raft_pb2.ForwardRequest.SerializeToString,
+            response_deserializer=raft_pb2.ForwardResponse.FromString,
+        )
+        self.forwarded += 1
+        try:
+            response = await forward(
+                raft_pb2.ForwardRequest(command=command), timeout=deadline.check()
+            )
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise TimeoutError("the request's deadline passed at the leader") from e
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                # "not the leader" means it refused before proposing.
+                raise _RetryElsewhere(
+                    maybe_applied="not the leader" not in (e.details() or "")
+                ) from e
+            if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise Overloaded(e.details() or "the leader is overloaded") from e
+            raise Unavailable(f"forwarding to the leader failed: {e.details()}") from e
+        return response.index, self.decode_result(response.result)
+
+    async def serve_forward(self, command: bytes, context: Any) -> raft_pb2.ForwardResponse:
+        """The leader's side of ``Peer.Forward``."""
+        remaining = context.time_remaining()
+        try:
+            index, result = await asyncio.wait_for(
+                self.runtime.propose(command),
+                remaining if remaining is not None else DEFAULT_TIMEOUT,
+            )
+        except NotLeader as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"not the leader (leader: {e.leader})")
+        except Unavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        except Overloaded as e:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed at the leader")
+        return raft_pb2.ForwardResponse(result=self.encode_result(result), index=index)
+
+    # ---- reads ------------------------------------------------------------------------------
+
+    async def linearizable(self, timeout: float | None = None) -> int:
+        """Wait until reading local memory is linearizable; returns the
+        applied index the read will see (at least)."""
+        deadline = Deadline(timeout)
+        while True:
+            left = deadline.check()
+            try:
+                return await asyncio.wait_for(self.runtime.read_index(), left)
+            except Unavailable:
+                if self.runtime.failed is not None or self.runtime.stopping:
+                    raise
+            # No leader, or leadership moved mid-read: wait for a leader, retry.
+            await self.runtime.wait_for_leader(deadline.check())
+            await asyncio.sleep(min(0.01, max(0.0, deadline.remaining())))
+
+
+class _RetryElsewhere(Exception):
+    """The node we forwarded to could not take the write; ask again."""
+
+    def __init__(self, maybe_applied: bool) -> None:
+        super().__init__("retry at the leader")
+        self.maybe_applied = maybe_applied

@@ -1,0 +1,225 @@
+"""One ramraft node process: storage, runtime, transport, gRPC servers,
+health, and (optionally) the web tier, with graceful shutdown.
+
+Shutdown on SIGTERM/SIGINT: stop taking new requests on this node, hand
+leadership to the most caught-up voter if we lead, let in-flight writes
+finish (they commit under the new leader and resolve here when applied),
+flush, close, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import msgpack
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from proto import admin_pb2, kv_pb2, raft_pb2
+from server.api import Limits, NodeAPI
+from server.config import NodeConfig
+from server.kv import KVMachine, reply_from_plain, reply_to_plain
+from server.runtime import RaftRuntime
+from server.services import AdminService, KVService
+from server.storage import open_storage
+from server.transport import PeerServicer, PeerTransport
+
+log = structlog.get_logger("ramraft.node")
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+LIVENESS_SERVICE = "liveness"
+
+
+def encode_kv_result(result: object) -> bytes:
+    return msgpack.packb(reply_to_plain(result) if result is not None else None)
+
+
+def decode_kv_result(data: bytes) -> object:
+    plain = msgpack.unpackb(data)
+    return reply_from_plain(plain) if plain is not None else None
+
+
+class Node:
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        machine: Any = None,
+        kv: KVMachine | None = None,
+        encode_result: Callable[[object], bytes] = encode_kv_result,
+        decode_result: Callable[[bytes], object] = decode_kv_result,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.kv = kv if kv is not None else KVMachine()
+        self.machine = machine if machine is not None else self.kv
+        self.encode_result = encode_result
+        self.decode_result = decode_result
+        self.runtime: RaftRuntime | None = None
+        self.api: NodeAPI | None = None
+        self.servers: list[grpc.aio.Server] = []
+        self.health = health.aio.HealthServicer()
+        self.web: Any = None
+        self._health_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self.started_at = time.time()
+
+    async def start(self) -> None:
+        cfg = self.config
+        log_store, snapshots = open_storage(cfg.data_dir)
+        runtime = RaftRuntime(cfg, self.machine, log_store, snapshots)
+        self.runtime = runtime
+        runtime.transport = PeerTransport(
+            cfg.node_id,
+            runtime.addresses,
+            snapshots,
+            runtime.report_unreachable,
+            runtime.report_snapshot,
+        )
+        limits = Limits(
+            cfg.limits.max_key_bytes, cfg.limits.max_value_bytes, cfg.limits.max_range_limit
+        )
+        self.api = NodeAPI(runtime, self.encode_result, self.decode_result, limits)
+        await runtime.start()
+
+        peer_servicer = PeerServicer(
+            receive=runtime.receive,
+            snapshots=snapshots,
+            deliver_snapshot=lambda m: runtime.receive([m]),
+            forward=self.api.serve_forward,
+            current_term=lambda: runtime.core.term if runtime.core else 0,
+        )
+        self.kv_service = KVService(self.api, self.kv)
+        self.admin_service = AdminService(self.api)
+        client_server = grpc.aio.server(options=SERVER_OPTIONS)
+        from proto import admin_pb2_grpc, kv_pb2_grpc
+
+        kv_pb2_grpc.add_KVServicer_to_server(self.kv_service, client_server)
+        admin_pb2_grpc.add_AdminServicer_to_server(self.admin_service, client_server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, client_server)
+        services = [
+            kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        if cfg.peer_listen:
+            peer_server = grpc.aio.server(options=SERVER_OPTIONS)
+            peer_server.add_generic_rpc_handlers((peer_servicer.handler(),))
+            self._bind(peer_server, cfg.peer_listen, "--peer-listen")
+            self.servers.append(peer_server)
+        else:
+            client_server.add_generic_rpc_handlers((peer_servicer.handler(),))
+            services.append(raft_pb2.DESCRIPTOR.services_by_name["Peer"].full_name)
+        reflection.enable_server_reflection(services, client_server)
+        self._bind(client_server, cfg.client_listen, "--listen")
+        self.servers.insert(0, client_server)
+        for server in self.servers:
+            await server.start()
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        self._health_task = asyncio.get_running_loop().create_task(self._watch_health())
+        if cfg.http:
+            from server.web import WebTier
+
+            self.web = WebTier(self)
+            await self.web.start(cfg.http)
+        log.info(
+            "node_started",
+            id=cfg.node_id,
+            grpc=cfg.client_listen,
+            peer=cfg.peer_listen or cfg.client_listen,
+            http=cfg.http or None,
+            data_dir=cfg.data_dir,
+        )
+
+    @staticmethod
+    def _bind(server: grpc.aio.Server, address: str, flag: str) -> None:
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as e:
+            raise OSError(f"{flag} {address}: cannot listen: {e}") from e
+        if port == 0:
+            raise OSError(f"{flag} {address}: cannot listen (address in use or not local?)")
+
+    def ready(self) -> bool:
+        """Knows a leader and has applied what it knows to be committed
+        (the gRPC health service's "" status, and /readyz)."""
+        runtime = self.runtime
+        if runtime is None or runtime.core is None or runtime.failed is not None:
+            return False
+        core = runtime.core
+        return bool(core.leader) and runtime.machine.applied_index >= core.commit_index
+
+    async def _watch_health(self) -> None:
+        serving = None
+        while True:
+            now = self.ready()
+            if now != serving:
+                serving = now
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if now
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                await self.health.set("", status)
+                for name in ("ramraft.v1.KV", "ramraft.v1.Admin"):
+                    await self.health.set(name, status)
+            if self.runtime is not None and self.runtime.failed is not None:
+                await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await asyncio.sleep(0.1)
+
+    async def stop(self, *, transfer: bool = True, grace: float = 10.0) -> None:
+        """Graceful shutdown; safe to call twice."""
+        runtime = self.runtime
+        if runtime is None or runtime.stopping:
+            await self._stopped.wait()
+            return
+        log.info("node_stopping", id=self.config.node_id)
+        deadline = time.monotonic() + grace
+        if transfer and runtime.core is not None and runtime.failed is None:
+            if runtime.role.value == "leader" and len(runtime.core.conf.voters) > 1:
+                try:
+                    new = await runtime.transfer_leadership(timeout=min(5.0, grace / 2))
+                    log.info("leadership_handed_over", to=new)
+                except Exception as e:
+                    log.warning("leadership_handover_failed", error=str(e))
+            # Let writes already in the log finish: they commit under the
+            # new leader and resolve here when applied.
+            while runtime._waiting_writes and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        runtime.stopping = True
+        await self.health.enter_graceful_shutdown()
+        if self.web is not None:
+            await self.web.stop()
+        for server in self.servers:
+            await server.stop(grace=max(0.0, min(2.0, deadline - time.monotonic())))
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        await runtime.transport.close()
+        await runtime.close()
+        log.info("node_stopped", id=self.config.node_id)
+        self._stopped.set()
+
+    async def run_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_requested.set)
+        await self.start()
+        await stop_requested.wait()
+        await self.stop()

@@ -1,0 +1,304 @@
+"""The gRPC servicers: decode, call the node API, encode. No Raft rules here.
+
+Errors (the public contract, proto/kv.proto):
+- INVALID_ARGUMENT: bad input (empty or over-long key, over-long value,
+  unknown enum value), with a message naming the limit;
+- UNAVAILABLE: no leader or quorum within the deadline, or this node is
+  shutting down or stopped on a disk failure (clients retry elsewhere; the
+  ``ramraft-leader`` trailing metadata names the leader's address if known);
+- DEADLINE_EXCEEDED: the caller's deadline passed;
+- RESOURCE_EXHAUSTED: too many requests waiting on this node;
+- FAILED_PRECONDITION: a write refused by the state machine (an expired
+  session, a stale sequence number).
+A write that fails with UNAVAILABLE or DEADLINE_EXCEEDED may or may not have
+been applied: retry it with the same session to make sure it is applied once.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+from server.api import BadRequest, NodeAPI
+from server.kv import CasResult, DeleteResult, KVMachine, encode_cas, encode_delete, encode_put
+from server.runtime import InvalidRequest, NotLeader, Overloaded, RaftRuntime, Unavailable
+from server.statemachine import CommandError, ErrorCode
+
+log = structlog.get_logger("ramraft.grpc")
+LEADER_METADATA_KEY = "ramraft-leader"
+R = TypeVar("R")
+
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]
+
+
+def _timeout(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else max(0.0, remaining)
+
+
+def rpc(name: str) -> Callable[[Handler[R]], Handler[R]]:
+    """Map the runtime's exceptions to status codes, in one place."""
+
+    def wrap(fn: Handler[R]) -> Handler[R]:
+        @functools.wraps(fn)
+        async def handler(
+            self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> R:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return await fn(self, request, context)
+            except (BadRequest, InvalidRequest) as e:
+                code = grpc.StatusCode.INVALID_ARGUMENT
+                await context.abort(code, str(e))
+            except NotLeader as e:
+                code = grpc.StatusCode.UNAVAILABLE
+                if e.leader_address:
+                    context.set_trailing_metadata(((LEADER_METADATA_KEY, e.leader_address),))
+                await context.abort(code, str(e))
+            except Unavailable as e:
+                code = grpc.StatusCode.UNAVAILABLE
+                leader = self.runtime.leader_client_address()
+                if leader:
+                    context.set_trailing_metadata(((LEADER_METADATA_KEY, leader),))
+                await context.abort(code, str(e))
+            except Overloaded as e:
+                code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                await context.abort(code, str(e))
+            except TimeoutError as e:
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
+                await context.abort(code, str(e) or "the request's deadline passed")
+            finally:
+                for observe in self.observers:
+                    observe(name, code.name, time.perf_counter() - started)
+
+        return handler
+
+    return wrap
+
+
+def _session(request: Any) -> tuple[int, int] | None:
+    if not request.HasField("session"):
+        return None
+    s = request.session
+    if s.client_id == 0 and s.sequence == 0:
+        return None
+    if s.client_id == 0 or s.sequence == 0:
+        raise BadRequest("session needs both client_id and sequence (both non-zero)")
+    return (s.client_id, s.sequence)
+
+
+def _consistency(value: int) -> bool:
+    """True for a linearizable read."""
+    if value == kv_pb2.LINEARIZABLE:
+        return True
+    if value == kv_pb2.SERIALIZABLE:
+        return False
+    raise BadRequest(f"unknown consistency {value}; use LINEARIZABLE (0) or SERIALIZABLE (1)")
+
+
+def _command_error(result: object) -> None:
+    if isinstance(result, CommandError):
+        if result.code in (ErrorCode.SESSION_EXPIRED, ErrorCode.STALE_SEQUENCE):
+            raise _Refused(result)
+        raise BadRequest(str(result))
+
+
+class _Refused(Exception):
+    def __init__(self, error: CommandError) -> None:
+        super().__init__(str(error))
+
+
+class KVService(kv_pb2_grpc.KVServicer):
+    def __init__(self, api: NodeAPI, machine: KVMachine) -> None:
+        self.api = api
+        self.runtime: RaftRuntime = api.runtime
+        self.machine = machine
+        self.limits = api.limits
+        self.observers: list[Callable[[str, str, float], None]] = []
+
+    async def _write(
+        self, command: bytes, context: grpc.aio.ServicerContext[Any, Any], safe: bool
+    ) -> tuple[int, object]:
+        index, result = await self.api.write(command, _timeout(context), retry_unsafe=safe)
+        try:
+            _command_error(result)
+        except _Refused as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        return index, result
+
+    @rpc("Put")
+    async def Put(
+        self, request: kv_pb2.PutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> kv_pb2.PutResponse:
+        self.limits.check_key(request.key)
+        self.limits.check_value(request.value)
+        session = _session(request)
+        index, _ = await self._write(
+            encode_put(request.key, request.value, session), context, session is not None
+        )
+        return kv_pb2.PutResponse(index=index)
+
+    @rpc("Delete")
+    async def Delete(
+        self, request: kv_pb2.DeleteRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> kv_pb2.DeleteResponse:
+        self.limits.check_key(request.key)
+        session = _session(request)
+        index, result = await self._write(
+            encode_delete(request.key, session), context, session is not None
+        )
+        assert isinstance(result, DeleteResult)
+        return kv_pb2.DeleteResponse(deleted=result.deleted, index=index)
+
+    @rpc("CompareAndSwap")
+    async def CompareAndSwap(
+        self, request: kv_pb2.CompareAndSwapRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> kv_pb2.CompareAndSwapResponse:
+        self.limits.check_key(request.key)
+        self.limits.check_value(request.value)
+        expected = request.expected if request.HasField("expected") else None
+        if expected is not None:
+            self.limits.check_value(expected)
+        session = _session(request)
+        index, result = await self._write(
+            encode_cas(request.key, expected, request.value, session), context, session is not None
+        )
+        assert isinstance(result, CasResult)
+        return kv_pb2.CompareAndSwapResponse(
+            swapped=result.swapped, found=result.found, current=result.current, index=index
+        )
+
+    @rpc("Get")
+    async def Get(
+        self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> kv_pb2.GetResponse:
+        self.limits.check_key(request.key)
+        if _consistency(request.consistency):
+            await self.api.linearizable(_timeout(context))
+        found, value = self.machine.get(request.key)
+        return kv_pb2.GetResponse(found=found, value=value, index=self.machine.applied_index)
+
+    @rpc("Range")
+    async def Range(
+        self, request: kv_pb2.RangeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> kv_pb2.RangeResponse:
+        limit = request.limit or self.limits.max_range_limit
+        limit = min(limit, self.limits.max_range_limit)
+        if _consistency(request.consistency):
+            await self.api.linearizable(_timeout(context))
+        items, more = self.machine.range(request.prefix, request.start_after, limit)
+        return kv_pb2.RangeResponse(
+            items=[kv_pb2.KeyValue(key=k, value=v) for k, v in items],
+            more=more,
+            index=self.machine.applied_index,
+        )
+
+
+_ROLES = {
+    "follower": admin_pb2.ROLE_FOLLOWER,
+    "pre-candidate": admin_pb2.ROLE_PRE_CANDIDATE,
+    "candidate": admin_pb2.ROLE_CANDIDATE,
+    "leader": admin_pb2.ROLE_LEADER,
+}
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):
+    def __init__(self, api: NodeAPI) -> None:
+        self.api = api
+        self.runtime = api.runtime
+        self.observers: list[Callable[[str, str, float], None]] = []
+
+    def _members(self) -> list[admin_pb2.Member]:
+        return [
+            admin_pb2.Member(
+                id=m.id,
+                address=self.runtime.config.client_address_of(m.address) if m.address else "",
+                suffrage=admin_pb2.VOTER if m.voter else admin_pb2.LEARNER,
+            )
+            for m in self.runtime.members()
+        ]
+
+    @rpc("Status")
+    async def Status(
+        self, request: admin_pb2.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.StatusResponse:
+        s = self.runtime.status()
+        node = admin_pb2.NodeStatus(
+            id=s["id"],
+            address=self.runtime.config.client_address_of(s.get("address", ""))
+            if s.get("address")
+            else "",
+            role=_ROLES.get(s.get("role", ""), admin_pb2.ROLE_FOLLOWER),
+            term=s.get("term", 0),
+            leader=s.get("leader", ""),
+            leader_address=s.get("leader_address", ""),
+            commit_index=s.get("commit_index", 0),
+            applied_index=s.get("applied_index", 0),
+            last_index=s.get("last_index", 0),
+            snapshot_index=s.get("snapshot_index", 0),
+            first_index=s.get("first_index", 0),
+        )
+        leading = s.get("role") == "leader"
+        members = [
+            admin_pb2.MemberStatus(
+                id=m.id,
+                address=self.runtime.config.client_address_of(m.address) if m.address else "",
+                suffrage=admin_pb2.VOTER if m.voter else admin_pb2.LEARNER,
+                match_index=m.match_index,
+                lag=m.lag,
+                active=m.active or m.id == self.runtime.id,
+            )
+            for m in self.runtime.members()
+        ]
+        return admin_pb2.StatusResponse(node=node, members=members, members_from_leader=leading)
+
+    @rpc("Members")
+    async def Members(
+        self, request: admin_pb2.MembersRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.MembersResponse:
+        return admin_pb2.MembersResponse(members=self._members())
+
+    @rpc("TransferLeadership")
+    async def TransferLeadership(
+        self,
+        request: admin_pb2.TransferLeadershipRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> admin_pb2.TransferLeadershipResponse:
+        target = request.target
+        if target and target not in self.runtime.addresses:
+            raise BadRequest(f"{target} is not a member")
+        leader = await self.runtime.transfer_leadership(target, timeout=_timeout(context) or 5.0)
+        return admin_pb2.TransferLeadershipResponse(leader=leader)
+
+    @rpc("AddMember")
+    async def AddMember(
+        self, request: admin_pb2.AddMemberRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.AddMemberResponse:
+        if not request.id or not request.address:
+            raise BadRequest("AddMember needs an id and an address (HOST:PORT)")
+        await self.runtime.add_member(
+            request.id, request.address, timeout=_timeout(context) or 30.0
+        )
+        return admin_pb2.AddMemberResponse(members=self._members())
+
+    @rpc("RemoveMember")
+    async def RemoveMember(
+        self, request: admin_pb2.RemoveMemberRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.RemoveMemberResponse:
+        if not request.id:
+            raise BadRequest("RemoveMember needs an id")
+        await self.runtime.remove_member(request.id)
+        return admin_pb2.RemoveMemberResponse(members=self._members())
+
+    @rpc("Snapshot")
+    async def Snapshot(
+        self, request: admin_pb2.SnapshotRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.SnapshotResponse:
+        return admin_pb2.SnapshotResponse(index=await self.runtime.snapshot_now())

@@ -1,0 +1,346 @@
+"""The peer transport: Raft messages between nodes over gRPC.
+
+- One long-lived client stream per ordered peer pair (``Peer.Stream``): the
+  sender coalesces everything queued for a peer since its last write into
+  one MessageBatch, serialized once (server/codec.py), so a loop turn costs
+  one write per peer however many messages it made.
+- Snapshots travel on their own stream (``Peer.InstallSnapshot``) in chunks
+  read from the snapshot store, so a multi-GB snapshot never sits in RAM;
+  the outcome is reported back to the core (``report_snapshot``).
+- A peer that cannot be reached is retried with exponential back-off; the
+  core is told (``report_unreachable``) so it stops pipelining to it.
+  Messages queued for an unreachable peer are dropped beyond a bound: Raft
+  tolerates loss, and an unbounded queue would not.
+
+Raw bytes cross the gRPC boundary (identity serializers): the codec does
+the only protobuf work, once per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from consensus.types import Message, MsgType, NodeId, SnapshotMeta
+from proto import raft_pb2
+from server.codec import (
+    CodecError,
+    SnapshotReceiver,
+    parse_batch,
+    serialize_batch,
+    snapshot_chunks,
+)
+from server.storage import SnapshotStore, StorageError
+
+log = structlog.get_logger("ramraft.transport")
+
+PEER_SERVICE = "ramraft.peer.v1.Peer"
+MAX_QUEUED_MESSAGES = 10_000
+MAX_SNAPSHOT_BYTES = 1 << 40
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Reconnect fast after a peer restarts: the defaults back off to minutes.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+    ("grpc.min_reconnect_backoff_ms", 100),
+]
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+class PeerLink:
+    """Everything this node sends to one peer."""
+
+    def __init__(self, transport: PeerTransport, peer: NodeId) -> None:
+        self.transport = transport
+        self.peer = peer
+        self.queue: list[Message] = []
+        self.wake = asyncio.Event()
+        self.channel: grpc.aio.Channel | None = None
+        self.channel_address = ""
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"send-{peer}")
+        self.snapshot_task: asyncio.Task[None] | None = None
+        self.failures = 0
+
+    def enqueue(self, messages: list[Message]) -> None:
+        self.queue.extend(messages)
+        if len(self.queue) > MAX_QUEUED_MESSAGES:
+            # The peer is not keeping up (or is down): keep the newest.
+            del self.queue[: len(self.queue) - MAX_QUEUED_MESSAGES]
+        self.wake.set()
+
+    def get_channel(self) -> grpc.aio.Channel:
+        address = self.transport.addresses.get(self.peer, "")
+        if self.channel is None or address != self.channel_address:
+            if self.channel is not None:
+                asyncio.get_running_loop().create_task(self.channel.close())
+            self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self.channel_address = address
+        return self.channel
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            await self.wake.wait()
+            if not self.transport.addresses.get(self.peer):
+                self.queue.clear()
+                self.wake.clear()
+                continue
+            try:
+                await self._stream()
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # any failure: report, back off, reconnect
+                self.failures += 1
+                if self.failures == 1 or self.failures % 50 == 0:
+                    log.info(
+                        "peer_unreachable", peer=self.peer, error=_short(e), failures=self.failures
+                    )
+                self.transport.on_unreachable(self.peer)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+
+    async def _stream(self) -> None:
+        method = self.get_channel().stream_unary(
+            f"/{PEER_SERVICE}/Stream",
+            request_serializer=_identity,
+            response_deserializer=raft_pb2.StreamSummary.FromString,
+        )
+        call = method(wait_for_ready=False)
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                if not self.queue:
+                    continue
+                batch, self.queue = self.queue, []
+                await call.write(serialize_batch(batch))
+                if self.failures:
+                    log.info("peer_reachable", peer=self.peer, after_failures=self.failures)
+                    self.failures = 0
+        finally:
+            call.cancel()
+
+    def send_snapshot(self, message: Message) -> None:
+        if self.snapshot_task is not None and not self.snapshot_task.done():
+            return  # one at a time; the core retries after report_snapshot
+        self.snapshot_task = asyncio.get_running_loop().create_task(
+            self._send_snapshot(message), name=f"snapshot-{self.peer}"
+        )
+
+    async def _send_snapshot(self, message: Message) -> None:
+        meta = message.snapshot
+        assert meta is not None
+        ok = False
+        try:
+            ok = await self._stream_snapshot(message, meta)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("snapshot_send_failed", peer=self.peer, index=meta.index, error=_short(e))
+        self.transport.on_snapshot_status(self.peer, ok)
+
+    async def _stream_snapshot(self, message: Message, meta: SnapshotMeta) -> bool:
+        store = self.transport.snapshots
+        reader = await asyncio.to_thread(store.open, meta.index)
+        log.info("snapshot_send_started", peer=self.peer, index=meta.index, bytes=reader.size)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            # The reader yields one block (1 MiB) at a time, read lazily as
+            # gRPC asks for chunks.
+            pieces = iter(reader)
+            async for chunk in _aiter_sync(snapshot_chunks(message, pieces, reader.size)):
+                yield chunk.SerializeToString()
+
+        method = self.get_channel().stream_unary(
+            f"/{PEER_SERVICE}/InstallSnapshot",
+            request_serializer=_identity,
+            response_deserializer=raft_pb2.InstallSnapshotResponse.FromString,
+        )
+        try:
+            response = await method(chunks())
+        finally:
+            reader.close()
+        log.info(
+            "snapshot_send_finished",
+            peer=self.peer,
+            index=meta.index,
+            accepted=response.accepted,
+            error=response.error or None,
+        )
+        return bool(response.accepted)
+
+    async def close(self) -> None:
+        self.task.cancel()
+        if self.snapshot_task is not None:
+            self.snapshot_task.cancel()
+        with contextlib.suppress(BaseException):
+            await self.task
+        if self.channel is not None:
+            await self.channel.close()
+
+
+async def _aiter_sync(iterator: Any) -> AsyncIterator[Any]:
+    for item in iterator:
+        yield item
+        await asyncio.sleep(0)  # let the event loop breathe between blocks
+
+
+def _short(e: BaseException) -> str:
+    if isinstance(e, grpc.aio.AioRpcError):
+        return f"{e.code().name}: {e.details()}"
+    return f"{type(e).__name__}: {e}"
+
+
+class PeerTransport:
+    """Sends the core's messages; receives the peers' (see PeerServicer)."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        addresses: dict[NodeId, str],
+        snapshots: SnapshotStore,
+        on_unreachable: Callable[[NodeId], None],
+        on_snapshot_status: Callable[[NodeId, bool], None],
+    ) -> None:
+        self.node_id = node_id
+        self.addresses = addresses  # id -> peer address; the runtime keeps it current
+        self.snapshots = snapshots
+        self.on_unreachable = on_unreachable
+        self.on_snapshot_status = on_snapshot_status
+        self.links: dict[NodeId, PeerLink] = {}
+
+    def link(self, peer: NodeId) -> PeerLink:
+        link = self.links.get(peer)
+        if link is None:
+            link = self.links[peer] = PeerLink(self, peer)
+        return link
+
+    def send(self, messages: list[Message]) -> None:
+        by_peer: dict[NodeId, list[Message]] = {}
+        for m in messages:
+            if m.type == MsgType.SNAPSHOT:
+                self.link(m.dst).send_snapshot(m)
+            else:
+                by_peer.setdefault(m.dst, []).append(m)
+        for peer, batch in by_peer.items():
+            self.link(peer).enqueue(batch)
+
+    def channel(self, peer: NodeId) -> grpc.aio.Channel:
+        return self.link(peer).get_channel()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(link.close() for link in self.links.values()))
+        self.links.clear()
+
+
+class PeerServicer:
+    """The receiving side of the peer protocol, as generic gRPC handlers so
+    batches arrive as raw bytes and are parsed once, by the codec."""
+
+    def __init__(
+        self,
+        receive: Callable[[list[Message]], None],
+        snapshots: SnapshotStore,
+        deliver_snapshot: Callable[[Message], None],
+        forward: Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Any],
+        current_term: Callable[[], int],
+    ) -> None:
+        self.receive = receive
+        self.snapshots = snapshots
+        self.deliver_snapshot = deliver_snapshot
+        self.forward = forward
+        self.current_term = current_term
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            PEER_SERVICE,
+            {
+                "Stream": grpc.stream_unary_rpc_method_handler(
+                    self.stream,
+                    request_deserializer=_identity,
+                    response_serializer=raft_pb2.StreamSummary.SerializeToString,
+                ),
+                "InstallSnapshot": grpc.stream_unary_rpc_method_handler(
+                    self.install_snapshot,
+                    request_deserializer=raft_pb2.SnapshotChunk.FromString,
+                    response_serializer=raft_pb2.InstallSnapshotResponse.SerializeToString,
+                ),
+                "Forward": grpc.unary_unary_rpc_method_handler(
+                    self.forward_call,
+                    request_deserializer=raft_pb2.ForwardRequest.FromString,
+                    response_serializer=raft_pb2.ForwardResponse.SerializeToString,
+                ),
+            },
+        )
+
+    async def stream(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> raft_pb2.StreamSummary:
+        batches = 0
+        async for raw in requests:
+            try:
+                messages = parse_batch(raw)
+            except CodecError as e:
+                log.warning("peer_batch_rejected", error=str(e), peer=context.peer())
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad batch: {e}")
+            batches += 1
+            self.receive(messages)
+        return raft_pb2.StreamSummary(batches=batches)
+
+    async def install_snapshot(
+        self,
+        requests: AsyncIterator[raft_pb2.SnapshotChunk],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> raft_pb2.InstallSnapshotResponse:
+        writer: Any = None
+
+        def write(data: bytes) -> None:
+            nonlocal writer
+            if writer is None:
+                assert receiver.message is not None and receiver.message.snapshot is not None
+                writer = self.snapshots.create(receiver.message.snapshot)
+            writer.write(data)
+
+        receiver = SnapshotReceiver(write, MAX_SNAPSHOT_BYTES)
+        try:
+            async for chunk in requests:
+                receiver.feed(chunk)
+            if not receiver.done or receiver.message is None:
+                raise CodecError("snapshot stream ended before its trailer")
+            message = receiver.message
+            assert message.snapshot is not None
+            if writer is None:  # an empty snapshot: no data chunks came
+                writer = self.snapshots.create(message.snapshot)
+            await asyncio.to_thread(writer.commit)
+            writer = None
+        except (CodecError, StorageError) as e:
+            log.warning("snapshot_receive_failed", error=str(e))
+            return raft_pb2.InstallSnapshotResponse(
+                term=self.current_term(), accepted=False, error=str(e)
+            )
+        finally:
+            if writer is not None:
+                writer.abort()
+        log.info("snapshot_received", index=message.snapshot.index, src=message.src)
+        self.deliver_snapshot(message)
+        return raft_pb2.InstallSnapshotResponse(term=self.current_term(), accepted=True)
+
+    async def forward_call(
+        self, request: raft_pb2.ForwardRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> raft_pb2.ForwardResponse:
+        result: raft_pb2.ForwardResponse = await self.forward(request.command, context)
+        return result
