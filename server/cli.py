@@ -49,7 +49,9 @@ def add_node_parser(sub: Any) -> None:
     p = sub.add_parser(
         "node",
         help="run one node",
-        description="Run one ramraft node: Raft peer, gRPC KV/Admin API and (with --http) the web tier.",
+        description=(
+            "Run one ramraft node: Raft peer, gRPC KV/Admin API and (with --http) the web tier."
+        ),
         epilog=NODE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -274,3 +276,14 @@ def run_cluster(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     add_node_parser(sub)
     add_cluster_parser(sub)
+    # Subcommands that live in modules of their own (each defines register()).
+    import importlib
+
+    for name in ("server.bench", "server.chaos"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        module.register(sub)

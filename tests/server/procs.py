@@ -1,0 +1,183 @@
+"""Real ``ramraft node`` processes on loopback, for integration tests.
+
+    with ProcessCluster(tmp_path, nodes=3) as cluster:
+        cluster.wait_for_leader()
+        client = cluster.client()
+        client.put("k", b"v")
+        cluster.kill(cluster.leader_id())        # SIGKILL
+        cluster.start("n1")                      # same id, same data dir
+
+Ports are picked free at construction. Every process is killed and reaped on
+exit, even when the test fails; each node's stderr goes to a log file in its
+data directory and is printed by ``dump_logs()`` (called on failure).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+from client import Client
+from proto import admin_pb2
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_ports(n: int) -> list[int]:
+    sockets, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        sockets.append(s)
+        ports.append(s.getsockname()[1])
+    for s in sockets:
+        s.close()
+    return ports
+
+
+class ProcessCluster:
+    def __init__(
+        self,
+        root: Path,
+        nodes: int = 3,
+        *,
+        http: bool = False,
+        extra_args: list[str] | None = None,
+        tick_ms: int = 20,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.root = root
+        self.ids = [f"n{i + 1}" for i in range(nodes)]
+        ports = free_ports(nodes * 2)
+        self.grpc = {i: f"127.0.0.1:{ports[n]}" for n, i in enumerate(self.ids)}
+        self.http = {i: f"127.0.0.1:{ports[nodes + n]}" for n, i in enumerate(self.ids)} if http else {}
+        self.peers = ",".join(f"{i}={a}" for i, a in self.grpc.items())
+        self.extra_args = list(extra_args or [])
+        self.tick_ms = tick_ms
+        self.env = dict(os.environ, RAMRAFT_LOG_LEVEL="info", PYTHONPATH=str(REPO), **(env or {}))
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: dict[str, object] = {}
+
+    # ---- life cycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> ProcessCluster:
+        for node_id in self.ids:
+            self.start(node_id)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            self.dump_logs()
+        for node_id in list(self.procs):
+            self.kill(node_id)
+
+    def data_dir(self, node_id: str) -> Path:
+        return self.root / node_id
+
+    def argv(self, node_id: str) -> list[str]:
+        argv = [
+            sys.executable, "-m", "client.cli", "node",
+            "--id", node_id,
+            "--peers", self.peers,
+            "--data-dir", str(self.data_dir(node_id)),
+            "--tick-ms", str(self.tick_ms),
+            *self.extra_args,
+        ]
+        if self.http:
+            argv += ["--http", self.http[node_id]]
+        return argv
+
+    def start(self, node_id: str) -> subprocess.Popen[bytes]:
+        assert node_id not in self.procs or self.procs[node_id].poll() is not None
+        self.data_dir(node_id).mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir(node_id) / "node.log", "ab")  # noqa: SIM115 - closed in kill()
+        self._logs[node_id] = log
+        proc = subprocess.Popen(
+            self.argv(node_id), stdout=log, stderr=log, env=self.env, cwd=str(REPO)
+        )
+        self.procs[node_id] = proc
+        return proc
+
+    def kill(self, node_id: str, sig: int = signal.SIGKILL, timeout: float = 20.0) -> int | None:
+        proc = self.procs.get(node_id)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log = self._logs.pop(node_id, None)
+        if log is not None:
+            log.close()  # type: ignore[attr-defined]
+        del self.procs[node_id]
+        return proc.returncode
+
+    def stop(self, node_id: str, timeout: float = 20.0) -> int | None:
+        """SIGTERM: a graceful stop."""
+        return self.kill(node_id, signal.SIGTERM, timeout)
+
+    def alive(self) -> list[str]:
+        return [i for i, p in self.procs.items() if p.poll() is None]
+
+    # ---- looking ------------------------------------------------------------------------------
+
+    def endpoints(self, ids: list[str] | None = None) -> str:
+        return ",".join(self.grpc[i] for i in (ids or self.ids))
+
+    def client(self, timeout: float = 10.0, ids: list[str] | None = None) -> Client:
+        return Client(self.endpoints(ids), timeout=timeout)
+
+    def status(self, node_id: str) -> admin_pb2.NodeStatus | None:
+        try:
+            with Client(self.grpc[node_id], timeout=1.0) as c:
+                return c.status(endpoint=self.grpc[node_id]).node
+        except Exception:
+            return None
+
+    def leader_id(self, among: list[str] | None = None) -> str | None:
+        for node_id in among or self.alive():
+            s = self.status(node_id)
+            if s is not None and s.role == admin_pb2.ROLE_LEADER:
+                return node_id
+        return None
+
+    def wait_for_leader(self, timeout: float = 20.0, among: list[str] | None = None) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leader = self.leader_id(among)
+            if leader is not None:
+                return leader
+            time.sleep(0.05)
+        self.dump_logs()
+        raise AssertionError(f"no leader within {timeout}s")
+
+    def wait_applied(self, node_id: str, index: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            s = self.status(node_id)
+            if s is not None and s.applied_index >= index:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{node_id} did not apply index {index} within {timeout}s")
+
+    def dump_logs(self, lines: int = 40) -> None:
+        for node_id in self.ids:
+            path = self.data_dir(node_id) / "node.log"
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                print(f"---- {node_id} ({path}) ----", file=sys.stderr)
+                print("\n".join(tail), file=sys.stderr)
