@@ -50,7 +50,7 @@ def test_a_failing_disk_stops_writes_and_keeps_what_was_acknowledged() -> None:
 
     async def scenario() -> None:
         disk = MemoryDisk()
-        runtime, machine = make_runtime(disk)
+        runtime, _ = make_runtime(disk)
         await started(runtime)
         acknowledged = []
         for n in range(5):
