@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from consensus import quorum
 from consensus.confchange import validate_conf_change
-from consensus.log import RaftLog
+from consensus.log import LogInvariantError, RaftLog
 from consensus.progress import Progress, ProgressState
 from consensus.read_only import ReadOnly, ReadRound, round_context
 from consensus.types import (
@@ -52,6 +52,34 @@ from consensus.types import (
 # Marks a vote request that a leadership transfer started (thesis 3.10): voters
 # grant it even while they still hear from the current leader.
 CAMPAIGN_TRANSFER = b"transfer"
+
+
+def malformed(m: Message, self_id: NodeId) -> str | None:
+    """Why ``m`` cannot have come from a correct peer, or None. Checks only
+    the message's own shape; whether it fits our log is the protocol's job."""
+    if m.dst != self_id:
+        return f"addressed to {m.dst!r}, not to us"
+    if not m.src or m.src == self_id:
+        return "no sender, or from ourselves"
+    if m.term < 0 or m.index < 0 or m.log_term < 0 or m.commit < 0 or m.reject_hint < 0:
+        return "negative term or index"
+    if m.type == MsgType.APPEND:
+        if m.log_term > m.term:
+            return f"previous entry's term {m.log_term} is after the message's term {m.term}"
+        previous_term = m.log_term
+        for offset, entry in enumerate(m.entries):
+            if entry.index != m.index + 1 + offset:
+                return f"entry {offset} has index {entry.index}, expected {m.index + 1 + offset}"
+            if not previous_term <= entry.term <= m.term:
+                return f"entry {entry.index} has term {entry.term} out of order"
+            previous_term = entry.term
+    elif m.entries:
+        return "entries on a message that carries none"
+    if m.type == MsgType.SNAPSHOT:
+        meta = m.snapshot
+        if meta is None or meta.index <= 0 or meta.term > m.term or not meta.conf.voters:
+            return "snapshot metadata missing or impossible"
+    return None
 
 
 class LeadershipTransferError(RaftError):
@@ -165,6 +193,8 @@ class RaftNode:
         self._broadcast_pending = False
         self._soft = SoftState(NO_NODE, Role.FOLLOWER)
         self._in_ready = False
+        self.rejected_messages = 0
+        self.last_rejection = ""
 
         self._become_follower(self.term, NO_NODE)
 
@@ -251,7 +281,15 @@ class RaftNode:
             self._send_append(target)
 
     def step(self, m: Message) -> None:
-        """Take in one message from a peer."""
+        """Take in one message from a peer. A message that no correct peer
+        could have sent (see ``malformed``) is dropped and counted in
+        ``rejected_messages``: a buggy or hostile peer cannot crash the node
+        or make it trust impossible data."""
+        problem = malformed(m, self.id)
+        if problem is not None:
+            self.rejected_messages += 1
+            self.last_rejection = f"{m.type.name} from {m.src or '?'}: {problem}"
+            return
         if m.term > self.term:
             if m.type in (MsgType.VOTE, MsgType.PRE_VOTE) and self._in_lease(m):
                 # Thesis 4.2.3: while we hear from a leader, a candidate is
@@ -632,7 +670,14 @@ class RaftNode:
                 Message(MsgType.APPEND_RESP, self.id, m.src, self.term, index=self.log.committed)
             )
             return
-        last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
+        try:
+            last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
+        except LogInvariantError as e:
+            # Only a buggy or lying peer rewrites committed entries: refuse it,
+            # keep our log, and let the owner see the count (and the reason).
+            self.rejected_messages += 1
+            self.last_rejection = f"APPEND from {m.src}: {e}"
+            return
         if last_new is not None:
             self._send(Message(MsgType.APPEND_RESP, self.id, m.src, self.term, index=last_new))
             return
