@@ -10,6 +10,8 @@ mixin or by ``RaftNode`` itself.
 
 from __future__ import annotations
 
+from collections import deque
+
 from consensus.config import Config
 from consensus.log import RaftLog
 from consensus.progress import Progress
@@ -45,7 +47,10 @@ class NodeState:
     lead_transferee: NodeId
     # Leader only: no new membership change until this index is committed.
     pending_conf_index: int
+    # Leader only: bytes proposed in this term and not yet committed, and
+    # (last index, bytes) of each proposal batch, to subtract as they commit.
     _uncommitted_bytes: int
+    _uncommitted_sizes: deque[tuple[int, int]]
     _read_only: ReadOnly
     # Follower side of ReadIndex: reads not yet sent, and sent rounds
     # (round context -> (tick it was sent at, the reads in it)).

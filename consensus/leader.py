@@ -52,9 +52,12 @@ class LeaderMixin(NodeState):
         if self._uncommitted_bytes + size > self.cfg.max_uncommitted_bytes and size:
             raise ProposalDroppedError("too many uncommitted bytes; retry when commits catch up")
 
-    def _append(self, entries: list[Entry]) -> None:
+    def _append(self, entries: list[Entry], size: int) -> None:
+        """Append our own entries (``size`` bytes of data) to the log."""
         self.log.append(entries)
-        self._uncommitted_bytes += sum(len(e.data) for e in entries)
+        if size:
+            self._uncommitted_bytes += size
+            self._uncommitted_sizes.append((self.log.last_index, size))
         own = self.progress.get(self.id)
         if own is not None:
             own.maybe_update(self.log.last_index)
@@ -153,13 +156,9 @@ class LeaderMixin(NodeState):
 
     def _on_commit(self, before: int) -> None:
         committed = self.log.committed
-        self._uncommitted_bytes = max(
-            0,
-            self._uncommitted_bytes
-            - sum(
-                len(e.data) for e in self.log.slice(max(before, self.log.offset) + 1, committed + 1)
-            ),
-        )
+        sizes = self._uncommitted_sizes
+        while sizes and sizes[0][0] <= committed:
+            self._uncommitted_bytes -= sizes.popleft()[1]
         conf = self.log.conf
         if self.id not in conf.voters and committed >= self.log.last_conf_index:
             # Thesis 4.2.2: a leader removed from the configuration leads until

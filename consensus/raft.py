@@ -15,7 +15,10 @@ Bridging Theory and Practice" (2014).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
+from itertools import repeat
+from operator import attrgetter, le
 
 from consensus.base import NodeState
 from consensus.confchange import validate_conf_change
@@ -50,6 +53,9 @@ from consensus.types import (
     SoftState,
 )
 
+_index = attrgetter("index")
+_term = attrgetter("term")
+
 
 def malformed(m: Message, self_id: NodeId) -> str | None:
     """Why ``m`` cannot have come from a correct peer, or None. Checks only
@@ -63,13 +69,17 @@ def malformed(m: Message, self_id: NodeId) -> str | None:
     if m.type == MsgType.APPEND:
         if m.log_term > m.term:
             return f"previous entry's term {m.log_term} is after the message's term {m.term}"
-        previous_term = m.log_term
-        for offset, entry in enumerate(m.entries):
-            if entry.index != m.index + 1 + offset:
-                return f"entry {offset} has index {entry.index}, expected {m.index + 1 + offset}"
-            if not previous_term <= entry.term <= m.term:
-                return f"entry {entry.index} has term {entry.term} out of order"
-            previous_term = entry.term
+        entries = m.entries
+        if entries:
+            # Whole-column checks, looped in C: this runs for every entry received.
+            indexes = list(map(_index, entries))
+            if indexes != list(range(m.index + 1, m.index + 1 + len(entries))):
+                return f"entry indexes {indexes[0]}..{indexes[-1]} do not follow {m.index}"
+            terms = list(map(_term, entries))
+            if not (
+                m.log_term <= terms[0] and terms[-1] <= m.term and all(map(le, terms, terms[1:]))
+            ):
+                return "entry terms out of order"
     elif m.entries:
         return "entries on a message that carries none"
     if m.type == MsgType.SNAPSHOT:
@@ -140,6 +150,7 @@ class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
         # Leader only: no new membership change until this index is committed.
         self.pending_conf_index = 0
         self._uncommitted_bytes = 0
+        self._uncommitted_sizes = deque()
         # Read round ids start at a random 64-bit base for every incarnation:
         # an answer still in flight to a previous incarnation of this node
         # must never match a round of this one (it would release a read at
@@ -186,10 +197,11 @@ class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
 
     def propose_batch(self, commands: Sequence[bytes]) -> int:
         """Append many commands at once; returns the index of the first."""
-        self._check_can_propose(sum(len(c) for c in commands))
+        size = sum(map(len, commands))
+        self._check_can_propose(size)
         first = self.log.last_index + 1
-        term = self.term
-        self._append([Entry(term, first + n, data) for n, data in enumerate(commands)])
+        entries = list(map(Entry, repeat(self.term), range(first, first + len(commands)), commands))
+        self._append(entries, size)
         return first
 
     def propose_conf_change(self, change: ConfChange) -> int:
@@ -211,7 +223,8 @@ class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
                     f"once it is within {self.cfg.max_learner_lag}"
                 )
         index = self.log.last_index + 1
-        self._append([Entry(self.term, index, change.encode(), EntryKind.CONF_CHANGE)])
+        data = change.encode()
+        self._append([Entry(self.term, index, data, EntryKind.CONF_CHANGE)], len(data))
         self.pending_conf_index = index
         self._sync_progress_with_conf()
         return index
@@ -470,6 +483,7 @@ class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
         self.leader = self.id
         self.vote = self.id
         self._uncommitted_bytes = 0
+        self._uncommitted_sizes = deque()
         self._sync_progress_with_conf()
         for peer, pr in self.progress.items():
             if peer == self.id:
@@ -479,7 +493,7 @@ class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
         self.pending_conf_index = self.log.last_index
         # Paper 5.4.2 / thesis 6.4: commit an entry of our own term at once,
         # which also commits everything before it and lets reads be served.
-        self._append([Entry(self.term, self.log.last_index + 1)])
+        self._append([Entry(self.term, self.log.last_index + 1)], 0)
 
     # ==== followers and candidates =========================================================
 
