@@ -177,6 +177,8 @@ class NodeMetrics:
             ["kind"],
             registry=reg,
         )
+        for kind in ("pre-candidate", "candidate"):
+            self.elections.labels(kind)  # exported as 0 before the first election
         self.became_leader = Counter(
             "ramraft_became_leader", "Times this node won an election", registry=reg
         )

@@ -51,7 +51,7 @@ from server.api import BadRequest
 from server.config import parse_address
 from server.embed import CommandFailedError, NotPlainDataError
 from server.hosting import CONTEXT, AppContext, SessionPool, write_with_session
-from server.kv import CasResult, DeleteResult, encode_cas, encode_delete, encode_put
+from server.kv import CasResult, DeleteResult, PutResult, encode_cas, encode_delete, encode_put
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.runtime import InvalidRequest, NotLeader, Overloaded, Unavailable
 from server.sessions import valid_session
@@ -297,8 +297,11 @@ class KVRoutes:
         else:
             value = await request.read()
         self.limits.check_value(value)
-        index, _ = await self._write(request, lambda s: encode_put(key, value, s))
-        return web.json_response({"key": key, "index": index})
+        _, result = await self._write(request, lambda s: encode_put(key, value, s))
+        assert isinstance(result, PutResult)
+        # The index of the entry that wrote the value: for a retried write
+        # (same session), the first application's.
+        return web.json_response({"key": key, "index": result.index})
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         key = _key_from_path(request, KV_PREFIX)
