@@ -115,7 +115,10 @@ def load_app(spec: str) -> Application:
             factory = getattr(factory, part)
         except AttributeError:
             raise AppLoadError(f"--app {spec!r}: {module_name} has no attribute {attr}") from None
-    made: object = factory() if callable(factory) else factory
+    try:
+        made: object = factory() if callable(factory) else factory
+    except Exception as e:
+        raise AppLoadError(f"--app {spec!r}: {attr}() raised {type(e).__name__}: {e}") from e
     if isinstance(made, ReplicatedModel):
         made = Application(made)
     if not isinstance(made, Application):
