@@ -11,7 +11,7 @@ from tests.server.procs import ProcessCluster
 from tests.web.conftest import http, roles, wait_until
 
 
-def put(address: str, key: str, value: bytes, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def put(address: str, key: str, value: bytes, headers: dict[str, str] | None = None):
     return http(address, "PUT", f"/v1/kv/{key}", value, headers)
 
 
@@ -84,7 +84,7 @@ def test_delete_range_and_cas(kv_cluster: ProcessCluster) -> None:
     missing = http(node, "GET", "/v1/kv/list/0")
     assert missing.status == 404 and missing.json()["error"] == "not_found"
 
-    def cas(body: dict[str, object]):  # type: ignore[no-untyped-def]
+    def cas(body: dict[str, object]):
         return http(
             node,
             "POST",
