@@ -31,6 +31,7 @@ _PAGE = """<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{{title}}</title>
+<link rel="icon" href="data:,">
 <noscript><meta http-equiv="refresh" content="5"></noscript>
 <style>
 :root {
@@ -50,9 +51,10 @@ body {
   margin: 0; background: var(--bg); color: var(--text);
   font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
 }
-header {
+header { background: var(--card); border-bottom: 1px solid var(--line); }
+header .bar {
   display: flex; align-items: center; gap: 14px; flex-wrap: wrap;
-  padding: 14px 28px; background: var(--card); border-bottom: 1px solid var(--line);
+  max-width: 1240px; margin: 0 auto; padding: 14px 28px;
 }
 header h1 { font-size: 19px; margin: 0; font-weight: 600; letter-spacing: -0.01em; }
 header h1 .brand { color: var(--muted); font-weight: 500; }
@@ -105,6 +107,7 @@ th {
   border-bottom: 1px solid var(--line);
 }
 td { padding: 7px 8px; border-bottom: 1px solid var(--line); font-size: 14px; }
+td.node { white-space: nowrap; }
 tr:last-child td { border-bottom: 0; }
 td.num, th.num { text-align: right; }
 .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 13px; }
@@ -126,6 +129,7 @@ td.num, th.num { text-align: right; }
 .spark { width: 100%; height: 90px; display: block; }
 .spark path.line { fill: none; stroke: var(--spark); stroke-width: 2; }
 .spark path.area { fill: var(--spark); opacity: 0.12; stroke: none; }
+.spark line { stroke: var(--line); stroke-width: 1; }
 .figures { display: flex; gap: 22px; margin-top: 8px; flex-wrap: wrap; }
 .figures div { font-size: 13px; color: var(--muted); }
 .figures b {
@@ -142,13 +146,13 @@ footer a:hover, .applink:hover { text-decoration: underline; }
 </style>
 </head>
 <body>
-<header>
+<header><div class="bar">
   <h1><span class="brand">ramraft</span> &middot; node <span id="node-id">{{node_id}}</span></h1>
   <span id="role" class="badge">&hellip;</span>
   <a id="app-link" class="applink" hidden></a>
   <span class="spacer"></span>
   <span class="updated"><span id="live" class="dot"></span><span id="updated">&nbsp;</span></span>
-</header>
+</div></header>
 <main>
   <div id="alert" class="alert" hidden></div>
   <section class="cards">
@@ -179,6 +183,7 @@ footer a:hover, .applink:hover { text-decoration: underline; }
     <div class="panel">
       <h2>Applied entries per second <span class="note">last 2 minutes</span></h2>
       <svg class="spark" id="spark" viewBox="0 0 400 90" preserveAspectRatio="none">
+        <line x1="0" y1="89.5" x2="400" y2="89.5"></line>
         <path class="area" d=""></path><path class="line" d=""></path>
       </svg>
       <div class="figures">
@@ -245,7 +250,8 @@ function renderMembers(s) {
     let lag = '<span class="muted">\\u2013</span>';
     if (m.lag !== null && m.lag !== undefined) {
       const width = Math.min(100, m.lag === 0 ? 0 : 8 + Math.log10(m.lag + 1) * 23);
-      lag = '<div class="lag"><div class="lagbar"><span class="' + (m.lag > 1000 ? "bad" : "")
+      const bad = m.lag > 1000 || m.active === false;
+      lag = '<div class="lag"><div class="lagbar"><span class="' + (bad ? "bad" : "")
         + '" style="width:' + width + '%"></span></div><span class="mono">'
         + num(m.lag) + "</span></div>";
     }
@@ -253,7 +259,7 @@ function renderMembers(s) {
     if (m.active === true) state = '<span class="pill">reachable</span>';
     if (m.active === false) state = '<span class="pill off">unreachable</span>';
     const you = m.self ? '<span class="you">(this node)</span>' : "";
-    return "<tr><td><b>" + esc(m.id) + "</b>" + you
+    return '<tr><td class="node"><b>' + esc(m.id) + "</b>" + you
       + '</td><td class="mono">' + esc(m.address || "\\u2013") + "</td><td>" + role
       + '</td><td class="num mono">' + num(m.match_index) + "</td><td>" + lag + "</td><td>"
       + state + "</td></tr>";

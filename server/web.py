@@ -529,8 +529,12 @@ class WebTier:
             for at, term, leader in runtime.leader_changes:
                 if (term, leader) == last:
                     continue
+                change = {"time": round(at, 3), "term": term, "leader": leader or None}
+                if not leader and last is not None and not last[1]:
+                    changes[-1] = change  # one row for an election, however many rounds
+                else:
+                    changes.append(change)
                 last = (term, leader)
-                changes.append({"time": round(at, 3), "term": term, "leader": leader or None})
         rates = node.metrics.rates.rates()
         hosted = node.app
         return {

@@ -189,10 +189,12 @@ _LAYOUT = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} &middot; Notes board</title>
+<link rel="icon" href="data:,">
 <style>
   body {{ margin: 0; background: #faf7f2; color: #2b2a28;
     font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif; }}
-  header {{ background: #2f3e46; color: #fff; padding: 14px 32px; }}
+  header {{ background: #2f3e46; color: #fff; }}
+  header div {{ max-width: 1100px; margin: 0 auto; padding: 14px 32px; }}
   header a {{ color: #fff; text-decoration: none; font-weight: 600; font-size: 20px; }}
   header span {{ color: #cad2c5; margin-left: 10px; font-size: 14px; }}
   main {{ max-width: 1100px; margin: 0 auto; padding: 24px 32px; }}
@@ -228,7 +230,7 @@ _LAYOUT = """<!doctype html>
   @media (max-width: 800px) {{ .columns {{ grid-template-columns: 1fr; }} }}
 </style></head>
 <body>
-<header><a href="{home}">Notes board</a><span>replicated by ramraft</span></header>
+<header><div><a href="{home}">Notes board</a><span>replicated by ramraft</span></div></header>
 <main>{content}</main>
 <footer>{footer}</footer>
 </body></html>
