@@ -183,6 +183,7 @@ def run_node(args: argparse.Namespace) -> int:
     from server.hosting import AppLoadError
     from server.logs import configure_logging
     from server.node import Node
+    from server.statemachine import SnapshotError
     from server.storage import StorageError
 
     configure_logging(args.log_level)
@@ -197,6 +198,15 @@ def run_node(args: argparse.Namespace) -> int:
         asyncio.run(Node(config, app=app).run_until_signalled())
     except (StorageError, OSError) as e:
         print(f"ramraft node: {e}", file=sys.stderr)
+        return 1
+    except SnapshotError as e:
+        served = f"--app {args.app}" if app is not None else "no --app"
+        print(
+            f"ramraft node: cannot restore the snapshot in {config.data_dir} with {served}: {e}. "
+            "A data directory holds the state of the machines it was written with: start the "
+            "node with the same --app as before (or none), or with a fresh data directory.",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

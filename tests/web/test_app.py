@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from tests.server.procs import ProcessCluster
-from tests.web.conftest import http, post_form, roles, wait_http_ready, wait_until
+from tests.web.conftest import NOTES_APP, http, post_form, roles, wait_http_ready, wait_until
 
 
 def notes(cluster: ProcessCluster, node_id: str, linearizable: bool = False) -> dict[str, object]:
@@ -130,3 +131,18 @@ def test_a_killed_leader_recovers_the_objects_from_snapshot_and_log(
     assert recovered["next_id"] == expected["next_id"] + 1  # type: ignore[operator]
     for node_id in app_cluster.ids:
         assert notes(app_cluster, node_id, linearizable=True) == recovered
+
+
+def test_a_data_dir_written_without_the_app_is_refused_clearly(tmp_path: Path) -> None:
+    cluster = ProcessCluster(tmp_path, nodes=1)
+    with cluster:
+        cluster.wait_for_leader()
+        with cluster.client() as client:
+            client.put("k", b"v")
+            client.snapshot(endpoint=cluster.grpc["n1"])
+        assert cluster.stop("n1") == 0
+        cluster.extra_args = ["--app", NOTES_APP]
+        process = cluster.start("n1")
+        assert process.wait(timeout=30) == 1
+    log = (cluster.data_dir("n1") / "node.log").read_text()
+    assert "cannot restore the snapshot" in log and "same --app" in log
