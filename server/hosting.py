@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+import structlog
 from aiohttp import web
 
 from server.embed import ModelMachine, ReplicatedModel, decode_call, encode_call, pack_plain
@@ -44,10 +45,13 @@ from server.kv import (
     reply_from_plain,
     reply_to_plain,
 )
+from server.runtime import Unavailable
 from server.statemachine import CommandError, ErrorCode
 
 if TYPE_CHECKING:
     from server.api import NodeAPI
+
+log = structlog.get_logger("ramraft.hosting")
 
 
 class AppLoadError(Exception):
@@ -167,7 +171,8 @@ async def write_with_session(
 ) -> tuple[int, object]:
     """``api.write`` of ``encode(session)`` with a session from ``pool``:
     safe to retry across leader changes until the deadline; returns once
-    the write is applied on THIS node (read-your-writes). A session the
+    the write is applied on THIS node (read-your-writes; if this node lags
+    past the deadline, the committed write is answered anyway). A session the
     cluster has expired (SESSION_EXPIRED: the write was NOT applied) is
     dropped and the write sent again under a fresh one."""
     deadline = time.monotonic() + (timeout if timeout is not None else 5.0)
@@ -188,8 +193,13 @@ async def write_with_session(
             raise TimeoutError("the request's deadline passed")
         pool.give_back(client_id, sequence)
         # A forwarded write is answered once the LEADER applied it; wait for
-        # it here too, so the caller reads its own write from this node.
-        await api.runtime.wait_applied(index, max(0.001, deadline - time.monotonic()))
+        # it here too, so the caller reads its own write from this node. The
+        # write is committed either way: if this node lags past the deadline,
+        # answer anyway (a read here may then not see it yet).
+        try:
+            await api.runtime.wait_applied(index, max(0.001, deadline - time.monotonic()))
+        except Unavailable:
+            log.warning("write_applied_at_leader_not_here_yet", index=index)
         return index, result
 
 
