@@ -282,6 +282,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         print(
             f"  {node_id}: grpc {grpc_addresses[node_id]}"
             + (f"  http http://{http}/" if http else "")
+            + (f"  app http://{http}/app/" if http and args.app else "")
         )
     print(f"try: ramraft put hello world --endpoints {','.join(grpc_addresses.values())}")
     print("Ctrl-C stops the cluster.")
