@@ -95,6 +95,10 @@ class HttpError(Exception):
         self.extra = extra
 
 
+class LeaderUnreachable(Exception):
+    """The status page could not ask the leader for its followers' progress."""
+
+
 def bad_request(detail: str) -> HttpError:
     return HttpError(400, "invalid_argument", detail)
 
@@ -406,7 +410,8 @@ class WebTier:
             self.app.add_subapp(APP_PREFIX, sub)
         self.runner: web.AppRunner | None = None
         self.address = ""
-        self._leader_view: tuple[float, str, dict[str, Any]] | None = None
+        # (when, leader address, its members' progress or why it failed)
+        self._leader_view: tuple[float, str, dict[str, dict[str, Any]] | str] | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def start(self, address: str) -> None:
@@ -593,24 +598,34 @@ class WebTier:
             return list(base.values()), None, "no leader is known"
         try:
             view = await self._leader_members(address)
-        except grpc.aio.AioRpcError as e:
-            return list(base.values()), None, f"could not ask the leader: {e.code().name}"
+        except LeaderUnreachable as e:
+            return list(base.values()), None, str(e)
         for member_id, progress in view.items():
             if member_id in base:
                 base[member_id].update(progress)
         return list(base.values()), leader, None
 
     async def _leader_members(self, address: str) -> dict[str, dict[str, Any]]:
+        """The leader's view of its followers' progress, asked at most once
+        a second (a failure is remembered as long, so a page polling a node
+        whose leader just died does not wait on every poll)."""
         cached = self._leader_view
         now = time.monotonic()
         if cached is not None and cached[1] == address and now - cached[0] < 1.0:
+            if isinstance(cached[2], str):
+                raise LeaderUnreachable(cached[2])
             return cached[2]
         channel = self._channels.get(address)
         if channel is None:
             channel = grpc.aio.insecure_channel(address)
             self._channels[address] = channel
         stub = admin_pb2_grpc.AdminStub(channel)
-        response = await stub.Status(admin_pb2.StatusRequest(), timeout=0.5)
+        try:
+            response = await stub.Status(admin_pb2.StatusRequest(), timeout=0.5)
+        except grpc.aio.AioRpcError as e:
+            reason = f"could not ask the leader: {e.code().name}"
+            self._leader_view = (now, address, reason)
+            raise LeaderUnreachable(reason) from e
         view = (
             {
                 m.id: {"match_index": m.match_index, "lag": m.lag, "active": m.active}
