@@ -197,6 +197,15 @@ def test_bad_requests_get_4xx_with_a_json_reason(kv_cluster: ProcessCluster) -> 
     assert huge.status == 413 and huge.json()["error"] == "payload_too_large"
 
 
+def test_a_passed_deadline_is_504(kv_cluster: ProcessCluster) -> None:
+    _, followers = roles(kv_cluster)
+    node = kv_cluster.http[followers[0]]
+    for method, body in (("GET", None), ("PUT", b"late")):
+        reply = http(node, method, "/v1/kv/deadline?timeout=0.000001", body)
+        assert reply.status == 504, reply.body
+        assert reply.json()["error"] == "deadline_exceeded"
+
+
 def _samples(address: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     reply = http(address, "GET", "/metrics")
     assert reply.status == 200
