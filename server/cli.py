@@ -15,15 +15,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.config import ConfigError, Limits, NodeConfig, parse_address, parse_peers
+
+if TYPE_CHECKING:
+    from server.hosting import Application
 
 NODE_EPILOG = """\
 examples:
   ramraft node --id a --peers a=127.0.0.1:7001,b=127.0.0.1:7002,c=127.0.0.1:7003 \\
       --data-dir /var/lib/ramraft/a --http 127.0.0.1:8001
   RAMRAFT_ID=$(hostname) RAMRAFT_PEERS=... RAMRAFT_DATA_DIR=/data ramraft node
+  ramraft node ... --http 127.0.0.1:8001 --app examples.notes:app   # pages at /app/
 
 The node's gRPC address is its own entry in --peers unless --listen overrides
 the bind address. With --peer-listen, peers talk on that separate port and
@@ -78,6 +82,22 @@ def add_node_parser(sub: Any) -> None:
         "--http",
         default=_env("HTTP"),
         help="web tier bind address, e.g. 0.0.0.0:8080 (env RAMRAFT_HTTP)",
+    )
+    p.add_argument(
+        "--app",
+        default=_env("APP"),
+        help=(
+            "serve an application model next to the key-value store: MODULE:FACTORY, e.g. "
+            "examples.notes:app; its pages are under /app/ on --http (env RAMRAFT_APP)"
+        ),
+    )
+    p.add_argument(
+        "--app-path",
+        default=_env("APP_PATH", "."),
+        help=(
+            "directories to import the --app module from, ':'-separated "
+            "(default: the current directory; env RAMRAFT_APP_PATH)"
+        ),
     )
     p.add_argument(
         "--join",
@@ -146,22 +166,47 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     return config
 
 
+def load_app_from_args(args: argparse.Namespace) -> Application | None:
+    """The --app application, imported with --app-path on sys.path."""
+    from server.hosting import load_app
+
+    if not args.app:
+        return None
+    for directory in reversed([d for d in args.app_path.split(os.pathsep) if d]):
+        path = str(Path(directory).resolve())
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    return load_app(args.app)
+
+
 def run_node(args: argparse.Namespace) -> int:
+    from server.hosting import AppLoadError
     from server.logs import configure_logging
     from server.node import Node
+    from server.statemachine import SnapshotError
     from server.storage import StorageError
 
     configure_logging(args.log_level)
     try:
         config = config_from_args(args)
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
-    except (ConfigError, OSError) as e:
+        app = load_app_from_args(args)
+    except (ConfigError, OSError, AppLoadError) as e:
         print(f"ramraft node: {e}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(Node(config).run_until_signalled())
+        asyncio.run(Node(config, app=app).run_until_signalled())
     except (StorageError, OSError) as e:
         print(f"ramraft node: {e}", file=sys.stderr)
+        return 1
+    except SnapshotError as e:
+        served = f"--app {args.app}" if app is not None else "no --app"
+        print(
+            f"ramraft node: cannot restore the snapshot in {config.data_dir} with {served}: {e}. "
+            "A data directory holds the state of the machines it was written with: start the "
+            "node with the same --app as before (or none), or with a fresh data directory.",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -237,6 +282,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         print(
             f"  {node_id}: grpc {grpc_addresses[node_id]}"
             + (f"  http http://{http}/" if http else "")
+            + (f"  app http://{http}/app/" if http and args.app else "")
         )
     print(f"try: ramraft put hello world --endpoints {','.join(grpc_addresses.values())}")
     print("Ctrl-C stops the cluster.")

@@ -1,5 +1,10 @@
 """One ramraft node process: storage, runtime, transport, gRPC servers,
-health, and (optionally) the web tier, with graceful shutdown.
+health, metrics, and (optionally) the web tier and an application model,
+with graceful shutdown.
+
+With an application (``--app``, server/hosting.py) the runtime applies the log
+to ``CompositeMachine({TAG_KV: kv, TAG_MODEL: ModelMachine(model)})``; the
+model's commands are bound to this node's write path once the API exists.
 
 Shutdown on SIGTERM/SIGINT: stop taking new requests on this node, hand
 leadership to the most caught-up voter if we lead, let in-flight writes
@@ -17,7 +22,6 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-import msgpack
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -25,9 +29,13 @@ from grpc_reflection.v1alpha import reflection
 from proto import admin_pb2, kv_pb2, raft_pb2
 from server.api import Limits, NodeAPI
 from server.config import NodeConfig
-from server.kv import KVMachine, reply_from_plain, reply_to_plain
+from server.embed import ModelMachine
+from server.hosting import Application, HostedApp, decode_result, encode_result, model_proposer
+from server.kv import KVMachine
+from server.metrics import NodeMetrics
 from server.runtime import RaftRuntime
 from server.services import AdminService, KVService
+from server.statemachine import TAG_KV, TAG_MODEL, CompositeMachine
 from server.storage import open_storage
 from server.transport import PeerServicer, PeerTransport
 
@@ -43,15 +51,6 @@ SERVER_OPTIONS = [
 LIVENESS_SERVICE = "liveness"
 
 
-def encode_kv_result(result: object) -> bytes:
-    return msgpack.packb(reply_to_plain(result) if result is not None else None)
-
-
-def decode_kv_result(data: bytes) -> object:
-    plain = msgpack.unpackb(data)
-    return reply_from_plain(plain) if plain is not None else None
-
-
 class Node:
     def __init__(
         self,
@@ -59,17 +58,26 @@ class Node:
         *,
         machine: Any = None,
         kv: KVMachine | None = None,
-        encode_result: Callable[[object], bytes] = encode_kv_result,
-        decode_result: Callable[[bytes], object] = decode_kv_result,
+        app: Application | None = None,
+        encode_result: Callable[[object], bytes] = encode_result,
+        decode_result: Callable[[bytes], object] = decode_result,
     ) -> None:
         config.validate()
         self.config = config
         self.kv = kv if kv is not None else KVMachine()
+        self.app: HostedApp | None = None
+        if app is not None:
+            if machine is not None:
+                raise ValueError("give either an app or a machine, not both")
+            model_machine = ModelMachine(app.model)
+            self.app = HostedApp(app, model_machine)
+            machine = CompositeMachine({TAG_KV: self.kv, TAG_MODEL: model_machine})
         self.machine = machine if machine is not None else self.kv
         self.encode_result = encode_result
         self.decode_result = decode_result
         self.runtime: RaftRuntime | None = None
         self.api: NodeAPI | None = None
+        self.metrics = NodeMetrics(self)
         self.servers: list[grpc.aio.Server] = []
         self.health = health.aio.HealthServicer()
         self.web: Any = None
@@ -82,6 +90,7 @@ class Node:
         log_store, snapshots = open_storage(cfg.data_dir)
         runtime = RaftRuntime(cfg, self.machine, log_store, snapshots)
         self.runtime = runtime
+        runtime.listeners.append(self.metrics.runtime_listener)
         runtime.transport = PeerTransport(
             cfg.node_id,
             runtime.addresses,
@@ -93,6 +102,8 @@ class Node:
             cfg.limits.max_key_bytes, cfg.limits.max_value_bytes, cfg.limits.max_range_limit
         )
         self.api = NodeAPI(runtime, self.encode_result, self.decode_result, limits)
+        if self.app is not None:
+            self.app.machine.bind(model_proposer(self.api, self.app.sessions))
         await runtime.start()
 
         peer_servicer = PeerServicer(
@@ -104,6 +115,8 @@ class Node:
         )
         self.kv_service = KVService(self.api, self.kv)
         self.admin_service = AdminService(self.api)
+        self.kv_service.observers.append(self.metrics.observer("grpc"))
+        self.admin_service.observers.append(self.metrics.observer("grpc"))
         client_server = grpc.aio.server(options=SERVER_OPTIONS)
         from proto import admin_pb2_grpc, kv_pb2_grpc
 

@@ -172,7 +172,9 @@ class RaftRuntime:
         self._snapshot_task: asyncio.Task[SnapshotMeta] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.leader_changes: list[tuple[float, int, str]] = []  # (unix time, term, leader)
-        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []  # metrics hooks
+        # Metrics hooks: (event, fields) for "proposed", "proposals_dropped",
+        # "fsync", "applied", "role", "snapshot", "snapshot_installed".
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self.last_heartbeat = 0.0
 
     # ---- life cycle -----------------------------------------------------------------------
@@ -554,7 +556,11 @@ class RaftRuntime:
             term = core.term
             for n, (_, fut) in enumerate(proposals):
                 self._waiting_writes[first + n] = (term, fut)
+            if self.listeners:
+                self._emit("proposed", {"entries": len(proposals)})
             return
+        if self.listeners:
+            self._emit("proposals_dropped", {"entries": len(proposals)})
         for _, fut in proposals:
             fut.set_exception(error)
 
