@@ -48,12 +48,14 @@ the session table (bounded by ``max_sessions``) and installs a *view*:
 - keys at or below the cursor are no longer tracked: the view has them.
 
 ``write_to`` (in a worker thread) takes the machine's lock for one chunk of
-up to a few thousand keys at a time (a few hundred microseconds), reads the
+up to a few thousand keys (~256 KiB; a few hundred microseconds), reads the
 live value or the journal's older one, then packs, checksums and writes the
-chunk without the lock. apply() takes the same lock, so the loop waits at most
-for one chunk. The journal holds only keys changed during the snapshot that
-the walk has not reached yet. Values are immutable ``bytes``, so nothing is
-ever copied but references. Snapshots are canonical: the same state gives the
+chunk without the lock, and gives the GIL away before the next chunk. apply()
+takes the same lock, so the loop waits at most for one chunk; CPU-wise the
+writer yields to a busy loop (bench/bench_statemachine.py measures the cost).
+The journal holds only keys changed during the snapshot that the walk has not
+reached yet. Values are immutable ``bytes``, so nothing is ever copied but
+references. Snapshots are canonical: the same state gives the
 same bytes on every node (keys sorted, sessions in LRU order).
 
 Restore reads the stream frame by frame into a fresh dict and key list and
@@ -390,7 +392,7 @@ _FRAME_SESSIONS = 1
 _FRAME_DATA = 2
 _FRAME_END = 3
 _SESSIONS_PER_FRAME = 4096
-_CHUNK_BYTES = 1 << 20
+_CHUNK_BYTES = 1 << 18
 _MIN_CHUNK_KEYS = 16
 _MAX_CHUNK_KEYS = 4096
 
@@ -452,9 +454,15 @@ class KVSnapshotJob:
                 for lo, hi in _pieces(values, size):
                     payload = (_FRAME_DATA, keys[lo:hi], values[lo:hi])
                     frames.frame(msgpack.packb(payload, use_bin_type=True))
-                # Aim at ~1 MiB frames whatever the value sizes.
+                # Aim at ~256 KiB frames whatever the value sizes.
                 per_key = max(1, size // len(keys))
                 limit = max(_MIN_CHUNK_KEYS, min(_MAX_CHUNK_KEYS, _CHUNK_BYTES // per_key))
+                # Give the GIL away between chunks: a loop thread waiting for
+                # it runs now, and the writer waits for the loop's next
+                # switch (5 ms) or idle moment. The writer thus behaves as a
+                # low-priority task: full speed when the loop is idle, a small
+                # share when it is busy.
+                time.sleep(0)
             frames.frame(msgpack.packb((_FRAME_END, count, len(sessions))))
             log.info(
                 "kv snapshot written",
