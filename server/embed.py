@@ -563,6 +563,8 @@ class ModelMachine:
     # -- apply ----------------------------------------------------------------
 
     def apply(self, index: int, command: bytes) -> object:
+        if index <= self._applied_index:
+            raise ValueError(f"apply({index}) after applied index {self._applied_index}")
         self._applied_index = index
         if not command:
             return None
@@ -647,7 +649,9 @@ class ModelMachine:
 
     def restore(self, stream: ReadableStream) -> None:
         """Replace the model's state from a snapshot stream; on a bad stream
-        raise SnapshotFormatError and leave the model as it was."""
+        raise SnapshotFormatError and leave the model as it was. Run it on the
+        event loop (or with the loop's readers stopped): the last step
+        replaces the model's attributes in place."""
         started = time.perf_counter()
         frames = FrameReader(stream, _MODEL_MAGIC, _MODEL_VERSION)
         header = self._record(frames)
@@ -677,7 +681,12 @@ class ModelMachine:
                 raise SnapshotFormatError(f"bad record in model snapshot: {exc}") from None
         if len(state) != n_attributes or len(sessions) != n_sessions:
             raise SnapshotFormatError("model snapshot is missing attributes or sessions")
-        self.model.restore_state(state)
+        try:
+            self.model.restore_state(state)
+        except Exception as exc:
+            raise SnapshotError(
+                f"{self.model_name}.restore_state() failed: {_error_message(exc)}"
+            ) from exc
         self.sessions.load(sessions)
         self._applied_index = index
         log.info(

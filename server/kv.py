@@ -549,6 +549,8 @@ class KVMachine:
     # -- apply ----------------------------------------------------------------
 
     def apply(self, index: int, command: bytes) -> KVResult:
+        if index <= self._applied_index:
+            raise ValueError(f"apply({index}) after applied index {self._applied_index}")
         self._applied_index = index
         if not command:
             return None
