@@ -41,9 +41,11 @@ the log is replayed after a restart:
 - no clocks (``time``, ``datetime.now``), randomness (``random``, ``uuid4``),
   I/O, network, environment variables or other outside state: compute such
   values BEFORE the call and pass them as arguments;
-- no iteration over ``set``/``frozenset`` of ``str``/``bytes`` where the order
-  matters (their order depends on each process's hash seed); ``dict`` order is
-  fine (insertion order); no ``id()``/``hash()`` of objects;
+- no result or effect that depends on the iteration order of a ``set`` or
+  ``frozenset`` (for ``str``/``bytes`` it depends on each process's hash seed,
+  and a set rebuilt from a snapshot may iterate in another order than the one
+  that grew on a live node; iterate ``sorted(s)``); ``dict`` order is fine (it
+  is insertion order, and snapshots keep it); no ``id()``/``hash()``;
 - change only the model's own state, and only through commands: application
   code that mutates the model directly changes one node only;
 - a command cannot call another command (that would propose from inside apply);
