@@ -41,9 +41,11 @@ the log is replayed after a restart:
 - no clocks (``time``, ``datetime.now``), randomness (``random``, ``uuid4``),
   I/O, network, environment variables or other outside state: compute such
   values BEFORE the call and pass them as arguments;
-- no iteration over ``set``/``frozenset`` of ``str``/``bytes`` where the order
-  matters (their order depends on each process's hash seed); ``dict`` order is
-  fine (insertion order); no ``id()``/``hash()`` of objects;
+- no result or effect that depends on the iteration order of a ``set`` or
+  ``frozenset`` (for ``str``/``bytes`` it depends on each process's hash seed,
+  and a set rebuilt from a snapshot may iterate in another order than the one
+  that grew on a live node; iterate ``sorted(s)``); ``dict`` order is fine (it
+  is insertion order, and snapshots keep it); no ``id()``/``hash()``;
 - change only the model's own state, and only through commands: application
   code that mutates the model directly changes one node only;
 - a command cannot call another command (that would propose from inside apply);
@@ -563,6 +565,8 @@ class ModelMachine:
     # -- apply ----------------------------------------------------------------
 
     def apply(self, index: int, command: bytes) -> object:
+        if index <= self._applied_index:
+            raise ValueError(f"apply({index}) after applied index {self._applied_index}")
         self._applied_index = index
         if not command:
             return None
@@ -647,7 +651,9 @@ class ModelMachine:
 
     def restore(self, stream: ReadableStream) -> None:
         """Replace the model's state from a snapshot stream; on a bad stream
-        raise SnapshotFormatError and leave the model as it was."""
+        raise SnapshotFormatError and leave the model as it was. Run it on the
+        event loop (or with the loop's readers stopped): the last step
+        replaces the model's attributes in place."""
         started = time.perf_counter()
         frames = FrameReader(stream, _MODEL_MAGIC, _MODEL_VERSION)
         header = self._record(frames)
@@ -677,7 +683,12 @@ class ModelMachine:
                 raise SnapshotFormatError(f"bad record in model snapshot: {exc}") from None
         if len(state) != n_attributes or len(sessions) != n_sessions:
             raise SnapshotFormatError("model snapshot is missing attributes or sessions")
-        self.model.restore_state(state)
+        try:
+            self.model.restore_state(state)
+        except Exception as exc:
+            raise SnapshotError(
+                f"{self.model_name}.restore_state() failed: {_error_message(exc)}"
+            ) from exc
         self.sessions.load(sessions)
         self._applied_index = index
         log.info(

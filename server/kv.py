@@ -48,12 +48,14 @@ the session table (bounded by ``max_sessions``) and installs a *view*:
 - keys at or below the cursor are no longer tracked: the view has them.
 
 ``write_to`` (in a worker thread) takes the machine's lock for one chunk of
-up to a few thousand keys at a time (a few hundred microseconds), reads the
+up to a few thousand keys (~256 KiB; a few hundred microseconds), reads the
 live value or the journal's older one, then packs, checksums and writes the
-chunk without the lock. apply() takes the same lock, so the loop waits at most
-for one chunk. The journal holds only keys changed during the snapshot that
-the walk has not reached yet. Values are immutable ``bytes``, so nothing is
-ever copied but references. Snapshots are canonical: the same state gives the
+chunk without the lock, and gives the GIL away before the next chunk. apply()
+takes the same lock, so the loop waits at most for one chunk; CPU-wise the
+writer yields to a busy loop (bench/bench_statemachine.py measures the cost).
+The journal holds only keys changed during the snapshot that the walk has not
+reached yet. Values are immutable ``bytes``, so nothing is ever copied but
+references. Snapshots are canonical: the same state gives the
 same bytes on every node (keys sorted, sessions in LRU order).
 
 Restore reads the stream frame by frame into a fresh dict and key list and
@@ -231,6 +233,7 @@ def encode_noop() -> bytes:
 # Number of array items per op, without and with a session.
 _ARITY = {Op.NOOP: 1, Op.PUT: 3, Op.DELETE: 2, Op.CAS: 4}
 _NOOP_COMMAND = KVCommand(Op.NOOP)
+_OPS = {op.value: op for op in Op}
 
 
 def decode_command(data: bytes) -> KVCommand:
@@ -240,16 +243,17 @@ def decode_command(data: bytes) -> KVCommand:
         return _NOOP_COMMAND
     if data[0] != TAG_KV:
         raise BadCommandError(f"command tag 0x{data[0]:02x} is not the key-value machine's")
+    # Slicing copies; for small commands that is cheaper than a memoryview.
+    body = data[1:] if len(data) < 4096 else memoryview(data)[1:]
     try:
-        items = msgpack.unpackb(memoryview(data)[1:], use_list=False, raw=False)
+        items = msgpack.unpackb(body, use_list=False, raw=False)
     except Exception as exc:  # msgpack raises several types for bad input
         raise BadCommandError(f"undecodable key-value command: {exc}") from None
     if type(items) is not tuple or not items:
         raise BadCommandError("a key-value command is a non-empty array")
-    try:
-        op = Op(items[0])
-    except ValueError:
-        raise BadCommandError(f"unknown key-value operation {items[0]!r}") from None
+    op = _OPS.get(items[0]) if type(items[0]) is int else None
+    if op is None:
+        raise BadCommandError(f"unknown key-value operation {items[0]!r}")
     arity = _ARITY[op]
     session: Session | None = None
     if len(items) == arity + 2 and op is not Op.NOOP:
@@ -388,7 +392,7 @@ _FRAME_SESSIONS = 1
 _FRAME_DATA = 2
 _FRAME_END = 3
 _SESSIONS_PER_FRAME = 4096
-_CHUNK_BYTES = 1 << 20
+_CHUNK_BYTES = 1 << 18
 _MIN_CHUNK_KEYS = 16
 _MAX_CHUNK_KEYS = 4096
 
@@ -450,9 +454,15 @@ class KVSnapshotJob:
                 for lo, hi in _pieces(values, size):
                     payload = (_FRAME_DATA, keys[lo:hi], values[lo:hi])
                     frames.frame(msgpack.packb(payload, use_bin_type=True))
-                # Aim at ~1 MiB frames whatever the value sizes.
+                # Aim at ~256 KiB frames whatever the value sizes.
                 per_key = max(1, size // len(keys))
                 limit = max(_MIN_CHUNK_KEYS, min(_MAX_CHUNK_KEYS, _CHUNK_BYTES // per_key))
+                # Give the GIL away between chunks: a loop thread waiting for
+                # it runs now, and the writer waits for the loop's next
+                # switch (5 ms) or idle moment. The writer thus behaves as a
+                # low-priority task: full speed when the loop is idle, a small
+                # share when it is busy.
+                time.sleep(0)
             frames.frame(msgpack.packb((_FRAME_END, count, len(sessions))))
             log.info(
                 "kv snapshot written",
@@ -481,6 +491,10 @@ class KVMachine:
     ) -> None:
         self._data: dict[str, bytes] = {}
         self._keys: SortedList[str] = SortedList()
+        # The same two objects as one tuple: readers that need both take them
+        # in one read, so a restore() swapping them from a worker thread can
+        # never show them a new map with an old key index.
+        self._maps = (self._data, self._keys)
         self.sessions = SessionTable(max_sessions, session_idle_entries)
         self._applied_index = 0
         # Held by apply() while it mutates and by a snapshot job while it reads
@@ -513,7 +527,7 @@ class KVMachine:
         last key as ``start_after`` to continue)."""
         if limit < 0:
             raise ValueError("limit must be >= 0")
-        keys = self._keys
+        data, keys = self._maps
         if start_after and start_after >= prefix:
             lo = keys.bisect_right(start_after)
         else:
@@ -523,19 +537,20 @@ class KVMachine:
         stop = hi if not limit else min(hi, lo + limit)
         if stop <= lo:
             return [], False
-        data = self._data
         items = [(k, data[k]) for k in keys.islice(lo, stop)]
         return items, stop < hi
 
     def items(self) -> Iterator[tuple[str, bytes]]:
         """All pairs in key order (for tests and tools; not for large maps on
         the loop)."""
-        data = self._data
-        return ((k, data[k]) for k in self._keys)
+        data, keys = self._maps
+        return ((k, data[k]) for k in keys)
 
     # -- apply ----------------------------------------------------------------
 
     def apply(self, index: int, command: bytes) -> KVResult:
+        if index <= self._applied_index:
+            raise ValueError(f"apply({index}) after applied index {self._applied_index}")
         self._applied_index = index
         if not command:
             return None
@@ -618,6 +633,7 @@ class KVMachine:
             self._drop_view()
             self._data = {}
             self._keys = SortedList()
+            self._maps = (self._data, self._keys)
             self.sessions.load(())
             self._applied_index = 0
 
@@ -629,7 +645,11 @@ class KVMachine:
 
     def restore(self, stream: ReadableStream) -> None:
         """Replace the whole state from a stream written by a snapshot job.
-        Raises SnapshotFormatError (state unchanged) if the stream is bad."""
+        Raises SnapshotFormatError (state unchanged) if the stream is bad.
+
+        May run in a worker thread while the loop keeps serving reads (they
+        see the old state until the swap); apply() must not run meanwhile.
+        An open snapshot job is aborted."""
         started = time.perf_counter()
         frames = FrameReader(stream, _KV_MAGIC, _KV_VERSION)
         header = _unpack(frames.frame(), "header")
@@ -686,6 +706,7 @@ class KVMachine:
         del ordered
         with self._lock:
             self._drop_view()
+            self._maps = (data, keys_index)
             self._data = data
             self._keys = keys_index
             self.sessions.load(sessions)

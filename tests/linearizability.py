@@ -287,8 +287,10 @@ def _symmetry_classes(ops: list[Operation], unknown: list[bool]) -> list[object]
     return classes
 
 
-def _linearizable(ops: list[Operation], initial: bytes | None, deadline: float) -> bool:
-    return _search(ops, initial, deadline, None)
+def _linearizable(
+    ops: list[Operation], initial: bytes | None, deadline: float, blocker: list[int] | None = None
+) -> bool:
+    return _search(ops, initial, deadline, None, blocker)
 
 
 def _end_states(ops: list[Operation], initial: bytes | None, deadline: float) -> set[bytes | None]:
@@ -303,6 +305,7 @@ def _search(
     initial: bytes | None,
     deadline: float,
     end_states: set[bytes | None] | None,
+    blocker: list[int] | None = None,
 ) -> bool:
     """True if ``ops`` (one key's) has a linearization from ``initial``.
 
@@ -434,6 +437,14 @@ def _search(
         if advanced:
             continue
         # every candidate tried: backtrack
+        if blocker is not None and len(stack) >= blocker[0]:
+            # Remember the op whose return ended the deepest dead end: the
+            # likeliest culprit, used to explain a failure.
+            slot = nxt[0]
+            while slot != -1 and (slot - 1) % 2 == 0:
+                slot = nxt[slot]
+            if slot != -1:
+                blocker[:] = [len(stack), (slot - 1) // 2]
         if not stack:
             return bool(end_states)
         i, state, cands, pos = stack.pop()
@@ -500,42 +511,90 @@ def _quiescent_splits(ops: list[Operation]) -> list[int]:
     return splits
 
 
+def _possible_values_after(ops: list[Operation], initial: bytes | None) -> set[bytes | None]:
+    """A cheap superset of the values the key can have once every completed
+    op of ``ops`` is done (``ops`` end at a quiescent point): the effect of
+    any write that no completed write must follow, of any optional write, and
+    the initial value if no completed write surely took effect."""
+
+    def writes(op: Operation) -> bool:
+        if op.kind == "put":
+            return True
+        if op.kind == "delete":
+            return op.ret is None or op.output is not False
+        if op.kind == "cas":
+            return op.ret is None or op.output[0] is not False
+        return False
+
+    effective = [op for op in ops if writes(op)]
+    sure = [op for op in effective if not _optional(op)]
+    values: set[bytes | None] = set()
+    if not sure:
+        values.add(initial)
+    for op in effective:
+        if _optional(op) or not any(_deadline_of(op) < w.call for w in sure):
+            values.add(None if op.kind == "delete" else op.value)
+    return values
+
+
 def _minimise(
-    ops: list[Operation], initial: bytes | None, deadline: float, budget: float = 3.0
+    ops: list[Operation],
+    initial: bytes | None,
+    deadline: float,
+    culprit: Operation | None,
+    budget: float = 3.0,
 ) -> tuple[list[Operation], set[bytes | None], list[Operation]]:
     """A small failing core: (ops, the values the key may have when they
     start, the earlier operations those values summarise)."""
     stop = min(deadline, time.monotonic() + budget)
     starts: set[bytes | None] = {initial}
 
-    # 1. The earliest cut that still fails (binary search over event times).
-    times = sorted({op.call for op in ops} | {op.ret for op in ops if op.ret is not None})
-    lo, hi = 0, len(times) - 1
-    current = ops
-    while lo <= hi and time.monotonic() < stop:
-        mid = (lo + hi) // 2
-        candidate = _cut(ops, times[mid])
-        if not _linearizable(candidate, initial, deadline):
-            current, hi = candidate, mid - 1
-        else:
-            lo = mid + 1
-    current = sorted(current, key=lambda o: o.call)
+    def fails(candidate: list[Operation], from_: set[bytes | None]) -> bool:
+        return _fails_from_all(candidate, from_, deadline)
 
-    # 2. Summarise the past: at a quiescent point, replace the operations
-    # before it by the set of values they can leave. Optional operations
-    # invoked before it stay in the core too (they may take effect on either
-    # side, even twice: more permissive, so a core that still fails proves
-    # the history fails). Latest point first.
+    def summarise(
+        history: list[Operation],
+    ) -> tuple[list[Operation], set[bytes | None], list[Operation]] | None:
+        # At a quiescent point, replace the operations before it by the values
+        # they can leave (a cheap superset first, the exact set if that is not
+        # enough). Optional operations invoked before it stay in the core too
+        # (they may take effect on either side, even twice: more permissive,
+        # so a core that still fails proves the history fails). Latest first.
+        for split in reversed(_quiescent_splits(history)):
+            if time.monotonic() > stop:
+                return None
+            before, after = history[:split], history[split:]
+            core = [op for op in before if _optional(op)] + after
+            possible = _possible_values_after(before, initial)
+            if not fails(core, possible):
+                possible = _end_states(before, initial, deadline)
+                if not possible or not fails(core, possible):
+                    continue
+            return core, possible, before
+        return None
+
+    # 1. Cut the future off just after the likeliest culprit (the op at which
+    # the search got stuck deepest) and summarise the past; this only checks
+    # small cores. 2. Failing that, find the earliest cut that still fails by
+    # binary search, and summarise that.
+    current = sorted(ops, key=lambda o: o.call)
     summarised: list[Operation] = []
-    for split in reversed(_quiescent_splits(current)):
-        if time.monotonic() > stop:
-            break
-        before, after = current[:split], current[split:]
-        possible = _end_states(before, initial, deadline)
-        core = [op for op in before if _optional(op)] + after
-        if possible and _fails_from_all(core, possible, deadline):
-            current, starts, summarised = core, possible, before
-            break
+    found = None
+    if culprit is not None:
+        found = summarise(sorted(_cut(ops, _deadline_of(culprit)), key=lambda o: o.call))
+    if found is None:
+        times = sorted({op.call for op in ops} | {op.ret for op in ops if op.ret is not None})
+        lo, hi = 0, len(times) - 1
+        while lo <= hi and time.monotonic() < stop:
+            mid = (lo + hi) // 2
+            candidate = _cut(ops, times[mid])
+            if fails(candidate, starts):
+                current, hi = sorted(candidate, key=lambda o: o.call), mid - 1
+            else:
+                lo = mid + 1
+        found = summarise(current)
+    if found is not None:
+        current, starts, summarised = found
 
     # 3. Drop read-like operations while it still fails.
     for op in reversed(list(current)):
@@ -543,7 +602,7 @@ def _minimise(
             break
         if _read_like(op):
             candidate = [o for o in current if o is not op]
-            if _fails_from_all(candidate, starts, deadline):
+            if fails(candidate, starts):
                 current = candidate
     return current, starts, summarised
 
@@ -582,9 +641,11 @@ def check(
         start = initial.get(key)
         ops = sorted(by_key[key], key=lambda o: (o.call, _deadline_of(o)))
         ops = _pin_observed_unknowns(ops, start)
-        if _linearizable(ops, start, deadline):
+        blocker = [-1, -1]
+        if _linearizable(ops, start, deadline, blocker):
             continue
-        small, starts, earlier = _minimise(ops, start, deadline)
+        culprit = ops[blocker[1]] if blocker[1] >= 0 else None
+        small, starts, earlier = _minimise(ops, start, deadline, culprit)
         lines = "\n".join("  " + op.describe() for op in small)
         context_ops = [op for op in earlier if not _read_like(op)][-3:]
         if context_ops:

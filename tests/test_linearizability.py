@@ -13,7 +13,10 @@ import pytest
 from tests.linearizability import (
     CheckTimeoutError,
     Operation,
+    _end_states,
     _linearizable,
+    _optional,
+    _possible_values_after,
     cas,
     check,
     delete,
@@ -352,6 +355,53 @@ def test_agrees_with_brute_force_on_small_random_histories() -> None:
     assert verdicts[True] > 100 and verdicts[False] > 100  # both outcomes exercised
 
 
+def brute_force_end_states(ops: list[Operation]) -> set[bytes | None]:
+    """Every value the key can be left with: any subset of the optional ops
+    takes effect, in any real-time respecting order with valid outputs."""
+    out: set[bytes | None] = set()
+    optional = [op for op in ops if _optional(op)]
+    required = [op for op in ops if not _optional(op)]
+    for mask in range(1 << len(optional)):
+        chosen = required + [op for j, op in enumerate(optional) if mask >> j & 1]
+        rets = [math.inf if op.ret is None else op.ret for op in chosen]
+        for order in itertools.permutations(range(len(chosen))):
+            pos = {i: p for p, i in enumerate(order)}
+            if any(
+                rets[a] < chosen[b].call and pos[a] > pos[b]
+                for a in range(len(chosen))
+                for b in range(len(chosen))
+            ):
+                continue
+            state: bytes | None = None
+            for i in order:
+                ok, state = step(state, chosen[i])
+                if not ok:
+                    break
+            else:
+                out.add(state)
+    return out
+
+
+def test_summaries_of_the_past_cover_every_reachable_value() -> None:
+    # The explanation replaces a prefix by the values it can leave; that is
+    # sound only if no reachable value is missing.
+    rng = random.Random(11)
+    checked = 0
+    for _ in range(800):
+        h = [op for op in random_small_unique_history(rng, rng.randint(1, 4)) if op.kind != "get"]
+        h += [op for op in random_small_unique_history(rng, 2) if op.kind == "get" and op.ret]
+        truth = brute_force_end_states(h)
+        if not truth:
+            continue
+        checked += 1
+        assert truth <= _possible_values_after(h, None), "\n".join(o.describe() for o in h)
+        exact = _end_states(h, None, time.monotonic() + 5)
+        assert exact <= truth
+        anonymous = {op.value for op in h if _optional(op)}
+        assert truth <= exact | anonymous
+    assert checked > 300
+
+
 # -- randomized histories from a sequential model -----------------------------------
 
 
@@ -469,3 +519,34 @@ def test_internal_search_on_sorted_input_directly() -> None:
     ops = [put(1, 0, 1, "k", b"a"), get(2, 0.5, 2, "k", b"a")]
     assert _linearizable(ops, None, time.monotonic() + 5)
     assert not _linearizable([get(2, 0, 1, "k", b"a")], None, time.monotonic() + 5)
+
+
+def _timing_report() -> None:
+    """``python -m tests.test_linearizability``: checker timings on model
+    histories, valid and with one read changed to a value never written."""
+    rows = [(10, 4, 300, 0.05), (16, 8, 200, 0.05), (5, 1, 300, 0.05), (3, 1, 1000, 0.05)]
+    print("clients keys ops unknown%  valid_s  broken_s  core_ops")
+    for clients, keys, per_client, unknown in rows:
+        for seed in range(3):
+            rng = random.Random(seed)
+            history = model_history(rng, clients, per_client, keys, unknown)
+            started = time.perf_counter()
+            ok = check(history).ok
+            valid_s = time.perf_counter() - started
+            reads = [i for i, op in enumerate(history) if op.kind == "get" and op.ret is not None]
+            victim = rng.choice(reads)
+            broken = list(history)
+            o = broken[victim]
+            broken[victim] = get(o.client, o.call, o.ret, o.key, b"never written")
+            started = time.perf_counter()
+            result = check(broken)
+            broken_s = time.perf_counter() - started
+            assert ok and not result.ok
+            print(
+                f"{clients:7} {keys:4} {len(history):4} {unknown * 100:7.0f}"
+                f"  {valid_s:7.3f}  {broken_s:8.3f}  {len(result.ops or []):8}"
+            )
+
+
+if __name__ == "__main__":
+    _timing_report()

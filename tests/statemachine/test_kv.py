@@ -325,3 +325,12 @@ def test_session_limits_are_validated() -> None:
         KVMachine(max_sessions=0)
     with pytest.raises(ValueError):
         KVMachine(session_idle_entries=0)
+
+
+def test_indexes_must_increase() -> None:
+    m = KVMachine()
+    m.apply(5, encode_put("k", b"v"))
+    for bad in (5, 4):
+        with pytest.raises(ValueError, match="after applied index 5"):
+            m.apply(bad, encode_put("k", b"w"))
+    assert m.get("k") == (True, b"v")

@@ -374,3 +374,34 @@ def test_clear() -> None:
     assert len(m) == 0 and m.applied_index == 0 and len(m.sessions) == 0
     with pytest.raises(SnapshotAbortedError):
         job.write_to(io.BytesIO())
+
+
+def test_reads_during_a_restore_in_a_worker_thread_see_old_or_new_state(
+    frequent_thread_switches: None,
+) -> None:
+    old_state = KVMachine()
+    for i in range(1, 3001):
+        old_state.apply(i, encode_put(f"a/{i:05d}", b"old"))
+    new_state = KVMachine()
+    for i in range(1, 3001):
+        new_state.apply(i, encode_put(f"b/{i:05d}", b"new"))
+    data = snapshot_bytes(new_state)
+    m = KVMachine()
+    m.restore(io.BytesIO(snapshot_bytes(old_state)))
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=lambda: m.restore(io.BytesIO(data)))
+    thread.start()
+    seen = set()
+    while thread.is_alive():
+        try:
+            items, _ = m.range(limit=50)
+            first = {v for _, v in items}
+            assert len(first) == 1
+            seen |= first
+            assert m.get("a/00001") in ((True, b"old"), (False, b""))
+        except BaseException as exc:
+            errors.append(exc)
+            break
+    thread.join()
+    assert not errors
+    assert list(m.items()) == list(new_state.items())
