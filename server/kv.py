@@ -14,8 +14,8 @@ network):
 op     array                                   result of apply()
 ====== ======================================= ===============================
 noop   ``[0]``                                 ``None``
-put    ``[1, key, value(, client, seq)]``      ``PutResult(index)``
-delete ``[2, key(, client, seq)]``             ``DeleteResult(deleted)``
+put    ``[1, key, value(, client, seq, fua)]`` ``PutResult(index)``
+delete ``[2, key(, client, seq, fua)]``        ``DeleteResult(deleted)``
 cas    ``[3, key, expected|nil, value(, ...)]`` ``CasResult(swapped, found, current)``
 ====== ======================================= ===============================
 
@@ -37,7 +37,8 @@ The obvious strategy, a shallow ``dict.copy()`` plus a copy of the sorted key
 list taken on the event loop, costs about 140 ms per million keys on this
 machine: a pause of the whole node that grows with the state and at ten million
 keys would outlast an election timeout. So ``snapshot()`` copies nothing but
-the session table (bounded by ``max_sessions``) and installs a *view*:
+the session table (at most ``max_sessions`` clients, each with the replies of
+its writes still unacknowledged: usually one or a few) and installs a *view*:
 
 - the view walks the live keys in sorted order behind a cursor (the last key
   it has emitted);
@@ -70,7 +71,6 @@ import operator
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Iterator
 from itertools import islice
 from typing import Any, NamedTuple
@@ -81,9 +81,14 @@ from sortedcontainers import SortedList
 
 from server.sessions import (
     DEFAULT_IDLE_ENTRIES,
+    DEFAULT_MAX_REPLIES,
     DEFAULT_MAX_SESSIONS,
-    SessionEntry,
+    SessionRecord,
     SessionTable,
+    chunk_records,
+    records_from_plain,
+    records_to_plain,
+    session_error,
     valid_session,
 )
 from server.statemachine import (
@@ -126,10 +131,16 @@ class Op(enum.IntEnum):
 
 
 class Session(NamedTuple):
-    """A write's exactly-once identity: ids and sequences are 1..2**64-1."""
+    """A write's exactly-once identity (server/sessions.py): ids and sequences
+    are 1..2**64-1; ``first_unacked`` is the client's lowest sequence still
+    waiting for a reply, 0..sequence (0: not given, one write at a time)."""
 
     client_id: int
     sequence: int
+    first_unacked: int = 0
+
+
+SessionLike = Session | tuple[int, int] | tuple[int, int, int]
 
 
 class KVCommand(NamedTuple):
@@ -184,29 +195,28 @@ def _check_value(value: object, what: str = "value") -> bytes:
     raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
 
 
-def _with_session(items: list[Any], session: Session | tuple[int, int] | None) -> bytes:
+def _with_session(items: list[Any], session: SessionLike | None) -> bytes:
     if session is not None:
-        client_id, sequence = session
-        if not valid_session(client_id, sequence):
-            raise ValueError(
-                f"session ids must be ints in 1..2**64-1, got client_id={client_id!r}, "
-                f"sequence={sequence!r}"
-            )
-        items.append(client_id)
-        items.append(sequence)
+        if len(session) not in (2, 3) or not valid_session(*session):
+            raise ValueError(session_error(session))
+        items.extend(session)
+        if len(session) == 2:
+            items.append(0)
     try:
         return _TAG + msgpack.packb(items, use_bin_type=True)
     except UnicodeEncodeError as exc:
         raise ValueError(f"key is not valid Unicode text: {exc}") from None
 
 
-def encode_put(key: str, value: bytes, session: Session | tuple[int, int] | None = None) -> bytes:
-    """Entry data for ``put(key, value)``. Raises TypeError/ValueError for bad
-    arguments (empty key, non-bytes value, session ids out of range)."""
+def encode_put(key: str, value: bytes, session: SessionLike | None = None) -> bytes:
+    """Entry data for ``put(key, value)``. ``session`` is ``(client_id,
+    sequence, first_unacked)`` (a pair means first_unacked 0). Raises
+    TypeError/ValueError for bad arguments (empty key, non-bytes value,
+    session ids out of range)."""
     return _with_session([Op.PUT.value, _check_key(key), _check_value(value)], session)
 
 
-def encode_delete(key: str, session: Session | tuple[int, int] | None = None) -> bytes:
+def encode_delete(key: str, session: SessionLike | None = None) -> bytes:
     """Entry data for ``delete(key)``."""
     return _with_session([Op.DELETE.value, _check_key(key)], session)
 
@@ -215,7 +225,7 @@ def encode_cas(
     key: str,
     expected: bytes | None,
     value: bytes,
-    session: Session | tuple[int, int] | None = None,
+    session: SessionLike | None = None,
 ) -> bytes:
     """Entry data for ``cas(key, expected, value)``; ``expected=None`` means
     "only if the key is absent"."""
@@ -228,7 +238,8 @@ def encode_noop() -> bytes:
     return _NOOP
 
 
-# Number of array items per op, without and with a session.
+# Number of array items per op without a session (a session adds three:
+# client_id, sequence, first_unacked).
 _ARITY = {Op.NOOP: 1, Op.PUT: 3, Op.DELETE: 2, Op.CAS: 4}
 _NOOP_COMMAND = KVCommand(Op.NOOP)
 
@@ -252,10 +263,10 @@ def decode_command(data: bytes) -> KVCommand:
         raise BadCommandError(f"unknown key-value operation {items[0]!r}") from None
     arity = _ARITY[op]
     session: Session | None = None
-    if len(items) == arity + 2 and op is not Op.NOOP:
-        if not valid_session(items[-2], items[-1]):
-            raise BadCommandError(f"bad session ids {items[-2]!r}, {items[-1]!r}")
-        session = Session(items[-2], items[-1])
+    if len(items) == arity + 3 and op is not Op.NOOP:
+        if not valid_session(*items[-3:]):
+            raise BadCommandError(f"bad session {items[-3:]!r}")
+        session = Session(*items[-3:])
     elif len(items) != arity:
         raise BadCommandError(f"{op.name.lower()} takes {arity} fields, got {len(items)}")
     if op is Op.NOOP:
@@ -317,7 +328,7 @@ class _View:
 
     __slots__ = ("before", "closed", "cursor", "gone", "index", "sessions")
 
-    def __init__(self, index: int, sessions: OrderedDict[int, SessionEntry]) -> None:
+    def __init__(self, index: int, sessions: list[SessionRecord]) -> None:
         self.index = index
         self.sessions = sessions
         self.cursor: str | None = None
@@ -383,11 +394,11 @@ class _View:
 
 
 _KV_MAGIC = b"RRKV"
-_KV_VERSION = 1
+_KV_VERSION = 2  # 2: sessions keep a floor and many replies per client
 _FRAME_SESSIONS = 1
 _FRAME_DATA = 2
 _FRAME_END = 3
-_SESSIONS_PER_FRAME = 4096
+_SESSIONS_PER_FRAME = 4096  # about this many replies per sessions frame
 _CHUNK_BYTES = 1 << 20
 _MIN_CHUNK_KEYS = 16
 _MAX_CHUNK_KEYS = 4096
@@ -420,18 +431,14 @@ class KVSnapshotJob:
                         "sessions": len(sessions),
                         "max_sessions": machine.sessions.max_sessions,
                         "idle_entries": machine.sessions.idle_entries,
+                        "max_replies": machine.sessions.max_replies,
                     }
                 )
             )
-            entries = [
-                (cid, e.sequence, e.last_index, reply_to_plain(e.reply))
-                for cid, e in sessions.items()
-            ]
-            for start in range(0, len(entries), _SESSIONS_PER_FRAME):
-                chunk = entries[start : start + _SESSIONS_PER_FRAME]
-                frames.frame(msgpack.packb((_FRAME_SESSIONS, chunk), use_bin_type=True))
-            del entries
-            view.sessions = OrderedDict()
+            for chunk in chunk_records(sessions, _SESSIONS_PER_FRAME):
+                plain = records_to_plain(chunk, reply_to_plain)
+                frames.frame(msgpack.packb((_FRAME_SESSIONS, plain), use_bin_type=True))
+            view.sessions = []
             count = 0
             limit = _MIN_CHUNK_KEYS
             lock = machine._lock
@@ -478,10 +485,11 @@ class KVMachine:
         *,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         session_idle_entries: int | None = DEFAULT_IDLE_ENTRIES,
+        session_max_replies: int = DEFAULT_MAX_REPLIES,
     ) -> None:
         self._data: dict[str, bytes] = {}
         self._keys: SortedList[str] = SortedList()
-        self.sessions = SessionTable(max_sessions, session_idle_entries)
+        self.sessions = SessionTable(max_sessions, session_idle_entries, session_max_replies)
         self._applied_index = 0
         # Held by apply() while it mutates and by a snapshot job while it reads
         # one chunk; never held across I/O.
@@ -546,11 +554,12 @@ class KVMachine:
         session = cmd.session
         if session is None:
             return self._execute(index, cmd)
-        verdict = self.sessions.begin(session.client_id, session.sequence, index)
+        client_id, sequence, first_unacked = session
+        verdict = self.sessions.begin(client_id, sequence, first_unacked, index)
         if not verdict.apply:
             return verdict.reply  # type: ignore[return-value]
         result = self._execute(index, cmd)
-        self.sessions.finish(session.client_id, session.sequence, index, result)
+        self.sessions.finish(client_id, sequence, first_unacked, index, result)
         return result
 
     def _execute(self, index: int, cmd: KVCommand) -> KVResult:
@@ -638,18 +647,20 @@ class KVMachine:
         index, n_sessions = header.get("index"), header.get("sessions")
         if type(index) is not int or index < 0 or type(n_sessions) is not int:
             raise SnapshotFormatError(f"bad kv snapshot header {header!r}")
-        if (header.get("max_sessions"), header.get("idle_entries")) != (
+        limits = ("max_sessions", "idle_entries", "max_replies")
+        ours = (
             self.sessions.max_sessions,
             self.sessions.idle_entries,
-        ):
+            self.sessions.max_replies,
+        )
+        theirs = tuple(header.get(name) for name in limits)
+        if theirs != ours:
             log.warning(
                 "snapshot taken with other session limits",
-                snapshot_max_sessions=header.get("max_sessions"),
-                snapshot_idle_entries=header.get("idle_entries"),
-                max_sessions=self.sessions.max_sessions,
-                idle_entries=self.sessions.idle_entries,
+                snapshot=dict(zip(limits, theirs, strict=True)),
+                ours=dict(zip(limits, ours, strict=True)),
             )
-        sessions: list[tuple[int, SessionEntry]] = []
+        sessions: list[SessionRecord] = []
         data: dict[str, bytes] = {}
         ordered: list[str] = []
         last: str | None = None
@@ -665,12 +676,7 @@ class KVMachine:
                 ordered.extend(keys)
             elif kind == _FRAME_SESSIONS and len(frame) == 2:
                 try:
-                    for cid, seq, last_index, reply in frame[1]:
-                        if not valid_session(cid, seq) or type(last_index) is not int:
-                            raise ValueError(f"bad session ids {cid!r} {seq!r}")
-                        sessions.append(
-                            (cid, SessionEntry(seq, last_index, reply_from_plain(reply)))
-                        )
+                    sessions.extend(records_from_plain(frame[1], reply_from_plain))
                 except (TypeError, ValueError, IndexError) as exc:
                     raise SnapshotFormatError(f"bad session record in kv snapshot: {exc}") from None
             elif kind == _FRAME_END and len(frame) == 3:
@@ -684,11 +690,16 @@ class KVMachine:
                 raise SnapshotFormatError(f"unknown kv snapshot frame kind {kind!r}")
         keys_index = SortedList(ordered)  # already sorted: linear time
         del ordered
+        table = self.sessions.empty_like()
+        try:
+            table.load(sessions)
+        except ValueError as exc:
+            raise SnapshotFormatError(f"bad session record in kv snapshot: {exc}") from None
         with self._lock:
+            self.sessions.adopt(table)
             self._drop_view()
             self._data = data
             self._keys = keys_index
-            self.sessions.load(sessions)
             self._applied_index = index
         log.info(
             "kv snapshot restored",

@@ -26,7 +26,15 @@ import structlog
 
 from proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 from server.api import BadRequest, NodeAPI
-from server.kv import CasResult, DeleteResult, KVMachine, encode_cas, encode_delete, encode_put
+from server.kv import (
+    CasResult,
+    DeleteResult,
+    KVMachine,
+    Session,
+    encode_cas,
+    encode_delete,
+    encode_put,
+)
 from server.runtime import InvalidRequest, NotLeader, Overloaded, RaftRuntime, Unavailable
 from server.statemachine import CommandError, ErrorCode
 
@@ -83,15 +91,23 @@ def rpc(name: str) -> Callable[[Handler[R]], Handler[R]]:
     return wrap
 
 
-def _session(request: Any) -> tuple[int, int] | None:
+def _session(request: Any) -> Session | None:
+    """The request's (client_id, sequence, first_unacked), None if unset."""
     if not request.HasField("session"):
         return None
     s = request.session
     if s.client_id == 0 and s.sequence == 0:
+        if s.first_unacked:
+            raise BadRequest("session has first_unacked but no client_id and sequence")
         return None
     if s.client_id == 0 or s.sequence == 0:
         raise BadRequest("session needs both client_id and sequence (both non-zero)")
-    return (s.client_id, s.sequence)
+    if s.first_unacked > s.sequence:
+        raise BadRequest(
+            f"session first_unacked ({s.first_unacked}) must not exceed its sequence "
+            f"({s.sequence}): it is the lowest sequence still waiting for a reply"
+        )
+    return Session(s.client_id, s.sequence, s.first_unacked)
 
 
 def _consistency(value: int) -> bool:
