@@ -126,6 +126,15 @@ def _command_error(result: object) -> None:
         raise BadRequest(str(result))
 
 
+def value_before(result: CasResult, expected: bytes | None) -> bytes:
+    """The key's value before the CAS (proto/kv.proto: ``current``); the
+    machine's result states the value after it. A swap happened only if the
+    old value was ``expected`` (or the key was absent)."""
+    if not result.swapped:
+        return result.current
+    return expected if result.found and expected is not None else b""
+
+
 class _Refused(Exception):
     def __init__(self, error: CommandError) -> None:
         super().__init__(str(error))
@@ -188,7 +197,10 @@ class KVService(kv_pb2_grpc.KVServicer):
         )
         assert isinstance(result, CasResult)
         return kv_pb2.CompareAndSwapResponse(
-            swapped=result.swapped, found=result.found, current=result.current, index=index
+            swapped=result.swapped,
+            found=result.found,
+            current=value_before(result, expected),
+            index=index,
         )
 
     @rpc("Get")

@@ -36,11 +36,15 @@ def test_delete_cas_and_range(cluster: ProcessCluster) -> None:
         page = c.range("a/")
         assert list(page.items) == [("a/1", b"x"), ("a/2", b"y")]
         assert not page.more
-        assert c.cas("a/1", b"x", b"x2").swapped
+        swapped = c.cas("a/1", b"x", b"x2")
+        # current is the value BEFORE the request (proto/kv.proto)
+        assert (swapped.swapped, swapped.found, swapped.current) == (True, True, b"x")
         result = c.cas("a/1", b"wrong", b"x3")
         assert not result.swapped and result.current == b"x2"
-        assert c.cas("new", None, b"created").swapped
-        assert not c.cas("new", None, b"again").swapped
+        created = c.cas("new", None, b"created")
+        assert (created.swapped, created.found, created.current) == (True, False, None)
+        again = c.cas("new", None, b"again")
+        assert (again.swapped, again.found, again.current) == (False, True, b"created")
         assert c.delete("a/2") is True
         assert c.delete("a/2") is False
         assert c.get("a/2") is None
