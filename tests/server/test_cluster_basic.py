@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from tests.server.procs import ProcessCluster
 
 
 @pytest.fixture
-def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
+def cluster(tmp_path: Path) -> Iterator[ProcessCluster]:
     with ProcessCluster(tmp_path) as c:
         c.wait_for_leader()
         yield c
