@@ -77,16 +77,17 @@ class History:
         client: int,
         kind: str,
         key: str,
-        call: Callable[[], Awaitable[Any]],
+        call: Awaitable[Any],
         to_output: Callable[[Any], Any],
         *,
         value: bytes | None = None,
         expected: bytes | None = None,
     ) -> Any:
-        """Run ``call`` and record it; returns its result (None if it failed)."""
+        """Await ``call`` (a coroutine not started yet) and record it; returns
+        its result (None if it failed)."""
         invoked = self.now()
         try:
-            result = await call()
+            result = await call
         except UNKNOWN_OUTCOME as e:
             self.outcomes[f"{kind}:unknown"] += 1
             if kind != "get":
@@ -128,62 +129,65 @@ def _cas_output(value: bytes) -> Callable[[Any], tuple[bool, bool, bytes]]:
     return output
 
 
-async def worker(
-    history: History,
-    client: AsyncClient,
-    worker_id: int,
-    keys: list[str],
-    stop: asyncio.Event,
-    seed: int,
-    known: dict[str, bytes | None],
-    timeout: float = 5.0,
-) -> None:
-    """Random gets, puts, deletes and CASes on ``keys`` until ``stop``."""
-    rng = random.Random(seed * 1000 + worker_id)
-    n = 0
-    while not stop.is_set():
-        n += 1
-        key = rng.choice(keys)
-        roll = rng.random()
-        if roll < 0.3:
+@dataclass
+class Workload:
+    """What the workers share: the history, the clients, the keys."""
 
-            async def get(key: str = key) -> Any:
-                return await client.get_result(key, timeout=timeout)
+    history: History
+    writers: list[AsyncClient]
+    """Multi-endpoint clients, each shared by several workers (pipelining)."""
+    readers: list[AsyncClient]
+    """Clients of one node each (empty: reads go through the writers), so
+    that reads are served by every node, followers included."""
+    keys: list[str]
+    seed: int = 0
+    timeout: float = 5.0
+    short_timeout: float | None = None
+    known: dict[str, bytes | None] = field(default_factory=dict)
 
-            result = await history.record(
-                worker_id, "get", key, get, lambda r: (r.found, r.value or b"")
-            )
-            if result is not None:
-                known[key] = result.value
-        elif roll < 0.6:
-            value = b"w%d-%d" % (worker_id, n)
-
-            async def put(key: str = key, value: bytes = value) -> Any:
-                return await client.put(key, value, timeout=timeout)
-
-            if await history.record(worker_id, "put", key, put, lambda r: None, value=value):
-                known[key] = value
-        elif roll < 0.85:
-            value = b"w%d-%d" % (worker_id, n)
-            expected = known.get(key) if rng.random() < 0.8 else None
-
-            async def swap(
-                key: str = key, value: bytes = value, exp: bytes | None = expected
-            ) -> Any:
-                return await client.cas(key, exp, value, timeout=timeout)
-
-            result = await history.record(
-                worker_id, "cas", key, swap, _cas_output(value), value=value, expected=expected
-            )
-            if result is not None:
-                known[key] = value if result.swapped else result.current
-        else:
-
-            async def delete(key: str = key) -> Any:
-                return await client.delete(key, timeout=timeout)
-
-            if await history.record(worker_id, "delete", key, delete, bool) is not None:
-                known[key] = None
+    async def worker(self, worker_id: int, stop: asyncio.Event) -> None:
+        """Random gets, puts, deletes and CASes until ``stop``. With
+        ``short_timeout``, one operation in five gets that deadline instead
+        (so that some fail during a failover with an unknown outcome)."""
+        history, known = self.history, self.known
+        client = self.writers[worker_id % len(self.writers)]
+        rng = random.Random(self.seed * 1000 + worker_id)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            short = self.short_timeout is not None and rng.random() < 0.2
+            timeout = self.short_timeout if short and self.short_timeout else self.timeout
+            key = rng.choice(self.keys)
+            roll = rng.random()
+            if roll < 0.3:
+                reader = rng.choice(self.readers) if self.readers else client
+                result = await history.record(
+                    worker_id,
+                    "get",
+                    key,
+                    reader.get_result(key, timeout=min(timeout, 1.0) if self.readers else timeout),
+                    lambda r: (r.found, r.value or b""),
+                )
+                if result is not None:
+                    known[key] = result.value
+            elif roll < 0.6:
+                value = b"w%d-%d" % (worker_id, n)
+                put = client.put(key, value, timeout=timeout)
+                if await history.record(worker_id, "put", key, put, lambda r: None, value=value):
+                    known[key] = value
+            elif roll < 0.85:
+                value = b"w%d-%d" % (worker_id, n)
+                expected = known.get(key) if rng.random() < 0.8 else None
+                swap = client.cas(key, expected, value, timeout=timeout)
+                result = await history.record(
+                    worker_id, "cas", key, swap, _cas_output(value), value=value, expected=expected
+                )
+                if result is not None:
+                    known[key] = value if result.swapped else result.current
+            else:
+                delete = client.delete(key, timeout=timeout)
+                if await history.record(worker_id, "delete", key, delete, bool) is not None:
+                    known[key] = None
 
 
 async def run_workload(
@@ -196,25 +200,26 @@ async def run_workload(
     seed: int = 0,
     timeout: float = 5.0,
     attempt_timeout: float | None = 1.0,
+    short_timeout: float | None = None,
+    reads_on_every_node: bool = False,
     history: History | None = None,
 ) -> History:
     """Run ``workers`` random workers over ``clients`` shared AsyncClients
-    until ``stop`` is set; returns the recorded history."""
+    until ``stop`` is set; returns the recorded history. With
+    ``reads_on_every_node``, gets go to a random node each (1 s deadline)."""
     history = history if history is not None else History()
-    keys = keys or ["a", "b", "c"]
-    known: dict[str, bytes | None] = {}
-    opened = [
+    nodes = endpoints.split(",")
+    writers = [
         AsyncClient(endpoints, timeout=timeout, attempt_timeout=attempt_timeout)
         for _ in range(clients)
     ]
+    readers = [AsyncClient(node, timeout=1.0) for node in nodes] if reads_on_every_node else []
+    load = Workload(
+        history, writers, readers, keys or ["a", "b", "c"], seed, timeout, short_timeout
+    )
     try:
-        await asyncio.gather(
-            *(
-                worker(history, opened[w % clients], w, keys, stop, seed, known, timeout)
-                for w in range(workers)
-            )
-        )
+        await asyncio.gather(*(load.worker(w, stop) for w in range(workers)))
     finally:
-        for c in opened:
+        for c in writers + readers:
             await c.close()
     return history
