@@ -15,16 +15,17 @@ op     array                                   result of apply()
 ====== ======================================= ===============================
 noop   ``[0]``                                 ``None``
 put    ``[1, key, value(, client, seq, fua)]`` ``PutResult(index)``
-delete ``[2, key(, client, seq, fua)]``        ``DeleteResult(deleted)``
-cas    ``[3, key, expected|nil, value(, ...)]`` ``CasResult(swapped, found, current)``
+delete ``[2, key(, client, seq, fua)]``        ``DeleteResult(deleted, index)``
+cas    ``[3, key, expected|nil, value(, ...)]`` ``CasResult(swapped, found, current, index)``
 ====== ======================================= ===============================
 
 ``cas`` swaps when the key's value equals ``expected``, or, with ``expected``
 nil, when the key is absent. ``found`` says whether the key existed before the
 command; ``current`` is the key's value after it (the new value when swapped,
-the unchanged value otherwise, ``b""`` when absent). ``PutResult.index`` is the
-index of the entry that wrote the value: for a retried write it is the index of
-the first application, not of the retry.
+the unchanged value otherwise, ``b""`` when absent). ``index`` in every result
+is the index of the entry that was applied: for a retried write (same session)
+it is the index of the first application, not of the retry, because the
+retry's reply is the first application's.
 
 Bytes that do not decode, or decode to something else, give a ``CommandError``
 with ``BAD_COMMAND``; the entry still counts as applied. Size limits on keys
@@ -158,12 +159,16 @@ class PutResult(NamedTuple):
 
 class DeleteResult(NamedTuple):
     deleted: bool
+    # The field shadows tuple.index(); the name is the API's.
+    index: int  # type: ignore[assignment]
 
 
 class CasResult(NamedTuple):
     swapped: bool
     found: bool
     current: bytes
+    # The field shadows tuple.index(); the name is the API's.
+    index: int  # type: ignore[assignment]
 
 
 KVResult = PutResult | DeleteResult | CasResult | CommandError | None
@@ -293,25 +298,37 @@ def reply_to_plain(reply: object) -> tuple[Any, ...]:
     if type(reply) is PutResult:
         return (1, reply.index)
     if type(reply) is DeleteResult:
-        return (2, reply.deleted)
+        return (2, reply.deleted, reply.index)
     if type(reply) is CasResult:
-        return (3, reply.swapped, reply.found, reply.current)
+        return (3, reply.swapped, reply.found, reply.current, reply.index)
     if type(reply) is CommandError:
         return (0, int(reply.code), reply.message)
     raise TypeError(f"unexpected session reply {reply!r}")
 
 
 def reply_from_plain(plain: Any) -> KVResult:
+    """The inverse of reply_to_plain; ValueError for anything else."""
     kind = plain[0]
+    shape: tuple[type, ...]
+    if kind == 1:
+        shape = (int, int)
+    elif kind == 2:
+        shape = (int, bool, int)
+    elif kind == 3:
+        shape = (int, bool, bool, bytes, int)
+    elif kind == 0:
+        shape = (int, int, str)
+    else:
+        raise ValueError(f"unknown reply kind {kind!r}")
+    if len(plain) != len(shape) or any(type(x) is not t for x, t in zip(plain, shape, strict=True)):
+        raise ValueError(f"malformed reply {plain!r}")
     if kind == 1:
         return PutResult(plain[1])
     if kind == 2:
-        return DeleteResult(plain[1])
+        return DeleteResult(plain[1], plain[2])
     if kind == 3:
-        return CasResult(plain[1], plain[2], plain[3])
-    if kind == 0:
-        return CommandError(ErrorCode(plain[1]), plain[2])
-    raise ValueError(f"unknown reply kind {kind!r}")
+        return CasResult(plain[1], plain[2], plain[3], plain[4])
+    return CommandError(ErrorCode(plain[1]), plain[2])
 
 
 # -- the copy-on-write snapshot view -------------------------------------------
@@ -573,15 +590,15 @@ class KVMachine:
             old = data.get(key)
             if op is Op.DELETE:
                 if old is None:
-                    return DeleteResult(False)
+                    return DeleteResult(False, index)
                 self._remove(key, old)
-                return DeleteResult(True)
+                return DeleteResult(True, index)
             if op is Op.CAS:
                 expected = cmd.expected
                 if (old is None) if expected is None else (old == expected):
                     self._set(key, old, cmd.value)
-                    return CasResult(True, old is not None, cmd.value)
-                return CasResult(False, old is not None, b"" if old is None else old)
+                    return CasResult(True, old is not None, cmd.value, index)
+                return CasResult(False, old is not None, b"" if old is None else old, index)
             return None
 
     def _set(self, key: str, old: bytes | None, value: bytes) -> None:

@@ -30,6 +30,7 @@ from server.kv import (
     CasResult,
     DeleteResult,
     KVMachine,
+    PutResult,
     Session,
     encode_cas,
     encode_delete,
@@ -165,10 +166,12 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.limits.check_key(request.key)
         self.limits.check_value(request.value)
         session = _session(request)
-        index, _ = await self._write(
+        _, result = await self._write(
             encode_put(request.key, request.value, session), context, session is not None
         )
-        return kv_pb2.PutResponse(index=index)
+        assert isinstance(result, PutResult)
+        # result.index: the first application's, also when this was a retry
+        return kv_pb2.PutResponse(index=result.index)
 
     @rpc("Delete")
     async def Delete(
@@ -176,11 +179,11 @@ class KVService(kv_pb2_grpc.KVServicer):
     ) -> kv_pb2.DeleteResponse:
         self.limits.check_key(request.key)
         session = _session(request)
-        index, result = await self._write(
+        _, result = await self._write(
             encode_delete(request.key, session), context, session is not None
         )
         assert isinstance(result, DeleteResult)
-        return kv_pb2.DeleteResponse(deleted=result.deleted, index=index)
+        return kv_pb2.DeleteResponse(deleted=result.deleted, index=result.index)
 
     @rpc("CompareAndSwap")
     async def CompareAndSwap(
@@ -192,7 +195,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         if expected is not None:
             self.limits.check_value(expected)
         session = _session(request)
-        index, result = await self._write(
+        _, result = await self._write(
             encode_cas(request.key, expected, request.value, session), context, session is not None
         )
         assert isinstance(result, CasResult)
@@ -200,7 +203,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             swapped=result.swapped,
             found=result.found,
             current=value_before(result, expected),
-            index=index,
+            index=result.index,
         )
 
     @rpc("Get")

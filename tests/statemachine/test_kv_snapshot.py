@@ -60,7 +60,7 @@ def test_round_trip_with_sessions() -> None:
     # sessions survived: retries get the first replies and are not re-applied
     assert r.apply(5, encode_put("a", b"1", (10, 1))) == PutResult(1)
     assert r.get("a") == (False, b"")
-    assert r.apply(6, encode_cas("b", None, b"2", (11, 1))) == CasResult(True, False, b"2")
+    assert r.apply(6, encode_cas("b", None, b"2", (11, 1))) == CasResult(True, False, b"2", 2)
     stale = r.apply(7, encode_put("x", b"", (99, 3)))
     assert isinstance(stale, CommandError) and stale.code is ErrorCode.SESSION_EXPIRED
     # and the restored machine's own snapshot is identical up to what we just did
@@ -353,6 +353,8 @@ def test_well_framed_but_wrong_contents_are_rejected() -> None:
         stream(header, [1, [[5, 3, 1, [[2, [1, 1]]]]]], [3, 0, 1]),  # reply below floor
         stream(header, [1, [[5, 1, 1, [[3, [1, 1]], [2, [1, 1]]]]]], [3, 0, 1]),  # unsorted
         stream(header, [1, [[5, 1, 1, [[1, [9, 1]]]]]], [3, 0, 1]),  # unknown reply kind
+        stream(header, [1, [[5, 1, 1, [[1, [2, 1, 7]]]]]], [3, 0, 1]),  # deleted not a bool
+        stream(header, [1, [[5, 1, 1, [[1, [3, True, True, b"x"]]]]]], [3, 0, 1]),  # short
         stream(header, [1, [[5, 1, 1, [[1, [1, 1]]]], [5, 1, 1, []]]], [3, 0, 2]),  # repeat
         stream(header, [1, [[5, 0, 1, []]]], [3, 0, 1]),  # floor 0
         stream(header, [2, ["a"], [b""]]),  # no trailer
