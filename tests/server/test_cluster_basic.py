@@ -13,9 +13,10 @@ from proto import kv_pb2, kv_pb2_grpc
 from tests.server.procs import ProcessCluster
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[ProcessCluster]:
-    with ProcessCluster(tmp_path) as c:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
+    """One cluster for these tests (none kills a node; their keys differ)."""
+    with ProcessCluster(tmp_path_factory.mktemp("basic")) as c:
         c.wait_for_leader()
         yield c
 
