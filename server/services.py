@@ -8,8 +8,11 @@ Errors (the public contract, proto/kv.proto):
   ``ramraft-leader`` trailing metadata names the leader's address if known);
 - DEADLINE_EXCEEDED: the caller's deadline passed;
 - RESOURCE_EXHAUSTED: too many requests waiting on this node;
-- FAILED_PRECONDITION: a write refused by the state machine (an expired
-  session, a stale sequence number).
+- FAILED_PRECONDITION: a write refused by the state machine, NOT applied;
+  the message starts with the reason's name: ``SESSION_EXPIRED`` (the
+  cluster forgot the client's session: start a new one) or
+  ``STALE_SEQUENCE`` (the sequence is below the session's first_unacked).
+  Clients match on that prefix (client/_core.py session_expired).
 A write that fails with UNAVAILABLE or DEADLINE_EXCEEDED may or may not have
 been applied: retry it with the same session to make sure it is applied once.
 """
