@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -139,11 +140,16 @@ def test_sigterm_of_the_leader_hands_over_without_failing_a_write(tmp_path: Path
 
 @pytest.mark.parametrize("writes", [200])
 def test_pipelined_writes_of_one_client_are_all_applied_once(tmp_path: Path, writes: int) -> None:
-    """One AsyncClient with many writes in flight under one client id: none
-    is refused (first_unacked lets the servers keep every reply they may
-    still need), every key holds its value."""
+    """One AsyncClient, then one sync Client shared by threads, with many
+    writes in flight under one client id: none is refused (first_unacked
+    lets the servers keep every reply they may still need), every key holds
+    its value."""
     with ProcessCluster(tmp_path) as cluster:
         cluster.wait_for_leader()
+        with cluster.client() as c, ThreadPoolExecutor(8) as pool:
+            indexes = list(pool.map(lambda i: c.put(f"t{i}", b"%d" % i), range(writes)))
+            assert c._sessions.in_flight == 0
+        assert len(set(indexes)) == writes
 
         async def scenario() -> list[int]:
             async with AsyncClient(cluster.endpoints(), timeout=10.0) as c:
