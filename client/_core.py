@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import grpc
 
@@ -132,51 +132,108 @@ class RangePage:
 # -- sessions ------------------------------------------------------------------
 
 
+class _Epoch:
+    """One client id and the numbering of its writes."""
+
+    __slots__ = ("client_id", "done", "in_flight", "last")
+
+    def __init__(self, client_id: int) -> None:
+        self.client_id = client_id
+        self.last = 0
+        # Sequences in increasing order; finished ones are dropped from the
+        # front lazily, so the front is the lowest still in flight.
+        self.in_flight: collections.deque[int] = collections.deque()
+        self.done: set[int] = set()
+
+
+class Ticket(NamedTuple):
+    """One write's session identity: its client id (epoch) and sequence."""
+
+    epoch: _Epoch
+    sequence: int
+
+
+SESSION_EXPIRED: Final = "SESSION_EXPIRED"
+
+
+def session_expired(error: RamraftError) -> bool:
+    """The cluster forgot this client's session (FAILED_PRECONDITION whose
+    message starts with the state machine's error code, server/services.py)."""
+    return error.code == grpc.StatusCode.FAILED_PRECONDITION and error.details.startswith(
+        SESSION_EXPIRED
+    )
+
+
+def _random_client_id() -> int:
+    client_id = 0
+    while client_id == 0:
+        client_id = secrets.randbits(64)
+    return client_id
+
+
 class SessionTracker:
     """Numbers this client's writes. The id is random and non-zero; sequence
     numbers start at 1. ``first_unacked`` is the lowest sequence still in
     flight, so that the cluster knows which replies it may forget while
-    several writes are outstanding. Thread-safe."""
+    several writes are outstanding. Thread-safe.
+
+    If the cluster forgets the session (it expired: idle too long, or pushed
+    out by many newer clients), every later write would be refused; ``renew``
+    starts a new session (a new random id, sequences from 1). Writes begun
+    under the old id keep it."""
 
     def __init__(self, client_id: int | None = None) -> None:
         if client_id is None:
-            client_id = 0
-            while client_id == 0:
-                client_id = secrets.randbits(64)
+            client_id = _random_client_id()
         if not 0 < client_id < 2**64:
             raise ValueError("client_id must be a non-zero unsigned 64-bit integer")
-        self.client_id: Final = client_id
-        self._last = 0
-        # Sequences in increasing order; finished ones are dropped from the
-        # front lazily, so the front is the lowest still in flight.
-        self._in_flight: collections.deque[int] = collections.deque()
-        self._done: set[int] = set()
+        self._epoch = _Epoch(client_id)
+        self._open = 0
         self._lock = threading.Lock()
 
-    def begin(self) -> int:
-        with self._lock:
-            self._last += 1
-            self._in_flight.append(self._last)
-            return self._last
+    @property
+    def client_id(self) -> int:
+        """The id new writes are sent with."""
+        return self._epoch.client_id
 
-    def session(self, sequence: int) -> kv_pb2.Session:
-        """The Session for an attempt of write ``sequence`` (built for each
-        attempt: first_unacked may have moved up in between)."""
+    def begin(self) -> Ticket:
         with self._lock:
-            first = self._in_flight[0] if self._in_flight else sequence
-        return kv_pb2.Session(client_id=self.client_id, sequence=sequence, first_unacked=first)
+            epoch = self._epoch
+            epoch.last += 1
+            epoch.in_flight.append(epoch.last)
+            self._open += 1
+            return Ticket(epoch, epoch.last)
 
-    def end(self, sequence: int) -> None:
+    def session(self, ticket: Ticket) -> kv_pb2.Session:
+        """The Session for an attempt of the write (built for each attempt:
+        first_unacked may have moved up in between)."""
+        epoch, sequence = ticket
+        with self._lock:
+            first = epoch.in_flight[0] if epoch.in_flight else sequence
+        return kv_pb2.Session(client_id=epoch.client_id, sequence=sequence, first_unacked=first)
+
+    def end(self, ticket: Ticket) -> None:
         """The write got its final answer, or the client gave up on it."""
+        epoch, sequence = ticket
         with self._lock:
-            self._done.add(sequence)
-            while self._in_flight and self._in_flight[0] in self._done:
-                self._done.discard(self._in_flight.popleft())
+            if sequence in epoch.done or not epoch.in_flight or sequence < epoch.in_flight[0]:
+                return  # ended already (what is below the front has ended)
+            epoch.done.add(sequence)
+            self._open -= 1
+            while epoch.in_flight and epoch.in_flight[0] in epoch.done:
+                epoch.done.discard(epoch.in_flight.popleft())
+
+    def renew(self, expired: Ticket) -> None:
+        """The cluster said the session of ``expired`` is gone: new writes get
+        a new id (once per expired id, however many writes report it)."""
+        with self._lock:
+            if expired.epoch is self._epoch:
+                self._epoch = _Epoch(_random_client_id())
 
     @property
     def in_flight(self) -> int:
         with self._lock:
-            return len(self._in_flight) - len(self._done)
+            return self._open
 
 
 # -- endpoints and retries -------------------------------------------------------

@@ -21,7 +21,9 @@ from client._core import (
     RangePage,
     RetryPolicy,
     SessionTracker,
+    Ticket,
 )
+from client.errors import FailedPrecondition
 from proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 __all__ = ["Client"]
@@ -263,11 +265,36 @@ class Client:
         request: Any,
         timeout: float | None,
     ) -> Resp:
-        sequence = self._sessions.begin()
+        total = self.timeout if timeout is None else _core.check_timeout(timeout)
+        deadline = time.monotonic() + total
+        ticket = self._sessions.begin()
         try:
-            return self._call(method, rpc, request, timeout, session=sequence)
+            return self._call(method, rpc, request, total, session=ticket)
+        except FailedPrecondition as error:
+            if not _core.session_expired(error):
+                raise
+            # The cluster forgot our session: later writes need a new one.
+            self._sessions.renew(ticket)
+            left = deadline - time.monotonic()
+            if error.attempts != 1 or left <= 0.001:
+                # An earlier attempt of this write may have been applied
+                # before the session expired: resending could apply it twice.
+                raise FailedPrecondition(
+                    f"{method}: the cluster forgot this client's session while the write "
+                    "was being retried; it may or may not have been applied (new writes "
+                    "use a new session)",
+                    code=error.code,
+                    details=error.details,
+                    endpoint=error.endpoint,
+                    attempts=error.attempts,
+                ) from error
+            # Its only attempt was refused, so it was not applied: send it
+            # once more under the new session.
+            self._sessions.end(ticket)
+            ticket = self._sessions.begin()
+            return self._call(method, rpc, request, left, session=ticket)
         finally:
-            self._sessions.end(sequence)
+            self._sessions.end(ticket)
 
     def _call(
         self,
@@ -277,7 +304,7 @@ class Client:
         timeout: float | None,
         endpoint: str | None = None,
         *,
-        session: int | None = None,
+        session: Ticket | None = None,
     ) -> Resp:
         if endpoint is not None:
             (endpoint,) = _core.parse_endpoints([endpoint])
@@ -306,7 +333,7 @@ class Client:
                     code=str(getattr(error, "code", lambda: None)()),
                     attempt=attempts.attempts,
                     pause=round(pause, 3),
-                    sequence=session,
+                    sequence=session.sequence if session is not None else None,
                 )
                 if pause > 0:
                     time.sleep(pause)

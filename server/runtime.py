@@ -312,6 +312,19 @@ class RaftRuntime:
                 continue
         return self.leader
 
+    async def wait_for_new_leader(self, old: str, timeout: float) -> bool:
+        """Wait until a leader other than ``old`` is known, at most
+        ``timeout`` seconds; returns whether one is."""
+        deadline = time.monotonic() + timeout
+        while not (self.leader and self.leader != old):
+            self._leader_event.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._leader_event.wait(), remaining)
+        return True
+
     async def wait_applied(self, index: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while self.machine.applied_index < index:

@@ -77,11 +77,13 @@ class ErrorCode(enum.IntEnum):
     BAD_COMMAND = 1
     """The entry's bytes are not a valid command for this machine."""
     SESSION_EXPIRED = 2
-    """The client's session is unknown (expired, or never opened with
-    sequence 1). The command was NOT applied; start a new session."""
+    """The client's session is unknown (expired) and the client has had
+    replies before (first_unacked > 1), so a retry could not be recognised.
+    The command was NOT applied; start a new session."""
     STALE_SEQUENCE = 3
-    """The sequence is older than the client's last applied one: a duplicate
-    whose reply is no longer kept. The command was NOT applied now."""
+    """The sequence is below the client's first unacknowledged one and its
+    reply is not kept (a duplicate of an answered write, or a write the client
+    abandoned). The command was NOT applied now."""
     UNKNOWN_COMMAND = 4
     """An embedded-model call names a command the model does not have."""
     COMMAND_FAILED = 5
