@@ -54,6 +54,7 @@ from server.hosting import CONTEXT, AppContext, SessionPool, write_with_session
 from server.kv import CasResult, DeleteResult, PutResult, encode_cas, encode_delete, encode_put
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.runtime import InvalidRequest, NotLeader, Overloaded, Unavailable
+from server.services import value_before
 from server.sessions import valid_session
 from server.statemachine import CommandError, ErrorCode
 from server.status_page import render_status_page
@@ -334,7 +335,10 @@ class KVRoutes:
             self.limits.check_value(expected)
         index, result = await self._write(request, lambda s: encode_cas(key, expected, value, s))
         assert isinstance(result, CasResult)
-        current = _encode_value(result.current)
+        # The same answer as the gRPC API: the value before the swap, and the
+        # index of the write's first application (a retry returns that one).
+        current = _encode_value(value_before(result, expected))
+        index = result.index
         return web.json_response(
             {
                 "key": key,

@@ -64,7 +64,11 @@ def test_async_client_renews_once_for_many_refused_writes(server: FakeServer) ->
 
     async def main() -> int:
         async with AsyncClient(server.address, client_id=7, timeout=3) as c:
-            server.node.fail_next(4, grpc.StatusCode.FAILED_PRECONDITION, details=EXPIRED)
+            # Only the old id is refused: however the four writes interleave
+            # with the renewal, each is refused at most once.
+            server.node.fail_next(
+                4, grpc.StatusCode.FAILED_PRECONDITION, details=EXPIRED, client_id=7
+            )
             await asyncio.gather(*(c.put(f"k{i}", b"v") for i in range(4)))
             assert c._sessions.in_flight == 0
             return c.client_id

@@ -33,8 +33,8 @@ from server.status_page import render_status_page
     [
         None,
         PutResult(7),
-        DeleteResult(True),
-        CasResult(False, True, b"\x00cur"),
+        DeleteResult(True, 9),
+        CasResult(False, True, b"\x00cur", 11),
         CommandError(ErrorCode.COMMAND_FAILED, "Board.add: ValueError: no"),
         3,
         "text",

@@ -93,11 +93,13 @@ def test_delete_range_and_cas(kv_cluster: ProcessCluster) -> None:
             {"Content-Type": "application/json"},
         )
 
+    # "current" is the value before the request, as in the gRPC API.
     first = cas({"value": "a", "expected": None}).json()
-    assert first["swapped"] and not first["found"] and first["current"] == "a"
+    assert first["swapped"] and not first["found"] and first["current"] == ""
     again = cas({"value": "b", "expected": None}).json()
     assert not again["swapped"] and again["found"] and again["current"] == "a"
-    assert cas({"value": "b", "expected": "a"}).json()["swapped"]
+    swapped = cas({"value": "b", "expected": "a"}).json()
+    assert swapped["swapped"] and swapped["current"] == "a"
 
 
 def test_client_sessions_make_a_retried_write_apply_once(kv_cluster: ProcessCluster) -> None:
