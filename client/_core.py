@@ -11,7 +11,11 @@ Retry rules, for every call:
   address the next endpoint to try, without pausing.
 - With ``attempt_timeout``, an attempt that times out while the overall
   deadline has time left counts as UNAVAILABLE (a hung or paused node).
-- Any other error is final and maps to an exception in client.errors.
+- RESOURCE_EXHAUSTED (a node over its in-flight limits; the request was
+  refused before anything was proposed) moves to the next endpoint after a
+  back-off pause; a request over the server's message size is final.
+- Any other error is final and maps to an exception in client.errors
+  (UNAUTHENTICATED and PERMISSION_DENIED included: retrying cannot help).
 - A write carries the same Session (client id, sequence) on every attempt,
   so the cluster applies it at most once.
 """
@@ -19,6 +23,7 @@ Retry rules, for every call:
 from __future__ import annotations
 
 import collections
+import os
 import random
 import re
 import secrets
@@ -30,7 +35,13 @@ from typing import Final, NamedTuple
 
 import grpc
 
-from client.errors import DeadlineExceeded, RamraftError, Unavailable, error_for_status
+from client.errors import (
+    DeadlineExceeded,
+    RamraftError,
+    ResourceExhausted,
+    Unavailable,
+    error_for_status,
+)
 from proto import kv_pb2
 
 DEFAULT_TIMEOUT: Final = 5.0
@@ -102,6 +113,63 @@ def to_value(value: bytes | str, name: str = "value") -> bytes:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     raise TypeError(f"{name} must be bytes or str, not {type(value).__name__}")
+
+
+# -- security -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TLSOptions:
+    """TLS for the client's connections. ``ca``: PEM certificates that may
+    sign the nodes' certificates (None: the system's trusted roots);
+    ``cert``/``key``: a client certificate and its key, for nodes that
+    require one; ``server_name``: the name to check the nodes' certificates
+    against instead of each endpoint's host."""
+
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs its key, and a key its certificate")
+
+    @classmethod
+    def from_files(
+        cls,
+        ca: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        server_name: str | None = None,
+    ) -> TLSOptions:
+        def read(path: str | os.PathLike[str] | None) -> bytes | None:
+            if path is None or path == "":
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+
+        return cls(read(ca), read(cert), read(key), server_name or None)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
+
+    def channel_options(self) -> tuple[tuple[str, str | int], ...]:
+        if self.server_name:
+            return (*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", self.server_name))
+        return CHANNEL_OPTIONS
+
+
+def token_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    """The call metadata that carries ``token`` (None: send none)."""
+    if token is None:
+        return None
+    if not isinstance(token, str):
+        raise TypeError(f"token must be str, not {type(token).__name__}")
+    token = token.strip()
+    if not token or any(c.isspace() or not c.isprintable() for c in token):
+        raise ValueError("token must be one word of printable characters")
+    return (("authorization", f"Bearer {token}"),)
 
 
 # -- results ------------------------------------------------------------------
@@ -381,12 +449,21 @@ class CallAttempts:
         when the error is not worth retrying or no time is left."""
         self._last_error, self._last_endpoint = error, endpoint
         code = _code(error)
-        retry = code == grpc.StatusCode.UNAVAILABLE or (
-            code == grpc.StatusCode.DEADLINE_EXCEEDED and self.remaining() > 0.001
+        details = (_details(error) or "").lower()
+        overloaded = code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" not in details
+        retry = (
+            code == grpc.StatusCode.UNAVAILABLE
+            or (code == grpc.StatusCode.DEADLINE_EXCEEDED and self.remaining() > 0.001)
+            or overloaded
         )
         if not retry or self._pinned is not None:
             raise self._error(error, endpoint)
-        details = (_details(error) or "").lower()
+        if overloaded:
+            # Refused before anything was proposed: safe to send again, after a pause.
+            self._ring.failed(endpoint, connection=False)
+            pause = self._policy.pause(self._round, self._rng)
+            self._round += 1
+            return max(0.0, min(pause, self.remaining() - 0.001))
         connection = any(s in details for s in _CONNECTION_FAILURE)
         hint = leader_hint(_metadata(error, "trailing"), _metadata(error, "initial"))
         self._ring.failed(endpoint, connection=connection)
@@ -422,9 +499,11 @@ class CallAttempts:
             if error is not None
             else ""
         )
-        cls: type[RamraftError] = (
-            Unavailable if code == grpc.StatusCode.UNAVAILABLE else DeadlineExceeded
-        )
+        cls: type[RamraftError] = DeadlineExceeded
+        if code == grpc.StatusCode.UNAVAILABLE:
+            cls = Unavailable
+        elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            cls = ResourceExhausted
         what = "no node could serve it" if cls is Unavailable else "deadline exceeded"
         return cls(
             f"{self._method}: {what} within {self._timeout:g}s ({tried}){last}",

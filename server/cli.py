@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server.config import ConfigError, Limits, NodeConfig, parse_address, parse_peers
+from server.config import ConfigError, Limits, NodeConfig, TLSConfig, parse_address, parse_peers
 
 if TYPE_CHECKING:
     from server.hosting import Application
@@ -32,6 +32,23 @@ examples:
 The node's gRPC address is its own entry in --peers unless --listen overrides
 the bind address. With --peer-listen, peers talk on that separate port and
 --peers lists peer addresses.
+
+security (off by default; on in k8s/):
+  --tls-cert/--tls-key/--tls-ca turn TLS on for every port (make the files with
+  `ramraft certs`). Peers always use mutual TLS: a peer must present a
+  certificate from the CA whose ramraft-node:<id> identity is a member, and
+  every message it sends must carry that id as its sender. Without
+  --peer-listen the client port carries the peer protocol too, and then every
+  caller must present a certificate from the CA. The files are re-read when
+  they change on disk; new connections use the new certificate.
+  --auth-tokens FILE requires a bearer token (roles read, write, admin; see
+  `ramraft tokens`) on the gRPC and HTTP ports; health checks stay open.
+
+limits (excess requests get RESOURCE_EXHAUSTED / HTTP 429 at once; memory is
+bounded by about --max-inflight x --max-request-bytes plus the data):
+  --max-key-bytes, --max-value-bytes, --max-request-bytes, --max-http-body-bytes,
+  --max-inflight, --max-inflight-per-connection, --max-connections,
+  --max-pending-requests, --max-range-page, --snapshot-chunk-bytes
 """
 
 
@@ -126,8 +143,92 @@ def add_node_parser(sub: Any) -> None:
         default=_env_int("RETAIN_ENTRIES", 5_000),
         help="log entries kept behind a snapshot for slow followers (default 5000)",
     )
-    p.add_argument("--max-key-bytes", type=int, default=_env_int("MAX_KEY_BYTES", 1024))
-    p.add_argument("--max-value-bytes", type=int, default=_env_int("MAX_VALUE_BYTES", 1 << 20))
+    tls = p.add_argument_group("TLS and authentication")
+    tls.add_argument(
+        "--tls-cert",
+        default=_env("TLS_CERT"),
+        help="this node's certificate (PEM; env RAMRAFT_TLS_CERT); with --tls-key and "
+        "--tls-ca turns TLS on for every port",
+    )
+    tls.add_argument("--tls-key", default=_env("TLS_KEY"), help="its key (env RAMRAFT_TLS_KEY)")
+    tls.add_argument(
+        "--tls-ca",
+        default=_env("TLS_CA"),
+        help="the cluster CA that signs peers' and clients' certificates (env RAMRAFT_TLS_CA)",
+    )
+    tls.add_argument(
+        "--tls-client-auth",
+        choices=("none", "require"),
+        default=_env("TLS_CLIENT_AUTH", "none"),
+        help="require a client certificate from the CA on the client gRPC and HTTP ports "
+        "(default none; env RAMRAFT_TLS_CLIENT_AUTH)",
+    )
+    tls.add_argument(
+        "--auth-tokens",
+        default=_env("AUTH_TOKENS"),
+        help="token file (lines: ROLE NAME TOKEN): clients must send a token "
+        "(env RAMRAFT_AUTH_TOKENS)",
+    )
+    tls.add_argument(
+        "--peer-id-pattern",
+        default=_env("PEER_ID_PATTERN"),
+        help="node ids accepted as peers besides the known members, fnmatch patterns, "
+        "comma-separated, e.g. 'ramraft-*' (env RAMRAFT_PEER_ID_PATTERN)",
+    )
+    tls.add_argument(
+        "--health-listen",
+        default=_env("HEALTH_LISTEN"),
+        help="a plaintext gRPC port serving only grpc.health.v1, for probes that speak no TLS "
+        "(env RAMRAFT_HEALTH_LISTEN)",
+    )
+    lim = p.add_argument_group("limits")
+    d = Limits()
+
+    def limit(flag: str, default: int, text: str) -> None:
+        env = flag.upper().replace("-", "_")
+        lim.add_argument(
+            f"--{flag}",
+            type=int,
+            default=_env_int(env, default),
+            metavar="N",
+            help=f"{text} (default {default}; env RAMRAFT_{env})",
+        )
+
+    limit("max-key-bytes", d.max_key_bytes, "longest key, in UTF-8 bytes")
+    limit("max-value-bytes", d.max_value_bytes, "longest value")
+    limit(
+        "max-request-bytes",
+        d.max_request_bytes,
+        "largest gRPC request on the client port; 0: max(4 MiB, value + key + 64 KiB). "
+        "Without --peer-listen the port also carries peer messages and accepts 64 MiB",
+    )
+    limit(
+        "max-http-body-bytes",
+        d.max_http_body_bytes,
+        "largest HTTP request body; 0: room for the largest value as base64 JSON",
+    )
+    limit(
+        "max-inflight",
+        d.max_inflight,
+        "client requests served at once, gRPC and HTTP together; more are refused at once",
+    )
+    limit(
+        "max-inflight-per-connection",
+        d.max_inflight_per_connection,
+        "client requests served at once on one connection",
+    )
+    limit("max-connections", d.max_connections, "open client connections per port")
+    limit(
+        "max-pending-requests",
+        d.max_pending_requests,
+        "writes and reads waiting inside the node (including forwarded ones)",
+    )
+    limit("max-range-page", d.max_range_limit, "most items in one Range page")
+    limit(
+        "snapshot-chunk-bytes",
+        d.snapshot_chunk_bytes,
+        "data bytes per InstallSnapshot chunk this node sends",
+    )
     p.add_argument(
         "--no-fsync",
         action="store_true",
@@ -160,7 +261,24 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         retain_entries=args.retain_entries,
         join=args.join,
         fsync=not args.no_fsync,
-        limits=Limits(max_key_bytes=args.max_key_bytes, max_value_bytes=args.max_value_bytes),
+        limits=Limits(
+            max_key_bytes=args.max_key_bytes,
+            max_value_bytes=args.max_value_bytes,
+            max_range_limit=args.max_range_page,
+            max_pending_requests=args.max_pending_requests,
+            max_request_bytes=args.max_request_bytes,
+            max_http_body_bytes=args.max_http_body_bytes,
+            max_inflight=args.max_inflight,
+            max_inflight_per_connection=args.max_inflight_per_connection,
+            max_connections=args.max_connections,
+            snapshot_chunk_bytes=args.snapshot_chunk_bytes,
+        ),
+        tls=TLSConfig(
+            cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca, client_auth=args.tls_client_auth
+        ),
+        auth_tokens=args.auth_tokens,
+        peer_id_pattern=args.peer_id_pattern,
+        health_listen=args.health_listen,
     )
     config.validate()
     return config
@@ -180,6 +298,7 @@ def load_app_from_args(args: argparse.Namespace) -> Application | None:
 
 
 def run_node(args: argparse.Namespace) -> int:
+    from server.auth import AuthConfigError
     from server.hosting import AppLoadError
     from server.logs import configure_logging
     from server.node import Node
@@ -195,7 +314,12 @@ def run_node(args: argparse.Namespace) -> int:
         print(f"ramraft node: {e}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(Node(config, app=app).run_until_signalled())
+        node = Node(config, app=app)
+    except (ConfigError, AuthConfigError) as e:
+        print(f"ramraft node: {e}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(node.run_until_signalled())
     except (StorageError, OSError) as e:
         print(f"ramraft node: {e}", file=sys.stderr)
         return 1
@@ -325,7 +449,7 @@ def register(sub: Any) -> None:
     # Subcommands that live in modules of their own (each defines register()).
     import importlib
 
-    for name in ("server.bench", "server.chaos", "server.certs"):
+    for name in ("server.bench", "server.chaos", "server.certs", "server.auth"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:

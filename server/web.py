@@ -23,8 +23,18 @@ server process -- and awaits the same in-process calls as the gRPC servicers
 ``/app/...``
     The pages of an application model (``--app``, server/hosting.py).
 
+With ``--auth-tokens`` every route but /healthz and /readyz needs a token
+(server/auth.py): ``Authorization: Bearer TOKEN``, or HTTP Basic with the
+token as the password (browsers ask for it on the status page). Reads need
+the read role, PUT/DELETE/POST the write role. With TLS the port serves
+HTTPS (a client certificate is required with ``--tls-client-auth
+require``). At most ``--max-connections`` connections are open at once
+(more are closed at once), and requests count towards the node's
+``--max-inflight`` (429 beyond it).
+
 Errors from ``/v1/`` routes are JSON: ``{"error": CODE, "detail": TEXT}``
-with CODE one of ``invalid_argument`` (400), ``not_found`` (404),
+with CODE one of ``invalid_argument`` (400), ``unauthenticated`` (401),
+``permission_denied`` (403), ``not_found`` (404),
 ``method_not_allowed`` (405), ``failed_precondition`` (409, a session's
 write refused), ``payload_too_large`` (413), ``unsupported_media_type``
 (415), ``overloaded`` (429), ``unavailable`` (503, with ``leader`` and
@@ -34,6 +44,7 @@ leader's gRPC address) and ``deadline_exceeded`` (504).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -48,6 +59,7 @@ from aiohttp import web
 
 from proto import admin_pb2, admin_pb2_grpc
 from server.api import BadRequest
+from server.auth import Principal, bearer_token, http_required_role
 from server.config import parse_address
 from server.embed import CommandFailedError, NotPlainDataError
 from server.hosting import CONTEXT, AppContext, SessionPool, write_with_session
@@ -106,6 +118,8 @@ def bad_request(detail: str) -> HttpError:
 
 _HTTP_ERROR_CODES = {
     400: "invalid_argument",
+    401: "unauthenticated",
+    403: "permission_denied",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
@@ -380,13 +394,62 @@ class KVRoutes:
 # ---- the server -----------------------------------------------------------------------------
 
 
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, counted while it is open; over
+    --max-connections, the connection is closed as soon as it is made (with
+    TLS: after the handshake, which ``ssl_handshake_timeout`` bounds)."""
+
+    def __init__(self, inner: Any, tier: WebTier) -> None:
+        self.inner = inner
+        self.tier = tier
+        self.counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tier = self.tier
+        if tier.connections >= tier.max_connections:
+            tier.refused_connections += 1
+            tier.node.refusals.warning(
+                "http_connection_refused", open=tier.connections, limit=tier.max_connections
+            )
+            transport.close()
+            return
+        self.counted = True
+        tier.connections += 1
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.counted:
+            self.counted = False
+            self.tier.connections -= 1
+            self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.counted:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if not self.counted:
+            return None
+        result: bool | None = self.inner.eof_received()
+        return result
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
 class WebTier:
     def __init__(self, node: Node) -> None:
         self.node = node
         limits = node.config.limits
-        # Room for a value of the maximum size sent as base64 JSON.
-        max_body = limits.max_value_bytes * 4 // 3 + 64 * 1024
+        # Default: room for a value of the maximum size sent as base64 JSON.
+        max_body = limits.http_body_bytes()
         self.max_body = max_body
+        self.max_connections = limits.max_connections
+        self.connections = 0  # open (TLS: handshake done)
+        self.refused_connections = 0
         self.app = web.Application(client_max_size=max_body, middlewares=[self._middleware])
         self.kv = KVRoutes(node)
         router = self.app.router
@@ -413,6 +476,7 @@ class WebTier:
                 hosted.app.setup(sub)
             self.app.add_subapp(APP_PREFIX, sub)
         self.runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         self.address = ""
         # (when, leader address, its members' progress or why it failed)
         self._leader_view: tuple[float, str, dict[str, dict[str, Any]] | str] | None = None
@@ -422,14 +486,31 @@ class WebTier:
         host, port = parse_address(address, "--http")
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port)
+        tls = self.node.tls
+        ssl_context = tls.ssl_context() if tls is not None else None
+        server = self.runner.server
+        assert server is not None
+
+        def protocol() -> asyncio.BaseProtocol:
+            return _Counted(server(), self)
+
+        loop = asyncio.get_running_loop()
         try:
-            await site.start()
+            self._listener = await loop.create_server(
+                protocol,
+                host,
+                port,
+                ssl=ssl_context,
+                ssl_handshake_timeout=10.0 if ssl_context is not None else None,
+                reuse_address=True,
+            )
         except OSError as e:
             raise OSError(f"--http {address}: cannot listen: {e.strerror or e}") from e
         self.address = address
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         if self.runner is not None:
             await self.runner.cleanup()
         for channel in self._channels.values():
@@ -458,8 +539,69 @@ class WebTier:
                 "http", name, str(status), time.perf_counter() - started
             )
 
+    def _authorize(self, request: web.Request) -> None:
+        """Raise 401/403 unless the request's token has the role it needs."""
+        tokens = self.node.tokens
+        required = http_required_role(request.method, request.path)
+        if tokens is None or required is None:
+            return
+        api_route = request.path.startswith("/v1/")
+        scheme = "Bearer" if api_route else "Basic"  # Basic: a browser asks for the token
+        challenge = {"WWW-Authenticate": f'{scheme} realm="ramraft"'}
+        token = bearer_token(request.headers.get("Authorization"))
+        principal: Principal | None = tokens.authenticate(token) if token is not None else None
+        if principal is None:
+            reason = "the token is not valid" if token is not None else "missing credentials"
+            self._log_refusal(request, "UNAUTHENTICATED", None, reason)
+            raise HttpError(
+                401,
+                "unauthenticated",
+                f"{reason}: send 'Authorization: Bearer TOKEN'",
+                headers=challenge,
+            )
+        if principal.role < required:
+            reason = (
+                f"{principal.name} has the {principal.role.label} role; "
+                f"{request.method} {request.path} needs {required.label}"
+            )
+            self._log_refusal(request, "PERMISSION_DENIED", principal.name, reason)
+            raise HttpError(403, "permission_denied", reason)
+
+    def _log_refusal(self, request: web.Request, code: str, who: str | None, reason: str) -> None:
+        self.node.refusals.warning(
+            "request_refused",
+            code=code,
+            method=f"HTTP {request.method} {request.path[:200]}",
+            who=who,
+            peer=request.remote,
+            reason=reason,
+        )
+
     async def _handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         api_route = request.path.startswith("/v1/")
+        try:
+            self._authorize(request)
+        except HttpError as e:
+            return self._error_response(e, api_route, request)
+        if request.path in ("/healthz", "/readyz"):
+            return await self._serve(request, handler, api_route)
+        connection = f"http:{id(request.transport)}"
+        refused = self.node.limiter.enter(connection)
+        if refused is not None:
+            self.node.refusals.warning(
+                "request_refused", code="RESOURCE_EXHAUSTED", method=request.path[:200],
+                peer=request.remote,
+            )  # fmt: skip
+            error = HttpError(429, "overloaded", refused, headers={"Retry-After": "1"})
+            return self._error_response(error, api_route, request)
+        try:
+            return await self._serve(request, handler, api_route)
+        finally:
+            self.node.limiter.leave(connection)
+
+    async def _serve(
+        self, request: web.Request, handler: Handler, api_route: bool
+    ) -> web.StreamResponse:
         try:
             return await handler(request)
         except HttpError as e:
@@ -485,6 +627,11 @@ class WebTier:
             error = HttpError(504, "deadline_exceeded", str(e) or "the request's deadline passed")
         except CommandFailedError as e:
             error = HttpError(409, "command_failed", str(e))
+        return self._error_response(error, api_route, request)
+
+    def _error_response(
+        self, error: HttpError, api_route: bool, request: web.Request
+    ) -> web.StreamResponse:
         if error.status == 413:
             error.detail = f"the request body is larger than {self.max_body} bytes"
         if api_route:
@@ -619,10 +766,10 @@ class WebTier:
             if isinstance(cached[2], str):
                 raise LeaderUnreachable(cached[2])
             return cached[2]
-        channel = self._channels.get(address)
-        if channel is None:
-            channel = grpc.aio.insecure_channel(address)
-            self._channels[address] = channel
+        runtime = self.node.runtime
+        assert runtime is not None
+        # Over the peer port (with TLS, this node's certificate says who asks).
+        channel = runtime.transport.channel(runtime.leader)
         stub = admin_pb2_grpc.AdminStub(channel)
         try:
             response = await stub.Status(admin_pb2.StatusRequest(), timeout=0.5)
