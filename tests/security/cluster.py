@@ -79,7 +79,9 @@ class SecureCluster(ProcessCluster):
             argv += ["--listen", self.grpc[node_id], "--peer-listen", self.peer_ports[node_id]]
         return argv
 
-    def client(self, timeout: float = 10.0, ids: list[str] | None = None, **kwargs: object) -> Client:
+    def client(
+        self, timeout: float = 10.0, ids: list[str] | None = None, **kwargs: object
+    ) -> Client:
         options: dict[str, object] = {"token": ADMIN_TOKEN if self.tokens else None}
         options["tls"] = self.creds.tls()
         options.update(kwargs)
