@@ -282,6 +282,10 @@ class Node:
                     await self.health.set(name, status)
             if self.runtime is not None and self.runtime.failed is not None:
                 await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+            if self.tls is not None:
+                # Notice rotated files even when no connection comes in (at most
+                # one stat of the files a second; server/tls.py).
+                self.tls.refresh()
             await asyncio.sleep(0.1)
 
     async def stop(self, *, transfer: bool = True, grace: float = 10.0) -> None:

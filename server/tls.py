@@ -269,6 +269,14 @@ def peer_certificate(context: Any) -> bytes | None:
     return pem if isinstance(pem, bytes) else str(pem).encode()
 
 
+def fingerprint(pem: bytes) -> str:
+    """The SHA-256 fingerprint of a PEM certificate's DER form, hex (for logs)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    return x509.load_pem_x509_certificate(pem).fingerprint(hashes.SHA256()).hex()
+
+
 def peer_node_id(context: Any) -> str | None:
     """The node id of the caller's verified certificate, or None."""
     pem = peer_certificate(context)

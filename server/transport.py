@@ -58,7 +58,7 @@ from server.codec import (
 )
 from server.config import PEER_MESSAGE_BYTES
 from server.storage import SnapshotStore, StorageError
-from server.tls import TLSFiles, peer_node_id
+from server.tls import TLSFiles, fingerprint, peer_certificate, peer_node_id
 
 log = structlog.get_logger("ramraft.transport")
 
@@ -423,6 +423,14 @@ class PeerServicer:
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> raft_pb2.StreamSummary:
         sender = await self.identify(context, "Stream")
+        if sender is not None:
+            pem = peer_certificate(context)
+            log.info(
+                "peer_stream_opened",
+                sender=sender,
+                peer=context.peer(),
+                certificate=fingerprint(pem) if pem is not None else None,
+            )
         batches = 0
         async for raw in requests:
             try:
