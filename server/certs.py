@@ -24,6 +24,35 @@ from pathlib import Path
 from typing import Any
 
 NODE_URI_PREFIX = "ramraft-node:"
+# Where k8s/statefulset.yaml mounts the ramraft-tls and ramraft-tokens Secrets.
+K8S_TLS_DIR = "/etc/ramraft/tls"
+K8S_TOKENS_FILE = "/etc/ramraft/tokens/tokens"
+K8S_HEALTH_LISTEN = "0.0.0.0:7002"
+
+
+def node_security_env(
+    node_id: str,
+    tls_dir: str = K8S_TLS_DIR,
+    tokens_file: str | None = K8S_TOKENS_FILE,
+    *,
+    peer_id_pattern: str = "ramraft-*",
+    health_listen: str = K8S_HEALTH_LISTEN,
+) -> dict[str, str]:
+    """The security settings a StatefulSet pod gets (k8s/statefulset.yaml), for
+    node ``node_id`` reading the files `ramraft certs` wrote in ``tls_dir``
+    and the token file ``tokens_file`` (None: no tokens). A test checks that
+    the defaults are exactly what the StatefulSet sets; a lab that runs
+    nodes like pods (tests/chaos) passes its own directories."""
+    env = {
+        "RAMRAFT_TLS_CERT": f"{tls_dir}/{node_id}.pem",
+        "RAMRAFT_TLS_KEY": f"{tls_dir}/{node_id}-key.pem",
+        "RAMRAFT_TLS_CA": f"{tls_dir}/ca.pem",
+        "RAMRAFT_PEER_ID_PATTERN": peer_id_pattern,
+        "RAMRAFT_HEALTH_LISTEN": health_listen,
+    }
+    if tokens_file is not None:
+        env["RAMRAFT_AUTH_TOKENS"] = tokens_file
+    return env
 
 
 def _lazy_crypto() -> Any:
