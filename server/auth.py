@@ -33,7 +33,10 @@ Tokens
 In-flight limits
     ``InflightLimiter`` counts the client requests being served, in total
     (gRPC and HTTP together) and per connection; a request over either limit
-    is refused at once with RESOURCE_EXHAUSTED (HTTP 429), never queued.
+    is refused at once with RESOURCE_EXHAUSTED (HTTP 429), never queued. A
+    small reserve above the total (1/8 of it) admits requests from
+    connections with almost nothing in flight, so that light clients keep
+    getting service while heavy ones are refused.
 """
 
 from __future__ import annotations
@@ -232,20 +235,25 @@ class RefusalLog:
 
 class InflightLimiter:
     """Client requests being served now, in total and per connection.
-    Used from the event loop only (gRPC aio handlers and aiohttp share it)."""
+    Used from the event loop only (gRPC aio handlers and aiohttp share it).
 
-    def __init__(self, total: int, per_connection: int) -> None:
+    Fairness: once ``total`` requests are in flight, a connection with fewer
+    than ``LIGHT`` of its own may still take one of ``reserve`` extra slots,
+    so a client sending one request at a time is not starved by clients that
+    keep hundreds in flight. At most ``total + reserve`` are ever admitted."""
+
+    LIGHT = 2
+
+    def __init__(self, total: int, per_connection: int, reserve: int | None = None) -> None:
         self.total_limit = total
         self.per_connection_limit = per_connection
+        self.reserve = max(1, total // 8) if reserve is None else reserve
         self.total = 0
         self.by_connection: dict[str, int] = {}
         self.refused = 0
 
     def enter(self, connection: str) -> str | None:
         """None if admitted (call ``leave`` when done), else why not."""
-        if self.total >= self.total_limit:
-            self.refused += 1
-            return f"this node is serving {self.total_limit} requests already; retry later"
         count = self.by_connection.get(connection, 0)
         if count >= self.per_connection_limit:
             self.refused += 1
@@ -253,6 +261,11 @@ class InflightLimiter:
                 f"{self.per_connection_limit} requests are in flight on this connection "
                 "already; wait for some to finish"
             )
+        if self.total >= self.total_limit and not (
+            count < self.LIGHT and self.total < self.total_limit + self.reserve
+        ):
+            self.refused += 1
+            return f"this node is serving {self.total_limit} requests already; retry later"
         self.by_connection[connection] = count + 1
         self.total += 1
         return None

@@ -108,7 +108,7 @@ def test_http_roles() -> None:
 
 
 def test_inflight_limiter_per_connection_and_total() -> None:
-    limiter = InflightLimiter(total=3, per_connection=2)
+    limiter = InflightLimiter(total=3, per_connection=2, reserve=0)
     assert limiter.enter("a") is None and limiter.enter("a") is None
     assert "on this connection" in (limiter.enter("a") or "")
     assert limiter.enter("b") is None
@@ -118,6 +118,22 @@ def test_inflight_limiter_per_connection_and_total() -> None:
     for conn in ("a", "b", "c"):
         limiter.leave(conn)
     assert limiter.total == 0 and limiter.by_connection == {} and limiter.refused == 2
+
+
+def test_inflight_reserve_keeps_light_clients_served() -> None:
+    """Heavy connections fill the total; a connection with almost nothing in
+    flight still gets in, up to the reserve -- and never beyond it."""
+    limiter = InflightLimiter(total=4, per_connection=4, reserve=3)
+    for _ in range(4):
+        assert limiter.enter("heavy") is None
+    assert limiter.enter("heavy") is not None, "a heavy connection gets no reserved slot"
+    assert limiter.enter("light") is None and limiter.enter("light") is None
+    assert limiter.enter("light") is not None, "...a light one only while it is light"
+    assert limiter.enter("polite") is None
+    assert limiter.enter("another") is not None, "the reserve is used up"
+    assert limiter.total == 7
+    limiter.leave("heavy")
+    assert limiter.enter("another") is None
 
 
 def test_refusal_log_is_rate_limited() -> None:

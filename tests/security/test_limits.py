@@ -133,8 +133,10 @@ def test_inflight_per_connection(lone: LoneNode) -> None:
 
 
 def test_inflight_in_total(lone: LoneNode) -> None:
+    """--max-inflight 6, and a reserve of 1 for a connection with (almost)
+    nothing in flight: of 9 requests on 3 connections, 7 are served."""
     codes = asyncio.run(_puts(lone.grpc["n1"], channels=3, per_channel=3))
-    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 3, codes
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 2, codes
 
 
 def test_inflight_counts_http_too(lone: LoneNode) -> None:
@@ -155,7 +157,8 @@ def test_inflight_counts_http_too(lone: LoneNode) -> None:
         t.start()
     for t in threads:
         t.join()
-    assert statuses.count(429) == 2, statuses
+    # 8 connections, one request each: 6, then 1 from the reserve.
+    assert statuses.count(429) == 1, statuses
     assert sorted(set(statuses)) == [429, 503], statuses
 
 
