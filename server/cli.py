@@ -366,6 +366,12 @@ def add_cluster_parser(sub: Any) -> None:
     p.add_argument(
         "--node-arg", action="append", default=[], help="extra argument for every node (repeatable)"
     )
+    p.add_argument(
+        "--tls-dir",
+        default="",
+        help="turn TLS on with the certificates in this directory (made there with "
+        "`ramraft certs` if it has none)",
+    )
     p.set_defaults(func=run_cluster)
 
 
@@ -379,7 +385,15 @@ def run_cluster(args: argparse.Namespace) -> int:
         parse_address(address, "address")
     peers = ",".join(f"{i}={a}" for i, a in grpc_addresses.items())
     data = Path(args.data_dir)
+    tls_dir = Path(args.tls_dir) if args.tls_dir else None
+    if tls_dir is not None and not all(
+        (tls_dir / name).exists() for name in ["ca.pem", *(f"{i}.pem" for i in ids)]
+    ):
+        from server.certs import make_cluster_certs
+
+        make_cluster_certs(tls_dir, {i: [args.host, "localhost"] for i in ids})
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    scheme = "https" if tls_dir is not None else "http"
     print(f"ramraft cluster: {args.nodes} nodes, data under {data.resolve()}")
     for n, node_id in enumerate(ids):
         cmd = [
@@ -401,14 +415,28 @@ def run_cluster(args: argparse.Namespace) -> int:
             cmd += ["--http", http]
         if args.app:
             cmd += ["--app", args.app]
+        if tls_dir is not None:
+            cmd += ["--tls-cert", str(tls_dir / f"{node_id}.pem")]
+            cmd += ["--tls-key", str(tls_dir / f"{node_id}-key.pem")]
+            cmd += ["--tls-ca", str(tls_dir / "ca.pem")]
         env = dict(os.environ, RAMRAFT_LOG_LEVEL=os.environ.get("RAMRAFT_LOG_LEVEL", "warning"))
         procs[node_id] = subprocess.Popen(cmd, env=env)
         print(
             f"  {node_id}: grpc {grpc_addresses[node_id]}"
-            + (f"  http http://{http}/" if http else "")
-            + (f"  app http://{http}/app/" if http and args.app else "")
+            + (f"  http {scheme}://{http}/" if http else "")
+            + (f"  app {scheme}://{http}/app/" if http and args.app else "")
         )
-    print(f"try: ramraft put hello world --endpoints {','.join(grpc_addresses.values())}")
+    tls_options = ""
+    if tls_dir is not None:
+        # One port for peers and clients: clients need a certificate too.
+        tls_options = (
+            f" --tls-ca {tls_dir / 'ca.pem'} --tls-cert {tls_dir / 'client.pem'}"
+            f" --tls-key {tls_dir / 'client-key.pem'}"
+        )
+    print(
+        f"try: ramraft put hello world --endpoints {','.join(grpc_addresses.values())}"
+        + tls_options
+    )
     print("Ctrl-C stops the cluster.")
     stop = False
 
