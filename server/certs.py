@@ -181,6 +181,32 @@ def node_id_of(cert_pem: bytes) -> str | None:
     return None
 
 
+def k8s_node_hosts(
+    namespace: str,
+    replicas: int,
+    *,
+    statefulset: str = "ramraft",
+    peer_service: str = "ramraft-peers",
+    client_service: str = "ramraft",
+    cluster_domain: str = "cluster.local",
+    extra_hosts: list[str] | None = None,
+) -> dict[str, list[str]]:
+    """Node id -> the DNS names its certificate must carry in a StatefulSet
+    (its pod name under the headless peer Service, and the client Service),
+    for ``make_cluster_certs``. A lab that gives nodes the same names (tests/
+    chaos) makes its certificates with this too."""
+    return {
+        f"{statefulset}-{n}": [
+            f"{statefulset}-{n}.{peer_service}.{namespace}.svc.{cluster_domain}",
+            f"{client_service}.{namespace}.svc.{cluster_domain}",
+            f"{client_service}.{namespace}.svc",
+            client_service,
+            *(extra_hosts or []),
+        ]
+        for n in range(replicas)
+    }
+
+
 def make_cluster_certs(
     out: Path, nodes: dict[str, list[str]], days: int = 825, client_names: list[str] | None = None
 ) -> list[Path]:
@@ -221,18 +247,15 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     hosts = [h for h in args.hosts.split(",") if h]
     if args.k8s_namespace:
-        ns = args.k8s_namespace
-        node_ids = [f"{args.statefulset}-{n}" for n in range(args.replicas)]
-        nodes = {
-            i: [
-                f"{i}.{args.peer_service}.{ns}.svc.{args.cluster_domain}",
-                f"{args.client_service}.{ns}.svc.{args.cluster_domain}",
-                f"{args.client_service}.{ns}.svc",
-                args.client_service,
-                *hosts,
-            ]
-            for i in node_ids
-        }
+        nodes = k8s_node_hosts(
+            args.k8s_namespace,
+            args.replicas,
+            statefulset=args.statefulset,
+            peer_service=args.peer_service,
+            client_service=args.client_service,
+            cluster_domain=args.cluster_domain,
+            extra_hosts=hosts,
+        )
     else:
         node_ids = [n for n in args.nodes.split(",") if n]
         if not node_ids:

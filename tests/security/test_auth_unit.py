@@ -187,3 +187,32 @@ def test_runtime_counts_requests_queued_for_the_next_turn() -> None:
         await runtime.close()
 
     asyncio.run(scenario())
+
+
+def test_runtime_logs_rejected_peer_messages() -> None:
+    """A well-formed but impossible message (entries that do not follow the
+    previous index) is dropped by the core; the runtime says so at warning
+    level, once per burst rather than once per message."""
+    from consensus.types import Entry, EntryKind, Message, MsgType
+
+    async def scenario() -> list[dict[str, object]]:
+        runtime, _ = make_runtime(MemoryDisk(), tick_ms=5)
+        await started(runtime)
+        bad = Message(
+            MsgType.APPEND, "intruder", "solo", 99, log_term=1, index=5,
+            entries=(Entry(99, 9, b"x", EntryKind.NORMAL),),
+        )  # fmt: skip
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(100):
+                runtime.receive([bad])
+                await asyncio.sleep(0.002)
+            await asyncio.sleep(0.05)
+        term = runtime.core.term  # type: ignore[union-attr]
+        await runtime.close()
+        assert term < 99, "the rejected message moved the term"
+        return [e for e in logs if e["event"] == "peer_message_rejected"]
+
+    rejected = asyncio.run(scenario())
+    assert rejected and all(e["log_level"] == "warning" for e in rejected)
+    assert "do not follow" in str(rejected[0]["last"])
+    assert len(rejected) <= RefusalLog().burst
