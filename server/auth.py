@@ -52,7 +52,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -349,7 +349,12 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         metadata = handler_call_details.invocation_metadata
         token = bearer_token(_metadata_value(metadata, "authorization"))
 
-        async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def guarded(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Any:
+            # Served as a client stream of one message so that nothing is read
+            # before the caller is admitted: a refused call never makes the
+            # node receive (and hold) its request, however large.
             await self._authorize(method, required, token, context)
             connection = context.peer()
             refused = self.limiter.enter(connection)
@@ -359,11 +364,14 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
                 )
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
             try:
+                request = await anext(aiter(requests), None)
+                if request is None:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
                 return await inner(request, context)  # type: ignore[arg-type]  # an aio handler
             finally:
                 self.limiter.leave(connection)
 
-        return grpc.unary_unary_rpc_method_handler(
+        return grpc.stream_unary_rpc_method_handler(
             guarded,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,

@@ -387,8 +387,10 @@ class PeerServicer:
                     request_deserializer=raft_pb2.SnapshotChunk.FromString,
                     response_serializer=raft_pb2.InstallSnapshotResponse.SerializeToString,
                 ),
-                "Forward": grpc.unary_unary_rpc_method_handler(
-                    self.forward_call,
+                # A client stream of one message: the caller is identified
+                # before its request is read.
+                "Forward": grpc.stream_unary_rpc_method_handler(
+                    self.forward_stream,
                     request_deserializer=raft_pb2.ForwardRequest.FromString,
                     response_serializer=raft_pb2.ForwardResponse.SerializeToString,
                 ),
@@ -506,9 +508,20 @@ class PeerServicer:
         self.deliver_snapshot(message)
         return raft_pb2.InstallSnapshotResponse(term=self.current_term(), accepted=True)
 
+    async def forward_stream(
+        self,
+        requests: AsyncIterator[raft_pb2.ForwardRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> raft_pb2.ForwardResponse:
+        await self.identify(context, "Forward")
+        request = await anext(aiter(requests), None)
+        if request is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+        return await self.forward_call(request, context)
+
     async def forward_call(
         self, request: raft_pb2.ForwardRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> raft_pb2.ForwardResponse:
-        await self.identify(context, "Forward")
+        """The write of an identified caller (``forward_stream`` checked it)."""
         result: raft_pb2.ForwardResponse = await self.forward(request.command, context)
         return result

@@ -10,10 +10,31 @@ import pathlib
 CONSENSUS = pathlib.Path(__file__).resolve().parents[2] / "consensus"
 
 FORBIDDEN = {
-    "asyncio", "grpc", "socket", "selectors", "ssl", "time", "datetime",
-    "threading", "multiprocessing", "concurrent", "subprocess", "os", "io",
-    "pathlib", "shutil", "tempfile", "signal", "logging", "structlog",
-    "google", "proto", "server", "client", "secrets", "uuid",
+    "asyncio",
+    "grpc",
+    "socket",
+    "selectors",
+    "ssl",
+    "time",
+    "datetime",
+    "threading",
+    "multiprocessing",
+    "concurrent",
+    "subprocess",
+    "os",
+    "io",
+    "pathlib",
+    "shutil",
+    "tempfile",
+    "signal",
+    "logging",
+    "structlog",
+    "google",
+    "proto",
+    "server",
+    "client",
+    "secrets",
+    "uuid",
 }
 
 

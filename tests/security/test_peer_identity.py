@@ -118,7 +118,7 @@ def test_a_caller_that_is_not_a_member_is_refused_before_any_message_is_read(
     with pytest.raises(Aborted):
         run(h.servicer.install_snapshot(untouchable(), context))  # type: ignore[arg-type]
     with pytest.raises(Aborted):
-        run(h.servicer.forward_call(raft_pb2.ForwardRequest(command=b"x"), context))  # type: ignore[arg-type]
+        run(h.servicer.forward_stream(untouchable(), context))  # type: ignore[arg-type]
     assert h.received == [] and h.forwarded == [] and h.servicer.refused_calls == 3
 
 
@@ -166,12 +166,11 @@ def test_a_snapshot_must_come_from_its_sender(certs: Path) -> None:
 
 def test_a_member_may_forward_a_write(certs: Path) -> None:
     h = Harness()
-    response = run(
-        h.servicer.forward_call(
-            raft_pb2.ForwardRequest(command=b"cmd"),
-            FakeContext(pem(certs, "n3")),  # type: ignore[arg-type]
-        )
-    )
+
+    async def one() -> AsyncIterator[raft_pb2.ForwardRequest]:
+        yield raft_pb2.ForwardRequest(command=b"cmd")
+
+    response = run(h.servicer.forward_stream(one(), FakeContext(pem(certs, "n3"))))  # type: ignore[arg-type]
     assert response.index == 1 and h.forwarded == [b"cmd"]
 
 
