@@ -480,7 +480,6 @@ class WebTier:
         self.address = ""
         # (when, leader address, its members' progress or why it failed)
         self._leader_view: tuple[float, str, dict[str, dict[str, Any]] | str] | None = None
-        self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def start(self, address: str) -> None:
         host, port = parse_address(address, "--http")
@@ -513,9 +512,6 @@ class WebTier:
             self._listener.close()
         if self.runner is not None:
             await self.runner.cleanup()
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
 
     # ---- cross-cutting: errors and request metrics ------------------------------------------
 
