@@ -42,9 +42,12 @@ def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cluster(
     tmp_path_factory: pytest.TempPathFactory, creds: Credentials
 ) -> Iterator[SecureCluster]:
-    """Three nodes, TLS on every port, tokens on, separate peer ports, web tier."""
+    """Three nodes, TLS on every port, tokens on, separate peer ports, web
+    tier; Range pages of at most 2 items."""
     root = tmp_path_factory.mktemp("tls-cluster")
-    with SecureCluster(root, creds, http=True, peer_listen=True) as c:
+    with SecureCluster(
+        root, creds, http=True, peer_listen=True, extra_args=["--max-range-page", "2"]
+    ) as c:
         c.wait_for_leader()
         yield c
 

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from client import Client, InvalidArgument, ResourceExhausted
 from client.cli import build_parser
 from proto import kv_pb2, kv_pb2_grpc
+from tests.security.cluster import SecureCluster
 from tests.server.procs import ProcessCluster, free_ports
 
 LIMIT_FLAGS = [
@@ -204,3 +205,14 @@ def test_limits_are_documented_in_help() -> None:
         "--tls-cert", "--tls-key", "--tls-ca", "--tls-client-auth", "--auth-tokens",
     ):  # fmt: skip
         assert flag in help_text, flag
+
+
+def test_range_pages_are_capped(cluster: SecureCluster) -> None:
+    """--max-range-page 2 (the shared TLS cluster): a Range asking for more,
+    or for the default, gets 2 items and ``more``."""
+    with cluster.client() as client:
+        for n in range(3):
+            client.put(f"paged/{n}", b"v")
+        for limit in (0, 100):
+            page = client.range("paged/", limit=limit)
+            assert [k for k, _ in page.items] == ["paged/0", "paged/1"] and page.more
