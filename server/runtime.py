@@ -586,7 +586,14 @@ class RaftRuntime:
             if entry.kind == EntryKind.CONF_CHANGE:
                 self._note_conf_entry(entry)  # reach a new member as soon as it is in the log
         if rd.snapshot is not None:
-            await asyncio.to_thread(self._restore_from_store, rd.snapshot.meta.index)
+            if getattr(self.machine, "restore_in_thread", False):
+                # The machine builds the new state aside and swaps it in at
+                # the end, so reads on the loop meanwhile see the old state.
+                await asyncio.to_thread(self._restore_from_store, rd.snapshot.meta.index)
+            else:
+                # An application model is restored in place: on the loop, so
+                # no page handler ever sees it half restored.
+                self._restore_from_store(rd.snapshot.meta.index)
             self._emit("snapshot_installed", {"index": rd.snapshot.meta.index})
         for entry in rd.committed_entries:
             self._apply(entry)
