@@ -467,10 +467,17 @@ class RaftRuntime:
     # ---- the loop -------------------------------------------------------------------------
 
     async def _ticker(self) -> None:
+        """Ticks follow the wall clock: when the loop runs late (CPU load, a
+        long turn, SIGSTOP), the ticks that passed are all delivered, so an
+        election timeout stays a time, not a count of loop wake-ups."""
+        loop = asyncio.get_running_loop()
         interval = self.config.tick_ms / 1000
+        next_at = loop.time() + interval
         while True:
-            await asyncio.sleep(interval)
-            self._ticks += 1
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            elapsed = int((loop.time() - next_at) / interval) + 1
+            next_at += elapsed * interval
+            self._ticks += elapsed
             self._wake.set()
 
     async def _loop(self) -> None:
