@@ -1,0 +1,827 @@
+"""``ramraft chaos``: a recorded client workload against a cluster, and its verdict.
+
+    ramraft chaos --endpoints HOST:PORT,... --duration 120 --history run.jsonl \\
+        [--clients 4] [--keys 5]
+
+While something else breaks the cluster (k8s/chaos.sh deleting pods, the
+nemesis of tests/chaos), ``--clients`` concurrent clients, each with its own
+session, run puts, linearizable gets, deletes and compare-and-swaps on a few
+keys, and record every operation: its invocation and completion times
+(CLOCK_MONOTONIC, seconds) and its outcome:
+
+- ``ok``: the cluster answered;
+- ``failed``: certainly not applied (a read that got no answer: reads change
+  nothing; a write the cluster refused as invalid);
+- ``unknown``: a write that got no answer (Unavailable, DeadlineExceeded...):
+  it may have been applied, at any moment after its invocation, or never.
+
+Every write stores a value no other write stores (``c<client>.<n>``), so a
+read names the write it saw. After ``--duration`` seconds the clients stop
+(operations in flight finish within their deadline), a fresh client reads
+every key linearizably (retrying up to ``--final-timeout``), and the history
+is checked:
+
+1. linearizability (server.linearizability: Wing & Gong search with Lowe's
+   memoization, key by key), over every operation including the final reads;
+2. no lost acknowledged write: every write the cluster acknowledged is either
+   what the final read of its key shows, or some other write of that key might
+   have been ordered after it (one that was not finished before it started).
+
+The history is JSON lines: a ``meta`` record, then one ``op`` record per
+operation in completion order. ``ramraft chaos --check-only FILE`` re-checks
+a recorded history.
+
+Exit status: 0 the history is linearizable and no acknowledged write was
+lost; 1 a violation (the summary shows the smallest failing sub-history);
+2 bad usage; 3 no verdict (the final reads never succeeded, the check timed
+out, or the history file could not be written or read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import math
+import os
+import random
+import secrets
+import signal
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final
+
+import structlog
+
+from client import LINEARIZABLE, SERIALIZABLE, AsyncClient
+from client.errors import FailedPrecondition, InvalidArgument, NotFound, RamraftError
+from server.linearizability import CheckTimeoutError, Operation, check
+
+__all__ = [
+    "EXIT_NO_VERDICT",
+    "EXIT_PASS",
+    "EXIT_VIOLATION",
+    "KINDS",
+    "HistoryError",
+    "LostWrite",
+    "Record",
+    "Verdict",
+    "WorkloadConfig",
+    "WritePause",
+    "check_history",
+    "find_lost_writes",
+    "load_history",
+    "longest_write_pause",
+    "register",
+    "run_workload",
+    "to_operations",
+]
+
+log = structlog.get_logger("ramraft.chaos")
+
+EXIT_PASS: Final = 0
+EXIT_VIOLATION: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_NO_VERDICT: Final = 3
+
+KINDS: Final = ("get", "put", "cas", "delete")
+WRITE_KINDS: Final = frozenset({"put", "cas", "delete"})
+DEFAULT_MIX: Final = {"get": 4, "put": 3, "cas": 2, "delete": 1}
+HISTORY_VERSION: Final = 1
+# Errors after which a write certainly did not take effect: the cluster
+# validated the request and refused it before proposing it.
+_DEFINITE_REFUSALS: Final = (InvalidArgument, NotFound, FailedPrecondition)
+
+
+class HistoryError(ValueError):
+    """A history file that cannot be read (not JSON lines, missing fields)."""
+
+
+# -- records -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Record:
+    """One operation, as recorded. Values are the UTF-8 text of the bytes."""
+
+    op: int
+    client: int
+    kind: str  # get | put | cas | delete
+    key: str
+    invoke: float  # CLOCK_MONOTONIC seconds
+    complete: float | None = None  # when the answer (or the give-up) came
+    outcome: str = "unknown"  # ok | failed | unknown
+    value: str | None = None  # put / cas: the value written
+    expected: str | None = None  # cas: the expected value (None: "absent")
+    # ok results: get {"found", "value"}, put {}, delete {"deleted"},
+    # cas {"swapped", "found", "current"} (current: the value *before*).
+    result: dict[str, Any] | None = None
+    index: int | None = None  # the log index the answer names
+    error: str | None = None
+    final: bool = False  # one of the final reads
+
+    def to_json(self) -> str:
+        doc = {"type": "op", **asdict(self)}
+        return json.dumps({k: v for k, v in doc.items() if v is not None and v is not False})
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Record:
+        try:
+            rec = cls(
+                op=int(doc["op"]),
+                client=int(doc["client"]),
+                kind=str(doc["kind"]),
+                key=str(doc["key"]),
+                invoke=float(doc["invoke"]),
+                complete=None if doc.get("complete") is None else float(doc["complete"]),
+                outcome=str(doc.get("outcome", "unknown")),
+                value=doc.get("value"),
+                expected=doc.get("expected"),
+                result=doc.get("result"),
+                index=doc.get("index"),
+                error=doc.get("error"),
+                final=bool(doc.get("final", False)),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise HistoryError(f"bad op record {doc!r}: {e}") from None
+        if rec.kind not in KINDS:
+            raise HistoryError(f"op {rec.op}: unknown kind {rec.kind!r}")
+        if rec.outcome not in ("ok", "failed", "unknown"):
+            raise HistoryError(f"op {rec.op}: unknown outcome {rec.outcome!r}")
+        if rec.outcome == "ok" and (rec.result is None or rec.complete is None):
+            raise HistoryError(f"op {rec.op}: ok without a result or completion time")
+        return rec
+
+    @property
+    def is_write(self) -> bool:
+        return self.kind in WRITE_KINDS
+
+    def effect(self) -> tuple[bool, str | None]:
+        """(whether it changed the key, the value it left: None = absent), for
+        an ok write."""
+        assert self.result is not None
+        if self.kind == "put":
+            return True, self.value
+        if self.kind == "delete":
+            return bool(self.result.get("deleted")), None
+        return bool(self.result.get("swapped")), self.value
+
+
+def _b(text: str | None) -> bytes | None:
+    return None if text is None else text.encode()
+
+
+def _text(data: bytes | None) -> str | None:
+    return None if data is None else data.decode("utf-8", errors="backslashreplace")
+
+
+def to_operations(records: Iterable[Record]) -> list[Operation]:
+    """The checker's view: failed operations took no effect and are left out;
+    unknown ones have no return time."""
+    ops: list[Operation] = []
+    for r in records:
+        if r.outcome == "failed":
+            continue
+        ret = r.complete if r.outcome == "ok" else None
+        out: Any = None
+        if r.outcome == "ok":
+            assert r.result is not None
+            if r.kind == "get":
+                found = bool(r.result["found"])
+                value = _b(r.result.get("value")) if found else None
+                out = (found, value if value is not None else b"")
+            elif r.kind == "delete":
+                out = bool(r.result["deleted"])
+            elif r.kind == "cas":
+                swapped = bool(r.result["swapped"])
+                # The API reports the value before the request; the checker
+                # wants the value after it.
+                after = _b(r.value) if swapped else (_b(r.result.get("current")) or b"")
+                out = (swapped, bool(r.result["found"]), after)
+        ops.append(
+            Operation(
+                client=r.client,
+                call=r.invoke,
+                ret=ret,
+                kind=r.kind,
+                key=r.key,
+                value=_b(r.value),
+                expected=_b(r.expected),
+                output=out,
+            )
+        )
+    return ops
+
+
+# -- the verdict -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LostWrite:
+    record: Record
+    final_value: str | None  # what the final read showed (None: absent)
+
+    def describe(self) -> str:
+        r = self.record
+        what = {"put": f"put {r.value!r}", "cas": f"cas -> {r.value!r}", "delete": "delete"}[r.kind]
+        final = "absent" if self.final_value is None else repr(self.final_value)
+        return (
+            f"op {r.op} (client {r.client}): {what} on {r.key!r} acknowledged at "
+            f"{r.complete:.3f} (index {r.index}), no later write, but the final read shows {final}"
+        )
+
+
+def find_lost_writes(records: Sequence[Record]) -> tuple[list[LostWrite], list[str]]:
+    """Acknowledged writes that neither the final read of their key shows nor
+    any other write of that key may have overwritten. Returns (lost, keys
+    without a successful final read)."""
+    final: dict[str, str | None] = {}
+    for r in records:
+        if r.final and r.outcome == "ok" and r.result is not None:
+            final[r.key] = r.result.get("value") if r.result.get("found") else None
+    by_key: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        if r.is_write and not r.final:
+            by_key[r.key].append(r)
+    lost: list[LostWrite] = []
+    unchecked = sorted(k for k in by_key if k not in final)
+    for key, writes in by_key.items():
+        if key not in final:
+            continue
+        # Writes that may change the key, with the latest time they can have
+        # taken effect (inf: unknown outcome).
+        changers: list[tuple[Record, float]] = []
+        for w in writes:
+            if w.outcome == "failed":
+                continue
+            if w.outcome == "ok" and not w.effect()[0]:
+                continue  # a cas that did not swap, a delete of nothing
+            end = w.complete if w.outcome == "ok" and w.complete is not None else math.inf
+            changers.append((w, end))
+        for w, _ in changers:
+            if w.outcome != "ok":
+                continue
+            left = w.effect()[1]
+            if left == final[key]:
+                continue
+            assert w.complete is not None
+            # Another write may come after w unless it finished before w began.
+            overwritten = any(other is not w and end >= w.invoke for other, end in changers)
+            if not overwritten:
+                lost.append(LostWrite(w, final[key]))
+    return lost, unchecked
+
+
+@dataclass(frozen=True, slots=True)
+class WritePause:
+    """The longest time no write completed successfully."""
+
+    seconds: float
+    start: float
+    end: float
+
+
+def longest_write_pause(
+    records: Iterable[Record], start: float | None = None, end: float | None = None
+) -> WritePause:
+    """The longest gap between consecutive acknowledged writes (by completion
+    time) within [start, end] (default: the first and last operation)."""
+    ops = [r for r in records if not r.final]
+    times = sorted(r.complete for r in ops if r.is_write and r.outcome == "ok" and r.complete)
+    lo = start if start is not None else min((r.invoke for r in ops), default=0.0)
+    hi = end if end is not None else max((r.complete or r.invoke for r in ops), default=lo)
+    points = [lo, *(t for t in times if lo < t < hi), hi]
+    best = WritePause(0.0, lo, lo)
+    for a, b in itertools.pairwise(points):
+        if b - a > best.seconds:
+            best = WritePause(b - a, a, b)
+    return best
+
+
+@dataclass
+class Verdict:
+    operations: int
+    outcomes: dict[str, int]  # ok / failed / unknown, workload operations only
+    by_kind: dict[str, dict[str, int]]
+    final_reads: int  # keys read at the end
+    keys: int
+    linearizable: bool | None  # None: undecided (timeout)
+    explanation: str
+    lost: list[LostWrite]
+    unchecked_keys: list[str]
+    check_seconds: float
+    write_latency: dict[str, float] = field(default_factory=dict)
+    longest_write_pause: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.linearizable is True and not self.lost and not self.unchecked_keys
+
+    @property
+    def exit_code(self) -> int:
+        if self.linearizable is False or self.lost:
+            return EXIT_VIOLATION
+        if self.linearizable is None or self.unchecked_keys:
+            return EXIT_NO_VERDICT
+        return EXIT_PASS
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "operations": self.operations,
+            "outcomes": self.outcomes,
+            "by_kind": self.by_kind,
+            "keys": self.keys,
+            "final_reads": self.final_reads,
+            "linearizable": self.linearizable,
+            "violations": (0 if self.linearizable else 1) + len(self.lost),
+            "lost_writes": len(self.lost),
+            "unchecked_keys": self.unchecked_keys,
+            "check_seconds": round(self.check_seconds, 3),
+            "write_latency": self.write_latency,
+            "longest_write_pause": round(self.longest_write_pause, 3),
+            "passed": self.passed,
+        }
+
+    def report(self) -> str:
+        o = self.outcomes
+        lines = [
+            f"operations: {self.operations} (ok {o.get('ok', 0)}, failed {o.get('failed', 0)}, "
+            f"unknown {o.get('unknown', 0)}) on {self.keys} keys",
+        ]
+        for kind in KINDS:
+            c = self.by_kind.get(kind, {})
+            lines.append(
+                f"  {kind:<6} ok {c.get('ok', 0):>6}  failed {c.get('failed', 0):>5}  "
+                f"unknown {c.get('unknown', 0):>5}"
+            )
+        if self.write_latency:
+            wl = self.write_latency
+            lines.append(
+                f"write latency (ok): p50 {wl['p50'] * 1000:.1f} ms, p99 {wl['p99'] * 1000:.1f} ms,"
+                f" max {wl['max'] * 1000:.1f} ms; longest write pause "
+                f"{self.longest_write_pause:.3f} s"
+            )
+        lines.append(f"final reads: {self.final_reads} of {self.keys} keys")
+        if self.unchecked_keys:
+            lines.append(f"  no final read for: {', '.join(self.unchecked_keys)}")
+        lin = {True: "yes", False: "NO", None: "undecided"}[self.linearizable]
+        lines.append(f"linearizable: {lin} (checked in {self.check_seconds:.1f} s)")
+        if self.linearizable is not True:
+            lines.append(self.explanation)
+        lines.append(f"lost acknowledged writes: {len(self.lost)}")
+        lines.extend("  " + lw.describe() for lw in self.lost[:20])
+        verdict = {EXIT_PASS: "PASS", EXIT_VIOLATION: "FAIL", EXIT_NO_VERDICT: "NO VERDICT"}
+        lines.append(f"verdict: {verdict[self.exit_code]}")
+        return "\n".join(lines)
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    i = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[i]
+
+
+def check_history(records: Sequence[Record], *, timeout: float = 600.0) -> Verdict:
+    """Checks a recorded history: linearizability, then lost writes."""
+    work = [r for r in records if not r.final]
+    outcomes = Counter(r.outcome for r in work)
+    by_kind: dict[str, dict[str, int]] = {
+        k: dict(Counter(r.outcome for r in work if r.kind == k)) for k in KINDS
+    }
+    started = time.monotonic()
+    try:
+        result = check(to_operations(records), timeout=timeout)
+        linearizable: bool | None = result.ok
+        explanation = result.explanation
+    except CheckTimeoutError as e:
+        linearizable, explanation = None, f"the check timed out after {timeout:g} s: {e}"
+    check_seconds = time.monotonic() - started
+    lost, unchecked = find_lost_writes(records)
+    latencies = sorted(
+        r.complete - r.invoke
+        for r in work
+        if r.is_write and r.outcome == "ok" and r.complete is not None
+    )
+    latency = (
+        {
+            "p50": round(_percentile(latencies, 0.5), 4),
+            "p99": round(_percentile(latencies, 0.99), 4),
+            "max": round(latencies[-1], 4),
+        }
+        if latencies
+        else {}
+    )
+    keys = {r.key for r in records}
+    return Verdict(
+        operations=len(work),
+        outcomes={k: outcomes.get(k, 0) for k in ("ok", "failed", "unknown")},
+        by_kind=by_kind,
+        final_reads=len({r.key for r in records if r.final and r.outcome == "ok"}),
+        keys=len(keys),
+        linearizable=linearizable,
+        explanation=explanation,
+        lost=lost,
+        unchecked_keys=unchecked,
+        check_seconds=check_seconds,
+        write_latency=latency,
+        longest_write_pause=longest_write_pause(work).seconds if work else 0.0,
+    )
+
+
+def load_history(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Record]]:
+    """(the meta record, the op records) of a history file."""
+    meta: dict[str, Any] = {}
+    records: list[Record] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    doc = json.loads(line)
+                except ValueError as e:
+                    # A torn last line (the workload was killed mid-write) is dropped.
+                    if not line.endswith("\n"):
+                        break
+                    raise HistoryError(f"{path}:{n}: not JSON: {e}") from None
+                if not isinstance(doc, dict):
+                    raise HistoryError(f"{path}:{n}: not a JSON object")
+                if doc.get("type") == "meta":
+                    meta = doc
+                elif doc.get("type") == "op":
+                    records.append(Record.from_dict(doc))
+    except OSError as e:
+        raise HistoryError(f"cannot read {path}: {e.strerror or e}") from None
+    return meta, records
+
+
+# -- the workload ------------------------------------------------------------------
+
+
+@dataclass
+class WorkloadConfig:
+    endpoints: list[str]
+    duration: float
+    clients: int = 4
+    keys: int = 5
+    timeout: float = 5.0  # each operation's deadline, retries included
+    attempt_timeout: float = 1.0  # one attempt (moves off a paused node)
+    key_prefix: str = ""  # default: a random "chaos-<hex>/" per run
+    seed: int | None = None
+    think: float = 0.0  # pause between a client's operations, seconds
+    final_timeout: float = 60.0  # how long to keep trying each final read
+    mix: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    # SERIALIZABLE reads may be stale: only for showing that the checker
+    # catches stale reads.
+    read_consistency: int = LINEARIZABLE
+
+    def validate(self) -> None:
+        if self.duration <= 0:
+            raise ValueError("--duration must be positive")
+        if not 1 <= self.clients <= 256:
+            raise ValueError("--clients must be between 1 and 256")
+        if not 1 <= self.keys <= 10_000:
+            raise ValueError("--keys must be between 1 and 10000")
+        for name in ("timeout", "attempt_timeout", "final_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.think < 0:
+            raise ValueError("--think must not be negative")
+        if set(self.mix) - set(KINDS) or not sum(self.mix.values()) > 0:
+            raise ValueError(f"--mix: weights for {', '.join(KINDS)}, not all zero")
+        if any(w < 0 for w in self.mix.values()):
+            raise ValueError("--mix: weights must not be negative")
+
+
+class _Recorder:
+    """Appends op records to the history file, one line each, flushed."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out = out
+        self._next = 0
+        self.records: list[Record] = []
+
+    def new_id(self) -> int:
+        self._next += 1
+        return self._next
+
+    def meta(self, doc: dict[str, Any]) -> None:
+        self._out.write(json.dumps({"type": "meta", "version": HISTORY_VERSION, **doc}) + "\n")
+        self._out.flush()
+
+    def done(self, rec: Record) -> None:
+        self.records.append(rec)
+        self._out.write(rec.to_json() + "\n")
+        self._out.flush()
+
+
+async def _run_op(client: AsyncClient, rec: Record, timeout: float, consistency: int) -> None:
+    """Runs one operation and fills in the record's outcome."""
+    try:
+        if rec.kind == "get":
+            g = await client.get_result(rec.key, consistency=consistency, timeout=timeout)
+            rec.result = {"found": g.found, "value": _text(g.value)}
+            rec.index = g.index
+        elif rec.kind == "put":
+            rec.index = await client.put(rec.key, _b(rec.value) or b"", timeout=timeout)
+            rec.result = {}
+        elif rec.kind == "delete":
+            deleted = await client.delete(rec.key, timeout=timeout)
+            rec.result = {"deleted": deleted}
+        else:
+            c = await client.cas(rec.key, _b(rec.expected), _b(rec.value) or b"", timeout=timeout)
+            rec.result = {"swapped": c.swapped, "found": c.found, "current": _text(c.current)}
+            rec.index = c.index
+        rec.outcome = "ok"
+    except RamraftError as e:
+        rec.error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        # A read that got no answer changed nothing; so did a refused write.
+        rec.outcome = (
+            "failed" if not rec.is_write or isinstance(e, _DEFINITE_REFUSALS) else "unknown"
+        )
+    except (asyncio.CancelledError, Exception) as e:
+        rec.error = f"{type(e).__name__}: {e}"
+        rec.outcome = "unknown" if rec.is_write else "failed"
+        if isinstance(e, asyncio.CancelledError):
+            raise
+        log.warning("chaos_op_error", op=rec.op, kind=rec.kind, error=rec.error)
+    finally:
+        rec.complete = time.monotonic()
+
+
+async def _client_loop(
+    cid: int,
+    config: WorkloadConfig,
+    keys: list[str],
+    recorder: _Recorder,
+    stop: asyncio.Event,
+    stop_at: float,
+) -> None:
+    rng = random.Random(None if config.seed is None else config.seed * 1000 + cid)
+    kinds = [k for k in KINDS if config.mix.get(k, 0) > 0]
+    weights = [config.mix[k] for k in kinds]
+    seen: dict[str, str | None] = {}  # the last value this client saw per key
+    n = 0
+    async with AsyncClient(
+        config.endpoints, timeout=config.timeout, attempt_timeout=config.attempt_timeout, rng=rng
+    ) as client:
+        while not stop.is_set() and time.monotonic() < stop_at:
+            key = rng.choice(keys)
+            kind = rng.choices(kinds, weights)[0]
+            n += 1
+            rec = Record(
+                op=recorder.new_id(), client=cid, kind=kind, key=key, invoke=time.monotonic()
+            )
+            if kind in ("put", "cas"):
+                rec.value = f"c{cid}.{n}"
+            if kind == "cas":
+                # The last value seen makes a swap likely; absent now and then.
+                rec.expected = seen.get(key) if rng.random() < 0.9 else None
+            await _run_op(client, rec, config.timeout, config.read_consistency)
+            recorder.done(rec)
+            if rec.outcome == "ok" and rec.result is not None:
+                if kind == "get":
+                    seen[key] = rec.result["value"] if rec.result["found"] else None
+                elif kind == "put" or (kind == "cas" and rec.result["swapped"]):
+                    seen[key] = rec.value
+                elif kind == "cas":
+                    seen[key] = rec.result["current"] if rec.result["found"] else None
+                elif kind == "delete":
+                    seen[key] = None
+            if config.think:
+                await asyncio.sleep(config.think)
+
+
+async def _final_reads(
+    config: WorkloadConfig, keys: list[str], recorder: _Recorder, client_id: int
+) -> None:
+    """A linearizable read of every key, retried until it succeeds or
+    final_timeout passes."""
+    async with AsyncClient(
+        config.endpoints, timeout=config.timeout, attempt_timeout=config.attempt_timeout
+    ) as client:
+        for key in keys:
+            give_up = time.monotonic() + config.final_timeout
+            while True:
+                rec = Record(
+                    op=recorder.new_id(),
+                    client=client_id,
+                    kind="get",
+                    key=key,
+                    invoke=time.monotonic(),
+                    final=True,
+                )
+                await _run_op(client, rec, config.timeout, LINEARIZABLE)
+                recorder.done(rec)
+                if rec.outcome == "ok" or time.monotonic() > give_up:
+                    break
+                log.info("chaos_final_read_retry", key=key, error=rec.error)
+                await asyncio.sleep(0.5)
+
+
+async def run_workload(
+    config: WorkloadConfig, history: IO[str], stop: asyncio.Event | None = None
+) -> list[Record]:
+    """Runs the workload and the final reads, writing the history to
+    ``history``; returns the records. ``stop`` ends the workload early."""
+    config.validate()
+    stop = stop or asyncio.Event()
+    prefix = config.key_prefix or f"chaos-{secrets.token_hex(4)}/"
+    keys = [f"{prefix}k{i}" for i in range(config.keys)]
+    recorder = _Recorder(history)
+    started_mono, started_wall = time.monotonic(), time.time()
+    recorder.meta(
+        {
+            "endpoints": config.endpoints,
+            "clients": config.clients,
+            "keys": keys,
+            "duration": config.duration,
+            "timeout": config.timeout,
+            "attempt_timeout": config.attempt_timeout,
+            "seed": config.seed,
+            "read_consistency": "linearizable"
+            if config.read_consistency == LINEARIZABLE
+            else "serializable",
+            "clock": "CLOCK_MONOTONIC",
+            "started_monotonic": started_mono,
+            "started_unix": started_wall,
+        }
+    )
+    log.info("chaos_workload_started", clients=config.clients, keys=keys, duration=config.duration)
+    stop_at = started_mono + config.duration
+    await asyncio.gather(
+        *(_client_loop(cid, config, keys, recorder, stop, stop_at) for cid in range(config.clients))
+    )
+    log.info("chaos_workload_done", operations=len(recorder.records))
+    await _final_reads(config, keys, recorder, client_id=config.clients)
+    return recorder.records
+
+
+# -- the command -----------------------------------------------------------------------
+
+
+def _mix(text: str) -> dict[str, int]:
+    """``get=4,put=3,cas=2,delete=1``."""
+    mix: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, sep, weight = part.partition("=")
+        if not sep or kind not in KINDS or not weight.isdigit():
+            raise argparse.ArgumentTypeError(f"{part!r} is not KIND=WEIGHT ({'/'.join(KINDS)})")
+        mix[kind] = int(weight)
+    return mix
+
+
+def register(sub: Any) -> None:
+    from client.cli import add_client_options
+
+    p = sub.add_parser(
+        "chaos",
+        help="run a recorded workload and check it (linearizability, lost writes)",
+        description=(
+            "Run concurrent clients against the cluster for --duration seconds, record every "
+            "operation to --history, read every key at the end, then check the history for "
+            "linearizability and lost acknowledged writes. Run it while something breaks the "
+            "cluster (k8s/chaos.sh, tests/chaos)."
+        ),
+        epilog=(
+            "exit status: 0 pass; 1 violation (not linearizable, or an acknowledged write "
+            "lost); 2 bad usage; 3 no verdict (final reads failed, check timed out, history "
+            "unreadable).\n"
+            "example: ramraft chaos --endpoints ramraft.default.svc:7000 --duration 300 "
+            "--history run.jsonl"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_client_options(p)
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of workload (60)")
+    p.add_argument("--history", help="where to write the history (JSON lines; required)")
+    p.add_argument("--clients", type=int, default=4, help="concurrent clients (4)")
+    p.add_argument("--keys", type=int, default=5, help="how many keys they share (5)")
+    p.add_argument(
+        "--attempt-timeout",
+        type=float,
+        default=1.0,
+        help="longest single attempt before trying another node (1 s)",
+    )
+    p.add_argument("--key-prefix", default="", help="key prefix (default: random per run)")
+    p.add_argument("--seed", type=int, default=None, help="seed the clients' choices")
+    p.add_argument(
+        "--think", type=float, default=0.0, help="pause between a client's operations (s)"
+    )
+    p.add_argument(
+        "--mix",
+        type=_mix,
+        default=dict(DEFAULT_MIX),
+        help="operation weights (get=4,put=3,cas=2,delete=1)",
+    )
+    p.add_argument(
+        "--final-timeout",
+        type=float,
+        default=60.0,
+        help="how long to keep retrying each final read (60 s)",
+    )
+    p.add_argument(
+        "--check-timeout",
+        type=float,
+        default=600.0,
+        help="give up the linearizability search after this long (600 s)",
+    )
+    p.add_argument(
+        "--serializable-reads",
+        action="store_true",
+        help="read at SERIALIZABLE (may be stale): to see the checker catch stale reads",
+    )
+    p.add_argument(
+        "--check-only",
+        metavar="FILE",
+        help="do not run a workload: check the history in FILE",
+    )
+    p.add_argument("--log-level", default=os.environ.get("RAMRAFT_LOG_LEVEL", "warning"))
+    p.set_defaults(func=run_chaos)
+
+
+def _print(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _emit(verdict: Verdict, as_json: bool, header: dict[str, Any]) -> int:
+    if as_json:
+        _print(json.dumps({**header, **verdict.summary()}))
+    else:
+        _print(verdict.report())
+        _print("summary: " + json.dumps({**header, **verdict.summary()}))
+    return verdict.exit_code
+
+
+def run_chaos(args: argparse.Namespace) -> int:
+    from client.cli import UsageError, endpoints_from_args, json_from_args, timeout_from_args
+    from server.logs import configure_logging
+
+    configure_logging(args.log_level)
+    as_json = json_from_args(args)
+    if args.check_only:
+        try:
+            meta, records = load_history(args.check_only)
+        except HistoryError as e:
+            sys.stderr.write(f"ramraft chaos: {e}\n")
+            return EXIT_NO_VERDICT
+        verdict = check_history(records, timeout=args.check_timeout)
+        return _emit(verdict, as_json, {"history": args.check_only, "keys_meta": meta.get("keys")})
+    if not args.history:
+        raise UsageError("ramraft chaos: --history FILE is required (or --check-only FILE)")
+    config = WorkloadConfig(
+        endpoints=endpoints_from_args(args),
+        duration=args.duration,
+        clients=args.clients,
+        keys=args.keys,
+        timeout=timeout_from_args(args),
+        attempt_timeout=args.attempt_timeout,
+        key_prefix=args.key_prefix,
+        seed=args.seed,
+        think=args.think,
+        final_timeout=args.final_timeout,
+        mix=args.mix,
+        read_consistency=SERIALIZABLE if args.serializable_reads else LINEARIZABLE,
+    )
+    try:
+        config.validate()
+    except ValueError as e:
+        raise UsageError(f"ramraft chaos: {e}") from None
+    try:
+        history = open(args.history, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError as e:
+        sys.stderr.write(f"ramraft chaos: cannot write {args.history}: {e.strerror or e}\n")
+        return EXIT_NO_VERDICT
+
+    async def main() -> list[Record]:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        return await run_workload(config, history, stop)
+
+    started = time.monotonic()
+    try:
+        records = asyncio.run(main())
+    except OSError as e:
+        sys.stderr.write(f"ramraft chaos: writing {args.history}: {e.strerror or e}\n")
+        return EXIT_NO_VERDICT
+    finally:
+        history.close()
+    ran = time.monotonic() - started
+    verdict = check_history(records, timeout=args.check_timeout)
+    header = {
+        "history": str(Path(args.history)),
+        "clients": config.clients,
+        "seconds": round(ran, 1),
+    }
+    return _emit(verdict, as_json, header)
