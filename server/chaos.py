@@ -59,7 +59,7 @@ from typing import IO, Any, Final
 
 import structlog
 
-from client import LINEARIZABLE, SERIALIZABLE, AsyncClient
+from client import LINEARIZABLE, SERIALIZABLE, AsyncClient, parse_endpoints
 from client.errors import FailedPrecondition, InvalidArgument, NotFound, RamraftError
 from server.linearizability import CheckTimeoutError, Operation, check
 
@@ -761,12 +761,47 @@ def _emit(verdict: Verdict, as_json: bool, header: dict[str, Any]) -> int:
     return verdict.exit_code
 
 
+class _Usage(Exception):
+    """Bad command-line input (exit status 2)."""
+
+
+def _endpoints(args: argparse.Namespace) -> list[str]:
+    # As the client subcommands read them (client.cli): flag, env, default.
+    from client.cli import DEFAULT_ENDPOINTS
+
+    raw = getattr(args, "endpoints", None) or os.environ.get("RAMRAFT_ENDPOINTS")
+    try:
+        return parse_endpoints(raw or DEFAULT_ENDPOINTS)
+    except ValueError as e:
+        raise _Usage(f"--endpoints: {e}") from None
+
+
+def _timeout(args: argparse.Namespace) -> float:
+    raw: Any = getattr(args, "timeout", None) or os.environ.get("RAMRAFT_TIMEOUT") or 5.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _Usage(f"--timeout: not a number: {raw!r}") from None
+    if not value > 0:
+        raise _Usage("--timeout must be positive")
+    return value
+
+
 def run_chaos(args: argparse.Namespace) -> int:
-    from client.cli import UsageError, endpoints_from_args, json_from_args, timeout_from_args
+    try:
+        return _run_chaos(args)
+    except _Usage as e:
+        # Reported here, not raised: under `python -m client.cli` the CLI's
+        # own UsageError class is a different object from client.cli's.
+        sys.stderr.write(f"ramraft chaos: error: {e}\n")
+        return EXIT_USAGE
+
+
+def _run_chaos(args: argparse.Namespace) -> int:
     from server.logs import configure_logging
 
     configure_logging(args.log_level)
-    as_json = json_from_args(args)
+    as_json = bool(getattr(args, "json", False))
     if args.check_only:
         try:
             meta, records = load_history(args.check_only)
@@ -776,13 +811,13 @@ def run_chaos(args: argparse.Namespace) -> int:
         verdict = check_history(records, timeout=args.check_timeout)
         return _emit(verdict, as_json, {"history": args.check_only, "keys_meta": meta.get("keys")})
     if not args.history:
-        raise UsageError("ramraft chaos: --history FILE is required (or --check-only FILE)")
+        raise _Usage("--history FILE is required (or --check-only FILE)")
     config = WorkloadConfig(
-        endpoints=endpoints_from_args(args),
+        endpoints=_endpoints(args),
         duration=args.duration,
         clients=args.clients,
         keys=args.keys,
-        timeout=timeout_from_args(args),
+        timeout=_timeout(args),
         attempt_timeout=args.attempt_timeout,
         key_prefix=args.key_prefix,
         seed=args.seed,
@@ -794,7 +829,7 @@ def run_chaos(args: argparse.Namespace) -> int:
     try:
         config.validate()
     except ValueError as e:
-        raise UsageError(f"ramraft chaos: {e}") from None
+        raise _Usage(str(e)) from None
     try:
         history = open(args.history, "w", encoding="utf-8")  # noqa: SIM115 - closed below
     except OSError as e:
