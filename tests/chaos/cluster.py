@@ -35,7 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import Client
 from proto import admin_pb2
-from server.chaos import Record, longest_write_pause
+from server.chaos import Record, load_history, longest_write_pause
 from tests.chaos.netns import GRPC_PORT, ChaosNet, ManagedProcess
 
 log = structlog.get_logger("ramraft.chaos.cluster")
@@ -405,12 +405,69 @@ def report(windows: Sequence[FaultWindow], summary: dict[str, Any]) -> dict[str,
 
 def format_windows(windows: Sequence[FaultWindow]) -> str:
     lines = [
-        f"{'t(s)':>7} {'fault':<19} {'targets':<22} {'held':>5} {'w.pause':>7} "
+        f"{'t(s)':>7} {'fault':<19} {'targets':<30} {'held':>5} {'w.pause':>7} "
         f"{'serve':>6} {'ready':>6}"
     ]
     for w in windows:
         lines.append(
-            f"{w.start:7.1f} {w.kind:<19} {','.join(w.targets):<22} {w.held:5.1f} "
+            f"{w.start:7.1f} {w.kind:<19} {','.join(w.targets):<30} {w.held:5.1f} "
             f"{w.write_pause:7.2f} {w.serving_after_heal:6.2f} {w.ready_after_heal:6.2f}"
         )
     return "\n".join(lines)
+
+
+# -- one whole session -------------------------------------------------------------------
+
+# Snapshot every 1000 entries and keep 200 behind it: a node down for a few
+# seconds falls behind the log and is caught up with InstallSnapshot.
+SNAPSHOT_ENV = {"RAMRAFT_SNAPSHOT_ENTRIES": "1000", "RAMRAFT_RETAIN_ENTRIES": "200"}
+
+
+@dataclass
+class Session:
+    code: int  # the workload's exit code
+    report: dict[str, Any]
+    kinds: list[str]  # the faults injected, in order
+    windows: list[FaultWindow]
+
+
+def run_session(
+    net: ChaosNet,
+    out: Path,
+    seconds: float,
+    seed: int,
+    *,
+    clients: int = 4,
+    keys: int = 5,
+    every_kind_first: bool = True,
+    env: dict[str, str] | None = None,
+    workload_args: Sequence[str] = (),
+) -> Session:
+    """Nodes up, `ramraft chaos` on, the nemesis for `seconds`, workload off
+    (final reads, verdict); writes history.jsonl, faults.json and
+    report.json into `out`."""
+    cluster = LabCluster(net, env=SNAPSHOT_ENV if env is None else env)
+    history = out / "history.jsonl"
+    nemesis = Nemesis(cluster, random.Random(seed))
+    try:
+        cluster.start_all()
+        cluster.wait_ready(timeout=90)
+        cluster.start_workload(
+            history, duration=seconds + 3600, clients=clients, keys=keys, args=workload_args
+        )
+        time.sleep(3)  # a fault-free start
+        try:
+            nemesis.run(seconds, every_kind_first=every_kind_first)
+        finally:
+            (out / "faults.json").write_text(
+                json.dumps([asdict(f) for f in nemesis.faults], indent=1)
+            )
+        time.sleep(3)  # a fault-free end before the final reads
+        code, summary = cluster.finish_workload()
+    finally:
+        cluster.close()
+    meta, records = load_history(history)
+    windows = fault_windows(nemesis.faults, records, meta["started_monotonic"])
+    rep = {"seed": seed, "chaos_seconds": seconds, **report(windows, summary)}
+    (out / "report.json").write_text(json.dumps(rep, indent=2))
+    return Session(code, rep, [f.kind for f in nemesis.faults], windows)
