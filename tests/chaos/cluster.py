@@ -20,6 +20,7 @@ served a write again.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import sys
@@ -36,7 +37,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from client import Client
 from proto import admin_pb2
 from server.chaos import Record, load_history, longest_write_pause
-from tests.chaos.netns import GRPC_PORT, ChaosNet, ManagedProcess
+from tests.chaos.netns import (
+    CONTAINER_DATA_DIR,
+    CONTAINER_UID,
+    GRPC_PORT,
+    ChaosNet,
+    ManagedProcess,
+)
 
 log = structlog.get_logger("ramraft.chaos.cluster")
 
@@ -74,12 +81,16 @@ class LabCluster:
         *,
         env: dict[str, str] | None = None,
         python: str = sys.executable,
+        image: str | None = None,
     ) -> None:
+        """`image`: run the nodes (and the workload) as containers of it,
+        with the image's own entrypoint (`ramraft node`), as the pods run."""
         if not net.host_access:
             raise ValueError("LabCluster watches the nodes over the bridge: use host_access=True")
         self.net = net
         self.python = python
         self.extra_env = dict(env or {})
+        self.image = image
         self.names: tuple[str, ...] = net.node_names
         self.down: set[str] = set()  # killed and not restarted
         self.paused: set[str] = set()
@@ -99,6 +110,13 @@ class LabCluster:
     def start(self, name: str) -> ManagedProcess:
         if name in self.net.procs:
             proc = self.net.restart(name)
+        elif self.image is not None:
+            env = {
+                **self.net.node_env(name, data_dir=CONTAINER_DATA_DIR),
+                "RAMRAFT_LOG_LEVEL": "info",
+                **self.extra_env,
+            }
+            proc = self.net.start_container(name, self.image, env=env)
         else:
             proc = self.net.start(
                 name, [self.python, "-m", "client.cli", "node"], env=self.node_env(name), cwd=REPO
@@ -209,21 +227,35 @@ class LabCluster:
         keys: int = 5,
         args: Sequence[str] = (),
     ) -> ManagedProcess:
-        """`ramraft chaos` in the client namespace, through the DNS names."""
+        """`ramraft chaos` in the client namespace, through the DNS names
+        (in a container of the image if the nodes run in containers)."""
         assert self.net.client_name is not None
+        in_container = "/out/" + history.name
         argv = [
-            self.python, "-m", "client.cli", "chaos",
+            "chaos",
             "--endpoints", self.net.endpoints(GRPC_PORT),
             "--duration", str(duration),
-            "--history", str(history),
+            "--history", in_container if self.image is not None else str(history),
             "--clients", str(clients),
             "--keys", str(keys),
             "--json",
             *args,
         ]  # fmt: skip
+        if self.image is not None:
+            history.parent.mkdir(parents=True, exist_ok=True)
+            os.chown(history.parent, CONTAINER_UID, CONTAINER_UID)
+            return self.net.start_container(
+                self.net.client_name,
+                self.image,
+                argv,
+                name=WORKLOAD,
+                entrypoint="/opt/ramraft/bin/ramraft",
+                env={"RAMRAFT_LOG_LEVEL": "warning"},
+                volumes={history.parent: "/out"},
+            )
         return self.net.start(
             self.net.client_name,
-            argv,
+            [self.python, "-m", "client.cli", *argv],
             name=WORKLOAD,
             env={"PYTHONPATH": str(REPO), "RAMRAFT_LOG_LEVEL": "warning"},
             cwd=REPO,
