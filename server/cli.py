@@ -279,7 +279,7 @@ def register(sub: Any) -> None:
     # Subcommands that live in modules of their own (each defines register()).
     import importlib
 
-    for name in ("server.bench", "server.chaos"):
+    for name in ("server.bench", "server.chaos", "server.certs"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
