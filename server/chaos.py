@@ -346,6 +346,8 @@ class Verdict:
             "write_latency": self.write_latency,
             "longest_write_pause": round(self.longest_write_pause, 3),
             "passed": self.passed,
+            **({"explanation": self.explanation} if self.linearizable is not True else {}),
+            **({"lost": [lw.describe() for lw in self.lost[:20]]} if self.lost else {}),
         }
 
     def report(self) -> str:
