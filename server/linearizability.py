@@ -31,13 +31,14 @@ deletes that found nothing) one at a time while the rest still fails.
 
 Usage::
 
-    from tests.linearizability import Operation, check
+    from server.linearizability import Operation, check
     result = check(history)
     assert result.ok, result.explanation
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import defaultdict
@@ -100,15 +101,15 @@ def put(client: int, call: float, ret: float | None, key: str, value: bytes) -> 
     return Operation(client, call, ret, "put", key, value=value)
 
 
-def get(
-    client: int, call: float, ret: float | None, key: str, value: bytes | None
-) -> Operation:
+def get(client: int, call: float, ret: float | None, key: str, value: bytes | None) -> Operation:
     """A get that returned ``value`` (None: not found)."""
     out = (False, b"") if value is None else (True, value)
     return Operation(client, call, ret, "get", key, output=out)
 
 
-def delete(client: int, call: float, ret: float | None, key: str, deleted: bool | None) -> Operation:
+def delete(
+    client: int, call: float, ret: float | None, key: str, deleted: bool | None
+) -> Operation:
     return Operation(client, call, ret, "delete", key, output=deleted)
 
 
@@ -124,7 +125,14 @@ def cas(
     current: bytes | None = None,
 ) -> Operation:
     return Operation(
-        client, call, ret, "cas", key, value=value, expected=expected, output=(swapped, found, current)
+        client,
+        call,
+        ret,
+        "cas",
+        key,
+        value=value,
+        expected=expected,
+        output=(swapped, found, current),
     )
 
 
@@ -326,7 +334,7 @@ def _search(
     nxt = [0] * size
     prv = [0] * size
     order = [0] + [e[2] + 1 for e in events]  # slot of event id e is e+1
-    for a, b in zip(order, order[1:], strict=False):
+    for a, b in itertools.pairwise(order):
         nxt[a] = b
         prv[b] = a
     nxt[order[-1]] = -1
@@ -562,9 +570,12 @@ def check(
                 continue  # an unanswered read constrains nothing
             if not (isinstance(op.output, tuple) and len(op.output) == 2):
                 raise ValueError(f"get output must be (found, value): {op.describe()}")
-        if op.kind == "cas" and op.ret is not None:
-            if not (isinstance(op.output, tuple) and len(op.output) == 3):
-                raise ValueError(f"cas output must be (swapped, found, current): {op.describe()}")
+        if (
+            op.kind == "cas"
+            and op.ret is not None
+            and not (isinstance(op.output, tuple) and len(op.output) == 3)
+        ):
+            raise ValueError(f"cas output must be (swapped, found, current): {op.describe()}")
         by_key[op.key].append(op)
     initial = initial or {}
     for key in sorted(by_key):
@@ -583,9 +594,7 @@ def check(
                 + "\n  (the operations:)\n"
                 + lines
             )
-        values = " or ".join(
-            sorted("absent" if v is None else repr(v) for v in starts)
-        )
+        values = " or ".join(sorted("absent" if v is None else repr(v) for v in starts))
         context = (
             f"after its first {len(earlier)} operations the key can only be {values}"
             if earlier
