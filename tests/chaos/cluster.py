@@ -169,7 +169,7 @@ class LabCluster:
         """grpc.health.v1 service "": the readiness probe of the StatefulSet."""
         if name not in self._channels:
             self._channels[name] = grpc.insecure_channel(self.address(name))
-        stub = health_pb2_grpc.HealthStub(self._channels[name])
+        stub: Any = health_pb2_grpc.HealthStub(self._channels[name])  # untyped in the stubs
         try:
             r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
         except grpc.RpcError:

@@ -47,7 +47,8 @@ def op(
     final: bool = False,
 ) -> Record:
     if result is None and outcome == "ok":
-        result = {"put": {}, "delete": {"deleted": True}}.get(kind, {})
+        defaults: dict[str, dict[str, object]] = {"put": {}, "delete": {"deleted": True}}
+        result = defaults.get(kind, {})
     return Record(
         op=next(_ids),
         client=client,
