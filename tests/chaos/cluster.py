@@ -36,7 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import Client
 from proto import admin_pb2
-from server.chaos import Record, load_history, longest_write_pause
+from server.history import Record, load_history, longest_write_pause
 from tests.chaos.netns import (
     CONTAINER_DATA_DIR,
     CONTAINER_UID,

@@ -1,4 +1,4 @@
-"""`ramraft chaos` (server/chaos.py): its verdict on hand-made histories, the
+"""`ramraft chaos` (server/chaos.py, server/history.py): its verdict on hand-made histories, the
 history file, the command line, and a short run against real nodes on
 loopback (no root needed)."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from server.chaos import (
+from server.history import (
     EXIT_NO_VERDICT,
     EXIT_PASS,
     EXIT_VIOLATION,
