@@ -269,7 +269,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         cmd = [
             sys.executable,
             "-m",
-            "client.cli",
+            "client",
             "node",
             "--id",
             node_id,

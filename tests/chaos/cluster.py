@@ -119,7 +119,7 @@ class LabCluster:
             proc = self.net.start_container(name, self.image, env=env)
         else:
             proc = self.net.start(
-                name, [self.python, "-m", "client.cli", "node"], env=self.node_env(name), cwd=REPO
+                name, [self.python, "-m", "client", "node"], env=self.node_env(name), cwd=REPO
             )
         self.down.discard(name)
         return proc
@@ -255,7 +255,7 @@ class LabCluster:
             )
         return self.net.start(
             self.net.client_name,
-            [self.python, "-m", "client.cli", *argv],
+            [self.python, "-m", "client", *argv],
             name=WORKLOAD,
             env={"PYTHONPATH": str(REPO), "RAMRAFT_LOG_LEVEL": "warning"},
             cwd=REPO,

@@ -93,7 +93,7 @@ class ProcessCluster:
         return self.root / node_id
 
     def argv(self, node_id: str) -> list[str]:
-        argv = [sys.executable, "-m", "client.cli", "node", "--id", node_id]
+        argv = [sys.executable, "-m", "client", "node", "--id", node_id]
         argv += ["--peers", self.peers, "--data-dir", str(self.data_dir(node_id))]
         argv += ["--tick-ms", str(self.tick_ms), "--election-ticks", str(self.election_ticks)]
         argv += ["--heartbeat-ticks", str(self.heartbeat_ticks)]
