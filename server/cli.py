@@ -123,13 +123,20 @@ def add_node_parser(sub: Any) -> None:
         help="start empty and wait to be added with AddMember (env RAMRAFT_JOIN=1)",
     )
     p.add_argument(
-        "--tick-ms", type=int, default=_env_int("TICK_MS", 50), help="Raft tick in ms (default 50)"
+        "--tick-ms", type=int, default=_env_int("TICK_MS", 10), help="Raft tick in ms (default 10)"
     )
     p.add_argument(
         "--election-ticks",
         type=int,
-        default=_env_int("ELECTION_TICKS", 10),
-        help="ticks without a leader before an election (default 10: 0.5-1 s)",
+        default=_env_int("ELECTION_TICKS", 50),
+        help="ticks without a leader before a follower campaigns, randomized up to twice "
+        "that (default 50: 0.5-1 s)",
+    )
+    p.add_argument(
+        "--heartbeat-ticks",
+        type=int,
+        default=_env_int("HEARTBEAT_TICKS", 5),
+        help="ticks between the leader's heartbeats (default 5: 50 ms)",
     )
     p.add_argument(
         "--snapshot-entries",
@@ -257,6 +264,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         http=args.http,
         tick_ms=args.tick_ms,
         election_ticks=args.election_ticks,
+        heartbeat_ticks=args.heartbeat_ticks,
         snapshot_entries=args.snapshot_entries,
         retain_entries=args.retain_entries,
         join=args.join,
@@ -399,7 +407,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         cmd = [
             sys.executable,
             "-m",
-            "client.cli",
+            "client",
             "node",
             "--id",
             node_id,

@@ -507,6 +507,10 @@ class KVMachine:
     """The key-value state machine. All methods run on the event loop except
     ``KVSnapshotJob.write_to`` and (if the runtime wishes) ``restore``."""
 
+    # restore() streams into new structures and swaps them in under the lock,
+    # so the runtime may run it in a worker thread while the loop serves reads.
+    restore_in_thread = True
+
     def __init__(
         self,
         *,

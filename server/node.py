@@ -312,7 +312,9 @@ class Node:
         if self.web is not None:
             await self.web.stop()
         for server in self.servers:
-            await server.stop(grace=max(0.0, min(2.0, deadline - time.monotonic())))
+            # In-flight writes were awaited above; what is left are peers' idle
+            # streams, which would hold the whole grace period.
+            await server.stop(grace=max(0.0, min(0.5, deadline - time.monotonic())))
         if self._health_task is not None:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -502,10 +502,17 @@ class RaftRuntime:
     # ---- the loop -------------------------------------------------------------------------
 
     async def _ticker(self) -> None:
+        """Ticks follow the wall clock: when the loop runs late (CPU load, a
+        long turn, SIGSTOP), the ticks that passed are all delivered, so an
+        election timeout stays a time, not a count of loop wake-ups."""
+        loop = asyncio.get_running_loop()
         interval = self.config.tick_ms / 1000
+        next_at = loop.time() + interval
         while True:
-            await asyncio.sleep(interval)
-            self._ticks += 1
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            elapsed = int((loop.time() - next_at) / interval) + 1
+            next_at += elapsed * interval
+            self._ticks += elapsed
             self._wake.set()
 
     async def _loop(self) -> None:
@@ -631,7 +638,14 @@ class RaftRuntime:
             if entry.kind == EntryKind.CONF_CHANGE:
                 self._note_conf_entry(entry)  # reach a new member as soon as it is in the log
         if rd.snapshot is not None:
-            await asyncio.to_thread(self._restore_from_store, rd.snapshot.meta.index)
+            if getattr(self.machine, "restore_in_thread", False):
+                # The machine builds the new state aside and swaps it in at
+                # the end, so reads on the loop meanwhile see the old state.
+                await asyncio.to_thread(self._restore_from_store, rd.snapshot.meta.index)
+            else:
+                # An application model is restored in place: on the loop, so
+                # no page handler ever sees it half restored.
+                self._restore_from_store(rd.snapshot.meta.index)
             self._emit("snapshot_installed", {"index": rd.snapshot.meta.index})
         for entry in rd.committed_entries:
             self._apply(entry)

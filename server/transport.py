@@ -75,7 +75,7 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     # Reconnect fast after a peer restarts: the defaults back off to minutes.
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2_000),
+    ("grpc.max_reconnect_backoff_ms", 500),
     ("grpc.min_reconnect_backoff_ms", 100),
 ]
 
@@ -153,7 +153,7 @@ class PeerLink:
                     )
                 self.transport.on_unreachable(self.peer)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
+                backoff = min(backoff * 2, 0.3)  # a healed peer is back within a heartbeat or so
 
     async def _stream(self) -> None:
         method = self.get_channel().stream_unary(

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.linearizability import (
+from server.linearizability import (
     CheckTimeoutError,
     Operation,
     _end_states,

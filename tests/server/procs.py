@@ -50,8 +50,9 @@ class ProcessCluster:
         *,
         http: bool = False,
         extra_args: list[str] | None = None,
-        tick_ms: int = 20,
-        election_ticks: int = 10,
+        tick_ms: int = 10,
+        election_ticks: int = 30,
+        heartbeat_ticks: int = 3,
         env: dict[str, str] | None = None,
     ) -> None:
         self.root = root
@@ -65,6 +66,7 @@ class ProcessCluster:
         self.extra_args = list(extra_args or [])
         self.tick_ms = tick_ms
         self.election_ticks = election_ticks
+        self.heartbeat_ticks = heartbeat_ticks
         self.env = dict(os.environ, RAMRAFT_LOG_LEVEL="info", PYTHONPATH=str(REPO), **(env or {}))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, object] = {}
@@ -91,9 +93,10 @@ class ProcessCluster:
         return self.root / node_id
 
     def argv(self, node_id: str) -> list[str]:
-        argv = [sys.executable, "-m", "client.cli", "node", "--id", node_id]
+        argv = [sys.executable, "-m", "client", "node", "--id", node_id]
         argv += ["--peers", self.peers, "--data-dir", str(self.data_dir(node_id))]
         argv += ["--tick-ms", str(self.tick_ms), "--election-ticks", str(self.election_ticks)]
+        argv += ["--heartbeat-ticks", str(self.heartbeat_ticks)]
         argv += self.extra_args
         if self.http:
             argv += ["--http", self.http[node_id]]
