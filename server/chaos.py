@@ -55,7 +55,8 @@ from typing import IO, Any, Final
 
 import structlog
 
-from client import LINEARIZABLE, SERIALIZABLE, AsyncClient, parse_endpoints
+from client import LINEARIZABLE, SERIALIZABLE, AsyncClient, TLSOptions, parse_endpoints
+from client.cli import tls_from_args, token_from_args
 from client.errors import FailedPrecondition, InvalidArgument, NotFound, RamraftError
 from server.history import (
     EXIT_NO_VERDICT,
@@ -101,6 +102,9 @@ class WorkloadConfig:
     # SERIALIZABLE reads may be stale: only for showing that the checker
     # catches stale reads.
     read_consistency: int = LINEARIZABLE
+    # Credentials, as the cluster asks for them (k8s: TLS and a token).
+    token: str | None = None
+    tls: TLSOptions | None = None
 
     def validate(self) -> None:
         if self.duration <= 0:
@@ -192,7 +196,12 @@ async def _client_loop(
     seen: dict[str, str | None] = {}  # the last value this client saw per key
     n = 0
     async with AsyncClient(
-        config.endpoints, timeout=config.timeout, attempt_timeout=config.attempt_timeout, rng=rng
+        config.endpoints,
+        timeout=config.timeout,
+        attempt_timeout=config.attempt_timeout,
+        rng=rng,
+        token=config.token,
+        tls=config.tls,
     ) as client:
         while not stop.is_set() and time.monotonic() < stop_at:
             key = rng.choice(keys)
@@ -227,7 +236,11 @@ async def _final_reads(
     """A linearizable read of every key, retried until it succeeds or
     final_timeout passes."""
     async with AsyncClient(
-        config.endpoints, timeout=config.timeout, attempt_timeout=config.attempt_timeout
+        config.endpoints,
+        timeout=config.timeout,
+        attempt_timeout=config.attempt_timeout,
+        token=config.token,
+        tls=config.tls,
     ) as client:
         for key in keys:
             give_up = time.monotonic() + config.final_timeout
@@ -409,6 +422,17 @@ def _timeout(args: argparse.Namespace) -> float:
     return value
 
 
+def _credential(read: Any, args: argparse.Namespace) -> Any:
+    """--token/--token-file and --tls-* as the other client commands read
+    them, their errors reported as this command's usage errors."""
+    try:
+        return read(args)
+    except Exception as e:
+        if type(e).__name__ == "UsageError":
+            raise _Usage(str(e)) from None
+        raise
+
+
 def run_chaos(args: argparse.Namespace) -> int:
     try:
         return _run_chaos(args)
@@ -447,6 +471,8 @@ def _run_chaos(args: argparse.Namespace) -> int:
         final_timeout=args.final_timeout,
         mix=args.mix,
         read_consistency=SERIALIZABLE if args.serializable_reads else LINEARIZABLE,
+        token=_credential(token_from_args, args),
+        tls=_credential(tls_from_args, args),
     )
     try:
         config.validate()

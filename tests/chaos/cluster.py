@@ -34,8 +34,10 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client import Client
+from client import Client, TLSOptions
 from proto import admin_pb2
+from server.auth import make_token
+from server.certs import k8s_node_hosts, make_cluster_certs, node_security_env
 from server.history import Record, load_history, longest_write_pause
 from tests.chaos.netns import (
     CONTAINER_DATA_DIR,
@@ -72,6 +74,46 @@ ALL_FAULTS: tuple[str, ...] = (
 LEADER_FAULTS = frozenset({KILL_LEADER, PAUSE_LEADER, PARTITION_LEADER})
 
 
+HEALTH_PORT = 7002
+
+
+@dataclass
+class LabSecurity:
+    """Certificates (`ramraft certs`, named as in a StatefulSet, plus the
+    lab's bridge addresses) and a token file, in the lab's work dir."""
+
+    tls_dir: Path
+    tokens_file: Path
+    token: str
+
+    @staticmethod
+    def create(net: ChaosNet) -> LabSecurity:
+        tls_dir = net.workdir / "tls"
+        ips = [net.host(n).ip for n in net.node_names]
+        make_cluster_certs(
+            tls_dir, k8s_node_hosts(net.k8s_namespace, len(net.node_names), extra_hosts=ips)
+        )
+        token = make_token()
+        tokens_file = net.workdir / "tokens"
+        tokens_file.write_text(f"admin lab {token}\n")
+        os.chmod(tokens_file, 0o600)
+        return LabSecurity(tls_dir, tokens_file, token)
+
+    def node_env(self, name: str) -> dict[str, str]:
+        return node_security_env(
+            name,
+            str(self.tls_dir),
+            str(self.tokens_file),
+            health_listen=f"0.0.0.0:{HEALTH_PORT}",
+        )
+
+    def client_tls(self) -> TLSOptions:
+        return TLSOptions.from_files(self.tls_dir / "ca.pem")
+
+    def workload_args(self) -> list[str]:
+        return ["--tls-ca", str(self.tls_dir / "ca.pem"), "--token", self.token]
+
+
 class LabCluster:
     """The three nodes of a ChaosNet (which must have host_access=True)."""
 
@@ -82,12 +124,16 @@ class LabCluster:
         env: dict[str, str] | None = None,
         python: str = sys.executable,
         image: str | None = None,
+        secure: bool = False,
     ) -> None:
         """`image`: run the nodes (and the workload) as containers of it,
-        with the image's own entrypoint (`ramraft node`), as the pods run."""
+        with the image's own entrypoint (`ramraft node`), as the pods run.
+        `secure`: as k8s/ deploys it -- TLS on every port (mutual on the peer
+        port), a token required, probes on the plaintext health port."""
         if not net.host_access:
             raise ValueError("LabCluster watches the nodes over the bridge: use host_access=True")
         self.net = net
+        self.security = LabSecurity.create(net) if secure else None
         self.python = python
         self.extra_env = dict(env or {})
         self.image = image
@@ -104,6 +150,7 @@ class LabCluster:
             **self.net.node_env(name),
             "PYTHONPATH": str(REPO),
             "RAMRAFT_LOG_LEVEL": "info",
+            **(self.security.node_env(name) if self.security else {}),
             **self.extra_env,
         }
 
@@ -156,7 +203,13 @@ class LabCluster:
 
     def _client(self, name: str) -> Client:
         if name not in self._clients:
-            self._clients[name] = Client(self.address(name), timeout=2.0)
+            sec = self.security
+            self._clients[name] = Client(
+                self.address(name),
+                timeout=2.0,
+                token=sec.token if sec else None,
+                tls=sec.client_tls() if sec else None,
+            )
         return self._clients[name]
 
     def status(self, name: str, timeout: float = 1.0) -> admin_pb2.NodeStatus | None:
@@ -168,7 +221,11 @@ class LabCluster:
     def serving(self, name: str, timeout: float = 1.0) -> bool:
         """grpc.health.v1 service "": the readiness probe of the StatefulSet."""
         if name not in self._channels:
-            self._channels[name] = grpc.insecure_channel(self.address(name))
+            # As the kubelet's probe: plaintext, on the health port when TLS is on.
+            address = self.address(name)
+            if self.security is not None:
+                address = f"{self.net.host(name).ip}:{HEALTH_PORT}"
+            self._channels[name] = grpc.insecure_channel(address)
         stub: Any = health_pb2_grpc.HealthStub(self._channels[name])  # untyped in the stubs
         try:
             r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
@@ -239,6 +296,7 @@ class LabCluster:
             "--clients", str(clients),
             "--keys", str(keys),
             "--json",
+            *(self.security.workload_args() if self.security else ()),
             *args,
         ]  # fmt: skip
         if self.image is not None:
@@ -474,11 +532,12 @@ def run_session(
     every_kind_first: bool = True,
     env: dict[str, str] | None = None,
     workload_args: Sequence[str] = (),
+    secure: bool = False,
 ) -> Session:
     """Nodes up, `ramraft chaos` on, the nemesis for `seconds`, workload off
     (final reads, verdict); writes history.jsonl, faults.json and
     report.json into `out`."""
-    cluster = LabCluster(net, env=SNAPSHOT_ENV if env is None else env)
+    cluster = LabCluster(net, env=SNAPSHOT_ENV if env is None else env, secure=secure)
     history = out / "history.jsonl"
     nemesis = Nemesis(cluster, random.Random(seed))
     try:
