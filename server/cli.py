@@ -150,6 +150,19 @@ def add_node_parser(sub: Any) -> None:
         default=_env_int("RETAIN_ENTRIES", 5_000),
         help="log entries kept behind a snapshot for slow followers (default 5000)",
     )
+    p.add_argument(
+        "--snapshot-bytes",
+        type=int,
+        default=_env_int("SNAPSHOT_BYTES", 64 << 20),
+        help="also snapshot after this many bytes of applied commands (default 64 MiB): the "
+        "log is held in RAM until a snapshot covers it",
+    )
+    p.add_argument(
+        "--retain-bytes",
+        type=int,
+        default=_env_int("RETAIN_BYTES", 32 << 20),
+        help="cap on the bytes of entries kept behind a snapshot (default 32 MiB)",
+    )
     tls = p.add_argument_group("TLS and authentication")
     tls.add_argument(
         "--tls-cert",
@@ -267,6 +280,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         heartbeat_ticks=args.heartbeat_ticks,
         snapshot_entries=args.snapshot_entries,
         retain_entries=args.retain_entries,
+        snapshot_bytes=args.snapshot_bytes,
+        retain_bytes=args.retain_bytes,
         join=args.join,
         fsync=not args.no_fsync,
         limits=Limits(

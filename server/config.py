@@ -147,7 +147,9 @@ class NodeConfig:
     election_ticks: int = 50
     heartbeat_ticks: int = 5
     snapshot_entries: int = 20_000  # take a snapshot after this many applied entries
+    snapshot_bytes: int = 64 << 20  # ... or after this many bytes of applied commands
     retain_entries: int = 5_000  # log entries kept behind a snapshot for slow followers
+    retain_bytes: int = 32 << 20  # ... but no more than this many bytes of them
     join: bool = False  # start empty and wait to be added, instead of bootstrapping
     fsync: bool = True
     limits: Limits = field(default_factory=Limits)

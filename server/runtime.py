@@ -172,6 +172,7 @@ class RaftRuntime:
         self._leader_event = asyncio.Event()
         self._applied_event = asyncio.Event()
         self._snapshot_task: asyncio.Task[SnapshotMeta] | None = None
+        self._bytes_since_snapshot = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self.leader_changes: list[tuple[float, int, str]] = []  # (unix time, term, leader)
         # Metrics hooks: (event, fields) for "proposed", "proposals_dropped",
@@ -197,6 +198,8 @@ class RaftRuntime:
             rng=random.Random(),
             election_tick=self.config.election_ticks,
             heartbeat_tick=self.config.heartbeat_ticks,
+            # Uncommitted proposals are RAM too: refuse more than this.
+            max_uncommitted_bytes=min(64 << 20, 2 * self.config.snapshot_bytes),
         )
         self.core = RaftNode(
             core_config,
@@ -685,6 +688,7 @@ class RaftRuntime:
             self.machine.apply(entry.index, b"")  # keeps the machine's applied index in step
         else:
             result = self.machine.apply(entry.index, entry.data)
+            self._bytes_since_snapshot += len(entry.data)
         waiting = self._waiting_writes.pop(entry.index, None)
         if waiting is not None:
             term, fut = waiting
@@ -745,18 +749,37 @@ class RaftRuntime:
         log.info("snapshot_restored", index=index, applied=self.machine.applied_index)
 
     def _maybe_snapshot(self, core: RaftNode) -> None:
-        if (
+        """Snapshot after snapshot_entries entries or snapshot_bytes bytes of
+        commands, whichever comes first: the log lives in RAM until a
+        snapshot lets it be dropped, so a count alone would let large values
+        exhaust memory."""
+        due = (
             core.applied_index - core.latest_snapshot.index >= self.config.snapshot_entries
-            and (self._snapshot_task is None or self._snapshot_task.done())
-            and self.failed is None
-        ):
+            or self._bytes_since_snapshot >= self.config.snapshot_bytes
+        )
+        if due and (self._snapshot_task is None or self._snapshot_task.done()) and not self.failed:
             self._start_snapshot()
+
+    def _retain(self, core: RaftNode, meta: SnapshotMeta) -> int:
+        """How many entries before the snapshot to keep in RAM for slow
+        followers: retain_entries, but no more than retain_bytes of them."""
+        budget = self.config.retain_bytes
+        kept = 0
+        index = meta.index
+        while kept < self.config.retain_entries and index > core.log.offset:
+            budget -= len(core.log.entries[index - core.log.offset - 1].data)
+            if budget < 0:
+                break
+            kept += 1
+            index -= 1
+        return kept
 
     def _start_snapshot(self) -> None:
         core = self.core
         assert core is not None
         meta = core.snapshot_meta(core.applied_index)
         job = self.machine.snapshot()  # a consistent view, taken now, on the loop
+        self._bytes_since_snapshot = 0
         addresses = dict(self.addresses)
         started = time.perf_counter()
 
@@ -772,8 +795,9 @@ class RaftRuntime:
 
         async def run() -> SnapshotMeta:
             size = await asyncio.to_thread(write)
-            retain = self.config.retain_entries
-            await self.call(lambda core: core.compact(meta, retain_entries=retain))
+            await self.call(
+                lambda core: core.compact(meta, retain_entries=self._retain(core, meta))
+            )
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._disk, self.log_store.compact, meta.index)
             seconds = time.perf_counter() - started

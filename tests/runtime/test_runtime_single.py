@@ -100,3 +100,29 @@ def test_restart_replays_the_log_after_the_snapshot() -> None:
         await runtime2.close()
 
     asyncio.run(scenario())
+
+
+def test_large_values_trigger_snapshots_by_bytes_and_bound_the_log_in_ram() -> None:
+    """The log is RAM until a snapshot covers it: with big values, a byte
+    budget (not only an entry count) must trigger snapshots and cap what is
+    kept behind them."""
+
+    async def scenario() -> None:
+        disk = MemoryDisk()
+        runtime, _ = make_runtime(
+            disk, snapshot_entries=10**9, snapshot_bytes=1 << 20, retain_bytes=256 << 10
+        )
+        await started(runtime)
+        value = b"v" * (100 << 10)  # 100 KiB
+        for n in range(40):  # 4 MB in all
+            await runtime.propose(encode_put(f"k{n}", value))
+            if runtime._snapshot_task is not None:
+                await runtime._snapshot_task
+        core = runtime.core
+        assert core is not None
+        assert core.latest_snapshot.index > 0, "no snapshot was taken by bytes"
+        in_ram = sum(len(e.data) for e in core.log.entries)
+        assert in_ram <= (1 << 20) + (256 << 10) + len(value), in_ram
+        await runtime.close()
+
+    asyncio.run(scenario())
