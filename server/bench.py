@@ -76,6 +76,10 @@ READ_MODES = ("read-linearizable", "read-serializable", "inproc-read-linearizabl
 INPROC_ID = "n1"
 REPO = Path(__file__).resolve().parents[1]
 KEY_PREFIX = "bench-"
+# Foreign CPU use (other work on the machine) that makes a run "contaminated",
+# and below which the machine counts as idle (as the peers' scripts do).
+CONTAMINATED_CORES = 0.2
+QUIET_CORES = 0.15
 
 
 class BenchError(Exception):
@@ -198,30 +202,57 @@ def _cpu_seconds(pid: int) -> float | None:
     return sum(int(x) for x in fields[11:15]) / _CLOCK_TICKS
 
 
-def _system_busy() -> tuple[float, float] | None:
-    """(busy, total) CPU seconds of the whole machine so far."""
-    try:
-        with open("/proc/stat") as f:
-            values = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, idle, iowait, irq, softirq, steal = (values + [0] * 8)[:8]
-    busy = user + nice + system + irq + softirq
-    return busy / _CLOCK_TICKS, (busy + idle + iowait + steal) / _CLOCK_TICKS
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """{pid: (parent pid, own CPU seconds)} of every process on the machine."""
+    table: dict[int, tuple[int, float]] = {}
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            table[int(name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS)
+    return table
+
+
+def _foreign_cores(
+    before: dict[int, tuple[int, float]], after: dict[int, tuple[int, float]], seconds: float
+) -> float:
+    """Cores used by user processes that are neither this process nor its
+    descendants (the nodes and client processes it started): other work on
+    the machine, which distorts the figures. Kernel threads (children of pid
+    2, e.g. the journal thread that fsync wakes) are not counted."""
+    ours = {os.getpid()}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (ppid, _) in after.items():
+            if ppid in ours and pid not in ours:
+                ours.add(pid)
+                grew = True
+    used = 0.0
+    for pid, (ppid, cpu) in after.items():
+        if pid in ours or pid == 2 or ppid == 2 or ppid == 0:
+            continue
+        used += cpu - before[pid][1] if pid in before else cpu
+    return max(0.0, used / seconds) if seconds > 0 else 0.0
 
 
 class CpuWindow:
-    """Cores used by each named process, and by everything else, over a window."""
+    """Cores used by each named process, and by foreign processes, over a window."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
         self._before: dict[str, float | None] = {}
-        self._system: tuple[float, float] | None = None
+        self._table: dict[int, tuple[int, float]] = {}
         self._started = 0.0
 
     def start(self) -> None:
         self._before = {name: _cpu_seconds(pid) for name, pid in self.pids.items()}
-        self._system = _system_busy()
+        self._table = _proc_table()
         self._started = time.monotonic()
 
     def stop(self) -> dict[str, Any]:
@@ -232,12 +263,28 @@ class CpuWindow:
             if before is not None and after is not None and seconds > 0:
                 cores[name] = round((after - before) / seconds, 2)
         out: dict[str, Any] = {"cores": cores}
-        system = _system_busy()
-        if self._system is not None and system is not None and seconds > 0:
-            busy = (system[0] - self._system[0]) / seconds
-            out["busy_cores"] = round(busy, 2)
-            out["foreign_cores"] = round(max(0.0, busy - sum(cores.values())), 2)
+        if self._table:
+            foreign = _foreign_cores(self._table, _proc_table(), seconds)
+            out["foreign_cores"] = round(foreign, 2)
+            out["contaminated"] = foreign > CONTAMINATED_CORES
         return out
+
+
+async def wait_quiet(max_wait: float, progress: Progress) -> dict[str, Any]:
+    """Wait (up to ``max_wait`` s) until foreign processes use less than
+    QUIET_CORES of the machine; returns the last probe."""
+    deadline = time.monotonic() + max_wait
+    waited = False
+    while True:
+        before, started = _proc_table(), time.monotonic()
+        await asyncio.sleep(1.5)
+        foreign = _foreign_cores(before, _proc_table(), time.monotonic() - started)
+        if foreign <= QUIET_CORES or time.monotonic() >= deadline:
+            if waited:
+                progress.draw_text("")
+            return {"foreign_cores_before": round(foreign, 2), "quiet": foreign <= QUIET_CORES}
+        waited = True
+        progress.draw_text(f"waiting for an idle machine (other processes use {foreign:.2f} cores)")
 
 
 # ---- gRPC load (in client processes) -----------------------------------------------------------
@@ -628,6 +675,11 @@ class Progress:
         self.stream.write(f"\r{label:<34} [{bar}] {elapsed:4.1f}/{total:.1f} s  {speed:<18}")
         self.stream.flush()
 
+    def draw_text(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r" + text.ljust(100)[:100] + ("\r" if not text else ""))
+            self.stream.flush()
+
     def end(self, line: str) -> None:
         if not self.enabled:
             return
@@ -829,6 +881,9 @@ async def _one_run(
     # otherwise (a follower would forward writes: one more hop).
     targets = cluster.endpoints if args.target == "all" else [leader_address]
     processes = 1 if inproc else processes_for(in_flight, plan.processes)
+    idle: dict[str, Any] = {}
+    if args.wait_quiet > 0:
+        idle = await wait_quiet(args.wait_quiet, progress)
     started = time.monotonic()
     # Client processes need a moment to connect before the warm-up counts.
     measure_from = started + plan.warmup + (0 if inproc else 0.3)
@@ -898,6 +953,7 @@ async def _one_run(
             await watcher
     cluster.check_alive()
     cpu_use["cores"] = _name_cores(cpu_use.get("cores", {}), cluster)
+    cpu_use.update(idle)
     return summarize(
         mode, in_flight, processes, plan.client, tally, measure_to - measure_from, cpu_use
     )
@@ -928,6 +984,7 @@ def _row(run: dict[str, Any]) -> str:
         f"{_fmt(run['ops_per_s'], ',.0f'):>9} {what:<8}  "
         f"p50 {_fmt(run['p50_ms'])} ms  p99 {_fmt(run['p99_ms'])} ms  "
         f"p99.9 {_fmt(run['p999_ms'])} ms  errors {run['errors']}"
+        + ("  (contaminated: other processes used CPU)" if run.get("contaminated") else "")
     )
 
 
@@ -1084,6 +1141,13 @@ def add_bench_parser(sub: Any) -> None:
         action="append",
         default=[],
         help="extra argument for every local node process (repeatable)",
+    )
+    p.add_argument(
+        "--wait-quiet",
+        type=_non_negative,
+        default=0.0,
+        help="before each run, wait up to this many seconds for other processes on the "
+        f"machine to use less than {QUIET_CORES} cores (default 0: do not wait)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
