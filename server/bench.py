@@ -28,11 +28,14 @@ many requests outstanding for ``--warmup`` seconds (not counted), then
 ``--duration`` seconds (counted: requests that *complete* in the window).
 
 gRPC load comes from separate client processes (``--processes``, default:
-one per 500 requests in flight, at most 2): a single Python gRPC client
-saturates one core at a few thousand calls per second, so with 1,000 in
-flight one process would measure the client, not the cluster; but the
-machine has two cores that the three nodes also need, so more processes only
-steal CPU from the nodes. Each process spreads its requests over up to
+one per 500 requests in flight, at most 2), never from the bench's own event
+loop (which may host a node). A Python gRPC client costs about as much CPU
+per call as the server side (measured here: 0.3-0.5 ms per unary call on
+either side), so one process could become the limit at 1,000 in flight; but
+on the two-core machine the three nodes need the CPU too, and measured runs
+showed the leader, not the client processes, saturating first (clients at
+0.1-0.3 cores during write runs) -- more processes would only steal CPU from
+the nodes. Each process spreads its requests over up to
 ``--connections`` channels (HTTP/2 connections), as the peers' etcd driver
 does. ``--client library`` (default) uses ``client.AsyncClient`` (sessions,
 retries, deadlines: what applications use); ``--client raw`` calls the
@@ -856,6 +859,8 @@ async def run_bench(args: argparse.Namespace, progress: Progress) -> dict[str, A
             "endpoints": cluster.endpoints,
             "leader": leader_id,
             "tick_ms": args.tick_ms if not cluster.external else None,
+            # To profile a node under load: py-spy record --pid PID (see --keep-data)
+            "pids": cluster.pids(),
         },
         "value_bytes": plan.value_bytes,
         "duration_s": plan.duration,
