@@ -7,6 +7,10 @@
         c.get("greeting", consistency=SERIALIZABLE)   # from the node's memory
         c.cas("greeting", b"hello", b"bye")           # CasResult(swapped=True, ...)
 
+Against a cluster with TLS and tokens::
+
+    Client(endpoints, token="...", tls=TLSOptions.from_files(ca="certs/ca.pem"))
+
 ``AsyncClient`` has the same methods as coroutines. Both retry on another
 node while the cluster is unavailable, up to the call's deadline, and send
 every write with a session so a retried write is applied once. Errors are
@@ -24,6 +28,7 @@ from client._core import (
     GetResult,
     RangePage,
     RetryPolicy,
+    TLSOptions,
     parse_endpoints,
 )
 from client._sync import Client
@@ -32,7 +37,10 @@ from client.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     RamraftError,
+    ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -49,9 +57,13 @@ __all__ = [
     "GetResult",
     "InvalidArgument",
     "NotFound",
+    "PermissionDenied",
     "RamraftError",
     "RangePage",
+    "ResourceExhausted",
     "RetryPolicy",
+    "TLSOptions",
+    "Unauthenticated",
     "Unavailable",
     "parse_endpoints",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -20,7 +21,10 @@ from client._core import (
     RangePage,
     RetryPolicy,
     SessionTracker,
+    Ticket,
+    TLSOptions,
 )
+from client.errors import FailedPrecondition
 from proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 __all__ = ["AsyncClient"]
@@ -47,8 +51,10 @@ class AsyncClient:
     deadline of each call, retries included, in seconds. ``attempt_timeout``:
     the longest a single attempt may take before the client tries another
     node (default: no limit but the deadline). ``client_id``: the session id
-    (default: random). Every method takes ``timeout=`` to override the
-    default for that call.
+    (default: random). ``token``: a bearer token, for clusters that require
+    one. ``tls``: TLS options (``TLSOptions.from_files(ca=..., cert=...,
+    key=...)``); without it the connections are plaintext. Every method takes
+    ``timeout=`` to override the default for that call.
 
     Writes that raise Unavailable or DeadlineExceeded may or may not have
     been applied (see client.errors).
@@ -63,7 +69,12 @@ class AsyncClient:
         client_id: int | None = None,
         retry: RetryPolicy | None = None,
         rng: random.Random | None = None,
+        token: str | None = None,
+        tls: TLSOptions | None = None,
     ) -> None:
+        self._metadata = _core.token_metadata(token)
+        self._tls = tls
+        self._credentials = tls.credentials() if tls is not None else None
         self._rng = rng or random.Random()
         self._ring = EndpointRing(_core.parse_endpoints(endpoints), self._rng)
         self.timeout = _core.check_timeout(timeout)
@@ -252,12 +263,19 @@ class AsyncClient:
 
     # -- machinery ----------------------------------------------------------------
 
+    def _channel(self, endpoint: str) -> grpc.aio.Channel:
+        if self._tls is None or self._credentials is None:
+            return grpc.aio.insecure_channel(endpoint, options=_core.CHANNEL_OPTIONS)
+        return grpc.aio.secure_channel(
+            endpoint, self._credentials, options=self._tls.channel_options()
+        )
+
     def _stubs_for(self, endpoint: str) -> _Stubs:
         stubs = self._stubs.get(endpoint)
         if stubs is None:
             if self._closed:
                 raise RuntimeError("the client is closed")
-            channel = grpc.aio.insecure_channel(endpoint, options=_core.CHANNEL_OPTIONS)
+            channel = self._channel(endpoint)
             stubs = self._stubs[endpoint] = _Stubs(channel)
         return stubs
 
@@ -268,11 +286,36 @@ class AsyncClient:
         request: Any,
         timeout: float | None,
     ) -> Resp:
-        sequence = self._sessions.begin()
+        total = self.timeout if timeout is None else _core.check_timeout(timeout)
+        deadline = time.monotonic() + total
+        ticket = self._sessions.begin()
         try:
-            return await self._call(method, rpc, request, timeout, session=sequence)
+            return await self._call(method, rpc, request, total, session=ticket)
+        except FailedPrecondition as error:
+            if not _core.session_expired(error):
+                raise
+            # The cluster forgot our session: later writes need a new one.
+            self._sessions.renew(ticket)
+            left = deadline - time.monotonic()
+            if error.attempts != 1 or left <= 0.001:
+                # An earlier attempt of this write may have been applied
+                # before the session expired: resending could apply it twice.
+                raise FailedPrecondition(
+                    f"{method}: the cluster forgot this client's session while the write "
+                    "was being retried; it may or may not have been applied (new writes "
+                    "use a new session)",
+                    code=error.code,
+                    details=error.details,
+                    endpoint=error.endpoint,
+                    attempts=error.attempts,
+                ) from error
+            # Its only attempt was refused, so it was not applied: send it
+            # once more under the new session.
+            self._sessions.end(ticket)
+            ticket = self._sessions.begin()
+            return await self._call(method, rpc, request, left, session=ticket)
         finally:
-            self._sessions.end(sequence)
+            self._sessions.end(ticket)
 
     async def _call(
         self,
@@ -282,7 +325,7 @@ class AsyncClient:
         timeout: float | None,
         endpoint: str | None = None,
         *,
-        session: int | None = None,
+        session: Ticket | None = None,
     ) -> Resp:
         if endpoint is not None:
             (endpoint,) = _core.parse_endpoints([endpoint])
@@ -299,7 +342,9 @@ class AsyncClient:
             if session is not None:
                 request.session.CopyFrom(self._sessions.session(session))  # type: ignore[attr-defined]
             try:
-                call = rpc(self._stubs_for(target))(request, timeout=attempt_timeout)
+                call = rpc(self._stubs_for(target))(
+                    request, timeout=attempt_timeout, metadata=self._metadata
+                )
                 response = await call
                 trailing = await call.trailing_metadata()
             except grpc.RpcError as error:
@@ -311,7 +356,7 @@ class AsyncClient:
                     code=str(getattr(error, "code", lambda: None)()),
                     attempt=attempts.attempts,
                     pause=round(pause, 3),
-                    sequence=session,
+                    sequence=session.sequence if session is not None else None,
                 )
                 if pause > 0:
                     await asyncio.sleep(pause)

@@ -11,7 +11,11 @@ Retry rules, for every call:
   address the next endpoint to try, without pausing.
 - With ``attempt_timeout``, an attempt that times out while the overall
   deadline has time left counts as UNAVAILABLE (a hung or paused node).
-- Any other error is final and maps to an exception in client.errors.
+- RESOURCE_EXHAUSTED (a node over its in-flight limits; the request was
+  refused before anything was proposed) moves to the next endpoint after a
+  back-off pause; a request over the server's message size is final.
+- Any other error is final and maps to an exception in client.errors
+  (UNAUTHENTICATED and PERMISSION_DENIED included: retrying cannot help).
 - A write carries the same Session (client id, sequence) on every attempt,
   so the cluster applies it at most once.
 """
@@ -19,6 +23,7 @@ Retry rules, for every call:
 from __future__ import annotations
 
 import collections
+import os
 import random
 import re
 import secrets
@@ -26,11 +31,17 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import grpc
 
-from client.errors import DeadlineExceeded, RamraftError, Unavailable, error_for_status
+from client.errors import (
+    DeadlineExceeded,
+    RamraftError,
+    ResourceExhausted,
+    Unavailable,
+    error_for_status,
+)
 from proto import kv_pb2
 
 DEFAULT_TIMEOUT: Final = 5.0
@@ -104,6 +115,63 @@ def to_value(value: bytes | str, name: str = "value") -> bytes:
     raise TypeError(f"{name} must be bytes or str, not {type(value).__name__}")
 
 
+# -- security -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TLSOptions:
+    """TLS for the client's connections. ``ca``: PEM certificates that may
+    sign the nodes' certificates (None: the system's trusted roots);
+    ``cert``/``key``: a client certificate and its key, for nodes that
+    require one; ``server_name``: the name to check the nodes' certificates
+    against instead of each endpoint's host."""
+
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs its key, and a key its certificate")
+
+    @classmethod
+    def from_files(
+        cls,
+        ca: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        server_name: str | None = None,
+    ) -> TLSOptions:
+        def read(path: str | os.PathLike[str] | None) -> bytes | None:
+            if path is None or path == "":
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+
+        return cls(read(ca), read(cert), read(key), server_name or None)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
+
+    def channel_options(self) -> tuple[tuple[str, str | int], ...]:
+        if self.server_name:
+            return (*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", self.server_name))
+        return CHANNEL_OPTIONS
+
+
+def token_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    """The call metadata that carries ``token`` (None: send none)."""
+    if token is None:
+        return None
+    if not isinstance(token, str):
+        raise TypeError(f"token must be str, not {type(token).__name__}")
+    token = token.strip()
+    if not token or any(c.isspace() or not c.isprintable() for c in token):
+        raise ValueError("token must be one word of printable characters")
+    return (("authorization", f"Bearer {token}"),)
+
+
 # -- results ------------------------------------------------------------------
 
 
@@ -132,51 +200,108 @@ class RangePage:
 # -- sessions ------------------------------------------------------------------
 
 
+class _Epoch:
+    """One client id and the numbering of its writes."""
+
+    __slots__ = ("client_id", "done", "in_flight", "last")
+
+    def __init__(self, client_id: int) -> None:
+        self.client_id = client_id
+        self.last = 0
+        # Sequences in increasing order; finished ones are dropped from the
+        # front lazily, so the front is the lowest still in flight.
+        self.in_flight: collections.deque[int] = collections.deque()
+        self.done: set[int] = set()
+
+
+class Ticket(NamedTuple):
+    """One write's session identity: its client id (epoch) and sequence."""
+
+    epoch: _Epoch
+    sequence: int
+
+
+SESSION_EXPIRED: Final = "SESSION_EXPIRED"
+
+
+def session_expired(error: RamraftError) -> bool:
+    """The cluster forgot this client's session (FAILED_PRECONDITION whose
+    message starts with the state machine's error code, server/services.py)."""
+    return error.code == grpc.StatusCode.FAILED_PRECONDITION and error.details.startswith(
+        SESSION_EXPIRED
+    )
+
+
+def _random_client_id() -> int:
+    client_id = 0
+    while client_id == 0:
+        client_id = secrets.randbits(64)
+    return client_id
+
+
 class SessionTracker:
     """Numbers this client's writes. The id is random and non-zero; sequence
     numbers start at 1. ``first_unacked`` is the lowest sequence still in
     flight, so that the cluster knows which replies it may forget while
-    several writes are outstanding. Thread-safe."""
+    several writes are outstanding. Thread-safe.
+
+    If the cluster forgets the session (it expired: idle too long, or pushed
+    out by many newer clients), every later write would be refused; ``renew``
+    starts a new session (a new random id, sequences from 1). Writes begun
+    under the old id keep it."""
 
     def __init__(self, client_id: int | None = None) -> None:
         if client_id is None:
-            client_id = 0
-            while client_id == 0:
-                client_id = secrets.randbits(64)
+            client_id = _random_client_id()
         if not 0 < client_id < 2**64:
             raise ValueError("client_id must be a non-zero unsigned 64-bit integer")
-        self.client_id: Final = client_id
-        self._last = 0
-        # Sequences in increasing order; finished ones are dropped from the
-        # front lazily, so the front is the lowest still in flight.
-        self._in_flight: collections.deque[int] = collections.deque()
-        self._done: set[int] = set()
+        self._epoch = _Epoch(client_id)
+        self._open = 0
         self._lock = threading.Lock()
 
-    def begin(self) -> int:
-        with self._lock:
-            self._last += 1
-            self._in_flight.append(self._last)
-            return self._last
+    @property
+    def client_id(self) -> int:
+        """The id new writes are sent with."""
+        return self._epoch.client_id
 
-    def session(self, sequence: int) -> kv_pb2.Session:
-        """The Session for an attempt of write ``sequence`` (built for each
-        attempt: first_unacked may have moved up in between)."""
+    def begin(self) -> Ticket:
         with self._lock:
-            first = self._in_flight[0] if self._in_flight else sequence
-        return kv_pb2.Session(client_id=self.client_id, sequence=sequence, first_unacked=first)
+            epoch = self._epoch
+            epoch.last += 1
+            epoch.in_flight.append(epoch.last)
+            self._open += 1
+            return Ticket(epoch, epoch.last)
 
-    def end(self, sequence: int) -> None:
+    def session(self, ticket: Ticket) -> kv_pb2.Session:
+        """The Session for an attempt of the write (built for each attempt:
+        first_unacked may have moved up in between)."""
+        epoch, sequence = ticket
+        with self._lock:
+            first = epoch.in_flight[0] if epoch.in_flight else sequence
+        return kv_pb2.Session(client_id=epoch.client_id, sequence=sequence, first_unacked=first)
+
+    def end(self, ticket: Ticket) -> None:
         """The write got its final answer, or the client gave up on it."""
+        epoch, sequence = ticket
         with self._lock:
-            self._done.add(sequence)
-            while self._in_flight and self._in_flight[0] in self._done:
-                self._done.discard(self._in_flight.popleft())
+            if sequence in epoch.done or not epoch.in_flight or sequence < epoch.in_flight[0]:
+                return  # ended already (what is below the front has ended)
+            epoch.done.add(sequence)
+            self._open -= 1
+            while epoch.in_flight and epoch.in_flight[0] in epoch.done:
+                epoch.done.discard(epoch.in_flight.popleft())
+
+    def renew(self, expired: Ticket) -> None:
+        """The cluster said the session of ``expired`` is gone: new writes get
+        a new id (once per expired id, however many writes report it)."""
+        with self._lock:
+            if expired.epoch is self._epoch:
+                self._epoch = _Epoch(_random_client_id())
 
     @property
     def in_flight(self) -> int:
         with self._lock:
-            return len(self._in_flight) - len(self._done)
+            return self._open
 
 
 # -- endpoints and retries -------------------------------------------------------
@@ -324,12 +449,21 @@ class CallAttempts:
         when the error is not worth retrying or no time is left."""
         self._last_error, self._last_endpoint = error, endpoint
         code = _code(error)
-        retry = code == grpc.StatusCode.UNAVAILABLE or (
-            code == grpc.StatusCode.DEADLINE_EXCEEDED and self.remaining() > 0.001
+        details = (_details(error) or "").lower()
+        overloaded = code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" not in details
+        retry = (
+            code == grpc.StatusCode.UNAVAILABLE
+            or (code == grpc.StatusCode.DEADLINE_EXCEEDED and self.remaining() > 0.001)
+            or overloaded
         )
         if not retry or self._pinned is not None:
             raise self._error(error, endpoint)
-        details = (_details(error) or "").lower()
+        if overloaded:
+            # Refused before anything was proposed: safe to send again, after a pause.
+            self._ring.failed(endpoint, connection=False)
+            pause = self._policy.pause(self._round, self._rng)
+            self._round += 1
+            return max(0.0, min(pause, self.remaining() - 0.001))
         connection = any(s in details for s in _CONNECTION_FAILURE)
         hint = leader_hint(_metadata(error, "trailing"), _metadata(error, "initial"))
         self._ring.failed(endpoint, connection=connection)
@@ -365,9 +499,11 @@ class CallAttempts:
             if error is not None
             else ""
         )
-        cls: type[RamraftError] = (
-            Unavailable if code == grpc.StatusCode.UNAVAILABLE else DeadlineExceeded
-        )
+        cls: type[RamraftError] = DeadlineExceeded
+        if code == grpc.StatusCode.UNAVAILABLE:
+            cls = Unavailable
+        elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            cls = ResourceExhausted
         what = "no node could serve it" if cls is Unavailable else "deadline exceeded"
         return cls(
             f"{self._method}: {what} within {self._timeout:g}s ({tried}){last}",

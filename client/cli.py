@@ -68,9 +68,15 @@ examples:
   ramraft members add ramraft-3 10.0.0.4:7001
   ramraft --endpoints 10.0.0.1:7001,10.0.0.2:7001 transfer-leader ramraft-2
 
+  ramraft --tls-ca certs/ca.pem --token-file admin.token status   # TLS and a token
+
 environment:
   RAMRAFT_ENDPOINTS  default for --endpoints (otherwise {DEFAULT_ENDPOINTS})
   RAMRAFT_TIMEOUT    default for --timeout in seconds (otherwise 5)
+  RAMRAFT_TOKEN, RAMRAFT_TOKEN_FILE    default for --token, --token-file
+  RAMRAFT_TLS_CA, RAMRAFT_TLS_CERT, RAMRAFT_TLS_KEY    default for --tls-ca,
+                     --tls-cert, --tls-key (the names a node's pod has: inside
+                     a pod the CLI talks TLS with the node's certificate)
 
 exit status: 0 ok; 1 negative answer (key not found, not deleted, not
 swapped); 2 bad usage; 3 the cluster could not answer or refused.
@@ -118,6 +124,49 @@ def _options_parent() -> _Parser:
         default=argparse.SUPPRESS,
         help="print one JSON document on stdout, for scripts",
     )
+    sec = parent.add_argument_group("security")
+    sec.add_argument(
+        "--token",
+        default=argparse.SUPPRESS,
+        help="bearer token for clusters that require one (env RAMRAFT_TOKEN; prefer "
+        "--token-file: a command line is visible to other users)",
+    )
+    sec.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="read the token from FILE (env RAMRAFT_TOKEN_FILE)",
+    )
+    sec.add_argument(
+        "--tls",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="use TLS, trusting the system's roots (implied by --tls-ca)",
+    )
+    sec.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="CA certificate(s) that sign the nodes' certificates (env RAMRAFT_TLS_CA)",
+    )
+    sec.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="client certificate, for nodes that require one (env RAMRAFT_TLS_CERT)",
+    )
+    sec.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="the client certificate's key (env RAMRAFT_TLS_KEY)",
+    )
+    sec.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        default=argparse.SUPPRESS,
+        help="check the nodes' certificates against NAME instead of the endpoint's host",
+    )
     return parent
 
 
@@ -162,8 +211,56 @@ def json_from_args(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "json", False))
 
 
+def _option(args: argparse.Namespace, name: str) -> str | None:
+    """--NAME, else RAMRAFT_NAME, else None (empty counts as unset)."""
+    value = getattr(args, name, None)
+    if value is None:
+        value = os.environ.get(f"RAMRAFT_{name.upper()}")
+    return value or None
+
+
+def token_from_args(args: argparse.Namespace) -> str | None:
+    token = _option(args, "token")
+    path = _option(args, "token_file")
+    if token is not None and path is not None:
+        raise UsageError("give --token or --token-file, not both")
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise UsageError(f"--token-file {path}: {e.strerror}") from None
+        if not token:
+            raise UsageError(f"--token-file {path} is empty")
+    try:
+        _core.token_metadata(token)
+    except ValueError as e:
+        raise UsageError(f"--token: {e}") from None
+    return token
+
+
+def tls_from_args(args: argparse.Namespace) -> _core.TLSOptions | None:
+    ca, cert, key = (_option(args, n) for n in ("tls_ca", "tls_cert", "tls_key"))
+    name = _option(args, "tls_server_name")
+    if not (getattr(args, "tls", False) or ca or name):
+        if cert or key:
+            raise UsageError("--tls-cert/--tls-key need TLS: give --tls-ca (or --tls)")
+        return None
+    try:
+        return _core.TLSOptions.from_files(ca, cert, key, name)
+    except OSError as e:
+        raise UsageError(f"TLS file {e.filename}: {e.strerror}") from None
+    except ValueError as e:
+        raise UsageError(f"--tls-cert/--tls-key: {e}") from None
+
+
 def client_from_args(args: argparse.Namespace) -> Client:
-    return Client(endpoints_from_args(args), timeout_from_args(args))
+    return Client(
+        endpoints_from_args(args),
+        timeout_from_args(args),
+        token=token_from_args(args),
+        tls=tls_from_args(args),
+    )
 
 
 # -- output helpers ---------------------------------------------------------------

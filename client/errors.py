@@ -17,7 +17,10 @@ __all__ = [
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
+    "PermissionDenied",
     "RamraftError",
+    "ResourceExhausted",
+    "Unauthenticated",
     "Unavailable",
     "error_for_status",
 ]
@@ -70,7 +73,26 @@ class FailedPrecondition(RamraftError):
     membership change is in progress)."""
 
 
+class Unauthenticated(RamraftError):
+    """The cluster requires a token (or the token is not valid): give the
+    client ``token=`` (CLI: --token, --token-file or RAMRAFT_TOKEN)."""
+
+
+class PermissionDenied(RamraftError):
+    """The token is valid but its role does not allow the call (a read-only
+    token writing, a non-admin token calling an admin method)."""
+
+
+class ResourceExhausted(RamraftError):
+    """The nodes refused the request as overloaded for as long as the
+    deadline allowed (the request was not applied), or the request is larger
+    than the server accepts."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[RamraftError]] = {
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
     grpc.StatusCode.UNAVAILABLE: Unavailable,

@@ -4,7 +4,9 @@ See ``consensus.types`` for the values it takes and gives, and
 ``consensus.raft.RaftNode`` for the Ready/advance contract.
 """
 
-from consensus.raft import CAMPAIGN_TRANSFER, Config, LeadershipTransferError, RaftNode
+from consensus.config import Config
+from consensus.election import CAMPAIGN_TRANSFER
+from consensus.raft import LeadershipTransferError, RaftNode
 from consensus.types import (
     NO_NODE,
     CompactionError,

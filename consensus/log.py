@@ -15,9 +15,14 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
+from itertools import accumulate
+from operator import attrgetter
 
 from consensus.confchange import apply_conf_change
 from consensus.types import ConfChange, ConfState, Entry, EntryKind, SnapshotMeta
+
+_data = attrgetter("data")
+_kind = attrgetter("kind")
 
 
 class LogInvariantError(AssertionError):
@@ -87,12 +92,15 @@ class RaftLog:
         if lo >= hi:
             return []
         out = self.entries[lo - self.offset - 1 : hi - self.offset - 1]
-        if max_bytes is not None:
-            size = 0
-            for n, entry in enumerate(out):
-                size += len(entry.data) + 16
-                if size > max_bytes and n > 0:
-                    return out[:n]
+        if max_bytes is not None and len(out) > 1:
+            # Cumulative sizes (data + 16 bytes of header per entry), summed in C;
+            # keep the longest prefix within max_bytes, at least one entry.
+            sizes = list(accumulate(map(len, map(_data, out))))
+            if sizes[-1] + 16 * len(out) > max_bytes:
+                fit = bisect_right(
+                    range(len(out)), max_bytes, key=lambda n: sizes[n] + 16 * (n + 1)
+                )
+                return out[: max(fit, 1)]
         return out
 
     def unstable_entries(self) -> list[Entry]:
@@ -159,7 +167,7 @@ class RaftLog:
         self._check_contiguous(entries, self.last_index + 1)
         position = len(self.entries)
         self.entries.extend(entries)
-        if any(e.kind == EntryKind.CONF_CHANGE for e in entries):
+        if any(map(_kind, entries)):  # NORMAL is 0: only CONF_CHANGE is true
             self._rebuild_conf_history(position)
 
     def maybe_append(

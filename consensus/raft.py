@@ -15,15 +15,20 @@ Bridging Theory and Practice" (2014).
 
 from __future__ import annotations
 
-import random
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from itertools import repeat
+from operator import attrgetter, le
 
-from consensus import quorum
+from consensus.base import NodeState
 from consensus.confchange import validate_conf_change
-from consensus.log import RaftLog
+from consensus.config import Config as Config  # re-exported: callers import it from here
+from consensus.election import ElectionMixin
+from consensus.leader import LeaderMixin
+from consensus.log import LogInvariantError, RaftLog
 from consensus.progress import Progress, ProgressState
-from consensus.read_only import ReadOnly, ReadRound, round_context
+from consensus.read_only import ReadOnly
+from consensus.reads import ReadsMixin
 from consensus.types import (
     NO_NODE,
     CompactionError,
@@ -46,49 +51,49 @@ from consensus.types import (
     SnapshotMeta,
     SnapshotToInstall,
     SoftState,
-    check_node_id,
 )
 
-# Marks a vote request that a leadership transfer started (thesis 3.10): voters
-# grant it even while they still hear from the current leader.
-CAMPAIGN_TRANSFER = b"transfer"
+_index = attrgetter("index")
+_term = attrgetter("term")
+
+
+def malformed(m: Message, self_id: NodeId) -> str | None:
+    """Why ``m`` cannot have come from a correct peer, or None. Checks only
+    the message's own shape; whether it fits our log is the protocol's job."""
+    if m.dst != self_id:
+        return f"addressed to {m.dst!r}, not to us"
+    if not m.src or m.src == self_id:
+        return "no sender, or from ourselves"
+    if m.term < 0 or m.index < 0 or m.log_term < 0 or m.commit < 0 or m.reject_hint < 0:
+        return "negative term or index"
+    if m.type == MsgType.APPEND:
+        if m.log_term > m.term:
+            return f"previous entry's term {m.log_term} is after the message's term {m.term}"
+        entries = m.entries
+        if entries:
+            # Whole-column checks, looped in C: this runs for every entry received.
+            indexes = list(map(_index, entries))
+            if indexes != list(range(m.index + 1, m.index + 1 + len(entries))):
+                return f"entry indexes {indexes[0]}..{indexes[-1]} do not follow {m.index}"
+            terms = list(map(_term, entries))
+            if not (
+                m.log_term <= terms[0] and terms[-1] <= m.term and all(map(le, terms, terms[1:]))
+            ):
+                return "entry terms out of order"
+    elif m.entries:
+        return "entries on a message that carries none"
+    if m.type == MsgType.SNAPSHOT:
+        meta = m.snapshot
+        if meta is None or meta.index <= 0 or meta.term > m.term or not meta.conf.voters:
+            return "snapshot metadata missing or impossible"
+    return None
 
 
 class LeadershipTransferError(RaftError):
     """A leadership transfer that cannot start (unknown target, a learner...)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
-    id: NodeId
-    rng: random.Random = field(compare=False)
-    # Ticks without hearing from a leader before a follower campaigns; the
-    # actual timeout is drawn from [election_tick, 2 * election_tick).
-    election_tick: int = 10
-    # Ticks between leader heartbeats. Must be well below election_tick.
-    heartbeat_tick: int = 1
-    pre_vote: bool = True  # thesis 9.6
-    check_quorum: bool = True  # thesis 6.2: a leader cut off from a majority steps down
-    # Cap on the entry bytes in one AppendEntries (always at least one entry).
-    max_msg_bytes: int = 1 << 20
-    # Pipeline window: AppendEntries messages in flight per follower.
-    max_inflight_msgs: int = 256
-    # Proposals are refused while more than this many bytes wait for commit.
-    max_uncommitted_bytes: int = 256 << 20
-    # A learner is promoted only when at most this many entries behind.
-    max_learner_lag: int = 1000
-
-    def validate(self) -> None:
-        check_node_id(self.id)
-        if self.heartbeat_tick < 1:
-            raise ValueError("heartbeat_tick must be at least 1")
-        if self.election_tick <= self.heartbeat_tick:
-            raise ValueError("election_tick must be larger than heartbeat_tick")
-        if self.max_inflight_msgs < 1 or self.max_msg_bytes < 1:
-            raise ValueError("max_inflight_msgs and max_msg_bytes must be positive")
-
-
-class RaftNode:
+class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
     """One Raft server's consensus state. Not thread-safe: one owner calls it.
 
     Construct it from what storage recovered (``hard_state``, the newest
@@ -145,6 +150,7 @@ class RaftNode:
         # Leader only: no new membership change until this index is committed.
         self.pending_conf_index = 0
         self._uncommitted_bytes = 0
+        self._uncommitted_sizes = deque()
         # Read round ids start at a random 64-bit base for every incarnation:
         # an answer still in flight to a previous incarnation of this node
         # must never match a round of this one (it would release a read at
@@ -165,6 +171,8 @@ class RaftNode:
         self._broadcast_pending = False
         self._soft = SoftState(NO_NODE, Role.FOLLOWER)
         self._in_ready = False
+        self.rejected_messages = 0
+        self.last_rejection = ""
 
         self._become_follower(self.term, NO_NODE)
 
@@ -189,10 +197,11 @@ class RaftNode:
 
     def propose_batch(self, commands: Sequence[bytes]) -> int:
         """Append many commands at once; returns the index of the first."""
-        self._check_can_propose(sum(len(c) for c in commands))
+        size = sum(map(len, commands))
+        self._check_can_propose(size)
         first = self.log.last_index + 1
-        term = self.term
-        self._append([Entry(term, first + n, data) for n, data in enumerate(commands)])
+        entries = list(map(Entry, repeat(self.term), range(first, first + len(commands)), commands))
+        self._append(entries, size)
         return first
 
     def propose_conf_change(self, change: ConfChange) -> int:
@@ -214,7 +223,8 @@ class RaftNode:
                     f"once it is within {self.cfg.max_learner_lag}"
                 )
         index = self.log.last_index + 1
-        self._append([Entry(self.term, index, change.encode(), EntryKind.CONF_CHANGE)])
+        data = change.encode()
+        self._append([Entry(self.term, index, data, EntryKind.CONF_CHANGE)], len(data))
         self.pending_conf_index = index
         self._sync_progress_with_conf()
         return index
@@ -251,7 +261,15 @@ class RaftNode:
             self._send_append(target)
 
     def step(self, m: Message) -> None:
-        """Take in one message from a peer."""
+        """Take in one message from a peer. A message that no correct peer
+        could have sent (see ``malformed``) is dropped and counted in
+        ``rejected_messages``: a buggy or hostile peer cannot crash the node
+        or make it trust impossible data."""
+        problem = malformed(m, self.id)
+        if problem is not None:
+            self.rejected_messages += 1
+            self.last_rejection = f"{m.type.name} from {m.src or '?'}: {problem}"
+            return
         if m.term > self.term:
             if m.type in (MsgType.VOTE, MsgType.PRE_VOTE) and self._in_lease(m):
                 # Thesis 4.2.3: while we hear from a leader, a candidate is
@@ -465,6 +483,7 @@ class RaftNode:
         self.leader = self.id
         self.vote = self.id
         self._uncommitted_bytes = 0
+        self._uncommitted_sizes = deque()
         self._sync_progress_with_conf()
         for peer, pr in self.progress.items():
             if peer == self.id:
@@ -474,112 +493,7 @@ class RaftNode:
         self.pending_conf_index = self.log.last_index
         # Paper 5.4.2 / thesis 6.4: commit an entry of our own term at once,
         # which also commits everything before it and lets reads be served.
-        self._append([Entry(self.term, self.log.last_index + 1)])
-
-    def _promotable(self) -> bool:
-        return self.id in self.log.conf.voters and self._pending_snapshot is None
-
-    def _in_lease(self, m: Message) -> bool:
-        return (
-            self.cfg.check_quorum
-            and self.leader != NO_NODE
-            and self.election_elapsed < self.cfg.election_tick
-            and m.context != CAMPAIGN_TRANSFER
-        )
-
-    # ==== elections (paper 5.2, thesis 9.6) ================================================
-
-    def _tick_election(self) -> None:
-        self.election_elapsed += 1
-        if self._promotable() and self.election_elapsed >= self.randomized_election_timeout:
-            self.election_elapsed = 0
-            self._campaign(pre_vote=self.cfg.pre_vote, transfer=False)
-
-    def _campaign(self, *, pre_vote: bool, transfer: bool) -> None:
-        if pre_vote:
-            self._become_pre_candidate()
-            vote_term = self.term + 1
-            vote_type = MsgType.PRE_VOTE
-        else:
-            self._become_candidate()
-            vote_term = self.term
-            vote_type = MsgType.VOTE
-        self.votes[self.id] = True
-        if self._count_votes():
-            return
-        context = CAMPAIGN_TRANSFER if transfer else b""
-        for voter in sorted(self.log.conf.voters):
-            if voter != self.id:
-                self._send(
-                    Message(
-                        vote_type,
-                        self.id,
-                        voter,
-                        vote_term,
-                        log_term=self.log.last_term,
-                        index=self.log.last_index,
-                        context=context,
-                    )
-                )
-
-    def _count_votes(self) -> bool:
-        """Act on the election's outcome if it is decided; True if it is."""
-        result = quorum.tally(self.log.conf.voters, self.votes)
-        if result == quorum.VoteResult.WON:
-            if self.role == Role.PRE_CANDIDATE:
-                self._campaign(pre_vote=False, transfer=False)
-            else:
-                self._become_leader()
-            return True
-        if result == quorum.VoteResult.LOST:
-            self._become_follower(self.term, NO_NODE)
-            return True
-        return False
-
-    def _handle_vote_request(self, m: Message) -> None:
-        response = MsgType.VOTE_RESP if m.type == MsgType.VOTE else MsgType.PRE_VOTE_RESP
-        can_vote = (
-            self.vote == m.src
-            or (self.vote == NO_NODE and self.leader == NO_NODE)
-            or (m.type == MsgType.PRE_VOTE and m.term > self.term)
-        )
-        if can_vote and self._log_ok_for_vote(m):
-            # A granted pre-vote answers in the candidate's future term, so
-            # the pre-candidate does not take it for a stale message.
-            self._send(Message(response, self.id, m.src, m.term))
-            if m.type == MsgType.VOTE:
-                self.election_elapsed = 0
-                self.vote = m.src
-        else:
-            self._send(Message(response, self.id, m.src, self.term, reject=True))
-
-    def _log_ok_for_vote(self, m: Message) -> bool:
-        """Paper 5.4.1: grant only to a candidate whose log is at least as up to
-        date as ours, so a leader always holds every committed entry."""
-        return self.log.is_up_to_date(m.index, m.log_term)
-
-    def _answer_stale(self, m: Message) -> None:
-        """A message from an older term. A stale leader's append or heartbeat
-        is answered so it learns the new term and steps down (with PreVote or
-        CheckQuorum on, its followers would otherwise never tell it); a
-        pre-vote is refused so the pre-candidate stops waiting."""
-        if m.type in (MsgType.APPEND, MsgType.HEARTBEAT) and (
-            self.cfg.check_quorum or self.cfg.pre_vote
-        ):
-            self._send(Message(MsgType.APPEND_RESP, self.id, m.src, self.term))
-        elif m.type == MsgType.PRE_VOTE:
-            self._send(Message(MsgType.PRE_VOTE_RESP, self.id, m.src, self.term, reject=True))
-        elif m.type == MsgType.READ_INDEX:
-            self._send(
-                Message(
-                    MsgType.READ_INDEX_RESP,
-                    self.id,
-                    m.src,
-                    self.term,
-                    context=m.context,
-                    reject=True,
-                )
-            )
+        self._append([Entry(self.term, self.log.last_index + 1)], 0)
 
     # ==== followers and candidates =========================================================
 
@@ -632,7 +546,14 @@ class RaftNode:
                 Message(MsgType.APPEND_RESP, self.id, m.src, self.term, index=self.log.committed)
             )
             return
-        last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
+        try:
+            last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
+        except LogInvariantError as e:
+            # Only a buggy or lying peer rewrites committed entries: refuse it,
+            # keep our log, and let the owner see the count (and the reason).
+            self.rejected_messages += 1
+            self.last_rejection = f"APPEND from {m.src}: {e}"
+            return
         if last_new is not None:
             self._send(Message(MsgType.APPEND_RESP, self.id, m.src, self.term, index=last_new))
             return
@@ -682,314 +603,6 @@ class RaftNode:
         self._send(
             Message(MsgType.APPEND_RESP, self.id, m.src, self.term, index=self.log.committed)
         )
-
-    # ==== the leader =======================================================================
-
-    def _tick_leader(self) -> None:
-        self.heartbeat_elapsed += 1
-        self.election_elapsed += 1
-        if self.election_elapsed >= self.cfg.election_tick:
-            self.election_elapsed = 0
-            if self.cfg.check_quorum and not self._quorum_active():
-                # Thesis 6.2: we cannot reach a majority; another leader may
-                # already exist. Step down so clients look elsewhere.
-                self._become_follower(self.term, NO_NODE)
-                return
-            if self.lead_transferee != NO_NODE:
-                self.lead_transferee = NO_NODE  # the transfer timed out
-        if self.heartbeat_elapsed >= self.cfg.heartbeat_tick:
-            self.heartbeat_elapsed = 0
-            self._broadcast_heartbeat(self._read_only.last_round_context())
-
-    def _quorum_active(self) -> bool:
-        active = {peer for peer, pr in self.progress.items() if pr.recent_active}
-        active.add(self.id)
-        for pr in self.progress.values():
-            pr.recent_active = False
-        return quorum.has_quorum(self.log.conf.voters, active)
-
-    def _check_can_propose(self, size: int) -> None:
-        if self.role != Role.LEADER:
-            raise NotLeaderError(self.leader)
-        if self.lead_transferee != NO_NODE:
-            raise ProposalDroppedError(f"leadership is being transferred to {self.lead_transferee}")
-        if self._uncommitted_bytes + size > self.cfg.max_uncommitted_bytes and size:
-            raise ProposalDroppedError("too many uncommitted bytes; retry when commits catch up")
-
-    def _append(self, entries: list[Entry]) -> None:
-        self.log.append(entries)
-        self._uncommitted_bytes += sum(len(e.data) for e in entries)
-        own = self.progress.get(self.id)
-        if own is not None:
-            own.maybe_update(self.log.last_index)
-        # Appends to followers are built once per Ready, so proposals that
-        # arrive in one turn travel together (batching).
-        self._broadcast_pending = True
-
-    def _sync_progress_with_conf(self) -> None:
-        """Track exactly the members of the configuration in force."""
-        conf = self.log.conf
-        for member in sorted(conf.members):  # sorted: runs must not depend on hash seeds
-            pr = self.progress.get(member)
-            if pr is None:
-                pr = Progress(self.log.last_index + 1, self.cfg.max_inflight_msgs, False)
-                pr.recent_active = True  # give a new member a CheckQuorum round
-                self.progress[member] = pr
-            pr.is_learner = member in conf.learners
-        for member in list(self.progress):
-            if member not in conf.members and member != self.id:
-                del self.progress[member]
-        if self.lead_transferee not in conf.voters:
-            self.lead_transferee = NO_NODE
-
-    def _step_leader(self, m: Message) -> None:
-        if m.type == MsgType.READ_INDEX:
-            self._read_only.add(m.src, m.context)
-            return
-        pr = self.progress.get(m.src)
-        if pr is None:
-            return
-        if m.type == MsgType.APPEND_RESP:
-            pr.recent_active = True
-            if m.reject:
-                self._handle_append_reject(m, pr)
-            else:
-                self._handle_append_success(m, pr)
-        elif m.type == MsgType.HEARTBEAT_RESP:
-            pr.recent_active = True
-            pr.probe_sent = False
-            if pr.state == ProgressState.REPLICATE and pr.inflights.full():
-                # An append may have been lost: let one more through, whose
-                # reply (or rejection) gets the pipeline moving again.
-                pr.inflights.free_first()
-            if pr.match < self.log.last_index:
-                self._send_append(m.src)
-            if m.context and not pr.is_learner:
-                self._ack_read_round(m.context, m.src)
-
-    def _handle_append_reject(self, m: Message, pr: Progress) -> None:
-        hint = m.reject_hint
-        if m.log_term > 0:
-            # Skip every entry of ours in a term the follower cannot match.
-            hint, _ = self.log.find_conflict_by_term(hint, m.log_term)
-        if pr.maybe_decrease_to(m.index, hint):
-            if pr.state == ProgressState.REPLICATE:
-                pr.become_probe()
-            self._send_append(m.src)
-
-    def _handle_append_success(self, m: Message, pr: Progress) -> None:
-        was_paused = pr.is_paused()
-        if not pr.maybe_update(m.index):
-            return
-        if pr.state == ProgressState.PROBE or (
-            pr.state == ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot
-        ):
-            pr.become_replicate()
-        elif pr.state == ProgressState.REPLICATE:
-            pr.inflights.free_to(m.index)
-        if self._maybe_commit():
-            if self.role != Role.LEADER:
-                return  # the commit removed us from the configuration
-            self._broadcast_pending = True
-        elif was_paused:
-            self._send_append(m.src)
-        # Fill the pipeline window with whatever the follower still lacks.
-        while self._send_append(m.src, send_if_empty=False):
-            pass
-        if m.src == self.lead_transferee and pr.match == self.log.last_index:
-            self._send(Message(MsgType.TIMEOUT_NOW, self.id, m.src, self.term))
-
-    def _maybe_commit(self) -> bool:
-        match = {peer: pr.match for peer, pr in self.progress.items()}
-        index = quorum.committed_index(self.log.conf.voters, match)
-        if index <= self.log.committed or not self._may_commit_by_counting(index):
-            return False
-        before = self.log.committed
-        self.log.commit_to(index)
-        self._on_commit(before)
-        return True
-
-    def _may_commit_by_counting(self, index: int) -> bool:
-        """Paper 5.4.2 (the Figure 8 case): an entry from an earlier term is
-        never committed by counting its replicas; only an entry of the
-        current term is, and that commits everything before it."""
-        return self.log.term(index) == self.term
-
-    def _on_commit(self, before: int) -> None:
-        committed = self.log.committed
-        self._uncommitted_bytes = max(
-            0,
-            self._uncommitted_bytes
-            - sum(
-                len(e.data) for e in self.log.slice(max(before, self.log.offset) + 1, committed + 1)
-            ),
-        )
-        conf = self.log.conf
-        if self.id not in conf.voters and committed >= self.log.last_conf_index:
-            # Thesis 4.2.2: a leader removed from the configuration leads until
-            # the change commits, then steps down.
-            self._become_follower(self.term, NO_NODE)
-
-    def _send_append(self, to: NodeId, send_if_empty: bool = True) -> bool:
-        """Send ``to`` the entries it lacks (or a snapshot when they are
-        compacted away). False if nothing was sent."""
-        pr = self.progress[to]
-        if pr.is_paused():
-            return False
-        prev_index = pr.next - 1
-        prev_term = self.log.term(prev_index)
-        if prev_term is None and prev_index <= self.log.last_index:
-            return self._send_snapshot(to, pr)
-        if prev_term is None:
-            # next is past our log (stale optimism): back off to what we have.
-            pr.become_probe()
-            prev_index = pr.next - 1
-            prev_term = self.log.term(prev_index)
-            if prev_term is None:
-                return self._send_snapshot(to, pr)
-        entries = self.log.slice(pr.next, self.log.last_index + 1, self.cfg.max_msg_bytes)
-        if not entries and not send_if_empty:
-            return False
-        if pr.state == ProgressState.REPLICATE and entries and pr.inflights.full():
-            return False
-        self._send(
-            Message(
-                MsgType.APPEND,
-                self.id,
-                to,
-                self.term,
-                log_term=prev_term,
-                index=prev_index,
-                entries=tuple(entries),
-                commit=self.log.committed,
-            )
-        )
-        pr.sent_entries(entries[-1].index if entries else prev_index, len(entries))
-        return True
-
-    def _send_snapshot(self, to: NodeId, pr: Progress) -> bool:
-        """Paper 7: the follower needs entries we compacted; send the snapshot
-        (the transport streams its data in chunks)."""
-        if not pr.recent_active:
-            # Do not start a costly snapshot to a peer we have not heard from.
-            return False
-        snapshot = self.latest_snapshot
-        self._send(Message(MsgType.SNAPSHOT, self.id, to, self.term, snapshot=snapshot))
-        pr.become_snapshot(snapshot.index)
-        return True
-
-    def _broadcast_append(self) -> None:
-        for peer in self.progress:
-            if peer != self.id and self._send_append(peer):
-                # Fill the pipeline window when the size cap splits the batch.
-                while self._send_append(peer, send_if_empty=False):
-                    pass
-
-    def _broadcast_heartbeat(self, context: bytes) -> None:
-        for peer, pr in self.progress.items():
-            if peer == self.id:
-                continue
-            self._send(
-                Message(
-                    MsgType.HEARTBEAT,
-                    self.id,
-                    peer,
-                    self.term,
-                    commit=min(pr.match, self.log.committed),
-                    context=context,
-                )
-            )
-
-    # ==== reads (thesis 6.4) ===============================================================
-
-    def _committed_in_term(self) -> bool:
-        return self.log.term(self.log.committed) == self.term
-
-    def _start_read_round(self) -> None:
-        if not self._read_only.queued or not self._committed_in_term():
-            return  # reads wait for the leader's first commit of its term
-        context = self._read_only.start_round(self.log.committed, self.id)
-        assert context is not None
-        if quorum.has_quorum(self.log.conf.voters, {self.id}):
-            self._release_reads(context)  # a single voter confirms itself
-        else:
-            self._broadcast_heartbeat(context)
-
-    def _ack_read_round(self, context: bytes, voter: NodeId) -> None:
-        read_round = self._read_only.ack(context, voter)
-        if read_round is not None and quorum.has_quorum(self.log.conf.voters, read_round.acks):
-            self._release_reads(context)
-
-    def _release_reads(self, context: bytes) -> None:
-        for read_round in self._read_only.release_through(context):
-            self._serve_round(read_round)
-
-    def _serve_round(self, read_round: ReadRound) -> None:
-        for request in read_round.requests:
-            if request.requester == self.id:
-                self._read_states.append(ReadState(request.context, read_round.index))
-            else:
-                self._send(
-                    Message(
-                        MsgType.READ_INDEX_RESP,
-                        self.id,
-                        request.requester,
-                        self.term,
-                        index=read_round.index,
-                        context=request.context,
-                    )
-                )
-
-    def _refuse_read(self, m: Message) -> None:
-        self._send(
-            Message(
-                MsgType.READ_INDEX_RESP, self.id, m.src, self.term, context=m.context, reject=True
-            )
-        )
-
-    def _drop_leader_reads(self) -> None:
-        for request in self._read_only.drain():
-            if request.requester == self.id:
-                self._dropped_reads.append(request.context)
-            else:
-                self._send(
-                    Message(
-                        MsgType.READ_INDEX_RESP,
-                        self.id,
-                        request.requester,
-                        self.term,
-                        context=request.context,
-                        reject=True,
-                    )
-                )
-
-    def _drop_follower_reads(self) -> None:
-        self._dropped_reads.extend(self._follower_reads)
-        self._follower_reads = []
-        for _, reads in self._follower_rounds.values():
-            self._dropped_reads.extend(reads)
-        self._follower_rounds.clear()
-
-    def _expire_follower_reads(self) -> None:
-        """A read round the leader never answered (lost message, leader cut
-        off) is given up after two election timeouts, so it cannot leak."""
-        deadline = self._ticks - 2 * self.cfg.election_tick
-        for context, (sent_at, reads) in list(self._follower_rounds.items()):
-            if sent_at < deadline:
-                del self._follower_rounds[context]
-                self._dropped_reads.extend(reads)
-
-    def _send_follower_reads(self) -> None:
-        if not self._follower_reads:
-            return
-        if self.leader == NO_NODE or self.role != Role.FOLLOWER:
-            self._drop_follower_reads()
-            return
-        context = round_context(self._next_follower_round)
-        self._next_follower_round += 1
-        self._follower_rounds[context] = (self._ticks, self._follower_reads)
-        self._follower_reads = []
-        self._send(Message(MsgType.READ_INDEX, self.id, self.leader, self.term, context=context))
 
     # ==== plumbing =========================================================================
 

@@ -2,10 +2,12 @@
 # Chaos test for a ramraft StatefulSet on a real cluster.
 #
 # Starts a workload pod in the namespace that runs
-#     ramraft chaos --endpoints <client Service>:7000 --duration D --history FILE
-# (it writes and reads through the client Service, records every operation,
-# then checks the history: linearizable, no acknowledged write lost; exit 0 =
-# pass), and meanwhile force-deletes random ramraft pods:
+#     ramraft chaos --endpoints <client Service>:7000 --duration D \
+#         --clients N --keys K --history /tmp/history.jsonl
+# (N clients with sessions write and read K keys through the client Service,
+# every operation is recorded, every key is read at the end, and the history
+# is checked: linearizable, no acknowledged write lost), and meanwhile
+# force-deletes random ramraft pods:
 #     kubectl delete pod ramraft-N --grace-period=0 --force
 # No faults in the last --settle seconds, so the workload's final reads run on
 # a healed cluster. The history and the fault log are copied back; the script
@@ -19,7 +21,10 @@
 #                          is uniform in [interval/2, 3*interval/2])
 #   --settle SECONDS       fault-free tail of the run (default 30)
 #   --history FILE         where to write the history (default chaos-<time>.jsonl);
-#                          the fault log goes to FILE.faults
+#                          the fault log goes to FILE.faults, the workload's
+#                          report to FILE.log
+#   --clients N            concurrent workload clients (default 4)
+#   --keys K               keys they share (default 5)
 #   --statefulset NAME     (default ramraft)
 #   --service NAME         client Service (default ramraft)
 #   --port PORT            client gRPC port (default 7000)
@@ -27,8 +32,11 @@
 #   --overlap              delete pods even while some are not Ready (may take
 #                          a quorum down: tests unavailability, not only failover)
 #   --keep                 keep the workload pod afterwards
-# Exit: the workload's exit code; 2 for bad usage; 3 if the run could not start
-# or finish (cluster not ready, workload pod failed, no result).
+# Exit: the workload's exit code (0 pass; 1 violation: not linearizable or an
+# acknowledged write lost; 3 no verdict: final reads failed); 2 for bad usage;
+# 3 if the run could not start or finish (cluster not ready, workload pod
+# failed, no result).
+# Re-check a copied history offline: ramraft chaos --check-only FILE
 set -euo pipefail
 
 NS=""
@@ -43,8 +51,11 @@ PORT=7000
 IMAGE=""
 OVERLAP=0
 KEEP=0
+CLIENTS=4
+KEYS=5
 
-usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; }
+# The header comment above, up to the first line that is not a comment.
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 die() { printf 'chaos.sh: %s\n' "$1" >&2; exit "${2:-3}"; }
 log() { printf '%s chaos.sh: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
@@ -61,16 +72,21 @@ while [ $# -gt 0 ]; do
     --service) SERVICE=${2:?}; shift 2 ;;
     --port) PORT=${2:?}; shift 2 ;;
     --image) IMAGE=${2:?}; shift 2 ;;
+    --clients) CLIENTS=${2:?}; shift 2 ;;
+    --keys) KEYS=${2:?}; shift 2 ;;
     --overlap) OVERLAP=1; shift ;;
     --keep) KEEP=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" 2 ;;
   esac
 done
-for v in DURATION INTERVAL SETTLE PORT; do
-  is_int "${!v}" || die "--${v,,} must be a whole number of seconds, got '${!v}'" 2
+for v in DURATION INTERVAL SETTLE PORT CLIENTS KEYS; do
+  is_int "${!v}" || die "--${v,,} must be a whole number, got '${!v}'" 2
 done
 [ "$INTERVAL" -ge 1 ] || die "--interval must be at least 1" 2
+if [ "$CLIENTS" -lt 1 ] || [ "$KEYS" -lt 1 ]; then
+  die "--clients and --keys must be at least 1" 2
+fi
 [ "$SETTLE" -lt "$DURATION" ] || die "--settle ($SETTLE) must be shorter than --duration ($DURATION)" 2
 
 KUBECTL=(kubectl)
@@ -137,6 +153,7 @@ spec:
         - -c
         - >-
           ramraft chaos --endpoints "\$ENDPOINTS" --duration "\$DURATION"
+          --clients $CLIENTS --keys $KEYS
           --history /tmp/history.jsonl; echo \$? > /tmp/rc; exec sleep 86400
       securityContext:
         allowPrivilegeEscalation: false
@@ -187,5 +204,7 @@ done
 is_int "$rc" || die "no result from the workload within $((DURATION + 600))s"
 k exec "$POD" -- cat /tmp/history.jsonl > "$HISTORY" || log "warning: could not copy the history"
 k logs "$POD" > "$HISTORY.log" 2>&1 || true
+# The workload's own report: counts, linearizable, lost writes, verdict.
+grep -E '^(operations|linearizable|lost acknowledged|verdict):' "$HISTORY.log" >&2 || true
 log "workload exited $rc; $faults faults; history in $HISTORY, faults in $FAULTS, output in $HISTORY.log"
 exit "$rc"

@@ -116,7 +116,10 @@ class NodeAPI:
                         "the leader changed while the write was in flight; it may or may not "
                         "have been applied"
                     ) from e
-                await asyncio.sleep(min(backoff, max(0.0, deadline.remaining())))
+                # The leader we know is gone or busy: retry as soon as another
+                # one is known (an election), or after a back-off.
+                pause = min(backoff, max(0.0, deadline.remaining()))
+                await self.runtime.wait_for_new_leader(leader, pause)
                 backoff = min(backoff * 2, 0.2)
 
     async def _forward(self, leader: str, command: bytes, deadline: Deadline) -> tuple[int, object]:

@@ -15,19 +15,40 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from server.config import ConfigError, Limits, NodeConfig, parse_address, parse_peers
+from server.config import ConfigError, Limits, NodeConfig, TLSConfig, parse_address, parse_peers
+
+if TYPE_CHECKING:
+    from server.hosting import Application
 
 NODE_EPILOG = """\
 examples:
   ramraft node --id a --peers a=127.0.0.1:7001,b=127.0.0.1:7002,c=127.0.0.1:7003 \\
       --data-dir /var/lib/ramraft/a --http 127.0.0.1:8001
   RAMRAFT_ID=$(hostname) RAMRAFT_PEERS=... RAMRAFT_DATA_DIR=/data ramraft node
+  ramraft node ... --http 127.0.0.1:8001 --app examples.notes:app   # pages at /app/
 
 The node's gRPC address is its own entry in --peers unless --listen overrides
 the bind address. With --peer-listen, peers talk on that separate port and
 --peers lists peer addresses.
+
+security (off by default; on in k8s/):
+  --tls-cert/--tls-key/--tls-ca turn TLS on for every port (make the files with
+  `ramraft certs`). Peers always use mutual TLS: a peer must present a
+  certificate from the CA whose ramraft-node:<id> identity is a member, and
+  every message it sends must carry that id as its sender. Without
+  --peer-listen the client port carries the peer protocol too, and then every
+  caller must present a certificate from the CA. The files are re-read when
+  they change on disk; new connections use the new certificate.
+  --auth-tokens FILE requires a bearer token (roles read, write, admin; see
+  `ramraft tokens`) on the gRPC and HTTP ports; health checks stay open.
+
+limits (excess requests get RESOURCE_EXHAUSTED / HTTP 429 at once; memory is
+bounded by about --max-inflight x --max-request-bytes plus the data):
+  --max-key-bytes, --max-value-bytes, --max-request-bytes, --max-http-body-bytes,
+  --max-inflight, --max-inflight-per-connection, --max-connections,
+  --max-pending-requests, --max-range-page, --snapshot-chunk-bytes
 """
 
 
@@ -80,19 +101,42 @@ def add_node_parser(sub: Any) -> None:
         help="web tier bind address, e.g. 0.0.0.0:8080 (env RAMRAFT_HTTP)",
     )
     p.add_argument(
+        "--app",
+        default=_env("APP"),
+        help=(
+            "serve an application model next to the key-value store: MODULE:FACTORY, e.g. "
+            "examples.notes:app; its pages are under /app/ on --http (env RAMRAFT_APP)"
+        ),
+    )
+    p.add_argument(
+        "--app-path",
+        default=_env("APP_PATH", "."),
+        help=(
+            "directories to import the --app module from, ':'-separated "
+            "(default: the current directory; env RAMRAFT_APP_PATH)"
+        ),
+    )
+    p.add_argument(
         "--join",
         action="store_true",
         default=_env("JOIN") in ("1", "true", "yes"),
         help="start empty and wait to be added with AddMember (env RAMRAFT_JOIN=1)",
     )
     p.add_argument(
-        "--tick-ms", type=int, default=_env_int("TICK_MS", 50), help="Raft tick in ms (default 50)"
+        "--tick-ms", type=int, default=_env_int("TICK_MS", 10), help="Raft tick in ms (default 10)"
     )
     p.add_argument(
         "--election-ticks",
         type=int,
-        default=_env_int("ELECTION_TICKS", 10),
-        help="ticks without a leader before an election (default 10: 0.5-1 s)",
+        default=_env_int("ELECTION_TICKS", 50),
+        help="ticks without a leader before a follower campaigns, randomized up to twice "
+        "that (default 50: 0.5-1 s)",
+    )
+    p.add_argument(
+        "--heartbeat-ticks",
+        type=int,
+        default=_env_int("HEARTBEAT_TICKS", 5),
+        help="ticks between the leader's heartbeats (default 5: 50 ms)",
     )
     p.add_argument(
         "--snapshot-entries",
@@ -106,8 +150,92 @@ def add_node_parser(sub: Any) -> None:
         default=_env_int("RETAIN_ENTRIES", 5_000),
         help="log entries kept behind a snapshot for slow followers (default 5000)",
     )
-    p.add_argument("--max-key-bytes", type=int, default=_env_int("MAX_KEY_BYTES", 1024))
-    p.add_argument("--max-value-bytes", type=int, default=_env_int("MAX_VALUE_BYTES", 1 << 20))
+    tls = p.add_argument_group("TLS and authentication")
+    tls.add_argument(
+        "--tls-cert",
+        default=_env("TLS_CERT"),
+        help="this node's certificate (PEM; env RAMRAFT_TLS_CERT); with --tls-key and "
+        "--tls-ca turns TLS on for every port",
+    )
+    tls.add_argument("--tls-key", default=_env("TLS_KEY"), help="its key (env RAMRAFT_TLS_KEY)")
+    tls.add_argument(
+        "--tls-ca",
+        default=_env("TLS_CA"),
+        help="the cluster CA that signs peers' and clients' certificates (env RAMRAFT_TLS_CA)",
+    )
+    tls.add_argument(
+        "--tls-client-auth",
+        choices=("none", "require"),
+        default=_env("TLS_CLIENT_AUTH", "none"),
+        help="require a client certificate from the CA on the client gRPC and HTTP ports "
+        "(default none; env RAMRAFT_TLS_CLIENT_AUTH)",
+    )
+    tls.add_argument(
+        "--auth-tokens",
+        default=_env("AUTH_TOKENS"),
+        help="token file (lines: ROLE NAME TOKEN): clients must send a token "
+        "(env RAMRAFT_AUTH_TOKENS)",
+    )
+    tls.add_argument(
+        "--peer-id-pattern",
+        default=_env("PEER_ID_PATTERN"),
+        help="node ids accepted as peers besides the known members, fnmatch patterns, "
+        "comma-separated, e.g. 'ramraft-*' (env RAMRAFT_PEER_ID_PATTERN)",
+    )
+    tls.add_argument(
+        "--health-listen",
+        default=_env("HEALTH_LISTEN"),
+        help="a plaintext gRPC port serving only grpc.health.v1, for probes that speak no TLS "
+        "(env RAMRAFT_HEALTH_LISTEN)",
+    )
+    lim = p.add_argument_group("limits")
+    d = Limits()
+
+    def limit(flag: str, default: int, text: str) -> None:
+        env = flag.upper().replace("-", "_")
+        lim.add_argument(
+            f"--{flag}",
+            type=int,
+            default=_env_int(env, default),
+            metavar="N",
+            help=f"{text} (default {default}; env RAMRAFT_{env})",
+        )
+
+    limit("max-key-bytes", d.max_key_bytes, "longest key, in UTF-8 bytes")
+    limit("max-value-bytes", d.max_value_bytes, "longest value")
+    limit(
+        "max-request-bytes",
+        d.max_request_bytes,
+        "largest gRPC request on the client port; 0: max(4 MiB, value + key + 64 KiB). "
+        "Without --peer-listen the port also carries peer messages and accepts 64 MiB",
+    )
+    limit(
+        "max-http-body-bytes",
+        d.max_http_body_bytes,
+        "largest HTTP request body; 0: room for the largest value as base64 JSON",
+    )
+    limit(
+        "max-inflight",
+        d.max_inflight,
+        "client requests served at once, gRPC and HTTP together; more are refused at once",
+    )
+    limit(
+        "max-inflight-per-connection",
+        d.max_inflight_per_connection,
+        "client requests served at once on one connection",
+    )
+    limit("max-connections", d.max_connections, "open client connections per port")
+    limit(
+        "max-pending-requests",
+        d.max_pending_requests,
+        "writes and reads waiting inside the node (including forwarded ones)",
+    )
+    limit("max-range-page", d.max_range_limit, "most items in one Range page")
+    limit(
+        "snapshot-chunk-bytes",
+        d.snapshot_chunk_bytes,
+        "data bytes per InstallSnapshot chunk this node sends",
+    )
     p.add_argument(
         "--no-fsync",
         action="store_true",
@@ -136,32 +264,81 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         http=args.http,
         tick_ms=args.tick_ms,
         election_ticks=args.election_ticks,
+        heartbeat_ticks=args.heartbeat_ticks,
         snapshot_entries=args.snapshot_entries,
         retain_entries=args.retain_entries,
         join=args.join,
         fsync=not args.no_fsync,
-        limits=Limits(max_key_bytes=args.max_key_bytes, max_value_bytes=args.max_value_bytes),
+        limits=Limits(
+            max_key_bytes=args.max_key_bytes,
+            max_value_bytes=args.max_value_bytes,
+            max_range_limit=args.max_range_page,
+            max_pending_requests=args.max_pending_requests,
+            max_request_bytes=args.max_request_bytes,
+            max_http_body_bytes=args.max_http_body_bytes,
+            max_inflight=args.max_inflight,
+            max_inflight_per_connection=args.max_inflight_per_connection,
+            max_connections=args.max_connections,
+            snapshot_chunk_bytes=args.snapshot_chunk_bytes,
+        ),
+        tls=TLSConfig(
+            cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca, client_auth=args.tls_client_auth
+        ),
+        auth_tokens=args.auth_tokens,
+        peer_id_pattern=args.peer_id_pattern,
+        health_listen=args.health_listen,
     )
     config.validate()
     return config
 
 
+def load_app_from_args(args: argparse.Namespace) -> Application | None:
+    """The --app application, imported with --app-path on sys.path."""
+    from server.hosting import load_app
+
+    if not args.app:
+        return None
+    for directory in reversed([d for d in args.app_path.split(os.pathsep) if d]):
+        path = str(Path(directory).resolve())
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    return load_app(args.app)
+
+
 def run_node(args: argparse.Namespace) -> int:
+    from server.auth import AuthConfigError
+    from server.hosting import AppLoadError
     from server.logs import configure_logging
     from server.node import Node
+    from server.statemachine import SnapshotError
     from server.storage import StorageError
 
     configure_logging(args.log_level)
     try:
         config = config_from_args(args)
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
-    except (ConfigError, OSError) as e:
+        app = load_app_from_args(args)
+    except (ConfigError, OSError, AppLoadError) as e:
         print(f"ramraft node: {e}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(Node(config).run_until_signalled())
+        node = Node(config, app=app)
+    except (ConfigError, AuthConfigError) as e:
+        print(f"ramraft node: {e}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(node.run_until_signalled())
     except (StorageError, OSError) as e:
         print(f"ramraft node: {e}", file=sys.stderr)
+        return 1
+    except SnapshotError as e:
+        served = f"--app {args.app}" if app is not None else "no --app"
+        print(
+            f"ramraft node: cannot restore the snapshot in {config.data_dir} with {served}: {e}. "
+            "A data directory holds the state of the machines it was written with: start the "
+            "node with the same --app as before (or none), or with a fresh data directory.",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -197,6 +374,12 @@ def add_cluster_parser(sub: Any) -> None:
     p.add_argument(
         "--node-arg", action="append", default=[], help="extra argument for every node (repeatable)"
     )
+    p.add_argument(
+        "--tls-dir",
+        default="",
+        help="turn TLS on with the certificates in this directory (made there with "
+        "`ramraft certs` if it has none)",
+    )
     p.set_defaults(func=run_cluster)
 
 
@@ -210,13 +393,21 @@ def run_cluster(args: argparse.Namespace) -> int:
         parse_address(address, "address")
     peers = ",".join(f"{i}={a}" for i, a in grpc_addresses.items())
     data = Path(args.data_dir)
+    tls_dir = Path(args.tls_dir) if args.tls_dir else None
+    if tls_dir is not None and not all(
+        (tls_dir / name).exists() for name in ["ca.pem", *(f"{i}.pem" for i in ids)]
+    ):
+        from server.certs import make_cluster_certs
+
+        make_cluster_certs(tls_dir, {i: [args.host, "localhost"] for i in ids})
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    scheme = "https" if tls_dir is not None else "http"
     print(f"ramraft cluster: {args.nodes} nodes, data under {data.resolve()}")
     for n, node_id in enumerate(ids):
         cmd = [
             sys.executable,
             "-m",
-            "client.cli",
+            "client",
             "node",
             "--id",
             node_id,
@@ -232,13 +423,28 @@ def run_cluster(args: argparse.Namespace) -> int:
             cmd += ["--http", http]
         if args.app:
             cmd += ["--app", args.app]
+        if tls_dir is not None:
+            cmd += ["--tls-cert", str(tls_dir / f"{node_id}.pem")]
+            cmd += ["--tls-key", str(tls_dir / f"{node_id}-key.pem")]
+            cmd += ["--tls-ca", str(tls_dir / "ca.pem")]
         env = dict(os.environ, RAMRAFT_LOG_LEVEL=os.environ.get("RAMRAFT_LOG_LEVEL", "warning"))
         procs[node_id] = subprocess.Popen(cmd, env=env)
         print(
             f"  {node_id}: grpc {grpc_addresses[node_id]}"
-            + (f"  http http://{http}/" if http else "")
+            + (f"  http {scheme}://{http}/" if http else "")
+            + (f"  app {scheme}://{http}/app/" if http and args.app else "")
         )
-    print(f"try: ramraft put hello world --endpoints {','.join(grpc_addresses.values())}")
+    tls_options = ""
+    if tls_dir is not None:
+        # One port for peers and clients: clients need a certificate too.
+        tls_options = (
+            f" --tls-ca {tls_dir / 'ca.pem'} --tls-cert {tls_dir / 'client.pem'}"
+            f" --tls-key {tls_dir / 'client-key.pem'}"
+        )
+    print(
+        f"try: ramraft put hello world --endpoints {','.join(grpc_addresses.values())}"
+        + tls_options
+    )
     print("Ctrl-C stops the cluster.")
     stop = False
 
@@ -279,7 +485,7 @@ def register(sub: Any) -> None:
     # Subcommands that live in modules of their own (each defines register()).
     import importlib
 
-    for name in ("server.bench", "server.chaos"):
+    for name in ("server.bench", "server.chaos", "server.certs", "server.auth"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:

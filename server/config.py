@@ -40,13 +40,96 @@ def parse_peers(text: str) -> dict[str, str]:
 
 @dataclass
 class Limits:
-    """Input limits; every one is configurable (see ``ramraft node --help``)."""
+    """Input and resource limits; every one is configurable (``ramraft node
+    --help`` lists the flags). Together they bound a node's memory under a
+    flood: at most ``max_inflight`` requests are served at once (each at most
+    ``max_request_bytes`` on gRPC, ``max_http_body_bytes`` on HTTP), on at
+    most ``max_connections`` connections per port; excess requests get
+    RESOURCE_EXHAUSTED (HTTP 429) at once instead of waiting in a queue."""
 
     max_key_bytes: int = 1024
     max_value_bytes: int = 1 << 20
-    max_range_limit: int = 10_000
+    max_range_limit: int = 10_000  # items per Range page
     max_pending_requests: int = 20_000  # writes + reads waiting in the runtime
-    max_request_bytes: int = 4 << 20  # gRPC message size
+    max_request_bytes: int = 0  # gRPC request message size; 0: derived from the value limit
+    max_http_body_bytes: int = 0  # HTTP request body; 0: derived from the value limit
+    max_inflight: int = 2_048  # client requests being served at once (gRPC + HTTP)
+    max_inflight_per_connection: int = 1_024  # of those, on one client connection
+    max_connections: int = 1_024  # client connections per port (gRPC, HTTP)
+    snapshot_chunk_bytes: int = 1 << 20  # data bytes per InstallSnapshot chunk sent
+
+    def request_bytes(self) -> int:
+        """The gRPC request size limit: room for the largest value and key."""
+        if self.max_request_bytes:
+            return self.max_request_bytes
+        return max(4 << 20, self.max_value_bytes + self.max_key_bytes + (64 << 10))
+
+    def http_body_bytes(self) -> int:
+        """The HTTP body limit: room for the largest value sent as base64 JSON."""
+        if self.max_http_body_bytes:
+            return self.max_http_body_bytes
+        return self.max_value_bytes * 4 // 3 + (64 << 10)
+
+    def validate(self) -> None:
+        for name in (
+            "max_key_bytes",
+            "max_value_bytes",
+            "max_range_limit",
+            "max_pending_requests",
+            "max_inflight",
+            "max_inflight_per_connection",
+            "max_connections",
+            "snapshot_chunk_bytes",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.max_request_bytes < 0 or self.max_http_body_bytes < 0:
+            raise ConfigError("--max-request-bytes and --max-http-body-bytes must be >= 0")
+        if self.max_request_bytes and self.max_request_bytes < self.max_value_bytes:
+            raise ConfigError(
+                f"--max-request-bytes {self.max_request_bytes} is below --max-value-bytes "
+                f"{self.max_value_bytes}: the largest value could never be written over gRPC"
+            )
+        if self.snapshot_chunk_bytes > PEER_MESSAGE_BYTES // 2:
+            raise ConfigError(
+                f"--snapshot-chunk-bytes must be at most {PEER_MESSAGE_BYTES // 2} "
+                "(half the peer port's message limit)"
+            )
+
+
+# The largest message the peer port accepts (a batch of AppendEntries, a
+# snapshot chunk, a forwarded write); server/codec.py refuses larger batches.
+PEER_MESSAGE_BYTES = 64 << 20
+
+
+@dataclass
+class TLSConfig:
+    """Certificate files (PEM). All three or none: TLS is on when they are
+    given. ``client_auth`` is "none" or "require" (a client certificate
+    signed by ``ca`` on the client gRPC and HTTP ports); the peer port
+    always requires one, with a member's identity."""
+
+    cert: str = ""
+    key: str = ""
+    ca: str = ""
+    client_auth: str = "none"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert or self.key or self.ca)
+
+    def validate(self) -> None:
+        given = {"--tls-cert": self.cert, "--tls-key": self.key, "--tls-ca": self.ca}
+        if self.enabled and not all(given.values()):
+            missing = ", ".join(flag for flag, value in given.items() if not value)
+            raise ConfigError(
+                f"TLS needs --tls-cert, --tls-key and --tls-ca together; missing {missing} "
+                "(the CA verifies peers: every peer connection is mutual TLS)"
+            )
+        if self.client_auth not in ("none", "require"):
+            raise ConfigError(f"--tls-client-auth: {self.client_auth!r} is not none or require")
+        if self.client_auth == "require" and not self.enabled:
+            raise ConfigError("--tls-client-auth require needs TLS (--tls-cert/--tls-key/--tls-ca)")
 
 
 @dataclass
@@ -57,14 +140,24 @@ class NodeConfig:
     listen: str = ""  # client gRPC bind address; default: own --peers address
     peer_listen: str = ""  # separate peer port; default: the client port serves peers too
     http: str = ""  # web tier bind address (empty: no web tier)
-    tick_ms: int = 50
-    election_ticks: int = 10
-    heartbeat_ticks: int = 1
+    # A fine tick (10 ms) with many ticks per timeout: the randomized election
+    # timeout then takes one of 50 values in [0.5 s, 1 s), not 10, so two
+    # followers rarely time out together (a split vote costs a whole round).
+    tick_ms: int = 10
+    election_ticks: int = 50
+    heartbeat_ticks: int = 5
     snapshot_entries: int = 20_000  # take a snapshot after this many applied entries
     retain_entries: int = 5_000  # log entries kept behind a snapshot for slow followers
     join: bool = False  # start empty and wait to be added, instead of bootstrapping
     fsync: bool = True
     limits: Limits = field(default_factory=Limits)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    auth_tokens: str = ""  # token file (server/auth.py); empty: no client authentication
+    # Node ids (fnmatch patterns) accepted as peers besides the known
+    # members, e.g. "ramraft-*": a member that missed the addition of a new
+    # member still accepts it as leader (see server/transport.py).
+    peer_id_pattern: str = ""
+    health_listen: str = ""  # plaintext gRPC health-only port (k8s probes speak no TLS)
 
     def validate(self) -> None:
         try:
@@ -81,6 +174,10 @@ class NodeConfig:
             parse_address(self.peer_listen, "--peer-listen")
         if self.http:
             parse_address(self.http, "--http")
+        if self.health_listen:
+            parse_address(self.health_listen, "--health-listen")
+        self.limits.validate()
+        self.tls.validate()
         if self.tick_ms < 1 or self.election_ticks <= self.heartbeat_ticks:
             raise ConfigError("need --tick-ms >= 1 and --election-ticks > --heartbeat-ticks")
 

@@ -41,9 +41,11 @@ the log is replayed after a restart:
 - no clocks (``time``, ``datetime.now``), randomness (``random``, ``uuid4``),
   I/O, network, environment variables or other outside state: compute such
   values BEFORE the call and pass them as arguments;
-- no iteration over ``set``/``frozenset`` of ``str``/``bytes`` where the order
-  matters (their order depends on each process's hash seed); ``dict`` order is
-  fine (insertion order); no ``id()``/``hash()`` of objects;
+- no result or effect that depends on the iteration order of a ``set`` or
+  ``frozenset`` (for ``str``/``bytes`` it depends on each process's hash seed,
+  and a set rebuilt from a snapshot may iterate in another order than the one
+  that grew on a live node; iterate ``sorted(s)``); ``dict`` order is fine (it
+  is insertion order, and snapshots keep it); no ``id()``/``hash()``;
 - change only the model's own state, and only through commands: application
   code that mutates the model directly changes one node only;
 - a command cannot call another command (that would propose from inside apply);
@@ -123,9 +125,14 @@ import structlog
 
 from server.sessions import (
     DEFAULT_IDLE_ENTRIES,
+    DEFAULT_MAX_REPLIES,
     DEFAULT_MAX_SESSIONS,
-    SessionEntry,
+    SessionRecord,
     SessionTable,
+    chunk_records,
+    records_from_plain,
+    records_to_plain,
+    session_error,
     valid_session,
 )
 from server.statemachine import (
@@ -276,7 +283,8 @@ class Call(NamedTuple):
     name: str
     args: list[Any]
     kwargs: dict[str, Any]
-    session: tuple[int, int] | None = None
+    session: tuple[int, int, int] | None = None
+    """``(client_id, sequence, first_unacked)``; see server/sessions.py."""
 
 
 _TAG = bytes([TAG_MODEL])
@@ -286,15 +294,19 @@ def encode_call(
     name: str,
     args: tuple[Any, ...] | list[Any] = (),
     kwargs: dict[str, Any] | None = None,
-    session: tuple[int, int] | None = None,
+    session: tuple[int, int] | tuple[int, int, int] | None = None,
 ) -> bytes:
-    """Entry data for calling command ``name``. Raises NotPlainDataError if an
-    argument is not plain data, ValueError for bad session ids."""
+    """Entry data for calling command ``name``. ``session`` is ``(client_id,
+    sequence, first_unacked)`` (a pair means first_unacked 0). Raises
+    NotPlainDataError if an argument is not plain data, ValueError for bad
+    session ids."""
     items: list[Any] = [name, list(args), dict(kwargs or {})]
     if session is not None:
-        if not valid_session(*session):
-            raise ValueError(f"session ids must be ints in 1..2**64-1, got {session!r}")
+        if len(session) not in (2, 3) or not valid_session(*session):
+            raise ValueError(session_error(session))
         items.extend(session)
+        if len(session) == 2:
+            items.append(0)
     try:
         return _TAG + pack_plain(items)
     except NotPlainDataError as exc:
@@ -309,18 +321,18 @@ def decode_call(data: bytes) -> Call:
         items = unpack_plain(memoryview(data)[1:])
     except Exception as exc:  # msgpack raises several types for bad input
         raise BadCallError(f"undecodable model call: {exc}") from None
-    if type(items) is not list or len(items) not in (3, 5):
-        raise BadCallError("a model call is an array of 3 or 5 items")
+    if type(items) is not list or len(items) not in (3, 6):
+        raise BadCallError("a model call is an array of 3 or 6 items")
     name, args, kwargs = items[0], items[1], items[2]
     if type(name) is not str or type(args) is not list or type(kwargs) is not dict:
         raise BadCallError("a model call is [name: str, args: list, kwargs: map, ...]")
     if not all(type(k) is str for k in kwargs):
         raise BadCallError("keyword argument names must be strings")
-    session: tuple[int, int] | None = None
-    if len(items) == 5:
-        if not valid_session(items[3], items[4]):
-            raise BadCallError(f"bad session ids {items[3]!r}, {items[4]!r}")
-        session = (items[3], items[4])
+    session: tuple[int, int, int] | None = None
+    if len(items) == 6:
+        if not valid_session(items[3], items[4], items[5]):
+            raise BadCallError(f"bad session {items[3:]!r}")
+        session = (items[3], items[4], items[5])
     return Call(name, args, kwargs, session)
 
 
@@ -475,7 +487,7 @@ def _reply_from_plain(plain: Any) -> bytes | CommandError:
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
 _MODEL_MAGIC = b"RRMD"
-_MODEL_VERSION = 1
+_MODEL_VERSION = 2  # 2: sessions keep a floor and many replies per client
 _CHUNK_ITEMS = 4096
 _REC_HEADER, _REC_SESSIONS, _REC_VALUE, _REC_DICT, _REC_LIST, _REC_END = range(6)
 
@@ -524,13 +536,14 @@ class ModelMachine:
         *,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         session_idle_entries: int | None = DEFAULT_IDLE_ENTRIES,
+        session_max_replies: int = DEFAULT_MAX_REPLIES,
     ) -> None:
         if not isinstance(model, ReplicatedModel):
             raise TypeError(f"ModelMachine needs a ReplicatedModel, got {type(model).__qualname__}")
         if getattr(model, "_ramraft_machine", None) is not None:
             raise ValueError("this model instance is already attached to a ModelMachine")
         self.model = model
-        self.sessions = SessionTable(max_sessions, session_idle_entries)
+        self.sessions = SessionTable(max_sessions, session_idle_entries, session_max_replies)
         self.proposer: Proposer | None = None
         self.applying = False
         self._commands = type(model)._ramraft_commands
@@ -563,6 +576,8 @@ class ModelMachine:
     # -- apply ----------------------------------------------------------------
 
     def apply(self, index: int, command: bytes) -> object:
+        if index <= self._applied_index:
+            raise ValueError(f"apply({index}) after applied index {self._applied_index}")
         self._applied_index = index
         if not command:
             return None
@@ -573,11 +588,12 @@ class ModelMachine:
         session = call.session
         if session is None:
             return self._reply(self._run(call))
-        verdict = self.sessions.begin(session[0], session[1], index)
+        client_id, sequence, first_unacked = session
+        verdict = self.sessions.begin(client_id, sequence, first_unacked, index)
         if not verdict.apply:
             return self._reply(verdict.reply)
         outcome = self._run(call)
-        self.sessions.finish(session[0], session[1], index, outcome)
+        self.sessions.finish(client_id, sequence, first_unacked, index, outcome)
         return self._reply(outcome)
 
     @staticmethod
@@ -628,11 +644,8 @@ class ModelMachine:
                 (_REC_HEADER, self._applied_index, self.model_name, len(state), len(sessions))
             )
         ]
-        entries = [
-            (cid, e.sequence, e.last_index, _reply_to_plain(e.reply)) for cid, e in sessions.items()
-        ]
-        for start in range(0, len(entries), _CHUNK_ITEMS):
-            records.append(pack_plain((_REC_SESSIONS, entries[start : start + _CHUNK_ITEMS])))
+        for chunk in chunk_records(sessions, _CHUNK_ITEMS):
+            records.append(pack_plain((_REC_SESSIONS, records_to_plain(chunk, _reply_to_plain))))
         for name, value in state.items():
             if type(name) is not str:
                 raise SnapshotError(f"{self.model_name} state key {name!r} is not a str")
@@ -647,7 +660,9 @@ class ModelMachine:
 
     def restore(self, stream: ReadableStream) -> None:
         """Replace the model's state from a snapshot stream; on a bad stream
-        raise SnapshotFormatError and leave the model as it was."""
+        raise SnapshotFormatError and leave the model as it was. Run it on the
+        event loop (or with the loop's readers stopped): the last step
+        replaces the model's attributes in place."""
         started = time.perf_counter()
         frames = FrameReader(stream, _MODEL_MAGIC, _MODEL_VERSION)
         header = self._record(frames)
@@ -661,7 +676,7 @@ class ModelMachine:
         if type(index) is not int or index < 0:
             raise SnapshotFormatError(f"bad applied index {index!r} in model snapshot")
         state: dict[str, Any] = {}
-        sessions: list[tuple[int, SessionEntry]] = []
+        sessions: list[SessionRecord] = []
         count = 0
         while True:
             record = self._record(frames)
@@ -677,8 +692,18 @@ class ModelMachine:
                 raise SnapshotFormatError(f"bad record in model snapshot: {exc}") from None
         if len(state) != n_attributes or len(sessions) != n_sessions:
             raise SnapshotFormatError("model snapshot is missing attributes or sessions")
-        self.model.restore_state(state)
-        self.sessions.load(sessions)
+        table = self.sessions.empty_like()
+        try:
+            table.load(sessions)
+        except ValueError as exc:
+            raise SnapshotFormatError(f"bad session record in model snapshot: {exc}") from None
+        try:
+            self.model.restore_state(state)
+        except Exception as exc:
+            raise SnapshotError(
+                f"{self.model_name}.restore_state() failed: {_error_message(exc)}"
+            ) from exc
+        self.sessions.adopt(table)
         self._applied_index = index
         log.info(
             "model snapshot restored",
@@ -713,14 +738,11 @@ def _encode_attribute(name: str, value: object) -> Iterator[bytes]:
 
 
 def _restore_record(
-    record: list[Any], state: dict[str, Any], sessions: list[tuple[int, SessionEntry]]
+    record: list[Any], state: dict[str, Any], sessions: list[SessionRecord]
 ) -> None:
     kind = record[0]
     if kind == _REC_SESSIONS:
-        for cid, seq, last_index, reply in record[1]:
-            if not valid_session(cid, seq) or type(last_index) is not int:
-                raise ValueError(f"bad session ids {cid!r} {seq!r}")
-            sessions.append((cid, SessionEntry(seq, last_index, _reply_from_plain(reply))))
+        sessions.extend(records_from_plain(record[1], _reply_from_plain))
         return
     name = record[1]
     if type(name) is not str or len(record) != 3:

@@ -14,17 +14,18 @@ network):
 op     array                                   result of apply()
 ====== ======================================= ===============================
 noop   ``[0]``                                 ``None``
-put    ``[1, key, value(, client, seq)]``      ``PutResult(index)``
-delete ``[2, key(, client, seq)]``             ``DeleteResult(deleted)``
-cas    ``[3, key, expected|nil, value(, ...)]`` ``CasResult(swapped, found, current)``
+put    ``[1, key, value(, client, seq, fua)]`` ``PutResult(index)``
+delete ``[2, key(, client, seq, fua)]``        ``DeleteResult(deleted, index)``
+cas    ``[3, key, expected|nil, value(, ...)]`` ``CasResult(swapped, found, current, index)``
 ====== ======================================= ===============================
 
 ``cas`` swaps when the key's value equals ``expected``, or, with ``expected``
 nil, when the key is absent. ``found`` says whether the key existed before the
 command; ``current`` is the key's value after it (the new value when swapped,
-the unchanged value otherwise, ``b""`` when absent). ``PutResult.index`` is the
-index of the entry that wrote the value: for a retried write it is the index of
-the first application, not of the retry.
+the unchanged value otherwise, ``b""`` when absent). ``index`` in every result
+is the index of the entry that was applied: for a retried write (same session)
+it is the index of the first application, not of the retry, because the
+retry's reply is the first application's.
 
 Bytes that do not decode, or decode to something else, give a ``CommandError``
 with ``BAD_COMMAND``; the entry still counts as applied. Size limits on keys
@@ -37,7 +38,8 @@ The obvious strategy, a shallow ``dict.copy()`` plus a copy of the sorted key
 list taken on the event loop, costs about 140 ms per million keys on this
 machine: a pause of the whole node that grows with the state and at ten million
 keys would outlast an election timeout. So ``snapshot()`` copies nothing but
-the session table (bounded by ``max_sessions``) and installs a *view*:
+the session table (at most ``max_sessions`` clients, each with the replies of
+its writes still unacknowledged: usually one or a few) and installs a *view*:
 
 - the view walks the live keys in sorted order behind a cursor (the last key
   it has emitted);
@@ -48,12 +50,14 @@ the session table (bounded by ``max_sessions``) and installs a *view*:
 - keys at or below the cursor are no longer tracked: the view has them.
 
 ``write_to`` (in a worker thread) takes the machine's lock for one chunk of
-up to a few thousand keys at a time (a few hundred microseconds), reads the
+up to a few thousand keys (~256 KiB; a few hundred microseconds), reads the
 live value or the journal's older one, then packs, checksums and writes the
-chunk without the lock. apply() takes the same lock, so the loop waits at most
-for one chunk. The journal holds only keys changed during the snapshot that
-the walk has not reached yet. Values are immutable ``bytes``, so nothing is
-ever copied but references. Snapshots are canonical: the same state gives the
+chunk without the lock, and gives the GIL away before the next chunk. apply()
+takes the same lock, so the loop waits at most for one chunk; CPU-wise the
+writer yields to a busy loop (bench/bench_statemachine.py measures the cost).
+The journal holds only keys changed during the snapshot that the walk has not
+reached yet. Values are immutable ``bytes``, so nothing is ever copied but
+references. Snapshots are canonical: the same state gives the
 same bytes on every node (keys sorted, sessions in LRU order).
 
 Restore reads the stream frame by frame into a fresh dict and key list and
@@ -70,7 +74,6 @@ import operator
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Iterator
 from itertools import islice
 from typing import Any, NamedTuple
@@ -81,9 +84,14 @@ from sortedcontainers import SortedList
 
 from server.sessions import (
     DEFAULT_IDLE_ENTRIES,
+    DEFAULT_MAX_REPLIES,
     DEFAULT_MAX_SESSIONS,
-    SessionEntry,
+    SessionRecord,
     SessionTable,
+    chunk_records,
+    records_from_plain,
+    records_to_plain,
+    session_error,
     valid_session,
 )
 from server.statemachine import (
@@ -126,10 +134,16 @@ class Op(enum.IntEnum):
 
 
 class Session(NamedTuple):
-    """A write's exactly-once identity: ids and sequences are 1..2**64-1."""
+    """A write's exactly-once identity (server/sessions.py): ids and sequences
+    are 1..2**64-1; ``first_unacked`` is the client's lowest sequence still
+    waiting for a reply, 0..sequence (0: not given, one write at a time)."""
 
     client_id: int
     sequence: int
+    first_unacked: int = 0
+
+
+SessionLike = Session | tuple[int, int] | tuple[int, int, int]
 
 
 class KVCommand(NamedTuple):
@@ -147,12 +161,16 @@ class PutResult(NamedTuple):
 
 class DeleteResult(NamedTuple):
     deleted: bool
+    # The field shadows tuple.index(); the name is the API's.
+    index: int  # type: ignore[assignment]
 
 
 class CasResult(NamedTuple):
     swapped: bool
     found: bool
     current: bytes
+    # The field shadows tuple.index(); the name is the API's.
+    index: int  # type: ignore[assignment]
 
 
 KVResult = PutResult | DeleteResult | CasResult | CommandError | None
@@ -184,29 +202,28 @@ def _check_value(value: object, what: str = "value") -> bytes:
     raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
 
 
-def _with_session(items: list[Any], session: Session | tuple[int, int] | None) -> bytes:
+def _with_session(items: list[Any], session: SessionLike | None) -> bytes:
     if session is not None:
-        client_id, sequence = session
-        if not valid_session(client_id, sequence):
-            raise ValueError(
-                f"session ids must be ints in 1..2**64-1, got client_id={client_id!r}, "
-                f"sequence={sequence!r}"
-            )
-        items.append(client_id)
-        items.append(sequence)
+        if len(session) not in (2, 3) or not valid_session(*session):
+            raise ValueError(session_error(session))
+        items.extend(session)
+        if len(session) == 2:
+            items.append(0)
     try:
         return _TAG + msgpack.packb(items, use_bin_type=True)
     except UnicodeEncodeError as exc:
         raise ValueError(f"key is not valid Unicode text: {exc}") from None
 
 
-def encode_put(key: str, value: bytes, session: Session | tuple[int, int] | None = None) -> bytes:
-    """Entry data for ``put(key, value)``. Raises TypeError/ValueError for bad
-    arguments (empty key, non-bytes value, session ids out of range)."""
+def encode_put(key: str, value: bytes, session: SessionLike | None = None) -> bytes:
+    """Entry data for ``put(key, value)``. ``session`` is ``(client_id,
+    sequence, first_unacked)`` (a pair means first_unacked 0). Raises
+    TypeError/ValueError for bad arguments (empty key, non-bytes value,
+    session ids out of range)."""
     return _with_session([Op.PUT.value, _check_key(key), _check_value(value)], session)
 
 
-def encode_delete(key: str, session: Session | tuple[int, int] | None = None) -> bytes:
+def encode_delete(key: str, session: SessionLike | None = None) -> bytes:
     """Entry data for ``delete(key)``."""
     return _with_session([Op.DELETE.value, _check_key(key)], session)
 
@@ -215,7 +232,7 @@ def encode_cas(
     key: str,
     expected: bytes | None,
     value: bytes,
-    session: Session | tuple[int, int] | None = None,
+    session: SessionLike | None = None,
 ) -> bytes:
     """Entry data for ``cas(key, expected, value)``; ``expected=None`` means
     "only if the key is absent"."""
@@ -228,9 +245,11 @@ def encode_noop() -> bytes:
     return _NOOP
 
 
-# Number of array items per op, without and with a session.
+# Number of array items per op without a session (a session adds three:
+# client_id, sequence, first_unacked).
 _ARITY = {Op.NOOP: 1, Op.PUT: 3, Op.DELETE: 2, Op.CAS: 4}
 _NOOP_COMMAND = KVCommand(Op.NOOP)
+_OPS = {op.value: op for op in Op}
 
 
 def decode_command(data: bytes) -> KVCommand:
@@ -240,22 +259,23 @@ def decode_command(data: bytes) -> KVCommand:
         return _NOOP_COMMAND
     if data[0] != TAG_KV:
         raise BadCommandError(f"command tag 0x{data[0]:02x} is not the key-value machine's")
+    # Slicing copies; for small commands that is cheaper than a memoryview.
+    body = data[1:] if len(data) < 4096 else memoryview(data)[1:]
     try:
-        items = msgpack.unpackb(memoryview(data)[1:], use_list=False, raw=False)
+        items = msgpack.unpackb(body, use_list=False, raw=False)
     except Exception as exc:  # msgpack raises several types for bad input
         raise BadCommandError(f"undecodable key-value command: {exc}") from None
     if type(items) is not tuple or not items:
         raise BadCommandError("a key-value command is a non-empty array")
-    try:
-        op = Op(items[0])
-    except ValueError:
-        raise BadCommandError(f"unknown key-value operation {items[0]!r}") from None
+    op = _OPS.get(items[0]) if type(items[0]) is int else None
+    if op is None:
+        raise BadCommandError(f"unknown key-value operation {items[0]!r}")
     arity = _ARITY[op]
     session: Session | None = None
-    if len(items) == arity + 2 and op is not Op.NOOP:
-        if not valid_session(items[-2], items[-1]):
-            raise BadCommandError(f"bad session ids {items[-2]!r}, {items[-1]!r}")
-        session = Session(items[-2], items[-1])
+    if len(items) == arity + 3 and op is not Op.NOOP:
+        if not valid_session(*items[-3:]):
+            raise BadCommandError(f"bad session {items[-3:]!r}")
+        session = Session(*items[-3:])
     elif len(items) != arity:
         raise BadCommandError(f"{op.name.lower()} takes {arity} fields, got {len(items)}")
     if op is Op.NOOP:
@@ -282,25 +302,37 @@ def reply_to_plain(reply: object) -> tuple[Any, ...]:
     if type(reply) is PutResult:
         return (1, reply.index)
     if type(reply) is DeleteResult:
-        return (2, reply.deleted)
+        return (2, reply.deleted, reply.index)
     if type(reply) is CasResult:
-        return (3, reply.swapped, reply.found, reply.current)
+        return (3, reply.swapped, reply.found, reply.current, reply.index)
     if type(reply) is CommandError:
         return (0, int(reply.code), reply.message)
     raise TypeError(f"unexpected session reply {reply!r}")
 
 
 def reply_from_plain(plain: Any) -> KVResult:
+    """The inverse of reply_to_plain; ValueError for anything else."""
     kind = plain[0]
+    shape: tuple[type, ...]
+    if kind == 1:
+        shape = (int, int)
+    elif kind == 2:
+        shape = (int, bool, int)
+    elif kind == 3:
+        shape = (int, bool, bool, bytes, int)
+    elif kind == 0:
+        shape = (int, int, str)
+    else:
+        raise ValueError(f"unknown reply kind {kind!r}")
+    if len(plain) != len(shape) or any(type(x) is not t for x, t in zip(plain, shape, strict=True)):
+        raise ValueError(f"malformed reply {plain!r}")
     if kind == 1:
         return PutResult(plain[1])
     if kind == 2:
-        return DeleteResult(plain[1])
+        return DeleteResult(plain[1], plain[2])
     if kind == 3:
-        return CasResult(plain[1], plain[2], plain[3])
-    if kind == 0:
-        return CommandError(ErrorCode(plain[1]), plain[2])
-    raise ValueError(f"unknown reply kind {kind!r}")
+        return CasResult(plain[1], plain[2], plain[3], plain[4])
+    return CommandError(ErrorCode(plain[1]), plain[2])
 
 
 # -- the copy-on-write snapshot view -------------------------------------------
@@ -317,7 +349,7 @@ class _View:
 
     __slots__ = ("before", "closed", "cursor", "gone", "index", "sessions")
 
-    def __init__(self, index: int, sessions: OrderedDict[int, SessionEntry]) -> None:
+    def __init__(self, index: int, sessions: list[SessionRecord]) -> None:
         self.index = index
         self.sessions = sessions
         self.cursor: str | None = None
@@ -383,12 +415,12 @@ class _View:
 
 
 _KV_MAGIC = b"RRKV"
-_KV_VERSION = 1
+_KV_VERSION = 2  # 2: sessions keep a floor and many replies per client
 _FRAME_SESSIONS = 1
 _FRAME_DATA = 2
 _FRAME_END = 3
-_SESSIONS_PER_FRAME = 4096
-_CHUNK_BYTES = 1 << 20
+_SESSIONS_PER_FRAME = 4096  # about this many replies per sessions frame
+_CHUNK_BYTES = 1 << 18
 _MIN_CHUNK_KEYS = 16
 _MAX_CHUNK_KEYS = 4096
 
@@ -420,18 +452,14 @@ class KVSnapshotJob:
                         "sessions": len(sessions),
                         "max_sessions": machine.sessions.max_sessions,
                         "idle_entries": machine.sessions.idle_entries,
+                        "max_replies": machine.sessions.max_replies,
                     }
                 )
             )
-            entries = [
-                (cid, e.sequence, e.last_index, reply_to_plain(e.reply))
-                for cid, e in sessions.items()
-            ]
-            for start in range(0, len(entries), _SESSIONS_PER_FRAME):
-                chunk = entries[start : start + _SESSIONS_PER_FRAME]
-                frames.frame(msgpack.packb((_FRAME_SESSIONS, chunk), use_bin_type=True))
-            del entries
-            view.sessions = OrderedDict()
+            for chunk in chunk_records(sessions, _SESSIONS_PER_FRAME):
+                plain = records_to_plain(chunk, reply_to_plain)
+                frames.frame(msgpack.packb((_FRAME_SESSIONS, plain), use_bin_type=True))
+            view.sessions = []
             count = 0
             limit = _MIN_CHUNK_KEYS
             lock = machine._lock
@@ -450,9 +478,15 @@ class KVSnapshotJob:
                 for lo, hi in _pieces(values, size):
                     payload = (_FRAME_DATA, keys[lo:hi], values[lo:hi])
                     frames.frame(msgpack.packb(payload, use_bin_type=True))
-                # Aim at ~1 MiB frames whatever the value sizes.
+                # Aim at ~256 KiB frames whatever the value sizes.
                 per_key = max(1, size // len(keys))
                 limit = max(_MIN_CHUNK_KEYS, min(_MAX_CHUNK_KEYS, _CHUNK_BYTES // per_key))
+                # Give the GIL away between chunks: a loop thread waiting for
+                # it runs now, and the writer waits for the loop's next
+                # switch (5 ms) or idle moment. The writer thus behaves as a
+                # low-priority task: full speed when the loop is idle, a small
+                # share when it is busy.
+                time.sleep(0)
             frames.frame(msgpack.packb((_FRAME_END, count, len(sessions))))
             log.info(
                 "kv snapshot written",
@@ -473,15 +507,24 @@ class KVMachine:
     """The key-value state machine. All methods run on the event loop except
     ``KVSnapshotJob.write_to`` and (if the runtime wishes) ``restore``."""
 
+    # restore() streams into new structures and swaps them in under the lock,
+    # so the runtime may run it in a worker thread while the loop serves reads.
+    restore_in_thread = True
+
     def __init__(
         self,
         *,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         session_idle_entries: int | None = DEFAULT_IDLE_ENTRIES,
+        session_max_replies: int = DEFAULT_MAX_REPLIES,
     ) -> None:
         self._data: dict[str, bytes] = {}
         self._keys: SortedList[str] = SortedList()
-        self.sessions = SessionTable(max_sessions, session_idle_entries)
+        # The same two objects as one tuple: readers that need both take them
+        # in one read, so a restore() swapping them from a worker thread can
+        # never show them a new map with an old key index.
+        self._maps = (self._data, self._keys)
+        self.sessions = SessionTable(max_sessions, session_idle_entries, session_max_replies)
         self._applied_index = 0
         # Held by apply() while it mutates and by a snapshot job while it reads
         # one chunk; never held across I/O.
@@ -513,7 +556,7 @@ class KVMachine:
         last key as ``start_after`` to continue)."""
         if limit < 0:
             raise ValueError("limit must be >= 0")
-        keys = self._keys
+        data, keys = self._maps
         if start_after and start_after >= prefix:
             lo = keys.bisect_right(start_after)
         else:
@@ -523,19 +566,20 @@ class KVMachine:
         stop = hi if not limit else min(hi, lo + limit)
         if stop <= lo:
             return [], False
-        data = self._data
         items = [(k, data[k]) for k in keys.islice(lo, stop)]
         return items, stop < hi
 
     def items(self) -> Iterator[tuple[str, bytes]]:
         """All pairs in key order (for tests and tools; not for large maps on
         the loop)."""
-        data = self._data
-        return ((k, data[k]) for k in self._keys)
+        data, keys = self._maps
+        return ((k, data[k]) for k in keys)
 
     # -- apply ----------------------------------------------------------------
 
     def apply(self, index: int, command: bytes) -> KVResult:
+        if index <= self._applied_index:
+            raise ValueError(f"apply({index}) after applied index {self._applied_index}")
         self._applied_index = index
         if not command:
             return None
@@ -546,11 +590,12 @@ class KVMachine:
         session = cmd.session
         if session is None:
             return self._execute(index, cmd)
-        verdict = self.sessions.begin(session.client_id, session.sequence, index)
+        client_id, sequence, first_unacked = session
+        verdict = self.sessions.begin(client_id, sequence, first_unacked, index)
         if not verdict.apply:
             return verdict.reply  # type: ignore[return-value]
         result = self._execute(index, cmd)
-        self.sessions.finish(session.client_id, session.sequence, index, result)
+        self.sessions.finish(client_id, sequence, first_unacked, index, result)
         return result
 
     def _execute(self, index: int, cmd: KVCommand) -> KVResult:
@@ -564,15 +609,15 @@ class KVMachine:
             old = data.get(key)
             if op is Op.DELETE:
                 if old is None:
-                    return DeleteResult(False)
+                    return DeleteResult(False, index)
                 self._remove(key, old)
-                return DeleteResult(True)
+                return DeleteResult(True, index)
             if op is Op.CAS:
                 expected = cmd.expected
                 if (old is None) if expected is None else (old == expected):
                     self._set(key, old, cmd.value)
-                    return CasResult(True, old is not None, cmd.value)
-                return CasResult(False, old is not None, b"" if old is None else old)
+                    return CasResult(True, old is not None, cmd.value, index)
+                return CasResult(False, old is not None, b"" if old is None else old, index)
             return None
 
     def _set(self, key: str, old: bytes | None, value: bytes) -> None:
@@ -618,6 +663,7 @@ class KVMachine:
             self._drop_view()
             self._data = {}
             self._keys = SortedList()
+            self._maps = (self._data, self._keys)
             self.sessions.load(())
             self._applied_index = 0
 
@@ -629,7 +675,11 @@ class KVMachine:
 
     def restore(self, stream: ReadableStream) -> None:
         """Replace the whole state from a stream written by a snapshot job.
-        Raises SnapshotFormatError (state unchanged) if the stream is bad."""
+        Raises SnapshotFormatError (state unchanged) if the stream is bad.
+
+        May run in a worker thread while the loop keeps serving reads (they
+        see the old state until the swap); apply() must not run meanwhile.
+        An open snapshot job is aborted."""
         started = time.perf_counter()
         frames = FrameReader(stream, _KV_MAGIC, _KV_VERSION)
         header = _unpack(frames.frame(), "header")
@@ -638,18 +688,20 @@ class KVMachine:
         index, n_sessions = header.get("index"), header.get("sessions")
         if type(index) is not int or index < 0 or type(n_sessions) is not int:
             raise SnapshotFormatError(f"bad kv snapshot header {header!r}")
-        if (header.get("max_sessions"), header.get("idle_entries")) != (
+        limits = ("max_sessions", "idle_entries", "max_replies")
+        ours = (
             self.sessions.max_sessions,
             self.sessions.idle_entries,
-        ):
+            self.sessions.max_replies,
+        )
+        theirs = tuple(header.get(name) for name in limits)
+        if theirs != ours:
             log.warning(
                 "snapshot taken with other session limits",
-                snapshot_max_sessions=header.get("max_sessions"),
-                snapshot_idle_entries=header.get("idle_entries"),
-                max_sessions=self.sessions.max_sessions,
-                idle_entries=self.sessions.idle_entries,
+                snapshot=dict(zip(limits, theirs, strict=True)),
+                ours=dict(zip(limits, ours, strict=True)),
             )
-        sessions: list[tuple[int, SessionEntry]] = []
+        sessions: list[SessionRecord] = []
         data: dict[str, bytes] = {}
         ordered: list[str] = []
         last: str | None = None
@@ -665,12 +717,7 @@ class KVMachine:
                 ordered.extend(keys)
             elif kind == _FRAME_SESSIONS and len(frame) == 2:
                 try:
-                    for cid, seq, last_index, reply in frame[1]:
-                        if not valid_session(cid, seq) or type(last_index) is not int:
-                            raise ValueError(f"bad session ids {cid!r} {seq!r}")
-                        sessions.append(
-                            (cid, SessionEntry(seq, last_index, reply_from_plain(reply)))
-                        )
+                    sessions.extend(records_from_plain(frame[1], reply_from_plain))
                 except (TypeError, ValueError, IndexError) as exc:
                     raise SnapshotFormatError(f"bad session record in kv snapshot: {exc}") from None
             elif kind == _FRAME_END and len(frame) == 3:
@@ -684,11 +731,17 @@ class KVMachine:
                 raise SnapshotFormatError(f"unknown kv snapshot frame kind {kind!r}")
         keys_index = SortedList(ordered)  # already sorted: linear time
         del ordered
+        table = self.sessions.empty_like()
+        try:
+            table.load(sessions)
+        except ValueError as exc:
+            raise SnapshotFormatError(f"bad session record in kv snapshot: {exc}") from None
         with self._lock:
+            self.sessions.adopt(table)
             self._drop_view()
+            self._maps = (data, keys_index)
             self._data = data
             self._keys = keys_index
-            self.sessions.load(sessions)
             self._applied_index = index
         log.info(
             "kv snapshot restored",

@@ -1,5 +1,10 @@
 """One ramraft node process: storage, runtime, transport, gRPC servers,
-health, and (optionally) the web tier, with graceful shutdown.
+health, metrics, and (optionally) the web tier and an application model,
+with graceful shutdown.
+
+With an application (``--app``, server/hosting.py) the runtime applies the log
+to ``CompositeMachine({TAG_KV: kv, TAG_MODEL: ModelMachine(model)})``; the
+model's commands are bound to this node's write path once the API exists.
 
 Shutdown on SIGTERM/SIGINT: stop taking new requests on this node, hand
 leadership to the most caught-up voter if we lead, let in-flight writes
@@ -17,39 +22,40 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-import msgpack
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from proto import admin_pb2, kv_pb2, raft_pb2
 from server.api import Limits, NodeAPI
-from server.config import NodeConfig
-from server.kv import KVMachine, reply_from_plain, reply_to_plain
+from server.auth import Gatekeeper, InflightLimiter, RefusalLog, TokenStore
+from server.config import PEER_MESSAGE_BYTES, NodeConfig
+from server.embed import ModelMachine
+from server.hosting import Application, HostedApp, decode_result, encode_result, model_proposer
+from server.kv import KVMachine
+from server.metrics import NodeMetrics
 from server.runtime import RaftRuntime
 from server.services import AdminService, KVService
+from server.statemachine import TAG_KV, TAG_MODEL, CompositeMachine
 from server.storage import open_storage
+from server.tls import TLSFiles
 from server.transport import PeerServicer, PeerTransport
 
 log = structlog.get_logger("ramraft.node")
 
-SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 << 20),
-    ("grpc.max_send_message_length", 64 << 20),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-    ("grpc.http2.max_ping_strikes", 0),
-]
 LIVENESS_SERVICE = "liveness"
+HEALTH_PORT_LIMIT = 64  # connections and concurrent calls on the plaintext health port
 
 
-def encode_kv_result(result: object) -> bytes:
-    return msgpack.packb(reply_to_plain(result) if result is not None else None)
-
-
-def decode_kv_result(data: bytes) -> object:
-    plain = msgpack.unpackb(data)
-    return reply_from_plain(plain) if plain is not None else None
+def server_options(max_receive: int, max_connections: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_receive),
+        ("grpc.max_send_message_length", PEER_MESSAGE_BYTES),
+        ("grpc.max_allowed_incoming_connections", max_connections),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
 
 
 class Node:
@@ -59,19 +65,38 @@ class Node:
         *,
         machine: Any = None,
         kv: KVMachine | None = None,
-        encode_result: Callable[[object], bytes] = encode_kv_result,
-        decode_result: Callable[[bytes], object] = decode_kv_result,
+        app: Application | None = None,
+        encode_result: Callable[[object], bytes] = encode_result,
+        decode_result: Callable[[bytes], object] = decode_result,
     ) -> None:
         config.validate()
         self.config = config
         self.kv = kv if kv is not None else KVMachine()
+        self.app: HostedApp | None = None
+        if app is not None:
+            if machine is not None:
+                raise ValueError("give either an app or a machine, not both")
+            model_machine = ModelMachine(app.model)
+            self.app = HostedApp(app, model_machine)
+            machine = CompositeMachine({TAG_KV: self.kv, TAG_MODEL: model_machine})
         self.machine = machine if machine is not None else self.kv
         self.encode_result = encode_result
         self.decode_result = decode_result
         self.runtime: RaftRuntime | None = None
         self.api: NodeAPI | None = None
+        self.metrics = NodeMetrics(self)
         self.servers: list[grpc.aio.Server] = []
         self.health = health.aio.HealthServicer()
+        self.tls: TLSFiles | None = (
+            TLSFiles(config.tls, node_id=config.node_id) if config.tls.enabled else None
+        )
+        self.tokens: TokenStore | None = (
+            TokenStore(config.auth_tokens) if config.auth_tokens else None
+        )
+        self.limiter = InflightLimiter(
+            config.limits.max_inflight, config.limits.max_inflight_per_connection
+        )
+        self.refusals = RefusalLog()
         self.web: Any = None
         self._health_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -82,29 +107,51 @@ class Node:
         log_store, snapshots = open_storage(cfg.data_dir)
         runtime = RaftRuntime(cfg, self.machine, log_store, snapshots)
         self.runtime = runtime
+        runtime.listeners.append(self.metrics.runtime_listener)
+        runtime.refusals = self.refusals
         runtime.transport = PeerTransport(
             cfg.node_id,
             runtime.addresses,
             snapshots,
             runtime.report_unreachable,
             runtime.report_snapshot,
+            tls=self.tls,
+            snapshot_chunk_bytes=cfg.limits.snapshot_chunk_bytes,
         )
         limits = Limits(
             cfg.limits.max_key_bytes, cfg.limits.max_value_bytes, cfg.limits.max_range_limit
         )
         self.api = NodeAPI(runtime, self.encode_result, self.decode_result, limits)
+        if self.app is not None:
+            self.app.machine.bind(model_proposer(self.api, self.app.sessions))
         await runtime.start()
 
-        peer_servicer = PeerServicer(
+        self.peer_servicer = peer_servicer = PeerServicer(
             receive=runtime.receive,
             snapshots=snapshots,
             deliver_snapshot=lambda m: runtime.receive([m]),
             forward=self.api.serve_forward,
             current_term=lambda: runtime.core.term if runtime.core else 0,
+            authenticate=self.tls is not None,
+            is_member=runtime.is_member,
+            refusals=self.refusals,
         )
         self.kv_service = KVService(self.api, self.kv)
         self.admin_service = AdminService(self.api)
-        client_server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.kv_service.observers.append(self.metrics.observer("grpc"))
+        self.admin_service.observers.append(self.metrics.observer("grpc"))
+        node_limits = cfg.limits
+        # Without a separate peer port, the client port also carries peer
+        # batches and snapshot chunks: it needs the peer message limit.
+        max_receive = node_limits.request_bytes() if cfg.peer_listen else PEER_MESSAGE_BYTES
+        gatekeeper = Gatekeeper(self.tokens, self.limiter, runtime.is_member, self.refusals)
+        client_server = grpc.aio.server(
+            interceptors=[gatekeeper],
+            options=server_options(max_receive, node_limits.max_connections),
+            # A backstop behind the gatekeeper's limits (which refuse first):
+            # health checks, reflection and peer calls are not counted there.
+            maximum_concurrent_rpcs=4 * node_limits.max_inflight + 64,
+        )
         from proto import admin_pb2_grpc, kv_pb2_grpc
 
         kv_pb2_grpc.add_KVServicer_to_server(self.kv_service, client_server)
@@ -116,17 +163,44 @@ class Node:
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
+        tls = self.tls
         if cfg.peer_listen:
-            peer_server = grpc.aio.server(options=SERVER_OPTIONS)
-            peer_server.add_generic_rpc_handlers((peer_servicer.handler(),))
-            self._bind(peer_server, cfg.peer_listen, "--peer-listen")
+            peer_server = grpc.aio.server(
+                options=server_options(PEER_MESSAGE_BYTES, node_limits.max_connections),
+                maximum_concurrent_rpcs=4 * node_limits.max_inflight + 64,
+            )
+            peer_server.add_generic_rpc_handlers(
+                (
+                    peer_servicer.handler(),
+                    peer_servicer.admin_status_handler(
+                        self.admin_service.Status,
+                        admin_pb2.StatusRequest.FromString,
+                        admin_pb2.StatusResponse.SerializeToString,
+                    ),
+                )
+            )
+            self._bind(peer_server, cfg.peer_listen, "--peer-listen", tls, require_client=True)
             self.servers.append(peer_server)
+            require_client = cfg.tls.client_auth == "require"
         else:
             client_server.add_generic_rpc_handlers((peer_servicer.handler(),))
             services.append(raft_pb2.DESCRIPTOR.services_by_name["Peer"].full_name)
+            # Peers are authenticated by their certificates: on a shared port
+            # every caller must present one (see server/transport.py).
+            require_client = True
         reflection.enable_server_reflection(services, client_server)
-        self._bind(client_server, cfg.client_listen, "--listen")
+        self._bind(client_server, cfg.client_listen, "--listen", tls, require_client)
         self.servers.insert(0, client_server)
+        if cfg.health_listen:
+            # Plaintext, health only: kubelet's gRPC probes cannot speak TLS.
+            health_server = grpc.aio.server(
+                options=server_options(64 << 10, HEALTH_PORT_LIMIT),
+                maximum_concurrent_rpcs=HEALTH_PORT_LIMIT,
+            )
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, health_server)
+            self._bind(health_server, cfg.health_listen, "--health-listen", None, False)
+            self.servers.append(health_server)
+        self._warn_about_security()
         for server in self.servers:
             await server.start()
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -142,13 +216,42 @@ class Node:
             grpc=cfg.client_listen,
             peer=cfg.peer_listen or cfg.client_listen,
             http=cfg.http or None,
+            health=cfg.health_listen or None,
+            tls=self.tls is not None,
+            auth=self.tokens is not None,
             data_dir=cfg.data_dir,
         )
 
+    def _warn_about_security(self) -> None:
+        cfg = self.config
+        if self.tls is None and self.tokens is not None:
+            log.warning(
+                "tokens_without_tls",
+                detail="tokens travel in cleartext, and the peer port is unauthenticated: "
+                "anyone who reaches it can act as a peer (and write through Peer.Forward); "
+                "turn TLS on (--tls-cert/--tls-key/--tls-ca)",
+                peer=cfg.peer_listen or cfg.client_listen,
+            )
+        if self.tls is not None and not cfg.peer_listen and cfg.tls.client_auth != "require":
+            log.info(
+                "client_certificates_required",
+                detail="TLS on a port shared with peers requires a client certificate from "
+                "every caller; use --peer-listen to serve clients without one",
+            )
+
     @staticmethod
-    def _bind(server: grpc.aio.Server, address: str, flag: str) -> None:
+    def _bind(
+        server: grpc.aio.Server,
+        address: str,
+        flag: str,
+        tls: TLSFiles | None = None,
+        require_client: bool = False,
+    ) -> None:
         try:
-            port = server.add_insecure_port(address)
+            if tls is not None:
+                port = server.add_secure_port(address, tls.server_credentials(require_client))
+            else:
+                port = server.add_insecure_port(address)
         except RuntimeError as e:
             raise OSError(f"{flag} {address}: cannot listen: {e}") from e
         if port == 0:
@@ -179,6 +282,10 @@ class Node:
                     await self.health.set(name, status)
             if self.runtime is not None and self.runtime.failed is not None:
                 await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+            if self.tls is not None:
+                # Notice rotated files even when no connection comes in (at most
+                # one stat of the files a second; server/tls.py).
+                self.tls.refresh()
             await asyncio.sleep(0.1)
 
     async def stop(self, *, transfer: bool = True, grace: float = 10.0) -> None:
@@ -205,7 +312,9 @@ class Node:
         if self.web is not None:
             await self.web.stop()
         for server in self.servers:
-            await server.stop(grace=max(0.0, min(2.0, deadline - time.monotonic())))
+            # In-flight writes were awaited above; what is left are peers' idle
+            # streams, which would hold the whole grace period.
+            await server.stop(grace=max(0.0, min(0.5, deadline - time.monotonic())))
         if self._health_task is not None:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import heapq
 import itertools
 import json
@@ -56,6 +57,7 @@ from consensus import (
     SnapshotMeta,
 )
 from consensus.raft import Config
+from server.auth import RefusalLog
 from server.config import NodeConfig
 from server.statemachine import ReadableStream, StateMachine
 from server.storage import LogStore, SnapshotStore, StorageError
@@ -172,8 +174,15 @@ class RaftRuntime:
         self._snapshot_task: asyncio.Task[SnapshotMeta] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.leader_changes: list[tuple[float, int, str]] = []  # (unix time, term, leader)
-        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []  # metrics hooks
+        # Metrics hooks: (event, fields) for "proposed", "proposals_dropped",
+        # "fsync", "applied", "role", "snapshot", "snapshot_installed".
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self.last_heartbeat = 0.0
+        # Members removed by a REMOVE entry this node has seen (the peer
+        # identity check refuses them even if --peer-id-pattern matches).
+        self.removed_members: set[str] = set()
+        self.refusals = RefusalLog()
+        self._rejected_seen = 0
 
     # ---- life cycle -----------------------------------------------------------------------
 
@@ -241,16 +250,44 @@ class RaftRuntime:
         address = self.addresses.get(self.leader, "")
         return self.config.client_address_of(address) if address else ""
 
+    def is_member(self, node_id: str) -> bool:
+        """Whether ``node_id`` may talk to this node as a peer (TLS identity
+        check, server/transport.py): a member of the newest configuration in
+        our log; one of the initial --peers while we know no configuration
+        yet (a joining node); or, unless we saw it removed, an id matching
+        --peer-id-pattern (so a member that missed the addition of a new
+        member still accepts it as leader)."""
+        core = self.core
+        members = core.conf.members if core is not None else frozenset()
+        if node_id in members:
+            return True
+        if not members and node_id in self.config.peers:
+            return True
+        if node_id in self.removed_members or node_id == self.id:
+            return False
+        patterns = [p for p in self.config.peer_id_pattern.split(",") if p.strip()]
+        return any(fnmatch.fnmatchcase(node_id, p.strip()) for p in patterns)
+
+    def pending_requests(self) -> int:
+        """Writes and reads this node holds: queued for the next turn, or
+        waiting to be committed, confirmed or applied."""
+        return (
+            len(self._proposals)
+            + len(self._read_requests)
+            + len(self._waiting_writes)
+            + len(self._reads)
+            + len(self._read_wait)
+        )
+
     def check_available(self) -> None:
         if self.failed is not None:
             raise Unavailable(f"this node stopped after a storage failure: {self.failed}")
         if self.stopping:
             raise Unavailable("this node is shutting down")
-        if len(self._waiting_writes) + len(self._reads) + len(self._read_wait) > (
-            self.config.limits.max_pending_requests
-        ):
+        if self.pending_requests() >= self.config.limits.max_pending_requests:
             raise Overloaded(
-                f"more than {self.config.limits.max_pending_requests} requests are waiting"
+                f"{self.config.limits.max_pending_requests} requests are waiting on this node "
+                "already; retry later"
             )
 
     async def propose(self, command: bytes) -> tuple[int, object]:
@@ -309,6 +346,19 @@ class RaftRuntime:
             except TimeoutError:
                 continue
         return self.leader
+
+    async def wait_for_new_leader(self, old: str, timeout: float) -> bool:
+        """Wait until a leader other than ``old`` is known, at most
+        ``timeout`` seconds; returns whether one is."""
+        deadline = time.monotonic() + timeout
+        while not (self.leader and self.leader != old):
+            self._leader_event.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._leader_event.wait(), remaining)
+        return True
 
     async def wait_applied(self, index: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -452,10 +502,17 @@ class RaftRuntime:
     # ---- the loop -------------------------------------------------------------------------
 
     async def _ticker(self) -> None:
+        """Ticks follow the wall clock: when the loop runs late (CPU load, a
+        long turn, SIGSTOP), the ticks that passed are all delivered, so an
+        election timeout stays a time, not a count of loop wake-ups."""
+        loop = asyncio.get_running_loop()
         interval = self.config.tick_ms / 1000
+        next_at = loop.time() + interval
         while True:
-            await asyncio.sleep(interval)
-            self._ticks += 1
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            elapsed = int((loop.time() - next_at) / interval) + 1
+            next_at += elapsed * interval
+            self._ticks += elapsed
             self._wake.set()
 
     async def _loop(self) -> None:
@@ -510,6 +567,16 @@ class RaftRuntime:
             for m in inbox:
                 if m.dst == self.id:
                     core.step(m)
+            if core.rejected_messages != self._rejected_seen:
+                # Well-formed but wrong: the core dropped them (consensus/raft.py
+                # malformed, or an AppendEntries rewriting committed entries).
+                self.refusals.warning(
+                    "peer_message_rejected",
+                    rejected=core.rejected_messages - self._rejected_seen,
+                    total=core.rejected_messages,
+                    last=core.last_rejection,
+                )
+                self._rejected_seen = core.rejected_messages
         if self._ticks:
             ticks, self._ticks = self._ticks, 0
             for _ in range(ticks):
@@ -554,7 +621,11 @@ class RaftRuntime:
             term = core.term
             for n, (_, fut) in enumerate(proposals):
                 self._waiting_writes[first + n] = (term, fut)
+            if self.listeners:
+                self._emit("proposed", {"entries": len(proposals)})
             return
+        if self.listeners:
+            self._emit("proposals_dropped", {"entries": len(proposals)})
         for _, fut in proposals:
             fut.set_exception(error)
 
@@ -567,7 +638,14 @@ class RaftRuntime:
             if entry.kind == EntryKind.CONF_CHANGE:
                 self._note_conf_entry(entry)  # reach a new member as soon as it is in the log
         if rd.snapshot is not None:
-            await asyncio.to_thread(self._restore_from_store, rd.snapshot.meta.index)
+            if getattr(self.machine, "restore_in_thread", False):
+                # The machine builds the new state aside and swaps it in at
+                # the end, so reads on the loop meanwhile see the old state.
+                await asyncio.to_thread(self._restore_from_store, rd.snapshot.meta.index)
+            else:
+                # An application model is restored in place: on the loop, so
+                # no page handler ever sees it half restored.
+                self._restore_from_store(rd.snapshot.meta.index)
             self._emit("snapshot_installed", {"index": rd.snapshot.meta.index})
         for entry in rd.committed_entries:
             self._apply(entry)
@@ -644,8 +722,12 @@ class RaftRuntime:
             change = ConfChange.decode(entry.data)
         except ValueError:
             return
-        if change.type == ConfChangeType.ADD_LEARNER and change.context:
-            self.addresses[change.node_id] = change.context.decode(errors="replace")
+        if change.type == ConfChangeType.ADD_LEARNER:
+            self.removed_members.discard(change.node_id)
+            if change.context:
+                self.addresses[change.node_id] = change.context.decode(errors="replace")
+        elif change.type == ConfChangeType.REMOVE:
+            self.removed_members.add(change.node_id)
 
     def _emit(self, event: str, fields: dict[str, Any]) -> None:
         for listener in self.listeners:

@@ -8,8 +8,11 @@ Errors (the public contract, proto/kv.proto):
   ``ramraft-leader`` trailing metadata names the leader's address if known);
 - DEADLINE_EXCEEDED: the caller's deadline passed;
 - RESOURCE_EXHAUSTED: too many requests waiting on this node;
-- FAILED_PRECONDITION: a write refused by the state machine (an expired
-  session, a stale sequence number).
+- FAILED_PRECONDITION: a write refused by the state machine, NOT applied;
+  the message starts with the reason's name: ``SESSION_EXPIRED`` (the
+  cluster forgot the client's session: start a new one) or
+  ``STALE_SEQUENCE`` (the sequence is below the session's first_unacked).
+  Clients match on that prefix (client/_core.py session_expired).
 A write that fails with UNAVAILABLE or DEADLINE_EXCEEDED may or may not have
 been applied: retry it with the same session to make sure it is applied once.
 """
@@ -26,7 +29,16 @@ import structlog
 
 from proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 from server.api import BadRequest, NodeAPI
-from server.kv import CasResult, DeleteResult, KVMachine, encode_cas, encode_delete, encode_put
+from server.kv import (
+    CasResult,
+    DeleteResult,
+    KVMachine,
+    PutResult,
+    Session,
+    encode_cas,
+    encode_delete,
+    encode_put,
+)
 from server.runtime import InvalidRequest, NotLeader, Overloaded, RaftRuntime, Unavailable
 from server.statemachine import CommandError, ErrorCode
 
@@ -83,15 +95,23 @@ def rpc(name: str) -> Callable[[Handler[R]], Handler[R]]:
     return wrap
 
 
-def _session(request: Any) -> tuple[int, int] | None:
+def _session(request: Any) -> Session | None:
+    """The request's (client_id, sequence, first_unacked), None if unset."""
     if not request.HasField("session"):
         return None
     s = request.session
     if s.client_id == 0 and s.sequence == 0:
+        if s.first_unacked:
+            raise BadRequest("session has first_unacked but no client_id and sequence")
         return None
     if s.client_id == 0 or s.sequence == 0:
         raise BadRequest("session needs both client_id and sequence (both non-zero)")
-    return (s.client_id, s.sequence)
+    if s.first_unacked > s.sequence:
+        raise BadRequest(
+            f"session first_unacked ({s.first_unacked}) must not exceed its sequence "
+            f"({s.sequence}): it is the lowest sequence still waiting for a reply"
+        )
+    return Session(s.client_id, s.sequence, s.first_unacked)
 
 
 def _consistency(value: int) -> bool:
@@ -108,6 +128,15 @@ def _command_error(result: object) -> None:
         if result.code in (ErrorCode.SESSION_EXPIRED, ErrorCode.STALE_SEQUENCE):
             raise _Refused(result)
         raise BadRequest(str(result))
+
+
+def value_before(result: CasResult, expected: bytes | None) -> bytes:
+    """The key's value before the CAS (proto/kv.proto: ``current``); the
+    machine's result states the value after it. A swap happened only if the
+    old value was ``expected`` (or the key was absent)."""
+    if not result.swapped:
+        return result.current
+    return expected if result.found and expected is not None else b""
 
 
 class _Refused(Exception):
@@ -140,10 +169,12 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.limits.check_key(request.key)
         self.limits.check_value(request.value)
         session = _session(request)
-        index, _ = await self._write(
+        _, result = await self._write(
             encode_put(request.key, request.value, session), context, session is not None
         )
-        return kv_pb2.PutResponse(index=index)
+        assert isinstance(result, PutResult)
+        # result.index: the first application's, also when this was a retry
+        return kv_pb2.PutResponse(index=result.index)
 
     @rpc("Delete")
     async def Delete(
@@ -151,11 +182,11 @@ class KVService(kv_pb2_grpc.KVServicer):
     ) -> kv_pb2.DeleteResponse:
         self.limits.check_key(request.key)
         session = _session(request)
-        index, result = await self._write(
+        _, result = await self._write(
             encode_delete(request.key, session), context, session is not None
         )
         assert isinstance(result, DeleteResult)
-        return kv_pb2.DeleteResponse(deleted=result.deleted, index=index)
+        return kv_pb2.DeleteResponse(deleted=result.deleted, index=result.index)
 
     @rpc("CompareAndSwap")
     async def CompareAndSwap(
@@ -167,12 +198,15 @@ class KVService(kv_pb2_grpc.KVServicer):
         if expected is not None:
             self.limits.check_value(expected)
         session = _session(request)
-        index, result = await self._write(
+        _, result = await self._write(
             encode_cas(request.key, expected, request.value, session), context, session is not None
         )
         assert isinstance(result, CasResult)
         return kv_pb2.CompareAndSwapResponse(
-            swapped=result.swapped, found=result.found, current=result.current, index=index
+            swapped=result.swapped,
+            found=result.found,
+            current=value_before(result, expected),
+            index=result.index,
         )
 
     @rpc("Get")

@@ -21,7 +21,9 @@ Rules every machine follows
   node itself (e.g. ``MemoryError``), which must stop the node rather than let
   it diverge.
 - ``apply(index, b"")`` is a no-op (the leader's empty entry); it only moves
-  ``applied_index``.
+  ``applied_index``. Indexes must increase (a runtime bug otherwise: apply
+  raises ValueError). The runtime passes every committed NORMAL entry;
+  membership entries are its own business.
 - ``snapshot()`` runs on the event loop and must be cheap: it fixes the view
   (the state after the last applied entry) and returns a :class:`SnapshotJob`.
   ``job.write_to(stream)`` may then run in a worker thread while the loop goes
@@ -75,11 +77,13 @@ class ErrorCode(enum.IntEnum):
     BAD_COMMAND = 1
     """The entry's bytes are not a valid command for this machine."""
     SESSION_EXPIRED = 2
-    """The client's session is unknown (expired, or never opened with
-    sequence 1). The command was NOT applied; start a new session."""
+    """The client's session is unknown (expired) and the client has had
+    replies before (first_unacked > 1), so a retry could not be recognised.
+    The command was NOT applied; start a new session."""
     STALE_SEQUENCE = 3
-    """The sequence is older than the client's last applied one: a duplicate
-    whose reply is no longer kept. The command was NOT applied now."""
+    """The sequence is below the client's first unacknowledged one and its
+    reply is not kept (a duplicate of an answered write, or a write the client
+    abandoned). The command was NOT applied now."""
     UNKNOWN_COMMAND = 4
     """An embedded-model call names a command the model does not have."""
     COMMAND_FAILED = 5
@@ -334,7 +338,7 @@ class _CompositeJob:
     def write_to(self, stream: WritableStream) -> int:
         try:
             frames = FrameWriter(stream, _COMPOSITE_MAGIC, _COMPOSITE_VERSION)
-            frames.frame(bytes([len(self._jobs)]))
+            frames.frame(bytes([len(self._jobs)]) + self._index.to_bytes(8, "little"))
             for tag, job in self._jobs:
                 frames.frame(bytes([tag]))
                 section = _SectionWriter(frames)
@@ -375,6 +379,8 @@ class CompositeMachine:
         return self._machines[tag]
 
     def apply(self, index: int, command: bytes) -> object:
+        if index <= self._applied_index:
+            raise ValueError(f"apply({index}) after applied index {self._applied_index}")
         self._applied_index = index
         if not command:
             return None
@@ -398,16 +404,16 @@ class CompositeMachine:
 
     def restore(self, stream: ReadableStream) -> None:
         frames = FrameReader(stream, _COMPOSITE_MAGIC, _COMPOSITE_VERSION)
-        count = frames.frame()
-        if count != bytes([len(self._machines)]):
+        header = frames.frame()
+        if len(header) != 9 or header[0] != len(self._machines):
             raise SnapshotFormatError(
-                f"snapshot has {count[0] if count else 0} machine sections, "
+                f"snapshot has {header[0] if header else 0} machine sections, "
                 f"this node has {len(self._machines)}"
             )
+        snapshot_index = int.from_bytes(header[1:], "little")
         # Sub-machines restore one after the other: a failure in a later section
         # leaves earlier machines restored. Restore is all-or-nothing only per
         # machine; the runtime treats any restore failure as fatal for the node.
-        index = 0
         for tag, machine in self._machines.items():
             got = frames.frame()
             if got != bytes([tag]):
@@ -415,8 +421,7 @@ class CompositeMachine:
             section = _SectionReader(frames)
             machine.restore(section)
             section.finish()
-            index = max(index, machine.applied_index)
-        self._applied_index = index
+        self._applied_index = snapshot_index
 
 
 def check_tag(command: bytes, tag: int, name: str) -> CommandError | None:

@@ -14,6 +14,26 @@
 
 Raw bytes cross the gRPC boundary (identity serializers): the codec does
 the only protobuf work, once per batch.
+
+Security (with TLS, server/tls.py): every peer connection is mutual TLS.
+The receiving side (``PeerServicer``) first checks the caller's certificate
+-- signed by the cluster CA (the handshake checked that), with a
+``ramraft-node:<id>`` identity that is a member (``is_member``) -- and
+refuses anything else with PERMISSION_DENIED before it reads a single
+message. Then every message must name that identity as its ``src``: the
+Raft core trusts ``src`` (consensus/raft.py ``malformed``), so a member must
+not speak for another; a message with another ``src`` is dropped, counted
+(``dropped_messages``) and logged (rate-limited). The same holds for
+InstallSnapshot (the header's ``src``) and Forward (a member's identity).
+
+On a port shared with clients (no ``--peer-listen``), TLS requires a client
+certificate from every caller (grpc-python cannot ask for one without
+requiring it); the Peer service still requires a member's identity, so a
+client's certificate gets it nowhere.
+
+Without TLS the peer protocol is unauthenticated: anyone who can reach the
+peer port can act as a peer. Keep it on a private network (k8s/ admits it
+only from the set's pods) or turn TLS on.
 """
 
 from __future__ import annotations
@@ -28,6 +48,7 @@ import structlog
 
 from consensus.types import Message, MsgType, NodeId, SnapshotMeta
 from proto import raft_pb2
+from server.auth import RefusalLog
 from server.codec import (
     CodecError,
     SnapshotReceiver,
@@ -35,23 +56,26 @@ from server.codec import (
     serialize_batch,
     snapshot_chunks,
 )
+from server.config import PEER_MESSAGE_BYTES
 from server.storage import SnapshotStore, StorageError
+from server.tls import TLSFiles, fingerprint, peer_certificate, peer_node_id
 
 log = structlog.get_logger("ramraft.transport")
 
 PEER_SERVICE = "ramraft.peer.v1.Peer"
+ADMIN_SERVICE = "ramraft.v1.Admin"
 MAX_QUEUED_MESSAGES = 10_000
 MAX_SNAPSHOT_BYTES = 1 << 40
 CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", 64 << 20),
-    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", PEER_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", PEER_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
     # Reconnect fast after a peer restarts: the defaults back off to minutes.
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2_000),
+    ("grpc.max_reconnect_backoff_ms", 500),
     ("grpc.min_reconnect_backoff_ms", 100),
 ]
 
@@ -70,6 +94,7 @@ class PeerLink:
         self.wake = asyncio.Event()
         self.channel: grpc.aio.Channel | None = None
         self.channel_address = ""
+        self.channel_generation = 0  # the TLS material the channel was made with
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"send-{peer}")
         self.snapshot_task: asyncio.Task[None] | None = None
         self.failures = 0
@@ -82,12 +107,29 @@ class PeerLink:
         self.wake.set()
 
     def get_channel(self) -> grpc.aio.Channel:
+        """The channel to the peer; a new one when its address or our
+        certificate changed (calls already running finish on the old one)."""
         address = self.transport.addresses.get(self.peer, "")
-        if self.channel is None or address != self.channel_address:
+        tls = self.transport.tls
+        if tls is not None:
+            tls.refresh()
+        generation = tls.generation if tls is not None else 0
+        if (
+            self.channel is None
+            or address != self.channel_address
+            or generation != self.channel_generation
+        ):
             if self.channel is not None:
-                asyncio.get_running_loop().create_task(self.channel.close())
-            self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+                old = self.channel
+                asyncio.get_running_loop().call_later(30.0, _close_later, old)
+            if tls is not None:
+                self.channel = grpc.aio.secure_channel(
+                    address, tls.channel_credentials(), options=CHANNEL_OPTIONS
+                )
+            else:
+                self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
             self.channel_address = address
+            self.channel_generation = generation
         return self.channel
 
     async def _run(self) -> None:
@@ -111,7 +153,7 @@ class PeerLink:
                     )
                 self.transport.on_unreachable(self.peer)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
+                backoff = min(backoff * 2, 0.3)  # a healed peer is back within a heartbeat or so
 
     async def _stream(self) -> None:
         method = self.get_channel().stream_unary(
@@ -162,7 +204,10 @@ class PeerLink:
             # The reader yields one block (1 MiB) at a time, read lazily as
             # gRPC asks for chunks.
             pieces = iter(reader)
-            async for chunk in _aiter_sync(snapshot_chunks(message, pieces, reader.size)):
+            chunk_bytes = self.transport.snapshot_chunk_bytes
+            async for chunk in _aiter_sync(
+                snapshot_chunks(message, pieces, reader.size, chunk_bytes)
+            ):
                 yield chunk.SerializeToString()
 
         method = self.get_channel().stream_unary(
@@ -193,6 +238,11 @@ class PeerLink:
             await self.channel.close()
 
 
+def _close_later(channel: grpc.aio.Channel) -> None:
+    """Close a replaced channel once the calls still on it had time to end."""
+    asyncio.get_running_loop().create_task(channel.close())
+
+
 async def _aiter_sync(iterator: Any) -> AsyncIterator[Any]:
     for item in iterator:
         yield item
@@ -215,10 +265,15 @@ class PeerTransport:
         snapshots: SnapshotStore,
         on_unreachable: Callable[[NodeId], None],
         on_snapshot_status: Callable[[NodeId, bool], None],
+        *,
+        tls: TLSFiles | None = None,
+        snapshot_chunk_bytes: int = 1 << 20,
     ) -> None:
         self.node_id = node_id
         self.addresses = addresses  # id -> peer address; the runtime keeps it current
         self.snapshots = snapshots
+        self.tls = tls
+        self.snapshot_chunk_bytes = snapshot_chunk_bytes
         self.on_unreachable = on_unreachable
         self.on_snapshot_status = on_snapshot_status
         self.links: dict[NodeId, PeerLink] = {}
@@ -249,7 +304,10 @@ class PeerTransport:
 
 class PeerServicer:
     """The receiving side of the peer protocol, as generic gRPC handlers so
-    batches arrive as raw bytes and are parsed once, by the codec."""
+    batches arrive as raw bytes and are parsed once, by the codec.
+
+    With ``authenticate`` (TLS on), each call first proves the caller is a
+    member (see the module docstring); without it, callers are trusted."""
 
     def __init__(
         self,
@@ -258,12 +316,62 @@ class PeerServicer:
         deliver_snapshot: Callable[[Message], None],
         forward: Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Any],
         current_term: Callable[[], int],
+        *,
+        authenticate: bool = False,
+        is_member: Callable[[str], bool] = lambda node_id: True,
+        refusals: RefusalLog | None = None,
     ) -> None:
         self.receive = receive
         self.snapshots = snapshots
         self.deliver_snapshot = deliver_snapshot
         self.forward = forward
         self.current_term = current_term
+        self.authenticate = authenticate
+        self.is_member = is_member
+        self.refusals = refusals or RefusalLog()
+        self.dropped_messages = 0  # well-formed, but not from the authenticated sender
+        self.refused_calls = 0
+        self._installing: set[str] = set()  # peers with an InstallSnapshot stream open
+
+    async def identify(self, context: grpc.aio.ServicerContext[Any, Any], what: str) -> str | None:
+        """The caller's member id (None when TLS is off); aborts the call with
+        PERMISSION_DENIED if the caller is not a member."""
+        if not self.authenticate:
+            return None
+        node_id = peer_node_id(context)
+        if node_id is not None and self.is_member(node_id):
+            return node_id
+        self.refused_calls += 1
+        reason = (
+            "no node certificate (ramraft-node:<id> URI SAN)"
+            if node_id is None
+            else f"{node_id} is not a member of this cluster"
+        )
+        self.refusals.warning(
+            "peer_refused", call=what, peer=context.peer(), node=node_id, reason=reason
+        )
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"peer refused: {reason}")
+        raise AssertionError("abort returns only by raising")  # pragma: no cover
+
+    def _from_sender(self, messages: list[Message], sender: str | None, peer: str) -> list[Message]:
+        """The messages whose src is the authenticated sender; the rest are dropped."""
+        if sender is None:
+            return messages
+        kept = [m for m in messages if m.src == sender]
+        if len(kept) != len(messages):
+            dropped = len(messages) - len(kept)
+            self.dropped_messages += dropped
+            wrong = next(m for m in messages if m.src != sender)
+            self.refusals.warning(
+                "peer_message_dropped",
+                sender=sender,
+                claimed_src=wrong.src,
+                type=wrong.type.name,
+                dropped=dropped,
+                peer=peer,
+                reason="a message's src must be the authenticated peer",
+            )
+        return kept
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
@@ -279,32 +387,89 @@ class PeerServicer:
                     request_deserializer=raft_pb2.SnapshotChunk.FromString,
                     response_serializer=raft_pb2.InstallSnapshotResponse.SerializeToString,
                 ),
-                "Forward": grpc.unary_unary_rpc_method_handler(
-                    self.forward_call,
+                # A client stream of one message: the caller is identified
+                # before its request is read.
+                "Forward": grpc.stream_unary_rpc_method_handler(
+                    self.forward_stream,
                     request_deserializer=raft_pb2.ForwardRequest.FromString,
                     response_serializer=raft_pb2.ForwardResponse.SerializeToString,
                 ),
             },
         )
 
+    def admin_status_handler(
+        self,
+        status: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any],
+        request_deserializer: Callable[[bytes], Any],
+        response_serializer: Callable[[Any], bytes],
+    ) -> grpc.GenericRpcHandler:
+        """``Admin.Status`` for members on a separate peer port: how a node's
+        web tier asks the leader for its followers' progress."""
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await self.identify(context, "Admin.Status")
+            return await status(request, context)
+
+        return grpc.method_handlers_generic_handler(
+            ADMIN_SERVICE,
+            {
+                "Status": grpc.unary_unary_rpc_method_handler(
+                    guarded,
+                    request_deserializer=request_deserializer,
+                    response_serializer=response_serializer,
+                )
+            },
+        )
+
     async def stream(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> raft_pb2.StreamSummary:
+        sender = await self.identify(context, "Stream")
+        if sender is not None:
+            pem = peer_certificate(context)
+            log.info(
+                "peer_stream_opened",
+                sender=sender,
+                peer=context.peer(),
+                certificate=fingerprint(pem) if pem is not None else None,
+            )
         batches = 0
         async for raw in requests:
             try:
                 messages = parse_batch(raw)
             except CodecError as e:
-                log.warning("peer_batch_rejected", error=str(e), peer=context.peer())
+                self.refusals.warning("peer_batch_rejected", error=str(e), peer=context.peer())
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad batch: {e}")
             batches += 1
-            self.receive(messages)
+            messages = self._from_sender(messages, sender, context.peer())
+            if messages:
+                self.receive(messages)
         return raft_pb2.StreamSummary(batches=batches)
 
     async def install_snapshot(
         self,
         requests: AsyncIterator[raft_pb2.SnapshotChunk],
         context: grpc.aio.ServicerContext[Any, Any],
+    ) -> raft_pb2.InstallSnapshotResponse:
+        sender = await self.identify(context, "InstallSnapshot")
+        key = sender or context.peer()
+        if key in self._installing:
+            # One snapshot at a time per peer: a second stream would only
+            # fill the disk with another copy.
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "a snapshot from this peer is being received"
+            )
+        self._installing.add(key)
+        try:
+            return await self._install_snapshot(requests, context, sender)
+        finally:
+            self._installing.discard(key)
+
+    async def _install_snapshot(
+        self,
+        requests: AsyncIterator[raft_pb2.SnapshotChunk],
+        context: grpc.aio.ServicerContext[Any, Any],
+        sender: str | None,
     ) -> raft_pb2.InstallSnapshotResponse:
         writer: Any = None
 
@@ -319,6 +484,10 @@ class PeerServicer:
         try:
             async for chunk in requests:
                 receiver.feed(chunk)
+                message = receiver.message
+                if sender is not None and message is not None and message.src != sender:
+                    self._from_sender([message], sender, context.peer())
+                    raise CodecError(f"the snapshot's src {message.src!r} is not the sender")
             if not receiver.done or receiver.message is None:
                 raise CodecError("snapshot stream ended before its trailer")
             message = receiver.message
@@ -328,7 +497,7 @@ class PeerServicer:
             await asyncio.to_thread(writer.commit)
             writer = None
         except (CodecError, StorageError) as e:
-            log.warning("snapshot_receive_failed", error=str(e))
+            self.refusals.warning("snapshot_receive_failed", error=str(e), peer=context.peer())
             return raft_pb2.InstallSnapshotResponse(
                 term=self.current_term(), accepted=False, error=str(e)
             )
@@ -339,8 +508,20 @@ class PeerServicer:
         self.deliver_snapshot(message)
         return raft_pb2.InstallSnapshotResponse(term=self.current_term(), accepted=True)
 
+    async def forward_stream(
+        self,
+        requests: AsyncIterator[raft_pb2.ForwardRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> raft_pb2.ForwardResponse:
+        await self.identify(context, "Forward")
+        request = await anext(aiter(requests), None)
+        if request is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+        return await self.forward_call(request, context)
+
     async def forward_call(
         self, request: raft_pb2.ForwardRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> raft_pb2.ForwardResponse:
+        """The write of an identified caller (``forward_stream`` checked it)."""
         result: raft_pb2.ForwardResponse = await self.forward(request.command, context)
         return result

@@ -1,39 +1,794 @@
-"""The web tier: an HTTP server on the node's own event loop (aiohttp).
+"""The web tier: an HTTP server on the node's own event loop.
 
-So far: ``/healthz`` (the process is alive) and ``/readyz`` (knows a leader
-and has applied what it knows to be committed), matching the gRPC health
-service.
+Built on aiohttp: a well-kept asyncio HTTP server (and client) that runs as a
+few tasks on the event loop grpc.aio already uses, so a page handler reads
+the state machine's objects directly -- no thread hop, no lock, no second
+server process -- and awaits the same in-process calls as the gRPC servicers
+(server/api.py). Routes:
+
+``GET /``
+    The status page (server/status_page.py): role, term, leader, indexes,
+    each member's lag, recent leader changes, request rates. Polls
+    ``/v1/status`` once a second.
+``GET /v1/status``
+    The same as JSON.
+``GET /v1/kv/{key}``, ``PUT /v1/kv/{key}``, ``DELETE /v1/kv/{key}``
+    The key-value machine; ``GET /v1/kv?prefix=&start_after=&limit=`` lists
+    keys; ``POST /v1/cas/{key}`` compares and swaps. See :class:`KVRoutes`.
+``GET /metrics``
+    Prometheus text format (server/metrics.py).
+``GET /healthz``, ``GET /readyz``
+    Alive / ready (knows a leader, has applied its commit index), matching
+    the gRPC health service's "liveness" and "" services.
+``/app/...``
+    The pages of an application model (``--app``, server/hosting.py).
+
+With ``--auth-tokens`` every route but /healthz and /readyz needs a token
+(server/auth.py): ``Authorization: Bearer TOKEN``, or HTTP Basic with the
+token as the password (browsers ask for it on the status page). Reads need
+the read role, PUT/DELETE/POST the write role. With TLS the port serves
+HTTPS (a client certificate is required with ``--tls-client-auth
+require``). At most ``--max-connections`` connections are open at once
+(more are closed at once), and requests count towards the node's
+``--max-inflight`` (429 beyond it).
+
+Errors from ``/v1/`` routes are JSON: ``{"error": CODE, "detail": TEXT}``
+with CODE one of ``invalid_argument`` (400), ``unauthenticated`` (401),
+``permission_denied`` (403), ``not_found`` (404),
+``method_not_allowed`` (405), ``failed_precondition`` (409, a session's
+write refused), ``payload_too_large`` (413), ``unsupported_media_type``
+(415), ``overloaded`` (429), ``unavailable`` (503, with ``leader`` and
+``leader_address`` when known, and a ``Ramraft-Leader`` header naming the
+leader's gRPC address) and ``deadline_exceeded`` (504).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import base64
+import binascii
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
 
+import grpc
+import structlog
 from aiohttp import web
 
+from proto import admin_pb2, admin_pb2_grpc
+from server.api import BadRequest
+from server.auth import Principal, bearer_token, http_required_role
 from server.config import parse_address
+from server.embed import CommandFailedError, NotPlainDataError
+from server.hosting import CONTEXT, AppContext, SessionPool, write_with_session
+from server.kv import CasResult, DeleteResult, PutResult, encode_cas, encode_delete, encode_put
+from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from server.runtime import InvalidRequest, NotLeader, Overloaded, Unavailable
+from server.services import value_before
+from server.sessions import valid_session
+from server.statemachine import CommandError, ErrorCode
+from server.status_page import render_status_page
 
 if TYPE_CHECKING:
     from server.node import Node
+
+log = structlog.get_logger("ramraft.web")
+
+CLIENT_ID_HEADER = "Ramraft-Client-Id"
+SEQUENCE_HEADER = "Ramraft-Sequence"
+LEADER_HEADER = "Ramraft-Leader"
+INDEX_HEADER = "Ramraft-Index"
+MAX_TIMEOUT = 60.0
+APP_PREFIX = "/app/"
+KV_PREFIX = "/v1/kv/"
+CAS_PREFIX = "/v1/cas/"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class HttpError(Exception):
+    """An error response: status, a short code and a sentence."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+
+
+class LeaderUnreachable(Exception):
+    """The status page could not ask the leader for its followers' progress."""
+
+
+def bad_request(detail: str) -> HttpError:
+    return HttpError(400, "invalid_argument", detail)
+
+
+_HTTP_ERROR_CODES = {
+    400: "invalid_argument",
+    401: "unauthenticated",
+    403: "permission_denied",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+# ---- request parsing ------------------------------------------------------------------------
+
+
+def _key_from_path(request: web.Request, prefix: str) -> str:
+    """The key: the rest of the raw path after ``prefix``, percent-decoded
+    as UTF-8 (strictly: a key that is not valid text is refused, not
+    silently changed). ``%2F`` and ``/`` both mean a slash in the key."""
+    raw = request.raw_path.split("?", 1)[0]
+    if not raw.startswith(prefix):
+        raise bad_request(f"the key goes after {prefix}")
+    try:
+        key = unquote_to_bytes(raw[len(prefix) :]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request("the key is not valid UTF-8 after percent-decoding") from None
+    if not key:
+        raise bad_request(f"missing key: use {prefix}KEY")
+    return key
+
+
+def _consistency(request: web.Request) -> bool:
+    """True for a linearizable read (the default, as over gRPC)."""
+    value = request.query.get("consistency", "linearizable").strip().lower()
+    if value == "linearizable":
+        return True
+    if value == "serializable":
+        return False
+    raise bad_request(f"unknown consistency {value!r}; use linearizable or serializable")
+
+
+def _timeout(request: web.Request) -> float | None:
+    raw = request.query.get("timeout")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise bad_request(f"timeout {raw!r} is not a number of seconds") from None
+    if not 0 < value <= MAX_TIMEOUT:
+        raise bad_request(f"timeout must be in (0, {MAX_TIMEOUT:g}] seconds, got {raw}")
+    return value
+
+
+def _session(request: web.Request) -> tuple[int, int] | None:
+    client_id = request.headers.get(CLIENT_ID_HEADER)
+    sequence = request.headers.get(SEQUENCE_HEADER)
+    if client_id is None and sequence is None:
+        return None
+    if client_id is None or sequence is None:
+        raise bad_request(f"a session needs both {CLIENT_ID_HEADER} and {SEQUENCE_HEADER}")
+    try:
+        session = (int(client_id), int(sequence))
+    except ValueError:
+        raise bad_request("session headers must be decimal integers") from None
+    if not valid_session(*session):
+        raise bad_request("session ids must be integers in 1..2**64-1")
+    return session
+
+
+def _decode_value(text: object, encoding: object, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise bad_request(f"{what} must be a JSON string")
+    if encoding == "utf-8":
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad_request(f"{what} is not valid Unicode text") from None
+    if encoding == "base64":
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise bad_request(f"{what} is not valid base64") from None
+    raise bad_request(f"unknown encoding {encoding!r}; use utf-8 or base64")
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise HttpError(415, "unsupported_media_type", "send a JSON body (application/json)")
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HttpError(400, "bad_json", f"the body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise HttpError(400, "bad_json", "the body must be a JSON object")
+    return body
+
+
+def _encode_value(value: bytes) -> dict[str, str]:
+    try:
+        return {"value": value.decode("utf-8"), "encoding": "utf-8"}
+    except UnicodeDecodeError:
+        return {"value": base64.b64encode(value).decode("ascii"), "encoding": "base64"}
+
+
+def _wants_raw(request: web.Request) -> bool:
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "raw"):
+        raise bad_request(f"unknown format {fmt!r}; use json or raw")
+    return fmt == "raw" or request.headers.get("Accept", "") == "application/octet-stream"
+
+
+def _raise_command_error(result: object) -> None:
+    if isinstance(result, CommandError):
+        if result.code in (ErrorCode.SESSION_EXPIRED, ErrorCode.STALE_SEQUENCE):
+            raise HttpError(409, "failed_precondition", str(result))
+        raise bad_request(str(result))
+
+
+class KVRoutes:
+    """The JSON API over the key-value machine.
+
+    Values are bytes. ``PUT /v1/kv/{key}`` takes the raw body as the value,
+    unless it is sent as ``application/json``: then the body is
+    ``{"value": "...", "encoding": "utf-8"|"base64"}``. ``GET`` answers
+    ``{"key", "value", "encoding", "index"}`` where ``encoding`` says whether
+    ``value`` is the text itself (valid UTF-8) or base64; ``?format=raw`` (or
+    ``Accept: application/octet-stream``) answers the raw bytes instead, with
+    the index in a ``Ramraft-Index`` header.
+
+    Reads take ``?consistency=linearizable`` (default) or ``serializable``
+    (this node's memory, at once); every request takes ``?timeout=SECONDS``
+    (default 5).
+
+    Writes are exactly-once across the node's own retries (a leader change
+    while the write is in flight): the node gives each write a session.
+    A client that retries a write itself (after a timeout or a dropped
+    connection) should send its own session as ``Ramraft-Client-Id`` and
+    ``Ramraft-Sequence`` headers -- one write at a time per client id, the
+    sequence growing by one per write, the same on a retry -- or accept that
+    the write may be applied twice.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.sessions = SessionPool()
+
+    @property
+    def limits(self) -> Any:
+        assert self.node.api is not None
+        return self.node.api.limits
+
+    async def _write(
+        self, request: web.Request, encode: Callable[[tuple[int, int] | None], bytes]
+    ) -> tuple[int, object]:
+        api = self.node.api
+        assert api is not None
+        session = _session(request)
+        timeout = _timeout(request)
+        try:
+            encode(None)  # bad arguments fail here, before anything is proposed
+        except (TypeError, ValueError) as e:
+            raise bad_request(str(e)) from None
+        if session is not None:
+            index, result = await api.write(encode(session), timeout, retry_unsafe=True)
+        else:
+            index, result = await write_with_session(api, self.sessions, encode, timeout)
+        _raise_command_error(result)
+        return index, result
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        key = _key_from_path(request, KV_PREFIX)
+        self.limits.check_key(key)
+        raw = _wants_raw(request)
+        linear, timeout = _consistency(request), _timeout(request)
+        api = self.node.api
+        assert api is not None
+        if linear:
+            await api.linearizable(timeout)
+        found, value = self.node.kv.get(key)
+        index = self.node.kv.applied_index
+        if not found:
+            raise HttpError(404, "not_found", f"no key {key!r}", index=index)
+        if raw:
+            return web.Response(
+                body=value,
+                content_type="application/octet-stream",
+                headers={INDEX_HEADER: str(index)},
+            )
+        return web.json_response({"key": key, **_encode_value(value), "index": index})
+
+    async def put(self, request: web.Request) -> web.StreamResponse:
+        key = _key_from_path(request, KV_PREFIX)
+        self.limits.check_key(key)
+        if request.content_type == "application/json":
+            body = await _json_body(request)
+            value = _decode_value(body.get("value"), body.get("encoding", "utf-8"), "value")
+        else:
+            value = await request.read()
+        self.limits.check_value(value)
+        _, result = await self._write(request, lambda s: encode_put(key, value, s))
+        assert isinstance(result, PutResult)
+        # The index of the entry that wrote the value: for a retried write
+        # (same session), the first application's.
+        return web.json_response({"key": key, "index": result.index})
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        key = _key_from_path(request, KV_PREFIX)
+        self.limits.check_key(key)
+        index, result = await self._write(request, lambda s: encode_delete(key, s))
+        assert isinstance(result, DeleteResult)
+        return web.json_response({"key": key, "deleted": result.deleted, "index": index})
+
+    async def cas(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/cas/{key}`` with ``{"value": ..., "expected": ... | null,
+        "encoding": ...}``: set ``value`` if the key's value is ``expected``
+        (``null``: if the key is absent)."""
+        key = _key_from_path(request, CAS_PREFIX)
+        self.limits.check_key(key)
+        body = await _json_body(request)
+        encoding = body.get("encoding", "utf-8")
+        value = _decode_value(body.get("value"), encoding, "value")
+        if "expected" not in body:
+            raise bad_request('give "expected": the current value, or null for "absent"')
+        expected_raw = body["expected"]
+        expected = (
+            None if expected_raw is None else _decode_value(expected_raw, encoding, "expected")
+        )
+        self.limits.check_value(value)
+        if expected is not None:
+            self.limits.check_value(expected)
+        index, result = await self._write(request, lambda s: encode_cas(key, expected, value, s))
+        assert isinstance(result, CasResult)
+        # The same answer as the gRPC API: the value before the swap, and the
+        # index of the write's first application (a retry returns that one).
+        current = _encode_value(value_before(result, expected))
+        index = result.index
+        return web.json_response(
+            {
+                "key": key,
+                "swapped": result.swapped,
+                "found": result.found,
+                "current": current["value"],
+                "encoding": current["encoding"],
+                "index": index,
+            }
+        )
+
+    async def range(self, request: web.Request) -> web.StreamResponse:
+        prefix = request.query.get("prefix", "")
+        start_after = request.query.get("start_after", "")
+        raw_limit = request.query.get("limit", "0")
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            raise bad_request(f"limit {raw_limit!r} is not a whole number") from None
+        if limit < 0:
+            raise bad_request("limit must be >= 0 (0: the server's maximum)")
+        cap = self.limits.max_range_limit
+        limit = min(limit or cap, cap)
+        linear, timeout = _consistency(request), _timeout(request)
+        api = self.node.api
+        assert api is not None
+        if linear:
+            await api.linearizable(timeout)
+        items, more = self.node.kv.range(prefix, start_after, limit)
+        return web.json_response(
+            {
+                "items": [{"key": k, **_encode_value(v)} for k, v in items],
+                "more": more,
+                "index": self.node.kv.applied_index,
+            }
+        )
+
+
+# ---- the server -----------------------------------------------------------------------------
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, counted while it is open; over
+    --max-connections, the connection is closed as soon as it is made (with
+    TLS: after the handshake, which ``ssl_handshake_timeout`` bounds)."""
+
+    def __init__(self, inner: Any, tier: WebTier) -> None:
+        self.inner = inner
+        self.tier = tier
+        self.counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tier = self.tier
+        if tier.connections >= tier.max_connections:
+            tier.refused_connections += 1
+            tier.node.refusals.warning(
+                "http_connection_refused", open=tier.connections, limit=tier.max_connections
+            )
+            transport.close()
+            return
+        self.counted = True
+        tier.connections += 1
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.counted:
+            self.counted = False
+            self.tier.connections -= 1
+            self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.counted:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if not self.counted:
+            return None
+        result: bool | None = self.inner.eof_received()
+        return result
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
 
 
 class WebTier:
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.app = web.Application()
-        self.app.router.add_get("/healthz", self.healthz)
-        self.app.router.add_get("/readyz", self.readyz)
+        limits = node.config.limits
+        # Default: room for a value of the maximum size sent as base64 JSON.
+        max_body = limits.http_body_bytes()
+        self.max_body = max_body
+        self.max_connections = limits.max_connections
+        self.connections = 0  # open (TLS: handshake done)
+        self.refused_connections = 0
+        self.app = web.Application(client_max_size=max_body, middlewares=[self._middleware])
+        self.kv = KVRoutes(node)
+        router = self.app.router
+        router.add_get("/", self.status_page)
+        router.add_get("/v1/status", self.status)
+        router.add_get("/v1/kv", self.kv.range)
+        kv = router.add_resource("/v1/kv/{key:.*}")
+        kv.add_route("GET", self.kv.get)
+        kv.add_route("PUT", self.kv.put)
+        kv.add_route("DELETE", self.kv.delete)
+        router.add_post("/v1/cas/{key:.*}", self.kv.cas)
+        router.add_get("/metrics", self.metrics)
+        router.add_get("/healthz", self.healthz)
+        router.add_get("/readyz", self.readyz)
+        self.app_context: AppContext | None = None
+        hosted = node.app
+        if hosted is not None:
+            sub = web.Application()
+            assert node.api is not None, "the web tier starts after the node's API exists"
+            self.app_context = AppContext(node.config.node_id, hosted.app.model, node.kv, node.api)
+            sub[CONTEXT] = self.app_context
+            sub.add_routes(list(hosted.app.routes))
+            if hosted.app.setup is not None:
+                hosted.app.setup(sub)
+            self.app.add_subapp(APP_PREFIX, sub)
         self.runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self.address = ""
+        # (when, leader address, its members' progress or why it failed)
+        self._leader_view: tuple[float, str, dict[str, dict[str, Any]] | str] | None = None
 
     async def start(self, address: str) -> None:
         host, port = parse_address(address, "--http")
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
-        await web.TCPSite(self.runner, host, port).start()
+        tls = self.node.tls
+        ssl_context = tls.ssl_context() if tls is not None else None
+        server = self.runner.server
+        assert server is not None
+
+        def protocol() -> asyncio.BaseProtocol:
+            return _Counted(server(), self)
+
+        loop = asyncio.get_running_loop()
+        try:
+            self._listener = await loop.create_server(
+                protocol,
+                host,
+                port,
+                ssl=ssl_context,
+                ssl_handshake_timeout=10.0 if ssl_context is not None else None,
+                reuse_address=True,
+            )
+        except OSError as e:
+            raise OSError(f"--http {address}: cannot listen: {e.strerror or e}") from e
+        self.address = address
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         if self.runner is not None:
             await self.runner.cleanup()
+
+    # ---- cross-cutting: errors and request metrics ------------------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        response: web.StreamResponse | None = None
+        status = 500
+        try:
+            response = await self._handle(request, handler)
+            status = response.status
+            return response
+        except web.HTTPException as e:
+            status = e.status
+            raise
+        finally:
+            route = request.match_info.route
+            resource = route.resource
+            name = f"{request.method} {resource.canonical}" if resource is not None else "unmatched"
+            self.node.metrics.observe_request(
+                "http", name, str(status), time.perf_counter() - started
+            )
+
+    def _authorize(self, request: web.Request) -> None:
+        """Raise 401/403 unless the request's token has the role it needs."""
+        tokens = self.node.tokens
+        required = http_required_role(request.method, request.path)
+        if tokens is None or required is None:
+            return
+        api_route = request.path.startswith("/v1/")
+        scheme = "Bearer" if api_route else "Basic"  # Basic: a browser asks for the token
+        challenge = {"WWW-Authenticate": f'{scheme} realm="ramraft"'}
+        token = bearer_token(request.headers.get("Authorization"))
+        principal: Principal | None = tokens.authenticate(token) if token is not None else None
+        if principal is None:
+            reason = "the token is not valid" if token is not None else "missing credentials"
+            self._log_refusal(request, "UNAUTHENTICATED", None, reason)
+            raise HttpError(
+                401,
+                "unauthenticated",
+                f"{reason}: send 'Authorization: Bearer TOKEN'",
+                headers=challenge,
+            )
+        if principal.role < required:
+            reason = (
+                f"{principal.name} has the {principal.role.label} role; "
+                f"{request.method} {request.path} needs {required.label}"
+            )
+            self._log_refusal(request, "PERMISSION_DENIED", principal.name, reason)
+            raise HttpError(403, "permission_denied", reason)
+
+    def _log_refusal(self, request: web.Request, code: str, who: str | None, reason: str) -> None:
+        self.node.refusals.warning(
+            "request_refused",
+            code=code,
+            method=f"HTTP {request.method} {request.path[:200]}",
+            who=who,
+            peer=request.remote,
+            reason=reason,
+        )
+
+    async def _handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        api_route = request.path.startswith("/v1/")
+        try:
+            self._authorize(request)
+        except HttpError as e:
+            return self._error_response(e, api_route, request)
+        if request.path in ("/healthz", "/readyz"):
+            return await self._serve(request, handler, api_route)
+        connection = f"http:{id(request.transport)}"
+        refused = self.node.limiter.enter(connection)
+        if refused is not None:
+            self.node.refusals.warning(
+                "request_refused", code="RESOURCE_EXHAUSTED", method=request.path[:200],
+                peer=request.remote,
+            )  # fmt: skip
+            error = HttpError(429, "overloaded", refused, headers={"Retry-After": "1"})
+            return self._error_response(error, api_route, request)
+        try:
+            return await self._serve(request, handler, api_route)
+        finally:
+            self.node.limiter.leave(connection)
+
+    async def _serve(
+        self, request: web.Request, handler: Handler, api_route: bool
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except HttpError as e:
+            error = e
+        except web.HTTPException as e:
+            if not api_route or e.status < 400:
+                raise
+            error = HttpError(
+                e.status,
+                _HTTP_ERROR_CODES.get(e.status, "error"),
+                e.reason if e.status != 405 else f"{request.method} is not allowed here",
+                headers={"Allow": e.headers["Allow"]} if "Allow" in e.headers else None,
+            )
+        except (BadRequest, InvalidRequest, NotPlainDataError) as e:
+            error = bad_request(str(e))
+        except NotLeader as e:
+            error = self._unavailable(str(e))
+        except Unavailable as e:
+            error = self._unavailable(str(e))
+        except Overloaded as e:
+            error = HttpError(429, "overloaded", str(e), headers={"Retry-After": "1"})
+        except TimeoutError as e:
+            error = HttpError(504, "deadline_exceeded", str(e) or "the request's deadline passed")
+        except CommandFailedError as e:
+            error = HttpError(409, "command_failed", str(e))
+        return self._error_response(error, api_route, request)
+
+    def _error_response(
+        self, error: HttpError, api_route: bool, request: web.Request
+    ) -> web.StreamResponse:
+        if error.status == 413:
+            error.detail = f"the request body is larger than {self.max_body} bytes"
+        if api_route:
+            return web.json_response(
+                {"error": error.error, "detail": error.detail, **error.extra},
+                status=error.status,
+                headers=error.headers,
+            )
+        return web.Response(
+            text=f"{error.status} {error.error}: {error.detail}\n",
+            status=error.status,
+            headers=error.headers,
+        )
+
+    def _unavailable(self, detail: str) -> HttpError:
+        runtime = self.node.runtime
+        leader = runtime.leader if runtime is not None else ""
+        address = runtime.leader_client_address() if runtime is not None else ""
+        headers = {"Retry-After": "1"}
+        if address:
+            headers[LEADER_HEADER] = address
+        return HttpError(
+            503,
+            "unavailable",
+            detail,
+            headers=headers,
+            leader=leader or None,
+            leader_address=address or None,
+        )
+
+    # ---- pages ------------------------------------------------------------------------------
+
+    async def status_page(self, request: web.Request) -> web.StreamResponse:
+        status = await self.status_data()
+        return web.Response(text=render_status_page(status), content_type="text/html")
+
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(await self.status_data())
+
+    async def status_data(self) -> dict[str, Any]:
+        node = self.node
+        runtime = node.runtime
+        s: dict[str, Any] = runtime.status() if runtime is not None else {"id": node.config.node_id}
+        s["ready"] = node.ready()
+        s["uptime_seconds"] = round(time.time() - node.started_at, 1)
+        s["http"] = self.address
+        members, members_from, members_error = await self._members()
+        changes: list[dict[str, Any]] = []
+        if runtime is not None:
+            last: tuple[int, str] | None = None
+            for at, term, leader in runtime.leader_changes:
+                if (term, leader) == last:
+                    continue
+                change = {"time": round(at, 3), "term": term, "leader": leader or None}
+                if not leader and last is not None and not last[1]:
+                    changes[-1] = change  # one row for an election, however many rounds
+                else:
+                    changes.append(change)
+                last = (term, leader)
+        rates = node.metrics.rates.rates()
+        hosted = node.app
+        return {
+            "node": s,
+            "members": members,
+            "members_from": members_from,
+            "members_error": members_error,
+            "leader_changes": changes[::-1][:20],
+            "rates": {
+                "requests": {k: v for k, v in rates.items() if " " in k},
+                "applied_per_second": rates.get("applied", 0.0),
+                "proposed_per_second": rates.get("proposed", 0.0),
+                "window_seconds": node.metrics.rates.seconds,
+            },
+            "forwarded_writes": node.api.forwarded if node.api is not None else 0,
+            "app": (
+                {
+                    "title": hosted.app.title or hosted.machine.model_name,
+                    "model": hosted.machine.model_name,
+                    "url": APP_PREFIX,
+                }
+                if hosted is not None
+                else None
+            ),
+            "time": round(time.time(), 3),
+        }
+
+    async def _members(self) -> tuple[list[dict[str, Any]], str | None, str | None]:
+        """Members with replication progress: this node's own view when it
+        leads, otherwise the leader's (asked over gRPC, at most once a second)."""
+        runtime = self.node.runtime
+        if runtime is None:
+            return [], None, None
+        leader = runtime.leader
+        base: dict[str, dict[str, Any]] = {
+            m.id: {
+                "id": m.id,
+                "address": runtime.config.client_address_of(m.address) if m.address else "",
+                "voter": m.voter,
+                "leader": m.id == leader,
+                "self": m.id == runtime.id,
+                "match_index": None,
+                "lag": None,
+                "active": None,
+            }
+            for m in runtime.members()
+        }
+        if runtime.role.value == "leader":
+            for m in runtime.members():
+                base[m.id].update(
+                    match_index=m.match_index, lag=m.lag, active=m.active or m.id == runtime.id
+                )
+            return list(base.values()), runtime.id, None
+        address = runtime.leader_client_address()
+        if not leader or not address:
+            return list(base.values()), None, "no leader is known"
+        try:
+            view = await self._leader_members(address)
+        except LeaderUnreachable as e:
+            return list(base.values()), None, str(e)
+        for member_id, progress in view.items():
+            if member_id in base:
+                base[member_id].update(progress)
+        return list(base.values()), leader, None
+
+    async def _leader_members(self, address: str) -> dict[str, dict[str, Any]]:
+        """The leader's view of its followers' progress, asked at most once
+        a second (a failure is remembered as long, so a page polling a node
+        whose leader just died does not wait on every poll)."""
+        cached = self._leader_view
+        now = time.monotonic()
+        if cached is not None and cached[1] == address and now - cached[0] < 1.0:
+            if isinstance(cached[2], str):
+                raise LeaderUnreachable(cached[2])
+            return cached[2]
+        runtime = self.node.runtime
+        assert runtime is not None
+        # Over the peer port (with TLS, this node's certificate says who asks).
+        channel = runtime.transport.channel(runtime.leader)
+        stub = admin_pb2_grpc.AdminStub(channel)
+        try:
+            response = await stub.Status(admin_pb2.StatusRequest(), timeout=0.5)
+        except grpc.aio.AioRpcError as e:
+            reason = f"could not ask the leader: {e.code().name}"
+            self._leader_view = (now, address, reason)
+            raise LeaderUnreachable(reason) from e
+        view = (
+            {
+                m.id: {"match_index": m.match_index, "lag": m.lag, "active": m.active}
+                for m in response.members
+            }
+            if response.members_from_leader
+            else {}
+        )
+        self._leader_view = (now, address, view)
+        return view
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        body = self.node.metrics.exposition()
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = METRICS_CONTENT_TYPE
+        return response
 
     async def healthz(self, request: web.Request) -> web.Response:
         runtime = self.node.runtime

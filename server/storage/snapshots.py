@@ -299,7 +299,10 @@ class FileSnapshotReader:
         try:
             self._layout = _Layout(path, self._fd)
         except BaseException:
-            os.close(self._fd)
+            # Forget the descriptor too: __del__ would close its number again,
+            # by then perhaps another file's (found by tests/fuzz).
+            fd, self._fd = self._fd, -1
+            os.close(fd)
             raise
         self._pos = self._layout.data_start
         self._seq = 0

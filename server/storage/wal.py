@@ -58,6 +58,8 @@ from .model import LogModel, reconcile
 log = structlog.get_logger(__name__)
 
 DEFAULT_SEGMENT_SIZE = 64 << 20
+# compact() starts a new segment once the current one holds this much.
+ROLL_AFTER_COMPACTION_BYTES = 1 << 20
 _SEGMENT_NAME = re.compile(r"^wal-(\d{20})\.log$")
 
 
@@ -246,19 +248,27 @@ class FileLogStore:
             if segment.max_index > snapshot_index:
                 break
             doomed.append(segment)
-        if not doomed:
-            return
-        try:
-            for segment in doomed:  # oldest first: a crash leaves a gapless run
-                os.unlink(segment.path)
-            fsync_dir(self.directory)
-        except OSError as exc:
-            raise self._fail(exc, "deleting compacted segments") from exc
-        finally:
-            self._segments = [s for s in self._segments if os.path.exists(s.path)]
-        log.info(
-            "wal_compacted", directory=self.directory, up_to=snapshot_index, deleted=len(doomed)
-        )
+        if doomed:
+            try:
+                for segment in doomed:  # oldest first: a crash leaves a gapless run
+                    os.unlink(segment.path)
+                fsync_dir(self.directory)
+            except OSError as exc:
+                raise self._fail(exc, "deleting compacted segments") from exc
+            finally:
+                self._segments = [s for s in self._segments if os.path.exists(s.path)]
+            log.info(
+                "wal_compacted", directory=self.directory, up_to=snapshot_index, deleted=len(doomed)
+            )
+        if self._pos - self._checkpoint_end > ROLL_AFTER_COMPACTION_BYTES:
+            # Start a new segment now, so that the next compaction can delete
+            # this one whole. Otherwise a segment only goes once full (64 MiB
+            # by default), and recovery replays everything the snapshots
+            # already cover: restart time would grow with the node's age.
+            try:
+                self._rollover()
+            except OSError as exc:
+                raise self._fail(exc, "starting a segment after compaction") from exc
 
     def close(self) -> None:
         if self._closed:

@@ -51,3 +51,15 @@ def chaos_net(chaos_support: None, request: pytest.FixtureRequest) -> Iterator[C
         if rep is not None and rep.failed:
             for name, text in net.logs():
                 sys.stderr.write(f"----- {name} log -----\n{text[-4000:]}\n")
+
+
+@pytest.fixture
+def lab_net(chaos_support: None, request: pytest.FixtureRequest) -> Iterator[ChaosNet]:
+    """Like chaos_net, with the test process on the bridge (host_access), so
+    it can watch the nodes (status, health) at their addresses."""
+    with ChaosNet(host_access=True) as net:
+        yield net
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            for name, text in net.logs():
+                sys.stderr.write(f"----- {name} log -----\n{text[-6000:]}\n")

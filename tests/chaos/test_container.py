@@ -1,9 +1,10 @@
 """The ramraft image, run in the lab's namespaces as the StatefulSet runs it.
 
-Until `ramraft node` exists the containers run the echo server from the
-mounted tests/ tree; the point here is the plumbing: the image runs read-only
-as uid 10001 with its data dir mounted, answers on the StatefulSet's DNS names
-from inside the namespaces, and the nemesis reaches it.
+First the plumbing, with the echo server from the mounted tests/ tree: the
+image runs read-only as uid 10001 with its data dir mounted and answers on the
+StatefulSet's DNS names from inside the namespaces. Then the real thing: three
+containers of the image form a cluster, and `ramraft chaos` (from the image
+too) checks it while the nemesis kills, freezes and partitions containers.
 
 Needs the image: build it with scripts/build-image.sh (RAMRAFT_IMAGE overrides
 the tag looked for).
@@ -11,14 +12,18 @@ the tag looked for).
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.chaos.netns import ChaosNet
+from tests.chaos.cluster import KILL_LEADER, PARTITION_LEADER, PAUSE_FOLLOWER, LabCluster, Nemesis
+from tests.chaos.netns import GRPC_PORT, ChaosNet
 from tests.chaos.test_netns import PORT, tcp, wait_for
 
 IMAGE = os.environ.get("RAMRAFT_IMAGE", "localhost/ramraft:0.1.0")
@@ -82,19 +87,43 @@ def test_image_runs_in_the_lab_like_a_pod(chaos_net: ChaosNet) -> None:
     assert (net.data_dir("ramraft-1") / "ok").exists()
 
 
-def test_nemesis_reaches_containers(chaos_net: ChaosNet) -> None:
-    net = chaos_net
-    start_echo_containers(net)
-    net.partition("ramraft-0")
-    assert tcp(net, "ramraft-1", "ramraft-0") is None
-    net.heal()
-    assert tcp(net, "ramraft-1", "ramraft-0") == "ramraft-0 ping"
-    net.pause("ramraft-2")
-    assert tcp(net, "client", "ramraft-2", timeout=0.3) is None
-    net.resume("ramraft-2")
-    assert tcp(net, "client", "ramraft-2") == "ramraft-2 ping"
-    assert net.kill("ramraft-1") == 128 + 9  # podman reports a SIGKILLed container as 137
-    assert tcp(net, "client", "ramraft-1") is None
-    proc = net.restart("ramraft-1")
-    wait_for(lambda: proc.log_text().count("serving on") == 2, what="restarted container")
-    assert tcp(net, "client", "ramraft-1") == "ramraft-1 ping"
+def test_three_containers_form_a_cluster_and_survive_the_nemesis(
+    lab_net: ChaosNet, tmp_path: Path
+) -> None:
+    """The image as the StatefulSet runs it (entrypoint `ramraft node`, every
+    setting from RAMRAFT_* env, read-only root, uid 10001, the data volume)
+    in three namespaces; `ramraft chaos` from a fourth container of the image
+    in the client namespace, while the leader container is SIGKILLed and
+    restarted, a follower frozen (podman pause) and the leader cut off."""
+    cluster = LabCluster(lab_net, image=IMAGE)
+    out = tmp_path / "out"
+    try:
+        cluster.start_all()
+        cluster.wait_ready(timeout=180)
+        leader = cluster.leader()
+        assert leader is not None
+        for name in cluster.names:
+            status = cluster.status(name)
+            assert status is not None and status.leader == leader, (name, status)
+            assert status.address == f"{lab_net.fqdn(name)}:{GRPC_PORT}"
+        cluster.start_workload(out / "history.jsonl", duration=3600, clients=3, keys=3)
+        time.sleep(3)
+        nemesis = Nemesis(cluster, random.Random(1), hold=(2.0, 3.0), gap=(1.0, 1.5))
+        killed = nemesis.inject(KILL_LEADER).targets[0]
+        nemesis.inject(PAUSE_FOLLOWER)
+        nemesis.inject(PARTITION_LEADER)
+        time.sleep(2)
+        code, summary = cluster.finish_workload()
+    finally:
+        cluster.close()
+    assert lab_net.proc(killed).exit_codes[0] == 128 + 9  # podman: SIGKILLed container
+    # The restarted container found its WAL on the volume.
+    recovered = [
+        json.loads(line)
+        for line in lab_net.proc(killed).log_text().splitlines()
+        if '"wal_recovered"' in line
+    ]
+    assert len(recovered) == 2 and recovered[1]["last_index"] > 0, recovered
+    assert summary.get("linearizable") is True and summary.get("lost_writes") == 0, summary
+    assert summary["outcomes"]["ok"] > 0 and summary["final_reads"] == 3
+    assert code == 0

@@ -29,6 +29,7 @@ class Failure:
     code: grpc.StatusCode
     details: str = "injected"
     leader: str | None = None  # sent as trailing metadata ramraft-leader
+    client_id: int | None = None  # only calls of this session's client fail
 
 
 @dataclass
@@ -61,7 +62,12 @@ class FakeNode:
             session = (s.client_id, s.sequence, s.first_unacked)
         with self.lock:
             self.calls.append(Call(method, session, request))
-            failure = self.failures.popleft() if self.failures else self.always
+            failure = self.always
+            if self.failures and (
+                self.failures[0].client_id is None
+                or (session is not None and session[0] == self.failures[0].client_id)
+            ):
+                failure = self.failures.popleft()
         if self.hang:
             time.sleep(self.hang)
         if failure is not None:

@@ -18,7 +18,9 @@ from client import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     RamraftError,
+    Unauthenticated,
     Unavailable,
 )
 from tests.client.fake_server import Failure, FakeServer, dead_address
@@ -220,7 +222,8 @@ def test_per_call_timeout_overrides_the_default(server: FakeServer) -> None:
         (grpc.StatusCode.NOT_FOUND, NotFound),
         (grpc.StatusCode.FAILED_PRECONDITION, FailedPrecondition),
         (grpc.StatusCode.INTERNAL, RamraftError),
-        (grpc.StatusCode.PERMISSION_DENIED, RamraftError),
+        (grpc.StatusCode.PERMISSION_DENIED, PermissionDenied),
+        (grpc.StatusCode.UNAUTHENTICATED, Unauthenticated),
     ],
 )
 def test_other_errors_are_final_and_mapped(

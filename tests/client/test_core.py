@@ -31,7 +31,7 @@ def test_parse_endpoints() -> None:
 def test_session_tracker_first_unacked() -> None:
     t = SessionTracker(client_id=3)
     s1, s2, s3 = t.begin(), t.begin(), t.begin()
-    assert (s1, s2, s3) == (1, 2, 3)
+    assert (s1.sequence, s2.sequence, s3.sequence) == (1, 2, 3)
     t.end(s2)
     assert t.session(s3).first_unacked == 1  # 1 still waits for its reply
     t.end(s1)

@@ -15,12 +15,13 @@ from consensus.raft import RaftNode
 
 @contextmanager
 def _patched(name: str, replacement: Callable[..., object]) -> Iterator[None]:
-    original = getattr(RaftNode, name)
+    """Shadow a rule (inherited from a role mixin) on RaftNode itself."""
+    assert name not in vars(RaftNode), f"{name} is already patched"
     setattr(RaftNode, name, replacement)
     try:
         yield
     finally:
-        setattr(RaftNode, name, original)
+        delattr(RaftNode, name)
 
 
 def commit_previous_term_by_counting() -> contextmanager[None]:  # type: ignore[type-arg]

@@ -95,6 +95,7 @@ class Cluster:
         self.queue: deque[Message] = deque()
         self.filter: Callable[[Message], bool] | None = None
         self.sent: list[Message] = []
+        self.hostile = False  # set by tests that inject junk on purpose
 
     # ---- driving --------------------------------------------------------------------------
 
@@ -127,6 +128,7 @@ class Cluster:
             peer.dropped_reads.extend(rd.dropped_reads)
             node.advance(rd)
             node.check_invariants()
+            assert self.hostile or not node.rejected_messages, node.last_rejection
 
     def deliver_all(self, limit: int = 100_000) -> int:
         """Handle every Ready and deliver every message until quiet."""

@@ -828,4 +828,8 @@ class Checker:
                     raft.check_invariants()
                 except AssertionError as e:
                     self.fail(f"invariant broken on {node_id}: {e}")
+                if raft.rejected_messages:
+                    self.fail(
+                        f"{node_id} rejected a message from an honest peer: {raft.last_rejection}"
+                    )
         self.touched.clear()

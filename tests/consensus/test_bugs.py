@@ -42,4 +42,9 @@ def test_the_bugs_are_removed_again() -> None:
     from consensus.raft import RaftNode
 
     for name in ("_may_commit_by_counting", "_log_ok_for_vote", "_start_read_round"):
-        assert getattr(RaftNode, name).__module__ == "consensus.raft"
+        assert name not in vars(RaftNode), f"{name} is still patched on RaftNode"
+        assert getattr(RaftNode, name).__module__ in (
+            "consensus.leader",
+            "consensus.election",
+            "consensus.reads",
+        )

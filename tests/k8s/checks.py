@@ -7,6 +7,7 @@ for k8s/, and that each check does flag a manifest broken on purpose.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -391,6 +392,76 @@ def check_scheduling_and_shutdown(docs: list[Doc]) -> list[str]:
     return problems
 
 
+TLS_FILE_VARS = ("RAMRAFT_TLS_CERT", "RAMRAFT_TLS_KEY", "RAMRAFT_TLS_CA")
+
+
+def check_tls_wiring(docs: list[Doc]) -> list[str]:
+    """TLS and tokens are on, from read-only Secret mounts no other user can
+    read; each pod uses its own certificate; probes use the plaintext health
+    port (kubelet's gRPC probes speak no TLS); the peer-id pattern admits
+    every listed peer."""
+    sts = one(docs, "StatefulSet")
+    set_name = name(sts)
+    pod = f"{set_name}-0"
+    ports = container_ports(sts)
+    volumes = {v["name"]: v for v in pod_spec(sts).get("volumes", [])}
+    problems = []
+    for c in containers(sts):
+        env = expand_env(c, {"metadata.name": pod, "metadata.namespace": "ns-under-test"})
+        mounts = c.get("volumeMounts", [])
+        for var in (*TLS_FILE_VARS, "RAMRAFT_AUTH_TOKENS"):
+            path = env.get(var)
+            if not path:
+                problems.append(f"{var} is not set: TLS and tokens must be on in k8s")
+                continue
+            mount = next(
+                (m for m in mounts if path.startswith(m["mountPath"].rstrip("/") + "/")), None
+            )
+            secret = volumes.get(mount["name"], {}).get("secret") if mount else None
+            if mount is None or secret is None:
+                problems.append(f"{var} {path} is not in a mounted Secret")
+                continue
+            if not mount.get("readOnly"):
+                problems.append(f"{var}: the Secret mount {mount['mountPath']} is not readOnly")
+            mode = int(secret.get("defaultMode", 0o644))
+            if mode & 0o007:
+                problems.append(
+                    f"{var}: Secret {secret.get('secretName')} files are readable by other "
+                    f"users (defaultMode {mode:#o})"
+                )
+        for var in ("RAMRAFT_TLS_CERT", "RAMRAFT_TLS_KEY"):
+            path = env.get(var, "")
+            if (
+                path
+                and not path.rsplit("/", 1)[-1].startswith(f"{pod}.")
+                and not (path.rsplit("/", 1)[-1].startswith(f"{pod}-"))
+            ):
+                problems.append(f"{var} {path} is not the pod's own ({pod}) certificate")
+        health = env.get("RAMRAFT_HEALTH_LISTEN", "")
+        health_port = (
+            int(health.rsplit(":", 1)[-1]) if health.rsplit(":", 1)[-1].isdigit() else None
+        )
+        if health_port is None:
+            problems.append("RAMRAFT_HEALTH_LISTEN is not set: probes need a plaintext port")
+        for kind, probe in _probes(c):
+            port = probe.get("grpc", {}).get("port")
+            number = ports.get(port) if isinstance(port, str) else port
+            if port is not None and number != health_port:
+                problems.append(
+                    f"{c['name']} {kind} probes port {port!r}, which speaks TLS; use the "
+                    f"health port {health_port}"
+                )
+        patterns = [p for p in env.get("RAMRAFT_PEER_ID_PATTERN", "").split(",") if p]
+        for entry in filter(None, env.get("RAMRAFT_PEERS", "").split(",")):
+            node_id = entry.partition("=")[0]
+            if not any(fnmatch.fnmatchcase(node_id, p) for p in patterns):
+                problems.append(
+                    f"RAMRAFT_PEER_ID_PATTERN {patterns} does not admit peer {node_id}: a member "
+                    "that missed a scale-up could not follow a new leader"
+                )
+    return problems
+
+
 ALL_CHECKS: tuple[Check, ...] = (
     check_headless_peer_service,
     check_selectors_match_pods,
@@ -401,4 +472,5 @@ ALL_CHECKS: tuple[Check, ...] = (
     check_security_context,
     check_peer_port_policy,
     check_scheduling_and_shutdown,
+    check_tls_wiring,
 )

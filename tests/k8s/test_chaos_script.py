@@ -122,3 +122,31 @@ def test_scripts_are_shellcheck_clean(script: str) -> None:
         ["shellcheck", str(REPO / script)], capture_output=True, text=True, check=False
     )
     assert r.returncode == 0, r.stdout
+
+
+def test_the_workload_command_is_one_ramraft_chaos_accepts(tmp_path: Path) -> None:
+    """The command line the pod runs, with its variables filled in, parses
+    with the real `ramraft chaos` parser: script and command stay in step."""
+    import shlex
+
+    from client.cli import build_parser
+
+    r = run_chaos(
+        tmp_path, "--duration", "2", "--interval", "1", "--settle", "1",
+        "--clients", "7", "--keys", "3",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    pod = yaml.safe_load((tmp_path / "applied.yaml").read_text())
+    c = pod["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    script = c["command"][-1].split(";")[0]
+    for name, value in env.items():
+        script = script.replace(f'"${name}"', value)
+    argv = shlex.split(script)
+    assert argv[0] == "ramraft"
+    args = build_parser().parse_args(argv[1:])
+    assert args.func.__module__ == "server.chaos"
+    assert (args.endpoints, args.duration, args.clients, args.keys) == (
+        "ramraft.default.svc:7000", 2.0, 7, 3,
+    )  # fmt: skip
+    assert args.history == "/tmp/history.jsonl"

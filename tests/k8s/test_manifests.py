@@ -13,6 +13,7 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
+from server.certs import node_security_env
 from tests.chaos.netns import CONTAINER_DATA_DIR, ChaosNet
 from tests.k8s import checks
 from tests.k8s.checks import Doc, one
@@ -148,7 +149,62 @@ def _root_user(docs: list[Doc]) -> None:
     _sts(docs)["spec"]["template"]["spec"]["securityContext"]["runAsUser"] = 0
 
 
+def _drop_env(var: str) -> Callable[[list[Doc]], None]:
+    def mutate(docs: list[Doc]) -> None:
+        env = _container(docs)["env"]
+        env[:] = [e for e in env if e["name"] != var]
+
+    return mutate
+
+
+def _set_env(var: str, value: str) -> Callable[[list[Doc]], None]:
+    def mutate(docs: list[Doc]) -> None:
+        _env(docs, var)["value"] = value
+
+    return mutate
+
+
+def _volume(docs: list[Doc], volume: str) -> Doc:
+    return next(v for v in _sts(docs)["spec"]["template"]["spec"]["volumes"] if v["name"] == volume)
+
+
+def _world_readable_tls(docs: list[Doc]) -> None:
+    _volume(docs, "tls")["secret"]["defaultMode"] = 0o444
+
+
+def _tls_mount_moved(docs: list[Doc]) -> None:
+    mount = next(m for m in _container(docs)["volumeMounts"] if m["name"] == "tls")
+    mount["mountPath"] = "/etc/elsewhere"
+
+
+def _writable_tokens_mount(docs: list[Doc]) -> None:
+    mount = next(m for m in _container(docs)["volumeMounts"] if m["name"] == "tokens")
+    del mount["readOnly"]
+
+
+def _probe_on_tls_port(docs: list[Doc]) -> None:
+    _container(docs)["readinessProbe"]["grpc"]["port"] = "grpc"
+
+
 BREAKAGES: list[tuple[str, Callable[[list[Doc]], None], checks.Check, str]] = [
+    ("tls-off", _drop_env("RAMRAFT_TLS_CA"), checks.check_tls_wiring, "RAMRAFT_TLS_CA is not set"),
+    ("no-tokens", _drop_env("RAMRAFT_AUTH_TOKENS"), checks.check_tls_wiring, "AUTH_TOKENS"),
+    ("tls-not-mounted", _tls_mount_moved, checks.check_tls_wiring, "not in a mounted Secret"),
+    ("world-readable", _world_readable_tls, checks.check_tls_wiring, "readable by other"),
+    ("writable-mount", _writable_tokens_mount, checks.check_tls_wiring, "not readOnly"),
+    (
+        "other-pods-cert",
+        _set_env("RAMRAFT_TLS_CERT", "/etc/ramraft/tls/ramraft-1.pem"),
+        checks.check_tls_wiring,
+        "own",
+    ),
+    ("probe-on-tls-port", _probe_on_tls_port, checks.check_tls_wiring, "speaks TLS"),
+    (
+        "pattern-misses-peers",
+        _set_env("RAMRAFT_PEER_ID_PATTERN", "node-*"),
+        checks.check_tls_wiring,
+        "does not admit peer ramraft-0",
+    ),
     ("not-headless", _not_headless, checks.check_headless_peer_service, "headless"),
     ("no-publish-not-ready", _no_not_ready, checks.check_headless_peer_service, "publishNot"),
     (
@@ -265,9 +321,27 @@ def test_every_check_has_a_breakage() -> None:
 
 @pytest.mark.parametrize("ordinal", [0, 2])
 def test_pod_env_gives_the_names_the_chaos_lab_uses(docs: list[Doc], ordinal: int) -> None:
+    """The lab runs nodes as the pods run. The security settings point at
+    Secret mounts the lab does not have: it may leave them out (TLS off) or
+    set them from server.certs.node_security_env with its own directories;
+    every other RAMRAFT_* variable must be the pod's."""
     pod = f"ramraft-{ordinal}"
     env = checks.expand_env(_container(docs), {"metadata.name": pod, "metadata.namespace": "prod"})
     lab = ChaosNet(k8s_namespace="prod")  # not set up: names only, no root needed
     ramraft_env = {k: v for k, v in env.items() if k.startswith("RAMRAFT_")}
-    assert ramraft_env == lab.node_env(pod, data_dir=CONTAINER_DATA_DIR)
+    lab_env = lab.node_env(pod, data_dir=CONTAINER_DATA_DIR)
+    security = set(node_security_env(pod))
+    assert {k: v for k, v in ramraft_env.items() if k not in security} == {
+        k: v for k, v in lab_env.items() if k not in security
+    }
     assert env["RAMRAFT_ID"] == pod
+
+
+@pytest.mark.parametrize("ordinal", [0, 2])
+def test_pod_security_env_is_node_security_env(docs: list[Doc], ordinal: int) -> None:
+    """server.certs.node_security_env(pod) is exactly what a pod gets: the
+    certificate named after the pod, in the mounted Secrets."""
+    pod = f"ramraft-{ordinal}"
+    env = checks.expand_env(_container(docs), {"metadata.name": pod, "metadata.namespace": "prod"})
+    expected = node_security_env(pod)
+    assert {k: env.get(k) for k in expected} == expected

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -49,17 +50,23 @@ class ProcessCluster:
         *,
         http: bool = False,
         extra_args: list[str] | None = None,
-        tick_ms: int = 20,
+        tick_ms: int = 10,
+        election_ticks: int = 30,
+        heartbeat_ticks: int = 3,
         env: dict[str, str] | None = None,
     ) -> None:
         self.root = root
         self.ids = [f"n{i + 1}" for i in range(nodes)]
         ports = free_ports(nodes * 2)
         self.grpc = {i: f"127.0.0.1:{ports[n]}" for n, i in enumerate(self.ids)}
-        self.http = {i: f"127.0.0.1:{ports[nodes + n]}" for n, i in enumerate(self.ids)} if http else {}
+        self.http = (
+            {i: f"127.0.0.1:{ports[nodes + n]}" for n, i in enumerate(self.ids)} if http else {}
+        )
         self.peers = ",".join(f"{i}={a}" for i, a in self.grpc.items())
         self.extra_args = list(extra_args or [])
         self.tick_ms = tick_ms
+        self.election_ticks = election_ticks
+        self.heartbeat_ticks = heartbeat_ticks
         self.env = dict(os.environ, RAMRAFT_LOG_LEVEL="info", PYTHONPATH=str(REPO), **(env or {}))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, object] = {}
@@ -86,14 +93,11 @@ class ProcessCluster:
         return self.root / node_id
 
     def argv(self, node_id: str) -> list[str]:
-        argv = [
-            sys.executable, "-m", "client.cli", "node",
-            "--id", node_id,
-            "--peers", self.peers,
-            "--data-dir", str(self.data_dir(node_id)),
-            "--tick-ms", str(self.tick_ms),
-            *self.extra_args,
-        ]
+        argv = [sys.executable, "-m", "client", "node", "--id", node_id]
+        argv += ["--peers", self.peers, "--data-dir", str(self.data_dir(node_id))]
+        argv += ["--tick-ms", str(self.tick_ms), "--election-ticks", str(self.election_ticks)]
+        argv += ["--heartbeat-ticks", str(self.heartbeat_ticks)]
+        argv += self.extra_args
         if self.http:
             argv += ["--http", self.http[node_id]]
         return argv
@@ -110,6 +114,8 @@ class ProcessCluster:
         return proc
 
     def kill(self, node_id: str, sig: int = signal.SIGKILL, timeout: float = 20.0) -> int | None:
+        """Send ``sig`` and wait for the process to exit (SIGKILL after
+        ``timeout``); returns its exit code."""
         proc = self.procs.get(node_id)
         if proc is None:
             return None
@@ -130,10 +136,32 @@ class ProcessCluster:
         """SIGTERM: a graceful stop."""
         return self.kill(node_id, signal.SIGTERM, timeout)
 
+    def restart(self, node_id: str) -> subprocess.Popen[bytes]:
+        """Start a node that was killed or stopped again, from its data directory."""
+        if node_id in self.procs:
+            self.kill(node_id)
+        return self.start(node_id)
+
+    def kill_leader(self, sig: int = signal.SIGKILL) -> str:
+        """Kill (or signal) the current leader; returns its id."""
+        leader = self.wait_for_leader()
+        self.kill(leader, sig)
+        return leader
+
     def alive(self) -> list[str]:
         return [i for i, p in self.procs.items() if p.poll() is None]
 
     # ---- looking ------------------------------------------------------------------------------
+
+    @property
+    def election_timeout(self) -> float:
+        """Seconds: election_ticks * tick_ms (followers wait a random time in
+        [1, 2) of it without hearing from a leader before campaigning)."""
+        return self.election_ticks * self.tick_ms / 1000
+
+    def node_log(self, node_id: str) -> str:
+        path = self.data_dir(node_id) / "node.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def endpoints(self, ids: list[str] | None = None) -> str:
         return ",".join(self.grpc[i] for i in (ids or self.ids))
@@ -172,7 +200,30 @@ class ProcessCluster:
             if s is not None and s.applied_index >= index:
                 return
             time.sleep(0.05)
+        self.dump_logs()
         raise AssertionError(f"{node_id} did not apply index {index} within {timeout}s")
+
+    def wait_until(
+        self, predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition"
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        self.dump_logs()
+        raise AssertionError(f"{what}: not reached within {timeout}s")
+
+    def wait_caught_up(self, node_id: str, timeout: float = 30.0) -> admin_pb2.NodeStatus:
+        """Wait until ``node_id`` has applied everything the leader had
+        committed when the wait started; returns its status then."""
+        leader = self.wait_for_leader(timeout)
+        status = self.status(leader)
+        assert status is not None, f"leader {leader} does not answer Status"
+        self.wait_applied(node_id, status.commit_index, timeout)
+        caught_up = self.status(node_id)
+        assert caught_up is not None
+        return caught_up
 
     def dump_logs(self, lines: int = 40) -> None:
         for node_id in self.ids:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterator
 
+import grpc
 import pytest
 
 from client import SERIALIZABLE, Client, InvalidArgument
+from proto import kv_pb2, kv_pb2_grpc
 from tests.server.procs import ProcessCluster
 
 
-@pytest.fixture
-def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
-    with ProcessCluster(tmp_path) as c:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
+    """One cluster for these tests (none kills a node; their keys differ)."""
+    with ProcessCluster(tmp_path_factory.mktemp("basic")) as c:
         c.wait_for_leader()
         yield c
 
@@ -36,11 +39,15 @@ def test_delete_cas_and_range(cluster: ProcessCluster) -> None:
         page = c.range("a/")
         assert list(page.items) == [("a/1", b"x"), ("a/2", b"y")]
         assert not page.more
-        assert c.cas("a/1", b"x", b"x2").swapped
+        swapped = c.cas("a/1", b"x", b"x2")
+        # current is the value BEFORE the request (proto/kv.proto)
+        assert (swapped.swapped, swapped.found, swapped.current) == (True, True, b"x")
         result = c.cas("a/1", b"wrong", b"x3")
         assert not result.swapped and result.current == b"x2"
-        assert c.cas("new", None, b"created").swapped
-        assert not c.cas("new", None, b"again").swapped
+        created = c.cas("new", None, b"created")
+        assert (created.swapped, created.found, created.current) == (True, False, None)
+        again = c.cas("new", None, b"again")
+        assert (again.swapped, again.found, again.current) == (False, True, b"created")
         assert c.delete("a/2") is True
         assert c.delete("a/2") is False
         assert c.get("a/2") is None
@@ -64,3 +71,45 @@ def test_bad_input_is_invalid_argument(cluster: ProcessCluster) -> None:
             c.put("k" * 1025, b"v")
         with pytest.raises(InvalidArgument, match="limit"):
             c.put("k", b"v" * ((1 << 20) + 1))
+
+
+def test_a_retried_write_gets_the_first_reply_and_index(cluster: ProcessCluster) -> None:
+    """The same Session sent twice (a client retrying after a lost reply):
+    applied once, and the retry's reply, index included, is the first one's."""
+    leader = cluster.wait_for_leader()
+    follower = next(i for i in cluster.ids if i != leader)
+    with grpc.insecure_channel(cluster.grpc[follower]) as channel:
+        kv = kv_pb2_grpc.KVStub(channel)
+
+        def session(sequence: int) -> kv_pb2.Session:
+            return kv_pb2.Session(client_id=77, sequence=sequence, first_unacked=sequence)
+
+        put = kv_pb2.PutRequest(key="r", value=b"1", session=session(1))
+        first_put = kv.Put(put, timeout=10)
+        cas = kv_pb2.CompareAndSwapRequest(key="r", expected=b"1", value=b"2", session=session(2))
+        first_cas = kv.CompareAndSwap(cas, timeout=10)
+        delete = kv_pb2.DeleteRequest(key="r", session=session(3))
+        first_delete = kv.Delete(delete, timeout=10)
+        kv.Put(kv_pb2.PutRequest(key="r", value=b"other"), timeout=10)  # no session
+        # the retries: not applied again ("r" stays b"other"), same replies
+        assert kv.Delete(delete, timeout=10) == first_delete
+        assert first_delete.deleted and first_delete.index > first_cas.index > first_put.index
+        # sequence 3 moved first_unacked past 1 and 2: their retries are refused
+        with pytest.raises(grpc.RpcError) as refused:
+            kv.Put(put, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        get = kv.Get(kv_pb2.GetRequest(key="r"), timeout=10)
+        assert (get.found, get.value) == (True, b"other")
+    with grpc.insecure_channel(cluster.grpc[leader]) as channel:
+        kv = kv_pb2_grpc.KVStub(channel)
+        pipelined = [
+            kv_pb2.PutRequest(
+                key=f"p{s}",
+                value=b"v",
+                session=kv_pb2.Session(client_id=78, sequence=s, first_unacked=1),
+            )
+            for s in (1, 2, 3)
+        ]
+        first = [kv.Put(r, timeout=10) for r in reversed(pipelined)]  # out of order
+        again = [kv.Put(r, timeout=10) for r in reversed(pipelined)]
+        assert first == again and len({r.index for r in first}) == 3

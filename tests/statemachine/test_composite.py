@@ -63,6 +63,7 @@ def test_snapshot_round_trip() -> None:
     machine, _, _ = node()
     for i in range(1, 200):
         machine.apply(i, encode_put(f"k{i}", bytes(i)) if i % 2 else encode_call("bump", [i]))
+    machine.apply(200, b"")  # seen by the composite only
     buf = io.BytesIO()
     job = machine.snapshot()
     machine.apply(500, encode_put("late", b"not in the snapshot"))
@@ -71,7 +72,9 @@ def test_snapshot_round_trip() -> None:
 
     other, other_kv, other_counter = node()
     other.restore(io.BytesIO(data))
-    assert other.applied_index == 199
+    assert other.applied_index == 200
+    with pytest.raises(ValueError, match="after applied index"):
+        other.apply(200, encode_put("k", b""))
     assert other_counter.value == sum(range(2, 200, 2))
     assert len(other_kv) == 100 and other_kv.get("late") == (False, b"")
 

@@ -382,7 +382,8 @@ def test_encode_call_round_trip() -> None:
     data = encode_call("add", ("x",), {"tags": ("a",)}, session=(1, 2))
     call = decode_call(data)
     assert call.name == "add" and call.args == ["x"] and call.kwargs == {"tags": ("a",)}
-    assert call.session == (1, 2)
+    assert call.session == (1, 2, 0)
+    assert decode_call(encode_call("add", session=(1, 9, 4))).session == (1, 9, 4)
     with pytest.raises(ValueError):
         encode_call("add", session=(0, 1))
 

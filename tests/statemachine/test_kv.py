@@ -35,8 +35,8 @@ def test_put_get_delete() -> None:
     assert m.apply(2, encode_put("a", b"2")) == PutResult(2)
     assert m.get("a") == (True, b"2")
     assert len(m) == 1
-    assert m.apply(3, encode_delete("a")) == DeleteResult(True)
-    assert m.apply(4, encode_delete("a")) == DeleteResult(False)
+    assert m.apply(3, encode_delete("a")) == DeleteResult(True, 3)
+    assert m.apply(4, encode_delete("a")) == DeleteResult(False, 4)
     assert m.get("a") == (False, b"")
     assert len(m) == 0
     assert m.applied_index == 4
@@ -52,21 +52,21 @@ def test_empty_value_is_a_value() -> None:
 def test_cas_semantics() -> None:
     m = KVMachine()
     # expected None: only if absent
-    assert m.apply(1, encode_cas("k", None, b"v1")) == CasResult(True, False, b"v1")
-    assert m.apply(2, encode_cas("k", None, b"v2")) == CasResult(False, True, b"v1")
+    assert m.apply(1, encode_cas("k", None, b"v1")) == CasResult(True, False, b"v1", 1)
+    assert m.apply(2, encode_cas("k", None, b"v2")) == CasResult(False, True, b"v1", 2)
     assert m.get("k") == (True, b"v1")
     # expected value must match
-    assert m.apply(3, encode_cas("k", b"nope", b"v3")) == CasResult(False, True, b"v1")
-    assert m.apply(4, encode_cas("k", b"v1", b"v3")) == CasResult(True, True, b"v3")
+    assert m.apply(3, encode_cas("k", b"nope", b"v3")) == CasResult(False, True, b"v1", 3)
+    assert m.apply(4, encode_cas("k", b"v1", b"v3")) == CasResult(True, True, b"v3", 4)
     assert m.get("k") == (True, b"v3")
     # expected a value on an absent key
-    assert m.apply(5, encode_cas("absent", b"x", b"y")) == CasResult(False, False, b"")
+    assert m.apply(5, encode_cas("absent", b"x", b"y")) == CasResult(False, False, b"", 5)
     assert m.get("absent") == (False, b"")
     # b"" is a value, not absence
-    assert m.apply(6, encode_cas("absent", b"", b"y")) == CasResult(False, False, b"")
+    assert m.apply(6, encode_cas("absent", b"", b"y")) == CasResult(False, False, b"", 6)
     m.apply(7, encode_put("e", b""))
-    assert m.apply(8, encode_cas("e", None, b"z")) == CasResult(False, True, b"")
-    assert m.apply(9, encode_cas("e", b"", b"z")) == CasResult(True, True, b"z")
+    assert m.apply(8, encode_cas("e", None, b"z")) == CasResult(False, True, b"", 8)
+    assert m.apply(9, encode_cas("e", b"", b"z")) == CasResult(True, True, b"z", 9)
 
 
 def test_noop_and_empty_entry() -> None:
@@ -233,15 +233,15 @@ def test_retry_is_applied_once_and_gets_the_first_reply() -> None:
     assert m.get("k") == (True, b"other")
     # a retried CAS returns its first reply, even though it would now fail
     cas = encode_cas("k", b"other", b"mine", Session(42, 2))
-    assert m.apply(4, cas) == CasResult(True, True, b"mine")
+    assert m.apply(4, cas) == CasResult(True, True, b"mine", 4)
     m.apply(5, encode_put("k", b"theirs"))
-    assert m.apply(6, cas) == CasResult(True, True, b"mine")
+    assert m.apply(6, cas) == CasResult(True, True, b"mine", 4)
     assert m.get("k") == (True, b"theirs")
     # delete too
     d = encode_delete("k", Session(42, 3))
-    assert m.apply(7, d) == DeleteResult(True)
+    assert m.apply(7, d) == DeleteResult(True, 7)
     m.apply(8, encode_put("k", b"again"))
-    assert m.apply(9, d) == DeleteResult(True)
+    assert m.apply(9, d) == DeleteResult(True, 7)
     assert m.get("k") == (True, b"again")
 
 
@@ -282,9 +282,9 @@ def test_error_replies_are_remembered_too() -> None:
     # CAS is an ordinary result and is remembered like any other.
     m = KVMachine()
     cas = encode_cas("k", b"x", b"y", (5, 1))
-    assert m.apply(1, cas) == CasResult(False, False, b"")
+    assert m.apply(1, cas) == CasResult(False, False, b"", 1)
     m.apply(2, encode_put("k", b"x"))
-    assert m.apply(3, cas) == CasResult(False, False, b"")
+    assert m.apply(3, cas) == CasResult(False, False, b"", 1)
     assert m.get("k") == (True, b"x")
 
 
@@ -325,3 +325,12 @@ def test_session_limits_are_validated() -> None:
         KVMachine(max_sessions=0)
     with pytest.raises(ValueError):
         KVMachine(session_idle_entries=0)
+
+
+def test_indexes_must_increase() -> None:
+    m = KVMachine()
+    m.apply(5, encode_put("k", b"v"))
+    for bad in (5, 4):
+        with pytest.raises(ValueError, match="after applied index 5"):
+            m.apply(bad, encode_put("k", b"w"))
+    assert m.get("k") == (True, b"v")

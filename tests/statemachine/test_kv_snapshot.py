@@ -60,7 +60,7 @@ def test_round_trip_with_sessions() -> None:
     # sessions survived: retries get the first replies and are not re-applied
     assert r.apply(5, encode_put("a", b"1", (10, 1))) == PutResult(1)
     assert r.get("a") == (False, b"")
-    assert r.apply(6, encode_cas("b", None, b"2", (11, 1))) == CasResult(True, False, b"2")
+    assert r.apply(6, encode_cas("b", None, b"2", (11, 1))) == CasResult(True, False, b"2", 2)
     stale = r.apply(7, encode_put("x", b"", (99, 3)))
     assert isinstance(stale, CommandError) and stale.code is ErrorCode.SESSION_EXPIRED
     # and the restored machine's own snapshot is identical up to what we just did
@@ -333,7 +333,7 @@ def test_well_framed_but_wrong_contents_are_rejected() -> None:
 
     def stream(*frames: object) -> io.BytesIO:
         buf = io.BytesIO()
-        w = FrameWriter(buf, b"RRKV", 1)
+        w = FrameWriter(buf, b"RRKV", 2)
         for f in frames:
             w.frame(msgpack.packb(f, use_bin_type=True))
         buf.seek(0)
@@ -349,7 +349,14 @@ def test_well_framed_but_wrong_contents_are_rejected() -> None:
         stream(header, [2, ["a"], []], [3, 1, 0]),  # lengths differ
         stream(header, [2, ["a"], [b""]], [3, 5, 0]),  # count mismatch
         stream(header, [7]),  # unknown frame kind
-        stream(header, [1, [[0, 1, 1, [1, 1]]]], [3, 0, 1]),  # bad session id
+        stream(header, [1, [[0, 1, 1, [[1, [1, 1]]]]]], [3, 0, 1]),  # bad session id
+        stream(header, [1, [[5, 3, 1, [[2, [1, 1]]]]]], [3, 0, 1]),  # reply below floor
+        stream(header, [1, [[5, 1, 1, [[3, [1, 1]], [2, [1, 1]]]]]], [3, 0, 1]),  # unsorted
+        stream(header, [1, [[5, 1, 1, [[1, [9, 1]]]]]], [3, 0, 1]),  # unknown reply kind
+        stream(header, [1, [[5, 1, 1, [[1, [2, 1, 7]]]]]], [3, 0, 1]),  # deleted not a bool
+        stream(header, [1, [[5, 1, 1, [[1, [3, True, True, b"x"]]]]]], [3, 0, 1]),  # short
+        stream(header, [1, [[5, 1, 1, [[1, [1, 1]]]], [5, 1, 1, []]]], [3, 0, 2]),  # repeat
+        stream(header, [1, [[5, 0, 1, []]]], [3, 0, 1]),  # floor 0
         stream(header, [2, ["a"], [b""]]),  # no trailer
     ]
     m = KVMachine()
@@ -364,7 +371,7 @@ def test_other_snapshot_kinds_are_rejected_with_a_clear_error() -> None:
     with pytest.raises(SnapshotFormatError, match="version 9"):
         KVMachine().restore(io.BytesIO(b"RRKV\x09"))
     with pytest.raises(SnapshotFormatError, match="claims"):
-        KVMachine().restore(io.BytesIO(b"RRKV\x01\xff\xff\xff\xff\x00\x00\x00\x00"))
+        KVMachine().restore(io.BytesIO(b"RRKV\x02\xff\xff\xff\xff\x00\x00\x00\x00"))
 
 
 def test_clear() -> None:
@@ -374,3 +381,34 @@ def test_clear() -> None:
     assert len(m) == 0 and m.applied_index == 0 and len(m.sessions) == 0
     with pytest.raises(SnapshotAbortedError):
         job.write_to(io.BytesIO())
+
+
+def test_reads_during_a_restore_in_a_worker_thread_see_old_or_new_state(
+    frequent_thread_switches: None,
+) -> None:
+    old_state = KVMachine()
+    for i in range(1, 3001):
+        old_state.apply(i, encode_put(f"a/{i:05d}", b"old"))
+    new_state = KVMachine()
+    for i in range(1, 3001):
+        new_state.apply(i, encode_put(f"b/{i:05d}", b"new"))
+    data = snapshot_bytes(new_state)
+    m = KVMachine()
+    m.restore(io.BytesIO(snapshot_bytes(old_state)))
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=lambda: m.restore(io.BytesIO(data)))
+    thread.start()
+    seen = set()
+    while thread.is_alive():
+        try:
+            items, _ = m.range(limit=50)
+            first = {v for _, v in items}
+            assert len(first) == 1
+            seen |= first
+            assert m.get("a/00001") in ((True, b"old"), (False, b""))
+        except BaseException as exc:
+            errors.append(exc)
+            break
+    thread.join()
+    assert not errors
+    assert list(m.items()) == list(new_state.items())

@@ -458,3 +458,32 @@ def test_a_batch_may_not_discard_committed_entries(tmp_path: Path) -> None:
         log.save(entries=ents(5, 6, 1))  # same terms, but 7..8 (committed) would go
     log.save(entries=ents(5, 8, 1))  # up to the commit index is fine
     log.close()
+
+
+def test_repeated_compaction_keeps_the_wal_small(tmp_path: Path) -> None:
+    """A long-lived node snapshots again and again: each compaction must be
+    able to delete what the last snapshot covers, so the WAL (and the time a
+    restart spends replaying it) stays bounded instead of growing until a
+    large segment fills up (found by the 30-minute chaos soak)."""
+    log, snaps = open_storage(tmp_path / "d")  # default 64 MiB segments
+    log.load()
+    first_segment = log.segments[0]
+    index = 0
+    big = b"x" * 2000
+    for _ in range(8):
+        batch = [Entry(1, index + n + 1, big) for n in range(1000)]  # about 2 MB
+        log.save(entries=batch, hard_state=HardState(1, "n1", index + 1000))
+        index += 1000
+        with snaps.create(meta(index, 1)) as writer:
+            writer.write(snapshot_bytes(index))
+            writer.commit()
+        log.compact(index)
+    segments = log.segments
+    log.close()
+    assert len(segments) <= 2, segments
+    assert first_segment not in segments, "the segment the snapshots cover is still replayed"
+    log, _ = open_storage(tmp_path / "d")
+    state = log.load()
+    assert state.snapshot is not None and state.snapshot.index == index
+    assert state.entries == []
+    log.close()

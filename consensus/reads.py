@@ -1,0 +1,101 @@
+"""Linearizable reads by ReadIndex (thesis 6.4), on the leader and, by
+asking the leader, on followers. The bookkeeping of waiting reads and
+rounds is in consensus/read_only.py."""
+
+from __future__ import annotations
+
+from consensus import quorum
+from consensus.base import NodeState
+from consensus.read_only import ReadRound, round_context
+from consensus.types import NO_NODE, Message, MsgType, NodeId, ReadState, Role
+
+
+class ReadsMixin(NodeState):
+    def _committed_in_term(self) -> bool:
+        return self.log.term(self.log.committed) == self.term
+
+    def _start_read_round(self) -> None:
+        if not self._read_only.queued or not self._committed_in_term():
+            return  # reads wait for the leader's first commit of its term
+        context = self._read_only.start_round(self.log.committed, self.id)
+        assert context is not None
+        if quorum.has_quorum(self.log.conf.voters, {self.id}):
+            self._release_reads(context)  # a single voter confirms itself
+        else:
+            self._broadcast_heartbeat(context)
+
+    def _ack_read_round(self, context: bytes, voter: NodeId) -> None:
+        read_round = self._read_only.ack(context, voter)
+        if read_round is not None and quorum.has_quorum(self.log.conf.voters, read_round.acks):
+            self._release_reads(context)
+
+    def _release_reads(self, context: bytes) -> None:
+        for read_round in self._read_only.release_through(context):
+            self._serve_round(read_round)
+
+    def _serve_round(self, read_round: ReadRound) -> None:
+        for request in read_round.requests:
+            if request.requester == self.id:
+                self._read_states.append(ReadState(request.context, read_round.index))
+            else:
+                self._send(
+                    Message(
+                        MsgType.READ_INDEX_RESP,
+                        self.id,
+                        request.requester,
+                        self.term,
+                        index=read_round.index,
+                        context=request.context,
+                    )
+                )
+
+    def _refuse_read(self, m: Message) -> None:
+        self._send(
+            Message(
+                MsgType.READ_INDEX_RESP, self.id, m.src, self.term, context=m.context, reject=True
+            )
+        )
+
+    def _drop_leader_reads(self) -> None:
+        for request in self._read_only.drain():
+            if request.requester == self.id:
+                self._dropped_reads.append(request.context)
+            else:
+                self._send(
+                    Message(
+                        MsgType.READ_INDEX_RESP,
+                        self.id,
+                        request.requester,
+                        self.term,
+                        context=request.context,
+                        reject=True,
+                    )
+                )
+
+    def _drop_follower_reads(self) -> None:
+        self._dropped_reads.extend(self._follower_reads)
+        self._follower_reads = []
+        for _, reads in self._follower_rounds.values():
+            self._dropped_reads.extend(reads)
+        self._follower_rounds.clear()
+
+    def _expire_follower_reads(self) -> None:
+        """A read round the leader never answered (lost message, leader cut
+        off) is given up after two election timeouts, so it cannot leak."""
+        deadline = self._ticks - 2 * self.cfg.election_tick
+        for context, (sent_at, reads) in list(self._follower_rounds.items()):
+            if sent_at < deadline:
+                del self._follower_rounds[context]
+                self._dropped_reads.extend(reads)
+
+    def _send_follower_reads(self) -> None:
+        if not self._follower_reads:
+            return
+        if self.leader == NO_NODE or self.role != Role.FOLLOWER:
+            self._drop_follower_reads()
+            return
+        context = round_context(self._next_follower_round)
+        self._next_follower_round += 1
+        self._follower_rounds[context] = (self._ticks, self._follower_reads)
+        self._follower_reads = []
+        self._send(Message(MsgType.READ_INDEX, self.id, self.leader, self.term, context=context))

@@ -1,0 +1,1 @@
+"""Applications built on ramraft's embedding API (server/embed.py)."""

@@ -1,0 +1,237 @@
+"""The notes board's pages: aiohttp handlers that read the Board from memory.
+
+A page is rendered from the node's own copy of the board: no database, no
+network round trip. A form post calls a command (``await board.add(...)``),
+which goes through Raft from whichever node served the form and returns once
+the note is applied on that node, so the redirect that follows finds it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import time
+from typing import Any
+
+from aiohttp import web
+
+from server.embed import CommandFailedError
+from server.hosting import CONTEXT
+
+from .model import MAX_AUTHOR, MAX_BODY, MAX_TITLE, Board, check_note
+
+
+def routes(board: Board) -> web.RouteTableDef:
+    r = web.RouteTableDef()
+
+    @r.get("/", name="index")
+    async def index(request: web.Request) -> web.Response:
+        return page(request, "Notes", render_index(request, board))
+
+    @r.post("/notes", name="add")
+    async def add(request: web.Request) -> web.Response:
+        form = await request.post()
+        title, body, author = (str(form.get(k, "")) for k in ("title", "body", "author"))
+        try:
+            check_note(title.strip(), body, author.strip() or "anonymous")
+            note_id = await board.add(title, body, author, time.time())
+        except ValueError as e:
+            content = render_index(request, board, error=str(e), form=dict(form))
+            return page(request, "Notes", content, status=400)
+        except CommandFailedError as e:
+            message = e.message
+            content = render_index(request, board, error=message, form=dict(form))
+            return page(request, "Notes", content, status=400)
+        raise web.HTTPSeeOther(url(request, "note", id=note_id))
+
+    @r.get(r"/notes/{id:\d+}", name="note")
+    async def note(request: web.Request) -> web.Response:
+        note_id = int(request.match_info["id"])
+        found = board.notes.get(note_id)
+        if found is None:
+            # Perhaps written through another node a moment ago: make the
+            # read linearizable, then look again.
+            await request.app[CONTEXT].linearizable()
+            found = board.notes.get(note_id)
+        if found is None:
+            raise web.HTTPNotFound(
+                text=page(request, "Not found", "<p>There is no such note.</p>").text,
+                content_type="text/html",
+            )
+        return page(request, found["title"], render_note(request, found))
+
+    @r.post(r"/notes/{id:\d+}/pin", name="pin")
+    async def pin(request: web.Request) -> web.Response:
+        note_id = int(request.match_info["id"])
+        form = await request.post()
+        await board.pin(note_id, form.get("pinned") == "1")
+        raise web.HTTPSeeOther(url(request, "note", id=note_id))
+
+    @r.post(r"/notes/{id:\d+}/delete", name="delete")
+    async def delete(request: web.Request) -> web.Response:
+        await board.delete(int(request.match_info["id"]))
+        raise web.HTTPSeeOther(url(request, "index"))
+
+    @r.get("/api/notes", name="api")
+    async def api(request: web.Request) -> web.Response:
+        if request.query.get("consistency") == "linearizable":
+            await request.app[CONTEXT].linearizable()
+        ctx = request.app[CONTEXT]
+        return web.json_response(
+            {"node": ctx.node_id, "notes": board.listing(), "next_id": board.next_id}
+        )
+
+    return r
+
+
+# ---- rendering ------------------------------------------------------------------------------
+
+
+def url(request: web.Request, name: str, **parts: Any) -> str:
+    resource = request.app.router[name]
+    return str(resource.url_for(**{k: str(v) for k, v in parts.items()}))
+
+
+def when(created: float) -> str:
+    moment = datetime.datetime.fromtimestamp(created, datetime.UTC)
+    return moment.strftime("%d %b %Y, %H:%M UTC")
+
+
+def render_index(
+    request: web.Request, board: Board, *, error: str = "", form: dict[str, Any] | None = None
+) -> str:
+    started = time.perf_counter()
+    notes = board.listing()  # a memory read of this node's copy
+    form = form or {}
+    items = []
+    for n in notes:
+        excerpt = n["body"][:160] + ("\u2026" if len(n["body"]) > 160 else "")
+        items.append(
+            f'<li class="note{" pinned" if n["pinned"] else ""}">'
+            f'<a href="{url(request, "note", id=n["id"])}">{html.escape(n["title"])}</a>'
+            f"{' <span class=pin>pinned</span>' if n['pinned'] else ''}"
+            f"<p>{html.escape(excerpt)}</p>"
+            f'<div class="meta">{html.escape(n["author"])} &middot; {when(n["created"])}</div>'
+            "</li>"
+        )
+    listing = (
+        f'<ul class="notes">{"".join(items)}</ul>'
+        if items
+        else '<p class="empty">No notes yet. Write the first one.</p>'
+    )
+    took = (time.perf_counter() - started) * 1e6
+    value = {k: html.escape(str(form.get(k, "")), quote=True) for k in ("title", "body", "author")}
+    return f"""
+<div class="columns">
+  <section>
+    <h2>{len(notes)} note{"" if len(notes) == 1 else "s"}</h2>
+    {listing}
+    <p class="took">read {len(notes)} notes from memory in {took:.0f} &micro;s</p>
+  </section>
+  <section>
+    <h2>Write a note</h2>
+    {f'<p class="error">{html.escape(error)}</p>' if error else ""}
+    <form method="post" action="{url(request, "add")}">
+      <label>Title <input name="title" maxlength="{MAX_TITLE}" required
+        value="{value["title"]}"></label>
+      <label>Text <textarea name="body" rows="6" maxlength="{MAX_BODY}">{value["body"]}</textarea>
+      </label>
+      <label>Your name <input name="author" maxlength="{MAX_AUTHOR}"
+        placeholder="anonymous" value="{value["author"]}"></label>
+      <button type="submit">Post note</button>
+    </form>
+  </section>
+</div>"""
+
+
+def render_note(request: web.Request, note: dict[str, Any]) -> str:
+    note_id = note["id"]
+    pinned = note["pinned"]
+    return f"""
+<p><a href="{url(request, "index")}">&larr; all notes</a></p>
+<article class="full">
+  <h2>{html.escape(note["title"])}{" <span class=pin>pinned</span>" if pinned else ""}</h2>
+  <div class="meta">note {note_id} &middot; {html.escape(note["author"])} &middot;
+    {when(note["created"])}</div>
+  <div class="body">{html.escape(note["body"]) or '<span class="empty">(no text)</span>'}</div>
+  <div class="actions">
+    <form method="post" action="{url(request, "pin", id=note_id)}">
+      <input type="hidden" name="pinned" value="{"0" if pinned else "1"}">
+      <button type="submit">{"Unpin" if pinned else "Pin to the top"}</button>
+    </form>
+    <form method="post" action="{url(request, "delete", id=note_id)}">
+      <button type="submit" class="danger">Delete</button>
+    </form>
+  </div>
+</article>"""
+
+
+def page(request: web.Request, title: str, content: str, *, status: int = 200) -> web.Response:
+    ctx = request.app[CONTEXT]
+    footer = (
+        f"served by node <b>{html.escape(ctx.node_id)}</b> ({html.escape(ctx.role)}) "
+        f"&middot; leader {html.escape(ctx.leader or 'unknown')} "
+        '&middot; <a href="/">cluster status</a>'
+    )
+    return web.Response(
+        text=_LAYOUT.format(
+            title=html.escape(title),
+            home=url(request, "index"),
+            content=content,
+            footer=footer,
+        ),
+        content_type="text/html",
+        status=status,
+    )
+
+
+_LAYOUT = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} &middot; Notes board</title>
+<link rel="icon" href="data:,">
+<style>
+  body {{ margin: 0; background: #faf7f2; color: #2b2a28;
+    font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif; }}
+  header {{ background: #2f3e46; color: #fff; }}
+  header div {{ max-width: 1100px; margin: 0 auto; padding: 14px 32px; }}
+  header a {{ color: #fff; text-decoration: none; font-weight: 600; font-size: 20px; }}
+  header span {{ color: #cad2c5; margin-left: 10px; font-size: 14px; }}
+  main {{ max-width: 1100px; margin: 0 auto; padding: 24px 32px; }}
+  .columns {{ display: grid; grid-template-columns: 3fr 2fr; gap: 32px; }}
+  h2 {{ font-size: 19px; margin: 0 0 14px; }}
+  ul.notes {{ list-style: none; margin: 0; padding: 0; }}
+  li.note {{ background: #fff; border: 1px solid #e6dfd3; border-radius: 10px;
+    padding: 12px 16px; margin-bottom: 12px; }}
+  li.note.pinned {{ border-color: #e9c46a; box-shadow: inset 4px 0 0 #e9c46a; }}
+  li.note a {{ font-weight: 600; color: #1d3557; text-decoration: none; font-size: 17px; }}
+  li.note a:hover {{ text-decoration: underline; }}
+  li.note p {{ margin: 4px 0; color: #4a4740; white-space: pre-line; }}
+  .meta {{ color: #8a847a; font-size: 13.5px; }}
+  .pin {{ background: #e9c46a; color: #2b2a28; font-size: 11.5px; border-radius: 999px;
+    padding: 1px 8px; margin-left: 6px; font-weight: 600; vertical-align: 2px; }}
+  form label {{ display: block; font-size: 14px; color: #4a4740; margin-bottom: 12px; }}
+  input, textarea {{ display: block; width: 100%; box-sizing: border-box; margin-top: 4px;
+    font: inherit; padding: 8px 10px; border: 1px solid #d6cfc2; border-radius: 8px;
+    background: #fff; }}
+  button {{ font: inherit; font-weight: 600; background: #2f3e46; color: #fff; border: 0;
+    border-radius: 8px; padding: 8px 16px; cursor: pointer; }}
+  button.danger {{ background: #b23a48; }}
+  .error {{ color: #b23a48; background: #fbe9eb; padding: 8px 12px; border-radius: 8px; }}
+  .empty {{ color: #8a847a; }}
+  .took {{ color: #8a847a; font-size: 13px; }}
+  article.full {{ background: #fff; border: 1px solid #e6dfd3; border-radius: 12px;
+    padding: 20px 24px; max-width: 760px; }}
+  article.full .body {{ white-space: pre-wrap; margin: 16px 0 20px; font-size: 17px; }}
+  .actions {{ display: flex; gap: 10px; }}
+  a {{ color: #1d3557; }}
+  footer {{ max-width: 1100px; margin: 0 auto; padding: 8px 32px 32px; color: #8a847a;
+    font-size: 13.5px; }}
+  @media (max-width: 800px) {{ .columns {{ grid-template-columns: 1fr; }} }}
+</style></head>
+<body>
+<header><div><a href="{home}">Notes board</a><span>replicated by ramraft</span></div></header>
+<main>{content}</main>
+<footer>{footer}</footer>
+</body></html>
+"""

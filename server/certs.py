@@ -1,0 +1,302 @@
+"""``ramraft certs``: a certificate authority and the certificates a cluster
+needs, with the well-kept ``cryptography`` package.
+
+    ramraft certs --out certs --nodes n1,n2,n3 --hosts 127.0.0.1,localhost
+    ramraft certs --out certs --k8s-namespace prod --replicas 3 --secret > secret.yaml
+
+It writes ``ca.pem``/``ca-key.pem`` (kept if they exist: re-running adds or
+renews certificates under the same CA), one ``<node>.pem``/``<node>-key.pem``
+per node, valid for both serving and peer (client) authentication, whose
+identity (the common name and a ``ramraft-node:<id>`` URI SAN) is the node id,
+and ``client.pem``/``client-key.pem`` for clients. ``--secret`` prints a
+Kubernetes Secret holding all of it, for the StatefulSet to mount.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import ipaddress
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+NODE_URI_PREFIX = "ramraft-node:"
+# Where k8s/statefulset.yaml mounts the ramraft-tls and ramraft-tokens Secrets.
+K8S_TLS_DIR = "/etc/ramraft/tls"
+K8S_TOKENS_FILE = "/etc/ramraft/tokens/tokens"
+K8S_HEALTH_LISTEN = "0.0.0.0:7002"
+
+
+def node_security_env(
+    node_id: str,
+    tls_dir: str = K8S_TLS_DIR,
+    tokens_file: str | None = K8S_TOKENS_FILE,
+    *,
+    peer_id_pattern: str = "ramraft-*",
+    health_listen: str = K8S_HEALTH_LISTEN,
+) -> dict[str, str]:
+    """The security settings a StatefulSet pod gets (k8s/statefulset.yaml), for
+    node ``node_id`` reading the files `ramraft certs` wrote in ``tls_dir``
+    and the token file ``tokens_file`` (None: no tokens). A test checks that
+    the defaults are exactly what the StatefulSet sets; a lab that runs
+    nodes like pods (tests/chaos) passes its own directories."""
+    env = {
+        "RAMRAFT_TLS_CERT": f"{tls_dir}/{node_id}.pem",
+        "RAMRAFT_TLS_KEY": f"{tls_dir}/{node_id}-key.pem",
+        "RAMRAFT_TLS_CA": f"{tls_dir}/ca.pem",
+        "RAMRAFT_PEER_ID_PATTERN": peer_id_pattern,
+        "RAMRAFT_HEALTH_LISTEN": health_listen,
+    }
+    if tokens_file is not None:
+        env["RAMRAFT_AUTH_TOKENS"] = tokens_file
+    return env
+
+
+def _lazy_crypto() -> Any:
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    except ImportError as e:  # pragma: no cover - a dependency
+        raise SystemExit(f"ramraft certs needs the 'cryptography' package: {e}") from e
+    return x509, hashes, serialization, ec, ExtendedKeyUsageOID, NameOID
+
+
+def _write(path: Path, data: bytes, private: bool = False) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    if private:
+        os.chmod(tmp, 0o600)
+    tmp.replace(path)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def load_or_create_ca(out: Path, days: int) -> tuple[Any, Any]:
+    x509, hashes, serialization, ec, _, NameOID = _lazy_crypto()
+    cert_path, key_path = out / "ca.pem", out / "ca-key.pem"
+    if cert_path.exists() and key_path.exists():
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        return x509.load_pem_x509_certificate(cert_path.read_bytes()), key
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ramraft cluster CA")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_now() - datetime.timedelta(minutes=5))
+        .not_valid_after(_now() + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    _write(
+        key_path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        private=True,
+    )
+    return cert, key
+
+
+def issue(
+    ca_cert: Any, ca_key: Any, common_name: str, hosts: list[str], days: int, *, node: bool
+) -> tuple[bytes, bytes]:
+    """A leaf certificate for ``common_name`` (PEM cert, PEM key)."""
+    x509, hashes, serialization, ec, EKU, NameOID = _lazy_crypto()
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[Any] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    if node:
+        names.append(x509.UniformResourceIdentifier(NODE_URI_PREFIX + common_name))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_now() - datetime.timedelta(minutes=5))
+        .not_valid_after(_now() + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [EKU.SERVER_AUTH, EKU.CLIENT_AUTH] if node else [EKU.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+    )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    return (
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
+def node_id_of(cert_pem: bytes) -> str | None:
+    """The node id a certificate vouches for (its ramraft-node: URI SAN)."""
+    x509 = _lazy_crypto()[0]
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith(NODE_URI_PREFIX):
+            return str(uri[len(NODE_URI_PREFIX) :])
+    return None
+
+
+def k8s_node_hosts(
+    namespace: str,
+    replicas: int,
+    *,
+    statefulset: str = "ramraft",
+    peer_service: str = "ramraft-peers",
+    client_service: str = "ramraft",
+    cluster_domain: str = "cluster.local",
+    extra_hosts: list[str] | None = None,
+) -> dict[str, list[str]]:
+    """Node id -> the DNS names its certificate must carry in a StatefulSet
+    (its pod name under the headless peer Service, and the client Service),
+    for ``make_cluster_certs``. A lab that gives nodes the same names (tests/
+    chaos) makes its certificates with this too."""
+    return {
+        f"{statefulset}-{n}": [
+            f"{statefulset}-{n}.{peer_service}.{namespace}.svc.{cluster_domain}",
+            f"{client_service}.{namespace}.svc.{cluster_domain}",
+            f"{client_service}.{namespace}.svc",
+            client_service,
+            *(extra_hosts or []),
+        ]
+        for n in range(replicas)
+    }
+
+
+def make_cluster_certs(
+    out: Path, nodes: dict[str, list[str]], days: int = 825, client_names: list[str] | None = None
+) -> list[Path]:
+    """CA (kept if present), node and client certificates under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    ca_cert, ca_key = load_or_create_ca(out, days)
+    written = [out / "ca.pem"]
+    for node_id, hosts in nodes.items():
+        cert, key = issue(ca_cert, ca_key, node_id, hosts, days, node=True)
+        _write(out / f"{node_id}.pem", cert)
+        _write(out / f"{node_id}-key.pem", key, private=True)
+        written += [out / f"{node_id}.pem", out / f"{node_id}-key.pem"]
+    for name in client_names or ["client"]:
+        cert, key = issue(ca_cert, ca_key, name, [], days, node=False)
+        _write(out / f"{name}.pem", cert)
+        _write(out / f"{name}-key.pem", key, private=True)
+        written += [out / f"{name}.pem", out / f"{name}-key.pem"]
+    return written
+
+
+def secret_yaml(out: Path, files: list[Path], name: str) -> str:
+    lines = [
+        "apiVersion: v1",
+        "kind: Secret",
+        "metadata:",
+        f"  name: {name}",
+        "type: Opaque",
+        "data:",
+    ]
+    for path in files:
+        if path.name == "ca-key.pem":
+            continue  # the CA's key never goes into the cluster
+        lines.append(f"  {path.name}: {base64.b64encode(path.read_bytes()).decode()}")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    hosts = [h for h in args.hosts.split(",") if h]
+    if args.k8s_namespace:
+        nodes = k8s_node_hosts(
+            args.k8s_namespace,
+            args.replicas,
+            statefulset=args.statefulset,
+            peer_service=args.peer_service,
+            client_service=args.client_service,
+            cluster_domain=args.cluster_domain,
+            extra_hosts=hosts,
+        )
+    else:
+        node_ids = [n for n in args.nodes.split(",") if n]
+        if not node_ids:
+            print("ramraft certs: --nodes (or --k8s-namespace) is required", file=sys.stderr)
+            return 2
+        nodes = {i: hosts or ["127.0.0.1", "localhost"] for i in node_ids}
+    try:
+        written = make_cluster_certs(out, nodes, args.days, args.clients.split(","))
+    except OSError as e:
+        print(f"ramraft certs: cannot write to {out}: {e}", file=sys.stderr)
+        return 1
+    if args.secret:
+        sys.stdout.write(secret_yaml(out, written, args.secret_name))
+    else:
+        for path in written:
+            print(path)
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "certs",
+        help="make a CA and the node and client certificates of a cluster",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", default="certs", help="directory for the PEM files (default ./certs)")
+    p.add_argument("--nodes", default="", help="node ids, comma-separated (local clusters)")
+    p.add_argument("--hosts", default="", help="extra DNS names / IPs for every node certificate")
+    p.add_argument("--clients", default="client", help="client certificate names (default: client)")
+    p.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
+    p.add_argument(
+        "--k8s-namespace",
+        default="",
+        help="make certificates for the StatefulSet in this namespace",
+    )
+    p.add_argument("--replicas", type=int, default=3)
+    p.add_argument("--statefulset", default="ramraft")
+    p.add_argument("--peer-service", default="ramraft-peers")
+    p.add_argument("--client-service", default="ramraft")
+    p.add_argument("--cluster-domain", default="cluster.local")
+    p.add_argument("--secret", action="store_true", help="print a Kubernetes Secret with the files")
+    p.add_argument("--secret-name", default="ramraft-tls")
+    p.set_defaults(func=run)

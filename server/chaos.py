@@ -1,0 +1,510 @@
+"""``ramraft chaos``: a recorded client workload against a cluster, and its verdict.
+
+    ramraft chaos --endpoints HOST:PORT,... --duration 120 --history run.jsonl \\
+        [--clients 4] [--keys 5]
+
+While something else breaks the cluster (k8s/chaos.sh deleting pods, the
+nemesis of tests/chaos), ``--clients`` concurrent clients, each with its own
+session, run puts, linearizable gets, deletes and compare-and-swaps on a few
+keys, and record every operation: its invocation and completion times
+(CLOCK_MONOTONIC, seconds) and its outcome:
+
+- ``ok``: the cluster answered;
+- ``failed``: certainly not applied (a read that got no answer: reads change
+  nothing; a write the cluster refused as invalid);
+- ``unknown``: a write that got no answer (Unavailable, DeadlineExceeded...):
+  it may have been applied, at any moment after its invocation, or never.
+
+Every write stores a value no other write stores (``c<client>.<n>``), so a
+read names the write it saw. After ``--duration`` seconds the clients stop
+(operations in flight finish within their deadline), a fresh client reads
+every key linearizably (retrying up to ``--final-timeout``), and the history
+is checked (server/history.py):
+
+1. linearizability (server.linearizability: Wing & Gong search with Lowe's
+   memoization, key by key), over every operation including the final reads;
+2. no lost acknowledged write: every write the cluster acknowledged is either
+   what the final read of its key shows, or some other write of that key might
+   have been ordered after it (one that was not finished before it started).
+
+The history is JSON lines: a ``meta`` record, then one ``op`` record per
+operation in completion order. ``ramraft chaos --check-only FILE`` re-checks
+a recorded history.
+
+Exit status: 0 the history is linearizable and no acknowledged write was
+lost; 1 a violation (the summary shows the smallest failing sub-history);
+2 bad usage; 3 no verdict (the final reads never succeeded, the check timed
+out, or the history file could not be written or read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final
+
+import structlog
+
+from client import LINEARIZABLE, SERIALIZABLE, AsyncClient, TLSOptions, parse_endpoints
+from client.cli import tls_from_args, token_from_args
+from client.errors import FailedPrecondition, InvalidArgument, NotFound, RamraftError
+from server.history import (
+    EXIT_NO_VERDICT,
+    HISTORY_VERSION,
+    KINDS,
+    HistoryError,
+    Record,
+    Verdict,
+    check_history,
+    load_history,
+    value_bytes,
+    value_text,
+)
+
+__all__ = ["DEFAULT_MIX", "WorkloadConfig", "register", "run_workload"]
+
+log = structlog.get_logger("ramraft.chaos")
+
+EXIT_USAGE: Final = 2
+DEFAULT_MIX: Final = {"get": 4, "put": 3, "cas": 2, "delete": 1}
+# Errors after which a write certainly did not take effect: the cluster
+# validated the request and refused it before proposing it (SESSION_EXPIRED
+# and STALE_SEQUENCE come as FailedPrecondition and say "not applied").
+_DEFINITE_REFUSALS: Final = (InvalidArgument, NotFound, FailedPrecondition)
+
+
+# -- the workload ------------------------------------------------------------------
+
+
+@dataclass
+class WorkloadConfig:
+    endpoints: list[str]
+    duration: float
+    clients: int = 4
+    keys: int = 5
+    timeout: float = 5.0  # each operation's deadline, retries included
+    attempt_timeout: float = 1.0  # one attempt (moves off a paused node)
+    key_prefix: str = ""  # default: a random "chaos-<hex>/" per run
+    seed: int | None = None
+    think: float = 0.0  # pause between a client's operations, seconds
+    final_timeout: float = 60.0  # how long to keep trying each final read
+    mix: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    # SERIALIZABLE reads may be stale: only for showing that the checker
+    # catches stale reads.
+    read_consistency: int = LINEARIZABLE
+    # Credentials, as the cluster asks for them (k8s: TLS and a token).
+    token: str | None = None
+    tls: TLSOptions | None = None
+
+    def validate(self) -> None:
+        if self.duration <= 0:
+            raise ValueError("--duration must be positive")
+        if not 1 <= self.clients <= 256:
+            raise ValueError("--clients must be between 1 and 256")
+        if not 1 <= self.keys <= 10_000:
+            raise ValueError("--keys must be between 1 and 10000")
+        for name in ("timeout", "attempt_timeout", "final_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.think < 0:
+            raise ValueError("--think must not be negative")
+        if set(self.mix) - set(KINDS) or not sum(self.mix.values()) > 0:
+            raise ValueError(f"--mix: weights for {', '.join(KINDS)}, not all zero")
+        if any(w < 0 for w in self.mix.values()):
+            raise ValueError("--mix: weights must not be negative")
+
+
+class _Recorder:
+    """Appends op records to the history file, one line each, flushed."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out = out
+        self._next = 0
+        self.records: list[Record] = []
+
+    def new_id(self) -> int:
+        self._next += 1
+        return self._next
+
+    def meta(self, doc: dict[str, Any]) -> None:
+        self._out.write(json.dumps({"type": "meta", "version": HISTORY_VERSION, **doc}) + "\n")
+        self._out.flush()
+
+    def done(self, rec: Record) -> None:
+        self.records.append(rec)
+        self._out.write(rec.to_json() + "\n")
+        self._out.flush()
+
+
+async def _run_op(client: AsyncClient, rec: Record, timeout: float, consistency: int) -> None:
+    """Runs one operation and fills in the record's outcome."""
+    try:
+        if rec.kind == "get":
+            g = await client.get_result(rec.key, consistency=consistency, timeout=timeout)
+            rec.result = {"found": g.found, "value": value_text(g.value)}
+            rec.index = g.index
+        elif rec.kind == "put":
+            rec.index = await client.put(rec.key, value_bytes(rec.value) or b"", timeout=timeout)
+            rec.result = {}
+        elif rec.kind == "delete":
+            deleted = await client.delete(rec.key, timeout=timeout)
+            rec.result = {"deleted": deleted}
+        else:
+            c = await client.cas(
+                rec.key, value_bytes(rec.expected), value_bytes(rec.value) or b"", timeout=timeout
+            )
+            rec.result = {"swapped": c.swapped, "found": c.found, "current": value_text(c.current)}
+            rec.index = c.index
+        rec.outcome = "ok"
+    except RamraftError as e:
+        rec.error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        # A read that got no answer changed nothing; so did a refused write.
+        rec.outcome = (
+            "failed" if not rec.is_write or isinstance(e, _DEFINITE_REFUSALS) else "unknown"
+        )
+    except (asyncio.CancelledError, Exception) as e:
+        rec.error = f"{type(e).__name__}: {e}"
+        rec.outcome = "unknown" if rec.is_write else "failed"
+        if isinstance(e, asyncio.CancelledError):
+            raise
+        log.warning("chaos_op_error", op=rec.op, kind=rec.kind, error=rec.error)
+    finally:
+        rec.complete = time.monotonic()
+
+
+async def _client_loop(
+    cid: int,
+    config: WorkloadConfig,
+    keys: list[str],
+    recorder: _Recorder,
+    stop: asyncio.Event,
+    stop_at: float,
+) -> None:
+    rng = random.Random(None if config.seed is None else config.seed * 1000 + cid)
+    kinds = [k for k in KINDS if config.mix.get(k, 0) > 0]
+    weights = [config.mix[k] for k in kinds]
+    seen: dict[str, str | None] = {}  # the last value this client saw per key
+    n = 0
+    async with AsyncClient(
+        config.endpoints,
+        timeout=config.timeout,
+        attempt_timeout=config.attempt_timeout,
+        rng=rng,
+        token=config.token,
+        tls=config.tls,
+    ) as client:
+        while not stop.is_set() and time.monotonic() < stop_at:
+            key = rng.choice(keys)
+            kind = rng.choices(kinds, weights)[0]
+            n += 1
+            rec = Record(
+                op=recorder.new_id(), client=cid, kind=kind, key=key, invoke=time.monotonic()
+            )
+            if kind in ("put", "cas"):
+                rec.value = f"c{cid}.{n}"
+            if kind == "cas":
+                # The last value seen makes a swap likely; absent now and then.
+                rec.expected = seen.get(key) if rng.random() < 0.9 else None
+            await _run_op(client, rec, config.timeout, config.read_consistency)
+            recorder.done(rec)
+            if rec.outcome == "ok" and rec.result is not None:
+                if kind == "get":
+                    seen[key] = rec.result["value"] if rec.result["found"] else None
+                elif kind == "put" or (kind == "cas" and rec.result["swapped"]):
+                    seen[key] = rec.value
+                elif kind == "cas":
+                    seen[key] = rec.result["current"] if rec.result["found"] else None
+                elif kind == "delete":
+                    seen[key] = None
+            if config.think:
+                await asyncio.sleep(config.think)
+
+
+async def _final_reads(
+    config: WorkloadConfig, keys: list[str], recorder: _Recorder, client_id: int
+) -> None:
+    """A linearizable read of every key, retried until it succeeds or
+    final_timeout passes."""
+    async with AsyncClient(
+        config.endpoints,
+        timeout=config.timeout,
+        attempt_timeout=config.attempt_timeout,
+        token=config.token,
+        tls=config.tls,
+    ) as client:
+        for key in keys:
+            give_up = time.monotonic() + config.final_timeout
+            while True:
+                rec = Record(
+                    op=recorder.new_id(),
+                    client=client_id,
+                    kind="get",
+                    key=key,
+                    invoke=time.monotonic(),
+                    final=True,
+                )
+                await _run_op(client, rec, config.timeout, LINEARIZABLE)
+                recorder.done(rec)
+                if rec.outcome == "ok" or time.monotonic() > give_up:
+                    break
+                log.info("chaos_final_read_retry", key=key, error=rec.error)
+                await asyncio.sleep(0.5)
+
+
+async def run_workload(
+    config: WorkloadConfig, history: IO[str], stop: asyncio.Event | None = None
+) -> list[Record]:
+    """Runs the workload and the final reads, writing the history to
+    ``history``; returns the records. ``stop`` ends the workload early."""
+    config.validate()
+    stop = stop or asyncio.Event()
+    prefix = config.key_prefix or f"chaos-{secrets.token_hex(4)}/"
+    keys = [f"{prefix}k{i}" for i in range(config.keys)]
+    recorder = _Recorder(history)
+    started_mono, started_wall = time.monotonic(), time.time()
+    recorder.meta(
+        {
+            "endpoints": config.endpoints,
+            "clients": config.clients,
+            "keys": keys,
+            "duration": config.duration,
+            "timeout": config.timeout,
+            "attempt_timeout": config.attempt_timeout,
+            "seed": config.seed,
+            "read_consistency": "linearizable"
+            if config.read_consistency == LINEARIZABLE
+            else "serializable",
+            "clock": "CLOCK_MONOTONIC",
+            "started_monotonic": started_mono,
+            "started_unix": started_wall,
+        }
+    )
+    log.info("chaos_workload_started", clients=config.clients, keys=keys, duration=config.duration)
+    stop_at = started_mono + config.duration
+    await asyncio.gather(
+        *(_client_loop(cid, config, keys, recorder, stop, stop_at) for cid in range(config.clients))
+    )
+    log.info("chaos_workload_done", operations=len(recorder.records))
+    await _final_reads(config, keys, recorder, client_id=config.clients)
+    return recorder.records
+
+
+# -- the command -----------------------------------------------------------------------
+
+
+def _mix(text: str) -> dict[str, int]:
+    """``get=4,put=3,cas=2,delete=1``."""
+    mix: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, sep, weight = part.partition("=")
+        if not sep or kind not in KINDS or not weight.isdigit():
+            raise argparse.ArgumentTypeError(f"{part!r} is not KIND=WEIGHT ({'/'.join(KINDS)})")
+        mix[kind] = int(weight)
+    return mix
+
+
+def register(sub: Any) -> None:
+    from client.cli import add_client_options
+
+    p = sub.add_parser(
+        "chaos",
+        help="run a recorded workload and check it (linearizability, lost writes)",
+        description=(
+            "Run concurrent clients against the cluster for --duration seconds, record every "
+            "operation to --history, read every key at the end, then check the history for "
+            "linearizability and lost acknowledged writes. Run it while something breaks the "
+            "cluster (k8s/chaos.sh, tests/chaos)."
+        ),
+        epilog=(
+            "exit status: 0 pass; 1 violation (not linearizable, or an acknowledged write "
+            "lost); 2 bad usage; 3 no verdict (final reads failed, check timed out, history "
+            "unreadable).\n"
+            "example: ramraft chaos --endpoints ramraft.default.svc:7000 --duration 300 "
+            "--history run.jsonl"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_client_options(p)
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of workload (60)")
+    p.add_argument("--history", help="where to write the history (JSON lines; required)")
+    p.add_argument("--clients", type=int, default=4, help="concurrent clients (4)")
+    p.add_argument("--keys", type=int, default=5, help="how many keys they share (5)")
+    p.add_argument(
+        "--attempt-timeout",
+        type=float,
+        default=1.0,
+        help="longest single attempt before trying another node (1 s)",
+    )
+    p.add_argument("--key-prefix", default="", help="key prefix (default: random per run)")
+    p.add_argument("--seed", type=int, default=None, help="seed the clients' choices")
+    p.add_argument(
+        "--think", type=float, default=0.0, help="pause between a client's operations (s)"
+    )
+    p.add_argument(
+        "--mix",
+        type=_mix,
+        default=dict(DEFAULT_MIX),
+        help="operation weights (get=4,put=3,cas=2,delete=1)",
+    )
+    p.add_argument(
+        "--final-timeout",
+        type=float,
+        default=60.0,
+        help="how long to keep retrying each final read (60 s)",
+    )
+    p.add_argument(
+        "--check-timeout",
+        type=float,
+        default=600.0,
+        help="give up the linearizability search after this long (600 s)",
+    )
+    p.add_argument(
+        "--serializable-reads",
+        action="store_true",
+        help="read at SERIALIZABLE (may be stale): to see the checker catch stale reads",
+    )
+    p.add_argument(
+        "--check-only",
+        metavar="FILE",
+        help="do not run a workload: check the history in FILE",
+    )
+    p.add_argument("--log-level", default=os.environ.get("RAMRAFT_LOG_LEVEL", "warning"))
+    p.set_defaults(func=run_chaos)
+
+
+def _print(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _emit(verdict: Verdict, as_json: bool, header: dict[str, Any]) -> int:
+    if as_json:
+        _print(json.dumps({**header, **verdict.summary()}))
+    else:
+        _print(verdict.report())
+        _print("summary: " + json.dumps({**header, **verdict.summary()}))
+    return verdict.exit_code
+
+
+class _Usage(Exception):
+    """Bad command-line input (exit status 2)."""
+
+
+def _endpoints(args: argparse.Namespace) -> list[str]:
+    # As the client subcommands read them (client.cli): flag, env, default.
+    from client.cli import DEFAULT_ENDPOINTS
+
+    raw = getattr(args, "endpoints", None) or os.environ.get("RAMRAFT_ENDPOINTS")
+    try:
+        return parse_endpoints(raw or DEFAULT_ENDPOINTS)
+    except ValueError as e:
+        raise _Usage(f"--endpoints: {e}") from None
+
+
+def _timeout(args: argparse.Namespace) -> float:
+    raw: Any = getattr(args, "timeout", None) or os.environ.get("RAMRAFT_TIMEOUT") or 5.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _Usage(f"--timeout: not a number: {raw!r}") from None
+    if not value > 0:
+        raise _Usage("--timeout must be positive")
+    return value
+
+
+def _credential(read: Any, args: argparse.Namespace) -> Any:
+    """--token/--token-file and --tls-* as the other client commands read
+    them, their errors reported as this command's usage errors."""
+    try:
+        return read(args)
+    except Exception as e:
+        if type(e).__name__ == "UsageError":
+            raise _Usage(str(e)) from None
+        raise
+
+
+def run_chaos(args: argparse.Namespace) -> int:
+    try:
+        return _run_chaos(args)
+    except _Usage as e:
+        # Reported here, not raised: under `python -m client.cli` the CLI's
+        # own UsageError class is a different object from client.cli's.
+        sys.stderr.write(f"ramraft chaos: error: {e}\n")
+        return EXIT_USAGE
+
+
+def _run_chaos(args: argparse.Namespace) -> int:
+    from server.logs import configure_logging
+
+    configure_logging(args.log_level)
+    as_json = bool(getattr(args, "json", False))
+    if args.check_only:
+        try:
+            meta, records = load_history(args.check_only)
+        except HistoryError as e:
+            sys.stderr.write(f"ramraft chaos: {e}\n")
+            return EXIT_NO_VERDICT
+        verdict = check_history(records, timeout=args.check_timeout)
+        return _emit(verdict, as_json, {"history": args.check_only, "keys_meta": meta.get("keys")})
+    if not args.history:
+        raise _Usage("--history FILE is required (or --check-only FILE)")
+    config = WorkloadConfig(
+        endpoints=_endpoints(args),
+        duration=args.duration,
+        clients=args.clients,
+        keys=args.keys,
+        timeout=_timeout(args),
+        attempt_timeout=args.attempt_timeout,
+        key_prefix=args.key_prefix,
+        seed=args.seed,
+        think=args.think,
+        final_timeout=args.final_timeout,
+        mix=args.mix,
+        read_consistency=SERIALIZABLE if args.serializable_reads else LINEARIZABLE,
+        token=_credential(token_from_args, args),
+        tls=_credential(tls_from_args, args),
+    )
+    try:
+        config.validate()
+    except ValueError as e:
+        raise _Usage(str(e)) from None
+    try:
+        history = open(args.history, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError as e:
+        sys.stderr.write(f"ramraft chaos: cannot write {args.history}: {e.strerror or e}\n")
+        return EXIT_NO_VERDICT
+
+    async def main() -> list[Record]:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        return await run_workload(config, history, stop)
+
+    started = time.monotonic()
+    try:
+        records = asyncio.run(main())
+    except OSError as e:
+        sys.stderr.write(f"ramraft chaos: writing {args.history}: {e.strerror or e}\n")
+        return EXIT_NO_VERDICT
+    finally:
+        history.close()
+    ran = time.monotonic() - started
+    verdict = check_history(records, timeout=args.check_timeout)
+    header = {
+        "history": str(Path(args.history)),
+        "clients": config.clients,
+        "seconds": round(ran, 1),
+    }
+    return _emit(verdict, as_json, header)

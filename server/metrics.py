@@ -1,0 +1,275 @@
+"""A node's Prometheus metrics, and the recent request rates the status page shows.
+
+Every node has its own :class:`CollectorRegistry` (never the process-global
+one), so two nodes in one process -- tests, benchmarks -- never share or
+clash over a metric. The metrics are fed by two kinds of hooks, neither of
+which needs the runtime or the servicers to know about Prometheus:
+
+- the runtime's ``listeners``: ``(event, fields)`` callbacks for "proposed",
+  "fsync", "applied", "role", "snapshot" and "snapshot_installed";
+- the servicers' ``observers`` and the web tier's middleware:
+  ``(rpc, code, seconds)`` for every request served.
+
+Values that are state rather than events (term, commit and applied index,
+member lag, whether this node leads) are read from the runtime at scrape time
+by a custom collector, so they are never stale and cost nothing between
+scrapes.
+
+Metric names (all prefixed ``ramraft_``) are listed in :data:`METRIC_HELP`.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from server.node import Node
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Latency buckets from 100 us (an in-memory read) to 10 s (a write that waits
+# out an election).
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+FSYNC_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032,
+    0.064, 0.128, 0.256, 0.512, 1.0,
+)  # fmt: skip
+SNAPSHOT_BYTES_BUCKETS = tuple(float(1 << n) for n in range(10, 36, 2))  # 1 KiB .. 32 GiB
+SNAPSHOT_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class RateWindow:
+    """Events per second over the last ``seconds``, in one-second buckets,
+    per name. Cheap to feed (one dict update), read when the page polls."""
+
+    def __init__(self, seconds: int = 10, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self._buckets: collections.deque[tuple[int, collections.Counter[str]]] = collections.deque()
+
+    def add(self, name: str, count: int = 1) -> None:
+        now = int(self.clock())
+        buckets = self._buckets
+        if not buckets or buckets[-1][0] != now:
+            buckets.append((now, collections.Counter()))
+            while buckets and buckets[0][0] <= now - self.seconds - 1:
+                buckets.popleft()
+        buckets[-1][1][name] += count
+
+    def rates(self) -> dict[str, float]:
+        """Per name: events per second over the last complete seconds (the
+        current, partial second is left out so a rate does not dip at each
+        second's start)."""
+        now = int(self.clock())
+        total: collections.Counter[str] = collections.Counter()
+        for second, counts in self._buckets:
+            if now - self.seconds <= second < now:
+                total.update(counts)
+        return {name: count / self.seconds for name, count in sorted(total.items())}
+
+
+class _StateCollector(Collector):
+    """Gauges read from the runtime when Prometheus scrapes."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[Metric]:
+        runtime = self.node.runtime
+        if runtime is None:
+            return
+        status = runtime.status()
+        for name, help_text in (
+            ("term", "Current Raft term"),
+            ("commit_index", "Highest log index known to be committed"),
+            ("applied_index", "Highest log index applied to the state machine"),
+            ("last_index", "Last index in this node's log"),
+            ("snapshot_index", "Index of the newest snapshot"),
+            ("first_index", "First index still in the log (after compaction)"),
+        ):
+            gauge = GaugeMetricFamily(f"ramraft_{name}", help_text)
+            gauge.add_metric([], float(status.get(name, 0)))
+            yield gauge
+        leader = GaugeMetricFamily("ramraft_is_leader", "1 if this node is the leader, 0 otherwise")
+        leader.add_metric([], 1.0 if status.get("role") == "leader" else 0.0)
+        yield leader
+        known = GaugeMetricFamily("ramraft_leader_known", "1 if this node knows a leader")
+        known.add_metric([], 1.0 if status.get("leader") else 0.0)
+        yield known
+        ready = GaugeMetricFamily(
+            "ramraft_ready", "1 when the node knows a leader and has applied its commit index"
+        )
+        ready.add_metric([], 1.0 if self.node.ready() else 0.0)
+        yield ready
+        failed = GaugeMetricFamily(
+            "ramraft_storage_failed", "1 if the node stopped after a storage failure"
+        )
+        failed.add_metric([], 1.0 if runtime.failed is not None else 0.0)
+        yield failed
+        if status.get("role") == "leader":
+            lag = GaugeMetricFamily(
+                "ramraft_member_lag_entries",
+                "Entries a member is behind the leader's last index (reported by the leader)",
+                labels=["member"],
+            )
+            for member in runtime.members():
+                lag.add_metric([member.id], float(member.lag))
+            yield lag
+        api = self.node.api
+        if api is not None:
+            forwarded = CounterMetricFamily(
+                "ramraft_forwarded_writes", "Writes this node forwarded to the leader"
+            )
+            forwarded.add_metric([], float(api.forwarded))
+            yield forwarded
+
+
+class NodeMetrics:
+    """The metrics of one node. ``runtime_listener`` goes into
+    ``runtime.listeners``; ``observer("grpc")`` into a servicer's
+    ``observers``; the web tier calls ``observe_request`` itself."""
+
+    def __init__(self, node: Node, *, process: bool = True) -> None:
+        self.node = node
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.proposals = Counter(
+            "ramraft_proposals", "Commands this node proposed as leader", registry=reg
+        )
+        self.proposals_dropped = Counter(
+            "ramraft_proposals_dropped",
+            "Proposals refused by the Raft core (not the leader, transfer in progress)",
+            registry=reg,
+        )
+        self.applied = Counter(
+            "ramraft_applied_entries",
+            "Committed entries with a command applied to the state machine",
+            registry=reg,
+        )
+        self.fsync_seconds = Histogram(
+            "ramraft_fsync_seconds",
+            "Time to persist one Ready (WAL append + fsync)",
+            buckets=FSYNC_BUCKETS,
+            registry=reg,
+        )
+        self.persisted_entries = Counter(
+            "ramraft_persisted_entries", "Log entries written to the WAL", registry=reg
+        )
+        self.elections = Counter(
+            "ramraft_elections",
+            "Elections this node started (became candidate or pre-candidate)",
+            ["kind"],
+            registry=reg,
+        )
+        for kind in ("pre-candidate", "candidate"):
+            self.elections.labels(kind)  # exported as 0 before the first election
+        self.became_leader = Counter(
+            "ramraft_became_leader", "Times this node won an election", registry=reg
+        )
+        self.leader_changes = Counter(
+            "ramraft_leader_changes",
+            "Times this node learned of a new leader (a new term or another node)",
+            registry=reg,
+        )
+        self.snapshot_bytes = Histogram(
+            "ramraft_snapshot_bytes",
+            "Size of snapshots this node took",
+            buckets=SNAPSHOT_BYTES_BUCKETS,
+            registry=reg,
+        )
+        self.snapshot_seconds = Histogram(
+            "ramraft_snapshot_seconds",
+            "Time to take a snapshot (write, sync, compact the log)",
+            buckets=SNAPSHOT_SECONDS_BUCKETS,
+            registry=reg,
+        )
+        self.snapshots_installed = Counter(
+            "ramraft_snapshots_installed",
+            "Snapshots received from the leader and installed",
+            registry=reg,
+        )
+        self.requests = Counter(
+            "ramraft_requests",
+            "Requests served, by API (grpc/http), RPC or route, and result code",
+            ["api", "rpc", "code"],
+            registry=reg,
+        )
+        self.request_seconds = Histogram(
+            "ramraft_request_seconds",
+            "Request latency by API and RPC or route",
+            ["api", "rpc"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        reg.register(_StateCollector(node))
+        if process:
+            ProcessCollector(registry=reg)
+        self.rates = RateWindow()
+        self._last_leader: tuple[int, str] = (0, "")
+
+    # ---- hooks ------------------------------------------------------------------------------
+
+    def runtime_listener(self, event: str, fields: dict[str, Any]) -> None:
+        if event == "applied":
+            self.applied.inc()
+            self.rates.add("applied")
+        elif event == "fsync":
+            self.fsync_seconds.observe(fields["seconds"])
+            self.persisted_entries.inc(fields.get("entries", 0))
+        elif event == "proposed":
+            count = int(fields.get("entries", 1))
+            self.proposals.inc(count)
+            self.rates.add("proposed", count)
+        elif event == "proposals_dropped":
+            self.proposals_dropped.inc(int(fields.get("entries", 1)))
+        elif event == "role":
+            self._on_role(fields)
+        elif event == "snapshot":
+            self.snapshot_bytes.observe(fields["bytes"])
+            self.snapshot_seconds.observe(fields["seconds"])
+        elif event == "snapshot_installed":
+            self.snapshots_installed.inc()
+
+    def _on_role(self, fields: dict[str, Any]) -> None:
+        role = fields.get("role", "")
+        if role in ("candidate", "pre-candidate"):
+            self.elections.labels(role).inc()
+        elif role == "leader":
+            self.became_leader.inc()
+        leader = (int(fields.get("term", 0)), str(fields.get("leader", "")))
+        if leader[1] and leader != self._last_leader:
+            self.leader_changes.inc()
+            self._last_leader = leader
+
+    def observer(self, api: str) -> Callable[[str, str, float], None]:
+        def observe(rpc: str, code: str, seconds: float) -> None:
+            self.observe_request(api, rpc, code, seconds)
+
+        return observe
+
+    def observe_request(self, api: str, rpc: str, code: str, seconds: float) -> None:
+        self.requests.labels(api, rpc, code).inc()
+        self.request_seconds.labels(api, rpc).observe(seconds)
+        self.rates.add(f"{api} {rpc}")
+
+    # ---- output -----------------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)

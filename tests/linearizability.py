@@ -1,0 +1,31 @@
+"""The linearizability checker lives in the package, server/linearizability.py,
+because `ramraft chaos` (in the image, run by k8s/chaos.sh) uses it. This
+module keeps the import path the tests use."""
+
+from server.linearizability import (
+    KINDS,
+    CheckResult,
+    CheckTimeoutError,
+    Operation,
+    _linearizable,
+    cas,
+    check,
+    delete,
+    get,
+    put,
+    step,
+)
+
+__all__ = [
+    "KINDS",
+    "CheckResult",
+    "CheckTimeoutError",
+    "Operation",
+    "_linearizable",
+    "cas",
+    "check",
+    "delete",
+    "get",
+    "put",
+    "step",
+]

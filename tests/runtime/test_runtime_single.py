@@ -1,0 +1,102 @@
+"""The runtime in one process with in-memory storage: a one-node cluster,
+so no network is needed. Covers what needs the runtime but not the wire:
+the disk failing under it, restart from what was synced, snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+
+import pytest
+
+from server.config import NodeConfig
+from server.kv import KVMachine, encode_put
+from server.runtime import RaftRuntime, Unavailable
+from server.storage import MemoryDisk, open_memory_storage
+
+
+class NoNetwork:
+    """A one-node cluster sends nothing; anything sent is a bug."""
+
+    def send(self, messages: list[object]) -> None:
+        assert not messages, messages
+
+    async def close(self) -> None:
+        pass
+
+
+def make_runtime(disk: MemoryDisk, **overrides: object) -> tuple[RaftRuntime, KVMachine]:
+    config = NodeConfig(
+        node_id="solo", peers={"solo": "127.0.0.1:1"}, data_dir="/nonexistent", tick_ms=5
+    )
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    log_store, snapshots = open_memory_storage(disk)
+    machine = KVMachine()
+    runtime = RaftRuntime(config, machine, log_store, snapshots)
+    runtime.transport = NoNetwork()
+    return runtime, machine
+
+
+async def started(runtime: RaftRuntime) -> RaftRuntime:
+    await runtime.start()
+    await runtime.wait_for_leader(5)
+    return runtime
+
+
+def test_a_failing_disk_stops_writes_and_keeps_what_was_acknowledged() -> None:
+    """Issue 3: disk full -> the node stops accepting writes and says so; it
+    acknowledges nothing it could not sync and corrupts nothing on disk."""
+
+    async def scenario() -> None:
+        disk = MemoryDisk()
+        runtime, _ = make_runtime(disk)
+        await started(runtime)
+        acknowledged = []
+        for n in range(5):
+            index, _ = await runtime.propose(encode_put(f"k{n}", b"v"))
+            acknowledged.append(index)
+        disk.fail_writes = OSError(errno.ENOSPC, "No space left on device")
+        with pytest.raises(Unavailable, match="storage failure"):
+            await asyncio.wait_for(runtime.propose(encode_put("lost", b"x")), 5)
+        assert runtime.failed is not None
+        # Every later request is refused at once, with the reason.
+        with pytest.raises(Unavailable, match="No space left"):
+            await runtime.propose(encode_put("later", b"x"))
+        with pytest.raises(Unavailable, match="storage failure"):
+            await runtime.read_index()
+        await runtime.close()
+
+        # Restart on the same disk: every acknowledged write is there.
+        runtime2, machine2 = make_runtime(disk)
+        await started(runtime2)
+        await runtime2.read_index()
+        for n in range(5):
+            assert machine2.get(f"k{n}") == (True, b"v")
+        assert machine2.get("lost")[0] is False
+        await runtime2.close()
+
+    asyncio.run(scenario())
+
+
+def test_restart_replays_the_log_after_the_snapshot() -> None:
+    async def scenario() -> None:
+        disk = MemoryDisk()
+        runtime, _ = make_runtime(disk, snapshot_entries=10, retain_entries=2)
+        await started(runtime)
+        for n in range(25):
+            await runtime.propose(encode_put(f"k{n}", str(n).encode()))
+        index = await runtime.snapshot_now()
+        for n in range(25, 30):
+            await runtime.propose(encode_put(f"k{n}", str(n).encode()))
+        await runtime.close()
+        assert disk.snapshots, "a snapshot was stored"
+
+        runtime2, machine2 = make_runtime(disk)
+        await started(runtime2)
+        await runtime2.read_index()
+        assert runtime2.core is not None and runtime2.core.latest_snapshot.index >= index
+        assert [machine2.get(f"k{n}")[1] for n in range(30)] == [str(n).encode() for n in range(30)]
+        await runtime2.close()
+
+    asyncio.run(scenario())

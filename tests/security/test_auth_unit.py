@@ -1,0 +1,218 @@
+"""server/auth.py without a network: the token file, bearer parsing, the
+in-flight limiter, rate-limited refusal logs, and the runtime's own queue
+bound (server/runtime.py max_pending_requests)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import structlog
+
+from client.cli import main
+from server.auth import (
+    AuthConfigError,
+    InflightLimiter,
+    RefusalLog,
+    Role,
+    TokenStore,
+    bearer_token,
+    http_required_role,
+    parse_tokens,
+)
+from server.kv import encode_put
+from server.runtime import Overloaded
+from server.storage import MemoryDisk
+from tests.runtime.test_runtime_single import make_runtime, started
+
+TOKEN = "s3cret-token-for-tests"
+
+
+def test_token_file_roles_names_and_digests(tmp_path: Path) -> None:
+    hashed = hashlib.sha256(b"another-long-token-xyz").hexdigest()
+    path = tmp_path / "tokens"
+    path.write_text(f"# comment\n\nadmin ops {TOKEN}\nread dash sha256:{hashed}\n")
+    store = TokenStore(str(path))
+    ops = store.authenticate(TOKEN)
+    assert ops is not None and (ops.name, ops.role) == ("ops", Role.ADMIN)
+    dash = store.authenticate("another-long-token-xyz")
+    assert dash is not None and dash.role == Role.READ
+    assert store.authenticate("wrong") is None
+    assert store.authenticate(TOKEN + "x") is None
+    assert store.authenticate(f"sha256:{hashed}") is None, "a digest is not the token"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("admin ops", "expected ROLE NAME TOKEN"),
+        ("root ops " + TOKEN, "not read, write or admin"),
+        ("admin ops short", "shorter than 16"),
+        (f"admin ops {TOKEN}\nread ops {TOKEN}x", "used twice"),
+        ("# only comments\n", "no tokens"),
+        ("admin o\x00ps " + TOKEN, "name must be"),
+    ],
+)
+def test_bad_token_files_are_refused_without_echoing_tokens(text: str, problem: str) -> None:
+    with pytest.raises(AuthConfigError, match=problem) as e:
+        parse_tokens(text, "tokens.txt")
+    assert TOKEN not in str(e.value)
+
+
+def test_token_file_is_reloaded_when_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("server.auth.RECHECK_SECONDS", 0.0)
+    path = tmp_path / "tokens"
+    path.write_text(f"write app {TOKEN}\n")
+    store = TokenStore(str(path))
+    assert store.authenticate(TOKEN) is not None
+    replacement = tmp_path / "tokens.new"
+    replacement.write_text("read app rotated-token-0123456789\n")
+    os.replace(replacement, path)
+    assert store.authenticate(TOKEN) is None
+    principal = store.authenticate("rotated-token-0123456789")
+    assert principal is not None and principal.role == Role.READ
+    path.write_text("garbage\n")  # a broken file keeps the last good one
+    assert store.authenticate("rotated-token-0123456789") is not None
+
+
+def test_bearer_and_basic_credentials() -> None:
+    assert bearer_token(f"Bearer {TOKEN}") == TOKEN
+    assert bearer_token(f"bearer   {TOKEN} ") == TOKEN
+    basic = base64.b64encode(f"anyone:{TOKEN}".encode()).decode()
+    assert bearer_token(f"Basic {basic}") == TOKEN
+    for bad in (
+        None,
+        "",
+        "Bearer",
+        "Token x",
+        "Basic !!!",
+        "Basic " + base64.b64encode(b"nopass").decode(),
+    ):
+        assert bearer_token(bad) is None
+
+
+def test_http_roles() -> None:
+    assert http_required_role("GET", "/healthz") is None
+    assert http_required_role("GET", "/v1/kv/a") == Role.READ
+    assert http_required_role("GET", "/metrics") == Role.READ
+    assert http_required_role("PUT", "/v1/kv/a") == Role.WRITE
+    assert http_required_role("POST", "/app/notes") == Role.WRITE
+
+
+def test_inflight_limiter_per_connection_and_total() -> None:
+    limiter = InflightLimiter(total=3, per_connection=2, reserve=0)
+    assert limiter.enter("a") is None and limiter.enter("a") is None
+    assert "on this connection" in (limiter.enter("a") or "")
+    assert limiter.enter("b") is None
+    assert "serving 3 requests" in (limiter.enter("c") or "")
+    limiter.leave("a")
+    assert limiter.enter("c") is None
+    for conn in ("a", "b", "c"):
+        limiter.leave(conn)
+    assert limiter.total == 0 and limiter.by_connection == {} and limiter.refused == 2
+
+
+def test_inflight_reserve_keeps_light_clients_served() -> None:
+    """Heavy connections fill the total; a connection with almost nothing in
+    flight still gets in, up to the reserve -- and never beyond it."""
+    limiter = InflightLimiter(total=4, per_connection=4, reserve=3)
+    for _ in range(4):
+        assert limiter.enter("heavy") is None
+    assert limiter.enter("heavy") is not None, "a heavy connection gets no reserved slot"
+    assert limiter.enter("light") is None and limiter.enter("light") is None
+    assert limiter.enter("light") is not None, "...a light one only while it is light"
+    assert limiter.enter("polite") is None
+    assert limiter.enter("another") is not None, "the reserve is used up"
+    assert limiter.total == 7
+    limiter.leave("heavy")
+    assert limiter.enter("another") is None
+
+
+def test_refusal_log_is_rate_limited() -> None:
+    with structlog.testing.capture_logs() as logs:
+        refusals = RefusalLog(burst=3, seconds=60)
+        for n in range(50):
+            refusals.warning("request_refused", n=n)
+    assert len(logs) == 3 and all(entry["log_level"] == "warning" for entry in logs)
+
+
+def test_cli_makes_a_usable_token_file(tmp_path: Path) -> None:
+    out = tmp_path / "tokens.txt"
+    assert main(["tokens", "--out", str(out), "--read", "grafana,ci"]) == 0
+    entries = parse_tokens(out.read_text())
+    assert sorted((p.role.label, p.name) for _, p in entries) == [
+        ("admin", "admin"), ("read", "ci"), ("read", "grafana"), ("write", "writer")
+    ]  # fmt: skip
+    assert out.stat().st_mode & 0o077 == 0
+    assert main(["tokens", "--out", str(out)]) == 1, "never overwrites"
+
+
+def test_runtime_counts_requests_queued_for_the_next_turn() -> None:
+    """max_pending_requests bounds everything the runtime holds, including
+    proposals queued while the loop is busy persisting (they were not
+    counted, so a slow disk let the queue grow without bound)."""
+
+    async def scenario() -> None:
+        runtime, _ = make_runtime(MemoryDisk(), tick_ms=5)
+        runtime.config.limits.max_pending_requests = 5
+        await started(runtime)
+        release = threading.Event()
+        persist = runtime._persist
+
+        def slow_persist(rd: object) -> None:
+            release.wait(5)
+            persist(rd)  # type: ignore[arg-type]
+
+        runtime._persist = slow_persist  # type: ignore[method-assign]
+        first = asyncio.ensure_future(runtime.propose(encode_put("k0", b"v")))
+        await asyncio.sleep(0.05)  # the loop is now inside the slow persist
+        queued = [
+            asyncio.ensure_future(runtime.propose(encode_put(f"k{n}", b"v"))) for n in range(1, 5)
+        ]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded):
+            await runtime.propose(encode_put("one-too-many", b"v"))
+        release.set()
+        started_at = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(first, *queued), 5)
+        assert time.monotonic() - started_at < 5
+        await runtime.close()
+
+    asyncio.run(scenario())
+
+
+def test_runtime_logs_rejected_peer_messages() -> None:
+    """A well-formed but impossible message (entries that do not follow the
+    previous index) is dropped by the core; the runtime says so at warning
+    level, once per burst rather than once per message."""
+    from consensus.types import Entry, EntryKind, Message, MsgType
+
+    async def scenario() -> list[dict[str, object]]:
+        runtime, _ = make_runtime(MemoryDisk(), tick_ms=5)
+        await started(runtime)
+        bad = Message(
+            MsgType.APPEND, "intruder", "solo", 99, log_term=1, index=5,
+            entries=(Entry(99, 9, b"x", EntryKind.NORMAL),),
+        )  # fmt: skip
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(100):
+                runtime.receive([bad])
+                await asyncio.sleep(0.002)
+            await asyncio.sleep(0.05)
+        term = runtime.core.term  # type: ignore[union-attr]
+        await runtime.close()
+        assert term < 99, "the rejected message moved the term"
+        return [e for e in logs if e["event"] == "peer_message_rejected"]
+
+    rejected = asyncio.run(scenario())
+    assert rejected and all(e["log_level"] == "warning" for e in rejected)
+    assert "do not follow" in str(rejected[0]["last"])
+    assert len(rejected) <= RefusalLog().burst

@@ -1,0 +1,62 @@
+"""`ramraft certs`: a CA, node and client certificates, a k8s Secret."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from client.cli import main
+from server.certs import make_cluster_certs, node_id_of, secret_yaml
+
+
+def verify_signed_by(cert: x509.Certificate, ca: x509.Certificate) -> None:
+    key = ca.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+
+
+def test_node_and_client_certificates_chain_to_the_ca(tmp_path: Path) -> None:
+    make_cluster_certs(tmp_path, {"n1": ["127.0.0.1", "localhost"], "n2": ["10.0.0.2"]})
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
+    for name in ("n1", "n2", "client"):
+        cert = x509.load_pem_x509_certificate((tmp_path / f"{name}.pem").read_bytes())
+        verify_signed_by(cert, ca)
+    assert node_id_of((tmp_path / "n1.pem").read_bytes()) == "n1"
+    assert node_id_of((tmp_path / "client.pem").read_bytes()) is None, "a client is no node"
+    assert (tmp_path / "n1-key.pem").stat().st_mode & 0o077 == 0, "keys are private"
+
+
+def test_rerunning_keeps_the_ca(tmp_path: Path) -> None:
+    make_cluster_certs(tmp_path, {"n1": []})
+    first = (tmp_path / "ca.pem").read_bytes()
+    make_cluster_certs(tmp_path, {"n4": []})
+    assert (tmp_path / "ca.pem").read_bytes() == first
+    ca = x509.load_pem_x509_certificate(first)
+    verify_signed_by(x509.load_pem_x509_certificate((tmp_path / "n4.pem").read_bytes()), ca)
+
+
+def test_secret_holds_everything_but_the_ca_key(tmp_path: Path) -> None:
+    files = make_cluster_certs(
+        tmp_path, {"ramraft-0": ["ramraft-0.ramraft-peers.ns.svc.cluster.local"]}
+    )
+    doc = yaml.safe_load(secret_yaml(tmp_path, files, "ramraft-tls"))
+    assert doc["kind"] == "Secret" and "ca-key.pem" not in doc["data"]
+    assert base64.b64decode(doc["data"]["ca.pem"]) == (tmp_path / "ca.pem").read_bytes()
+
+
+def test_cli_for_a_statefulset(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    code = main(["certs", "--out", str(tmp_path), "--k8s-namespace", "prod", "--replicas", "3"])
+    assert code == 0
+    cert = x509.load_pem_x509_certificate((tmp_path / "ramraft-2.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "ramraft-2.ramraft-peers.prod.svc.cluster.local" in names.get_values_for_type(
+        x509.DNSName
+    )
+
+
+def test_cli_refuses_without_nodes(tmp_path: Path) -> None:
+    assert main(["certs", "--out", str(tmp_path)]) == 2

@@ -1,0 +1,68 @@
+"""A client in another language: Node.js with @grpc/grpc-js and
+@grpc/proto-loader (tests/nodejs), using only proto/kv.proto, does put and
+get against a running node -- a follower, so the write is forwarded.
+
+Dependencies install from tests/nodejs/package-lock.json with ``npm ci`` when
+node_modules is missing; the test is skipped only if node or npm is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.server.procs import REPO, ProcessCluster
+
+NODE_DIR = REPO / "tests" / "nodejs"
+
+
+@pytest.fixture(scope="module")
+def node_client() -> Path:
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("Node.js and npm are needed for the non-Python client test (not on PATH)")
+    if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"],
+            cwd=NODE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
+    return NODE_DIR / "kv_client.js"
+
+
+def test_nodejs_grpc_client_puts_and_gets(tmp_path: Path, node_client: Path) -> None:
+    with ProcessCluster(tmp_path) as cluster:
+        leader = cluster.wait_for_leader()
+        follower = next(i for i in cluster.ids if i != leader)
+        with cluster.client() as c:
+            c.put("from-python", "héllo from Python".encode())
+        argv = ["node", str(node_client), cluster.grpc[follower]]
+        argv += ["from-node", "hi from Node ✓", "from-python"]
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, f"node client failed:\n{done.stdout}\n{done.stderr}"
+        seen = json.loads(done.stdout.strip().splitlines()[-1])
+        # uint64 comes back as a decimal string
+        assert int(seen["put_index"]) > 0
+        # the retry with the same session was not applied again: same index
+        assert seen["retry_index"] == seen["put_index"]
+        assert seen["get"] == {"found": True, "value": "hi from Node ✓"}
+        assert seen["other"] == {"found": True, "value": "héllo from Python"}
+        assert seen["bad_key"]["name"] == "INVALID_ARGUMENT"
+        assert "empty" in seen["bad_key"]["details"]
+        # and Python reads what Node wrote, on every node
+        for node_id in cluster.ids:
+            cluster.wait_caught_up(node_id)
+        with cluster.client() as c:
+            assert c.get("from-node") == "hi from Node ✓".encode()
