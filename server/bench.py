@@ -523,8 +523,7 @@ class Cluster:
                 peers,
                 "--data-dir",
                 str(data_dir),
-                "--tick-ms",
-                str(self.tick_ms),
+                *(["--tick-ms", str(self.tick_ms)] if self.tick_ms else []),
                 *([] if self.fsync else ["--no-fsync"]),
                 *self.node_args,
             ]
@@ -541,9 +540,10 @@ class Cluster:
                 node_id=INPROC_ID,
                 peers=dict(self.addresses),
                 data_dir=str(self.root / INPROC_ID),
-                tick_ms=self.tick_ms,
                 fsync=self.fsync,
             )
+            if self.tick_ms:
+                config.tick_ms = self.tick_ms
             self.node = Node(config)
             await self.node.start()
 
@@ -858,7 +858,7 @@ async def run_bench(args: argparse.Namespace, progress: Progress) -> dict[str, A
             "inproc_node": INPROC_ID if inproc else None,
             "endpoints": cluster.endpoints,
             "leader": leader_id,
-            "tick_ms": args.tick_ms if not cluster.external else None,
+            "tick_ms": (args.tick_ms or None) if not cluster.external else None,
             # To profile a node under load: py-spy record --pid PID (see --keep-data)
             "pids": cluster.pids(),
         },
@@ -1135,7 +1135,12 @@ def add_bench_parser(sub: Any) -> None:
         help="send requests to the leader (default) or spread them over every node",
     )
     p.add_argument("--timeout", type=_positive, default=10.0, help="per-request deadline (s)")
-    p.add_argument("--tick-ms", type=int, default=50, help="local cluster's Raft tick (default 50)")
+    p.add_argument(
+        "--tick-ms",
+        type=int,
+        default=0,
+        help="local cluster's Raft tick in ms (default: the node's own default)",
+    )
     p.add_argument(
         "--no-fsync", action="store_true", help="local cluster without fsync (not the default)"
     )
@@ -1183,8 +1188,8 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.tick_ms < 1:
-        print("ramraft bench: --tick-ms must be at least 1", file=sys.stderr)
+    if args.tick_ms < 0:
+        print("ramraft bench: --tick-ms must not be negative", file=sys.stderr)
         return 2
     warmup = args.warmup if args.warmup is not None else min(1.0, args.duration)
     args.plan = Plan(
