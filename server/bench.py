@@ -349,12 +349,6 @@ async def _grpc_load(spec: GrpcSpec, on_done: Callable[[], None]) -> Tally:
             for n in range(spec.connections)
         ]
         closers = [c.close for c in clients]
-        if spec.mode == "write":
-            # The server opens a session only with sequence 1 and refuses a
-            # higher first sequence (SESSION_EXPIRED): open each client's
-            # session with one write before pipelining on it.
-            for c in clients:
-                await c.put(f"{KEY_PREFIX}open-session", b"")
 
         async def library_op(n: int) -> object:
             c = clients[n % len(clients)]
@@ -780,9 +774,7 @@ def summarize(
 
 
 async def _preload(endpoint: str, keys: int, value_bytes: int) -> None:
-    """Write the keys the read modes read. Bare stubs, no session: a fresh
-    AsyncClient's session must open with its first write before it may
-    pipeline (see _open_sessions)."""
+    """Write the keys the read modes read (bare stubs: no session needed)."""
     import grpc
 
     from proto import kv_pb2, kv_pb2_grpc
