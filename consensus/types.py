@@ -247,7 +247,12 @@ class Ready:
     4. call ``advance(ready)``.
 
     Nothing in a Ready may be acted on out of this order, and a Ready must be
-    fully handled before the next ``ready()`` call.
+    fully handled before the next ``ready()`` call. One exception is safe and
+    worth taking (Raft thesis 10.2.1): messages that promise nothing about
+    the sender's disk -- APPEND, HEARTBEAT, SNAPSHOT and TIMEOUT_NOW, all
+    sent by a leader -- may leave before step 1 completes, provided nothing
+    is stepped into the core until it does (a leader counts its own log
+    towards a commit only when it steps the followers' acknowledgements).
     """
 
     hard_state: HardState | None = None

@@ -98,7 +98,9 @@ class NodeAPI:
         while True:
             left = deadline.check()
             try:
-                return await asyncio.wait_for(self.runtime.propose(command), left)
+                # asyncio.timeout, not wait_for: no extra Task per request.
+                async with asyncio.timeout(left):
+                    return await self.runtime.propose(command)
             except NotLeader as e:
                 leader = e.leader  # refused before proposing: safe to send elsewhere
             except Unavailable:
@@ -151,10 +153,8 @@ class NodeAPI:
         """The leader's side of ``Peer.Forward``."""
         remaining = context.time_remaining()
         try:
-            index, result = await asyncio.wait_for(
-                self.runtime.propose(command),
-                remaining if remaining is not None else DEFAULT_TIMEOUT,
-            )
+            async with asyncio.timeout(remaining if remaining is not None else DEFAULT_TIMEOUT):
+                index, result = await self.runtime.propose(command)
         except NotLeader as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"not the leader (leader: {e.leader})")
         except Unavailable as e:
@@ -174,7 +174,8 @@ class NodeAPI:
         while True:
             left = deadline.check()
             try:
-                return await asyncio.wait_for(self.runtime.read_index(), left)
+                async with asyncio.timeout(left):
+                    return await self.runtime.read_index()
             except Unavailable:
                 if self.runtime.failed is not None or self.runtime.stopping:
                     raise

@@ -47,7 +47,9 @@ from consensus import (
     ConfState,
     Entry,
     EntryKind,
+    HardState,
     Message,
+    MsgType,
     NotLeaderError,
     ProposalDroppedError,
     RaftError,
@@ -66,6 +68,10 @@ log = structlog.get_logger("ramraft.runtime")
 T = TypeVar("T")
 
 SNAPSHOT_MAGIC = b"RRSNAP01"
+# Messages whose sending does not depend on the sender's pending disk write.
+_SEND_BEFORE_PERSIST = frozenset(
+    {MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT, MsgType.TIMEOUT_NOW}
+)
 
 
 class RuntimeError_(Exception):
@@ -173,6 +179,7 @@ class RaftRuntime:
         self._applied_event = asyncio.Event()
         self._snapshot_task: asyncio.Task[SnapshotMeta] | None = None
         self._bytes_since_snapshot = 0
+        self._synced_hard_state = HardState()  # the newest term/vote known durable
         self._tasks: list[asyncio.Task[Any]] = []
         self.leader_changes: list[tuple[float, int, str]] = []  # (unix time, term, leader)
         # Metrics hooks: (event, fields) for "proposed", "proposals_dropped",
@@ -190,6 +197,7 @@ class RaftRuntime:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         state = await loop.run_in_executor(self._disk, self.log_store.load)
+        self._synced_hard_state = state.hard_state
         if state.snapshot is not None:
             await asyncio.to_thread(self._restore_from_store, state.snapshot.index)
         bootstrap = None if self.config.join else ConfState(frozenset(self.config.peers))
@@ -633,10 +641,29 @@ class RaftRuntime:
             fut.set_exception(error)
 
     async def _handle_ready(self, core: RaftNode, rd: Ready) -> None:
-        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
-            await asyncio.get_running_loop().run_in_executor(self._disk, self._persist, rd)
-        if rd.messages:
-            self.transport.send(rd.messages)
+        loop = asyncio.get_running_loop()
+        messages = rd.messages
+        if messages:
+            # Thesis 10.2.1: what a leader sends (appends, heartbeats,
+            # snapshots, TimeoutNow) promises nothing about its own disk, so
+            # it leaves before the leader's fsync: the followers write in
+            # parallel with it. Acknowledgements are only stepped after this
+            # Ready is done, i.e. after the leader's own write. Answers (votes,
+            # append acknowledgements) still wait for the disk, as Ready says.
+            early = [m for m in messages if m.type in _SEND_BEFORE_PERSIST]
+            if early:
+                self.transport.send(early)
+                messages = [m for m in messages if m.type not in _SEND_BEFORE_PERSIST]
+        if rd.snapshot is not None or rd.entries or self._must_sync(rd.hard_state):
+            await loop.run_in_executor(self._disk, self._persist, rd, True)
+        elif rd.hard_state is not None:
+            # Only the commit index moved. It is safe to lose (a restarted node
+            # learns it again), so it is written without waiting for the disk;
+            # the single disk thread keeps writes in order.
+            background = loop.run_in_executor(self._disk, self._persist, rd, False)
+            background.add_done_callback(self._background_persist_done)
+        if messages:
+            self.transport.send(messages)
         for entry in rd.entries:
             if entry.kind == EntryKind.CONF_CHANGE:
                 self._note_conf_entry(entry)  # reach a new member as soon as it is in the log
@@ -667,14 +694,29 @@ class RaftRuntime:
         if rd.soft_state is not None:
             self._on_soft_state(core)
 
-    def _persist(self, rd: Ready) -> None:
+    def _must_sync(self, hard_state: HardState | None) -> bool:
+        """A new term or vote must be on disk before anything depends on it;
+        a new commit index alone need not."""
+        if hard_state is None:
+            return False
+        synced = self._synced_hard_state
+        return hard_state.term != synced.term or hard_state.vote != synced.vote
+
+    def _background_persist_done(self, fut: asyncio.Future[None]) -> None:
+        error = fut.exception()
+        if error is not None and self.failed is None:
+            self._stop_on_failure(error)
+
+    def _persist(self, rd: Ready, sync: bool) -> None:
         started = time.perf_counter()
         self.log_store.save(
             snapshot=rd.snapshot.meta if rd.snapshot is not None else None,
             entries=rd.entries,
             hard_state=rd.hard_state,
-            sync=self.config.fsync,
+            sync=sync and self.config.fsync,
         )
+        if rd.hard_state is not None and sync:
+            self._synced_hard_state = rd.hard_state
         if self.listeners:
             self._emit(
                 "fsync", {"seconds": time.perf_counter() - started, "entries": len(rd.entries)}
