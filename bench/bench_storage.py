@@ -184,6 +184,16 @@ def stand_in() -> tuple[Any, Callable[[bytes, bytes], bytes]]:
     return machine, machine.encode_set
 
 
+def real_kv() -> tuple[Any, Callable[[bytes, bytes], bytes]]:
+    """The built-in key-value machine (``--machine bench.bench_storage:real_kv``)."""
+    from server.kv import KVMachine, encode_put
+
+    def encode_set(key: bytes, value: bytes) -> bytes:
+        return encode_put(key.decode(), value)
+
+    return KVMachine(), encode_set
+
+
 def load_machine(spec: str | None) -> tuple[Any, Callable[[bytes, bytes], bytes]]:
     if spec is None:
         return stand_in()
