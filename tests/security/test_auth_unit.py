@@ -167,9 +167,9 @@ def test_runtime_counts_requests_queued_for_the_next_turn() -> None:
         release = threading.Event()
         persist = runtime._persist
 
-        def slow_persist(rd: object) -> None:
+        def slow_persist(rd: object, sync: bool) -> None:
             release.wait(5)
-            persist(rd)  # type: ignore[arg-type]
+            persist(rd, sync)  # type: ignore[arg-type]
 
         runtime._persist = slow_persist  # type: ignore[method-assign]
         first = asyncio.ensure_future(runtime.propose(encode_put("k0", b"v")))
