@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -16,13 +15,9 @@ from client import _core
 from client._core import (
     CallAttempts,
     CasResult,
-    EndpointRing,
     GetResult,
     RangePage,
-    RetryPolicy,
-    SessionTracker,
     Ticket,
-    TLSOptions,
 )
 from client.errors import FailedPrecondition
 from proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
@@ -42,7 +37,7 @@ class _Stubs:
         self.admin = admin_pb2_grpc.AdminStub(channel)  # typed as AdminAsyncStub
 
 
-class AsyncClient:
+class AsyncClient(_core.ClientBase):
     """An asyncio ramraft client (grpc.aio). Use it from one event loop; many
     calls may run at once (each write has its own session sequence).
 
@@ -59,39 +54,6 @@ class AsyncClient:
     Writes that raise Unavailable or DeadlineExceeded may or may not have
     been applied (see client.errors).
     """
-
-    def __init__(
-        self,
-        endpoints: str | Iterable[str],
-        timeout: float = _core.DEFAULT_TIMEOUT,
-        *,
-        attempt_timeout: float | None = None,
-        client_id: int | None = None,
-        retry: RetryPolicy | None = None,
-        rng: random.Random | None = None,
-        token: str | None = None,
-        tls: TLSOptions | None = None,
-    ) -> None:
-        self._metadata = _core.token_metadata(token)
-        self._tls = tls
-        self._credentials = tls.credentials() if tls is not None else None
-        self._rng = rng or random.Random()
-        self._ring = EndpointRing(_core.parse_endpoints(endpoints), self._rng)
-        self.timeout = _core.check_timeout(timeout)
-        if attempt_timeout is not None:
-            _core.check_timeout(attempt_timeout, "attempt_timeout")
-        self._policy = retry or RetryPolicy(attempt_timeout=attempt_timeout)
-        self._sessions = SessionTracker(client_id)
-        self._stubs: dict[str, _Stubs] = {}
-        self._closed = False
-
-    @property
-    def client_id(self) -> int:
-        return self._sessions.client_id
-
-    @property
-    def endpoints(self) -> list[str]:
-        return self._ring.endpoints
 
     async def close(self) -> None:
         self._closed = True

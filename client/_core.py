@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import grpc
 
@@ -542,6 +542,47 @@ def _metadata(error: grpc.RpcError, which: str) -> Iterable[tuple[str, str | byt
 
 
 # -- requests --------------------------------------------------------------------
+
+
+class ClientBase:
+    """What the blocking and the asyncio client share: the endpoints, the
+    default deadline, the retry policy, the session and the credentials."""
+
+    _stubs: dict[str, Any]
+
+    def __init__(
+        self,
+        endpoints: str | Iterable[str],
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        attempt_timeout: float | None = None,
+        client_id: int | None = None,
+        retry: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+        token: str | None = None,
+        tls: TLSOptions | None = None,
+    ) -> None:
+        self._metadata = token_metadata(token)
+        self._tls = tls
+        self._credentials = tls.credentials() if tls is not None else None
+        self._rng = rng or random.Random()
+        self._ring = EndpointRing(parse_endpoints(endpoints), self._rng)
+        self.timeout = check_timeout(timeout)
+        if attempt_timeout is not None:
+            check_timeout(attempt_timeout, "attempt_timeout")
+        self._policy = retry or RetryPolicy(attempt_timeout=attempt_timeout)
+        self._sessions = SessionTracker(client_id)
+        self._stubs = {}
+        self._lock = threading.Lock()  # the blocking client is shared between threads
+        self._closed = False
+
+    @property
+    def client_id(self) -> int:
+        return self._sessions.client_id
+
+    @property
+    def endpoints(self) -> list[str]:
+        return self._ring.endpoints
 
 
 def range_page(response: kv_pb2.RangeResponse) -> RangePage:

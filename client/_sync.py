@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import random
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -16,13 +14,9 @@ from client import _core
 from client._core import (
     CallAttempts,
     CasResult,
-    EndpointRing,
     GetResult,
     RangePage,
-    RetryPolicy,
-    SessionTracker,
     Ticket,
-    TLSOptions,
 )
 from client.errors import FailedPrecondition
 from proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
@@ -42,7 +36,7 @@ class _Stubs:
         self.admin = admin_pb2_grpc.AdminStub(channel)
 
 
-class Client:
+class Client(_core.ClientBase):
     """A blocking ramraft client; safe to share between threads.
 
     ``endpoints``: ``"host:port,host:port"`` or a list; any node will do (a
@@ -58,40 +52,6 @@ class Client:
     Writes that raise Unavailable or DeadlineExceeded may or may not have
     been applied (see client.errors).
     """
-
-    def __init__(
-        self,
-        endpoints: str | Iterable[str],
-        timeout: float = _core.DEFAULT_TIMEOUT,
-        *,
-        attempt_timeout: float | None = None,
-        client_id: int | None = None,
-        retry: RetryPolicy | None = None,
-        rng: random.Random | None = None,
-        token: str | None = None,
-        tls: TLSOptions | None = None,
-    ) -> None:
-        self._metadata = _core.token_metadata(token)
-        self._tls = tls
-        self._credentials = tls.credentials() if tls is not None else None
-        self._rng = rng or random.Random()
-        self._ring = EndpointRing(_core.parse_endpoints(endpoints), self._rng)
-        self.timeout = _core.check_timeout(timeout)
-        if attempt_timeout is not None:
-            _core.check_timeout(attempt_timeout, "attempt_timeout")
-        self._policy = retry or RetryPolicy(attempt_timeout=attempt_timeout)
-        self._sessions = SessionTracker(client_id)
-        self._stubs: dict[str, _Stubs] = {}
-        self._lock = threading.Lock()
-        self._closed = False
-
-    @property
-    def client_id(self) -> int:
-        return self._sessions.client_id
-
-    @property
-    def endpoints(self) -> list[str]:
-        return self._ring.endpoints
 
     def close(self) -> None:
         with self._lock:
