@@ -37,6 +37,7 @@ import grpc
 
 from client.errors import (
     DeadlineExceeded,
+    FailedPrecondition,
     RamraftError,
     ResourceExhausted,
     Unavailable,
@@ -542,6 +543,36 @@ def _metadata(error: grpc.RpcError, which: str) -> Iterable[tuple[str, str | byt
 
 
 # -- requests --------------------------------------------------------------------
+
+
+def renew_after_expiry(
+    sessions: SessionTracker,
+    ticket: Ticket,
+    error: FailedPrecondition,
+    method: str,
+    deadline: float,
+) -> tuple[Ticket, float]:
+    """A write refused because the cluster forgot this client's session: the
+    session is renewed for later writes. If the refusal came on the write's
+    only attempt, it was not applied and may be sent once more: returns the
+    new ticket and the time left. Otherwise raises (an earlier attempt may
+    have been applied before the session expired)."""
+    if not session_expired(error):
+        raise error
+    sessions.renew(ticket)
+    left = deadline - time.monotonic()
+    if error.attempts != 1 or left <= 0.001:
+        raise FailedPrecondition(
+            f"{method}: the cluster forgot this client's session while the write "
+            "was being retried; it may or may not have been applied (new writes "
+            "use a new session)",
+            code=error.code,
+            details=error.details,
+            endpoint=error.endpoint,
+            attempts=error.attempts,
+        ) from error
+    sessions.end(ticket)
+    return sessions.begin(), left
 
 
 class ClientBase:

@@ -244,27 +244,7 @@ class Client(_core.ClientBase):
         try:
             return self._call(method, rpc, request, total, session=ticket)
         except FailedPrecondition as error:
-            if not _core.session_expired(error):
-                raise
-            # The cluster forgot our session: later writes need a new one.
-            self._sessions.renew(ticket)
-            left = deadline - time.monotonic()
-            if error.attempts != 1 or left <= 0.001:
-                # An earlier attempt of this write may have been applied
-                # before the session expired: resending could apply it twice.
-                raise FailedPrecondition(
-                    f"{method}: the cluster forgot this client's session while the write "
-                    "was being retried; it may or may not have been applied (new writes "
-                    "use a new session)",
-                    code=error.code,
-                    details=error.details,
-                    endpoint=error.endpoint,
-                    attempts=error.attempts,
-                ) from error
-            # Its only attempt was refused, so it was not applied: send it
-            # once more under the new session.
-            self._sessions.end(ticket)
-            ticket = self._sessions.begin()
+            ticket, left = _core.renew_after_expiry(self._sessions, ticket, error, method, deadline)
             return self._call(method, rpc, request, left, session=ticket)
         finally:
             self._sessions.end(ticket)
