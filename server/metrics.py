@@ -226,9 +226,10 @@ class NodeMetrics:
     # ---- hooks ------------------------------------------------------------------------------
 
     def runtime_listener(self, event: str, fields: dict[str, Any]) -> None:
-        if event == "applied":
-            self.applied.inc()
-            self.rates.add("applied")
+        if event == "applied":  # once per batch of applied entries
+            count = int(fields.get("entries", 1))
+            self.applied.inc(count)
+            self.rates.add("applied", count)
         elif event == "fsync":
             self.fsync_seconds.observe(fields["seconds"])
             self.persisted_entries.inc(fields.get("entries", 0))

@@ -650,10 +650,13 @@ class RaftRuntime:
             # parallel with it. Acknowledgements are only stepped after this
             # Ready is done, i.e. after the leader's own write. Answers (votes,
             # append acknowledgements) still wait for the disk, as Ready says.
-            early = [m for m in messages if m.type in _SEND_BEFORE_PERSIST]
+            early: list[Message] = []
+            later: list[Message] = []
+            for m in messages:
+                (early if m.type in _SEND_BEFORE_PERSIST else later).append(m)
             if early:
                 self.transport.send(early)
-                messages = [m for m in messages if m.type not in _SEND_BEFORE_PERSIST]
+            messages = later
         if rd.snapshot is not None or rd.entries or self._must_sync(rd.hard_state):
             await loop.run_in_executor(self._disk, self._persist, rd, True)
         elif rd.hard_state is not None:
@@ -679,6 +682,11 @@ class RaftRuntime:
             self._emit("snapshot_installed", {"index": rd.snapshot.meta.index})
         for entry in rd.committed_entries:
             self._apply(entry)
+        if rd.committed_entries and self.listeners:
+            # One event per batch (no-ops, which carry no data, not counted).
+            applied = sum(1 for e in rd.committed_entries if e.data)
+            if applied:
+                self._emit("applied", {"entries": applied})
         for rs in rd.read_states:
             fut = self._reads.pop(rs.context, None)
             if fut is not None and not fut.done():
@@ -726,24 +734,20 @@ class RaftRuntime:
         result: object = None
         if entry.kind == EntryKind.CONF_CHANGE:
             self._note_conf_entry(entry)
-            result = None
             self.machine.apply(entry.index, b"")  # keeps the machine's applied index in step
         else:
             result = self.machine.apply(entry.index, entry.data)
             self._bytes_since_snapshot += len(entry.data)
         waiting = self._waiting_writes.pop(entry.index, None)
-        if waiting is not None:
-            term, fut = waiting
-            if fut.done():
-                pass
-            elif entry.term == term:
-                fut.set_result((entry.index, result))
-            else:
-                fut.set_exception(
-                    Unavailable("leadership changed before the write committed; retry it")
-                )
-        if self.listeners and entry.data:
-            self._emit("applied", {"index": entry.index})
+        if waiting is None or waiting[1].done():
+            return
+        term, fut = waiting
+        if entry.term == term:
+            fut.set_result((entry.index, result))
+        else:
+            fut.set_exception(
+                Unavailable("leadership changed before the write committed; retry it")
+            )
 
     def _release_reads(self) -> None:
         applied = self.machine.applied_index
@@ -758,10 +762,6 @@ class RaftRuntime:
         del self.leader_changes[:-50]
         log.info("role_changed", role=core.role.value, term=core.term, leader=core.leader or None)
         self._emit("role", {"role": core.role.value, "leader": core.leader, "term": core.term})
-        if core.role != Role.LEADER:
-            # Writes proposed here may still commit under the new leader; they
-            # resolve when applied. Queued proposals go back as NotLeader.
-            pass
 
     def _note_conf_entry(self, entry: Entry) -> None:
         try:
