@@ -610,17 +610,14 @@ class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
         """Turn what accumulated since the last Ready into messages: one append
         per follower for all new proposals, one heartbeat round for all new
         reads."""
-        if self.role == Role.LEADER:
-            if self._broadcast_pending:
-                self._broadcast_pending = False
-                self._maybe_commit()
-                if self.role == Role.LEADER:
-                    self._broadcast_append()
-            if self.role == Role.LEADER:
-                self._start_read_round()
-        else:
+        if self.role != Role.LEADER:
             self._broadcast_pending = False
             self._send_follower_reads()
-
-    def _send(self, m: Message) -> None:
-        self._msgs.append(m)
+            return
+        if self._broadcast_pending:
+            self._broadcast_pending = False
+            self._maybe_commit()
+            if self.leader != self.id:
+                return  # the commit removed us from the configuration
+            self._broadcast_append()
+        self._start_read_round()
