@@ -115,4 +115,16 @@ class ElectionMixin(NodeState):
         )
 
     def _promotable(self) -> bool:
-        return self.id in self.log.conf.voters and self._pending_snapshot is None
+        """May this server start an election? A voter may. Thesis 4.2.2: so
+        may a server that its newest configuration removes while that entry
+        is not known to be committed -- the cluster may still need it to
+        elect anyone (its own vote does not count, ``_count_votes`` tallies
+        the newest configuration's voters only). Without this, two servers
+        that each hold an uncommitted entry removing themselves, and a third
+        with too short a log to win, wait for each other forever."""
+        if self._pending_snapshot is not None:
+            return False
+        log = self.log
+        if self.id in log.conf.voters:
+            return True
+        return log.last_conf_index > log.committed and self.id in log.conf_at(log.committed).voters

@@ -36,6 +36,24 @@ class LeaderMixin(NodeState):
         if self.heartbeat_elapsed >= self.cfg.heartbeat_tick:
             self.heartbeat_elapsed = 0
             self._broadcast_heartbeat(self._read_only.last_round_context())
+        else:
+            self._tell_commit()
+
+    def _tell_commit(self) -> None:
+        """Tell followers a commit index they have not heard yet.
+
+        A commit is not broadcast the moment it happens: the index rides on
+        the next append (the next proposal, usually well within a tick) or,
+        failing that, on an empty append here, one tick later. Broadcasting
+        at once would double the messages per write at low load, each one a
+        save and an acknowledgement on every follower; the price is that a
+        follower applies up to one tick later, which costs no client
+        anything (leader reads and writes do not wait for it, and a
+        follower's ReadIndex round carries the commit index itself)."""
+        committed = self.log.committed
+        for peer, pr in self.progress.items():
+            if peer != self.id and pr.sent_commit < min(pr.match, committed):
+                self._send_append(peer)
 
     def _quorum_active(self) -> bool:
         active = {peer for peer, pr in self.progress.items() if pr.recent_active}
@@ -129,8 +147,8 @@ class LeaderMixin(NodeState):
         if self._maybe_commit():
             if self.role != Role.LEADER:
                 return  # the commit removed us from the configuration
-            self._broadcast_pending = True
-        elif was_paused:
+            # Followers hear of the commit on the next append (_tell_commit).
+        if was_paused:
             self._send_append(m.src)
         # Fill the pipeline window with whatever the follower still lacks.
         while self._send_append(m.src, send_if_empty=False):
@@ -187,6 +205,9 @@ class LeaderMixin(NodeState):
             return False
         if pr.state == ProgressState.REPLICATE and entries and pr.inflights.full():
             return False
+        # The follower commits no further than the last entry this carries.
+        last_sent = entries[-1].index if entries else prev_index
+        pr.sent_commit = max(pr.sent_commit, min(self.log.committed, last_sent))
         self._send(
             Message(
                 MsgType.APPEND,
@@ -224,13 +245,15 @@ class LeaderMixin(NodeState):
         for peer, pr in self.progress.items():
             if peer == self.id:
                 continue
+            commit = min(pr.match, self.log.committed)
+            pr.sent_commit = max(pr.sent_commit, commit)
             self._send(
                 Message(
                     MsgType.HEARTBEAT,
                     self.id,
                     peer,
                     self.term,
-                    commit=min(pr.match, self.log.committed),
+                    commit=commit,
                     context=context,
                 )
             )

@@ -66,6 +66,7 @@ class Progress:
         "pending_snapshot",
         "probe_sent",
         "recent_active",
+        "sent_commit",
         "state",
     )
 
@@ -83,6 +84,8 @@ class Progress:
         self.recent_active = False
         self.is_learner = is_learner
         self.inflights = Inflights(max_inflight)
+        # The highest commit index told to this follower (appends, heartbeats).
+        self.sent_commit = 0
 
     def __repr__(self) -> str:
         return (

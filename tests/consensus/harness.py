@@ -172,8 +172,15 @@ class Cluster:
         raise AssertionError(f"{node_id} did not become leader")
 
     def propose(self, node_id: str, data: bytes) -> int:
-        index = self.node(node_id).propose(data)
+        """Propose on ``node_id`` and run the cluster until it is quiet, plus
+        one leader tick: followers hear of a commit on the next append or
+        tick (consensus/leader.py ``_tell_commit``), not at once."""
+        node = self.node(node_id)
+        index = node.propose(data)
         self.deliver_all()
+        if node.role == Role.LEADER:
+            self.tick(node_id)
+            self.deliver_all()
         return index
 
     # ---- faults ---------------------------------------------------------------------------

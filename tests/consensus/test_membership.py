@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from consensus import ConfChange, ConfChangeError, ConfChangeType, ProposalDroppedError, Role
+from consensus import (
+    ConfChange,
+    ConfChangeError,
+    ConfChangeType,
+    MsgType,
+    ProposalDroppedError,
+    Role,
+)
 from tests.consensus.harness import Cluster
 
 ADD = ConfChangeType.ADD_LEARNER
@@ -91,6 +98,28 @@ def test_removed_leader_steps_down_once_the_change_commits() -> None:
     c.tick_all(40)
     assert len([x for x in "bc" if c.node(x).role == Role.LEADER]) == 1
     assert a.role == Role.FOLLOWER, "a removed server never campaigns"
+
+
+def test_a_server_whose_removal_is_not_committed_still_campaigns() -> None:
+    """Thesis 4.2.2: until the entry removing it commits, a server may still
+    be needed to elect anyone, so it starts elections (without counting its
+    own vote). Simulator seed 792 deadlocked without this: two servers each
+    held an uncommitted entry removing itself, and the third's log was too
+    short to win."""
+    c = Cluster()
+    a = c.elect("a")
+    c.tick_all(1)
+    c.isolate("a")
+    a.propose_conf_change(ConfChange(REMOVE, "a"))  # reaches no one: never commits
+    c.tick("a", 20)  # CheckQuorum: no majority heard, a steps down
+    assert a.role != Role.LEADER
+    assert a.conf.voters == frozenset("bc")
+    assert a.commit_index < a.log.last_conf_index
+    c.sent.clear()
+    c.tick("a", 30)
+    campaigns = [m for m in c.sent if m.src == "a" and m.type in (MsgType.PRE_VOTE, MsgType.VOTE)]
+    assert campaigns, "a must campaign while its removal is uncommitted"
+    assert {m.dst for m in campaigns} == {"b", "c"}, "it asks the newest configuration's voters"
 
 
 def test_remove_a_follower_and_quorum_shrinks() -> None:

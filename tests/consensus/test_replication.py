@@ -133,6 +133,32 @@ def test_proposals_of_one_turn_travel_in_one_message() -> None:
     assert len(rd.entries) == 100
 
 
+def test_a_commit_rides_on_the_next_append_or_one_tick_later() -> None:
+    """A commit is not broadcast on its own: followers hear of it on the
+    next append, or from an empty append one tick later. So a write costs
+    one append and one acknowledgement per follower, not two of each."""
+    c = Cluster(heartbeat_tick=5)  # so the tick below sends no heartbeat
+    a = c.elect("a")
+    c.tick_all(1)
+    c.sent.clear()
+    first = a.propose(b"first")
+    c.deliver_all()
+    assert a.commit_index == first
+    appends = [m for m in c.sent if m.type == MsgType.APPEND]
+    assert sorted(m.dst for m in appends) == ["b", "c"], "one append per follower per write"
+    assert c.node("b").commit_index < first, "not told yet"
+    c.sent.clear()
+    second = a.propose(b"second")
+    c.deliver_all()
+    assert all(m.commit == first for m in c.sent if m.type == MsgType.APPEND), "it rides along"
+    assert c.node("b").commit_index == first
+    c.tick("a")
+    c.deliver_all()
+    for node_id in "bc":
+        assert c.node(node_id).commit_index == second, "told one tick later"
+        assert c.applied_data(node_id) == [b"first", b"second"]
+
+
 def test_a_restarted_follower_keeps_its_log_and_catches_up() -> None:
     c = Cluster()
     c.elect("a")
