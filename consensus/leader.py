@@ -144,10 +144,9 @@ class LeaderMixin(NodeState):
             pr.become_replicate()
         elif pr.state == ProgressState.REPLICATE:
             pr.inflights.free_to(m.index)
-        if self._maybe_commit():
-            if self.role != Role.LEADER:
-                return  # the commit removed us from the configuration
-            # Followers hear of the commit on the next append (_tell_commit).
+        # Followers hear of a commit on the next append (_tell_commit).
+        if self._maybe_commit() and self.role != Role.LEADER:
+            return  # the commit removed us from the configuration
         if was_paused:
             self._send_append(m.src)
         # Fill the pipeline window with whatever the follower still lacks.
