@@ -381,3 +381,109 @@ class RangeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RangeResponse: _TypeAlias = RangeResponse  # noqa: Y015
+
+@_typing.final
+class StreamRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    PUT_FIELD_NUMBER: _builtins.int
+    GET_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    COMPARE_AND_SWAP_FIELD_NUMBER: _builtins.int
+    RANGE_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Chosen by the client; echoed in the response. Ids of requests still in
+    flight on a stream should differ.
+    """
+    timeout_ms: _builtins.int
+    """This request's deadline in milliseconds from its arrival; 0: only the
+    stream's own deadline applies.
+    """
+    @_builtins.property
+    def put(self) -> Global___PutRequest: ...
+    @_builtins.property
+    def get(self) -> Global___GetRequest: ...
+    @_builtins.property
+    def delete(self) -> Global___DeleteRequest: ...
+    @_builtins.property
+    def compare_and_swap(self) -> Global___CompareAndSwapRequest: ...
+    @_builtins.property
+    def range(self) -> Global___RangeRequest: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        timeout_ms: _builtins.int = ...,
+        put: Global___PutRequest | None = ...,
+        get: Global___GetRequest | None = ...,
+        delete: Global___DeleteRequest | None = ...,
+        compare_and_swap: Global___CompareAndSwapRequest | None = ...,
+        range: Global___RangeRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compare_and_swap", b"compare_and_swap", "delete", b"delete", "get", b"get", "op", b"op", "put", b"put", "range", b"range"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compare_and_swap", b"compare_and_swap", "delete", b"delete", "get", b"get", "id", b"id", "op", b"op", "put", b"put", "range", b"range", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["put", "get", "delete", "compare_and_swap", "range"]  # noqa: Y015
+    _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
+
+Global___StreamRequest: _TypeAlias = StreamRequest  # noqa: Y015
+
+@_typing.final
+class StreamResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    LEADER_FIELD_NUMBER: _builtins.int
+    PUT_FIELD_NUMBER: _builtins.int
+    GET_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    COMPARE_AND_SWAP_FIELD_NUMBER: _builtins.int
+    RANGE_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    code: _builtins.int
+    """The gRPC status code number the unary call would have ended with
+    (0 = OK, 3 = INVALID_ARGUMENT, 14 = UNAVAILABLE, ...), and its message.
+    """
+    message: _builtins.str
+    leader: _builtins.str
+    """With UNAVAILABLE: the leader's address when known (the unary calls'
+    "ramraft-leader" trailing metadata).
+    """
+    @_builtins.property
+    def put(self) -> Global___PutResponse: ...
+    @_builtins.property
+    def get(self) -> Global___GetResponse: ...
+    @_builtins.property
+    def delete(self) -> Global___DeleteResponse: ...
+    @_builtins.property
+    def compare_and_swap(self) -> Global___CompareAndSwapResponse: ...
+    @_builtins.property
+    def range(self) -> Global___RangeResponse: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        leader: _builtins.str = ...,
+        put: Global___PutResponse | None = ...,
+        get: Global___GetResponse | None = ...,
+        delete: Global___DeleteResponse | None = ...,
+        compare_and_swap: Global___CompareAndSwapResponse | None = ...,
+        range: Global___RangeResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compare_and_swap", b"compare_and_swap", "delete", b"delete", "get", b"get", "put", b"put", "range", b"range", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "compare_and_swap", b"compare_and_swap", "delete", b"delete", "get", b"get", "id", b"id", "leader", b"leader", "message", b"message", "put", b"put", "range", b"range", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["put", "get", "delete", "compare_and_swap", "range"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___StreamResponse: _TypeAlias = StreamResponse  # noqa: Y015

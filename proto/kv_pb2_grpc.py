@@ -59,6 +59,11 @@ class KVStub:
                 request_serializer=proto_dot_kv__pb2.RangeRequest.SerializeToString,
                 response_deserializer=proto_dot_kv__pb2.RangeResponse.FromString,
                 _registered_method=True)
+        self.Stream = channel.stream_stream(
+                '/ramraft.v1.KV/Stream',
+                request_serializer=proto_dot_kv__pb2.StreamRequest.SerializeToString,
+                response_deserializer=proto_dot_kv__pb2.StreamResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -101,6 +106,20 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stream(self, request_iterator, context):
+        """Many requests on one stream, answered as each completes (not in order:
+        match them by `id`). The same operations, limits and errors as the
+        calls above, at a fraction of their cost: in grpc-python a stream
+        message costs the server about a third of the CPU of a unary call,
+        which is what bounds a node's request rate. For clients that keep many
+        requests in flight, or want the lowest latency per request. A failed
+        request fails alone (its response carries the status); the stream ends
+        only on errors of the stream itself (authentication, the node stopping).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +147,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Range,
                     request_deserializer=proto_dot_kv__pb2.RangeRequest.FromString,
                     response_serializer=proto_dot_kv__pb2.RangeResponse.SerializeToString,
+            ),
+            'Stream': grpc.stream_stream_rpc_method_handler(
+                    servicer.Stream,
+                    request_deserializer=proto_dot_kv__pb2.StreamRequest.FromString,
+                    response_serializer=proto_dot_kv__pb2.StreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +289,33 @@ class KV:
             '/ramraft.v1.KV/Range',
             proto_dot_kv__pb2.RangeRequest.SerializeToString,
             proto_dot_kv__pb2.RangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ramraft.v1.KV/Stream',
+            proto_dot_kv__pb2.StreamRequest.SerializeToString,
+            proto_dot_kv__pb2.StreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextvars
 import enum
 import hashlib
 import hmac
@@ -288,6 +289,8 @@ GRPC_ROLES: dict[str, Role] = {
     "/ramraft.v1.KV/Put": Role.WRITE,
     "/ramraft.v1.KV/Delete": Role.WRITE,
     "/ramraft.v1.KV/CompareAndSwap": Role.WRITE,
+    # Opening a stream needs READ; each request in it needs its method's role.
+    "/ramraft.v1.KV/Stream": Role.READ,
     "/ramraft.v1.Admin/Status": Role.READ,
     "/ramraft.v1.Admin/Members": Role.READ,
     "/ramraft.v1.Admin/TransferLeadership": Role.ADMIN,
@@ -303,6 +306,60 @@ OPEN_PREFIXES = (
 )
 # Authenticated by certificate in server/transport.py, outside the client limits.
 PEER_PREFIX = "/ramraft.peer.v1.Peer/"
+# The one client method that is a stream: each of its requests is admitted
+# on its own (StreamGate), under the role and limits of the unary call.
+KV_STREAM = "/ramraft.v1.KV/Stream"
+KV_PREFIX = "/ramraft.v1.KV/"
+
+
+class StreamGate:
+    """Admits the requests of one ``KV.Stream``: each must be allowed to the
+    caller (its bearer token is checked again, so a revoked token stops
+    working mid-stream) and takes an in-flight slot like a unary call,
+    released with ``release`` once its response is written."""
+
+    def __init__(
+        self,
+        gatekeeper: Gatekeeper,
+        token: str | None,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        self.gatekeeper = gatekeeper
+        self.token = token
+        self.context = context
+        self.connection = context.peer()
+
+    def admit(self, op: str) -> tuple[grpc.StatusCode, str] | None:
+        """None if the request of unary method ``op`` (e.g. "Put") may run
+        now (call ``release`` when done), else the status to answer with."""
+        method = KV_PREFIX + op
+        keeper = self.gatekeeper
+        principal, problem = keeper.principal(self.token, self.context)
+        if principal is None:
+            return grpc.StatusCode.UNAUTHENTICATED, problem or "refused"
+        required = GRPC_ROLES.get(method, Role.ADMIN)
+        if principal.role < required:
+            return grpc.StatusCode.PERMISSION_DENIED, (
+                f"{principal.name} has the {principal.role.label} role; {method} needs "
+                f"{required.label}"
+            )
+        refused = keeper.limiter.enter(self.connection)
+        if refused is not None:
+            keeper.refusals.warning(
+                "request_refused", code="RESOURCE_EXHAUSTED", method=KV_STREAM, peer=self.connection
+            )
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, refused
+        return None
+
+    def release(self) -> None:
+        self.gatekeeper.limiter.leave(self.connection)
+
+
+# Set by the Gatekeeper for the task serving a KV.Stream (and the tasks it
+# starts); None where no Gatekeeper runs (servicers called directly).
+STREAM_GATE: contextvars.ContextVar[StreamGate | None] = contextvars.ContextVar(
+    "ramraft_stream_gate", default=None
+)
 
 
 def _metadata_value(metadata: Sequence[Any] | None, key: str) -> str | None:
@@ -340,14 +397,16 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(OPEN_PREFIXES) or method.startswith(PEER_PREFIX):
             return handler
+        metadata = handler_call_details.invocation_metadata
+        token = bearer_token(_metadata_value(metadata, "authorization"))
+        if method == KV_STREAM and handler.stream_stream is not None:
+            return self._guard_stream(handler, token)
         inner = handler.unary_unary
-        if inner is None:  # every client method is unary; anything else is not ours to serve
+        if inner is None:  # the other client methods are unary; anything else is not ours
             return grpc.unary_unary_rpc_method_handler(
                 _refuse(grpc.StatusCode.PERMISSION_DENIED, f"{method} is not served here")
             )
         required = GRPC_ROLES.get(method, Role.ADMIN)
-        metadata = handler_call_details.invocation_metadata
-        token = bearer_token(_metadata_value(metadata, "authorization"))
 
         async def guarded(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -373,6 +432,28 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
 
         return grpc.stream_unary_rpc_method_handler(
             guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _guard_stream(
+        self, handler: grpc.RpcMethodHandler[Any, Any], token: str | None
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """``KV.Stream``: the caller must be allowed to read to open it
+        (before any request is read); then each request is admitted on its
+        own by the StreamGate the servicer finds in STREAM_GATE."""
+        inner = handler.stream_stream
+        assert inner is not None
+
+        async def guarded_stream(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> None:
+            await self._authorize(KV_STREAM, Role.READ, token, context)
+            STREAM_GATE.set(StreamGate(self, token, context))
+            await inner(requests, context)  # type: ignore[arg-type,misc]  # an aio handler
+
+        return grpc.stream_stream_rpc_method_handler(
+            guarded_stream,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -19,9 +19,10 @@ been applied: retry it with the same session to make sure it is applied once.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -29,6 +30,7 @@ import structlog
 
 from proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 from server.api import BadRequest, NodeAPI
+from server.auth import STREAM_GATE
 from server.kv import (
     CasResult,
     DeleteResult,
@@ -144,6 +146,56 @@ class _Refused(Exception):
         super().__init__(str(error))
 
 
+class _OpFailed(Exception):
+    """A stream request ended with a status (what ``abort`` raises)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _OpContext:
+    """The part of a ServicerContext the unary handlers use, for one request
+    of a ``KV.Stream``: its deadline is the request's own (``timeout_ms``)
+    or the stream's, and ``abort`` ends the request, not the stream."""
+
+    __slots__ = ("_deadline", "_stream", "leader")
+
+    def __init__(self, stream: grpc.aio.ServicerContext[Any, Any], timeout_ms: int) -> None:
+        self._stream = stream
+        self._deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
+        self.leader = ""
+
+    def time_remaining(self) -> float | None:
+        remaining: float | None = self._stream.time_remaining()
+        if self._deadline is not None:
+            own = self._deadline - time.monotonic()
+            remaining = own if remaining is None else min(own, remaining)
+        return remaining
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        raise _OpFailed(code, details)
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        for key, value in metadata:
+            if key == LEADER_METADATA_KEY:
+                self.leader = value
+
+    def peer(self) -> str:
+        return str(self._stream.peer())
+
+
+# StreamRequest's op field -> the unary method that serves it.
+_STREAM_OPS = {
+    "put": "Put",
+    "get": "Get",
+    "delete": "Delete",
+    "compare_and_swap": "CompareAndSwap",
+    "range": "Range",
+}
+
+
 class KVService(kv_pb2_grpc.KVServicer):
     def __init__(self, api: NodeAPI, machine: KVMachine) -> None:
         self.api = api
@@ -233,6 +285,103 @@ class KVService(kv_pb2_grpc.KVServicer):
             more=more,
             index=self.machine.applied_index,
         )
+
+    async def Stream(  # type: ignore[override]
+        self,
+        requests: AsyncIterator[kv_pb2.StreamRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        """Serve each request as it arrives, concurrently; write each
+        response when its request completes. Requests are admitted one by
+        one (server/auth.py StreamGate); a refused one is answered at once."""
+        gate = STREAM_GATE.get()
+        # (response, holds an in-flight slot); None: no more requests.
+        responses: asyncio.Queue[tuple[kv_pb2.StreamResponse, bool] | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+        slots = 0  # admitted requests whose response is not written yet
+
+        async def serve(request: kv_pb2.StreamRequest, op: str) -> None:
+            responses.put_nowait((await self._stream_one(request, op, context), True))
+
+        async def read_requests() -> None:
+            nonlocal slots
+            try:
+                async for request in requests:
+                    op = request.WhichOneof("op")
+                    if op is None:
+                        responses.put_nowait((_stream_error(request, _NO_OP), False))
+                        continue
+                    refused = gate.admit(_STREAM_OPS[op]) if gate is not None else None
+                    if refused is not None:
+                        responses.put_nowait((_stream_error(request, refused), False))
+                        continue
+                    slots += 1
+                    task = asyncio.create_task(serve(request, op))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+            finally:
+                responses.put_nowait(None)
+
+        reader = asyncio.create_task(read_requests())
+        try:
+            ended = False
+            while not ended or running or not responses.empty():
+                item = await responses.get()
+                if item is None:
+                    ended = True
+                    continue
+                response, holds_slot = item
+                try:
+                    await context.write(response)
+                finally:
+                    if holds_slot:
+                        slots -= 1
+                        if gate is not None:
+                            gate.release()
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+            if gate is not None:
+                for _ in range(slots):
+                    gate.release()
+                slots = 0
+
+    async def _stream_one(
+        self,
+        request: kv_pb2.StreamRequest,
+        op: str,
+        stream: grpc.aio.ServicerContext[Any, Any],
+    ) -> kv_pb2.StreamResponse:
+        context = _OpContext(stream, request.timeout_ms)
+        handler = getattr(self, _STREAM_OPS[op])
+        try:
+            result = await handler(getattr(request, op), context)
+        except _OpFailed as e:
+            return kv_pb2.StreamResponse(
+                id=request.id, code=e.code.value[0], message=e.details, leader=context.leader
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug: answer this request, keep the stream
+            log.exception("stream_request_failed", op=op)
+            return _stream_error(request, (grpc.StatusCode.INTERNAL, f"internal error: {e}"))
+        response = kv_pb2.StreamResponse(id=request.id)
+        getattr(response, op).CopyFrom(result)
+        return response
+
+
+_NO_OP = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    "no operation set: set one of put, get, delete, compare_and_swap, range",
+)
+
+
+def _stream_error(
+    request: kv_pb2.StreamRequest, status: tuple[grpc.StatusCode, str]
+) -> kv_pb2.StreamResponse:
+    code, message = status
+    return kv_pb2.StreamResponse(id=request.id, code=code.value[0], message=message)
 
 
 _ROLES = {
