@@ -12,15 +12,18 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 import structlog
 
 from client.cli import main
 from server.auth import (
     AuthConfigError,
+    Gatekeeper,
     InflightLimiter,
     RefusalLog,
     Role,
+    StreamGate,
     TokenStore,
     bearer_token,
     http_required_role,
@@ -216,3 +219,24 @@ def test_runtime_logs_rejected_peer_messages() -> None:
     assert rejected and all(e["log_level"] == "warning" for e in rejected)
     assert "do not follow" in str(rejected[0]["last"])
     assert len(rejected) <= RefusalLog().burst
+
+
+def test_stream_gate_admits_each_request_under_the_connection_limits() -> None:
+    """KV.Stream's requests take in-flight slots like unary calls: refused
+    with RESOURCE_EXHAUSTED beyond the per-connection limit, admitted again
+    once a response is written (release)."""
+
+    class Context:
+        def peer(self) -> str:
+            return "ipv4:127.0.0.1:5555"
+
+    limiter = InflightLimiter(total=100, per_connection=2)
+    keeper = Gatekeeper(None, limiter, lambda node: False, RefusalLog())
+    gate = StreamGate(keeper, None, Context())  # type: ignore[arg-type]
+    assert gate.admit("Put") is None
+    assert gate.admit("Get") is None
+    refused = gate.admit("Put")
+    assert refused is not None and refused[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    gate.release()
+    assert gate.admit("Put") is None
+    assert limiter.total == 2

@@ -5,12 +5,14 @@ what, never the token."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import grpc
 import pytest
 
 from client import Client, PermissionDenied, RamraftError, Unauthenticated
+from proto import kv_pb2, kv_pb2_grpc
 from tests.security.cluster import ADMIN_TOKEN, READ_TOKEN, WRITE_TOKEN, SecureCluster
 from tests.security.conftest import https
 
@@ -130,3 +132,47 @@ def test_a_refused_call_is_refused_before_its_request_is_read(cluster: SecureClu
     to 1.5 GiB of RSS)."""
     with grpc_client(cluster, None) as client, pytest.raises(Unauthenticated):
         client.put("big", b"x" * (5 << 20))
+
+
+def _stream(
+    cluster: SecureCluster, token: str | None, requests: list[kv_pb2.StreamRequest]
+) -> tuple[grpc.StatusCode, dict[int, kv_pb2.StreamResponse]]:
+    """``KV.Stream`` with ``token``: the stream's status and the answers by id."""
+    tls = cluster.creds.tls()
+    credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+
+    async def run() -> tuple[grpc.StatusCode, dict[int, kv_pb2.StreamResponse]]:
+        endpoint = cluster.grpc[cluster.ids[0]]
+        async with grpc.aio.secure_channel(endpoint, credentials) as channel:
+            call = kv_pb2_grpc.KVStub(channel).Stream(metadata=metadata, timeout=10)
+            answers: dict[int, kv_pb2.StreamResponse] = {}
+            try:
+                for request in requests:
+                    await call.write(request)
+                await call.done_writing()
+                async for response in call:
+                    answers[response.id] = response
+            except grpc.aio.AioRpcError:
+                pass  # the status says why
+            return await call.code(), answers
+
+    return asyncio.run(run())
+
+
+def test_stream_requests_are_authorized_one_by_one(cluster: SecureCluster) -> None:
+    """Opening a stream needs a valid token (nothing is answered without);
+    each request in it needs its own method's role."""
+    cluster.wait_for_leader()
+    get = kv_pb2.StreamRequest(id=1, get=kv_pb2.GetRequest(key="s"))
+    put = kv_pb2.StreamRequest(id=2, put=kv_pb2.PutRequest(key="s", value=b"v"))
+    for token in (None, WRONG_TOKEN):
+        code, answers = _stream(cluster, token, [get])
+        assert code == grpc.StatusCode.UNAUTHENTICATED and not answers
+    code, answers = _stream(cluster, READ_TOKEN, [get, put])
+    assert code == grpc.StatusCode.OK
+    assert answers[1].code == grpc.StatusCode.OK.value[0]
+    assert answers[2].code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert "needs write" in answers[2].message
+    code, answers = _stream(cluster, WRITE_TOKEN, [put])
+    assert code == grpc.StatusCode.OK and answers[2].code == grpc.StatusCode.OK.value[0]
