@@ -40,7 +40,9 @@ the nodes. Each process spreads its requests over up to
 does. ``--client library`` (default) uses ``client.AsyncClient`` (sessions,
 retries, deadlines: what applications use); ``--client raw`` calls the
 generated ``KVStub`` directly, the same shape of driver as the etcd
-baseline's, for a like-for-like comparison.
+baseline's, for a like-for-like comparison; ``--client stream`` sends the
+same requests over ``KV.Stream`` (one stream per connection, requests
+matched to answers by id), the API's cheap path for many requests in flight.
 
 Per run the bench prints ops/s (``writes_per_s`` or ``reads_per_s``),
 p50/p99/p99.9 latency, errors, and the CPU cores each process used during
@@ -298,7 +300,7 @@ class GrpcSpec:
     mode: str
     concurrency: int
     connections: int
-    client: str  # "library" or "raw"
+    client: str  # "library", "raw" or "stream"
     endpoints: list[str]
     value_bytes: int
     keys: int
@@ -343,6 +345,28 @@ async def _grpc_load(spec: GrpcSpec, on_done: Callable[[], None]) -> Tally:
             return await stub.Get(get, timeout=spec.timeout)
 
         op = raw_op
+    elif spec.client == "stream":
+        streams = [
+            _Multiplexed(
+                grpc.aio.insecure_channel(
+                    spec.endpoints[n % len(spec.endpoints)],
+                    options=[("grpc.use_local_subchannel_pool", 1)],
+                ),
+                spec.timeout,
+            )
+            for n in range(spec.connections)
+        ]
+        closers = [stream.close for stream in streams]
+
+        async def stream_op(n: int) -> object:
+            stream = streams[n % len(streams)]
+            if spec.mode == "write":
+                key = f"{rng.getrandbits(64):016x}"
+                return await stream.call(n, put=kv_pb2.PutRequest(key=key, value=values[n & 255]))
+            get = kv_pb2.GetRequest(key=keys[n % len(keys)], consistency=consistency)
+            return await stream.call(n, get=get)
+
+        op = stream_op
     else:
         clients = [
             AsyncClient(spec.endpoints, timeout=spec.timeout, rng=random.Random(spec.seed + n))
@@ -364,6 +388,58 @@ async def _grpc_load(spec: GrpcSpec, on_done: Callable[[], None]) -> Tally:
             with contextlib.suppress(Exception):
                 await close()
     return tally
+
+
+class _Multiplexed:
+    """One ``KV.Stream`` on its own channel; ``call`` sends a request and
+    waits for the answer with its id (answers come in completion order)."""
+
+    def __init__(self, channel: Any, timeout: float) -> None:
+        from proto import kv_pb2_grpc
+
+        self.channel = channel
+        self.timeout = timeout
+        self.stream = kv_pb2_grpc.KVStub(channel).Stream()
+        self.waiting: dict[int, asyncio.Future[Any]] = {}
+        self.writing = asyncio.Lock()  # one write at a time on a gRPC stream
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for response in self.stream:
+                fut = self.waiting.pop(response.id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(response)
+        except Exception as e:  # the stream broke: fail everyone waiting
+            error = e
+        else:
+            error = ConnectionError("the stream ended")
+        for fut in self.waiting.values():
+            if not fut.done():
+                fut.set_exception(error)
+        self.waiting.clear()
+
+    async def call(self, request_id: int, **op: Any) -> Any:
+        from proto import kv_pb2
+
+        if self.reader.done():
+            raise ConnectionError("the stream ended")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.waiting[request_id] = fut
+        request = kv_pb2.StreamRequest(id=request_id, timeout_ms=int(self.timeout * 1000), **op)
+        async with self.writing:
+            await self.stream.write(request)
+        response = await asyncio.wait_for(fut, self.timeout)
+        if response.code:
+            raise RuntimeError(f"status {response.code}: {response.message}")
+        return response
+
+    async def close(self) -> None:
+        self.stream.cancel()
+        self.reader.cancel()
+        with contextlib.suppress(BaseException):
+            await self.reader
+        await self.channel.close()
 
 
 def _worker_main(conn: Connection, done_counter: Any) -> None:
@@ -1104,9 +1180,10 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--keys", type=int, default=1000, help="keys the read modes read (default 1000)")
     p.add_argument(
         "--client",
-        choices=("library", "raw"),
+        choices=("library", "raw", "stream"),
         default="library",
-        help="gRPC driver: client.AsyncClient (default) or the bare generated KVStub",
+        help="gRPC driver: client.AsyncClient (default), the bare generated KVStub's unary "
+        "calls (raw), or KVStub.Stream, one stream per connection (stream)",
     )
     p.add_argument(
         "--processes",

@@ -71,12 +71,13 @@ def test_bench_local_cluster_every_mode_prints_json() -> None:
         assert run["errors"] == 0, run
 
 
-def test_bench_against_running_cluster(tmp_path: Path) -> None:
+@pytest.mark.parametrize("driver", ["raw", "stream"])
+def test_bench_against_running_cluster(tmp_path: Path, driver: str) -> None:
     with ProcessCluster(tmp_path, nodes=3) as cluster:
         cluster.wait_for_leader()
         done = bench(
             "--endpoints", cluster.endpoints(), "--mode", "write,read-serializable",
-            "--duration", "0.5", "--warmup", "0.2", "--in-flight", "2", "--client", "raw",
+            "--duration", "0.5", "--warmup", "0.2", "--in-flight", "2", "--client", driver,
             "--keys", "10", "--json", "--no-progress",
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
@@ -85,7 +86,8 @@ def test_bench_against_running_cluster(tmp_path: Path) -> None:
         assert [r["mode"] for r in result["runs"]] == ["write", "read-serializable"]
         for run in result["runs"]:
             check_run(run)
-            assert run["client"] == "raw"
+            assert run["client"] == driver
+            assert run["errors"] == 0, run
 
 
 def test_bench_human_output_has_a_table() -> None:
