@@ -112,9 +112,11 @@ class KVServicer:
         calls above, at a fraction of their cost: in grpc-python a stream
         message costs the server about a third of the CPU of a unary call,
         which is what bounds a node's request rate. For clients that keep many
-        requests in flight, or want the lowest latency per request. A failed
-        request fails alone (its response carries the status); the stream ends
-        only on errors of the stream itself (authentication, the node stopping).
+        requests in flight. A failed request fails alone (its response carries
+        the status); the stream ends only on errors of the stream itself
+        (authentication, the node stopping). When a stream breaks, a write that
+        got no answer may or may not have been applied, as with UNAVAILABLE:
+        retry it, with its Session, on a new stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

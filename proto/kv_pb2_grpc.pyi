@@ -69,9 +69,11 @@ class KVStub:
     calls above, at a fraction of their cost: in grpc-python a stream
     message costs the server about a third of the CPU of a unary call,
     which is what bounds a node's request rate. For clients that keep many
-    requests in flight, or want the lowest latency per request. A failed
-    request fails alone (its response carries the status); the stream ends
-    only on errors of the stream itself (authentication, the node stopping).
+    requests in flight. A failed request fails alone (its response carries
+    the status); the stream ends only on errors of the stream itself
+    (authentication, the node stopping). When a stream breaks, a write that
+    got no answer may or may not have been applied, as with UNAVAILABLE:
+    retry it, with its Session, on a new stream.
     """
 
 @_typing.type_check_only
@@ -97,9 +99,11 @@ class KVAsyncStub(KVStub):
     calls above, at a fraction of their cost: in grpc-python a stream
     message costs the server about a third of the CPU of a unary call,
     which is what bounds a node's request rate. For clients that keep many
-    requests in flight, or want the lowest latency per request. A failed
-    request fails alone (its response carries the status); the stream ends
-    only on errors of the stream itself (authentication, the node stopping).
+    requests in flight. A failed request fails alone (its response carries
+    the status); the stream ends only on errors of the stream itself
+    (authentication, the node stopping). When a stream breaks, a write that
+    got no answer may or may not have been applied, as with UNAVAILABLE:
+    retry it, with its Session, on a new stream.
     """
 
 class KVServicer(metaclass=_abc_1.ABCMeta):
@@ -158,9 +162,11 @@ class KVServicer(metaclass=_abc_1.ABCMeta):
         calls above, at a fraction of their cost: in grpc-python a stream
         message costs the server about a third of the CPU of a unary call,
         which is what bounds a node's request rate. For clients that keep many
-        requests in flight, or want the lowest latency per request. A failed
-        request fails alone (its response carries the status); the stream ends
-        only on errors of the stream itself (authentication, the node stopping).
+        requests in flight. A failed request fails alone (its response carries
+        the status); the stream ends only on errors of the stream itself
+        (authentication, the node stopping). When a stream breaks, a write that
+        got no answer may or may not have been applied, as with UNAVAILABLE:
+        retry it, with its Session, on a new stream.
         """
 
 def add_KVServicer_to_server(servicer: KVServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
