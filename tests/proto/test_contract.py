@@ -26,13 +26,18 @@ def test_package_and_services() -> None:
     assert kv_pb2.DESCRIPTOR.package == "ramraft.v1"
     assert admin_pb2.DESCRIPTOR.package == "ramraft.v1"
     kv = kv_pb2.DESCRIPTOR.services_by_name["KV"]
-    methods = {m.name: (m.input_type.name, m.output_type.name) for m in kv.methods}
+    methods = {
+        m.name: (m.input_type.name, m.output_type.name, m.client_streaming, m.server_streaming)
+        for m in kv.methods
+    }
+    # The contract's five unary calls, exactly; RPCs may be added (Stream).
     assert methods == {
-        "Put": ("PutRequest", "PutResponse"),
-        "Get": ("GetRequest", "GetResponse"),
-        "Delete": ("DeleteRequest", "DeleteResponse"),
-        "CompareAndSwap": ("CompareAndSwapRequest", "CompareAndSwapResponse"),
-        "Range": ("RangeRequest", "RangeResponse"),
+        "Put": ("PutRequest", "PutResponse", False, False),
+        "Get": ("GetRequest", "GetResponse", False, False),
+        "Delete": ("DeleteRequest", "DeleteResponse", False, False),
+        "CompareAndSwap": ("CompareAndSwapRequest", "CompareAndSwapResponse", False, False),
+        "Range": ("RangeRequest", "RangeResponse", False, False),
+        "Stream": ("StreamRequest", "StreamResponse", True, True),
     }
     admin = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
     assert {"Status", "TransferLeadership", "AddMember", "RemoveMember", "Snapshot"} <= {
