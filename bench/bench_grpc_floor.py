@@ -18,13 +18,13 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import os
-import socket
 import sys
 import time
 from typing import Any
 
 import grpc
+
+from server.bench import cpu_seconds, free_ports, percentile
 
 SERVICE = "bench.Echo"
 PAYLOAD = b"x" * 120  # about a 100-byte Put
@@ -32,18 +32,6 @@ PAYLOAD = b"x" * 120  # about a 100-byte Put
 
 def _identity(data: bytes) -> bytes:
     return data
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _serve(port: int, ready: Any) -> None:
@@ -139,11 +127,6 @@ async def _drive(port: int, shape: str, in_flight: int, seconds: float) -> list[
     return latencies
 
 
-def _percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per run (default 4)")
@@ -153,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON line per run")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.in_flight.split(",") if x]
-    port = _free_port()
+    (port,) = free_ports(1)
     ready = mp.get_context("spawn").Event()
     server = mp.get_context("spawn").Process(target=_serve, args=(port, ready), daemon=True)
     server.start()
@@ -164,18 +147,18 @@ def main(argv: list[str] | None = None) -> int:
         for level in levels:
             rates: dict[str, float] = {}
             for shape in ("unary", "stream"):
-                cpu0, t0 = _cpu_seconds(server.pid or 0), time.monotonic()
+                cpu0, t0 = cpu_seconds(server.pid or 0) or 0.0, time.monotonic()
                 latencies = asyncio.run(_drive(port, shape, level, args.seconds))
                 elapsed = time.monotonic() - t0
                 rate = len(latencies) / args.seconds
                 rates[shape] = rate
-                server_cpu = _cpu_seconds(server.pid or 0) - cpu0
+                server_cpu = (cpu_seconds(server.pid or 0) or 0.0) - cpu0
                 row = {
                     "shape": shape,
                     "in_flight": level,
                     "per_s": round(rate),
-                    "p50_ms": round(_percentile(latencies, 50) * 1000, 3),
-                    "p99_ms": round(_percentile(latencies, 99) * 1000, 3),
+                    "p50_ms": round((percentile(sorted(latencies), 50) or 0.0) * 1000, 3),
+                    "p99_ms": round((percentile(sorted(latencies), 99) or 0.0) * 1000, 3),
                     "server_cores": round(server_cpu / elapsed, 2),
                     "server_us_per_echo": round(1e6 * server_cpu / max(1, len(latencies)), 1),
                 }

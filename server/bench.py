@@ -197,7 +197,8 @@ def _error_kind(e: BaseException) -> str:
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _cpu_seconds(pid: int) -> float | None:
+def cpu_seconds(pid: int) -> float | None:
+    """CPU seconds process ``pid`` (and its waited-for children) used; None if gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -256,7 +257,7 @@ class CpuWindow:
         self._started = 0.0
 
     def start(self) -> None:
-        self._before = {name: _cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         self._table = _proc_table()
         self._started = time.monotonic()
 
@@ -264,7 +265,7 @@ class CpuWindow:
         seconds = time.monotonic() - self._started
         cores: dict[str, float] = {}
         for name, pid in self.pids.items():
-            before, after = self._before.get(name), _cpu_seconds(pid)
+            before, after = self._before.get(name), cpu_seconds(pid)
             if before is not None and after is not None and seconds > 0:
                 cores[name] = round((after - before) / seconds, 2)
         out: dict[str, Any] = {"cores": cores}
