@@ -88,6 +88,12 @@ class Principal:
     name: str
     role: Role
 
+    def refusal(self, required: Role, what: str) -> str | None:
+        """Why this caller may not do ``what`` (which needs ``required``); None if it may."""
+        if self.role >= required:
+            return None
+        return f"{self.name} has the {self.role.label} role; {what} needs {required.label}"
+
 
 ANONYMOUS = Principal("anonymous", Role.ADMIN)
 
@@ -337,12 +343,9 @@ class StreamGate:
         principal, problem = keeper.principal(self.token, self.context)
         if principal is None:
             return grpc.StatusCode.UNAUTHENTICATED, problem or "refused"
-        required = GRPC_ROLES.get(method, Role.ADMIN)
-        if principal.role < required:
-            return grpc.StatusCode.PERMISSION_DENIED, (
-                f"{principal.name} has the {principal.role.label} role; {method} needs "
-                f"{required.label}"
-            )
+        problem = principal.refusal(GRPC_ROLES.get(method, Role.ADMIN), method)
+        if problem is not None:
+            return grpc.StatusCode.PERMISSION_DENIED, problem
         refused = keeper.limiter.enter(self.connection)
         if refused is not None:
             keeper.refusals.warning(
@@ -467,12 +470,9 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
     ) -> Principal:
         principal, problem = self.principal(token, context)
         code = grpc.StatusCode.UNAUTHENTICATED
-        if principal is not None and principal.role < required:
+        if principal is not None and problem is None:
+            problem = principal.refusal(required, method)
             code = grpc.StatusCode.PERMISSION_DENIED
-            problem = (
-                f"{principal.name} has the {principal.role.label} role; "
-                f"{method} needs {required.label}"
-            )
         if problem is None and principal is not None:
             return principal
         self.refusals.warning(

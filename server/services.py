@@ -182,9 +182,6 @@ class _OpContext:
             if key == LEADER_METADATA_KEY:
                 self.leader = value
 
-    def peer(self) -> str:
-        return str(self._stream.peer())
-
 
 # StreamRequest's op field -> the unary method that serves it.
 _STREAM_OPS = {
@@ -361,8 +358,6 @@ class KVService(kv_pb2_grpc.KVServicer):
             return kv_pb2.StreamResponse(
                 id=request.id, code=e.code.value[0], message=e.details, leader=context.leader
             )
-        except asyncio.CancelledError:
-            raise
         except Exception as e:  # a bug: answer this request, keep the stream
             log.exception("stream_request_failed", op=op)
             return _stream_error(request, (grpc.StatusCode.INTERNAL, f"internal error: {e}"))

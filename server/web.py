@@ -555,13 +555,10 @@ class WebTier:
                 f"{reason}: send 'Authorization: Bearer TOKEN'",
                 headers=challenge,
             )
-        if principal.role < required:
-            reason = (
-                f"{principal.name} has the {principal.role.label} role; "
-                f"{request.method} {request.path} needs {required.label}"
-            )
-            self._log_refusal(request, "PERMISSION_DENIED", principal.name, reason)
-            raise HttpError(403, "permission_denied", reason)
+        denied = principal.refusal(required, f"{request.method} {request.path}")
+        if denied is not None:
+            self._log_refusal(request, "PERMISSION_DENIED", principal.name, denied)
+            raise HttpError(403, "permission_denied", denied)
 
     def _log_refusal(self, request: web.Request, code: str, who: str | None, reason: str) -> None:
         self.node.refusals.warning(
