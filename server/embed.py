@@ -585,16 +585,7 @@ class ModelMachine:
             call = decode_call(command)
         except BadCallError as exc:
             return CommandError(ErrorCode.BAD_COMMAND, str(exc))
-        session = call.session
-        if session is None:
-            return self._reply(self._run(call))
-        client_id, sequence, first_unacked = session
-        verdict = self.sessions.begin(client_id, sequence, first_unacked, index)
-        if not verdict.apply:
-            return self._reply(verdict.reply)
-        outcome = self._run(call)
-        self.sessions.finish(client_id, sequence, first_unacked, index, outcome)
-        return self._reply(outcome)
+        return self._reply(self.sessions.run_once(call.session, index, self._run, call))
 
     @staticmethod
     def _reply(outcome: object) -> object:

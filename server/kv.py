@@ -587,16 +587,7 @@ class KVMachine:
             cmd = decode_command(command)
         except BadCommandError as exc:
             return CommandError(ErrorCode.BAD_COMMAND, str(exc))
-        session = cmd.session
-        if session is None:
-            return self._execute(index, cmd)
-        client_id, sequence, first_unacked = session
-        verdict = self.sessions.begin(client_id, sequence, first_unacked, index)
-        if not verdict.apply:
-            return verdict.reply  # type: ignore[return-value]
-        result = self._execute(index, cmd)
-        self.sessions.finish(client_id, sequence, first_unacked, index, result)
-        return result
+        return self.sessions.run_once(cmd.session, index, self._execute, index, cmd)  # type: ignore[return-value]
 
     def _execute(self, index: int, cmd: KVCommand) -> KVResult:
         op = cmd.op

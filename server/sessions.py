@@ -77,9 +77,11 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from server.statemachine import CommandError, ErrorCode
+
+R = TypeVar("R")
 
 MAX_UINT64 = (1 << 64) - 1
 DEFAULT_MAX_SESSIONS = 100_000
@@ -215,6 +217,27 @@ class SessionTable:
         """The session as stored (expiry is applied only by begin/finish)."""
         client = self._table.get(client_id)
         return None if client is None else client.export(client_id)
+
+    def run_once(
+        self,
+        session: tuple[int, int, int] | None,
+        index: int,
+        run: Callable[..., R],
+        *args: Any,
+    ) -> R | object:
+        """The exactly-once rule for a command at ``index``: ``run(*args)``'s
+        result the first time a (client_id, sequence) is applied, the
+        recorded reply (or a refusal) when it comes again. Without a session
+        the command simply runs."""
+        if session is None:
+            return run(*args)
+        client_id, sequence, first_unacked = session
+        verdict = self.begin(client_id, sequence, first_unacked, index)
+        if not verdict.apply:
+            return verdict.reply
+        result = run(*args)
+        self.finish(client_id, sequence, first_unacked, index, result)
+        return result
 
     def begin(
         self, client_id: int, sequence: int, first_unacked: int, index: int
