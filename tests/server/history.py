@@ -32,23 +32,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from client import AsyncClient, DeadlineExceeded, FailedPrecondition, Unavailable
+from tests.linearizability import Operation
+
+# A recorded operation is the checker's Operation (``ret=None``: outcome unknown).
+Op = Operation
 
 UNKNOWN_OUTCOME = (Unavailable, DeadlineExceeded)
-
-
-@dataclass(frozen=True)
-class Op:
-    """One recorded operation, in the terms of tests/linearizability.py's
-    ``Operation`` (``ret=None``: outcome unknown)."""
-
-    client: int
-    call: float
-    ret: float | None
-    kind: str
-    key: str
-    value: bytes | None = None
-    expected: bytes | None = None
-    output: Any = None
 
 
 @dataclass
@@ -60,14 +49,9 @@ class History:
     """(invoked, acknowledged, kind) of every successful write."""
     t0: float = field(default_factory=time.monotonic)
 
-    def operations(self) -> list[Any]:
+    def operations(self) -> list[Operation]:
         """The history as the checker's Operations."""
-        from tests.linearizability import Operation
-
-        return [
-            Operation(o.client, o.call, o.ret, o.kind, o.key, o.value, o.expected, o.output)
-            for o in self.ops
-        ]
+        return list(self.ops)
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -88,13 +72,12 @@ class History:
         invoked = self.now()
         try:
             result = await call
-        except UNKNOWN_OUTCOME as e:
+        except UNKNOWN_OUTCOME:
             self.outcomes[f"{kind}:unknown"] += 1
             if kind != "get":
                 self.ops.append(
                     Op(client, invoked, None, kind, key, value=value, expected=expected)
                 )
-            del e
             return None
         except FailedPrecondition as e:
             self.outcomes[f"{kind}:refused"] += 1
