@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import ssl
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +14,7 @@ from consensus.types import Message
 from proto import raft_pb2
 from server.certs import make_cluster_certs
 from server.codec import serialize_batch
+from tests.httpcalls import Reply, http, wait_until
 from tests.security.cluster import Credentials, SecureCluster, make_credentials
 
 NODES = ["n1", "n2", "n3"]
@@ -77,16 +73,6 @@ def send_batch(address: str, credentials: Any, messages: list[Message]) -> raft_
         return result
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
 def https(
     address: str,
     method: str,
@@ -104,22 +90,8 @@ def https(
     all_headers = dict(headers or {})
     if token is not None:
         all_headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(
-        f"https://{address}{path}", data=body, method=method, headers=all_headers
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=15, context=context) as response:
-            return Reply(response.status, dict(response.headers), response.read())
-    except urllib.error.HTTPError as e:
-        return Reply(e.code, dict(e.headers), e.read())
+    return http(address, method, path, body, all_headers, context=context)
 
 
 def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {timeout}s")
-        time.sleep(0.05)
+    return wait_until(predicate, timeout, what)
