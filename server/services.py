@@ -342,7 +342,6 @@ class KVService(kv_pb2_grpc.KVServicer):
             if gate is not None:
                 for _ in range(slots):
                     gate.release()
-                slots = 0
 
     async def _stream_one(
         self,
