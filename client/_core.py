@@ -5,7 +5,11 @@ the same decisions with blocking or awaiting calls around them.
 Retry rules, for every call:
 - The overall deadline (``timeout``) covers every attempt and every pause.
 - UNAVAILABLE (node down, no leader, no quorum) moves to the next endpoint
-  and tries again. Each endpoint is tried once without pausing; after a full
+  and tries again. So does CANCELLED: the client never cancels a call it
+  still waits for, so it comes from a node that is stopping (gRPC cancels
+  the calls it has not finished when its grace period ends) -- for a write,
+  like UNAVAILABLE, "may or may not have been applied", and the retry
+  carries the same session. Each endpoint is tried once without pausing; after a full
   round the client pauses, with exponential back-off and jitter.
 - A leader hint (trailing metadata ``ramraft-leader: host:port``) makes that
   address the next endpoint to try, without pausing.
@@ -453,7 +457,7 @@ class CallAttempts:
         details = (_details(error) or "").lower()
         overloaded = code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" not in details
         retry = (
-            code == grpc.StatusCode.UNAVAILABLE
+            code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
             or (code == grpc.StatusCode.DEADLINE_EXCEEDED and self.remaining() > 0.001)
             or overloaded
         )

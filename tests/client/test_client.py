@@ -84,6 +84,18 @@ def test_retries_reuse_the_session_of_the_write(server: FakeServer) -> None:
     assert sessions[4] == (42, 2, 2)  # the next write has the next number
 
 
+def test_a_call_a_stopping_node_cancelled_is_retried_with_its_session(
+    server: FakeServer,
+) -> None:
+    """A node cancels the calls it has not finished when it stops (the grace
+    period of a rolling restart): the write may or may not have been
+    applied, so it is retried like UNAVAILABLE, under the same session."""
+    server.node.fail_next(1, grpc.StatusCode.CANCELLED, details="CANCELLED")
+    with Client([server.address], client_id=43, timeout=T) as c:
+        assert c.put("k", b"v") == 1
+    assert server.node.sessions()[:2] == [(43, 1, 1)] * 2
+
+
 def test_sessions_are_random_non_zero_and_per_client(server: FakeServer) -> None:
     with Client(server.address, timeout=T) as a, Client(server.address, timeout=T) as b:
         a.put("k", b"1")
