@@ -40,8 +40,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from consensus import ConfState, Message, RaftNode, Role
-from consensus.raft import Config
+from ramraft.consensus import ConfState, Message, RaftNode, Role
+from ramraft.consensus.raft import Config
 
 IDS = ("n1", "n2", "n3")
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from server.bench import cpu_seconds, free_ports, percentile
+from ramraft.tools.bench import cpu_seconds, free_ports, percentile
 
 SERVICE = "bench.Echo"
 PAYLOAD = b"x" * 120  # about a 100-byte Put

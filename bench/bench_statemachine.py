@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import structlog
 
-from server.embed import ModelMachine, ReplicatedModel, command, encode_call
-from server.kv import KVMachine, encode_put
+from ramraft.server.machines.embed import ModelMachine, ReplicatedModel, command, encode_call
+from ramraft.server.machines.kv import KVMachine, encode_put
 
 
 def quiet_logs() -> None:

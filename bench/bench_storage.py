@@ -46,9 +46,9 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 import structlog
 
-from consensus.types import ConfState, Entry, HardState, SnapshotMeta
-from server.storage import open_storage
-from server.storage._fs import datasync, preallocate
+from ramraft.consensus.types import ConfState, Entry, HardState, SnapshotMeta
+from ramraft.server.storage import open_storage
+from ramraft.server.storage._fs import datasync, preallocate
 
 CONF = ConfState(voters=frozenset({"ramraft-0", "ramraft-1", "ramraft-2"}))
 
@@ -186,7 +186,7 @@ def stand_in() -> tuple[Any, Callable[[bytes, bytes], bytes]]:
 
 def real_kv() -> tuple[Any, Callable[[bytes, bytes], bytes]]:
     """The built-in key-value machine (``--machine bench.bench_storage:real_kv``)."""
-    from server.kv import KVMachine, encode_put
+    from ramraft.server.machines.kv import KVMachine, encode_put
 
     def encode_set(key: bytes, value: bytes) -> bytes:
         return encode_put(key.decode(), value)

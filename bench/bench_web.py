@@ -47,8 +47,8 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 from aiohttp import web
 
-from server.embed import ReplicatedModel, command
-from server.hosting import CONTEXT, Application
+from ramraft.server.hosting import CONTEXT, Application
+from ramraft.server.machines.embed import ReplicatedModel, command
 
 ITEMS = 100
 PREFIX = "item/"
@@ -88,7 +88,7 @@ def render(rows: list[tuple[str, bytes]]) -> web.Response:
 
 
 def app() -> Application:
-    from client import SERIALIZABLE, AsyncClient
+    from ramraft.client import SERIALIZABLE, AsyncClient
 
     catalog = Catalog()
     routes = web.RouteTableDef()

@@ -1,6 +1,6 @@
 """The ramraft client library.
 
-    from client import Client
+    from ramraft.client import Client
     with Client("127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003", timeout=5) as c:
         c.put("greeting", b"hello")
         c.get("greeting")                             # b"hello"
@@ -18,8 +18,8 @@ subclasses of ``RamraftError`` (see client.errors); a write that raised
 ``Unavailable`` or ``DeadlineExceeded`` may or may not have been applied.
 """
 
-from client._async import AsyncClient
-from client._core import (
+from ramraft.client._async import AsyncClient
+from ramraft.client._core import (
     DEFAULT_TIMEOUT,
     LEADER_METADATA_KEY,
     LINEARIZABLE,
@@ -31,8 +31,8 @@ from client._core import (
     TLSOptions,
     parse_endpoints,
 )
-from client._sync import Client
-from client.errors import (
+from ramraft.client._sync import Client
+from ramraft.client.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,

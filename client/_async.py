@@ -11,16 +11,16 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
-from client import _core
-from client._core import (
+from ramraft.client import _core
+from ramraft.client._core import (
     CallAttempts,
     CasResult,
     GetResult,
     RangePage,
     Ticket,
 )
-from client.errors import FailedPrecondition
-from proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+from ramraft.client.errors import FailedPrecondition
+from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 __all__ = ["AsyncClient"]
 

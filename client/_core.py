@@ -39,7 +39,7 @@ from typing import Any, Final, NamedTuple
 
 import grpc
 
-from client.errors import (
+from ramraft.client.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     RamraftError,
@@ -47,7 +47,7 @@ from client.errors import (
     Unavailable,
     error_for_status,
 )
-from proto import kv_pb2
+from ramraft.proto import kv_pb2
 
 DEFAULT_TIMEOUT: Final = 5.0
 LEADER_METADATA_KEY: Final = "ramraft-leader"

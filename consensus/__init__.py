@@ -4,10 +4,10 @@ See ``consensus.types`` for the values it takes and gives, and
 ``consensus.raft.RaftNode`` for the Ready/advance contract.
 """
 
-from consensus.config import Config
-from consensus.election import CAMPAIGN_TRANSFER
-from consensus.raft import LeadershipTransferError, RaftNode
-from consensus.types import (
+from ramraft.consensus.config import Config
+from ramraft.consensus.election import CAMPAIGN_TRANSFER
+from ramraft.consensus.raft import LeadershipTransferError, RaftNode
+from ramraft.consensus.types import (
     NO_NODE,
     CompactionError,
     ConfChange,

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections import deque
 
-from consensus.config import Config
-from consensus.log import RaftLog
-from consensus.progress import Progress
-from consensus.read_only import ReadOnly
-from consensus.types import (
+from ramraft.consensus.config import Config
+from ramraft.consensus.log import RaftLog
+from ramraft.consensus.progress import Progress
+from ramraft.consensus.read_only import ReadOnly
+from ramraft.consensus.types import (
     Message,
     NodeId,
     ReadState,

@@ -13,7 +13,7 @@ an uncommitted configuration entry is truncated.
 
 from __future__ import annotations
 
-from consensus.types import ConfChange, ConfChangeError, ConfChangeType, ConfState
+from ramraft.consensus.types import ConfChange, ConfChangeError, ConfChangeType, ConfState
 
 
 def apply_conf_change(conf: ConfState, change: ConfChange) -> ConfState:

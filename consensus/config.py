@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from consensus.types import NodeId, check_node_id
+from ramraft.consensus.types import NodeId, check_node_id
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,9 +4,9 @@ check (thesis 4.2.3)."""
 
 from __future__ import annotations
 
-from consensus import quorum
-from consensus.base import NodeState
-from consensus.types import NO_NODE, Message, MsgType, Role
+from ramraft.consensus import quorum
+from ramraft.consensus.base import NodeState
+from ramraft.consensus.types import NO_NODE, Message, MsgType, Role
 
 # Marks a vote request that a leadership transfer started (thesis 3.10): voters
 # grant it even while they still hear from the current leader.

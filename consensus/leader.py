@@ -5,10 +5,10 @@ heartbeats and CheckQuorum (thesis 6.2), and membership progress."""
 
 from __future__ import annotations
 
-from consensus import quorum
-from consensus.base import NodeState
-from consensus.progress import Progress, ProgressState
-from consensus.types import (
+from ramraft.consensus import quorum
+from ramraft.consensus.base import NodeState
+from ramraft.consensus.progress import Progress, ProgressState
+from ramraft.consensus.types import (
     NO_NODE,
     Entry,
     Message,

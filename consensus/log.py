@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from itertools import accumulate
 from operator import attrgetter
 
-from consensus.confchange import apply_conf_change
-from consensus.types import ConfChange, ConfState, Entry, EntryKind, SnapshotMeta
+from ramraft.consensus.confchange import apply_conf_change
+from ramraft.consensus.types import ConfChange, ConfState, Entry, EntryKind, SnapshotMeta
 
 _data = attrgetter("data")
 _kind = attrgetter("kind")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Collection, Mapping
 
-from consensus.types import NodeId
+from ramraft.consensus.types import NodeId
 
 
 def majority(voter_count: int) -> int:

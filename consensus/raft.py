@@ -20,16 +20,16 @@ from collections.abc import Sequence
 from itertools import repeat
 from operator import attrgetter, le
 
-from consensus.base import NodeState
-from consensus.confchange import validate_conf_change
-from consensus.config import Config as Config  # re-exported: callers import it from here
-from consensus.election import ElectionMixin
-from consensus.leader import LeaderMixin
-from consensus.log import LogInvariantError, RaftLog
-from consensus.progress import Progress, ProgressState
-from consensus.read_only import ReadOnly
-from consensus.reads import ReadsMixin
-from consensus.types import (
+from ramraft.consensus.base import NodeState
+from ramraft.consensus.confchange import validate_conf_change
+from ramraft.consensus.config import Config as Config  # re-exported: callers import it from here
+from ramraft.consensus.election import ElectionMixin
+from ramraft.consensus.leader import LeaderMixin
+from ramraft.consensus.log import LogInvariantError, RaftLog
+from ramraft.consensus.progress import Progress, ProgressState
+from ramraft.consensus.read_only import ReadOnly
+from ramraft.consensus.reads import ReadsMixin
+from ramraft.consensus.types import (
     NO_NODE,
     CompactionError,
     ConfChange,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from consensus.types import NodeId
+from ramraft.consensus.types import NodeId
 
 
 @dataclass(slots=True)

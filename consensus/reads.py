@@ -4,10 +4,10 @@ rounds is in consensus/read_only.py."""
 
 from __future__ import annotations
 
-from consensus import quorum
-from consensus.base import NodeState
-from consensus.read_only import ReadRound, round_context
-from consensus.types import NO_NODE, Message, MsgType, NodeId, ReadState, Role
+from ramraft.consensus import quorum
+from ramraft.consensus.base import NodeState
+from ramraft.consensus.read_only import ReadRound, round_context
+from ramraft.consensus.types import NO_NODE, Message, MsgType, NodeId, ReadState, Role
 
 
 class ReadsMixin(NodeState):

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto import admin_pb2 as proto_dot_admin__pb2
+from ramraft.proto import admin_pb2 as ramraft_dot_proto_dot_admin__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/admin_pb2_grpc.py depends on'
+        + ' but the generated code in ramraft/proto/admin_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,33 +36,33 @@ class AdminStub:
         """
         self.Status = channel.unary_unary(
                 '/ramraft.v1.Admin/Status',
-                request_serializer=proto_dot_admin__pb2.StatusRequest.SerializeToString,
-                response_deserializer=proto_dot_admin__pb2.StatusResponse.FromString,
+                request_serializer=ramraft_dot_proto_dot_admin__pb2.StatusRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_admin__pb2.StatusResponse.FromString,
                 _registered_method=True)
         self.Members = channel.unary_unary(
                 '/ramraft.v1.Admin/Members',
-                request_serializer=proto_dot_admin__pb2.MembersRequest.SerializeToString,
-                response_deserializer=proto_dot_admin__pb2.MembersResponse.FromString,
+                request_serializer=ramraft_dot_proto_dot_admin__pb2.MembersRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_admin__pb2.MembersResponse.FromString,
                 _registered_method=True)
         self.TransferLeadership = channel.unary_unary(
                 '/ramraft.v1.Admin/TransferLeadership',
-                request_serializer=proto_dot_admin__pb2.TransferLeadershipRequest.SerializeToString,
-                response_deserializer=proto_dot_admin__pb2.TransferLeadershipResponse.FromString,
+                request_serializer=ramraft_dot_proto_dot_admin__pb2.TransferLeadershipRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_admin__pb2.TransferLeadershipResponse.FromString,
                 _registered_method=True)
         self.AddMember = channel.unary_unary(
                 '/ramraft.v1.Admin/AddMember',
-                request_serializer=proto_dot_admin__pb2.AddMemberRequest.SerializeToString,
-                response_deserializer=proto_dot_admin__pb2.AddMemberResponse.FromString,
+                request_serializer=ramraft_dot_proto_dot_admin__pb2.AddMemberRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_admin__pb2.AddMemberResponse.FromString,
                 _registered_method=True)
         self.RemoveMember = channel.unary_unary(
                 '/ramraft.v1.Admin/RemoveMember',
-                request_serializer=proto_dot_admin__pb2.RemoveMemberRequest.SerializeToString,
-                response_deserializer=proto_dot_admin__pb2.RemoveMemberResponse.FromString,
+                request_serializer=ramraft_dot_proto_dot_admin__pb2.RemoveMemberRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_admin__pb2.RemoveMemberResponse.FromString,
                 _registered_method=True)
         self.Snapshot = channel.unary_unary(
                 '/ramraft.v1.Admin/Snapshot',
-                request_serializer=proto_dot_admin__pb2.SnapshotRequest.SerializeToString,
-                response_deserializer=proto_dot_admin__pb2.SnapshotResponse.FromString,
+                request_serializer=ramraft_dot_proto_dot_admin__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_admin__pb2.SnapshotResponse.FromString,
                 _registered_method=True)
 
 
@@ -119,33 +119,33 @@ def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
-                    request_deserializer=proto_dot_admin__pb2.StatusRequest.FromString,
-                    response_serializer=proto_dot_admin__pb2.StatusResponse.SerializeToString,
+                    request_deserializer=ramraft_dot_proto_dot_admin__pb2.StatusRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_admin__pb2.StatusResponse.SerializeToString,
             ),
             'Members': grpc.unary_unary_rpc_method_handler(
                     servicer.Members,
-                    request_deserializer=proto_dot_admin__pb2.MembersRequest.FromString,
-                    response_serializer=proto_dot_admin__pb2.MembersResponse.SerializeToString,
+                    request_deserializer=ramraft_dot_proto_dot_admin__pb2.MembersRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_admin__pb2.MembersResponse.SerializeToString,
             ),
             'TransferLeadership': grpc.unary_unary_rpc_method_handler(
                     servicer.TransferLeadership,
-                    request_deserializer=proto_dot_admin__pb2.TransferLeadershipRequest.FromString,
-                    response_serializer=proto_dot_admin__pb2.TransferLeadershipResponse.SerializeToString,
+                    request_deserializer=ramraft_dot_proto_dot_admin__pb2.TransferLeadershipRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_admin__pb2.TransferLeadershipResponse.SerializeToString,
             ),
             'AddMember': grpc.unary_unary_rpc_method_handler(
                     servicer.AddMember,
-                    request_deserializer=proto_dot_admin__pb2.AddMemberRequest.FromString,
-                    response_serializer=proto_dot_admin__pb2.AddMemberResponse.SerializeToString,
+                    request_deserializer=ramraft_dot_proto_dot_admin__pb2.AddMemberRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_admin__pb2.AddMemberResponse.SerializeToString,
             ),
             'RemoveMember': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveMember,
-                    request_deserializer=proto_dot_admin__pb2.RemoveMemberRequest.FromString,
-                    response_serializer=proto_dot_admin__pb2.RemoveMemberResponse.SerializeToString,
+                    request_deserializer=ramraft_dot_proto_dot_admin__pb2.RemoveMemberRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_admin__pb2.RemoveMemberResponse.SerializeToString,
             ),
             'Snapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.Snapshot,
-                    request_deserializer=proto_dot_admin__pb2.SnapshotRequest.FromString,
-                    response_serializer=proto_dot_admin__pb2.SnapshotResponse.SerializeToString,
+                    request_deserializer=ramraft_dot_proto_dot_admin__pb2.SnapshotRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_admin__pb2.SnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,8 +173,8 @@ class Admin:
             request,
             target,
             '/ramraft.v1.Admin/Status',
-            proto_dot_admin__pb2.StatusRequest.SerializeToString,
-            proto_dot_admin__pb2.StatusResponse.FromString,
+            ramraft_dot_proto_dot_admin__pb2.StatusRequest.SerializeToString,
+            ramraft_dot_proto_dot_admin__pb2.StatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -200,8 +200,8 @@ class Admin:
             request,
             target,
             '/ramraft.v1.Admin/Members',
-            proto_dot_admin__pb2.MembersRequest.SerializeToString,
-            proto_dot_admin__pb2.MembersResponse.FromString,
+            ramraft_dot_proto_dot_admin__pb2.MembersRequest.SerializeToString,
+            ramraft_dot_proto_dot_admin__pb2.MembersResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -227,8 +227,8 @@ class Admin:
             request,
             target,
             '/ramraft.v1.Admin/TransferLeadership',
-            proto_dot_admin__pb2.TransferLeadershipRequest.SerializeToString,
-            proto_dot_admin__pb2.TransferLeadershipResponse.FromString,
+            ramraft_dot_proto_dot_admin__pb2.TransferLeadershipRequest.SerializeToString,
+            ramraft_dot_proto_dot_admin__pb2.TransferLeadershipResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -254,8 +254,8 @@ class Admin:
             request,
             target,
             '/ramraft.v1.Admin/AddMember',
-            proto_dot_admin__pb2.AddMemberRequest.SerializeToString,
-            proto_dot_admin__pb2.AddMemberResponse.FromString,
+            ramraft_dot_proto_dot_admin__pb2.AddMemberRequest.SerializeToString,
+            ramraft_dot_proto_dot_admin__pb2.AddMemberResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -281,8 +281,8 @@ class Admin:
             request,
             target,
             '/ramraft.v1.Admin/RemoveMember',
-            proto_dot_admin__pb2.RemoveMemberRequest.SerializeToString,
-            proto_dot_admin__pb2.RemoveMemberResponse.FromString,
+            ramraft_dot_proto_dot_admin__pb2.RemoveMemberRequest.SerializeToString,
+            ramraft_dot_proto_dot_admin__pb2.RemoveMemberResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -308,8 +308,8 @@ class Admin:
             request,
             target,
             '/ramraft.v1.Admin/Snapshot',
-            proto_dot_admin__pb2.SnapshotRequest.SerializeToString,
-            proto_dot_admin__pb2.SnapshotResponse.FromString,
+            ramraft_dot_proto_dot_admin__pb2.SnapshotRequest.SerializeToString,
+            ramraft_dot_proto_dot_admin__pb2.SnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

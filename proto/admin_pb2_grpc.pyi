@@ -15,7 +15,7 @@ as in kv.proto, plus:
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from proto import admin_pb2 as _admin_pb2
+from ramraft.proto import admin_pb2 as _admin_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

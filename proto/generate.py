@@ -2,11 +2,14 @@
 
 Run from anywhere:
 
-    python -m proto.generate            # rewrite proto/*_pb2*.py[i] in place
-    python -m proto.generate --out DIR  # write DIR/proto/... instead (CI drift check)
+    python -m ramraft.proto.generate            # rewrite proto/*_pb2*.py[i] in place
+    python -m ramraft.proto.generate --out DIR  # write DIR/ramraft/proto/... (CI drift check)
 
-protoc runs with the repository root as its only source root (``-I.``), so
-the generated modules import each other as ``from proto import x_pb2``. It
+protoc runs with the repository root as its only source root (``-I.``) and
+names each file through the package's own folder (``ramraft/proto/kv.proto``,
+ramraft/proto being a link to proto/), so the generated modules import each
+other as ``from ramraft.proto import x_pb2``: the name they are installed
+under. It
 emits, per file: ``x_pb2.py`` and ``x_pb2_grpc.py`` (grpcio-tools), and the
 typed stubs ``x_pb2.pyi`` and ``x_pb2_grpc.pyi`` (mypy-protobuf). Never edit
 the generated files; change the .proto and run this again.
@@ -25,6 +28,9 @@ from pathlib import Path
 
 PROTO_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PROTO_DIR.parent
+# Where the files are, as protoc sees them from REPO_ROOT: the import path of
+# the generated modules follows it.
+PACKAGE_PATH = "ramraft/proto"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 
@@ -33,8 +39,8 @@ class GenerationError(RuntimeError):
 
 
 def proto_files() -> list[str]:
-    """The .proto files, as paths relative to the repository root."""
-    return sorted(f"proto/{p.name}" for p in PROTO_DIR.glob("*.proto"))
+    """The .proto files, as protoc names them (relative to the repository root)."""
+    return sorted(f"{PACKAGE_PATH}/{p.name}" for p in PROTO_DIR.glob("*.proto"))
 
 
 def generated_files(directory: Path) -> list[Path]:
@@ -57,11 +63,11 @@ def _plugin(tmp: Path, name: str, function: str) -> Path:
 
 def generate(out: Path) -> list[Path]:
     """Generates code for every proto file under ``out`` (which receives a
-    ``proto/`` directory). Returns the files written."""
+    ``ramraft/proto/`` directory). Returns the files written."""
     from grpc_tools import protoc  # type: ignore[import-untyped]
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "proto").mkdir(exist_ok=True)
+    (out / PACKAGE_PATH).mkdir(parents=True, exist_ok=True)
     well_known = importlib.resources.files("grpc_tools") / "_proto"
     files = proto_files()
     if not files:
@@ -89,18 +95,18 @@ def generate(out: Path) -> list[Path]:
             os.chdir(cwd)
     if status != 0:
         raise GenerationError(f"protoc failed with status {status}")
-    return generated_files(out / "proto")
+    return generated_files(out / PACKAGE_PATH)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m proto.generate", description=__doc__.split("\n\n")[0]
+        prog="python -m ramraft.proto.generate", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "--out",
         type=Path,
         default=None,
-        help="write DIR/proto/... instead of regenerating in place",
+        help="write DIR/ramraft/proto/... instead of regenerating in place",
     )
     args = parser.parse_args(argv)
     if args.out is None:

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto import kv_pb2 as proto_dot_kv__pb2
+from ramraft.proto import kv_pb2 as ramraft_dot_proto_dot_kv__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/kv_pb2_grpc.py depends on'
+        + ' but the generated code in ramraft/proto/kv_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,33 +36,33 @@ class KVStub:
         """
         self.Put = channel.unary_unary(
                 '/ramraft.v1.KV/Put',
-                request_serializer=proto_dot_kv__pb2.PutRequest.SerializeToString,
-                response_deserializer=proto_dot_kv__pb2.PutResponse.FromString,
+                request_serializer=ramraft_dot_proto_dot_kv__pb2.PutRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_kv__pb2.PutResponse.FromString,
                 _registered_method=True)
         self.Get = channel.unary_unary(
                 '/ramraft.v1.KV/Get',
-                request_serializer=proto_dot_kv__pb2.GetRequest.SerializeToString,
-                response_deserializer=proto_dot_kv__pb2.GetResponse.FromString,
+                request_serializer=ramraft_dot_proto_dot_kv__pb2.GetRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_kv__pb2.GetResponse.FromString,
                 _registered_method=True)
         self.Delete = channel.unary_unary(
                 '/ramraft.v1.KV/Delete',
-                request_serializer=proto_dot_kv__pb2.DeleteRequest.SerializeToString,
-                response_deserializer=proto_dot_kv__pb2.DeleteResponse.FromString,
+                request_serializer=ramraft_dot_proto_dot_kv__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_kv__pb2.DeleteResponse.FromString,
                 _registered_method=True)
         self.CompareAndSwap = channel.unary_unary(
                 '/ramraft.v1.KV/CompareAndSwap',
-                request_serializer=proto_dot_kv__pb2.CompareAndSwapRequest.SerializeToString,
-                response_deserializer=proto_dot_kv__pb2.CompareAndSwapResponse.FromString,
+                request_serializer=ramraft_dot_proto_dot_kv__pb2.CompareAndSwapRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_kv__pb2.CompareAndSwapResponse.FromString,
                 _registered_method=True)
         self.Range = channel.unary_unary(
                 '/ramraft.v1.KV/Range',
-                request_serializer=proto_dot_kv__pb2.RangeRequest.SerializeToString,
-                response_deserializer=proto_dot_kv__pb2.RangeResponse.FromString,
+                request_serializer=ramraft_dot_proto_dot_kv__pb2.RangeRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_kv__pb2.RangeResponse.FromString,
                 _registered_method=True)
         self.Stream = channel.stream_stream(
                 '/ramraft.v1.KV/Stream',
-                request_serializer=proto_dot_kv__pb2.StreamRequest.SerializeToString,
-                response_deserializer=proto_dot_kv__pb2.StreamResponse.FromString,
+                request_serializer=ramraft_dot_proto_dot_kv__pb2.StreamRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_kv__pb2.StreamResponse.FromString,
                 _registered_method=True)
 
 
@@ -127,33 +127,33 @@ def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Put': grpc.unary_unary_rpc_method_handler(
                     servicer.Put,
-                    request_deserializer=proto_dot_kv__pb2.PutRequest.FromString,
-                    response_serializer=proto_dot_kv__pb2.PutResponse.SerializeToString,
+                    request_deserializer=ramraft_dot_proto_dot_kv__pb2.PutRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_kv__pb2.PutResponse.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
-                    request_deserializer=proto_dot_kv__pb2.GetRequest.FromString,
-                    response_serializer=proto_dot_kv__pb2.GetResponse.SerializeToString,
+                    request_deserializer=ramraft_dot_proto_dot_kv__pb2.GetRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_kv__pb2.GetResponse.SerializeToString,
             ),
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
-                    request_deserializer=proto_dot_kv__pb2.DeleteRequest.FromString,
-                    response_serializer=proto_dot_kv__pb2.DeleteResponse.SerializeToString,
+                    request_deserializer=ramraft_dot_proto_dot_kv__pb2.DeleteRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_kv__pb2.DeleteResponse.SerializeToString,
             ),
             'CompareAndSwap': grpc.unary_unary_rpc_method_handler(
                     servicer.CompareAndSwap,
-                    request_deserializer=proto_dot_kv__pb2.CompareAndSwapRequest.FromString,
-                    response_serializer=proto_dot_kv__pb2.CompareAndSwapResponse.SerializeToString,
+                    request_deserializer=ramraft_dot_proto_dot_kv__pb2.CompareAndSwapRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_kv__pb2.CompareAndSwapResponse.SerializeToString,
             ),
             'Range': grpc.unary_unary_rpc_method_handler(
                     servicer.Range,
-                    request_deserializer=proto_dot_kv__pb2.RangeRequest.FromString,
-                    response_serializer=proto_dot_kv__pb2.RangeResponse.SerializeToString,
+                    request_deserializer=ramraft_dot_proto_dot_kv__pb2.RangeRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_kv__pb2.RangeResponse.SerializeToString,
             ),
             'Stream': grpc.stream_stream_rpc_method_handler(
                     servicer.Stream,
-                    request_deserializer=proto_dot_kv__pb2.StreamRequest.FromString,
-                    response_serializer=proto_dot_kv__pb2.StreamResponse.SerializeToString,
+                    request_deserializer=ramraft_dot_proto_dot_kv__pb2.StreamRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_kv__pb2.StreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,8 +181,8 @@ class KV:
             request,
             target,
             '/ramraft.v1.KV/Put',
-            proto_dot_kv__pb2.PutRequest.SerializeToString,
-            proto_dot_kv__pb2.PutResponse.FromString,
+            ramraft_dot_proto_dot_kv__pb2.PutRequest.SerializeToString,
+            ramraft_dot_proto_dot_kv__pb2.PutResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -208,8 +208,8 @@ class KV:
             request,
             target,
             '/ramraft.v1.KV/Get',
-            proto_dot_kv__pb2.GetRequest.SerializeToString,
-            proto_dot_kv__pb2.GetResponse.FromString,
+            ramraft_dot_proto_dot_kv__pb2.GetRequest.SerializeToString,
+            ramraft_dot_proto_dot_kv__pb2.GetResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -235,8 +235,8 @@ class KV:
             request,
             target,
             '/ramraft.v1.KV/Delete',
-            proto_dot_kv__pb2.DeleteRequest.SerializeToString,
-            proto_dot_kv__pb2.DeleteResponse.FromString,
+            ramraft_dot_proto_dot_kv__pb2.DeleteRequest.SerializeToString,
+            ramraft_dot_proto_dot_kv__pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -262,8 +262,8 @@ class KV:
             request,
             target,
             '/ramraft.v1.KV/CompareAndSwap',
-            proto_dot_kv__pb2.CompareAndSwapRequest.SerializeToString,
-            proto_dot_kv__pb2.CompareAndSwapResponse.FromString,
+            ramraft_dot_proto_dot_kv__pb2.CompareAndSwapRequest.SerializeToString,
+            ramraft_dot_proto_dot_kv__pb2.CompareAndSwapResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -289,8 +289,8 @@ class KV:
             request,
             target,
             '/ramraft.v1.KV/Range',
-            proto_dot_kv__pb2.RangeRequest.SerializeToString,
-            proto_dot_kv__pb2.RangeResponse.FromString,
+            ramraft_dot_proto_dot_kv__pb2.RangeRequest.SerializeToString,
+            ramraft_dot_proto_dot_kv__pb2.RangeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -316,8 +316,8 @@ class KV:
             request_iterator,
             target,
             '/ramraft.v1.KV/Stream',
-            proto_dot_kv__pb2.StreamRequest.SerializeToString,
-            proto_dot_kv__pb2.StreamResponse.FromString,
+            ramraft_dot_proto_dot_kv__pb2.StreamRequest.SerializeToString,
+            ramraft_dot_proto_dot_kv__pb2.StreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,7 +23,7 @@ safe: the cluster applies it at most once and returns the first reply.
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from proto import kv_pb2 as _kv_pb2
+from ramraft.proto import kv_pb2 as _kv_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto import raft_pb2 as proto_dot_raft__pb2
+from ramraft.proto import raft_pb2 as ramraft_dot_proto_dot_raft__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/raft_pb2_grpc.py depends on'
+        + ' but the generated code in ramraft/proto/raft_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,18 +36,18 @@ class PeerStub:
         """
         self.Stream = channel.stream_unary(
                 '/ramraft.peer.v1.Peer/Stream',
-                request_serializer=proto_dot_raft__pb2.MessageBatch.SerializeToString,
-                response_deserializer=proto_dot_raft__pb2.StreamSummary.FromString,
+                request_serializer=ramraft_dot_proto_dot_raft__pb2.MessageBatch.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_raft__pb2.StreamSummary.FromString,
                 _registered_method=True)
         self.InstallSnapshot = channel.stream_unary(
                 '/ramraft.peer.v1.Peer/InstallSnapshot',
-                request_serializer=proto_dot_raft__pb2.SnapshotChunk.SerializeToString,
-                response_deserializer=proto_dot_raft__pb2.InstallSnapshotResponse.FromString,
+                request_serializer=ramraft_dot_proto_dot_raft__pb2.SnapshotChunk.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_raft__pb2.InstallSnapshotResponse.FromString,
                 _registered_method=True)
         self.Forward = channel.unary_unary(
                 '/ramraft.peer.v1.Peer/Forward',
-                request_serializer=proto_dot_raft__pb2.ForwardRequest.SerializeToString,
-                response_deserializer=proto_dot_raft__pb2.ForwardResponse.FromString,
+                request_serializer=ramraft_dot_proto_dot_raft__pb2.ForwardRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_raft__pb2.ForwardResponse.FromString,
                 _registered_method=True)
 
 
@@ -82,18 +82,18 @@ def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Stream': grpc.stream_unary_rpc_method_handler(
                     servicer.Stream,
-                    request_deserializer=proto_dot_raft__pb2.MessageBatch.FromString,
-                    response_serializer=proto_dot_raft__pb2.StreamSummary.SerializeToString,
+                    request_deserializer=ramraft_dot_proto_dot_raft__pb2.MessageBatch.FromString,
+                    response_serializer=ramraft_dot_proto_dot_raft__pb2.StreamSummary.SerializeToString,
             ),
             'InstallSnapshot': grpc.stream_unary_rpc_method_handler(
                     servicer.InstallSnapshot,
-                    request_deserializer=proto_dot_raft__pb2.SnapshotChunk.FromString,
-                    response_serializer=proto_dot_raft__pb2.InstallSnapshotResponse.SerializeToString,
+                    request_deserializer=ramraft_dot_proto_dot_raft__pb2.SnapshotChunk.FromString,
+                    response_serializer=ramraft_dot_proto_dot_raft__pb2.InstallSnapshotResponse.SerializeToString,
             ),
             'Forward': grpc.unary_unary_rpc_method_handler(
                     servicer.Forward,
-                    request_deserializer=proto_dot_raft__pb2.ForwardRequest.FromString,
-                    response_serializer=proto_dot_raft__pb2.ForwardResponse.SerializeToString,
+                    request_deserializer=ramraft_dot_proto_dot_raft__pb2.ForwardRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_raft__pb2.ForwardResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -121,8 +121,8 @@ class Peer:
             request_iterator,
             target,
             '/ramraft.peer.v1.Peer/Stream',
-            proto_dot_raft__pb2.MessageBatch.SerializeToString,
-            proto_dot_raft__pb2.StreamSummary.FromString,
+            ramraft_dot_proto_dot_raft__pb2.MessageBatch.SerializeToString,
+            ramraft_dot_proto_dot_raft__pb2.StreamSummary.FromString,
             options,
             channel_credentials,
             insecure,
@@ -148,8 +148,8 @@ class Peer:
             request_iterator,
             target,
             '/ramraft.peer.v1.Peer/InstallSnapshot',
-            proto_dot_raft__pb2.SnapshotChunk.SerializeToString,
-            proto_dot_raft__pb2.InstallSnapshotResponse.FromString,
+            ramraft_dot_proto_dot_raft__pb2.SnapshotChunk.SerializeToString,
+            ramraft_dot_proto_dot_raft__pb2.InstallSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -175,8 +175,8 @@ class Peer:
             request,
             target,
             '/ramraft.peer.v1.Peer/Forward',
-            proto_dot_raft__pb2.ForwardRequest.SerializeToString,
-            proto_dot_raft__pb2.ForwardResponse.FromString,
+            ramraft_dot_proto_dot_raft__pb2.ForwardRequest.SerializeToString,
+            ramraft_dot_proto_dot_raft__pb2.ForwardResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,7 +15,7 @@ way. Snapshots are too big for a message: they go on their own
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from proto import raft_pb2 as _raft_pb2
+from ramraft.proto import raft_pb2 as _raft_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

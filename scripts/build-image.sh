@@ -97,7 +97,7 @@ if [ "$SMOKE" = 1 ]; then
   say "smoke test: read-only root, uid 10001, ramraft on PATH, packages import"
   out=$(podman run --rm "${PODMAN_FLAGS[@]}" --read-only --tmpfs /tmp --user 10001:10001 \
     --cap-drop ALL --security-opt no-new-privileges --entrypoint /bin/sh "$TAG" -c \
-    'id -u; command -v ramraft; python3 -c "import consensus, server, client, proto, grpc; print(\"ok\")"')
+    'id -u; command -v ramraft; python3 -c "import ramraft.server.node, ramraft.client, grpc; print(\"ok\")"')
   printf '%s\n' "$out" >&2
   [ "$(printf '%s\n' "$out" | sed -n 1p)" = 10001 ] || { echo "smoke: not uid 10001" >&2; exit 1; }
   [ "$(printf '%s\n' "$out" | sed -n 2p)" = /opt/ramraft/bin/ramraft ] || { echo "smoke: ramraft not on PATH" >&2; exit 1; }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from consensus.types import check_node_id
+from ramraft.consensus.types import check_node_id
 
 
 class ConfigError(ValueError):

@@ -35,9 +35,15 @@ import msgpack
 import structlog
 from aiohttp import web
 
-from server.embed import ModelMachine, ReplicatedModel, decode_call, encode_call, pack_plain
-from server.embed import unpack_plain as _unpack_plain
-from server.kv import (
+from ramraft.server.machines.embed import (
+    ModelMachine,
+    ReplicatedModel,
+    decode_call,
+    encode_call,
+    pack_plain,
+)
+from ramraft.server.machines.embed import unpack_plain as _unpack_plain
+from ramraft.server.machines.kv import (
     CasResult,
     DeleteResult,
     KVMachine,
@@ -45,11 +51,11 @@ from server.kv import (
     reply_from_plain,
     reply_to_plain,
 )
-from server.runtime import Unavailable
-from server.statemachine import CommandError, ErrorCode
+from ramraft.server.machines.statemachine import CommandError, ErrorCode
+from ramraft.server.runtime.loop import Unavailable
 
 if TYPE_CHECKING:
-    from server.api import NodeAPI
+    from ramraft.server.runtime.node_api import NodeAPI
 
 log = structlog.get_logger("ramraft.hosting")
 

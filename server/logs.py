@@ -6,8 +6,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
+from typing import Any
 
 import structlog
+
+log = structlog.get_logger("ramraft")
 
 
 def configure_logging(level: str | None = None, *, json: bool | None = None) -> None:
@@ -31,3 +35,27 @@ def configure_logging(level: str | None = None, *, json: bool | None = None) -> 
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+class RateLimitedLog:
+    """Warnings that a flood cannot turn into a log flood: at most ``burst``
+    per ``seconds`` per event; the next one that gets through says how many
+    were suppressed."""
+
+    def __init__(self, burst: int = 20, seconds: float = 10.0) -> None:
+        self.burst = burst
+        self.seconds = seconds
+        self._windows: dict[str, tuple[float, int, int]] = {}  # event -> (start, logged, dropped)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        now = time.monotonic()
+        start, logged, dropped = self._windows.get(event, (now, 0, 0))
+        if now - start >= self.seconds:
+            start, logged = now, 0
+        if logged >= self.burst:
+            self._windows[event] = (start, logged, dropped + 1)
+            return
+        if dropped:
+            fields["suppressed"] = dropped
+        self._windows[event] = (start, logged + 1, 0)
+        log.warning(event, **fields)

@@ -26,20 +26,27 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from proto import admin_pb2, kv_pb2, raft_pb2
-from server.api import Limits, NodeAPI
-from server.auth import Gatekeeper, InflightLimiter, RefusalLog, TokenStore
-from server.config import PEER_MESSAGE_BYTES, NodeConfig
-from server.embed import ModelMachine
-from server.hosting import Application, HostedApp, decode_result, encode_result, model_proposer
-from server.kv import KVMachine
-from server.metrics import NodeMetrics
-from server.runtime import RaftRuntime
-from server.services import AdminService, KVService
-from server.statemachine import TAG_KV, TAG_MODEL, CompositeMachine
-from server.storage import open_storage
-from server.tls import TLSFiles
-from server.transport import PeerServicer, PeerTransport
+from ramraft.proto import admin_pb2, kv_pb2, raft_pb2
+from ramraft.server.config import PEER_MESSAGE_BYTES, NodeConfig
+from ramraft.server.hosting import (
+    Application,
+    HostedApp,
+    decode_result,
+    encode_result,
+    model_proposer,
+)
+from ramraft.server.logs import RateLimitedLog
+from ramraft.server.machines.embed import ModelMachine
+from ramraft.server.machines.kv import KVMachine
+from ramraft.server.machines.statemachine import TAG_KV, TAG_MODEL, CompositeMachine
+from ramraft.server.rpc.services import AdminService, KVService
+from ramraft.server.runtime.loop import RaftRuntime
+from ramraft.server.runtime.node_api import Limits, NodeAPI
+from ramraft.server.runtime.transport import PeerServicer, PeerTransport
+from ramraft.server.security.auth import Gatekeeper, InflightLimiter, TokenStore
+from ramraft.server.security.tls import TLSFiles
+from ramraft.server.storage import open_storage
+from ramraft.server.web.metrics import NodeMetrics
 
 log = structlog.get_logger("ramraft.node")
 
@@ -96,7 +103,7 @@ class Node:
         self.limiter = InflightLimiter(
             config.limits.max_inflight, config.limits.max_inflight_per_connection
         )
-        self.refusals = RefusalLog()
+        self.refusals = RateLimitedLog()
         self.web: Any = None
         self._health_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -152,7 +159,7 @@ class Node:
             # health checks, reflection and peer calls are not counted there.
             maximum_concurrent_rpcs=4 * node_limits.max_inflight + 64,
         )
-        from proto import admin_pb2_grpc, kv_pb2_grpc
+        from ramraft.proto import admin_pb2_grpc, kv_pb2_grpc
 
         kv_pb2_grpc.add_KVServicer_to_server(self.kv_service, client_server)
         admin_pb2_grpc.add_AdminServicer_to_server(self.admin_service, client_server)
@@ -206,7 +213,7 @@ class Node:
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._health_task = asyncio.get_running_loop().create_task(self._watch_health())
         if cfg.http:
-            from server.web import WebTier
+            from ramraft.server.web.tier import WebTier
 
             self.web = WebTier(self)
             await self.web.start(cfg.http)

@@ -2,7 +2,7 @@
 because `ramraft chaos` (in the image, run by k8s/chaos.sh) uses it. This
 module keeps the import path the tests use."""
 
-from server.linearizability import (
+from ramraft.tools.linearizability import (
     KINDS,
     CheckResult,
     CheckTimeoutError,

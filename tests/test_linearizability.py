@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from server.linearizability import (
+from ramraft.tools.linearizability import (
     CheckTimeoutError,
     Operation,
     _end_states,

@@ -10,7 +10,7 @@ See README.md next to this file.
 
 from __future__ import annotations
 
-from server.hosting import Application
+from ramraft import Application
 
 from .model import Board
 from .pages import routes

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.embed import ReplicatedModel, command
+from ramraft import ReplicatedModel, command
 
 MAX_TITLE = 120
 MAX_BODY = 4000

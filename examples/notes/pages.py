@@ -15,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from server.embed import CommandFailedError
-from server.hosting import CONTEXT
+from ramraft.server.hosting import CONTEXT
+from ramraft.server.machines.embed import CommandFailedError
 
 from .model import MAX_AUTHOR, MAX_BODY, MAX_TITLE, Board, check_note
 

@@ -5,7 +5,6 @@ and unit tests, open_memory_storage()), calls ``log_store.load()`` once, and
 then persists every Ready with one ``log_store.save(...)`` call.
 """
 
-from .api import LogStore, RecoveredState, SnapshotReader, SnapshotStore, SnapshotWriter
 from .datadir import DataDirLock, open_storage
 from .errors import (
     CorruptionError,
@@ -16,6 +15,7 @@ from .errors import (
     StorageIOError,
     UnsupportedVersionError,
 )
+from .interface import LogStore, RecoveredState, SnapshotReader, SnapshotStore, SnapshotWriter
 from .memory import (
     MemoryDisk,
     MemoryLogStore,

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from consensus.types import Entry, HardState, SnapshotMeta
+from ramraft.consensus.types import Entry, HardState, SnapshotMeta
 
-from .api import RecoveredState, SnapshotStore
-from .codec import check_entries
+from .encoding import check_entries
 from .errors import SnapshotNotFoundError, StorageFailedError, StorageIOError
+from .interface import RecoveredState, SnapshotStore
 from .model import LogModel, reconcile
 from .snapshots import DEFAULT_BLOCK_SIZE, DEFAULT_KEEP
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 from array import array
 from collections.abc import Sequence
 
-from consensus.types import Entry, HardState, SnapshotMeta
+from ramraft.consensus.types import Entry, HardState, SnapshotMeta
 
-from .codec import CheckpointItem
+from .encoding import CheckpointItem
 
 
 class LogModel:

@@ -40,9 +40,9 @@ from typing import Self
 import structlog
 from crc32c import crc32c
 
-from consensus.types import SnapshotMeta
+from ramraft.consensus.types import SnapshotMeta
 
-from . import codec
+from . import encoding
 from ._fs import fsync_dir, write_all
 from .errors import (
     REJOIN_HINT,
@@ -84,7 +84,7 @@ def _block_crc(seq: int, data: bytes | bytearray | memoryview) -> int:
 
 def _encode_header(meta: SnapshotMeta, block_size: int) -> bytes:
     body = bytearray(_BODY.pack(block_size, meta.index, meta.term))
-    codec._put_conf(body, meta.conf)
+    encoding._put_conf(body, meta.conf)
     total = _PREFIX.size + len(body) + 4
     head = _PREFIX.pack(SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION, 0, total) + bytes(body)
     return head + _U32.pack(crc32c(head))
@@ -135,8 +135,8 @@ class _Layout:
             raise CorruptionError(path, 0, f"bad header length {header_len}", SNAPSHOT_HINT)
         block_size, index, term = _BODY.unpack_from(header, _PREFIX.size)
         try:
-            conf, end = codec._get_conf(header, _PREFIX.size + _BODY.size, header_len - 4)
-        except codec.DecodeError as exc:
+            conf, end = encoding._get_conf(header, _PREFIX.size + _BODY.size, header_len - 4)
+        except encoding.DecodeError as exc:
             raise CorruptionError(path, 0, f"snapshot header: {exc}", SNAPSHOT_HINT) from None
         if end != header_len - 4 or block_size == 0:
             raise CorruptionError(path, 0, "snapshot header does not parse", SNAPSHOT_HINT)

@@ -2,7 +2,7 @@
 
 Files: ``wal-<sequence>.log`` in one directory, numbered without gaps. Each
 starts with a segment header and a checkpoint frame (the log's state when the
-segment began), followed by one frame per save() (see codec.py). A segment is
+segment began), followed by one frame per save() (see encoding.py). A segment is
 preallocated to ``segment_size`` where the platform allows (appends then do
 not change the file size, which makes fdatasync cheaper, and a full disk shows
 up when a segment is created rather than in the middle of a record); a batch
@@ -47,12 +47,12 @@ from dataclasses import dataclass
 
 import structlog
 
-from consensus.types import Entry, HardState, SnapshotMeta
+from ramraft.consensus.types import Entry, HardState, SnapshotMeta
 
-from . import codec
+from . import encoding
 from ._fs import datasync, fsync_dir, preallocate, pwrite_all
-from .api import RecoveredState, SnapshotStore
 from .errors import CorruptionError, StorageFailedError, UnsupportedVersionError
+from .interface import RecoveredState, SnapshotStore
 from .model import LogModel, reconcile
 
 log = structlog.get_logger(__name__)
@@ -188,7 +188,7 @@ class FileLogStore:
                 snapshot_index=newest.index,
                 kept_entries_after_it=retain,
             )
-            frame = codec.encode_frame(snapshot=newest, retain=retain)
+            frame = encoding.encode_frame(snapshot=newest, retain=retain)
             self._append(frame, sync=True)
             model.apply_marker(newest, retain)
         entries = model.entries_after(newest.index if newest is not None else 0)
@@ -225,9 +225,9 @@ class FileLogStore:
                 self._dirty = False
             return
         retain = model.check(snapshot, entries, hard_state)
-        frame = codec.new_frame()
-        codec.encode_payload(frame, snapshot, retain, entries, hard_state)
-        codec.seal_frame(frame)
+        frame = encoding.new_frame()
+        encoding.encode_payload(frame, snapshot, retain, entries, hard_state)
+        encoding.seal_frame(frame)
         self._append(frame, sync)
         model.apply(snapshot, retain, entries, hard_state)
         if entries:
@@ -339,11 +339,11 @@ class FileLogStore:
     def _create_segment(self, sequence: int, model: LogModel) -> None:
         final = os.path.join(self.directory, segment_file_name(sequence))
         temporary = final + ".tmp"
-        head = bytearray(codec.encode_segment_header(sequence))
-        frame = codec.new_frame()
+        head = bytearray(encoding.encode_segment_header(sequence))
+        frame = encoding.new_frame()
         cp = model.checkpoint()
-        codec.encode_checkpoint(frame, cp.last_index, cp.last_term, cp.hard_state, cp.snapshot)
-        head += codec.seal_frame(frame)
+        encoding.encode_checkpoint(frame, cp.last_index, cp.last_term, cp.hard_state, cp.snapshot)
+        head += encoding.seal_frame(frame)
         fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             if self._preallocate:
@@ -417,24 +417,24 @@ class FileLogStore:
         with open(path, "rb") as f:
             data = f.read(written_extent(f.fileno()))
         try:
-            header = codec.decode_segment_header(data)
+            header = encoding.decode_segment_header(data)
         except ValueError as exc:
             raise CorruptionError(path, 0, str(exc)) from None
-        if header.version != codec.FORMAT_VERSION:
-            raise UnsupportedVersionError(path, header.version, codec.FORMAT_VERSION)
+        if header.version != encoding.FORMAT_VERSION:
+            raise UnsupportedVersionError(path, header.version, encoding.FORMAT_VERSION)
         if header.sequence != segment.sequence:
             raise CorruptionError(
                 path, 0, f"header says segment {header.sequence}, unlike the file name"
             )
-        pos = codec.SEGMENT_HEADER_SIZE
+        pos = encoding.SEGMENT_HEADER_SIZE
         self._checkpoint_end = 0
         while pos < len(data):
             try:
-                start, end = codec.read_frame(data, pos)
-            except codec.FrameError as bad:
+                start, end = encoding.read_frame(data, pos)
+            except encoding.FrameError as bad:
                 if bad.zero and data.count(0, pos) == len(data) - pos:
                     break  # the preallocated, never-written rest of the file
-                following = codec.find_valid_frame(data, pos)
+                following = encoding.find_valid_frame(data, pos)
                 if last and following is None and self._checkpoint_end:
                     self._truncate_torn_tail(path, data, pos, bad.problem)
                     break
@@ -443,9 +443,9 @@ class FileLogStore:
                     detail += f", yet a valid record follows at offset {following}"
                 raise CorruptionError(path, pos, detail) from None
             try:
-                items = codec.decode_payload(data, start, end)
+                items = encoding.decode_payload(data, start, end)
                 top = self._apply_frame(model, items, first=first, opening=not self._checkpoint_end)
-            except codec.DecodeError as exc:
+            except encoding.DecodeError as exc:
                 raise CorruptionError(path, start + exc.offset, exc.problem) from None
             except ValueError as exc:
                 raise CorruptionError(path, pos, f"record does not fit the log: {exc}") from None
@@ -456,17 +456,17 @@ class FileLogStore:
             pos = end
         if not self._checkpoint_end:
             raise CorruptionError(
-                path, codec.SEGMENT_HEADER_SIZE, "segment has no checkpoint record"
+                path, encoding.SEGMENT_HEADER_SIZE, "segment has no checkpoint record"
             )
         return pos
 
     @staticmethod
     def _apply_frame(
-        model: LogModel, items: list[codec.Item], *, first: bool, opening: bool
+        model: LogModel, items: list[encoding.Item], *, first: bool, opening: bool
     ) -> int:
         """Apply one frame's items; return the highest entry index in it (0: none)."""
         if opening:
-            if len(items) != 1 or not isinstance(items[0], codec.CheckpointItem):
+            if len(items) != 1 or not isinstance(items[0], encoding.CheckpointItem):
                 raise ValueError("a segment must start with a checkpoint record")
             cp = items[0]
             if first:
@@ -490,7 +490,7 @@ class FileLogStore:
                 batch = []
             if isinstance(item, HardState):
                 model.hard_state = item
-            elif isinstance(item, codec.SnapshotItem):
+            elif isinstance(item, encoding.SnapshotItem):
                 model.apply_marker(item.meta, item.retain)
             else:
                 raise ValueError("a checkpoint record in the middle of a segment")

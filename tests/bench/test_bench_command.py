@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from server.bench import ALL_MODES, Tally, _modes, percentile, processes_for, summarize
+from ramraft.tools.bench import ALL_MODES, Tally, _modes, percentile, processes_for, summarize
 from tests.server.procs import ProcessCluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,7 +38,7 @@ RUN_FIELDS = {
 
 def bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "client.cli", "bench", *args],
+        [sys.executable, "-m", "ramraft.tools.cli", "bench", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

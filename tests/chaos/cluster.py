@@ -34,11 +34,11 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client import Client, TLSOptions
-from proto import admin_pb2
-from server.auth import make_token
-from server.certs import k8s_node_hosts, make_cluster_certs, node_security_env
-from server.history import Record, load_history, longest_write_pause
+from ramraft.client import Client, TLSOptions
+from ramraft.proto import admin_pb2
+from ramraft.tools.certs import k8s_node_hosts, make_cluster_certs, node_security_env
+from ramraft.tools.history import Record, load_history, longest_write_pause
+from ramraft.tools.tokens import make_token
 from tests.chaos.netns import (
     CONTAINER_DATA_DIR,
     CONTAINER_UID,
@@ -166,7 +166,7 @@ class LabCluster:
             proc = self.net.start_container(name, self.image, env=env)
         else:
             proc = self.net.start(
-                name, [self.python, "-m", "client", "node"], env=self.node_env(name), cwd=REPO
+                name, [self.python, "-m", "ramraft", "node"], env=self.node_env(name), cwd=REPO
             )
         self.down.discard(name)
         return proc
@@ -313,7 +313,7 @@ class LabCluster:
             )
         return self.net.start(
             self.net.client_name,
-            [self.python, "-m", "client", *argv],
+            [self.python, "-m", "ramraft", *argv],
             name=WORKLOAD,
             env={"PYTHONPATH": str(REPO), "RAMRAFT_LOG_LEVEL": "warning"},
             cwd=REPO,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from server.history import load_history, longest_write_pause
+from ramraft.tools.history import load_history, longest_write_pause
 from tests.chaos.cluster import LabCluster
 from tests.chaos.netns import ChaosNet
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from server.history import (
+from ramraft.tools.history import (
     EXIT_NO_VERDICT,
     EXIT_PASS,
     EXIT_VIOLATION,
@@ -234,7 +234,7 @@ def test_bad_history_files_are_refused_clearly(tmp_path: Path, text: str, messag
 
 def ramraft(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "client", *args],
+        [sys.executable, "-m", "ramraft", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -286,7 +286,7 @@ def test_workload_against_nodes_on_loopback_with_a_leader_kill(tmp_path: Path) -
     with ProcessCluster(tmp_path / "nodes", nodes=3) as cluster:
         cluster.wait_for_leader()
         cmd = [
-            sys.executable, "-m", "client", "chaos",
+            sys.executable, "-m", "ramraft", "chaos",
             "--endpoints", cluster.endpoints(),
             "--duration", "8", "--history", str(history),
             "--clients", "3", "--keys", "3", "--seed", "7", "--json",

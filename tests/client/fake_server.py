@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 
 @dataclass

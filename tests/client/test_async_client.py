@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
-from client import (
+from ramraft.client import (
     SERIALIZABLE,
     AsyncClient,
     DeadlineExceeded,

@@ -12,7 +12,7 @@ import types
 import grpc
 import pytest
 
-from client import cli
+from ramraft.tools import cli
 from tests.client.fake_server import Failure, FakeServer, dead_address
 
 
@@ -233,18 +233,11 @@ def test_no_command_prints_help_and_exits_2(capsys) -> None:
     assert status == 2 and "COMMAND" in err
 
 
-def test_server_commands_can_register(monkeypatch, capsys) -> None:
-    module = types.ModuleType("server.cli")
-
-    def register(subparsers) -> None:
-        p = subparsers.add_parser("node", help="run one node")
-        p.add_argument("--id", required=True)
-        p.set_defaults(func=lambda args: print(f"node {args.id}") or 0)
-
-    module.register = register  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "server.cli", module)
-    assert run(capsys, "node", "--id", "n1") == (0, "node n1\n", "")
-    assert "run one node" in run(capsys, "--help")[1]
+def test_every_command_is_registered_in_one_parser(capsys) -> None:
+    """The client's, the node's and the tools' subcommands share one parser."""
+    out = run(capsys, "--help")[1]
+    for command in ["node", "cluster", "bench", "chaos", "certs", "tokens"]:
+        assert command in out
 
 
 def test_client_options_helpers_for_other_commands(server: FakeServer) -> None:

@@ -10,7 +10,7 @@ import time
 import grpc
 import pytest
 
-from client import (
+from ramraft.client import (
     SERIALIZABLE,
     CasResult,
     Client,

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from client._core import (
+from ramraft.client._core import (
     EndpointRing,
     RetryPolicy,
     SessionTracker,

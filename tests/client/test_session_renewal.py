@@ -9,7 +9,7 @@ import asyncio
 import grpc
 import pytest
 
-from client import AsyncClient, Client, FailedPrecondition
+from ramraft.client import AsyncClient, Client, FailedPrecondition
 from tests.client.fake_server import FakeServer
 
 EXPIRED = "SESSION_EXPIRED: session of client 7 is unknown or expired; not applied"

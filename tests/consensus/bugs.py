@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from consensus import Message
-from consensus.raft import RaftNode
+from ramraft.consensus import Message
+from ramraft.consensus.raft import RaftNode
 
 
 @contextmanager

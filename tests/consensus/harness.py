@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from consensus import (
+from ramraft.consensus import (
     ConfChange,
     ConfState,
     Entry,
@@ -24,7 +24,7 @@ from consensus import (
     Role,
     SnapshotMeta,
 )
-from consensus.raft import Config
+from ramraft.consensus.raft import Config
 
 
 @dataclass

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from consensus import (
+from ramraft.consensus import (
     ConfChange,
     ConfChangeError,
     ConfChangeType,
@@ -39,7 +39,7 @@ from consensus import (
     Role,
     SnapshotMeta,
 )
-from consensus.raft import Config, LeadershipTransferError
+from ramraft.consensus.raft import Config, LeadershipTransferError
 
 TICK_MS = 10
 

@@ -39,12 +39,12 @@ def test_figure_8_scenario_fails_with_the_bug() -> None:
 
 def test_the_bugs_are_removed_again() -> None:
     """The patches must not leak into other tests."""
-    from consensus.raft import RaftNode
+    from ramraft.consensus.raft import RaftNode
 
     for name in ("_may_commit_by_counting", "_log_ok_for_vote", "_start_read_round"):
         assert name not in vars(RaftNode), f"{name} is still patched on RaftNode"
         assert getattr(RaftNode, name).__module__ in (
-            "consensus.leader",
-            "consensus.election",
-            "consensus.reads",
+            "ramraft.consensus.leader",
+            "ramraft.consensus.election",
+            "ramraft.consensus.reads",
         )

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from consensus import HardState, Message, MsgType, RaftNode, Role
+from ramraft.consensus import HardState, Message, MsgType, RaftNode, Role
 from tests.consensus.harness import Cluster, make_config
 
 

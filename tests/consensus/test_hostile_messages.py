@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consensus import ConfState, Entry, EntryKind, Message, MsgType, SnapshotMeta
+from ramraft.consensus import ConfState, Entry, EntryKind, Message, MsgType, SnapshotMeta
 from tests.consensus.harness import Cluster
 
 ids = st.sampled_from(["a", "b", "c", "x", ""])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consensus import (
+from ramraft.consensus import (
     ConfChange,
     ConfChangeError,
     ConfChangeType,

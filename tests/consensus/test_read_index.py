@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consensus import MsgType, NotLeaderError, ReadState
+from ramraft.consensus import MsgType, NotLeaderError, ReadState
 from tests.consensus.harness import Cluster
 
 

@@ -3,8 +3,8 @@ Figure 8 commit rule), pipelining, batching and message-size caps."""
 
 from __future__ import annotations
 
-from consensus import Entry, HardState, Message, MsgType, RaftNode, Role
-from consensus.progress import ProgressState
+from ramraft.consensus import Entry, HardState, Message, MsgType, RaftNode, Role
+from ramraft.consensus.progress import ProgressState
 from tests.consensus.harness import Cluster, Disk, Peer, bootstrap_entry, make_config
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from consensus import CompactionError, MsgType
-from consensus.progress import ProgressState
+from ramraft.consensus import CompactionError, MsgType
+from ramraft.consensus.progress import ProgressState
 from tests.consensus.harness import Cluster
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from consensus import MsgType, ProposalDroppedError, Role
-from consensus.raft import LeadershipTransferError
+from ramraft.consensus import MsgType, ProposalDroppedError, Role
+from ramraft.consensus.raft import LeadershipTransferError
 from tests.consensus.harness import Cluster
 
 

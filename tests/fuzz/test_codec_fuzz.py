@@ -10,10 +10,10 @@ import random
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from consensus.raft import Config, RaftNode
-from consensus.types import ConfState, EntryKind, Message, MsgType
-from proto import raft_pb2
-from server.codec import CodecError, SnapshotReceiver, parse_batch, serialize_batch
+from ramraft.consensus.raft import Config, RaftNode
+from ramraft.consensus.types import ConfState, EntryKind, Message, MsgType
+from ramraft.proto import raft_pb2
+from ramraft.server.runtime.wire import CodecError, SnapshotReceiver, parse_batch, serialize_batch
 from tests.fuzz.budget import fuzz_settings
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)

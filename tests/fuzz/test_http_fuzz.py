@@ -18,8 +18,8 @@ import pytest
 from hypothesis import assume, event, given
 from hypothesis import strategies as st
 
-from server.config import NodeConfig
-from server.node import Node
+from ramraft.server.config import NodeConfig
+from ramraft.server.node import Node
 from tests.fuzz.budget import fuzz_settings
 from tests.server.procs import free_ports
 

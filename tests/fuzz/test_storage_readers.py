@@ -12,10 +12,11 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consensus.types import ConfState, Entry, EntryKind, HardState, SnapshotMeta
-from server.storage import StorageError, codec
-from server.storage.snapshots import FileSnapshotStore
-from server.storage.wal import FileLogStore
+from ramraft.consensus.types import ConfState, Entry, EntryKind, HardState, SnapshotMeta
+from ramraft.server.storage import StorageError
+from ramraft.server.storage import encoding as codec
+from ramraft.server.storage.snapshots import FileSnapshotStore
+from ramraft.server.storage.wal import FileLogStore
 from tests.fuzz.budget import fuzz_settings
 
 CONF = ConfState(voters=frozenset({"n1", "n2", "n3"}))
@@ -153,7 +154,7 @@ def test_a_refused_snapshot_file_does_not_close_another_files_descriptor(tmp_pat
     collected -- by then, perhaps, a WAL segment's or a socket's."""
     import gc
 
-    from server.storage.snapshots import FileSnapshotReader
+    from ramraft.server.storage.snapshots import FileSnapshotReader
 
     bad = tmp_path / "snap-bad.snap"
     bad.write_bytes(b"RRAFTSNP" + b"\x00" * 40)

@@ -129,7 +129,7 @@ def test_the_workload_command_is_one_ramraft_chaos_accepts(tmp_path: Path) -> No
     with the real `ramraft chaos` parser: script and command stay in step."""
     import shlex
 
-    from client.cli import build_parser
+    from ramraft.tools.cli import build_parser
 
     r = run_chaos(
         tmp_path, "--duration", "2", "--interval", "1", "--settle", "1",
@@ -145,7 +145,7 @@ def test_the_workload_command_is_one_ramraft_chaos_accepts(tmp_path: Path) -> No
     argv = shlex.split(script)
     assert argv[0] == "ramraft"
     args = build_parser().parse_args(argv[1:])
-    assert args.func.__module__ == "server.chaos"
+    assert args.func.__module__ == "ramraft.tools.chaos"
     assert (args.endpoints, args.duration, args.clients, args.keys) == (
         "ramraft.default.svc:7000", 2.0, 7, 3,
     )  # fmt: skip

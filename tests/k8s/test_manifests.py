@@ -13,7 +13,7 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
-from server.certs import node_security_env
+from ramraft.tools.certs import node_security_env
 from tests.chaos.netns import CONTAINER_DATA_DIR, ChaosNet
 from tests.k8s import checks
 from tests.k8s.checks import Doc, one

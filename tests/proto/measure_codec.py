@@ -17,8 +17,8 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from consensus.types import Entry, EntryKind, Message, MsgType
-from server import codec
+from ramraft.consensus.types import Entry, EntryKind, Message, MsgType
+from ramraft.server.runtime import wire as codec
 
 _KINDS = tuple(EntryKind)
 _TYPES = tuple(MsgType)

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consensus.types import ConfState, Entry, EntryKind, Message, MsgType, SnapshotMeta
-from proto import raft_pb2
-from server import codec
-from server.codec import CodecError
+from ramraft.consensus.types import ConfState, Entry, EntryKind, Message, MsgType, SnapshotMeta
+from ramraft.proto import raft_pb2
+from ramraft.server.runtime import wire as codec
+from ramraft.server.runtime.wire import CodecError
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
 # Node ids are strings; protobuf strings must be valid UTF-8 (no surrogates).

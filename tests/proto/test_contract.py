@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from consensus.types import EntryKind, MsgType
-from proto import admin_pb2, kv_pb2, raft_pb2
+from ramraft.consensus.types import EntryKind, MsgType
+from ramraft.proto import admin_pb2, kv_pb2, raft_pb2
 
 T = FieldDescriptor
 

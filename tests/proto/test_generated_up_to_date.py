@@ -1,5 +1,5 @@
 """The CI drift check: the committed generated code is what the .proto files
-generate. On failure run `python -m proto.generate` and commit the result."""
+generate. On failure run `python -m ramraft.proto.generate` and commit the result."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
-from proto import generate
+from ramraft.proto import generate
 
 # Lines that only record which generator version ran. A newer grpcio-tools
 # on a fresh machine changes them without the .proto files changing.
@@ -42,8 +42,10 @@ def differences(committed_dir: Path, fresh_dir: Path) -> list[str]:
 
 def test_committed_generated_code_matches_the_proto_files(tmp_path: Path) -> None:
     generate.generate(tmp_path)
-    problems = differences(generate.PROTO_DIR, tmp_path / "proto")
-    assert not problems, "run `python -m proto.generate` and commit:\n" + "\n".join(problems)
+    problems = differences(generate.PROTO_DIR, tmp_path / generate.PACKAGE_PATH)
+    assert not problems, "run `python -m ramraft.proto.generate` and commit:\n" + "\n".join(
+        problems
+    )
 
 
 def test_every_proto_file_has_all_four_generated_files() -> None:
@@ -58,8 +60,8 @@ def test_every_proto_file_has_all_four_generated_files() -> None:
 def test_the_check_catches_an_edit_and_ignores_version_stamps(tmp_path: Path) -> None:
     generate.generate(tmp_path / "a")
     copy = tmp_path / "b"
-    shutil.copytree(tmp_path / "a" / "proto", copy)
-    assert differences(copy, tmp_path / "a" / "proto") == []
+    shutil.copytree(tmp_path / "a" / generate.PACKAGE_PATH, copy)
+    assert differences(copy, tmp_path / "a" / generate.PACKAGE_PATH) == []
 
     grpc_file = copy / "kv_pb2_grpc.py"
     text = grpc_file.read_text()
@@ -67,10 +69,10 @@ def test_the_check_catches_an_edit_and_ignores_version_stamps(tmp_path: Path) ->
     grpc_file.write_text(
         re.sub(r"GRPC_GENERATED_VERSION = '[^']*'", "GRPC_GENERATED_VERSION = '9.9.9'", text)
     )
-    assert differences(copy, tmp_path / "a" / "proto") == []
+    assert differences(copy, tmp_path / "a" / generate.PACKAGE_PATH) == []
 
     stub = copy / "kv_pb2.pyi"
     stub.write_text(stub.read_text().replace("class PutRequest", "class PutRequestX"))
     (copy / "old_pb2.py").write_text("")
-    problems = differences(copy, tmp_path / "a" / "proto")
+    problems = differences(copy, tmp_path / "a" / generate.PACKAGE_PATH)
     assert [p.split(":")[0] for p in problems] == ["old_pb2.py", "kv_pb2.pyi"]

@@ -6,9 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consensus.types import ConfState, Message, MsgType, SnapshotMeta
-from proto import raft_pb2
-from server.codec import CodecError, SnapshotReceiver, encode_message, snapshot_chunks
+from ramraft.consensus.types import ConfState, Message, MsgType, SnapshotMeta
+from ramraft.proto import raft_pb2
+from ramraft.server.runtime.wire import (
+    CodecError,
+    SnapshotReceiver,
+    encode_message,
+    snapshot_chunks,
+)
 
 META = SnapshotMeta(index=120, term=4, conf=ConfState(frozenset({"a", "b"}), frozenset({"c"})))
 MSG = Message(MsgType.SNAPSHOT, "a", "c", 4, snapshot=META, snapshot_data="handle")

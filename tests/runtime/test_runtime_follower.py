@@ -10,11 +10,11 @@ import threading
 import time
 from typing import Any
 
-from consensus import Entry, Message, MsgType
-from server.config import NodeConfig
-from server.kv import KVMachine, encode_put
-from server.runtime import RaftRuntime
-from server.storage import MemoryDisk, open_memory_storage
+from ramraft.consensus import Entry, Message, MsgType
+from ramraft.server.config import NodeConfig
+from ramraft.server.machines.kv import KVMachine, encode_put
+from ramraft.server.runtime.loop import RaftRuntime
+from ramraft.server.storage import MemoryDisk, open_memory_storage
 
 LEADER, FOLLOWER = "l", "f"
 

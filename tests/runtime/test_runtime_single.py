@@ -9,10 +9,10 @@ import errno
 
 import pytest
 
-from server.config import NodeConfig
-from server.kv import KVMachine, encode_put
-from server.runtime import RaftRuntime, Unavailable
-from server.storage import MemoryDisk, open_memory_storage
+from ramraft.server.config import NodeConfig
+from ramraft.server.machines.kv import KVMachine, encode_put
+from ramraft.server.runtime.loop import RaftRuntime, Unavailable
+from ramraft.server.storage import MemoryDisk, open_memory_storage
 
 
 class NoNetwork:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from client import Client, TLSOptions
-from proto import admin_pb2
-from server.certs import make_cluster_certs
+from ramraft.client import Client, TLSOptions
+from ramraft.proto import admin_pb2
+from ramraft.tools.certs import make_cluster_certs
 from tests.server.procs import ProcessCluster
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"

@@ -10,10 +10,10 @@ from typing import Any
 import grpc
 import pytest
 
-from consensus.types import Message
-from proto import raft_pb2
-from server.certs import make_cluster_certs
-from server.codec import serialize_batch
+from ramraft.consensus.types import Message
+from ramraft.proto import raft_pb2
+from ramraft.server.runtime.wire import serialize_batch
+from ramraft.tools.certs import make_cluster_certs
 from tests.httpcalls import Reply, http, wait_until
 from tests.security.cluster import Credentials, SecureCluster, make_credentials
 

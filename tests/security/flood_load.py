@@ -22,7 +22,7 @@ from collections import Counter
 
 import grpc
 
-from proto import kv_pb2, kv_pb2_grpc
+from ramraft.proto import kv_pb2, kv_pb2_grpc
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 

@@ -16,12 +16,13 @@ import grpc
 import pytest
 import structlog
 
-from client.cli import main
-from server.auth import (
+from ramraft.server.logs import RateLimitedLog
+from ramraft.server.machines.kv import encode_put
+from ramraft.server.runtime.loop import Overloaded
+from ramraft.server.security.auth import (
     AuthConfigError,
     Gatekeeper,
     InflightLimiter,
-    RefusalLog,
     Role,
     StreamGate,
     TokenStore,
@@ -29,9 +30,8 @@ from server.auth import (
     http_required_role,
     parse_tokens,
 )
-from server.kv import encode_put
-from server.runtime import Overloaded
-from server.storage import MemoryDisk
+from ramraft.server.storage import MemoryDisk
+from ramraft.tools.cli import main
 from tests.runtime.test_runtime_single import make_runtime, started
 
 TOKEN = "s3cret-token-for-tests"
@@ -71,7 +71,7 @@ def test_bad_token_files_are_refused_without_echoing_tokens(text: str, problem: 
 def test_token_file_is_reloaded_when_it_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("server.auth.RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr("ramraft.server.security.auth.RECHECK_SECONDS", 0.0)
     path = tmp_path / "tokens"
     path.write_text(f"write app {TOKEN}\n")
     store = TokenStore(str(path))
@@ -141,7 +141,7 @@ def test_inflight_reserve_keeps_light_clients_served() -> None:
 
 def test_refusal_log_is_rate_limited() -> None:
     with structlog.testing.capture_logs() as logs:
-        refusals = RefusalLog(burst=3, seconds=60)
+        refusals = RateLimitedLog(burst=3, seconds=60)
         for n in range(50):
             refusals.warning("request_refused", n=n)
     assert len(logs) == 3 and all(entry["log_level"] == "warning" for entry in logs)
@@ -196,7 +196,7 @@ def test_runtime_logs_rejected_peer_messages() -> None:
     """A well-formed but impossible message (entries that do not follow the
     previous index) is dropped by the core; the runtime says so at warning
     level, once per burst rather than once per message."""
-    from consensus.types import Entry, EntryKind, Message, MsgType
+    from ramraft.consensus.types import Entry, EntryKind, Message, MsgType
 
     async def scenario() -> list[dict[str, object]]:
         runtime, _ = make_runtime(MemoryDisk(), tick_ms=5)
@@ -218,7 +218,7 @@ def test_runtime_logs_rejected_peer_messages() -> None:
     rejected = asyncio.run(scenario())
     assert rejected and all(e["log_level"] == "warning" for e in rejected)
     assert "do not follow" in str(rejected[0]["last"])
-    assert len(rejected) <= RefusalLog().burst
+    assert len(rejected) <= RateLimitedLog().burst
 
 
 def test_stream_gate_admits_each_request_under_the_connection_limits() -> None:
@@ -231,7 +231,7 @@ def test_stream_gate_admits_each_request_under_the_connection_limits() -> None:
             return "ipv4:127.0.0.1:5555"
 
     limiter = InflightLimiter(total=100, per_connection=2)
-    keeper = Gatekeeper(None, limiter, lambda node: False, RefusalLog())
+    keeper = Gatekeeper(None, limiter, lambda node: False, RateLimitedLog())
     gate = StreamGate(keeper, None, Context())  # type: ignore[arg-type]
     assert gate.admit("Put") is None
     assert gate.admit("Get") is None

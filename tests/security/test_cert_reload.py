@@ -15,7 +15,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from server.certs import issue
+from ramraft.tools.certs import issue
 from tests.security.cluster import SecureCluster, make_credentials
 from tests.security.conftest import wait_for
 

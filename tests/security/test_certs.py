@@ -9,8 +9,8 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from client.cli import main
-from server.certs import make_cluster_certs, node_id_of, secret_yaml
+from ramraft.tools.certs import make_cluster_certs, node_id_of, secret_yaml
+from ramraft.tools.cli import main
 
 
 def verify_signed_by(cert: x509.Certificate, ca: x509.Certificate) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from client import Client
+from ramraft.client import Client
 from tests.server.procs import REPO, ProcessCluster
 
 FLOOD_SECONDS = float(os.environ.get("FLOOD_SECONDS", "12"))

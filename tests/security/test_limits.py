@@ -20,9 +20,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client import Client, InvalidArgument, ResourceExhausted
-from client.cli import build_parser
-from proto import kv_pb2, kv_pb2_grpc
+from ramraft.client import Client, InvalidArgument, ResourceExhausted
+from ramraft.proto import kv_pb2, kv_pb2_grpc
+from ramraft.tools.cli import build_parser
 from tests.security.cluster import SecureCluster
 from tests.server.procs import ProcessCluster, free_ports
 

@@ -19,12 +19,12 @@ from typing import Any
 import grpc
 import pytest
 
-from consensus.types import ConfState, Message, MsgType, SnapshotMeta
-from proto import raft_pb2
-from server.certs import make_cluster_certs
-from server.codec import serialize_batch, snapshot_chunks
-from server.storage import MemoryDisk, open_memory_storage
-from server.transport import PeerServicer
+from ramraft.consensus.types import ConfState, Message, MsgType, SnapshotMeta
+from ramraft.proto import raft_pb2
+from ramraft.server.runtime.transport import PeerServicer
+from ramraft.server.runtime.wire import serialize_batch, snapshot_chunks
+from ramraft.server.storage import MemoryDisk, open_memory_storage
+from ramraft.tools.certs import make_cluster_certs
 
 MEMBERS = {"n1", "n2", "n3"}
 

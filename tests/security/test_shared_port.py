@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from client import Client, TLSOptions, Unavailable
-from consensus.types import Message, MsgType
+from ramraft.client import Client, TLSOptions, Unavailable
+from ramraft.consensus.types import Message, MsgType
 from tests.security.cluster import Credentials, SecureCluster
 from tests.security.conftest import channel_credentials, https, send_batch
 

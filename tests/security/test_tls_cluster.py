@@ -9,8 +9,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client import Client, TLSOptions, Unavailable
-from consensus.types import Message, MsgType
+from ramraft.client import Client, TLSOptions, Unavailable
+from ramraft.consensus.types import Message, MsgType
 from tests.security.cluster import ADMIN_TOKEN, Credentials, SecureCluster
 from tests.security.conftest import channel_credentials, send_batch, wait_for
 

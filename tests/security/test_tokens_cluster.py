@@ -11,8 +11,8 @@ import base64
 import grpc
 import pytest
 
-from client import Client, PermissionDenied, RamraftError, Unauthenticated
-from proto import kv_pb2, kv_pb2_grpc
+from ramraft.client import Client, PermissionDenied, RamraftError, Unauthenticated
+from ramraft.proto import kv_pb2, kv_pb2_grpc
 from tests.security.cluster import ADMIN_TOKEN, READ_TOKEN, WRITE_TOKEN, SecureCluster
 from tests.security.conftest import https
 

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from client import AsyncClient, DeadlineExceeded, FailedPrecondition, Unavailable
+from ramraft.client import AsyncClient, DeadlineExceeded, FailedPrecondition, Unavailable
 from tests.linearizability import Operation
 
 # A recorded operation is the checker's Operation (``ret=None``: outcome unknown).

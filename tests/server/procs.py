@@ -23,9 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from client import Client
-from proto import admin_pb2
-from server.bench import free_ports
+from ramraft.client import Client
+from ramraft.proto import admin_pb2
+from ramraft.tools.bench import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,7 +81,7 @@ class ProcessCluster:
         return self.root / node_id
 
     def argv(self, node_id: str) -> list[str]:
-        argv = [sys.executable, "-m", "client", "node", "--id", node_id]
+        argv = [sys.executable, "-m", "ramraft", "node", "--id", node_id]
         argv += ["--peers", self.peers, "--data-dir", str(self.data_dir(node_id))]
         argv += ["--tick-ms", str(self.tick_ms), "--election-ticks", str(self.election_ticks)]
         argv += ["--heartbeat-ticks", str(self.heartbeat_ticks)]

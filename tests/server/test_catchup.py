@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from client import SERIALIZABLE, Client
+from ramraft.client import SERIALIZABLE, Client
 from tests.server.procs import ProcessCluster
 
 

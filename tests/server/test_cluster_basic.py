@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from client import SERIALIZABLE, Client, InvalidArgument
-from proto import kv_pb2, kv_pb2_grpc
+from ramraft.client import SERIALIZABLE, Client, InvalidArgument
+from ramraft.proto import kv_pb2, kv_pb2_grpc
 from tests.server.procs import ProcessCluster
 
 

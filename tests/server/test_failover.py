@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from client import AsyncClient, RamraftError
-from proto import admin_pb2
+from ramraft.client import AsyncClient, RamraftError
+from ramraft.proto import admin_pb2
 from tests.server.history import History, run_workload
 from tests.server.procs import ProcessCluster
 

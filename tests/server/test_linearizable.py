@@ -11,7 +11,7 @@ from pathlib import Path
 
 import structlog
 
-from client import SERIALIZABLE, Client
+from ramraft.client import SERIALIZABLE, Client
 from tests.linearizability import check
 from tests.server.history import History, Op, run_workload
 from tests.server.procs import ProcessCluster

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from proto import kv_pb2, kv_pb2_grpc
+from ramraft.proto import kv_pb2, kv_pb2_grpc
 from tests.server.procs import ProcessCluster
 
 OK = grpc.StatusCode.OK.value[0]

@@ -7,9 +7,15 @@ import io
 
 import pytest
 
-from server.embed import LocalProposer, ModelMachine, ReplicatedModel, command, encode_call
-from server.kv import KVMachine, PutResult, encode_put
-from server.statemachine import (
+from ramraft.server.machines.embed import (
+    LocalProposer,
+    ModelMachine,
+    ReplicatedModel,
+    command,
+    encode_call,
+)
+from ramraft.server.machines.kv import KVMachine, PutResult, encode_put
+from ramraft.server.machines.statemachine import (
     TAG_KV,
     TAG_MODEL,
     CommandError,

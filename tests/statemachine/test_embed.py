@@ -12,7 +12,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from server.embed import (
+from ramraft.server.machines.embed import (
     CommandFailedError,
     LocalProposer,
     ModelMachine,
@@ -25,7 +25,7 @@ from server.embed import (
     pack_plain,
     unpack_plain,
 )
-from server.statemachine import (
+from ramraft.server.machines.statemachine import (
     TAG_MODEL,
     CommandError,
     ErrorCode,
@@ -399,7 +399,7 @@ def snapshot_of(machine: ModelMachine) -> bytes:
 
 
 def test_snapshot_round_trip_keeps_instance_and_types(monkeypatch: pytest.MonkeyPatch) -> None:
-    from server import embed
+    from ramraft.server.machines import embed
 
     monkeypatch.setattr(embed, "_CHUNK_ITEMS", 3)  # exercise chunked dicts/lists
     (board,), (machine,), _ = make()

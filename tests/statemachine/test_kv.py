@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from server.kv import (
+from ramraft.server.machines.kv import (
     BadCommandError,
     CasResult,
     DeleteResult,
@@ -20,7 +20,13 @@ from server.kv import (
     encode_noop,
     encode_put,
 )
-from server.statemachine import TAG_KV, TAG_MODEL, CommandError, ErrorCode, StateMachine
+from ramraft.server.machines.statemachine import (
+    TAG_KV,
+    TAG_MODEL,
+    CommandError,
+    ErrorCode,
+    StateMachine,
+)
 
 
 def test_is_a_state_machine() -> None:

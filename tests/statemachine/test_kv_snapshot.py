@@ -11,9 +11,16 @@ from collections.abc import Callable
 
 import pytest
 
-from server import kv
-from server.kv import CasResult, KVMachine, PutResult, encode_cas, encode_delete, encode_put
-from server.statemachine import (
+from ramraft.server.machines import kv
+from ramraft.server.machines.kv import (
+    CasResult,
+    KVMachine,
+    PutResult,
+    encode_cas,
+    encode_delete,
+    encode_put,
+)
+from ramraft.server.machines.statemachine import (
     CommandError,
     ErrorCode,
     SnapshotAbortedError,
@@ -329,7 +336,7 @@ def test_every_truncation_is_detected() -> None:
 def test_well_framed_but_wrong_contents_are_rejected() -> None:
     import msgpack
 
-    from server.statemachine import FrameWriter
+    from ramraft.server.machines.statemachine import FrameWriter
 
     def stream(*frames: object) -> io.BytesIO:
         buf = io.BytesIO()

@@ -10,9 +10,15 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from proto import kv_pb2
-from server.embed import ModelMachine, ReplicatedModel, command, decode_call, encode_call
-from server.kv import (
+from ramraft.proto import kv_pb2
+from ramraft.server.machines.embed import (
+    ModelMachine,
+    ReplicatedModel,
+    command,
+    decode_call,
+    encode_call,
+)
+from ramraft.server.machines.kv import (
     KVMachine,
     PutResult,
     Session,
@@ -20,8 +26,8 @@ from server.kv import (
     encode_delete,
     encode_put,
 )
-from server.sessions import SessionRecord, SessionTable
-from server.statemachine import CommandError, ErrorCode
+from ramraft.server.machines.sessions import SessionRecord, SessionTable
+from ramraft.server.machines.statemachine import CommandError, ErrorCode
 
 
 def is_error(result: object, code: ErrorCode) -> bool:
@@ -274,8 +280,8 @@ def test_undecodable_first_unacked_is_a_bad_command() -> None:
 
 
 def test_servicer_session_checks() -> None:
-    from server.api import BadRequest
-    from server.services import _session
+    from ramraft.server.rpc.services import _session
+    from ramraft.server.runtime.node_api import BadRequest
 
     def req(**session: int) -> kv_pb2.PutRequest:
         return kv_pb2.PutRequest(key="k", session=kv_pb2.Session(**session))

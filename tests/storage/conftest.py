@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.storage import (
+from ramraft.server.storage import (
     FileLogStore,
     FileSnapshotStore,
     MemoryDisk,

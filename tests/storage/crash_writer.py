@@ -23,7 +23,7 @@ from typing import Any
 if __name__ == "__main__":  # run as a script: make the worktree importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from consensus.types import ConfState, Entry, HardState, SnapshotMeta
+from ramraft.consensus.types import ConfState, Entry, HardState, SnapshotMeta
 
 CONF = ConfState(voters=frozenset({"n1", "n2", "n3"}))
 SEGMENT_SIZE = 1 << 16
@@ -117,7 +117,7 @@ def main() -> None:
 
     import structlog
 
-    from server.storage import StorageFailedError, StorageIOError, open_storage
+    from ramraft.server.storage import StorageFailedError, StorageIOError, open_storage
 
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     if args.fsize_limit:  # writes past the limit fail with EFBIG, like a full disk

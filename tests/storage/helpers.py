@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consensus.types import ConfState, Entry, EntryKind, SnapshotMeta
+from ramraft.consensus.types import ConfState, Entry, EntryKind, SnapshotMeta
 
 CONF = ConfState(voters=frozenset({"n1", "n2", "n3"}))
 

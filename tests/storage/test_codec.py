@@ -8,8 +8,8 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consensus.types import ConfState, Entry, EntryKind, HardState, SnapshotMeta
-from server.storage import codec
+from ramraft.consensus.types import ConfState, Entry, EntryKind, HardState, SnapshotMeta
+from ramraft.server.storage import encoding as codec
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
 node_ids = st.text(max_size=12)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from server.storage import DataDirLockedError, StorageError, open_storage
+from ramraft.server.storage import DataDirLockedError, StorageError, open_storage
 
 
 def test_second_open_of_the_same_directory_is_refused(tmp_path: Path) -> None:
@@ -32,7 +32,7 @@ def test_lock_held_by_another_process_and_released_when_it_dies(tmp_path: Path) 
             textwrap.dedent(
                 f"""
                 import sys, time
-                from server.storage import open_storage
+                from ramraft.server.storage import open_storage
                 log, _ = open_storage({str(tmp_path / "d")!r})
                 print("locked", flush=True)
                 time.sleep(60)

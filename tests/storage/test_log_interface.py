@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from consensus.types import Entry, EntryKind, HardState, SnapshotMeta
-from server.storage import StorageFailedError
+from ramraft.consensus.types import Entry, EntryKind, HardState, SnapshotMeta
+from ramraft.server.storage import StorageFailedError
 
 from .conftest import Harness, SnapStoreT
 from .helpers import ents, meta, snapshot_bytes
@@ -206,7 +206,7 @@ def test_unsynced_batch_is_durable_after_a_synced_one(harness: Harness) -> None:
 
 
 def test_memory_crash_loses_only_unsynced_batches(tmp_path: object) -> None:
-    from server.storage import MemoryDisk, open_memory_storage
+    from ramraft.server.storage import MemoryDisk, open_memory_storage
 
     disk = MemoryDisk()
     log, _ = open_memory_storage(disk)

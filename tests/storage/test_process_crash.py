@@ -14,7 +14,7 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from server.storage import RecoveredState, open_memory_storage, open_storage
+from ramraft.server.storage import RecoveredState, open_memory_storage, open_storage
 
 from . import crash_writer
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from crc32c import crc32c
 
-from server.storage import (
+from ramraft.server.storage import (
     CorruptionError,
     FileSnapshotStore,
     StorageIOError,

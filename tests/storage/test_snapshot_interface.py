@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from consensus.types import ConfState
-from server.storage import SnapshotNotFoundError
+from ramraft.consensus.types import ConfState
+from ramraft.server.storage import SnapshotNotFoundError
 
 from .conftest import Harness
 from .helpers import meta, snapshot_bytes

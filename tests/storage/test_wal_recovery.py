@@ -13,15 +13,15 @@ import pytest
 from crc32c import crc32c
 from structlog.testing import capture_logs
 
-from consensus.types import Entry, HardState
-from server.storage import (
+from ramraft.consensus.types import Entry, HardState
+from ramraft.server.storage import (
     CorruptionError,
     FileLogStore,
     FileSnapshotStore,
     UnsupportedVersionError,
-    codec,
     open_storage,
 )
+from ramraft.server.storage import encoding as codec
 
 from .helpers import ents, meta, rewrite, snapshot_bytes
 

@@ -48,7 +48,7 @@ def test_the_mounted_files_load_as_the_package_notes(tmp_path: Path) -> None:
         shutil.copy(NOTES / name, package / name)
     app_path = str(tmp_path / "opt" / "app")
     code = (
-        "import argparse, server.cli as c;"
+        "import argparse, ramraft.tools.node_cli as c;"
         f"a = c.load_app_from_args(argparse.Namespace(app='notes:app', app_path={app_path!r}));"
         "print(type(a.model).__module__, a.title, len(list(a.routes)))"
     )

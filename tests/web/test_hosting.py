@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from examples.notes import Board
-from server.embed import LocalProposer, ModelMachine, decode_call, encode_call
-from server.hosting import (
+from ramraft.server.hosting import (
     Application,
     AppLoadError,
     SessionPool,
@@ -22,10 +21,17 @@ from server.hosting import (
     model_proposer,
     write_with_session,
 )
-from server.kv import CasResult, DeleteResult, KVMachine, PutResult, encode_put
-from server.metrics import RateWindow
-from server.statemachine import TAG_KV, TAG_MODEL, CommandError, CompositeMachine, ErrorCode
-from server.status_page import render_status_page
+from ramraft.server.machines.embed import LocalProposer, ModelMachine, decode_call, encode_call
+from ramraft.server.machines.kv import CasResult, DeleteResult, KVMachine, PutResult, encode_put
+from ramraft.server.machines.statemachine import (
+    TAG_KV,
+    TAG_MODEL,
+    CommandError,
+    CompositeMachine,
+    ErrorCode,
+)
+from ramraft.server.web.metrics import RateWindow
+from ramraft.server.web.status_page import render_status_page
 
 
 @pytest.mark.parametrize(

@@ -82,7 +82,7 @@ import msgpack
 import structlog
 from sortedcontainers import SortedList
 
-from server.sessions import (
+from ramraft.server.machines.sessions import (
     DEFAULT_IDLE_ENTRIES,
     DEFAULT_MAX_REPLIES,
     DEFAULT_MAX_SESSIONS,
@@ -94,7 +94,7 @@ from server.sessions import (
     session_error,
     valid_session,
 )
-from server.statemachine import (
+from ramraft.server.machines.statemachine import (
     TAG_KV,
     CommandError,
     ErrorCode,

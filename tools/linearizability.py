@@ -31,7 +31,7 @@ deletes that found nothing) one at a time while the rest still fails.
 
 Usage::
 
-    from server.linearizability import Operation, check
+    from ramraft.tools.linearizability import Operation, check
     result = check(history)
     assert result.ok, result.explanation
 """

@@ -28,10 +28,8 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
-from proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
-from server.api import BadRequest, NodeAPI
-from server.auth import STREAM_GATE
-from server.kv import (
+from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+from ramraft.server.machines.kv import (
     CasResult,
     DeleteResult,
     KVMachine,
@@ -41,8 +39,16 @@ from server.kv import (
     encode_delete,
     encode_put,
 )
-from server.runtime import InvalidRequest, NotLeader, Overloaded, RaftRuntime, Unavailable
-from server.statemachine import CommandError, ErrorCode
+from ramraft.server.machines.statemachine import CommandError, ErrorCode
+from ramraft.server.runtime.loop import (
+    InvalidRequest,
+    NotLeader,
+    Overloaded,
+    RaftRuntime,
+    Unavailable,
+)
+from ramraft.server.runtime.node_api import BadRequest, NodeAPI
+from ramraft.server.security.auth import STREAM_GATE
 
 log = structlog.get_logger("ramraft.grpc")
 LEADER_METADATA_KEY = "ramraft-leader"

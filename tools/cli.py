@@ -1,8 +1,8 @@
 """The ``ramraft`` command line.
 
-Client subcommands live here; the server's (``node``, ``cluster``,
-``bench``) are registered by ``server.cli.register(subparsers)`` when that
-module exists. A registered subcommand sets ``func`` with
+Client subcommands live here; the node's (``node``, ``cluster``) and the
+tools' (``bench``, ``chaos``, ``certs``, ``tokens``) are registered by
+``node_cli.register(subparsers)``. A registered subcommand sets ``func`` with
 ``parser.set_defaults(func=handler)``; ``handler(args) -> int`` returns the
 exit status. ``add_client_options`` and ``client_from_args`` give other
 subcommands the same --endpoints/--timeout/--json handling.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import importlib
 import json
 import logging
 import os
@@ -28,10 +27,10 @@ import structlog
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message as ProtoMessage
 
-from client import _core
-from client._sync import Client
-from client.errors import RamraftError
-from proto import admin_pb2
+from ramraft.client import _core
+from ramraft.client._sync import Client
+from ramraft.client.errors import RamraftError
+from ramraft.proto import admin_pb2
 
 __all__ = [
     "DEFAULT_ENDPOINTS",
@@ -673,13 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_server_commands(sub: Any) -> None:
-    try:
-        server_cli = importlib.import_module("server.cli")
-    except ModuleNotFoundError as e:
-        if e.name not in ("server.cli", "server"):
-            raise  # a missing dependency of server.cli: a real error
-        return
-    server_cli.register(sub)
+    from ramraft.tools import node_cli
+
+    node_cli.register(sub)
 
 
 def _non_negative(text: str) -> int:

@@ -20,8 +20,8 @@ from typing import Any
 import grpc
 import structlog
 
-from proto import raft_pb2
-from server.runtime import NotLeader, Overloaded, RaftRuntime, Unavailable
+from ramraft.proto import raft_pb2
+from ramraft.server.runtime.loop import NotLeader, Overloaded, RaftRuntime, Unavailable
 
 log = structlog.get_logger("ramraft.api")
 

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from consensus import (
+from ramraft.consensus import (
     NO_NODE,
     ConfChange,
     ConfChangeType,
@@ -58,11 +58,11 @@ from consensus import (
     Role,
     SnapshotMeta,
 )
-from consensus.raft import Config
-from server.auth import RefusalLog
-from server.config import NodeConfig
-from server.statemachine import ReadableStream, StateMachine
-from server.storage import LogStore, SnapshotStore, StorageError
+from ramraft.consensus.raft import Config
+from ramraft.server.config import NodeConfig
+from ramraft.server.logs import RateLimitedLog
+from ramraft.server.machines.statemachine import ReadableStream, StateMachine
+from ramraft.server.storage import LogStore, SnapshotStore, StorageError
 
 log = structlog.get_logger("ramraft.runtime")
 T = TypeVar("T")
@@ -190,7 +190,7 @@ class RaftRuntime:
         # Members removed by a REMOVE entry this node has seen (the peer
         # identity check refuses them even if --peer-id-pattern matches).
         self.removed_members: set[str] = set()
-        self.refusals = RefusalLog()
+        self.refusals = RateLimitedLog()
         self._rejected_seen = 0
 
     # ---- life cycle -----------------------------------------------------------------------

@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 from crc32c import crc32c
 
-from consensus.types import ConfState, Entry, EntryKind, HardState, SnapshotMeta
+from ramraft.consensus.types import ConfState, Entry, EntryKind, HardState, SnapshotMeta
 
 FORMAT_VERSION = 1
 

@@ -79,7 +79,6 @@ ALL_MODES = GRPC_MODES + INPROC_MODES
 WRITE_MODES = ("write", "inproc-write")
 READ_MODES = ("read-linearizable", "read-serializable", "inproc-read-linearizable")
 INPROC_ID = "n1"
-REPO = Path(__file__).resolve().parents[1]
 KEY_PREFIX = "bench-"
 # Foreign CPU use (other work on the machine) that makes a run "contaminated",
 # and below which the machine counts as idle (as the peers' scripts do).
@@ -314,8 +313,8 @@ class GrpcSpec:
 async def _grpc_load(spec: GrpcSpec, on_done: Callable[[], None]) -> Tally:
     import grpc
 
-    from client import AsyncClient
-    from proto import kv_pb2, kv_pb2_grpc
+    from ramraft.client import AsyncClient
+    from ramraft.proto import kv_pb2, kv_pb2_grpc
 
     rng = random.Random(spec.seed)
     values = [rng.randbytes(spec.value_bytes) for _ in range(256)]
@@ -396,7 +395,7 @@ class _Multiplexed:
     waits for the answer with its id (answers come in completion order)."""
 
     def __init__(self, channel: Any, timeout: float) -> None:
-        from proto import kv_pb2_grpc
+        from ramraft.proto import kv_pb2_grpc
 
         self.channel = channel
         self.timeout = timeout
@@ -421,7 +420,7 @@ class _Multiplexed:
         self.waiting.clear()
 
     async def call(self, request_id: int, **op: Any) -> Any:
-        from proto import kv_pb2
+        from ramraft.proto import kv_pb2
 
         if self.reader.done():
             raise ConnectionError("the stream ended")
@@ -575,9 +574,6 @@ class Cluster:
         assert self.root is not None
         peers = ",".join(f"{i}={a}" for i, a in self.addresses.items())
         env = dict(os.environ, RAMRAFT_LOG_LEVEL="warning")
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
-        )
         for node_id in self.addresses:
             data_dir = self.root / node_id
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -586,7 +582,7 @@ class Cluster:
             argv = [
                 sys.executable,
                 "-m",
-                "client.cli",
+                "ramraft",
                 "node",
                 "--id",
                 node_id,
@@ -604,8 +600,8 @@ class Cluster:
                 argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env
             )
         if self.inproc:
-            from server.config import NodeConfig
-            from server.node import Node
+            from ramraft.server.config import NodeConfig
+            from ramraft.server.node import Node
 
             config = NodeConfig(
                 node_id=INPROC_ID,
@@ -651,8 +647,8 @@ class Cluster:
 
     async def leader(self, timeout: float = 30.0) -> tuple[str, str]:
         """(id, client address) of the leader, once one answers writes."""
-        from client import AsyncClient
-        from proto import admin_pb2
+        from ramraft.client import AsyncClient
+        from ramraft.proto import admin_pb2
 
         deadline = time.monotonic() + timeout
         last_error = "no answer"
@@ -679,7 +675,7 @@ class Cluster:
 
     async def make_leader(self, node_id: str, timeout: float = 30.0) -> None:
         """Hand leadership to ``node_id`` (the in-process node)."""
-        from client import AsyncClient
+        from ramraft.client import AsyncClient
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -707,7 +703,7 @@ async def _inproc_load(
     tally: Tally,
     timeout: float,
 ) -> None:
-    from server.kv import encode_put
+    from ramraft.server.machines.kv import encode_put
 
     api = node.api
     kv = node.kv
@@ -854,7 +850,7 @@ async def _preload(endpoint: str, keys: int, value_bytes: int) -> None:
     """Write the keys the read modes read (bare stubs: no session needed)."""
     import grpc
 
-    from proto import kv_pb2, kv_pb2_grpc
+    from ramraft.proto import kv_pb2, kv_pb2_grpc
 
     value = b"v" * value_bytes
     async with grpc.aio.insecure_channel(endpoint) as channel:
@@ -1235,7 +1231,7 @@ def add_bench_parser(sub: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from client._core import parse_endpoints
+    from ramraft.client._core import parse_endpoints
 
     try:
         args.endpoint_list = parse_endpoints(args.endpoints) if args.endpoints else None
@@ -1274,7 +1270,7 @@ def main(args: argparse.Namespace) -> int:
         connections=args.connections,
         timeout=args.timeout,
     )
-    from server.logs import configure_logging
+    from ramraft.server.logs import configure_logging
 
     configure_logging(os.environ.get("RAMRAFT_LOG_LEVEL", "warning"))
     progress = Progress(sys.stderr, enabled=not args.no_progress)

@@ -123,7 +123,7 @@ from typing import (
 import msgpack
 import structlog
 
-from server.sessions import (
+from ramraft.server.machines.sessions import (
     DEFAULT_IDLE_ENTRIES,
     DEFAULT_MAX_REPLIES,
     DEFAULT_MAX_SESSIONS,
@@ -135,7 +135,7 @@ from server.sessions import (
     session_error,
     valid_session,
 )
-from server.statemachine import (
+from ramraft.server.machines.statemachine import (
     TAG_MODEL,
     CommandError,
     ErrorCode,

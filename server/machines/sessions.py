@@ -79,7 +79,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, TypeVar
 
-from server.statemachine import CommandError, ErrorCode
+from ramraft.server.machines.statemachine import CommandError, ErrorCode
 
 R = TypeVar("R")
 

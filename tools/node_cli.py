@@ -17,10 +17,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server.config import ConfigError, Limits, NodeConfig, TLSConfig, parse_address, parse_peers
+from ramraft.server.config import (
+    ConfigError,
+    Limits,
+    NodeConfig,
+    TLSConfig,
+    parse_address,
+    parse_peers,
+)
 
 if TYPE_CHECKING:
-    from server.hosting import Application
+    from ramraft.server.hosting import Application
 
 NODE_EPILOG = """\
 examples:
@@ -309,7 +316,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
 
 def load_app_from_args(args: argparse.Namespace) -> Application | None:
     """The --app application, imported with --app-path on sys.path."""
-    from server.hosting import load_app
+    from ramraft.server.hosting import load_app
 
     if not args.app:
         return None
@@ -321,12 +328,12 @@ def load_app_from_args(args: argparse.Namespace) -> Application | None:
 
 
 def run_node(args: argparse.Namespace) -> int:
-    from server.auth import AuthConfigError
-    from server.hosting import AppLoadError
-    from server.logs import configure_logging
-    from server.node import Node
-    from server.statemachine import SnapshotError
-    from server.storage import StorageError
+    from ramraft.server.hosting import AppLoadError
+    from ramraft.server.logs import configure_logging
+    from ramraft.server.machines.statemachine import SnapshotError
+    from ramraft.server.node import Node
+    from ramraft.server.security.auth import AuthConfigError
+    from ramraft.server.storage import StorageError
 
     configure_logging(args.log_level)
     try:
@@ -412,7 +419,7 @@ def run_cluster(args: argparse.Namespace) -> int:
     if tls_dir is not None and not all(
         (tls_dir / name).exists() for name in ["ca.pem", *(f"{i}.pem" for i in ids)]
     ):
-        from server.certs import make_cluster_certs
+        from ramraft.tools.certs import make_cluster_certs
 
         make_cluster_certs(tls_dir, {i: [args.host, "localhost"] for i in ids})
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -498,13 +505,7 @@ def register(sub: Any) -> None:
     add_node_parser(sub)
     add_cluster_parser(sub)
     # Subcommands that live in modules of their own (each defines register()).
-    import importlib
+    from ramraft.tools import bench, certs, chaos, tokens
 
-    for name in ("server.bench", "server.chaos", "server.certs", "server.auth"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
+    for module in (bench, chaos, certs, tokens):
         module.register(sub)

@@ -41,7 +41,6 @@ In-flight limits
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextvars
 import enum
@@ -49,8 +48,6 @@ import hashlib
 import hmac
 import os
 import re
-import secrets
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -61,7 +58,8 @@ from typing import Any
 import grpc
 import structlog
 
-from server.tls import peer_node_id
+from ramraft.server.logs import RateLimitedLog
+from ramraft.server.security.tls import peer_node_id
 
 log = structlog.get_logger("ramraft.auth")
 
@@ -213,30 +211,6 @@ def bearer_token(value: str | None) -> str | None:
     return None
 
 
-class RefusalLog:
-    """Warnings that a flood cannot turn into a log flood: at most ``burst``
-    per ``seconds`` per event; the next one that gets through says how many
-    were suppressed."""
-
-    def __init__(self, burst: int = 20, seconds: float = 10.0) -> None:
-        self.burst = burst
-        self.seconds = seconds
-        self._windows: dict[str, tuple[float, int, int]] = {}  # event -> (start, logged, dropped)
-
-    def warning(self, event: str, **fields: Any) -> None:
-        now = time.monotonic()
-        start, logged, dropped = self._windows.get(event, (now, 0, 0))
-        if now - start >= self.seconds:
-            start, logged = now, 0
-        if logged >= self.burst:
-            self._windows[event] = (start, logged, dropped + 1)
-            return
-        if dropped:
-            fields["suppressed"] = dropped
-        self._windows[event] = (start, logged + 1, 0)
-        log.warning(event, **fields)
-
-
 # ---- in-flight limits ---------------------------------------------------------------------
 
 
@@ -382,7 +356,7 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         tokens: TokenStore | None,
         limiter: InflightLimiter,
         is_member: Callable[[str], bool],
-        refusals: RefusalLog,
+        refusals: RateLimitedLog,
     ) -> None:
         self.tokens = tokens
         self.limiter = limiter
@@ -521,64 +495,3 @@ def http_required_role(method: str, path: str) -> Role | None:
     if method in ("GET", "HEAD", "OPTIONS"):
         return Role.READ
     return Role.WRITE
-
-
-# ---- `ramraft tokens` ---------------------------------------------------------------------
-
-
-def make_token() -> str:
-    return secrets.token_urlsafe(32)
-
-
-def run_tokens(args: argparse.Namespace) -> int:
-    lines = [
-        "# ramraft tokens: ROLE NAME TOKEN (see server/auth.py). Keep this file secret.",
-    ]
-    for role in ("admin", "write", "read"):
-        for name in filter(None, getattr(args, role).split(",")):
-            lines.append(f"{role} {name} {make_token()}")
-    text = "\n".join(lines) + "\n"
-    try:
-        parse_tokens(text, "generated")
-    except AuthConfigError as e:
-        print(f"ramraft tokens: {e}", file=sys.stderr)
-        return 2
-    if args.secret:
-        encoded = base64.b64encode(text.encode()).decode()
-        sys.stdout.write(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n"
-            f"  name: {args.secret_name}\ntype: Opaque\ndata:\n  tokens: {encoded}\n"
-        )
-        return 0
-    if args.out == "-":
-        sys.stdout.write(text)
-        return 0
-    path = Path(args.out)
-    if path.exists():
-        print(f"ramraft tokens: {path} exists; not overwriting it", file=sys.stderr)
-        return 1
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    print(path)
-    return 0
-
-
-def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "tokens",
-        help="make a token file for --auth-tokens (admin, write and read tokens)",
-        description=(
-            "Write a token file for `ramraft node --auth-tokens`: one random token per name, "
-            "with the role of the option that names it."
-        ),
-    )
-    p.add_argument("--out", default="tokens.txt", help="file to write (new), or - for stdout")
-    p.add_argument("--admin", default="admin", help="names of admin tokens, comma-separated")
-    p.add_argument("--write", default="writer", help="names of read-write tokens")
-    p.add_argument("--read", default="reader", help="names of read-only tokens")
-    p.add_argument(
-        "--secret", action="store_true", help="print a Kubernetes Secret (key: tokens) instead"
-    )
-    p.add_argument("--secret-name", default="ramraft-tokens")
-    p.set_defaults(func=run_tokens)

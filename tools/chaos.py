@@ -55,10 +55,10 @@ from typing import IO, Any, Final
 
 import structlog
 
-from client import LINEARIZABLE, SERIALIZABLE, AsyncClient, TLSOptions, parse_endpoints
-from client.cli import tls_from_args, token_from_args
-from client.errors import FailedPrecondition, InvalidArgument, NotFound, RamraftError
-from server.history import (
+from ramraft.client import LINEARIZABLE, SERIALIZABLE, AsyncClient, TLSOptions, parse_endpoints
+from ramraft.client.errors import FailedPrecondition, InvalidArgument, NotFound, RamraftError
+from ramraft.tools.cli import tls_from_args, token_from_args
+from ramraft.tools.history import (
     EXIT_NO_VERDICT,
     HISTORY_VERSION,
     KINDS,
@@ -314,7 +314,7 @@ def _mix(text: str) -> dict[str, int]:
 
 
 def register(sub: Any) -> None:
-    from client.cli import add_client_options
+    from ramraft.tools.cli import add_client_options
 
     p = sub.add_parser(
         "chaos",
@@ -402,7 +402,7 @@ class _Usage(Exception):
 
 def _endpoints(args: argparse.Namespace) -> list[str]:
     # As the client subcommands read them (client.cli): flag, env, default.
-    from client.cli import DEFAULT_ENDPOINTS
+    from ramraft.tools.cli import DEFAULT_ENDPOINTS
 
     raw = getattr(args, "endpoints", None) or os.environ.get("RAMRAFT_ENDPOINTS")
     try:
@@ -444,7 +444,7 @@ def run_chaos(args: argparse.Namespace) -> int:
 
 
 def _run_chaos(args: argparse.Namespace) -> int:
-    from server.logs import configure_logging
+    from ramraft.server.logs import configure_logging
 
     configure_logging(args.log_level)
     as_json = bool(getattr(args, "json", False))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self
 
-from consensus.types import Entry, HardState, SnapshotMeta
+from ramraft.consensus.types import Entry, HardState, SnapshotMeta
 
 
 @dataclass(slots=True)

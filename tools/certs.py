@@ -23,7 +23,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-NODE_URI_PREFIX = "ramraft-node:"
+from ramraft.server.security.tls import NODE_URI_PREFIX, node_id_of
+
+__all__ = ["node_id_of"]  # re-exported: the tools' users check what they made
+
 # Where k8s/statefulset.yaml mounts the ramraft-tls and ramraft-tokens Secrets.
 K8S_TLS_DIR = "/etc/ramraft/tls"
 K8S_TOKENS_FILE = "/etc/ramraft/tokens/tokens"
@@ -165,20 +168,6 @@ def issue(
             serialization.NoEncryption(),
         ),
     )
-
-
-def node_id_of(cert_pem: bytes) -> str | None:
-    """The node id a certificate vouches for (its ramraft-node: URI SAN)."""
-    x509 = _lazy_crypto()[0]
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
-        if uri.startswith(NODE_URI_PREFIX):
-            return str(uri[len(NODE_URI_PREFIX) :])
-    return None
 
 
 def k8s_node_hosts(

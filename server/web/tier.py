@@ -57,22 +57,29 @@ import grpc
 import structlog
 from aiohttp import web
 
-from proto import admin_pb2, admin_pb2_grpc
-from server.api import BadRequest
-from server.auth import Principal, bearer_token, http_required_role
-from server.config import parse_address
-from server.embed import CommandFailedError, NotPlainDataError
-from server.hosting import CONTEXT, AppContext, SessionPool, write_with_session
-from server.kv import CasResult, DeleteResult, PutResult, encode_cas, encode_delete, encode_put
-from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from server.runtime import InvalidRequest, NotLeader, Overloaded, Unavailable
-from server.services import value_before
-from server.sessions import valid_session
-from server.statemachine import CommandError, ErrorCode
-from server.status_page import render_status_page
+from ramraft.proto import admin_pb2, admin_pb2_grpc
+from ramraft.server.config import parse_address
+from ramraft.server.hosting import CONTEXT, AppContext, SessionPool, write_with_session
+from ramraft.server.machines.embed import CommandFailedError, NotPlainDataError
+from ramraft.server.machines.kv import (
+    CasResult,
+    DeleteResult,
+    PutResult,
+    encode_cas,
+    encode_delete,
+    encode_put,
+)
+from ramraft.server.machines.sessions import valid_session
+from ramraft.server.machines.statemachine import CommandError, ErrorCode
+from ramraft.server.rpc.services import value_before
+from ramraft.server.runtime.loop import InvalidRequest, NotLeader, Overloaded, Unavailable
+from ramraft.server.runtime.node_api import BadRequest
+from ramraft.server.security.auth import Principal, bearer_token, http_required_role
+from ramraft.server.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ramraft.server.web.status_page import render_status_page
 
 if TYPE_CHECKING:
-    from server.node import Node
+    from ramraft.server.node import Node
 
 log = structlog.get_logger("ramraft.web")
 

@@ -37,12 +37,31 @@ from typing import Any
 import grpc
 import structlog
 
-from server.certs import node_id_of
-from server.config import ConfigError, TLSConfig
+from ramraft.server.config import ConfigError, TLSConfig
 
 log = structlog.get_logger("ramraft.tls")
 
 RECHECK_SECONDS = 1.0
+
+
+# A node certificate names its node in a URI subject alternative name with
+# this prefix (``ramraft certs`` writes it; peers check it).
+NODE_URI_PREFIX = "ramraft-node:"
+
+
+def node_id_of(cert_pem: bytes) -> str | None:
+    """The node id a certificate vouches for (its ramraft-node: URI SAN)."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith(NODE_URI_PREFIX):
+            return str(uri[len(NODE_URI_PREFIX) :])
+    return None
 
 
 class TLSError(ConfigError):

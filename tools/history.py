@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from typing import Any, Final
 
-from server.linearizability import CheckTimeoutError, Operation, check
+from ramraft.tools.linearizability import CheckTimeoutError, Operation, check
 
 __all__ = [
     "EXIT_NO_VERDICT",

@@ -30,7 +30,7 @@ from typing import Any, Final
 import crc32c
 from google.protobuf.message import DecodeError, EncodeError
 
-from consensus.types import (
+from ramraft.consensus.types import (
     ConfState,
     Entry,
     EntryKind,
@@ -38,7 +38,7 @@ from consensus.types import (
     MsgType,
     SnapshotMeta,
 )
-from proto import raft_pb2
+from ramraft.proto import raft_pb2
 
 __all__ = [
     "DEFAULT_MAX_BATCH_BYTES",

@@ -46,19 +46,19 @@ from typing import Any
 import grpc
 import structlog
 
-from consensus.types import Message, MsgType, NodeId, SnapshotMeta
-from proto import raft_pb2
-from server.auth import RefusalLog
-from server.codec import (
+from ramraft.consensus.types import Message, MsgType, NodeId, SnapshotMeta
+from ramraft.proto import raft_pb2
+from ramraft.server.config import PEER_MESSAGE_BYTES
+from ramraft.server.logs import RateLimitedLog
+from ramraft.server.runtime.wire import (
     CodecError,
     SnapshotReceiver,
     parse_batch,
     serialize_batch,
     snapshot_chunks,
 )
-from server.config import PEER_MESSAGE_BYTES
-from server.storage import SnapshotStore, StorageError
-from server.tls import TLSFiles, fingerprint, peer_certificate, peer_node_id
+from ramraft.server.security.tls import TLSFiles, fingerprint, peer_certificate, peer_node_id
+from ramraft.server.storage import SnapshotStore, StorageError
 
 log = structlog.get_logger("ramraft.transport")
 
@@ -319,7 +319,7 @@ class PeerServicer:
         *,
         authenticate: bool = False,
         is_member: Callable[[str], bool] = lambda node_id: True,
-        refusals: RefusalLog | None = None,
+        refusals: RateLimitedLog | None = None,
     ) -> None:
         self.receive = receive
         self.snapshots = snapshots
@@ -328,7 +328,7 @@ class PeerServicer:
         self.current_term = current_term
         self.authenticate = authenticate
         self.is_member = is_member
-        self.refusals = refusals or RefusalLog()
+        self.refusals = refusals or RateLimitedLog()
         self.dropped_messages = 0  # well-formed, but not from the authenticated sender
         self.refused_calls = 0
         self._installing: set[str] = set()  # peers with an InstallSnapshot stream open
