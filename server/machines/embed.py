@@ -835,34 +835,11 @@ class ModelMachine:
         event loop (or with the loop's readers stopped): the last step
         replaces the model's attributes in place."""
         started = time.perf_counter()
-        frames = FrameReader(stream, _MODEL_MAGIC, _MODEL_VERSION)
-        header = self._record(frames)
-        if len(header) != 5 or header[0] != _REC_HEADER:
-            raise SnapshotFormatError("model snapshot does not start with its header")
-        _, index, name, n_attributes, n_sessions = header
+        index, name, state, sessions = read_model_snapshot(stream)
         if name != self.model_name:
             raise SnapshotFormatError(
                 f"snapshot is of model {name!r}, this node's model is {self.model_name!r}"
             )
-        if type(index) is not int or index < 0:
-            raise SnapshotFormatError(f"bad applied index {index!r} in model snapshot")
-        state: dict[str, Any] = {}
-        sessions: list[SessionRecord] = []
-        count = 0
-        while True:
-            record = self._record(frames)
-            kind = record[0]
-            if kind == _REC_END:
-                if len(record) != 2 or record[1] != count:
-                    raise SnapshotFormatError("model snapshot trailer does not match its records")
-                break
-            count += 1
-            try:
-                _restore_record(record, state, sessions)
-            except (TypeError, ValueError, IndexError, KeyError) as exc:
-                raise SnapshotFormatError(f"bad record in model snapshot: {exc}") from None
-        if len(state) != n_attributes or len(sessions) != n_sessions:
-            raise SnapshotFormatError("model snapshot is missing attributes or sessions")
         table = self.sessions.empty_like()
         try:
             table.load(sessions)
@@ -883,17 +860,52 @@ class ModelMachine:
             seconds=round(time.perf_counter() - started, 3),
         )
 
-    @staticmethod
-    def _record(frames: FrameReader) -> list[Any]:
+
+def read_model_snapshot(
+    stream: ReadableStream,
+) -> tuple[int, str, dict[str, Any], list[SessionRecord]]:
+    """Decode and check a whole model snapshot stream, without a model:
+    ``(applied index, model name, state, session records)``. Raises
+    SnapshotFormatError naming what is wrong."""
+    frames = FrameReader(stream, _MODEL_MAGIC, _MODEL_VERSION)
+    header = _model_record(frames)
+    if len(header) != 5 or header[0] != _REC_HEADER:
+        raise SnapshotFormatError("model snapshot does not start with its header")
+    _, index, name, n_attributes, n_sessions = header
+    if type(name) is not str:
+        raise SnapshotFormatError(f"bad model name {name!r} in model snapshot")
+    if type(index) is not int or index < 0:
+        raise SnapshotFormatError(f"bad applied index {index!r} in model snapshot")
+    state: dict[str, Any] = {}
+    sessions: list[SessionRecord] = []
+    count = 0
+    while True:
+        record = _model_record(frames)
+        kind = record[0]
+        if kind == _REC_END:
+            if len(record) != 2 or record[1] != count:
+                raise SnapshotFormatError("model snapshot trailer does not match its records")
+            break
+        count += 1
         try:
-            record = unpack_plain(frames.frame())
-        except SnapshotFormatError:
-            raise
-        except Exception as exc:
-            raise SnapshotFormatError(f"undecodable model snapshot record: {exc}") from None
-        if type(record) is not tuple or not record:
-            raise SnapshotFormatError("model snapshot record is not a tagged tuple")
-        return list(record)
+            _restore_record(record, state, sessions)
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            raise SnapshotFormatError(f"bad record in model snapshot: {exc}") from None
+    if len(state) != n_attributes or len(sessions) != n_sessions:
+        raise SnapshotFormatError("model snapshot is missing attributes or sessions")
+    return index, name, state, sessions
+
+
+def _model_record(frames: FrameReader) -> list[Any]:
+    try:
+        record = unpack_plain(frames.frame())
+    except SnapshotFormatError:
+        raise
+    except Exception as exc:
+        raise SnapshotFormatError(f"undecodable model snapshot record: {exc}") from None
+    if type(record) is not tuple or not record:
+        raise SnapshotFormatError("model snapshot record is not a tagged tuple")
+    return list(record)
 
 
 def _copy_state(model: ReplicatedModel) -> dict[str, Any]:

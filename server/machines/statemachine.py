@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -451,6 +451,31 @@ class CompositeMachine:
             machine.restore(section)
             section.finish()
         self._applied_index = snapshot_index
+
+
+COMPOSITE_MAGIC = _COMPOSITE_MAGIC
+
+
+def read_composite(
+    stream: ReadableStream, read_section: Callable[[int, ReadableStream], None]
+) -> int:
+    """Walk a composite snapshot stream without its machines: calls
+    ``read_section(tag, section)`` for each machine's section in order (the
+    callee must read the whole section) and returns the snapshot's applied
+    index. Raises SnapshotFormatError for a bad stream."""
+    frames = FrameReader(stream, _COMPOSITE_MAGIC, _COMPOSITE_VERSION)
+    header = frames.frame()
+    if len(header) != 9:
+        raise SnapshotFormatError("composite snapshot header is damaged")
+    count, index = header[0], int.from_bytes(header[1:], "little")
+    for _ in range(count):
+        tag = frames.frame()
+        if len(tag) != 1:
+            raise SnapshotFormatError(f"bad section tag {tag!r} in composite snapshot")
+        section = _SectionReader(frames)
+        read_section(tag[0], section)
+        section.finish()
+    return index
 
 
 def check_tag(command: bytes, tag: int, name: str) -> CommandError | None:

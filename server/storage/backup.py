@@ -160,9 +160,7 @@ class BackupReader:
             checksum.update(piece)
             remaining -= len(piece)
         if self._file.read(CHECKSUM_BYTES) != checksum.digest():
-            raise BackupError(
-                f"{self.path}: checksum mismatch: the file is damaged or truncated"
-            )
+            raise BackupError(f"{self.path}: checksum mismatch: the file is damaged or truncated")
 
     def state(self) -> _StateStream:
         self._file.seek(self._state_start)
