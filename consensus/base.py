@@ -37,6 +37,8 @@ class NodeState:
     vote: NodeId
     role: Role
     leader: NodeId
+    # 0, or the committed index the state machine could not apply.
+    apply_halted_at: int
     election_elapsed: int
     heartbeat_elapsed: int
     randomized_election_timeout: int
