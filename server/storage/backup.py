@@ -162,6 +162,11 @@ class BackupReader:
         if self._file.read(CHECKSUM_BYTES) != checksum.digest():
             raise BackupError(f"{self.path}: checksum mismatch: the file is damaged or truncated")
 
+    def checksum(self) -> bytes:
+        """The file's stored checksum (its last 32 bytes)."""
+        self._file.seek(self.size - CHECKSUM_BYTES)
+        return self._file.read(CHECKSUM_BYTES)
+
     def state(self) -> _StateStream:
         self._file.seek(self._state_start)
         return _StateStream(self._file, self.state_size)
