@@ -27,6 +27,7 @@ import structlog
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message as ProtoMessage
 
+from ramraft._version import __version__
 from ramraft.client import _core
 from ramraft.client._sync import Client
 from ramraft.client.errors import RamraftError
@@ -560,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[parent],
     )
+    parser.add_argument("--version", action="version", version=f"ramraft {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def command(

@@ -169,8 +169,6 @@ def test_breaking_catches(change: str, run_buf: Run, tmp_path: Path) -> None:
     protos = _current()
     assert old in protos[name], f"{old!r} is no longer in {name}: update the test"
     protos[name] = protos[name].replace(old, new)
-    done = run_buf(
-        "breaking", _tree(tmp_path, protos), "--against", REPO, "--error-format", "json"
-    )
+    done = run_buf("breaking", _tree(tmp_path, protos), "--against", REPO, "--error-format", "json")
     assert done.returncode != 0, f"buf breaking let a {change} through"
     assert rule in done.stdout, done.stdout
