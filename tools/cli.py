@@ -17,13 +17,11 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-import structlog
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message as ProtoMessage
 
@@ -531,21 +529,10 @@ def _cmd_snapshot(client: Client, args: argparse.Namespace) -> int:
 
 def _client_command(command: Callable[[Client, argparse.Namespace], int]) -> Handler:
     def run(args: argparse.Namespace) -> int:
-        _quiet_logs()
         with client_from_args(args) as client:
             return command(client, args)
 
     return run
-
-
-def _quiet_logs() -> None:
-    # The library logs retries at debug level; a person at a terminal (or a
-    # script reading stdout) wants only warnings, and on stderr.
-    if not structlog.is_configured():
-        structlog.configure(
-            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-            logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        )
 
 
 # -- the parser -----------------------------------------------------------------------
