@@ -429,7 +429,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         cmd = [
             sys.executable,
             "-m",
-            "client",
+            "ramraft",
             "node",
             "--id",
             node_id,
