@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.npm import npm_ci
+
 REPO = Path(__file__).resolve().parents[2]
 BUF_DIR = REPO / "tests" / "proto" / "buf"
 PROTO = REPO / "proto"
@@ -44,17 +46,10 @@ def _installed() -> Path | None:
 def buf() -> Path:
     exe = _installed()
     if exe is None:
-        npm = shutil.which("npm")
-        if npm is None or shutil.which("node") is None:
+        done = npm_ci(BUF_DIR)
+        if done is None:
             _unavailable("node and npm are not on PATH (Debian: apt-get install nodejs npm)")
-        assert npm is not None
-        done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=BUF_DIR,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        assert done is not None
         exe = _installed()
         if done.returncode != 0 or exe is None:
             _unavailable(f"`npm ci` in {BUF_DIR} failed:\n{done.stdout}\n{done.stderr}")
