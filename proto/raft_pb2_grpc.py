@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class PeerStub:
-    """Missing associated documentation comment in .proto file."""
+    """What nodes call on each other. Its name is part of every method path
+    ("/ramraft.peer.v1.Peer/Stream"), which nodes of different versions must
+    agree on during a rolling upgrade, so it keeps it (see buf.yaml).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -52,7 +55,10 @@ class PeerStub:
 
 
 class PeerServicer:
-    """Missing associated documentation comment in .proto file."""
+    """What nodes call on each other. Its name is part of every method path
+    ("/ramraft.peer.v1.Peer/Stream"), which nodes of different versions must
+    agree on during a rolling upgrade, so it keeps it (see buf.yaml).
+    """
 
     def Stream(self, request_iterator, context):
         """Carries Raft messages from the caller to the callee until either side
@@ -104,7 +110,10 @@ def add_PeerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Peer:
-    """Missing associated documentation comment in .proto file."""
+    """What nodes call on each other. Its name is part of every method path
+    ("/ramraft.peer.v1.Peer/Stream"), which nodes of different versions must
+    agree on during a rolling upgrade, so it keeps it (see buf.yaml).
+    """
 
     @staticmethod
     def Stream(request_iterator,

@@ -1,4 +1,4 @@
-"""``ramraft node`` and ``ramraft cluster`` (registered into client/cli.py).
+"""``ramraft node`` and ``ramraft cluster`` (registered into tools/cli.py).
 
 Every ``node`` flag can also be given as an environment variable
 (``--data-dir`` -> ``RAMRAFT_DATA_DIR``), so a StatefulSet pod derives its id
@@ -429,7 +429,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         cmd = [
             sys.executable,
             "-m",
-            "client",
+            "ramraft",
             "node",
             "--id",
             node_id,
