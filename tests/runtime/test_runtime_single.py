@@ -11,7 +11,8 @@ import pytest
 
 from ramraft.server.config import NodeConfig
 from ramraft.server.machines.kv import KVMachine, encode_put
-from ramraft.server.runtime.loop import RaftRuntime, Unavailable
+from ramraft.server.request_errors import Unavailable
+from ramraft.server.runtime.loop import RaftRuntime
 from ramraft.server.storage import MemoryDisk, open_memory_storage
 
 
@@ -86,7 +87,7 @@ def test_restart_replays_the_log_after_the_snapshot() -> None:
         await started(runtime)
         for n in range(25):
             await runtime.propose(encode_put(f"k{n}", str(n).encode()))
-        index = await runtime.snapshot_now()
+        index = await runtime.snapshotting.snapshot_now()
         for n in range(25, 30):
             await runtime.propose(encode_put(f"k{n}", str(n).encode()))
         await runtime.close()
@@ -116,8 +117,8 @@ def test_large_values_trigger_snapshots_by_bytes_and_bound_the_log_in_ram() -> N
         value = b"v" * (100 << 10)  # 100 KiB
         for n in range(40):  # 4 MB in all
             await runtime.propose(encode_put(f"k{n}", value))
-            if runtime._snapshot_task is not None:
-                await runtime._snapshot_task
+            if runtime.snapshotting.task is not None:
+                await runtime.snapshotting.task
         core = runtime.core
         assert core is not None
         assert core.latest_snapshot.index > 0, "no snapshot was taken by bytes"
