@@ -1,6 +1,7 @@
 """The gRPC servicers: decode, call the node API, encode. No Raft rules here.
 
-Errors (the public contract, proto/kv.proto):
+Errors (the public contract, proto/kv.proto; each comes from the one table in
+server/request_errors.py, which the web tier answers from too):
 - INVALID_ARGUMENT: bad input (empty or over-long key, over-long value,
   unknown enum value), with a message naming the limit;
 - UNAVAILABLE: no leader or quorum within the deadline, or this node is

@@ -8,7 +8,7 @@ core's Ready in the order the core demands (consensus/types.py, Ready):
 1. persist snapshot marker, entries and hard state: one ``save()``, one
    fsync, in the disk thread (the event loop keeps accepting requests,
    which pile up for the next turn: group commit);
-2. send the messages (one coalesced write per peer, server/transport.py);
+2. send the messages (one coalesced write per peer, runtime/transport.py);
 3. install a snapshot received from the leader, apply committed entries to
    the state machine, resolve the futures of the writes they complete;
 4. release linearizable reads whose read index is now applied; ``advance``.

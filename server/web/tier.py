@@ -4,10 +4,10 @@ Built on aiohttp: a well-kept asyncio HTTP server (and client) that runs as a
 few tasks on the event loop grpc.aio already uses, so a page handler reads
 the state machine's objects directly -- no thread hop, no lock, no second
 server process -- and awaits the same in-process calls as the gRPC servicers
-(server/api.py). Routes:
+(runtime/node_api.py). Routes:
 
 ``GET /``
-    The status page (server/status_page.py): role, term, leader, indexes,
+    The status page (web/status_page.py): role, term, leader, indexes,
     each member's lag, recent leader changes, request rates. Polls
     ``/v1/status`` once a second.
 ``GET /v1/status``
@@ -16,7 +16,7 @@ server process -- and awaits the same in-process calls as the gRPC servicers
     The key-value machine; ``GET /v1/kv?prefix=&start_after=&limit=`` lists
     keys; ``POST /v1/cas/{key}`` compares and swaps. See :class:`KVRoutes`.
 ``GET /metrics``
-    Prometheus text format (server/metrics.py).
+    Prometheus text format (web/metrics.py).
 ``GET /healthz``, ``GET /readyz``
     Alive / ready (knows a leader, has applied its commit index), matching
     the gRPC health service's "liveness" and "" services.
@@ -24,7 +24,7 @@ server process -- and awaits the same in-process calls as the gRPC servicers
     The pages of an application model (``--app``, server/hosting.py).
 
 With ``--auth-tokens`` every route but /healthz and /readyz needs a token
-(server/auth.py): ``Authorization: Bearer TOKEN``, or HTTP Basic with the
+(security/auth.py): ``Authorization: Bearer TOKEN``, or HTTP Basic with the
 token as the password (browsers ask for it on the status page). Reads need
 the read role, PUT/DELETE/POST the write role. With TLS the port serves
 HTTPS (a client certificate is required with ``--tls-client-auth
@@ -39,7 +39,10 @@ with CODE one of ``invalid_argument`` (400), ``unauthenticated`` (401),
 write refused), ``payload_too_large`` (413), ``unsupported_media_type``
 (415), ``overloaded`` (429), ``unavailable`` (503, with ``leader`` and
 ``leader_address`` when known, and a ``Ramraft-Leader`` header naming the
-leader's gRPC address) and ``deadline_exceeded`` (504).
+leader's gRPC address) and ``deadline_exceeded`` (504); an application
+command that failed is ``command_failed`` (409). The errors of the node are
+answered from the one table in server/request_errors.py, the same the gRPC
+services use.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ from ramraft.server.request_errors import (
 )
 from ramraft.server.rpc.services import value_before
 from ramraft.server.runtime.node_api import InputLimits
-from ramraft.server.runtime.status import RuntimeStatus
+from ramraft.server.runtime.status import RuntimeReports, RuntimeStatus
 from ramraft.server.security.auth import Principal, bearer_token, http_required_role
 from ramraft.server.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ramraft.server.web.status_page import render_status_page
@@ -123,6 +126,28 @@ class LeaderUnreachable(Exception):
 
 def bad_request(detail: str) -> HttpError:
     return HttpError(400, "invalid_argument", detail)
+
+
+def http_error_for(error: BaseException, reports: RuntimeReports) -> HttpError | None:
+    """The answer for an error of the node (the table in
+    server/request_errors.py); None for one no caller should see (a bug)."""
+    status = wire_status(error)
+    if status is None:
+        return None
+    headers = {"Retry-After": "1"} if status.http_status in (429, 503) else {}
+    extra: dict[str, Any] = {}
+    if status.names_leader:
+        # A header with the leader's gRPC address, and JSON fields.
+        now = reports.status()
+        leader, address = now.leader, now.leader_address
+        if isinstance(error, NotLeader):
+            leader, address = error.leader, error.leader_address
+        if address:
+            headers[LEADER_HEADER] = address
+        extra = {"leader": leader or None, "leader_address": address or None}
+    return HttpError(
+        status.http_status, status.http_error, error_message(error), headers=headers, **extra
+    )
 
 
 _HTTP_ERROR_CODES = {
@@ -602,16 +627,10 @@ class WebTier:
                 headers={"Allow": e.headers["Allow"]} if "Allow" in e.headers else None,
             )
         except Exception as e:
-            status = wire_status(e)
-            if status is None:
+            answer = http_error_for(e, self.view.reports)
+            if answer is None:
                 raise  # a bug: aiohttp answers 500 and logs it
-            headers = {"Retry-After": "1"} if status.http_status in (429, 503) else {}
-            extra: dict[str, Any] = {}
-            if status.names_leader:
-                extra = self._leader_hint(e, headers)
-            error = HttpError(
-                status.http_status, status.http_error, error_message(e), headers=headers, **extra
-            )
+            error = answer
         return self._error_response(error, api_route, request)
 
     def _error_response(
@@ -630,16 +649,6 @@ class WebTier:
             status=error.status,
             headers=error.headers,
         )
-
-    def _leader_hint(self, error: Exception, headers: dict[str, str]) -> dict[str, Any]:
-        """Name the leader: a header with its gRPC address, and JSON fields."""
-        status = self.view.reports.status()
-        leader, address = status.leader, status.leader_address
-        if isinstance(error, NotLeader):
-            leader, address = error.leader, error.leader_address
-        if address:
-            headers[LEADER_HEADER] = address
-        return {"leader": leader or None, "leader_address": address or None}
 
     # ---- pages ------------------------------------------------------------------------------
 

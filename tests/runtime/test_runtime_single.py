@@ -13,7 +13,7 @@ from ramraft.server.config import NodeConfig
 from ramraft.server.machines.kv import KVMachine, encode_put
 from ramraft.server.request_errors import Unavailable
 from ramraft.server.runtime.loop import RaftRuntime
-from ramraft.server.storage import MemoryDisk, open_memory_storage
+from ramraft.server.storage import MemoryDisk, encode_snapshot_header, open_memory_storage
 
 
 class NoNetwork:
@@ -92,6 +92,10 @@ def test_restart_replays_the_log_after_the_snapshot() -> None:
             await runtime.propose(encode_put(f"k{n}", str(n).encode()))
         await runtime.close()
         assert disk.snapshots, "a snapshot was stored"
+        # Its data starts with the node's header, in the pinned format
+        # (tests/storage/test_snapshot_header.py).
+        _, data = disk.snapshots[index]
+        assert data.startswith(encode_snapshot_header({"solo": "127.0.0.1:1"}))
 
         runtime2, machine2 = make_runtime(disk)
         await started(runtime2)
