@@ -96,6 +96,9 @@ class RaftRuntime:
         self.peers = PeerDirectory(config, self._conf_members)
         # id -> peer address (the directory's dict, shared with the transport)
         self.addresses = self.peers.addresses
+        self.snapshotting = SnapshotScheduler(
+            config, machine, snapshots, log_store, self.peers, self
+        )
         self.transport: Any = None  # PeerTransport, set by the node before start()
         self.failed: BaseException | None = None
         self.stopping = False
@@ -116,9 +119,6 @@ class RaftRuntime:
         self._read_seq = itertools.count()
         self._leader_event = asyncio.Event()
         self._applied_event = asyncio.Event()
-        self.snapshotting = SnapshotScheduler(
-            config, machine, snapshots, log_store, self.peers, self
-        )
         self._synced_hard_state = HardState()  # the newest term/vote known durable
         self._tasks: list[asyncio.Task[Any]] = []
         self._leader_changes: list[LeaderChange] = []  # the newest 50

@@ -124,6 +124,19 @@ async def with_leader(serve: Serve, body: Callable[[NodeAPI], Awaitable[None]]) 
         await server.stop(None)
 
 
+async def refused_forward(api: NodeAPI) -> grpc.aio.AioRpcError:
+    """Call Forward on the follower's leader as a follower of any release
+    would, expecting a refusal; returns it."""
+    forward = api.runtime.transport.channel("leader").unary_unary(
+        "/ramraft.peer.v1.Peer/Forward",
+        request_serializer=raft_pb2.ForwardRequest.SerializeToString,
+        response_deserializer=raft_pb2.ForwardResponse.FromString,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await forward(raft_pb2.ForwardRequest(command=b"cmd"), timeout=5)
+    return caught.value
+
+
 def new_release_forward(runtime: LeaderRuntime) -> Serve:
     api = NodeAPI(runtime, encode, decode, LIMITS)  # type: ignore[arg-type]
     return api.serve_forward
@@ -154,14 +167,7 @@ def test_the_leader_says_whether_it_proposed(refusal: Unavailable) -> None:
     errors: list[grpc.aio.AioRpcError] = []
 
     async def body(api: NodeAPI) -> None:
-        stub = api.runtime.transport.channel("leader").unary_unary(
-            "/ramraft.peer.v1.Peer/Forward",
-            request_serializer=raft_pb2.ForwardRequest.SerializeToString,
-            response_deserializer=raft_pb2.ForwardResponse.FromString,
-        )
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub(raft_pb2.ForwardRequest(command=b"cmd"), timeout=5)
-        errors.append(caught.value)
+        errors.append(await refused_forward(api))
 
     asyncio.run(with_leader(new_release_forward(leader), body))
     (error,) = errors
@@ -205,14 +211,8 @@ def test_a_follower_of_the_previous_release_still_understands_the_leader() -> No
     leader = LeaderRuntime(NotLeader("other", "10.0.0.3:7001"))
 
     async def body(api: NodeAPI) -> None:
-        stub = api.runtime.transport.channel("leader").unary_unary(
-            "/ramraft.peer.v1.Peer/Forward",
-            request_serializer=raft_pb2.ForwardRequest.SerializeToString,
-            response_deserializer=raft_pb2.ForwardResponse.FromString,
-        )
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub(raft_pb2.ForwardRequest(command=b"cmd"), timeout=5)
-        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "not the leader" in (caught.value.details() or "")
+        error = await refused_forward(api)
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "not the leader" in (error.details() or "")
 
     asyncio.run(with_leader(new_release_forward(leader), body))
