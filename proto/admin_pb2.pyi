@@ -145,6 +145,8 @@ class NodeStatus(_message.Message):
     LAST_INDEX_FIELD_NUMBER: _builtins.int
     SNAPSHOT_INDEX_FIELD_NUMBER: _builtins.int
     FIRST_INDEX_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The node's id."""
     address: _builtins.str
@@ -167,6 +169,14 @@ class NodeStatus(_message.Message):
     """The index of this node's newest snapshot (0: none)."""
     first_index: _builtins.int
     """The index of the first entry still in this node's log."""
+    pid: _builtins.int
+    """The process id of the node on its host (to find the process: ps, kill).
+    Added after release 0.1.0: 0 from a node of that release.
+    """
+    version: _builtins.str
+    """The node's ramraft version (the package's __version__). Added after
+    release 0.1.0: empty from a node of that release.
+    """
     def __init__(
         self,
         *,
@@ -181,10 +191,12 @@ class NodeStatus(_message.Message):
         last_index: _builtins.int = ...,
         snapshot_index: _builtins.int = ...,
         first_index: _builtins.int = ...,
+        pid: _builtins.int = ...,
+        version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "applied_index", b"applied_index", "commit_index", b"commit_index", "first_index", b"first_index", "id", b"id", "last_index", b"last_index", "leader", b"leader", "leader_address", b"leader_address", "role", b"role", "snapshot_index", b"snapshot_index", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "applied_index", b"applied_index", "commit_index", b"commit_index", "first_index", b"first_index", "id", b"id", "last_index", b"last_index", "leader", b"leader", "leader_address", b"leader_address", "pid", b"pid", "role", b"role", "snapshot_index", b"snapshot_index", "term", b"term", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -501,3 +501,34 @@ class ForwardResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ForwardResponse: _TypeAlias = ForwardResponse  # noqa: Y015
+
+@_typing.final
+class ForwardRefusal(_message.Message):
+    """Whether a failed Forward call may have left the command in the log. The
+    leader sends it, serialized, as the binary trailing metadata
+    `ramraft-forward-refusal-bin` of a Forward call that ends with an error
+    status. Added after release 0.1.0, whose leaders send none: a follower
+    that finds none must assume the command may have been applied.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BEFORE_PROPOSAL_FIELD_NUMBER: _builtins.int
+    before_proposal: _builtins.bool
+    """True when the leader refused the command before proposing it (it does
+    not lead, is shutting down or has too many requests waiting): the
+    command is in no log, so the follower may send it elsewhere even without
+    a session. False: it may have been proposed, and may yet be applied.
+    """
+    def __init__(
+        self,
+        *,
+        before_proposal: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["before_proposal", b"before_proposal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardRefusal: _TypeAlias = ForwardRefusal  # noqa: Y015

@@ -78,6 +78,7 @@ class PeerServicer:
     def Forward(self, request, context):
         """A follower hands a client's command to the leader, which proposes it and
         answers once it is applied. `result` is the state machine's encoded reply.
+        A call that fails carries a ForwardRefusal in its trailing metadata.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -55,6 +55,7 @@ class PeerStub:
     Forward: _grpc.UnaryUnaryMultiCallable[_raft_pb2.ForwardRequest, _raft_pb2.ForwardResponse]
     """A follower hands a client's command to the leader, which proposes it and
     answers once it is applied. `result` is the state machine's encoded reply.
+    A call that fails carries a ForwardRefusal in its trailing metadata.
     """
 
 @_typing.type_check_only
@@ -74,6 +75,7 @@ class PeerAsyncStub(PeerStub):
     Forward: _aio.UnaryUnaryMultiCallable[_raft_pb2.ForwardRequest, _raft_pb2.ForwardResponse]  # type: ignore[assignment]
     """A follower hands a client's command to the leader, which proposes it and
     answers once it is applied. `result` is the state machine's encoded reply.
+    A call that fails carries a ForwardRefusal in its trailing metadata.
     """
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
@@ -108,6 +110,7 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_raft_pb2.ForwardResponse, _abc.Awaitable[_raft_pb2.ForwardResponse]]:
         """A follower hands a client's command to the leader, which proposes it and
         answers once it is applied. `result` is the state machine's encoded reply.
+        A call that fails carries a ForwardRefusal in its trailing metadata.
         """
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

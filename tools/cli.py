@@ -439,10 +439,11 @@ def _cmd_status(client: Client, args: argparse.Namespace) -> int:
     if json_from_args(args):
         _print_json({"nodes": nodes, "members": members or []})
     else:
-        rows = [["ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST"]]
+        header = "ENDPOINT ID ROLE TERM LEADER COMMIT APPLIED LAST PID VERSION"
+        rows = [header.split()]
         for n in nodes:
             if "error" in n:
-                rows.append([n["endpoint"], "-", "unreachable", "", "", "", "", ""])
+                rows.append([n["endpoint"], "-", "unreachable"] + [""] * 7)
                 continue
             rows.append(
                 [
@@ -454,6 +455,9 @@ def _cmd_status(client: Client, args: argparse.Namespace) -> int:
                     str(n["commit_index"]),
                     str(n["applied_index"]),
                     str(n["last_index"]),
+                    # A node of release 0.1.0 reports neither (0 and "").
+                    str(n["pid"] or "-"),
+                    n["version"] or "-",
                 ]
             )
         sys.stdout.write(_table(rows) + "\n")
