@@ -16,6 +16,10 @@ node while the cluster is unavailable, up to the call's deadline, and send
 every write with a session so a retried write is applied once. Errors are
 subclasses of ``RamraftError`` (see client.errors); a write that raised
 ``Unavailable`` or ``DeadlineExceeded`` may or may not have been applied.
+
+The library logs each retry at DEBUG level to the standard ``logging`` logger
+``ramraft.client`` and configures nothing itself: with no logging set up by
+the application it writes nothing, to stdout or stderr.
 """
 
 from ramraft.client._async import AsyncClient

@@ -9,7 +9,6 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
-import structlog
 
 from ramraft.client import _core
 from ramraft.client._core import (
@@ -23,8 +22,6 @@ from ramraft.client.errors import FailedPrecondition
 from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 __all__ = ["AsyncClient"]
-
-log = structlog.get_logger("ramraft.client")
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -278,6 +275,7 @@ class AsyncClient(_core.ClientBase):
             self._rng,
             pinned=endpoint,
             method=method,
+            sequence=session.sequence if session is not None else None,
         )
         while True:
             target, attempt_timeout = attempts.next()
@@ -291,15 +289,6 @@ class AsyncClient(_core.ClientBase):
                 trailing = await call.trailing_metadata()
             except grpc.RpcError as error:
                 pause = attempts.failed(target, error)
-                log.debug(
-                    "retrying",
-                    method=method,
-                    endpoint=target,
-                    code=str(getattr(error, "code", lambda: None)()),
-                    attempt=attempts.attempts,
-                    pause=round(pause, 3),
-                    sequence=session.sequence if session is not None else None,
-                )
                 if pause > 0:
                     await asyncio.sleep(pause)
                 continue

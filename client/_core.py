@@ -27,6 +27,7 @@ Retry rules, for every call:
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import random
 import re
@@ -48,6 +49,13 @@ from ramraft.client.errors import (
     error_for_status,
 )
 from ramraft.proto import kv_pb2
+
+# The library logs through the standard logging module, as libraries do: the
+# application decides where records go (logging.getLogger("ramraft.client")).
+# The NullHandler keeps an application that configured nothing silent;
+# without one, logging's last-resort handler prints warnings to stderr.
+log = logging.getLogger("ramraft.client")
+log.addHandler(logging.NullHandler())
 
 DEFAULT_TIMEOUT: Final = 5.0
 LEADER_METADATA_KEY: Final = "ramraft-leader"
@@ -416,12 +424,14 @@ class CallAttempts:
         *,
         pinned: str | None = None,
         method: str = "",
+        sequence: int | None = None,
     ) -> None:
         self._ring = ring
         self._policy = policy
         self._rng = rng
         self._pinned = pinned
         self._method = method
+        self._sequence = sequence  # the write's session sequence, for the log
         self._timeout = timeout
         self._deadline = time.monotonic() + timeout
         self.attempts = 0
@@ -452,6 +462,20 @@ class CallAttempts:
     def failed(self, endpoint: str, error: grpc.RpcError) -> float:
         """The pause before the next attempt; raises the final exception
         when the error is not worth retrying or no time is left."""
+        pause = self._pause_after(endpoint, error)
+        code = _code(error)
+        log.debug(
+            "retrying %s: %s from %s (attempt %d, pause %.3f s, sequence %s)",
+            self._method,
+            code.name if code is not None else "UNKNOWN",
+            endpoint,
+            self.attempts,
+            pause,
+            self._sequence,
+        )
+        return pause
+
+    def _pause_after(self, endpoint: str, error: grpc.RpcError) -> float:
         self._last_error, self._last_endpoint = error, endpoint
         code = _code(error)
         details = (_details(error) or "").lower()

@@ -8,7 +8,6 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
-import structlog
 
 from ramraft.client import _core
 from ramraft.client._core import (
@@ -22,8 +21,6 @@ from ramraft.client.errors import FailedPrecondition
 from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 __all__ = ["Client"]
-
-log = structlog.get_logger("ramraft.client")
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -268,6 +265,7 @@ class Client(_core.ClientBase):
             self._rng,
             pinned=endpoint,
             method=method,
+            sequence=session.sequence if session is not None else None,
         )
         while True:
             target, attempt_timeout = attempts.next()
@@ -279,15 +277,6 @@ class Client(_core.ClientBase):
                 )
             except grpc.RpcError as error:
                 pause = attempts.failed(target, error)
-                log.debug(
-                    "retrying",
-                    method=method,
-                    endpoint=target,
-                    code=str(getattr(error, "code", lambda: None)()),
-                    attempt=attempts.attempts,
-                    pause=round(pause, 3),
-                    sequence=session.sequence if session is not None else None,
-                )
                 if pause > 0:
                     time.sleep(pause)
                 continue

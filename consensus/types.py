@@ -1,7 +1,7 @@
 """The values the Raft core takes in and gives out.
 
 Everything here is immutable plain data: no protobuf, no I/O. The server
-translates these to and from the wire at its edge (server/codec.py); the
+translates these to and from the wire at its edge (server/runtime/wire.py); the
 simulator passes them around as they are.
 
 Node ids are non-empty strings (``"ramraft-0"``); ``NO_NODE`` (the empty

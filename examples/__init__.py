@@ -1,1 +1,2 @@
-"""Applications built on ramraft's embedding API (server/embed.py)."""
+"""Applications built on ramraft's embedding API (server/machines/embed.py,
+imported as ``from ramraft import ReplicatedModel, command``)."""

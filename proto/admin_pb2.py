@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ramraft/proto/admin.proto\x12\nramraft.v1\"M\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12&\n\x08suffrage\x18\x03 \x01(\x0e\x32\x14.ramraft.v1.Suffrage\"\x0f\n\rStatusRequest\"\xed\x01\n\nNodeStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x1e\n\x04role\x18\x03 \x01(\x0e\x32\x10.ramraft.v1.Role\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x0e\n\x06leader\x18\x05 \x01(\t\x12\x16\n\x0eleader_address\x18\x06 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x07 \x01(\x04\x12\x15\n\rapplied_index\x18\x08 \x01(\x04\x12\x12\n\nlast_index\x18\t \x01(\x04\x12\x16\n\x0esnapshot_index\x18\n \x01(\x04\x12\x13\n\x0b\x66irst_index\x18\x0b \x01(\x04\"\x85\x01\n\x0cMemberStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12&\n\x08suffrage\x18\x03 \x01(\x0e\x32\x14.ramraft.v1.Suffrage\x12\x13\n\x0bmatch_index\x18\x04 \x01(\x04\x12\x0b\n\x03lag\x18\x05 \x01(\x04\x12\x0e\n\x06\x61\x63tive\x18\x06 \x01(\x08\"~\n\x0eStatusResponse\x12$\n\x04node\x18\x01 \x01(\x0b\x32\x16.ramraft.v1.NodeStatus\x12)\n\x07members\x18\x02 \x03(\x0b\x32\x18.ramraft.v1.MemberStatus\x12\x1b\n\x13members_from_leader\x18\x03 \x01(\x08\"\x10\n\x0eMembersRequest\"6\n\x0fMembersResponse\x12#\n\x07members\x18\x01 \x03(\x0b\x32\x12.ramraft.v1.Member\"+\n\x19TransferLeadershipRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\",\n\x1aTransferLeadershipResponse\x12\x0e\n\x06leader\x18\x01 \x01(\t\"/\n\x10\x41\x64\x64MemberRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"8\n\x11\x41\x64\x64MemberResponse\x12#\n\x07members\x18\x01 \x03(\x0b\x32\x12.ramraft.v1.Member\"!\n\x13RemoveMemberRequest\x12\n\n\x02id\x18\x01 \x01(\t\";\n\x14RemoveMemberResponse\x12#\n\x07members\x18\x01 \x03(\x0b\x32\x12.ramraft.v1.Member\"\x11\n\x0fSnapshotRequest\"!\n\x10SnapshotResponse\x12\r\n\x05index\x18\x01 \x01(\x04*V\n\x04Role\x12\x11\n\rROLE_FOLLOWER\x10\x00\x12\x16\n\x12ROLE_PRE_CANDIDATE\x10\x01\x12\x12\n\x0eROLE_CANDIDATE\x10\x02\x12\x0f\n\x0bROLE_LEADER\x10\x03*\"\n\x08Suffrage\x12\t\n\x05VOTER\x10\x00\x12\x0b\n\x07LEARNER\x10\x01\x32\xd5\x03\n\x05\x41\x64min\x12?\n\x06Status\x12\x19.ramraft.v1.StatusRequest\x1a\x1a.ramraft.v1.StatusResponse\x12\x42\n\x07Members\x12\x1a.ramraft.v1.MembersRequest\x1a\x1b.ramraft.v1.MembersResponse\x12\x63\n\x12TransferLeadership\x12%.ramraft.v1.TransferLeadershipRequest\x1a&.ramraft.v1.TransferLeadershipResponse\x12H\n\tAddMember\x12\x1c.ramraft.v1.AddMemberRequest\x1a\x1d.ramraft.v1.AddMemberResponse\x12Q\n\x0cRemoveMember\x12\x1f.ramraft.v1.RemoveMemberRequest\x1a .ramraft.v1.RemoveMemberResponse\x12\x45\n\x08Snapshot\x12\x1b.ramraft.v1.SnapshotRequest\x1a\x1c.ramraft.v1.SnapshotResponseB,Z*github.com/ramraft/ramraft/proto/ramraftv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ramraft/proto/admin.proto\x12\nramraft.v1\"M\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12&\n\x08suffrage\x18\x03 \x01(\x0e\x32\x14.ramraft.v1.Suffrage\"\x0f\n\rStatusRequest\"\x8b\x02\n\nNodeStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x1e\n\x04role\x18\x03 \x01(\x0e\x32\x10.ramraft.v1.Role\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x0e\n\x06leader\x18\x05 \x01(\t\x12\x16\n\x0eleader_address\x18\x06 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x07 \x01(\x04\x12\x15\n\rapplied_index\x18\x08 \x01(\x04\x12\x12\n\nlast_index\x18\t \x01(\x04\x12\x16\n\x0esnapshot_index\x18\n \x01(\x04\x12\x13\n\x0b\x66irst_index\x18\x0b \x01(\x04\x12\x0b\n\x03pid\x18\x0c \x01(\r\x12\x0f\n\x07version\x18\r \x01(\t\"\x85\x01\n\x0cMemberStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12&\n\x08suffrage\x18\x03 \x01(\x0e\x32\x14.ramraft.v1.Suffrage\x12\x13\n\x0bmatch_index\x18\x04 \x01(\x04\x12\x0b\n\x03lag\x18\x05 \x01(\x04\x12\x0e\n\x06\x61\x63tive\x18\x06 \x01(\x08\"~\n\x0eStatusResponse\x12$\n\x04node\x18\x01 \x01(\x0b\x32\x16.ramraft.v1.NodeStatus\x12)\n\x07members\x18\x02 \x03(\x0b\x32\x18.ramraft.v1.MemberStatus\x12\x1b\n\x13members_from_leader\x18\x03 \x01(\x08\"\x10\n\x0eMembersRequest\"6\n\x0fMembersResponse\x12#\n\x07members\x18\x01 \x03(\x0b\x32\x12.ramraft.v1.Member\"+\n\x19TransferLeadershipRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\",\n\x1aTransferLeadershipResponse\x12\x0e\n\x06leader\x18\x01 \x01(\t\"/\n\x10\x41\x64\x64MemberRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"8\n\x11\x41\x64\x64MemberResponse\x12#\n\x07members\x18\x01 \x03(\x0b\x32\x12.ramraft.v1.Member\"!\n\x13RemoveMemberRequest\x12\n\n\x02id\x18\x01 \x01(\t\";\n\x14RemoveMemberResponse\x12#\n\x07members\x18\x01 \x03(\x0b\x32\x12.ramraft.v1.Member\"\x11\n\x0fSnapshotRequest\"!\n\x10SnapshotResponse\x12\r\n\x05index\x18\x01 \x01(\x04*V\n\x04Role\x12\x11\n\rROLE_FOLLOWER\x10\x00\x12\x16\n\x12ROLE_PRE_CANDIDATE\x10\x01\x12\x12\n\x0eROLE_CANDIDATE\x10\x02\x12\x0f\n\x0bROLE_LEADER\x10\x03*\"\n\x08Suffrage\x12\t\n\x05VOTER\x10\x00\x12\x0b\n\x07LEARNER\x10\x01\x32\xd5\x03\n\x05\x41\x64min\x12?\n\x06Status\x12\x19.ramraft.v1.StatusRequest\x1a\x1a.ramraft.v1.StatusResponse\x12\x42\n\x07Members\x12\x1a.ramraft.v1.MembersRequest\x1a\x1b.ramraft.v1.MembersResponse\x12\x63\n\x12TransferLeadership\x12%.ramraft.v1.TransferLeadershipRequest\x1a&.ramraft.v1.TransferLeadershipResponse\x12H\n\tAddMember\x12\x1c.ramraft.v1.AddMemberRequest\x1a\x1d.ramraft.v1.AddMemberResponse\x12Q\n\x0cRemoveMember\x12\x1f.ramraft.v1.RemoveMemberRequest\x1a .ramraft.v1.RemoveMemberResponse\x12\x45\n\x08Snapshot\x12\x1b.ramraft.v1.SnapshotRequest\x1a\x1c.ramraft.v1.SnapshotResponseB,Z*github.com/ramraft/ramraft/proto/ramraftv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,40 +32,40 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ramraft.proto.admin_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z*github.com/ramraft/ramraft/proto/ramraftv1'
-  _globals['_ROLE']._serialized_start=1063
-  _globals['_ROLE']._serialized_end=1149
-  _globals['_SUFFRAGE']._serialized_start=1151
-  _globals['_SUFFRAGE']._serialized_end=1185
+  _globals['_ROLE']._serialized_start=1093
+  _globals['_ROLE']._serialized_end=1179
+  _globals['_SUFFRAGE']._serialized_start=1181
+  _globals['_SUFFRAGE']._serialized_end=1215
   _globals['_MEMBER']._serialized_start=41
   _globals['_MEMBER']._serialized_end=118
   _globals['_STATUSREQUEST']._serialized_start=120
   _globals['_STATUSREQUEST']._serialized_end=135
   _globals['_NODESTATUS']._serialized_start=138
-  _globals['_NODESTATUS']._serialized_end=375
-  _globals['_MEMBERSTATUS']._serialized_start=378
-  _globals['_MEMBERSTATUS']._serialized_end=511
-  _globals['_STATUSRESPONSE']._serialized_start=513
-  _globals['_STATUSRESPONSE']._serialized_end=639
-  _globals['_MEMBERSREQUEST']._serialized_start=641
-  _globals['_MEMBERSREQUEST']._serialized_end=657
-  _globals['_MEMBERSRESPONSE']._serialized_start=659
-  _globals['_MEMBERSRESPONSE']._serialized_end=713
-  _globals['_TRANSFERLEADERSHIPREQUEST']._serialized_start=715
-  _globals['_TRANSFERLEADERSHIPREQUEST']._serialized_end=758
-  _globals['_TRANSFERLEADERSHIPRESPONSE']._serialized_start=760
-  _globals['_TRANSFERLEADERSHIPRESPONSE']._serialized_end=804
-  _globals['_ADDMEMBERREQUEST']._serialized_start=806
-  _globals['_ADDMEMBERREQUEST']._serialized_end=853
-  _globals['_ADDMEMBERRESPONSE']._serialized_start=855
-  _globals['_ADDMEMBERRESPONSE']._serialized_end=911
-  _globals['_REMOVEMEMBERREQUEST']._serialized_start=913
-  _globals['_REMOVEMEMBERREQUEST']._serialized_end=946
-  _globals['_REMOVEMEMBERRESPONSE']._serialized_start=948
-  _globals['_REMOVEMEMBERRESPONSE']._serialized_end=1007
-  _globals['_SNAPSHOTREQUEST']._serialized_start=1009
-  _globals['_SNAPSHOTREQUEST']._serialized_end=1026
-  _globals['_SNAPSHOTRESPONSE']._serialized_start=1028
-  _globals['_SNAPSHOTRESPONSE']._serialized_end=1061
-  _globals['_ADMIN']._serialized_start=1188
-  _globals['_ADMIN']._serialized_end=1657
+  _globals['_NODESTATUS']._serialized_end=405
+  _globals['_MEMBERSTATUS']._serialized_start=408
+  _globals['_MEMBERSTATUS']._serialized_end=541
+  _globals['_STATUSRESPONSE']._serialized_start=543
+  _globals['_STATUSRESPONSE']._serialized_end=669
+  _globals['_MEMBERSREQUEST']._serialized_start=671
+  _globals['_MEMBERSREQUEST']._serialized_end=687
+  _globals['_MEMBERSRESPONSE']._serialized_start=689
+  _globals['_MEMBERSRESPONSE']._serialized_end=743
+  _globals['_TRANSFERLEADERSHIPREQUEST']._serialized_start=745
+  _globals['_TRANSFERLEADERSHIPREQUEST']._serialized_end=788
+  _globals['_TRANSFERLEADERSHIPRESPONSE']._serialized_start=790
+  _globals['_TRANSFERLEADERSHIPRESPONSE']._serialized_end=834
+  _globals['_ADDMEMBERREQUEST']._serialized_start=836
+  _globals['_ADDMEMBERREQUEST']._serialized_end=883
+  _globals['_ADDMEMBERRESPONSE']._serialized_start=885
+  _globals['_ADDMEMBERRESPONSE']._serialized_end=941
+  _globals['_REMOVEMEMBERREQUEST']._serialized_start=943
+  _globals['_REMOVEMEMBERREQUEST']._serialized_end=976
+  _globals['_REMOVEMEMBERRESPONSE']._serialized_start=978
+  _globals['_REMOVEMEMBERRESPONSE']._serialized_end=1037
+  _globals['_SNAPSHOTREQUEST']._serialized_start=1039
+  _globals['_SNAPSHOTREQUEST']._serialized_end=1056
+  _globals['_SNAPSHOTRESPONSE']._serialized_start=1058
+  _globals['_SNAPSHOTRESPONSE']._serialized_end=1091
+  _globals['_ADMIN']._serialized_start=1218
+  _globals['_ADMIN']._serialized_end=1687
 # @@protoc_insertion_point(module_scope)

@@ -36,16 +36,29 @@ class _Role:
 class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ROLE_FOLLOWER: _Role.ValueType  # 0
+    """Follows a leader, or waits for one; every node starts here."""
     ROLE_PRE_CANDIDATE: _Role.ValueType  # 1
+    """Asks the others whether it could win an election (PreVote) before
+    starting one, so a node cut off from the cluster does not raise the term.
+    """
     ROLE_CANDIDATE: _Role.ValueType  # 2
+    """Has started an election and asks for votes."""
     ROLE_LEADER: _Role.ValueType  # 3
+    """Won the election of its term: it orders every write."""
 
-class Role(_Role, metaclass=_RoleEnumTypeWrapper): ...
+class Role(_Role, metaclass=_RoleEnumTypeWrapper):
+    """A node's Raft role (consensus.types.Role)."""
 
 ROLE_FOLLOWER: Role.ValueType  # 0
+"""Follows a leader, or waits for one; every node starts here."""
 ROLE_PRE_CANDIDATE: Role.ValueType  # 1
+"""Asks the others whether it could win an election (PreVote) before
+starting one, so a node cut off from the cluster does not raise the term.
+"""
 ROLE_CANDIDATE: Role.ValueType  # 2
+"""Has started an election and asks for votes."""
 ROLE_LEADER: Role.ValueType  # 3
+"""Won the election of its term: it orders every write."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
 class _Suffrage:
@@ -59,7 +72,8 @@ class _SuffrageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Suffrage.Val
     LEARNER: _Suffrage.ValueType  # 1
     """Receives the log, but neither votes nor counts towards a quorum."""
 
-class Suffrage(_Suffrage, metaclass=_SuffrageEnumTypeWrapper): ...
+class Suffrage(_Suffrage, metaclass=_SuffrageEnumTypeWrapper):
+    """Whether a member has a say in elections and commits."""
 
 VOTER: Suffrage.ValueType  # 0
 """Votes, and counts towards the commit quorum."""
@@ -69,15 +83,19 @@ Global___Suffrage: _TypeAlias = Suffrage  # noqa: Y015
 
 @_typing.final
 class Member(_message.Message):
+    """One member of the cluster's configuration."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
     SUFFRAGE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The member's node id, unique in the cluster."""
     address: _builtins.str
     """The member's gRPC address, "host:port"."""
     suffrage: Global___Suffrage.ValueType
+    """Voter or learner."""
     def __init__(
         self,
         *,
@@ -95,6 +113,8 @@ Global___Member: _TypeAlias = Member  # noqa: Y015
 
 @_typing.final
 class StatusRequest(_message.Message):
+    """Asks for the contacted node's status; no parameters."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -125,21 +145,38 @@ class NodeStatus(_message.Message):
     LAST_INDEX_FIELD_NUMBER: _builtins.int
     SNAPSHOT_INDEX_FIELD_NUMBER: _builtins.int
     FIRST_INDEX_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The node's id."""
     address: _builtins.str
+    """The node's own gRPC address, "host:port"."""
     role: Global___Role.ValueType
+    """The node's Raft role now."""
     term: _builtins.int
+    """The node's current term."""
     leader: _builtins.str
     """The leader's id as this node knows it; empty when unknown."""
     leader_address: _builtins.str
     """The leader's gRPC address; empty when unknown."""
     commit_index: _builtins.int
+    """The highest log index this node knows to be committed."""
     applied_index: _builtins.int
+    """The highest log index this node has applied to its state machine."""
     last_index: _builtins.int
+    """The index of the last entry in this node's log."""
     snapshot_index: _builtins.int
     """The index of this node's newest snapshot (0: none)."""
     first_index: _builtins.int
     """The index of the first entry still in this node's log."""
+    pid: _builtins.int
+    """The process id of the node on its host (to find the process: ps, kill).
+    Added after release 0.1.0: 0 from a node of that release.
+    """
+    version: _builtins.str
+    """The node's ramraft version (the package's __version__). Added after
+    release 0.1.0: empty from a node of that release.
+    """
     def __init__(
         self,
         *,
@@ -154,10 +191,12 @@ class NodeStatus(_message.Message):
         last_index: _builtins.int = ...,
         snapshot_index: _builtins.int = ...,
         first_index: _builtins.int = ...,
+        pid: _builtins.int = ...,
+        version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "applied_index", b"applied_index", "commit_index", b"commit_index", "first_index", b"first_index", "id", b"id", "last_index", b"last_index", "leader", b"leader", "leader_address", b"leader_address", "role", b"role", "snapshot_index", b"snapshot_index", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "applied_index", b"applied_index", "commit_index", b"commit_index", "first_index", b"first_index", "id", b"id", "last_index", b"last_index", "leader", b"leader", "leader_address", b"leader_address", "pid", b"pid", "role", b"role", "snapshot_index", b"snapshot_index", "term", b"term", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -176,8 +215,11 @@ class MemberStatus(_message.Message):
     LAG_FIELD_NUMBER: _builtins.int
     ACTIVE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The member's node id."""
     address: _builtins.str
+    """The member's gRPC address, "host:port"."""
     suffrage: Global___Suffrage.ValueType
+    """Voter or learner."""
     match_index: _builtins.int
     """The highest log index known to be replicated on this member."""
     lag: _builtins.int
@@ -206,6 +248,8 @@ Global___MemberStatus: _TypeAlias = MemberStatus  # noqa: Y015
 
 @_typing.final
 class StatusResponse(_message.Message):
+    """The answer to a StatusRequest."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NODE_FIELD_NUMBER: _builtins.int
@@ -214,7 +258,9 @@ class StatusResponse(_message.Message):
     members_from_leader: _builtins.bool
     """True when `members` comes from the leader of `term`."""
     @_builtins.property
-    def node(self) -> Global___NodeStatus: ...
+    def node(self) -> Global___NodeStatus:
+        """The state of the node that answered."""
+
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemberStatus]:
         """Every member as the leader sees it: filled when the answering node is the
@@ -238,6 +284,8 @@ Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
 
 @_typing.final
 class MembersRequest(_message.Message):
+    """Asks for the membership; no parameters."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -253,11 +301,15 @@ Global___MembersRequest: _TypeAlias = MembersRequest  # noqa: Y015
 
 @_typing.final
 class MembersResponse(_message.Message):
+    """The answer to a MembersRequest."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMBERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]: ...
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]:
+        """Every member of the configuration the answering node knows."""
+
     def __init__(
         self,
         *,
@@ -273,6 +325,8 @@ Global___MembersResponse: _TypeAlias = MembersResponse  # noqa: Y015
 
 @_typing.final
 class TransferLeadershipRequest(_message.Message):
+    """Asks the leader to hand leadership to another voter."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TARGET_FIELD_NUMBER: _builtins.int
@@ -295,6 +349,8 @@ Global___TransferLeadershipRequest: _TypeAlias = TransferLeadershipRequest  # no
 
 @_typing.final
 class TransferLeadershipResponse(_message.Message):
+    """The answer to a TransferLeadershipRequest."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LEADER_FIELD_NUMBER: _builtins.int
@@ -315,11 +371,14 @@ Global___TransferLeadershipResponse: _TypeAlias = TransferLeadershipResponse  # 
 
 @_typing.final
 class AddMemberRequest(_message.Message):
+    """Adds a node to the cluster."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The new node's id, not yet a member."""
     address: _builtins.str
     """The new node's gRPC address, "host:port"."""
     def __init__(
@@ -338,6 +397,8 @@ Global___AddMemberRequest: _TypeAlias = AddMemberRequest  # noqa: Y015
 
 @_typing.final
 class AddMemberResponse(_message.Message):
+    """The answer to an AddMemberRequest."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMBERS_FIELD_NUMBER: _builtins.int
@@ -360,10 +421,13 @@ Global___AddMemberResponse: _TypeAlias = AddMemberResponse  # noqa: Y015
 
 @_typing.final
 class RemoveMemberRequest(_message.Message):
+    """Removes a member from the cluster."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The id of the member to remove."""
     def __init__(
         self,
         *,
@@ -379,6 +443,8 @@ Global___RemoveMemberRequest: _TypeAlias = RemoveMemberRequest  # noqa: Y015
 
 @_typing.final
 class RemoveMemberResponse(_message.Message):
+    """The answer to a RemoveMemberRequest."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMBERS_FIELD_NUMBER: _builtins.int
@@ -401,6 +467,8 @@ Global___RemoveMemberResponse: _TypeAlias = RemoveMemberResponse  # noqa: Y015
 
 @_typing.final
 class SnapshotRequest(_message.Message):
+    """Asks the contacted node to take a snapshot; no parameters."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -416,6 +484,8 @@ Global___SnapshotRequest: _TypeAlias = SnapshotRequest  # noqa: Y015
 
 @_typing.final
 class SnapshotResponse(_message.Message):
+    """The answer to a SnapshotRequest."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INDEX_FIELD_NUMBER: _builtins.int

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class AdminStub:
-    """Missing associated documentation comment in .proto file."""
+    """Cluster status and membership changes. Its name is part of every method
+    path ("/ramraft.v1.Admin/Status"), so it keeps it (see buf.yaml).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -67,7 +69,9 @@ class AdminStub:
 
 
 class AdminServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Cluster status and membership changes. Its name is part of every method
+    path ("/ramraft.v1.Admin/Status"), so it keeps it (see buf.yaml).
+    """
 
     def Status(self, request, context):
         """This node's state, and every member as the leader sees it.
@@ -156,7 +160,9 @@ def add_AdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Admin:
-    """Missing associated documentation comment in .proto file."""
+    """Cluster status and membership changes. Its name is part of every method
+    path ("/ramraft.v1.Admin/Status"), so it keeps it (see buf.yaml).
+    """
 
     @staticmethod
     def Status(request,

@@ -37,6 +37,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminStub:
+    """Cluster status and membership changes. Its name is part of every method
+    path ("/ramraft.v1.Admin/Status"), so it keeps it (see buf.yaml).
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -62,6 +66,10 @@ class AdminStub:
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
+    """Cluster status and membership changes. Its name is part of every method
+    path ("/ramraft.v1.Admin/Status"), so it keeps it (see buf.yaml).
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Status: _aio.UnaryUnaryMultiCallable[_admin_pb2.StatusRequest, _admin_pb2.StatusResponse]  # type: ignore[assignment]
     """This node's state, and every member as the leader sees it."""
@@ -83,6 +91,10 @@ class AdminAsyncStub(AdminStub):
     """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
+    """Cluster status and membership changes. Its name is part of every method
+    path ("/ramraft.v1.Admin/Status"), so it keeps it (see buf.yaml).
+    """
+
     @_abc_1.abstractmethod
     def Status(
         self,

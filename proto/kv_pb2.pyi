@@ -48,7 +48,10 @@ class _ConsistencyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Consisten
     SERIALIZABLE: _Consistency.ValueType  # 1
     """Served from the contacted node's memory at once; may be stale."""
 
-class Consistency(_Consistency, metaclass=_ConsistencyEnumTypeWrapper): ...
+class Consistency(_Consistency, metaclass=_ConsistencyEnumTypeWrapper):
+    """How fresh a read must be. The zero value is the safe one: a request that
+    leaves the field unset gets a linearizable read.
+    """
 
 LINEARIZABLE: Consistency.ValueType  # 0
 """The read sees every write acknowledged before it started (ReadIndex)."""
@@ -97,15 +100,21 @@ Global___Session: _TypeAlias = Session  # noqa: Y015
 
 @_typing.final
 class PutRequest(_message.Message):
+    """Sets a key."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
     key: _builtins.str
+    """The key: non-empty UTF-8, at most the key limit (1 KiB by default)."""
     value: _builtins.bytes
+    """The value: any bytes, at most the value limit (1 MiB by default)."""
     @_builtins.property
-    def session(self) -> Global___Session: ...
+    def session(self) -> Global___Session:
+        """Makes retries of this write safe (see Session)."""
+
     def __init__(
         self,
         *,
@@ -123,6 +132,8 @@ Global___PutRequest: _TypeAlias = PutRequest  # noqa: Y015
 
 @_typing.final
 class PutResponse(_message.Message):
+    """The answer to a PutRequest, sent once the write is applied."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INDEX_FIELD_NUMBER: _builtins.int
@@ -143,12 +154,16 @@ Global___PutResponse: _TypeAlias = PutResponse  # noqa: Y015
 
 @_typing.final
 class GetRequest(_message.Message):
+    """Reads one key."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_FIELD_NUMBER: _builtins.int
     CONSISTENCY_FIELD_NUMBER: _builtins.int
     key: _builtins.str
+    """The key to read."""
     consistency: Global___Consistency.ValueType
+    """How fresh the answer must be (default LINEARIZABLE)."""
     def __init__(
         self,
         *,
@@ -165,13 +180,17 @@ Global___GetRequest: _TypeAlias = GetRequest  # noqa: Y015
 
 @_typing.final
 class GetResponse(_message.Message):
+    """The answer to a GetRequest."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FOUND_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
     found: _builtins.bool
+    """Whether the key exists."""
     value: _builtins.bytes
+    """The key's value (empty when not found)."""
     index: _builtins.int
     """The applied index of the node when the read was served."""
     def __init__(
@@ -191,13 +210,18 @@ Global___GetResponse: _TypeAlias = GetResponse  # noqa: Y015
 
 @_typing.final
 class DeleteRequest(_message.Message):
+    """Removes one key."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
     key: _builtins.str
+    """The key to remove."""
     @_builtins.property
-    def session(self) -> Global___Session: ...
+    def session(self) -> Global___Session:
+        """Makes retries of this write safe (see Session)."""
+
     def __init__(
         self,
         *,
@@ -214,6 +238,8 @@ Global___DeleteRequest: _TypeAlias = DeleteRequest  # noqa: Y015
 
 @_typing.final
 class DeleteResponse(_message.Message):
+    """The answer to a DeleteRequest, sent once the delete is applied."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DELETED_FIELD_NUMBER: _builtins.int
@@ -238,6 +264,8 @@ Global___DeleteResponse: _TypeAlias = DeleteResponse  # noqa: Y015
 
 @_typing.final
 class CompareAndSwapRequest(_message.Message):
+    """Sets a key only if its current value is the expected one."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_FIELD_NUMBER: _builtins.int
@@ -245,11 +273,17 @@ class CompareAndSwapRequest(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
     key: _builtins.str
+    """The key to compare and set."""
     expected: _builtins.bytes
-    """Unset: swap only if the key is absent."""
+    """The value the key must have for the swap to happen. Unset: swap only if
+    the key is absent.
+    """
     value: _builtins.bytes
+    """The value to set when the comparison holds."""
     @_builtins.property
-    def session(self) -> Global___Session: ...
+    def session(self) -> Global___Session:
+        """Makes retries of this write safe (see Session)."""
+
     def __init__(
         self,
         *,
@@ -270,6 +304,10 @@ Global___CompareAndSwapRequest: _TypeAlias = CompareAndSwapRequest  # noqa: Y015
 
 @_typing.final
 class CompareAndSwapResponse(_message.Message):
+    """The answer to a CompareAndSwapRequest, sent once it is applied (a
+    comparison that fails is applied too, as a write that changes nothing).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SWAPPED_FIELD_NUMBER: _builtins.int
@@ -277,6 +315,7 @@ class CompareAndSwapResponse(_message.Message):
     CURRENT_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
     swapped: _builtins.bool
+    """Whether the new value was set."""
     found: _builtins.bool
     """Whether the key existed before this request."""
     current: _builtins.bytes
@@ -301,6 +340,8 @@ Global___CompareAndSwapResponse: _TypeAlias = CompareAndSwapResponse  # noqa: Y0
 
 @_typing.final
 class RangeRequest(_message.Message):
+    """Lists the keys with a prefix, one page at a time."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PREFIX_FIELD_NUMBER: _builtins.int
@@ -316,6 +357,7 @@ class RangeRequest(_message.Message):
     limit: _builtins.int
     """At most this many items; 0 = the server's default page size."""
     consistency: Global___Consistency.ValueType
+    """How fresh the answer must be (default LINEARIZABLE)."""
     def __init__(
         self,
         *,
@@ -334,12 +376,16 @@ Global___RangeRequest: _TypeAlias = RangeRequest  # noqa: Y015
 
 @_typing.final
 class KeyValue(_message.Message):
+    """One key and its value, an item of a RangeResponse."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     key: _builtins.str
+    """The key."""
     value: _builtins.bytes
+    """Its value."""
     def __init__(
         self,
         *,
@@ -356,6 +402,8 @@ Global___KeyValue: _TypeAlias = KeyValue  # noqa: Y015
 
 @_typing.final
 class RangeResponse(_message.Message):
+    """One page of a Range: the matching keys in ascending order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
@@ -366,7 +414,9 @@ class RangeResponse(_message.Message):
     index: _builtins.int
     """The applied index of the node when the read was served."""
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyValue]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyValue]:
+        """The keys of this page and their values, in ascending order."""
+
     def __init__(
         self,
         *,
@@ -384,6 +434,8 @@ Global___RangeResponse: _TypeAlias = RangeResponse  # noqa: Y015
 
 @_typing.final
 class StreamRequest(_message.Message):
+    """One request on a KV.Stream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -402,15 +454,25 @@ class StreamRequest(_message.Message):
     stream's own deadline applies.
     """
     @_builtins.property
-    def put(self) -> Global___PutRequest: ...
+    def put(self) -> Global___PutRequest:
+        """As the Put call."""
+
     @_builtins.property
-    def get(self) -> Global___GetRequest: ...
+    def get(self) -> Global___GetRequest:
+        """As the Get call."""
+
     @_builtins.property
-    def delete(self) -> Global___DeleteRequest: ...
+    def delete(self) -> Global___DeleteRequest:
+        """As the Delete call."""
+
     @_builtins.property
-    def compare_and_swap(self) -> Global___CompareAndSwapRequest: ...
+    def compare_and_swap(self) -> Global___CompareAndSwapRequest:
+        """As the CompareAndSwap call."""
+
     @_builtins.property
-    def range(self) -> Global___RangeRequest: ...
+    def range(self) -> Global___RangeRequest:
+        """As the Range call (one page)."""
+
     def __init__(
         self,
         *,
@@ -434,6 +496,8 @@ Global___StreamRequest: _TypeAlias = StreamRequest  # noqa: Y015
 
 @_typing.final
 class StreamResponse(_message.Message):
+    """The answer to one StreamRequest."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -446,25 +510,37 @@ class StreamResponse(_message.Message):
     COMPARE_AND_SWAP_FIELD_NUMBER: _builtins.int
     RANGE_FIELD_NUMBER: _builtins.int
     id: _builtins.int
+    """The id of the request this answers."""
     code: _builtins.int
     """The gRPC status code number the unary call would have ended with
-    (0 = OK, 3 = INVALID_ARGUMENT, 14 = UNAVAILABLE, ...), and its message.
+    (0 = OK, 3 = INVALID_ARGUMENT, 14 = UNAVAILABLE, ...).
     """
     message: _builtins.str
+    """The status message that goes with `code` (empty when code is 0)."""
     leader: _builtins.str
     """With UNAVAILABLE: the leader's address when known (the unary calls'
     "ramraft-leader" trailing metadata).
     """
     @_builtins.property
-    def put(self) -> Global___PutResponse: ...
+    def put(self) -> Global___PutResponse:
+        """The answer to a put."""
+
     @_builtins.property
-    def get(self) -> Global___GetResponse: ...
+    def get(self) -> Global___GetResponse:
+        """The answer to a get."""
+
     @_builtins.property
-    def delete(self) -> Global___DeleteResponse: ...
+    def delete(self) -> Global___DeleteResponse:
+        """The answer to a delete."""
+
     @_builtins.property
-    def compare_and_swap(self) -> Global___CompareAndSwapResponse: ...
+    def compare_and_swap(self) -> Global___CompareAndSwapResponse:
+        """The answer to a compare_and_swap."""
+
     @_builtins.property
-    def range(self) -> Global___RangeResponse: ...
+    def range(self) -> Global___RangeResponse:
+        """The answer to a range."""
+
     def __init__(
         self,
         *,

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class KVStub:
-    """Missing associated documentation comment in .proto file."""
+    """The key-value service. Its name is part of every method path
+    ("/ramraft.v1.KV/Put"), so it keeps it (see buf.yaml).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -67,7 +69,9 @@ class KVStub:
 
 
 class KVServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The key-value service. Its name is part of every method path
+    ("/ramraft.v1.KV/Put"), so it keeps it (see buf.yaml).
+    """
 
     def Put(self, request, context):
         """Sets key to value.
@@ -164,7 +168,9 @@ def add_KVServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class KV:
-    """Missing associated documentation comment in .proto file."""
+    """The key-value service. Its name is part of every method path
+    ("/ramraft.v1.KV/Put"), so it keeps it (see buf.yaml).
+    """
 
     @staticmethod
     def Put(request,

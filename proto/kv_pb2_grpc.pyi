@@ -45,6 +45,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class KVStub:
+    """The key-value service. Its name is part of every method path
+    ("/ramraft.v1.KV/Put"), so it keeps it (see buf.yaml).
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -78,6 +82,10 @@ class KVStub:
 
 @_typing.type_check_only
 class KVAsyncStub(KVStub):
+    """The key-value service. Its name is part of every method path
+    ("/ramraft.v1.KV/Put"), so it keeps it (see buf.yaml).
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Put: _aio.UnaryUnaryMultiCallable[_kv_pb2.PutRequest, _kv_pb2.PutResponse]  # type: ignore[assignment]
     """Sets key to value."""
@@ -107,6 +115,10 @@ class KVAsyncStub(KVStub):
     """
 
 class KVServicer(metaclass=_abc_1.ABCMeta):
+    """The key-value service. Its name is part of every method path
+    ("/ramraft.v1.KV/Put"), so it keeps it (see buf.yaml).
+    """
+
     @_abc_1.abstractmethod
     def Put(
         self,

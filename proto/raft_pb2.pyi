@@ -4,7 +4,7 @@ isort:skip_file
 The peer protocol: how ramraft nodes exchange Raft messages.
 
 Internal to a cluster (clients use kv.proto and admin.proto). The shapes
-mirror consensus/types.py; server/codec.py converts between the two.
+mirror consensus/types.py; server/runtime/wire.py converts between the two.
 
 Each node opens ONE long-lived `Stream` call to each peer and sends on it,
 per loop turn, one MessageBatch holding every message it produced for that
@@ -36,33 +36,63 @@ class _MessageType:
 class _MessageTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageType.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     MSG_VOTE: _MessageType.ValueType  # 0
+    """A candidate asks for a vote (RequestVote)."""
     MSG_VOTE_RESP: _MessageType.ValueType  # 1
+    """The answer to MSG_VOTE: granted unless `reject`."""
     MSG_PRE_VOTE: _MessageType.ValueType  # 2
+    """A would-be candidate asks whether it could win, without raising terms."""
     MSG_PRE_VOTE_RESP: _MessageType.ValueType  # 3
+    """The answer to MSG_PRE_VOTE."""
     MSG_APPEND: _MessageType.ValueType  # 4
+    """The leader sends entries (AppendEntries)."""
     MSG_APPEND_RESP: _MessageType.ValueType  # 5
+    """The answer to MSG_APPEND: the follower's match index, or a rejection
+    with a hint where the logs agree.
+    """
     MSG_HEARTBEAT: _MessageType.ValueType  # 6
+    """The leader asserts its leadership and its commit index."""
     MSG_HEARTBEAT_RESP: _MessageType.ValueType  # 7
+    """The answer to MSG_HEARTBEAT (echoes its context)."""
     MSG_SNAPSHOT: _MessageType.ValueType  # 8
+    """The leader installs a snapshot; the data travels on InstallSnapshot."""
     MSG_TIMEOUT_NOW: _MessageType.ValueType  # 9
+    """Leadership transfer: the target starts an election at once."""
     MSG_READ_INDEX: _MessageType.ValueType  # 10
+    """A follower asks the leader for a read index (linearizable reads)."""
     MSG_READ_INDEX_RESP: _MessageType.ValueType  # 11
+    """The answer to MSG_READ_INDEX: the read index, or `reject`."""
 
 class MessageType(_MessageType, metaclass=_MessageTypeEnumTypeWrapper):
-    """Values equal consensus.types.MsgType."""
+    """The kind of a Raft message. Values equal consensus.types.MsgType; the
+    Message fields each kind uses are listed there.
+    """
 
 MSG_VOTE: MessageType.ValueType  # 0
+"""A candidate asks for a vote (RequestVote)."""
 MSG_VOTE_RESP: MessageType.ValueType  # 1
+"""The answer to MSG_VOTE: granted unless `reject`."""
 MSG_PRE_VOTE: MessageType.ValueType  # 2
+"""A would-be candidate asks whether it could win, without raising terms."""
 MSG_PRE_VOTE_RESP: MessageType.ValueType  # 3
+"""The answer to MSG_PRE_VOTE."""
 MSG_APPEND: MessageType.ValueType  # 4
+"""The leader sends entries (AppendEntries)."""
 MSG_APPEND_RESP: MessageType.ValueType  # 5
+"""The answer to MSG_APPEND: the follower's match index, or a rejection
+with a hint where the logs agree.
+"""
 MSG_HEARTBEAT: MessageType.ValueType  # 6
+"""The leader asserts its leadership and its commit index."""
 MSG_HEARTBEAT_RESP: MessageType.ValueType  # 7
+"""The answer to MSG_HEARTBEAT (echoes its context)."""
 MSG_SNAPSHOT: MessageType.ValueType  # 8
+"""The leader installs a snapshot; the data travels on InstallSnapshot."""
 MSG_TIMEOUT_NOW: MessageType.ValueType  # 9
+"""Leadership transfer: the target starts an election at once."""
 MSG_READ_INDEX: MessageType.ValueType  # 10
+"""A follower asks the leader for a read index (linearizable reads)."""
 MSG_READ_INDEX_RESP: MessageType.ValueType  # 11
+"""The answer to MSG_READ_INDEX: the read index, or `reject`."""
 Global___MessageType: _TypeAlias = MessageType  # noqa: Y015
 
 class _EntryKind:
@@ -72,25 +102,35 @@ class _EntryKind:
 class _EntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EntryKind.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ENTRY_NORMAL: _EntryKind.ValueType  # 0
+    """A command for the state machine."""
     ENTRY_CONF_CHANGE: _EntryKind.ValueType  # 1
+    """A membership change, applied by Raft itself."""
 
 class EntryKind(_EntryKind, metaclass=_EntryKindEnumTypeWrapper):
-    """Values equal consensus.types.EntryKind."""
+    """The kind of a log entry. Values equal consensus.types.EntryKind."""
 
 ENTRY_NORMAL: EntryKind.ValueType  # 0
+"""A command for the state machine."""
 ENTRY_CONF_CHANGE: EntryKind.ValueType  # 1
+"""A membership change, applied by Raft itself."""
 Global___EntryKind: _TypeAlias = EntryKind  # noqa: Y015
 
 @_typing.final
 class ConfState(_message.Message):
+    """A cluster configuration: who votes and who only learns."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VOTERS_FIELD_NUMBER: _builtins.int
     LEARNERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def voters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def voters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The ids of the voting members."""
+
     @_builtins.property
-    def learners(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def learners(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The ids of the non-voting members (learners)."""
+
     def __init__(
         self,
         *,
@@ -107,15 +147,21 @@ Global___ConfState: _TypeAlias = ConfState  # noqa: Y015
 
 @_typing.final
 class SnapshotMeta(_message.Message):
+    """What a snapshot covers."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INDEX_FIELD_NUMBER: _builtins.int
     TERM_FIELD_NUMBER: _builtins.int
     CONF_FIELD_NUMBER: _builtins.int
     index: _builtins.int
+    """The index of the last entry the snapshot includes."""
     term: _builtins.int
+    """The term of that entry."""
     @_builtins.property
-    def conf(self) -> Global___ConfState: ...
+    def conf(self) -> Global___ConfState:
+        """The configuration as of that entry."""
+
     def __init__(
         self,
         *,
@@ -133,11 +179,12 @@ Global___SnapshotMeta: _TypeAlias = SnapshotMeta  # noqa: Y015
 
 @_typing.final
 class Message(_message.Message):
-    """One Raft message (consensus.types.Message, without snapshot_data).
+    """One Raft message (consensus.types.Message, without snapshot_data). Each
+    kind uses only some of the fields (see consensus.types.Message).
 
     The entries are stored column-wise rather than as one submessage each,
     because that is several times cheaper to build and parse in Python (see
-    server/codec.py): entry i is (entry_terms[i], entry_indexes[i],
+    server/runtime/wire.py): entry i is (entry_terms[i], entry_indexes[i],
     entry_kinds[i], entry_data[i]). The four columns have the same length,
     except that entry_kinds may be empty, meaning every entry is ENTRY_NORMAL.
     """
@@ -160,27 +207,54 @@ class Message(_message.Message):
     ENTRY_KINDS_FIELD_NUMBER: _builtins.int
     ENTRY_DATA_FIELD_NUMBER: _builtins.int
     type: Global___MessageType.ValueType
+    """What kind of message this is."""
     src: _builtins.str
+    """The sender's node id (checked against the authenticated peer)."""
     dst: _builtins.str
+    """The recipient's node id."""
     term: _builtins.int
+    """The sender's term."""
     log_term: _builtins.int
+    """MSG_APPEND: the term of the entry before the entries; votes: the term
+    of the candidate's last entry; MSG_APPEND_RESP rejections: the term at
+    reject_hint.
+    """
     index: _builtins.int
+    """MSG_APPEND: the index of the entry before the entries; votes: the
+    candidate's last index; answers: the index they are about.
+    """
     commit: _builtins.int
+    """The leader's commit index (MSG_APPEND, MSG_HEARTBEAT)."""
     reject: _builtins.bool
+    """Answers: the request was refused."""
     reject_hint: _builtins.int
+    """MSG_APPEND_RESP rejections: where the follower's log may agree with
+    the leader's (fast back-off).
+    """
     context: _builtins.bytes
+    """Opaque to Raft: a read-index round id, or "transfer" on a vote started
+    by MSG_TIMEOUT_NOW.
+    """
     @_builtins.property
     def snapshot(self) -> Global___SnapshotMeta:
         """Set on MSG_SNAPSHOT only."""
 
     @_builtins.property
-    def entry_terms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def entry_terms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The term of each entry."""
+
     @_builtins.property
-    def entry_indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def entry_indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The index of each entry."""
+
     @_builtins.property
-    def entry_kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___EntryKind.ValueType]: ...
+    def entry_kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___EntryKind.ValueType]:
+        """The kind of each entry; empty: all ENTRY_NORMAL."""
+
     @_builtins.property
-    def entry_data(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def entry_data(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The payload of each entry (an encoded command or configuration change)."""
+
     def __init__(
         self,
         *,
@@ -216,7 +290,9 @@ class MessageBatch(_message.Message):
 
     MESSAGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]: ...
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
+        """The messages, in the order the core produced them."""
+
     def __init__(
         self,
         *,
@@ -232,6 +308,8 @@ Global___MessageBatch: _TypeAlias = MessageBatch  # noqa: Y015
 
 @_typing.final
 class StreamSummary(_message.Message):
+    """The callee's answer when a Stream call ends."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BATCHES_FIELD_NUMBER: _builtins.int
@@ -308,16 +386,25 @@ Global___SnapshotTrailer: _TypeAlias = SnapshotTrailer  # noqa: Y015
 
 @_typing.final
 class SnapshotChunk(_message.Message):
+    """One element of an InstallSnapshot call: the header first, then data,
+    then the trailer.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HEADER_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     TRAILER_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
+    """The next bytes of the snapshot's data."""
     @_builtins.property
-    def header(self) -> Global___SnapshotHeader: ...
+    def header(self) -> Global___SnapshotHeader:
+        """The first chunk."""
+
     @_builtins.property
-    def trailer(self) -> Global___SnapshotTrailer: ...
+    def trailer(self) -> Global___SnapshotTrailer:
+        """The last chunk."""
+
     def __init__(
         self,
         *,
@@ -337,6 +424,8 @@ Global___SnapshotChunk: _TypeAlias = SnapshotChunk  # noqa: Y015
 
 @_typing.final
 class InstallSnapshotResponse(_message.Message):
+    """The callee's answer to an InstallSnapshot call."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TERM_FIELD_NUMBER: _builtins.int
@@ -365,10 +454,15 @@ Global___InstallSnapshotResponse: _TypeAlias = InstallSnapshotResponse  # noqa: 
 
 @_typing.final
 class ForwardRequest(_message.Message):
+    """A write a follower hands to the leader."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     COMMAND_FIELD_NUMBER: _builtins.int
     command: _builtins.bytes
+    """The encoded state-machine command, as the follower would have proposed
+    it (session included).
+    """
     def __init__(
         self,
         *,
@@ -384,12 +478,16 @@ Global___ForwardRequest: _TypeAlias = ForwardRequest  # noqa: Y015
 
 @_typing.final
 class ForwardResponse(_message.Message):
+    """The leader's answer to a ForwardRequest, once the command is applied."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULT_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
     result: _builtins.bytes
+    """The state machine's reply to the command, encoded."""
     index: _builtins.int
+    """The log index at which the command was applied."""
     def __init__(
         self,
         *,
@@ -403,3 +501,34 @@ class ForwardResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ForwardResponse: _TypeAlias = ForwardResponse  # noqa: Y015
+
+@_typing.final
+class ForwardRefusal(_message.Message):
+    """Whether a failed Forward call may have left the command in the log. The
+    leader sends it, serialized, as the binary trailing metadata
+    `ramraft-forward-refusal-bin` of a Forward call that ends with an error
+    status. Added after release 0.1.0, whose leaders send none: a follower
+    that finds none must assume the command may have been applied.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BEFORE_PROPOSAL_FIELD_NUMBER: _builtins.int
+    before_proposal: _builtins.bool
+    """True when the leader refused the command before proposing it (it does
+    not lead, is shutting down or has too many requests waiting): the
+    command is in no log, so the follower may send it elsewhere even without
+    a session. False: it may have been proposed, and may yet be applied.
+    """
+    def __init__(
+        self,
+        *,
+        before_proposal: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["before_proposal", b"before_proposal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardRefusal: _TypeAlias = ForwardRefusal  # noqa: Y015

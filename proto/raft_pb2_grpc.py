@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class PeerStub:
-    """Missing associated documentation comment in .proto file."""
+    """What nodes call on each other. Its name is part of every method path
+    ("/ramraft.peer.v1.Peer/Stream"), which nodes of different versions must
+    agree on during a rolling upgrade, so it keeps it (see buf.yaml).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -52,7 +55,10 @@ class PeerStub:
 
 
 class PeerServicer:
-    """Missing associated documentation comment in .proto file."""
+    """What nodes call on each other. Its name is part of every method path
+    ("/ramraft.peer.v1.Peer/Stream"), which nodes of different versions must
+    agree on during a rolling upgrade, so it keeps it (see buf.yaml).
+    """
 
     def Stream(self, request_iterator, context):
         """Carries Raft messages from the caller to the callee until either side
@@ -72,6 +78,7 @@ class PeerServicer:
     def Forward(self, request, context):
         """A follower hands a client's command to the leader, which proposes it and
         answers once it is applied. `result` is the state machine's encoded reply.
+        A call that fails carries a ForwardRefusal in its trailing metadata.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,7 +111,10 @@ def add_PeerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Peer:
-    """Missing associated documentation comment in .proto file."""
+    """What nodes call on each other. Its name is part of every method path
+    ("/ramraft.peer.v1.Peer/Stream"), which nodes of different versions must
+    agree on during a rolling upgrade, so it keeps it (see buf.yaml).
+    """
 
     @staticmethod
     def Stream(request_iterator,

@@ -4,7 +4,7 @@ isort:skip_file
 The peer protocol: how ramraft nodes exchange Raft messages.
 
 Internal to a cluster (clients use kv.proto and admin.proto). The shapes
-mirror consensus/types.py; server/codec.py converts between the two.
+mirror consensus/types.py; server/runtime/wire.py converts between the two.
 
 Each node opens ONE long-lived `Stream` call to each peer and sends on it,
 per loop turn, one MessageBatch holding every message it produced for that
@@ -37,6 +37,11 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class PeerStub:
+    """What nodes call on each other. Its name is part of every method path
+    ("/ramraft.peer.v1.Peer/Stream"), which nodes of different versions must
+    agree on during a rolling upgrade, so it keeps it (see buf.yaml).
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -50,10 +55,16 @@ class PeerStub:
     Forward: _grpc.UnaryUnaryMultiCallable[_raft_pb2.ForwardRequest, _raft_pb2.ForwardResponse]
     """A follower hands a client's command to the leader, which proposes it and
     answers once it is applied. `result` is the state machine's encoded reply.
+    A call that fails carries a ForwardRefusal in its trailing metadata.
     """
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
+    """What nodes call on each other. Its name is part of every method path
+    ("/ramraft.peer.v1.Peer/Stream"), which nodes of different versions must
+    agree on during a rolling upgrade, so it keeps it (see buf.yaml).
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Stream: _aio.StreamUnaryMultiCallable[_raft_pb2.MessageBatch, _raft_pb2.StreamSummary]  # type: ignore[assignment]
     """Carries Raft messages from the caller to the callee until either side
@@ -64,9 +75,15 @@ class PeerAsyncStub(PeerStub):
     Forward: _aio.UnaryUnaryMultiCallable[_raft_pb2.ForwardRequest, _raft_pb2.ForwardResponse]  # type: ignore[assignment]
     """A follower hands a client's command to the leader, which proposes it and
     answers once it is applied. `result` is the state machine's encoded reply.
+    A call that fails carries a ForwardRefusal in its trailing metadata.
     """
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
+    """What nodes call on each other. Its name is part of every method path
+    ("/ramraft.peer.v1.Peer/Stream"), which nodes of different versions must
+    agree on during a rolling upgrade, so it keeps it (see buf.yaml).
+    """
+
     @_abc_1.abstractmethod
     def Stream(
         self,
@@ -93,6 +110,7 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_raft_pb2.ForwardResponse, _abc.Awaitable[_raft_pb2.ForwardResponse]]:
         """A follower hands a client's command to the leader, which proposes it and
         answers once it is applied. `result` is the state machine's encoded reply.
+        A call that fails carries a ForwardRefusal in its trailing metadata.
         """
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

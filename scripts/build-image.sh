@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Build the ramraft container image with podman, offline-friendly.
 #
-#   scripts/build-image.sh [--base IMAGE] [--tag TAG] [--no-smoke]
+#   scripts/build-image.sh [--base IMAGE] [--tag TAG] [--no-smoke] [--print-tag]
+#
+# The tag defaults to localhost/ramraft:VERSION, VERSION being pyproject.toml's
+# [project] version (the one version source; k8s/kustomization.yaml's newTag
+# must equal it, tests/packaging/test_version.py checks). --print-tag prints the
+# tag and builds nothing.
 #
 # Steps:
 #  1. Base image: IMAGE if given (must be local or pullable). Otherwise
@@ -21,7 +26,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TAG=localhost/ramraft:0.1.0
+VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+TAG=localhost/ramraft:$VERSION
+PRINT_TAG=0
 BASE=""
 SMOKE=1
 LOCAL_BASE=localhost/ramraft-base:bookworm
@@ -39,10 +46,16 @@ while [ $# -gt 0 ]; do
     --base) BASE=$2; shift 2 ;;
     --tag) TAG=$2; shift 2 ;;
     --no-smoke) SMOKE=0; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    --print-tag) PRINT_TAG=1; shift ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
+
+if [ "$PRINT_TAG" = 1 ]; then
+  printf '%s\n' "$TAG"
+  exit 0
+fi
 
 say() { printf '==> %s\n' "$*" >&2; }
 

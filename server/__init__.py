@@ -2,7 +2,9 @@
 
 - ``node.py`` assembles a node (storage, runtime, gRPC servers, web tier) and
   shuts it down gracefully; ``config.py`` is its settings; ``hosting.py``
-  binds an application's model to the node; ``logs.py`` its structured logs.
+  binds an application's model to the node; ``logs.py`` its structured logs;
+  ``request_errors.py`` the errors a request can end with and the one table
+  of what each becomes on the wire (gRPC code, HTTP status).
 - ``runtime/``: the one task that owns the Raft core, the peer transport, the
   wire format of peer messages, and the in-process request path (NodeAPI).
 - ``machines/``: the state machines the log is applied to (key-value, the

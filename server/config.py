@@ -39,7 +39,7 @@ def parse_peers(text: str) -> dict[str, str]:
 
 
 @dataclass
-class Limits:
+class NodeLimits:
     """Input and resource limits; every one is configurable (``ramraft node
     --help`` lists the flags). Together they bound a node's memory under a
     flood: at most ``max_inflight`` requests are served at once (each at most
@@ -152,7 +152,7 @@ class NodeConfig:
     retain_bytes: int = 32 << 20  # ... but no more than this many bytes of them
     join: bool = False  # start empty and wait to be added, instead of bootstrapping
     fsync: bool = True
-    limits: Limits = field(default_factory=Limits)
+    limits: NodeLimits = field(default_factory=NodeLimits)
     tls: TLSConfig = field(default_factory=TLSConfig)
     auth_tokens: str = ""  # token file (server/auth.py); empty: no client authentication
     # Node ids (fnmatch patterns) accepted as peers besides the known

@@ -52,7 +52,7 @@ from ramraft.server.machines.kv import (
     reply_to_plain,
 )
 from ramraft.server.machines.statemachine import CommandError, ErrorCode
-from ramraft.server.runtime.loop import Unavailable
+from ramraft.server.request_errors import Unavailable
 
 if TYPE_CHECKING:
     from ramraft.server.runtime.node_api import NodeAPI

@@ -26,7 +26,8 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ramraft.proto import admin_pb2, kv_pb2, raft_pb2
+from ramraft.consensus import Role
+from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc, raft_pb2
 from ramraft.server.config import PEER_MESSAGE_BYTES, NodeConfig
 from ramraft.server.hosting import (
     Application,
@@ -41,12 +42,15 @@ from ramraft.server.machines.kv import KVMachine
 from ramraft.server.machines.statemachine import TAG_KV, TAG_MODEL, CompositeMachine
 from ramraft.server.rpc.services import AdminService, KVService
 from ramraft.server.runtime.loop import RaftRuntime
-from ramraft.server.runtime.node_api import Limits, NodeAPI
+from ramraft.server.runtime.membership import MembershipChanges
+from ramraft.server.runtime.node_api import InputLimits, NodeAPI
 from ramraft.server.runtime.transport import PeerServicer, PeerTransport
 from ramraft.server.security.auth import Gatekeeper, InflightLimiter, TokenStore
 from ramraft.server.security.tls import TLSFiles
 from ramraft.server.storage import open_storage
 from ramraft.server.web.metrics import NodeMetrics
+from ramraft.server.web.tier import WebTier
+from ramraft.server.web.view import WebTierView
 
 log = structlog.get_logger("ramraft.node")
 
@@ -91,7 +95,8 @@ class Node:
         self.decode_result = decode_result
         self.runtime: RaftRuntime | None = None
         self.api: NodeAPI | None = None
-        self.metrics = NodeMetrics(self)
+        self.membership: MembershipChanges | None = None
+        self.metrics: NodeMetrics | None = None  # made by start(), with the runtime
         self.servers: list[grpc.aio.Server] = []
         self.health = health.aio.HealthServicer()
         self.tls: TLSFiles | None = (
@@ -104,7 +109,7 @@ class Node:
             config.limits.max_inflight, config.limits.max_inflight_per_connection
         )
         self.refusals = RateLimitedLog()
-        self.web: Any = None
+        self.web: WebTier | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self.started_at = time.time()
@@ -114,7 +119,6 @@ class Node:
         log_store, snapshots = open_storage(cfg.data_dir)
         runtime = RaftRuntime(cfg, self.machine, log_store, snapshots)
         self.runtime = runtime
-        runtime.listeners.append(self.metrics.runtime_listener)
         runtime.refusals = self.refusals
         runtime.transport = PeerTransport(
             cfg.node_id,
@@ -125,10 +129,13 @@ class Node:
             tls=self.tls,
             snapshot_chunk_bytes=cfg.limits.snapshot_chunk_bytes,
         )
-        limits = Limits(
+        limits = InputLimits(
             cfg.limits.max_key_bytes, cfg.limits.max_value_bytes, cfg.limits.max_range_limit
         )
-        self.api = NodeAPI(runtime, self.encode_result, self.decode_result, limits)
+        self.api = api = NodeAPI(runtime, self.encode_result, self.decode_result, limits)
+        self.membership = MembershipChanges(runtime)
+        self.metrics = metrics = NodeMetrics(runtime, lambda: api.forwarded)
+        runtime.listeners.append(metrics.runtime_listener)
         if self.app is not None:
             self.app.machine.bind(model_proposer(self.api, self.app.sessions))
         await runtime.start()
@@ -140,18 +147,18 @@ class Node:
             forward=self.api.serve_forward,
             current_term=lambda: runtime.core.term if runtime.core else 0,
             authenticate=self.tls is not None,
-            is_member=runtime.is_member,
+            is_member=runtime.peers.is_member,
             refusals=self.refusals,
         )
         self.kv_service = KVService(self.api, self.kv)
-        self.admin_service = AdminService(self.api)
-        self.kv_service.observers.append(self.metrics.observer("grpc"))
-        self.admin_service.observers.append(self.metrics.observer("grpc"))
+        self.admin_service = AdminService(self.api, self.membership)
+        self.kv_service.observers.append(metrics.observer("grpc"))
+        self.admin_service.observers.append(metrics.observer("grpc"))
         node_limits = cfg.limits
         # Without a separate peer port, the client port also carries peer
         # batches and snapshot chunks: it needs the peer message limit.
         max_receive = node_limits.request_bytes() if cfg.peer_listen else PEER_MESSAGE_BYTES
-        gatekeeper = Gatekeeper(self.tokens, self.limiter, runtime.is_member, self.refusals)
+        gatekeeper = Gatekeeper(self.tokens, self.limiter, runtime.peers.is_member, self.refusals)
         client_server = grpc.aio.server(
             interceptors=[gatekeeper],
             options=server_options(max_receive, node_limits.max_connections),
@@ -159,8 +166,6 @@ class Node:
             # health checks, reflection and peer calls are not counted there.
             maximum_concurrent_rpcs=4 * node_limits.max_inflight + 64,
         )
-        from ramraft.proto import admin_pb2_grpc, kv_pb2_grpc
-
         kv_pb2_grpc.add_KVServicer_to_server(self.kv_service, client_server)
         admin_pb2_grpc.add_AdminServicer_to_server(self.admin_service, client_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, client_server)
@@ -213,9 +218,23 @@ class Node:
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._health_task = asyncio.get_running_loop().create_task(self._watch_health())
         if cfg.http:
-            from ramraft.server.web.tier import WebTier
-
-            self.web = WebTier(self)
+            self.web = WebTier(
+                WebTierView(
+                    node_id=cfg.node_id,
+                    started_at=self.started_at,
+                    limits=cfg.limits,
+                    reports=runtime,
+                    api=api,
+                    kv=self.kv,
+                    metrics=metrics,
+                    tokens=self.tokens,
+                    limiter=self.limiter,
+                    refusals=self.refusals,
+                    tls=self.tls,
+                    app=self.app,
+                    peer_channel=runtime.transport.channel,
+                )
+            )
             await self.web.start(cfg.http)
         log.info(
             "node_started",
@@ -267,11 +286,7 @@ class Node:
     def ready(self) -> bool:
         """Knows a leader and has applied what it knows to be committed
         (the gRPC health service's "" status, and /readyz)."""
-        runtime = self.runtime
-        if runtime is None or runtime.core is None or runtime.failed is not None:
-            return False
-        core = runtime.core
-        return bool(core.leader) and runtime.machine.applied_index >= core.commit_index
+        return self.runtime is not None and self.runtime.ready()
 
     async def _watch_health(self) -> None:
         serving = None
@@ -304,16 +319,16 @@ class Node:
         log.info("node_stopping", id=self.config.node_id)
         deadline = time.monotonic() + grace
         if transfer and runtime.core is not None and runtime.failed is None:
-            if runtime.role.value == "leader" and len(runtime.core.conf.voters) > 1:
+            if runtime.role is Role.LEADER and len(runtime.core.conf.voters) > 1:
+                assert self.membership is not None
                 try:
-                    new = await runtime.transfer_leadership(timeout=min(5.0, grace / 2))
+                    new = await self.membership.transfer_leadership(timeout=min(5.0, grace / 2))
                     log.info("leadership_handed_over", to=new)
                 except Exception as e:
                     log.warning("leadership_handover_failed", error=str(e))
             # Let writes already in the log finish: they commit under the
             # new leader and resolve here when applied.
-            while runtime._waiting_writes and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
+            await runtime.wait_idle(deadline - time.monotonic())
         runtime.stopping = True
         await self.health.enter_graceful_shutdown()
         if self.web is not None:

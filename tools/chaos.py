@@ -437,8 +437,9 @@ def run_chaos(args: argparse.Namespace) -> int:
     try:
         return _run_chaos(args)
     except _Usage as e:
-        # Reported here, not raised: under `python -m client.cli` the CLI's
-        # own UsageError class is a different object from client.cli's.
+        # Reported here, not raised: under `python -m ramraft.tools.cli` the
+        # CLI's own UsageError class is a different object from
+        # ramraft.tools.cli's.
         sys.stderr.write(f"ramraft chaos: error: {e}\n")
         return EXIT_USAGE
 

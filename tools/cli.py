@@ -17,16 +17,15 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-import structlog
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message as ProtoMessage
 
+from ramraft._version import __version__
 from ramraft.client import _core
 from ramraft.client._sync import Client
 from ramraft.client.errors import RamraftError
@@ -440,10 +439,11 @@ def _cmd_status(client: Client, args: argparse.Namespace) -> int:
     if json_from_args(args):
         _print_json({"nodes": nodes, "members": members or []})
     else:
-        rows = [["ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST"]]
+        header = "ENDPOINT ID ROLE TERM LEADER COMMIT APPLIED LAST PID VERSION"
+        rows = [header.split()]
         for n in nodes:
             if "error" in n:
-                rows.append([n["endpoint"], "-", "unreachable", "", "", "", "", ""])
+                rows.append([n["endpoint"], "-", "unreachable"] + [""] * 7)
                 continue
             rows.append(
                 [
@@ -455,6 +455,9 @@ def _cmd_status(client: Client, args: argparse.Namespace) -> int:
                     str(n["commit_index"]),
                     str(n["applied_index"]),
                     str(n["last_index"]),
+                    # A node of release 0.1.0 reports neither (0 and "").
+                    str(n["pid"] or "-"),
+                    n["version"] or "-",
                 ]
             )
         sys.stdout.write(_table(rows) + "\n")
@@ -530,21 +533,10 @@ def _cmd_snapshot(client: Client, args: argparse.Namespace) -> int:
 
 def _client_command(command: Callable[[Client, argparse.Namespace], int]) -> Handler:
     def run(args: argparse.Namespace) -> int:
-        _quiet_logs()
         with client_from_args(args) as client:
             return command(client, args)
 
     return run
-
-
-def _quiet_logs() -> None:
-    # The library logs retries at debug level; a person at a terminal (or a
-    # script reading stdout) wants only warnings, and on stderr.
-    if not structlog.is_configured():
-        structlog.configure(
-            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-            logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        )
 
 
 # -- the parser -----------------------------------------------------------------------
@@ -560,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[parent],
     )
+    parser.add_argument("--version", action="version", version=f"ramraft {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def command(

@@ -1,4 +1,4 @@
-"""``ramraft node`` and ``ramraft cluster`` (registered into client/cli.py).
+"""``ramraft node`` and ``ramraft cluster`` (registered into tools/cli.py).
 
 Every ``node`` flag can also be given as an environment variable
 (``--data-dir`` -> ``RAMRAFT_DATA_DIR``), so a StatefulSet pod derives its id
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from ramraft.server.config import (
     ConfigError,
-    Limits,
     NodeConfig,
+    NodeLimits,
     TLSConfig,
     parse_address,
     parse_peers,
@@ -209,7 +209,7 @@ def add_node_parser(sub: Any) -> None:
         "(env RAMRAFT_HEALTH_LISTEN)",
     )
     lim = p.add_argument_group("limits")
-    d = Limits()
+    d = NodeLimits()
 
     def limit(flag: str, default: int, text: str) -> None:
         env = flag.upper().replace("-", "_")
@@ -291,7 +291,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         retain_bytes=args.retain_bytes,
         join=args.join,
         fsync=not args.no_fsync,
-        limits=Limits(
+        limits=NodeLimits(
             max_key_bytes=args.max_key_bytes,
             max_value_bytes=args.max_value_bytes,
             max_range_limit=args.max_range_page,
@@ -429,7 +429,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         cmd = [
             sys.executable,
             "-m",
-            "client",
+            "ramraft",
             "node",
             "--id",
             node_id,

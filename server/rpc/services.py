@@ -1,6 +1,7 @@
 """The gRPC servicers: decode, call the node API, encode. No Raft rules here.
 
-Errors (the public contract, proto/kv.proto):
+Errors (the public contract, proto/kv.proto; each comes from the one table in
+server/request_errors.py, which the web tier answers from too):
 - INVALID_ARGUMENT: bad input (empty or over-long key, over-long value,
   unknown enum value), with a message naming the limit;
 - UNAVAILABLE: no leader or quorum within the deadline, or this node is
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
+from ramraft.consensus import Role
 from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 from ramraft.server.machines.kv import (
     CasResult,
@@ -39,22 +41,24 @@ from ramraft.server.machines.kv import (
     encode_delete,
     encode_put,
 )
-from ramraft.server.machines.statemachine import CommandError, ErrorCode
-from ramraft.server.runtime.loop import (
-    InvalidRequest,
+from ramraft.server.request_errors import (
+    BadRequest,
     NotLeader,
-    Overloaded,
-    RaftRuntime,
-    Unavailable,
+    check_command_result,
+    error_message,
+    wire_status,
 )
-from ramraft.server.runtime.node_api import BadRequest, NodeAPI
+from ramraft.server.runtime.loop import RaftRuntime
+from ramraft.server.runtime.membership import MembershipChanges
+from ramraft.server.runtime.node_api import NodeAPI
+from ramraft.server.runtime.status import MemberProgress
 from ramraft.server.security.auth import STREAM_GATE
 
 log = structlog.get_logger("ramraft.grpc")
 LEADER_METADATA_KEY = "ramraft-leader"
 R = TypeVar("R")
 
-Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]
+ServicerMethod = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]
 
 
 def _timeout(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
@@ -62,10 +66,11 @@ def _timeout(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     return None if remaining is None else max(0.0, remaining)
 
 
-def rpc(name: str) -> Callable[[Handler[R]], Handler[R]]:
-    """Map the runtime's exceptions to status codes, in one place."""
+def rpc(name: str) -> Callable[[ServicerMethod[R]], ServicerMethod[R]]:
+    """Answer the node's errors with their status codes (the table in
+    server/request_errors.py), and report every call to the observers."""
 
-    def wrap(fn: Handler[R]) -> Handler[R]:
+    def wrap(fn: ServicerMethod[R]) -> ServicerMethod[R]:
         @functools.wraps(fn)
         async def handler(
             self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -74,26 +79,19 @@ def rpc(name: str) -> Callable[[Handler[R]], Handler[R]]:
             code = grpc.StatusCode.OK
             try:
                 return await fn(self, request, context)
-            except (BadRequest, InvalidRequest) as e:
-                code = grpc.StatusCode.INVALID_ARGUMENT
-                await context.abort(code, str(e))
-            except NotLeader as e:
-                code = grpc.StatusCode.UNAVAILABLE
-                if e.leader_address:
-                    context.set_trailing_metadata(((LEADER_METADATA_KEY, e.leader_address),))
-                await context.abort(code, str(e))
-            except Unavailable as e:
-                code = grpc.StatusCode.UNAVAILABLE
-                leader = self.runtime.leader_client_address()
-                if leader:
-                    context.set_trailing_metadata(((LEADER_METADATA_KEY, leader),))
-                await context.abort(code, str(e))
-            except Overloaded as e:
-                code = grpc.StatusCode.RESOURCE_EXHAUSTED
-                await context.abort(code, str(e))
-            except TimeoutError as e:
-                code = grpc.StatusCode.DEADLINE_EXCEEDED
-                await context.abort(code, str(e) or "the request's deadline passed")
+            except Exception as e:
+                status = wire_status(e)
+                if status is None:
+                    code = grpc.StatusCode.UNKNOWN  # a bug; grpc answers it
+                    raise
+                code = status.grpc_code
+                if status.names_leader:
+                    leader = self.runtime.leader_client_address()
+                    if isinstance(e, NotLeader):
+                        leader = e.leader_address
+                    if leader:
+                        context.set_trailing_metadata(((LEADER_METADATA_KEY, leader),))
+                await context.abort(code, error_message(e))
             finally:
                 for observe in self.observers:
                     observe(name, code.name, time.perf_counter() - started)
@@ -131,13 +129,6 @@ def _consistency(value: int) -> bool:
     raise BadRequest(f"unknown consistency {value}; use LINEARIZABLE (0) or SERIALIZABLE (1)")
 
 
-def _command_error(result: object) -> None:
-    if isinstance(result, CommandError):
-        if result.code in (ErrorCode.SESSION_EXPIRED, ErrorCode.STALE_SEQUENCE):
-            raise _Refused(result)
-        raise BadRequest(str(result))
-
-
 def value_before(result: CasResult, expected: bytes | None) -> bytes:
     """The key's value before the CAS (proto/kv.proto: ``current``); the
     machine's result states the value after it. A swap happened only if the
@@ -145,11 +136,6 @@ def value_before(result: CasResult, expected: bytes | None) -> bytes:
     if not result.swapped:
         return result.current
     return expected if result.found and expected is not None else b""
-
-
-class _Refused(Exception):
-    def __init__(self, error: CommandError) -> None:
-        super().__init__(str(error))
 
 
 class _OpFailed(Exception):
@@ -211,10 +197,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         self, command: bytes, context: grpc.aio.ServicerContext[Any, Any], safe: bool
     ) -> tuple[int, object]:
         index, result = await self.api.write(command, _timeout(context), retry_unsafe=safe)
-        try:
-            _command_error(result)
-        except _Refused as e:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        check_command_result(result)
         return index, result
 
     @rpc("Put")
@@ -385,26 +368,27 @@ def _stream_error(
 
 
 _ROLES = {
-    "follower": admin_pb2.ROLE_FOLLOWER,
-    "pre-candidate": admin_pb2.ROLE_PRE_CANDIDATE,
-    "candidate": admin_pb2.ROLE_CANDIDATE,
-    "leader": admin_pb2.ROLE_LEADER,
+    Role.FOLLOWER: admin_pb2.ROLE_FOLLOWER,
+    Role.PRE_CANDIDATE: admin_pb2.ROLE_PRE_CANDIDATE,
+    Role.CANDIDATE: admin_pb2.ROLE_CANDIDATE,
+    Role.LEADER: admin_pb2.ROLE_LEADER,
 }
 
 
+def _suffrage(member: MemberProgress) -> admin_pb2.Suffrage.ValueType:
+    return admin_pb2.VOTER if member.voter else admin_pb2.LEARNER
+
+
 class AdminService(admin_pb2_grpc.AdminServicer):
-    def __init__(self, api: NodeAPI) -> None:
+    def __init__(self, api: NodeAPI, membership: MembershipChanges) -> None:
         self.api = api
         self.runtime = api.runtime
+        self.membership = membership
         self.observers: list[Callable[[str, str, float], None]] = []
 
     def _members(self) -> list[admin_pb2.Member]:
         return [
-            admin_pb2.Member(
-                id=m.id,
-                address=self.runtime.config.client_address_of(m.address) if m.address else "",
-                suffrage=admin_pb2.VOTER if m.voter else admin_pb2.LEARNER,
-            )
+            admin_pb2.Member(id=m.id, address=m.address, suffrage=_suffrage(m))
             for m in self.runtime.members()
         ]
 
@@ -414,33 +398,33 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.StatusResponse:
         s = self.runtime.status()
         node = admin_pb2.NodeStatus(
-            id=s["id"],
-            address=self.runtime.config.client_address_of(s.get("address", ""))
-            if s.get("address")
-            else "",
-            role=_ROLES.get(s.get("role", ""), admin_pb2.ROLE_FOLLOWER),
-            term=s.get("term", 0),
-            leader=s.get("leader", ""),
-            leader_address=s.get("leader_address", ""),
-            commit_index=s.get("commit_index", 0),
-            applied_index=s.get("applied_index", 0),
-            last_index=s.get("last_index", 0),
-            snapshot_index=s.get("snapshot_index", 0),
-            first_index=s.get("first_index", 0),
+            id=s.id,
+            address=self.runtime.config.client_address_of(s.address) if s.address else "",
+            # Not started yet: a follower that knows nothing.
+            role=_ROLES[s.role] if s.role is not None else admin_pb2.ROLE_FOLLOWER,
+            term=s.term,
+            leader=s.leader,
+            leader_address=s.leader_address,
+            commit_index=s.commit_index,
+            applied_index=s.applied_index,
+            last_index=s.last_index,
+            snapshot_index=s.snapshot_index,
+            first_index=s.first_index,
+            pid=s.pid,
+            version=s.version,
         )
-        leading = s.get("role") == "leader"
         members = [
             admin_pb2.MemberStatus(
                 id=m.id,
-                address=self.runtime.config.client_address_of(m.address) if m.address else "",
-                suffrage=admin_pb2.VOTER if m.voter else admin_pb2.LEARNER,
+                address=m.address,
+                suffrage=_suffrage(m),
                 match_index=m.match_index,
                 lag=m.lag,
-                active=m.active or m.id == self.runtime.id,
+                active=m.active,
             )
             for m in self.runtime.members()
         ]
-        return admin_pb2.StatusResponse(node=node, members=members, members_from_leader=leading)
+        return admin_pb2.StatusResponse(node=node, members=members, members_from_leader=s.leading)
 
     @rpc("Members")
     async def Members(
@@ -457,7 +441,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         target = request.target
         if target and target not in self.runtime.addresses:
             raise BadRequest(f"{target} is not a member")
-        leader = await self.runtime.transfer_leadership(target, timeout=_timeout(context) or 5.0)
+        leader = await self.membership.transfer_leadership(target, timeout=_timeout(context) or 5.0)
         return admin_pb2.TransferLeadershipResponse(leader=leader)
 
     @rpc("AddMember")
@@ -466,7 +450,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.AddMemberResponse:
         if not request.id or not request.address:
             raise BadRequest("AddMember needs an id and an address (HOST:PORT)")
-        await self.runtime.add_member(
+        await self.membership.add_member(
             request.id, request.address, timeout=_timeout(context) or 30.0
         )
         return admin_pb2.AddMemberResponse(members=self._members())
@@ -477,11 +461,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.RemoveMemberResponse:
         if not request.id:
             raise BadRequest("RemoveMember needs an id")
-        await self.runtime.remove_member(request.id)
+        await self.membership.remove_member(request.id)
         return admin_pb2.RemoveMemberResponse(members=self._members())
 
     @rpc("Snapshot")
     async def Snapshot(
         self, request: admin_pb2.SnapshotRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.SnapshotResponse:
-        return admin_pb2.SnapshotResponse(index=await self.runtime.snapshot_now())
+        return admin_pb2.SnapshotResponse(index=await self.runtime.snapshotting.snapshot_now())

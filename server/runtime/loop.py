@@ -8,7 +8,7 @@ core's Ready in the order the core demands (consensus/types.py, Ready):
 1. persist snapshot marker, entries and hard state: one ``save()``, one
    fsync, in the disk thread (the event loop keeps accepting requests,
    which pile up for the next turn: group commit);
-2. send the messages (one coalesced write per peer, server/transport.py);
+2. send the messages (one coalesced write per peer, runtime/transport.py);
 3. install a snapshot received from the leader, apply committed entries to
    the state machine, resolve the futures of the writes they complete;
 4. release linearizable reads whose read index is now applied; ``advance``.
@@ -20,22 +20,24 @@ retry safe).
 
 If the disk fails, the runtime stops: it never acknowledges what it could
 not sync, and every request gets UNAVAILABLE with the reason.
+
+What belongs here: the loop, its queues and the futures it resolves, and
+the reports read from the core (``status()``, ``members()``, the leader
+history; their types are in status.py). Beside it: the peer addresses and
+identity policy (peers.py), snapshot scheduling and restoring (snapshotting.py)
+and membership changes (membership.py), which all act through this loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import heapq
 import itertools
-import json
 import random
-import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
@@ -43,7 +45,7 @@ import structlog
 from ramraft.consensus import (
     NO_NODE,
     ConfChange,
-    ConfChangeType,
+    Config,
     ConfState,
     Entry,
     EntryKind,
@@ -52,92 +54,26 @@ from ramraft.consensus import (
     MsgType,
     NotLeaderError,
     ProposalDroppedError,
-    RaftError,
     RaftNode,
     Ready,
     Role,
-    SnapshotMeta,
 )
-from ramraft.consensus.raft import Config
 from ramraft.server.config import NodeConfig
 from ramraft.server.logs import RateLimitedLog
-from ramraft.server.machines.statemachine import ReadableStream, StateMachine
+from ramraft.server.machines.statemachine import StateMachine
+from ramraft.server.request_errors import NotLeader, Overloaded, Unavailable
+from ramraft.server.runtime.peers import PeerDirectory
+from ramraft.server.runtime.snapshotting import SnapshotScheduler
+from ramraft.server.runtime.status import LeaderChange, MemberProgress, RuntimeStatus
 from ramraft.server.storage import LogStore, SnapshotStore, StorageError
 
 log = structlog.get_logger("ramraft.runtime")
 T = TypeVar("T")
 
-SNAPSHOT_MAGIC = b"RRSNAP01"
 # Messages whose sending does not depend on the sender's pending disk write.
 _SEND_BEFORE_PERSIST = frozenset(
     {MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT, MsgType.TIMEOUT_NOW}
 )
-
-
-class RuntimeError_(Exception):
-    """Base of the errors the runtime gives its callers."""
-
-
-class NotLeader(RuntimeError_):
-    def __init__(self, leader: str, leader_address: str = "") -> None:
-        super().__init__(f"not the leader (leader: {leader or 'unknown'})")
-        self.leader = leader
-        self.leader_address = leader_address
-
-
-class Unavailable(RuntimeError_):
-    """The request could not be served now; the client may retry (a write
-    that failed this way may or may not have been applied)."""
-
-
-class Overloaded(RuntimeError_):
-    """Too many requests are waiting; refused at once instead of queued."""
-
-
-class InvalidRequest(RuntimeError_):
-    """A request that can never succeed as asked (unknown member...)."""
-
-
-@dataclass
-class MemberStatus:
-    id: str
-    address: str
-    voter: bool
-    match_index: int
-    lag: int
-    active: bool
-
-
-# ---- what a snapshot file holds besides the state machine ------------------------------------
-
-
-def write_snapshot_header(stream: Any, addresses: dict[str, str]) -> None:
-    body = json.dumps({"addresses": addresses}, sort_keys=True).encode()
-    stream.write(SNAPSHOT_MAGIC + struct.pack("<I", len(body)) + body)
-
-
-def read_snapshot_header(stream: ReadableStream) -> dict[str, str]:
-    head = _read_exact(stream, len(SNAPSHOT_MAGIC) + 4)
-    if head[: len(SNAPSHOT_MAGIC)] != SNAPSHOT_MAGIC:
-        raise StorageError("snapshot data does not start with the ramraft header")
-    (length,) = struct.unpack("<I", head[len(SNAPSHOT_MAGIC) :])
-    if length > 64 << 20:
-        raise StorageError(f"snapshot header of {length} bytes is implausible")
-    body = json.loads(_read_exact(stream, length))
-    addresses = body.get("addresses", {})
-    if not isinstance(addresses, dict):
-        raise StorageError("snapshot header: addresses is not a mapping")
-    return {str(k): str(v) for k, v in addresses.items()}
-
-
-def _read_exact(stream: ReadableStream, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        piece = stream.read(n - len(data))
-        if not piece:
-            raise StorageError(f"snapshot data ends after {len(data)} of {n} header bytes")
-        data += piece
-    return data
 
 
 # ---- the runtime ------------------------------------------------------------------------------
@@ -156,14 +92,19 @@ class RaftRuntime:
         self.machine = machine
         self.log_store = log_store
         self.snapshots = snapshots
-        self.addresses: dict[str, str] = dict(config.peers)
         self.core: RaftNode | None = None
+        self.peers = PeerDirectory(config, self._conf_members)
+        # id -> peer address (the directory's dict, shared with the transport)
+        self.addresses = self.peers.addresses
+        self.snapshotting = SnapshotScheduler(
+            config, machine, snapshots, log_store, self.peers, self
+        )
         self.transport: Any = None  # PeerTransport, set by the node before start()
         self.failed: BaseException | None = None
         self.stopping = False
 
         self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ramraft-disk")
-        self._disk_jobs = 0  # submitted to _disk and not finished (see _on_disk)
+        self._disk_jobs = 0  # submitted to _disk and not finished (see run_on_disk)
         self._wake = asyncio.Event()
         self._inbox: list[Message] = []
         self._proposals: list[tuple[bytes, asyncio.Future[tuple[int, object]]]] = []
@@ -178,18 +119,13 @@ class RaftRuntime:
         self._read_seq = itertools.count()
         self._leader_event = asyncio.Event()
         self._applied_event = asyncio.Event()
-        self._snapshot_task: asyncio.Task[SnapshotMeta] | None = None
-        self._bytes_since_snapshot = 0
         self._synced_hard_state = HardState()  # the newest term/vote known durable
         self._tasks: list[asyncio.Task[Any]] = []
-        self.leader_changes: list[tuple[float, int, str]] = []  # (unix time, term, leader)
+        self._leader_changes: list[LeaderChange] = []  # the newest 50
         # Metrics hooks: (event, fields) for "proposed", "proposals_dropped",
-        # "fsync", "applied", "role", "snapshot", "snapshot_installed".
+        # "fsync", "applied", "role" (fields["role"] is a consensus Role),
+        # "snapshot", "snapshot_installed".
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
-        self.last_heartbeat = 0.0
-        # Members removed by a REMOVE entry this node has seen (the peer
-        # identity check refuses them even if --peer-id-pattern matches).
-        self.removed_members: set[str] = set()
         self.refusals = RateLimitedLog()
         self._rejected_seen = 0
 
@@ -200,7 +136,7 @@ class RaftRuntime:
         state = await loop.run_in_executor(self._disk, self.log_store.load)
         self._synced_hard_state = state.hard_state
         if state.snapshot is not None:
-            await asyncio.to_thread(self._restore_from_store, state.snapshot.index)
+            await asyncio.to_thread(self.snapshotting.restore, state.snapshot.index)
         bootstrap = None if self.config.join else ConfState(frozenset(self.config.peers))
         core_config = Config(
             id=self.id,
@@ -219,7 +155,7 @@ class RaftRuntime:
         )
         for entry in state.entries:
             if entry.kind == EntryKind.CONF_CHANGE:
-                self._note_conf_entry(entry)
+                self.peers.note_conf_entry(entry)
         log.info(
             "node_recovered",
             id=self.id,
@@ -240,10 +176,7 @@ class RaftRuntime:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._snapshot_task is not None:
-            self._snapshot_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._snapshot_task
+        await self.snapshotting.close()
         self._fail_everything(Unavailable("the node is shutting down"))
         await asyncio.get_running_loop().run_in_executor(self._disk, self.log_store.close)
         self._disk.shutdown(wait=True)
@@ -259,26 +192,10 @@ class RaftRuntime:
         return self.core.leader if self.core else NO_NODE
 
     def leader_client_address(self) -> str:
-        address = self.addresses.get(self.leader, "")
-        return self.config.client_address_of(address) if address else ""
+        return self.peers.client_address(self.leader)
 
-    def is_member(self, node_id: str) -> bool:
-        """Whether ``node_id`` may talk to this node as a peer (TLS identity
-        check, server/transport.py): a member of the newest configuration in
-        our log; one of the initial --peers while we know no configuration
-        yet (a joining node); or, unless we saw it removed, an id matching
-        --peer-id-pattern (so a member that missed the addition of a new
-        member still accepts it as leader)."""
-        core = self.core
-        members = core.conf.members if core is not None else frozenset()
-        if node_id in members:
-            return True
-        if not members and node_id in self.config.peers:
-            return True
-        if node_id in self.removed_members or node_id == self.id:
-            return False
-        patterns = [p for p in self.config.peer_id_pattern.split(",") if p.strip()]
-        return any(fnmatch.fnmatchcase(node_id, p.strip()) for p in patterns)
+    def _conf_members(self) -> frozenset[str]:
+        return self.core.conf.members if self.core is not None else frozenset()
 
     def pending_requests(self) -> int:
         """Writes and reads this node holds: queued for the next turn, or
@@ -292,10 +209,14 @@ class RaftRuntime:
         )
 
     def check_available(self) -> None:
+        """Refuse a request at once (before anything is proposed) when this
+        node cannot take it: stopped, shutting down, or too busy."""
         if self.failed is not None:
-            raise Unavailable(f"this node stopped after a storage failure: {self.failed}")
+            raise Unavailable(
+                f"this node stopped after a storage failure: {self.failed}", before_proposal=True
+            )
         if self.stopping:
-            raise Unavailable("this node is shutting down")
+            raise Unavailable("this node is shutting down", before_proposal=True)
         if self.pending_requests() >= self.config.limits.max_pending_requests:
             raise Overloaded(
                 f"{self.config.limits.max_pending_requests} requests are waiting on this node "
@@ -307,7 +228,7 @@ class RaftRuntime:
         it is applied here. Raises NotLeader on a follower (the caller
         forwards), Unavailable if leadership is lost before it commits."""
         self.check_available()
-        if self.core is not None and self.core.role != Role.LEADER:
+        if self.core is not None and self.core.role is not Role.LEADER:
             raise NotLeader(self.leader, self.leader_client_address())
         fut: asyncio.Future[tuple[int, object]] = asyncio.get_running_loop().create_future()
         self._proposals.append((command, fut))
@@ -323,6 +244,23 @@ class RaftRuntime:
         self._read_requests.append((next(self._read_ids).to_bytes(8, "big"), fut))
         self._wake.set()
         return await fut
+
+    async def propose_conf_change(self, change: ConfChange) -> int:
+        """Propose one membership change (this node must lead) and return
+        its index once it is applied here (membership.py)."""
+        self.check_available()
+        fut: asyncio.Future[tuple[int, object]] = asyncio.get_running_loop().create_future()
+
+        def propose(core: RaftNode) -> None:
+            if core.role is not Role.LEADER:
+                raise NotLeader(core.leader, self.leader_client_address())
+            index = core.propose_conf_change(change)
+            # Registered in the same turn, so it cannot be applied unseen.
+            self._waiting_writes[index] = (core.term, fut)
+
+        await self.call(propose)
+        index, _ = await fut
+        return index
 
     async def call(self, fn: Callable[[RaftNode], T]) -> T:
         """Run ``fn(core)`` inside the loop, between turns."""
@@ -384,28 +322,51 @@ class RaftRuntime:
             except TimeoutError:
                 continue
 
-    # ---- admin --------------------------------------------------------------------------------
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no write this node proposed is still waiting to be
+        applied (at most ``timeout`` seconds); returns whether none is."""
+        deadline = time.monotonic() + timeout
+        while self._waiting_writes:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._applied_event.clear()
+            with contextlib.suppress(TimeoutError):
+                # Bounded: writes also leave when they fail, with no event.
+                await asyncio.wait_for(self._applied_event.wait(), min(remaining, 0.05))
+        return True
 
-    def status(self) -> dict[str, Any]:
+    # ---- reports ----------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Knows a leader and has applied what it knows to be committed
+        (the gRPC health service's "" status, and /readyz)."""
+        core = self.core
+        if core is None or self.failed is not None:
+            return False
+        return bool(core.leader) and self.machine.applied_index >= core.commit_index
+
+    def status(self) -> RuntimeStatus:
         core = self.core
         if core is None:
-            return {"id": self.id, "role": "starting"}
-        return {
-            "id": self.id,
-            "address": self.addresses.get(self.id, ""),
-            "role": core.role.value,
-            "term": core.term,
-            "leader": core.leader,
-            "leader_address": self.leader_client_address(),
-            "commit_index": core.commit_index,
-            "applied_index": self.machine.applied_index,
-            "last_index": core.last_index,
-            "snapshot_index": core.latest_snapshot.index,
-            "first_index": core.log.first_index,
-            "failed": str(self.failed) if self.failed else "",
-        }
+            return RuntimeStatus(id=self.id, role=None)
+        return RuntimeStatus(
+            id=self.id,
+            role=core.role,
+            address=self.addresses.get(self.id, ""),
+            term=core.term,
+            leader=core.leader,
+            leader_address=self.leader_client_address(),
+            commit_index=core.commit_index,
+            applied_index=self.machine.applied_index,
+            last_index=core.last_index,
+            snapshot_index=core.latest_snapshot.index,
+            first_index=core.log.first_index,
+            failed=str(self.failed) if self.failed else "",
+            ready=self.ready(),
+        )
 
-    def members(self) -> list[MemberStatus]:
+    def members(self) -> list[MemberProgress]:
         """Every member, with replication progress when this node leads."""
         core = self.core
         if core is None:
@@ -416,100 +377,20 @@ class RaftRuntime:
             pr = core.progress.get(member)
             match = pr.match if pr is not None else 0
             out.append(
-                MemberStatus(
+                MemberProgress(
                     id=member,
-                    address=self.addresses.get(member, ""),
+                    address=self.peers.client_address(member),
                     voter=member in conf.voters,
                     match_index=match,
                     lag=max(0, core.last_index - match) if pr is not None else 0,
-                    active=bool(pr.recent_active) if pr is not None else False,
+                    active=(pr is not None and bool(pr.recent_active)) or member == self.id,
                 )
             )
         return out
 
-    async def transfer_leadership(self, target: str = "", timeout: float = 5.0) -> str:
-        """Hand leadership to ``target`` (default: the most caught-up voter)
-        and wait until someone else leads. Returns the new leader."""
-
-        def start(core: RaftNode) -> str:
-            if core.role != Role.LEADER:
-                raise NotLeader(core.leader, self.leader_client_address())
-            chosen = target or self._best_transfer_target(core)
-            if not chosen:
-                raise InvalidRequest("no other voter to hand leadership to")
-            core.transfer_leadership(chosen)
-            return chosen
-
-        chosen = await self.call(start)
-        if chosen == self.id:
-            return self.id
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.leader and self.leader != self.id:
-                return self.leader
-            self._leader_event.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._leader_event.wait(), 0.05)
-        raise Unavailable(f"leadership transfer to {chosen} did not complete in {timeout}s")
-
-    @staticmethod
-    def _best_transfer_target(core: RaftNode) -> str:
-        candidates = [
-            (pr.match, peer)
-            for peer, pr in core.progress.items()
-            if peer != core.id and peer in core.conf.voters
-        ]
-        return max(candidates)[1] if candidates else ""
-
-    async def change_membership(self, change: ConfChange) -> int:
-        """Propose one membership change and wait until it is applied here."""
-        self.check_available()
-
-        def propose(core: RaftNode) -> tuple[int, int]:
-            if core.role != Role.LEADER:
-                raise NotLeader(core.leader, self.leader_client_address())
-            return core.propose_conf_change(change), core.term
-
-        index, term = await self.call(propose)
-        fut: asyncio.Future[tuple[int, object]] = asyncio.get_running_loop().create_future()
-        self._waiting_writes[index] = (term, fut)
-        await fut
-        return index
-
-    async def add_member(self, node_id: str, address: str, timeout: float = 30.0) -> None:
-        """Thesis 4.2.1: join as a learner, catch up, then become a voter."""
-        deadline = time.monotonic() + timeout
-        conf = self.core.conf if self.core else ConfState()
-        if node_id not in conf.members:
-            await self.change_membership(
-                ConfChange(ConfChangeType.ADD_LEARNER, node_id, context=address.encode())
-            )
-        while True:
-            core = self.core
-            assert core is not None
-            if node_id in core.conf.voters:
-                return
-            try:
-                await self.change_membership(ConfChange(ConfChangeType.PROMOTE, node_id))
-                return
-            except RaftError as e:
-                if time.monotonic() > deadline:
-                    raise Unavailable(f"{node_id} did not catch up in {timeout}s: {e}") from e
-                await asyncio.sleep(self.config.tick_ms / 1000)
-
-    async def remove_member(self, node_id: str) -> None:
-        core = self.core
-        if core is not None and node_id not in core.conf.members:
-            return  # already gone: removing is idempotent for retrying clients
-        await self.change_membership(ConfChange(ConfChangeType.REMOVE, node_id))
-
-    async def snapshot_now(self) -> int:
-        """Take a snapshot at the applied index now; returns its index."""
-        if self._snapshot_task is None or self._snapshot_task.done():
-            self._start_snapshot()
-        assert self._snapshot_task is not None
-        meta = await asyncio.shield(self._snapshot_task)
-        return meta.index
+    def leader_changes(self) -> list[LeaderChange]:
+        """The newest changes of role or leader this node saw, oldest first."""
+        return list(self._leader_changes)
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -537,7 +418,7 @@ class RaftRuntime:
                 self._feed(core)
                 while core.has_ready():
                     await self._handle_ready(core, core.ready())
-                self._maybe_snapshot(core)
+                self.snapshotting.maybe_snapshot(core)
         except asyncio.CancelledError:
             raise
         except StorageError as e:
@@ -628,16 +509,16 @@ class RaftRuntime:
         except NotLeaderError:
             error: Exception = NotLeader(core.leader, self.leader_client_address())
         except ProposalDroppedError as e:
-            error = Unavailable(str(e))
+            error = Unavailable(str(e), before_proposal=True)
         else:
             term = core.term
             for n, (_, fut) in enumerate(proposals):
                 self._waiting_writes[first + n] = (term, fut)
             if self.listeners:
-                self._emit("proposed", {"entries": len(proposals)})
+                self.emit("proposed", {"entries": len(proposals)})
             return
         if self.listeners:
-            self._emit("proposals_dropped", {"entries": len(proposals)})
+            self.emit("proposals_dropped", {"entries": len(proposals)})
         for _, fut in proposals:
             fut.set_exception(error)
 
@@ -658,10 +539,10 @@ class RaftRuntime:
                 self.transport.send(early)
             messages = later
         if rd.snapshot is not None or rd.entries or self._must_sync(rd.hard_state):
-            if core.role == Role.LEADER or rd.snapshot is not None or self._disk_jobs:
+            if core.role is Role.LEADER or rd.snapshot is not None or self._disk_jobs:
                 # The leader's own write is off the critical path (its appends
                 # already left), so the loop keeps serving while it runs.
-                await self._on_disk(self._persist, rd, True)
+                await self.run_on_disk(self._persist, rd, True)
             else:
                 # A follower's acknowledgement waits for this write and the
                 # leader waits for the acknowledgement: written on the loop,
@@ -674,30 +555,22 @@ class RaftRuntime:
             # Only the commit index moved. It is safe to lose (a restarted node
             # learns it again), so it is written without waiting for the disk;
             # the single disk thread keeps writes in order.
-            background = self._on_disk(self._persist, rd, False)
+            background = self.run_on_disk(self._persist, rd, False)
             background.add_done_callback(self._background_persist_done)
         if messages:
             self.transport.send(messages)
         for entry in rd.entries:
             if entry.kind == EntryKind.CONF_CHANGE:
-                self._note_conf_entry(entry)  # reach a new member as soon as it is in the log
+                self.peers.note_conf_entry(entry)  # reach a new member as soon as it is in the log
         if rd.snapshot is not None:
-            if getattr(self.machine, "restore_in_thread", False):
-                # The machine builds the new state aside and swaps it in at
-                # the end, so reads on the loop meanwhile see the old state.
-                await asyncio.to_thread(self._restore_from_store, rd.snapshot.meta.index)
-            else:
-                # An application model is restored in place: on the loop, so
-                # no page handler ever sees it half restored.
-                self._restore_from_store(rd.snapshot.meta.index)
-            self._emit("snapshot_installed", {"index": rd.snapshot.meta.index})
+            await self.snapshotting.install(rd.snapshot.meta.index)
         for entry in rd.committed_entries:
             self._apply(entry)
         if rd.committed_entries and self.listeners:
             # One event per batch (no-ops, which carry no data, not counted).
             applied = sum(1 for e in rd.committed_entries if e.data)
             if applied:
-                self._emit("applied", {"entries": applied})
+                self.emit("applied", {"entries": applied})
         for rs in rd.read_states:
             fut = self._reads.pop(rs.context, None)
             if fut is not None and not fut.done():
@@ -721,7 +594,7 @@ class RaftRuntime:
         synced = self._synced_hard_state
         return hard_state.term != synced.term or hard_state.vote != synced.vote
 
-    def _on_disk(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    def run_on_disk(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Run ``fn`` on the disk thread, counting the jobs not finished yet."""
         fut = asyncio.get_running_loop().run_in_executor(self._disk, fn, *args)
         self._disk_jobs += 1
@@ -747,18 +620,18 @@ class RaftRuntime:
         if rd.hard_state is not None and sync:
             self._synced_hard_state = rd.hard_state
         if self.listeners:
-            self._emit(
+            self.emit(
                 "fsync", {"seconds": time.perf_counter() - started, "entries": len(rd.entries)}
             )
 
     def _apply(self, entry: Entry) -> None:
         result: object = None
         if entry.kind == EntryKind.CONF_CHANGE:
-            self._note_conf_entry(entry)
+            self.peers.note_conf_entry(entry)
             self.machine.apply(entry.index, b"")  # keeps the machine's applied index in step
         else:
             result = self.machine.apply(entry.index, entry.data)
-            self._bytes_since_snapshot += len(entry.data)
+            self.snapshotting.note_applied(len(entry.data))
         waiting = self._waiting_writes.pop(entry.index, None)
         if waiting is None or waiting[1].done():
             return
@@ -779,92 +652,12 @@ class RaftRuntime:
 
     def _on_soft_state(self, core: RaftNode) -> None:
         self._leader_event.set()
-        self.leader_changes.append((time.time(), core.term, core.leader))
-        del self.leader_changes[:-50]
+        self._leader_changes.append(LeaderChange(time.time(), core.term, core.leader))
+        del self._leader_changes[:-50]
         log.info("role_changed", role=core.role.value, term=core.term, leader=core.leader or None)
-        self._emit("role", {"role": core.role.value, "leader": core.leader, "term": core.term})
+        self.emit("role", {"role": core.role, "leader": core.leader, "term": core.term})
 
-    def _note_conf_entry(self, entry: Entry) -> None:
-        try:
-            change = ConfChange.decode(entry.data)
-        except ValueError:
-            return
-        if change.type == ConfChangeType.ADD_LEARNER:
-            self.removed_members.discard(change.node_id)
-            if change.context:
-                self.addresses[change.node_id] = change.context.decode(errors="replace")
-        elif change.type == ConfChangeType.REMOVE:
-            self.removed_members.add(change.node_id)
-
-    def _emit(self, event: str, fields: dict[str, Any]) -> None:
+    def emit(self, event: str, fields: dict[str, Any]) -> None:
+        """Tell the metrics hooks (``listeners``)."""
         for listener in self.listeners:
             listener(event, fields)
-
-    # ---- snapshots --------------------------------------------------------------------------
-
-    def _restore_from_store(self, index: int) -> None:
-        """Replace the state machine by the stored snapshot at ``index``."""
-        with self.snapshots.open(index) as reader:
-            addresses = read_snapshot_header(reader)
-            self.machine.restore(reader)
-        for node_id, address in addresses.items():
-            self.addresses.setdefault(node_id, address)
-        log.info("snapshot_restored", index=index, applied=self.machine.applied_index)
-
-    def _maybe_snapshot(self, core: RaftNode) -> None:
-        """Snapshot after snapshot_entries entries or snapshot_bytes bytes of
-        commands, whichever comes first: the log lives in RAM until a
-        snapshot lets it be dropped, so a count alone would let large values
-        exhaust memory."""
-        due = (
-            core.applied_index - core.latest_snapshot.index >= self.config.snapshot_entries
-            or self._bytes_since_snapshot >= self.config.snapshot_bytes
-        )
-        if due and (self._snapshot_task is None or self._snapshot_task.done()) and not self.failed:
-            self._start_snapshot()
-
-    def _retain(self, core: RaftNode, meta: SnapshotMeta) -> int:
-        """How many entries before the snapshot to keep in RAM for slow
-        followers: retain_entries, but no more than retain_bytes of them."""
-        budget = self.config.retain_bytes
-        kept = 0
-        index = meta.index
-        while kept < self.config.retain_entries and index > core.log.offset:
-            budget -= len(core.log.entries[index - core.log.offset - 1].data)
-            if budget < 0:
-                break
-            kept += 1
-            index -= 1
-        return kept
-
-    def _start_snapshot(self) -> None:
-        core = self.core
-        assert core is not None
-        meta = core.snapshot_meta(core.applied_index)
-        job = self.machine.snapshot()  # a consistent view, taken now, on the loop
-        self._bytes_since_snapshot = 0
-        addresses = dict(self.addresses)
-        started = time.perf_counter()
-
-        def write() -> int:
-            try:
-                with self.snapshots.create(meta) as writer:
-                    write_snapshot_header(writer, addresses)
-                    size = job.write_to(writer)
-                    writer.commit()
-                return size
-            finally:
-                job.close()
-
-        async def run() -> SnapshotMeta:
-            size = await asyncio.to_thread(write)
-            await self.call(
-                lambda core: core.compact(meta, retain_entries=self._retain(core, meta))
-            )
-            await self._on_disk(self.log_store.compact, meta.index)
-            seconds = time.perf_counter() - started
-            log.info("snapshot_taken", index=meta.index, bytes=size, seconds=round(seconds, 3))
-            self._emit("snapshot", {"index": meta.index, "bytes": size, "seconds": seconds})
-            return meta
-
-        self._snapshot_task = asyncio.get_running_loop().create_task(run(), name="snapshot")

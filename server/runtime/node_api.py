@@ -19,13 +19,26 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
 from ramraft.proto import raft_pb2
-from ramraft.server.runtime.loop import NotLeader, Overloaded, RaftRuntime, Unavailable
+from ramraft.server.request_errors import (
+    BadRequest,
+    NotLeader,
+    Overloaded,
+    RequestError,
+    Unavailable,
+    error_message,
+    wire_status,
+)
+from ramraft.server.runtime.loop import RaftRuntime
 
 log = structlog.get_logger("ramraft.api")
 
 DEFAULT_TIMEOUT = 5.0
+# Trailing metadata of a failed Peer.Forward: a serialized
+# raft_pb2.ForwardRefusal (proto/raft.proto).
+FORWARD_REFUSAL_KEY = "ramraft-forward-refusal-bin"
 
 
 class Deadline:
@@ -42,12 +55,12 @@ class Deadline:
         return left
 
 
-class BadRequest(ValueError):
-    """Input that breaks a documented limit; the message names it."""
-
-
 @dataclass(frozen=True)
-class Limits:
+class InputLimits:
+    """What a request's input is checked against before anything is
+    proposed (from the node's --max-key-bytes, --max-value-bytes and
+    --max-range-page, server/config.py NodeLimits)."""
+
     max_key_bytes: int
     max_value_bytes: int
     max_range_limit: int
@@ -74,7 +87,7 @@ class NodeAPI:
         runtime: RaftRuntime,
         encode_result: Callable[[object], bytes],
         decode_result: Callable[[bytes], object],
-        limits: Limits,
+        limits: InputLimits,
     ) -> None:
         self.runtime = runtime
         self.encode_result = encode_result
@@ -140,29 +153,29 @@ class NodeAPI:
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise TimeoutError("the request's deadline passed at the leader") from e
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-                # "not the leader" means it refused before proposing.
-                raise _RetryElsewhere(
-                    maybe_applied="not the leader" not in (e.details() or "")
-                ) from e
+                raise _RetryElsewhere(maybe_applied=not refused_before_proposal(e)) from e
             if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise Overloaded(e.details() or "the leader is overloaded") from e
             raise Unavailable(f"forwarding to the leader failed: {e.details()}") from e
         return response.index, self.decode_result(response.result)
 
     async def serve_forward(self, command: bytes, context: Any) -> raft_pb2.ForwardResponse:
-        """The leader's side of ``Peer.Forward``."""
+        """The leader's side of ``Peer.Forward``. A refusal says whether the
+        command was proposed (ForwardRefusal); its message keeps saying "not
+        the leader" when it is not, which is what followers of release 0.1.0
+        look for instead."""
         remaining = context.time_remaining()
         try:
             async with asyncio.timeout(remaining if remaining is not None else DEFAULT_TIMEOUT):
                 index, result = await self.runtime.propose(command)
-        except NotLeader as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"not the leader (leader: {e.leader})")
-        except Unavailable as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
-        except Overloaded as e:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
-        except TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed at the leader")
+        except (RequestError, TimeoutError) as e:
+            status = wire_status(e)
+            assert status is not None, "every RequestError has a row in ERROR_STATUSES"
+            refusal = raft_pb2.ForwardRefusal(
+                before_proposal=isinstance(e, RequestError) and e.before_proposal
+            )
+            context.set_trailing_metadata(((FORWARD_REFUSAL_KEY, refusal.SerializeToString()),))
+            await context.abort(status.grpc_code, error_message(e))
         return raft_pb2.ForwardResponse(result=self.encode_result(result), index=index)
 
     # ---- reads ------------------------------------------------------------------------------
@@ -182,6 +195,19 @@ class NodeAPI:
             # No leader, or leadership moved mid-read: wait for a leader, retry.
             await self.runtime.wait_for_leader(deadline.check())
             await asyncio.sleep(min(0.01, max(0.0, deadline.remaining())))
+
+
+def refused_before_proposal(error: grpc.aio.AioRpcError) -> bool:
+    """Whether the leader said that it refused a forwarded command before
+    proposing it. A leader of release 0.1.0 says nothing: then the command
+    may have been applied (never guess from the message's words)."""
+    for key, value in error.trailing_metadata() or ():
+        if key == FORWARD_REFUSAL_KEY and isinstance(value, bytes):
+            try:
+                return raft_pb2.ForwardRefusal.FromString(value).before_proposal
+            except DecodeError:
+                return False
+    return False
 
 
 class _RetryElsewhere(Exception):

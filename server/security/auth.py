@@ -63,12 +63,12 @@ from ramraft.server.security.tls import peer_node_id
 
 log = structlog.get_logger("ramraft.auth")
 
-RECHECK_SECONDS = 1.0
+TOKENS_RECHECK_SECONDS = 1.0
 _DIGEST = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
 _NAME = re.compile(r"^[A-Za-z0-9_.@:/-]{1,64}$")
 
 
-class Role(enum.IntEnum):
+class AccessRole(enum.IntEnum):
     READ = 1
     WRITE = 2
     ADMIN = 3
@@ -84,16 +84,16 @@ class Principal:
     certificate, or ``anonymous`` when authentication is off."""
 
     name: str
-    role: Role
+    role: AccessRole
 
-    def refusal(self, required: Role, what: str) -> str | None:
+    def refusal(self, required: AccessRole, what: str) -> str | None:
         """Why this caller may not do ``what`` (which needs ``required``); None if it may."""
         if self.role >= required:
             return None
         return f"{self.name} has the {self.role.label} role; {what} needs {required.label}"
 
 
-ANONYMOUS = Principal("anonymous", Role.ADMIN)
+ANONYMOUS = Principal("anonymous", AccessRole.ADMIN)
 
 
 class AuthConfigError(ValueError):
@@ -118,7 +118,7 @@ def parse_tokens(text: str, source: str = "tokens") -> list[tuple[bytes, Princip
             )
         role_text, name, secret = parts
         try:
-            role = Role[role_text.upper()]
+            role = AccessRole[role_text.upper()]
         except KeyError:
             raise AuthConfigError(
                 f"{source} line {number}: role {role_text!r} is not read, write or admin"
@@ -160,7 +160,7 @@ class TokenStore:
 
     def _refresh(self) -> None:
         now = time.monotonic()
-        if now - self._checked < RECHECK_SECONDS:
+        if now - self._checked < TOKENS_RECHECK_SECONDS:
             return
         with self._lock:
             self._checked = now
@@ -263,20 +263,20 @@ class InflightLimiter:
 # ---- gRPC ---------------------------------------------------------------------------------
 
 # What each client method needs. A method not listed needs admin (deny by default).
-GRPC_ROLES: dict[str, Role] = {
-    "/ramraft.v1.KV/Get": Role.READ,
-    "/ramraft.v1.KV/Range": Role.READ,
-    "/ramraft.v1.KV/Put": Role.WRITE,
-    "/ramraft.v1.KV/Delete": Role.WRITE,
-    "/ramraft.v1.KV/CompareAndSwap": Role.WRITE,
+GRPC_ROLES: dict[str, AccessRole] = {
+    "/ramraft.v1.KV/Get": AccessRole.READ,
+    "/ramraft.v1.KV/Range": AccessRole.READ,
+    "/ramraft.v1.KV/Put": AccessRole.WRITE,
+    "/ramraft.v1.KV/Delete": AccessRole.WRITE,
+    "/ramraft.v1.KV/CompareAndSwap": AccessRole.WRITE,
     # Opening a stream needs READ; each request in it needs its method's role.
-    "/ramraft.v1.KV/Stream": Role.READ,
-    "/ramraft.v1.Admin/Status": Role.READ,
-    "/ramraft.v1.Admin/Members": Role.READ,
-    "/ramraft.v1.Admin/TransferLeadership": Role.ADMIN,
-    "/ramraft.v1.Admin/AddMember": Role.ADMIN,
-    "/ramraft.v1.Admin/RemoveMember": Role.ADMIN,
-    "/ramraft.v1.Admin/Snapshot": Role.ADMIN,
+    "/ramraft.v1.KV/Stream": AccessRole.READ,
+    "/ramraft.v1.Admin/Status": AccessRole.READ,
+    "/ramraft.v1.Admin/Members": AccessRole.READ,
+    "/ramraft.v1.Admin/TransferLeadership": AccessRole.ADMIN,
+    "/ramraft.v1.Admin/AddMember": AccessRole.ADMIN,
+    "/ramraft.v1.Admin/RemoveMember": AccessRole.ADMIN,
+    "/ramraft.v1.Admin/Snapshot": AccessRole.ADMIN,
 }
 # Served to anyone, outside the in-flight limits.
 OPEN_PREFIXES = (
@@ -289,7 +289,7 @@ PEER_PREFIX = "/ramraft.peer.v1.Peer/"
 # The one client method that is a stream: each of its requests is admitted
 # on its own (StreamGate), under the role and limits of the unary call.
 KV_STREAM = "/ramraft.v1.KV/Stream"
-KV_PREFIX = "/ramraft.v1.KV/"
+KV_METHOD_PREFIX = "/ramraft.v1.KV/"
 
 
 class StreamGate:
@@ -312,12 +312,12 @@ class StreamGate:
     def admit(self, op: str) -> tuple[grpc.StatusCode, str] | None:
         """None if the request of unary method ``op`` (e.g. "Put") may run
         now (call ``release`` when done), else the status to answer with."""
-        method = KV_PREFIX + op
+        method = KV_METHOD_PREFIX + op
         keeper = self.gatekeeper
         principal, problem = keeper.principal(self.token, self.context)
         if principal is None:
             return grpc.StatusCode.UNAUTHENTICATED, problem or "refused"
-        problem = principal.refusal(GRPC_ROLES.get(method, Role.ADMIN), method)
+        problem = principal.refusal(GRPC_ROLES.get(method, AccessRole.ADMIN), method)
         if problem is not None:
             return grpc.StatusCode.PERMISSION_DENIED, problem
         refused = keeper.limiter.enter(self.connection)
@@ -383,7 +383,7 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
             return grpc.unary_unary_rpc_method_handler(
                 _refuse(grpc.StatusCode.PERMISSION_DENIED, f"{method} is not served here")
             )
-        required = GRPC_ROLES.get(method, Role.ADMIN)
+        required = GRPC_ROLES.get(method, AccessRole.ADMIN)
 
         async def guarded(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -425,7 +425,7 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         async def guarded_stream(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
         ) -> None:
-            await self._authorize(KV_STREAM, Role.READ, token, context)
+            await self._authorize(KV_STREAM, AccessRole.READ, token, context)
             STREAM_GATE.set(StreamGate(self, token, context))
             await inner(requests, context)  # type: ignore[arg-type,misc]  # an aio handler
 
@@ -438,7 +438,7 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
     async def _authorize(
         self,
         method: str,
-        required: Role,
+        required: AccessRole,
         token: str | None,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> Principal:
@@ -472,7 +472,7 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
             return principal, None
         node = peer_node_id(context)
         if node is not None and self.is_member(node):
-            return Principal(f"node:{node}", Role.READ), None
+            return Principal(f"node:{node}", AccessRole.READ), None
         return None, "missing credentials: send 'authorization: Bearer TOKEN' metadata"
 
 
@@ -488,10 +488,10 @@ def _refuse(code: grpc.StatusCode, detail: str) -> Callable[[Any, Any], Awaitabl
 HTTP_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
-def http_required_role(method: str, path: str) -> Role | None:
+def http_required_role(method: str, path: str) -> AccessRole | None:
     """What an HTTP request needs; None: open to anyone."""
     if path in HTTP_OPEN_PATHS:
         return None
     if method in ("GET", "HEAD", "OPTIONS"):
-        return Role.READ
-    return Role.WRITE
+        return AccessRole.READ
+    return AccessRole.WRITE

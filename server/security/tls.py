@@ -41,7 +41,7 @@ from ramraft.server.config import ConfigError, TLSConfig
 
 log = structlog.get_logger("ramraft.tls")
 
-RECHECK_SECONDS = 1.0
+CERTS_RECHECK_SECONDS = 1.0
 
 
 # A node certificate names its node in a URI subject alternative name with
@@ -165,7 +165,7 @@ class TLSFiles:
         unless ``force``); returns whether new material is in use."""
         now = time.monotonic()
         with self._lock:
-            if not force and now - self._checked < RECHECK_SECONDS:
+            if not force and now - self._checked < CERTS_RECHECK_SECONDS:
                 return False
             self._checked = now
             try:

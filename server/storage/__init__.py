@@ -2,7 +2,8 @@
 
 The runtime opens a data directory with open_storage() (or, in the simulator
 and unit tests, open_memory_storage()), calls ``log_store.load()`` once, and
-then persists every Ready with one ``log_store.save(...)`` call.
+then persists every Ready with one ``log_store.save(...)`` call. A
+snapshot's data starts with the node's header (snapshot_header.py).
 """
 
 from .datadir import DataDirLock, open_storage
@@ -24,6 +25,12 @@ from .memory import (
     MemorySnapshotWriter,
     open_memory_storage,
 )
+from .snapshot_header import (
+    SNAPSHOT_DATA_MAGIC,
+    encode_snapshot_header,
+    read_snapshot_header,
+    write_snapshot_header,
+)
 from .snapshots import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_KEEP,
@@ -37,6 +44,7 @@ __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "DEFAULT_KEEP",
     "DEFAULT_SEGMENT_SIZE",
+    "SNAPSHOT_DATA_MAGIC",
     "CorruptionError",
     "DataDirLock",
     "DataDirLockedError",
@@ -59,6 +67,9 @@ __all__ = [
     "StorageFailedError",
     "StorageIOError",
     "UnsupportedVersionError",
+    "encode_snapshot_header",
     "open_memory_storage",
     "open_storage",
+    "read_snapshot_header",
+    "write_snapshot_header",
 ]

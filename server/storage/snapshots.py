@@ -54,7 +54,7 @@ from .errors import (
 
 log = structlog.get_logger(__name__)
 
-SNAPSHOT_MAGIC = b"RRAFTSNP"
+SNAPSHOT_FILE_MAGIC = b"RRAFTSNP"
 SNAPSHOT_FORMAT_VERSION = 1
 DEFAULT_BLOCK_SIZE = 1 << 20
 DEFAULT_KEEP = 2
@@ -86,7 +86,7 @@ def _encode_header(meta: SnapshotMeta, block_size: int) -> bytes:
     body = bytearray(_BODY.pack(block_size, meta.index, meta.term))
     encoding._put_conf(body, meta.conf)
     total = _PREFIX.size + len(body) + 4
-    head = _PREFIX.pack(SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION, 0, total) + bytes(body)
+    head = _PREFIX.pack(SNAPSHOT_FILE_MAGIC, SNAPSHOT_FORMAT_VERSION, 0, total) + bytes(body)
     return head + _U32.pack(crc32c(head))
 
 
@@ -118,7 +118,7 @@ class _Layout:
         if len(prefix) < _PREFIX.size:
             raise CorruptionError(path, 0, "file too short for a snapshot header", SNAPSHOT_HINT)
         magic, version, _flags, header_len = _PREFIX.unpack(prefix)
-        if magic != SNAPSHOT_MAGIC:
+        if magic != SNAPSHOT_FILE_MAGIC:
             raise CorruptionError(path, 0, "not a ramraft snapshot (bad magic)", SNAPSHOT_HINT)
         # Every version keeps this prefix and ends its header with a crc32c,
         # so the checksum is checked first: a flipped bit in the version field

@@ -11,9 +11,10 @@ which needs the runtime or the servicers to know about Prometheus:
   ``(rpc, code, seconds)`` for every request served.
 
 Values that are state rather than events (term, commit and applied index,
-member lag, whether this node leads) are read from the runtime at scrape time
-by a custom collector, so they are never stale and cost nothing between
-scrapes.
+member lag, whether this node leads) are read from the runtime's reports
+(runtime/status.py RuntimeReports) at scrape time by a custom collector, so
+they are never stale and cost nothing between scrapes. This module sees
+nothing else of the node.
 
 Metric names (all prefixed ``ramraft_``) are listed in :data:`METRIC_HELP`.
 """
@@ -23,11 +24,12 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     ProcessCollector,
     generate_latest,
@@ -35,8 +37,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from ramraft.server.node import Node
+from ramraft._version import __version__
+from ramraft.consensus import Role
+from ramraft.server.runtime.status import RuntimeReports
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -87,14 +90,12 @@ class RateWindow:
 class _StateCollector(Collector):
     """Gauges read from the runtime when Prometheus scrapes."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, reports: RuntimeReports, forwarded_writes: Callable[[], int]) -> None:
+        self.reports = reports
+        self.forwarded_writes = forwarded_writes
 
     def collect(self) -> Iterator[Metric]:
-        runtime = self.node.runtime
-        if runtime is None:
-            return
-        status = runtime.status()
+        status = self.reports.status()
         for name, help_text in (
             ("term", "Current Raft term"),
             ("commit_index", "Highest log index known to be committed"),
@@ -104,51 +105,62 @@ class _StateCollector(Collector):
             ("first_index", "First index still in the log (after compaction)"),
         ):
             gauge = GaugeMetricFamily(f"ramraft_{name}", help_text)
-            gauge.add_metric([], float(status.get(name, 0)))
+            gauge.add_metric([], float(getattr(status, name)))
             yield gauge
         leader = GaugeMetricFamily("ramraft_is_leader", "1 if this node is the leader, 0 otherwise")
-        leader.add_metric([], 1.0 if status.get("role") == "leader" else 0.0)
+        leader.add_metric([], 1.0 if status.leading else 0.0)
         yield leader
         known = GaugeMetricFamily("ramraft_leader_known", "1 if this node knows a leader")
-        known.add_metric([], 1.0 if status.get("leader") else 0.0)
+        known.add_metric([], 1.0 if status.leader else 0.0)
         yield known
         ready = GaugeMetricFamily(
             "ramraft_ready", "1 when the node knows a leader and has applied its commit index"
         )
-        ready.add_metric([], 1.0 if self.node.ready() else 0.0)
+        ready.add_metric([], 1.0 if status.ready else 0.0)
         yield ready
         failed = GaugeMetricFamily(
             "ramraft_storage_failed", "1 if the node stopped after a storage failure"
         )
-        failed.add_metric([], 1.0 if runtime.failed is not None else 0.0)
+        failed.add_metric([], 1.0 if status.failed else 0.0)
         yield failed
-        if status.get("role") == "leader":
+        if status.leading:
             lag = GaugeMetricFamily(
                 "ramraft_member_lag_entries",
                 "Entries a member is behind the leader's last index (reported by the leader)",
                 labels=["member"],
             )
-            for member in runtime.members():
+            for member in self.reports.members():
                 lag.add_metric([member.id], float(member.lag))
             yield lag
-        api = self.node.api
-        if api is not None:
-            forwarded = CounterMetricFamily(
-                "ramraft_forwarded_writes", "Writes this node forwarded to the leader"
-            )
-            forwarded.add_metric([], float(api.forwarded))
-            yield forwarded
+        forwarded = CounterMetricFamily(
+            "ramraft_forwarded_writes", "Writes this node forwarded to the leader"
+        )
+        forwarded.add_metric([], float(self.forwarded_writes()))
+        yield forwarded
 
 
 class NodeMetrics:
     """The metrics of one node. ``runtime_listener`` goes into
     ``runtime.listeners``; ``observer("grpc")`` into a servicer's
-    ``observers``; the web tier calls ``observe_request`` itself."""
+    ``observers``; the web tier calls ``observe_request`` itself.
+    ``forwarded_writes`` counts the writes this node forwarded to the leader."""
 
-    def __init__(self, node: Node, *, process: bool = True) -> None:
-        self.node = node
+    def __init__(
+        self,
+        reports: RuntimeReports,
+        forwarded_writes: Callable[[], int],
+        *,
+        process: bool = True,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
+        self.build_info = Gauge(
+            "ramraft_build_info",
+            "Always 1; the version label is this node's ramraft version",
+            ["version"],
+            registry=reg,
+        )
+        self.build_info.labels(__version__).set(1)
         self.proposals = Counter(
             "ramraft_proposals", "Commands this node proposed as leader", registry=reg
         )
@@ -217,7 +229,7 @@ class NodeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
-        reg.register(_StateCollector(node))
+        reg.register(_StateCollector(reports, forwarded_writes))
         if process:
             ProcessCollector(registry=reg)
         self.rates = RateWindow()
@@ -248,10 +260,10 @@ class NodeMetrics:
             self.snapshots_installed.inc()
 
     def _on_role(self, fields: dict[str, Any]) -> None:
-        role = fields.get("role", "")
-        if role in ("candidate", "pre-candidate"):
-            self.elections.labels(role).inc()
-        elif role == "leader":
+        role = fields.get("role")
+        if role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
+            self.elections.labels(role.value).inc()
+        elif role is Role.LEADER:
             self.became_leader.inc()
         leader = (int(fields.get("term", 0)), str(fields.get("leader", "")))
         if leader[1] and leader != self._last_leader:

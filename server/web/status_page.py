@@ -21,8 +21,14 @@ def render_status_page(status: dict[str, Any]) -> str:
     return (
         _PAGE.replace("{{title}}", html.escape(title))
         .replace("{{node_id}}", html.escape(str(node.get("id", ""))))
+        .replace("{{build}}", html.escape(_build(node)))
         .replace("{{data}}", data)
     )
+
+
+def _build(node: dict[str, Any]) -> str:
+    """The version and process, so an operator knows what runs where."""
+    return f"ramraft {node.get('version', '?')}, pid {node.get('pid', '?')}"
 
 
 _PAGE = """<!doctype html>
@@ -213,6 +219,7 @@ footer a:hover, .applink:hover { text-decoration: underline; }
     <a href="/v1/status">/v1/status</a><a href="/metrics">/metrics</a>
     <a href="/healthz">/healthz</a><a href="/readyz">/readyz</a>
     <span>refreshes every second</span>
+    <span id="build">{{build}}</span>
   </footer>
 </main>
 <script id="initial-status" type="application/json">{{data}}</script>
@@ -329,6 +336,7 @@ function render(s) {
   $("log-sub").textContent = "from " + num(n.first_index) + ", snapshot " + num(n.snapshot_index);
   $("uptime").textContent = duration(n.uptime_seconds || 0);
   $("uptime-sub").textContent = n.http ? "http " + n.http : "";
+  $("build").textContent = "ramraft " + n.version + ", pid " + n.pid;
   $("applied-rate").textContent = rate(s.rates.applied_per_second);
   $("proposed-rate").textContent = rate(s.rates.proposed_per_second);
   $("forwarded").textContent = num(s.forwarded_writes);

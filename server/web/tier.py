@@ -4,10 +4,10 @@ Built on aiohttp: a well-kept asyncio HTTP server (and client) that runs as a
 few tasks on the event loop grpc.aio already uses, so a page handler reads
 the state machine's objects directly -- no thread hop, no lock, no second
 server process -- and awaits the same in-process calls as the gRPC servicers
-(server/api.py). Routes:
+(runtime/node_api.py). Routes:
 
 ``GET /``
-    The status page (server/status_page.py): role, term, leader, indexes,
+    The status page (web/status_page.py): role, term, leader, indexes,
     each member's lag, recent leader changes, request rates. Polls
     ``/v1/status`` once a second.
 ``GET /v1/status``
@@ -16,7 +16,7 @@ server process -- and awaits the same in-process calls as the gRPC servicers
     The key-value machine; ``GET /v1/kv?prefix=&start_after=&limit=`` lists
     keys; ``POST /v1/cas/{key}`` compares and swaps. See :class:`KVRoutes`.
 ``GET /metrics``
-    Prometheus text format (server/metrics.py).
+    Prometheus text format (web/metrics.py).
 ``GET /healthz``, ``GET /readyz``
     Alive / ready (knows a leader, has applied its commit index), matching
     the gRPC health service's "liveness" and "" services.
@@ -24,7 +24,7 @@ server process -- and awaits the same in-process calls as the gRPC servicers
     The pages of an application model (``--app``, server/hosting.py).
 
 With ``--auth-tokens`` every route but /healthz and /readyz needs a token
-(server/auth.py): ``Authorization: Bearer TOKEN``, or HTTP Basic with the
+(security/auth.py): ``Authorization: Bearer TOKEN``, or HTTP Basic with the
 token as the password (browsers ask for it on the status page). Reads need
 the read role, PUT/DELETE/POST the write role. With TLS the port serves
 HTTPS (a client certificate is required with ``--tls-client-auth
@@ -39,7 +39,10 @@ with CODE one of ``invalid_argument`` (400), ``unauthenticated`` (401),
 write refused), ``payload_too_large`` (413), ``unsupported_media_type``
 (415), ``overloaded`` (429), ``unavailable`` (503, with ``leader`` and
 ``leader_address`` when known, and a ``Ramraft-Leader`` header naming the
-leader's gRPC address) and ``deadline_exceeded`` (504).
+leader's gRPC address) and ``deadline_exceeded`` (504); an application
+command that failed is ``command_failed`` (409). The errors of the node are
+answered from the one table in server/request_errors.py, the same the gRPC
+services use.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ import binascii
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import grpc
@@ -60,7 +63,6 @@ from aiohttp import web
 from ramraft.proto import admin_pb2, admin_pb2_grpc
 from ramraft.server.config import parse_address
 from ramraft.server.hosting import CONTEXT, AppContext, SessionPool, write_with_session
-from ramraft.server.machines.embed import CommandFailedError, NotPlainDataError
 from ramraft.server.machines.kv import (
     CasResult,
     DeleteResult,
@@ -70,16 +72,19 @@ from ramraft.server.machines.kv import (
     encode_put,
 )
 from ramraft.server.machines.sessions import valid_session
-from ramraft.server.machines.statemachine import CommandError, ErrorCode
+from ramraft.server.request_errors import (
+    NotLeader,
+    check_command_result,
+    error_message,
+    wire_status,
+)
 from ramraft.server.rpc.services import value_before
-from ramraft.server.runtime.loop import InvalidRequest, NotLeader, Overloaded, Unavailable
-from ramraft.server.runtime.node_api import BadRequest
+from ramraft.server.runtime.node_api import InputLimits
+from ramraft.server.runtime.status import RuntimeReports, RuntimeStatus
 from ramraft.server.security.auth import Principal, bearer_token, http_required_role
 from ramraft.server.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ramraft.server.web.status_page import render_status_page
-
-if TYPE_CHECKING:
-    from ramraft.server.node import Node
+from ramraft.server.web.view import WebTierView
 
 log = structlog.get_logger("ramraft.web")
 
@@ -89,10 +94,10 @@ LEADER_HEADER = "Ramraft-Leader"
 INDEX_HEADER = "Ramraft-Index"
 MAX_TIMEOUT = 60.0
 APP_PREFIX = "/app/"
-KV_PREFIX = "/v1/kv/"
-CAS_PREFIX = "/v1/cas/"
+KV_PATH_PREFIX = "/v1/kv/"
+CAS_PATH_PREFIX = "/v1/cas/"
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class HttpError(Exception):
@@ -121,6 +126,28 @@ class LeaderUnreachable(Exception):
 
 def bad_request(detail: str) -> HttpError:
     return HttpError(400, "invalid_argument", detail)
+
+
+def http_error_for(error: BaseException, reports: RuntimeReports) -> HttpError | None:
+    """The answer for an error of the node (the table in
+    server/request_errors.py); None for one no caller should see (a bug)."""
+    status = wire_status(error)
+    if status is None:
+        return None
+    headers = {"Retry-After": "1"} if status.http_status in (429, 503) else {}
+    extra: dict[str, Any] = {}
+    if status.names_leader:
+        # A header with the leader's gRPC address, and JSON fields.
+        now = reports.status()
+        leader, address = now.leader, now.leader_address
+        if isinstance(error, NotLeader):
+            leader, address = error.leader, error.leader_address
+        if address:
+            headers[LEADER_HEADER] = address
+        extra = {"leader": leader or None, "leader_address": address or None}
+    return HttpError(
+        status.http_status, status.http_error, error_message(error), headers=headers, **extra
+    )
 
 
 _HTTP_ERROR_CODES = {
@@ -235,13 +262,6 @@ def _wants_raw(request: web.Request) -> bool:
     return fmt == "raw" or request.headers.get("Accept", "") == "application/octet-stream"
 
 
-def _raise_command_error(result: object) -> None:
-    if isinstance(result, CommandError):
-        if result.code in (ErrorCode.SESSION_EXPIRED, ErrorCode.STALE_SEQUENCE):
-            raise HttpError(409, "failed_precondition", str(result))
-        raise bad_request(str(result))
-
-
 class KVRoutes:
     """The JSON API over the key-value machine.
 
@@ -266,20 +286,16 @@ class KVRoutes:
     the write may be applied twice.
     """
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, view: WebTierView) -> None:
+        self.api = view.api
+        self.kv = view.kv
+        self.limits: InputLimits = view.api.limits
         self.sessions = SessionPool()
-
-    @property
-    def limits(self) -> Any:
-        assert self.node.api is not None
-        return self.node.api.limits
 
     async def _write(
         self, request: web.Request, encode: Callable[[tuple[int, int] | None], bytes]
     ) -> tuple[int, object]:
-        api = self.node.api
-        assert api is not None
+        api = self.api
         session = _session(request)
         timeout = _timeout(request)
         try:
@@ -290,20 +306,18 @@ class KVRoutes:
             index, result = await api.write(encode(session), timeout, retry_unsafe=True)
         else:
             index, result = await write_with_session(api, self.sessions, encode, timeout)
-        _raise_command_error(result)
+        check_command_result(result)
         return index, result
 
     async def get(self, request: web.Request) -> web.StreamResponse:
-        key = _key_from_path(request, KV_PREFIX)
+        key = _key_from_path(request, KV_PATH_PREFIX)
         self.limits.check_key(key)
         raw = _wants_raw(request)
         linear, timeout = _consistency(request), _timeout(request)
-        api = self.node.api
-        assert api is not None
         if linear:
-            await api.linearizable(timeout)
-        found, value = self.node.kv.get(key)
-        index = self.node.kv.applied_index
+            await self.api.linearizable(timeout)
+        found, value = self.kv.get(key)
+        index = self.kv.applied_index
         if not found:
             raise HttpError(404, "not_found", f"no key {key!r}", index=index)
         if raw:
@@ -315,7 +329,7 @@ class KVRoutes:
         return web.json_response({"key": key, **_encode_value(value), "index": index})
 
     async def put(self, request: web.Request) -> web.StreamResponse:
-        key = _key_from_path(request, KV_PREFIX)
+        key = _key_from_path(request, KV_PATH_PREFIX)
         self.limits.check_key(key)
         if request.content_type == "application/json":
             body = await _json_body(request)
@@ -330,7 +344,7 @@ class KVRoutes:
         return web.json_response({"key": key, "index": result.index})
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
-        key = _key_from_path(request, KV_PREFIX)
+        key = _key_from_path(request, KV_PATH_PREFIX)
         self.limits.check_key(key)
         index, result = await self._write(request, lambda s: encode_delete(key, s))
         assert isinstance(result, DeleteResult)
@@ -340,7 +354,7 @@ class KVRoutes:
         """``POST /v1/cas/{key}`` with ``{"value": ..., "expected": ... | null,
         "encoding": ...}``: set ``value`` if the key's value is ``expected``
         (``null``: if the key is absent)."""
-        key = _key_from_path(request, CAS_PREFIX)
+        key = _key_from_path(request, CAS_PATH_PREFIX)
         self.limits.check_key(key)
         body = await _json_body(request)
         encoding = body.get("encoding", "utf-8")
@@ -384,16 +398,14 @@ class KVRoutes:
         cap = self.limits.max_range_limit
         limit = min(limit or cap, cap)
         linear, timeout = _consistency(request), _timeout(request)
-        api = self.node.api
-        assert api is not None
         if linear:
-            await api.linearizable(timeout)
-        items, more = self.node.kv.range(prefix, start_after, limit)
+            await self.api.linearizable(timeout)
+        items, more = self.kv.range(prefix, start_after, limit)
         return web.json_response(
             {
                 "items": [{"key": k, **_encode_value(v)} for k, v in items],
                 "more": more,
-                "index": self.node.kv.applied_index,
+                "index": self.kv.applied_index,
             }
         )
 
@@ -415,7 +427,7 @@ class _Counted(asyncio.Protocol):
         tier = self.tier
         if tier.connections >= tier.max_connections:
             tier.refused_connections += 1
-            tier.node.refusals.warning(
+            tier.view.refusals.warning(
                 "http_connection_refused", open=tier.connections, limit=tier.max_connections
             )
             transport.close()
@@ -448,9 +460,9 @@ class _Counted(asyncio.Protocol):
 
 
 class WebTier:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        limits = node.config.limits
+    def __init__(self, view: WebTierView) -> None:
+        self.view = view
+        limits = view.limits
         # Default: room for a value of the maximum size sent as base64 JSON.
         max_body = limits.http_body_bytes()
         self.max_body = max_body
@@ -458,7 +470,7 @@ class WebTier:
         self.connections = 0  # open (TLS: handshake done)
         self.refused_connections = 0
         self.app = web.Application(client_max_size=max_body, middlewares=[self._middleware])
-        self.kv = KVRoutes(node)
+        self.kv = KVRoutes(view)
         router = self.app.router
         router.add_get("/", self.status_page)
         router.add_get("/v1/status", self.status)
@@ -472,11 +484,10 @@ class WebTier:
         router.add_get("/healthz", self.healthz)
         router.add_get("/readyz", self.readyz)
         self.app_context: AppContext | None = None
-        hosted = node.app
+        hosted = view.app
         if hosted is not None:
             sub = web.Application()
-            assert node.api is not None, "the web tier starts after the node's API exists"
-            self.app_context = AppContext(node.config.node_id, hosted.app.model, node.kv, node.api)
+            self.app_context = AppContext(view.node_id, hosted.app.model, view.kv, view.api)
             sub[CONTEXT] = self.app_context
             sub.add_routes(list(hosted.app.routes))
             if hosted.app.setup is not None:
@@ -492,7 +503,7 @@ class WebTier:
         host, port = parse_address(address, "--http")
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
-        tls = self.node.tls
+        tls = self.view.tls
         ssl_context = tls.ssl_context() if tls is not None else None
         server = self.runner.server
         assert server is not None
@@ -523,7 +534,7 @@ class WebTier:
     # ---- cross-cutting: errors and request metrics ------------------------------------------
 
     @web.middleware
-    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _middleware(self, request: web.Request, handler: RouteHandler) -> web.StreamResponse:
         started = time.perf_counter()
         response: web.StreamResponse | None = None
         status = 500
@@ -538,13 +549,13 @@ class WebTier:
             route = request.match_info.route
             resource = route.resource
             name = f"{request.method} {resource.canonical}" if resource is not None else "unmatched"
-            self.node.metrics.observe_request(
+            self.view.metrics.observe_request(
                 "http", name, str(status), time.perf_counter() - started
             )
 
     def _authorize(self, request: web.Request) -> None:
         """Raise 401/403 unless the request's token has the role it needs."""
-        tokens = self.node.tokens
+        tokens = self.view.tokens
         required = http_required_role(request.method, request.path)
         if tokens is None or required is None:
             return
@@ -568,7 +579,7 @@ class WebTier:
             raise HttpError(403, "permission_denied", denied)
 
     def _log_refusal(self, request: web.Request, code: str, who: str | None, reason: str) -> None:
-        self.node.refusals.warning(
+        self.view.refusals.warning(
             "request_refused",
             code=code,
             method=f"HTTP {request.method} {request.path[:200]}",
@@ -577,7 +588,7 @@ class WebTier:
             reason=reason,
         )
 
-    async def _handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _handle(self, request: web.Request, handler: RouteHandler) -> web.StreamResponse:
         api_route = request.path.startswith("/v1/")
         try:
             self._authorize(request)
@@ -586,9 +597,9 @@ class WebTier:
         if request.path in ("/healthz", "/readyz"):
             return await self._serve(request, handler, api_route)
         connection = f"http:{id(request.transport)}"
-        refused = self.node.limiter.enter(connection)
+        refused = self.view.limiter.enter(connection)
         if refused is not None:
-            self.node.refusals.warning(
+            self.view.refusals.warning(
                 "request_refused", code="RESOURCE_EXHAUSTED", method=request.path[:200],
                 peer=request.remote,
             )  # fmt: skip
@@ -597,10 +608,10 @@ class WebTier:
         try:
             return await self._serve(request, handler, api_route)
         finally:
-            self.node.limiter.leave(connection)
+            self.view.limiter.leave(connection)
 
     async def _serve(
-        self, request: web.Request, handler: Handler, api_route: bool
+        self, request: web.Request, handler: RouteHandler, api_route: bool
     ) -> web.StreamResponse:
         try:
             return await handler(request)
@@ -615,18 +626,11 @@ class WebTier:
                 e.reason if e.status != 405 else f"{request.method} is not allowed here",
                 headers={"Allow": e.headers["Allow"]} if "Allow" in e.headers else None,
             )
-        except (BadRequest, InvalidRequest, NotPlainDataError) as e:
-            error = bad_request(str(e))
-        except NotLeader as e:
-            error = self._unavailable(str(e))
-        except Unavailable as e:
-            error = self._unavailable(str(e))
-        except Overloaded as e:
-            error = HttpError(429, "overloaded", str(e), headers={"Retry-After": "1"})
-        except TimeoutError as e:
-            error = HttpError(504, "deadline_exceeded", str(e) or "the request's deadline passed")
-        except CommandFailedError as e:
-            error = HttpError(409, "command_failed", str(e))
+        except Exception as e:
+            answer = http_error_for(e, self.view.reports)
+            if answer is None:
+                raise  # a bug: aiohttp answers 500 and logs it
+            error = answer
         return self._error_response(error, api_route, request)
 
     def _error_response(
@@ -646,22 +650,6 @@ class WebTier:
             headers=error.headers,
         )
 
-    def _unavailable(self, detail: str) -> HttpError:
-        runtime = self.node.runtime
-        leader = runtime.leader if runtime is not None else ""
-        address = runtime.leader_client_address() if runtime is not None else ""
-        headers = {"Retry-After": "1"}
-        if address:
-            headers[LEADER_HEADER] = address
-        return HttpError(
-            503,
-            "unavailable",
-            detail,
-            headers=headers,
-            leader=leader or None,
-            leader_address=address or None,
-        )
-
     # ---- pages ------------------------------------------------------------------------------
 
     async def status_page(self, request: web.Request) -> web.StreamResponse:
@@ -672,29 +660,27 @@ class WebTier:
         return web.json_response(await self.status_data())
 
     async def status_data(self) -> dict[str, Any]:
-        node = self.node
-        runtime = node.runtime
-        s: dict[str, Any] = runtime.status() if runtime is not None else {"id": node.config.node_id}
-        s["ready"] = node.ready()
-        s["uptime_seconds"] = round(time.time() - node.started_at, 1)
-        s["http"] = self.address
-        members, members_from, members_error = await self._members()
+        view = self.view
+        status = view.reports.status()
+        node = status.to_json()
+        node["uptime_seconds"] = round(time.time() - view.started_at, 1)
+        node["http"] = self.address
+        members, members_from, members_error = await self._members(status)
         changes: list[dict[str, Any]] = []
-        if runtime is not None:
-            last: tuple[int, str] | None = None
-            for at, term, leader in runtime.leader_changes:
-                if (term, leader) == last:
-                    continue
-                change = {"time": round(at, 3), "term": term, "leader": leader or None}
-                if not leader and last is not None and not last[1]:
-                    changes[-1] = change  # one row for an election, however many rounds
-                else:
-                    changes.append(change)
-                last = (term, leader)
-        rates = node.metrics.rates.rates()
-        hosted = node.app
+        last: tuple[int, str] | None = None
+        for seen in view.reports.leader_changes():
+            if (seen.term, seen.leader) == last:
+                continue
+            change = {"time": round(seen.time, 3), "term": seen.term, "leader": seen.leader or None}
+            if not seen.leader and last is not None and not last[1]:
+                changes[-1] = change  # one row for an election, however many rounds
+            else:
+                changes.append(change)
+            last = (seen.term, seen.leader)
+        rates = view.metrics.rates.rates()
+        hosted = view.app
         return {
-            "node": s,
+            "node": node,
             "members": members,
             "members_from": members_from,
             "members_error": members_error,
@@ -703,9 +689,9 @@ class WebTier:
                 "requests": {k: v for k, v in rates.items() if " " in k},
                 "applied_per_second": rates.get("applied", 0.0),
                 "proposed_per_second": rates.get("proposed", 0.0),
-                "window_seconds": node.metrics.rates.seconds,
+                "window_seconds": view.metrics.rates.seconds,
             },
-            "forwarded_writes": node.api.forwarded if node.api is not None else 0,
+            "forwarded_writes": view.api.forwarded,
             "app": (
                 {
                     "title": hosted.app.title or hosted.machine.model_name,
@@ -718,37 +704,35 @@ class WebTier:
             "time": round(time.time(), 3),
         }
 
-    async def _members(self) -> tuple[list[dict[str, Any]], str | None, str | None]:
+    async def _members(
+        self, status: RuntimeStatus
+    ) -> tuple[list[dict[str, Any]], str | None, str | None]:
         """Members with replication progress: this node's own view when it
         leads, otherwise the leader's (asked over gRPC, at most once a second)."""
-        runtime = self.node.runtime
-        if runtime is None:
-            return [], None, None
-        leader = runtime.leader
+        members = self.view.reports.members()
+        leader = status.leader
         base: dict[str, dict[str, Any]] = {
             m.id: {
                 "id": m.id,
-                "address": runtime.config.client_address_of(m.address) if m.address else "",
+                "address": m.address,
                 "voter": m.voter,
                 "leader": m.id == leader,
-                "self": m.id == runtime.id,
+                "self": m.id == status.id,
                 "match_index": None,
                 "lag": None,
                 "active": None,
             }
-            for m in runtime.members()
+            for m in members
         }
-        if runtime.role.value == "leader":
-            for m in runtime.members():
-                base[m.id].update(
-                    match_index=m.match_index, lag=m.lag, active=m.active or m.id == runtime.id
-                )
-            return list(base.values()), runtime.id, None
-        address = runtime.leader_client_address()
+        if status.leading:
+            for m in members:
+                base[m.id].update(match_index=m.match_index, lag=m.lag, active=m.active)
+            return list(base.values()), status.id, None
+        address = status.leader_address
         if not leader or not address:
             return list(base.values()), None, "no leader is known"
         try:
-            view = await self._leader_members(address)
+            view = await self._leader_members(leader, address)
         except LeaderUnreachable as e:
             return list(base.values()), None, str(e)
         for member_id, progress in view.items():
@@ -756,7 +740,7 @@ class WebTier:
                 base[member_id].update(progress)
         return list(base.values()), leader, None
 
-    async def _leader_members(self, address: str) -> dict[str, dict[str, Any]]:
+    async def _leader_members(self, leader: str, address: str) -> dict[str, dict[str, Any]]:
         """The leader's view of its followers' progress, asked at most once
         a second (a failure is remembered as long, so a page polling a node
         whose leader just died does not wait on every poll)."""
@@ -766,10 +750,8 @@ class WebTier:
             if isinstance(cached[2], str):
                 raise LeaderUnreachable(cached[2])
             return cached[2]
-        runtime = self.node.runtime
-        assert runtime is not None
         # Over the peer port (with TLS, this node's certificate says who asks).
-        channel = runtime.transport.channel(runtime.leader)
+        channel = self.view.peer_channel(leader)
         stub = admin_pb2_grpc.AdminStub(channel)
         try:
             response = await stub.Status(admin_pb2.StatusRequest(), timeout=0.5)
@@ -789,17 +771,17 @@ class WebTier:
         return view
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
-        body = self.node.metrics.exposition()
+        body = self.view.metrics.exposition()
         response = web.Response(body=body)
         response.headers["Content-Type"] = METRICS_CONTENT_TYPE
         return response
 
     async def healthz(self, request: web.Request) -> web.Response:
-        runtime = self.node.runtime
-        if runtime is not None and runtime.failed is not None:
-            return web.json_response({"alive": False, "error": str(runtime.failed)}, status=503)
+        failed = self.view.reports.status().failed
+        if failed:
+            return web.json_response({"alive": False, "error": failed}, status=503)
         return web.json_response({"alive": True})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        ready = self.node.ready()
+        ready = self.view.reports.status().ready
         return web.json_response({"ready": ready}, status=200 if ready else 503)

@@ -25,8 +25,9 @@ import pytest
 from tests.chaos.cluster import KILL_LEADER, PARTITION_LEADER, PAUSE_FOLLOWER, LabCluster, Nemesis
 from tests.chaos.netns import GRPC_PORT, ChaosNet
 from tests.chaos.test_netns import PORT, tcp, wait_for
+from tests.packaging.project import image_tag
 
-IMAGE = os.environ.get("RAMRAFT_IMAGE", "localhost/ramraft:0.1.0")
+IMAGE = os.environ.get("RAMRAFT_IMAGE") or image_tag()
 TESTS_DIR = Path(__file__).resolve().parents[1]
 
 

@@ -43,6 +43,9 @@ class FakeNode:
     success_hint: str | None = None  # leader hint on successful answers
     index: int = 0
     address: str = ""
+    # Admin Status: the defaults are what a node of release 0.1.0 reports.
+    pid: int = 0
+    version: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fail_next(self, n: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE, **kw: Any):
@@ -156,6 +159,8 @@ class _Admin(admin_pb2_grpc.AdminServicer):
                 commit_index=n.index,
                 applied_index=n.index,
                 last_index=n.index,
+                pid=n.pid,
+                version=n.version,
             ),
             members=[
                 admin_pb2.MemberStatus(

@@ -116,8 +116,10 @@ def test_range_pages_through_everything_unless_limited(server: FakeServer, capsy
 
 def test_status_asks_every_endpoint(servers, capsys) -> None:
     a = servers()
+    a.node.pid, a.node.version = 4242, "9.9.9"
+    old = servers()  # a node of release 0.1.0: no pid, no version
     dead = dead_address()
-    endpoints = f"{a.address},{dead}"
+    endpoints = f"{a.address},{dead},{old.address}"
     status, out, _ = run(capsys, "status", "--endpoints", endpoints, "--timeout", "1")
     assert status == 0
     lines = out.splitlines()
@@ -130,15 +132,20 @@ def test_status_asks_every_endpoint(servers, capsys) -> None:
         "COMMIT",
         "APPLIED",
         "LAST",
+        "PID",
+        "VERSION",
     ]
     assert lines[1].split()[:3] == [a.address, "n1", "leader"]
+    assert lines[1].split()[-2:] == ["4242", "9.9.9"]  # to find the process to kill
     assert lines[2].split() == [dead, "-", "unreachable"]
+    assert lines[3].split()[-2:] == ["-", "-"]
     assert "members, as the leader sees them:" in out
     assert any(line.split()[:3] == ["n2", "127.0.0.1:1", "learner"] for line in lines)
 
     status, out, _ = run(capsys, "status", "--endpoints", endpoints, "--timeout", "1", "--json")
     doc = json.loads(out)
     assert doc["nodes"][0]["role"] == "leader" and doc["nodes"][0]["term"] == 3
+    assert (doc["nodes"][0]["pid"], doc["nodes"][0]["version"]) == (4242, "9.9.9")
     assert doc["nodes"][1]["endpoint"] == dead and "error" in doc["nodes"][1]
     assert [m["suffrage"] for m in doc["members"]] == ["voter", "learner"]
 

@@ -114,3 +114,19 @@ def test_peer_enums_mirror_the_core() -> None:
     assert {name.removeprefix("ENTRY_"): v for name, v in raft_pb2.EntryKind.items()} == {
         k.name: k.value for k in EntryKind
     }
+
+
+def test_fields_added_after_the_first_release_take_new_numbers() -> None:
+    """A node of release 0.1.0 leaves them unset: pid 0, version "", and no
+    ForwardRefusal (which its followers then read as "may have been applied")."""
+    _contains(
+        admin_pb2.NodeStatus.DESCRIPTOR,
+        {"first_index": (11, T.TYPE_UINT64), "pid": (12, T.TYPE_UINT32)},
+    )
+    _contains(admin_pb2.NodeStatus.DESCRIPTOR, {"version": (13, T.TYPE_STRING)})
+    assert _fields(raft_pb2.ForwardRequest.DESCRIPTOR) == {"command": (1, T.TYPE_BYTES)}
+    assert _fields(raft_pb2.ForwardResponse.DESCRIPTOR) == {
+        "result": (1, T.TYPE_BYTES),
+        "index": (2, T.TYPE_UINT64),
+    }
+    assert _fields(raft_pb2.ForwardRefusal.DESCRIPTOR) == {"before_proposal": (1, T.TYPE_BOOL)}

@@ -11,8 +11,9 @@ import pytest
 
 from ramraft.server.config import NodeConfig
 from ramraft.server.machines.kv import KVMachine, encode_put
-from ramraft.server.runtime.loop import RaftRuntime, Unavailable
-from ramraft.server.storage import MemoryDisk, open_memory_storage
+from ramraft.server.request_errors import Unavailable
+from ramraft.server.runtime.loop import RaftRuntime
+from ramraft.server.storage import MemoryDisk, encode_snapshot_header, open_memory_storage
 
 
 class NoNetwork:
@@ -86,11 +87,15 @@ def test_restart_replays_the_log_after_the_snapshot() -> None:
         await started(runtime)
         for n in range(25):
             await runtime.propose(encode_put(f"k{n}", str(n).encode()))
-        index = await runtime.snapshot_now()
+        index = await runtime.snapshotting.snapshot_now()
         for n in range(25, 30):
             await runtime.propose(encode_put(f"k{n}", str(n).encode()))
         await runtime.close()
         assert disk.snapshots, "a snapshot was stored"
+        # Its data starts with the node's header, in the pinned format
+        # (tests/storage/test_snapshot_header.py).
+        _, data = disk.snapshots[index]
+        assert data.startswith(encode_snapshot_header({"solo": "127.0.0.1:1"}))
 
         runtime2, machine2 = make_runtime(disk)
         await started(runtime2)
@@ -116,8 +121,8 @@ def test_large_values_trigger_snapshots_by_bytes_and_bound_the_log_in_ram() -> N
         value = b"v" * (100 << 10)  # 100 KiB
         for n in range(40):  # 4 MB in all
             await runtime.propose(encode_put(f"k{n}", value))
-            if runtime._snapshot_task is not None:
-                await runtime._snapshot_task
+            if runtime.snapshotting.task is not None:
+                await runtime.snapshotting.task
         core = runtime.core
         assert core is not None
         assert core.latest_snapshot.index > 0, "no snapshot was taken by bytes"

@@ -18,12 +18,12 @@ import structlog
 
 from ramraft.server.logs import RateLimitedLog
 from ramraft.server.machines.kv import encode_put
-from ramraft.server.runtime.loop import Overloaded
+from ramraft.server.request_errors import Overloaded
 from ramraft.server.security.auth import (
+    AccessRole,
     AuthConfigError,
     Gatekeeper,
     InflightLimiter,
-    Role,
     StreamGate,
     TokenStore,
     bearer_token,
@@ -43,9 +43,9 @@ def test_token_file_roles_names_and_digests(tmp_path: Path) -> None:
     path.write_text(f"# comment\n\nadmin ops {TOKEN}\nread dash sha256:{hashed}\n")
     store = TokenStore(str(path))
     ops = store.authenticate(TOKEN)
-    assert ops is not None and (ops.name, ops.role) == ("ops", Role.ADMIN)
+    assert ops is not None and (ops.name, ops.role) == ("ops", AccessRole.ADMIN)
     dash = store.authenticate("another-long-token-xyz")
-    assert dash is not None and dash.role == Role.READ
+    assert dash is not None and dash.role == AccessRole.READ
     assert store.authenticate("wrong") is None
     assert store.authenticate(TOKEN + "x") is None
     assert store.authenticate(f"sha256:{hashed}") is None, "a digest is not the token"
@@ -71,7 +71,7 @@ def test_bad_token_files_are_refused_without_echoing_tokens(text: str, problem: 
 def test_token_file_is_reloaded_when_it_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("ramraft.server.security.auth.RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr("ramraft.server.security.auth.TOKENS_RECHECK_SECONDS", 0.0)
     path = tmp_path / "tokens"
     path.write_text(f"write app {TOKEN}\n")
     store = TokenStore(str(path))
@@ -81,7 +81,7 @@ def test_token_file_is_reloaded_when_it_changes(
     os.replace(replacement, path)
     assert store.authenticate(TOKEN) is None
     principal = store.authenticate("rotated-token-0123456789")
-    assert principal is not None and principal.role == Role.READ
+    assert principal is not None and principal.role == AccessRole.READ
     path.write_text("garbage\n")  # a broken file keeps the last good one
     assert store.authenticate("rotated-token-0123456789") is not None
 
@@ -104,10 +104,10 @@ def test_bearer_and_basic_credentials() -> None:
 
 def test_http_roles() -> None:
     assert http_required_role("GET", "/healthz") is None
-    assert http_required_role("GET", "/v1/kv/a") == Role.READ
-    assert http_required_role("GET", "/metrics") == Role.READ
-    assert http_required_role("PUT", "/v1/kv/a") == Role.WRITE
-    assert http_required_role("POST", "/app/notes") == Role.WRITE
+    assert http_required_role("GET", "/v1/kv/a") == AccessRole.READ
+    assert http_required_role("GET", "/metrics") == AccessRole.READ
+    assert http_required_role("PUT", "/v1/kv/a") == AccessRole.WRITE
+    assert http_required_role("POST", "/app/notes") == AccessRole.WRITE
 
 
 def test_inflight_limiter_per_connection_and_total() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.npm import npm_ci
 from tests.server.procs import REPO, ProcessCluster
 
 NODE_DIR = REPO / "tests" / "nodejs"
@@ -22,18 +23,11 @@ NODE_DIR = REPO / "tests" / "nodejs"
 
 @pytest.fixture(scope="module")
 def node_client() -> Path:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
+    if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("Node.js and npm are needed for the non-Python client test (not on PATH)")
     if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
-        done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
+        done = npm_ci(NODE_DIR)
+        assert done is not None and done.returncode == 0, f"npm ci failed: {done}"
     return NODE_DIR / "kv_client.js"
 
 

@@ -280,8 +280,8 @@ def test_undecodable_first_unacked_is_a_bad_command() -> None:
 
 
 def test_servicer_session_checks() -> None:
+    from ramraft.server.request_errors import BadRequest
     from ramraft.server.rpc.services import _session
-    from ramraft.server.runtime.node_api import BadRequest
 
     def req(**session: int) -> kv_pb2.PutRequest:
         return kv_pb2.PutRequest(key="k", session=kv_pb2.Session(**session))

@@ -7,6 +7,7 @@ import json
 
 from prometheus_client.parser import text_string_to_metric_families
 
+import ramraft
 from tests.server.procs import ProcessCluster
 from tests.web.conftest import http, roles, wait_until
 
@@ -247,6 +248,7 @@ def test_metrics_parse_and_move(kv_cluster: ProcessCluster) -> None:
     ):
         assert any(n == name for n, _ in before), name
     assert _total(before, "ramraft_leader_changes_total") >= 1
+    assert _total(before, "ramraft_build_info", version=ramraft.__version__) == 1
     assert _total(before_leader, "ramraft_member_lag_entries") >= 0
     assert any(n == "ramraft_member_lag_entries" for n, _ in before_leader)
     for i in range(5):
@@ -301,6 +303,14 @@ def test_snapshot_metrics(kv_cluster: ProcessCluster) -> None:
     )
 
 
+# /v1/status's "node": what release 0.1.0 answered, plus pid and version.
+STATUS_NODE_FIELDS = {
+    "id", "address", "role", "term", "leader", "leader_address", "commit_index",
+    "applied_index", "last_index", "snapshot_index", "first_index", "failed", "ready",
+    "uptime_seconds", "http", "pid", "version",
+}  # fmt: skip
+
+
 def test_status_health_and_page(kv_cluster: ProcessCluster) -> None:
     leader = kv_cluster.wait_for_leader()
     for node_id in kv_cluster.ids:
@@ -308,7 +318,14 @@ def test_status_health_and_page(kv_cluster: ProcessCluster) -> None:
         assert http(address, "GET", "/healthz").json() == {"alive": True}
         assert http(address, "GET", "/readyz").json() == {"ready": True}
         status = http(address, "GET", "/v1/status").json()
+        assert set(status["node"]) == STATUS_NODE_FIELDS
         assert status["node"]["id"] == node_id
+        # What an operator needs to find the process (issue 14 item 10).
+        assert status["node"]["pid"] == kv_cluster.procs[node_id].pid
+        assert status["node"]["version"] == ramraft.__version__
+        admin = kv_cluster.status(node_id)
+        assert admin is not None
+        assert (admin.pid, admin.version) == (kv_cluster.procs[node_id].pid, ramraft.__version__)
         assert status["node"]["leader"] == leader
         assert status["node"]["role"] == ("leader" if node_id == leader else "follower")
         assert status["members_from"] == leader  # followers show the leader's view
@@ -318,6 +335,7 @@ def test_status_health_and_page(kv_cluster: ProcessCluster) -> None:
         page = http(address, "GET", "/")
         assert page.status == 200 and page.headers["Content-Type"].startswith("text/html")
         assert b"<script" in page.body and b"http://" not in page.body.split(b"</style>")[0]
+        assert f"ramraft {ramraft.__version__}, pid ".encode() in page.body
 
 
 def test_without_a_quorum_requests_get_503_with_a_reason(kv_cluster: ProcessCluster) -> None:

@@ -1,0 +1,147 @@
+"""The errors a request to a node can end with, and the one table that says
+what each becomes on the wire.
+
+The runtime (runtime/loop.py), the request path (runtime/node_api.py) and
+the state machines raise these; every front door turns them into an answer
+through :func:`wire_status` and nothing else: the gRPC services
+(rpc/services.py) as a status code, the web tier (web/tier.py) as an HTTP
+status with a JSON error code, and the leader's side of ``Peer.Forward``
+(runtime/node_api.py) as the status code a forwarding follower reads back.
+A new error gets a row in :data:`ERROR_STATUSES`, or it reaches the caller
+as an internal error.
+
+What belongs here: error types that cross from the node to its callers, and
+their wire mapping. Errors of one layer that never leave it (storage
+corruption, TLS files, configuration) stay in their own modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from ramraft.consensus import (
+    ConfChangeError,
+    LeadershipTransferError,
+    NotLeaderError,
+    ProposalDroppedError,
+)
+from ramraft.server.machines.embed import CommandFailedError, NotPlainDataError
+from ramraft.server.machines.statemachine import CommandError, ErrorCode
+
+
+class RequestError(Exception):
+    """Base of the errors the runtime and the request path give callers.
+
+    ``before_proposal`` is True when the request was refused before anything
+    was proposed: the command is in no log, so it may be sent elsewhere even
+    without a session (``Peer.Forward`` tells the follower, proto/raft.proto
+    ForwardRefusal)."""
+
+    before_proposal: bool = False
+
+
+class NotLeader(RequestError):
+    """This node does not lead; ``leader`` is who does, when known."""
+
+    before_proposal = True
+
+    def __init__(self, leader: str, leader_address: str = "") -> None:
+        super().__init__(f"not the leader (leader: {leader or 'unknown'})")
+        self.leader = leader
+        self.leader_address = leader_address
+
+
+class Unavailable(RequestError):
+    """The request could not be served now; the client may retry (a write
+    that failed this way may or may not have been applied, unless
+    ``before_proposal``)."""
+
+    def __init__(self, message: str, *, before_proposal: bool = False) -> None:
+        super().__init__(message)
+        self.before_proposal = before_proposal
+
+
+class Overloaded(RequestError):
+    """Too many requests are waiting; refused at once instead of queued."""
+
+    before_proposal = True
+
+
+class BadRequest(RequestError, ValueError):
+    """A request that can never succeed as asked: input that breaks a
+    documented limit, an unknown member...; the message says which."""
+
+
+class SessionRefused(RequestError):
+    """The state machine refused a write for its session (SESSION_EXPIRED:
+    start a new session; STALE_SEQUENCE: the sequence is below the session's
+    first_unacked). It was NOT applied. The message starts with the reason's
+    name: clients match on it (client/_core.py session_expired)."""
+
+
+def check_command_result(result: object) -> None:
+    """Raise for a state machine result that is a refusal: SessionRefused
+    for a session's, BadRequest for any other (a command the machine could
+    not apply as asked)."""
+    if isinstance(result, CommandError):
+        if result.code in (ErrorCode.SESSION_EXPIRED, ErrorCode.STALE_SEQUENCE):
+            raise SessionRefused(str(result))
+        raise BadRequest(str(result))
+
+
+@dataclass(frozen=True)
+class WireStatus:
+    """What an error becomes in an answer."""
+
+    grpc_code: grpc.StatusCode
+    http_status: int
+    # The JSON body's "error" field (web/tier.py lists them for users).
+    http_error: str
+    # The answer names the leader when it is known: ``ramraft-leader``
+    # trailing metadata over gRPC, a header and JSON fields over HTTP.
+    names_leader: bool = False
+
+
+_INVALID = WireStatus(grpc.StatusCode.INVALID_ARGUMENT, 400, "invalid_argument")
+_UNAVAILABLE = WireStatus(grpc.StatusCode.UNAVAILABLE, 503, "unavailable", names_leader=True)
+_NOT_NOW = WireStatus(grpc.StatusCode.FAILED_PRECONDITION, 409, "failed_precondition")
+
+# The one mapping. The first row whose type matches wins (subclasses first).
+ERROR_STATUSES: tuple[tuple[type[BaseException], WireStatus], ...] = (
+    (BadRequest, _INVALID),
+    (NotPlainDataError, _INVALID),  # an application command's argument
+    (NotLeader, _UNAVAILABLE),
+    (NotLeaderError, _UNAVAILABLE),
+    (Unavailable, _UNAVAILABLE),
+    (ProposalDroppedError, _UNAVAILABLE),  # a transfer or change in progress: retry
+    (Overloaded, WireStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "overloaded")),
+    (TimeoutError, WireStatus(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "deadline_exceeded")),
+    (SessionRefused, _NOT_NOW),
+    # Membership changes and transfers the core does not allow now
+    # (proto/admin.proto: FAILED_PRECONDITION).
+    (ConfChangeError, _NOT_NOW),
+    (LeadershipTransferError, _NOT_NOW),
+    # An application command ran and failed, the same on every node.
+    (CommandFailedError, WireStatus(grpc.StatusCode.FAILED_PRECONDITION, 409, "command_failed")),
+)
+
+
+def wire_status(error: BaseException) -> WireStatus | None:
+    """The answer for ``error``; None for an error no caller should see (a
+    bug: the front door reports it as an internal error)."""
+    for kind, status in ERROR_STATUSES:
+        if isinstance(error, kind):
+            return status
+    return None
+
+
+def error_message(error: BaseException) -> str:
+    """The sentence an answer carries for ``error``."""
+    text = str(error)
+    if text:
+        return text
+    if isinstance(error, TimeoutError):
+        return "the request's deadline passed"
+    return type(error).__name__

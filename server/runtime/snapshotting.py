@@ -1,0 +1,178 @@
+"""When to take a snapshot, taking it, and restoring the state machine from one.
+
+The :class:`SnapshotScheduler` decides after each loop turn whether a
+snapshot is due (by entries or by bytes applied since the last one), takes
+it without stopping the loop (the state machine gives a consistent view on
+the loop; a worker thread writes it), then has the core compact its log and
+the log store drop what the snapshot covers. It also restores the machine
+from a stored snapshot: at start, and when the leader sent one.
+
+A snapshot's data is the node's header (storage/snapshot_header.py: the
+members' addresses) followed by the state machine's bytes. The file format
+belongs to storage/; the Raft rules for compaction to the core; this module
+only schedules and wires them together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+import structlog
+
+from ramraft.consensus import RaftNode, SnapshotMeta
+from ramraft.server.config import NodeConfig
+from ramraft.server.machines.statemachine import StateMachine
+from ramraft.server.runtime.peers import PeerDirectory
+from ramraft.server.storage import (
+    LogStore,
+    SnapshotStore,
+    read_snapshot_header,
+    write_snapshot_header,
+)
+
+log = structlog.get_logger("ramraft.runtime")
+T = TypeVar("T")
+
+
+class SnapshotLoop(Protocol):
+    """What the scheduler needs of the loop that owns the core (RaftRuntime)."""
+
+    @property
+    def core(self) -> RaftNode | None: ...
+
+    @property
+    def failed(self) -> BaseException | None: ...
+
+    async def call(self, fn: Callable[[RaftNode], T]) -> T:
+        """Run ``fn(core)`` inside the loop, between turns."""
+        ...
+
+    def run_on_disk(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run ``fn`` on the thread that owns the log store."""
+        ...
+
+    def emit(self, event: str, fields: dict[str, Any]) -> None:
+        """Tell the metrics hooks."""
+        ...
+
+
+class SnapshotScheduler:
+    def __init__(
+        self,
+        config: NodeConfig,
+        machine: StateMachine,
+        store: SnapshotStore,
+        log_store: LogStore,
+        peers: PeerDirectory,
+        loop: SnapshotLoop,
+    ) -> None:
+        self.config = config
+        self.machine = machine
+        self.store = store
+        self.log_store = log_store
+        self.peers = peers
+        self.loop = loop
+        self.task: asyncio.Task[SnapshotMeta] | None = None  # the snapshot being taken
+        self.bytes_since_snapshot = 0  # command bytes applied since the last one
+
+    def note_applied(self, command_bytes: int) -> None:
+        self.bytes_since_snapshot += command_bytes
+
+    def maybe_snapshot(self, core: RaftNode) -> None:
+        """Snapshot after snapshot_entries entries or snapshot_bytes bytes of
+        commands, whichever comes first: the log lives in RAM until a
+        snapshot lets it be dropped, so a count alone would let large values
+        exhaust memory."""
+        due = (
+            core.applied_index - core.latest_snapshot.index >= self.config.snapshot_entries
+            or self.bytes_since_snapshot >= self.config.snapshot_bytes
+        )
+        if due and (self.task is None or self.task.done()) and not self.loop.failed:
+            self._start(core)
+
+    async def snapshot_now(self) -> int:
+        """Take a snapshot at the applied index now (or wait for the one
+        being taken); returns its index."""
+        if self.task is None or self.task.done():
+            core = self.loop.core
+            assert core is not None, "the runtime has not started"
+            self._start(core)
+        assert self.task is not None
+        meta = await asyncio.shield(self.task)
+        return meta.index
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+
+    def _retain(self, core: RaftNode, meta: SnapshotMeta) -> int:
+        """How many entries before the snapshot to keep in RAM for slow
+        followers: retain_entries, but no more than retain_bytes of them."""
+        budget = self.config.retain_bytes
+        kept = 0
+        index = meta.index
+        while kept < self.config.retain_entries and index > core.log.offset:
+            budget -= len(core.log.entries[index - core.log.offset - 1].data)
+            if budget < 0:
+                break
+            kept += 1
+            index -= 1
+        return kept
+
+    def _start(self, core: RaftNode) -> None:
+        meta = core.snapshot_meta(core.applied_index)
+        job = self.machine.snapshot()  # a consistent view, taken now, on the loop
+        self.bytes_since_snapshot = 0
+        addresses = dict(self.peers.addresses)
+        started = time.perf_counter()
+
+        def write() -> int:
+            try:
+                with self.store.create(meta) as writer:
+                    write_snapshot_header(writer, addresses)
+                    size = job.write_to(writer)
+                    writer.commit()
+                return size
+            finally:
+                job.close()
+
+        async def run() -> SnapshotMeta:
+            size = await asyncio.to_thread(write)
+            await self.loop.call(
+                lambda core: core.compact(meta, retain_entries=self._retain(core, meta))
+            )
+            await self.loop.run_on_disk(self.log_store.compact, meta.index)
+            seconds = time.perf_counter() - started
+            log.info("snapshot_taken", index=meta.index, bytes=size, seconds=round(seconds, 3))
+            self.loop.emit("snapshot", {"index": meta.index, "bytes": size, "seconds": seconds})
+            return meta
+
+        self.task = asyncio.get_running_loop().create_task(run(), name="snapshot")
+
+    # ---- restoring ------------------------------------------------------------------------
+
+    def restore(self, index: int) -> None:
+        """Replace the state machine by the stored snapshot at ``index``."""
+        with self.store.open(index) as reader:
+            addresses = read_snapshot_header(reader)
+            self.machine.restore(reader)
+        self.peers.learn_from_snapshot(addresses)
+        log.info("snapshot_restored", index=index, applied=self.machine.applied_index)
+
+    async def install(self, index: int) -> None:
+        """Restore from the snapshot the leader sent (stored at ``index``)."""
+        if getattr(self.machine, "restore_in_thread", False):
+            # The machine builds the new state aside and swaps it in at
+            # the end, so reads on the loop meanwhile see the old state.
+            await asyncio.to_thread(self.restore, index)
+        else:
+            # An application model is restored in place: on the loop, so
+            # no page handler ever sees it half restored.
+            self.restore(index)
+        self.loop.emit("snapshot_installed", {"index": index})
