@@ -123,8 +123,9 @@ class ElectionMixin(NodeState):
         that each hold an uncommitted entry removing themselves, and a third
         with too short a log to win, wait for each other forever.
 
-        Never while the state machine is halted (``halt_apply``)."""
-        if self._pending_snapshot is not None or self.apply_halted_at:
+        Never while the state machine is halted (``halt_apply``) or the
+        application forbids it (``set_may_lead``)."""
+        if self._pending_snapshot is not None or self.apply_halted_at or not self.may_lead:
             return False
         log = self.log
         if self.id in log.conf.voters:

@@ -176,6 +176,9 @@ class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
         # Invariant: 0, or the committed index the state machine could not
         # apply; then applied < halted_at for the life of this core.
         self.apply_halted_at = 0
+        # False while the application says this server must not lead (its
+        # state differs from the majority's); see set_may_lead.
+        self.may_lead = True
 
         self._become_follower(self.term, NO_NODE)
 
@@ -415,6 +418,15 @@ class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
             return
         self.apply_halted_at = index
         if self.role != Role.FOLLOWER:
+            self._become_follower(self.term, NO_NODE)
+
+    def set_may_lead(self, may_lead: bool) -> None:
+        """Whether this server may lead: while False it never campaigns nor
+        takes a leadership transfer, and a leader steps down at once (the
+        runtime sets it while the divergence alarm names this server, whose
+        state the majority does not share). It still votes and replicates."""
+        self.may_lead = may_lead
+        if not may_lead and self.role != Role.FOLLOWER:
             self._become_follower(self.term, NO_NODE)
 
     def _apply_limit(self) -> int:

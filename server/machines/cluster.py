@@ -54,6 +54,8 @@ import structlog
 
 from ramraft.server.machines.statemachine import (
     TAG_CLUSTER,
+    TAG_KV,
+    TAG_MODEL,
     ApplyHalted,
     CommandError,
     ErrorCode,
@@ -227,6 +229,11 @@ class Versioned(Protocol):
 
     active_version: int
 
+    def check_proposal(self, command: bytes) -> str | None:
+        """Why this node must not propose ``command`` (a command its code
+        lacks, or one newer than the active version), or None."""
+        ...
+
 
 class Upgradable(Versioned, Protocol):
     """What a version switch needs from the application's machine
@@ -236,6 +243,8 @@ class Upgradable(Versioned, Protocol):
     def supported_version(self) -> int: ...
 
     def upgrade(self, from_version: int, to_version: int) -> CommandError | None: ...
+
+    def try_upgrade(self, from_version: int, to_version: int) -> str | None: ...
 
 
 class ClusterMachine:
@@ -273,6 +282,22 @@ class ClusterMachine:
     @property
     def applied_index(self) -> int:
         return self.inner.applied_index
+
+    @property
+    def restore_in_thread(self) -> bool:
+        return bool(getattr(self.inner, "restore_in_thread", False))
+
+    def check_proposal(self, command: bytes) -> str | None:
+        """Why this node (leading) must not propose ``command``, or None: a
+        leader never writes an entry that its own code could not apply, nor
+        one that the cluster's active version does not allow yet."""
+        if not command:
+            return None
+        if command[0] == TAG_KV and self.kv is not None:
+            return self.kv.check_proposal(command)
+        if command[0] == TAG_MODEL and self.model is not None:
+            return self.model.check_proposal(command)
+        return None
 
     # -- apply ------------------------------------------------------------------
 

@@ -740,6 +740,8 @@ class ModelMachine:
             raise NotBoundError("no proposer bound to this ModelMachine")
         result = await proposer(data)
         if isinstance(result, CommandError):
+            if result.code is ErrorCode.NOT_ACTIVE:
+                raise CommandNotActiveError(result.message)
             raise CommandFailedError(result)
         return result
 

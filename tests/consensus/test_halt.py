@@ -105,3 +105,24 @@ def test_halt_apply_outside_the_unapplied_committed_range_is_refused() -> None:
     node = c.node("a")
     with pytest.raises(RaftError, match="outside"):
         node.halt_apply(node.applied_index)
+
+
+def test_a_server_that_may_not_lead_steps_down_and_stays_a_follower() -> None:
+    """The divergence alarm's lever: the leader whose state differs from the
+    majority's hands over at once and is never elected while it lasts."""
+    c = Cluster(seed=7)
+    c.elect("a")
+    c.node("a").set_may_lead(False)
+    assert c.node("a").role == Role.FOLLOWER
+    c.isolate("b")
+    c.isolate("c")
+    c.tick("a", 20 * c.node("a").randomized_election_timeout)
+    assert c.node("a").role == Role.FOLLOWER
+    c.heal()
+    c.tick_all(60)
+    assert len(c.leaders()) == 1 and c.leaders()[0] != "a"
+    c.node("a").set_may_lead(True)
+    leader = c.leaders()[0]
+    c.node(leader).transfer_leadership("a")
+    c.deliver_all()
+    assert c.leaders() == ["a"]
