@@ -21,9 +21,7 @@ def markdown_files() -> list[Path]:
     return sorted(
         p
         for p in REPO.rglob("*.md")
-        if not any(
-            part in SKIP_PARTS or part.startswith(".") for part in p.relative_to(REPO).parts
-        )
+        if not any(part in SKIP_PARTS or part.startswith(".") for part in p.relative_to(REPO).parts)
     )
 
 
