@@ -219,9 +219,9 @@ def test_keys_are_independent_and_failure_names_the_key() -> None:
 def test_malformed_operations_are_reported() -> None:
     with pytest.raises(ValueError, match="returns before"):
         check([put(1, 5, 4, "k", b"v")])
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ValueError, match="unknown operation kind 'range'"):
         check([Operation(1, 0, 1, "range", "k")])
-    with pytest.raises(ValueError, match="value"):
+    with pytest.raises(ValueError, match="put without a value"):
         check([Operation(1, 0, 1, "put", "k")])
     with pytest.raises(ValueError, match="get output"):
         check([Operation(1, 0, 1, "get", "k", output=b"v")])

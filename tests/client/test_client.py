@@ -256,9 +256,13 @@ def test_other_errors_are_final_and_mapped(
 
 
 def test_invalid_argument_is_also_a_value_error(server: FakeServer) -> None:
-    server.node.fail_next(1, grpc.StatusCode.INVALID_ARGUMENT)
-    with Client(server.address, timeout=T) as c, pytest.raises(ValueError):
+    server.node.fail_next(1, grpc.StatusCode.INVALID_ARGUMENT, details="key is empty")
+    with (
+        Client(server.address, timeout=T) as c,
+        pytest.raises(ValueError, match="key is empty") as e,
+    ):
         c.get("k")
+    assert type(e.value) is InvalidArgument
 
 
 def test_bad_arguments_fail_before_any_call(server: FakeServer) -> None:
@@ -266,16 +270,16 @@ def test_bad_arguments_fail_before_any_call(server: FakeServer) -> None:
         Client("localhost")
     with pytest.raises(ValueError, match="no endpoints"):
         Client("")
-    with pytest.raises(ValueError, match="timeout"):
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
         Client(server.address, timeout=0)
     with Client(server.address) as c:
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError, match="key must be str, not bytes"):
             c.put(b"k", b"v")  # type: ignore[arg-type]
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError, match="value must be bytes or str, not int"):
             c.put("k", 5)  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="consistency"):
+        with pytest.raises(ValueError, match="unknown consistency 7"):
             c.get("k", consistency=7)
-        with pytest.raises(ValueError, match="timeout"):
+        with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
             c.get("k", timeout=-1)
     assert server.node.calls == []
 
@@ -293,7 +297,7 @@ def test_admin_calls(server: FakeServer) -> None:
         with pytest.raises(NotFound):
             c.remove_member("nope")
         assert c.snapshot() == 1
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="invalid endpoint 'no-port'"):
             c.add_member("n5", "no-port")
 
 
@@ -301,7 +305,7 @@ def test_pinned_endpoint_is_not_rotated(servers) -> None:
     a, b = servers(), servers()
     a.node.fail_next(1)
     with Client([b.address], timeout=T) as c:
-        with pytest.raises(Unavailable):
+        with pytest.raises(Unavailable, match="injected"):  # a's failure, not retried on b
             c.status(endpoint=a.address)
         assert c.status(endpoint=a.address).node.address == a.address
         assert c.snapshot(endpoint=a.address) == 0

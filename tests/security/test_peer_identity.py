@@ -115,10 +115,12 @@ def test_a_caller_that_is_not_a_member_is_refused_before_any_message_is_read(
     with pytest.raises(Aborted) as e:
         run(h.servicer.stream(untouchable(), context))  # type: ignore[arg-type]
     assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
-    with pytest.raises(Aborted):
+    with pytest.raises(Aborted) as e:
         run(h.servicer.install_snapshot(untouchable(), context))  # type: ignore[arg-type]
-    with pytest.raises(Aborted):
+    assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(Aborted) as e:
         run(h.servicer.forward_stream(untouchable(), context))  # type: ignore[arg-type]
+    assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
     assert h.received == [] and h.forwarded == [] and h.servicer.refused_calls == 3
 
 

@@ -110,7 +110,7 @@ def test_range_prefix_start_after_limit() -> None:
     assert m.range(limit=len(keys) - 1)[1] is True
     assert m.range("zzz") == ([], False)
     assert m.range("\U0010ffff") == ([], False)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="limit must be >= 0"):
         m.range(limit=-1)
 
 
@@ -327,9 +327,9 @@ def test_table_size_bound_evicts_least_recently_used() -> None:
 
 
 def test_session_limits_are_validated() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_sessions must be at least 1"):
         KVMachine(max_sessions=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="idle_entries must be at least 1"):
         KVMachine(session_idle_entries=0)
 
 
