@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import structlog
 
 from ramraft.client import AsyncClient, RamraftError
 from ramraft.proto import admin_pb2
+from tests.httpcalls import wait_until_async
 from tests.server.history import History, run_workload
 from tests.server.procs import ProcessCluster
 
@@ -34,19 +34,9 @@ log = structlog.get_logger("tests.failover")
 # Election rounds (terms) a failover may take: one, plus split votes, each a
 # few percent likely; three in a row would be a fault, not bad luck.
 MAX_ROUNDS = 3
-# A hang guard, not the contract: how long the test waits for any write to be
-# acknowledged after the kill before it gives up.
+# A hang guard, not the contract: how long the test waits for writes (any
+# write acknowledged after the kill, the workload's progress) before it gives up.
 RESUME_GUARD_SECONDS = 60.0
-
-
-async def _wait_for(condition: Callable[[], bool], what: str) -> None:
-    """Poll ``condition`` (cheap, in memory) until it holds; RESUME_GUARD_SECONDS
-    is a hang guard."""
-    deadline = time.monotonic() + RESUME_GUARD_SECONDS
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def _probe_until_a_write_succeeds(endpoints: str, since: float, deadline: float) -> float:
@@ -77,7 +67,9 @@ def test_sigkill_of_the_leader_under_load_writes_resume_within_three_election_ti
             load = asyncio.create_task(
                 run_workload(cluster.endpoints(), stop, workers=8, history=history)
             )
-            await _wait_for(lambda: len(history.acks) >= 8, "the workload's first writes")
+            await wait_until_async(
+                lambda: len(history.acks) >= 8, RESUME_GUARD_SECONDS, "the workload's writes"
+            )
             old_status = await asyncio.to_thread(cluster.status, old_leader)
             assert old_status is not None and old_status.role == admin_pb2.ROLE_LEADER
             killed = time.monotonic()
@@ -87,8 +79,10 @@ def test_sigkill_of_the_leader_under_load_writes_resume_within_three_election_ti
             )
             # the workload goes on under the new leader: one of its own
             # writes (retried under the same session) is acknowledged too
-            await _wait_for(
-                lambda: any(ack > killed for _, ack, _ in history.acks), "the workload to resume"
+            await wait_until_async(
+                lambda: any(ack > killed for _, ack, _ in history.acks),
+                RESUME_GUARD_SECONDS,
+                "the workload to resume",
             )
             stop.set()
             await load
@@ -135,12 +129,15 @@ def test_sigterm_of_the_leader_hands_over_without_failing_a_write(tmp_path: Path
                     cluster.endpoints(), stop, workers=8, history=history, attempt_timeout=None
                 )
             )
-            await _wait_for(lambda: len(history.acks) >= 8, "the workload's first writes")
+            await wait_until_async(
+                lambda: len(history.acks) >= 8, RESUME_GUARD_SECONDS, "the workload's writes"
+            )
             code = await asyncio.to_thread(cluster.stop, old_leader)  # SIGTERM, reaped
             stopped = time.monotonic()
             # and under the new leader: writes invoked after the old one exited
-            await _wait_for(
+            await wait_until_async(
                 lambda: sum(invoked > stopped for invoked, _, _ in history.acks) >= 8,
+                RESUME_GUARD_SECONDS,
                 "writes under the new leader",
             )
             stop.set()
