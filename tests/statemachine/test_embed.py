@@ -32,8 +32,8 @@ from ramraft.server.machines.statemachine import (
     ErrorCode,
     SnapshotError,
     SnapshotFormatError,
-    StateMachine,
 )
+from tests.statemachine.contract import check_state_machine_contract
 
 
 class Board(ReplicatedModel):
@@ -94,7 +94,17 @@ def make(n: int = 1) -> tuple[list[Board], list[ModelMachine], LocalProposer]:
 
 
 def test_model_machine_is_a_state_machine() -> None:
-    assert isinstance(ModelMachine(Board()), StateMachine)
+    commands = [
+        encode_call("add", ["one"], {"tags": ("a",)}),
+        encode_call("add", ["two"], session=(3, 1)),
+        encode_call("remove", [1]),
+        encode_call("add", [""]),  # fails: an error result, the same on every replica
+    ]
+    check_state_machine_contract(
+        lambda: ModelMachine(Board()),
+        commands,
+        lambda m: (m.model.notes, m.model.tags, m.model.next_id),  # type: ignore[attr-defined]
+    )
 
 
 def test_call_proposes_and_returns_the_applied_result() -> None:

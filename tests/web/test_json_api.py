@@ -228,6 +228,15 @@ def _total(
     return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
 
 
+def _lags(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> dict[str, float]:
+    """ramraft_member_lag_entries by member."""
+    return {
+        dict(labels)["member"]: value
+        for (name, labels), value in samples.items()
+        if name == "ramraft_member_lag_entries"
+    }
+
+
 def test_metrics_parse_and_move(kv_cluster: ProcessCluster) -> None:
     leader, followers = roles(kv_cluster)
     at_leader, at_follower = kv_cluster.http[leader], kv_cluster.http[followers[0]]
@@ -250,8 +259,8 @@ def test_metrics_parse_and_move(kv_cluster: ProcessCluster) -> None:
         assert any(n == name for n, _ in before), name
     assert _total(before, "ramraft_leader_changes_total") >= 1
     assert _total(before, "ramraft_build_info", version=ramraft.__version__) == 1
-    assert _total(before_leader, "ramraft_member_lag_entries") >= 0
-    assert any(n == "ramraft_member_lag_entries" for n, _ in before_leader)
+    # the leader reports every member's lag (itself included)...
+    assert set(_lags(before_leader)) == set(kv_cluster.ids), _lags(before_leader)
     for i in range(5):
         assert put(at_follower, f"metrics/{i}", b"x").status == 200
     with kv_cluster.client() as client:
@@ -279,6 +288,12 @@ def test_metrics_parse_and_move(kv_cluster: ProcessCluster) -> None:
         == _total(before, "ramraft_requests_total", **http_puts) + 5
     )
     assert _total(after, "ramraft_request_seconds_count", api="http", rpc="PUT /v1/kv/{key}") >= 5
+    # ...and, once the followers hold every entry, a lag of 0 for each
+    wait_until(
+        lambda: set(_lags(_samples(at_leader)).values()) == {0.0},
+        15,
+        "every member caught up in the leader's view",
+    )
     grpc_gets = dict(api="grpc", rpc="Get", code="OK")
     assert (
         sum(
