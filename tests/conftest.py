@@ -1,11 +1,59 @@
-"""Suite-wide fixtures."""
+"""Suite-wide fixtures and options.
+
+- ``@pytest.mark.slow`` marks the long variant (a soak) of a test that also
+  runs in a bounded form; it is skipped unless ``--run-slow`` is given or
+  ``RAMRAFT_SLOW=1`` is set, so CI runs every bounded test and no soak.
+- The tests run in a random order (pytest-randomly, a dev dependency), so a
+  test that needs another one to run first fails at once. The seed is printed
+  at the end of every run; ``--randomly-seed=N`` replays that order (it also
+  seeds ``random`` the same way before each test), ``-p no:randomly`` turns
+  it off.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 import structlog
+
+SLOW_ENV = "RAMRAFT_SLOW"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        default=False,
+        help=f"also run the tests marked slow (soaks); or set {SLOW_ENV}=1",
+    )
+
+
+def _run_slow(config: pytest.Config) -> bool:
+    return bool(config.getoption("--run-slow")) or os.environ.get(SLOW_ENV, "") not in ("", "0")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _run_slow(config):
+        return
+    skip = pytest.mark.skip(
+        reason=f"slow (a soak; its bounded form runs by default): run with --run-slow "
+        f"or {SLOW_ENV}=1"
+    )
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """Print the order seed last, where it is seen even with -q and after a
+    failure (pytest-randomly puts it only in the header, which -q hides)."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int):
+        terminalreporter.write_line(f"random test order: replay it with --randomly-seed={seed}")
 
 
 @pytest.fixture(autouse=True)

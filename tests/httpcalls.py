@@ -1,8 +1,10 @@
 """Plain HTTP(S) calls for tests of the web tier (no client library:
-what any HTTP client would send), and a polling wait."""
+what any HTTP client would send), and a polling wait (blocking or asyncio)
+for a condition a test can read but not be told of."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import time
@@ -64,3 +66,19 @@ def wait_until(predicate: Any, timeout: float = 15.0, what: str = "condition") -
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout}s")
         time.sleep(0.05)
+
+
+async def wait_until_async(
+    predicate: Any, timeout: float = 15.0, what: str = "condition", interval: float = 0.001
+) -> Any:
+    """``wait_until`` inside an event loop: polls without blocking the loop
+    (whose own tasks usually make the condition true). ``timeout`` is a hang
+    guard, not a claim about speed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(interval)

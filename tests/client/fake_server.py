@@ -1,12 +1,12 @@
 """An in-process stand-in for a ramraft node: the KV and Admin services over
 a dict, on 127.0.0.1 with a free port, that records every call and can be
-told to fail, hint at a leader, or hang."""
+told to fail, hint at a leader, or hang (until the test releases it, so a
+test can tell "the client gave up on its own" from "the node answered")."""
 
 from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections import deque
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -16,12 +16,17 @@ import grpc
 
 from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
+# How long a held call waits for release() at most: a guard against a test
+# that forgets to release, far beyond any deadline the tests give a client.
+HOLD_GUARD_SECONDS = 30.0
+
 
 @dataclass
 class Call:
     method: str
     session: tuple[int, int, int] | None  # (client_id, sequence, first_unacked)
     request: Any
+    deadline: float | None  # seconds the caller's gRPC deadline had left on arrival
 
 
 @dataclass
@@ -39,7 +44,7 @@ class FakeNode:
     calls: list[Call] = field(default_factory=list)
     failures: deque[Failure] = field(default_factory=deque)
     always: Failure | None = None  # fail every call with this
-    hang: float = 0.0  # seconds each call sleeps before answering
+    to_hold: int = 0  # the next this many calls hang until release()
     success_hint: str | None = None  # leader hint on successful answers
     index: int = 0
     address: str = ""
@@ -47,10 +52,33 @@ class FakeNode:
     pid: int = 0
     version: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
+    released: threading.Event = field(default_factory=threading.Event)
+    arrived: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.arrived = threading.Condition(self.lock)
 
     def fail_next(self, n: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE, **kw: Any):
         for _ in range(n):
             self.failures.append(Failure(code, **kw))
+
+    def hold_next(self, n: int = 1) -> None:
+        """The next ``n`` calls hang (a hung node) until ``release()``."""
+        with self.lock:
+            self.released.clear()
+            self.to_hold = n
+
+    def release(self) -> None:
+        """Let every held call answer (and no later call hang)."""
+        with self.lock:
+            self.to_hold = 0
+            self.released.set()
+
+    def wait_for_calls(self, n: int, timeout: float = HOLD_GUARD_SECONDS) -> None:
+        """Block until this node has received ``n`` calls."""
+        with self.arrived:
+            if not self.arrived.wait_for(lambda: len(self.calls) >= n, timeout):
+                raise AssertionError(f"{self.node_id}: {len(self.calls)} calls, not {n}")
 
     def methods(self) -> list[str]:
         return [c.method for c in self.calls]
@@ -64,15 +92,19 @@ class FakeNode:
             s = request.session
             session = (s.client_id, s.sequence, s.first_unacked)
         with self.lock:
-            self.calls.append(Call(method, session, request))
+            self.calls.append(Call(method, session, request, context.time_remaining()))
+            self.arrived.notify_all()
             failure = self.always
             if self.failures and (
                 self.failures[0].client_id is None
                 or (session is not None and session[0] == self.failures[0].client_id)
             ):
                 failure = self.failures.popleft()
-        if self.hang:
-            time.sleep(self.hang)
+            held = self.to_hold > 0
+            if held:
+                self.to_hold -= 1
+        if held:
+            self.released.wait(HOLD_GUARD_SECONDS)
         if failure is not None:
             if failure.leader is not None:
                 context.set_trailing_metadata((("ramraft-leader", failure.leader),))
@@ -223,6 +255,7 @@ class FakeServer:
         self._server.start()
 
     def stop(self) -> None:
+        self.node.release()  # no handler thread outlives the test
         self._server.stop(grace=None)
 
 

@@ -23,7 +23,7 @@ from ramraft.client import (
     Unauthenticated,
     Unavailable,
 )
-from tests.client.fake_server import Failure, FakeServer, dead_address
+from tests.client.fake_server import Call, Failure, FakeServer, dead_address
 
 T = 3.0
 
@@ -114,13 +114,13 @@ def test_reads_carry_no_session(server: FakeServer) -> None:
 
 
 def test_first_unacked_tracks_concurrent_writes(server: FakeServer) -> None:
-    server.node.hang = 0.3
+    server.node.hold_next(1)
     with Client(server.address, client_id=7, timeout=T) as c:
         slow = threading.Thread(target=c.put, args=("a", b"1"))
         slow.start()
-        time.sleep(0.1)  # write 1 is in flight
-        server.node.hang = 0.0
+        server.node.wait_for_calls(1)  # write 1 is in flight, held by the node
         c.put("b", b"2")
+        server.node.release()
         slow.join()
         c.put("c", b"3")
     by_sequence = {s[1]: s for s in server.node.sessions() if s}
@@ -149,13 +149,23 @@ def test_rotates_away_from_a_dead_endpoint(server: FakeServer) -> None:
     assert len(server.node.calls) == 5
 
 
-def test_leader_hint_is_followed_even_outside_the_endpoint_list(servers) -> None:
+def test_leader_hint_is_followed_even_outside_the_endpoint_list(
+    servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
     follower, leader = servers(), servers()
     follower.node.fail_next(1, leader=leader.address)
+    pauses: list[float] = []  # the client's back-off sleeps, in this thread
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread() is threading.main_thread():
+            pauses.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
     with Client([follower.address], timeout=T) as c:
-        started = time.monotonic()
         c.put("k", b"v")
-        assert time.monotonic() - started < 0.5  # no back-off pause before a hint
+        assert pauses == [], "no back-off pause before a hint"
         c.put("k2", b"v")
         assert leader.address in c.endpoints
     assert follower.node.methods() == ["Put"]
@@ -187,10 +197,17 @@ def test_gives_up_with_unavailable_at_the_deadline(servers) -> None:
         s.node.always = Failure(grpc.StatusCode.UNAVAILABLE, "no leader")
     with Client([a.address, b.address], timeout=0.8) as c:
         started = time.monotonic()
-        with pytest.raises(Unavailable) as info:
+        with pytest.raises(Unavailable, match=r"no node could serve it within 0\.8s") as info:
             c.put("k", b"v")
         elapsed = time.monotonic() - started
-    assert 0.7 <= elapsed < 1.5
+    # It retried until its deadline, not less (slowness cannot make this fail)...
+    assert elapsed >= 0.79
+    # ...and every attempt ran on what was left of that one deadline: the
+    # deadlines each node saw only shrink, from at most 0.8 s.
+    for node in (a.node, b.node):
+        left = [call.deadline for call in node.calls]
+        assert left and None not in left and left[0] <= 0.8 + WIRE_SLACK, left
+        assert left == sorted(left, reverse=True) and len(set(left)) == len(left), left
     assert "no leader" in str(info.value)
     assert info.value.attempts == len(a.node.calls) + len(b.node.calls) >= 4
     # Paused between rounds: far fewer attempts than a busy loop would make.
@@ -198,33 +215,50 @@ def test_gives_up_with_unavailable_at_the_deadline(servers) -> None:
     assert len({c.session for c in a.node.calls + b.node.calls}) == 1
 
 
+# gRPC sends a timeout rounded up to its unit, so a node may see a hair more
+# time left than the client had.
+WIRE_SLACK = 0.01
+
+
+def assert_deadline_at_most(call: Call, seconds: float) -> None:
+    assert call.deadline is not None and call.deadline <= seconds + WIRE_SLACK, call.deadline
+
+
 def test_a_hung_node_ends_in_deadline_exceeded(server: FakeServer) -> None:
-    server.node.hang = 2.0
+    """The node never answers while the call lasts (it is released only
+    afterwards), so the call can end only on the client's own deadline."""
+    server.node.hold_next(1)
     with Client(server.address, timeout=0.5) as c:
-        started = time.monotonic()
-        with pytest.raises(DeadlineExceeded) as info:
+        with pytest.raises(DeadlineExceeded, match="Get: DEADLINE_EXCEEDED") as info:
             c.get("k")
-        assert time.monotonic() - started < 1.5
+        server.node.release()
     assert isinstance(info.value, TimeoutError)
+    # One attempt, carrying the 0.5 s deadline; no retry once it had passed.
+    assert info.value.attempts == 1 and len(server.node.calls) == 1
+    assert_deadline_at_most(server.node.calls[0], 0.5)
 
 
 def test_attempt_timeout_moves_on_from_a_hung_node(servers) -> None:
     hung, good = servers(), servers()
-    hung.node.hang = 2.0
+    hung.node.hold_next(1)  # released only after the write succeeded elsewhere
     with Client([hung.address, good.address], timeout=3.0, attempt_timeout=0.3, rng=_Start(0)) as c:
-        started = time.monotonic()
-        c.put("k", b"v")
-        assert time.monotonic() - started < 1.5
+        assert c.put("k", b"v") == 1
+        hung.node.release()
     assert hung.node.sessions() == good.node.sessions()
+    # The hung node was given the attempt's 0.3 s, not the call's 3 s.
+    (first,) = hung.node.calls
+    assert_deadline_at_most(first, 0.3)
 
 
 def test_per_call_timeout_overrides_the_default(server: FakeServer) -> None:
-    server.node.hang = 1.0
+    server.node.hold_next(1)
     with Client(server.address, timeout=10.0) as c:
-        started = time.monotonic()
-        with pytest.raises(DeadlineExceeded):
+        with pytest.raises(DeadlineExceeded, match="Get: DEADLINE_EXCEEDED"):
             c.get("k", timeout=0.3)
-        assert time.monotonic() - started < 0.9
+        server.node.release()
+    # The node was asked with the call's 0.3 s deadline, not the default 10 s.
+    (call,) = server.node.calls
+    assert_deadline_at_most(call, 0.3)
 
 
 @pytest.mark.parametrize(
@@ -256,9 +290,13 @@ def test_other_errors_are_final_and_mapped(
 
 
 def test_invalid_argument_is_also_a_value_error(server: FakeServer) -> None:
-    server.node.fail_next(1, grpc.StatusCode.INVALID_ARGUMENT)
-    with Client(server.address, timeout=T) as c, pytest.raises(ValueError):
+    server.node.fail_next(1, grpc.StatusCode.INVALID_ARGUMENT, details="key is empty")
+    with (
+        Client(server.address, timeout=T) as c,
+        pytest.raises(ValueError, match="key is empty") as e,
+    ):
         c.get("k")
+    assert type(e.value) is InvalidArgument
 
 
 def test_bad_arguments_fail_before_any_call(server: FakeServer) -> None:
@@ -266,16 +304,16 @@ def test_bad_arguments_fail_before_any_call(server: FakeServer) -> None:
         Client("localhost")
     with pytest.raises(ValueError, match="no endpoints"):
         Client("")
-    with pytest.raises(ValueError, match="timeout"):
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
         Client(server.address, timeout=0)
     with Client(server.address) as c:
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError, match="key must be str, not bytes"):
             c.put(b"k", b"v")  # type: ignore[arg-type]
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError, match="value must be bytes or str, not int"):
             c.put("k", 5)  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="consistency"):
+        with pytest.raises(ValueError, match="unknown consistency 7"):
             c.get("k", consistency=7)
-        with pytest.raises(ValueError, match="timeout"):
+        with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
             c.get("k", timeout=-1)
     assert server.node.calls == []
 
@@ -293,7 +331,7 @@ def test_admin_calls(server: FakeServer) -> None:
         with pytest.raises(NotFound):
             c.remove_member("nope")
         assert c.snapshot() == 1
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="invalid endpoint 'no-port'"):
             c.add_member("n5", "no-port")
 
 
@@ -301,7 +339,7 @@ def test_pinned_endpoint_is_not_rotated(servers) -> None:
     a, b = servers(), servers()
     a.node.fail_next(1)
     with Client([b.address], timeout=T) as c:
-        with pytest.raises(Unavailable):
+        with pytest.raises(Unavailable, match="injected"):  # a's failure, not retried on b
             c.status(endpoint=a.address)
         assert c.status(endpoint=a.address).node.address == a.address
         assert c.snapshot(endpoint=a.address) == 0

@@ -49,7 +49,7 @@ def test_session_tracker_first_unacked() -> None:
 
 def test_session_tracker_rejects_bad_ids() -> None:
     for bad in (0, -1, 2**64):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="client_id must be a non-zero unsigned 64-bit"):
             SessionTracker(bad)
     assert all(SessionTracker().client_id != 0 for _ in range(100))
 

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import pytest
 
+from ramraft.consensus import Role
 from tests.consensus.bugs import BUGS
 from tests.consensus.harness import Cluster
 from tests.consensus.sim import Simulation, SimulationFailure
-from tests.consensus.test_replication import figure_8
+from tests.consensus.test_replication import (
+    A_TERM_2_ENTRY,
+    applied_by_index,
+    assert_a_did_not_commit_by_counting,
+    figure_8_a_to_c,
+)
 
 # bug -> (seed, nodes, what the checker must report)
 CAUGHT_BY = {
@@ -31,10 +37,18 @@ def test_simulator_catches_the_bug(bug: str) -> None:
 
 
 def test_figure_8_scenario_fails_with_the_bug() -> None:
-    with BUGS["commit_previous_term_by_counting"](), pytest.raises(AssertionError):
-        c = Cluster(check_quorum=False, pre_vote=False, max_msg_bytes=1)
-        figure_8(c)
-        assert c.node("a").commit_index < 3
+    """test_figure_8_scenario's safety check fails with the Figure 8 bug in,
+    and for that reason: a commits (and applies) its term-2 entry at step (c).
+    (Running on to step (d) would end in the harness's "did not quiesce",
+    as c then refuses to give up the entry it was told is committed; that is
+    a symptom, not the rule, so the check runs before it.)"""
+    c = Cluster(check_quorum=False, pre_vote=False, max_msg_bytes=1)
+    with BUGS["commit_previous_term_by_counting"]():
+        figure_8_a_to_c(c)
+    assert c.node("a").role == Role.LEADER and c.node("c").log.term(3) == 2, "step (c) set up"
+    with pytest.raises(AssertionError, match="committed its term-2 entry by counting replicas"):
+        assert_a_did_not_commit_by_counting(c)
+    assert applied_by_index(c, "a")[3] == (2, A_TERM_2_ENTRY)
 
 
 def test_the_bugs_are_removed_again() -> None:

@@ -66,7 +66,7 @@ def test_one_uncommitted_change_at_a_time() -> None:
     c.tick_all(1)
     c.isolate("a")
     a.propose_conf_change(ConfChange(ADD, "d"))
-    with pytest.raises(ProposalDroppedError):
+    with pytest.raises(ProposalDroppedError, match="is not committed yet"):
         a.propose_conf_change(ConfChange(ADD, "e"))
 
 
@@ -74,11 +74,11 @@ def test_invalid_changes_are_refused() -> None:
     c = Cluster()
     a = c.elect("a")
     c.tick_all(1)
-    with pytest.raises(ConfChangeError):
+    with pytest.raises(ConfChangeError, match="b is already a voter"):
         a.propose_conf_change(ConfChange(ADD, "b"))
-    with pytest.raises(ConfChangeError):
+    with pytest.raises(ConfChangeError, match="zz is not a learner"):
         a.propose_conf_change(ConfChange(PROMOTE, "zz"))
-    with pytest.raises(ConfChangeError):
+    with pytest.raises(ConfChangeError, match="zz is not a member"):
         a.propose_conf_change(ConfChange(REMOVE, "zz"))
     solo = Cluster(ids="a")
     leader = solo.elect("a")

@@ -76,7 +76,7 @@ def test_follower_read_asks_the_leader_for_the_index() -> None:
 
 def test_follower_without_leader_refuses_reads() -> None:
     c = Cluster()
-    with pytest.raises(NotLeaderError):
+    with pytest.raises(NotLeaderError, match="no leader known"):
         c.node("b").read_index(b"x")
 
 

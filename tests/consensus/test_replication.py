@@ -178,6 +178,9 @@ def test_single_node_cluster_commits_alone() -> None:
     assert a.commit_index == a.last_index
 
 
+A_TERM_2_ENTRY = b"a's term-2 entry"
+
+
 def figure_8(c: Cluster) -> None:
     """Paper 5.4.2, Figure 8, played out with three servers (a, b, c):
 
@@ -189,11 +192,18 @@ def figure_8(c: Cluster) -> None:
         overwrites entry 3 everywhere.
     Safe only if a did not count (c) as a commit of entry 3.
     """
+    figure_8_a_to_c(c)
+    figure_8_d(c)
+
+
+def figure_8_a_to_c(c: Cluster) -> None:
+    """Steps (a) to (c) of ``figure_8``, up to the moment a dies: the point
+    at which a commit of entry 3 by counting would already have happened."""
     c.elect("a")
     c.tick_all(2)
     a = c.node("a")
     c.isolate("a")
-    a.propose(b"a's term-2 entry")
+    a.propose(A_TERM_2_ENTRY)
     c.deliver_all()
     c.filter = lambda m: not (m.src == "b" and m.type == MsgType.APPEND)
     c.elect("b")
@@ -215,6 +225,10 @@ def figure_8(c: Cluster) -> None:
         c.tick("a")
         c.deliver_all()
     c.tick_all(2)
+
+
+def figure_8_d(c: Cluster) -> None:
+    """Step (d) of ``figure_8``: a dies, b leads term 5 and overwrites entry 3."""
     c.isolate("a")  # a dies before its no-op reaches c
     c.filter = None
     c.crash_restart("b")  # b comes back from its disk, holding its term-3 entry
@@ -228,11 +242,24 @@ def applied_by_index(c: Cluster, node_id: str) -> dict[int, tuple[int, bytes]]:
     return {e.index: (e.term, e.data) for e in c.peers[node_id].applied}
 
 
+def assert_a_did_not_commit_by_counting(c: Cluster) -> None:
+    """The rule of paper 5.4.2: a leader counts replicas only for entries of
+    its own term, so a (leading term 4) must not commit its term-2 entry 3
+    although c now holds a copy of it too."""
+    a = c.node("a")
+    assert a.commit_index < 3 and 3 not in applied_by_index(c, "a"), (
+        f"a committed its term-2 entry by counting replicas (commit index {a.commit_index})"
+    )
+
+
 def test_figure_8_scenario() -> None:
     """Paper 5.4.2, Figure 8: no server applies an entry that another server
     later replaces at the same index."""
     c = Cluster(check_quorum=False, pre_vote=False, max_msg_bytes=1)
-    figure_8(c)
+    figure_8_a_to_c(c)
+    assert c.node("a").role == Role.LEADER and c.node("c").log.term(3) == 2, "step (c) set up"
+    assert_a_did_not_commit_by_counting(c)
+    figure_8_d(c)
     assert c.node("b").role == Role.LEADER
     assert c.node("c").log.term(3) == 3, "b overwrote entry 3 on c, as Raft allows"
     a_applied, c_applied = applied_by_index(c, "a"), applied_by_index(c, "c")

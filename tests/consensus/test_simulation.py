@@ -6,6 +6,9 @@ checkers watching every step (see sim.py).
   per seed (default 3000).
 - ``SEED=S`` replays one seed exactly (add ``SIM_TRACE=1`` to print every
   event).
+- The soak (``--run-slow``, see tests/conftest.py) runs ``SIM_SOAK_SEEDS``
+  further seeds (default 20000, after the first ``SIM_SEEDS``) of
+  ``SIM_SOAK_STEPS`` steps each (default 10000): about half an hour.
 """
 
 from __future__ import annotations
@@ -19,12 +22,23 @@ from tests.consensus.sim import Simulation
 SEEDS = int(os.environ.get("SIM_SEEDS", "1000"))
 STEPS = int(os.environ.get("SIM_STEPS", "3000"))
 CHUNKS = 20  # seeds are grouped so a thousand seeds are twenty test items
+SOAK_SEEDS = int(os.environ.get("SIM_SOAK_SEEDS", "20000"))
+SOAK_STEPS = int(os.environ.get("SIM_SOAK_STEPS", "10000"))
 
 
-def run_seed(seed: int) -> Simulation:
+def run_seed(seed: int, steps: int = STEPS) -> Simulation:
     nodes = 5 if seed % 2 else 3
     trace = print if os.environ.get("SIM_TRACE") else None
-    return Simulation(seed, nodes=nodes, steps=STEPS, trace=trace).run()
+    return Simulation(seed, nodes=nodes, steps=steps, trace=trace).run()
+
+
+def run_chunk(seeds: range, steps: int) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for seed in seeds:
+        sim = run_seed(seed, steps)
+        for key, value in sim.stats.items():
+            totals[key] = totals.get(key, 0) + value
+    return totals
 
 
 if "SEED" in os.environ:
@@ -37,12 +51,18 @@ else:
 
     @pytest.mark.parametrize("chunk", range(CHUNKS))
     def test_simulated_seeds(chunk: int) -> None:
-        totals: dict[str, int] = {}
-        for seed in range(chunk, SEEDS, CHUNKS):
-            sim = run_seed(seed)
-            for key, value in sim.stats.items():
-                totals[key] = totals.get(key, 0) + value
+        totals = run_chunk(range(chunk, SEEDS, CHUNKS), STEPS)
         # The runs must have done real work, or the checkers watched nothing.
         if SEEDS >= CHUNKS * 10:
+            assert totals.get("write-ok", 0) > 0 and totals.get("read-ok", 0) > 0, totals
+            assert totals.get("crash", 0) > 0, totals
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("chunk", range(CHUNKS))
+    def test_simulated_seeds_soak(chunk: int) -> None:
+        """The long variant of test_simulated_seeds: seeds CI never runs,
+        and longer runs of each."""
+        totals = run_chunk(range(SEEDS + chunk, SEEDS + SOAK_SEEDS, CHUNKS), SOAK_STEPS)
+        if SOAK_SEEDS >= CHUNKS * 10:
             assert totals.get("write-ok", 0) > 0 and totals.get("read-ok", 0) > 0, totals
             assert totals.get("crash", 0) > 0, totals

@@ -27,7 +27,7 @@ def test_transfer_catches_the_target_up_first() -> None:
         c.propose("a", b"%d" % n)
     c.heal()
     a.transfer_leadership("c")
-    with pytest.raises(ProposalDroppedError):
+    with pytest.raises(ProposalDroppedError, match="leadership is being transferred to c"):
         a.propose(b"during transfer")
     c.deliver_all()
     assert c.node("c").role == Role.LEADER
@@ -52,9 +52,9 @@ def test_transfer_to_an_unresponsive_target_is_aborted() -> None:
 def test_transfer_refused_for_non_voters() -> None:
     c = Cluster(ids="ab", learners="l")
     a = c.elect("a")
-    with pytest.raises(LeadershipTransferError):
+    with pytest.raises(LeadershipTransferError, match="l is not a voter"):
         a.transfer_leadership("l")
-    with pytest.raises(LeadershipTransferError):
+    with pytest.raises(LeadershipTransferError, match="nobody is not a voter"):
         a.transfer_leadership("nobody")
 
 

@@ -12,12 +12,16 @@ from tests.packaging.project import REPO
 
 LINK = re.compile(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)|<(https?://[^>\s]+)>")
 LOCAL = re.compile(r"^https?://(127\.0\.0\.1|localhost)([:/]|$)")
-SKIP_PARTS = {".git", "node_modules", "build"}
+SKIP_PARTS = {"node_modules", "build"}
 
 
 def markdown_files() -> list[Path]:
+    """The project's own Markdown: not what tools leave in hidden folders
+    (.git, .pytest_cache, .venv) or in installed packages."""
     return sorted(
-        p for p in REPO.rglob("*.md") if not SKIP_PARTS.intersection(p.relative_to(REPO).parts)
+        p
+        for p in REPO.rglob("*.md")
+        if not any(part in SKIP_PARTS or part.startswith(".") for part in p.relative_to(REPO).parts)
     )
 
 

@@ -124,15 +124,15 @@ def test_unencodable_numbers_raise_codec_error(value: int, where: str) -> None:
         msg = Message(
             MsgType.APPEND, "a", "b", fields["term"], index=fields["index"], commit=fields["commit"]
         )
-    with pytest.raises(CodecError):
+    with pytest.raises(CodecError, match=r"cannot encode .*out of range"):
         codec.serialize_batch([msg])
 
 
 def test_unencodable_strings_and_data_raise_codec_error() -> None:
-    with pytest.raises(CodecError):
+    with pytest.raises(CodecError, match=r"cannot encode .*surrogates not allowed"):
         codec.serialize_batch([Message(MsgType.VOTE, "\ud800", "b", 1)])
     bad_entry = Entry(1, 1, "not bytes")  # type: ignore[arg-type]
-    with pytest.raises(CodecError):
+    with pytest.raises(CodecError, match=r"cannot encode .*expected bytes, str found"):
         codec.serialize_batch([Message(MsgType.APPEND, "a", "b", 1, entries=(bad_entry,))])
 
 

@@ -148,8 +148,10 @@ def test_grpc_and_http_answer_from_the_table(
 
 
 def test_a_bug_reaches_grpc_as_itself() -> None:
-    servicer = Servicer(KeyError("x"))
-    with pytest.raises(KeyError):
+    bug = KeyError("x")
+    servicer = Servicer(bug)
+    with pytest.raises(KeyError) as raised:
         asyncio.run(servicer.Put(object(), Context()))
+    assert raised.value is bug, "the servicer's own exception, not another KeyError"
     assert servicer.observed == ["UNKNOWN"]
     assert http_error_for(KeyError("x"), Reports()) is None

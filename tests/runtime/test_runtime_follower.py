@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any
 
 from ramraft.consensus import Entry, Message, MsgType
@@ -15,6 +14,7 @@ from ramraft.server.config import NodeConfig
 from ramraft.server.machines.kv import KVMachine, encode_put
 from ramraft.server.runtime.loop import RaftRuntime
 from ramraft.server.storage import MemoryDisk, open_memory_storage
+from tests.httpcalls import wait_until_async
 
 LEADER, FOLLOWER = "l", "f"
 
@@ -32,16 +32,30 @@ class Captured:
         pass
 
 
-class WatchedStore:
-    """The log store, made to notice two threads inside it at once, and to
-    make commit-only saves (which the runtime runs on its disk thread) slow."""
+# A hang guard for the waits below, far beyond what any step takes.
+GUARD_SECONDS = 30.0
 
-    def __init__(self, inner: Any, slow_commit_only: float) -> None:
+
+class WatchedStore:
+    """The log store, made to notice two threads inside it at once, and,
+    once ``hold_commit_only()`` is called, to hold commit-only saves (which
+    the runtime runs on its disk thread) until ``release()``."""
+
+    def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.slow_commit_only = slow_commit_only
         self.inside = threading.Lock()
         self.overlaps = 0
         self.threads: list[str] = []
+        self.holding = False
+        self.commit_only_entered = threading.Event()
+        self.released = threading.Event()
+
+    def hold_commit_only(self) -> None:
+        self.holding = True
+
+    def release(self) -> None:
+        self.holding = False
+        self.released.set()
 
     def save(self, **kwargs: Any) -> None:
         self.threads.append(threading.current_thread().name)
@@ -50,8 +64,9 @@ class WatchedStore:
             self.inner.save(**kwargs)
             return
         try:
-            if not kwargs.get("entries") and kwargs.get("snapshot") is None:
-                time.sleep(self.slow_commit_only)
+            if self.holding and not kwargs.get("entries") and kwargs.get("snapshot") is None:
+                self.commit_only_entered.set()
+                self.released.wait(GUARD_SECONDS)
             self.inner.save(**kwargs)
         finally:
             self.inside.release()
@@ -76,14 +91,14 @@ def append(index: int, commit: int, data: bytes | None) -> Message:
     )
 
 
-async def acked(transport: Captured, index: int, timeout: float = 5.0) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for m in transport.sent:
-            if m.type == MsgType.APPEND_RESP and not m.reject and m.index >= index:
-                return time.monotonic()
-        await asyncio.sleep(0.001)
-    raise AssertionError(f"no acknowledgement of {index}: {transport.sent}")
+def has_ack(transport: Captured, index: int) -> bool:
+    return any(
+        m.type == MsgType.APPEND_RESP and not m.reject and m.index >= index for m in transport.sent
+    )
+
+
+async def acked(transport: Captured, index: int) -> None:
+    await wait_until_async(lambda: has_ack(transport, index), GUARD_SECONDS, f"ack of {index}")
 
 
 def test_follower_writes_on_the_loop_only_while_the_disk_thread_is_idle() -> None:
@@ -95,7 +110,7 @@ def test_follower_writes_on_the_loop_only_while_the_disk_thread_is_idle() -> Non
             tick_ms=1000,  # no election during the test
         )
         log_store, snapshots = open_memory_storage(MemoryDisk())
-        store = WatchedStore(log_store, slow_commit_only=0.3)
+        store = WatchedStore(log_store)
         runtime = RaftRuntime(config, KVMachine(), store, snapshots)  # type: ignore[arg-type]
         transport = Captured()
         runtime.transport = transport  # type: ignore[assignment]
@@ -106,17 +121,25 @@ def test_follower_writes_on_the_loop_only_while_the_disk_thread_is_idle() -> Non
             runtime.receive([append(1, 1, encode_put("a", b"1"))])
             await acked(transport, 2)
             assert store.threads[-1] == threading.main_thread().name
-            # The commit of 2 alone: a save on the disk thread (slow here).
+            # The commit of 2 alone: a save on the disk thread, held there.
+            store.hold_commit_only()
             runtime.receive([append(2, 2, None)])
-            await asyncio.sleep(0.05)
-            assert store.inside.locked(), "the commit-only save is running"
+            entered = await asyncio.to_thread(store.commit_only_entered.wait, GUARD_SECONDS)
+            assert entered and store.inside.locked(), "the commit-only save is running"
             # Entry 3 arrives while that save runs: it must wait its turn on
-            # the disk thread, not write alongside it.
-            started = time.monotonic()
+            # the disk thread, not write alongside it. Once the core holds
+            # entry 3 the loop has handled it (a write on the loop would have
+            # happened in that same turn).
+            core = runtime.core
+            assert core is not None
             runtime.receive([append(2, 2, encode_put("b", b"2"))])
+            await wait_until_async(lambda: core.last_index >= 3, GUARD_SECONDS, "entry 3 stepped")
+            assert store.overlaps == 0, "two threads were inside the log store at once"
+            assert not has_ack(transport, 3), "acknowledged before the disk was free"
+            store.release()
             await acked(transport, 3)
             assert store.overlaps == 0, "two threads were inside the log store at once"
-            assert time.monotonic() - started > 0.15, "acknowledged before the disk was free"
+            assert store.threads[-1] != threading.main_thread().name, "3 written on the loop"
             assert runtime.machine.applied_index >= 2
         finally:
             await runtime.close()

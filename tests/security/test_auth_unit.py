@@ -9,7 +9,6 @@ import base64
 import hashlib
 import os
 import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -32,9 +31,11 @@ from ramraft.server.security.auth import (
 )
 from ramraft.server.storage import MemoryDisk
 from ramraft.tools.cli import main
+from tests.httpcalls import wait_until_async
 from tests.runtime.test_runtime_single import make_runtime, started
 
 TOKEN = "s3cret-token-for-tests"
+GUARD_SECONDS = 30.0  # a hang guard for waits on the runtime, not a speed claim
 
 
 def test_token_file_roles_names_and_digests(tmp_path: Path) -> None:
@@ -167,26 +168,31 @@ def test_runtime_counts_requests_queued_for_the_next_turn() -> None:
         runtime, _ = make_runtime(MemoryDisk(), tick_ms=5)
         runtime.config.limits.max_pending_requests = 5
         await started(runtime)
-        release = threading.Event()
+        entered, release = threading.Event(), threading.Event()
         persist = runtime._persist
 
         def slow_persist(rd: object, sync: bool) -> None:
-            release.wait(5)
+            entered.set()
+            release.wait(GUARD_SECONDS)
             persist(rd, sync)  # type: ignore[arg-type]
 
         runtime._persist = slow_persist  # type: ignore[method-assign]
         first = asyncio.ensure_future(runtime.propose(encode_put("k0", b"v")))
-        await asyncio.sleep(0.05)  # the loop is now inside the slow persist
+        # the loop is now inside the slow persist
+        assert await asyncio.to_thread(entered.wait, GUARD_SECONDS)
         queued = [
             asyncio.ensure_future(runtime.propose(encode_put(f"k{n}", b"v"))) for n in range(1, 5)
         ]
+        # One yield: asyncio runs the four new tasks (up to their wait) first.
         await asyncio.sleep(0)
-        with pytest.raises(Overloaded):
+        assert runtime.pending_requests() == 5, "the proposals queued for the next turn count"
+        with pytest.raises(Overloaded, match="5 requests are waiting on this node already"):
             await runtime.propose(encode_put("one-too-many", b"v"))
         release.set()
-        started_at = time.monotonic()
-        await asyncio.wait_for(asyncio.gather(first, *queued), 5)
-        assert time.monotonic() - started_at < 5
+        # all five are then committed, each at its own index (the guard only
+        # bounds a hang)
+        results = await asyncio.wait_for(asyncio.gather(first, *queued), GUARD_SECONDS)
+        assert len({index for index, _ in results}) == 5
         await runtime.close()
 
     asyncio.run(scenario())
@@ -205,12 +211,16 @@ def test_runtime_logs_rejected_peer_messages() -> None:
             MsgType.APPEND, "intruder", "solo", 99, log_term=1, index=5,
             entries=(Entry(99, 9, b"x", EntryKind.NORMAL),),
         )  # fmt: skip
+        core = runtime.core
+        assert core is not None
         with structlog.testing.capture_logs() as logs:
-            for _ in range(100):
+            for n in range(1, 101):  # one at a time: a hundred turns of the loop
                 runtime.receive([bad])
-                await asyncio.sleep(0.002)
-            await asyncio.sleep(0.05)
-        term = runtime.core.term  # type: ignore[union-attr]
+                # the turn that counts a rejection also logs it (or not)
+                await wait_until_async(
+                    lambda n=n: core.rejected_messages >= n, GUARD_SECONDS, f"rejection {n}"
+                )
+        term = core.term
         await runtime.close()
         assert term < 99, "the rejected message moved the term"
         return [e for e in logs if e["event"] == "peer_message_rejected"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from ramraft.client import Client, InvalidArgument, ResourceExhausted
 from ramraft.proto import kv_pb2, kv_pb2_grpc
 from ramraft.tools.cli import build_parser
 from tests.security.cluster import SecureCluster
+from tests.security.conftest import wait_for
 from tests.server.procs import ProcessCluster, free_ports
 
 LIMIT_FLAGS = [
@@ -165,13 +165,23 @@ def test_inflight_counts_http_too(lone: LoneNode) -> None:
 
 def test_connections_per_port(lone: LoneNode) -> None:
     host, port = lone.http["n1"].rsplit(":", 1)
+    # No wait is needed before the ninth: the kernel queues connections in
+    # the order their handshakes completed and the node accepts (and counts)
+    # them in that order, so the eight are counted before the ninth arrives.
     held = [socket.create_connection((host, int(port)), timeout=5) for _ in range(8)]
     try:
-        time.sleep(0.2)
         extra = socket.create_connection((host, int(port)), timeout=5)
         extra.settimeout(5)
         assert extra.recv(1) == b"", "the ninth HTTP connection is closed at once"
         extra.close()
+        # ...by the limit, with the eight held ones counted
+        wait_for(
+            lambda: any(
+                "http_connection_refused" in line and '"open": 8' in line
+                for line in lone.node_log("n1").splitlines()
+            ),
+            what="the refusal logged with 8 open",
+        )
     finally:
         for s in held:
             s.close()

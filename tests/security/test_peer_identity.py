@@ -115,10 +115,12 @@ def test_a_caller_that_is_not_a_member_is_refused_before_any_message_is_read(
     with pytest.raises(Aborted) as e:
         run(h.servicer.stream(untouchable(), context))  # type: ignore[arg-type]
     assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
-    with pytest.raises(Aborted):
+    with pytest.raises(Aborted) as e:
         run(h.servicer.install_snapshot(untouchable(), context))  # type: ignore[arg-type]
-    with pytest.raises(Aborted):
+    assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(Aborted) as e:
         run(h.servicer.forward_stream(untouchable(), context))  # type: ignore[arg-type]
+    assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
     assert h.received == [] and h.forwarded == [] and h.servicer.refused_calls == 3
 
 
@@ -179,15 +181,16 @@ def test_one_snapshot_stream_per_peer(certs: Path) -> None:
     context = FakeContext(pem(certs, "n2"))
 
     async def scenario() -> None:
-        gate = asyncio.Event()
+        reading, gate = asyncio.Event(), asyncio.Event()
 
         async def slow() -> AsyncIterator[raft_pb2.SnapshotChunk]:
+            reading.set()
             await gate.wait()
             for chunk in snapshot_chunks(_snapshot_message("n2"), b"y", 1):
                 yield chunk
 
         first = asyncio.create_task(h.servicer.install_snapshot(slow(), context))  # type: ignore[arg-type]
-        await asyncio.sleep(0.01)
+        await reading.wait()  # the first stream is being read: it holds n2's slot
         with pytest.raises(Aborted) as e:
             await h.servicer.install_snapshot(untouchable(), context)  # type: ignore[arg-type]
         assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED

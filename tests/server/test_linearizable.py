@@ -12,11 +12,18 @@ from pathlib import Path
 import structlog
 
 from ramraft.client import SERIALIZABLE, Client
+from tests.httpcalls import wait_until_async
 from tests.linearizability import check
 from tests.server.history import History, Op, run_workload
 from tests.server.procs import ProcessCluster
 
 log = structlog.get_logger("tests.linearizable")
+
+# The workload runs between faults until this many more writes are
+# acknowledged (a count, not a while: a loaded machine just takes longer);
+# GUARD_SECONDS only bounds a hang.
+WRITES_BETWEEN = 15
+GUARD_SECONDS = 60.0
 
 
 def test_history_under_leader_kills_is_linearizable(tmp_path: Path) -> None:
@@ -39,12 +46,23 @@ def test_history_under_leader_kills_is_linearizable(tmp_path: Path) -> None:
                     history=history,
                 )
             )
+
+            async def more_writes(what: str) -> None:
+                """Let the workload get WRITES_BETWEEN writes acknowledged."""
+                target = len(history.acks) + WRITES_BETWEEN
+                await wait_until_async(lambda: len(history.acks) >= target, GUARD_SECONDS, what)
+
             for _ in range(2):
-                await asyncio.sleep(1.0)
+                await more_writes("writes before the kill")
                 victim = await asyncio.to_thread(cluster.kill_leader)  # SIGKILL
-                await asyncio.sleep(1.0)
+                await more_writes("writes under the new leader")
                 await asyncio.to_thread(cluster.start, victim)
-            await asyncio.sleep(1.0)
+            await more_writes("writes after the restart")
+            await wait_until_async(
+                lambda: history.outcomes["put:ok"] > 20 and history.outcomes["cas:ok"] > 20,
+                GUARD_SECONDS,
+                "enough puts and compare-and-swaps",
+            )
             stop.set()
             await load
             return history

@@ -94,9 +94,9 @@ def test_snapshot_round_trip() -> None:
 
 
 def test_composite_validates_tags() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs at least one machine"):
         CompositeMachine({})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="machine tag 0 is not a byte value"):
         CompositeMachine({0: KVMachine()})
 
 

@@ -6,6 +6,7 @@ import asyncio
 import enum
 import io
 import random
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -32,8 +33,8 @@ from ramraft.server.machines.statemachine import (
     ErrorCode,
     SnapshotError,
     SnapshotFormatError,
-    StateMachine,
 )
+from tests.statemachine.contract import check_state_machine_contract
 
 
 class Board(ReplicatedModel):
@@ -94,7 +95,17 @@ def make(n: int = 1) -> tuple[list[Board], list[ModelMachine], LocalProposer]:
 
 
 def test_model_machine_is_a_state_machine() -> None:
-    assert isinstance(ModelMachine(Board()), StateMachine)
+    commands = [
+        encode_call("add", ["one"], {"tags": ("a",)}),
+        encode_call("add", ["two"], session=(3, 1)),
+        encode_call("remove", [1]),
+        encode_call("add", [""]),  # fails: an error result, the same on every replica
+    ]
+    check_state_machine_contract(
+        lambda: ModelMachine(Board()),
+        commands,
+        lambda m: (m.model.notes, m.model.tags, m.model.next_id),  # type: ignore[attr-defined]
+    )
 
 
 def test_call_proposes_and_returns_the_applied_result() -> None:
@@ -220,9 +231,9 @@ def test_wrong_signature_is_refused_at_call_time() -> None:
     (board,), _, proposer = make()
     with pytest.raises(TypeError, match=r"Board\.add"):
         board.add()  # type: ignore[call-arg, unused-coroutine]
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
         board.add("x", colour="red")  # type: ignore[call-arg, unused-coroutine]
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"Board\.remove\(\): too many positional arguments"):
         board.remove(1, 2)  # type: ignore[call-arg, unused-coroutine]
     assert proposer.log == []
 
@@ -296,14 +307,17 @@ def test_class_definition_mistakes_are_caught() -> None:
 
     assert "ReplicatedModel" in str(info.value.__cause__ or info.value)
 
-    with pytest.raises((TypeError, RuntimeError)):
+    with pytest.raises((TypeError, RuntimeError)) as info:  # wrapped on 3.11, as above
 
         class E(ReplicatedModel):
             @command
             def snapshot_state(self) -> dict[str, Any]:  # type: ignore[override]
                 return {}
 
-    with pytest.raises(TypeError):
+    reason = str(info.value.__cause__ or info.value)
+    assert "snapshot_state is a ReplicatedModel method and cannot be a command" in reason
+
+    with pytest.raises(TypeError, match="ModelMachine needs a ReplicatedModel, got object"):
         ModelMachine(object())  # type: ignore[arg-type]
     board = Board()
     ModelMachine(board)
@@ -398,7 +412,7 @@ def test_encode_call_round_trip() -> None:
     assert call.name == "add" and call.args == ["x"] and call.kwargs == {"tags": ("a",)}
     assert call.session == (1, 2, 0)
     assert decode_call(encode_call("add", session=(1, 9, 4))).session == (1, 9, 4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape("0 <= first_unacked <= sequence; got (0, 1)")):
         encode_call("add", session=(0, 1))
 
 

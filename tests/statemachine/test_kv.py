@@ -27,12 +27,20 @@ from ramraft.server.machines.statemachine import (
     ApplyHalted,
     CommandError,
     ErrorCode,
-    StateMachine,
 )
+from tests.statemachine.contract import check_state_machine_contract
 
 
 def test_is_a_state_machine() -> None:
-    assert isinstance(KVMachine(), StateMachine)
+    commands = [
+        encode_put("a", b"1"),
+        encode_put("b", b"2", (7, 1)),
+        encode_cas("a", b"1", b"3"),
+        encode_delete("b"),
+        encode_noop(),
+        encode_put("c", b"4"),
+    ]
+    check_state_machine_contract(KVMachine, commands, lambda m: list(m.items()))
 
 
 def test_put_get_delete() -> None:
@@ -112,7 +120,7 @@ def test_range_prefix_start_after_limit() -> None:
     assert m.range(limit=len(keys) - 1)[1] is True
     assert m.range("zzz") == ([], False)
     assert m.range("\U0010ffff") == ([], False)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="limit must be >= 0"):
         m.range(limit=-1)
 
 
@@ -207,12 +215,13 @@ BAD_COMMANDS = [
 def test_bad_bytes_give_an_error_result_not_an_exception(data: bytes) -> None:
     m = KVMachine()
     m.apply(1, encode_put("k", b"before"))
-    with pytest.raises(BadCommandError):
+    with pytest.raises(BadCommandError) as decoding:
         decode_command(data)
     result = m.apply(2, data)
     assert isinstance(result, CommandError)
     assert result.code is ErrorCode.BAD_COMMAND
-    assert result.message
+    # the reason the decoder gave, e.g. "put takes 3 fields, got 2"
+    assert result.message == str(decoding.value)
     # the entry counts as applied, and nothing changed
     assert m.applied_index == 2
     assert list(m.items()) == [("k", b"before")]
@@ -357,9 +366,9 @@ def test_table_size_bound_evicts_least_recently_used() -> None:
 
 
 def test_session_limits_are_validated() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_sessions must be at least 1"):
         KVMachine(max_sessions=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="idle_entries must be at least 1"):
         KVMachine(session_idle_entries=0)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -263,10 +264,11 @@ def test_command_encoding_carries_first_unacked() -> None:
     cmd = decode_command(encode_put("k", b"v", (3, 9, 4)))
     assert cmd.session == Session(3, 9, 4)
     assert decode_command(encode_delete("k", (3, 9))).session == Session(3, 9, 0)
+    rule = "with ids in 1..2**64-1 and 0 <= first_unacked <= sequence; got "
     for bad in ((3, 9, 10), (3, 9, -1), (0, 1, 0), (3, 0, 0), (1, 2, 3, 4)):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=re.escape(f"{rule}{bad}")):
             encode_put("k", b"v", bad)  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape(f"{rule}(3, 9, 10)")):
         encode_call("f", session=(3, 9, 10))
 
 
@@ -292,9 +294,9 @@ def test_servicer_session_checks() -> None:
     assert _session(req(client_id=1, sequence=5)) == Session(1, 5, 0)
     with pytest.raises(BadRequest, match="must not exceed"):
         _session(req(client_id=1, sequence=5, first_unacked=6))
-    with pytest.raises(BadRequest):
+    with pytest.raises(BadRequest, match="needs both client_id and sequence"):
         _session(req(client_id=1))
-    with pytest.raises(BadRequest):
+    with pytest.raises(BadRequest, match="first_unacked but no client_id and sequence"):
         _session(req(first_unacked=1))
 
 
@@ -338,16 +340,20 @@ def test_kv_snapshot_keeps_every_reply_and_floor() -> None:
 
 
 def test_restore_refuses_a_table_that_breaks_its_invariants() -> None:
+    increasing = "client 1: reply sequences must be increasing and >= the floor"
     bad = [
-        [SessionRecord(1, 5, 1, ((4, None),))],  # reply below the floor
-        [SessionRecord(1, 1, 1, ((3, None), (2, None)))],  # not increasing
-        [SessionRecord(1, 1, 1, ()), SessionRecord(1, 1, 2, ())],  # client twice
-        [SessionRecord(0, 1, 1, ())],  # client id 0
+        ([SessionRecord(1, 5, 1, ((4, None),))], increasing),  # reply below the floor
+        ([SessionRecord(1, 1, 1, ((3, None), (2, None)))], increasing),  # not increasing
+        (
+            [SessionRecord(1, 1, 1, ()), SessionRecord(1, 1, 2, ())],  # client twice
+            "bad or repeated session client id 1",
+        ),
+        ([SessionRecord(0, 1, 1, ())], "bad or repeated session client id 0"),
     ]
-    for records in bad:
+    for records, reason in bad:
         table = SessionTable()
         table.load([SessionRecord(7, 1, 1, ((1, "kept"),))])
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=re.escape(reason)):
             table.load(records)
         assert table.get(7) == SessionRecord(7, 1, 1, ((1, "kept"),))
 

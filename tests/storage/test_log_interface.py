@@ -73,18 +73,24 @@ def test_rejected_batches_change_nothing(harness: Harness) -> None:
     log, _ = harness.open()
     log.load()
     log.save(entries=ents(1, 5, 2), hard_state=HardState(2, "n1", 3))
-    bad_batches = [
-        {"entries": ents(7, 8, 2)},  # gap after the last index
-        {"entries": ents(2, 3, 2)[::-1]},  # not consecutive
-        {"entries": [Entry(2, 6, b"a"), Entry(1, 7, b"b")]},  # term goes down in the batch
-        {"entries": ents(6, 6, 1)},  # term below the entry before it
-        {"entries": ents(3, 4, 3)},  # overwrites committed entry 3 with another term
-        {"hard_state": HardState(1, "", 3)},  # term goes back
-        {"hard_state": HardState(2, "n2", 3)},  # second vote in term 2
-        {"entries": [Entry(2, 6, b"x", 7)]},  # type: ignore[arg-type]  # unknown kind
+    # (batch, what the refusal must say): each is refused for its own reason
+    bad_batches: list[tuple[dict[str, object], str]] = [
+        ({"entries": ents(7, 8, 2)}, "start at index 7, but the log holds 1..5"),  # a gap
+        # not consecutive: the file store sees first that 3..2 would also
+        # discard committed entry 3, the memory store sees the order first
+        ({"entries": ents(2, 3, 2)[::-1]}, "consecutive indexes|would discard committed"),
+        (
+            {"entries": [Entry(2, 6, b"a"), Entry(1, 7, b"b")]},  # term goes down in the batch
+            "non-decreasing terms: got index 7 term 1 after index 6 term 2",
+        ),
+        ({"entries": ents(6, 6, 1)}, "entry 6 has term 1, below the term 2"),
+        ({"entries": ents(3, 4, 3)}, "refusing to overwrite committed entry 3"),
+        ({"hard_state": HardState(1, "", 3)}, "term would go back from 2 to 1"),
+        ({"hard_state": HardState(2, "n2", 3)}, "would change the vote in term 2"),
+        ({"entries": [Entry(2, 6, b"x", 7)]}, "unknown entry kind 7"),  # type: ignore[arg-type]
     ]
-    for bad in bad_batches:
-        with pytest.raises(ValueError):
+    for bad, reason in bad_batches:
+        with pytest.raises(ValueError, match=reason):
             log.save(**bad)  # type: ignore[arg-type]
     log.save(entries=ents(6, 6, 2))  # the store still takes good batches
     log, _ = harness.restart()
@@ -132,7 +138,7 @@ def test_leader_snapshot_with_conflicting_entry_discards_the_log(harness: Harnes
     assert state.snapshot == m
     assert state.entries == []
     log.save(entries=ents(7, 8, 2))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"start at index 10, but the log holds 7\.\.8"):
         log.save(entries=ents(10, 10, 2))
     log, _ = harness.restart()
     assert log.load().entries == ents(7, 8, 2)
@@ -145,7 +151,8 @@ def test_leader_snapshot_beyond_the_log_and_entries_in_one_batch(harness: Harnes
     m = meta(20, 3)
     commit_snapshot(snaps, m)
     log.save(snapshot=m, entries=ents(21, 25, 3), hard_state=HardState(3, "n2", 20))
-    with pytest.raises(ValueError):  # nothing may be written at or below the snapshot
+    # nothing may be written at or below the snapshot
+    with pytest.raises(ValueError, match=r"start at index 20, but the log holds 21\.\.25"):
         log.save(entries=ents(20, 21, 3))
     log, _ = harness.restart()
     state = log.load()
@@ -179,7 +186,7 @@ def test_compaction_keeps_what_the_snapshot_does_not_cover(harness: Harness) -> 
     log.load()
     for first in range(1, 400, 20):
         log.save(entries=ents(first, first + 19, 1), hard_state=HardState(1, "n1", first + 9))
-    with pytest.raises(ValueError):  # no snapshot covers it yet
+    with pytest.raises(ValueError, match="no committed snapshot covers it"):
         log.compact(150)
     m = meta(250, 1)
     commit_snapshot(snaps, m)
@@ -220,13 +227,13 @@ def test_memory_crash_loses_only_unsynced_batches(tmp_path: object) -> None:
 
 def test_call_order_is_enforced(harness: Harness) -> None:
     log, _ = harness.open()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"call load\(\) first"):
         log.save(entries=ents(1, 1, 1))
     log.load()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="may be called only once"):
         log.load()
     log.close()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="the log store is closed"):
         log.save(entries=ents(1, 1, 1))
 
 
@@ -265,9 +272,9 @@ def test_io_error_fails_the_store_and_keeps_acknowledged_data(
     monkeypatch.undo()
     with pytest.raises(StorageFailedError, match="refuses writes"):
         log.save(hard_state=HardState(2, "", 5))
-    with pytest.raises(StorageFailedError):
+    with pytest.raises(StorageFailedError, match="refuses writes"):
         log.compact(1)
-    assert log.failure is not None
+    assert "No space left on device" in str(log.failure), log.failure
     log, _ = harness.restart()
     state = log.load()
     # The failed batch was never acknowledged; it may be there (its write

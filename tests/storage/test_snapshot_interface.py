@@ -54,7 +54,7 @@ def test_nothing_is_visible_before_commit_and_abort_leaves_nothing(harness: Harn
     assert snaps.latest() is None
     writer.abort()
     writer.abort()  # idempotent
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="snapshot writer is closed"):
         writer.write(b"more")
     with pytest.raises(ZeroDivisionError), snaps.create(meta(11, 1)) as w:
         w.write(b"half")
@@ -106,5 +106,5 @@ def test_a_reader_keeps_reading_a_pruned_snapshot(harness: Harness) -> None:
 
 def test_invalid_index_is_refused(harness: Harness) -> None:
     _, snaps = harness.open()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="snapshot index must be positive, got 0"):
         snaps.create(meta(0, 0))

@@ -60,7 +60,7 @@ def test_a_plain_tuple_is_not_mistaken_for_a_kv_result() -> None:
 
 
 def test_bad_forwarded_results_are_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown forwarded result kind 9"):
         decode_result(b"\x93\x09\x00\x00")  # [9, 0, 0]: unknown kind
 
 

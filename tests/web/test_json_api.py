@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 import ramraft
 from tests.server.procs import ProcessCluster
-from tests.web.conftest import http, roles, wait_until
+from tests.web.conftest import http, roles, wait_http_ready, wait_until
 
 
 def put(address: str, key: str, value: bytes, headers: dict[str, str] | None = None):
@@ -227,6 +228,15 @@ def _total(
     return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
 
 
+def _lags(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> dict[str, float]:
+    """ramraft_member_lag_entries by member."""
+    return {
+        dict(labels)["member"]: value
+        for (name, labels), value in samples.items()
+        if name == "ramraft_member_lag_entries"
+    }
+
+
 def test_metrics_parse_and_move(kv_cluster: ProcessCluster) -> None:
     leader, followers = roles(kv_cluster)
     at_leader, at_follower = kv_cluster.http[leader], kv_cluster.http[followers[0]]
@@ -249,8 +259,8 @@ def test_metrics_parse_and_move(kv_cluster: ProcessCluster) -> None:
         assert any(n == name for n, _ in before), name
     assert _total(before, "ramraft_leader_changes_total") >= 1
     assert _total(before, "ramraft_build_info", version=ramraft.__version__) == 1
-    assert _total(before_leader, "ramraft_member_lag_entries") >= 0
-    assert any(n == "ramraft_member_lag_entries" for n, _ in before_leader)
+    # the leader reports every member's lag (itself included)...
+    assert set(_lags(before_leader)) == set(kv_cluster.ids), _lags(before_leader)
     for i in range(5):
         assert put(at_follower, f"metrics/{i}", b"x").status == 200
     with kv_cluster.client() as client:
@@ -278,6 +288,12 @@ def test_metrics_parse_and_move(kv_cluster: ProcessCluster) -> None:
         == _total(before, "ramraft_requests_total", **http_puts) + 5
     )
     assert _total(after, "ramraft_request_seconds_count", api="http", rpc="PUT /v1/kv/{key}") >= 5
+    # ...and, once the followers hold every entry, a lag of 0 for each
+    wait_until(
+        lambda: set(_lags(_samples(at_leader)).values()) == {0.0},
+        15,
+        "every member caught up in the leader's view",
+    )
     grpc_gets = dict(api="grpc", rpc="Get", code="OK")
     assert (
         sum(
@@ -341,26 +357,34 @@ def test_status_health_and_page(kv_cluster: ProcessCluster) -> None:
         assert f"ramraft {ramraft.__version__}, pid ".encode() in page.body
 
 
-def test_without_a_quorum_requests_get_503_with_a_reason(kv_cluster: ProcessCluster) -> None:
-    """Runs last in this module: it takes the cluster's quorum away."""
-    leader, followers = roles(kv_cluster)
-    survivor = followers[0]
-    address = kv_cluster.http[survivor]
-    kv_cluster.kill(leader)
-    kv_cluster.kill(followers[1])
-    wait_until(lambda: http(address, "GET", "/readyz").status == 503, 15, "readyz 503")
-    wait_until(
-        lambda: not http(address, "GET", "/v1/status").json()["node"]["leader"],
-        15,
-        "the survivor to forget the leader",
-    )
-    write = put(address, "nobody-home", b"x", None)
-    assert write.status in (503, 504)
-    write = http(address, "PUT", "/v1/kv/nobody-home?timeout=1", b"x")
-    assert write.status == 503, write.body
-    assert write.json()["error"] == "unavailable" and "leader" in write.json()["detail"]
-    read = http(address, "GET", "/v1/kv/greeting?timeout=1")
-    assert read.status == 503 and read.json()["error"] == "unavailable"
-    # A serializable read is still served from memory.
-    assert http(address, "GET", "/v1/kv/greeting?consistency=serializable").status == 200
-    assert http(address, "GET", "/healthz").status == 200
+def test_without_a_quorum_requests_get_503_with_a_reason(tmp_path: Path) -> None:
+    """On a cluster of its own: it takes the quorum away, which would break
+    every test of the shared module cluster that ran after it."""
+    with ProcessCluster(tmp_path, http=True) as cluster:
+        cluster.wait_for_leader()
+        wait_http_ready(cluster)
+        leader, followers = roles(cluster)
+        survivor = followers[0]
+        address = cluster.http[survivor]
+        written = put(address, "greeting", b"hello")
+        assert written.status == 200, written.body
+        cluster.wait_applied(survivor, written.json()["index"])  # before it is cut off
+        cluster.kill(leader)
+        cluster.kill(followers[1])
+        wait_until(lambda: http(address, "GET", "/readyz").status == 503, 15, "readyz 503")
+        wait_until(
+            lambda: not http(address, "GET", "/v1/status").json()["node"]["leader"],
+            15,
+            "the survivor to forget the leader",
+        )
+        write = put(address, "nobody-home", b"x", None)
+        assert write.status in (503, 504)
+        write = http(address, "PUT", "/v1/kv/nobody-home?timeout=1", b"x")
+        assert write.status == 503, write.body
+        assert write.json()["error"] == "unavailable" and "leader" in write.json()["detail"]
+        read = http(address, "GET", "/v1/kv/greeting?timeout=1")
+        assert read.status == 503 and read.json()["error"] == "unavailable"
+        # A serializable read is still served from memory.
+        local = http(address, "GET", "/v1/kv/greeting?consistency=serializable")
+        assert local.status == 200 and local.json()["value"] == "hello"
+        assert http(address, "GET", "/healthz").status == 200
