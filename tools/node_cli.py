@@ -505,7 +505,7 @@ def register(sub: Any) -> None:
     add_node_parser(sub)
     add_cluster_parser(sub)
     # Subcommands that live in modules of their own (each defines register()).
-    from ramraft.tools import bench, certs, chaos, tokens
+    from ramraft.tools import backup, bench, certs, chaos, tokens, versions
 
-    for module in (bench, chaos, certs, tokens):
+    for module in (bench, chaos, certs, tokens, backup, versions):
         module.register(sub)
