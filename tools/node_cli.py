@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from ramraft.server.config import (
     ConfigError,
-    NodeLimits,
     NodeConfig,
+    NodeLimits,
     TLSConfig,
     parse_address,
     parse_peers,
@@ -39,7 +39,10 @@ examples:
   ramraft node ... --http 127.0.0.1:8001 --app examples.notes:app   # pages at /app/
 
 The node's gRPC address is its own entry in --peers unless --listen overrides
-the bind address. With --peer-listen, peers talk on that separate port and
+the bind address. --http and --health-listen may give port 0 (any free port).
+Once the node serves, <data-dir>/ports.json names its pid and the addresses it
+listens on (JSON: id, pid, grpc, peer, http, health); it is removed at stop.
+With --peer-listen, peers talk on that separate port and
 --peers lists peer addresses.
 
 security (off by default; on in k8s/):
@@ -52,6 +55,10 @@ security (off by default; on in k8s/):
   they change on disk; new connections use the new certificate.
   --auth-tokens FILE requires a bearer token (roles read, write, admin; see
   `ramraft tokens`) on the gRPC and HTTP ports; health checks stay open.
+
+exit status: 0 stopped cleanly (SIGTERM, Ctrl-C); 1 stopped by a failure
+(storage, snapshot); 2 a bad setting, data directory or address; 4 a port is
+in use by another process (the same settings with another port can work).
 
 limits (excess requests get RESOURCE_EXHAUSTED / HTTP 429 at once; memory is
 bounded by about --max-inflight x --max-request-bytes plus the data):
@@ -68,6 +75,8 @@ bounded by about --max-inflight x --max-request-bytes plus the data):
 # The parser leaves a flag that was not given as None; resolve_settings()
 # fills it from the environment, then from the default. It runs only when
 # `ramraft node` runs: a bad RAMRAFT_TICK_MS must not break `ramraft get`.
+
+EXIT_PORT_IN_USE = 4  # ramraft node: a port to listen on is taken (a retry can pick another)
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -424,7 +433,7 @@ def run_node(args: argparse.Namespace) -> int:
     from ramraft.server.hosting import AppLoadError
     from ramraft.server.logs import configure_logging
     from ramraft.server.machines.statemachine import SnapshotError
-    from ramraft.server.node import Node
+    from ramraft.server.node import ListenError, Node
     from ramraft.server.security.auth import AuthConfigError
     from ramraft.server.storage import StorageError
 
@@ -444,6 +453,9 @@ def run_node(args: argparse.Namespace) -> int:
         return 2
     try:
         asyncio.run(node.run_until_signalled())
+    except ListenError as e:
+        print(f"ramraft node: {e}", file=sys.stderr)
+        return EXIT_PORT_IN_USE if e.in_use else 2
     except (StorageError, OSError) as e:
         print(f"ramraft node: {e}", file=sys.stderr)
         return 1
