@@ -16,9 +16,9 @@ so that whoever started the process knows it is up; it is removed when the
 node stops.
 
 Shutdown on SIGTERM/SIGINT: stop taking new requests on this node, hand
-leadership to the most caught-up voter if we lead, let in-flight writes
-finish (they commit under the new leader and resolve here when applied),
-flush, close, exit 0.
+leadership to the most caught-up voter that answered lately if we lead
+(none: no transfer, no wait), let in-flight writes finish (they commit under
+the new leader and resolve here when applied), flush, close, exit 0.
 """
 
 from __future__ import annotations
@@ -76,6 +76,11 @@ log = structlog.get_logger("ramraft.node")
 
 LIVENESS_SERVICE = "liveness"
 HEALTH_PORT_LIMIT = 64  # connections and concurrent calls on the plaintext health port
+# SIGTERM hands leadership only to a voter heard from within this many
+# heartbeat intervals (at least HANDOVER_MIN_ANSWER_WINDOW seconds): a
+# stopped peer keeps its match index, so only its silence tells it apart.
+HANDOVER_HEARTBEATS = 4
+HANDOVER_MIN_ANSWER_WINDOW = 0.2
 
 
 class ListenError(OSError):
@@ -474,20 +479,19 @@ class Node:
         if runtime is None or runtime.stopping:
             await self._stopped.wait()
             return
-        log.info("node_stopping", id=self.config.node_id)
+        log.info("node_stopping", id=self.config.node_id, role=runtime.role.value)
         self._ports_file().unlink(missing_ok=True)  # no longer (fully) serving
         deadline = time.monotonic() + grace
         if transfer and runtime.core is not None and runtime.failed is None:
+            alone = False
             if runtime.role is Role.LEADER and len(runtime.core.conf.voters) > 1:
-                assert self.membership is not None
-                try:
-                    new = await self.membership.transfer_leadership(timeout=min(5.0, grace / 2))
-                    log.info("leadership_handed_over", to=new)
-                except Exception as e:
-                    log.warning("leadership_handover_failed", error=str(e))
+                alone = not await self._hand_over(grace)
             # Let writes already in the log finish: they commit under the
-            # new leader and resolve here when applied.
-            await runtime.wait_idle(deadline - time.monotonic())
+            # new leader and resolve here when applied. With no peer
+            # answering they cannot commit: they fail at once (Unavailable;
+            # the client retries them under the same session).
+            if not alone:
+                await runtime.wait_idle(deadline - time.monotonic())
         runtime.stopping = True
         await self.health.enter_graceful_shutdown()
         if self.web is not None:
@@ -504,6 +508,32 @@ class Node:
         await runtime.close()
         log.info("node_stopped", id=self.config.node_id)
         self._stopped.set()
+
+    async def _hand_over(self, grace: float) -> bool:
+        """Hand leadership to a voter that answered lately and holds every
+        committed entry; without one, do not wait for a transfer that cannot
+        complete. Returns whether any such voter was found."""
+        cfg = self.config
+        membership = self.membership
+        assert membership is not None
+        within = max(
+            HANDOVER_MIN_ANSWER_WINDOW,
+            HANDOVER_HEARTBEATS * cfg.heartbeat_ticks * cfg.tick_ms / 1000,
+        )
+        candidates = await membership.handover_candidates(answered_within=within)
+        if not candidates:
+            log.warning(
+                "leadership_not_handed_over",
+                reason=f"no voter answered in the last {within:.2f}s holding every committed "
+                "entry; stopping without a transfer (the others elect a leader)",
+            )
+            return False
+        try:
+            new = await membership.transfer_leadership(candidates[0], timeout=min(5.0, grace / 2))
+            log.info("leadership_handed_over", to=new)
+        except Exception as e:
+            log.warning("leadership_handover_failed", to=candidates[0], error=str(e))
+        return True
 
     async def run_until_signalled(self) -> None:
         loop = asyncio.get_running_loop()
