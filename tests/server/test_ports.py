@@ -161,3 +161,60 @@ def test_a_stale_ports_json_is_replaced_before_anything_listens(tmp_path: Path) 
                 break
             time.sleep(0.05)
         assert json.loads(path.read_text())["pid"] == cluster.procs["n1"].pid
+
+
+def _hold_then_free(monkeypatch: pytest.MonkeyPatch, module: object) -> socket.socket:
+    """Make ``module.free_ports`` hand out a port we hold (listening) on its
+    first call: the race of a port taken between the pick and the bind."""
+    from ramraft.tools.bench import free_ports
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    calls = iter([[holder.getsockname()[1]]])
+
+    def picks(n: int) -> list[int]:
+        first = next(calls, None)
+        return first + free_ports(n - 1) if first is not None else free_ports(n)
+
+    monkeypatch.setattr(module, "free_ports", picks)
+    return holder
+
+
+def test_process_cluster_starts_again_on_new_ports_when_one_was_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.server import procs
+
+    with _hold_then_free(monkeypatch, procs) as holder:
+        taken = f"127.0.0.1:{holder.getsockname()[1]}"
+        with ProcessCluster(tmp_path, nodes=1) as cluster:
+            assert cluster.grpc["n1"] != taken
+            assert cluster.wait_for_leader() == "n1"
+            assert f"--listen {taken}: cannot listen" in cluster.node_log("n1")
+
+
+def test_bench_cluster_starts_again_on_new_ports_when_one_was_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from ramraft.tools import bench
+
+    with _hold_then_free(monkeypatch, bench) as holder:
+        taken = f"127.0.0.1:{holder.getsockname()[1]}"
+
+        async def scenario() -> None:
+            cluster = bench.Cluster(
+                None, inproc=False, root=tmp_path, tick_ms=10, fsync=False, node_args=[]
+            )
+            assert cluster.addresses["n1"] == taken
+            try:
+                await cluster.start()
+                assert taken not in cluster.endpoints
+                await cluster.leader()
+            finally:
+                await cluster.stop()
+
+        asyncio.run(scenario())
+        assert f"--listen {taken}: cannot listen" in (tmp_path / "n1" / "node.log").read_text()
