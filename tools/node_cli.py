@@ -1,4 +1,5 @@
-"""``ramraft node`` and ``ramraft cluster`` (registered into tools/cli.py).
+"""``ramraft node`` (and, from local_cluster.py, ``ramraft cluster``), registered
+into tools/cli.py.
 
 Every ``node`` flag can also be given as an environment variable
 (``--data-dir`` -> ``RAMRAFT_DATA_DIR``), so a StatefulSet pod derives its id
@@ -10,10 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,6 @@ from ramraft.server.config import (
     NodeConfig,
     NodeLimits,
     TLSConfig,
-    parse_address,
     parse_peers,
 )
 
@@ -471,143 +468,9 @@ def run_node(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- ramraft cluster --------------------------------------------------------------------------
-
-
-def add_cluster_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "cluster",
-        help="run a local cluster in the foreground",
-        description="Run a local cluster of N nodes in the foreground (Ctrl-C stops them all).",
-    )
-    p.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
-    p.add_argument(
-        "--data-dir",
-        default="ramraft-data",
-        help="parent of the nodes' data dirs (default ./ramraft-data)",
-    )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument(
-        "--grpc-port", type=int, default=7001, help="first node's gRPC port (default 7001)"
-    )
-    p.add_argument(
-        "--http-port",
-        type=int,
-        default=8001,
-        help="first node's HTTP port (default 8001; 0: no web tier)",
-    )
-    p.add_argument(
-        "--app", default="", help="serve an application model: module:factory (see examples/)"
-    )
-    p.add_argument(
-        "--node-arg", action="append", default=[], help="extra argument for every node (repeatable)"
-    )
-    p.add_argument(
-        "--tls-dir",
-        default="",
-        help="turn TLS on with the certificates in this directory (made there with "
-        "`ramraft certs` if it has none)",
-    )
-    p.set_defaults(func=run_cluster)
-
-
-def run_cluster(args: argparse.Namespace) -> int:
-    if not 1 <= args.nodes <= 9:
-        print("ramraft cluster: --nodes must be between 1 and 9", file=sys.stderr)
-        return 2
-    ids = [f"n{i + 1}" for i in range(args.nodes)]
-    grpc_addresses = {i: f"{args.host}:{args.grpc_port + n}" for n, i in enumerate(ids)}
-    for address in grpc_addresses.values():
-        parse_address(address, "address")
-    peers = ",".join(f"{i}={a}" for i, a in grpc_addresses.items())
-    data = Path(args.data_dir)
-    tls_dir = Path(args.tls_dir) if args.tls_dir else None
-    if tls_dir is not None and not all(
-        (tls_dir / name).exists() for name in ["ca.pem", *(f"{i}.pem" for i in ids)]
-    ):
-        from ramraft.tools.certs import make_cluster_certs
-
-        make_cluster_certs(tls_dir, {i: [args.host, "localhost"] for i in ids})
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    scheme = "https" if tls_dir is not None else "http"
-    print(f"ramraft cluster: {args.nodes} nodes, data under {data.resolve()}")
-    for n, node_id in enumerate(ids):
-        cmd = [
-            sys.executable,
-            "-m",
-            "ramraft",
-            "node",
-            "--id",
-            node_id,
-            "--peers",
-            peers,
-            "--data-dir",
-            str(data / node_id),
-            *args.node_arg,
-        ]
-        http = ""
-        if args.http_port:
-            http = f"{args.host}:{args.http_port + n}"
-            cmd += ["--http", http]
-        if args.app:
-            cmd += ["--app", args.app]
-        if tls_dir is not None:
-            cmd += ["--tls-cert", str(tls_dir / f"{node_id}.pem")]
-            cmd += ["--tls-key", str(tls_dir / f"{node_id}-key.pem")]
-            cmd += ["--tls-ca", str(tls_dir / "ca.pem")]
-        env = dict(os.environ, RAMRAFT_LOG_LEVEL=os.environ.get("RAMRAFT_LOG_LEVEL", "warning"))
-        procs[node_id] = subprocess.Popen(cmd, env=env)
-        print(
-            f"  {node_id}: grpc {grpc_addresses[node_id]}"
-            + (f"  http {scheme}://{http}/" if http else "")
-            + (f"  app {scheme}://{http}/app/" if http and args.app else "")
-        )
-    tls_options = ""
-    if tls_dir is not None:
-        # One port for peers and clients: clients need a certificate too.
-        tls_options = (
-            f" --tls-ca {tls_dir / 'ca.pem'} --tls-cert {tls_dir / 'client.pem'}"
-            f" --tls-key {tls_dir / 'client-key.pem'}"
-        )
-    print(
-        f"try: ramraft put hello world --endpoints {','.join(grpc_addresses.values())}"
-        + tls_options
-    )
-    print("Ctrl-C stops the cluster.")
-    stop = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    code = 0
-    while not stop:
-        for node_id, proc in procs.items():
-            if proc.poll() is not None:
-                print(
-                    f"ramraft cluster: {node_id} exited with {proc.returncode}; stopping",
-                    file=sys.stderr,
-                )
-                code = 1
-                stop = True
-                break
-        time.sleep(0.2)
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for node_id, proc in procs.items():
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            print(f"ramraft cluster: {node_id} did not stop in 20 s; killing it", file=sys.stderr)
-            proc.kill()
-    print("ramraft cluster: stopped")
-    return code
-
-
 def register(sub: Any) -> None:
+    from ramraft.tools.local_cluster import add_cluster_parser
+
     add_node_parser(sub)
     add_cluster_parser(sub)
     # Subcommands that live in modules of their own (each defines register()).
