@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.needs import not_installed
 from tests.packaging.project import REPO, project_version
 
 pytestmark = pytest.mark.install
@@ -313,7 +314,7 @@ def test_mypy_sees_the_installed_packages_types(venv: Path, tmp_path: Path) -> N
     """mypy --strict on a user's script, resolving ramraft in the fresh venv
     (--python-executable): py.typed makes the real signatures visible."""
     if importlib.util.find_spec("mypy") is None:
-        pytest.skip("mypy is not installed (pip install -e '.[dev]')")
+        pytest.skip(not_installed("mypy", "pip install -e '.[dev]'"))
     script = tmp_path / "app.py"
     script.write_text(USER_SCRIPT)
     done = _run(
