@@ -75,9 +75,12 @@ def _fresh_structlog() -> Iterator[None]:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pluggy.Result[pytest.TestReport]]:
-    """In CI, a skip for something an install fixes is a failure (tests/needs.py)."""
+    """Keeps each phase's report on the item (``item.rep_call``: fixtures that
+    print logs when the test failed), and in CI makes a skip for something an
+    install fixes a failure (tests/needs.py)."""
     outcome = yield
     report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
     if report.skipped and in_ci() and isinstance(report.longrepr, tuple):
         reason = str(report.longrepr[2]).removeprefix("Skipped: ")
         if reason.startswith(NOT_INSTALLED):

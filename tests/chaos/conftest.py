@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 
-import pluggy
 import pytest
 
 from tests.chaos.netns import ChaosNet, sweep, unsupported_reason
@@ -19,15 +18,6 @@ def chaos_unsupported() -> str | None:
     if not _support:
         _support.append(unsupported_reason())
     return _support[0]
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pluggy.Result[pytest.TestReport]]:
-    outcome = yield
-    report = outcome.get_result()
-    setattr(item, f"rep_{report.when}", report)
 
 
 @pytest.fixture(scope="session")
