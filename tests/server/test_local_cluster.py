@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shlex
 import signal
 import socket
@@ -24,23 +23,9 @@ from ramraft.client import Client
 from ramraft.proto import admin_pb2
 from ramraft.tools.cli import build_parser
 from tests.httpcalls import http
+from tests.ports import free_port_runs
 
 SAFETY = 60.0  # seconds: a generous bound on every wait below, never a speed claim
-
-
-def _free_run(n: int) -> int:
-    """A first port of ``n`` consecutive ports that are free now (only
-    candidates: LocalCluster retries when one is taken at start)."""
-    for _ in range(200):
-        base = random.randrange(20_000, 60_000 - n)
-        try:
-            for port in range(base, base + n):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise AssertionError("no run of free ports")
 
 
 class LocalCluster:
@@ -56,8 +41,9 @@ class LocalCluster:
         self.err = cwd / "cluster.err"
 
     def pick_ports(self) -> None:
-        self.grpc_base = _free_run(self.nodes)
-        self.http_base = _free_run(self.nodes) if self.http_ports else 0
+        self.grpc_base, self.http_base = free_port_runs(2, self.nodes)
+        if not self.http_ports:
+            self.http_base = 0
 
     def start(self) -> subprocess.Popen[bytes]:
         self.pick_ports()
