@@ -19,6 +19,7 @@ node`` commands on stdout; what happens to the nodes on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -114,7 +115,10 @@ class LocalNode:
     ports: dict[str, Any] = field(default_factory=dict)
 
     def start(self, env: dict[str, str]) -> None:
-        (self.data_dir / PORTS_FILE).unlink(missing_ok=True)
+        # A stale file would pass for this start's; the node says what is
+        # wrong with a data directory that is not one.
+        with contextlib.suppress(OSError):
+            (self.data_dir / PORTS_FILE).unlink(missing_ok=True)
         self.proc = subprocess.Popen([sys.executable, "-m", "ramraft", *self.argv], env=env)
         self.started_at = time.monotonic()
         self.restart_at = None
@@ -126,7 +130,7 @@ class LocalNode:
             return False
         try:
             ports = json.loads((self.data_dir / PORTS_FILE).read_text())
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):
             return False
         if ports.get("pid") != self.proc.pid:
             return False

@@ -210,17 +210,13 @@ def test_a_node_that_keeps_crashing_is_left_down_after_growing_delays(tmp_path: 
     with local_cluster(tmp_path, *args) as cluster:
         cluster.start_serving()
         victim = "n3"
-        port = cluster.grpc_base + 2
         pid = int(cluster.ports(victim)["pid"])
-        with socket.socket() as holder:
-            os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
-                time.sleep(0.01)
-            # Its port taken: every restart now fails at once.
-            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            holder.bind(("127.0.0.1", port))
-            holder.listen()
-            cluster.wait_for(lambda: "left down" in cluster.stderr(), "given up")
+        os.kill(pid, signal.SIGKILL)
+        # Its data directory replaced by a file: every restart now fails at once.
+        data_dir = tmp_path / "ramraft-data" / victim
+        data_dir.rename(data_dir.with_name("moved"))
+        data_dir.write_text("not a directory")
+        cluster.wait_for(lambda: "left down" in cluster.stderr(), "given up")
         err = cluster.stderr()
         delays = [
             line.rpartition(" in ")[2]
@@ -228,8 +224,8 @@ def test_a_node_that_keeps_crashing_is_left_down_after_growing_delays(tmp_path: 
             if line.startswith(f"ramraft cluster: {victim} stopped") and "restarting" in line
         ]
         assert delays == ["0.2 s", "0.4 s"], err
-        assert err.count(f"--listen 127.0.0.1:{port}: cannot listen: port {port} is in use") == 2
-        assert f"{victim} stopped (exit status 4); it stopped 3 times in a row" in err
+        assert err.count(f"--data-dir ramraft-data/{victim}: is a file, not a directory") == 2
+        assert f"{victim} stopped (exit status 2); it stopped 3 times in a row" in err
         # The other two still make a majority.
         with Client(cluster.endpoints(["n1", "n2"]), timeout=SAFETY) as c:
             c.put("k", b"v")
