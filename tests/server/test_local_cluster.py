@@ -7,6 +7,7 @@ cannot import before starting anything."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -54,7 +55,12 @@ class LocalCluster:
         argv += ["--grpc-port", str(self.grpc_base), "--http-port", str(self.http_base)]
         with self.out.open("wb") as out, self.err.open("wb") as err:
             self.proc = subprocess.Popen(
-                [*argv, *self.args], cwd=self.cwd, stdout=out, stderr=err, env=_env()
+                [*argv, *self.args],
+                cwd=self.cwd,
+                stdout=out,
+                stderr=err,
+                env=_env(),
+                start_new_session=True,  # its nodes share its group: kill() reaches them all
             )
         return self.proc
 
@@ -100,16 +106,18 @@ class LocalCluster:
         return self.proc.wait(timeout=SAFETY)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        for data_dir in (self.cwd / "ramraft-data").glob("n*"):
-            try:
-                pid = int(json.loads((data_dir / "ports.json").read_text())["pid"])
-            except (OSError, ValueError):
-                continue
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        """Stop the cluster as Ctrl-C would, then SIGKILL whatever of its
+        process group is left (nodes included, even ones that never wrote
+        their ports.json)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=SAFETY)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
 
 def _env() -> dict[str, str]:
