@@ -144,6 +144,12 @@ class Steward:
                 ),
             )
 
+    def unfit_to_lead(self) -> set[str]:
+        """Members that must not be handed leadership: halted ones (as they
+        last told this leader) and those the divergence alarm names."""
+        halted = {node for node, info in self.known.items() if info.halted}
+        return halted | set(self.runtime.cluster_state().alarm_nodes)
+
     # ---- the leader's rounds ------------------------------------------------------------------
 
     def start(self) -> None:
