@@ -34,7 +34,7 @@ versions     ``[1, app_version, kv_version]``   switch forward (runs ``upgrade``
 hold         ``[2, hold]``                      hold or release version switches
 cluster id   ``[3, id]``                        name the cluster (first one wins)
 check        ``[4]``                            every node digests its state here
-alarm        ``[5, check_index, [node, ...]]``  raise (nodes) or clear ([]) it
+alarm        ``[5, index, [node, ...], minor]``  raise (nodes) or clear ([]) it
 ============ ================================== =================================
 
 An op this code does not know was written by newer code: applying it raises
@@ -114,6 +114,10 @@ class ClusterState:
     alarm_nodes: tuple[str, ...] = field(default=())
     """The nodes whose state differed from the majority's (all of them when
     there was no majority)."""
+    alarm_minority: bool = False
+    """True when a majority agreed and alarm_nodes are its minority: those
+    may not lead. False when no state had a majority: nobody knows which is
+    right, so nobody is barred from leading (the cluster stays repairable)."""
 
     def to_plain(self) -> dict[str, Any]:
         return {
@@ -123,6 +127,7 @@ class ClusterState:
             "hold": self.hold,
             "alarm_index": self.alarm_index,
             "alarm_nodes": list(self.alarm_nodes),
+            "alarm_minority": self.alarm_minority,
         }
 
     @classmethod
@@ -140,6 +145,7 @@ class ClusterState:
             hold=plain.get("hold", False),
             alarm_index=plain.get("alarm_index", 0),
             alarm_nodes=tuple(plain.get("alarm_nodes", ())),
+            alarm_minority=plain.get("alarm_minority", False),
         )
         if state.cluster_id and not valid_cluster_id(state.cluster_id):
             raise ValueError(f"bad cluster id {state.cluster_id!r}")
@@ -147,7 +153,11 @@ class ClusterState:
             value = getattr(state, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"bad {name} {value!r}")
-        if type(state.hold) is not bool or type(state.alarm_index) is not int:
+        if (
+            type(state.hold) is not bool
+            or type(state.alarm_index) is not int
+            or type(state.alarm_minority) is not bool
+        ):
             raise ValueError("bad hold or alarm in cluster state")
         if not all(isinstance(n, str) for n in state.alarm_nodes):
             raise ValueError("bad alarm nodes in cluster state")
@@ -194,8 +204,10 @@ def encode_check() -> bytes:
     return _encode([ClusterOp.CHECK.value])
 
 
-def encode_alarm(check_index: int, nodes: list[str]) -> bytes:
-    return _encode([ClusterOp.ALARM.value, check_index, sorted(nodes)])
+def encode_alarm(check_index: int, nodes: list[str], minority: bool = False) -> bytes:
+    """Raise the alarm for ``nodes`` (a majority's ``minority``, or all when
+    no state had a majority), or clear it (no nodes)."""
+    return _encode([ClusterOp.ALARM.value, check_index, sorted(nodes), bool(minority)])
 
 
 class _BadClusterCommand(ValueError):
@@ -347,14 +359,22 @@ class ClusterMachine:
             return index
         # ALARM
         if (
-            len(args) != 2
+            len(args) != 3
             or type(args[0]) is not int
             or type(args[1]) is not list
             or not all(isinstance(n, str) for n in args[1])
+            or type(args[2]) is not bool
         ):
-            raise _BadClusterCommand("alarm takes a check index and a list of node ids")
+            raise _BadClusterCommand("alarm takes a check index, node ids and a minority flag")
         nodes = tuple(args[1])
-        self._set(replace(state, alarm_index=args[0] if nodes else 0, alarm_nodes=nodes))
+        self._set(
+            replace(
+                state,
+                alarm_index=args[0] if nodes else 0,
+                alarm_nodes=nodes,
+                alarm_minority=args[2] and bool(nodes),
+            )
+        )
         return None
 
     def _switch(self, index: int, app_version: int, kv_version: int) -> object:

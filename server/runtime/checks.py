@@ -12,8 +12,11 @@ the check's index (runtime/steward.py asks them over Peer.Info) and compares:
   holds are *diverged* (all of them when no digest has a majority). The leader
   raises the alarm through the log, so every node knows it: its
   ``ramraft_state_divergence`` gauge is 1, diverged nodes report not ready,
-  a diverged leader hands leadership to a node that is not, and the status
-  page and ``ramraft status`` name them.
+  the status page and ``ramraft status`` name them, and when a majority
+  agreed, a diverged node may not lead (a diverged leader steps down). With
+  no majority nobody knows which state is right: every node is named and
+  not ready, but none is barred from leading, so an operator can still
+  repair the cluster through it.
 
 The comparison is :func:`compare`, a pure function.
 """
@@ -45,6 +48,8 @@ class Verdict:
     diverged: tuple[str, ...]
     """Nodes whose digest is not the majority's (every node when no digest
     has a strict majority of the members)."""
+    minority: bool = False
+    """True when a majority agreed: ``diverged`` is its minority."""
 
     @property
     def equal(self) -> bool:
@@ -58,12 +63,11 @@ def compare(index: int, digests: Mapping[str, str], members: int) -> Verdict:
     counts = Counter(digests.values())
     majority = next((d for d, n in counts.items() if n > members // 2), None)
     if majority is None and len(counts) <= 1:
-        diverged: tuple[str, ...] = ()  # equal so far, just not enough answers
-    elif majority is None:
-        diverged = tuple(sorted(digests))
-    else:
-        diverged = tuple(sorted(node for node, d in digests.items() if d != majority))
-    return Verdict(index, dict(digests), diverged)
+        return Verdict(index, dict(digests), ())  # equal so far, just not enough answers
+    if majority is None:
+        return Verdict(index, dict(digests), tuple(sorted(digests)))
+    diverged = tuple(sorted(node for node, d in digests.items() if d != majority))
+    return Verdict(index, dict(digests), diverged, minority=bool(diverged))
 
 
 class StateDigests:

@@ -131,7 +131,8 @@ class Steward:
         """Runs while the entry that changed the record is applied (inside a
         loop turn): what touches the core waits for the turn's end."""
         diverged = self.runtime.id in state.alarm_nodes
-        self.runtime.schedule(lambda core: _set_may_lead(core, not diverged))
+        barred = diverged and state.alarm_minority
+        self.runtime.schedule(lambda core: _set_may_lead(core, not barred))
         if state.alarm_nodes:
             log.error(
                 "state_divergence",
@@ -148,7 +149,8 @@ class Steward:
         """Members that must not be handed leadership: halted ones (as they
         last told this leader) and those the divergence alarm names."""
         halted = {node for node, info in self.known.items() if info.halted}
-        return halted | set(self.runtime.cluster_state().alarm_nodes)
+        state = self.runtime.cluster_state()
+        return halted | (set(state.alarm_nodes) if state.alarm_minority else set())
 
     # ---- the leader's rounds ------------------------------------------------------------------
 
@@ -275,14 +277,20 @@ class Steward:
 
     async def _settle_alarm(self, verdict: Verdict, *, complete: bool) -> None:
         state = self.runtime.cluster_state()
-        if verdict.diverged and verdict.diverged != state.alarm_nodes:
+        if verdict.diverged and (verdict.diverged, verdict.minority) != (
+            state.alarm_nodes,
+            state.alarm_minority,
+        ):
             log.error(
                 "state_divergence_found",
                 check_index=verdict.index,
                 diverged=list(verdict.diverged),
+                majority_agreed=verdict.minority,
                 digests=verdict.digests,
             )
-            await self.runtime.propose(encode_alarm(verdict.index, list(verdict.diverged)))
+            await self.runtime.propose(
+                encode_alarm(verdict.index, list(verdict.diverged), verdict.minority)
+            )
         elif not verdict.diverged and state.alarm_nodes and complete:
             log.info("state_divergence_cleared", check_index=verdict.index)
             await self.runtime.propose(encode_alarm(verdict.index, []))

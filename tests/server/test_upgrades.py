@@ -146,8 +146,10 @@ def test_a_rolling_upgrade_switches_versions_without_losing_or_splitting(tmp_pat
                     assert all(s.app_version == 1 for s in node_statuses(cluster).values())
             # Every node runs version 2: the leader switches, at one index.
             cluster.wait_until(
-                lambda: len(node_statuses(cluster)) == 3
-                and all(s.app_version == 2 for s in node_statuses(cluster).values()),
+                lambda: (
+                    len(node_statuses(cluster)) == 3
+                    and all(s.app_version == 2 for s in node_statuses(cluster).values())
+                ),
                 timeout=SWITCH_WAIT,
                 what="every node switched to app version 2",
             )
@@ -234,8 +236,10 @@ def test_the_upgrade_hold_is_replicated_and_survives_a_new_leader(tmp_path: Path
         cluster.wait_for_leader()
         cluster.start_nodes([killed])  # a switch waits until every member can answer
         cluster.wait_until(
-            lambda: len(node_statuses(cluster)) == 3
-            and all(s.upgrade_hold for s in node_statuses(cluster).values()),
+            lambda: (
+                len(node_statuses(cluster)) == 3
+                and all(s.upgrade_hold for s in node_statuses(cluster).values())
+            ),
             what="the hold everywhere",
         )
         time.sleep(3)  # several steward rounds: still no switch while held

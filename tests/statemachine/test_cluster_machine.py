@@ -167,12 +167,13 @@ def test_hold_cluster_id_and_alarm() -> None:
     machine.apply(2, encode_cluster_id("blue-1"))
     second = machine.apply(3, encode_cluster_id("green-2"))
     assert isinstance(second, CommandError)  # the first id wins everywhere
-    machine.apply(4, encode_alarm(7, ["n2"]))
+    machine.apply(4, encode_alarm(7, ["n2"], minority=True))
     assert machine.state == ClusterState(
-        cluster_id="blue-1", hold=True, alarm_index=7, alarm_nodes=("n2",)
+        cluster_id="blue-1", hold=True, alarm_index=7, alarm_nodes=("n2",), alarm_minority=True
     )
     machine.apply(5, encode_alarm(9, []))
     assert machine.state.alarm_index == 0 and machine.state.alarm_nodes == ()
+    assert not machine.state.alarm_minority
     assert len(changes) == 4
     assert ClusterState.from_plain(machine.state.to_plain()) == machine.state
     assert ClusterState.from_plain(None) == ClusterState()  # an earlier release's header
