@@ -97,12 +97,12 @@ def run_verify(path: str, as_json: bool, app: str | None) -> int:
         try:
             model = load_app(app).model
         except AppLoadError as exc:
-            print(f"ramraft backup: --app: {exc}", file=sys.stderr)
+            print(f"ramraft: error: --app: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
     try:
         header, summary = verify_backup(path, model=model)
     except BackupError as exc:
-        print(f"ramraft backup: {exc}", file=sys.stderr)
+        print(f"ramraft: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     report = _summary_json(header, summary)
     if as_json:
@@ -186,11 +186,11 @@ def run_restore(args: argparse.Namespace) -> int:
     try:
         peers = parse_peers(args.peers)
     except ConfigError as exc:
-        print(f"ramraft restore: --peers: {exc}", file=sys.stderr)
+        print(f"ramraft: error: --peers: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.cluster_id and not valid_cluster_id(args.cluster_id):
         print(
-            f"ramraft restore: --cluster-id {args.cluster_id!r}: 1-64 letters, digits, '.', "
+            f"ramraft: error: --cluster-id {args.cluster_id!r}: 1-64 letters, digits, '.', "
             "'_' or '-'",
             file=sys.stderr,
         )
@@ -200,10 +200,10 @@ def run_restore(args: argparse.Namespace) -> int:
             args.file, Path(args.data_dir), args.id, peers, args.cluster_id or "", args.force
         )
     except BackupError as exc:
-        print(f"ramraft restore: {exc}", file=sys.stderr)
+        print(f"ramraft: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:
-        print(f"ramraft restore: --data-dir {args.data_dir}: {exc.strerror}", file=sys.stderr)
+        print(f"ramraft: error: --data-dir {args.data_dir}: {exc.strerror}", file=sys.stderr)
         return EXIT_ERROR
     print(
         f"restored index {header.index} (term {header.term}) into {args.data_dir} as node "
@@ -280,25 +280,28 @@ def take_backup(client: Any, out: Path, *, progress: bool = False) -> tuple[Any,
 
 
 def run_backup(args: argparse.Namespace) -> int:
+    from ramraft.tools.cli import json_from_args
+
+    as_json = json_from_args(args)
     if args.verify:
-        return run_verify(args.verify, args.json, args.app)
+        return run_verify(args.verify, as_json, args.app)
     if not args.out:
-        print("ramraft backup: give --out FILE (or --verify FILE)", file=sys.stderr)
+        print("ramraft: error: backup needs --out FILE (or --verify FILE)", file=sys.stderr)
         return EXIT_BAD_INPUT
     from ramraft.client.errors import RamraftError
     from ramraft.tools.cli import UsageError, client_from_args
 
     try:
         with client_from_args(args) as client:
-            info, size = take_backup(client, Path(args.out), progress=not args.json)
+            info, size = take_backup(client, Path(args.out), progress=not as_json)
     except UsageError as e:
-        print(f"ramraft backup: {e}", file=sys.stderr)
+        print(f"ramraft: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (RamraftError, BackupError) as e:
-        print(f"ramraft backup: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"ramraft: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as e:
-        print(f"ramraft backup: --out {args.out}: {e.strerror}", file=sys.stderr)
+        print(f"ramraft: error: --out {args.out}: {e.strerror}", file=sys.stderr)
         return EXIT_ERROR
     report = {
         "file": str(args.out),
@@ -309,7 +312,7 @@ def run_backup(args: argparse.Namespace) -> int:
         "keys": info.keys,
         "node": info.node,
     }
-    if args.json:
+    if as_json:
         print(json.dumps(report, sort_keys=True))
     else:
         print(
