@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ramraft.consensus.types import check_node_id
+from ramraft.server.machines.cluster import valid_cluster_id
 
 
 class ConfigError(ValueError):
@@ -179,6 +180,15 @@ class NodeConfig:
     # member still accepts it as leader (see server/transport.py).
     peer_id_pattern: str = ""
     health_listen: str = ""  # plaintext gRPC health-only port (k8s probes speak no TLS)
+    # The cluster this node belongs to (machines/cluster.py). Empty: whatever
+    # the cluster it joins is named (a new cluster is named by its first
+    # leader); set: peers of another cluster are refused, and a data
+    # directory of another cluster is not started.
+    cluster_id: str = ""
+    # The leader runs a state check (all nodes digest their state at one
+    # index and compare: runtime/checks.py) every this many applied entries;
+    # 0: only on demand (ramraft check).
+    check_entries: int = 10_000
 
     def validate(self) -> None:
         try:
@@ -202,6 +212,13 @@ class NodeConfig:
         self.tls.validate()
         if self.tick_ms < 1 or self.election_ticks <= self.heartbeat_ticks:
             raise ConfigError("need --tick-ms >= 1 and --election-ticks > --heartbeat-ticks")
+        if self.cluster_id and not valid_cluster_id(self.cluster_id):
+            raise ConfigError(
+                f"--cluster-id {self.cluster_id!r}: 1-64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        if self.check_entries < 0:
+            raise ConfigError("--check-entries must not be negative")
 
     def _check_ports_differ(self) -> None:
         """Two of this node's own ports on one number would collide (the

@@ -277,6 +277,10 @@ GRPC_ROLES: dict[str, AccessRole] = {
     "/ramraft.v1.Admin/AddMember": AccessRole.ADMIN,
     "/ramraft.v1.Admin/RemoveMember": AccessRole.ADMIN,
     "/ramraft.v1.Admin/Snapshot": AccessRole.ADMIN,
+    "/ramraft.v1.Admin/SetUpgradeHold": AccessRole.ADMIN,
+    "/ramraft.v1.Admin/CheckState": AccessRole.ADMIN,
+    # A backup is every key and value: as much as reading them all, and more.
+    "/ramraft.v1.Admin/Backup": AccessRole.ADMIN,
 }
 # Served to anyone, outside the in-flight limits.
 OPEN_PREFIXES = (
@@ -378,6 +382,8 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         token = bearer_token(_metadata_value(metadata, "authorization"))
         if method == KV_STREAM and handler.stream_stream is not None:
             return self._guard_stream(handler, token)
+        if handler.unary_stream is not None:
+            return self._guard_server_stream(method, handler, token)
         inner = handler.unary_unary
         if inner is None:  # the other client methods are unary; anything else is not ours
             return grpc.unary_unary_rpc_method_handler(
@@ -408,6 +414,39 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
                 self.limiter.leave(connection)
 
         return grpc.stream_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _guard_server_stream(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any], token: str | None
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """A call with one request and a stream of answers (Admin.Backup):
+        admitted as a unary call is (role, then an in-flight slot, before
+        the request is read), holding its slot until the stream ends."""
+        inner = handler.unary_stream
+        assert inner is not None
+        required = GRPC_ROLES.get(method, AccessRole.ADMIN)
+
+        async def guarded(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            await self._authorize(method, required, token, context)
+            connection = context.peer()
+            refused = self.limiter.enter(connection)
+            if refused is not None:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+            try:
+                request = await anext(aiter(requests), None)
+                if request is None:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+                async for response in inner(request, context):  # type: ignore[arg-type,attr-defined]
+                    yield response
+            finally:
+                self.limiter.leave(connection)
+
+        return grpc.stream_stream_rpc_method_handler(
             guarded,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
