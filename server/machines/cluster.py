@@ -71,6 +71,7 @@ __all__ = [
     "ClusterMachine",
     "ClusterOp",
     "ClusterState",
+    "KVUpgradable",
     "Upgradable",
     "Versioned",
     "encode_alarm",
@@ -81,8 +82,9 @@ __all__ = [
     "valid_cluster_id",
 ]
 
-KV_SUPPORTED_VERSION = 1
-"""The newest key-value command encoding this code applies (machines/kv.py)."""
+KV_SUPPORTED_VERSION = 2
+"""The newest key-value command encoding this code applies (machines/kv.py):
+2 adds revisions, transactions, delete-range and leases (machines/kvops.py)."""
 
 _TAG = bytes([TAG_CLUSTER])
 _CLUSTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -247,6 +249,13 @@ class Versioned(Protocol):
         ...
 
 
+class KVUpgradable(Versioned, Protocol):
+    """The key-value machine: its switch to a newer version may change the
+    state's shape (version 2 starts revisions), at the switch's index."""
+
+    def upgrade(self, from_version: int, to_version: int) -> None: ...
+
+
 class Upgradable(Versioned, Protocol):
     """What a version switch needs from the application's machine
     (``ModelMachine`` in machines/embed.py)."""
@@ -275,7 +284,7 @@ class ClusterMachine:
         inner: StateMachine,
         *,
         model: Upgradable | None = None,
-        kv: Versioned | None = None,
+        kv: KVUpgradable | None = None,
         kv_supported: int = KV_SUPPORTED_VERSION,
     ) -> None:
         self.inner = inner
@@ -409,6 +418,8 @@ class ClusterMachine:
                     error=failed.message,
                 )
                 return failed
+        if kv_version > state.kv_version and self.kv is not None:
+            self.kv.upgrade(state.kv_version, kv_version)  # cannot fail: no user code
         self._set(replace(state, app_version=app_version, kv_version=kv_version))
         log.info("versions switched", index=index, app_version=app_version, kv_version=kv_version)
         return None
