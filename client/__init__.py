@@ -11,6 +11,14 @@ Against a cluster with TLS and tokens::
 
     Client(endpoints, token="...", tls=TLSOptions.from_files(ca="certs/ca.pem"))
 
+Key-value version 2 (revisions, transactions, watches, leases)::
+
+    c.txn(compare=[Compare.value("k", "==", b"v")], success=[TxnOp.put("k", b"w")])
+    for event in c.watch("prefix/", prefix=True):   # resumes on another node
+        print(event.type, event.key, event.value, event.revision)
+    with c.lease(10) as lease:                      # kept alive, revoked at the end
+        c.put("service/me", b"addr", lease=lease.id)
+
 ``AsyncClient`` has the same methods as coroutines. Both retry on another
 node while the cluster is unavailable, up to the call's deadline, and send
 every write with a session so a retried write is applied once. Errors are
@@ -35,6 +43,18 @@ from ramraft.client._core import (
     TLSOptions,
     parse_endpoints,
 )
+from ramraft.client._revisions import (
+    Compare,
+    KeyValue,
+    LeaseGrant,
+    OpResult,
+    TxnOp,
+    TxnResult,
+    WatchCanceled,
+    WatchCompacted,
+    WatchEvent,
+    WatchProgress,
+)
 from ramraft.client._sync import Client
 from ramraft.client.errors import (
     DeadlineExceeded,
@@ -56,18 +76,28 @@ __all__ = [
     "AsyncClient",
     "CasResult",
     "Client",
+    "Compare",
     "DeadlineExceeded",
     "FailedPrecondition",
     "GetResult",
     "InvalidArgument",
+    "KeyValue",
+    "LeaseGrant",
     "NotFound",
+    "OpResult",
     "PermissionDenied",
     "RamraftError",
     "RangePage",
     "ResourceExhausted",
     "RetryPolicy",
     "TLSOptions",
+    "TxnOp",
+    "TxnResult",
     "Unauthenticated",
     "Unavailable",
+    "WatchCanceled",
+    "WatchCompacted",
+    "WatchEvent",
+    "WatchProgress",
     "parse_endpoints",
 ]

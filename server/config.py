@@ -73,6 +73,21 @@ class NodeLimits:
     max_inflight_per_connection: int = 1_024  # of those, on one client connection
     max_connections: int = 1_024  # client connections per port (gRPC, HTTP)
     snapshot_chunk_bytes: int = 1 << 20  # data bytes per InstallSnapshot chunk sent
+    # Key-value version 2: one transaction's compares + ops, and its bytes
+    # (also the most data a range inside it returns); the keys one
+    # delete-range may remove (one apply must stay short).
+    max_txn_ops: int = 128
+    max_txn_bytes: int = 4 << 20
+    max_delete_range_keys: int = 10_000
+    # Watches: how many on this node; the history of changes they replay
+    # (node-local, in RAM); how far behind (bytes of history) a watch may
+    # fall before it is canceled as too slow; idle time before a progress
+    # notification.
+    max_watches: int = 10_000
+    watch_history_revisions: int = 100_000
+    watch_history_bytes: int = 64 << 20
+    watch_buffer_bytes: int = 4 << 20
+    watch_progress_ms: int = 10_000
 
     def request_bytes(self) -> int:
         """The gRPC request size limit: room for the largest value and key."""
@@ -96,6 +111,14 @@ class NodeLimits:
             "max_inflight_per_connection",
             "max_connections",
             "snapshot_chunk_bytes",
+            "max_txn_ops",
+            "max_txn_bytes",
+            "max_delete_range_keys",
+            "max_watches",
+            "watch_history_revisions",
+            "watch_history_bytes",
+            "watch_buffer_bytes",
+            "watch_progress_ms",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")

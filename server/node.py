@@ -60,9 +60,13 @@ from ramraft.server.hosting import (
 from ramraft.server.logs import RateLimitedLog
 from ramraft.server.machines.cluster import ClusterMachine
 from ramraft.server.machines.embed import ModelMachine
+from ramraft.server.machines.history import EventHistory
 from ramraft.server.machines.kv import KVMachine
 from ramraft.server.machines.statemachine import TAG_KV, TAG_MODEL, CompositeMachine
+from ramraft.server.rpc.leases import LeaseService
 from ramraft.server.rpc.services import AdminService, KVService
+from ramraft.server.rpc.watch import WatchHub, WatchLimits
+from ramraft.server.runtime.leases import Lessor
 from ramraft.server.runtime.loop import RaftRuntime
 from ramraft.server.runtime.membership import MembershipChanges
 from ramraft.server.runtime.node_api import InputLimits, NodeAPI
@@ -258,9 +262,15 @@ class Node:
             snapshot_chunk_bytes=cfg.limits.snapshot_chunk_bytes,
         )
         limits = InputLimits(
-            cfg.limits.max_key_bytes, cfg.limits.max_value_bytes, cfg.limits.max_range_limit
+            cfg.limits.max_key_bytes,
+            cfg.limits.max_value_bytes,
+            cfg.limits.max_range_limit,
+            max_txn_ops=cfg.limits.max_txn_ops,
+            max_txn_bytes=cfg.limits.max_txn_bytes,
+            max_delete_range_keys=cfg.limits.max_delete_range_keys,
         )
         self.api = api = NodeAPI(runtime, self.encode_result, self.decode_result, limits)
+        self._start_watches_and_leases(runtime, api)
         self.membership = MembershipChanges(runtime)
         self.steward = Steward(runtime, self.membership.transfer_leadership)
         self.membership.admit = self.steward.admit
@@ -282,9 +292,11 @@ class Node:
             cluster_id=self.steward.cluster_id,
             info=self.steward.info,
         )
-        self.kv_service = KVService(self.api, self.kv)
+        self.kv_service = KVService(self.api, self.kv, self.watches)
+        self.lease_service = LeaseService(self.api, self.kv, self.lessor)
         self.admin_service = AdminService(self.api, self.membership, self.steward)
         self.kv_service.observers.append(metrics.observer("grpc"))
+        self.lease_service.observers.append(metrics.observer("grpc"))
         self.admin_service.observers.append(metrics.observer("grpc"))
         node_limits = cfg.limits
         # Without a separate peer port, the client port also carries peer
@@ -300,10 +312,12 @@ class Node:
         )
         self.servers.append(client_server)
         kv_pb2_grpc.add_KVServicer_to_server(self.kv_service, client_server)
+        kv_pb2_grpc.add_LeaseServicer_to_server(self.lease_service, client_server)
         admin_pb2_grpc.add_AdminServicer_to_server(self.admin_service, client_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, client_server)
         services = [
             kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name,
+            kv_pb2.DESCRIPTOR.services_by_name["Lease"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
@@ -350,6 +364,7 @@ class Node:
         await runtime.start()
         self._check_cluster_id()
         self.steward.start()
+        self.lessor.start()
         for server in self.servers:
             await server.start()
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -370,6 +385,7 @@ class Node:
                     tls=self.tls,
                     app=self.app,
                     peer_channel=runtime.transport.channel,
+                    watches=self.watches,
                 )
             )
             try:
@@ -377,6 +393,48 @@ class Node:
             except OSError:
                 probe_listen("--http", cfg.http)  # the reason, as for the gRPC ports
                 raise
+
+    def _start_watches_and_leases(self, runtime: RaftRuntime, api: NodeAPI) -> None:
+        """The history of changes watches replay, fed by the key-value
+        machine from the first entry the runtime applies (so before it
+        starts), and the leader's lease clock."""
+        limits = self.config.limits
+        history = EventHistory(limits.watch_history_revisions, limits.watch_history_bytes)
+        self.kv.on_events = history.append
+        self.kv.on_reset = history.reset
+        kv = self.kv
+
+        def inactive() -> str | None:
+            if kv.active_version >= 2 and kv.revision:
+                return None
+            return (
+                "watches need key-value version 2; the cluster runs version 1 until every "
+                "node supports it"
+            )
+
+        self.watches = WatchHub(
+            history,
+            WatchLimits(
+                max_watches=limits.max_watches,
+                buffer_bytes=limits.watch_buffer_bytes,
+                progress_interval=limits.watch_progress_ms / 1000,
+            ),
+            inactive,
+        )
+
+        def role() -> tuple[Role, int]:
+            core = runtime.core
+            return runtime.role, core.term if core is not None else 0
+
+        cfg = self.config
+        self.lessor = Lessor(
+            kv,
+            role,
+            lambda: api.linearizable(1.0),
+            runtime.propose,
+            # The longest an old leader may still believe it leads.
+            election_timeout=2 * cfg.election_ticks * cfg.tick_ms / 1000,
+        )
 
     async def _close_after_failed_start(self) -> None:
         # stop() after this returns at once: there is nothing left to stop.
@@ -393,6 +451,9 @@ class Node:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._health_task
+        lessor: Lessor | None = getattr(self, "lessor", None)
+        if lessor is not None:
+            await lessor.close()
         runtime = self.runtime
         if runtime is not None:
             with contextlib.suppress(Exception):
@@ -536,6 +597,7 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         await self.steward.close()
+        await self.lessor.close()
         await runtime.transport.close()
         await runtime.close()
         log.info("node_stopped", id=self.config.node_id)

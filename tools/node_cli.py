@@ -61,7 +61,10 @@ limits (excess requests get RESOURCE_EXHAUSTED / HTTP 429 at once; memory is
 bounded by about --max-inflight x --max-request-bytes plus the data):
   --max-key-bytes, --max-value-bytes, --max-request-bytes, --max-http-body-bytes,
   --max-inflight, --max-inflight-per-connection, --max-connections,
-  --max-pending-requests, --max-range-page, --snapshot-chunk-bytes
+  --max-pending-requests, --max-range-page, --snapshot-chunk-bytes,
+  --max-txn-ops, --max-txn-bytes, --max-delete-range-keys, --max-watches,
+  --watch-history-revisions, --watch-history-bytes, --watch-buffer-bytes,
+  --watch-progress-ms
 """
 
 
@@ -295,6 +298,38 @@ NODE_SETTINGS: tuple[Setting, ...] = (
         _LIMITS.snapshot_chunk_bytes,
         "data bytes per InstallSnapshot chunk this node sends",
     ),
+    _limit("max-txn-ops", _LIMITS.max_txn_ops, "compares and ops in one transaction"),
+    _limit(
+        "max-txn-bytes",
+        _LIMITS.max_txn_bytes,
+        "bytes of one transaction, and the most data a range inside one returns",
+    ),
+    _limit(
+        "max-delete-range-keys",
+        _LIMITS.max_delete_range_keys,
+        "keys one delete-range may remove (more: refused, nothing deleted)",
+    ),
+    _limit("max-watches", _LIMITS.max_watches, "watches served by this node at once"),
+    _limit(
+        "watch-history-revisions",
+        _LIMITS.watch_history_revisions,
+        "revisions of changes kept in RAM for watches to replay (older: compacted)",
+    ),
+    _limit(
+        "watch-history-bytes",
+        _LIMITS.watch_history_bytes,
+        "bytes of changes kept in RAM for watches to replay",
+    ),
+    _limit(
+        "watch-buffer-bytes",
+        _LIMITS.watch_buffer_bytes,
+        "how far (bytes of history) a watch may fall behind before it is canceled as too slow",
+    ),
+    _limit(
+        "watch-progress-ms",
+        _LIMITS.watch_progress_ms,
+        "idle time before a watch asking for progress notifications gets one",
+    ),
 )
 
 
@@ -388,6 +423,14 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
             max_inflight_per_connection=args.max_inflight_per_connection,
             max_connections=args.max_connections,
             snapshot_chunk_bytes=args.snapshot_chunk_bytes,
+            max_txn_ops=args.max_txn_ops,
+            max_txn_bytes=args.max_txn_bytes,
+            max_delete_range_keys=args.max_delete_range_keys,
+            max_watches=args.max_watches,
+            watch_history_revisions=args.watch_history_revisions,
+            watch_history_bytes=args.watch_history_bytes,
+            watch_buffer_bytes=args.watch_buffer_bytes,
+            watch_progress_ms=args.watch_progress_ms,
         ),
         tls=TLSConfig(
             cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca, client_auth=args.tls_client_auth

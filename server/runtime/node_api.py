@@ -65,6 +65,12 @@ class InputLimits:
     max_key_bytes: int
     max_value_bytes: int
     max_range_limit: int
+    # Key-value version 2 (--max-txn-ops, --max-txn-bytes,
+    # --max-delete-range-keys): a transaction's size, and the keys a
+    # delete-range may remove in one apply.
+    max_txn_ops: int = 128
+    max_txn_bytes: int = 4 << 20
+    max_delete_range_keys: int = 10_000
 
     def check_key(self, key: str) -> None:
         if not key:
