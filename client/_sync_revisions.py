@@ -35,8 +35,10 @@ __all__ = ["Lease", "RevisionsMixin", "Watcher"]
 
 # A watch stream's connection is checked with HTTP/2 pings: a node that
 # stops answering (paused, cut off) fails the stream within about
-# WATCH_KEEPALIVE_MS * 2, and the watch resumes on another node.
-WATCH_KEEPALIVE_MS = 5_000
+# WATCH_KEEPALIVE_MS * 2, and the watch resumes on another node. (Nodes
+# accept pings every 5 s; a server that refuses them ends the stream, and the
+# watch resumes too.)
+WATCH_KEEPALIVE_MS = 10_000
 WATCH_CHANNEL_OPTIONS = (
     *_core.CHANNEL_OPTIONS,
     ("grpc.keepalive_time_ms", WATCH_KEEPALIVE_MS),

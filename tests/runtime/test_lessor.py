@@ -61,7 +61,8 @@ class Rig:
     def grant(self, ttl: int) -> int:
         result = self.apply(encode_lease_grant(0, ttl))
         lease_id: int = result.lease_id  # type: ignore[attr-defined]
-        self.apply(encode_txn(Txn((), (TxnOp(TxnOpKind.PUT, f"key{lease_id}", b"", lease_id),), ())))
+        put = TxnOp(TxnOpKind.PUT, f"key{lease_id}", b"", lease_id)
+        self.apply(encode_txn(Txn((), (put,), ())))
         return lease_id
 
 

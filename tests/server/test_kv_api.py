@@ -262,9 +262,7 @@ def test_transfers_keep_the_total_at_every_read(cluster: ProcessCluster) -> None
                 if total != TOTAL or in_txn != TOTAL:
                     problems.append(f"read totals {total} (range), {in_txn} (txn)")
 
-    writers = [
-        threading.Thread(target=transfer, args=(n, cluster.ids[n % 3])) for n in range(3)
-    ]
+    writers = [threading.Thread(target=transfer, args=(n, cluster.ids[n % 3])) for n in range(3)]
     readers = [threading.Thread(target=read, args=(node,)) for node in cluster.ids]
     for t in writers + readers:
         t.start()
@@ -365,9 +363,7 @@ def test_a_watch_on_a_follower_sees_every_change_once_in_order_across_kills(
         revisions = [e.revision for e in seen]
         assert revisions == list(range(first, last + 1)), (revisions[:5], first, last)
         assert acknowledged <= {e.value for e in seen}
-        assert cluster.grpc[follower] == watcher_nodes[0] and len(watcher_nodes) >= 2, (
-            watcher_nodes
-        )
+        assert cluster.grpc[follower] == watcher_nodes[0] and len(watcher_nodes) >= 2, watcher_nodes
 
 
 def test_an_async_watch_resumes_and_a_progress_request_is_answered(
