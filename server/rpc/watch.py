@@ -219,6 +219,7 @@ class WatchStream:
     def cancel(self, watch_id: int) -> None:
         if self._drop(watch_id):
             self._control.append(WatchOut(watch_id, self.history.head, canceled=True))
+            self.wake.set()
         else:
             self._refuse(watch_id, f"no watch {watch_id} on this stream")
 

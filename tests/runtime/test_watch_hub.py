@@ -226,6 +226,11 @@ def test_ids_and_the_watch_limit() -> None:
         ]
         assert "in use" in outs[1].cancel_reason and "--max-watches" in outs[3].cancel_reason
         stream.cancel(7)
+        (answer,) = await batch(stream)  # the answer comes by itself
+        assert (answer.watch_id, answer.canceled) == (7, True)
+        stream.create(WatchSpec("a", watch_id=7))
+        await batch(stream)
+        stream.cancel(7)
         stream.cancel(99)
         outs = await batch(stream)
         assert [(o.watch_id, o.canceled, o.cancel_reason == "") for o in outs] == [
