@@ -225,8 +225,10 @@ def test_ids_and_the_watch_limit() -> None:
             (2, True),
         ]
         assert "in use" in outs[1].cancel_reason and "--max-watches" in outs[3].cancel_reason
-        stream.cancel(7)
-        (answer,) = await batch(stream)  # the answer comes by itself
+        waiting = asyncio.ensure_future(batch(stream))  # the sender waits...
+        await asyncio.sleep(0.05)
+        stream.cancel(7)  # ... and the answer to a cancel wakes it
+        (answer,) = await waiting
         assert (answer.watch_id, answer.canceled) == (7, True)
         stream.create(WatchSpec("a", watch_id=7))
         await batch(stream)
