@@ -45,9 +45,11 @@ from ramraft.client._core import (
 )
 from ramraft.client._revisions import (
     Compare,
+    DeleteResult,
     KeyValue,
     LeaseGrant,
     OpResult,
+    PutResult,
     TxnOp,
     TxnResult,
     WatchCanceled,
@@ -78,6 +80,7 @@ __all__ = [
     "Client",
     "Compare",
     "DeadlineExceeded",
+    "DeleteResult",
     "FailedPrecondition",
     "GetResult",
     "InvalidArgument",
@@ -86,6 +89,7 @@ __all__ = [
     "NotFound",
     "OpResult",
     "PermissionDenied",
+    "PutResult",
     "RamraftError",
     "RangePage",
     "ResourceExhausted",

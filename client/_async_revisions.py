@@ -18,7 +18,9 @@ import grpc
 from ramraft.client import _core
 from ramraft.client._revisions import (
     Compare,
+    DeleteResult,
     LeaseGrant,
+    PutResult,
     TryElsewhere,
     TxnOp,
     TxnResult,
@@ -73,6 +75,22 @@ class AsyncRevisionsMixin:
         request = txn_request(list(compare), list(success), list(failure))
         response = await self._write("Txn", lambda s: s.kv.Txn, request, timeout)
         return fill_get_keys(request, txn_result(response))
+
+    async def put_result(
+        self, key: str, value: bytes | str, *, lease: int = 0, timeout: float | None = None
+    ) -> PutResult:
+        """Like put(), with the revision of the write."""
+        request = kv_pb2.PutRequest(key=_core.to_key(key), value=_core.to_value(value), lease=lease)
+        r: kv_pb2.PutResponse = await self._write("Put", lambda s: s.kv.Put, request, timeout)
+        return PutResult(r.index, r.header.revision)
+
+    async def delete_result(self, key: str, *, timeout: float | None = None) -> DeleteResult:
+        """Like delete(), with the revision of the delete."""
+        request = kv_pb2.DeleteRequest(key=_core.to_key(key))
+        r: kv_pb2.DeleteResponse = await self._write(
+            "Delete", lambda s: s.kv.Delete, request, timeout
+        )
+        return DeleteResult(r.deleted, r.index, r.header.revision)
 
     async def delete_prefix(self, prefix: str, *, timeout: float | None = None) -> int:
         """See ``Client.delete_prefix``."""

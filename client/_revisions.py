@@ -22,9 +22,11 @@ from ramraft.proto import kv_pb2
 
 __all__ = [
     "Compare",
+    "DeleteResult",
     "KeyValue",
     "LeaseGrant",
     "OpResult",
+    "PutResult",
     "TxnOp",
     "TxnResult",
     "WatchCanceled",
@@ -228,6 +230,19 @@ def fill_get_keys(request: kv_pb2.TxnRequest, result: TxnResult) -> TxnResult:
             )
         named.append(r)
     return TxnResult(result.succeeded, named, result.revision, result.index)
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    index: int
+    revision: int  # the revision of the write (0 before key-value version 2)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteResult:
+    deleted: bool
+    index: int
+    revision: int  # of the delete, or the current one when nothing was deleted
 
 
 # -- leases ---------------------------------------------------------------------------
