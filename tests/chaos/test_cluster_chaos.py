@@ -12,10 +12,10 @@ Security is on, as in k8s/: TLS everywhere, mutual on the peer port, tokens.
 
 Pass: the history (every operation, plus final reads of every key) is
 linearizable, no acknowledged write is lost, every transaction audit sees the
-bank's total, revisions follow real time, every watcher's events are a gap-
-free, duplicate-free subsequence of the changes in revision order, and after
-every heal every node is Ready again and the cluster acknowledges a write
-again (before the next fault; the nemesis' 90 s wait for Ready is a hang
+bank's total, revisions follow real time, every watcher's events are a
+gap-free, duplicate-free subsequence of the changes in revision order, and
+after every heal every node is Ready again and the cluster acknowledges a
+write again (before the next fault; the nemesis' 90 s wait for Ready is a hang
 guard, not a speed claim). How long that took is measured, not asserted: the
 numbers (per fault: write pause, time to serve and to Ready after the heal)
 are printed and written to report.json next to history.jsonl in the test's tmp
