@@ -143,9 +143,9 @@ async def bench_txn(leader: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _watch_worker(
-    conn: Connection, endpoint: str, watches: int, per_stream: int, per_channel: int
+    conn: Connection, endpoint: str, prefix: str, watches: int, per_stream: int, per_channel: int
 ) -> None:
-    """Opens ``watches`` watches of "fan/" (``per_stream`` per stream,
+    """Opens ``watches`` watches of ``prefix`` (``per_stream`` per stream,
     ``per_channel`` streams per channel), says "ready", counts events until
     told to stop, sends the count."""
 
@@ -160,24 +160,26 @@ def _watch_worker(
         for s in range(streams):
             call = kv_pb2_grpc.KVStub(channels[s // per_channel]).Watch()
             for _ in range(per_stream):
-                create = kv_pb2.WatchCreateRequest(key="fan/", prefix=True)
+                create = kv_pb2.WatchCreateRequest(key=prefix, prefix=True)
                 await call.write(kv_pb2.WatchRequest(create=create))
             calls.append(call)
         created = 0
-        for call in calls:
-            for _ in range(per_stream):
-                response = await call.read()
-                created += int(response.created)
 
         async def reader(call: Any) -> None:
-            nonlocal count
+            nonlocal count, created
             while True:
                 response = await call.read()
                 if response is grpc.aio.EOF:
                     return
+                # Events of writes still being applied may come before the
+                # last "created": every event counts.
+                created += int(response.created and not response.canceled)
                 count += len(response.events)
 
         tasks = [asyncio.create_task(reader(c)) for c in calls]
+        while created < streams * per_stream:
+            await asyncio.sleep(0.05)
+        count = 0  # from here on: what the writes of the measurement make
         conn.send(("ready", created))
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, conn.recv)  # "stop"
@@ -196,13 +198,14 @@ async def bench_watch(
     leader: str, follower: str, args: argparse.Namespace, per_stream: int
 ) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
+    prefix = f"fan{per_stream}/"  # each variant its own: no events of another's writes
     workers = []
     share = args.watchers // args.processes
     for _ in range(args.processes):
         parent, child = context.Pipe()
         proc = context.Process(
             target=_watch_worker,
-            args=(child, follower, share, per_stream, args.streams_per_channel),
+            args=(child, follower, prefix, share, per_stream, args.streams_per_channel),
         )
         proc.start()
         workers.append((proc, parent))
@@ -213,7 +216,7 @@ async def bench_watch(
         created += n
     done, _ = await _drive(
         leader,
-        lambda kv, w, n: kv.Put(kv_pb2.PutRequest(key=f"fan/{w}", value=VALUE), timeout=10),
+        lambda kv, w, n: kv.Put(kv_pb2.PutRequest(key=f"{prefix}{w}", value=VALUE), timeout=10),
         args.writers,
         args.seconds,
     )

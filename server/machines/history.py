@@ -111,6 +111,8 @@ class EventHistory:
         next_start = start
         for revision, events, _ in items:
             matching = tuple(e for e in events if match(e))
+            if len(matching) == len(events):
+                matching = events  # the same tuple: nothing copied
             next_start = revision + 1
             if matching:
                 out.append((revision, matching))
