@@ -177,7 +177,10 @@ def _watch_worker(
                 count += len(response.events)
 
         tasks = [asyncio.create_task(reader(c)) for c in calls]
+        deadline = time.monotonic() + 60
         while created < streams * per_stream:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{created} of {streams * per_stream} watches created in 60 s")
             await asyncio.sleep(0.05)
         count = 0  # from here on: what the writes of the measurement make
         conn.send(("ready", created))
@@ -208,6 +211,7 @@ async def bench_watch(
             args=(child, follower, prefix, share, per_stream, args.streams_per_channel),
         )
         proc.start()
+        child.close()  # the worker's end: its exit then ends our recv (EOFError)
         workers.append((proc, parent))
     created = 0
     for _, conn in workers:

@@ -216,20 +216,6 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.limits = api.limits
         self.hub = hub
         self.observers: list[Callable[[str, str, float], None]] = []
-        # The message of each event, made once however many watches send it
-        # (id(event) -> (event, message); the event is kept to tell a reused
-        # id from the same event).
-        self._event_messages: dict[int, tuple[object, kv_pb2.Event]] = {}
-
-    def _event_message(self, event: Any) -> kv_pb2.Event:
-        cached = self._event_messages.get(id(event))
-        if cached is not None and cached[0] is event:
-            return cached[1]
-        if len(self._event_messages) >= 65_536:
-            self._event_messages.clear()
-        message = event_message(event)
-        self._event_messages[id(event)] = (event, message)
-        return message
 
     def _header(self, revision: int | None = None) -> kv_pb2.ResponseHeader:
         """The header of an answer; ``revision`` None: the machine's now."""
@@ -451,7 +437,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             canceled=out.canceled,
             compact_revision=out.compact_revision,
             cancel_reason=out.cancel_reason,
-            events=[self._event_message(e) for _, events in out.events for e in events],
+            events=[event_message(e) for _, events in out.events for e in events],
         )
 
     async def Stream(  # type: ignore[override]
