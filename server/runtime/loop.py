@@ -145,6 +145,9 @@ class RaftRuntime:
             heartbeat_tick=self.config.heartbeat_ticks,
             # Uncommitted proposals are RAM too: refuse more than this.
             max_uncommitted_bytes=min(64 << 20, 2 * self.config.snapshot_bytes),
+            # An AppendEntries must fit what the peers' port accepts (with
+            # room for the batch around it; server/config.py).
+            max_msg_bytes=min(1 << 20, self.config.peer_message_bytes() // 4),
         )
         self.core = RaftNode(
             core_config,

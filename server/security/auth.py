@@ -36,11 +36,23 @@ In-flight limits
     is refused at once with RESOURCE_EXHAUSTED (HTTP 429), never queued. A
     small reserve above the total (1/8 of it) admits requests from
     connections with almost nothing in flight, so that light clients keep
-    getting service while heavy ones are refused.
+    getting service while heavy ones are refused. An admitted call then
+    reserves its bytes in the node's memory budget (security/budget.py)
+    before its message is read, and must deliver that message within
+    ``--request-timeout-ms`` or give its slot back (DEADLINE_EXCEEDED): a
+    caller that sends headers and nothing else holds nothing for long.
+
+Bad messages
+    The gatekeeper decodes the request messages itself: bytes that are no
+    valid protobuf of the method's type are INVALID_ARGUMENT (grpc would
+    answer UNKNOWN), and a ``KV.Stream`` carrying one ends with
+    INVALID_ARGUMENT (its request id is unknown, so it cannot be answered
+    alone).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextvars
 import enum
@@ -57,8 +69,15 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
 from ramraft.server.logs import RateLimitedLog
+from ramraft.server.security.budget import (
+    CALL_RESERVATION,
+    MESSAGE_COPIES,
+    MemoryBudget,
+    Reservation,
+)
 from ramraft.server.security.tls import peer_node_id
 
 log = structlog.get_logger("ramraft.auth")
@@ -292,11 +311,27 @@ KV_STREAM = "/ramraft.v1.KV/Stream"
 KV_METHOD_PREFIX = "/ramraft.v1.KV/"
 
 
+@dataclass(frozen=True)
+class CallLimits:
+    """What the gatekeeper holds each admitted call to (server/config.py
+    NodeLimits)."""
+
+    budget: MemoryBudget  # the node's memory budget for requests and responses
+    request_bytes: int  # the largest request message the port accepts
+    request_timeout: float  # seconds a call has to deliver its request message
+    stream_share: int  # the most of the budget one KV.Stream may hold
+
+    def read_reservation(self) -> int:
+        """What a call reserves before its request message is read."""
+        return MESSAGE_COPIES * self.request_bytes
+
+
 class StreamGate:
     """Admits the requests of one ``KV.Stream``: each must be allowed to the
     caller (its bearer token is checked again, so a revoked token stops
     working mid-stream) and takes an in-flight slot like a unary call,
-    released with ``release`` once its response is written."""
+    released with ``release`` once its response is written. ``limits``
+    bound the stream's memory (server/rpc/services.py reads them)."""
 
     def __init__(
         self,
@@ -308,6 +343,7 @@ class StreamGate:
         self.token = token
         self.context = context
         self.connection = context.peer()
+        self.limits = gatekeeper.limits
 
     def admit(self, op: str) -> tuple[grpc.StatusCode, str] | None:
         """None if the request of unary method ``op`` (e.g. "Put") may run
@@ -357,11 +393,14 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         limiter: InflightLimiter,
         is_member: Callable[[str], bool],
         refusals: RateLimitedLog,
+        limits: CallLimits | None = None,
     ) -> None:
         self.tokens = tokens
         self.limiter = limiter
         self.is_member = is_member
         self.refusals = refusals
+        # Without limits (unit tests): a budget nothing exhausts.
+        self.limits = limits or CallLimits(MemoryBudget(1 << 62), 4 << 20, 5.0, 1 << 60)
 
     async def intercept_service(
         self,
@@ -384,9 +423,12 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
                 _refuse(grpc.StatusCode.PERMISSION_DENIED, f"{method} is not served here")
             )
         required = GRPC_ROLES.get(method, AccessRole.ADMIN)
+        deserialize = handler.request_deserializer
+        assert deserialize is not None
+        limits = self.limits
 
         async def guarded(
-            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
         ) -> Any:
             # Served as a client stream of one message so that nothing is read
             # before the caller is admitted: a refused call never makes the
@@ -395,22 +437,67 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
             connection = context.peer()
             refused = self.limiter.enter(connection)
             if refused is not None:
-                self.refusals.warning(
-                    "request_refused", code="RESOURCE_EXHAUSTED", method=method, peer=connection
-                )
+                self._refuse_overloaded(method, connection)
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+            reservation = Reservation(limits.budget)
+
+            # Held until the call has ended: until then grpc holds the
+            # response, also for a client that does not read it.
+            def release(_context: grpc.aio.ServicerContext[Any, Any]) -> None:
+                reservation.release()
+
+            context.add_done_callback(release)  # type: ignore[arg-type]  # a protocol in the stubs
             try:
-                request = await anext(aiter(requests), None)
+                if not await reservation.grow(limits.read_reservation(), limits.request_timeout):
+                    self._refuse_overloaded(method, connection)
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"this node's memory budget for requests in flight "
+                        f"({limits.budget.total} bytes) is in use; retry later",
+                    )
+                raw = await self._read_request(requests, context)
+                request = _decode(deserialize, raw)
                 if request is None:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"the request is not a valid {method} message (protobuf)",
+                    )
+                reservation.shrink(reservation.held - MESSAGE_COPIES * len(raw))
+                CALL_RESERVATION.set(reservation)
                 return await inner(request, context)  # type: ignore[arg-type]  # an aio handler
             finally:
                 self.limiter.leave(connection)
 
         return grpc.stream_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_raw,
             response_serializer=handler.response_serializer,
+        )
+
+    async def _read_request(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> bytes:
+        """The call's one request message, which must arrive within the
+        request timeout (a caller that sends headers and no message, or a
+        message slowly, gives its slot back)."""
+        timeout = self.limits.request_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                raw = await anext(aiter(requests), None)
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the request message did not arrive within {timeout:g} s",
+            )
+            raise AssertionError("abort returns only by raising") from None  # pragma: no cover
+        if raw is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+            raise AssertionError("abort returns only by raising")  # pragma: no cover
+        return raw
+
+    def _refuse_overloaded(self, method: str, connection: str) -> None:
+        self.refusals.warning(
+            "request_refused", code="RESOURCE_EXHAUSTED", method=method, peer=connection
         )
 
     def _guard_stream(
@@ -420,18 +507,30 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         (before any request is read); then each request is admitted on its
         own by the StreamGate the servicer finds in STREAM_GATE."""
         inner = handler.stream_stream
-        assert inner is not None
+        deserialize = handler.request_deserializer
+        assert inner is not None and deserialize is not None
 
         async def guarded_stream(
-            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
         ) -> None:
             await self._authorize(KV_STREAM, AccessRole.READ, token, context)
             STREAM_GATE.set(StreamGate(self, token, context))
-            await inner(requests, context)  # type: ignore[arg-type,misc]  # an aio handler
+
+            async def decoded() -> AsyncIterator[Any]:
+                async for raw in requests:
+                    request = _decode(deserialize, raw)
+                    if request is None:
+                        await context.abort(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            "a stream request is not a valid StreamRequest message (protobuf)",
+                        )
+                    yield request
+
+            await inner(decoded(), context)  # type: ignore[arg-type,misc]  # an aio handler
 
         return grpc.stream_stream_rpc_method_handler(
             guarded_stream,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_raw,
             response_serializer=handler.response_serializer,
         )
 
@@ -474,6 +573,18 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         if node is not None and self.is_member(node):
             return Principal(f"node:{node}", AccessRole.READ), None
         return None, "missing credentials: send 'authorization: Bearer TOKEN' metadata"
+
+
+def _raw(data: bytes) -> bytes:
+    return data
+
+
+def _decode(deserialize: Callable[[bytes], Any], raw: bytes) -> Any | None:
+    """The message ``raw`` encodes, or None if it is no valid protobuf."""
+    try:
+        return deserialize(raw)
+    except (DecodeError, ValueError, RuntimeError):
+        return None
 
 
 def _refuse(code: grpc.StatusCode, detail: str) -> Callable[[Any, Any], Awaitable[Any]]:
