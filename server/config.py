@@ -143,8 +143,8 @@ CONNECTION_BYTES = 128 << 10
 def memory_bound(limits: NodeLimits, snapshot_bytes: int, retain_bytes: int) -> int:
     """The documented bound on a node's RSS, less the state machine's own
     data (about three times the bytes of its keys and values in Python
-    objects): the baseline, the log held in RAM until a snapshot covers it,
-    the in-flight budget (requests being read, responses being built and
+    objects): the baseline, the log held in RAM until a snapshot covers it
+    and its uncommitted tail, the in-flight budget (requests being read, responses being built and
     sent, each counted once it is admitted; the wire copy and the Python
     objects of a message are both counted) and the connections of the three
     ports (gRPC, peer, HTTP). ``ramraft node --help`` prints the formula."""
@@ -152,9 +152,16 @@ def memory_bound(limits: NodeLimits, snapshot_bytes: int, retain_bytes: int) -> 
         BASELINE_RSS_BYTES
         + snapshot_bytes
         + retain_bytes
+        + uncommitted_bytes(snapshot_bytes)
         + limits.max_inflight_bytes
         + 3 * limits.max_connections * CONNECTION_BYTES
     )
+
+
+def uncommitted_bytes(snapshot_bytes: int) -> int:
+    """The most a leader holds of proposals not yet committed (the core's
+    max_uncommitted_bytes; server/runtime/loop.py)."""
+    return min(64 << 20, 2 * snapshot_bytes)
 
 
 @dataclass

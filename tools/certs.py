@@ -70,10 +70,14 @@ def _lazy_crypto() -> Any:
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
+    """Write ``data`` to a temporary file and rename it over ``path``. A
+    private key's file is created 0600 (os.open with the mode): it is never
+    readable by others, not even for the moment before a chmod."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    if private:
-        os.chmod(tmp, 0o600)
+    tmp.unlink(missing_ok=True)  # left by an interrupted run; O_EXCL below
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
     tmp.replace(path)
 
 

@@ -22,6 +22,7 @@ from ramraft.server.config import (
     NodeConfig,
     NodeLimits,
     TLSConfig,
+    memory_bound,
     parse_address,
     parse_peers,
 )
@@ -29,7 +30,7 @@ from ramraft.server.config import (
 if TYPE_CHECKING:
     from ramraft.server.hosting import Application
 
-NODE_EPILOG = """\
+NODE_EPILOG_TEMPLATE = """\
 examples:
   ramraft node --id a --peers a=127.0.0.1:7001,b=127.0.0.1:7002,c=127.0.0.1:7003 \\
       --data-dir /var/lib/ramraft/a --http 127.0.0.1:8001
@@ -51,12 +52,35 @@ security (off by default; on in k8s/):
   --auth-tokens FILE requires a bearer token (roles read, write, admin; see
   `ramraft tokens`) on the gRPC and HTTP ports; health checks stay open.
 
-limits (excess requests get RESOURCE_EXHAUSTED / HTTP 429 at once; memory is
-bounded by about --max-inflight x --max-request-bytes plus the data):
+  Tokens without TLS protect nothing (cleartext tokens, an unauthenticated
+  peer port): the node refuses to start so unless --insecure says so.
+
+limits (excess requests get RESOURCE_EXHAUSTED / HTTP 429 at once, before
+their message is read). Memory, in one formula:
+  RSS <= 120 MiB + 3 x (the keys' and values' bytes)
+         + --snapshot-bytes + --retain-bytes + min(64 MiB, 2 x --snapshot-bytes)
+         + --max-inflight-bytes + 3 x --max-connections x 128 KiB
+  (the baseline; the state machine's data as Python objects; the log held in
+  RAM until a snapshot covers it, and its uncommitted tail; every request
+  being read and every response being built or sent; the open connections
+  of the gRPC, peer and HTTP ports). With the defaults: {default_bound} MiB + 3 x data.
   --max-key-bytes, --max-value-bytes, --max-request-bytes, --max-http-body-bytes,
-  --max-inflight, --max-inflight-per-connection, --max-connections,
-  --max-pending-requests, --max-range-page, --snapshot-chunk-bytes
+  --max-inflight, --max-inflight-per-connection, --max-inflight-bytes,
+  --max-connections, --max-connections-per-source, --max-pending-requests,
+  --max-range-page, --max-range-bytes, --snapshot-chunk-bytes
+connections and calls:
+  --handshake-timeout-ms (TLS/HTTP2 handshake, HTTP request headers),
+  --request-timeout-ms (a call's request message), --idle-timeout-ms (a
+  connection without a call; calls in use, such as KV.Stream, are never cut),
+  --max-deadline-ms (the longest a call may wait, and what one without a
+  deadline gets)
 """
+
+
+NODE_EPILOG = NODE_EPILOG_TEMPLATE.replace(
+    "{default_bound}",
+    str(memory_bound(NodeLimits(), NodeConfig.snapshot_bytes, NodeConfig.retain_bytes) >> 20),
+)
 
 
 def _env(name: str, default: str = "") -> str:
@@ -197,6 +221,13 @@ def add_node_parser(sub: Any) -> None:
         "(env RAMRAFT_AUTH_TOKENS)",
     )
     tls.add_argument(
+        "--insecure",
+        action="store_true",
+        default=_env("INSECURE") in ("1", "true", "yes"),
+        help="start with --auth-tokens but without TLS: tokens then travel in cleartext "
+        "and anyone who reaches the peer port can act as a peer (env RAMRAFT_INSECURE=1)",
+    )
+    tls.add_argument(
         "--peer-id-pattern",
         default=_env("PEER_ID_PATTERN"),
         help="node ids accepted as peers besides the known members, fnmatch patterns, "
@@ -226,8 +257,9 @@ def add_node_parser(sub: Any) -> None:
     limit(
         "max-request-bytes",
         d.max_request_bytes,
-        "largest gRPC request on the client port; 0: max(4 MiB, value + key + 64 KiB). "
-        "Without --peer-listen the port also carries peer messages and accepts 64 MiB",
+        "largest gRPC request any port accepts; 0: max(4 MiB, value + key + 64 KiB). "
+        "Only a --peer-listen port with TLS (every caller an authenticated member) takes "
+        "64 MiB peer messages; elsewhere peers cut theirs to this size",
     )
     limit(
         "max-http-body-bytes",
@@ -244,13 +276,52 @@ def add_node_parser(sub: Any) -> None:
         d.max_inflight_per_connection,
         "client requests served at once on one connection",
     )
+    limit(
+        "max-inflight-bytes",
+        d.max_inflight_bytes,
+        "memory budget, node-wide: bytes of requests being read and responses being built "
+        "or sent (3 copies each); a call that cannot reserve its bytes is refused before "
+        "its message is read",
+    )
     limit("max-connections", d.max_connections, "open client connections per port")
+    limit(
+        "max-connections-per-source",
+        d.max_connections_per_source,
+        "open HTTP connections from one address",
+    )
     limit(
         "max-pending-requests",
         d.max_pending_requests,
         "writes and reads waiting inside the node (including forwarded ones)",
     )
     limit("max-range-page", d.max_range_limit, "most items in one Range page")
+    limit(
+        "max-range-bytes",
+        d.max_range_bytes,
+        "most key and value bytes in one Range page (at least one item; `more` says continue)",
+    )
+    limit(
+        "handshake-timeout-ms",
+        d.handshake_timeout_ms,
+        "a connection's TLS/HTTP2 handshake, and an HTTP request's headers, must arrive within",
+    )
+    limit(
+        "request-timeout-ms",
+        d.request_timeout_ms,
+        "a call's request message (an HTTP body) must arrive within this, or it is refused "
+        "and its slot freed",
+    )
+    limit(
+        "idle-timeout-ms",
+        d.idle_timeout_ms,
+        "a gRPC connection without a call is closed after this (calls in use never are)",
+    )
+    limit(
+        "max-deadline-ms",
+        d.max_deadline_ms,
+        "the longest a call may wait (a longer deadline is cut to it); also the deadline of "
+        "a call that sets none",
+    )
     limit(
         "snapshot-chunk-bytes",
         d.snapshot_chunk_bytes,
@@ -302,6 +373,13 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
             max_inflight_per_connection=args.max_inflight_per_connection,
             max_connections=args.max_connections,
             snapshot_chunk_bytes=args.snapshot_chunk_bytes,
+            max_range_bytes=args.max_range_bytes,
+            max_inflight_bytes=args.max_inflight_bytes,
+            max_connections_per_source=args.max_connections_per_source,
+            handshake_timeout_ms=args.handshake_timeout_ms,
+            request_timeout_ms=args.request_timeout_ms,
+            idle_timeout_ms=args.idle_timeout_ms,
+            max_deadline_ms=args.max_deadline_ms,
         ),
         tls=TLSConfig(
             cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca, client_auth=args.tls_client_auth
@@ -309,6 +387,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         auth_tokens=args.auth_tokens,
         peer_id_pattern=args.peer_id_pattern,
         health_listen=args.health_listen,
+        insecure=args.insecure,
     )
     config.validate()
     return config
@@ -338,7 +417,7 @@ def run_node(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     try:
         config = config_from_args(args)
-        Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+        Path(config.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         app = load_app_from_args(args)
     except (ConfigError, OSError, AppLoadError) as e:
         print(f"ramraft node: {e}", file=sys.stderr)
