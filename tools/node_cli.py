@@ -408,13 +408,14 @@ def load_app_from_args(args: argparse.Namespace) -> Application | None:
 
 def run_node(args: argparse.Namespace) -> int:
     from ramraft.server.hosting import AppLoadError
-    from ramraft.server.logs import configure_logging
+    from ramraft.server.logs import configure_logging, quiet_grpc_core
     from ramraft.server.machines.statemachine import SnapshotError
     from ramraft.server.node import Node
     from ramraft.server.security.auth import AuthConfigError
     from ramraft.server.storage import StorageError
 
     configure_logging(args.log_level)
+    quiet_grpc_core()
     try:
         config = config_from_args(args)
         Path(config.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -32,8 +32,7 @@ def _mode(path: Path) -> int:
 
 def _walk(root: Path) -> Iterator[Path]:
     yield root
-    for path in sorted(root.rglob("*")):
-        yield path
+    yield from sorted(root.rglob("*"))
 
 
 def test_a_node_creates_only_private_files(tmp_path: Path) -> None:
@@ -51,7 +50,7 @@ def test_a_node_creates_only_private_files(tmp_path: Path) -> None:
             stderr=log,
             cwd=str(REPO),
             env=dict(os.environ, PYTHONPATH=str(REPO)),
-            preexec_fn=lambda: os.umask(0),  # noqa: PLW1509 - only sets the umask
+            preexec_fn=lambda: os.umask(0),
         )
     try:
         with Client(f"127.0.0.1:{port}", timeout=20) as client:
