@@ -138,23 +138,27 @@ class StdlibRateLimit(logging.Filter):
 
 class RateLimitedLog:
     """Warnings that a flood cannot turn into a log flood: at most ``burst``
-    per ``seconds`` per event; the next one that gets through says how many
-    were suppressed."""
+    per ``seconds`` per event, code and caller (the ``code`` and ``who``
+    fields: one caller's flood of refusals does not hide another's); the
+    next one that gets through says how many were suppressed."""
 
     def __init__(self, burst: int = 20, seconds: float = 10.0) -> None:
         self.burst = burst
         self.seconds = seconds
-        self._windows: dict[str, tuple[float, int, int]] = {}  # event -> (start, logged, dropped)
+        # (event, code, who) -> (start, logged, dropped); who is a token's
+        # name or a node's: as many as the token file and the members have.
+        self._windows: dict[str, tuple[float, int, int]] = {}
 
     def warning(self, event: str, **fields: Any) -> None:
         now = time.monotonic()
-        start, logged, dropped = self._windows.get(event, (now, 0, 0))
+        key = f"{event}\x00{fields.get('code')}\x00{fields.get('who')}"
+        start, logged, dropped = self._windows.get(key, (now, 0, 0))
         if now - start >= self.seconds:
             start, logged = now, 0
         if logged >= self.burst:
-            self._windows[event] = (start, logged, dropped + 1)
+            self._windows[key] = (start, logged, dropped + 1)
             return
         if dropped:
             fields["suppressed"] = dropped
-        self._windows[event] = (start, logged + 1, 0)
+        self._windows[key] = (start, logged + 1, 0)
         log.warning(event, **fields)
