@@ -71,10 +71,11 @@ class NodeLimits:
     max_deadline_ms: int = 60_000  # the deadline of a call that sets none (or a longer one)
 
     def request_bytes(self) -> int:
-        """The gRPC request size limit: room for the largest value and key."""
+        """The gRPC request size limit: room for the largest request, a
+        CompareAndSwap with two values of the largest size and a key."""
         if self.max_request_bytes:
             return self.max_request_bytes
-        return max(4 << 20, self.max_value_bytes + self.max_key_bytes + (64 << 10))
+        return 2 * self.max_value_bytes + self.max_key_bytes + (64 << 10)
 
     def http_body_bytes(self) -> int:
         """The HTTP body limit: room for the largest value sent as base64 JSON."""

@@ -257,7 +257,8 @@ def add_node_parser(sub: Any) -> None:
     limit(
         "max-request-bytes",
         d.max_request_bytes,
-        "largest gRPC request any port accepts; 0: max(4 MiB, value + key + 64 KiB). "
+        "largest gRPC request any port accepts; 0: 2 x value + key + 64 KiB (a "
+        "CompareAndSwap of two values). "
         "Only a --peer-listen port with TLS (every caller an authenticated member) takes "
         "64 MiB peer messages; elsewhere peers cut theirs to this size",
     )

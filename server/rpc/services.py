@@ -58,6 +58,7 @@ from ramraft.server.security.budget import (
     MESSAGE_COPIES,
     Reservation,
     page_budget,
+    reserve_answer,
 )
 
 log = structlog.get_logger("ramraft.grpc")
@@ -261,9 +262,12 @@ class KVService(kv_pb2_grpc.KVServicer):
         self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> kv_pb2.GetResponse:
         self.limits.check_key(request.key)
+        timeout = _timeout(context, self.limits)
         if _consistency(request.consistency):
-            await self.api.linearizable(_timeout(context, self.limits))
+            await self.api.linearizable(timeout)
         found, value = self.machine.get(request.key)
+        if len(value) > 64 << 10:  # small answers are covered by the request's reservation
+            await reserve_answer(len(value), timeout)
         return kv_pb2.GetResponse(found=found, value=value, index=self.machine.applied_index)
 
     @rpc("Range")

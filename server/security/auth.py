@@ -440,7 +440,8 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
             if refused is not None:
                 self._refuse_overloaded(method, connection)
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
-            reservation = Reservation(limits.budget)
+            light = self.limiter.by_connection.get(connection, 0) <= InflightLimiter.LIGHT
+            reservation = Reservation(limits.budget, light)
 
             # Held until the call has ended: until then grpc holds the
             # response, also for a client that does not read it.
@@ -464,6 +465,7 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
                         f"the request is not a valid {method} message (protobuf)",
                     )
                 reservation.shrink(reservation.held - MESSAGE_COPIES * len(raw))
+                reservation.read_done()
                 CALL_RESERVATION.set(reservation)
                 return await inner(request, context)  # type: ignore[arg-type]  # an aio handler
             finally:

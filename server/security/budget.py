@@ -22,7 +22,12 @@ its own requests and unwritten responses hold less than a share of the
 budget, so one stream whose client does not read its answers stops being
 read, and HTTP/2 flow control pushes back on that client alone.
 
-Waiters are served first come, first served. Used from the event loop only.
+Waiters are served first come, first served, within ``total - reserve``.
+The reserve (1/8 of the budget) is for light callers, connections with at
+most a couple of requests in flight (security/auth.py InflightLimiter.LIGHT):
+they take from it at once, past the waiters, so that a client sending one
+request at a time is served while heavy ones fill the rest. Used from the
+event loop only.
 """
 
 from __future__ import annotations
@@ -40,8 +45,9 @@ MESSAGE_COPIES = 3
 class MemoryBudget:
     """``total`` bytes; ``take`` and ``try_take`` reserve, ``give`` returns."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, reserve: int | None = None) -> None:
         self.total = total
+        self.reserve = total // 8 if reserve is None else reserve
         self.used = 0
         self.peak = 0
         self.refused = 0
@@ -51,19 +57,23 @@ class MemoryBudget:
     def available(self) -> int:
         return self.total - self.used
 
-    def try_take(self, n: int) -> bool:
-        """Reserve ``n`` bytes now if they are free and nobody waits."""
-        if self._waiters or n > self.total - self.used:
+    def try_take(self, n: int, light: bool = False) -> bool:
+        """Reserve ``n`` bytes now if they are free (for a light caller:
+        also from the reserve, whoever waits) and nobody waits."""
+        if light:
+            if n > self.total - self.used:
+                return False
+        elif self._waiters or n > self.total - self.reserve - self.used:
             return False
         self._take(n)
         return True
 
-    async def take(self, n: int, timeout: float | None) -> bool:
+    async def take(self, n: int, timeout: float | None, light: bool = False) -> bool:
         """Reserve ``n`` bytes, waiting at most ``timeout`` seconds (None:
         as long as it takes) behind earlier waiters; False if they did not
         come free in time (nothing is then reserved)."""
-        n = min(n, self.total)  # a request larger than the budget waits for all of it
-        if self.try_take(n):
+        n = min(n, self.total - self.reserve)  # larger: waits for all there is
+        if self.try_take(n, light):
             return True
         if timeout is not None and timeout <= 0:
             self.refused += 1
@@ -77,7 +87,8 @@ class MemoryBudget:
         except TimeoutError:
             if future.done() and not future.cancelled():
                 return True  # granted just as the time ran out: it is ours
-            self._waiters.remove(waiter)
+            if waiter in self._waiters:  # _grant drops cancelled waiters itself
+                self._waiters.remove(waiter)
             self.refused += 1
             self._grant()  # those behind may fit now
             return False
@@ -105,7 +116,7 @@ class MemoryBudget:
             if future.done():  # cancelled: its owner removes it, skip it here
                 self._waiters.popleft()
                 continue
-            if n > self.total - self.used:
+            if n > self.total - self.reserve - self.used:
                 return
             self._waiters.popleft()
             self._take(n)
@@ -115,15 +126,22 @@ class MemoryBudget:
 class Reservation:
     """The bytes one call holds; ``release`` returns all of them (once)."""
 
-    __slots__ = ("budget", "held", "released")
+    __slots__ = ("budget", "held", "light", "released")
 
-    def __init__(self, budget: MemoryBudget) -> None:
+    def __init__(self, budget: MemoryBudget, light: bool = False) -> None:
         self.budget = budget
+        self.light = light  # the caller may use the budget's reserve
         self.held = 0
         self.released = False
 
+    def read_done(self) -> None:
+        """The request is read: what the call takes from now on (a page, a
+        value) comes from the shared part, not from the light callers'
+        reserve, which is for reading requests."""
+        self.light = False
+
     async def grow(self, n: int, timeout: float | None) -> bool:
-        if self.released or not await self.budget.take(n, timeout):
+        if self.released or not await self.budget.take(n, timeout, self.light):
             return False
         self.held += n
         return True
@@ -165,6 +183,17 @@ class _PageBudget:
             keep = MESSAGE_COPIES * page_bytes
             self.reservation.shrink(self.taken - keep)
             self.taken = keep
+
+
+async def reserve_answer(size: int, timeout: float) -> None:
+    """Reserve an answer of ``size`` bytes known before it is built (a Get's
+    value) in the calling request's budget; Overloaded if it has no room."""
+    reservation = CALL_RESERVATION.get()
+    if reservation is not None and not await reservation.grow(MESSAGE_COPIES * size, timeout):
+        raise Overloaded(
+            f"this node's memory budget for responses in flight ({reservation.budget.total} "
+            "bytes) is in use; retry later"
+        )
 
 
 class page_budget:

@@ -88,12 +88,18 @@ from ramraft.server.request_errors import (
 from ramraft.server.rpc.services import value_before
 from ramraft.server.runtime.node_api import DEFAULT_TIMEOUT, InputLimits
 from ramraft.server.runtime.status import RuntimeReports, RuntimeStatus
-from ramraft.server.security.auth import Principal, bearer_token, http_required_role
+from ramraft.server.security.auth import (
+    InflightLimiter,
+    Principal,
+    bearer_token,
+    http_required_role,
+)
 from ramraft.server.security.budget import (
     CALL_RESERVATION,
     MESSAGE_COPIES,
     Reservation,
     page_budget,
+    reserve_answer,
 )
 from ramraft.server.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ramraft.server.web.status_page import render_status_page
@@ -348,6 +354,8 @@ class KVRoutes:
             await self.api.linearizable(timeout)
         found, value = self.kv.get(key)
         index = self.kv.applied_index
+        if len(value) > 64 << 10:  # small answers are covered by the request's reservation
+            await reserve_answer(2 * len(value), timeout or DEFAULT_TIMEOUT)  # JSON: base64
         if not found:
             raise HttpError(404, "not_found", f"no key {key!r}", index=index)
         if raw:
@@ -728,7 +736,8 @@ class WebTier:
             )  # fmt: skip
             error = HttpError(429, "overloaded", refused, headers={"Retry-After": "1"})
             return self._error_response(error, api_route, request)
-        reservation = Reservation(self.view.budget)
+        light = self.view.limiter.by_connection.get(connection, 0) <= InflightLimiter.LIGHT
+        reservation = Reservation(self.view.budget, light)
         try:
             # The body's bytes (its declared length, else the most it may
             # have), before a byte of it is read.
@@ -752,6 +761,7 @@ class WebTier:
                 )
                 return self._error_response(error, api_route, request)
             CALL_RESERVATION.set(reservation)
+            reservation.read_done()  # the body's bytes are reserved
             return await self._serve(request, handler, api_route)
         finally:
             reservation.release()
