@@ -56,10 +56,10 @@ def stream_ranges(options: Options, seconds: float, counts: Counter[str]) -> Non
     )
     message = grpc_message(request.SerializeToString())
     for address in options["grpc"]:
-        for _ in range(2):
+        for _ in range(4):
             c = caller(options, address)
             stream = c.open("/ramraft.v1.KV/Stream", options["token"])
-            for _ in range(40):
+            for _ in range(60):
                 c.send(stream, message, end=False)
                 counts["sent"] += 1
             held.append(c)
@@ -76,9 +76,9 @@ def unary_ranges(options: Options, seconds: float, counts: Counter[str]) -> None
     held = []
     request = kv_pb2.RangeRequest(prefix="data/", consistency=kv_pb2.SERIALIZABLE)
     for address in options["grpc"]:
-        for _ in range(4):
+        for _ in range(12):
             c = caller(options, address)
-            for _ in range(4):
+            for _ in range(8):
                 c.call("/ramraft.v1.KV/Range", request.SerializeToString(), options["token"])
                 counts["sent"] += 1
             held.append(c)
