@@ -221,7 +221,10 @@ class Node:
         )
         # Per connection: a client's calls, or (shared port) a peer's
         # forwarded writes, which are bounded by its own --max-inflight.
-        client_streams = node_limits.max_inflight_per_connection + 16
+        # Well above the in-flight limit, which answers RESOURCE_EXHAUSTED:
+        # past this one grpc refuses the stream itself (REFUSED_STREAM, which
+        # clients see as UNAVAILABLE).
+        client_streams = 4 * node_limits.max_inflight_per_connection + 64
         if not cfg.peer_listen:
             client_streams = max(client_streams, node_limits.max_inflight + 64)
         client_server = grpc.aio.server(

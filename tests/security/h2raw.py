@@ -58,6 +58,7 @@ class Frame:
     flags: int
     stream: int
     payload: bytes
+    headers: list[tuple[bytes, bytes]] | None = None  # HEADERS: decoded
 
 
 class RawCaller:
@@ -84,6 +85,11 @@ class RawCaller:
         self.sock = sock
         self.authority = address
         self.next_stream = 1
+        from hpack import Decoder
+
+        # One decoder for the connection: a header block refers to table
+        # entries that earlier blocks added.
+        self.decoder = Decoder()
         settings = struct.pack(">HI", SETTINGS_INITIAL_WINDOW_SIZE, window)
         self.sock.sendall(PREFACE + frame(SETTINGS, 0, 0, settings) + settings)
         # The server's SETTINGS come first; acknowledge them (read_frames
@@ -139,7 +145,15 @@ class RawCaller:
             payload = self._exactly(length) if length else b""
             if payload is None:
                 break
-            frames.append(Frame(kind, flags, stream, payload))
+            decoded = None
+            if kind == HEADERS:
+                block = payload
+                if flags & 0x8:  # PADDED
+                    block = block[1 : len(block) - block[0]]
+                if flags & 0x20:  # PRIORITY
+                    block = block[5:]
+                decoded = [(bytes(n), bytes(v)) for n, v in self.decoder.decode(block, raw=True)]
+            frames.append(Frame(kind, flags, stream, payload, decoded))
             if kind == SETTINGS and not flags & ACK:
                 self.sock.sendall(settings_ack())
             if kind == PING and not flags & ACK:
@@ -177,24 +191,12 @@ def grpc_status(frames: list[Frame], stream: int) -> tuple[int | None, str]:
     a trailers-only answer), or (None, "") if the stream did not end so."""
     from urllib.parse import unquote
 
-    from hpack import Decoder
-
-    decoder = Decoder()
     status: int | None = None
     message = ""
     for f in frames:
-        if f.kind != HEADERS:
+        if f.stream != stream or f.headers is None:
             continue
-        block = f.payload
-        if f.flags & 0x8:  # PADDED
-            block = block[1 : len(block) - block[0]]
-        if f.flags & 0x20:  # PRIORITY
-            block = block[5:]
-        # Every header block must pass through the decoder: later blocks
-        # refer to entries the earlier ones added to its table.
-        for name, value in decoder.decode(block, raw=True):
-            if f.stream != stream:
-                continue
+        for name, value in f.headers:
             if name == b"grpc-status":
                 status = int(value)
             elif name == b"grpc-message":

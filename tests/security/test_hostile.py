@@ -231,3 +231,41 @@ ATTACKS = [
 @pytest.mark.parametrize("name", ATTACKS)
 def test_attack(hostile: SecureCluster, name: str) -> None:
     attack(hostile, name)
+
+
+def test_overloaded_calls_are_resource_exhausted_not_cancelled(hostile: SecureCluster) -> None:
+    """More Puts of large values on one connection than it may have in
+    flight (32 here): the excess is refused before its message is read, and
+    the caller reads RESOURCE_EXHAUSTED (it used to read CANCELLED: the node
+    answered while the client was still sending)."""
+    import asyncio
+
+    import grpc
+
+    from ramraft.proto import kv_pb2, kv_pb2_grpc
+
+    tls = hostile.creds.tls()
+    credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
+    metadata = (("authorization", f"Bearer {WRITE_TOKEN}"),)
+
+    async def run() -> list[str]:
+        leader = hostile.wait_for_leader()
+        async with grpc.aio.secure_channel(hostile.grpc[leader], credentials) as channel:
+            stub = kv_pb2_grpc.KVStub(channel)
+
+            async def put(n: int) -> str:
+                request = kv_pb2.PutRequest(key=f"burst/{n}", value=b"b" * (200 << 10))
+                try:
+                    await stub.Put(request, timeout=10, metadata=metadata)
+                except grpc.aio.AioRpcError as e:
+                    return f"{e.code().name}: {e.details()}"
+                return "OK"
+
+            return await asyncio.gather(*(put(n) for n in range(64)))
+
+    answers = asyncio.run(run())
+    print(sorted(set(answers)))
+    codes = [a.split(":")[0] for a in answers]
+    assert "CANCELLED" not in codes and "UNKNOWN" not in codes, codes
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+    assert codes.count("OK") >= LIMITS.max_inflight_per_connection // 2, codes
