@@ -228,7 +228,49 @@ def stream_refused(options: Options, seconds: float, counts: Counter[str]) -> No
     _threads(one, len(options["grpc"]))
 
 
+def leaky_headers(options: Options, seconds: float, counts: Counter[str]) -> None:
+    """Requests whose Authorization headers carry real and made-up tokens:
+    over the size limits (aiohttp's parser error used to log the header's
+    first 100 bytes), wrong, and on calls that fail otherwise. The test then
+    greps the nodes' logs for every token."""
+    running = _until(seconds)
+    tokens = [options["token"], options["write_token"], options["canary"]]
+
+    def one(n: int) -> None:
+        http = options["http"][n % len(options["http"])]
+        address = options["grpc"][n % len(options["grpc"])]
+        host, port = http.rsplit(":", 1)
+        while running():
+            token = tokens[counts["sent"] % len(tokens)]
+            for header in (f"Bearer {token}" + "x" * 9000, f"Bearer {token}", f"Basic {token}"):
+                try:
+                    raw = socket.create_connection(
+                        (host, int(port)), timeout=1, source_address=(options["source"], 0)
+                    )
+                    with tls_context(options).wrap_socket(raw, server_hostname=host) as s:
+                        s.sendall(
+                            f"GET /v1/kv/x HTTP/1.1\r\nHost: x\r\nAuthorization: {header}"
+                            "\r\n\r\n".encode()
+                        )
+                        s.recv(1000)
+                    counts["sent"] += 1
+                except OSError:
+                    counts["refused"] += 1
+            try:
+                c = caller(options, address)
+                c.call("/ramraft.v1.KV/Put", b"\xff\xff", options["canary"])
+                c.call("/ramraft.v1.KV/Get", b"\x0a\x01k", options["canary"] + "x" * 9000)
+                c.read_frames(limit=20)
+                c.close()
+                counts["grpc"] += 1
+            except OSError:
+                counts["refused"] += 1
+
+    _threads(one, 4)
+
+
 ATTACKS: dict[str, Callable[[Options, float, Counter[str]], None]] = {
+    "leaky-headers": leaky_headers,
     "stream-ranges": stream_ranges,
     "unary-ranges": unary_ranges,
     "big-puts": big_puts,
