@@ -17,7 +17,10 @@ a 24 MiB memory budget, 1 MiB Range pages, 64 connections per port (16 per
 address on HTTP), 1 s to handshake and to deliver a request. The attacks
 (tests/security/hostile_attacks.py) run in a process of their own and
 connect from 127.0.0.2. Each runs ATTACK_SECONDS (4 s; HOSTILE_SECONDS=30
-for a longer run, or --run-slow for the slow-marked 20 s variant)."""
+for a longer run, or --run-slow for the slow-marked 20 s variant).
+
+    python -m pytest tests/security/test_hostile.py -s   # one JSON report per attack
+"""
 
 from __future__ import annotations
 
@@ -144,7 +147,7 @@ class PoliteClient:
         self.client.close()
 
 
-def attack(cluster: SecureCluster, name: str) -> dict[str, Any]:
+def attack(cluster: SecureCluster, name: str, seconds: float = ATTACK_SECONDS) -> dict[str, Any]:
     """Run attack ``name`` against ``cluster`` with a well-behaved client
     beside it; assert the bounds of the module docstring; return a report."""
     pids = {i: p.pid for i, p in cluster.procs.items()}
@@ -163,7 +166,7 @@ def attack(cluster: SecureCluster, name: str) -> dict[str, Any]:
         attacker = subprocess.Popen(
             [
                 *(sys.executable, "-m", "tests.security.hostile_attacks", name),
-                *(str(ATTACK_SECONDS), json.dumps(options)),
+                *(str(seconds), json.dumps(options)),
             ],
             stdout=subprocess.PIPE,
             cwd=str(REPO),
@@ -233,6 +236,13 @@ ATTACKS = [
 @pytest.mark.parametrize("name", ATTACKS)
 def test_attack(hostile: SecureCluster, name: str) -> None:
     attack(hostile, name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ATTACKS)
+def test_attack_for_longer(hostile: SecureCluster, name: str) -> None:
+    """The same, 20 s each (--run-slow): memory that grows with time shows."""
+    attack(hostile, name, seconds=20)
 
 
 def test_overloaded_calls_are_resource_exhausted_not_cancelled(hostile: SecureCluster) -> None:
