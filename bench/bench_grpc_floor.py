@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from ramraft.tools.bench import cpu_seconds, free_ports, percentile
+from ramraft.tools.bench import cpu_seconds, percentile
 
 SERVICE = "bench.Echo"
 PAYLOAD = b"x" * 120  # about a 100-byte Put
@@ -34,7 +34,10 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-def _serve(port: int, ready: Any) -> None:
+def _serve(port: Any, ready: Any) -> None:
+    """The echo server, on a port the kernel picks (``port.value`` once
+    ``ready`` is set): a port picked beforehand could be taken meanwhile."""
+
     async def unary(request: bytes, context: Any) -> bytes:
         return request
 
@@ -53,7 +56,7 @@ def _serve(port: int, ready: Any) -> None:
             ),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        server.add_insecure_port(f"127.0.0.1:{port}")
+        port.value = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         ready.set()
         await server.wait_for_termination()
@@ -136,13 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON line per run")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.in_flight.split(",") if x]
-    (port,) = free_ports(1)
-    ready = mp.get_context("spawn").Event()
-    server = mp.get_context("spawn").Process(target=_serve, args=(port, ready), daemon=True)
+    spawn = mp.get_context("spawn")
+    bound, ready = spawn.Value("i", 0), spawn.Event()
+    server = spawn.Process(target=_serve, args=(bound, ready), daemon=True)
     server.start()
     if not ready.wait(30):
         print("the echo server did not start", file=sys.stderr)
         return 1
+    port = int(bound.value)
     try:
         for level in levels:
             rates: dict[str, float] = {}

@@ -12,10 +12,25 @@ class ConfigError(ValueError):
 
 
 def parse_address(text: str, what: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port). Port 0 passes: a bind
+    address may ask for any free port; addresses others must know refuse it
+    (parse_peers, NodeConfig.validate)."""
     host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"{what}: {text!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+def join_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _known_port(text: str, what: str) -> None:
+    if parse_address(text, what)[1] == 0:
+        raise ConfigError(
+            f"{what}: {text!r}: port 0 (any free port) is not allowed here: members and "
+            "clients must know this address in advance"
+        )
 
 
 def parse_peers(text: str) -> dict[str, str]:
@@ -29,7 +44,7 @@ def parse_peers(text: str) -> dict[str, str]:
             check_node_id(node_id)
         except ValueError as e:
             raise ConfigError(f"--peers: {e}") from e
-        parse_address(address, f"--peers entry {node_id}")
+        _known_port(address, f"--peers entry {node_id}")
         if node_id in peers:
             raise ConfigError(f"--peers: {node_id} is listed twice")
         peers[node_id] = address.strip()
@@ -124,6 +139,10 @@ class NodeLimits:
                 "largest size could be read and answered"
             )
 
+
+# <data-dir>/ports.json: what a node listens on (id, pid, grpc, peer, http,
+# health), written once it serves and removed when it stops (server/node.py).
+PORTS_FILE = "ports.json"
 
 # The largest message a node sends to a peer or accepts from one (a batch of
 # AppendEntries, a snapshot chunk, a forwarded write) on a separate peer
@@ -238,13 +257,14 @@ class NodeConfig:
                 f"--id {self.node_id} is not in --peers ({', '.join(self.peers)}); "
                 "use --join to start a node that will be added later"
             )
-        parse_address(self.client_listen, "--listen")
+        _known_port(self.client_listen, "--listen")
         if self.peer_listen:
-            parse_address(self.peer_listen, "--peer-listen")
+            _known_port(self.peer_listen, "--peer-listen")
         if self.http:
             parse_address(self.http, "--http")
         if self.health_listen:
             parse_address(self.health_listen, "--health-listen")
+        self._check_ports_differ()
         self.limits.validate()
         self.tls.validate()
         if self.auth_tokens and not self.tls.enabled and not self.insecure:
@@ -267,6 +287,29 @@ class NodeConfig:
         if self.peer_listen and self.tls.enabled:
             return PEER_MESSAGE_BYTES
         return self.limits.request_bytes()
+
+    def _check_ports_differ(self) -> None:
+        """Two of this node's own ports on one number would collide (the
+        second bind would read as "in use by another process")."""
+        wildcard = ("", "0.0.0.0", "::")
+        seen: list[tuple[str, str, int]] = []
+        for flag, address in (
+            ("--listen", self.client_listen),
+            ("--peer-listen", self.peer_listen),
+            ("--http", self.http),
+            ("--health-listen", self.health_listen),
+        ):
+            if not address:
+                continue
+            host, port = parse_address(address, flag)
+            for other_flag, other_host, other_port in seen:
+                same_host = host == other_host or host in wildcard or other_host in wildcard
+                if port and port == other_port and same_host:
+                    raise ConfigError(
+                        f"{flag} {address} and {other_flag} use the same port {port}: "
+                        "give each its own"
+                    )
+            seen.append((flag, host, port))
 
     @property
     def client_listen(self) -> str:

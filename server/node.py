@@ -6,19 +6,33 @@ With an application (``--app``, server/hosting.py) the runtime applies the log
 to ``CompositeMachine({TAG_KV: kv, TAG_MODEL: ModelMachine(model)})``; the
 model's commands are bound to this node's write path once the API exists.
 
+Start-up checks every address it must listen on before it opens its data
+directory, and gRPC servers bind without SO_REUSEPORT (gRPC's default would
+let a second node share a busy port and split the clients between the two):
+a busy port is a one-line ListenError naming the flag and the port. Once
+everything serves, ``<data-dir>/ports.json`` says what the node listens on
+(with ports chosen by the kernel for ``--http``/``--health-listen`` port 0),
+so that whoever started the process knows it is up; it is removed when the
+node stops.
+
 Shutdown on SIGTERM/SIGINT: stop taking new requests on this node, hand
-leadership to the most caught-up voter if we lead, let in-flight writes
-finish (they commit under the new leader and resolve here when applied),
-flush, close, exit 0.
+leadership to the most caught-up voter that answered lately if we lead
+(none: no transfer, no wait), let in-flight writes finish (they commit under
+the new leader and resolve here when applied), flush, close, exit 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import json
+import os
 import signal
+import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -28,7 +42,14 @@ from grpc_reflection.v1alpha import reflection
 
 from ramraft.consensus import Role
 from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc, raft_pb2
-from ramraft.server.config import PEER_MESSAGE_BYTES, NodeConfig, NodeLimits
+from ramraft.server.config import (
+    PEER_MESSAGE_BYTES,
+    PORTS_FILE,
+    NodeConfig,
+    NodeLimits,
+    join_address,
+    parse_address,
+)
 from ramraft.server.hosting import (
     Application,
     HostedApp,
@@ -57,6 +78,59 @@ log = structlog.get_logger("ramraft.node")
 
 LIVENESS_SERVICE = "liveness"
 HEALTH_PORT_LIMIT = 64  # connections and concurrent calls on the plaintext health port
+# SIGTERM hands leadership only to a voter heard from within this many
+# heartbeat intervals (at least HANDOVER_MIN_ANSWER_WINDOW seconds): a
+# stopped peer keeps its match index, so only its silence tells it apart.
+HANDOVER_HEARTBEATS = 4
+HANDOVER_MIN_ANSWER_WINDOW = 0.2
+
+
+class ListenError(OSError):
+    """A port this node must listen on cannot be had. ``in_use``: another
+    process holds it (the same settings with another port can work)."""
+
+    def __init__(self, flag: str, address: str, reason: str, *, in_use: bool) -> None:
+        super().__init__(f"{flag} {address}: cannot listen: {reason}")
+        self.in_use = in_use
+
+
+def probe_listen(flag: str, address: str) -> None:
+    """Raise ListenError unless ``address`` can be bound now, as the servers
+    bind it (SO_REUSEADDR, no SO_REUSEPORT). gRPC says only "Failed to bind";
+    this says why."""
+    host, port = parse_address(address, flag)
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_ADDRCONFIG
+        )
+    except socket.gaierror as e:
+        reason = f"cannot resolve {host!r}: {e.strerror}"
+        raise ListenError(flag, address, reason, in_use=False) from None
+    errors: list[OSError] = []
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as e:
+                errors.append(e)
+    in_use = [e for e in errors if e.errno == errno.EADDRINUSE]
+    if in_use:
+        raise ListenError(
+            flag,
+            address,
+            f"port {port} is in use by another process (stop it, or choose another port)",
+            in_use=True,
+        )
+    if errors and len(errors) == len(infos):
+        first = errors[0]
+        reason = {
+            errno.EADDRNOTAVAIL: f"{host} is not an address of this machine",
+            errno.EACCES: f"permission denied for port {port} (ports below 1024 need privileges)",
+        }.get(first.errno or 0, f"port {port}: {first.strerror}")
+        raise ListenError(flag, address, reason, in_use=False)
 
 
 def server_options(
@@ -71,6 +145,9 @@ def server_options(
     connection (more wait in the client); at most ``max_connections``
     connections (the fd limit is raised above that, raise_fd_limit)."""
     return [
+        # gRPC sets SO_REUSEPORT by default: a second process could then listen
+        # on the same port and take half of the connections.
+        ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length", max_receive),
         ("grpc.max_send_message_length", PEER_MESSAGE_BYTES),
         ("grpc.max_allowed_incoming_connections", max_connections),
@@ -152,9 +229,49 @@ class Node:
         self.web: WebTier | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self._bound: dict[str, str] = {}  # flag -> address with the port bound
         self.started_at = time.time()
 
+    def listen_addresses(self) -> list[tuple[str, str]]:
+        """(flag, address) of every port this node listens on."""
+        cfg = self.config
+        out = [("--listen", cfg.client_listen)]
+        if cfg.peer_listen:
+            out.append(("--peer-listen", cfg.peer_listen))
+        if cfg.http:
+            out.append(("--http", cfg.http))
+        if cfg.health_listen:
+            out.append(("--health-listen", cfg.health_listen))
+        return out
+
     async def start(self) -> None:
+        """Check the ports, open the data directory, serve. On any failure,
+        whatever was started is stopped again before the error propagates
+        (a server left to the garbage collector after the loop closed would
+        print a traceback after the one-line error)."""
+        cfg = self.config
+        self._ports_file().unlink(missing_ok=True)  # a killed run's; we are not up yet
+        for flag, address in self.listen_addresses():
+            probe_listen(flag, address)
+        try:
+            await self._start()
+        except BaseException:
+            await self._close_after_failed_start()
+            raise
+        self._write_ports_file()
+        log.info(
+            "node_started",
+            id=cfg.node_id,
+            grpc=cfg.client_listen,
+            peer=cfg.peer_listen or cfg.client_listen,
+            http=self.web.address if self.web is not None else None,
+            health=self._bound.get("--health-listen"),
+            tls=self.tls is not None,
+            auth=self.tokens is not None,
+            data_dir=cfg.data_dir,
+        )
+
+    async def _start(self) -> None:
         cfg = self.config
         log_store, snapshots = open_storage(cfg.data_dir)
         runtime = RaftRuntime(cfg, self.machine, log_store, snapshots)
@@ -185,7 +302,6 @@ class Node:
         runtime.listeners.append(metrics.runtime_listener)
         if self.app is not None:
             self.app.machine.bind(model_proposer(self.api, self.app.sessions))
-        await runtime.start()
 
         self.peer_servicer = peer_servicer = PeerServicer(
             receive=runtime.receive,
@@ -236,6 +352,7 @@ class Node:
             # health checks, reflection and peer calls are not counted there.
             maximum_concurrent_rpcs=4 * node_limits.max_inflight + 64,
         )
+        self.servers.append(client_server)
         kv_pb2_grpc.add_KVServicer_to_server(self.kv_service, client_server)
         admin_pb2_grpc.add_AdminServicer_to_server(self.admin_service, client_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, client_server)
@@ -256,6 +373,7 @@ class Node:
                 ),
                 maximum_concurrent_rpcs=4 * node_limits.max_inflight + 64,
             )
+            self.servers.append(peer_server)
             peer_server.add_generic_rpc_handlers(
                 (
                     peer_servicer.handler(),
@@ -267,7 +385,6 @@ class Node:
                 )
             )
             self._bind(peer_server, cfg.peer_listen, "--peer-listen", tls, require_client=True)
-            self.servers.append(peer_server)
             require_client = cfg.tls.client_auth == "require"
         else:
             client_server.add_generic_rpc_handlers((peer_servicer.handler(),))
@@ -277,17 +394,19 @@ class Node:
             require_client = True
         reflection.enable_server_reflection(services, client_server)
         self._bind(client_server, cfg.client_listen, "--listen", tls, require_client)
-        self.servers.insert(0, client_server)
         if cfg.health_listen:
             # Plaintext, health only: kubelet's gRPC probes cannot speak TLS.
             health_server = grpc.aio.server(
                 options=server_options(64 << 10, HEALTH_PORT_LIMIT, node_limits, 4),
                 maximum_concurrent_rpcs=HEALTH_PORT_LIMIT,
             )
+            self.servers.append(health_server)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, health_server)
             self._bind(health_server, cfg.health_listen, "--health-listen", None, False)
-            self.servers.append(health_server)
         self._warn_about_security()
+        # Every port is bound: now the log is loaded and the core runs, before
+        # any server takes a call.
+        await runtime.start()
         for server in self.servers:
             await server.start()
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -311,18 +430,56 @@ class Node:
                     peer_channel=runtime.transport.channel,
                 )
             )
-            await self.web.start(cfg.http)
-        log.info(
-            "node_started",
-            id=cfg.node_id,
-            grpc=cfg.client_listen,
-            peer=cfg.peer_listen or cfg.client_listen,
-            http=cfg.http or None,
-            health=cfg.health_listen or None,
-            tls=self.tls is not None,
-            auth=self.tokens is not None,
-            data_dir=cfg.data_dir,
-        )
+            try:
+                await self.web.start(cfg.http)
+            except OSError:
+                probe_listen("--http", cfg.http)  # the reason, as for the gRPC ports
+                raise
+
+    async def _close_after_failed_start(self) -> None:
+        # stop() after this returns at once: there is nothing left to stop.
+        self._stopped.set()
+        if self.runtime is not None:
+            self.runtime.stopping = True
+        with contextlib.suppress(Exception):
+            if self.web is not None:
+                await self.web.stop()
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await server.stop(None)
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._health_task
+        runtime = self.runtime
+        if runtime is not None:
+            with contextlib.suppress(Exception):
+                await runtime.transport.close()
+            with contextlib.suppress(Exception):
+                await runtime.close()
+
+    def _ports_file(self) -> Path:
+        return Path(self.config.data_dir) / PORTS_FILE
+
+    def listening(self) -> dict[str, Any]:
+        """What this node serves on, with the ports actually bound."""
+        cfg = self.config
+        client = self._bound.get("--listen", cfg.client_listen)
+        return {
+            "id": cfg.node_id,
+            "pid": os.getpid(),
+            "grpc": client,
+            "peer": self._bound.get("--peer-listen", client),
+            "http": self.web.address if self.web is not None else None,
+            "health": self._bound.get("--health-listen"),
+        }
+
+    def _write_ports_file(self) -> None:
+        # Written whole and renamed into place: a reader never sees half of it.
+        path = self._ports_file()
+        temporary = path.with_name(f".{PORTS_FILE}.tmp")
+        temporary.write_text(json.dumps(self.listening()) + "\n")
+        os.replace(temporary, path)
 
     def _warn_about_security(self) -> None:
         cfg = self.config
@@ -342,8 +499,8 @@ class Node:
                 "every caller; use --peer-listen to serve clients without one",
             )
 
-    @staticmethod
     def _bind(
+        self,
         server: grpc.aio.Server,
         address: str,
         flag: str,
@@ -356,9 +513,14 @@ class Node:
             else:
                 port = server.add_insecure_port(address)
         except RuntimeError as e:
-            raise OSError(f"{flag} {address}: cannot listen: {e}") from e
+            # Taken since probe_listen() looked, or not bindable for a reason
+            # the probe cannot see: ask the probe again for the reason.
+            probe_listen(flag, address)
+            raise ListenError(flag, address, f"gRPC could not bind it: {e}", in_use=False) from e
         if port == 0:
-            raise OSError(f"{flag} {address}: cannot listen (address in use or not local?)")
+            probe_listen(flag, address)
+            raise ListenError(flag, address, "gRPC could not bind it", in_use=False)
+        self._bound[flag] = join_address(parse_address(address, flag)[0], port)
 
     def ready(self) -> bool:
         """Knows a leader and has applied what it knows to be committed
@@ -390,22 +552,24 @@ class Node:
     async def stop(self, *, transfer: bool = True, grace: float = 10.0) -> None:
         """Graceful shutdown; safe to call twice."""
         runtime = self.runtime
+        if runtime is None and not self._stopped.is_set():
+            return  # never started
         if runtime is None or runtime.stopping:
             await self._stopped.wait()
             return
-        log.info("node_stopping", id=self.config.node_id)
+        log.info("node_stopping", id=self.config.node_id, role=runtime.role.value)
+        self._ports_file().unlink(missing_ok=True)  # no longer (fully) serving
         deadline = time.monotonic() + grace
         if transfer and runtime.core is not None and runtime.failed is None:
+            alone = False
             if runtime.role is Role.LEADER and len(runtime.core.conf.voters) > 1:
-                assert self.membership is not None
-                try:
-                    new = await self.membership.transfer_leadership(timeout=min(5.0, grace / 2))
-                    log.info("leadership_handed_over", to=new)
-                except Exception as e:
-                    log.warning("leadership_handover_failed", error=str(e))
+                alone = not await self._hand_over(grace)
             # Let writes already in the log finish: they commit under the
-            # new leader and resolve here when applied.
-            await runtime.wait_idle(deadline - time.monotonic())
+            # new leader and resolve here when applied. With no peer
+            # answering they cannot commit: they fail at once (Unavailable;
+            # the client retries them under the same session).
+            if not alone:
+                await runtime.wait_idle(deadline - time.monotonic())
         runtime.stopping = True
         await self.health.enter_graceful_shutdown()
         if self.web is not None:
@@ -422,6 +586,32 @@ class Node:
         await runtime.close()
         log.info("node_stopped", id=self.config.node_id)
         self._stopped.set()
+
+    async def _hand_over(self, grace: float) -> bool:
+        """Hand leadership to a voter that answered lately and holds every
+        committed entry; without one, do not wait for a transfer that cannot
+        complete. Returns whether any such voter was found."""
+        cfg = self.config
+        membership = self.membership
+        assert membership is not None
+        within = max(
+            HANDOVER_MIN_ANSWER_WINDOW,
+            HANDOVER_HEARTBEATS * cfg.heartbeat_ticks * cfg.tick_ms / 1000,
+        )
+        candidates = await membership.handover_candidates(answered_within=within)
+        if not candidates:
+            log.warning(
+                "leadership_not_handed_over",
+                reason=f"no voter answered in the last {within:.2f}s holding every committed "
+                "entry; stopping without a transfer (the others elect a leader)",
+            )
+            return False
+        try:
+            new = await membership.transfer_leadership(candidates[0], timeout=min(5.0, grace / 2))
+            log.info("leadership_handed_over", to=new)
+        except Exception as e:
+            log.warning("leadership_handover_failed", to=candidates[0], error=str(e))
+        return True
 
     async def run_until_signalled(self) -> None:
         loop = asyncio.get_running_loop()

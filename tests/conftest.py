@@ -3,6 +3,8 @@
 - ``@pytest.mark.slow`` marks the long variant (a soak) of a test that also
   runs in a bounded form; it is skipped unless ``--run-slow`` is given or
   ``RAMRAFT_SLOW=1`` is set, so CI runs every bounded test and no soak.
+- In CI (``CI=true``) a skip for something an install fixes is a failure
+  (tests/needs.py): .ci/run installs everything the tests need.
 - The tests run in a random order (pytest-randomly, a dev dependency), so a
   test that needs another one to run first fails at once. The seed is printed
   at the end of every run; ``--randomly-seed=N`` replays that order (it also
@@ -13,10 +15,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
+import pluggy
 import pytest
 import structlog
+
+from tests.needs import NOT_INSTALLED, in_ci
 
 SLOW_ENV = "RAMRAFT_SLOW"
 
@@ -64,3 +69,20 @@ def _fresh_structlog() -> Iterator[None]:
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pluggy.Result[pytest.TestReport]]:
+    """Keeps each phase's report on the item (``item.rep_call``: fixtures that
+    print logs when the test failed), and in CI makes a skip for something an
+    install fixes a failure (tests/needs.py)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+    if report.skipped and in_ci() and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+        if reason.startswith(NOT_INSTALLED):
+            report.outcome = "failed"
+            report.longrepr = f"skipped in CI, but .ci/run must install what it needs: {reason}"

@@ -79,6 +79,7 @@ ALL_MODES = GRPC_MODES + INPROC_MODES
 WRITE_MODES = ("write", "inproc-write")
 READ_MODES = ("read-linearizable", "read-serializable", "inproc-read-linearizable")
 INPROC_ID = "n1"
+PORT_ATTEMPTS = 5
 KEY_PREFIX = "bench-"
 # Foreign CPU use (other work on the machine) that makes a run "contaminated",
 # and below which the machine counts as idle (as the peers' scripts do).
@@ -516,6 +517,9 @@ class WorkerPool:
 
 
 def free_ports(n: int) -> list[int]:
+    """Ports free at the moment of asking. Only candidates: another process
+    may bind one before the node does, so whoever starts nodes on them
+    retries with new ones when a node exits with EXIT_PORT_IN_USE."""
     sockets, ports = [], []
     for _ in range(n):
         s = socket.socket()
@@ -553,10 +557,12 @@ class Cluster:
         if endpoints is not None:
             self.addresses = {address: address for address in endpoints}
         else:
-            ids = [f"n{i + 1}" for i in range(3)]
-            self.addresses = {
-                i: f"127.0.0.1:{port}" for i, port in zip(ids, free_ports(3), strict=True)
-            }
+            self.addresses = self._pick_addresses()
+
+    @staticmethod
+    def _pick_addresses() -> dict[str, str]:
+        ids = [f"n{i + 1}" for i in range(3)]
+        return {i: f"127.0.0.1:{port}" for i, port in zip(ids, free_ports(3), strict=True)}
 
     @property
     def endpoints(self) -> list[str]:
@@ -569,8 +575,49 @@ class Cluster:
         return pids
 
     async def start(self) -> None:
+        """Start our nodes and wait until each serves; when a port picked
+        turns out taken (exit status 4, or ListenError in this process),
+        stop them and start again on new ports."""
         if self.external:
             return
+        from ramraft.server.node import ListenError
+
+        for _ in range(PORT_ATTEMPTS):
+            try:
+                await self._start_nodes()
+                if not await self._wait_serving():
+                    return
+            except ListenError as e:
+                if not e.in_use:
+                    raise
+            await self.stop()
+            self.procs, self.node, self._logs = {}, None, []
+            self.addresses = self._pick_addresses()
+        raise BenchError(f"{PORT_ATTEMPTS} sets of free ports were all taken when the nodes bound")
+
+    async def _wait_serving(self, timeout: float = 60.0) -> bool:
+        """Wait until every node process serves (its ports.json names its
+        pid); True if one exited because its port was taken."""
+        from ramraft.tools.node_cli import EXIT_PORT_IN_USE
+
+        assert self.root is not None
+        deadline = time.monotonic() + timeout
+        for node_id, proc in self.procs.items():
+            ports_file = self.root / node_id / "ports.json"
+            while True:
+                with contextlib.suppress(FileNotFoundError, ValueError):
+                    if json.loads(ports_file.read_text())["pid"] == proc.pid:
+                        break
+                if proc.poll() is not None:
+                    if proc.returncode == EXIT_PORT_IN_USE:
+                        return True
+                    self.check_alive()  # raises with the node's log
+                if time.monotonic() > deadline:
+                    raise BenchError(f"node {node_id} did not start serving within {timeout:.0f} s")
+                await asyncio.sleep(0.05)
+        return False
+
+    async def _start_nodes(self) -> None:
         assert self.root is not None
         peers = ",".join(f"{i}={a}" for i, a in self.addresses.items())
         env = dict(os.environ, RAMRAFT_LOG_LEVEL="warning")

@@ -10,6 +10,13 @@ subcommands the same --endpoints/--timeout/--json handling.
 Exit status: 0 success; 1 a negative answer (get: key not found; delete: key
 did not exist; cas: not swapped); 2 bad usage; 3 the cluster could not
 answer or refused the request; 130 interrupted.
+
+Output rule, for every command: standard output carries the answer and
+nothing else (a value, a table, "OK", "deleted"), so that it can be piped;
+everything that is not the answer goes to standard error, one line starting
+"ramraft: ": a negative answer (exit status 1), an error (2, 3) and a note
+(range's "more keys"). With --json the answer is one JSON document on
+standard output whatever the outcome, negative answers included.
 """
 
 from __future__ import annotations
@@ -78,6 +85,9 @@ environment:
 
 exit status: 0 ok; 1 negative answer (key not found, not deleted, not
 swapped); 2 bad usage; 3 the cluster could not answer or refused.
+Standard output carries only the answer; a negative answer, an error or a
+note goes to standard error (with --json, the document is on standard output
+whatever the outcome).
 A write that fails with "unavailable" or "deadline exceeded" may or may not
 have been applied."""
 
@@ -373,8 +383,10 @@ def _cmd_delete(client: Client, args: argparse.Namespace) -> int:
     deleted = client.delete(args.key)
     if json_from_args(args):
         _print_json({"key": args.key, "deleted": deleted})
+    elif deleted:
+        sys.stdout.write("deleted\n")
     else:
-        sys.stdout.write("deleted\n" if deleted else f"key not found: {args.key}\n")
+        sys.stderr.write(f"ramraft: key not found: {args.key}\n")
     return EXIT_OK if deleted else EXIT_NEGATIVE
 
 
@@ -390,9 +402,9 @@ def _cmd_cas(client: Client, args: argparse.Namespace) -> int:
     elif result.swapped:
         sys.stdout.write(f"swapped (index {result.index})\n")
     elif result.current is None:
-        sys.stdout.write("not swapped: the key is absent\n")
+        sys.stderr.write("ramraft: not swapped: the key is absent\n")
     else:
-        sys.stdout.write(f"not swapped: the current value is {_text(result.current)!r}\n")
+        sys.stderr.write(f"ramraft: not swapped: the current value is {_text(result.current)!r}\n")
     return EXIT_OK if result.swapped else EXIT_NEGATIVE
 
 
@@ -420,7 +432,7 @@ def _cmd_range(client: Client, args: argparse.Namespace) -> int:
         for key, value in items:
             sys.stdout.write(f"{key}\t{_text(value)}\n")
         if more:
-            sys.stderr.write(f"(more keys after {items[-1][0]!r}: use --start-after)\n")
+            sys.stderr.write(f"ramraft: more keys after {items[-1][0]!r}: use --start-after\n")
     return EXIT_OK
 
 
@@ -436,6 +448,10 @@ def _cmd_status(client: Client, args: argparse.Namespace) -> int:
         nodes.append({"endpoint": endpoint} | _message_dict(status.node))
         if members is None and status.members_from_leader:
             members = [_message_dict(m) for m in status.members]
+    if all("error" in n for n in nodes):
+        # No answer at all is an error, not a table of "unreachable" rows.
+        sys.stderr.write("ramraft: error: no node answered\n")
+        return EXIT_ERROR
     if json_from_args(args):
         _print_json({"nodes": nodes, "members": members or []})
     else:
@@ -476,9 +492,6 @@ def _cmd_status(client: Client, args: argparse.Namespace) -> int:
                 for m in members
             ]
             sys.stdout.write(_table(rows) + "\n")
-    if all("error" in n for n in nodes):
-        sys.stderr.write("ramraft: error: no node answered\n")
-        return EXIT_ERROR
     return EXIT_OK
 
 

@@ -1,4 +1,5 @@
-"""``ramraft node`` and ``ramraft cluster`` (registered into tools/cli.py).
+"""``ramraft node`` (and, from local_cluster.py, ``ramraft cluster``), registered
+into tools/cli.py.
 
 Every ``node`` flag can also be given as an environment variable
 (``--data-dir`` -> ``RAMRAFT_DATA_DIR``), so a StatefulSet pod derives its id
@@ -10,10 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import subprocess
 import sys
-import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,6 @@ from ramraft.server.config import (
     NodeLimits,
     TLSConfig,
     memory_bound,
-    parse_address,
     parse_peers,
 )
 
@@ -38,7 +37,10 @@ examples:
   ramraft node ... --http 127.0.0.1:8001 --app examples.notes:app   # pages at /app/
 
 The node's gRPC address is its own entry in --peers unless --listen overrides
-the bind address. With --peer-listen, peers talk on that separate port and
+the bind address. --http and --health-listen may give port 0 (any free port).
+Once the node serves, <data-dir>/ports.json names its pid and the addresses it
+listens on (JSON: id, pid, grpc, peer, http, health); it is removed at stop.
+With --peer-listen, peers talk on that separate port and
 --peers lists peer addresses.
 
 security (off by default; on in k8s/):
@@ -51,9 +53,12 @@ security (off by default; on in k8s/):
   they change on disk; new connections use the new certificate.
   --auth-tokens FILE requires a bearer token (roles read, write, admin; see
   `ramraft tokens`) on the gRPC and HTTP ports; health checks stay open.
-
   Tokens without TLS protect nothing (cleartext tokens, an unauthenticated
   peer port): the node refuses to start so unless --insecure says so.
+
+exit status: 0 stopped cleanly (SIGTERM, Ctrl-C); 1 stopped by a failure
+(storage, snapshot); 2 a bad setting, data directory or address; 4 a port is
+in use by another process (the same settings with another port can work).
 
 limits (excess requests get RESOURCE_EXHAUSTED / HTTP 429 at once, before
 their message is read). Memory, in one formula:
@@ -75,26 +80,286 @@ connections and calls:
   --max-deadline-ms (the longest a call may wait, and what one without a
   deadline gets)
 """
-
-
 NODE_EPILOG = NODE_EPILOG_TEMPLATE.replace(
     "{default_bound}",
     str(memory_bound(NodeLimits(), NodeConfig.snapshot_bytes, NodeConfig.retain_bytes) >> 20),
 )
 
 
-def _env(name: str, default: str = "") -> str:
-    return os.environ.get(f"RAMRAFT_{name}", default)
+# ---- ramraft node: its settings ----------------------------------------------------------------
+#
+# Every flag of `ramraft node` is one Setting below, so that each has its
+# environment twin RAMRAFT_<FLAG> and its help names it (a test checks both).
+# The parser leaves a flag that was not given as None; resolve_settings()
+# fills it from the environment, then from the default. It runs only when
+# `ramraft node` runs: a bad RAMRAFT_TICK_MS must not break `ramraft get`.
+
+EXIT_PORT_IN_USE = 4  # ramraft node: a port to listen on is taken (a retry can pick another)
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(f"RAMRAFT_{name}")
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"ramraft node: RAMRAFT_{name}={raw!r} is not a whole number") from None
+@dataclass(frozen=True)
+class Setting:
+    flag: str  # without the dashes: "tick-ms"
+    help: str
+    default: str | int | bool = ""
+    kind: type = str  # str, int or bool (a switch)
+    group: str = ""  # "" (general), "tls" or "limits"
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+    default_text: str = ""  # how --help shows the default, if not str(default)
+
+    @property
+    def dest(self) -> str:
+        return self.flag.replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return "RAMRAFT_" + self.flag.upper().replace("-", "_")
+
+    def help_text(self) -> str:
+        if self.kind is bool:
+            return f"{self.help} (env {self.env}=1)"
+        shown = self.default_text or (str(self.default) if self.default != "" else "")
+        default = f"default {shown}; " if shown else ""
+        return f"{self.help} ({default}env {self.env})"
+
+    def convert(self, raw: str, source: str) -> str | int | bool:
+        """``raw`` from the command line or the environment, checked;
+        ``source`` names it in the error (--tick-ms, RAMRAFT_TICK_MS)."""
+        if self.kind is bool:
+            if raw.lower() in _TRUE:
+                return True
+            if raw.lower() in _FALSE:
+                return False
+            raise ConfigError(f"{source}={raw!r}: not one of {', '.join(_TRUE + _FALSE)}")
+        if self.kind is int:
+            try:
+                return int(raw)
+            except ValueError:
+                raise ConfigError(f"{source}={raw!r}: not a whole number") from None
+        if self.choices and raw not in self.choices:
+            raise ConfigError(f"{source}={raw!r}: not one of {', '.join(self.choices)}")
+        return raw
+
+
+def _limit(flag: str, default: int, text: str) -> Setting:
+    return Setting(flag, text, default, int, "limits", metavar="N")
+
+
+_LIMITS = NodeLimits()
+
+NODE_SETTINGS: tuple[Setting, ...] = (
+    Setting("id", "this node's id", metavar="ID"),
+    Setting("peers", "initial members, including this node", metavar="ID=HOST:PORT,..."),
+    Setting("data-dir", "where the WAL and snapshots live (created if missing)", metavar="DIR"),
+    Setting(
+        "listen",
+        "client gRPC bind address (default: this node's own --peers entry)",
+        metavar="HOST:PORT",
+    ),
+    Setting("peer-listen", "separate peer port bind address", metavar="HOST:PORT"),
+    Setting("http", "web tier bind address, e.g. 0.0.0.0:8080", metavar="HOST:PORT"),
+    Setting(
+        "app",
+        "serve an application model next to the key-value store, e.g. examples.notes:app; "
+        "its pages are under /app/ on --http",
+        metavar="MODULE:FACTORY",
+    ),
+    Setting(
+        "app-path",
+        "directories to import the --app module from, ':'-separated ('.': the current one)",
+        ".",
+        metavar="DIRS",
+    ),
+    Setting("join", "start empty and wait to be added with AddMember", False, bool),
+    Setting("tick-ms", "Raft tick in ms", 10, int, metavar="MS"),
+    Setting(
+        "election-ticks",
+        "ticks without a leader before a follower campaigns, randomized up to twice that",
+        50,
+        int,
+        metavar="N",
+        default_text="50: 0.5-1 s",
+    ),
+    Setting(
+        "heartbeat-ticks",
+        "ticks between the leader's heartbeats",
+        5,
+        int,
+        metavar="N",
+        default_text="5: 50 ms",
+    ),
+    Setting(
+        "snapshot-entries", "snapshot after this many applied entries", 20_000, int, metavar="N"
+    ),
+    Setting(
+        "retain-entries",
+        "log entries kept behind a snapshot for slow followers",
+        5_000,
+        int,
+        metavar="N",
+    ),
+    Setting(
+        "snapshot-bytes",
+        "also snapshot after this many bytes of applied commands: the log is held in RAM "
+        "until a snapshot covers it",
+        64 << 20,
+        int,
+        metavar="N",
+        default_text="64 MiB",
+    ),
+    Setting(
+        "retain-bytes",
+        "cap on the bytes of entries kept behind a snapshot",
+        32 << 20,
+        int,
+        metavar="N",
+        default_text="32 MiB",
+    ),
+    Setting(
+        "no-fsync",
+        "do not fsync (benchmarks only: acknowledged writes can be lost on power loss)",
+        False,
+        bool,
+    ),
+    Setting("log-level", "how much to log", "info", choices=LOG_LEVELS),
+    Setting(
+        "tls-cert",
+        "this node's certificate (PEM); with --tls-key and --tls-ca turns TLS on for every port",
+        group="tls",
+        metavar="FILE",
+    ),
+    Setting("tls-key", "its key", group="tls", metavar="FILE"),
+    Setting(
+        "tls-ca",
+        "the cluster CA that signs peers' and clients' certificates",
+        group="tls",
+        metavar="FILE",
+    ),
+    Setting(
+        "tls-client-auth",
+        "require a client certificate from the CA on the client gRPC and HTTP ports",
+        "none",
+        group="tls",
+        choices=("none", "require"),
+    ),
+    Setting(
+        "auth-tokens",
+        "token file (lines: ROLE NAME TOKEN): clients must send a token",
+        group="tls",
+        metavar="FILE",
+    ),
+    Setting(
+        "insecure",
+        "start with --auth-tokens but without TLS: tokens then travel in cleartext and anyone "
+        "who reaches the peer port can act as a peer",
+        False,
+        bool,
+        group="tls",
+    ),
+    Setting(
+        "peer-id-pattern",
+        "node ids accepted as peers besides the known members, fnmatch patterns, "
+        "comma-separated, e.g. 'ramraft-*'",
+        group="tls",
+        metavar="PATTERNS",
+    ),
+    Setting(
+        "health-listen",
+        "a plaintext gRPC port serving only grpc.health.v1, for probes that speak no TLS",
+        group="tls",
+        metavar="HOST:PORT",
+    ),
+    _limit("max-key-bytes", _LIMITS.max_key_bytes, "longest key, in UTF-8 bytes"),
+    _limit("max-value-bytes", _LIMITS.max_value_bytes, "longest value"),
+    _limit(
+        "max-request-bytes",
+        _LIMITS.max_request_bytes,
+        "largest gRPC request any port accepts; 0: 2 x value + key + 64 KiB (a "
+        "CompareAndSwap of two values). Only a --peer-listen port with TLS (every caller an "
+        "authenticated member) takes 64 MiB peer messages; elsewhere peers cut theirs to fit",
+    ),
+    _limit(
+        "max-http-body-bytes",
+        _LIMITS.max_http_body_bytes,
+        "largest HTTP request body; 0: room for the largest value as base64 JSON",
+    ),
+    _limit(
+        "max-inflight",
+        _LIMITS.max_inflight,
+        "client requests served at once, gRPC and HTTP together; more are refused at once",
+    ),
+    _limit(
+        "max-inflight-per-connection",
+        _LIMITS.max_inflight_per_connection,
+        "client requests served at once on one connection",
+    ),
+    _limit(
+        "max-inflight-bytes",
+        _LIMITS.max_inflight_bytes,
+        "memory budget, node-wide: bytes of requests being read and responses being built "
+        "or sent (3 copies each); a call that cannot reserve its bytes is refused before "
+        "its message is read",
+    ),
+    _limit("max-connections", _LIMITS.max_connections, "open client connections per port"),
+    _limit(
+        "max-connections-per-source",
+        _LIMITS.max_connections_per_source,
+        "open HTTP connections from one address",
+    ),
+    _limit(
+        "max-pending-requests",
+        _LIMITS.max_pending_requests,
+        "writes and reads waiting inside the node (including forwarded ones)",
+    ),
+    _limit("max-range-page", _LIMITS.max_range_limit, "most items in one Range page"),
+    _limit(
+        "max-range-bytes",
+        _LIMITS.max_range_bytes,
+        "most key and value bytes in one Range page (at least one item; `more` says continue)",
+    ),
+    _limit(
+        "handshake-timeout-ms",
+        _LIMITS.handshake_timeout_ms,
+        "a connection's TLS/HTTP2 handshake, and an HTTP request's headers, must arrive within",
+    ),
+    _limit(
+        "request-timeout-ms",
+        _LIMITS.request_timeout_ms,
+        "a call's request message (an HTTP body) must arrive within this, or it is refused "
+        "and its slot freed",
+    ),
+    _limit(
+        "idle-timeout-ms",
+        _LIMITS.idle_timeout_ms,
+        "a gRPC connection without a call is closed after this (calls in use never are)",
+    ),
+    _limit(
+        "max-deadline-ms",
+        _LIMITS.max_deadline_ms,
+        "the longest a call may wait (a longer deadline is cut to it); also the deadline of "
+        "a call that sets none",
+    ),
+    _limit(
+        "snapshot-chunk-bytes",
+        _LIMITS.snapshot_chunk_bytes,
+        "data bytes per InstallSnapshot chunk this node sends",
+    ),
+)
+
+
+def _argparse_type(setting: Setting) -> Callable[[str], object]:
+    def convert(raw: str) -> object:
+        try:
+            return setting.convert(raw, f"--{setting.flag}")
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e).partition(": ")[2]) from None
+
+    return convert
 
 
 def add_node_parser(sub: Any) -> None:
@@ -102,242 +367,45 @@ def add_node_parser(sub: Any) -> None:
         "node",
         help="run one node",
         description=(
-            "Run one ramraft node: Raft peer, gRPC KV/Admin API and (with --http) the web tier."
+            "Run one ramraft node: Raft peer, gRPC KV/Admin API and (with --http) the web tier. "
+            "Every flag has an environment variable, named in its help; the flag wins."
         ),
         epilog=NODE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--id", default=_env("ID"), help="this node's id (env RAMRAFT_ID)")
-    p.add_argument(
-        "--peers",
-        default=_env("PEERS"),
-        help="initial members, ID=HOST:PORT,... including this node (env RAMRAFT_PEERS)",
-    )
-    p.add_argument(
-        "--data-dir",
-        default=_env("DATA_DIR"),
-        help="where the WAL and snapshots live (env RAMRAFT_DATA_DIR)",
-    )
-    p.add_argument(
-        "--listen", default=_env("LISTEN"), help="gRPC bind address (env RAMRAFT_LISTEN)"
-    )
-    p.add_argument(
-        "--peer-listen",
-        default=_env("PEER_LISTEN"),
-        help="separate peer port bind address (env RAMRAFT_PEER_LISTEN)",
-    )
-    p.add_argument(
-        "--http",
-        default=_env("HTTP"),
-        help="web tier bind address, e.g. 0.0.0.0:8080 (env RAMRAFT_HTTP)",
-    )
-    p.add_argument(
-        "--app",
-        default=_env("APP"),
-        help=(
-            "serve an application model next to the key-value store: MODULE:FACTORY, e.g. "
-            "examples.notes:app; its pages are under /app/ on --http (env RAMRAFT_APP)"
-        ),
-    )
-    p.add_argument(
-        "--app-path",
-        default=_env("APP_PATH", "."),
-        help=(
-            "directories to import the --app module from, ':'-separated "
-            "(default: the current directory; env RAMRAFT_APP_PATH)"
-        ),
-    )
-    p.add_argument(
-        "--join",
-        action="store_true",
-        default=_env("JOIN") in ("1", "true", "yes"),
-        help="start empty and wait to be added with AddMember (env RAMRAFT_JOIN=1)",
-    )
-    p.add_argument(
-        "--tick-ms", type=int, default=_env_int("TICK_MS", 10), help="Raft tick in ms (default 10)"
-    )
-    p.add_argument(
-        "--election-ticks",
-        type=int,
-        default=_env_int("ELECTION_TICKS", 50),
-        help="ticks without a leader before a follower campaigns, randomized up to twice "
-        "that (default 50: 0.5-1 s)",
-    )
-    p.add_argument(
-        "--heartbeat-ticks",
-        type=int,
-        default=_env_int("HEARTBEAT_TICKS", 5),
-        help="ticks between the leader's heartbeats (default 5: 50 ms)",
-    )
-    p.add_argument(
-        "--snapshot-entries",
-        type=int,
-        default=_env_int("SNAPSHOT_ENTRIES", 20_000),
-        help="snapshot after this many applied entries (default 20000)",
-    )
-    p.add_argument(
-        "--retain-entries",
-        type=int,
-        default=_env_int("RETAIN_ENTRIES", 5_000),
-        help="log entries kept behind a snapshot for slow followers (default 5000)",
-    )
-    p.add_argument(
-        "--snapshot-bytes",
-        type=int,
-        default=_env_int("SNAPSHOT_BYTES", 64 << 20),
-        help="also snapshot after this many bytes of applied commands (default 64 MiB): the "
-        "log is held in RAM until a snapshot covers it",
-    )
-    p.add_argument(
-        "--retain-bytes",
-        type=int,
-        default=_env_int("RETAIN_BYTES", 32 << 20),
-        help="cap on the bytes of entries kept behind a snapshot (default 32 MiB)",
-    )
-    tls = p.add_argument_group("TLS and authentication")
-    tls.add_argument(
-        "--tls-cert",
-        default=_env("TLS_CERT"),
-        help="this node's certificate (PEM; env RAMRAFT_TLS_CERT); with --tls-key and "
-        "--tls-ca turns TLS on for every port",
-    )
-    tls.add_argument("--tls-key", default=_env("TLS_KEY"), help="its key (env RAMRAFT_TLS_KEY)")
-    tls.add_argument(
-        "--tls-ca",
-        default=_env("TLS_CA"),
-        help="the cluster CA that signs peers' and clients' certificates (env RAMRAFT_TLS_CA)",
-    )
-    tls.add_argument(
-        "--tls-client-auth",
-        choices=("none", "require"),
-        default=_env("TLS_CLIENT_AUTH", "none"),
-        help="require a client certificate from the CA on the client gRPC and HTTP ports "
-        "(default none; env RAMRAFT_TLS_CLIENT_AUTH)",
-    )
-    tls.add_argument(
-        "--auth-tokens",
-        default=_env("AUTH_TOKENS"),
-        help="token file (lines: ROLE NAME TOKEN): clients must send a token "
-        "(env RAMRAFT_AUTH_TOKENS)",
-    )
-    tls.add_argument(
-        "--insecure",
-        action="store_true",
-        default=_env("INSECURE") in ("1", "true", "yes"),
-        help="start with --auth-tokens but without TLS: tokens then travel in cleartext "
-        "and anyone who reaches the peer port can act as a peer (env RAMRAFT_INSECURE=1)",
-    )
-    tls.add_argument(
-        "--peer-id-pattern",
-        default=_env("PEER_ID_PATTERN"),
-        help="node ids accepted as peers besides the known members, fnmatch patterns, "
-        "comma-separated, e.g. 'ramraft-*' (env RAMRAFT_PEER_ID_PATTERN)",
-    )
-    tls.add_argument(
-        "--health-listen",
-        default=_env("HEALTH_LISTEN"),
-        help="a plaintext gRPC port serving only grpc.health.v1, for probes that speak no TLS "
-        "(env RAMRAFT_HEALTH_LISTEN)",
-    )
-    lim = p.add_argument_group("limits")
-    d = NodeLimits()
-
-    def limit(flag: str, default: int, text: str) -> None:
-        env = flag.upper().replace("-", "_")
-        lim.add_argument(
-            f"--{flag}",
-            type=int,
-            default=_env_int(env, default),
-            metavar="N",
-            help=f"{text} (default {default}; env RAMRAFT_{env})",
-        )
-
-    limit("max-key-bytes", d.max_key_bytes, "longest key, in UTF-8 bytes")
-    limit("max-value-bytes", d.max_value_bytes, "longest value")
-    limit(
-        "max-request-bytes",
-        d.max_request_bytes,
-        "largest gRPC request any port accepts; 0: 2 x value + key + 64 KiB (a "
-        "CompareAndSwap of two values). "
-        "Only a --peer-listen port with TLS (every caller an authenticated member) takes "
-        "64 MiB peer messages; elsewhere peers cut theirs to this size",
-    )
-    limit(
-        "max-http-body-bytes",
-        d.max_http_body_bytes,
-        "largest HTTP request body; 0: room for the largest value as base64 JSON",
-    )
-    limit(
-        "max-inflight",
-        d.max_inflight,
-        "client requests served at once, gRPC and HTTP together; more are refused at once",
-    )
-    limit(
-        "max-inflight-per-connection",
-        d.max_inflight_per_connection,
-        "client requests served at once on one connection",
-    )
-    limit(
-        "max-inflight-bytes",
-        d.max_inflight_bytes,
-        "memory budget, node-wide: bytes of requests being read and responses being built "
-        "or sent (3 copies each); a call that cannot reserve its bytes is refused before "
-        "its message is read",
-    )
-    limit("max-connections", d.max_connections, "open client connections per port")
-    limit(
-        "max-connections-per-source",
-        d.max_connections_per_source,
-        "open HTTP connections from one address",
-    )
-    limit(
-        "max-pending-requests",
-        d.max_pending_requests,
-        "writes and reads waiting inside the node (including forwarded ones)",
-    )
-    limit("max-range-page", d.max_range_limit, "most items in one Range page")
-    limit(
-        "max-range-bytes",
-        d.max_range_bytes,
-        "most key and value bytes in one Range page (at least one item; `more` says continue)",
-    )
-    limit(
-        "handshake-timeout-ms",
-        d.handshake_timeout_ms,
-        "a connection's TLS/HTTP2 handshake, and an HTTP request's headers, must arrive within",
-    )
-    limit(
-        "request-timeout-ms",
-        d.request_timeout_ms,
-        "a call's request message (an HTTP body) must arrive within this, or it is refused "
-        "and its slot freed",
-    )
-    limit(
-        "idle-timeout-ms",
-        d.idle_timeout_ms,
-        "a gRPC connection without a call is closed after this (calls in use never are)",
-    )
-    limit(
-        "max-deadline-ms",
-        d.max_deadline_ms,
-        "the longest a call may wait (a longer deadline is cut to it); also the deadline of "
-        "a call that sets none",
-    )
-    limit(
-        "snapshot-chunk-bytes",
-        d.snapshot_chunk_bytes,
-        "data bytes per InstallSnapshot chunk this node sends",
-    )
-    p.add_argument(
-        "--no-fsync",
-        action="store_true",
-        default=_env("NO_FSYNC") in ("1", "true"),
-        help="do not fsync (benchmarks only: acknowledged writes can be lost on power loss)",
-    )
-    p.add_argument(
-        "--log-level", default=_env("LOG_LEVEL", "info"), help="debug, info, warning, error"
-    )
+    groups = {
+        "": p,
+        "tls": p.add_argument_group("TLS and authentication"),
+        "limits": p.add_argument_group("limits"),
+    }
+    for setting in NODE_SETTINGS:
+        group = groups[setting.group]
+        if setting.kind is bool:
+            group.add_argument(
+                f"--{setting.flag}", action="store_const", const=True, help=setting.help_text()
+            )
+        else:
+            choices = "{" + ",".join(setting.choices) + "}" if setting.choices else None
+            group.add_argument(
+                f"--{setting.flag}",
+                type=_argparse_type(setting),
+                metavar=setting.metavar or choices,
+                help=setting.help_text(),
+            )
     p.set_defaults(func=run_node)
+
+
+def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> None:
+    """Fill every node setting not given as a flag from its environment
+    variable (an empty one counts as unset), else its default. Raises
+    ConfigError naming the variable of a bad value."""
+    environ = os.environ if environ is None else environ
+    for setting in NODE_SETTINGS:
+        if getattr(args, setting.dest, None) is not None:
+            continue
+        raw = environ.get(setting.env, "")
+        value = setting.convert(raw, setting.env) if raw else setting.default
+        setattr(args, setting.dest, value)
 
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
@@ -394,6 +462,35 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     return config
 
 
+def prepare_data_dir(path: str) -> None:
+    """Create the data directory if missing and check that this user can
+    write it; a ConfigError says what is wrong with --data-dir and what to do."""
+    directory = Path(path)
+    flag = f"--data-dir {path}"
+    advice = "give a directory this user can create and write (it is created if missing)"
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{flag}: is a file, not a directory; {advice}")
+    try:
+        # 0700: the WAL holds the values in plaintext (server/storage/datadir.py).
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(
+            f"{flag}: a part of the path is a file, not a directory; {advice}"
+        ) from None
+    except PermissionError:
+        raise ConfigError(
+            f"{flag}: permission denied creating it (uid {os.getuid()}); {advice}, or create it "
+            "and give this user write access"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"{flag}: cannot create it ({e.strerror}); {advice}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{flag}: not writable by this user (uid {os.getuid()}); {advice}, or give this "
+            "user write access"
+        )
+
+
 def load_app_from_args(args: argparse.Namespace) -> Application | None:
     """The --app application, imported with --app-path on sys.path."""
     from ramraft.server.hosting import load_app
@@ -411,17 +508,18 @@ def run_node(args: argparse.Namespace) -> int:
     from ramraft.server.hosting import AppLoadError
     from ramraft.server.logs import configure_logging, quiet_grpc_core
     from ramraft.server.machines.statemachine import SnapshotError
-    from ramraft.server.node import Node
+    from ramraft.server.node import ListenError, Node
     from ramraft.server.security.auth import AuthConfigError
     from ramraft.server.storage import StorageError
 
-    configure_logging(args.log_level)
-    quiet_grpc_core()
     try:
+        resolve_settings(args)
         config = config_from_args(args)
-        Path(config.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        prepare_data_dir(config.data_dir)
+        configure_logging(args.log_level)
+        quiet_grpc_core()
         app = load_app_from_args(args)
-    except (ConfigError, OSError, AppLoadError) as e:
+    except (ConfigError, AppLoadError) as e:
         print(f"ramraft node: {e}", file=sys.stderr)
         return 2
     try:
@@ -431,6 +529,9 @@ def run_node(args: argparse.Namespace) -> int:
         return 2
     try:
         asyncio.run(node.run_until_signalled())
+    except ListenError as e:
+        print(f"ramraft node: {e}", file=sys.stderr)
+        return EXIT_PORT_IN_USE if e.in_use else 2
     except (StorageError, OSError) as e:
         print(f"ramraft node: {e}", file=sys.stderr)
         return 1
@@ -446,143 +547,9 @@ def run_node(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- ramraft cluster --------------------------------------------------------------------------
-
-
-def add_cluster_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "cluster",
-        help="run a local cluster in the foreground",
-        description="Run a local cluster of N nodes in the foreground (Ctrl-C stops them all).",
-    )
-    p.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
-    p.add_argument(
-        "--data-dir",
-        default="ramraft-data",
-        help="parent of the nodes' data dirs (default ./ramraft-data)",
-    )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument(
-        "--grpc-port", type=int, default=7001, help="first node's gRPC port (default 7001)"
-    )
-    p.add_argument(
-        "--http-port",
-        type=int,
-        default=8001,
-        help="first node's HTTP port (default 8001; 0: no web tier)",
-    )
-    p.add_argument(
-        "--app", default="", help="serve an application model: module:factory (see examples/)"
-    )
-    p.add_argument(
-        "--node-arg", action="append", default=[], help="extra argument for every node (repeatable)"
-    )
-    p.add_argument(
-        "--tls-dir",
-        default="",
-        help="turn TLS on with the certificates in this directory (made there with "
-        "`ramraft certs` if it has none)",
-    )
-    p.set_defaults(func=run_cluster)
-
-
-def run_cluster(args: argparse.Namespace) -> int:
-    if not 1 <= args.nodes <= 9:
-        print("ramraft cluster: --nodes must be between 1 and 9", file=sys.stderr)
-        return 2
-    ids = [f"n{i + 1}" for i in range(args.nodes)]
-    grpc_addresses = {i: f"{args.host}:{args.grpc_port + n}" for n, i in enumerate(ids)}
-    for address in grpc_addresses.values():
-        parse_address(address, "address")
-    peers = ",".join(f"{i}={a}" for i, a in grpc_addresses.items())
-    data = Path(args.data_dir)
-    tls_dir = Path(args.tls_dir) if args.tls_dir else None
-    if tls_dir is not None and not all(
-        (tls_dir / name).exists() for name in ["ca.pem", *(f"{i}.pem" for i in ids)]
-    ):
-        from ramraft.tools.certs import make_cluster_certs
-
-        make_cluster_certs(tls_dir, {i: [args.host, "localhost"] for i in ids})
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    scheme = "https" if tls_dir is not None else "http"
-    print(f"ramraft cluster: {args.nodes} nodes, data under {data.resolve()}")
-    for n, node_id in enumerate(ids):
-        cmd = [
-            sys.executable,
-            "-m",
-            "ramraft",
-            "node",
-            "--id",
-            node_id,
-            "--peers",
-            peers,
-            "--data-dir",
-            str(data / node_id),
-            *args.node_arg,
-        ]
-        http = ""
-        if args.http_port:
-            http = f"{args.host}:{args.http_port + n}"
-            cmd += ["--http", http]
-        if args.app:
-            cmd += ["--app", args.app]
-        if tls_dir is not None:
-            cmd += ["--tls-cert", str(tls_dir / f"{node_id}.pem")]
-            cmd += ["--tls-key", str(tls_dir / f"{node_id}-key.pem")]
-            cmd += ["--tls-ca", str(tls_dir / "ca.pem")]
-        env = dict(os.environ, RAMRAFT_LOG_LEVEL=os.environ.get("RAMRAFT_LOG_LEVEL", "warning"))
-        procs[node_id] = subprocess.Popen(cmd, env=env)
-        print(
-            f"  {node_id}: grpc {grpc_addresses[node_id]}"
-            + (f"  http {scheme}://{http}/" if http else "")
-            + (f"  app {scheme}://{http}/app/" if http and args.app else "")
-        )
-    tls_options = ""
-    if tls_dir is not None:
-        # One port for peers and clients: clients need a certificate too.
-        tls_options = (
-            f" --tls-ca {tls_dir / 'ca.pem'} --tls-cert {tls_dir / 'client.pem'}"
-            f" --tls-key {tls_dir / 'client-key.pem'}"
-        )
-    print(
-        f"try: ramraft put hello world --endpoints {','.join(grpc_addresses.values())}"
-        + tls_options
-    )
-    print("Ctrl-C stops the cluster.")
-    stop = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    code = 0
-    while not stop:
-        for node_id, proc in procs.items():
-            if proc.poll() is not None:
-                print(
-                    f"ramraft cluster: {node_id} exited with {proc.returncode}; stopping",
-                    file=sys.stderr,
-                )
-                code = 1
-                stop = True
-                break
-        time.sleep(0.2)
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for node_id, proc in procs.items():
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            print(f"ramraft cluster: {node_id} did not stop in 20 s; killing it", file=sys.stderr)
-            proc.kill()
-    print("ramraft cluster: stopped")
-    return code
-
-
 def register(sub: Any) -> None:
+    from ramraft.tools.local_cluster import add_cluster_parser
+
     add_node_parser(sub)
     add_cluster_parser(sub)
     # Subcommands that live in modules of their own (each defines register()).

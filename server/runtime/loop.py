@@ -280,6 +280,7 @@ class RaftRuntime:
         self._wake.set()
 
     def report_unreachable(self, peer: str) -> None:
+        self.peers.unreachable(peer)
         self._calls.append((lambda core: core.report_unreachable(peer), None))
         self._wake.set()
 
@@ -460,8 +461,10 @@ class RaftRuntime:
         """Step everything that arrived since the last turn into the core."""
         if self._inbox:
             inbox, self._inbox = self._inbox, []
+            now = time.monotonic()
             for m in inbox:
                 if m.dst == self.id:
+                    self.peers.heard_from(m.src, now)
                     core.step(m)
             if core.rejected_messages != self._rejected_seen:
                 # Well-formed but wrong: the core dropped them (consensus/raft.py

@@ -15,6 +15,7 @@ import asyncio
 import time
 
 from ramraft.consensus import ConfChange, ConfChangeType, ConfState, RaftError, RaftNode, Role
+from ramraft.consensus.progress import ProgressState
 from ramraft.server.request_errors import BadRequest, NotLeader, Unavailable
 from ramraft.server.runtime.loop import RaftRuntime
 
@@ -71,6 +72,30 @@ class MembershipChanges:
         if not await runtime.wait_for_new_leader(runtime.id, timeout):
             raise Unavailable(f"leadership transfer to {chosen} did not complete in {timeout}s")
         return runtime.leader
+
+    async def handover_candidates(self, answered_within: float) -> list[str]:
+        """The voters this leader could hand leadership to right now, best
+        first (most entries): each answered in the last ``answered_within``
+        seconds and was not found unreachable since, holds every committed
+        entry and is not waiting for a snapshot. Empty unless we lead."""
+        peers = self.runtime.peers
+
+        def choose(core: RaftNode) -> list[str]:
+            if core.role is not Role.LEADER:
+                return []
+            now = time.monotonic()
+            candidates = [
+                (pr.match, peer)
+                for peer, pr in core.progress.items()
+                if peer != core.id
+                and peer in core.conf.voters
+                and peers.answered_within(peer, answered_within, now)
+                and pr.state != ProgressState.SNAPSHOT
+                and pr.match >= core.commit_index
+            ]
+            return [peer for _, peer in sorted(candidates, reverse=True)]
+
+        return await self.runtime.call(choose)
 
 
 def best_transfer_target(core: RaftNode) -> str:

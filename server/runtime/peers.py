@@ -29,6 +29,21 @@ class PeerDirectory:
         # Members removed by a REMOVE entry this node has seen (the identity
         # check refuses them even if --peer-id-pattern matches).
         self.removed: set[str] = set()
+        # id -> monotonic time of its last message; dropped when the transport
+        # finds it unreachable. A stopped peer keeps its match index in the
+        # leader's progress: only its silence tells it apart (handover).
+        self._heard_at: dict[str, float] = {}
+
+    def heard_from(self, node_id: str, at: float) -> None:
+        self._heard_at[node_id] = at
+
+    def unreachable(self, node_id: str) -> None:
+        self._heard_at.pop(node_id, None)
+
+    def answered_within(self, node_id: str, seconds: float, now: float) -> bool:
+        """Heard from in the last ``seconds`` and not found unreachable since."""
+        heard = self._heard_at.get(node_id)
+        return heard is not None and now - heard <= seconds
 
     def client_address(self, node_id: str) -> str:
         """The address clients should use for ``node_id``; empty if unknown."""

@@ -68,7 +68,7 @@ import structlog
 from aiohttp import web
 
 from ramraft.proto import admin_pb2, admin_pb2_grpc
-from ramraft.server.config import parse_address
+from ramraft.server.config import join_address, parse_address
 from ramraft.server.hosting import CONTEXT, AppContext, SessionPool, write_with_session
 from ramraft.server.machines.kv import (
     CasResult,
@@ -649,7 +649,8 @@ class WebTier:
             )
         except OSError as e:
             raise OSError(f"--http {address}: cannot listen: {e.strerror or e}") from e
-        self.address = address
+        # The port bound, which port 0 leaves to the kernel (node.listening()).
+        self.address = join_address(host, self._listener.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         if self._listener is not None:

@@ -55,6 +55,8 @@ from typing import Any, Self
 
 import structlog
 
+from tests.needs import not_installed
+
 __all__ = [
     "DEFAULT_NODES",
     "PREFIX",
@@ -190,7 +192,7 @@ def unsupported_reason() -> str | None:
     }
     missing = sorted({pkg for tool, pkg in tools.items() if shutil.which(tool) is None})
     if missing:
-        return f"missing tools; apt-get install -y {' '.join(missing)}"
+        return not_installed(", ".join(missing), f"apt-get install -y {' '.join(missing)}")
     try:
         with ChaosNet(nodes=(), client=None) as probe:
             probe.probe_nft()

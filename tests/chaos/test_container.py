@@ -25,6 +25,7 @@ import pytest
 from tests.chaos.cluster import KILL_LEADER, PARTITION_LEADER, PAUSE_FOLLOWER, LabCluster, Nemesis
 from tests.chaos.netns import GRPC_PORT, ChaosNet
 from tests.chaos.test_netns import PORT, tcp, wait_for
+from tests.needs import not_installed
 from tests.packaging.project import image_tag
 
 IMAGE = os.environ.get("RAMRAFT_IMAGE") or image_tag()
@@ -33,9 +34,11 @@ TESTS_DIR = Path(__file__).resolve().parents[1]
 
 def _image_missing() -> str | None:
     if shutil.which("podman") is None:
-        return "podman not installed (apt-get install -y podman runc)"
+        return not_installed("podman", "apt-get install -y podman runc")
     r = subprocess.run(["podman", "image", "exists", IMAGE], capture_output=True, check=False)
-    return None if r.returncode == 0 else f"image {IMAGE} not built (scripts/build-image.sh)"
+    if r.returncode == 0:
+        return None
+    return not_installed(f"the image {IMAGE}", "scripts/build-image.sh builds it; .ci/run does")
 
 
 _MISSING = _image_missing()

@@ -38,7 +38,7 @@ def test_put_get_delete_human(server: FakeServer, capsys) -> None:
     assert run(capsys, *ep, "get", "greeting") == (0, "hello", "")  # options before, too
     assert run(capsys, "get", "nope", *ep) == (1, "", "ramraft: key not found: nope\n")
     assert run(capsys, "delete", "greeting", *ep) == (0, "deleted\n", "")
-    assert run(capsys, "delete", "greeting", *ep)[0] == 1
+    assert run(capsys, "delete", "greeting", *ep) == (1, "", "ramraft: key not found: greeting\n")
 
 
 def test_put_reads_stdin(server: FakeServer, capsys, monkeypatch) -> None:
@@ -82,8 +82,8 @@ def test_json_output(server: FakeServer, capsys, monkeypatch) -> None:
 def test_cas(server: FakeServer, capsys) -> None:
     ep = ["--endpoints", server.address]
     assert run(capsys, "cas", "lock", "me", "--absent", *ep)[:2] == (0, "swapped (index 1)\n")
-    status, out, _ = run(capsys, "cas", "lock", "you", "--absent", *ep)
-    assert (status, out) == (1, "not swapped: the current value is 'me'\n")
+    status, out, err = run(capsys, "cas", "lock", "you", "--absent", *ep)
+    assert (status, out, err) == (1, "", "ramraft: not swapped: the current value is 'me'\n")
     status, out, _ = run(capsys, "cas", "lock", "you", "--expected", "me", "--json", *ep)
     assert status == 0
     assert json.loads(out) | {"index": 0} == {
@@ -94,8 +94,10 @@ def test_cas(server: FakeServer, capsys) -> None:
         "current_base64": "bWU=",
         "index": 0,
     }
-    assert run(capsys, "cas", "other", "x", "--expected", "y", *ep)[1] == (
-        "not swapped: the key is absent\n"
+    assert run(capsys, "cas", "other", "x", "--expected", "y", *ep) == (
+        1,
+        "",
+        "ramraft: not swapped: the key is absent\n",
     )
 
 
@@ -151,8 +153,8 @@ def test_status_asks_every_endpoint(servers, capsys) -> None:
 
 
 def test_status_with_no_node_answering_fails(capsys) -> None:
-    status, _, err = run(capsys, "status", "--endpoints", dead_address(), "--timeout", "0.5")
-    assert status == 3 and err == "ramraft: error: no node answered\n"
+    status, out, err = run(capsys, "status", "--endpoints", dead_address(), "--timeout", "0.5")
+    assert (status, out, err) == (3, "", "ramraft: error: no node answered\n")
 
 
 def test_admin_commands(server: FakeServer, capsys) -> None:
@@ -258,3 +260,90 @@ def test_client_options_helpers_for_other_commands(server: FakeServer) -> None:
     defaults = parser.parse_args([])
     assert cli.endpoints_from_args(defaults) == cli.DEFAULT_ENDPOINTS.split(",")
     assert cli.timeout_from_args(defaults) == 5.0
+
+
+# -- one output rule for every command ----------------------------------------------
+#
+# Standard output carries the answer and nothing else; a negative answer (exit
+# 1), an error (2, 3) or a note goes to standard error as lines starting
+# "ramraft: ". With --json the document is on standard output whatever the
+# outcome. Each case: (what it shows, argv after the endpoints, setup).
+
+SERVER_COMMANDS = {"node", "cluster", "bench", "chaos", "certs", "tokens"}
+
+
+def _client_commands() -> set[str]:
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return set(sub.choices) - SERVER_COMMANDS
+
+
+def _seed(server: FakeServer) -> None:
+    server.node.data.update({"k": b"v", "lock": b"me"} | {f"u/{i}": b"x" for i in range(3)})
+
+
+OUTPUT_CASES: list[tuple[str, list[str]]] = [
+    ("put", ["put", "k", "v"]),
+    ("get found", ["get", "k"]),
+    ("get missing", ["get", "absent"]),
+    ("delete found", ["delete", "k"]),
+    ("delete missing", ["delete", "absent"]),
+    ("cas swapped", ["cas", "lock", "you", "--expected", "me"]),
+    ("cas not swapped, present", ["cas", "lock", "you", "--expected", "other"]),
+    ("cas not swapped, absent", ["cas", "absent", "you", "--expected", "other"]),
+    ("range", ["range", "u/"]),
+    ("range with more", ["range", "u/", "--limit", "1"]),
+    ("status", ["status"]),
+    ("transfer-leader", ["transfer-leader", "n2"]),
+    ("members", ["members"]),
+    ("members add", ["members", "add", "n4", "127.0.0.1:7004"]),
+    ("members remove", ["members", "remove", "n2"]),
+    ("snapshot", ["snapshot"]),
+]
+
+
+def test_every_client_command_has_an_output_case() -> None:
+    covered = {argv[0] for _, argv in OUTPUT_CASES}
+    assert covered == _client_commands(), "add a case to OUTPUT_CASES for each new command"
+
+
+def _check_output_rule(status: int, out: str, err: str, json_mode: bool) -> None:
+    assert status in (0, 1, 2, 3), status
+    err_lines = err.splitlines()
+    assert all(line.startswith("ramraft: ") for line in err_lines), err
+    if json_mode and status in (0, 1):
+        json.loads(out)  # one document, the answer, whatever the outcome
+        assert err == "", "--json: nothing but the document"
+    elif status == 0:
+        assert out, "a successful command prints its answer"
+    else:
+        assert out == "", "a negative answer or an error prints nothing on standard output"
+        assert len(err_lines) == 1, err
+
+
+@pytest.mark.parametrize("json_mode", [False, True], ids=["text", "json"])
+@pytest.mark.parametrize(("what", "argv"), OUTPUT_CASES, ids=[c[0] for c in OUTPUT_CASES])
+def test_output_rule(
+    server: FakeServer, capsys, what: str, argv: list[str], json_mode: bool
+) -> None:
+    _seed(server)
+    ep = ["--endpoints", server.address]
+    status, out, err = run(capsys, *argv, *ep, *(["--json"] if json_mode else []))
+    _check_output_rule(status, out, err, json_mode)
+    expected_status = 1 if ("missing" in what or "not swapped" in what) else 0
+    assert status == expected_status, (what, out, err)
+
+
+@pytest.mark.parametrize("command", sorted(_client_commands()))
+def test_output_rule_on_errors(servers, capsys, command: str) -> None:
+    """A cluster that refuses: exit 3, nothing on standard output, one line on
+    standard error (with --json too)."""
+    down = servers()
+    down.node.always = Failure(grpc.StatusCode.UNAVAILABLE, "no leader")
+    argv = next(argv for _, argv in OUTPUT_CASES if argv[0] == command)
+    for extra in ([], ["--json"]):
+        status, out, err = run(
+            capsys, *argv, "--endpoints", down.address, "--timeout", "0.3", *extra
+        )
+        assert status == 3, (argv, out, err)
+        _check_output_rule(status, out, err, bool(extra))

@@ -19,7 +19,7 @@ from hypothesis import assume, event, given
 from hypothesis import strategies as st
 
 from ramraft.server.config import NodeConfig
-from ramraft.server.node import Node
+from ramraft.server.node import ListenError, Node
 from tests.fuzz.budget import fuzz_settings
 from tests.server.procs import free_ports
 
@@ -28,21 +28,30 @@ class InProcessNode:
     """A one-node cluster on its own event loop in a thread."""
 
     def __init__(self, root: Path) -> None:
-        grpc_port, http_port = free_ports(2)
-        self.http = f"127.0.0.1:{http_port}"
-        config = NodeConfig(
-            node_id="solo",
-            peers={"solo": f"127.0.0.1:{grpc_port}"},
-            data_dir=str(root),
-            http=self.http,
-            tick_ms=10,
-            fsync=False,
-        )
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.node = Node(config)
-        self.call(self.node.start())
+        # HTTP on port 0 (the node reports the port it got); the gRPC port is
+        # this node's --peers entry and must be known: a fresh pick when the
+        # one picked was taken meanwhile.
+        for _ in range(5):
+            (grpc_port,) = free_ports(1)
+            config = NodeConfig(
+                node_id="solo",
+                peers={"solo": f"127.0.0.1:{grpc_port}"},
+                data_dir=str(root),
+                http="127.0.0.1:0",
+                tick_ms=10,
+                fsync=False,
+            )
+            self.node = Node(config)
+            try:
+                self.call(self.node.start())
+                break
+            except ListenError as e:
+                if not e.in_use:
+                    raise
+        self.http = self.node.listening()["http"]
         self.call(self.node.runtime.wait_for_leader(10))  # type: ignore[union-attr]
 
     def call(self, coro: object, timeout: float = 30) -> object:

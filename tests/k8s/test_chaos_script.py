@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.k8s.render import REPO
+from tests.needs import not_installed
 
 SCRIPT = REPO / "k8s" / "chaos.sh"
 FAKE = Path(__file__).with_name("fake_kubectl.py")
@@ -113,11 +114,11 @@ def test_bad_usage_exits_2(tmp_path: Path, args: list[str], message: str) -> Non
     assert message in r.stderr
 
 
-@pytest.mark.parametrize("script", ["k8s/chaos.sh", "scripts/build-image.sh"])
+@pytest.mark.parametrize("script", ["k8s/chaos.sh", "scripts/build-image.sh", ".ci/run"])
 def test_scripts_are_shellcheck_clean(script: str) -> None:
     assert subprocess.run(["bash", "-n", str(REPO / script)], check=False).returncode == 0
     if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck not installed (apt-get install -y shellcheck)")
+        pytest.skip(not_installed("shellcheck", "apt-get install -y shellcheck"))
     r = subprocess.run(
         ["shellcheck", str(REPO / script)], capture_output=True, text=True, check=False
     )

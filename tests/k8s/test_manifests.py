@@ -17,7 +17,8 @@ from ramraft.tools.certs import node_security_env
 from tests.chaos.netns import CONTAINER_DATA_DIR, ChaosNet
 from tests.k8s import checks
 from tests.k8s.checks import Doc, one
-from tests.k8s.render import kubectl, render, render_kubectl, render_python
+from tests.k8s.render import KUBECTL_INSTALL, kubectl, render, render_kubectl, render_python
+from tests.needs import not_installed
 
 K8S_VERSION = "1.32.0"
 
@@ -43,7 +44,7 @@ def test_renders_every_object(docs: list[Doc]) -> None:
     assert all("namespace" not in d["metadata"] for d in docs)
 
 
-@pytest.mark.skipif(kubectl() is None, reason="kubectl not installed")
+@pytest.mark.skipif(kubectl() is None, reason=not_installed("kubectl", KUBECTL_INSTALL))
 def test_python_renderer_agrees_with_kubectl() -> None:
     by_kubectl = {_key(d): d for d in render_kubectl()}
     by_python = {_key(d): d for d in render_python()}

@@ -12,12 +12,13 @@ import sys
 
 import pytest
 
+from tests.needs import not_installed
 from tests.packaging.project import REPO
 
 
 def _run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
     if importlib.util.find_spec(tool) is None:
-        pytest.skip(f"{tool} is not installed (pip install -e '.[dev]')")
+        pytest.skip(not_installed(tool, "pip install -e '.[dev]'"))
     return subprocess.run(
         [sys.executable, "-m", tool, *args],
         cwd=REPO,

@@ -11,7 +11,6 @@ installs node and npm) that is a failure instead.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.needs import not_installed
 from tests.npm import npm_ci
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,9 +27,8 @@ PROTO = REPO / "proto"
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"buf is needed in CI and could not be installed: {reason}")
-    pytest.skip(f"buf could not be installed: {reason}")
+    # A failure in CI (tests/needs.py).
+    pytest.skip(not_installed("buf", f"npm ci in tests/proto/buf failed: {reason}"))
 
 
 def _installed() -> Path | None:

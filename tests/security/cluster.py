@@ -9,7 +9,7 @@ from pathlib import Path
 from ramraft.client import Client, TLSOptions
 from ramraft.proto import admin_pb2
 from ramraft.tools.certs import make_cluster_certs
-from tests.server.procs import ProcessCluster
+from tests.server.procs import ProcessCluster, free_ports
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 WRITE_TOKEN = "write-token-0123456789abcdef"
@@ -56,14 +56,16 @@ class SecureCluster(ProcessCluster):
         peer_listen: bool = False,
         **kwargs: object,
     ) -> None:
+        self.peer_listen = peer_listen
+        self.peer_ports: dict[str, str] = {}
         super().__init__(root, nodes, **kwargs)  # type: ignore[arg-type]
         self.creds = creds
         self.tokens = tokens
-        self.peer_ports: dict[str, str] = {}
-        if peer_listen:
-            from tests.server.procs import free_ports
 
-            ports = free_ports(nodes)
+    def pick_ports(self) -> None:
+        super().pick_ports()
+        if self.peer_listen:
+            ports = free_ports(len(self.ids))
             self.peer_ports = {i: f"127.0.0.1:{ports[n]}" for n, i in enumerate(self.ids)}
             self.peers = ",".join(f"{i}={a}" for i, a in self.peer_ports.items())
 

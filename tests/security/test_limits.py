@@ -44,6 +44,9 @@ class LoneNode(ProcessCluster):
 
     def __init__(self, root: Path) -> None:
         super().__init__(root, 3, http=True, extra_args=LIMIT_FLAGS)
+
+    def pick_ports(self) -> None:
+        super().pick_ports()
         self.peer_ports = {
             i: f"127.0.0.1:{p}" for i, p in zip(self.ids, free_ports(3), strict=True)
         }
@@ -60,7 +63,7 @@ class LoneNode(ProcessCluster):
 def lone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoneNode]:
     cluster = LoneNode(tmp_path_factory.mktemp("lone"))
     try:
-        cluster.start("n1")
+        cluster.start_nodes(["n1"])
 
         def answers() -> bool:
             try:

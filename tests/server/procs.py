@@ -7,13 +7,21 @@
         cluster.kill(cluster.leader_id())        # SIGKILL
         cluster.start("n1")                      # same id, same data dir
 
-Ports are picked free at construction. Every process is killed and reaped on
-exit, even when the test fails; each node's stderr goes to a log file in its
-data directory and is printed by ``dump_logs()`` (called on failure).
+Ports: gRPC ports are picked free at construction, and picking is a race
+with everything else on the machine (another test run may take a port
+between our pick and the node's bind). A node refuses a taken port with
+exit status 4, so ``__enter__`` (``start_nodes``) starts the nodes, waits
+until each serves (its ``<data-dir>/ports.json``), and on a refusal kills
+them all, picks new ports and starts again. HTTP ports need no picking: the
+nodes bind port 0 and ``self.http`` is read from ports.json (and then pinned,
+so that a restarted node keeps its address). Every process is killed and
+reaped on exit, even when the test fails; each node's stderr goes to a log
+file in its data directory and is printed by ``dump_logs()`` (on failure).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -26,8 +34,10 @@ from types import TracebackType
 from ramraft.client import Client
 from ramraft.proto import admin_pb2
 from ramraft.tools.bench import free_ports
+from ramraft.tools.node_cli import EXIT_PORT_IN_USE
 
 REPO = Path(__file__).resolve().parents[2]
+PORT_ATTEMPTS = 5  # sets of ports tried before giving up
 
 
 class ProcessCluster:
@@ -45,12 +55,11 @@ class ProcessCluster:
     ) -> None:
         self.root = root
         self.ids = [f"n{i + 1}" for i in range(nodes)]
-        ports = free_ports(nodes * 2)
-        self.grpc = {i: f"127.0.0.1:{ports[n]}" for n, i in enumerate(self.ids)}
-        self.http = (
-            {i: f"127.0.0.1:{ports[nodes + n]}" for n, i in enumerate(self.ids)} if http else {}
-        )
-        self.peers = ",".join(f"{i}={a}" for i, a in self.grpc.items())
+        self.grpc: dict[str, str] = {}
+        self.peers = ""
+        # Port 0 until the node reports the port it bound (wait_serving).
+        self.http = {i: "127.0.0.1:0" for i in self.ids} if http else {}
+        self.pick_ports()
         self.extra_args = list(extra_args or [])
         self.tick_ms = tick_ms
         self.election_ticks = election_ticks
@@ -61,10 +70,69 @@ class ProcessCluster:
 
     # ---- life cycle ---------------------------------------------------------------------------
 
+    def pick_ports(self) -> None:
+        """Free-looking gRPC ports for every node (subclasses with more
+        ports pick those here too)."""
+        ports = free_ports(len(self.ids))
+        self.grpc = {i: f"127.0.0.1:{p}" for i, p in zip(self.ids, ports, strict=True)}
+        self.peers = ",".join(f"{i}={a}" for i, a in self.grpc.items())
+
     def __enter__(self) -> ProcessCluster:
-        for node_id in self.ids:
-            self.start(node_id)
+        self.start_nodes(self.ids)
         return self
+
+    def start_nodes(self, ids: list[str]) -> None:
+        """Start ``ids`` and wait until each serves; when one finds a port
+        taken, stop them all and try again with new ports."""
+        for _ in range(PORT_ATTEMPTS):
+            for node_id in ids:
+                self.start(node_id)
+            if not self.wait_serving(ids):
+                return
+            for node_id in ids:
+                self.kill(node_id)
+            self.pick_ports()
+        self.dump_logs()
+        raise AssertionError(f"{PORT_ATTEMPTS} sets of ports were all taken")
+
+    def wait_serving(self, ids: list[str], timeout: float = 60.0) -> list[str]:
+        """Wait until each of ``ids`` serves (its ports.json names its pid)
+        or exits; pins the HTTP ports reported. Returns the nodes that
+        exited because a port was taken."""
+        refused: list[str] = []
+        deadline = time.monotonic() + timeout
+        for node_id in ids:
+            proc = self.procs[node_id]
+            while True:
+                ports = self._ports_file(node_id)
+                if ports is not None and ports["pid"] == proc.pid:
+                    if self.http:
+                        self.http[node_id] = ports["http"]
+                    break
+                if proc.poll() is not None:
+                    if proc.returncode == EXIT_PORT_IN_USE:
+                        refused.append(node_id)
+                    break
+                if time.monotonic() > deadline:
+                    self.dump_logs()
+                    raise AssertionError(f"{node_id} did not start serving within {timeout}s")
+                time.sleep(0.05)
+        return refused
+
+    def _ports_file(self, node_id: str) -> dict[str, object] | None:
+        try:
+            ports: dict[str, object] = json.loads(
+                (self.data_dir(node_id) / "ports.json").read_text()
+            )
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return ports
+
+    def listening(self, node_id: str) -> dict[str, object]:
+        """The node's ports.json: id, pid, grpc, peer, http, health."""
+        ports = self._ports_file(node_id)
+        assert ports is not None, f"{node_id} has no ports.json (not serving)"
+        return ports
 
     def __exit__(
         self,

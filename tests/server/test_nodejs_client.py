@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.needs import not_installed
 from tests.npm import npm_ci
 from tests.server.procs import REPO, ProcessCluster
 
@@ -24,7 +25,7 @@ NODE_DIR = REPO / "tests" / "nodejs"
 @pytest.fixture(scope="module")
 def node_client() -> Path:
     if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("Node.js and npm are needed for the non-Python client test (not on PATH)")
+        pytest.skip(not_installed("Node.js and npm", "apt-get install -y nodejs npm"))
     if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
         done = npm_ci(NODE_DIR)
         assert done is not None and done.returncode == 0, f"npm ci failed: {done}"

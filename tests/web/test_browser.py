@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.needs import not_installed
 from tests.server.procs import ProcessCluster
 from tests.web.browser import Browser, Page, find_chromium
 from tests.web.conftest import ARTIFACTS, post_form, roles
 
 pytestmark = pytest.mark.skipif(
     find_chromium() is None,
-    reason="headless browser test needs chromium: apt-get install -y chromium",
+    reason=not_installed("chromium, for the headless browser test", "apt-get install -y chromium"),
 )
 
 NOTES = [

@@ -11,13 +11,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.k8s.render import KUBECTL_INSTALL
+from tests.needs import not_installed
 from tests.server.procs import REPO
 
 NOTES = REPO / "examples" / "notes"
 FILES = ("__init__.py", "model.py", "pages.py")
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl for kustomize")
+@pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason=not_installed("kubectl (kustomize)", KUBECTL_INSTALL)
+)
 def test_overlay_serves_the_app_from_a_configmap() -> None:
     out = subprocess.run(
         ["kubectl", "kustomize", str(NOTES)], capture_output=True, text=True, timeout=60, check=True

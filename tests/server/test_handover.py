@@ -1,0 +1,63 @@
+"""SIGTERM of a leader hands leadership only to a voter that answered
+lately and holds every committed entry; with none, it stops without trying
+(a transfer to a stopped node would wait out its whole timeout).
+
+A stopped follower keeps its old match index in the leader's progress, so
+progress alone picks it (here: the follower with the larger id, on a tie);
+only its silence tells it apart. The leader's log says what it did."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.server.procs import ProcessCluster
+
+
+def _events(cluster: ProcessCluster, node_id: str) -> list[dict[str, object]]:
+    events = []
+    for line in cluster.node_log(node_id).splitlines():
+        if line.startswith("{"):
+            events.append(json.loads(line))
+    return events
+
+
+def _stopping_role(events: list[dict[str, object]]) -> object:
+    return next(e["role"] for e in events if e.get("event") == "node_stopping")
+
+
+def test_sigterm_hands_over_to_the_live_follower_not_the_stopped_one(tmp_path: Path) -> None:
+    with ProcessCluster(tmp_path) as cluster:
+        leader = cluster.wait_for_leader()
+        with cluster.client() as c:
+            c.put("k", b"v")
+        followers = sorted(i for i in cluster.ids if i != leader)
+        live, stopped = followers  # a tie on match goes to the larger id
+        cluster.wait_caught_up(live)
+        cluster.wait_caught_up(stopped)
+        assert cluster.stop(stopped) == 0
+        assert cluster.stop(leader) == 0
+        events = _events(cluster, leader)
+        assert _stopping_role(events) == "leader"
+        handed = [e for e in events if e.get("event") == "leadership_handed_over"]
+        assert [e["to"] for e in handed] == [live], events[-6:]
+        assert not [e for e in events if e.get("event") == "leadership_handover_failed"]
+        assert cluster.wait_for_leader(among=[live]) == live
+
+
+def test_sigterm_with_no_follower_answering_stops_without_a_transfer(tmp_path: Path) -> None:
+    """The issue's case: two nodes stopped one after the other, then the
+    leader. Election timeout 1 s, so that the leader still leads (CheckQuorum
+    steps it down one to two timeouts after its followers went quiet) when
+    its SIGTERM comes."""
+    with ProcessCluster(tmp_path, election_ticks=100, heartbeat_ticks=5) as cluster:
+        leader = cluster.wait_for_leader()
+        for follower in sorted(i for i in cluster.ids if i != leader):
+            assert cluster.stop(follower) == 0
+        assert cluster.stop(leader) == 0
+        events = _events(cluster, leader)
+        assert _stopping_role(events) == "leader", "stepped down before the SIGTERM: no test"
+        names = [e.get("event") for e in events]
+        assert "leadership_not_handed_over" in names, events[-6:]
+        assert "leadership_handover_failed" not in names
+        assert "leadership_handed_over" not in names

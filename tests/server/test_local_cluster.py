@@ -1,0 +1,275 @@
+"""`ramraft cluster` behaves like a real cluster: it prints the addresses once
+the nodes serve, the other nodes keep serving when one is killed, the killed
+one is restarted (a line says so), one that keeps crashing is restarted with
+a doubling delay and then left down, and Ctrl-C stops everything. It finds
+--app examples.notes:app from outside the repository, and refuses an app it
+cannot import before starting anything."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ramraft.client import Client
+from ramraft.proto import admin_pb2
+from ramraft.tools.cli import build_parser
+from tests.httpcalls import http
+from tests.ports import free_port_runs
+
+SAFETY = 60.0  # seconds: a generous bound on every wait below, never a speed claim
+
+
+class LocalCluster:
+    """`python -m ramraft cluster` in ``cwd``, its output in files."""
+
+    def __init__(self, cwd: Path, *args: str, nodes: int = 3, http_ports: bool = False) -> None:
+        self.cwd = cwd
+        self.nodes = nodes
+        self.args = list(args)
+        self.http_ports = http_ports
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.out = cwd / "cluster.out"
+        self.err = cwd / "cluster.err"
+
+    def pick_ports(self) -> None:
+        self.grpc_base, self.http_base = free_port_runs(2, self.nodes)
+        if not self.http_ports:
+            self.http_base = 0
+
+    def start(self) -> subprocess.Popen[bytes]:
+        self.pick_ports()
+        return self.launch()
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "ramraft", "cluster", "--nodes", str(self.nodes)]
+        argv += ["--grpc-port", str(self.grpc_base), "--http-port", str(self.http_base)]
+        with self.out.open("wb") as out, self.err.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [*argv, *self.args],
+                cwd=self.cwd,
+                stdout=out,
+                stderr=err,
+                env=_env(),
+                start_new_session=True,  # its nodes share its group: kill() reaches them all
+            )
+        return self.proc
+
+    def start_serving(self) -> None:
+        """Start, and start again on other ports if one was taken."""
+        for _ in range(5):
+            self.start()
+            self.wait_for(lambda: "Ctrl-C stops" in self.stdout() or self.exited())
+            if not self.exited():
+                return
+            if "is in use" not in self.stderr():
+                raise AssertionError(f"the cluster did not start:\n{self.stderr()}")
+        raise AssertionError("five runs of ports were taken")
+
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def stdout(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace")
+
+    def wait_for(self, condition: Callable[[], bool], what: str = "condition") -> None:
+        deadline = time.monotonic() + SAFETY
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not within {SAFETY}s\n{self.stderr()}")
+            time.sleep(0.05)
+
+    def ports(self, node_id: str) -> dict[str, object]:
+        path = self.cwd / "ramraft-data" / node_id / "ports.json"
+        ports: dict[str, object] = json.loads(path.read_text())
+        return ports
+
+    def endpoints(self, ids: list[str] | None = None) -> str:
+        ids = ids or [f"n{i + 1}" for i in range(self.nodes)]
+        return ",".join(f"127.0.0.1:{self.grpc_base + int(i[1:]) - 1}" for i in ids)
+
+    def interrupt(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout=SAFETY)
+
+    def kill(self) -> None:
+        """Stop the cluster as Ctrl-C would, then SIGKILL whatever of its
+        process group is left (nodes included, even ones that never wrote
+        their ports.json)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=SAFETY)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+def _env() -> dict[str, str]:
+    # No PYTHONPATH: the installed package, as a user runs it (the repository
+    # root must not be importable by accident, see the --app tests).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["RAMRAFT_LOG_LEVEL"] = "warning"
+    return env
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purpose (its parent has not reaped it yet).
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@contextmanager
+def local_cluster(cwd: Path, *args: str, **kwargs: object) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(cwd, *args, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield cluster
+    except BaseException:
+        print(cluster.stdout(), cluster.stderr(), sep="\n", file=sys.stderr)
+        raise
+    finally:
+        cluster.kill()
+
+
+def _leader(cluster: LocalCluster) -> str:
+    with Client(cluster.endpoints(), timeout=SAFETY) as c:
+        deadline = time.monotonic() + SAFETY
+        while time.monotonic() < deadline:
+            for endpoint in c.endpoints:
+                try:
+                    node = c.status(endpoint=endpoint).node
+                except Exception:
+                    continue
+                if node.role == admin_pb2.ROLE_LEADER:
+                    return node.id
+            time.sleep(0.05)
+    raise AssertionError("no leader")
+
+
+def test_serves_restarts_a_killed_node_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    with local_cluster(tmp_path, "--restart-delay", "0.2") as cluster:
+        cluster.start_serving()
+        out = cluster.stdout()
+        # Printed once every node serves: each has its ports.json by now.
+        pids = {i: cluster.ports(i)["pid"] for i in ("n1", "n2", "n3")}
+        for node_id, pid in pids.items():
+            assert f"  {node_id}: grpc 127.0.0.1:" in out and f"(pid {pid})" in out
+        # The three `ramraft node` commands are what the cluster runs.
+        commands = [line.strip() for line in out.splitlines() if "ramraft node --id" in line]
+        assert len(commands) == 3
+        for node_id, command in zip(("n1", "n2", "n3"), commands, strict=True):
+            args = build_parser().parse_args(shlex.split(command)[1:])
+            assert (args.func.__name__, args.id, args.data_dir) == (
+                "run_node",
+                node_id,
+                f"ramraft-data/{node_id}",
+            )
+            assert args.peers == ",".join(
+                f"n{i + 1}=127.0.0.1:{cluster.grpc_base + i}" for i in range(3)
+            )
+
+        with Client(cluster.endpoints(), timeout=SAFETY) as c:
+            c.put("before", b"1")
+        leader = _leader(cluster)
+        os.kill(int(pids[leader]), signal.SIGKILL)
+        cluster.wait_for(lambda: f"{leader} stopped (killed by SIGKILL)" in cluster.stderr())
+        # The others keep serving while it is down.
+        others = [i for i in pids if i != leader]
+        with Client(cluster.endpoints(others), timeout=SAFETY) as c:
+            index = c.put("while-down", b"2")
+        cluster.wait_for(lambda: f"{leader} serves again" in cluster.stderr(), "restarted")
+        assert f"{leader} restarted (pid " in cluster.stderr()
+        assert cluster.ports(leader)["pid"] != pids[leader]
+        with Client(cluster.endpoints([leader]), timeout=SAFETY) as c:
+            cluster.wait_for(
+                lambda: c.status(endpoint=c.endpoints[0]).node.applied_index >= index,
+                "the restarted node catches up",
+            )
+
+        new_pids = [int(cluster.ports(i)["pid"]) for i in pids]
+        assert cluster.interrupt() == 0
+        assert cluster.stderr().rstrip().endswith("ramraft cluster: stopped")
+        assert not [pid for pid in new_pids if _alive(pid)]
+
+
+def test_a_node_that_keeps_crashing_is_left_down_after_growing_delays(tmp_path: Path) -> None:
+    args = ("--restart-delay", "0.1", "--restart-attempts", "3")
+    with local_cluster(tmp_path, *args) as cluster:
+        cluster.start_serving()
+        victim = "n3"
+        pid = int(cluster.ports(victim)["pid"])
+        os.kill(pid, signal.SIGKILL)
+        # Its data directory replaced by a file: every restart now fails at once.
+        data_dir = tmp_path / "ramraft-data" / victim
+        data_dir.rename(data_dir.with_name("moved"))
+        data_dir.write_text("not a directory")
+        cluster.wait_for(lambda: "left down" in cluster.stderr(), "given up")
+        err = cluster.stderr()
+        delays = [
+            line.rpartition(" in ")[2]
+            for line in err.splitlines()
+            if line.startswith(f"ramraft cluster: {victim} stopped") and "restarting" in line
+        ]
+        assert delays == ["0.2 s", "0.4 s"], err
+        assert err.count(f"--data-dir ramraft-data/{victim}: is a file, not a directory") == 2
+        assert f"{victim} stopped (exit status 2); it stopped 3 times in a row" in err
+        # The other two still make a majority.
+        with Client(cluster.endpoints(["n1", "n2"]), timeout=SAFETY) as c:
+            c.put("k", b"v")
+        assert cluster.interrupt() == 0
+
+
+def test_a_node_that_cannot_start_stops_the_start_up(tmp_path: Path) -> None:
+    with local_cluster(tmp_path) as cluster, socket.socket() as holder:
+        cluster.pick_ports()
+        holder.bind(("127.0.0.1", cluster.grpc_base + 1))  # n2's port, taken
+        holder.listen()
+        assert cluster.launch().wait(timeout=SAFETY) == 1
+        assert "n2 could not start (exit status 4; its error is above)" in cluster.stderr()
+        assert "serving" not in cluster.stdout()  # no addresses for a cluster that is not up
+        assert cluster.stderr().rstrip().endswith("ramraft cluster: stopped")
+
+
+def test_app_is_found_from_outside_the_repository(tmp_path: Path) -> None:
+    """The defect: `No module named 'examples'` after printing app URLs."""
+    with local_cluster(tmp_path, "--app", "examples.notes:app", http_ports=True) as cluster:
+        cluster.start_serving()
+        assert "--app examples.notes:app: not in the current directory; found in" in (
+            cluster.stderr()
+        )
+        address = cluster.ports("n2")["http"]
+        assert f"app http://{address}/app/" in cluster.stdout()
+        page = http(str(address), "GET", "/app/")
+        assert page.status == 200 and "Notes board" in page.body.decode()
+        assert cluster.interrupt() == 0
+
+
+def test_an_app_that_cannot_be_imported_stops_before_any_node(tmp_path: Path) -> None:
+    with local_cluster(tmp_path, "--app", "nosuchpackage.notes:app", http_ports=True) as cluster:
+        assert cluster.start().wait(timeout=SAFETY) == 2
+        assert cluster.stdout() == ""
+        (line,) = cluster.stderr().splitlines()
+        assert line.startswith("ramraft cluster: 'nosuchpackage.notes:app': cannot import")
+        assert "Run ramraft cluster from the directory that holds the app's package" in line
+        assert not (tmp_path / "ramraft-data").exists()
