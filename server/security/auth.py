@@ -238,10 +238,13 @@ class InflightLimiter:
     """Client requests being served now, in total and per connection.
     Used from the event loop only (gRPC aio handlers and aiohttp share it).
 
-    Fairness: once ``total`` requests are in flight, a connection with fewer
-    than ``LIGHT`` of its own may still take one of ``reserve`` extra slots,
-    so a client sending one request at a time is not starved by clients that
-    keep hundreds in flight. At most ``total + reserve`` are ever admitted."""
+    Fairness: once ``total`` requests are in flight, a light caller -- a
+    connection with fewer than ``LIGHT`` of its own, from an address that
+    holds less than a quarter of the reserve -- may still take one of
+    ``reserve`` extra slots, so a client sending one request at a time is not
+    starved by clients that keep hundreds in flight, nor by one address that
+    opens hundreds of connections with a request each. At most ``total +
+    reserve`` are ever admitted."""
 
     LIGHT = 2
 
@@ -249,12 +252,25 @@ class InflightLimiter:
         self.total_limit = total
         self.per_connection_limit = per_connection
         self.reserve = max(1, total // 8) if reserve is None else reserve
+        self.per_source_light = max(self.LIGHT, self.reserve // 4)
         self.total = 0
         self.by_connection: dict[str, int] = {}
+        # Reserved slots taken, by connection and by address.
+        self.reserved_by_connection: dict[str, int] = {}
+        self.reserved_by_source: dict[str, int] = {}
         self.refused = 0
 
+    def is_light(self, connection: str) -> bool:
+        """Whether ``connection`` is a light caller (see the class)."""
+        return (
+            self.by_connection.get(connection, 0) <= self.LIGHT
+            and self.reserved_by_source.get(source_of(connection), 0) < self.per_source_light
+        )
+
     def enter(self, connection: str) -> str | None:
-        """None if admitted (call ``leave`` when done), else why not."""
+        """None if admitted (call ``leave`` when done), else why not.
+        ``connection`` is grpc's peer string ("ipv4:10.0.0.7:53412") or the
+        web tier's; its address part counts per source."""
         count = self.by_connection.get(connection, 0)
         if count >= self.per_connection_limit:
             self.refused += 1
@@ -262,11 +278,19 @@ class InflightLimiter:
                 f"{self.per_connection_limit} requests are in flight on this connection "
                 "already; wait for some to finish"
             )
-        if self.total >= self.total_limit and not (
-            count < self.LIGHT and self.total < self.total_limit + self.reserve
-        ):
-            self.refused += 1
-            return f"this node is serving {self.total_limit} requests already; retry later"
+        if self.total >= self.total_limit:
+            source = source_of(connection)
+            reserved = self.reserved_by_source.get(source, 0)
+            if not (
+                count < self.LIGHT
+                and reserved < self.per_source_light
+                and self.total < self.total_limit + self.reserve
+            ):
+                self.refused += 1
+                return f"this node is serving {self.total_limit} requests already; retry later"
+            self.reserved_by_source[source] = reserved + 1
+            held = self.reserved_by_connection.get(connection, 0)
+            self.reserved_by_connection[connection] = held + 1
         self.by_connection[connection] = count + 1
         self.total += 1
         return None
@@ -278,6 +302,24 @@ class InflightLimiter:
             self.by_connection[connection] = count
         else:
             del self.by_connection[connection]
+        reserved = self.reserved_by_connection.get(connection, 0)
+        if reserved:  # slots are alike: the connection gives a reserved one back first
+            _decrement(self.reserved_by_connection, connection)
+            _decrement(self.reserved_by_source, source_of(connection))
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
+
+
+def source_of(connection: str) -> str:
+    """The address of a connection string: grpc's "ipv4:10.0.0.7:53412" ->
+    "ipv4:10.0.0.7", the web tier's "http:10.0.0.7:53412" -> "http:10.0.0.7"."""
+    return connection.rpartition(":")[0] or connection
 
 
 # ---- gRPC ---------------------------------------------------------------------------------
@@ -440,8 +482,7 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
             if refused is not None:
                 self._refuse_overloaded(method, connection)
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
-            light = self.limiter.by_connection.get(connection, 0) <= InflightLimiter.LIGHT
-            reservation = Reservation(limits.budget, light)
+            reservation = Reservation(limits.budget, self.limiter.is_light(connection))
 
             # Held until the call has ended: until then grpc holds the
             # response, also for a client that does not read it.

@@ -89,7 +89,6 @@ from ramraft.server.rpc.services import value_before
 from ramraft.server.runtime.node_api import DEFAULT_TIMEOUT, InputLimits
 from ramraft.server.runtime.status import RuntimeReports, RuntimeStatus
 from ramraft.server.security.auth import (
-    InflightLimiter,
     Principal,
     bearer_token,
     http_required_role,
@@ -728,7 +727,8 @@ class WebTier:
             return self._error_response(e, api_route, request)
         if request.path in ("/healthz", "/readyz"):
             return await self._serve(request, handler, api_route)
-        connection = f"http:{id(request.transport)}"
+        # The address, then the transport: counted per connection and per source.
+        connection = f"http:{request.remote}:{id(request.transport)}"
         refused = self.view.limiter.enter(connection)
         if refused is not None:
             self.view.refusals.warning(
@@ -737,8 +737,7 @@ class WebTier:
             )  # fmt: skip
             error = HttpError(429, "overloaded", refused, headers={"Retry-After": "1"})
             return self._error_response(error, api_route, request)
-        light = self.view.limiter.by_connection.get(connection, 0) <= InflightLimiter.LIGHT
-        reservation = Reservation(self.view.budget, light)
+        reservation = Reservation(self.view.budget, self.view.limiter.is_light(connection))
         try:
             # The body's bytes (its declared length, else the most it may
             # have), before a byte of it is read.

@@ -155,7 +155,7 @@ def slowloris(options: Options, seconds: float, counts: Counter[str]) -> None:
         host, port = address.rsplit(":", 1)
         held: list[tuple[ssl.SSLSocket, int]] = []
         while running():
-            while len(held) < 40 and running():
+            while len(held) < 25 and running():
                 try:
                     raw = socket.create_connection(
                         (host, int(port)), timeout=1, source_address=(options["source"], 0)
