@@ -47,20 +47,22 @@ def _until(seconds: float) -> Callable[[], bool]:
     return lambda: time.monotonic() < end
 
 
-def stream_ranges(options: Options, seconds: float, counts: Counter[str]) -> None:
-    """KV.Streams full of Range requests whose answers are never read
-    (issue 17 item 1: 40 ranges of ~16 MiB took a node to 850 MiB)."""
+def _hold_unread(
+    options: Options,
+    seconds: float,
+    counts: Counter[str],
+    connections: int,
+    calls: int,
+    start: Callable[[RawCaller], None],
+) -> None:
+    """``connections`` per node, each making ``calls`` with ``start`` and
+    never reading an answer, held for ``seconds``."""
     held = []
-    request = kv_pb2.StreamRequest(
-        id=1, range=kv_pb2.RangeRequest(prefix="data/", consistency=kv_pb2.SERIALIZABLE)
-    )
-    message = grpc_message(request.SerializeToString())
     for address in options["grpc"]:
-        for _ in range(4):
+        for _ in range(connections):
             c = caller(options, address)
-            stream = c.open("/ramraft.v1.KV/Stream", options["token"])
-            for _ in range(60):
-                c.send(stream, message, end=False)
+            for _ in range(calls):
+                start(c)
                 counts["sent"] += 1
             held.append(c)
     running = _until(seconds)
@@ -68,25 +70,34 @@ def stream_ranges(options: Options, seconds: float, counts: Counter[str]) -> Non
         time.sleep(0.1)
     for c in held:
         c.close()
+
+
+def stream_ranges(options: Options, seconds: float, counts: Counter[str]) -> None:
+    """KV.Streams full of Range requests whose answers are never read
+    (issue 17 item 1: 40 ranges of ~16 MiB took a node to 850 MiB)."""
+    request = kv_pb2.StreamRequest(
+        id=1, range=kv_pb2.RangeRequest(prefix="data/", consistency=kv_pb2.SERIALIZABLE)
+    )
+    message = grpc_message(request.SerializeToString())
+    streams: dict[int, int] = {}
+
+    def start(c: RawCaller) -> None:
+        if id(c) not in streams:
+            streams[id(c)] = c.open("/ramraft.v1.KV/Stream", options["token"])
+        c.send(streams[id(c)], message, end=False)
+
+    _hold_unread(options, seconds, counts, 4, 60, start)
 
 
 def unary_ranges(options: Options, seconds: float, counts: Counter[str]) -> None:
     """Unary Ranges whose answers are never read (16 concurrent unary
     Ranges over 40 MiB peaked at 1.4 GiB)."""
-    held = []
     request = kv_pb2.RangeRequest(prefix="data/", consistency=kv_pb2.SERIALIZABLE)
-    for address in options["grpc"]:
-        for _ in range(12):
-            c = caller(options, address)
-            for _ in range(8):
-                c.call("/ramraft.v1.KV/Range", request.SerializeToString(), options["token"])
-                counts["sent"] += 1
-            held.append(c)
-    running = _until(seconds)
-    while running():
-        time.sleep(0.1)
-    for c in held:
-        c.close()
+
+    def start(c: RawCaller) -> None:
+        c.call("/ramraft.v1.KV/Range", request.SerializeToString(), options["token"])
+
+    _hold_unread(options, seconds, counts, 12, 8, start)
 
 
 def big_puts(options: Options, seconds: float, counts: Counter[str]) -> None:

@@ -43,6 +43,7 @@ from tests.security.cluster import (
     WRITE_TOKEN,
     Credentials,
     SecureCluster,
+    rss_mib,
 )
 from tests.server.procs import REPO
 
@@ -84,14 +85,6 @@ RSS_BOUND_MIB = (
     memory_bound(LIMITS, SNAPSHOT_BYTES, RETAIN_BYTES) + 3 * DATA_KEYS * DATA_VALUE
 ) / (1 << 20)
 assert NodeConfig.snapshot_bytes > SNAPSHOT_BYTES  # the flags above do lower it
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 @pytest.fixture(scope="module", params=["separate-peer-port", "shared-port"])
