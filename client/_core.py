@@ -239,7 +239,7 @@ SESSION_EXPIRED: Final = "SESSION_EXPIRED"
 
 def session_expired(error: RamraftError) -> bool:
     """The cluster forgot this client's session (FAILED_PRECONDITION whose
-    message starts with the state machine's error code, server/services.py)."""
+    message starts with the state machine's error code, server/rpc/services.py)."""
     return error.code == grpc.StatusCode.FAILED_PRECONDITION and error.details.startswith(
         SESSION_EXPIRED
     )

@@ -118,7 +118,7 @@ class NodeLimits:
 PORTS_FILE = "ports.json"
 
 # The largest message the peer port accepts (a batch of AppendEntries, a
-# snapshot chunk, a forwarded write); server/codec.py refuses larger batches.
+# snapshot chunk, a forwarded write); server/runtime/wire.py refuses larger batches.
 PEER_MESSAGE_BYTES = 64 << 20
 
 
@@ -174,10 +174,10 @@ class NodeConfig:
     fsync: bool = True
     limits: NodeLimits = field(default_factory=NodeLimits)
     tls: TLSConfig = field(default_factory=TLSConfig)
-    auth_tokens: str = ""  # token file (server/auth.py); empty: no client authentication
+    auth_tokens: str = ""  # token file (server/security/auth.py); empty: no client authentication
     # Node ids (fnmatch patterns) accepted as peers besides the known
     # members, e.g. "ramraft-*": a member that missed the addition of a new
-    # member still accepts it as leader (see server/transport.py).
+    # member still accepts it as leader (see server/runtime/transport.py).
     peer_id_pattern: str = ""
     health_listen: str = ""  # plaintext gRPC health-only port (k8s probes speak no TLS)
     # The cluster this node belongs to (machines/cluster.py). Empty: whatever

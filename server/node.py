@@ -331,7 +331,7 @@ class Node:
             client_server.add_generic_rpc_handlers((peer_servicer.handler(),))
             services.append(raft_pb2.DESCRIPTOR.services_by_name["Peer"].full_name)
             # Peers are authenticated by their certificates: on a shared port
-            # every caller must present one (see server/transport.py).
+            # every caller must present one (see server/runtime/transport.py).
             require_client = True
         reflection.enable_server_reflection(services, client_server)
         self._bind(client_server, cfg.client_listen, "--listen", tls, require_client)
@@ -498,7 +498,7 @@ class Node:
                 await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
             if self.tls is not None:
                 # Notice rotated files even when no connection comes in (at most
-                # one stat of the files a second; server/tls.py).
+                # one stat of the files a second; server/security/tls.py).
                 self.tls.refresh()
             await asyncio.sleep(0.1)
 

@@ -2,7 +2,7 @@
 
 State: a ``dict[str, bytes]`` for point reads plus a ``SortedList`` of the keys
 (sortedcontainers) for prefix ranges in O(log n + k), and the client session
-table (server/sessions.py). Keys are non-empty ``str``; they sort by code point,
+table (server/machines/sessions.py). Keys are non-empty ``str``; they sort by code point,
 which is the order of their UTF-8 bytes.
 
 Commands (log entry data)
@@ -138,7 +138,7 @@ class Op(enum.IntEnum):
 
 
 class Session(NamedTuple):
-    """A write's exactly-once identity (server/sessions.py): ids and sequences
+    """A write's exactly-once identity (server/machines/sessions.py): ids and sequences
     are 1..2**64-1; ``first_unacked`` is the client's lowest sequence still
     waiting for a reply, 0..sequence (0: not given, one write at a time)."""
 

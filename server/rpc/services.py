@@ -282,7 +282,7 @@ class KVService(kv_pb2_grpc.KVServicer):
     ) -> None:
         """Serve each request as it arrives, concurrently; write each
         response when its request completes. Requests are admitted one by
-        one (server/auth.py StreamGate); a refused one is answered at once."""
+        one (server/security/auth.py StreamGate); a refused one is answered at once."""
         gate = STREAM_GATE.get()
         # (response, holds an in-flight slot); None: no more requests.
         responses: asyncio.Queue[tuple[kv_pb2.StreamResponse, bool] | None] = asyncio.Queue()

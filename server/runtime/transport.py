@@ -2,7 +2,7 @@
 
 - One long-lived client stream per ordered peer pair (``Peer.Stream``): the
   sender coalesces everything queued for a peer since its last write into
-  one MessageBatch, serialized once (server/codec.py), so a loop turn costs
+  one MessageBatch, serialized once (server/runtime/wire.py), so a loop turn costs
   one write per peer however many messages it made.
 - Snapshots travel on their own stream (``Peer.InstallSnapshot``) in chunks
   read from the snapshot store, so a multi-GB snapshot never sits in RAM;
@@ -15,7 +15,7 @@
 Raw bytes cross the gRPC boundary (identity serializers): the codec does
 the only protobuf work, once per batch.
 
-Security (with TLS, server/tls.py): every peer connection is mutual TLS.
+Security (with TLS, server/security/tls.py): every peer connection is mutual TLS.
 The receiving side (``PeerServicer``) first checks the caller's certificate
 -- signed by the cluster CA (the handshake checked that), with a
 ``ramraft-node:<id>`` identity that is a member (``is_member``) -- and

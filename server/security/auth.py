@@ -26,7 +26,7 @@ Tokens
 
     Always open: the gRPC health service (probes), server reflection,
     /healthz and /readyz. The peer service is not token-checked: peers prove
-    who they are with their certificate (server/transport.py). A caller that
+    who they are with their certificate (server/runtime/transport.py). A caller that
     presents a member's certificate (mutual TLS, e.g. a node asking the leader
     for its status) has the read role.
 
@@ -288,7 +288,7 @@ OPEN_PREFIXES = (
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
 )
-# Authenticated by certificate in server/transport.py, outside the client limits.
+# Authenticated by certificate in server/runtime/transport.py, outside the client limits.
 PEER_PREFIX = "/ramraft.peer.v1.Peer/"
 # The one client method that is a stream: each of its requests is admitted
 # on its own (StreamGate), under the role and limits of the unary call.
