@@ -239,7 +239,7 @@ SESSION_EXPIRED: Final = "SESSION_EXPIRED"
 
 def session_expired(error: RamraftError) -> bool:
     """The cluster forgot this client's session (FAILED_PRECONDITION whose
-    message starts with the state machine's error code, server/services.py)."""
+    message starts with the state machine's error code, server/rpc/services.py)."""
     return error.code == grpc.StatusCode.FAILED_PRECONDITION and error.details.startswith(
         SESSION_EXPIRED
     )
@@ -507,17 +507,9 @@ class CallAttempts:
         return max(0.0, min(pause, self.remaining() - 0.001))
 
     def _error(self, error: grpc.RpcError, endpoint: str) -> RamraftError:
-        code = _code(error)
-        details = _details(error) or ""
-        cls = error_for_status(code)
-        name = code.name if code is not None else "UNKNOWN"
-        return cls(
-            f"{self._method}: {name} from {endpoint}: {details}".strip(": "),
-            code=code,
-            details=details,
-            endpoint=endpoint,
-            attempts=self.attempts,
-        )
+        found = error_from(self._method, error, endpoint)
+        found.attempts = self.attempts
+        return found
 
     def _give_up(self) -> RamraftError:
         error, endpoint = self._last_error, self._last_endpoint
@@ -541,6 +533,21 @@ class CallAttempts:
             endpoint=endpoint,
             attempts=self.attempts,
         )
+
+
+def error_from(method: str, error: grpc.RpcError, endpoint: str) -> RamraftError:
+    """The library's error for a call that is not retried (e.g. a stream
+    that broke after it began)."""
+    code = _code(error)
+    details = _details(error) or ""
+    name = code.name if code is not None else "UNKNOWN"
+    return error_for_status(code)(
+        f"{method}: {name} from {endpoint}: {details}".strip(": "),
+        code=code,
+        details=details,
+        endpoint=endpoint,
+        attempts=1,
+    )
 
 
 def _code(error: grpc.RpcError | None) -> grpc.StatusCode | None:

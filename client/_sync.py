@@ -17,7 +17,7 @@ from ramraft.client._core import (
     RangePage,
     Ticket,
 )
-from ramraft.client.errors import FailedPrecondition
+from ramraft.client.errors import FailedPrecondition, Unavailable
 from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 __all__ = ["Client"]
@@ -208,6 +208,60 @@ class Client(_core.ClientBase):
             "Snapshot", lambda s: s.admin.Snapshot, admin_pb2.SnapshotRequest(), timeout, endpoint
         )
         return r.index
+
+    def set_upgrade_hold(self, hold: bool, *, timeout: float | None = None) -> int:
+        """Holds back (True) or releases (False) automatic application
+        version switches; returns the index of the entry that did it."""
+        request = admin_pb2.SetUpgradeHoldRequest(hold=hold)
+        r = self._call("SetUpgradeHold", lambda s: s.admin.SetUpgradeHold, request, timeout)
+        return r.index
+
+    def check_state(self, *, timeout: float | None = None) -> admin_pb2.CheckStateResponse:
+        """Runs a state check now (every node digests its state at one log
+        index; the leader compares): the digests and the diverged nodes."""
+        request = admin_pb2.CheckStateRequest()
+        return self._call("CheckState", lambda s: s.admin.CheckState, request, timeout)
+
+    def backup(
+        self,
+        write: Callable[[bytes], object],
+        *,
+        endpoint: str | None = None,
+        timeout: float | None = None,
+        on_info: Callable[[admin_pb2.BackupInfo], None] | None = None,
+    ) -> admin_pb2.BackupInfo:
+        """Streams a backup file from one node into ``write``. Nodes are
+        tried in turn until one starts the stream; a stream that breaks
+        after that raises (what was written is no backup). Returns what the
+        backup is of."""
+        total = self.timeout if timeout is None else _core.check_timeout(timeout)
+        deadline = time.monotonic() + total
+        targets = [_core.parse_endpoints([endpoint])[0]] if endpoint else list(self.endpoints)
+        last: tuple[grpc.RpcError, str] | None = None
+        for target in targets:
+            stream = self._stubs_for(target).admin.Backup(
+                admin_pb2.BackupRequest(),
+                timeout=max(0.001, deadline - time.monotonic()),
+                metadata=self._metadata,
+            )
+            info: admin_pb2.BackupInfo | None = None
+            try:
+                for message in stream:
+                    if info is None:
+                        info = message.info
+                        if on_info is not None:
+                            on_info(info)
+                    write(message.data)
+            except grpc.RpcError as error:
+                if info is not None:  # broken mid-file: what was written is no backup
+                    raise _core.error_from("Backup", error, target) from None
+                last = (error, target)
+                continue
+            if info is None:
+                raise Unavailable(f"{target} ended the backup stream before sending anything")
+            return info
+        assert last is not None
+        raise _core.error_from("Backup", *last) from None
 
     # -- machinery ----------------------------------------------------------------
 

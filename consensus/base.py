@@ -37,6 +37,10 @@ class NodeState:
     vote: NodeId
     role: Role
     leader: NodeId
+    # 0, or the committed index the state machine could not apply.
+    apply_halted_at: int
+    # False while the application forbids this server to lead.
+    may_lead: bool
     election_elapsed: int
     heartbeat_elapsed: int
     randomized_election_timeout: int

@@ -121,8 +121,11 @@ class ElectionMixin(NodeState):
         elect anyone (its own vote does not count, ``_count_votes`` tallies
         the newest configuration's voters only). Without this, two servers
         that each hold an uncommitted entry removing themselves, and a third
-        with too short a log to win, wait for each other forever."""
-        if self._pending_snapshot is not None:
+        with too short a log to win, wait for each other forever.
+
+        Never while the state machine is halted (``halt_apply``) or the
+        application forbids it (``set_may_lead``)."""
+        if self._pending_snapshot is not None or self.apply_halted_at or not self.may_lead:
             return False
         log = self.log
         if self.id in log.conf.voters:

@@ -173,6 +173,12 @@ class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
         self._in_ready = False
         self.rejected_messages = 0
         self.last_rejection = ""
+        # Invariant: 0, or the committed index the state machine could not
+        # apply; then applied < halted_at for the life of this core.
+        self.apply_halted_at = 0
+        # False while the application says this server must not lead (its
+        # state differs from the majority's); see set_may_lead.
+        self.may_lead = True
 
         self._become_follower(self.term, NO_NODE)
 
@@ -351,7 +357,7 @@ class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
             or self._dropped_reads
             or self._pending_snapshot is not None
             or self.log.stabled < self.log.last_index
-            or self.log.applied < self.log.committed
+            or self.log.applied < self._apply_limit()
             or self._hard_state() != self._persisted
             or self._soft_state() != self._soft
         )
@@ -369,7 +375,7 @@ class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
         rd.entries = self.log.unstable_entries()
         rd.snapshot = self._pending_snapshot
         rd.messages, self._msgs = self._msgs, []
-        rd.committed_entries = self.log.next_committed()
+        rd.committed_entries = self.log.slice(self.log.applied + 1, self._apply_limit() + 1)
         rd.read_states, self._read_states = self._read_states, []
         rd.dropped_reads, self._dropped_reads = self._dropped_reads, []
         soft = self._soft_state()
@@ -379,8 +385,10 @@ class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
         self._in_ready = True
         return rd
 
-    def advance(self, rd: Ready) -> None:
-        """Everything in ``rd`` has been persisted, sent and applied."""
+    def advance(self, rd: Ready, *, applied_through: int | None = None) -> None:
+        """Everything in ``rd`` has been persisted, sent and applied -- or,
+        with ``applied_through``, applied only up to that index (the state
+        machine stopped; see ``halt_apply``)."""
         self._in_ready = False
         if rd.hard_state is not None:
             self._persisted = rd.hard_state
@@ -389,8 +397,43 @@ class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
         if rd.entries:
             last = rd.entries[-1]
             self.log.stable_to(last.index, last.term)
-        if rd.committed_entries:
+        if applied_through is not None:
+            self.log.applied_to(applied_through)
+        elif rd.committed_entries:
             self.log.applied_to(rd.committed_entries[-1].index)
+
+    def halt_apply(self, index: int) -> None:
+        """The state machine cannot apply the committed entry at ``index``
+        (it was written by newer code). Hand out no committed entry from
+        ``index`` on; never campaign or take a leadership transfer (a leader
+        must apply and serve what it commits); a leader steps down at once.
+        The server still persists, acknowledges and votes, so the others
+        keep their quorum. Lasts for the life of this core: a restart with
+        code that can apply the entry resumes. Call it after ``advance``."""
+        if not self.log.applied < index <= self.log.committed:
+            raise RaftError(
+                f"halt_apply({index}) outside ({self.log.applied}, {self.log.committed}]"
+            )
+        if self.apply_halted_at:
+            return
+        self.apply_halted_at = index
+        if self.role != Role.FOLLOWER:
+            self._become_follower(self.term, NO_NODE)
+
+    def set_may_lead(self, may_lead: bool) -> None:
+        """Whether this server may lead: while False it never campaigns nor
+        takes a leadership transfer, and a leader steps down at once (the
+        runtime sets it while the divergence alarm names this server, whose
+        state the majority does not share). It still votes and replicates."""
+        self.may_lead = may_lead
+        if not may_lead and self.role != Role.FOLLOWER:
+            self._become_follower(self.term, NO_NODE)
+
+    def _apply_limit(self) -> int:
+        """The last committed index the state machine may be handed."""
+        if self.apply_halted_at:
+            return min(self.log.committed, self.apply_halted_at - 1)
+        return self.log.committed
 
     # ==== status ===========================================================================
 
@@ -432,6 +475,9 @@ class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
             assert not self.progress, "only a leader tracks progress"
         conf = self.log.conf
         assert not (conf.voters & conf.learners), "voter and learner at once"
+        if self.apply_halted_at:
+            assert self.log.applied < self.apply_halted_at, "applied past the halt"
+            assert self.role == Role.FOLLOWER, "a halted server only follows"
 
     # ==== roles ============================================================================
 
@@ -596,6 +642,11 @@ class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
             # We hold the snapshot's last entry: our log up to it is the
             # leader's, so no need to install anything.
             self.log.commit_to(meta.index)
+        elif self.apply_halted_at:
+            # A halted state machine takes no snapshot: the snapshot holds
+            # state made by code this server lacks (see halt_apply). It
+            # stays where it is until restarted with that code.
+            pass
         else:
             self.log.restore(meta)
             self.latest_snapshot = meta

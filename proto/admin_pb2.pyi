@@ -147,6 +147,15 @@ class NodeStatus(_message.Message):
     FIRST_INDEX_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    APP_VERSION_FIELD_NUMBER: _builtins.int
+    APP_VERSION_SUPPORTED_FIELD_NUMBER: _builtins.int
+    KV_VERSION_FIELD_NUMBER: _builtins.int
+    KV_VERSION_SUPPORTED_FIELD_NUMBER: _builtins.int
+    UPGRADE_HOLD_FIELD_NUMBER: _builtins.int
+    HALTED_FIELD_NUMBER: _builtins.int
+    DIVERGED_FIELD_NUMBER: _builtins.int
+    DIVERGED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The node's id."""
     address: _builtins.str
@@ -177,6 +186,34 @@ class NodeStatus(_message.Message):
     """The node's ramraft version (the package's __version__). Added after
     release 0.1.0: empty from a node of that release.
     """
+    cluster_id: _builtins.str
+    """The cluster's id (set when the cluster was first formed, or by a
+    restore); empty until then, and from a node of release 0.1.0.
+    """
+    app_version: _builtins.int
+    """The application version the cluster runs (replicated state; 1 until the
+    first switch). 0 from a node of release 0.1.0.
+    """
+    app_version_supported: _builtins.int
+    """The newest application version this node's code supports."""
+    kv_version: _builtins.int
+    """The key-value command version the cluster runs."""
+    kv_version_supported: _builtins.int
+    """The newest key-value command version this node's code supports."""
+    upgrade_hold: _builtins.bool
+    """Whether an operator holds version switches back (SetUpgradeHold)."""
+    halted: _builtins.str
+    """Why this node stopped applying the log, when it did (it met an entry
+    its code cannot apply); empty otherwise. A halted node is not ready.
+    """
+    diverged_at: _builtins.int
+    """The log index of the state check that raised the alarm (0: none)."""
+    @_builtins.property
+    def diverged(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The nodes the last state check found holding other state than the
+        majority (the divergence alarm); empty when all agreed.
+        """
+
     def __init__(
         self,
         *,
@@ -193,10 +230,19 @@ class NodeStatus(_message.Message):
         first_index: _builtins.int = ...,
         pid: _builtins.int = ...,
         version: _builtins.str = ...,
+        cluster_id: _builtins.str = ...,
+        app_version: _builtins.int = ...,
+        app_version_supported: _builtins.int = ...,
+        kv_version: _builtins.int = ...,
+        kv_version_supported: _builtins.int = ...,
+        upgrade_hold: _builtins.bool = ...,
+        halted: _builtins.str = ...,
+        diverged: _abc.Iterable[_builtins.str] | None = ...,
+        diverged_at: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "applied_index", b"applied_index", "commit_index", b"commit_index", "first_index", b"first_index", "id", b"id", "last_index", b"last_index", "leader", b"leader", "leader_address", b"leader_address", "pid", b"pid", "role", b"role", "snapshot_index", b"snapshot_index", "term", b"term", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "app_version", b"app_version", "app_version_supported", b"app_version_supported", "applied_index", b"applied_index", "cluster_id", b"cluster_id", "commit_index", b"commit_index", "diverged", b"diverged", "diverged_at", b"diverged_at", "first_index", b"first_index", "halted", b"halted", "id", b"id", "kv_version", b"kv_version", "kv_version_supported", b"kv_version_supported", "last_index", b"last_index", "leader", b"leader", "leader_address", b"leader_address", "pid", b"pid", "role", b"role", "snapshot_index", b"snapshot_index", "term", b"term", "upgrade_hold", b"upgrade_hold", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -214,6 +260,8 @@ class MemberStatus(_message.Message):
     MATCH_INDEX_FIELD_NUMBER: _builtins.int
     LAG_FIELD_NUMBER: _builtins.int
     ACTIVE_FIELD_NUMBER: _builtins.int
+    APP_VERSION_SUPPORTED_FIELD_NUMBER: _builtins.int
+    KV_VERSION_SUPPORTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The member's node id."""
     address: _builtins.str
@@ -228,6 +276,12 @@ class MemberStatus(_message.Message):
     """Whether the leader heard from this member recently (within an election
     timeout).
     """
+    app_version_supported: _builtins.int
+    """The newest application version the member's code supports, as it last
+    told the leader (0: not known, e.g. a node of release 0.1.0).
+    """
+    kv_version_supported: _builtins.int
+    """The newest key-value command version the member's code supports."""
     def __init__(
         self,
         *,
@@ -237,10 +291,12 @@ class MemberStatus(_message.Message):
         match_index: _builtins.int = ...,
         lag: _builtins.int = ...,
         active: _builtins.bool = ...,
+        app_version_supported: _builtins.int = ...,
+        kv_version_supported: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "address", b"address", "id", b"id", "lag", b"lag", "match_index", b"match_index", "suffrage", b"suffrage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "address", b"address", "app_version_supported", b"app_version_supported", "id", b"id", "kv_version_supported", b"kv_version_supported", "lag", b"lag", "match_index", b"match_index", "suffrage", b"suffrage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -503,3 +559,209 @@ class SnapshotResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SnapshotResponse: _TypeAlias = SnapshotResponse  # noqa: Y015
+
+@_typing.final
+class SetUpgradeHoldRequest(_message.Message):
+    """Holds or releases automatic version switches."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_FIELD_NUMBER: _builtins.int
+    hold: _builtins.bool
+    """True: hold switches back; false: let the leader switch once every member
+    supports a newer version.
+    """
+    def __init__(
+        self,
+        *,
+        hold: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetUpgradeHoldRequest: _TypeAlias = SetUpgradeHoldRequest  # noqa: Y015
+
+@_typing.final
+class SetUpgradeHoldResponse(_message.Message):
+    """The answer to a SetUpgradeHoldRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The log index of the entry that changed the hold."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetUpgradeHoldResponse: _TypeAlias = SetUpgradeHoldResponse  # noqa: Y015
+
+@_typing.final
+class CheckStateRequest(_message.Message):
+    """Asks for a state check now; no parameters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckStateRequest: _TypeAlias = CheckStateRequest  # noqa: Y015
+
+@_typing.final
+class StateDigest(_message.Message):
+    """One node's digest of its state at a state check."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """The node's id."""
+    digest: _builtins.str
+    """The SHA-256 of its state, hex; empty when the node could not digest it."""
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateDigest: _TypeAlias = StateDigest  # noqa: Y015
+
+@_typing.final
+class CheckStateResponse(_message.Message):
+    """The answer to a CheckStateRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    DIGESTS_FIELD_NUMBER: _builtins.int
+    DIVERGED_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The log index at which every node digested its state."""
+    @_builtins.property
+    def digests(self) -> _containers.RepeatedCompositeFieldContainer[Global___StateDigest]:
+        """Each member's digest (members that did not answer in time are missing)."""
+
+    @_builtins.property
+    def diverged(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The nodes whose state differs from the majority's; empty: all agree."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        digests: _abc.Iterable[Global___StateDigest] | None = ...,
+        diverged: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digests", b"digests", "diverged", b"diverged", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckStateResponse: _TypeAlias = CheckStateResponse  # noqa: Y015
+
+@_typing.final
+class BackupRequest(_message.Message):
+    """Asks for a backup; no parameters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupRequest: _TypeAlias = BackupRequest  # noqa: Y015
+
+@_typing.final
+class BackupInfo(_message.Message):
+    """What a backup is of (the first message of a Backup stream)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    TERM_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    cluster_id: _builtins.str
+    """The cluster's id."""
+    index: _builtins.int
+    """The state holds the effect of every entry up to this log index."""
+    term: _builtins.int
+    """The term of that entry."""
+    keys: _builtins.int
+    """Keys in the key-value state (for progress)."""
+    node: _builtins.str
+    """The node that takes the backup."""
+    def __init__(
+        self,
+        *,
+        cluster_id: _builtins.str = ...,
+        index: _builtins.int = ...,
+        term: _builtins.int = ...,
+        keys: _builtins.int = ...,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "index", b"index", "keys", b"keys", "node", b"node", "term", b"term"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupInfo: _TypeAlias = BackupInfo  # noqa: Y015
+
+@_typing.final
+class BackupResponse(_message.Message):
+    """One message of a Backup stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The next bytes of the backup file."""
+    @_builtins.property
+    def info(self) -> Global___BackupInfo:
+        """Set in the first message only."""
+
+    def __init__(
+        self,
+        *,
+        info: Global___BackupInfo | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "info", b"info"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupResponse: _TypeAlias = BackupResponse  # noqa: Y015

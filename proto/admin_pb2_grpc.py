@@ -66,6 +66,21 @@ class AdminStub:
                 request_serializer=ramraft_dot_proto_dot_admin__pb2.SnapshotRequest.SerializeToString,
                 response_deserializer=ramraft_dot_proto_dot_admin__pb2.SnapshotResponse.FromString,
                 _registered_method=True)
+        self.SetUpgradeHold = channel.unary_unary(
+                '/ramraft.v1.Admin/SetUpgradeHold',
+                request_serializer=ramraft_dot_proto_dot_admin__pb2.SetUpgradeHoldRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_admin__pb2.SetUpgradeHoldResponse.FromString,
+                _registered_method=True)
+        self.CheckState = channel.unary_unary(
+                '/ramraft.v1.Admin/CheckState',
+                request_serializer=ramraft_dot_proto_dot_admin__pb2.CheckStateRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_admin__pb2.CheckStateResponse.FromString,
+                _registered_method=True)
+        self.Backup = channel.unary_stream(
+                '/ramraft.v1.Admin/Backup',
+                request_serializer=ramraft_dot_proto_dot_admin__pb2.BackupRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_admin__pb2.BackupResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -118,6 +133,35 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetUpgradeHold(self, request, context):
+        """Holds back (or releases) automatic application version switches, e.g.
+        while a rollout of new code is under way. The hold is replicated state:
+        it survives a change of leader. Added after release 0.1.0.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckState(self, request, context):
+        """Runs a state check now: every node digests its whole state at one log
+        index and the leader compares the digests. Returns the digests and the
+        nodes whose state differs from the majority's. Added after release 0.1.0.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Backup(self, request, context):
+        """Streams a backup of the state machine: a consistent copy at one
+        committed index, taken after a linearizable read point, in the backup
+        file format (server/storage/backup.py). The first message carries `info`;
+        the concatenation of every message's `data` is the file. A stream that
+        ends early is no backup. Added after release 0.1.0.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -150,6 +194,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Snapshot,
                     request_deserializer=ramraft_dot_proto_dot_admin__pb2.SnapshotRequest.FromString,
                     response_serializer=ramraft_dot_proto_dot_admin__pb2.SnapshotResponse.SerializeToString,
+            ),
+            'SetUpgradeHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetUpgradeHold,
+                    request_deserializer=ramraft_dot_proto_dot_admin__pb2.SetUpgradeHoldRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_admin__pb2.SetUpgradeHoldResponse.SerializeToString,
+            ),
+            'CheckState': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckState,
+                    request_deserializer=ramraft_dot_proto_dot_admin__pb2.CheckStateRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_admin__pb2.CheckStateResponse.SerializeToString,
+            ),
+            'Backup': grpc.unary_stream_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=ramraft_dot_proto_dot_admin__pb2.BackupRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_admin__pb2.BackupResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -316,6 +375,87 @@ class Admin:
             '/ramraft.v1.Admin/Snapshot',
             ramraft_dot_proto_dot_admin__pb2.SnapshotRequest.SerializeToString,
             ramraft_dot_proto_dot_admin__pb2.SnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetUpgradeHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ramraft.v1.Admin/SetUpgradeHold',
+            ramraft_dot_proto_dot_admin__pb2.SetUpgradeHoldRequest.SerializeToString,
+            ramraft_dot_proto_dot_admin__pb2.SetUpgradeHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ramraft.v1.Admin/CheckState',
+            ramraft_dot_proto_dot_admin__pb2.CheckStateRequest.SerializeToString,
+            ramraft_dot_proto_dot_admin__pb2.CheckStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ramraft.v1.Admin/Backup',
+            ramraft_dot_proto_dot_admin__pb2.BackupRequest.SerializeToString,
+            ramraft_dot_proto_dot_admin__pb2.BackupResponse.FromString,
             options,
             channel_credentials,
             insecure,

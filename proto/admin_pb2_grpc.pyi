@@ -63,6 +63,23 @@ class AdminStub:
     """Takes a snapshot of the contacted node's state machine now, and compacts
     its log up to it.
     """
+    SetUpgradeHold: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetUpgradeHoldRequest, _admin_pb2.SetUpgradeHoldResponse]
+    """Holds back (or releases) automatic application version switches, e.g.
+    while a rollout of new code is under way. The hold is replicated state:
+    it survives a change of leader. Added after release 0.1.0.
+    """
+    CheckState: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CheckStateRequest, _admin_pb2.CheckStateResponse]
+    """Runs a state check now: every node digests its whole state at one log
+    index and the leader compares the digests. Returns the digests and the
+    nodes whose state differs from the majority's. Added after release 0.1.0.
+    """
+    Backup: _grpc.UnaryStreamMultiCallable[_admin_pb2.BackupRequest, _admin_pb2.BackupResponse]
+    """Streams a backup of the state machine: a consistent copy at one
+    committed index, taken after a linearizable read point, in the backup
+    file format (server/storage/backup.py). The first message carries `info`;
+    the concatenation of every message's `data` is the file. A stream that
+    ends early is no backup. Added after release 0.1.0.
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -88,6 +105,23 @@ class AdminAsyncStub(AdminStub):
     Snapshot: _aio.UnaryUnaryMultiCallable[_admin_pb2.SnapshotRequest, _admin_pb2.SnapshotResponse]  # type: ignore[assignment]
     """Takes a snapshot of the contacted node's state machine now, and compacts
     its log up to it.
+    """
+    SetUpgradeHold: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetUpgradeHoldRequest, _admin_pb2.SetUpgradeHoldResponse]  # type: ignore[assignment]
+    """Holds back (or releases) automatic application version switches, e.g.
+    while a rollout of new code is under way. The hold is replicated state:
+    it survives a change of leader. Added after release 0.1.0.
+    """
+    CheckState: _aio.UnaryUnaryMultiCallable[_admin_pb2.CheckStateRequest, _admin_pb2.CheckStateResponse]  # type: ignore[assignment]
+    """Runs a state check now: every node digests its whole state at one log
+    index and the leader compares the digests. Returns the digests and the
+    nodes whose state differs from the majority's. Added after release 0.1.0.
+    """
+    Backup: _aio.UnaryStreamMultiCallable[_admin_pb2.BackupRequest, _admin_pb2.BackupResponse]  # type: ignore[assignment]
+    """Streams a backup of the state machine: a consistent copy at one
+    committed index, taken after a linearizable read point, in the backup
+    file format (server/storage/backup.py). The first message carries `info`;
+    the concatenation of every message's `data` is the file. A stream that
+    ends early is no backup. Added after release 0.1.0.
     """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
@@ -147,6 +181,41 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.SnapshotResponse, _abc.Awaitable[_admin_pb2.SnapshotResponse]]:
         """Takes a snapshot of the contacted node's state machine now, and compacts
         its log up to it.
+        """
+
+    @_abc_1.abstractmethod
+    def SetUpgradeHold(
+        self,
+        request: _admin_pb2.SetUpgradeHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SetUpgradeHoldResponse, _abc.Awaitable[_admin_pb2.SetUpgradeHoldResponse]]:
+        """Holds back (or releases) automatic application version switches, e.g.
+        while a rollout of new code is under way. The hold is replicated state:
+        it survives a change of leader. Added after release 0.1.0.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckState(
+        self,
+        request: _admin_pb2.CheckStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CheckStateResponse, _abc.Awaitable[_admin_pb2.CheckStateResponse]]:
+        """Runs a state check now: every node digests its whole state at one log
+        index and the leader compares the digests. Returns the digests and the
+        nodes whose state differs from the majority's. Added after release 0.1.0.
+        """
+
+    @_abc_1.abstractmethod
+    def Backup(
+        self,
+        request: _admin_pb2.BackupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.BackupResponse], _abc.AsyncIterator[_admin_pb2.BackupResponse]]:
+        """Streams a backup of the state machine: a consistent copy at one
+        committed index, taken after a linearizable read point, in the backup
+        file format (server/storage/backup.py). The first message carries `info`;
+        the concatenation of every message's `data` is the file. A stream that
+        ends early is no backup. Added after release 0.1.0.
         """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

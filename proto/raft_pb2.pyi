@@ -532,3 +532,105 @@ class ForwardRefusal(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ForwardRefusal: _TypeAlias = ForwardRefusal  # noqa: Y015
+
+@_typing.final
+class InfoRequest(_message.Message):
+    """Asks a node what it is."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_INDEXES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def digest_indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The state checks (log indexes) whose digests the caller wants."""
+
+    def __init__(
+        self,
+        *,
+        digest_indexes: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest_indexes", b"digest_indexes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InfoRequest: _TypeAlias = InfoRequest  # noqa: Y015
+
+@_typing.final
+class IndexedDigest(_message.Message):
+    """A node's state digest at one state check."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The state check's log index."""
+    digest: _builtins.str
+    """The SHA-256 of the node's state there, hex; empty: could not digest."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IndexedDigest: _TypeAlias = IndexedDigest  # noqa: Y015
+
+@_typing.final
+class InfoResponse(_message.Message):
+    """What a node is and what its code supports."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    APP_VERSION_SUPPORTED_FIELD_NUMBER: _builtins.int
+    KV_VERSION_SUPPORTED_FIELD_NUMBER: _builtins.int
+    HALTED_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DIGESTS_FIELD_NUMBER: _builtins.int
+    APPLIED_INDEX_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """The node's id."""
+    cluster_id: _builtins.str
+    """The cluster id the node knows (empty: not named yet)."""
+    app_version_supported: _builtins.int
+    """The newest application version its code supports."""
+    kv_version_supported: _builtins.int
+    """The newest key-value command version its code supports."""
+    halted: _builtins.str
+    """Why it stopped applying the log (empty: it did not)."""
+    version: _builtins.str
+    """Its ramraft version."""
+    applied_index: _builtins.int
+    """Its applied index."""
+    @_builtins.property
+    def digests(self) -> _containers.RepeatedCompositeFieldContainer[Global___IndexedDigest]:
+        """The digests asked for that the node has."""
+
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        cluster_id: _builtins.str = ...,
+        app_version_supported: _builtins.int = ...,
+        kv_version_supported: _builtins.int = ...,
+        halted: _builtins.str = ...,
+        version: _builtins.str = ...,
+        digests: _abc.Iterable[Global___IndexedDigest] | None = ...,
+        applied_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_version_supported", b"app_version_supported", "applied_index", b"applied_index", "cluster_id", b"cluster_id", "digests", b"digests", "halted", b"halted", "kv_version_supported", b"kv_version_supported", "node_id", b"node_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InfoResponse: _TypeAlias = InfoResponse  # noqa: Y015

@@ -52,6 +52,11 @@ class PeerStub:
                 request_serializer=ramraft_dot_proto_dot_raft__pb2.ForwardRequest.SerializeToString,
                 response_deserializer=ramraft_dot_proto_dot_raft__pb2.ForwardResponse.FromString,
                 _registered_method=True)
+        self.Info = channel.unary_unary(
+                '/ramraft.peer.v1.Peer/Info',
+                request_serializer=ramraft_dot_proto_dot_raft__pb2.InfoRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_raft__pb2.InfoResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -84,6 +89,16 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Info(self, request, context):
+        """What a node is and what its code supports, and its state digests: the
+        leader asks every member before it names the cluster, switches versions
+        or compares state. Added after release 0.1.0 (which answers
+        UNIMPLEMENTED: the leader then treats it as supporting version 1 only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -101,6 +116,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Forward,
                     request_deserializer=ramraft_dot_proto_dot_raft__pb2.ForwardRequest.FromString,
                     response_serializer=ramraft_dot_proto_dot_raft__pb2.ForwardResponse.SerializeToString,
+            ),
+            'Info': grpc.unary_unary_rpc_method_handler(
+                    servicer.Info,
+                    request_deserializer=ramraft_dot_proto_dot_raft__pb2.InfoRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_raft__pb2.InfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -187,6 +207,33 @@ class Peer:
             '/ramraft.peer.v1.Peer/Forward',
             ramraft_dot_proto_dot_raft__pb2.ForwardRequest.SerializeToString,
             ramraft_dot_proto_dot_raft__pb2.ForwardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Info(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ramraft.peer.v1.Peer/Info',
+            ramraft_dot_proto_dot_raft__pb2.InfoRequest.SerializeToString,
+            ramraft_dot_proto_dot_raft__pb2.InfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,12 @@ class PeerStub:
     answers once it is applied. `result` is the state machine's encoded reply.
     A call that fails carries a ForwardRefusal in its trailing metadata.
     """
+    Info: _grpc.UnaryUnaryMultiCallable[_raft_pb2.InfoRequest, _raft_pb2.InfoResponse]
+    """What a node is and what its code supports, and its state digests: the
+    leader asks every member before it names the cluster, switches versions
+    or compares state. Added after release 0.1.0 (which answers
+    UNIMPLEMENTED: the leader then treats it as supporting version 1 only).
+    """
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
@@ -76,6 +82,12 @@ class PeerAsyncStub(PeerStub):
     """A follower hands a client's command to the leader, which proposes it and
     answers once it is applied. `result` is the state machine's encoded reply.
     A call that fails carries a ForwardRefusal in its trailing metadata.
+    """
+    Info: _aio.UnaryUnaryMultiCallable[_raft_pb2.InfoRequest, _raft_pb2.InfoResponse]  # type: ignore[assignment]
+    """What a node is and what its code supports, and its state digests: the
+    leader asks every member before it names the cluster, switches versions
+    or compares state. Added after release 0.1.0 (which answers
+    UNIMPLEMENTED: the leader then treats it as supporting version 1 only).
     """
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
@@ -111,6 +123,18 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         """A follower hands a client's command to the leader, which proposes it and
         answers once it is applied. `result` is the state machine's encoded reply.
         A call that fails carries a ForwardRefusal in its trailing metadata.
+        """
+
+    @_abc_1.abstractmethod
+    def Info(
+        self,
+        request: _raft_pb2.InfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_raft_pb2.InfoResponse, _abc.Awaitable[_raft_pb2.InfoResponse]]:
+        """What a node is and what its code supports, and its state digests: the
+        leader asks every member before it names the cluster, switches versions
+        or compares state. Added after release 0.1.0 (which answers
+        UNIMPLEMENTED: the leader then treats it as supporting version 1 only).
         """
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

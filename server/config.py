@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ramraft.consensus.types import check_node_id
+from ramraft.server.machines.cluster import valid_cluster_id
 
 
 class ConfigError(ValueError):
@@ -148,7 +149,8 @@ PORTS_FILE = "ports.json"
 # AppendEntries, a snapshot chunk, a forwarded write) on a separate peer
 # port whose callers are authenticated (mutual TLS); every other port
 # accepts at most NodeLimits.request_bytes(), and a node never sends a peer
-# more than that (server/runtime/transport.py splits its batches).
+# more than that (server/runtime/transport.py splits its batches;
+# server/runtime/wire.py refuses larger batches).
 PEER_MESSAGE_BYTES = 64 << 20
 
 # What a node holds before it serves anything: the interpreter, grpc, aiohttp
@@ -236,12 +238,21 @@ class NodeConfig:
     fsync: bool = True
     limits: NodeLimits = field(default_factory=NodeLimits)
     tls: TLSConfig = field(default_factory=TLSConfig)
-    auth_tokens: str = ""  # token file (server/auth.py); empty: no client authentication
+    auth_tokens: str = ""  # token file (server/security/auth.py); empty: no client authentication
     # Node ids (fnmatch patterns) accepted as peers besides the known
     # members, e.g. "ramraft-*": a member that missed the addition of a new
-    # member still accepts it as leader (see server/transport.py).
+    # member still accepts it as leader (see server/runtime/transport.py).
     peer_id_pattern: str = ""
     health_listen: str = ""  # plaintext gRPC health-only port (k8s probes speak no TLS)
+    # The cluster this node belongs to (machines/cluster.py). Empty: whatever
+    # the cluster it joins is named (a new cluster is named by its first
+    # leader); set: peers of another cluster are refused, and a data
+    # directory of another cluster is not started.
+    cluster_id: str = ""
+    # The leader runs a state check (all nodes digest their state at one
+    # index and compare: runtime/checks.py) every this many applied entries;
+    # 0: only on demand (ramraft check).
+    check_entries: int = 10_000
     # Start with tokens but without TLS: tokens then travel in cleartext and
     # the peer port is unauthenticated (anyone who reaches it can act as a
     # peer). Refused unless this says so (see validate()).
@@ -277,6 +288,13 @@ class NodeConfig:
             )
         if self.tick_ms < 1 or self.election_ticks <= self.heartbeat_ticks:
             raise ConfigError("need --tick-ms >= 1 and --election-ticks > --heartbeat-ticks")
+        if self.cluster_id and not valid_cluster_id(self.cluster_id):
+            raise ConfigError(
+                f"--cluster-id {self.cluster_id!r}: 1-64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        if self.check_entries < 0:
+            raise ConfigError("--check-entries must not be negative")
 
     def peer_message_bytes(self) -> int:
         """The largest message this node sends to or accepts from a peer: the

@@ -45,6 +45,7 @@ from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc, raft_p
 from ramraft.server.config import (
     PEER_MESSAGE_BYTES,
     PORTS_FILE,
+    ConfigError,
     NodeConfig,
     NodeLimits,
     join_address,
@@ -58,6 +59,7 @@ from ramraft.server.hosting import (
     model_proposer,
 )
 from ramraft.server.logs import RateLimitedLog
+from ramraft.server.machines.cluster import ClusterMachine
 from ramraft.server.machines.embed import ModelMachine
 from ramraft.server.machines.kv import KVMachine
 from ramraft.server.machines.statemachine import TAG_KV, TAG_MODEL, CompositeMachine
@@ -65,6 +67,7 @@ from ramraft.server.rpc.services import AdminService, KVService
 from ramraft.server.runtime.loop import RaftRuntime
 from ramraft.server.runtime.membership import MembershipChanges
 from ramraft.server.runtime.node_api import InputLimits, NodeAPI
+from ramraft.server.runtime.steward import Steward
 from ramraft.server.runtime.transport import PeerServicer, PeerTransport
 from ramraft.server.security.auth import CallLimits, Gatekeeper, InflightLimiter, TokenStore
 from ramraft.server.security.budget import MemoryBudget
@@ -205,8 +208,17 @@ class Node:
                 raise ValueError("give either an app or a machine, not both")
             model_machine = ModelMachine(app.model)
             self.app = HostedApp(app, model_machine)
-            machine = CompositeMachine({TAG_KV: self.kv, TAG_MODEL: model_machine})
-        self.machine = machine if machine is not None else self.kv
+            machine = ClusterMachine(
+                CompositeMachine({TAG_KV: self.kv, TAG_MODEL: model_machine}),
+                model=model_machine,
+                kv=self.kv,
+            )
+        elif machine is None:
+            machine = ClusterMachine(self.kv, kv=self.kv)
+        # The runtime applies the log to this machine; with the cluster
+        # record (machines/cluster.py) it also carries the versions, the
+        # cluster id and the divergence alarm.
+        self.machine = machine
         self.encode_result = encode_result
         self.decode_result = decode_result
         self.runtime: RaftRuntime | None = None
@@ -298,6 +310,9 @@ class Node:
         )
         self.api = api = NodeAPI(runtime, self.encode_result, self.decode_result, limits)
         self.membership = MembershipChanges(runtime)
+        self.steward = Steward(runtime, self.membership.transfer_leadership)
+        self.membership.admit = self.steward.admit
+        runtime.transport.cluster_id = self.steward.cluster_id
         self.metrics = metrics = NodeMetrics(runtime, lambda: api.forwarded)
         runtime.listeners.append(metrics.runtime_listener)
         if self.app is not None:
@@ -312,9 +327,11 @@ class Node:
             authenticate=self.tls is not None,
             is_member=runtime.peers.is_member,
             refusals=self.refusals,
+            cluster_id=self.steward.cluster_id,
+            info=self.steward.info,
         )
         self.kv_service = KVService(self.api, self.kv)
-        self.admin_service = AdminService(self.api, self.membership)
+        self.admin_service = AdminService(self.api, self.membership, self.steward)
         self.kv_service.observers.append(metrics.observer("grpc"))
         self.admin_service.observers.append(metrics.observer("grpc"))
         node_limits = cfg.limits
@@ -390,7 +407,7 @@ class Node:
             client_server.add_generic_rpc_handlers((peer_servicer.handler(),))
             services.append(raft_pb2.DESCRIPTOR.services_by_name["Peer"].full_name)
             # Peers are authenticated by their certificates: on a shared port
-            # every caller must present one (see server/transport.py).
+            # every caller must present one (see server/runtime/transport.py).
             require_client = True
         reflection.enable_server_reflection(services, client_server)
         self._bind(client_server, cfg.client_listen, "--listen", tls, require_client)
@@ -407,6 +424,8 @@ class Node:
         # Every port is bound: now the log is loaded and the core runs, before
         # any server takes a call.
         await runtime.start()
+        self._check_cluster_id()
+        self.steward.start()
         for server in self.servers:
             await server.start()
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -527,6 +546,18 @@ class Node:
         (the gRPC health service's "" status, and /readyz)."""
         return self.runtime is not None and self.runtime.ready()
 
+    def _check_cluster_id(self) -> None:
+        """A data directory of one cluster is never started as a node of
+        another (--cluster-id, RAMRAFT_CLUSTER_ID)."""
+        assert self.runtime is not None
+        recorded = self.runtime.cluster_state().cluster_id
+        wanted = self.config.cluster_id
+        if recorded and wanted and recorded != wanted:
+            raise ConfigError(
+                f"--cluster-id {wanted}: the data directory {self.config.data_dir} belongs to "
+                f"cluster {recorded}; start it with that id, or with an empty data directory"
+            )
+
     async def _watch_health(self) -> None:
         serving = None
         while True:
@@ -545,7 +576,7 @@ class Node:
                 await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
             if self.tls is not None:
                 # Notice rotated files even when no connection comes in (at most
-                # one stat of the files a second; server/tls.py).
+                # one stat of the files a second; server/security/tls.py).
                 self.tls.refresh()
             await asyncio.sleep(0.1)
 
@@ -582,6 +613,7 @@ class Node:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
+        await self.steward.close()
         await runtime.transport.close()
         await runtime.close()
         log.info("node_stopped", id=self.config.node_id)
@@ -598,7 +630,12 @@ class Node:
             HANDOVER_MIN_ANSWER_WINDOW,
             HANDOVER_HEARTBEATS * cfg.heartbeat_ticks * cfg.tick_ms / 1000,
         )
-        candidates = await membership.handover_candidates(answered_within=within)
+        unfit = self.steward.unfit_to_lead()
+        candidates = [
+            c
+            for c in await membership.handover_candidates(answered_within=within)
+            if c not in unfit
+        ]
         if not candidates:
             log.warning(
                 "leadership_not_handed_over",

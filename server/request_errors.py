@@ -27,7 +27,11 @@ from ramraft.consensus import (
     NotLeaderError,
     ProposalDroppedError,
 )
-from ramraft.server.machines.embed import CommandFailedError, NotPlainDataError
+from ramraft.server.machines.embed import (
+    CommandFailedError,
+    CommandNotActiveError,
+    NotPlainDataError,
+)
 from ramraft.server.machines.statemachine import CommandError, ErrorCode
 
 
@@ -74,6 +78,14 @@ class BadRequest(RequestError, ValueError):
     documented limit, an unknown member...; the message says which."""
 
 
+class CommandRefused(RequestError):
+    """The leader will not propose this command: its code does not have it
+    (it came from newer code), or it is new in a version the cluster does not
+    run yet (it switches once every node's code supports it)."""
+
+    before_proposal = True
+
+
 class SessionRefused(RequestError):
     """The state machine refused a write for its session (SESSION_EXPIRED:
     start a new session; STALE_SEQUENCE: the sequence is below the session's
@@ -88,6 +100,8 @@ def check_command_result(result: object) -> None:
     if isinstance(result, CommandError):
         if result.code in (ErrorCode.SESSION_EXPIRED, ErrorCode.STALE_SEQUENCE):
             raise SessionRefused(str(result))
+        if result.code is ErrorCode.NOT_ACTIVE:
+            raise CommandRefused(result.message)
         raise BadRequest(str(result))
 
 
@@ -119,6 +133,10 @@ ERROR_STATUSES: tuple[tuple[type[BaseException], WireStatus], ...] = (
     (Overloaded, WireStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "overloaded")),
     (TimeoutError, WireStatus(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "deadline_exceeded")),
     (SessionRefused, _NOT_NOW),
+    # A command of a version the cluster does not run yet, or that the
+    # leader's code lacks: nothing was proposed.
+    (CommandRefused, _NOT_NOW),
+    (CommandNotActiveError, _NOT_NOW),
     # Membership changes and transfers the core does not allow now
     # (proto/admin.proto: FAILED_PRECONDITION).
     (ConfChangeError, _NOT_NOW),

@@ -47,6 +47,7 @@ __all__ = [
     "UsageError",
     "add_client_options",
     "build_parser",
+    "client_command",
     "client_from_args",
     "main",
 ]
@@ -477,9 +478,10 @@ def _cmd_status(client: Client, args: argparse.Namespace) -> int:
                 ]
             )
         sys.stdout.write(_table(rows) + "\n")
+        _write_cluster_lines(nodes)
         if members:
             sys.stdout.write("\nmembers, as the leader sees them:\n")
-            rows = [["ID", "ADDRESS", "SUFFRAGE", "MATCH", "LAG", "ACTIVE"]]
+            rows = [["ID", "ADDRESS", "SUFFRAGE", "MATCH", "LAG", "ACTIVE", "SUPPORTS"]]
             rows += [
                 [
                     m["id"],
@@ -488,11 +490,37 @@ def _cmd_status(client: Client, args: argparse.Namespace) -> int:
                     str(m["match_index"]),
                     str(m["lag"]),
                     "yes" if m["active"] else "no",
+                    # app/key-value versions its code supports ("-": not known)
+                    f"app {m['app_version_supported']}, kv {m['kv_version_supported']}"
+                    if m.get("app_version_supported")
+                    else "-",
                 ]
                 for m in members
             ]
             sys.stdout.write(_table(rows) + "\n")
     return EXIT_OK
+
+
+def _write_cluster_lines(nodes: list[dict[str, Any]]) -> None:
+    """The cluster record under the table: its id and versions, and what no
+    operator may miss: a node that halted, the divergence alarm."""
+    answered = [n for n in nodes if "error" not in n]
+    named = next((n for n in answered if n.get("cluster_id")), None)
+    if named is not None:
+        hold = ", version switches held" if named.get("upgrade_hold") else ""
+        sys.stdout.write(
+            f"\ncluster {named['cluster_id']}: app version {named.get('app_version', 1)}, "
+            f"key-value version {named.get('kv_version', 1)}{hold}\n"
+        )
+    for n in answered:
+        if n.get("halted"):
+            sys.stdout.write(f"HALTED {n['id']}: {n['halted']}\n")
+    alarm = next((n for n in answered if n.get("diverged")), None)
+    if alarm is not None:
+        sys.stdout.write(
+            f"DIVERGED: {', '.join(alarm['diverged'])} hold other state than the majority "
+            f"(state check at index {alarm.get('diverged_at', 0)}); see the README's runbook\n"
+        )
 
 
 def _cmd_transfer_leader(client: Client, args: argparse.Namespace) -> int:
@@ -542,6 +570,12 @@ def _cmd_snapshot(client: Client, args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(f"snapshot taken at index {index}\n")
     return EXIT_OK
+
+
+def client_command(command: Callable[[Client, argparse.Namespace], int]) -> Handler:
+    """A subcommand's handler that gets a Client made from the common options
+    (--endpoints, --timeout, TLS, token) and closes it afterwards."""
+    return _client_command(command)
 
 
 def _client_command(command: Callable[[Client, argparse.Namespace], int]) -> Handler:

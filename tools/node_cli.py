@@ -228,6 +228,21 @@ NODE_SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("log-level", "how much to log", "info", choices=LOG_LEVELS),
     Setting(
+        "cluster-id",
+        "the cluster this node belongs to: peers of another cluster are refused, and a data "
+        "directory of another cluster is not started (default: the id the cluster was given "
+        "when it was formed, or by a restore)",
+        metavar="ID",
+    ),
+    Setting(
+        "check-entries",
+        "the leader compares every node's state digest every this many applied entries "
+        "(0: only on demand, ramraft check)",
+        10_000,
+        int,
+        metavar="N",
+    ),
+    Setting(
         "tls-cert",
         "this node's certificate (PEM); with --tls-key and --tls-ca turns TLS on for every port",
         group="tls",
@@ -456,6 +471,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         auth_tokens=args.auth_tokens,
         peer_id_pattern=args.peer_id_pattern,
         health_listen=args.health_listen,
+        cluster_id=args.cluster_id,
+        check_entries=args.check_entries,
         insecure=args.insecure,
     )
     config.validate()
@@ -553,7 +570,7 @@ def register(sub: Any) -> None:
     add_node_parser(sub)
     add_cluster_parser(sub)
     # Subcommands that live in modules of their own (each defines register()).
-    from ramraft.tools import bench, certs, chaos, tokens
+    from ramraft.tools import backup, bench, certs, chaos, tokens, versions
 
-    for module in (bench, chaos, certs, tokens):
+    for module in (bench, chaos, certs, tokens, backup, versions):
         module.register(sub)

@@ -77,8 +77,21 @@ Errors, and what a failing command leaves behind
   gets ``CommandFailedError`` with code ``BAD_RESULT``. Results reach the caller
   as a copy (a round trip through the same encoding), so application code can
   never hold a reference into the replicated state through a result.
-- An entry naming a command the class does not have (e.g. from another version
-  of the application): ``UNKNOWN_COMMAND`` result, nothing changes.
+- An entry naming a command the class does not have (written by another
+  version of the application): the node stops applying at that entry
+  (``ApplyHalted``; it reports not ready and says why) until it is restarted
+  with code that has the command. Skipping it would let this node's state
+  drift from its peers' for ever.
+
+Versions
+--------
+``app_version = N`` on the model class says the code supports version N;
+``@command(since=N)`` marks a command new in N. The cluster runs one *active*
+version, replicated state switched through the log once every node supports
+the new one (machines/cluster.py). A command newer than the active version is
+refused before it is proposed (``CommandNotActiveError``) and, should it reach
+the log anyway, applies as a ``NOT_ACTIVE`` error everywhere. The switch calls
+``upgrade(from_version)`` on every node at the same index.
 
 Snapshots
 ---------
@@ -93,16 +106,15 @@ reads the stream incrementally and never holds the whole encoded state. Restore
 replaces the contents of the SAME instance (references to the model stay
 valid; references to its inner containers do not). A model with a very large
 state and values that are never mutated in place can override ``snapshot`` on
-a ``ModelMachine`` subclass with a copy-on-write view as server/kv.py does.
+a ``ModelMachine`` subclass with a copy-on-write view as server/machines/kv.py does.
 
-Exactly-once: a call can carry a session (see server/sessions.py); the default
+Exactly-once: a call can carry a session (see server/machines/sessions.py); the default
 bound call does not (the runtime proposes in-process calls once). Calls with a
 session are deduplicated by a session table that is part of the snapshot.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import re
 import time
@@ -110,6 +122,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from itertools import islice
 from typing import (
     Any,
+    ClassVar,
     Concatenate,
     Generic,
     NamedTuple,
@@ -137,6 +150,7 @@ from ramraft.server.machines.sessions import (
 )
 from ramraft.server.machines.statemachine import (
     TAG_MODEL,
+    ApplyHalted,
     CommandError,
     ErrorCode,
     FrameReader,
@@ -158,6 +172,7 @@ __all__ = [
     "Command",
     "CommandFailedError",
     "CommandNestingError",
+    "CommandNotActiveError",
     "LocalProposer",
     "ModelMachine",
     "NotBoundError",
@@ -186,6 +201,12 @@ class NotPlainDataError(TypeError):
 class NotBoundError(RuntimeError):
     """A command was called on a model no node applies, or before the runtime
     gave its ModelMachine a proposer."""
+
+
+class CommandNotActiveError(RuntimeError):
+    """The command is new in an application version the cluster has not
+    switched to yet (it switches once every node's code supports it).
+    Nothing was proposed."""
 
 
 class CommandNestingError(RuntimeError):
@@ -221,10 +242,16 @@ def _packb(obj: object) -> bytes:
     return msgpack.packb(obj, use_bin_type=True, strict_types=True, default=_default)
 
 
-def _sorted_if_possible(items: list[Any]) -> list[Any]:
-    # Sorting makes the encoding of a set canonical when its items allow it.
-    with contextlib.suppress(TypeError):
+def _sorted_canonically(items: list[Any]) -> list[Any]:
+    """A set's items in an order that depends only on the items: their own
+    order where they compare (the common case, and the encoding earlier
+    releases wrote), otherwise the order of their encodings. Iteration order
+    of a set depends on the process's hash seed, so without this two nodes
+    holding equal sets of mixed types would encode (and digest) differently."""
+    try:
         items.sort()
+    except TypeError:
+        items.sort(key=_packb)
     return items
 
 
@@ -233,7 +260,7 @@ def _default(obj: object) -> msgpack.ExtType:
     if kind is tuple:
         return msgpack.ExtType(_EXT_TUPLE, _packb(list(cast(tuple[Any, ...], obj))))
     if kind is set or kind is frozenset:
-        items = _sorted_if_possible(list(cast(set[Any], obj)))
+        items = _sorted_canonically(list(cast(set[Any], obj)))
         return msgpack.ExtType(_EXT_SET if kind is set else _EXT_FROZENSET, _packb(items))
     if kind is int:
         raise NotPlainDataError(f"int {obj} is outside the 64-bit range [{_INT_MIN}, {_INT_MAX}]")
@@ -284,7 +311,7 @@ class Call(NamedTuple):
     args: list[Any]
     kwargs: dict[str, Any]
     session: tuple[int, int, int] | None = None
-    """``(client_id, sequence, first_unacked)``; see server/sessions.py."""
+    """``(client_id, sequence, first_unacked)``; see server/machines/sessions.py."""
 
 
 _TAG = bytes([TAG_MODEL])
@@ -365,7 +392,9 @@ class BoundCommand(Generic[P, R]):
 class Command(Generic[M, P, R]):
     """A method marked with ``@command`` (a descriptor)."""
 
-    def __init__(self, fn: Callable[Concatenate[M, P], R]) -> None:
+    def __init__(self, fn: Callable[Concatenate[M, P], R], since: int = 1) -> None:
+        if type(since) is not int or since < 1:
+            raise TypeError(f"@command(since=...) takes a version >= 1, got {since!r}")
         if isinstance(fn, staticmethod | classmethod):
             raise TypeError("@command goes on plain methods, not static or class methods")
         if not callable(fn):
@@ -381,6 +410,7 @@ class Command(Generic[M, P, R]):
                 "outside apply; return a list instead"
             )
         self.fn = fn
+        self.since = since
         self.name: str = fn.__name__
         self.signature = inspect.signature(fn)
         self.__doc__ = fn.__doc__
@@ -422,6 +452,7 @@ class Command(Generic[M, P, R]):
                 f"{qualname}() called on a model that no node applies: wrap it in "
                 "ModelMachine(model) and bind() the runtime's proposer (or a LocalProposer)"
             )
+        machine.check_active(self)
         try:
             self.signature.bind(model, *args, **kwargs)
         except TypeError as exc:
@@ -430,20 +461,46 @@ class Command(Generic[M, P, R]):
         return machine.propose(data)
 
 
-def command(fn: Callable[Concatenate[M, P], R]) -> Command[M, P, R]:
-    """Mark a method of a :class:`ReplicatedModel` as a replicated command."""
-    return Command(fn)
+@overload
+def command(fn: Callable[Concatenate[M, P], R], /) -> Command[M, P, R]: ...
+@overload
+def command(*, since: int = 1) -> Callable[[Callable[Concatenate[M, P], R]], Command[M, P, R]]: ...
+def command(
+    fn: Callable[Concatenate[M, P], R] | None = None, /, *, since: int = 1
+) -> Command[M, P, R] | Callable[[Callable[Concatenate[M, P], R]], Command[M, P, R]]:
+    """Mark a method of a :class:`ReplicatedModel` as a replicated command.
+
+    ``@command(since=2)``: the command is new in application version 2. It is
+    refused (``CommandNotActiveError``, nothing proposed) until the cluster
+    has switched to version 2, which it does once every node's code supports
+    it (machines/cluster.py); nodes still running version 1 code therefore
+    never meet it in the log."""
+    if fn is None:
+        return lambda f: Command(f, since)
+    return Command(fn, since)
 
 
 class ReplicatedModel:
     """Base class of application models. Subclasses define state in
-    ``__init__`` and change it only in ``@command`` methods."""
+    ``__init__`` and change it only in ``@command`` methods.
+
+    Versions: ``app_version`` (a class attribute, default 1) is the newest
+    version this code supports. When every node of the cluster supports a
+    newer version than the cluster runs, the leader switches the cluster to
+    it through the log, and every node calls :meth:`upgrade` at that index,
+    once per step. ``active_app_version`` is the version the cluster runs at
+    the entry being applied (read it in a command to keep the old behaviour
+    for entries written before a switch)."""
 
     __slots__ = ("__dict__", "__weakref__", "_ramraft_machine")
     _ramraft_commands: dict[str, Command[Any, Any, Any]] = {}
+    app_version: ClassVar[int] = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        version = cls.__dict__.get("app_version", cls.app_version)
+        if type(version) is not int or version < 1:
+            raise TypeError(f"{cls.__qualname__}.app_version must be an int >= 1, got {version!r}")
         commands: dict[str, Command[Any, Any, Any]] = {}
         for klass in reversed(cls.__mro__):
             for name, attr in vars(klass).items():
@@ -451,7 +508,30 @@ class ReplicatedModel:
                     commands[name] = attr
                 elif name in commands:
                     del commands[name]  # overridden by a plain attribute
+        for name, cmd in commands.items():
+            if cmd.since > version:
+                raise TypeError(
+                    f"command {cls.__qualname__}.{name} is new in version {cmd.since}, "
+                    f"but {cls.__qualname__}.app_version is {version}"
+                )
         cls._ramraft_commands = commands
+
+    @property
+    def active_app_version(self) -> int:
+        """The application version the cluster runs (at the entry being
+        applied, inside a command). Not part of the model's own state."""
+        machine: ModelMachine | None = getattr(self, "_ramraft_machine", None)
+        return machine.active_version if machine is not None else 1
+
+    def upgrade(self, from_version: int) -> None:
+        """Change the state's shape from ``from_version`` to the next version.
+
+        Called on every node while applying the log entry that switches the
+        cluster's version, once per step (1 -> 3 calls it with 1, then 2), so
+        it must be deterministic, like a command. If it raises, the state is
+        put back as it was before the switch and the cluster stays at its
+        version (the same on every node; the leader tries it on a copy first
+        and does not propose a switch that fails). Default: no change."""
 
     def snapshot_state(self) -> dict[str, Any]:
         """The state to snapshot, as plain data: by default every instance
@@ -466,7 +546,17 @@ class ReplicatedModel:
         attributes.update(state)
 
 
-_RESERVED = frozenset({"snapshot_state", "restore_state", "_ramraft_commands", "_ramraft_machine"})
+_RESERVED = frozenset(
+    {
+        "snapshot_state",
+        "restore_state",
+        "upgrade",
+        "app_version",
+        "active_app_version",
+        "_ramraft_commands",
+        "_ramraft_machine",
+    }
+)
 
 
 def _reply_to_plain(reply: object) -> tuple[Any, ...]:
@@ -526,7 +616,7 @@ class _ModelSnapshotJob:
 class ModelMachine:
     """The state machine that applies model calls to one model instance.
 
-    ``session limits`` as in server/sessions.py; they must be the same on every
+    ``session limits`` as in server/machines/sessions.py; they must be the same on every
     node.
     """
 
@@ -546,6 +636,9 @@ class ModelMachine:
         self.sessions = SessionTable(max_sessions, session_idle_entries, session_max_replies)
         self.proposer: Proposer | None = None
         self.applying = False
+        self.active_version = 1
+        """The application version the cluster runs; machines/cluster.py
+        keeps it current (a machine on its own runs version 1)."""
         self._commands = type(model)._ramraft_commands
         self._applied_index = 0
         object.__setattr__(model, "_ramraft_machine", self)
@@ -553,6 +646,83 @@ class ModelMachine:
     @property
     def applied_index(self) -> int:
         return self._applied_index
+
+    @property
+    def supported_version(self) -> int:
+        """The newest application version this node's code supports."""
+        return type(self.model).app_version
+
+    # -- versions -------------------------------------------------------------
+
+    def _not_active(self, cmd: Command[Any, Any, Any]) -> str | None:
+        if cmd.since <= self.active_version:
+            return None
+        return (
+            f"command {self.model_name}.{cmd.name} needs app version {cmd.since}; the cluster "
+            f"runs version {self.active_version} until every node supports it"
+        )
+
+    def check_active(self, cmd: Command[Any, Any, Any]) -> None:
+        """Raise CommandNotActiveError if ``cmd`` may not be proposed yet."""
+        refusal = self._not_active(cmd)
+        if refusal is not None:
+            raise CommandNotActiveError(refusal)
+
+    def check_proposal(self, data: bytes) -> str | None:
+        """Why the entry ``data`` must not be proposed by this node, or None.
+
+        A leader checks what it is asked to propose (also what a follower
+        forwards): a command its own code does not have would stop every node
+        that lacks it, and one of a version the cluster does not run yet
+        could only fail."""
+        try:
+            call = decode_call(data)
+        except BadCallError:
+            return None  # applies as a BAD_COMMAND result, the same everywhere
+        cmd = self._commands.get(call.name)
+        if cmd is None:
+            return (
+                f"{self.model_name} has no command {call.name!r} in this node's code "
+                f"(app version {self.supported_version})"
+            )
+        return self._not_active(cmd)
+
+    def upgrade(self, from_version: int, to_version: int) -> CommandError | None:
+        """Run the model's ``upgrade`` for every step from ``from_version`` to
+        ``to_version``; if a step raises, put the state back as it was and
+        return an UPGRADE_FAILED error (the same on every node)."""
+        saved = _copy_state(self.model)
+        self.applying = True
+        try:
+            for version in range(from_version, to_version):
+                self.model.upgrade(version)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            self.model.restore_state(saved)
+            return CommandError(
+                ErrorCode.UPGRADE_FAILED,
+                f"{self.model_name}.upgrade({version}) failed: {_error_message(exc)}; "
+                f"the state is as it was and the cluster stays at version {from_version}",
+            )
+        finally:
+            self.applying = False
+        return None
+
+    def try_upgrade(self, from_version: int, to_version: int) -> str | None:
+        """Run the upgrade on a copy of the state: why it fails, or None. The
+        leader asks this before it proposes a switch."""
+        cls = type(self.model)
+        clone = cls.__new__(cls)
+        try:
+            clone.restore_state(_copy_state(self.model))
+            for version in range(from_version, to_version):
+                clone.upgrade(version)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            return f"{self.model_name}.upgrade() on a copy of the state: {_error_message(exc)}"
+        return None
 
     @property
     def model_name(self) -> str:
@@ -570,6 +740,8 @@ class ModelMachine:
             raise NotBoundError("no proposer bound to this ModelMachine")
         result = await proposer(data)
         if isinstance(result, CommandError):
+            if result.code is ErrorCode.NOT_ACTIVE:
+                raise CommandNotActiveError(result.message)
             raise CommandFailedError(result)
         return result
 
@@ -578,13 +750,24 @@ class ModelMachine:
     def apply(self, index: int, command: bytes) -> object:
         if index <= self._applied_index:
             raise ValueError(f"apply({index}) after applied index {self._applied_index}")
-        self._applied_index = index
         if not command:
+            self._applied_index = index
             return None
         try:
             call = decode_call(command)
         except BadCallError as exc:
+            self._applied_index = index
             return CommandError(ErrorCode.BAD_COMMAND, str(exc))
+        if call.name not in self._commands:
+            # Written by other code (a newer version, or code that lost this
+            # command). Skipping it would leave this node's state different
+            # from its peers' for ever: stop here instead, changing nothing.
+            raise ApplyHalted(
+                index,
+                f"{self.model_name} has no command {call.name!r} in this node's code (app "
+                f"version {self.supported_version}); restart this node with code that has it",
+            )
+        self._applied_index = index
         return self._reply(self.sessions.run_once(call.session, index, self._run, call))
 
     @staticmethod
@@ -595,11 +778,10 @@ class ModelMachine:
 
     def _run(self, call: Call) -> bytes | CommandError:
         """Run the command; its packed result or an error."""
-        cmd = self._commands.get(call.name)
-        if cmd is None:
-            return CommandError(
-                ErrorCode.UNKNOWN_COMMAND, f"{self.model_name} has no command {call.name!r}"
-            )
+        cmd = self._commands[call.name]
+        refusal = self._not_active(cmd)
+        if refusal is not None:
+            return CommandError(ErrorCode.NOT_ACTIVE, refusal)
         self.applying = True
         try:
             value = cmd.fn(self.model, *call.args, **call.kwargs)
@@ -655,34 +837,11 @@ class ModelMachine:
         event loop (or with the loop's readers stopped): the last step
         replaces the model's attributes in place."""
         started = time.perf_counter()
-        frames = FrameReader(stream, _MODEL_MAGIC, _MODEL_VERSION)
-        header = self._record(frames)
-        if len(header) != 5 or header[0] != _REC_HEADER:
-            raise SnapshotFormatError("model snapshot does not start with its header")
-        _, index, name, n_attributes, n_sessions = header
+        index, name, state, sessions = read_model_snapshot(stream)
         if name != self.model_name:
             raise SnapshotFormatError(
                 f"snapshot is of model {name!r}, this node's model is {self.model_name!r}"
             )
-        if type(index) is not int or index < 0:
-            raise SnapshotFormatError(f"bad applied index {index!r} in model snapshot")
-        state: dict[str, Any] = {}
-        sessions: list[SessionRecord] = []
-        count = 0
-        while True:
-            record = self._record(frames)
-            kind = record[0]
-            if kind == _REC_END:
-                if len(record) != 2 or record[1] != count:
-                    raise SnapshotFormatError("model snapshot trailer does not match its records")
-                break
-            count += 1
-            try:
-                _restore_record(record, state, sessions)
-            except (TypeError, ValueError, IndexError, KeyError) as exc:
-                raise SnapshotFormatError(f"bad record in model snapshot: {exc}") from None
-        if len(state) != n_attributes or len(sessions) != n_sessions:
-            raise SnapshotFormatError("model snapshot is missing attributes or sessions")
         table = self.sessions.empty_like()
         try:
             table.load(sessions)
@@ -703,17 +862,62 @@ class ModelMachine:
             seconds=round(time.perf_counter() - started, 3),
         )
 
-    @staticmethod
-    def _record(frames: FrameReader) -> list[Any]:
+
+def read_model_snapshot(
+    stream: ReadableStream,
+) -> tuple[int, str, dict[str, Any], list[SessionRecord]]:
+    """Decode and check a whole model snapshot stream, without a model:
+    ``(applied index, model name, state, session records)``. Raises
+    SnapshotFormatError naming what is wrong."""
+    frames = FrameReader(stream, _MODEL_MAGIC, _MODEL_VERSION)
+    header = _model_record(frames)
+    if len(header) != 5 or header[0] != _REC_HEADER:
+        raise SnapshotFormatError("model snapshot does not start with its header")
+    _, index, name, n_attributes, n_sessions = header
+    if type(name) is not str:
+        raise SnapshotFormatError(f"bad model name {name!r} in model snapshot")
+    if type(index) is not int or index < 0:
+        raise SnapshotFormatError(f"bad applied index {index!r} in model snapshot")
+    state: dict[str, Any] = {}
+    sessions: list[SessionRecord] = []
+    count = 0
+    while True:
+        record = _model_record(frames)
+        kind = record[0]
+        if kind == _REC_END:
+            if len(record) != 2 or record[1] != count:
+                raise SnapshotFormatError("model snapshot trailer does not match its records")
+            break
+        count += 1
         try:
-            record = unpack_plain(frames.frame())
-        except SnapshotFormatError:
-            raise
-        except Exception as exc:
-            raise SnapshotFormatError(f"undecodable model snapshot record: {exc}") from None
-        if type(record) is not tuple or not record:
-            raise SnapshotFormatError("model snapshot record is not a tagged tuple")
-        return list(record)
+            _restore_record(record, state, sessions)
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            raise SnapshotFormatError(f"bad record in model snapshot: {exc}") from None
+    if len(state) != n_attributes or len(sessions) != n_sessions:
+        raise SnapshotFormatError("model snapshot is missing attributes or sessions")
+    return index, name, state, sessions
+
+
+def _model_record(frames: FrameReader) -> list[Any]:
+    try:
+        record = unpack_plain(frames.frame())
+    except SnapshotFormatError:
+        raise
+    except Exception as exc:
+        raise SnapshotFormatError(f"undecodable model snapshot record: {exc}") from None
+    if type(record) is not tuple or not record:
+        raise SnapshotFormatError("model snapshot record is not a tagged tuple")
+    return list(record)
+
+
+def _copy_state(model: ReplicatedModel) -> dict[str, Any]:
+    """A deep copy of the model's state, through the plain-data encoding."""
+    state = model.snapshot_state()
+    try:
+        copied = unpack_plain(pack_plain(state))
+    except NotPlainDataError as exc:
+        raise SnapshotError(f"{type(model).__qualname__} state is not plain data: {exc}") from None
+    return cast(dict[str, Any], copied)
 
 
 def _encode_attribute(name: str, value: object) -> Iterator[bytes]:

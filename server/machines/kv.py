@@ -2,7 +2,7 @@
 
 State: a ``dict[str, bytes]`` for point reads plus a ``SortedList`` of the keys
 (sortedcontainers) for prefix ranges in O(log n + k), and the client session
-table (server/sessions.py). Keys are non-empty ``str``; they sort by code point,
+table (server/machines/sessions.py). Keys are non-empty ``str``; they sort by code point,
 which is the order of their UTF-8 bytes.
 
 Commands (log entry data)
@@ -58,7 +58,9 @@ writer yields to a busy loop (bench/bench_statemachine.py measures the cost).
 The journal holds only keys changed during the snapshot that the walk has not
 reached yet. Values are immutable ``bytes``, so nothing is ever copied but
 references. Snapshots are canonical: the same state gives the
-same bytes on every node (keys sorted, sessions in LRU order).
+same bytes on every node (keys sorted, sessions in LRU order, data frames cut
+by their content, never by the writes made while the view is walked), which
+is what lets nodes compare digests of their state (runtime/checks.py).
 
 Restore reads the stream frame by frame into a fresh dict and key list and
 swaps them in at the end under the lock: readers see the old state until then,
@@ -69,13 +71,14 @@ cannot afford that calls ``clear()`` first.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import operator
 import threading
 import time
 import weakref
 from collections.abc import Iterator
-from itertools import islice
+from itertools import accumulate, islice
 from typing import Any, NamedTuple
 
 import msgpack
@@ -96,6 +99,7 @@ from ramraft.server.machines.sessions import (
 )
 from ramraft.server.machines.statemachine import (
     TAG_KV,
+    ApplyHalted,
     CommandError,
     ErrorCode,
     FrameReader,
@@ -134,7 +138,7 @@ class Op(enum.IntEnum):
 
 
 class Session(NamedTuple):
-    """A write's exactly-once identity (server/sessions.py): ids and sequences
+    """A write's exactly-once identity (server/machines/sessions.py): ids and sequences
     are 1..2**64-1; ``first_unacked`` is the client's lowest sequence still
     waiting for a reply, 0..sequence (0: not given, one write at a time)."""
 
@@ -174,6 +178,11 @@ class CasResult(NamedTuple):
 
 
 KVResult = PutResult | DeleteResult | CasResult | CommandError | None
+
+
+class UnknownOperationError(ValueError):
+    """A well-formed key-value command whose operation this code does not
+    know: it was written by a newer release."""
 
 
 class BadCommandError(ValueError):
@@ -248,6 +257,10 @@ def encode_noop() -> bytes:
 # Number of array items per op without a session (a session adds three:
 # client_id, sequence, first_unacked).
 _ARITY = {Op.NOOP: 1, Op.PUT: 3, Op.DELETE: 2, Op.CAS: 4}
+SINCE = {Op.NOOP: 1, Op.PUT: 1, Op.DELETE: 1, Op.CAS: 1}
+"""The key-value version each operation is new in (machines/cluster.py): an
+operation added later gets a higher one, so a rolling upgrade never writes it
+before every node can apply it."""
 _NOOP_COMMAND = KVCommand(Op.NOOP)
 _OPS = {op.value: op for op in Op}
 
@@ -267,9 +280,14 @@ def decode_command(data: bytes) -> KVCommand:
         raise BadCommandError(f"undecodable key-value command: {exc}") from None
     if type(items) is not tuple or not items:
         raise BadCommandError("a key-value command is a non-empty array")
-    op = _OPS.get(items[0]) if type(items[0]) is int else None
+    if type(items[0]) is not int:
+        raise BadCommandError(f"a key-value operation is a number, not {items[0]!r}")
+    op = _OPS.get(items[0])
     if op is None:
-        raise BadCommandError(f"unknown key-value operation {items[0]!r}")
+        raise UnknownOperationError(
+            f"key-value operation {items[0]} is unknown to this node's code (written by a "
+            "newer release of ramraft)"
+        )
     arity = _ARITY[op]
     session: Session | None = None
     if len(items) == arity + 3 and op is not Op.NOOP:
@@ -414,6 +432,8 @@ class _View:
         return out_keys, out_values
 
 
+MAX_VIEWS = 2
+"""Snapshot views open at once: a snapshot being written and a state check."""
 _KV_MAGIC = b"RRKV"
 _KV_VERSION = 2  # 2: sessions keep a floor and many replies per client
 _FRAME_SESSIONS = 1
@@ -463,6 +483,7 @@ class KVSnapshotJob:
             count = 0
             limit = _MIN_CHUNK_KEYS
             lock = machine._lock
+            framer = _DataFramer(frames)
             while True:
                 with lock:
                     if view.closed:
@@ -474,12 +495,9 @@ class KVSnapshotJob:
                 if not keys:
                     continue
                 count += len(keys)
-                size = sum(map(len, values)) + 16 * len(keys)
-                for lo, hi in _pieces(values, size):
-                    payload = (_FRAME_DATA, keys[lo:hi], values[lo:hi])
-                    frames.frame(msgpack.packb(payload, use_bin_type=True))
-                # Aim at ~256 KiB frames whatever the value sizes.
-                per_key = max(1, size // len(keys))
+                framer.add(keys, values)
+                # Aim at ~256 KiB walks whatever the value sizes.
+                per_key = max(1, (sum(map(len, values)) + 16 * len(keys)) // len(keys))
                 limit = max(_MIN_CHUNK_KEYS, min(_MAX_CHUNK_KEYS, _CHUNK_BYTES // per_key))
                 # Give the GIL away between chunks: a loop thread waiting for
                 # it runs now, and the writer waits for the loop's next
@@ -487,6 +505,7 @@ class KVSnapshotJob:
                 # low-priority task: full speed when the loop is idle, a small
                 # share when it is busy.
                 time.sleep(0)
+            framer.flush()
             frames.frame(msgpack.packb((_FRAME_END, count, len(sessions))))
             log.info(
                 "kv snapshot written",
@@ -529,7 +548,12 @@ class KVMachine:
         # Held by apply() while it mutates and by a snapshot job while it reads
         # one chunk; never held across I/O.
         self._lock = threading.Lock()
-        self._view: _View | None = None
+        # Open snapshot views: usually none or one; a state check's digest
+        # (runtime/checks.py) may run beside a snapshot being written.
+        self._views: list[_View] = []
+        self.active_version = 1
+        """The key-value version the cluster runs (machines/cluster.py keeps
+        it current)."""
 
     # -- reads (never through the log) ----------------------------------------
 
@@ -594,14 +618,33 @@ class KVMachine:
     def apply(self, index: int, command: bytes) -> KVResult:
         if index <= self._applied_index:
             raise ValueError(f"apply({index}) after applied index {self._applied_index}")
-        self._applied_index = index
         if not command:
+            self._applied_index = index
             return None
         try:
             cmd = decode_command(command)
+        except UnknownOperationError as exc:
+            raise ApplyHalted(index, f"{exc}; restart this node with that release") from None
         except BadCommandError as exc:
+            self._applied_index = index
             return CommandError(ErrorCode.BAD_COMMAND, str(exc))
+        self._applied_index = index
+        if SINCE[cmd.op] > self.active_version:
+            return CommandError(ErrorCode.NOT_ACTIVE, _not_active(cmd.op, self.active_version))
         return self.sessions.run_once(cmd.session, index, self._execute, index, cmd)  # type: ignore[return-value]
+
+    def check_proposal(self, command: bytes) -> str | None:
+        """Why this node must not propose ``command``, or None (see
+        ModelMachine.check_proposal)."""
+        try:
+            cmd = decode_command(command)
+        except UnknownOperationError as exc:
+            return str(exc)
+        except BadCommandError:
+            return None  # applies as a BAD_COMMAND result, the same everywhere
+        if SINCE[cmd.op] > self.active_version:
+            return _not_active(cmd.op, self.active_version)
+        return None
 
     def _execute(self, index: int, cmd: KVCommand) -> KVResult:
         op = cmd.op
@@ -626,16 +669,14 @@ class KVMachine:
             return None
 
     def _set(self, key: str, old: bytes | None, value: bytes) -> None:
-        view = self._view
-        if view is not None:
+        for view in self._views:
             view.note_put(key, old)
         if old is None:
             self._keys.add(key)
         self._data[key] = value
 
     def _remove(self, key: str, old: bytes) -> None:
-        view = self._view
-        if view is not None:
+        for view in self._views:
             view.note_delete(key, old)
         del self._data[key]
         self._keys.remove(key)
@@ -643,14 +684,18 @@ class KVMachine:
     # -- snapshots ------------------------------------------------------------
 
     def snapshot(self) -> KVSnapshotJob:
-        """Fix a view of the current state (cost: a copy of the session table)."""
+        """Fix a view of the current state (cost: a copy of the session
+        table). Several views may be open at once (each change of a key is
+        then noted in each); each costs memory for the keys changed above its
+        cursor, so a runtime keeps their number small."""
         with self._lock:
-            if self._view is not None:
+            if len(self._views) >= MAX_VIEWS:
                 raise SnapshotInProgressError(
-                    f"a snapshot at index {self._view.index} is still being written"
+                    f"{len(self._views)} snapshot views are still open (at indexes "
+                    f"{', '.join(str(v.index) for v in self._views)})"
                 )
             view = _View(self._applied_index, self.sessions.copy_entries())
-            self._view = view
+            self._views.append(view)
         return KVSnapshotJob(self, view)
 
     def _release_view(self, view: _View) -> None:
@@ -658,25 +703,24 @@ class KVMachine:
             view.closed = True
             view.before = {}
             view.gone = SortedList()
-            if self._view is view:
-                self._view = None
+            if view in self._views:
+                self._views.remove(view)
 
     def clear(self) -> None:
         """Drop all state (and any snapshot view), e.g. to free memory before a
         restore."""
         with self._lock:
-            self._drop_view()
+            self._drop_views()
             self._data = {}
             self._keys = SortedList()
             self._maps = (self._data, self._keys)
             self.sessions.load(())
             self._applied_index = 0
 
-    def _drop_view(self) -> None:
-        view = self._view
-        if view is not None:
+    def _drop_views(self) -> None:
+        for view in self._views:
             view.closed = True
-            self._view = None
+        self._views = []
 
     def restore(self, stream: ReadableStream) -> None:
         """Replace the whole state from a stream written by a snapshot job.
@@ -743,7 +787,7 @@ class KVMachine:
             raise SnapshotFormatError(f"bad session record in kv snapshot: {exc}") from None
         with self._lock:
             self.sessions.adopt(table)
-            self._drop_view()
+            self._drop_views()
             self._maps = (data, keys_index)
             self._data = data
             self._keys = keys_index
@@ -757,19 +801,49 @@ class KVMachine:
         )
 
 
-def _pieces(values: list[bytes], size: int) -> Iterator[tuple[int, int]]:
-    """Split a chunk into runs of about _CHUNK_BYTES (at least one value each)."""
-    if size <= 2 * _CHUNK_BYTES:
-        yield 0, len(values)
-        return
-    lo, acc = 0, 0
-    for i, value in enumerate(values):
-        acc += len(value) + 16
-        if acc >= _CHUNK_BYTES:
-            yield lo, i + 1
-            lo, acc = i + 1, 0
-    if lo < len(values):
-        yield lo, len(values)
+def _not_active(op: Op, active: int) -> str:
+    return (
+        f"key-value operation {op.name.lower()} needs key-value version {SINCE[op]}; the "
+        f"cluster runs version {active} until every node supports it"
+    )
+
+
+class _DataFramer:
+    """Cuts the walk's (key, value) pairs into data frames at places that
+    depend only on the pairs: at most _MAX_CHUNK_KEYS pairs and about
+    _CHUNK_BYTES a frame. The walk's own chunks depend on the writes made
+    while it runs (a key created after the view is skipped); framing by them
+    would make equal states give different bytes, and the bytes are what
+    state checks compare (runtime/checks.py)."""
+
+    __slots__ = ("_frames", "_keys", "_sizes", "_values")
+
+    def __init__(self, frames: FrameWriter) -> None:
+        self._frames = frames
+        self._keys: list[str] = []
+        self._values: list[bytes] = []
+        self._sizes: list[int] = []
+
+    def add(self, keys: list[str], values: list[bytes]) -> None:
+        self._keys += keys
+        self._values += values
+        self._sizes += [len(k) + len(v) + 16 for k, v in zip(keys, values, strict=True)]
+        while len(self._keys) > _MAX_CHUNK_KEYS or sum(self._sizes) > _CHUNK_BYTES:
+            self._emit(self._cut())
+
+    def flush(self) -> None:
+        while self._keys:
+            self._emit(self._cut())
+
+    def _cut(self) -> int:
+        """Pairs in the next frame: as many as fit in _CHUNK_BYTES (at least one)."""
+        fits = bisect.bisect_right(list(accumulate(self._sizes[:_MAX_CHUNK_KEYS])), _CHUNK_BYTES)
+        return max(1, fits)
+
+    def _emit(self, n: int) -> None:
+        payload = (_FRAME_DATA, self._keys[:n], self._values[:n])
+        self._frames.frame(msgpack.packb(payload, use_bin_type=True))
+        del self._keys[:n], self._values[:n], self._sizes[:n]
 
 
 def _unpack(payload: bytes, what: str) -> Any:

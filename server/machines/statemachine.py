@@ -36,7 +36,7 @@ Routing several machines in one log
 Every non-empty command starts with a one-byte tag naming the machine it is
 for (:data:`TAG_KV`, :data:`TAG_MODEL`). A single machine checks the tag; a
 :class:`CompositeMachine` routes by it, so the built-in key-value machine and
-an application model (server/embed.py) can share one Raft log.
+an application model (server/machines/embed.py) can share one Raft log.
 
 Snapshot framing
 ----------------
@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -60,9 +60,13 @@ import crc32c
 # -- command tags -------------------------------------------------------------
 
 TAG_KV = 0x01
-"""First byte of every key-value command (server/kv.py)."""
+"""First byte of every key-value command (server/machines/kv.py)."""
 TAG_MODEL = 0x02
-"""First byte of every embedded-model call (server/embed.py)."""
+"""First byte of every embedded-model call (server/machines/embed.py)."""
+TAG_CLUSTER = 0x03
+"""First byte of every cluster command (machines/cluster.py): version
+switches, the upgrade hold, the cluster id, state checks. A node of a release
+before these existed answers them with BAD_COMMAND and changes nothing."""
 
 
 # -- results ------------------------------------------------------------------
@@ -85,13 +89,22 @@ class ErrorCode(enum.IntEnum):
     reply is not kept (a duplicate of an answered write, or a write the client
     abandoned). The command was NOT applied now."""
     UNKNOWN_COMMAND = 4
-    """An embedded-model call names a command the model does not have."""
+    """An embedded-model call named a command the model does not have. No
+    longer produced (such an entry now stops the node: ApplyHalted); kept
+    because session replies in snapshots may hold it."""
     COMMAND_FAILED = 5
-    """An embedded-model command raised; see server/embed.py for what that
+    """An embedded-model command raised; see server/machines/embed.py for what that
     means for the model's state."""
     BAD_RESULT = 6
     """An embedded-model command ran (its effects stay) but returned a value
     that is not plain data."""
+    NOT_ACTIVE = 7
+    """The command is new in a version of the application (or of the
+    key-value machine) that the cluster has not switched to yet. Nothing
+    changed; see machines/cluster.py."""
+    UPGRADE_FAILED = 8
+    """A version switch whose ``upgrade()`` raised: the model's state was put
+    back as it was and the cluster stays at the version it had."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +176,21 @@ class StateMachine(Protocol):
 
 
 # -- errors -------------------------------------------------------------------
+
+
+class ApplyHalted(Exception):
+    """This node's code cannot apply a committed entry: a command it does not
+    have, or a switch to a version above what it supports (the entry was
+    written by newer code). ``apply`` raises it *before changing anything*;
+    the runtime then stops applying at that index (applied < committed),
+    reports not ready and serves no reads, until the node is restarted with
+    code that can apply it. Skipping the entry instead would leave this node
+    with other data than its peers, silently and for ever."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"cannot apply log entry {index}: {reason}")
+        self.index = index
+        self.reason = reason
 
 
 class SnapshotError(Exception):
@@ -381,15 +409,16 @@ class CompositeMachine:
     def apply(self, index: int, command: bytes) -> object:
         if index <= self._applied_index:
             raise ValueError(f"apply({index}) after applied index {self._applied_index}")
+        machine = self._machines.get(command[0]) if command else None
+        # The sub-machine may raise ApplyHalted: only then is the index not
+        # applied, here as there.
+        result = machine.apply(index, command) if machine is not None else None
         self._applied_index = index
-        if not command:
-            return None
-        machine = self._machines.get(command[0])
-        if machine is None:
+        if command and machine is None:
             return CommandError(
                 ErrorCode.BAD_COMMAND, f"no state machine for command tag 0x{command[0]:02x}"
             )
-        return machine.apply(index, command)
+        return result
 
     def snapshot(self) -> SnapshotJob:
         jobs: list[tuple[int, SnapshotJob]] = []
@@ -422,6 +451,31 @@ class CompositeMachine:
             machine.restore(section)
             section.finish()
         self._applied_index = snapshot_index
+
+
+COMPOSITE_MAGIC = _COMPOSITE_MAGIC
+
+
+def read_composite(
+    stream: ReadableStream, read_section: Callable[[int, ReadableStream], None]
+) -> int:
+    """Walk a composite snapshot stream without its machines: calls
+    ``read_section(tag, section)`` for each machine's section in order (the
+    callee must read the whole section) and returns the snapshot's applied
+    index. Raises SnapshotFormatError for a bad stream."""
+    frames = FrameReader(stream, _COMPOSITE_MAGIC, _COMPOSITE_VERSION)
+    header = frames.frame()
+    if len(header) != 9:
+        raise SnapshotFormatError("composite snapshot header is damaged")
+    count, index = header[0], int.from_bytes(header[1:], "little")
+    for _ in range(count):
+        tag = frames.frame()
+        if len(tag) != 1:
+            raise SnapshotFormatError(f"bad section tag {tag!r} in composite snapshot")
+        section = _SectionReader(frames)
+        read_section(tag[0], section)
+        section.finish()
+    return index
 
 
 def check_tag(command: bytes, tag: int, name: str) -> CommandError | None:

@@ -29,8 +29,9 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
-from ramraft.consensus import Role
+from ramraft.consensus import RaftNode, Role
 from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+from ramraft.server.machines.cluster import encode_hold
 from ramraft.server.machines.kv import (
     CasResult,
     DeleteResult,
@@ -48,10 +49,12 @@ from ramraft.server.request_errors import (
     error_message,
     wire_status,
 )
+from ramraft.server.runtime.backup import backup_bytes, backup_header
 from ramraft.server.runtime.loop import RaftRuntime
 from ramraft.server.runtime.membership import MembershipChanges
 from ramraft.server.runtime.node_api import InputLimits, NodeAPI
 from ramraft.server.runtime.status import MemberProgress
+from ramraft.server.runtime.steward import Steward
 from ramraft.server.security.auth import STREAM_GATE, StreamGate
 from ramraft.server.security.budget import (
     CALL_RESERVATION,
@@ -297,7 +300,7 @@ class KVService(kv_pb2_grpc.KVServicer):
     ) -> None:
         """Serve each request as it arrives, concurrently; write each
         response when its request completes. Requests are admitted one by
-        one (server/auth.py StreamGate); a refused one is answered at once.
+        one (server/security/auth.py StreamGate); a refused one is answered at once.
 
         Bounded (with a gate; server/security/budget.py): the next request
         is read only once its bytes are reserved in the node's memory
@@ -460,11 +463,12 @@ def _suffrage(member: MemberProgress) -> admin_pb2.Suffrage.ValueType:
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
-    def __init__(self, api: NodeAPI, membership: MembershipChanges) -> None:
+    def __init__(self, api: NodeAPI, membership: MembershipChanges, steward: Steward) -> None:
         self.api = api
         self.runtime = api.runtime
         self.limits = api.limits
         self.membership = membership
+        self.steward = steward
         self.observers: list[Callable[[str, str, float], None]] = []
 
     def _members(self) -> list[admin_pb2.Member]:
@@ -493,7 +497,17 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             first_index=s.first_index,
             pid=s.pid,
             version=s.version,
+            cluster_id=s.cluster_id,
+            app_version=s.app_version,
+            app_version_supported=s.app_version_supported,
+            kv_version=s.kv_version,
+            kv_version_supported=s.kv_version_supported,
+            upgrade_hold=s.upgrade_hold,
+            halted=s.halted,
+            diverged=list(s.diverged),
+            diverged_at=s.diverged_at,
         )
+        known = self.steward.known if s.leading else {}
         members = [
             admin_pb2.MemberStatus(
                 id=m.id,
@@ -502,6 +516,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 match_index=m.match_index,
                 lag=m.lag,
                 active=m.active,
+                app_version_supported=known[m.id].app_supported if m.id in known else 0,
+                kv_version_supported=known[m.id].kv_supported if m.id in known else 0,
             )
             for m in self.runtime.members()
         ]
@@ -552,3 +568,78 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.SnapshotRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.SnapshotResponse:
         return admin_pb2.SnapshotResponse(index=await self.runtime.snapshotting.snapshot_now())
+
+    @rpc("SetUpgradeHold")
+    async def SetUpgradeHold(
+        self,
+        request: admin_pb2.SetUpgradeHoldRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> admin_pb2.SetUpgradeHoldResponse:
+        index, _ = await self.runtime.propose(encode_hold(request.hold))
+        return admin_pb2.SetUpgradeHoldResponse(index=index)
+
+    @rpc("CheckState")
+    async def CheckState(
+        self, request: admin_pb2.CheckStateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.CheckStateResponse:
+        if self.runtime.role is not Role.LEADER:
+            raise NotLeader(self.runtime.leader, self.runtime.leader_client_address())
+        # Without a deadline: 30 s for the check (not the server's maximum).
+        left = _timeout(context, self.limits) if context.time_remaining() is not None else None
+        verdict = await self.steward.check_now(wait=max(1.0, (left or 30.0) - 1.0))
+        return admin_pb2.CheckStateResponse(
+            index=verdict.index,
+            digests=[
+                admin_pb2.StateDigest(node=node, digest=digest)
+                for node, digest in sorted(verdict.digests.items())
+            ],
+            diverged=list(verdict.diverged),
+        )
+
+    async def Backup(
+        self, request: admin_pb2.BackupRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[admin_pb2.BackupResponse]:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            runtime = self.runtime
+            await self.api.linearizable(_timeout(context, self.limits))
+            machine = runtime.machine
+            cluster = runtime.cluster_state()
+            model = self._model_name()
+
+            def take(core: RaftNode) -> tuple[Any, Any]:
+                return machine.snapshot(), backup_header(core, cluster, runtime.id, model)
+
+            job, header = await runtime.call(take)
+            info = admin_pb2.BackupInfo(
+                cluster_id=header.cluster_id,
+                index=header.index,
+                term=header.term,
+                keys=self._key_count(),
+                node=runtime.id,
+            )
+            first = True
+            async for piece in backup_bytes(header, job):
+                yield admin_pb2.BackupResponse(info=info if first else None, data=piece)
+                first = False
+        except Exception as e:
+            status = wire_status(e)
+            if status is None:
+                code = grpc.StatusCode.UNKNOWN
+                raise
+            code = status.grpc_code
+            await context.abort(code, error_message(e))
+        finally:
+            for observe in self.observers:
+                observe("Backup", code.name, time.perf_counter() - started)
+
+    def _model_name(self) -> str | None:
+        cluster = self.runtime.cluster
+        model = cluster.model if cluster is not None else None
+        return getattr(model, "model_name", None)
+
+    def _key_count(self) -> int:
+        cluster = self.runtime.cluster
+        kv = cluster.kv if cluster is not None else None
+        return len(kv) if isinstance(kv, KVMachine) else 0

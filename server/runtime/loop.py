@@ -21,6 +21,13 @@ retry safe).
 If the disk fails, the runtime stops: it never acknowledges what it could
 not sync, and every request gets UNAVAILABLE with the reason.
 
+If the state machine cannot apply a committed entry (``ApplyHalted``: the
+entry was written by newer code), the runtime stops *applying* there: the
+core is told (``halt_apply``) and keeps persisting, acknowledging and voting,
+but this node never leads, serves no read and takes no write (UNAVAILABLE
+with the reason), reports not ready, and says why in its status, until it
+is restarted with code that can apply the entry.
+
 What belongs here: the loop, its queues and the futures it resolves, and
 the reports read from the core (``status()``, ``members()``, the leader
 history; their types are in status.py). Beside it: the peer addresses and
@@ -60,8 +67,9 @@ from ramraft.consensus import (
 )
 from ramraft.server.config import NodeConfig, uncommitted_bytes
 from ramraft.server.logs import RateLimitedLog
-from ramraft.server.machines.statemachine import StateMachine
-from ramraft.server.request_errors import NotLeader, Overloaded, Unavailable
+from ramraft.server.machines.cluster import KV_SUPPORTED_VERSION, ClusterMachine, ClusterState
+from ramraft.server.machines.statemachine import ApplyHalted, StateMachine
+from ramraft.server.request_errors import CommandRefused, NotLeader, Overloaded, Unavailable
 from ramraft.server.runtime.peers import PeerDirectory
 from ramraft.server.runtime.snapshotting import SnapshotScheduler
 from ramraft.server.runtime.status import LeaderChange, MemberProgress, RuntimeStatus
@@ -101,6 +109,7 @@ class RaftRuntime:
         )
         self.transport: Any = None  # PeerTransport, set by the node before start()
         self.failed: BaseException | None = None
+        self.halted: ApplyHalted | None = None  # see the module docstring
         self.stopping = False
 
         self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ramraft-disk")
@@ -218,6 +227,12 @@ class RaftRuntime:
             raise Unavailable(
                 f"this node stopped after a storage failure: {self.failed}", before_proposal=True
             )
+        if self.halted is not None:
+            raise Unavailable(
+                f"this node stopped applying the log at index {self.halted.index} "
+                f"({self.halted.reason}); ask another node",
+                before_proposal=True,
+            )
         if self.stopping:
             raise Unavailable("this node is shutting down", before_proposal=True)
         if self.pending_requests() >= self.config.limits.max_pending_requests:
@@ -233,6 +248,11 @@ class RaftRuntime:
         self.check_available()
         if self.core is not None and self.core.role is not Role.LEADER:
             raise NotLeader(self.leader, self.leader_client_address())
+        refusal = self.cluster.check_proposal(command) if self.cluster is not None else None
+        if refusal is not None:
+            # A command this code lacks would stop every node that lacks it
+            # too; one of a version not active yet could only fail.
+            raise CommandRefused(refusal)
         fut: asyncio.Future[tuple[int, object]] = asyncio.get_running_loop().create_future()
         self._proposals.append((command, fut))
         self._wake.set()
@@ -277,6 +297,13 @@ class RaftRuntime:
     def receive(self, messages: list[Message]) -> None:
         """Messages from peers (transport); stepped on the next turn."""
         self._inbox.extend(messages)
+        self._wake.set()
+
+    def schedule(self, fn: Callable[[RaftNode], Any]) -> None:
+        """Run ``fn(core)`` at the start of the next turn, without waiting
+        for it (callbacks that run inside a turn, e.g. while an entry is
+        applied, must not touch the core there)."""
+        self._calls.append((fn, None))
         self._wake.set()
 
     def report_unreachable(self, peer: str) -> None:
@@ -342,11 +369,24 @@ class RaftRuntime:
 
     # ---- reports ----------------------------------------------------------------------------
 
+    @property
+    def cluster(self) -> ClusterMachine | None:
+        """The cluster record's machine, when the node runs one (node.py)."""
+        machine = self.machine
+        return machine if isinstance(machine, ClusterMachine) else None
+
+    def cluster_state(self) -> ClusterState:
+        cluster = self.cluster
+        return cluster.state if cluster is not None else ClusterState()
+
     def ready(self) -> bool:
         """Knows a leader and has applied what it knows to be committed
-        (the gRPC health service's "" status, and /readyz)."""
+        (the gRPC health service's "" status, and /readyz); never while
+        halted, nor while the divergence alarm names this node."""
         core = self.core
-        if core is None or self.failed is not None:
+        if core is None or self.failed is not None or self.halted is not None:
+            return False
+        if self.id in self.cluster_state().alarm_nodes:
             return False
         return bool(core.leader) and self.machine.applied_index >= core.commit_index
 
@@ -368,7 +408,25 @@ class RaftRuntime:
             first_index=core.log.first_index,
             failed=str(self.failed) if self.failed else "",
             ready=self.ready(),
+            **self._cluster_fields(),
         )
+
+    def _cluster_fields(self) -> dict[str, Any]:
+        state = self.cluster_state()
+        cluster = self.cluster
+        return {
+            "cluster_id": state.cluster_id,
+            "app_version": state.app_version,
+            "app_version_supported": cluster.app_supported if cluster is not None else 1,
+            "kv_version": state.kv_version,
+            "kv_version_supported": (
+                cluster.kv_supported if cluster is not None else KV_SUPPORTED_VERSION
+            ),
+            "upgrade_hold": state.hold,
+            "halted": str(self.halted) if self.halted is not None else "",
+            "diverged": state.alarm_nodes,
+            "diverged_at": state.alarm_index,
+        }
 
     def members(self) -> list[MemberProgress]:
         """Every member, with replication progress when this node leads."""
@@ -441,6 +499,25 @@ class RaftRuntime:
         self._fail_everything(Unavailable(f"this node stopped after a storage failure: {error}"))
         if self.transport is not None:
             self.transport.send = lambda messages: None  # never send what we could not persist
+
+    def _halt(self, halted: ApplyHalted) -> None:
+        """Stop applying at ``halted.index`` (see the module docstring)."""
+        self.halted = halted
+        log.error(
+            "apply_halted",
+            index=halted.index,
+            reason=halted.reason,
+            action=(
+                "this node applies nothing more, serves no reads and reports not ready; "
+                "restart it with code that can apply the entry (it resumes from its log)"
+            ),
+        )
+        self._fail_everything(
+            Unavailable(
+                f"this node stopped applying the log at index {halted.index}: {halted.reason}"
+            )
+        )
+        self.emit("halted", {"index": halted.index, "reason": halted.reason})
 
     def _fail_everything(self, error: BaseException) -> None:
         futures: list[asyncio.Future[Any]] = [f for _, f in self._proposals]
@@ -570,8 +647,14 @@ class RaftRuntime:
                 self.peers.note_conf_entry(entry)  # reach a new member as soon as it is in the log
         if rd.snapshot is not None:
             await self.snapshotting.install(rd.snapshot.meta.index)
+        halted_at = 0
         for entry in rd.committed_entries:
-            self._apply(entry)
+            try:
+                self._apply(entry)
+            except ApplyHalted as e:
+                halted_at = entry.index
+                self._halt(ApplyHalted(entry.index, e.reason))
+                break
         if rd.committed_entries and self.listeners:
             # One event per batch (no-ops, which carry no data, not counted).
             applied = sum(1 for e in rd.committed_entries if e.data)
@@ -585,7 +668,11 @@ class RaftRuntime:
             fut = self._reads.pop(context, None)
             if fut is not None and not fut.done():
                 fut.set_exception(Unavailable("leadership changed while confirming the read"))
-        core.advance(rd)
+        if halted_at:
+            core.advance(rd, applied_through=halted_at - 1)
+            core.halt_apply(halted_at)
+        else:
+            core.advance(rd)
         if rd.committed_entries or rd.snapshot is not None:
             self._applied_event.set()
         self._release_reads()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from ramraft.consensus import ConfChange, ConfChangeType, ConfState, RaftError, RaftNode, Role
 from ramraft.consensus.progress import ProgressState
@@ -23,6 +24,9 @@ from ramraft.server.runtime.loop import RaftRuntime
 class MembershipChanges:
     def __init__(self, runtime: RaftRuntime) -> None:
         self.runtime = runtime
+        # Asked before a new node is added; raises to refuse it (the steward:
+        # its code must support the versions the cluster runs).
+        self.admit: Callable[[str, str], Awaitable[None]] | None = None
 
     async def add_member(self, node_id: str, address: str, timeout: float = 30.0) -> None:
         """Thesis 4.2.1: join as a learner, catch up, then become a voter."""
@@ -30,6 +34,10 @@ class MembershipChanges:
         deadline = time.monotonic() + timeout
         conf = runtime.core.conf if runtime.core else ConfState()
         if node_id not in conf.members:
+            if runtime.role is not Role.LEADER:
+                raise NotLeader(runtime.leader, runtime.leader_client_address())
+            if self.admit is not None:
+                await self.admit(node_id, address)
             await runtime.propose_conf_change(
                 ConfChange(ConfChangeType.ADD_LEARNER, node_id, context=address.encode())
             )

@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 from ramraft.proto import raft_pb2
 from ramraft.server.request_errors import (
     BadRequest,
+    CommandRefused,
     NotLeader,
     Overloaded,
     RequestError,
@@ -178,7 +179,9 @@ class NodeAPI:
         self.forwarded += 1
         try:
             response = await forward(
-                raft_pb2.ForwardRequest(command=command), timeout=deadline.check()
+                raft_pb2.ForwardRequest(command=command),
+                timeout=deadline.check(),
+                metadata=self.runtime.transport.call_metadata(),
             )
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -187,6 +190,10 @@ class NodeAPI:
                 raise _RetryElsewhere(maybe_applied=not refused_before_proposal(e)) from e
             if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise Overloaded(e.details() or "the leader is overloaded") from e
+            if e.code() == grpc.StatusCode.FAILED_PRECONDITION and refused_before_proposal(e):
+                # The leader will not propose it (a command of a version the
+                # cluster does not run yet): as final here as there.
+                raise CommandRefused(e.details() or "the leader refused the command") from e
             raise Unavailable(f"forwarding to the leader failed: {e.details()}") from e
         return response.index, self.decode_result(response.result)
 

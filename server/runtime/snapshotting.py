@@ -25,6 +25,7 @@ import structlog
 
 from ramraft.consensus import RaftNode, SnapshotMeta
 from ramraft.server.config import NodeConfig
+from ramraft.server.machines.cluster import ClusterMachine, ClusterState
 from ramraft.server.machines.statemachine import StateMachine
 from ramraft.server.runtime.peers import PeerDirectory
 from ramraft.server.storage import (
@@ -128,6 +129,7 @@ class SnapshotScheduler:
     def _start(self, core: RaftNode) -> None:
         meta = core.snapshot_meta(core.applied_index)
         job = self.machine.snapshot()  # a consistent view, taken now, on the loop
+        cluster = _cluster_record(self.machine)  # taken at the same moment
         self.bytes_since_snapshot = 0
         addresses = dict(self.peers.addresses)
         started = time.perf_counter()
@@ -135,7 +137,7 @@ class SnapshotScheduler:
         def write() -> int:
             try:
                 with self.store.create(meta) as writer:
-                    write_snapshot_header(writer, addresses)
+                    write_snapshot_header(writer, addresses, cluster)
                     size = job.write_to(writer)
                     writer.commit()
                 return size
@@ -160,9 +162,13 @@ class SnapshotScheduler:
     def restore(self, index: int) -> None:
         """Replace the state machine by the stored snapshot at ``index``."""
         with self.store.open(index) as reader:
-            addresses = read_snapshot_header(reader)
+            header = read_snapshot_header(reader)
+            if isinstance(self.machine, ClusterMachine):
+                # Refuses (ApplyHalted) a record this code cannot run, before
+                # the machines are touched.
+                self.machine.load_state(ClusterState.from_plain(header.cluster))
             self.machine.restore(reader)
-        self.peers.learn_from_snapshot(addresses)
+        self.peers.learn_from_snapshot(header.addresses)
         log.info("snapshot_restored", index=index, applied=self.machine.applied_index)
 
     async def install(self, index: int) -> None:
@@ -176,3 +182,11 @@ class SnapshotScheduler:
             # no page handler ever sees it half restored.
             self.restore(index)
         self.loop.emit("snapshot_installed", {"index": index})
+
+
+def _cluster_record(machine: StateMachine) -> dict[str, Any] | None:
+    """What the snapshot header records of the cluster: nothing when the
+    record has its defaults (the pinned header bytes every release reads)."""
+    if isinstance(machine, ClusterMachine) and machine.state != ClusterState():
+        return machine.state.to_plain()
+    return None

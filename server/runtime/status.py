@@ -41,6 +41,21 @@ class RuntimeStatus:
     # The node's process, so that an operator can find it (ps, kill).
     pid: int = field(default_factory=os.getpid)
     version: str = __version__
+    # The cluster record (machines/cluster.py) as this node has applied it,
+    # and what this node's code supports.
+    cluster_id: str = ""
+    app_version: int = 1
+    app_version_supported: int = 1
+    kv_version: int = 1
+    kv_version_supported: int = 1
+    upgrade_hold: bool = False
+    # Why this node stopped applying the log (an entry its code cannot
+    # apply); empty when it did not. A halted node is not ready.
+    halted: str = ""
+    # The divergence alarm: the nodes whose state differed from the
+    # majority's at the state check at diverged_at (empty, 0: no alarm).
+    diverged: tuple[str, ...] = ()
+    diverged_at: int = 0
 
     @property
     def leading(self) -> bool:
@@ -51,6 +66,7 @@ class RuntimeStatus:
         (``"leader"``, ``"pre-candidate"``...)."""
         out = asdict(self)
         out["role"] = self.role.value if self.role is not None else "starting"
+        out["diverged"] = list(self.diverged)
         return out
 
 
@@ -65,6 +81,10 @@ class MemberProgress:
     match_index: int
     lag: int  # the leader's last index minus match_index
     active: bool  # heard from within an election timeout (this node: always)
+    # What the member's code supports, as it last told the leader (0: not
+    # known; a node of release 0.1.0 never tells).
+    app_version_supported: int = 0
+    kv_version_supported: int = 0
 
 
 @dataclass(frozen=True, slots=True)

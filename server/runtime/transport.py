@@ -2,7 +2,7 @@
 
 - One long-lived client stream per ordered peer pair (``Peer.Stream``): the
   sender coalesces everything queued for a peer since its last write into
-  one MessageBatch, serialized once (server/codec.py), so a loop turn costs
+  one MessageBatch, serialized once (server/runtime/wire.py), so a loop turn costs
   one write per peer however many messages it made.
 - Snapshots travel on their own stream (``Peer.InstallSnapshot``) in chunks
   read from the snapshot store, so a multi-GB snapshot never sits in RAM;
@@ -15,7 +15,7 @@
 Raw bytes cross the gRPC boundary (identity serializers): the codec does
 the only protobuf work, once per batch.
 
-Security (with TLS, server/tls.py): every peer connection is mutual TLS.
+Security (with TLS, server/security/tls.py): every peer connection is mutual TLS.
 The receiving side (``PeerServicer``) first checks the caller's certificate
 -- signed by the cluster CA (the handshake checked that), with a
 ``ramraft-node:<id>`` identity that is a member (``is_member``) -- and
@@ -30,6 +30,13 @@ On a port shared with clients (no ``--peer-listen``), TLS requires a client
 certificate from every caller (grpc-python cannot ask for one without
 requiring it); the Peer service still requires a member's identity, so a
 client's certificate gets it nowhere.
+
+Clusters: every call carries the caller's cluster id (``ramraft-cluster-id``
+metadata) once the caller knows one (machines/cluster.py); a node that knows
+another id refuses the call with FAILED_PRECONDITION, so a node of another
+cluster (an old cluster next to one restored from its backup, a node pointed
+at the wrong peers) can neither vote, append nor forward here. A caller
+without an id (a new node, a node of release 0.1.0) is not refused.
 
 Without TLS the peer protocol is unauthenticated: anyone who can reach the
 peer port can act as a peer. Keep it on a private network (k8s/ admits it
@@ -64,6 +71,7 @@ log = structlog.get_logger("ramraft.transport")
 
 PEER_SERVICE = "ramraft.peer.v1.Peer"
 ADMIN_SERVICE = "ramraft.v1.Admin"
+CLUSTER_ID_METADATA = "ramraft-cluster-id"
 MAX_QUEUED_MESSAGES = 10_000
 MAX_SNAPSHOT_BYTES = 1 << 40
 CHANNEL_OPTIONS = [
@@ -161,7 +169,7 @@ class PeerLink:
             request_serializer=_identity,
             response_deserializer=raft_pb2.StreamSummary.FromString,
         )
-        call = method(wait_for_ready=False)
+        call = method(wait_for_ready=False, metadata=self.transport.call_metadata())
         try:
             while True:
                 await self.wake.wait()
@@ -219,7 +227,7 @@ class PeerLink:
             response_deserializer=raft_pb2.InstallSnapshotResponse.FromString,
         )
         try:
-            response = await method(chunks())
+            response = await method(chunks(), metadata=self.transport.call_metadata())
         finally:
             reader.close()
         log.info(
@@ -298,9 +306,11 @@ class PeerTransport:
         tls: TLSFiles | None = None,
         snapshot_chunk_bytes: int = 1 << 20,
         max_message_bytes: int = PEER_MESSAGE_BYTES,
+        cluster_id: Callable[[], str] = lambda: "",
     ) -> None:
         self.node_id = node_id
         self.max_message_bytes = max_message_bytes
+        self.cluster_id = cluster_id
         self.addresses = addresses  # id -> peer address; the runtime keeps it current
         self.snapshots = snapshots
         self.tls = tls
@@ -328,6 +338,31 @@ class PeerTransport:
     def channel(self, peer: NodeId) -> grpc.aio.Channel:
         return self.link(peer).get_channel()
 
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """What every call to a peer carries: this node's cluster id."""
+        cluster_id = self.cluster_id()
+        return ((CLUSTER_ID_METADATA, cluster_id),) if cluster_id else ()
+
+    async def info(
+        self, peer: NodeId, request: raft_pb2.InfoRequest, timeout: float
+    ) -> raft_pb2.InfoResponse | None:
+        """Ask ``peer`` what it is (Peer.Info). None when it is a node of
+        release 0.1.0 (UNIMPLEMENTED); raises grpc.aio.AioRpcError otherwise."""
+        method = self.channel(peer).unary_unary(
+            f"/{PEER_SERVICE}/Info",
+            request_serializer=raft_pb2.InfoRequest.SerializeToString,
+            response_deserializer=raft_pb2.InfoResponse.FromString,
+        )
+        try:
+            response: raft_pb2.InfoResponse = await method(
+                request, timeout=timeout, metadata=self.call_metadata()
+            )
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return None
+            raise
+        return response
+
     async def close(self) -> None:
         await asyncio.gather(*(link.close() for link in self.links.values()))
         self.links.clear()
@@ -351,8 +386,12 @@ class PeerServicer:
         authenticate: bool = False,
         is_member: Callable[[str], bool] = lambda node_id: True,
         refusals: RateLimitedLog | None = None,
+        cluster_id: Callable[[], str] = lambda: "",
+        info: Callable[[raft_pb2.InfoRequest], raft_pb2.InfoResponse] | None = None,
     ) -> None:
         self.receive = receive
+        self.cluster_id = cluster_id
+        self.info = info
         self.snapshots = snapshots
         self.deliver_snapshot = deliver_snapshot
         self.forward = forward
@@ -366,7 +405,9 @@ class PeerServicer:
 
     async def identify(self, context: grpc.aio.ServicerContext[Any, Any], what: str) -> str | None:
         """The caller's member id (None when TLS is off); aborts the call with
-        PERMISSION_DENIED if the caller is not a member."""
+        PERMISSION_DENIED if the caller is not a member, and with
+        FAILED_PRECONDITION if it belongs to another cluster."""
+        await self._same_cluster(context, what)
         if not self.authenticate:
             return None
         node_id = peer_node_id(context)
@@ -383,6 +424,28 @@ class PeerServicer:
         )
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"peer refused: {reason}")
         raise AssertionError("abort returns only by raising")  # pragma: no cover
+
+    async def _same_cluster(self, context: grpc.aio.ServicerContext[Any, Any], what: str) -> None:
+        ours = self.cluster_id()
+        if not ours:
+            return
+        theirs = next(
+            (str(v) for k, v in (context.invocation_metadata() or ()) if k == CLUSTER_ID_METADATA),
+            "",
+        )
+        if theirs and theirs != ours:
+            self.refused_calls += 1
+            self.refusals.warning(
+                "peer_of_another_cluster",
+                call=what,
+                peer=context.peer(),
+                theirs=theirs,
+                ours=ours,
+            )
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"peer refused: it belongs to cluster {theirs!r}, this node to {ours!r}",
+            )
 
     def _from_sender(self, messages: list[Message], sender: str | None, peer: str) -> list[Message]:
         """The messages whose src is the authenticated sender; the rest are dropped."""
@@ -425,8 +488,22 @@ class PeerServicer:
                     request_deserializer=raft_pb2.ForwardRequest.FromString,
                     response_serializer=raft_pb2.ForwardResponse.SerializeToString,
                 ),
+                "Info": grpc.unary_unary_rpc_method_handler(
+                    self.info_call,
+                    request_deserializer=raft_pb2.InfoRequest.FromString,
+                    response_serializer=raft_pb2.InfoResponse.SerializeToString,
+                ),
             },
         )
+
+    async def info_call(
+        self, request: raft_pb2.InfoRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> raft_pb2.InfoResponse:
+        await self.identify(context, "Info")
+        if self.info is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no node information here")
+            raise AssertionError("abort returns only by raising")  # pragma: no cover
+        return self.info(request)
 
     def admin_status_handler(
         self,

@@ -26,7 +26,7 @@ Tokens
 
     Always open: the gRPC health service (probes), server reflection,
     /healthz and /readyz. The peer service is not token-checked: peers prove
-    who they are with their certificate (server/transport.py). A caller that
+    who they are with their certificate (server/runtime/transport.py). A caller that
     presents a member's certificate (mutual TLS, e.g. a node asking the leader
     for its status) has the read role.
 
@@ -339,6 +339,10 @@ GRPC_ROLES: dict[str, AccessRole] = {
     "/ramraft.v1.Admin/AddMember": AccessRole.ADMIN,
     "/ramraft.v1.Admin/RemoveMember": AccessRole.ADMIN,
     "/ramraft.v1.Admin/Snapshot": AccessRole.ADMIN,
+    "/ramraft.v1.Admin/SetUpgradeHold": AccessRole.ADMIN,
+    "/ramraft.v1.Admin/CheckState": AccessRole.ADMIN,
+    # A backup is every key and value: as much as reading them all, and more.
+    "/ramraft.v1.Admin/Backup": AccessRole.ADMIN,
 }
 # Served to anyone, outside the in-flight limits.
 OPEN_PREFIXES = (
@@ -346,7 +350,7 @@ OPEN_PREFIXES = (
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
 )
-# Authenticated by certificate in server/transport.py, outside the client limits.
+# Authenticated by certificate in server/runtime/transport.py, outside the client limits.
 PEER_PREFIX = "/ramraft.peer.v1.Peer/"
 # The one client method that is a stream: each of its requests is admitted
 # on its own (StreamGate), under the role and limits of the unary call.
@@ -460,6 +464,8 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         token = bearer_token(_metadata_value(metadata, "authorization"))
         if method == KV_STREAM and handler.stream_stream is not None:
             return self._guard_stream(handler, token)
+        if handler.unary_stream is not None:
+            return self._guard_server_stream(method, handler, token)
         inner = handler.unary_unary
         if inner is None:  # the other client methods are unary; anything else is not ours
             return grpc.unary_unary_rpc_method_handler(
@@ -542,6 +548,43 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
     def _refuse_overloaded(self, method: str, connection: str) -> None:
         self.refusals.warning(
             "request_refused", code="RESOURCE_EXHAUSTED", method=method, peer=connection
+        )
+
+    def _guard_server_stream(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any], token: str | None
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """A call with one request and a stream of answers (Admin.Backup):
+        admitted as a unary call is (role, then an in-flight slot, before
+        the request is read), holding its slot until the stream ends."""
+        inner = handler.unary_stream
+        deserialize = handler.request_deserializer
+        assert inner is not None and deserialize is not None
+        required = GRPC_ROLES.get(method, AccessRole.ADMIN)
+
+        async def guarded(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            await self._authorize(method, required, token, context)
+            connection = context.peer()
+            refused = self.limiter.enter(connection)
+            if refused is not None:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+            try:
+                request = _decode(deserialize, await self._read_request(requests, context))
+                if request is None:
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"the request is not a valid {method} message (protobuf)",
+                    )
+                async for response in inner(request, context):  # type: ignore[arg-type,attr-defined]
+                    yield response
+            finally:
+                self.limiter.leave(connection)
+
+        return grpc.stream_stream_rpc_method_handler(
+            guarded,
+            request_deserializer=_raw,
+            response_serializer=handler.response_serializer,
         )
 
     def _guard_stream(

@@ -12,14 +12,14 @@ second; Kubernetes swaps a Secret volume's ``..data`` symlink atomically):
   handshake, with or without SNI) that switches the connection to a context
   built from the newest files;
 - outbound peer channels are recreated when the generation changes
-  (server/transport.py), so new connections present the new certificate.
+  (server/runtime/transport.py), so new connections present the new certificate.
 
 Files that change into something unusable (a cert without its key, halfway
 through a copy, a certificate for another node) are refused with a warning
 and the previous material stays in use; a later change is tried again.
 
 The peer identity is the ``ramraft-node:<id>`` URI SAN of the certificate the
-other side presented (server/certs.py), read from the gRPC auth context.
+other side presented (tools/certs.py), read from the gRPC auth context.
 """
 
 from __future__ import annotations

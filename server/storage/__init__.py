@@ -27,6 +27,7 @@ from .memory import (
 )
 from .snapshot_header import (
     SNAPSHOT_DATA_MAGIC,
+    SnapshotHeader,
     encode_snapshot_header,
     read_snapshot_header,
     write_snapshot_header,
@@ -59,6 +60,7 @@ __all__ = [
     "MemorySnapshotStore",
     "MemorySnapshotWriter",
     "RecoveredState",
+    "SnapshotHeader",
     "SnapshotNotFoundError",
     "SnapshotReader",
     "SnapshotStore",

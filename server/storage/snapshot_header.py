@@ -13,13 +13,21 @@ node restored from it can reach members whose AddMember entries were
 compacted away. These bytes are on disk and on the wire between nodes of
 different releases: never change them (tests/storage/test_snapshot_header.py
 pins them).
+
+Since the cluster record exists (machines/cluster.py: versions, the upgrade
+hold, the cluster id), the body may also hold ``"cluster": {...}``. A node of
+an earlier release reads past it (it looks at "addresses" only); a header
+without it means the record's defaults, which is what that release ran. It is
+written only when the record differs from the defaults, so a cluster that
+never used it keeps writing the pinned bytes.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from .errors import StorageError
 
@@ -37,18 +45,33 @@ class _Readable(Protocol):
     def read(self, n: int, /) -> bytes: ...
 
 
-def encode_snapshot_header(addresses: dict[str, str]) -> bytes:
-    body = json.dumps({"addresses": addresses}, sort_keys=True).encode()
-    return SNAPSHOT_DATA_MAGIC + _LENGTH.pack(len(body)) + body
+@dataclass(frozen=True)
+class SnapshotHeader:
+    addresses: dict[str, str]
+    cluster: dict[str, Any] | None = None
+    """The cluster record (ClusterState.to_plain()); None in a header of an
+    earlier release, or when the record had its defaults."""
 
 
-def write_snapshot_header(stream: _Writable, addresses: dict[str, str]) -> None:
-    stream.write(encode_snapshot_header(addresses))
+def encode_snapshot_header(
+    addresses: dict[str, str], cluster: dict[str, Any] | None = None
+) -> bytes:
+    body: dict[str, Any] = {"addresses": addresses}
+    if cluster is not None:
+        body["cluster"] = cluster
+    encoded = json.dumps(body, sort_keys=True).encode()
+    return SNAPSHOT_DATA_MAGIC + _LENGTH.pack(len(encoded)) + encoded
 
 
-def read_snapshot_header(stream: _Readable) -> dict[str, str]:
-    """Read the header and return the addresses; the stream is left at the
-    first byte of the state machine's data."""
+def write_snapshot_header(
+    stream: _Writable, addresses: dict[str, str], cluster: dict[str, Any] | None = None
+) -> None:
+    stream.write(encode_snapshot_header(addresses, cluster))
+
+
+def read_snapshot_header(stream: _Readable) -> SnapshotHeader:
+    """Read the header; the stream is left at the first byte of the state
+    machine's data."""
     head = _read_fully(stream, len(SNAPSHOT_DATA_MAGIC) + _LENGTH.size)
     if head[: len(SNAPSHOT_DATA_MAGIC)] != SNAPSHOT_DATA_MAGIC:
         raise StorageError("snapshot data does not start with the ramraft header")
@@ -59,7 +82,10 @@ def read_snapshot_header(stream: _Readable) -> dict[str, str]:
     addresses = body.get("addresses", {})
     if not isinstance(addresses, dict):
         raise StorageError("snapshot header: addresses is not a mapping")
-    return {str(k): str(v) for k, v in addresses.items()}
+    cluster = body.get("cluster")
+    if cluster is not None and not isinstance(cluster, dict):
+        raise StorageError("snapshot header: cluster is not a mapping")
+    return SnapshotHeader({str(k): str(v) for k, v in addresses.items()}, cluster)
 
 
 def _read_fully(stream: _Readable, n: int) -> bytes:

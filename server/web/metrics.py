@@ -123,6 +123,27 @@ class _StateCollector(Collector):
         )
         failed.add_metric([], 1.0 if status.failed else 0.0)
         yield failed
+        halted = GaugeMetricFamily(
+            "ramraft_apply_halted",
+            "1 if this node stopped applying the log at an entry its code cannot apply",
+        )
+        halted.add_metric([], 1.0 if status.halted else 0.0)
+        yield halted
+        divergence = GaugeMetricFamily(
+            "ramraft_state_divergence",
+            "1 while the divergence alarm is raised: a state check found nodes whose state "
+            "differs from the majority's (the same on every node)",
+        )
+        divergence.add_metric([], 1.0 if status.diverged else 0.0)
+        yield divergence
+        versions = GaugeMetricFamily(
+            "ramraft_app_version",
+            "The application version the cluster runs (active) and this node's code supports",
+            labels=["kind"],
+        )
+        versions.add_metric(["active"], float(status.app_version))
+        versions.add_metric(["supported"], float(status.app_version_supported))
+        yield versions
         if status.leading:
             lag = GaugeMetricFamily(
                 "ramraft_member_lag_entries",

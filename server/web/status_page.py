@@ -336,7 +336,9 @@ function render(s) {
   $("log-sub").textContent = "from " + num(n.first_index) + ", snapshot " + num(n.snapshot_index);
   $("uptime").textContent = duration(n.uptime_seconds || 0);
   $("uptime-sub").textContent = n.http ? "http " + n.http : "";
-  $("build").textContent = "ramraft " + n.version + ", pid " + n.pid;
+  $("build").textContent = "ramraft " + n.version + ", pid " + n.pid
+    + (n.cluster_id ? ", cluster " + n.cluster_id : "")
+    + ", app version " + n.app_version + (n.upgrade_hold ? " (switches held)" : "");
   $("applied-rate").textContent = rate(s.rates.applied_per_second);
   $("proposed-rate").textContent = rate(s.rates.proposed_per_second);
   $("forwarded").textContent = num(s.forwarded_writes);
@@ -347,7 +349,13 @@ function render(s) {
     link.textContent = "open " + s.app.title + " \\u2192";
   }
   let alert = "";
-  if (n.failed) alert = "This node stopped after a storage failure: " + n.failed;
+  if (n.diverged && n.diverged.length) {
+    alert = "STATE DIVERGENCE: " + n.diverged.join(", ") + " hold other state than the "
+      + "majority (state check at index " + n.diverged_at + "). Wipe each one's data "
+      + "directory and restart it (README: the divergence runbook).";
+  }
+  else if (n.halted) alert = "This node stopped applying the log: " + n.halted;
+  else if (n.failed) alert = "This node stopped after a storage failure: " + n.failed;
   else if (!n.leader) {
     alert = "No leader is known: an election is in progress, "
       + "or this node cannot reach a quorum.";

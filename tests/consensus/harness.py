@@ -56,6 +56,8 @@ class Peer:
     applied: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
     dropped_reads: list[bytes] = field(default_factory=list)
+    # An entry this peer's "code" cannot apply (its runtime halts there).
+    cannot_apply: Callable[[Entry], bool] | None = None
 
 
 def bootstrap_entry(voters: str) -> Entry:
@@ -123,10 +125,23 @@ class Cluster:
                     m = replace(m, snapshot_data=peer.disk.snapshot_data)
                 self.queue.append(m)
                 self.sent.append(m)
-            peer.applied.extend(rd.committed_entries)
+            halt_at = next(
+                (
+                    e.index
+                    for e in rd.committed_entries
+                    if peer.cannot_apply and peer.cannot_apply(e)
+                ),
+                0,
+            )
+            applied = [e for e in rd.committed_entries if not halt_at or e.index < halt_at]
+            peer.applied.extend(applied)
             peer.read_states.extend(rd.read_states)
             peer.dropped_reads.extend(rd.dropped_reads)
-            node.advance(rd)
+            if halt_at:
+                node.advance(rd, applied_through=halt_at - 1)
+                node.halt_apply(halt_at)
+            else:
+                node.advance(rd)
             node.check_invariants()
             assert self.hostile or not node.rejected_messages, node.last_rejection
 

@@ -75,6 +75,9 @@ class OneChannel:
     def channel(self, node_id: str) -> grpc.aio.Channel:
         return self.leader
 
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
 
 class FollowerRuntime:
     """A follower whose leader is "leader", reached at ``address``."""

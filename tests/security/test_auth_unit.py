@@ -1,6 +1,6 @@
-"""server/auth.py without a network: the token file, bearer parsing, the
+"""server/security/auth.py without a network: the token file, bearer parsing, the
 in-flight limiter, rate-limited refusal logs, and the runtime's own queue
-bound (server/runtime.py max_pending_requests)."""
+bound (server/runtime/loop.py max_pending_requests)."""
 
 from __future__ import annotations
 

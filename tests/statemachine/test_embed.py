@@ -28,6 +28,7 @@ from ramraft.server.machines.embed import (
 )
 from ramraft.server.machines.statemachine import (
     TAG_MODEL,
+    ApplyHalted,
     CommandError,
     ErrorCode,
     SnapshotError,
@@ -237,12 +238,25 @@ def test_wrong_signature_is_refused_at_call_time() -> None:
     assert proposer.log == []
 
 
-def test_unknown_command_and_bad_bytes_are_error_results() -> None:
+def test_an_unknown_command_halts_apply_and_changes_nothing() -> None:
+    """An entry written by code that has a command this code lacks: applying
+    it stops (ApplyHalted) before any change, so the node neither skips it
+    (and drifts from its peers) nor records it as applied."""
+    board = Board()
+    machine = ModelMachine(board)
+    machine.apply(1, encode_call("add", ["x"]))
+    before = dict(vars(board))
+    for name in ("drop_tables", "count"):  # count: a method, but not a command
+        with pytest.raises(ApplyHalted, match=f"no command '{name}'") as caught:
+            machine.apply(2, encode_call(name))
+        assert caught.value.index == 2
+    assert machine.applied_index == 1 and vars(board) == before
+    assert machine.check_proposal(encode_call("drop_tables")) is not None
+    assert machine.check_proposal(encode_call("add", ["y"])) is None
+
+
+def test_bad_bytes_are_error_results() -> None:
     machine = ModelMachine(Board())
-    result = machine.apply(1, encode_call("drop_tables"))
-    assert isinstance(result, CommandError) and result.code is ErrorCode.UNKNOWN_COMMAND
-    result = machine.apply(2, encode_call("count"))  # a method, but not a command
-    assert isinstance(result, CommandError) and result.code is ErrorCode.UNKNOWN_COMMAND
     bad_inputs = [
         bytes([TAG_MODEL]) + b"\xc1",
         bytes([TAG_MODEL]) + msgpack.packb(["add"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
+from ramraft.server.machines import kv
 from ramraft.server.machines.kv import (
     BadCommandError,
     CasResult,
@@ -23,6 +24,7 @@ from ramraft.server.machines.kv import (
 from ramraft.server.machines.statemachine import (
     TAG_KV,
     TAG_MODEL,
+    ApplyHalted,
     CommandError,
     ErrorCode,
 )
@@ -191,7 +193,6 @@ BAD_COMMANDS = [
     bytes([TAG_KV]) + msgpack.packb([1, "k", b"v"]) + b"\x00",  # trailing bytes
     bytes([TAG_KV]) + msgpack.packb({"op": 1}),
     bytes([TAG_KV]) + msgpack.packb([]),
-    bytes([TAG_KV]) + msgpack.packb([9, "k"]),  # unknown op
     bytes([TAG_KV]) + msgpack.packb(["put", "k", b"v"]),
     bytes([TAG_KV]) + msgpack.packb([1, "k"]),  # put without value
     bytes([TAG_KV]) + msgpack.packb([1, "k", "str value"], use_bin_type=True),
@@ -226,6 +227,35 @@ def test_bad_bytes_give_an_error_result_not_an_exception(data: bytes) -> None:
     assert list(m.items()) == [("k", b"before")]
     # the machine goes on working
     assert m.apply(3, encode_put("k", b"after")) == PutResult(3)
+
+
+def test_an_unknown_operation_halts_apply_and_changes_nothing() -> None:
+    """A well-formed command with an operation this code does not know was
+    written by a newer release: apply stops (ApplyHalted), changing nothing,
+    and a leader refuses to propose it."""
+    m = KVMachine()
+    m.apply(1, encode_put("k", b"v"))
+    unknown = bytes([TAG_KV]) + msgpack.packb([9, "k"])
+    with pytest.raises(ApplyHalted, match="operation 9 is unknown"):
+        m.apply(2, unknown)
+    assert m.applied_index == 1 and m.get("k") == (True, b"v")
+    assert m.check_proposal(unknown) is not None
+    assert m.check_proposal(encode_put("k", b"w")) is None
+
+
+def test_an_operation_newer_than_the_active_version_is_not_applied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(kv.SINCE, kv.Op.CAS, 2)
+    m = KVMachine()
+    cas = encode_cas("k", None, b"v")
+    assert m.check_proposal(cas) is not None
+    result = m.apply(1, cas)
+    assert isinstance(result, CommandError) and result.code is ErrorCode.NOT_ACTIVE
+    assert m.get("k") == (False, b"") and m.applied_index == 1
+    m.active_version = 2
+    assert m.check_proposal(cas) is None
+    assert m.apply(2, cas) == CasResult(True, False, b"v", 2)
 
 
 def test_bad_command_result_is_the_same_on_every_node() -> None:

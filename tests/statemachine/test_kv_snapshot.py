@@ -184,7 +184,7 @@ def test_view_is_the_state_at_snapshot_time_despite_writes(
     assert list(r.items()) == expected
     assert r.applied_index == expected_index
     # the live machine was not disturbed, and the view is gone
-    assert m._view is None
+    assert m._views == []
     live = dict(m.items())
     assert [k for k, _ in m.range()[0]] == sorted(live)
 
@@ -237,15 +237,38 @@ def test_view_in_a_worker_thread_while_the_loop_applies(
     assert list(restored(buf.getvalue()).items()) == expected
 
 
-def test_second_snapshot_while_one_is_open_is_refused() -> None:
+def test_views_beyond_the_limit_are_refused() -> None:
     m = populated()
-    job = m.snapshot()
-    with pytest.raises(SnapshotInProgressError):
+    jobs = [m.snapshot() for _ in range(kv.MAX_VIEWS)]
+    with pytest.raises(SnapshotInProgressError, match="views are still open"):
         m.snapshot()
-    job.close()
+    jobs[0].close()
     job2 = m.snapshot()
     job2.write_to(io.BytesIO())
     m.snapshot().close()
+
+
+def test_two_open_views_each_keep_their_own_state() -> None:
+    """A state check's view and a snapshot's view, taken at different
+    indexes, both write the state as of their own index while writes go on."""
+    m = populated(200)
+    first_expected = snapshot_bytes(populated(200))
+    first = m.snapshot()
+    for i in range(1000, 1100, 2):
+        m.apply(i, encode_put(f"k{i % 300:04d}", b"changed"))
+        m.apply(i + 1, encode_delete(f"k{(i * 7) % 400:04d}"))
+    twin = KVMachine()
+    twin.restore(io.BytesIO(snapshot_bytes(m)))
+    second_expected = snapshot_bytes(twin)
+    second = m.snapshot()
+    for i in range(2000, 2100):
+        m.apply(i, encode_put(f"k{i % 250:04d}", b"later"))
+    out_second, out_first = io.BytesIO(), io.BytesIO()
+    second.write_to(out_second)
+    first.write_to(out_first)
+    assert out_first.getvalue() == first_expected
+    assert out_second.getvalue() == second_expected
+    assert m._views == []
 
 
 def test_closed_or_written_job_cannot_be_written() -> None:
@@ -264,7 +287,7 @@ def test_abandoned_job_is_released_by_garbage_collection() -> None:
     m = populated()
     m.snapshot()  # dropped at once
     gc.collect()
-    assert m._view is None
+    assert m._views == []
     m.snapshot().close()
 
 
@@ -283,7 +306,7 @@ def test_restore_aborts_a_running_job(monkeypatch: pytest.MonkeyPatch) -> None:
 
     with pytest.raises(SnapshotAbortedError):
         job.write_to(CallbackStream(restore_midway))
-    assert m._view is None
+    assert m._views == []
     assert list(m.items()) == list(populated(10, seed=9).items())
 
 
@@ -291,14 +314,14 @@ def test_journal_is_dropped_when_the_job_ends(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(kv, "_MAX_CHUNK_KEYS", 1)
     m = populated(30)
     job = m.snapshot()
-    assert m._view is not None
-    view = m._view
+    assert len(m._views) == 1
+    view = m._views[0]
     for i in range(100, 120):
         m.apply(i, encode_put(f"new{i}", b"x"))
     assert view.before  # writes during the snapshot are journalled
     job.write_to(io.BytesIO())
     assert not view.before
-    assert getattr(m, "_view") is None  # noqa: B009 (mypy narrowed _view above)
+    assert m._views == []
     # after the job, writes are no longer journalled
     m.apply(200, encode_put("after", b"x"))
     assert not view.before

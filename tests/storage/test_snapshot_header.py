@@ -5,6 +5,7 @@ carry it. These bytes are pinned; a change to them is a format change."""
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 
@@ -34,7 +35,7 @@ def test_header_bytes_are_pinned() -> None:
 
 def test_header_reads_back_and_leaves_the_machine_data() -> None:
     stream = io.BytesIO(PINNED + b"machine bytes")
-    assert read_snapshot_header(stream) == ADDRESSES
+    assert read_snapshot_header(stream).addresses == ADDRESSES
     assert stream.read() == b"machine bytes"
 
 
@@ -46,7 +47,7 @@ class Trickle(io.BytesIO):
 
 
 def test_header_survives_short_reads() -> None:
-    assert read_snapshot_header(Trickle(PINNED)) == ADDRESSES
+    assert read_snapshot_header(Trickle(PINNED)).addresses == ADDRESSES
 
 
 @pytest.mark.parametrize(
@@ -62,3 +63,15 @@ def test_header_survives_short_reads() -> None:
 def test_damaged_headers_are_refused(data: bytes, message: str) -> None:
     with pytest.raises(StorageError, match=message):
         read_snapshot_header(io.BytesIO(data))
+
+
+def test_the_cluster_record_is_added_for_this_release_and_read_past_by_the_last() -> None:
+    """With a cluster record the body gains a "cluster" key; a reader that
+    looks at "addresses" only (every earlier release) gets the same answer."""
+    data = encode_snapshot_header(ADDRESSES, {"cluster_id": "c1", "app_version": 2})
+    header = read_snapshot_header(io.BytesIO(data))
+    assert header.addresses == ADDRESSES
+    assert header.cluster == {"cluster_id": "c1", "app_version": 2}
+    body = json.loads(data[12:])
+    assert body["addresses"] == ADDRESSES  # what 0.1.0's reader takes
+    assert read_snapshot_header(io.BytesIO(PINNED)).cluster is None

@@ -319,11 +319,14 @@ def test_snapshot_metrics(kv_cluster: ProcessCluster) -> None:
     )
 
 
-# /v1/status's "node": what release 0.1.0 answered, plus pid and version.
+# /v1/status's "node": what release 0.1.0 answered, plus pid and version,
+# plus the cluster record (machines/cluster.py) and the halt and alarm.
 STATUS_NODE_FIELDS = {
     "id", "address", "role", "term", "leader", "leader_address", "commit_index",
     "applied_index", "last_index", "snapshot_index", "first_index", "failed", "ready",
     "uptime_seconds", "http", "pid", "version",
+    "cluster_id", "app_version", "app_version_supported", "kv_version",
+    "kv_version_supported", "upgrade_hold", "halted", "diverged", "diverged_at",
 }  # fmt: skip
 
 

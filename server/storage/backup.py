@@ -1,0 +1,202 @@
+"""The backup file: a consistent copy of a cluster's state, off the cluster.
+
+Layout (``ramraft backup`` writes it; ``ramraft restore`` reads it)::
+
+    magic    b"RRBACKUP"
+    version  u8 (1)
+    header   u32 length (little-endian) | UTF-8 JSON object (BackupHeader)
+    state    the state machine's snapshot stream, as a node's snapshot file
+             holds it after its own header (key-value machine, or the
+             composite of key-value machine and application model)
+    checksum SHA-256 of every byte before it (32 bytes)
+
+The checksum covers the whole file, so a flipped byte anywhere (header,
+state or the checksum itself) is caught before anything is decoded. A node
+builds the bytes (Admin.Backup streams them); the client only stores them,
+atomically, and checks the checksum on the way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, BinaryIO
+
+__all__ = [
+    "BACKUP_MAGIC",
+    "BackupError",
+    "BackupHeader",
+    "BackupReader",
+    "ChecksumStream",
+    "encode_prefix",
+]
+
+BACKUP_MAGIC = b"RRBACKUP"
+BACKUP_VERSION = 1
+CHECKSUM_BYTES = 32
+_MAX_HEADER = 1 << 20
+_PIECE = 1 << 20
+
+
+class BackupError(Exception):
+    """A backup file that is damaged, truncated or not a backup; the message
+    is one line naming what is wrong."""
+
+
+@dataclass(frozen=True)
+class BackupHeader:
+    """What a backup says about itself."""
+
+    cluster_id: str
+    index: int
+    """The state holds the effect of every entry up to this index."""
+    term: int
+    app_version: int
+    kv_version: int
+    created: str
+    """When the node took it (UTC, ISO 8601)."""
+    node: str
+    """The node that took it."""
+    ramraft_version: str
+    model: str | None
+    """The application model's class name, or None for key-value only."""
+    cluster: dict[str, Any] = field(default_factory=dict)
+    """The cluster record (machines/cluster.py ClusterState.to_plain())."""
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> BackupHeader:
+        try:
+            plain = json.loads(data)
+            header = cls(**plain)
+        except (ValueError, TypeError) as exc:
+            raise BackupError(f"the backup header is not valid: {exc}") from None
+        if type(header.index) is not int or header.index < 1 or type(header.term) is not int:
+            raise BackupError("the backup header has no valid index and term")
+        return header
+
+
+def encode_prefix(header: BackupHeader) -> bytes:
+    """The bytes before the state: magic, version, header."""
+    body = header.to_json()
+    return BACKUP_MAGIC + bytes([BACKUP_VERSION]) + struct.pack("<I", len(body)) + body
+
+
+class ChecksumStream:
+    """Hashes what passes through it (the backup's trailing checksum)."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def update(self, data: bytes) -> None:
+        self._hash.update(data)
+        self.size += len(data)
+
+    def digest(self) -> bytes:
+        return self._hash.digest()
+
+
+class BackupReader:
+    """Reads a backup file: ``verify()`` checks the checksum over the whole
+    file; ``header`` is the decoded header; ``state()`` a stream of the
+    state bytes (call verify first: nothing is decoded from an unchecked
+    file by the tools)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        try:
+            self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115 (closed by close())
+        except OSError as exc:
+            raise BackupError(f"cannot read {self.path}: {exc.strerror}") from None
+        self.size: int = os.fstat(self._file.fileno()).st_size
+        minimum = len(BACKUP_MAGIC) + 1 + 4 + CHECKSUM_BYTES
+        if self.size < minimum:
+            self.close()
+            raise BackupError(f"{self.path} is {self.size} bytes: too short to be a backup")
+        head = self._file.read(len(BACKUP_MAGIC) + 1 + 4)
+        if head[: len(BACKUP_MAGIC)] != BACKUP_MAGIC:
+            self.close()
+            raise BackupError(f"{self.path} is not a ramraft backup (no RRBACKUP magic)")
+        if head[len(BACKUP_MAGIC)] != BACKUP_VERSION:
+            self.close()
+            raise BackupError(
+                f"{self.path} is backup format {head[len(BACKUP_MAGIC)]}; this release reads "
+                f"format {BACKUP_VERSION}"
+            )
+        (length,) = struct.unpack("<I", head[len(BACKUP_MAGIC) + 1 :])
+        self._state_start: int = len(head) + length
+        if length > _MAX_HEADER or self._state_start > self.size - CHECKSUM_BYTES:
+            self.close()
+            raise BackupError(f"{self.path}: the header length ({length}) is damaged")
+        self._header_bytes = self._file.read(length)
+        self._header: BackupHeader | None = None
+
+    @property
+    def header(self) -> BackupHeader:
+        if self._header is None:
+            self._header = BackupHeader.from_json(self._header_bytes)
+        return self._header
+
+    @property
+    def state_size(self) -> int:
+        return self.size - CHECKSUM_BYTES - self._state_start
+
+    def verify(self) -> None:
+        """Raise BackupError unless the checksum matches the whole file."""
+        checksum = ChecksumStream()
+        self._file.seek(0)
+        remaining = self.size - CHECKSUM_BYTES
+        while remaining:
+            piece = self._file.read(min(_PIECE, remaining))
+            if not piece:
+                raise BackupError(f"{self.path} ended early (changed while being read?)")
+            checksum.update(piece)
+            remaining -= len(piece)
+        if self._file.read(CHECKSUM_BYTES) != checksum.digest():
+            raise BackupError(f"{self.path}: checksum mismatch: the file is damaged or truncated")
+
+    def checksum(self) -> bytes:
+        """The file's stored checksum (its last 32 bytes)."""
+        self._file.seek(self.size - CHECKSUM_BYTES)
+        return self._file.read(CHECKSUM_BYTES)
+
+    def state(self) -> _StateStream:
+        self._file.seek(self._state_start)
+        return _StateStream(self._file, self.state_size)
+
+    def chunks(self, size: int = _PIECE) -> Iterator[bytes]:
+        stream = self.state()
+        while piece := stream.read(size):
+            yield piece
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> BackupReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _StateStream:
+    """The state section of a backup file, as a readable stream that ends
+    where the checksum begins."""
+
+    def __init__(self, file: BinaryIO, size: int) -> None:
+        self._file = file
+        self._left = size
+
+    def read(self, n: int = -1, /) -> bytes:
+        if n < 0 or n > self._left:
+            n = self._left
+        data = self._file.read(n)
+        self._left -= len(data)
+        return data
