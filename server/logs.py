@@ -15,8 +15,9 @@ long, a bad request line) carries the bytes it choked on, an Authorization
 header's token among them, so such records keep only the error's type and
 status (``scrub_request_data``). The node never logs a header's value.
 
-grpc's C core writes its own lines to stderr, outside Python: the node
-keeps them to errors (``GRPC_VERBOSITY=ERROR`` unless set) so that a flood
+grpc's C core writes its own lines to stderr, outside Python: the command
+line keeps them to errors (``GRPC_VERBOSITY=ERROR`` unless set, in
+tools/__init__.py: the core reads it when grpc is imported) so that a flood
 of failed handshakes is not a flood of log lines.
 """
 
@@ -78,12 +79,6 @@ def configure_logging(level: str | None = None, *, json: bool | None = None) -> 
     root.setLevel(max(numeric, logging.WARNING))
     # aiohttp's access log is off (the node counts requests in /metrics).
     logging.getLogger("aiohttp.access").setLevel(logging.ERROR)
-
-
-def quiet_grpc_core() -> None:
-    """Keep grpc's C core to errors unless GRPC_VERBOSITY says otherwise
-    (call before grpc starts its core: before the first channel or server)."""
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
 def scrub_request_data(record: logging.LogRecord) -> bool:

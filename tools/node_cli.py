@@ -523,7 +523,7 @@ def load_app_from_args(args: argparse.Namespace) -> Application | None:
 
 def run_node(args: argparse.Namespace) -> int:
     from ramraft.server.hosting import AppLoadError
-    from ramraft.server.logs import configure_logging, quiet_grpc_core
+    from ramraft.server.logs import configure_logging
     from ramraft.server.machines.statemachine import SnapshotError
     from ramraft.server.node import ListenError, Node
     from ramraft.server.security.auth import AuthConfigError
@@ -534,7 +534,6 @@ def run_node(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         prepare_data_dir(config.data_dir)
         configure_logging(args.log_level)
-        quiet_grpc_core()
         app = load_app_from_args(args)
     except (ConfigError, AppLoadError) as e:
         print(f"ramraft node: {e}", file=sys.stderr)
