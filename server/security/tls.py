@@ -42,6 +42,8 @@ from ramraft.server.config import ConfigError, TLSConfig
 log = structlog.get_logger("ramraft.tls")
 
 CERTS_RECHECK_SECONDS = 1.0
+# The web tier's TLS 1.2 suites (OpenSSL cipher string).
+HTTPS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
 
 
 # A node certificate names its node in a URI subject alternative name with
@@ -249,6 +251,9 @@ def _server_config(material: TLSMaterial) -> Any:
 def _http_context(material: TLSMaterial, client_auth: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # TLS 1.2: forward-secret key exchange and AEAD ciphers only (no CBC
+    # suites); TLS 1.3's suites are all AEAD.
+    ctx.set_ciphers(HTTPS_CIPHERS)
     # ssl loads keys from files only: write them to a private temporary file.
     with tempfile.TemporaryDirectory(prefix="ramraft-tls-") as tmp:
         cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
