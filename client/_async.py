@@ -114,13 +114,19 @@ class _Stream:
             trailing = _core.error_metadata(error, "trailing")
         except asyncio.CancelledError:
             code, details = grpc.StatusCode.CANCELLED, "the client closed the stream"
-        self.ended = (code, details, trailing)
-        for answer in list(waiting.values()):
+        self._finish((code, details, trailing))
+
+    def _finish(self, end: _stream.End) -> None:
+        if self.ended is not None:
+            return
+        self.ended = end
+        for answer in list(self._waiting.values()):
             if not answer.done():
-                answer.set_exception(_stream.ended(self.endpoint, *self.ended))
+                answer.set_exception(_stream.ended(self.endpoint, *end))
         self._writer.cancel()
 
     async def close(self) -> None:
+        self._finish((grpc.StatusCode.CANCELLED, "the client closed the stream", None))
         self._call.cancel()
         self._reader.cancel()
         self._writer.cancel()
@@ -145,15 +151,25 @@ class AsyncClient(_core.ClientBase):
     node (default: no limit but the deadline). ``client_id``: the session id
     (default: random). ``token``: a bearer token, for clusters that require
     one. ``tls``: TLS options (``TLSOptions.from_files(ca=..., cert=...,
-    key=...)``); without it the connections are plaintext. Every method takes
-    ``timeout=`` to override the default for that call.
+    key=...)``); without it the connections are plaintext. ``transport``:
+    "stream" (the default, or the RAMRAFT_TRANSPORT environment variable)
+    carries the key-value calls over one ``KV.Stream`` per node, many at
+    once; "unary" makes one gRPC call each. Both keep the same sessions,
+    retries, deadlines and errors; a node that does not serve the stream gets
+    unary calls. Every method takes ``timeout=`` to override the default for
+    that call.
 
     Writes that raise Unavailable or DeadlineExceeded may or may not have
     been applied (see client.errors).
     """
 
+    _streams: dict[str, _Stream]
+
     async def close(self) -> None:
         self._closed = True
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            await stream.close()
         stubs, self._stubs = self._stubs, {}
         for s in stubs.values():
             await s.channel.close()

@@ -53,7 +53,9 @@ class FakeNode:
     address: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
     serve_stream: bool = True  # False: KV.Stream is UNIMPLEMENTED, as on an older node
-    streams_opened: int = 0
+    stream_refusal: Failure | None = None  # end every new stream at once with this
+    stream_attempts: int = 0  # streams asked for
+    streams_opened: int = 0  # streams served
     # End the current stream (UNAVAILABLE) once this many requests arrived on
     # it, before answering them; then serve new streams normally.
     break_stream_after: int | None = None
@@ -138,8 +140,12 @@ class _KV(kv_pb2_grpc.KVServicer):
 
     def Stream(self, requests, context):
         node = self.node
+        with node.lock:
+            node.stream_attempts += 1
         if not node.serve_stream:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        if node.stream_refusal is not None:
+            context.abort(node.stream_refusal.code, node.stream_refusal.details)
         with node.lock:
             node.streams_opened += 1
             break_after = node.break_stream_after
