@@ -23,6 +23,13 @@ from tests.client.fake_server import Failure, FakeServer
 T = 5.0
 
 
+@pytest.fixture(autouse=True)
+def _stream_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the stream, whatever RAMRAFT_TRANSPORT the
+    suite runs under (it runs under both)."""
+    monkeypatch.setenv("RAMRAFT_TRANSPORT", "stream")
+
+
 def run(coro: Coroutine[Any, Any, None]) -> None:
     asyncio.run(asyncio.wait_for(coro, timeout=30))
 
