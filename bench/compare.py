@@ -518,16 +518,6 @@ def print_table(r: dict[str, Any], out: TextIO) -> None:
 # ---- command line --------------------------------------------------------------------------------
 
 
-def _levels(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma list of whole numbers: {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"need whole numbers >= 1: {text!r}")
-    return values
-
-
 def _sections(text: str) -> list[str]:
     names = [x.strip() for x in text.split(",") if x.strip()]
     unknown = [n for n in names if n not in SECTIONS]
@@ -551,10 +541,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", type=_sections, default=list(SECTIONS), help=", ".join(SECTIONS))
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each")
-    p.add_argument("--in-flight", type=_levels, default=[1, 16, 64, 256], help="gRPC writes")
-    p.add_argument("--read-in-flight", type=_levels, default=[64], help="gRPC reads")
-    p.add_argument("--inproc-in-flight", type=_levels, default=[1, 1000], help="in-process")
-    p.add_argument("--floor-in-flight", type=_levels, default=[64], help="the echo floor")
+    p.add_argument(
+        "--in-flight", type=rbench._int_list, default=[1, 16, 64, 256], help="gRPC writes"
+    )
+    p.add_argument("--read-in-flight", type=rbench._int_list, default=[64], help="gRPC reads")
+    p.add_argument(
+        "--inproc-in-flight", type=rbench._int_list, default=[1, 1000], help="in-process"
+    )
+    p.add_argument("--floor-in-flight", type=rbench._int_list, default=[64], help="the echo floor")
     p.add_argument("--value-bytes", type=int, default=100)
     p.add_argument(
         "--wait-quiet",

@@ -371,7 +371,7 @@ class AsyncClient(_core.ClientBase):
     ) -> tuple[Resp, _stream.Metadata | None]:
         """One attempt at ``target``: over its stream when the call has a
         stream form, else (or when the stream cannot carry it) unary."""
-        op = _stream.STREAM_OPS.get(method) if self.transport == "stream" else None
+        op = _stream.op_for(method, self.transport)
         if op is not None and target not in self._unary_only:
             started = time.monotonic()
             try:

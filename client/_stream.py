@@ -60,6 +60,13 @@ Metadata: TypeAlias = Iterable[tuple[str, str | bytes]]
 End: TypeAlias = tuple[grpc.StatusCode | None, str, Metadata | None]
 
 
+def op_for(method: str, transport: str) -> str | None:
+    """The StreamRequest field that carries unary ``method`` when the client
+    uses the stream transport; None: the call goes unary (admin calls, or the
+    "unary" transport)."""
+    return STREAM_OPS.get(method) if transport == "stream" else None
+
+
 class StreamStatus(grpc.RpcError):
     """One stream request's failure, shaped like the RpcError of a unary call
     (code, details, trailing metadata with the leader hint), so the retry
