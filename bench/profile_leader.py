@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import multiprocessing
+import os
 import shutil
 import subprocess
 import sys
@@ -51,16 +53,58 @@ BUCKETS = (
     ("asyncio loop, tasks, futures", ("asyncio/",)),
     ("threads, queues, selectors", ("threading.py", "queue.py", "selectors.py", "concurrent/")),
 )
-# Inclusive views: the share of samples with one of these in the stack.
-WITHIN = (
-    ("Gatekeeper / StreamGate", ("Gatekeeper.", "StreamGate.")),
-    ("metrics observers", ("observe", "web/metrics.py")),
-    ("KVService.Stream + _stream_one", ("KVService.Stream", "KVService._stream_one")),
-    ("NodeAPI.write", ("NodeAPI.write",)),
-    ("runtime loop turn", ("runtime/loop.py",)),
-    ("storage", ("server/storage/",)),
-    ("structlog / logging", ("structlog", "logging/__init__")),
+# Where each sample belongs, first rule that matches the stack (so the
+# shares add up to 100%): the threads first, then what the event loop was
+# running. Needles are py-spy frame texts ("function (file:line)").
+PHASES = (
+    ("disk thread: WAL write + fsync", ("concurrent/futures/thread.py",)),
+    ("gRPC poller thread (C core)", ("Thread._bootstrap",)),
+    ("auth + limiter per request (StreamGate.admit)", ("StreamGate.admit",)),
+    ("metrics (observers, prometheus_client)", ("prometheus_client", "observe")),
+    ("logging", ("structlog", "logging/__init__")),
+    ("replication to peers (runtime/transport.py)", ("runtime/transport.py",)),
+    ("Raft loop turn (core, apply, WAL hand-off)", ("runtime/loop.py",)),
+    ("per request: task, handler, NodeAPI.write, reply", ("KVService.Stream.<locals>.serve",)),
+    ("reading requests off the stream", ("read_requests",)),
+    ("writing responses (context.write, queue)", ("KVService.Stream (",)),
+    ("echo: read + yield (bench_grpc_floor)", ("bench_grpc_floor.py",)),
+    ("unary handler (rpc wrapper, servicer)", ("rpc.<locals>.wrap", "guarded (")),
+    ("event loop itself (select, handles)", ("asyncio/", "selectors.py")),
 )
+
+
+def phase_of(frames: list[str]) -> str:
+    for name, needles in PHASES:
+        if any(needle in frame for frame in frames for needle in needles):
+            return name
+    return "other"
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of ``pid`` (Linux /proc): what py-spy's
+    samples cannot tell (a thread in fsync looks busy to it, waiting on the
+    disk, and costs no CPU)."""
+    ticks = rbench._CLOCK_TICKS
+    out: dict[int, float] = {}
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with (
+                contextlib.suppress(OSError, IndexError),
+                open(f"/proc/{pid}/task/{tid}/stat") as f,
+            ):
+                fields = f.read().rsplit(")", 1)[1].split()
+                out[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def thread_split(pid: int, before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
+    """CPU seconds of the event-loop (main) thread and of all the others."""
+    used = {tid: cpu - before.get(tid, 0.0) for tid, cpu in after.items()}
+    main = used.pop(pid, 0.0)
+    return {
+        "event-loop thread": main,
+        "other threads (gRPC poller, disk, executor)": sum(used.values()),
+    }
 
 
 def bucket_of(frame: str) -> str:
@@ -71,7 +115,7 @@ def bucket_of(frame: str) -> str:
 
 
 def summarize_profile(raw: Path) -> tuple[int, collections.Counter[str], collections.Counter[str]]:
-    """(samples, by innermost bucket, by inclusive view) of py-spy --format raw output."""
+    """(samples, by innermost bucket, by phase) of py-spy --format raw output."""
     total = 0
     own: collections.Counter[str] = collections.Counter()
     within: collections.Counter[str] = collections.Counter()
@@ -83,9 +127,7 @@ def summarize_profile(raw: Path) -> tuple[int, collections.Counter[str], collect
         total += n
         frames = stack.split(";")
         own[bucket_of(frames[-1])] += n
-        for name, needles in WITHIN:
-            if any(needle in frame for frame in frames for needle in needles):
-                within[name] += n
+        within[phase_of(frames)] += n
     return total, own, within
 
 
@@ -130,7 +172,9 @@ async def profile_leader(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         await asyncio.sleep(max(0.0, measure_from - time.monotonic()))
         window = rbench.CpuWindow({"leader": pid})
         window.start()
+        threads = thread_cpu(pid)
         await _spy(pid, args.seconds, out, args.rate)
+        split = thread_split(pid, threads, thread_cpu(pid))
         cpu = window.stop()
         tally = await load
     finally:
@@ -139,7 +183,14 @@ async def profile_leader(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
     ops = tally.ok / args.seconds
     cores = cpu["cores"].get("leader", 0.0)
-    return {"ops_per_s": ops, "cores": cores, "foreign": cpu.get("foreign_cores"), "out": out}
+    return {
+        "ops_per_s": ops,
+        "cores": cores,
+        "foreign": cpu.get("foreign_cores"),
+        "out": out,
+        "threads": split,
+        "seconds": args.seconds,
+    }
 
 
 async def profile_echo(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -162,13 +213,21 @@ async def profile_echo(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         await asyncio.sleep(0.5)
         window = rbench.CpuWindow({"echo": pid})
         window.start()
+        threads = thread_cpu(pid)
         await _spy(pid, args.seconds, out, args.rate)
+        split = thread_split(pid, threads, thread_cpu(pid))
         cpu = window.stop()
         latencies = await drive
     finally:
         server.kill()
     ops = len(latencies) / (args.seconds + 1.0)
-    return {"ops_per_s": ops, "cores": cpu["cores"].get("echo", 0.0), "out": out}
+    return {
+        "ops_per_s": ops,
+        "cores": cpu["cores"].get("echo", 0.0),
+        "out": out,
+        "threads": split,
+        "seconds": args.seconds,
+    }
 
 
 def _report(name: str, run: dict[str, Any]) -> None:
@@ -180,11 +239,14 @@ def _report(name: str, run: dict[str, Any]) -> None:
         + (f"; foreign CPU {run['foreign']} cores" if run.get("foreign") is not None else "")
         + ")"
     )
+    ops = run["ops_per_s"] * run["seconds"]
+    for name, seconds in run.get("threads", {}).items():
+        print(f"    {1e6 * seconds / ops if ops else 0.0:6.1f} us  CPU of the {name}")
     print("  by innermost frame:")
     for bucket, n in own.most_common(16):
         print(f"    {100 * n / total:5.1f}%  {us * n / total:6.1f} us  {bucket}")
     if within:
-        print("  inside (inclusive):")
+        print("  by phase (where the stack was):")
         for view, n in within.most_common():
             print(f"    {100 * n / total:5.1f}%  {us * n / total:6.1f} us  {view}")
 
@@ -196,12 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
-    p.add_argument("--raw-out", type=Path, default=None, help="keep the leader's raw stacks")
+    p.add_argument("--raw-dir", type=Path, default=None, help="keep the raw stacks here")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        leader_out = args.raw_out or Path(tmp) / "leader.txt"
-        leader = asyncio.run(profile_leader(args, leader_out))
-        echo = asyncio.run(profile_echo(args, Path(tmp) / "echo.txt"))
+        where = args.raw_dir or Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
+        leader = asyncio.run(profile_leader(args, where / f"leader-{args.client}.txt"))
+        echo = asyncio.run(profile_echo(args, where / f"echo-{args.client}.txt"))
         _report(f"leader, writes over {args.client} at {args.in_flight} in flight", leader)
         _report(f"echo server ({'unary' if args.client == 'raw' else 'stream'})", echo)
     return 0
