@@ -44,8 +44,13 @@ class _Stream:
     one reads the answers. See client/_stream.py for what an answer, a
     timeout and the stream's end mean."""
 
-    def __init__(self, stub: Any, endpoint: str, metadata: Any) -> None:
+    def __init__(
+        self, stub: Any, endpoint: str, metadata: Any, unary_only: _core.UnaryOnly
+    ) -> None:
         self.endpoint = endpoint
+        # Told at once when the node turns out not to serve the stream, so
+        # that calls starting meanwhile go unary rather than open another.
+        self._unary_only = unary_only
         self._call = stub.Stream(metadata=metadata)
         self._ids = 0
         self._waiting: dict[int, asyncio.Future[kv_pb2.StreamResponse]] = {}
@@ -67,7 +72,7 @@ class _Stream:
         self._ids += 1
         message = _stream.stream_request(self._ids, op, request, timeout)
         if not _stream.fits(message):
-            raise _stream.NotCarried("too large for a stream", unsupported=False)
+            raise _stream.NotCarried("too large for a stream")
         answer = self._loop.create_future()
         self._waiting[self._ids] = answer
         timer = self._loop.call_later(timeout, _expire, answer)
@@ -120,6 +125,8 @@ class _Stream:
         if self.ended is not None:
             return
         self.ended = end
+        if end[0] == grpc.StatusCode.UNIMPLEMENTED:
+            self._unary_only.add(self.endpoint)
         for answer in list(self._waiting.values()):
             if not answer.done():
                 answer.set_exception(_stream.ended(self.endpoint, *end))
@@ -358,7 +365,9 @@ class AsyncClient(_core.ClientBase):
         stream = self._streams.get(endpoint)
         if stream is None or stream.ended is not None:
             stubs = self._stubs_for(endpoint)
-            stream = self._streams[endpoint] = _Stream(stubs.kv, endpoint, self._metadata)
+            stream = self._streams[endpoint] = _Stream(
+                stubs.kv, endpoint, self._metadata, self._unary_only
+            )
         return stream
 
     async def _attempt(
@@ -376,9 +385,7 @@ class AsyncClient(_core.ClientBase):
             started = time.monotonic()
             try:
                 return await self._stream_to(target).call(op, request, timeout)
-            except _stream.NotCarried as e:
-                if e.unsupported:
-                    self._unary_only.add(target)
+            except _stream.NotCarried:
                 timeout = max(0.001, timeout - (time.monotonic() - started))
         call = rpc(self._stubs_for(target))(request, timeout=timeout, metadata=self._metadata)
         response = await call

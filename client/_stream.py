@@ -97,12 +97,7 @@ class StreamStatus(grpc.RpcError):
 
 class NotCarried(Exception):
     """The stream cannot carry this request: send it as a unary call (it was
-    not processed, or, if it was, its session makes sending it again safe).
-    ``unsupported``: the node does not serve KV.Stream at all."""
-
-    def __init__(self, message: str, *, unsupported: bool) -> None:
-        super().__init__(message)
-        self.unsupported = unsupported
+    not processed, or, if it was, its session makes sending it again safe)."""
 
 
 def stream_request(
@@ -150,9 +145,9 @@ def ended(
     """What the requests still waiting on a stream that ended get: a
     StreamStatus to retry (or to raise) as for a unary call, or NotCarried."""
     if code == grpc.StatusCode.UNIMPLEMENTED:
-        return NotCarried(f"{endpoint} does not serve KV.Stream: {details}", unsupported=True)
+        return NotCarried(f"{endpoint} does not serve KV.Stream: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details.lower():
-        return NotCarried(f"{endpoint}: {details}", unsupported=False)
+        return NotCarried(f"{endpoint}: {details}")
     leader = ""
     for key, value in trailing or ():
         if key == LEADER_METADATA_KEY:

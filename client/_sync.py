@@ -59,8 +59,13 @@ class _Stream:
     See client/_stream.py for what an answer, a timeout and the stream's end
     mean."""
 
-    def __init__(self, stub: Any, endpoint: str, metadata: Any) -> None:
+    def __init__(
+        self, stub: Any, endpoint: str, metadata: Any, unary_only: _core.UnaryOnly
+    ) -> None:
         self.endpoint = endpoint
+        # Told at once when the node turns out not to serve the stream, so
+        # that calls starting meanwhile go unary rather than open another.
+        self._unary_only = unary_only
         self._outbox: queue.SimpleQueue[kv_pb2.StreamRequest] = queue.SimpleQueue()
         self._ids = itertools.count(1)  # next() is atomic in CPython
         self._waiting: dict[int, _Answer] = {}
@@ -79,7 +84,7 @@ class _Stream:
         request_id = next(self._ids)
         message = _stream.stream_request(request_id, op, request, timeout)
         if not _stream.fits(message):
-            raise _stream.NotCarried("too large for a stream", unsupported=False)
+            raise _stream.NotCarried("too large for a stream")
         answer = _Answer()
         self._waiting[request_id] = answer
         ended = self._ended()
@@ -114,6 +119,8 @@ class _Stream:
         except grpc.RpcError as error:
             code, details = _core.error_code(error), _core.error_details(error) or ""
             trailing = _core.error_metadata(error, "trailing")
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            self._unary_only.add(self.endpoint)
         self.ended = (code, details, trailing)
         for request_id in list(self._waiting):
             answer = self._waiting.pop(request_id, None)
@@ -340,7 +347,9 @@ class Client(_core.ClientBase):
                 if stream is None or stream.ended is not None:
                     if self._closed:
                         raise RuntimeError("the client is closed")
-                    stream = self._streams[endpoint] = _Stream(stubs.kv, endpoint, self._metadata)
+                    stream = self._streams[endpoint] = _Stream(
+                        stubs.kv, endpoint, self._metadata, self._unary_only
+                    )
         return stream
 
     def _attempt(
@@ -358,9 +367,7 @@ class Client(_core.ClientBase):
             started = time.monotonic()
             try:
                 return self._stream_to(target).call(op, request, timeout)
-            except _stream.NotCarried as e:
-                if e.unsupported:
-                    self._unary_only.add(target)
+            except _stream.NotCarried:
                 timeout = max(0.001, timeout - (time.monotonic() - started))
         response, call = rpc(self._stubs_for(target)).with_call(
             request, timeout=timeout, metadata=self._metadata
