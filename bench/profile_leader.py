@@ -145,6 +145,24 @@ async def _spy(pid: int, seconds: float, out: Path, rate: int) -> None:
         raise SystemExit(f"bench.profile_leader: py-spy failed: {err.decode()[-500:]}")
 
 
+async def _sample(pid: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """py-spy on ``pid`` for ``args.seconds``, with its CPU (per thread, and
+    the machine's foreign CPU) over the same window."""
+    window = rbench.CpuWindow({"profiled": pid})
+    window.start()
+    threads = thread_cpu(pid)
+    await _spy(pid, args.seconds, out, args.rate)
+    split = thread_split(pid, threads, thread_cpu(pid))
+    cpu = window.stop()
+    return {
+        "cores": cpu["cores"].get("profiled", 0.0),
+        "foreign": cpu.get("foreign_cores"),
+        "out": out,
+        "threads": split,
+        "seconds": args.seconds,
+    }
+
+
 async def profile_leader(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="ramraft-profile-"))
     cluster = rbench.Cluster(None, inproc=False, root=root, tick_ms=0, fsync=True, node_args=[])
@@ -170,27 +188,13 @@ async def profile_leader(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         )
         load = asyncio.create_task(pool.run([spec]))
         await asyncio.sleep(max(0.0, measure_from - time.monotonic()))
-        window = rbench.CpuWindow({"leader": pid})
-        window.start()
-        threads = thread_cpu(pid)
-        await _spy(pid, args.seconds, out, args.rate)
-        split = thread_split(pid, threads, thread_cpu(pid))
-        cpu = window.stop()
+        sample = await _sample(pid, args, out)
         tally = await load
     finally:
         pool.close()
         await cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
-    ops = tally.ok / args.seconds
-    cores = cpu["cores"].get("leader", 0.0)
-    return {
-        "ops_per_s": ops,
-        "cores": cores,
-        "foreign": cpu.get("foreign_cores"),
-        "out": out,
-        "threads": split,
-        "seconds": args.seconds,
-    }
+    return sample | {"ops_per_s": tally.ok / args.seconds}
 
 
 async def profile_echo(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -211,23 +215,11 @@ async def profile_echo(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             )
         )
         await asyncio.sleep(0.5)
-        window = rbench.CpuWindow({"echo": pid})
-        window.start()
-        threads = thread_cpu(pid)
-        await _spy(pid, args.seconds, out, args.rate)
-        split = thread_split(pid, threads, thread_cpu(pid))
-        cpu = window.stop()
+        sample = await _sample(pid, args, out)
         latencies = await drive
     finally:
         server.kill()
-    ops = len(latencies) / (args.seconds + 1.0)
-    return {
-        "ops_per_s": ops,
-        "cores": cpu["cores"].get("echo", 0.0),
-        "out": out,
-        "threads": split,
-        "seconds": args.seconds,
-    }
+    return sample | {"ops_per_s": len(latencies) / (args.seconds + 1.0)}
 
 
 def _report(name: str, run: dict[str, Any]) -> None:
