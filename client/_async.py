@@ -95,6 +95,13 @@ class _Stream:
                     await self._call.write(outbox.popleft())
                 except (grpc.RpcError, asyncio.InvalidStateError):
                     return  # the stream is over: the reader fails the waiting calls
+                except Exception:
+                    # Not an end the reader would see: end the stream, so that
+                    # the waiting calls fail now (and are retried) rather
+                    # than at their deadlines.
+                    _core.log.debug("stream to %s: write failed", self.endpoint, exc_info=True)
+                    self._call.cancel()
+                    return
             self._wakeup = self._loop.create_future()
             await self._wakeup
 
