@@ -67,12 +67,38 @@ def test_grpc_roles(
         assert e.value.code == expected
 
 
-def test_refusals_are_logged_without_the_token(cluster: SecureCluster) -> None:
-    with grpc_client(cluster, READ_TOKEN) as client, pytest.raises(PermissionDenied):
+@pytest.mark.parametrize(
+    "transport",
+    [
+        "unary",
+        pytest.param(
+            "stream",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="server gap: server/security/auth.py StreamGate.admit answers a "
+                "refused KV.Stream request (UNAUTHENTICATED, PERMISSION_DENIED) without "
+                "logging it; the unary path logs who and what",
+            ),
+        ),
+    ],
+)
+def test_refusals_are_logged_without_the_token(cluster: SecureCluster, transport: str) -> None:
+    logged_before = len(cluster.node_log(cluster.ids[0]))
+    with (
+        cluster.client(
+            timeout=5, ids=[cluster.ids[0]], token=READ_TOKEN, transport=transport
+        ) as client,
+        pytest.raises(PermissionDenied),
+    ):
         client.put("logged", b"v")
-    with grpc_client(cluster, WRONG_TOKEN) as client, pytest.raises(Unauthenticated):
+    with (
+        cluster.client(
+            timeout=5, ids=[cluster.ids[0]], token=WRONG_TOKEN, transport=transport
+        ) as client,
+        pytest.raises(Unauthenticated),
+    ):
         client.get("logged")
-    log = cluster.node_log(cluster.ids[0])
+    log = cluster.node_log(cluster.ids[0])[logged_before:]
     assert '"who": "dash"' in log and "/ramraft.v1.KV/Put" in log
     assert "request_refused" in log
     for secret in (READ_TOKEN, WRONG_TOKEN, WRITE_TOKEN, ADMIN_TOKEN):
