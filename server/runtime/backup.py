@@ -43,8 +43,11 @@ class _PieceWriter:
         if self._cancelled.is_set():
             raise OSError("the backup's reader went away")
         self._buffer += data
-        if len(self._buffer) >= PIECE:
-            self.flush()
+        # Pieces of at most PIECE bytes, whatever the writes: a client's
+        # message limit (client/_core.py: 4 MiB) must never be met.
+        while len(self._buffer) >= PIECE:
+            self._put(bytes(self._buffer[:PIECE]))
+            del self._buffer[:PIECE]
         return len(data)
 
     def flush(self) -> None:
