@@ -157,6 +157,10 @@ class BackupReader:
         if not head:
             raise BackupError(f"{self.path} is empty: not a ramraft backup")
         magic = head[: len(BACKUP_MAGIC)]
+        if len(magic) < len(BACKUP_MAGIC) and BACKUP_MAGIC.startswith(magic):
+            raise BackupError(
+                f"{self.path} is {self.size} bytes: truncated (it starts as a backup)"
+            )
         if magic != BACKUP_MAGIC:
             wrong = sum(a != b for a, b in zip(magic, BACKUP_MAGIC, strict=False))
             if len(magic) == len(BACKUP_MAGIC) and wrong <= 2:
