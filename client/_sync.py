@@ -236,7 +236,8 @@ class Client(_core.ClientBase):
         the backup is of. A backup takes as long as its size needs, so no
         deadline covers the whole stream: ``timeout`` (default: the
         client's) bounds the wait for it to begin (nodes are tried in turn
-        until one starts it), and ``stall_timeout`` (default: the larger of
+        until one starts it, each for at most the client's
+        ``attempt_timeout``), and ``stall_timeout`` (default: the larger of
         ``timeout`` and 30 s) any wait for its next piece. A stream that
         breaks or stalls after it began raises (what was written is no
         backup)."""
@@ -249,6 +250,8 @@ class Client(_core.ClientBase):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
+            if self._policy.attempt_timeout is not None:
+                left = min(left, self._policy.attempt_timeout)
             stream = self._stubs_for(target).admin.Backup(
                 admin_pb2.BackupRequest(), metadata=self._metadata
             )

@@ -4,6 +4,9 @@ takes minutes.
 
     header = write_state_backup(path, keys=100_000, notes=50)
 
+``RestoredCluster`` is a ProcessCluster of board nodes restored from such a
+file (``ramraft restore``) before they start.
+
 The state is what a node running ``tests/server/apps/board_v1.py`` holds: the
 key-value machine and the Board model, with session tables in both, built
 by applying commands to the machines as a node would.
@@ -21,7 +24,10 @@ from ramraft.server.machines.kv import KVMachine, encode_put
 from ramraft.server.machines.statemachine import TAG_KV, TAG_MODEL, CompositeMachine
 from ramraft.server.storage.backup import BackupHeader
 from ramraft.tools.backup import write_backup_file
+from ramraft.tools.cli import main
+from tests.httpcalls import http
 from tests.server.apps.board_v1 import Board
+from tests.server.procs import ProcessCluster
 
 BOARD = "tests.server.apps.board_v1:app"
 SESSION_CLIENTS = 8  # clients whose sessions the state remembers
@@ -78,3 +84,37 @@ def write_state_backup(
     )
     write_backup_file(path, header, machine.snapshot())
     return header
+
+
+class RestoredCluster(ProcessCluster):
+    """Board nodes whose data directories are restored from ``backup`` with
+    the cluster's --peers whenever its ports are picked (``ramraft
+    restore``), so a start retried on new ports restores again."""
+
+    def __init__(self, root: Path, backup: Path, **kwargs: object) -> None:
+        self.backup = backup
+        super().__init__(root, http=True, **kwargs)  # type: ignore[arg-type]
+
+    def pick_ports(self) -> None:
+        super().pick_ports()
+        for node_id in self.ids:
+            code = main(
+                [
+                    "restore", str(self.backup), "--data-dir", str(self.data_dir(node_id)),
+                    "--id", node_id, "--peers", self.peers, "--force",
+                ]
+            )  # fmt: skip
+            assert code == 0, f"ramraft restore of {node_id} failed"
+
+    def argv(self, node_id: str) -> list[str]:
+        return [*super().argv(node_id), "--app", BOARD]
+
+    def cluster_id(self) -> str:
+        status = self.status(self.wait_for_leader())
+        assert status is not None
+        return status.cluster_id
+
+    def notes(self, node_id: str) -> list[str]:
+        reply = http(self.http[node_id], "GET", "/app/notes")
+        assert reply.status == 200, reply.body
+        return list(reply.json()["notes"])

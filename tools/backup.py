@@ -309,7 +309,8 @@ def run_backup(args: argparse.Namespace) -> int:
         print(f"ramraft backup: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as e:
-        print(f"ramraft backup: --out {args.out}: {e.strerror}", file=sys.stderr)
+        where = f" {e.filename}:" if e.filename and str(e.filename) != args.out else ""
+        print(f"ramraft backup: --out {args.out}:{where} {e.strerror}", file=sys.stderr)
         return EXIT_ERROR
     seconds = time.monotonic() - started
     report = {

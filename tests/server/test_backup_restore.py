@@ -31,7 +31,7 @@ from ramraft.server.runtime.transport import CLUSTER_ID_METADATA, PEER_SERVICE
 from ramraft.server.storage.backup import BackupReader
 from ramraft.tools.cli import main
 from ramraft.tools.restore import restored_cluster_id
-from tests.backups import BOARD, SESSION_CLIENTS, key_name, value_of, write_state_backup
+from tests.backups import SESSION_CLIENTS, RestoredCluster, key_name, value_of, write_state_backup
 from tests.httpcalls import http
 from tests.server.apps.board_v1 import Board
 from tests.server.procs import ProcessCluster
@@ -39,40 +39,6 @@ from tests.server.procs import ProcessCluster
 KEYS = 100_000
 NOTES = 500
 PAGE = 10_000
-
-
-class RestoredCluster(ProcessCluster):
-    """Board nodes whose data directories are restored from ``backup`` with
-    the cluster's --peers whenever its ports are picked (``ramraft
-    restore``), so a start retried on new ports restores again."""
-
-    def __init__(self, root: Path, backup: Path, **kwargs: object) -> None:
-        self.backup = backup
-        super().__init__(root, http=True, **kwargs)  # type: ignore[arg-type]
-
-    def pick_ports(self) -> None:
-        super().pick_ports()
-        for node_id in self.ids:
-            code = main(
-                [
-                    "restore", str(self.backup), "--data-dir", str(self.data_dir(node_id)),
-                    "--id", node_id, "--peers", self.peers, "--force",
-                ]
-            )  # fmt: skip
-            assert code == 0, f"ramraft restore of {node_id} failed"
-
-    def argv(self, node_id: str) -> list[str]:
-        return [*super().argv(node_id), "--app", BOARD]
-
-    def cluster_id(self) -> str:
-        status = self.status(self.wait_for_leader())
-        assert status is not None
-        return status.cluster_id
-
-    def notes(self, node_id: str) -> list[str]:
-        reply = http(self.http[node_id], "GET", "/app/notes")
-        assert reply.status == 200, reply.body
-        return list(reply.json()["notes"])
 
 
 def scan(cluster: ProcessCluster) -> dict[str, bytes]:
