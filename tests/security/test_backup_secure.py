@@ -1,0 +1,94 @@
+"""``ramraft backup`` on a cluster with TLS and tokens: a backup is every key
+and value, so it needs the admin role; read and write tokens are refused
+with PERMISSION_DENIED, no token with UNAUTHENTICATED, and nothing is left
+where the file would have gone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ramraft.tools.backup import verify_backup
+from ramraft.tools.cli import main
+from tests.security.cluster import ADMIN_TOKEN, READ_TOKEN, WRITE_TOKEN, SecureCluster
+
+EXIT_ERROR = 3
+
+
+def backup_cli(
+    cluster: SecureCluster,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    token: str | None,
+    *,
+    tls: bool = True,
+) -> tuple[int, str, str, Path]:
+    certs = cluster.creds.certs
+    argv = ["backup", "--endpoints", cluster.endpoints(), "--timeout", "5"]
+    if tls:
+        argv += ["--tls-ca", str(certs / "ca.pem")]
+        argv += [
+            "--tls-cert",
+            str(certs / "client.pem"),
+            "--tls-key",
+            str(certs / "client-key.pem"),
+        ]
+    if token is not None:
+        token_file = tmp_path / "token"
+        token_file.write_text(token + "\n")
+        argv += ["--token-file", str(token_file)]
+    out = tmp_path / "out" / "secure.backup"
+    capsys.readouterr()
+    code = main([*argv, "--out", str(out)])
+    stdout, stderr = capsys.readouterr()
+    return code, stdout, stderr, out
+
+
+def test_an_admin_token_takes_a_backup_over_tls(
+    cluster: SecureCluster, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cluster.wait_for_leader()
+    with cluster.client() as client:
+        client.put("secret/1", b"only for admins")
+    code, stdout, stderr, out = backup_cli(cluster, capsys, tmp_path, ADMIN_TOKEN)
+    assert code == 0, stderr
+    assert "secure.backup: index " in stdout
+    _, summary = verify_backup(out)
+    assert summary.kv is not None and summary.kv.get("secret/1") == (True, b"only for admins")
+
+
+@pytest.mark.parametrize(
+    ("token", "refusal"),
+    [
+        (READ_TOKEN, "PERMISSION_DENIED"),
+        (WRITE_TOKEN, "PERMISSION_DENIED"),
+        (None, "UNAUTHENTICATED"),
+    ],
+    ids=["read-token", "write-token", "no-token"],
+)
+def test_other_tokens_are_refused(
+    cluster: SecureCluster,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    token: str | None,
+    refusal: str,
+) -> None:
+    cluster.wait_for_leader()
+    code, stdout, stderr, out = backup_cli(cluster, capsys, tmp_path, token)
+    assert code == EXIT_ERROR and stdout == ""
+    assert stderr.count("\n") == 1 and stderr.startswith("ramraft backup: "), stderr
+    assert refusal in stderr
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+    if token == READ_TOKEN:
+        log = "".join(cluster.node_log(n) for n in cluster.ids)
+        assert "/ramraft.v1.Admin/Backup" in log and READ_TOKEN not in log
+
+
+def test_plaintext_to_a_tls_cluster_is_one_line(
+    cluster: SecureCluster, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, stdout, stderr, out = backup_cli(cluster, capsys, tmp_path, ADMIN_TOKEN, tls=False)
+    assert code == EXIT_ERROR and stdout == ""
+    assert stderr.count("\n") == 1 and stderr.startswith("ramraft backup: "), stderr
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
