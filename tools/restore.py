@@ -12,20 +12,22 @@ id differs), as those refuse them.
 
 What a restore never does:
 
-- overwrite a directory that holds anything without --force (a ``LOCK`` file
-  alone is nothing), nor one a running node holds (its ``LOCK``);
+- overwrite a directory that holds anything without --force (a ``LOCK``
+  file and ``lost+found`` are nothing), nor one a running node holds (its
+  ``LOCK``);
 - leave a half-written directory. The new contents are written into a
   staging directory INSIDE the data directory (the data directory may be a
   volume's mount point, where nothing can be renamed over it, and its parent
-  may be read-only, as in a pod), fsynced, and then moved into place. Until
-  that move has happened the old contents are untouched, and a failure
-  removes the staging directory (and the data directory, if the restore
-  created it). Removing old contents and moving the new ones in is not one
-  atomic step, so it happens under a ``RESTORING`` marker file: a node
-  refuses to start from a directory that has one (storage/datadir.py), and
-  running the restore again (no --force needed) finishes the job. A restore
-  killed before that point leaves a ``.restore-*`` staging directory that the
-  next restore into the same directory removes.
+  may be read-only, as in a pod), fsynced, and then swapped in by renames:
+  the old contents moved aside, the new ones moved in, the old ones deleted.
+  A failure before the end (a damaged file, a full disk, an I/O error) puts
+  the directory back as it was and removes the staging directory (and the
+  data directory, if the restore created it). The swap is several renames,
+  not one, so it happens under a ``RESTORING`` marker file: if the process is
+  killed during it, no node starts from the directory (storage/datadir.py),
+  and running the restore again (no --force needed) finishes the job. What a
+  killed restore leaves (``.restore-*`` directories, the old contents among
+  them) is removed by the next restore into the same directory.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ EXIT_BAD_INPUT = 2
 EXIT_ERROR = 3
 
 STAGING_PREFIX = ".restore-"
+# Never a node's data: the lock file, the restore's own marker, and the
+# directory ext4 puts at the root of a fresh volume (root's, not ours to move).
+_NOT_CONTENT = frozenset({"LOCK", "RESTORING", "lost+found"})
 
 
 class RestoreError(Exception):
@@ -129,13 +134,7 @@ def prepare_data_dir(
     new cluster ``peers`` (see the module docstring for what it never does).
     Returns (the backup's header, the new cluster's id). Raises BackupError
     (the file), RestoreError (the directory) or OSError."""
-    from ramraft.server.storage.datadir import (
-        LOCK_FILE,
-        RESTORE_MARKER,
-        SNAPSHOT_DIR,
-        WAL_DIR,
-        DataDirLock,
-    )
+    from ramraft.server.storage.datadir import LOCK_FILE, RESTORE_MARKER, DataDirLock
     from ramraft.server.storage.errors import StorageError
 
     if node_id not in peers:
@@ -158,11 +157,7 @@ def prepare_data_dir(
             for leftover in data_dir.glob(f"{STAGING_PREFIX}*"):
                 shutil.rmtree(leftover, ignore_errors=True)  # of a restore that was killed
             unfinished = (data_dir / RESTORE_MARKER).exists()
-            old = sorted(
-                entry
-                for entry in data_dir.iterdir()
-                if entry.name not in (LOCK_FILE, RESTORE_MARKER)
-            )
+            old = sorted(e for e in data_dir.iterdir() if e.name not in _NOT_CONTENT)
             if old and not force and not unfinished:
                 raise RestoreError(
                     f"--data-dir {data_dir} is not empty (it holds "
@@ -173,10 +168,9 @@ def prepare_data_dir(
             try:
                 _write_storage(staging, reader, header, peers, record)
                 _fsync_dir(staging)
-            except BaseException:
+                _swap_in(data_dir, staging, old)
+            finally:
                 shutil.rmtree(staging, ignore_errors=True)
-                raise
-            _replace_contents(data_dir, staging, old, RESTORE_MARKER, (SNAPSHOT_DIR, WAL_DIR))
         except BaseException:
             if created:
                 shutil.rmtree(data_dir, ignore_errors=True)
@@ -189,37 +183,62 @@ def prepare_data_dir(
     return header, cluster_id
 
 
-def _replace_contents(
-    data_dir: Path, staging: Path, old: list[Path], marker_name: str, moved: tuple[str, ...]
-) -> None:
-    """Replace ``old`` with ``staging``'s ``moved`` entries, under the marker."""
-    marker = data_dir / marker_name
+def _swap_in(data_dir: Path, staging: Path, old: list[Path]) -> None:
+    """Replace ``old`` (entries of ``data_dir``) with ``staging``'s
+    contents: the old ones are moved aside into a directory of their own,
+    the new ones moved in, and only then the old ones deleted. A failure on
+    the way moves everything back. A process killed on the way leaves the
+    RESTORING marker (no node starts from the directory) and the old
+    contents in ``.restore-old-*``, which a new restore removes."""
+    from ramraft.server.storage.datadir import RESTORE_MARKER
+
+    marker = data_dir / RESTORE_MARKER
+    aside = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}old-", dir=data_dir))
+    new = sorted(e for e in staging.iterdir() if e.name not in _NOT_CONTENT)
+    moved_aside: list[Path] = []
+    moved_in: list[Path] = []
     with open(marker, "wb") as f:
-        f.write(b"ramraft restore in progress; run it again to finish\n")
+        f.write(b"ramraft restore in progress; if no restore runs, run it again to finish\n")
         f.flush()
         os.fsync(f.fileno())
     _fsync_dir(data_dir)
     try:
         for entry in old:
-            _remove(entry)
-        for name in moved:
-            os.replace(staging / name, data_dir / name)
-        shutil.rmtree(staging)
+            os.replace(entry, aside / entry.name)
+            moved_aside.append(entry)
+        for entry in new:
+            os.replace(entry, data_dir / entry.name)
+            moved_in.append(data_dir / entry.name)
         _fsync_dir(data_dir)
     except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        for name in moved:
-            shutil.rmtree(data_dir / name, ignore_errors=True)
-        if not old:  # nothing was lost: back to the empty directory it was
+        try:
+            for entry in moved_in:
+                _remove(entry)
+            for entry in moved_aside:
+                os.replace(aside / entry.name, entry)
+            aside.rmdir()
             marker.unlink()
-            raise
-        raise RestoreError(
-            f"the restore failed after removing the old contents of {data_dir} "
-            f"({exc.strerror if isinstance(exc, OSError) else exc}); the directory is marked "
-            f"unfinished ({marker_name}) and no node starts from it: run the restore again"
-        ) from exc
+            _fsync_dir(data_dir)
+        except OSError as undo:
+            raise RestoreError(
+                f"the restore failed ({_reason(exc)}) and so did putting {data_dir} back "
+                f"({_reason(undo)}): it is marked unfinished ({RESTORE_MARKER}) and no node "
+                f"starts from it; its old contents are in {aside.name}; run the restore again"
+            ) from exc
+        if isinstance(exc, OSError):
+            raise RestoreError(
+                f"the restore into {data_dir} failed ({_reason(exc)}); the directory is as it was"
+            ) from exc
+        raise
     marker.unlink()
     _fsync_dir(data_dir)
+    shutil.rmtree(aside, ignore_errors=True)  # what is left goes with the next restore
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 def _from_env(value: str | None, variable: str) -> str | None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from ramraft.tools import restore as restore_module
 from ramraft.tools.cli import main
 from ramraft.tools.restore import STAGING_PREFIX, restored_cluster_id
 from tests.backups import write_state_backup
+from tests.server.procs import REPO
 
 PEERS = "a=127.0.0.1:7101,b=127.0.0.1:7102,c=127.0.0.1:7103"
 EXIT_USAGE = 2
@@ -217,34 +221,87 @@ def test_a_disk_error_half_way_leaves_the_directory_as_it_was(
         assert not target.exists()
 
 
-def test_a_failure_after_removing_the_old_contents_is_marked_and_finished_by_a_rerun(
+@pytest.mark.parametrize("failing", ["snap", "wal"], ids=["moving-old-aside", "moving-new-in"])
+def test_a_failure_while_swapping_puts_the_old_contents_back(
     tmp_path: Path,
     backup: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    failing: str,
 ) -> None:
     data = old_node_dir(tmp_path / "a")
+    before = listing(data)
     real_replace = os.replace
 
     def failing_replace(src: Any, dst: Any) -> None:
-        if Path(dst).name == "wal":
+        source = Path(src)
+        from_staging = source.parent.name.startswith(STAGING_PREFIX) and not (
+            source.parent.name.startswith(f"{STAGING_PREFIX}old-")
+        )
+        # "snap": the second old entry moved aside; "wal": the second new one moved in.
+        if source.name == failing and from_staging == (failing == "wal"):
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         real_replace(src, dst)
 
     monkeypatch.setattr(restore_module.os, "replace", failing_replace)
     code, _, err = restore(capsys, str(backup), "--data-dir", str(data), "--id", "a", "--force")
     assert code == EXIT_ERROR
-    assert "marked unfinished (RESTORING)" in err and "run the restore again" in err
-    assert sorted(p.name for p in data.iterdir()) == ["LOCK", RESTORE_MARKER]
+    assert "Input/output error" in err and "the directory is as it was" in err
+    assert listing(data) == before  # the old contents, no marker, no staging
+
+
+KILLED_RESTORE = """
+import os, signal, sys
+from pathlib import Path
+from ramraft.tools import restore
+from ramraft.tools.cli import main
+real = os.replace
+def replace(src, dst):
+    # Killed (SIGKILL: no clean-up) when the second new entry moves in.
+    if Path(dst).name == "wal" and Path(src).parent.name.startswith(".restore-"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(src, dst)
+restore.os.replace = replace
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_restore_killed_while_swapping_is_refused_by_nodes_and_finished_by_a_rerun(
+    tmp_path: Path, backup: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = old_node_dir(tmp_path / "a")
+    argv = ["restore", str(backup), "--data-dir", str(data), "--id", "a", "--peers", PEERS]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_RESTORE, *argv, "--force"],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (data / RESTORE_MARKER).exists()
+    (aside,) = data.glob(f"{STAGING_PREFIX}old-*")  # the old contents, kept
+    assert (aside / "wal" / "wal-00000000000000000001.log").read_bytes() == b"old log"
     # No node starts from it ...
     with pytest.raises(StorageError, match="unfinished `ramraft restore`"):
         open_storage(str(data))
     # ... and the restore, run again (no --force needed), finishes.
-    monkeypatch.setattr(restore_module.os, "replace", real_replace)
     code, _, err = restore(capsys, str(backup), "--data-dir", str(data), "--id", "a")
     assert code == 0, err
     assert node_view(data)[0].snapshot is not None
-    assert not (data / RESTORE_MARKER).exists()
+    assert sorted(p.name for p in data.iterdir()) == ["LOCK", "snap", "wal"]
+
+
+def test_lost_and_found_is_not_content_and_stays(
+    tmp_path: Path, backup: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fresh ext4 volume holds lost+found (root's): the directory is empty,
+    and lost+found is never moved."""
+    data = tmp_path / "volume"
+    (data / "lost+found").mkdir(parents=True)
+    assert restore(capsys, str(backup), "--data-dir", str(data), "--id", "a")[0] == 0
+    assert restore(capsys, str(backup), "--data-dir", str(data), "--id", "b", "--force")[0] == 0
+    assert sorted(p.name for p in data.iterdir()) == ["LOCK", "lost+found", "snap", "wal"]
 
 
 def test_the_staging_directory_of_a_killed_restore_is_removed(
