@@ -21,7 +21,7 @@ from ramraft.server.storage.snapshot_header import read_snapshot_header
 from ramraft.tools.cli import main
 from tests.backups import write_state_backup
 from tests.k8s import backup_checks
-from tests.k8s.backup_checks import NAMESPACE, check_restore_job, cronjob_pod, job_pod
+from tests.k8s.backup_checks import NAMESPACE, check_restore_job, job_pod
 from tests.k8s.checks import Doc, expand_env, one, pod_spec
 from tests.k8s.render import K8S_DIR, render
 from tests.k8s.test_manifests import K8S_VERSION
