@@ -5,12 +5,16 @@ where the file would have gone."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pytest
 
 from ramraft.tools.backup import verify_backup
 from ramraft.tools.cli import main
+from tests.k8s.checks import expand_env, one
+from tests.k8s.render import render
 from tests.security.cluster import ADMIN_TOKEN, READ_TOKEN, WRITE_TOKEN, SecureCluster
 
 EXIT_ERROR = 3
@@ -92,3 +96,44 @@ def test_plaintext_to_a_tls_cluster_is_one_line(
     assert code == EXIT_ERROR and stdout == ""
     assert stderr.count("\n") == 1 and stderr.startswith("ramraft backup: "), stderr
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+def test_the_k8s_cronjobs_own_command_takes_backups(
+    cluster: SecureCluster,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """k8s/backup-cronjob.yaml's command and environment, as rendered, with
+    its mounts as directories here: the Secrets' files (the cluster's
+    certificates, the admin token under the key "admin") and the volume."""
+    cron = one(render(), "CronJob")
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    token_dir = tmp_path / "token"
+    token_dir.mkdir()
+    (token_dir / "admin").write_text(ADMIN_TOKEN)
+    mounts = {
+        "/etc/ramraft/tls": str(cluster.creds.certs),
+        "/etc/ramraft/token": str(token_dir),
+        "/backups": str(tmp_path / "backups"),
+    }
+
+    def here(value: str) -> str:
+        for mount, directory in mounts.items():
+            value = value.replace(mount, directory)
+        return value
+
+    for var, value in expand_env(container, {"metadata.namespace": "prod"}).items():
+        if var.startswith("RAMRAFT_"):
+            monkeypatch.setenv(var, here(value))
+    monkeypatch.setenv("RAMRAFT_ENDPOINTS", cluster.endpoints())  # the client Service, here
+    (tmp_path / "backups").mkdir()
+    args = [here(a) for a in container["args"]]
+    cluster.wait_for_leader()
+    for _ in range(2):
+        capsys.readouterr()
+        assert main(args) == 0, capsys.readouterr().err
+        report = json.loads(capsys.readouterr().out)
+        verify_backup(report["file"])
+        time.sleep(1.1)  # backup names have a resolution of a second
+    assert len(list((tmp_path / "backups").iterdir())) == 2
