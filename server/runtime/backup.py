@@ -122,4 +122,10 @@ async def backup_bytes(header: BackupHeader, job: SnapshotJob) -> AsyncIterator[
         yield checksum.digest()
     finally:
         cancelled.set()
+        # The reader thread may be waiting for a piece that the writer, now
+        # stopping, will never put: wake it, or it waits for ever and holds
+        # one of the loop's worker threads (once per abandoned backup, until
+        # the node has none left). A full queue wakes it by itself.
+        with contextlib.suppress(queue.Full):
+            pieces.put_nowait(_DONE)
         job.close()

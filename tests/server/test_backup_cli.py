@@ -31,11 +31,11 @@ HEARTBEAT = 0.5  # seconds, at the ProcessCluster's 10 ms ticks
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestoredCluster]:
-    """Board nodes holding 20k keys (a state of a few MiB: several pieces),
+    """Board nodes holding 150k keys (a state of 5 MiB: several pieces),
     with heartbeats HEARTBEAT apart (writes do not wait for them)."""
     root = tmp_path_factory.mktemp("backup-cli")
     origin = root / "origin.backup"
-    write_state_backup(origin, keys=20_000, notes=100)
+    write_state_backup(origin, keys=150_000, notes=100)
     ticks = round(HEARTBEAT * 100)
     with RestoredCluster(
         root / "nodes", origin, heartbeat_ticks=ticks, election_ticks=3 * ticks
@@ -262,3 +262,31 @@ def test_an_unwritable_destination_is_one_line(
     )
     assert code == EXIT_ERROR
     assert err.count("\n") == 1 and f"{blocker}: File exists" in err, err
+
+
+def test_backups_the_client_abandons_leave_the_node_able_to_serve_more(
+    cluster: RestoredCluster, tmp_path: Path
+) -> None:
+    """A client that goes away mid-backup (its disk is full, Ctrl-C) ends
+    the node's work on it: the threads the node reads and writes the backup
+    with are freed (a thread left waiting for a piece that never comes, once
+    per abandoned backup, would soon take every worker thread the node
+    has). Afterwards backups and snapshots work as before."""
+
+    class Abandon(Exception):
+        pass
+
+    def write(data: bytes) -> None:
+        raise Abandon
+
+    endpoint = cluster.grpc[cluster.wait_for_leader()]
+    with cluster.client(ids=[n for n in cluster.ids if cluster.grpc[n] == endpoint]) as client:
+        for _ in range(20):
+            with pytest.raises(Abandon):
+                client.backup(write, endpoint=endpoint)
+        out = tmp_path / "after.backup"
+        with open(out, "wb") as f:
+            client.backup(f.write, endpoint=endpoint, stall_timeout=10)
+        assert out.stat().st_size > 4 << 20  # several pieces, as each abandoned one had
+        verify_backup(out)
+        client.snapshot(endpoint=endpoint, timeout=30)
