@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
+from typing import Any
 
 from ramraft._version import __version__
 from ramraft.server.machines.cluster import ClusterState
 from ramraft.server.machines.embed import ModelMachine, encode_call
 from ramraft.server.machines.kv import KVMachine, encode_put
 from ramraft.server.machines.statemachine import TAG_KV, TAG_MODEL, CompositeMachine
+from ramraft.server.storage import RecoveredState, open_storage
 from ramraft.server.storage.backup import BackupHeader
+from ramraft.server.storage.snapshot_header import read_snapshot_header
 from ramraft.tools.backup import write_backup_file
 from ramraft.tools.cli import main
 from tests.httpcalls import http
@@ -31,6 +34,19 @@ from tests.server.procs import ProcessCluster
 
 BOARD = "tests.server.apps.board_v1:app"
 SESSION_CLIENTS = 8  # clients whose sessions the state remembers
+
+
+def node_view(data_dir: Path) -> tuple[RecoveredState, dict[str, Any] | None, dict[str, str]]:
+    """What a node starting from ``data_dir`` recovers: (recovered state,
+    cluster record of its snapshot, peer addresses of its snapshot)."""
+    log_store, snapshots = open_storage(str(data_dir))
+    try:
+        recovered = log_store.load()
+        with snapshots.open() as reader:
+            header = read_snapshot_header(reader)
+    finally:
+        log_store.close()
+    return recovered, header.cluster, header.addresses
 
 
 def key_name(i: int) -> str:

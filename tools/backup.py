@@ -38,6 +38,7 @@ from ramraft.server.storage.backup import BackupError, BackupHeader, BackupReade
 
 __all__ = [
     "backup_name",
+    "fsync_dir",
     "prune_backups",
     "quiet_logs",
     "take_backup",
@@ -198,7 +199,8 @@ def backup_name(info: Any, when: datetime.datetime) -> str:
     return f"ramraft-{when.strftime('%Y%m%dT%H%M%SZ')}-{cluster}-{info.index}.backup"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -241,7 +243,7 @@ def take_backup(
         if into_dir:
             out = directory / backup_name(info, datetime.datetime.now(datetime.UTC))
         os.replace(temporary, out)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except BaseException:
         shown.done()
         with contextlib.suppress(FileNotFoundError):
@@ -265,7 +267,7 @@ def prune_backups(directory: Path, keep: int, *, now: float | None = None) -> li
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     if doomed:
-        _fsync_dir(directory)
+        fsync_dir(directory)
     return doomed
 
 

@@ -44,6 +44,7 @@ from typing import Any
 
 from ramraft.server.machines.cluster import ClusterState, valid_cluster_id
 from ramraft.server.storage.backup import BackupError, BackupHeader, BackupReader
+from ramraft.tools.backup import fsync_dir, quiet_logs
 
 __all__ = ["RestoreError", "prepare_data_dir", "restored_cluster_id"]
 
@@ -79,14 +80,6 @@ def _cluster_record(header: BackupHeader, cluster_id: str) -> ClusterState:
         kv_version=state.kv_version,
         hold=state.hold,
     )
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove(path: Path) -> None:
@@ -167,7 +160,7 @@ def prepare_data_dir(
             staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=data_dir))
             try:
                 _write_storage(staging, reader, header, peers, record)
-                _fsync_dir(staging)
+                fsync_dir(staging)
                 _swap_in(data_dir, staging, old)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -201,7 +194,7 @@ def _swap_in(data_dir: Path, staging: Path, old: list[Path]) -> None:
         f.write(b"ramraft restore in progress; if no restore runs, run it again to finish\n")
         f.flush()
         os.fsync(f.fileno())
-    _fsync_dir(data_dir)
+    fsync_dir(data_dir)
     try:
         for entry in old:
             os.replace(entry, aside / entry.name)
@@ -209,7 +202,7 @@ def _swap_in(data_dir: Path, staging: Path, old: list[Path]) -> None:
         for entry in new:
             os.replace(entry, data_dir / entry.name)
             moved_in.append(data_dir / entry.name)
-        _fsync_dir(data_dir)
+        fsync_dir(data_dir)
     except BaseException as exc:
         try:
             for entry in moved_in:
@@ -218,7 +211,7 @@ def _swap_in(data_dir: Path, staging: Path, old: list[Path]) -> None:
                 os.replace(aside / entry.name, entry)
             aside.rmdir()
             marker.unlink()
-            _fsync_dir(data_dir)
+            fsync_dir(data_dir)
         except OSError as undo:
             raise RestoreError(
                 f"the restore failed ({_reason(exc)}) and so did putting {data_dir} back "
@@ -231,7 +224,7 @@ def _swap_in(data_dir: Path, staging: Path, old: list[Path]) -> None:
             ) from exc
         raise
     marker.unlink()
-    _fsync_dir(data_dir)
+    fsync_dir(data_dir)
     shutil.rmtree(aside, ignore_errors=True)  # what is left goes with the next restore
 
 
@@ -247,7 +240,6 @@ def _from_env(value: str | None, variable: str) -> str | None:
 
 def run_restore(args: argparse.Namespace) -> int:
     from ramraft.server.config import ConfigError, parse_peers
-    from ramraft.tools.backup import quiet_logs
 
     quiet_logs()
     given = {

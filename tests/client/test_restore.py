@@ -21,11 +21,10 @@ from ramraft.server.storage import open_storage
 from ramraft.server.storage.backup import BackupReader
 from ramraft.server.storage.datadir import RESTORE_MARKER, DataDirLock
 from ramraft.server.storage.errors import StorageError
-from ramraft.server.storage.snapshot_header import read_snapshot_header
 from ramraft.tools import restore as restore_module
 from ramraft.tools.cli import main
 from ramraft.tools.restore import STAGING_PREFIX, restored_cluster_id
-from tests.backups import write_state_backup
+from tests.backups import node_view, write_state_backup
 from tests.server.procs import REPO
 
 PEERS = "a=127.0.0.1:7101,b=127.0.0.1:7102,c=127.0.0.1:7103"
@@ -57,19 +56,6 @@ def listing(directory: Path) -> dict[str, bytes | None]:
         str(p.relative_to(directory)): (None if p.is_dir() else p.read_bytes())
         for p in sorted(directory.rglob("*"))
     }
-
-
-def node_view(data_dir: Path) -> tuple[Any, dict[str, Any] | None, dict[str, str]]:
-    """What a node starting from ``data_dir`` recovers: (recovered state,
-    cluster record, peer addresses)."""
-    log_store, snapshots = open_storage(str(data_dir))
-    try:
-        recovered = log_store.load()
-        with snapshots.open() as reader:
-            header = read_snapshot_header(reader)
-    finally:
-        log_store.close()
-    return recovered, header.cluster, header.addresses
 
 
 def old_node_dir(path: Path) -> Path:

@@ -16,10 +16,8 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from ramraft.server.storage import open_storage
-from ramraft.server.storage.snapshot_header import read_snapshot_header
 from ramraft.tools.cli import main
-from tests.backups import write_state_backup
+from tests.backups import node_view, write_state_backup
 from tests.k8s import backup_checks
 from tests.k8s.backup_checks import NAMESPACE, check_restore_job, job_pod
 from tests.k8s.checks import Doc, expand_env, one, pod_spec
@@ -315,17 +313,11 @@ def test_the_restore_jobs_command_restores_each_pod_into_one_new_cluster(
         args = [a.replace("/backups", str(backups)) for a in container["args"]]
         capsys.readouterr()
         assert main(args) == 0, capsys.readouterr().err
-        log_store, snapshots = open_storage(str(volume))
-        try:
-            recovered = log_store.load()
-            with snapshots.open() as reader:
-                header = read_snapshot_header(reader)
-        finally:
-            log_store.close()
+        recovered, cluster, addresses = node_view(volume)
         peers = dict(p.split("=", 1) for p in node_env["RAMRAFT_PEERS"].split(","))
-        assert header.addresses == peers
+        assert addresses == peers
         assert recovered.snapshot is not None
         assert recovered.snapshot.conf.voters == frozenset(peers)
-        assert header.cluster is not None
-        cluster_ids.add(header.cluster["cluster_id"])
+        assert cluster is not None
+        cluster_ids.add(cluster["cluster_id"])
     assert len(cluster_ids) == 1
