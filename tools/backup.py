@@ -125,12 +125,12 @@ def run_verify(path: str, as_json: bool, app: str | None) -> int:
         try:
             model = load_app(app).model
         except AppLoadError as exc:
-            print(f"ramraft backup: --app: {' '.join(str(exc).split())}", file=sys.stderr)
+            print(f"ramraft: error: --app: {' '.join(str(exc).split())}", file=sys.stderr)
             return EXIT_BAD_INPUT
     try:
         header, summary = verify_backup(path, model=model)
     except BackupError as exc:
-        print(f"ramraft backup: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"ramraft: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_ERROR
     report = _summary_json(header, summary)
     if as_json:
@@ -278,19 +278,19 @@ def run_backup(args: argparse.Namespace) -> int:
     as_json = json_from_args(args)
     if args.verify:
         if args.out or args.keep is not None:
-            print("ramraft backup: --verify takes no --out or --keep", file=sys.stderr)
+            print("ramraft: error: --verify takes no --out or --keep", file=sys.stderr)
             return EXIT_BAD_INPUT
         return run_verify(args.verify, as_json, args.app)
     if not args.out:
-        print("ramraft backup: give --out FILE or DIR/ (or --verify FILE)", file=sys.stderr)
+        print("ramraft: error: give --out FILE or DIR/ (or --verify FILE)", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.app:
-        print("ramraft backup: --app goes with --verify", file=sys.stderr)
+        print("ramraft: error: --app goes with --verify", file=sys.stderr)
         return EXIT_BAD_INPUT
     into_dir = args.out.endswith(os.sep) or Path(args.out).is_dir()
     if args.keep is not None and (not into_dir or args.keep < 1):
         print(
-            "ramraft backup: --keep N (N >= 1) needs --out DIR/ (a directory of backups)",
+            "ramraft: error: --keep N (N >= 1) needs --out DIR/ (a directory of backups)",
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
@@ -305,14 +305,14 @@ def run_backup(args: argparse.Namespace) -> int:
             )
         removed = prune_backups(path.parent, args.keep) if args.keep is not None else []
     except UsageError as e:
-        print(f"ramraft backup: {e}", file=sys.stderr)
+        print(f"ramraft: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (RamraftError, BackupError) as e:
-        print(f"ramraft backup: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"ramraft: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as e:
         where = f" {e.filename}:" if e.filename and str(e.filename) != args.out else ""
-        print(f"ramraft backup: --out {args.out}:{where} {e.strerror}", file=sys.stderr)
+        print(f"ramraft: error: --out {args.out}:{where} {e.strerror}", file=sys.stderr)
         return EXIT_ERROR
     seconds = time.monotonic() - started
     report = {

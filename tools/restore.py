@@ -250,18 +250,18 @@ def run_restore(args: argparse.Namespace) -> int:
     missing = [flag for flag, value in given.items() if value is None]
     if missing:
         names = ", ".join(f"{m} (or RAMRAFT_{m[2:].upper().replace('-', '_')})" for m in missing)
-        print(f"ramraft restore: give {names}", file=sys.stderr)
+        print(f"ramraft: error: give {names}", file=sys.stderr)
         return EXIT_BAD_INPUT
     data_dir, node_id, peer_list = (str(v) for v in given.values())
     cluster_id = _from_env(args.cluster_id, "RAMRAFT_CLUSTER_ID") or ""
     try:
         peers = parse_peers(peer_list)
     except ConfigError as exc:
-        print(f"ramraft restore: --peers: {exc}", file=sys.stderr)
+        print(f"ramraft: error: --peers: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if cluster_id and not valid_cluster_id(cluster_id):
         print(
-            f"ramraft restore: --cluster-id {cluster_id!r}: 1-64 letters, digits, '.', '_' or '-'",
+            f"ramraft: error: --cluster-id {cluster_id!r}: 1-64 letters, digits, '.', '_' or '-'",
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
@@ -270,11 +270,11 @@ def run_restore(args: argparse.Namespace) -> int:
             args.file, Path(data_dir), node_id, peers, cluster_id, args.force
         )
     except (BackupError, RestoreError) as exc:
-        print(f"ramraft restore: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"ramraft: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
-        print(f"ramraft restore: --data-dir {data_dir}:{where} {exc.strerror}", file=sys.stderr)
+        print(f"ramraft: error: --data-dir {data_dir}:{where} {exc.strerror}", file=sys.stderr)
         return EXIT_ERROR
     print(
         f"restored index {header.index} (term {header.term}) into {data_dir} as node "

@@ -60,7 +60,7 @@ def _cmd_app_version(client: Any, args: argparse.Namespace) -> int:
         f"{report['app_version']}, key-value version {report['kv_version']}{hold}"
     )
     if not report["from_leader"]:
-        print("(no leader answered: members' versions unknown)", file=sys.stderr)
+        print("ramraft: no leader answered: members' versions are unknown", file=sys.stderr)
     for m in report["members"]:
         app = m["app_version_supported"] or "?"
         kv = m["kv_version_supported"] or "?"
@@ -94,9 +94,9 @@ def _cmd_check(client: Any, args: argparse.Namespace) -> int:
             print(f"{d.node}: {d.digest or '(could not digest)'}{mark}")
         if result.diverged:
             print(
-                f"state check at index {result.index}: {', '.join(result.diverged)} hold other "
-                "state than the majority (the divergence alarm is raised; see the README's "
-                "runbook)",
+                f"ramraft: state check at index {result.index}: {', '.join(result.diverged)} "
+                "hold other state than the majority (the divergence alarm is raised; see the "
+                "README's runbook)",
                 file=sys.stderr,
             )
         else:

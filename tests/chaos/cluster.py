@@ -265,6 +265,14 @@ class LabCluster:
                 )
             time.sleep(0.1)
 
+    def check_state(self, timeout: float = 60.0) -> admin_pb2.CheckStateResponse:
+        """A state check (`ramraft check`): every node digests its state at
+        one index and the leader compares."""
+        leader = self.leader()
+        assert leader is not None, "no leader to run a state check"
+        result: admin_pb2.CheckStateResponse = self._client(leader).check_state(timeout=timeout)
+        return result
+
     def close(self) -> None:
         for c in self._clients.values():
             c.close()
@@ -555,10 +563,22 @@ def run_session(
             )
         time.sleep(3)  # a fault-free end before the final reads
         code, summary = cluster.finish_workload()
+        cluster.wait_ready(timeout=90)
+        check = cluster.check_state()
     finally:
         cluster.close()
     meta, records = load_history(history)
     windows = fault_windows(nemesis.faults, records, meta["started_monotonic"])
-    rep = {"seed": seed, "chaos_seconds": seconds, **report(windows, summary)}
+    rep = {
+        "seed": seed,
+        "chaos_seconds": seconds,
+        **report(windows, summary),
+        # The deterministic workload must never raise the divergence alarm.
+        "state_check": {
+            "index": check.index,
+            "digests": {d.node: d.digest for d in check.digests},
+            "diverged": list(check.diverged),
+        },
+    }
     (out / "report.json").write_text(json.dumps(rep, indent=2))
     return Session(code, rep, [f.kind for f in nemesis.faults], windows)

@@ -67,6 +67,11 @@ def survives(lab_net: ChaosNet, tmp_path: Path, seconds: float) -> None:
     assert set(s.kinds) == set(ALL_FAULTS), f"not every fault kind was injected: {s.kinds}"
     assert rep["linearizable"] is True, f"seed {seed}: history not linearizable (see {tmp_path})"
     assert rep["lost_writes"] == 0, f"seed {seed}: acknowledged writes lost (see {tmp_path})"
+    check = rep["state_check"]
+    assert check["diverged"] == [] and len(set(check["digests"].values())) == 1, (
+        f"seed {seed}: the nodes' states differ after the run: {check}"
+    )
+    assert len(check["digests"]) == 3, f"seed {seed}: not every node digested its state: {check}"
     assert s.code == 0, f"seed {seed}: ramraft chaos exited {s.code}"
     assert rep["outcomes"]["ok"] > 0
     # Every fault healed into a serving cluster: every node Ready again (the

@@ -5,6 +5,8 @@ test can tell "the client gave up on its own" from "the node answered")."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import socket
 import threading
 from collections import deque
@@ -13,8 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import structlog
+import structlog.testing
 
 from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+from ramraft.server.machines.kv import KVMachine, encode_put
+from ramraft.server.storage.backup import BackupHeader, encode_prefix
 
 # How long a held call waits for release() at most: a guard against a test
 # that forgets to release, far beyond any deadline the tests give a client.
@@ -242,6 +248,47 @@ class _Admin(admin_pb2_grpc.AdminServicer):
     def Snapshot(self, request, context):
         self.node._enter("Snapshot", request, context)
         return admin_pb2.SnapshotResponse(index=self.node.index)
+
+    def SetUpgradeHold(self, request, context):
+        self.node._enter("SetUpgradeHold", request, context)
+        return admin_pb2.SetUpgradeHoldResponse(index=self.node.index)
+
+    def CheckState(self, request, context):
+        self.node._enter("CheckState", request, context)
+        digest = hashlib.sha256(repr(sorted(self.node.data.items())).encode()).hexdigest()
+        return admin_pb2.CheckStateResponse(
+            index=self.node.index,
+            digests=[admin_pb2.StateDigest(node=self.node.node_id, digest=digest)],
+        )
+
+    def Backup(self, request, context):
+        """A real backup file of the fake node's keys (storage/backup.py)."""
+        self.node._enter("Backup", request, context)
+        machine = KVMachine()
+        for index, (key, value) in enumerate(sorted(self.node.data.items()), 1):
+            machine.apply(index, encode_put(key, value))
+        state = io.BytesIO()
+        with structlog.testing.capture_logs():  # the machine's log lines are not the CLI's
+            machine.snapshot().write_to(state)
+        header = BackupHeader(
+            cluster_id="fake",
+            index=max(1, len(self.node.data)),
+            term=1,
+            app_version=1,
+            kv_version=1,
+            created="2026-01-01T00:00:00+00:00",
+            node=self.node.node_id,
+            ramraft_version="test",
+            model=None,
+        )
+        prefix = encode_prefix(header)
+        info = admin_pb2.BackupInfo(
+            cluster_id="fake", index=header.index, term=1, keys=len(self.node.data),
+            node=self.node.node_id,
+        )  # fmt: skip
+        yield admin_pb2.BackupResponse(info=info, data=prefix)
+        yield admin_pb2.BackupResponse(data=state.getvalue())
+        yield admin_pb2.BackupResponse(data=hashlib.sha256(prefix + state.getvalue()).digest())
 
 
 class FakeServer:

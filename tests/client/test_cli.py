@@ -7,7 +7,9 @@ import argparse
 import io
 import json
 import sys
+import tempfile
 import types
+from pathlib import Path
 
 import grpc
 import pytest
@@ -269,7 +271,8 @@ def test_client_options_helpers_for_other_commands(server: FakeServer) -> None:
 # "ramraft: ". With --json the document is on standard output whatever the
 # outcome. Each case: (what it shows, argv after the endpoints, setup).
 
-SERVER_COMMANDS = {"node", "cluster", "bench", "chaos", "certs", "tokens"}
+SERVER_COMMANDS = {"node", "cluster", "bench", "chaos", "certs", "tokens", "restore"}
+BACKUP_OUT = str(Path(tempfile.gettempdir()) / "ramraft-cli-test.backup")
 
 
 def _client_commands() -> set[str]:
@@ -299,6 +302,10 @@ OUTPUT_CASES: list[tuple[str, list[str]]] = [
     ("members add", ["members", "add", "n4", "127.0.0.1:7004"]),
     ("members remove", ["members", "remove", "n2"]),
     ("snapshot", ["snapshot"]),
+    ("app-version", ["app-version"]),
+    ("app-version hold", ["app-version", "hold"]),
+    ("check", ["check"]),
+    ("backup", ["backup", "--out", BACKUP_OUT]),
 ]
 
 

@@ -46,7 +46,7 @@ def restore(
     code = main(["restore", *argv, *(("--peers", peers) if peers else ())])
     out, err = capsys.readouterr()
     if code != 0:
-        assert err.count("\n") == 1 and err.startswith("ramraft restore: "), err
+        assert err.count("\n") == 1 and err.startswith("ramraft: error: "), err
     return code, out, err
 
 

@@ -81,7 +81,7 @@ def test_other_tokens_are_refused(
     cluster.wait_for_leader()
     code, stdout, stderr, out = backup_cli(cluster, capsys, tmp_path, token)
     assert code == EXIT_ERROR and stdout == ""
-    assert stderr.count("\n") == 1 and stderr.startswith("ramraft backup: "), stderr
+    assert stderr.count("\n") == 1 and stderr.startswith("ramraft: error: "), stderr
     assert refusal in stderr
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
     if token == READ_TOKEN:
@@ -94,7 +94,7 @@ def test_plaintext_to_a_tls_cluster_is_one_line(
 ) -> None:
     code, stdout, stderr, out = backup_cli(cluster, capsys, tmp_path, ADMIN_TOKEN, tls=False)
     assert code == EXIT_ERROR and stdout == ""
-    assert stderr.count("\n") == 1 and stderr.startswith("ramraft backup: "), stderr
+    assert stderr.count("\n") == 1 and stderr.startswith("ramraft: error: "), stderr
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
 

@@ -248,7 +248,7 @@ def test_a_cluster_that_does_not_answer_leaves_no_file(
         capsys, "backup", "--endpoints", f"127.0.0.1:{port}", "--timeout", "1", "--out", str(out)
     )
     assert code == EXIT_ERROR and stdout == ""
-    assert err.count("\n") == 1 and err.startswith("ramraft backup: "), err
+    assert err.count("\n") == 1 and err.startswith("ramraft: error: "), err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -106,6 +106,11 @@ class FlavourCluster(ProcessCluster):
     """n1 runs with another FLAVOUR in its environment than n2 and n3."""
 
     flavours: dict[str, str] = {"n1": "odd"}
+    joining: set[str] = set()
+
+    def argv(self, node_id: str) -> list[str]:
+        argv = super().argv(node_id)
+        return [*argv, "--join"] if node_id in self.joining else argv
 
     def start(self, node_id: str):  # type: ignore[no-untyped-def]
         saved = self.env
@@ -146,13 +151,18 @@ def test_a_minority_node_is_named_barred_from_leading_and_repaired_by_a_wipe(
         with Client(cluster.endpoints(), timeout=10) as client, contextlib.suppress(Exception):
             client.transfer_leadership("n1")  # refused: n1 may not lead
         assert cluster.wait_for_leader() != "n1"
-        # The runbook: wipe the diverged node (with its bug fixed) and
-        # restart it; it copies the state from the leader. A check clears
-        # the alarm.
+        # The runbook: remove the diverged node, wipe it, start it empty (its
+        # bug fixed) and add it back: it copies the state from the leader.
+        # A state check then clears the alarm.
+        with Client(cluster.endpoints(["n2", "n3"]), timeout=30) as client:
+            client.remove_member("n1")
         cluster.kill("n1")
         shutil.rmtree(cluster.data_dir("n1"))
         cluster.flavours = {}
+        cluster.joining = {"n1"}
         cluster.start_nodes(["n1"])
+        with Client(cluster.endpoints(["n2", "n3"]), timeout=30) as client:
+            client.add_member("n1", cluster.grpc["n1"])
         cluster.wait_caught_up("n1")
         with Client(cluster.endpoints(), timeout=30) as client:
             verdict = client.check_state(timeout=30)

@@ -269,7 +269,7 @@ def test_verify_cli_says_what_is_wrong_in_one_line(
         code, out, err = verify_cli(capsys, path, *extra)
         assert code == EXIT_ERROR
         assert out == ""
-        assert err.count("\n") == 1 and err.startswith("ramraft backup: "), err
+        assert err.count("\n") == 1 and err.startswith("ramraft: error: "), err
         assert expect in err, err
 
 
