@@ -28,6 +28,7 @@ import os
 import re
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ __all__ = [
     "quiet_logs",
     "take_backup",
     "verify_backup",
+    "wrap_description",
     "write_backup_file",
 ]
 
@@ -339,13 +341,19 @@ def run_backup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def wrap_description(text: str) -> str:
+    """A --help description, wrapped (RawDescriptionHelpFormatter keeps the
+    epilog's lines as written, and would the description's too)."""
+    return textwrap.fill(text, 78, break_on_hyphens=False)
+
+
 def register(sub: Any) -> None:
     from ramraft.tools.cli import add_client_options
 
     p = sub.add_parser(
         "backup",
         help="copy the cluster's state to a file (or --verify one)",
-        description=(
+        description=wrap_description(
             "Stream a consistent copy of the state machine (every key, value, application "
             "model and session, at one committed index taken after a linearizable read point) "
             "from a node into --out, atomically, with a checksum over the whole file. "

@@ -44,7 +44,7 @@ from typing import Any
 
 from ramraft.server.machines.cluster import ClusterState, valid_cluster_id
 from ramraft.server.storage.backup import BackupError, BackupHeader, BackupReader
-from ramraft.tools.backup import fsync_dir, quiet_logs
+from ramraft.tools.backup import fsync_dir, quiet_logs, wrap_description
 
 __all__ = ["RestoreError", "prepare_data_dir", "restored_cluster_id"]
 
@@ -296,7 +296,7 @@ def register(sub: Any) -> None:
     r = sub.add_parser(
         "restore",
         help="prepare a data directory of a NEW cluster from a backup file",
-        description=(
+        description=wrap_description(
             "Write a data directory from which `ramraft node` starts with exactly the backup's "
             "state, as a member of a new cluster. Restore every node of the new cluster from "
             "the same file with the same --peers: they get the same cluster id (derived from the "
