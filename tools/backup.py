@@ -63,7 +63,7 @@ def quiet_logs() -> None:
     --json's stdout is the one document."""
     from ramraft.server.logs import configure_logging
 
-    configure_logging(os.environ.get("RAMRAFT_LOG_LEVEL") or "warning")
+    configure_logging(os.environ.get("RAMRAFT_LOG_LEVEL") or "warning", cache=False)
 
 
 # ---- checking a file --------------------------------------------------------------------

@@ -4,10 +4,12 @@ one line naming what is wrong, and a non-zero exit status."""
 
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
 
 import pytest
+import structlog
 
 from ramraft.server.machines.kv import KVMachine, encode_put
 from ramraft.server.storage.backup import (
@@ -295,3 +297,22 @@ def test_verify_cli_with_another_applications_model(
     code, out, err = verify_cli(capsys, path, "--app", "tests.server.apps.dice:app")
     assert code == EXIT_ERROR and out == ""
     assert "snapshot is of model 'Board'" in err and err.count("\n") == 1
+
+
+def test_the_cli_leaves_no_logger_bound_to_its_stderr(
+    tmp_path: Path, small: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ramraft backup --verify` in-process (as tests run it) configures the
+    log for its own stderr. A module's logger must not keep that stream once
+    the command is done: here it is closed, as pytest closes a test's
+    captured stderr, and the machines log again afterwards."""
+    path = tmp_path / "good.backup"
+    path.write_bytes(small)
+    stderr = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stderr)
+    monkeypatch.setenv("RAMRAFT_LOG_LEVEL", "info")  # so that the machines log, and cache
+    assert main(["backup", "--verify", str(path)]) == 0
+    assert "kv snapshot restored" in stderr.getvalue()
+    stderr.close()
+    structlog.reset_defaults()  # what tests/conftest.py does between tests
+    verify_backup(path)  # KVMachine.restore logs again: to the default stream, not the closed one
