@@ -28,7 +28,7 @@ Every answer records the revision it names; watchers record every event.
 After ``--duration`` seconds the clients stop
 (operations in flight finish within their deadline), a fresh client reads
 every key linearizably (retrying up to ``--final-timeout``), and the history
-is checked (server/history.py):
+is checked (tools/history.py):
 
 1. linearizability (server.linearizability: Wing & Gong search with Lowe's
    memoization, key by key), over every operation including the final reads;

@@ -24,6 +24,7 @@ from ramraft.server.machines.kvops import (
 )
 from ramraft.server.request_errors import BadRequest, LimitExceeded
 from ramraft.server.runtime.node_api import InputLimits
+from ramraft.server.security.budget import reserve_answer
 
 __all__ = [
     "check_delete_ranges",
@@ -77,7 +78,7 @@ def _op(message: kv_pb2.RequestOp, limits: InputLimits) -> TxnOp:
     if which == "put":
         put = message.put
         _no_session("put", put)
-        limits.check_key(put.key)
+        limits.check_new_key(put.key)
         limits.check_value(put.value)
         if put.lease < 0:
             raise BadRequest(f"lease {put.lease} is not a lease id")
@@ -204,3 +205,12 @@ def event_message(event: Event) -> kv_pb2.Event:
             lease=event.lease,
         ),
     )
+
+
+async def reserve_txn_reads(txn: Txn, limits: InputLimits, timeout: float) -> None:
+    """Reserve, before it is proposed, room in the node's memory budget for
+    what a transaction's reads may return (--max-txn-bytes): its answer is
+    built at apply, too late to refuse an applied write for want of room."""
+    reads = (TxnOpKind.GET, TxnOpKind.RANGE)
+    if any(op.kind in reads for op in (*txn.success, *txn.failure)):
+        await reserve_answer(limits.max_txn_bytes, timeout)

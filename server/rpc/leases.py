@@ -58,9 +58,13 @@ class LeaseService(kv_pb2_grpc.LeaseServicer):
     def __init__(self, api: NodeAPI, machine: KVMachine, lessor: Lessor) -> None:
         self.api = api
         self.runtime = api.runtime
+        self.limits = api.limits
         self.machine = machine
         self.lessor = lessor
         self.observers: list[Callable[[str, str, float], None]] = []
+
+    def _timeout(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
+        return _timeout(context, self.limits)
 
     def _header(self, revision: int | None = None) -> kv_pb2.ResponseHeader:
         return response_header(
@@ -75,7 +79,9 @@ class LeaseService(kv_pb2_grpc.LeaseServicer):
             raise BadRequest(f"ttl {request.ttl}: a lease lives 1..{MAX_LEASE_TTL} seconds")
         session = _session(request)
         command = encode_lease_grant(_lease_id(request.id, zero=True), request.ttl, session)
-        _, result = await self.api.write(command, _timeout(context), retry_unsafe=bool(session))
+        _, result = await self.api.write(
+            command, self._timeout(context), retry_unsafe=bool(session)
+        )
         check_command_result(result)
         assert isinstance(result, LeaseGrantResult)
         return kv_pb2.LeaseGrantResponse(
@@ -91,7 +97,9 @@ class LeaseService(kv_pb2_grpc.LeaseServicer):
     ) -> kv_pb2.LeaseRevokeResponse:
         session = _session(request)
         command = encode_lease_revoke(_lease_id(request.id), None, session)
-        _, result = await self.api.write(command, _timeout(context), retry_unsafe=bool(session))
+        _, result = await self.api.write(
+            command, self._timeout(context), retry_unsafe=bool(session)
+        )
         check_command_result(result)
         assert isinstance(result, LeaseRevokeResult)
         return kv_pb2.LeaseRevokeResponse(
@@ -108,7 +116,7 @@ class LeaseService(kv_pb2_grpc.LeaseServicer):
         if self.runtime.role is not Role.LEADER:
             # Only the leader counts the time left (runtime/leases.py).
             raise NotLeader(self.runtime.leader, self.runtime.leader_client_address())
-        await self.api.linearizable(_timeout(context))
+        await self.api.linearizable(self._timeout(context))
         if self.machine.active_version < 2:
             raise CommandRefused(_NOT_ACTIVE)
         found = self.machine.lease(lease_id)
@@ -142,7 +150,9 @@ class LeaseService(kv_pb2_grpc.LeaseServicer):
                 # A renewal applied twice only bumps the epoch twice: safe to
                 # retry without a session.
                 _, result = await self.api.write(
-                    encode_lease_renew([lease_id]), _timeout(context), retry_unsafe=True
+                    encode_lease_renew([lease_id]),
+                    self._timeout(context),
+                    retry_unsafe=True,
                 )
                 check_command_result(result)
                 assert isinstance(result, LeaseRenewResult)

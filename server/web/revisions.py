@@ -43,8 +43,13 @@ from ramraft.server.hosting import SessionPool, write_with_session
 from ramraft.server.machines.kv import encode_txn
 from ramraft.server.machines.kvops import OpResult, TxnOpKind, TxnResult
 from ramraft.server.request_errors import BadRequest, check_command_result
-from ramraft.server.rpc.kvproto import check_delete_ranges, txn_from_request
+from ramraft.server.rpc.kvproto import (
+    check_delete_ranges,
+    reserve_txn_reads,
+    txn_from_request,
+)
 from ramraft.server.rpc.watch import WatchOut, WatchSpec
+from ramraft.server.runtime.node_api import DEFAULT_TIMEOUT
 from ramraft.server.web.view import WebTierView
 
 __all__ = ["WATCH_PATH", "RevisionRoutes"]
@@ -257,6 +262,7 @@ class RevisionRoutes:
         except ValueError as e:
             raise BadRequest(str(e)) from None
         session, timeout = self._session(request), self._timeout(request)
+        await reserve_txn_reads(txn, self.api.limits, timeout or DEFAULT_TIMEOUT)
         if session is not None:
             _, result = await self.api.write(encode_txn(txn, session), timeout, retry_unsafe=True)
         else:
