@@ -31,12 +31,11 @@ from ramraft.server.request_errors import (
     NotLeader,
     check_command_result,
     error_message,
-    wire_status,
 )
 from ramraft.server.rpc.services import (
-    LEADER_METADATA_KEY,
     _session,
     _timeout,
+    error_code,
     response_header,
     rpc,
 )
@@ -159,17 +158,11 @@ class LeaseService(kv_pb2_grpc.LeaseServicer):
                 _, ttl, _ = result.leases[0]
                 yield kv_pb2.LeaseKeepAliveResponse(id=lease_id, ttl=ttl, header=self._header())
         except Exception as e:
-            status = wire_status(e)
-            if status is None:
+            mapped = error_code(e, self.runtime, context)
+            if mapped is None:
                 code = grpc.StatusCode.UNKNOWN
                 raise
-            code = status.grpc_code
-            if status.names_leader:
-                leader = self.runtime.leader_client_address()
-                if isinstance(e, NotLeader):
-                    leader = e.leader_address
-                if leader:
-                    context.set_trailing_metadata(((LEADER_METADATA_KEY, leader),))
+            code = mapped
             await context.abort(code, error_message(e))
         finally:
             for observe in self.observers:

@@ -96,6 +96,25 @@ def _timeout(context: grpc.aio.ServicerContext[Any, Any], limits: InputLimits) -
     return limits.deadline(context.time_remaining())
 
 
+def error_code(
+    e: Exception, runtime: RaftRuntime, context: grpc.aio.ServicerContext[Any, Any]
+) -> grpc.StatusCode | None:
+    """The status code that answers the node's error ``e`` (the table in
+    server/request_errors.py), with the leader's address set as trailing
+    metadata when the error names it; None for an error not in the table
+    (a bug)."""
+    status = wire_status(e)
+    if status is None:
+        return None
+    if status.names_leader:
+        leader = runtime.leader_client_address()
+        if isinstance(e, NotLeader):
+            leader = e.leader_address
+        if leader:
+            context.set_trailing_metadata(((LEADER_METADATA_KEY, leader),))
+    return status.grpc_code
+
+
 def rpc(name: str) -> Callable[[ServicerMethod[R]], ServicerMethod[R]]:
     """Answer the node's errors with their status codes (the table in
     server/request_errors.py), and report every call to the observers."""
@@ -110,17 +129,11 @@ def rpc(name: str) -> Callable[[ServicerMethod[R]], ServicerMethod[R]]:
             try:
                 return await fn(self, request, context)
             except Exception as e:
-                status = wire_status(e)
-                if status is None:
+                mapped = error_code(e, self.runtime, context)
+                if mapped is None:
                     code = grpc.StatusCode.UNKNOWN  # a bug; grpc answers it
                     raise
-                code = status.grpc_code
-                if status.names_leader:
-                    leader = self.runtime.leader_client_address()
-                    if isinstance(e, NotLeader):
-                        leader = e.leader_address
-                    if leader:
-                        context.set_trailing_metadata(((LEADER_METADATA_KEY, leader),))
+                code = mapped
                 await context.abort(code, error_message(e))
             finally:
                 for observe in self.observers:
