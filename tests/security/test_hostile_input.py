@@ -27,14 +27,14 @@ from ramraft.server.machines.kvops import Txn, TxnOp, TxnOpKind
 from ramraft.server.request_errors import Overloaded
 from ramraft.server.rpc.kvproto import reserve_txn_reads
 from ramraft.server.runtime.node_api import InputLimits
+from ramraft.server.runtime.transport import split_batch
+from ramraft.server.runtime.wire import serialize_batch
 from ramraft.server.security.budget import (
     CALL_RESERVATION,
     MESSAGE_COPIES,
     MemoryBudget,
     Reservation,
 )
-from ramraft.server.runtime.transport import split_batch
-from ramraft.server.runtime.wire import serialize_batch
 from tests.security.cluster import READ_TOKEN, WRITE_TOKEN, SecureCluster
 from tests.security.conftest import https
 from tests.security.h2raw import RawCaller, grpc_message, grpc_status
