@@ -77,6 +77,7 @@ from ramraft.client import (
     WatchEvent,
     parse_endpoints,
 )
+from ramraft.client._core import session_expired
 from ramraft.client.errors import FailedPrecondition, InvalidArgument, NotFound, RamraftError
 from ramraft.tools.cli import tls_from_args, token_from_args
 from ramraft.tools.history import (
@@ -214,18 +215,25 @@ async def _run_op(client: AsyncClient, rec: Record, timeout: float, consistency:
         rec.outcome = "ok"
     except RamraftError as e:
         rec.error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
-        # A read that got no answer changed nothing; so did a refused write.
-        rec.outcome = (
-            "failed" if not rec.is_write or isinstance(e, _DEFINITE_REFUSALS) else "unknown"
-        )
+        # A read that got no answer changed nothing; so did a refused write
+        # -- but not one whose session the cluster forgot while the client
+        # retried it (an earlier attempt may have been applied).
+        refused = isinstance(e, _DEFINITE_REFUSALS) and not session_expired(e)
+        rec.outcome = "failed" if not _writes(rec) or refused else "unknown"
     except (asyncio.CancelledError, Exception) as e:
         rec.error = f"{type(e).__name__}: {e}"
-        rec.outcome = "unknown" if rec.is_write else "failed"
+        rec.outcome = "unknown" if _writes(rec) else "failed"
         if isinstance(e, asyncio.CancelledError):
             raise
         log.warning("chaos_op_error", op=rec.op, kind=rec.kind, error=rec.error)
     finally:
         rec.complete = time.monotonic()
+
+
+def _writes(rec: Record) -> bool:
+    """Whether the operation may change the state: a put, CAS or delete, or
+    a transaction with puts (a transfer or the setup; an audit only reads)."""
+    return rec.is_write or bool(rec.written())
 
 
 async def _run_txn(client: AsyncClient, rec: Record, timeout: float) -> None:

@@ -4,6 +4,7 @@ loopback (no root needed)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -11,9 +12,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
+from ramraft.client._core import SESSION_EXPIRED
+from ramraft.client.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from ramraft.tools.chaos import _run_op
 from ramraft.tools.history import (
     EXIT_NO_VERDICT,
     EXIT_PASS,
@@ -467,3 +473,47 @@ def test_workload_against_nodes_on_loopback_with_a_leader_kill(tmp_path: Path) -
     # Every write stores a value of its own.
     values = [r.value for r in records if r.kind in ("put", "cas")]
     assert len(values) == len(set(values))
+
+
+class _FailingClient:
+    """Stands for AsyncClient: every call raises ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __getattr__(self, name: str) -> Any:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            raise self.error
+
+        return call
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        Unavailable("Txn: no node answered"),
+        DeadlineExceeded("Txn: deadline"),
+        FailedPrecondition(
+            "Txn: the cluster forgot this client's session while the write was being retried",
+            code=grpc.StatusCode.FAILED_PRECONDITION,
+            details=f"{SESSION_EXPIRED}: session 7 expired",
+            attempts=2,
+        ),
+    ],
+    ids=["unavailable", "deadline", "session forgotten on a retry"],
+)
+def test_a_transfer_without_a_definite_answer_is_unknown_not_failed(error: Exception) -> None:
+    """A transfer whose answer was lost may have been applied: recorded as
+    "failed", the checker would call its effects (seen by reads and
+    watchers) writes nobody made. An audit that failed changed nothing."""
+    transfer = Record(
+        op=1, client=5, kind="txn", key="b/0", invoke=1.0,
+        txn={"transfer": {"b/0": "49:t5.165", "b/3": "53:t5.165"}, "mods": {"b/0": 3, "b/3": 4}},
+    )  # fmt: skip
+    audit = Record(op=2, client=5, kind="txn", key="b/0", invoke=1.0, txn={"audit": ["b/0"]})
+    asyncio.run(_run_op(_FailingClient(error), transfer, 1.0, 0))  # type: ignore[arg-type]
+    asyncio.run(_run_op(_FailingClient(error), audit, 1.0, 0))  # type: ignore[arg-type]
+    assert (transfer.outcome, audit.outcome) == ("unknown", "failed")
+    refused = FailedPrecondition("Txn: refused", code=grpc.StatusCode.FAILED_PRECONDITION)
+    asyncio.run(_run_op(_FailingClient(refused), transfer, 1.0, 0))  # type: ignore[arg-type]
+    assert transfer.outcome == "failed"  # a definite refusal: not applied
