@@ -281,14 +281,16 @@ class JobRunner:
         if self._closed:
             raise Unavailable("this node is shutting down")
         job = fn if isinstance(fn, Job) else Job(fn, None, on, name)
-        job = Job(job.fn, None, job.on, job.name)
+        final = name or job.name
+        declared = self._states.get(final)
+        if declared is not None and not declared.one_off:
+            final += " (once)"  # a declared job, run once more now
+        job = Job(job.fn, None, job.on, final)
         if job.on == LEADER:
             term = self.runtime.serving_term()
             if not term or term != self._term:
                 raise NotLeader(self.runtime.leader, self.runtime.leader_client_address())
         running = self._states.get(job.name)
-        if running is not None and not running.one_off:
-            raise ValueError(f"{job.name!r} is a declared job; give the one-off another name")
         if running is not None and running.result is not None and not running.result.done():
             return JobRun(job.name, running.result)  # already running: the same run
         state = self._register(job, one_off=True)

@@ -40,9 +40,15 @@ class VirtualClock:
     def __init__(self, wall_start: float | None = None) -> None:
         self.monotonic = 0.0
         self.wall_start = time.time() if wall_start is None else wall_start
+        self.wall_offset = 0.0  # steps of the wall clock alone (travel)
 
     def wall(self) -> float:
-        return self.wall_start + self.monotonic
+        return self.wall_start + self.wall_offset + self.monotonic
+
+    def travel(self, seconds: float) -> None:
+        """Step the wall clock (``time.time()``) alone, as NTP may: timers,
+        timeouts and ``time.monotonic()`` do not move."""
+        self.wall_offset += seconds
 
     def advance(self, seconds: float) -> None:
         if seconds > 0:

@@ -42,7 +42,7 @@ from ramraft.server.inprocess.clock import (
     virtual_time,
 )
 from ramraft.server.inprocess.network import Endpoint, Faults, MemoryNetwork, MemoryTransport
-from ramraft.server.jobs import JobRunner
+from ramraft.server.jobs import Job, JobRunner
 from ramraft.server.machines.embed import ReplicatedModel
 from ramraft.server.machines.kv import KVMachine
 from ramraft.server.runtime.loop import RaftRuntime
@@ -405,6 +405,26 @@ class ClusterHarness:
     def now(self) -> float:
         """The cluster's wall clock (``time.time()`` as its code sees it)."""
         return self.clock.wall() if self.clock is not None else time.time()
+
+    def travel(self, seconds: float) -> None:
+        """Move the cluster's wall clock ``seconds`` ahead at once (virtual
+        time only): code that reads ``time.time()`` (a job archiving notes
+        older than a month) sees the future, while timers and timeouts do
+        not fire (no election happens). Sleeping through a month instead
+        would run every heartbeat of it."""
+        if self.clock is None:
+            raise RuntimeError("travel() needs virtual time (virtual=True)")
+        self.clock.travel(seconds)
+
+    def run_job(self, job: Job | Callable[..., Awaitable[Any]], node_id: str | None = None) -> Any:
+        """Run a background job once now, on the leader (or on ``node_id``
+        for a job of every node), and return its result."""
+        node = self.cluster.nodes[node_id or self.leader()]
+
+        async def once() -> Any:
+            return await node.jobs.run_once(job)
+
+        return self.run(once())
 
     # ---- looking ---------------------------------------------------------------------------
 
