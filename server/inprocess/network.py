@@ -2,9 +2,10 @@
 writes and ``Peer.Info`` between runtimes in one process, with no sockets.
 
 Faults are the test's to set: a node cut off from the others
-(``partition``), a dead node (its messages go nowhere), and -- drawn from
-the cluster's seeded Random, so a run replays by its seed -- a probability
-of dropping each batch and a random delay per batch (which reorders them).
+(``partition``), a dead node (its messages go nowhere), the messages a
+predicate picks (``drop_if``), and -- drawn from the cluster's seeded Random,
+so a run replays by its seed -- a probability of dropping each batch and a
+random delay per batch (which reorders them).
 
 What crosses it is what would cross the wire: Raft messages (immutable
 dataclasses), snapshot bytes copied from the sender's store into the
@@ -65,6 +66,8 @@ class MemoryNetwork:
     cut: set[frozenset[NodeId]] = field(default_factory=set)
     delivered: int = 0
     dropped: int = 0
+    # A test's own fault: messages for which it returns True are lost.
+    drop_if: Callable[[Message], bool] | None = None
 
     def reachable(self, a: NodeId, b: NodeId) -> bool:
         return a == b or (b in self.endpoints and frozenset((a, b)) not in self.cut)
@@ -79,7 +82,11 @@ class MemoryNetwork:
 
     def send(self, src: NodeId, messages: list[Message]) -> None:
         by_peer: dict[NodeId, list[Message]] = {}
+        drop_if = self.drop_if
         for m in messages:
+            if drop_if is not None and drop_if(m):
+                self.dropped += 1
+                continue
             by_peer.setdefault(m.dst, []).append(m)
         sender = self.endpoints.get(src)
         for dst in sorted(by_peer):
