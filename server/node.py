@@ -521,6 +521,8 @@ class Node:
         if self.app is not None and self.app.jobs is not None:
             # First: a job must not propose while leadership is handed over.
             await self.app.jobs.close()
+        if self.app is not None and self.app.events is not None:
+            self.app.events.close_all("the node is shutting down")  # browsers reconnect elsewhere
         deadline = time.monotonic() + grace
         if transfer and runtime.core is not None and runtime.failed is None:
             alone = False

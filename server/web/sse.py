@@ -51,12 +51,18 @@ CONTENT_TYPE = "text/event-stream"
 LAST_EVENT_ID = "Last-Event-ID"
 # A request item the web tier sets: calling it gives back the request's
 # --max-inflight slot (an open stream is counted by its feed instead).
-RELEASE_SLOT = "ramraft.release_slot"
+# A typed key where aiohttp has them (3.13+), a string before.
+RELEASE_SLOT: Any = (
+    web.RequestKey("ramraft_release_slot", object)
+    if hasattr(web, "RequestKey")
+    else "ramraft.release_slot"
+)
 
 DEFAULT_RETRY_MS = 1000
 DEFAULT_HEARTBEAT = 15.0
 DEFAULT_WRITE_TIMEOUT = 30.0
 MAX_ID_LENGTH = 64
+SLOW_READER = "the client reads too slowly; resume with Last-Event-ID"
 
 
 def encode_event(data: str, *, event: str | None = None, id: str | None = None) -> bytes:
@@ -113,7 +119,7 @@ class Subscription:
         if self.closed:
             return False
         if len(self._frames) >= self.max_events or self._bytes + len(frame) > self.max_bytes:
-            self.close("the client reads too slowly; resume with Last-Event-ID")
+            self.close(SLOW_READER)
             return False
         self._frames.append(frame)
         self._bytes += len(frame)
@@ -163,17 +169,26 @@ async def serve(
         }
     )
     release = request.get(RELEASE_SLOT)
+    loop = asyncio.get_running_loop()
     try:
         await response.prepare(request)
         if callable(release):
             release()
         await _write(response, f"retry: {retry_ms}\n\n".encode(), write_timeout)
+        quiet_since = loop.time()
         while not subscription.closed:
-            frames = await subscription.take(heartbeat)
+            # Look at the connection at least once a second: a client that
+            # left is noticed without waiting for the next write to fail.
+            frames = await subscription.take(min(heartbeat, 1.0))
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                break
             if frames:
                 await _write(response, b"".join(frames), write_timeout)
-            elif not subscription.closed:
+                quiet_since = loop.time()
+            elif not subscription.closed and loop.time() - quiet_since >= heartbeat:
                 await _write(response, b": keep-alive\n\n", write_timeout)
+                quiet_since = loop.time()
     except (ConnectionError, TimeoutError, asyncio.CancelledError):
         pass  # the client went away or stalled: nothing more to tell it
     finally:
@@ -248,6 +263,11 @@ class EventFeed:
     @property
     def streams(self) -> int:
         return len(self._subscribers)
+
+    def close_all(self, reason: str) -> None:
+        """End every open stream (the node is stopping)."""
+        for subscription in list(self._subscribers):
+            subscription.close(reason)
 
     # ---- the machine's side ----------------------------------------------------------------
 
@@ -332,9 +352,10 @@ class EventFeed:
         return subscription
 
     def _closed(self, subscription: Subscription) -> None:
-        if self._subscribers.pop(subscription, None) is not None and subscription.closed.startswith(
-            "the client reads too slowly"
-        ):
+        if subscription not in self._subscribers:
+            return
+        del self._subscribers[subscription]
+        if subscription.closed == SLOW_READER:
             self.dropped_streams += 1
 
     async def stream(
