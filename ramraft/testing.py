@@ -10,7 +10,7 @@ ramraft installed gets the ``ramraft_cluster`` fixture::
         assert cluster.run(cluster.model().add(3)) == 5
 
 ``ramraft_cluster(factory, nodes=3, seed=None, virtual=True, faults=None,
-timing=None)`` starts ``factory`` (what ``--app`` names: a function or class
+timing=None, options=None)`` starts ``factory`` (what ``--app`` names: a function or class
 returning an ``Application`` or a ``ReplicatedModel``) on a cluster inside the
 test process (``ramraft.server.inprocess.ClusterHarness``): the real Raft
 runtime, state machines, background jobs and event feed of every node, over
@@ -71,6 +71,7 @@ def ramraft_cluster(request: pytest.FixtureRequest) -> Iterator[Callable[..., Cl
         virtual: bool = True,
         faults: Any = None,
         timing: Any = None,
+        options: dict[str, Any] | None = None,
     ) -> ClusterHarness:
         from ramraft.server.inprocess import ClusterHarness, Timing
 
@@ -84,6 +85,7 @@ def ramraft_cluster(request: pytest.FixtureRequest) -> Iterator[Callable[..., Cl
             virtual=virtual,
             faults=faults,
             timing=timing if timing is not None else Timing(),
+            options=options,
         )
         made.append(cluster)
         return cluster

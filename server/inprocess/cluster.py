@@ -191,7 +191,9 @@ class InProcessNode:
 
 class InProcessCluster:
     """``nodes`` nodes of the application ``factory`` makes (a function
-    returning an Application or a ReplicatedModel), in this process."""
+    returning an Application or a ReplicatedModel), in this process.
+    ``options`` sets NodeConfig fields of every node (``snapshot_entries``,
+    ``limits``...)."""
 
     def __init__(
         self,
@@ -202,9 +204,14 @@ class InProcessCluster:
         virtual: bool = False,
         timing: Timing = Timing(),
         faults: Faults | None = None,
+        options: dict[str, Any] | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
+        self.options = dict(options or {})
+        unknown = sorted(set(self.options) - set(NodeConfig.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown node options {unknown}; see server/config.py NodeConfig")
         self.factory = factory
         self.seed = seed
         self.rng = random.Random(seed)
@@ -223,6 +230,7 @@ class InProcessCluster:
             election_ticks=self.timing.election_ticks,
             heartbeat_ticks=self.timing.heartbeat_ticks,
             cluster_id=f"inprocess-{self.seed}",
+            **self.options,
         )
 
     def timeout(self) -> float:
@@ -359,13 +367,20 @@ class ClusterHarness:
         virtual: bool = True,
         timing: Timing = Timing(),
         faults: Faults | None = None,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.clock = VirtualClock() if virtual else None
         self.loop: asyncio.AbstractEventLoop = (
             VirtualTimeLoop(self.clock) if self.clock is not None else asyncio.new_event_loop()
         )
         self.cluster = InProcessCluster(
-            factory, nodes=nodes, seed=seed, virtual=virtual, timing=timing, faults=faults
+            factory,
+            nodes=nodes,
+            seed=seed,
+            virtual=virtual,
+            timing=timing,
+            faults=faults,
+            options=options,
         )
         self.seed = seed
         self._closed = False

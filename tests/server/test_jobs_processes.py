@@ -44,7 +44,7 @@ def wait_for_tick_from_other(
     started = time.monotonic()
     deadline = started + HANDOVER_BOUND * cluster.election_timeout + 10
     while time.monotonic() < deadline:
-        for term, node, _ in read_ticks(cluster, via)[since:]:
+        for _term, node, _ in read_ticks(cluster, via)[since:]:
             if node != old:
                 return str(node), time.monotonic() - started
         time.sleep(0.02)
@@ -73,7 +73,7 @@ def test_ticks_follow_the_leader_through_a_kill_a_pause_and_a_transfer(tmp_path:
         cluster.wait_until(lambda: len(read_ticks(cluster, others)) >= 5, what="first ticks")
         since = len(read_ticks(cluster, others))
         cluster.kill(leader)
-        new, gaps["kill"] = wait_for_tick_from_other(cluster, leader, others, since)
+        _new, gaps["kill"] = wait_for_tick_from_other(cluster, leader, others, since)
         cluster.start(leader)
         cluster.wait_serving([leader])
 

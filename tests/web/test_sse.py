@@ -29,7 +29,9 @@ def frames(subscription: Subscription) -> list[str]:
 
 
 def test_the_wire_format() -> None:
-    assert encode_event("a\nb", event="notes", id="7") == b"id: 7\nevent: notes\ndata: a\ndata: b\n\n"
+    assert (
+        encode_event("a\nb", event="notes", id="7") == b"id: 7\nevent: notes\ndata: a\ndata: b\n\n"
+    )
     assert encode_event("x") == b"data: x\n\n"
     with pytest.raises(ValueError, match="one line"):
         encode_event("x", event="a\nb")
@@ -40,7 +42,12 @@ def test_events_carry_the_applied_index_and_resume_after_it() -> None:
     feed.publish(5, [("notes", '{"id":1}')])
     feed.publish(7, [("notes", '"a"'), ("other", '"b"'), ("notes", '"c"')])
     everything = feed.subscribe(None, after="0")
-    assert [f.split("\n")[0] for f in frames(everything)] == ["id: 5", "id: 7.0", "id: 7.1", "id: 7"]
+    assert [f.split("\n")[0] for f in frames(everything)] == [
+        "id: 5",
+        "id: 7.0",
+        "id: 7.1",
+        "id: 7",
+    ]
     # A browser that saw "7.0" gets the rest of entry 7, on its topics only.
     resumed = feed.subscribe(["notes"], after="7.0")
     assert frames(resumed) == ['id: 7\nevent: notes\ndata: "c"\n\n']
@@ -58,7 +65,11 @@ def test_a_resume_from_before_what_is_known_gets_a_reset() -> None:
     assert frames(feed.subscribe(None, after="10")) == [
         'id: 14\nevent: reset\ndata: {"index":14}\n\n'
     ]
-    assert [f[:6] for f in frames(feed.subscribe(None, after="11"))] == ["id: 12", "id: 13", "id: 14"]
+    assert [f[:6] for f in frames(feed.subscribe(None, after="11"))] == [
+        "id: 12",
+        "id: 13",
+        "id: 14",
+    ]
     # The node installed a snapshot at 20: nothing before it is known.
     open_stream = feed.subscribe(None)
     feed.restart_at(20)
@@ -108,7 +119,7 @@ def test_publishing_is_for_commands_and_takes_json_only() -> None:
     with pytest.raises(RuntimeError, match="is for commands"):
         board.publish("notes", {})
     note_id = asyncio.run(board.add("t", "", "", 0.0))
-    assert published == [(1, [("notes", '{"change":"added","id":%d}' % note_id)])]
+    assert published == [(1, [("notes", f'{{"change":"added","id":{note_id}}}')])]
 
 
 # ---- over HTTP, on a real node in this process ----------------------------------------------
@@ -165,7 +176,9 @@ class SoloNode:
         return self.node.app.events
 
 
-async def read_events(response: aiohttp.ClientResponse, count: int) -> AsyncIterator[dict[str, str]]:
+async def read_events(
+    response: aiohttp.ClientResponse, count: int
+) -> AsyncIterator[dict[str, str]]:
     """Parse ``count`` events off an SSE response (comments and retry skipped)."""
     event: dict[str, str] = {}
     seen = 0
@@ -192,14 +205,14 @@ def test_a_browser_follows_the_board_and_resumes_by_last_event_id(tmp_path: Path
                 second = await solo.board.add("two", "", "", time.time())
                 events = [e async for e in read_events(stream, 2)]
             assert [e["event"] for e in events] == ["notes", "notes"]
-            assert events[1]["data"] == '{"change":"added","id":%d}' % second
+            assert events[1]["data"] == f'{{"change":"added","id":{second}}}'
             third = await solo.board.add("three", "", "", time.time())
             # Reconnecting with the last id it saw: what it missed, in order.
             headers = {"Last-Event-ID": events[0]["id"]}
             async with http.get(f"{solo.base}/v1/events?topic=notes", headers=headers) as again:
                 missed = [e async for e in read_events(again, 2)]
             assert [e["data"] for e in missed] == [
-                '{"change":"added","id":%d}' % n for n in (second, third)
+                f'{{"change":"added","id":{n}}}' for n in (second, third)
             ]
             assert first < second < third
             async with http.get(f"{solo.base}/v1/events?last_event_id=bad") as refused:
@@ -217,7 +230,7 @@ def test_a_reader_that_stops_reading_is_cut_off_with_bounded_memory(tmp_path: Pa
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.setblocking(False)
             await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-            reader, writer = await asyncio.open_connection(sock=sock)
+            _reader, writer = await asyncio.open_connection(sock=sock)
             writer.write(b"GET /v1/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
             await writer.drain()
             while solo.feed.streams == 0:
