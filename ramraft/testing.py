@@ -14,7 +14,9 @@ timing=None, options=None)`` starts ``factory`` (what ``--app`` names: a functio
 returning an ``Application`` or a ``ReplicatedModel``) on a cluster inside the
 test process (``ramraft.server.inprocess.ClusterHarness``): the real Raft
 runtime, state machines, background jobs and event feed of every node, over
-an in-memory network and storage. Helpers: ``run`` (await a command),
+an in-memory network and storage (``from ramraft.testing import
+ClusterHarness, Faults, Timing`` for type hints and faults). Helpers: ``run``
+(await a command),
 ``model``/``models`` (a node's copy, every node's), ``kill``/``restart``,
 ``partition``/``heal``, ``transfer_leadership``, ``wait_converged``,
 ``sleep``/``now`` (the cluster's clock).
@@ -38,9 +40,21 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from ramraft.server.inprocess import ClusterHarness
+    from ramraft.server.inprocess import ClusterHarness, Faults, Timing
+
+__all__ = ["ClusterHarness", "Faults", "Timing", "ramraft_cluster"]
 
 SEEDS = pytest.StashKey[list[int]]()
+_LAZY = ("ClusterHarness", "Faults", "Timing")
+
+
+def __getattr__(name: str) -> Any:
+    """``from ramraft.testing import Faults``: loaded when first asked for."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'ramraft.testing' has no attribute {name!r}")
+    from ramraft.server import inprocess
+
+    return getattr(inprocess, name)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -57,7 +57,7 @@ def test_the_readme_example_is_a_complete_passing_test(tmp_path: Path) -> None:
 def test_a_failing_test_names_its_seed_and_the_seed_replays_it(tmp_path: Path) -> None:
     (tmp_path / "test_trace.py").write_text(
         "from ramraft import ReplicatedModel, command\n"
-        "from ramraft.server.inprocess import Faults\n\n"
+        "from ramraft.testing import Faults\n\n"
         "class Log(ReplicatedModel):\n"
         "    def __init__(self):\n"
         "        self.items = []\n\n"
