@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from ramraft.client import _core
+from ramraft.client import _core, _stream
 from ramraft.client._core import (
     CallAttempts,
     CasResult,
@@ -17,7 +20,7 @@ from ramraft.client._core import (
     RangePage,
     Ticket,
 )
-from ramraft.client.errors import FailedPrecondition, Unavailable
+from ramraft.client.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 __all__ = ["Client"]
@@ -33,6 +36,103 @@ class _Stubs:
         self.admin = admin_pb2_grpc.AdminStub(channel)
 
 
+class _Answer:
+    """Where the reader thread leaves one request's answer; the caller waits
+    on the lock, which starts held and is released once the answer is in."""
+
+    __slots__ = ("error", "lock", "response")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.response: kv_pb2.StreamResponse | None = None
+        self.error: BaseException | None = None
+
+
+_END_OF_REQUESTS: Any = object()
+
+
+class _Stream:
+    """One ``KV.Stream`` to one node, shared by the threads that call the
+    client: each request gets an id, a reader thread hands each answer to the
+    thread waiting for it. gRPC's own thread sends the requests from a queue.
+    See client/_stream.py for what an answer, a timeout and the stream's end
+    mean."""
+
+    def __init__(
+        self, stub: Any, endpoint: str, metadata: Any, unary_only: _core.UnaryOnly
+    ) -> None:
+        self.endpoint = endpoint
+        # Told at once when the node turns out not to serve the stream, so
+        # that calls starting meanwhile go unary rather than open another.
+        self._unary_only = unary_only
+        self._outbox: queue.SimpleQueue[kv_pb2.StreamRequest] = queue.SimpleQueue()
+        self._ids = itertools.count(1)  # next() is atomic in CPython
+        self._waiting: dict[int, _Answer] = {}
+        # Set once, when the stream is over: (code, details, trailing metadata).
+        self.ended: _stream.End | None = None
+        self._call = stub.Stream(iter(self._outbox.get, _END_OF_REQUESTS), metadata=metadata)
+        self._reader = threading.Thread(
+            target=self._read_all, name=f"ramraft-stream-{endpoint}", daemon=True
+        )
+        self._reader.start()
+
+    def call(self, op: str, request: Any, timeout: float) -> tuple[Any, _stream.Metadata]:
+        """As client/_async.py _Stream.call, blocking."""
+        if self.ended is not None:
+            raise _stream.ended(self.endpoint, *self.ended)
+        request_id = next(self._ids)
+        message = _stream.stream_request(request_id, op, request, timeout)
+        if not _stream.fits(message):
+            raise _stream.NotCarried("too large for a stream")
+        answer = _Answer()
+        self._waiting[request_id] = answer
+        ended = self._ended()
+        if ended is not None and self._waiting.pop(request_id, None) is not None:
+            # The reader failed the waiting calls before this one was added.
+            raise _stream.ended(self.endpoint, *ended)
+        self._outbox.put(message)
+        if not answer.lock.acquire(timeout=timeout):
+            if self._waiting.pop(request_id, None) is not None:
+                raise _stream.expired()
+            answer.lock.acquire()  # the reader is handing the answer over right now
+        if answer.error is not None:
+            raise answer.error
+        assert answer.response is not None
+        return _stream.stream_result(answer.response, op)
+
+    def _ended(self) -> _stream.End | None:
+        return self.ended  # read again: the reader thread may have set it meanwhile
+
+    def _read_all(self) -> None:
+        code: grpc.StatusCode | None = None
+        details = "the node ended the stream"
+        trailing: _stream.Metadata | None = None
+        try:
+            for response in self._call:
+                answer = self._waiting.pop(response.id, None)
+                if answer is not None:
+                    answer.response = response
+                    answer.lock.release()
+            code, details = self._call.code(), self._call.details() or details
+            trailing = self._call.trailing_metadata()
+        except grpc.RpcError as error:
+            code, details = _core.error_code(error), _core.error_details(error) or ""
+            trailing = _core.error_metadata(error, "trailing")
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            self._unary_only.add(self.endpoint)
+        self.ended = (code, details, trailing)
+        for request_id in list(self._waiting):
+            answer = self._waiting.pop(request_id, None)
+            if answer is not None:
+                answer.error = _stream.ended(self.endpoint, *self.ended)
+                answer.lock.release()
+
+    def close(self) -> None:
+        self._outbox.put(_END_OF_REQUESTS)
+        self._call.cancel()
+
+
 class Client(_core.ClientBase):
     """A blocking ramraft client; safe to share between threads.
 
@@ -43,17 +143,27 @@ class Client(_core.ClientBase):
     node (default: no limit but the deadline). ``client_id``: the session id
     (default: random). ``token``: a bearer token, for clusters that require
     one. ``tls``: TLS options (``TLSOptions.from_files(ca=..., cert=...,
-    key=...)``); without it the connections are plaintext. Every method takes
-    ``timeout=`` to override the default for that call.
+    key=...)``); without it the connections are plaintext. ``transport``:
+    "stream" (the default, or the RAMRAFT_TRANSPORT environment variable)
+    carries the key-value calls over one ``KV.Stream`` per node, shared by
+    all threads; "unary" makes one gRPC call each. Both keep the same
+    sessions, retries, deadlines and errors; a node that does not serve the
+    stream gets unary calls. Every method takes ``timeout=`` to override the
+    default for that call.
 
     Writes that raise Unavailable or DeadlineExceeded may or may not have
     been applied (see client.errors).
     """
 
+    _streams: dict[str, _Stream]
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            streams, self._streams = self._streams, {}
             stubs, self._stubs = self._stubs, {}
+        for stream in streams.values():
+            stream.close()
         for s in stubs.values():
             s.channel.close()
 
@@ -228,39 +338,62 @@ class Client(_core.ClientBase):
         *,
         endpoint: str | None = None,
         timeout: float | None = None,
+        stall_timeout: float | None = None,
         on_info: Callable[[admin_pb2.BackupInfo], None] | None = None,
     ) -> admin_pb2.BackupInfo:
-        """Streams a backup file from one node into ``write``. Nodes are
-        tried in turn until one starts the stream; a stream that breaks
-        after that raises (what was written is no backup). Returns what the
-        backup is of."""
+        """Streams a backup file from one node into ``write``; returns what
+        the backup is of. A backup takes as long as its size needs, so no
+        deadline covers the whole stream: ``timeout`` (default: the
+        client's) bounds the wait for it to begin (nodes are tried in turn
+        until one starts it, each for at most the client's
+        ``attempt_timeout``), and ``stall_timeout`` (default: the larger of
+        ``timeout`` and 30 s) any wait for its next piece. A stream that
+        breaks or stalls after it began raises (what was written is no
+        backup)."""
         total = self.timeout if timeout is None else _core.check_timeout(timeout)
+        stall = max(total, 30.0) if stall_timeout is None else _core.check_timeout(stall_timeout)
         deadline = time.monotonic() + total
         targets = [_core.parse_endpoints([endpoint])[0]] if endpoint else list(self.endpoints)
         last: tuple[grpc.RpcError, str] | None = None
         for target in targets:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if self._policy.attempt_timeout is not None:
+                left = min(left, self._policy.attempt_timeout)
             stream = self._stubs_for(target).admin.Backup(
-                admin_pb2.BackupRequest(),
-                timeout=max(0.001, deadline - time.monotonic()),
-                metadata=self._metadata,
+                admin_pb2.BackupRequest(), metadata=self._metadata
             )
             info: admin_pb2.BackupInfo | None = None
-            try:
-                for message in stream:
-                    if info is None:
-                        info = message.info
-                        if on_info is not None:
-                            on_info(info)
-                    write(message.data)
-            except grpc.RpcError as error:
-                if info is not None:  # broken mid-file: what was written is no backup
-                    raise _core.error_from("Backup", error, target) from None
-                last = (error, target)
-                continue
+            with _Watchdog(stream, left) as watchdog:
+                try:
+                    for message in stream:
+                        if info is None:
+                            info = message.info
+                            if on_info is not None:
+                                on_info(info)
+                        write(message.data)
+                        watchdog.rearm(stall)
+                except grpc.RpcError as error:
+                    if watchdog.fired and info is None:
+                        continue  # no answer in time: try the next node
+                    if watchdog.fired:
+                        raise DeadlineExceeded(
+                            f"Backup: no data from {target} for {stall:g} s: the backup stalled",
+                            endpoint=target,
+                        ) from None
+                    if info is not None:  # broken mid-file: what was written is no backup
+                        raise _core.error_from("Backup", error, target) from None
+                    last = (error, target)
+                    continue
+                except BaseException:
+                    stream.cancel()  # e.g. ``write`` failed: the node stops too
+                    raise
             if info is None:
                 raise Unavailable(f"{target} ended the backup stream before sending anything")
             return info
-        assert last is not None
+        if last is None:
+            raise DeadlineExceeded(f"Backup: no node started the backup within {total:g} s")
         raise _core.error_from("Backup", *last) from None
 
     # -- machinery ----------------------------------------------------------------
@@ -281,6 +414,42 @@ class Client(_core.ClientBase):
                     channel = self._channel(endpoint)
                     stubs = self._stubs[endpoint] = _Stubs(channel)
         return stubs
+
+    def _stream_to(self, endpoint: str) -> _Stream:
+        stream = self._streams.get(endpoint)
+        if stream is None or stream.ended is not None:
+            stubs = self._stubs_for(endpoint)
+            with self._lock:
+                stream = self._streams.get(endpoint)
+                if stream is None or stream.ended is not None:
+                    if self._closed:
+                        raise RuntimeError("the client is closed")
+                    stream = self._streams[endpoint] = _Stream(
+                        stubs.kv, endpoint, self._metadata, self._unary_only
+                    )
+        return stream
+
+    def _attempt(
+        self,
+        method: str,
+        rpc: Callable[[_Stubs], grpc.UnaryUnaryMultiCallable[Req, Resp]],
+        request: Req,
+        target: str,
+        timeout: float,
+    ) -> tuple[Resp, _stream.Metadata | None]:
+        """One attempt at ``target``: over its stream when the call has a
+        stream form, else (or when the stream cannot carry it) unary."""
+        op = _stream.op_for(method, self.transport)
+        if op is not None and target not in self._unary_only:
+            started = time.monotonic()
+            try:
+                return self._stream_to(target).call(op, request, timeout)
+            except _stream.NotCarried:
+                timeout = max(0.001, timeout - (time.monotonic() - started))
+        response, call = rpc(self._stubs_for(target)).with_call(
+            request, timeout=timeout, metadata=self._metadata
+        )
+        return response, call.trailing_metadata()
 
     def _write(
         self,
@@ -326,13 +495,53 @@ class Client(_core.ClientBase):
             if session is not None:
                 request.session.CopyFrom(self._sessions.session(session))  # type: ignore[attr-defined]
             try:
-                response, call = rpc(self._stubs_for(target)).with_call(
-                    request, timeout=attempt_timeout, metadata=self._metadata
-                )
+                response, trailing = self._attempt(method, rpc, request, target, attempt_timeout)
             except grpc.RpcError as error:
                 pause = attempts.failed(target, error)
                 if pause > 0:
                     time.sleep(pause)
                 continue
-            attempts.succeeded(call.trailing_metadata())
+            attempts.succeeded(trailing)
             return response
+
+
+class _Cancellable(Protocol):
+    def cancel(self) -> Any: ...
+
+
+class _Watchdog:
+    """Cancels ``call`` when it is not re-armed in time: a deadline that
+    moves forward with every piece of a stream (a deadline for the whole
+    call would cut a large backup short)."""
+
+    def __init__(self, call: _Cancellable, seconds: float) -> None:
+        self._call = call
+        self._cond = threading.Condition()
+        self._due = time.monotonic() + seconds
+        self._stopped = False
+        self.fired = False
+        self._thread = threading.Thread(target=self._run, name="backup-watchdog", daemon=True)
+        self._thread.start()
+
+    def rearm(self, seconds: float) -> None:
+        with self._cond:
+            self._due = time.monotonic() + seconds
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                left = self._due - time.monotonic()
+                if left <= 0:
+                    self.fired = True
+                    self._call.cancel()
+                    return
+                self._cond.wait(left)
+
+    def __enter__(self) -> _Watchdog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join()

@@ -137,12 +137,11 @@ class InProcessNode:
         transport = MemoryTransport(cluster.network, self.id)
         transport.addresses = runtime.addresses
         runtime.transport = transport
-        limits = runtime.config.limits
         api = NodeAPI(
             runtime,
             encode_result,
             decode_result,
-            InputLimits(limits.max_key_bytes, limits.max_value_bytes, limits.max_range_limit),
+            InputLimits.of(runtime.config.limits),
             forward=cluster.network.forwarder(self.id),
         )
         membership = MembershipChanges(runtime)
