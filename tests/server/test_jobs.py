@@ -16,6 +16,7 @@ from ramraft.server.inprocess import ClusterHarness, Faults
 from ramraft.server.jobs import EVERY_NODE, JobStopped
 from ramraft.server.machines.embed import encode_call
 from ramraft.server.request_errors import NotLeader
+from ramraft.server.web.metrics import NodeMetrics
 from tests.server.apps.ticker import TICK_EVERY, Ticker, ticking
 
 Make = Callable[..., ClusterHarness]
@@ -187,6 +188,12 @@ def test_a_failing_job_is_retried_with_backoff_and_the_node_serves_on(
     (report,) = cluster.node(cluster.leader()).jobs.report()
     assert report.failures == len(attempts) and report.state == "retrying"
     assert report.last_error == "RuntimeError: the mail server is down"
+    # /metrics counts the failures where the job runs (server/web/metrics.py).
+    node = cluster.node(cluster.leader())
+    scrape = NodeMetrics(node.runtime, lambda: 0, process=False, jobs=node.jobs.report)
+    text = scrape.exposition().decode()
+    assert f'ramraft_job_failures_total{{job="flaky"}} {float(len(attempts))}' in text
+    assert 'ramraft_job_running{job="flaky",on="leader"} 1.0' in text
     assert cluster.call(None, "tick", 0, "test", 0) == 1  # commands still go through
 
 
