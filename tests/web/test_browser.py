@@ -38,10 +38,12 @@ async def role_and_leader(page: Page) -> tuple[str, str]:
 
 
 async def run(cluster: ProcessCluster, profile: Path) -> None:
-    leader, followers = roles(cluster)
-    watcher = followers[0]
-    base = f"http://{cluster.http[watcher]}"
     async with Browser.launch(profile) as browser:
+        # Roles read once Chromium has started: its start loads this 2-core
+        # machine enough to start an election now and then.
+        leader, followers = roles(cluster)
+        watcher = followers[0]
+        base = f"http://{cluster.http[watcher]}"
         status = await browser.new_page()
         await status.goto(f"{base}/")
         await status.wait_for(
