@@ -15,6 +15,8 @@
   /metrics).
 - ``security/``: tokens, roles, in-flight limits and TLS.
 - ``storage/``: the write-ahead log and snapshot files.
+- ``blobs/``: blob files beside the state (outside the log): each node's
+  store, replication to a majority, fetching from peers, the Blobs service.
 
 Arrows point inwards: server imports ``ramraft.consensus`` and
 ``ramraft.proto``, never ``ramraft.client`` or ``ramraft.tools``.

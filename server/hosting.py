@@ -55,6 +55,7 @@ from ramraft.server.machines.statemachine import CommandError, ErrorCode
 from ramraft.server.request_errors import Unavailable
 
 if TYPE_CHECKING:
+    from ramraft.server.blobs.manager import NodeBlobs
     from ramraft.server.runtime.node_api import NodeAPI
 
 log = structlog.get_logger("ramraft.hosting")
@@ -78,19 +79,39 @@ class Application:
 
 
 class AppContext:
-    """What page handlers can reach besides the model: ``request.app[CONTEXT]``.
+    """What page handlers can reach besides the model: ``request.app[CONTEXT]``
+    (the node's id and role, the key-value machine, the request path, and the
+    node's blobs as ``ctx.blobs``).
 
-    Reads of the model are plain memory reads of this node's copy: they see
-    every command this node has applied. ``await ctx.linearizable()`` first
-    makes such a read linearizable (it sees every write acknowledged anywhere
-    before the call).
+        Reads of the model are plain memory reads of this node's copy: they see
+        every command this node has applied. ``await ctx.linearizable()`` first
+        makes such a read linearizable (it sees every write acknowledged anywhere
+        before the call).
     """
 
-    def __init__(self, node_id: str, model: ReplicatedModel, kv: KVMachine, api: NodeAPI) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        model: ReplicatedModel,
+        kv: KVMachine,
+        api: NodeAPI,
+        blobs: NodeBlobs | None = None,
+    ) -> None:
         self.node_id = node_id
         self.model = model
         self.kv = kv
         self.api = api
+        self._blobs = blobs
+
+    @property
+    def blobs(self) -> NodeBlobs:
+        """The node's blobs (server/blobs/manager.py): ``await
+        ctx.blobs.put(data, content_type=...)`` stores one on a majority of
+        the nodes and returns its ``BlobRef``; ``await ctx.blobs.open(ref)``
+        streams it back."""
+        if self._blobs is None:
+            raise RuntimeError("this node keeps no blobs (it runs without the cluster record)")
+        return self._blobs
 
     async def linearizable(self, timeout: float | None = None) -> int:
         return await self.api.linearizable(timeout)

@@ -41,7 +41,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ramraft.consensus import Role
-from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc, raft_pb2
+from ramraft.proto import (
+    admin_pb2,
+    admin_pb2_grpc,
+    blobs_pb2,
+    blobs_pb2_grpc,
+    kv_pb2,
+    kv_pb2_grpc,
+    raft_pb2,
+)
+from ramraft.server.blobs.manager import BlobSettings, NodeBlobs
+from ramraft.server.blobs.store import BlobStore
 from ramraft.server.config import (
     PEER_MESSAGE_BYTES,
     PORTS_FILE,
@@ -62,6 +72,7 @@ from ramraft.server.machines.cluster import ClusterMachine
 from ramraft.server.machines.embed import ModelMachine
 from ramraft.server.machines.kv import KVMachine
 from ramraft.server.machines.statemachine import TAG_KV, TAG_MODEL, CompositeMachine
+from ramraft.server.rpc.blobs import BlobsService
 from ramraft.server.rpc.services import AdminService, KVService
 from ramraft.server.runtime.loop import RaftRuntime
 from ramraft.server.runtime.membership import MembershipChanges
@@ -172,6 +183,7 @@ class Node:
                 CompositeMachine({TAG_KV: self.kv, TAG_MODEL: model_machine}),
                 model=model_machine,
                 kv=self.kv,
+                blob_refs=model_machine.blob_refs,
             )
         elif machine is None:
             machine = ClusterMachine(self.kv, kv=self.kv)
@@ -183,6 +195,7 @@ class Node:
         self.decode_result = decode_result
         self.runtime: RaftRuntime | None = None
         self.api: NodeAPI | None = None
+        self.blobs: NodeBlobs | None = None  # with the cluster record (machines/cluster.py)
         self.membership: MembershipChanges | None = None
         self.metrics: NodeMetrics | None = None  # made by start(), with the runtime
         self.servers: list[grpc.aio.Server] = []
@@ -269,6 +282,17 @@ class Node:
         runtime.listeners.append(metrics.runtime_listener)
         if self.app is not None:
             self.app.machine.bind(model_proposer(self.api, self.app.sessions))
+        cluster = runtime.cluster
+        if cluster is not None:
+            store = BlobStore(
+                cfg.blobs.path(cfg.data_dir),
+                max_blob_bytes=cfg.blobs.max_blob_bytes,
+                reserve_bytes=cfg.blobs.reserve_bytes,
+                fsync=cfg.fsync,
+            )
+            settings = BlobSettings(cfg.blobs.gc_interval, cfg.blobs.gc_grace)
+            self.blobs = NodeBlobs(runtime, api, store, cluster.blobs, settings)
+            await self.blobs.prepare()
 
         self.peer_servicer = peer_servicer = PeerServicer(
             receive=runtime.receive,
@@ -281,6 +305,7 @@ class Node:
             refusals=self.refusals,
             cluster_id=self.steward.cluster_id,
             info=self.steward.info,
+            blobs=self.blobs,
         )
         self.kv_service = KVService(self.api, self.kv)
         self.admin_service = AdminService(self.api, self.membership, self.steward)
@@ -308,6 +333,11 @@ class Node:
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
+        if self.blobs is not None:
+            blobs_service = BlobsService(self.blobs, runtime)
+            blobs_service.observers.append(metrics.observer("grpc"))
+            blobs_pb2_grpc.add_BlobsServiceServicer_to_server(blobs_service, client_server)
+            services.append(blobs_pb2.DESCRIPTOR.services_by_name["BlobsService"].full_name)
         tls = self.tls
         if cfg.peer_listen:
             peer_server = grpc.aio.server(
@@ -350,6 +380,11 @@ class Node:
         await runtime.start()
         self._check_cluster_id()
         self.steward.start()
+        if self.blobs is not None:
+            assert runtime.core is not None
+            # Log entries up to here were in this node's log before it
+            # started: their deletions are replays (server/blobs/manager.py).
+            self.blobs.start(runtime.core.last_index)
         for server in self.servers:
             await server.start()
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -370,6 +405,7 @@ class Node:
                     tls=self.tls,
                     app=self.app,
                     peer_channel=runtime.transport.channel,
+                    blobs=self.blobs,
                 )
             )
             try:
@@ -393,6 +429,9 @@ class Node:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._health_task
+        if self.blobs is not None:
+            with contextlib.suppress(Exception):
+                await self.blobs.close()
         runtime = self.runtime
         if runtime is not None:
             with contextlib.suppress(Exception):
@@ -536,6 +575,8 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         await self.steward.close()
+        if self.blobs is not None:
+            await self.blobs.close()
         await runtime.transport.close()
         await runtime.close()
         log.info("node_stopped", id=self.config.node_id)

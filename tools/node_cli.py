@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ramraft.server.config import (
+    BlobConfig,
     ConfigError,
     NodeConfig,
     NodeLimits,
@@ -61,7 +62,8 @@ limits (excess requests get RESOURCE_EXHAUSTED / HTTP 429 at once; memory is
 bounded by about --max-inflight x --max-request-bytes plus the data):
   --max-key-bytes, --max-value-bytes, --max-request-bytes, --max-http-body-bytes,
   --max-inflight, --max-inflight-per-connection, --max-connections,
-  --max-pending-requests, --max-range-page, --snapshot-chunk-bytes
+  --max-pending-requests, --max-range-page, --snapshot-chunk-bytes,
+  --max-blob-bytes, --blob-reserve-bytes (RESOURCE_EXHAUSTED / HTTP 507)
 """
 
 
@@ -130,6 +132,7 @@ def _limit(flag: str, default: int, text: str) -> Setting:
 
 
 _LIMITS = NodeLimits()
+_BLOBS = BlobConfig()
 
 NODE_SETTINGS: tuple[Setting, ...] = (
     Setting("id", "this node's id", metavar="ID"),
@@ -222,6 +225,26 @@ NODE_SETTINGS: tuple[Setting, ...] = (
         metavar="N",
     ),
     Setting(
+        "blob-dir",
+        "where blob files live (default: <data-dir>/blobs); on a shared file system only if "
+        "it is this node's own directory there (README: Blobs)",
+        metavar="DIR",
+    ),
+    Setting(
+        "blob-gc-interval",
+        "seconds between the leader's blob collections (0: none)",
+        int(_BLOBS.gc_interval),
+        int,
+        metavar="SECONDS",
+    ),
+    Setting(
+        "blob-gc-grace",
+        "seconds a blob stays after its last upload or last reference",
+        int(_BLOBS.gc_grace),
+        int,
+        metavar="SECONDS",
+    ),
+    Setting(
         "tls-cert",
         "this node's certificate (PEM); with --tls-key and --tls-ca turns TLS on for every port",
         group="tls",
@@ -294,6 +317,13 @@ NODE_SETTINGS: tuple[Setting, ...] = (
         "snapshot-chunk-bytes",
         _LIMITS.snapshot_chunk_bytes,
         "data bytes per InstallSnapshot chunk this node sends",
+    ),
+    _limit("max-blob-bytes", _BLOBS.max_blob_bytes, "largest blob taken (uploads and copies)"),
+    _limit(
+        "blob-reserve-bytes",
+        _BLOBS.reserve_bytes,
+        "refuse blobs (RESOURCE_EXHAUSTED, HTTP 507) that would leave less than this free on "
+        "the blob directory's file system",
     ),
 )
 
@@ -397,6 +427,13 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         health_listen=args.health_listen,
         cluster_id=args.cluster_id,
         check_entries=args.check_entries,
+        blobs=BlobConfig(
+            directory=args.blob_dir,
+            max_blob_bytes=args.max_blob_bytes,
+            reserve_bytes=args.blob_reserve_bytes,
+            gc_interval=args.blob_gc_interval,
+            gc_grace=args.blob_gc_grace,
+        ),
     )
     config.validate()
     return config

@@ -9,9 +9,9 @@ Tokens
         write    orders    sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
         read     grafana   7d793037a0760186574b0282f2f435e7
 
-    Roles nest: ``read`` reads (KV Get/Range, Admin Status/Members, the web
-    tier's pages, /metrics); ``write`` also writes (Put/Delete/CAS, writes
-    over HTTP); ``admin`` also changes the cluster (TransferLeadership,
+    Roles nest: ``read`` reads (KV Get/Range, Admin Status/Members, GetBlob,
+    the web tier's pages, /metrics); ``write`` also writes (Put/Delete/CAS,
+    PutBlob/DeleteBlob, writes over HTTP); ``admin`` also changes the cluster (TransferLeadership,
     AddMember, RemoveMember, Snapshot). NAME shows in logs; the token never
     does. The file is re-read when it changes (at most once a second).
 
@@ -281,6 +281,9 @@ GRPC_ROLES: dict[str, AccessRole] = {
     "/ramraft.v1.Admin/CheckState": AccessRole.ADMIN,
     # A backup is every key and value: as much as reading them all, and more.
     "/ramraft.v1.Admin/Backup": AccessRole.ADMIN,
+    "/ramraft.v1.BlobsService/PutBlob": AccessRole.WRITE,
+    "/ramraft.v1.BlobsService/GetBlob": AccessRole.READ,
+    "/ramraft.v1.BlobsService/DeleteBlob": AccessRole.WRITE,
 }
 # Served to anyone, outside the in-flight limits.
 OPEN_PREFIXES = (
@@ -384,6 +387,8 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
             return self._guard_stream(handler, token)
         if handler.unary_stream is not None:
             return self._guard_server_stream(method, handler, token)
+        if handler.stream_unary is not None:
+            return self._guard_client_stream(method, handler, token)
         inner = handler.unary_unary
         if inner is None:  # the other client methods are unary; anything else is not ours
             return grpc.unary_unary_rpc_method_handler(
@@ -447,6 +452,35 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
                 self.limiter.leave(connection)
 
         return grpc.stream_stream_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _guard_client_stream(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any], token: str | None
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """A stream of requests and one answer (Blobs.PutBlob): admitted as
+        a unary call is (role, then an in-flight slot) before the first
+        request is read, holding its slot until the answer."""
+        inner = handler.stream_unary
+        assert inner is not None
+        required = GRPC_ROLES.get(method, AccessRole.ADMIN)
+
+        async def guarded(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Any:
+            await self._authorize(method, required, token, context)
+            connection = context.peer()
+            refused = self.limiter.enter(connection)
+            if refused is not None:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+            try:
+                return await inner(requests, context)  # type: ignore[arg-type]
+            finally:
+                self.limiter.leave(connection)
+
+        return grpc.stream_unary_rpc_method_handler(
             guarded,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,

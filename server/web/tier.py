@@ -15,6 +15,8 @@ server process -- and awaits the same in-process calls as the gRPC servicers
 ``GET /v1/kv/{key}``, ``PUT /v1/kv/{key}``, ``DELETE /v1/kv/{key}``
     The key-value machine; ``GET /v1/kv?prefix=&start_after=&limit=`` lists
     keys; ``POST /v1/cas/{key}`` compares and swaps. See :class:`KVRoutes`.
+``/v1/blobs/{sha256}``, ``POST /v1/blobs``
+    Blobs: download (Range, ETag), upload, delete (web/blobs.py).
 ``GET /metrics``
     Prometheus text format (web/metrics.py).
 ``GET /healthz``, ``GET /readyz``
@@ -37,7 +39,8 @@ with CODE one of ``invalid_argument`` (400), ``unauthenticated`` (401),
 ``permission_denied`` (403), ``not_found`` (404),
 ``method_not_allowed`` (405), ``failed_precondition`` (409, a session's
 write refused), ``payload_too_large`` (413), ``unsupported_media_type``
-(415), ``overloaded`` (429), ``unavailable`` (503, with ``leader`` and
+(415), ``overloaded`` (429), ``insufficient_storage`` (507, a blob the disk
+has no room for), ``unavailable`` (503, with ``leader`` and
 ``leader_address`` when known, and a ``Ramraft-Leader`` header naming the
 leader's gRPC address) and ``deadline_exceeded`` (504); an application
 command that failed is ``command_failed`` (409). The errors of the node are
@@ -82,6 +85,7 @@ from ramraft.server.rpc.services import value_before
 from ramraft.server.runtime.node_api import InputLimits
 from ramraft.server.runtime.status import RuntimeReports, RuntimeStatus
 from ramraft.server.security.auth import Principal, bearer_token, http_required_role
+from ramraft.server.web.blobs import BlobRoutes
 from ramraft.server.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ramraft.server.web.status_page import render_status_page
 from ramraft.server.web.view import WebTierView
@@ -480,6 +484,8 @@ class WebTier:
         kv.add_route("PUT", self.kv.put)
         kv.add_route("DELETE", self.kv.delete)
         router.add_post("/v1/cas/{key:.*}", self.kv.cas)
+        if view.blobs is not None:
+            BlobRoutes(view.blobs).add_to(router)
         router.add_get("/metrics", self.metrics)
         router.add_get("/healthz", self.healthz)
         router.add_get("/readyz", self.readyz)
@@ -487,7 +493,9 @@ class WebTier:
         hosted = view.app
         if hosted is not None:
             sub = web.Application()
-            self.app_context = AppContext(view.node_id, hosted.app.model, view.kv, view.api)
+            self.app_context = AppContext(
+                view.node_id, hosted.app.model, view.kv, view.api, blobs=view.blobs
+            )
             sub[CONTEXT] = self.app_context
             sub.add_routes(list(hosted.app.routes))
             if hosted.app.setup is not None:
