@@ -300,15 +300,14 @@ class NodeBlobs(CatalogListener):
         return None if entry is None else BlobRef(digest, entry.size, entry.content_type)
 
     async def find(self, ref: object, timeout: float | None = None) -> BlobRef:
-        """The blob's reference; raises NotFound. A blob this node does not
-        know yet is looked up again after a linearizable read point, so a
-        blob put anywhere before the call is found."""
-        found = self.stat(ref)
+        """The blob's reference, read linearizably (after a read point, so
+        a blob put or deleted anywhere before the call is seen as such);
+        raises NotFound."""
+        digest = _digest(ref)
+        await self.api.linearizable(timeout)
+        found = self.stat(digest)
         if found is None:
-            await self.api.linearizable(timeout)
-            found = self.stat(ref)
-        if found is None:
-            raise NotFound(f"no blob {_digest(ref)}")
+            raise NotFound(f"no blob {digest}")
         return found
 
     async def open(

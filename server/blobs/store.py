@@ -43,7 +43,6 @@ from ramraft.server.storage._fs import datasync, fsync_dir, write_all
 log = structlog.get_logger("ramraft.blobs")
 
 PIECE = 1 << 20  # bytes per disk write and per chunk read back
-_SPACE_CHECK_EVERY = 16 << 20  # bytes written between free-space checks
 _HEX_NAME = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -226,17 +225,16 @@ class BlobStore:
         incoming = Incoming(self, path, fd)
         try:
             buffer = bytearray()
-            checked = 0
             async for piece in pieces:
                 buffer += piece
                 if incoming.size + len(buffer) > self.max_blob_bytes:
                     self.check_size(incoming.size + len(buffer))
                 if len(buffer) >= PIECE:
+                    # Other blobs (and the WAL) fill the disk too: look again
+                    # before every piece (a statvfs costs microseconds).
+                    self.check_space(max(len(buffer), (size or 0) - incoming.size))
                     await incoming.write(bytes(buffer))
                     buffer.clear()
-                    if incoming.size - checked >= _SPACE_CHECK_EVERY:
-                        checked = incoming.size
-                        self.check_space(max(0, (size or 0) - incoming.size))
             if buffer:
                 await incoming.write(bytes(buffer))
             digest = await incoming.finish()
