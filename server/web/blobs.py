@@ -86,7 +86,8 @@ class BlobRoutes:
     def add_to(self, router: web.UrlDispatcher) -> None:
         router.add_post(BLOBS_PATH, self.post)
         resource = router.add_resource(BLOBS_PATH + "/{sha256}")
-        resource.add_route("GET", self.get)  # also HEAD
+        resource.add_route("GET", self.get)
+        resource.add_route("HEAD", self.get)
         resource.add_route("PUT", self.put)
         resource.add_route("DELETE", self.delete)
 
