@@ -4,6 +4,7 @@ The public API, importable from here::
 
     from ramraft import Client, AsyncClient                      # gRPC clients
     from ramraft import ReplicatedModel, command, Application    # your own objects
+    from ramraft import BlobRef                                   # files beside them (blobs)
 
 Everything else lives in the sub-packages, each with a docstring saying what
 belongs there: ``ramraft.client`` (the client library), ``ramraft.server``
@@ -25,11 +26,13 @@ from ramraft._version import __version__
 if TYPE_CHECKING:
     from ramraft.client import AsyncClient, Client
     from ramraft.server.hosting import Application
+    from ramraft.server.machines.blobs import BlobRef
     from ramraft.server.machines.embed import ReplicatedModel, command
 
 __all__ = [
     "Application",
     "AsyncClient",
+    "BlobRef",
     "Client",
     "ReplicatedModel",
     "__version__",
@@ -42,6 +45,7 @@ _LAZY = {
     "ReplicatedModel": "ramraft.server.machines.embed",
     "command": "ramraft.server.machines.embed",
     "Application": "ramraft.server.hosting",
+    "BlobRef": "ramraft.server.machines.blobs",
 }
 
 
