@@ -309,6 +309,7 @@ class Node:
         )
         self.kv_service = KVService(self.api, self.kv)
         self.admin_service = AdminService(self.api, self.membership, self.steward)
+        self.admin_service.blobs = self.blobs
         self.kv_service.observers.append(metrics.observer("grpc"))
         self.admin_service.observers.append(metrics.observer("grpc"))
         node_limits = cfg.limits

@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ramraft.server.blobs.backup import restore_blobs, verify_blob_section
 from ramraft.server.machines.cluster import ClusterState, valid_cluster_id
 from ramraft.server.machines.inspect import StateSummary, inspect_state
 from ramraft.server.machines.statemachine import SnapshotError
@@ -59,6 +60,9 @@ def verify_backup(path: str | os.PathLike[str], *, model: Any = None) -> tuple[A
                 f"{reader.path}: the state is at index {summary.index}, the header says "
                 f"{header.index}"
             )
+        if header.blobs:
+            # Every blob hashes to its name (server/blobs/backup.py).
+            verify_blob_section(reader.blob_section(), header.blobs["count"], header.blobs["bytes"])
     return header, summary
 
 
@@ -82,6 +86,7 @@ def _summary_json(header: Any, summary: StateSummary) -> dict[str, Any]:
         "node": header.node,
         "keys": summary.keys,
         "kv_sessions": summary.kv_sessions,
+        "blobs": header.blobs["count"] if header.blobs else 0,
         "models": [
             {"name": m.name, "attributes": m.attributes, "sessions": m.sessions}
             for m in summary.models
@@ -113,6 +118,8 @@ def run_verify(path: str, as_json: bool, app: str | None) -> int:
     print(f"  taken by {header.node} at {header.created}")
     print(f"  app version {header.app_version}, key-value version {header.kv_version}")
     print(f"  keys: {summary.keys} (sessions: {summary.kv_sessions})")
+    if header.blobs:
+        print(f"  blobs: {header.blobs['count']} ({header.blobs['bytes']:,} bytes, each checked)")
     for m in summary.models:
         attrs = ", ".join(f"{k}: {v}" for k, v in m.attributes.items())
         print(f"  model {m.name}: {attrs or 'no attributes'} (sessions: {m.sessions})")
@@ -134,11 +141,19 @@ def _empty(directory: Path) -> bool:
 
 
 def prepare_data_dir(
-    path: str, data_dir: Path, node_id: str, peers: dict[str, str], cluster_id: str, force: bool
+    path: str,
+    data_dir: Path,
+    node_id: str,
+    peers: dict[str, str],
+    cluster_id: str,
+    force: bool,
+    blob_dir: Path | None = None,
 ) -> tuple[Any, str]:
     """Write a data directory holding the backup's state as a snapshot, in a
     temporary directory next to ``data_dir``, renamed into place at the end
-    (never half-written). Returns (header, cluster id)."""
+    (never half-written). The backup's blobs go to ``blob_dir`` (each file
+    whole or not at all), by default the data directory's ``blobs/``.
+    Returns (header, cluster id)."""
     from ramraft.consensus import NO_NODE, ConfState, HardState, SnapshotMeta
     from ramraft.server.storage import open_storage, write_snapshot_header
 
@@ -171,6 +186,10 @@ def prepare_data_dir(
                 )
             finally:
                 log_store.close()
+            if header.blobs:
+                restore_blobs(
+                    reader.blob_section(), header.blobs["count"], blob_dir or staging / "blobs"
+                )
             if data_dir.exists():
                 shutil.rmtree(data_dir)
             os.replace(staging, data_dir)
@@ -197,7 +216,13 @@ def run_restore(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     try:
         header, cluster_id = prepare_data_dir(
-            args.file, Path(args.data_dir), args.id, peers, args.cluster_id or "", args.force
+            args.file,
+            Path(args.data_dir),
+            args.id,
+            peers,
+            args.cluster_id or "",
+            args.force,
+            Path(args.blob_dir) if args.blob_dir else None,
         )
     except BackupError as exc:
         print(f"ramraft: error: {exc}", file=sys.stderr)
@@ -205,9 +230,10 @@ def run_restore(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"ramraft: error: --data-dir {args.data_dir}: {exc.strerror}", file=sys.stderr)
         return EXIT_ERROR
+    blobs = f" with {header.blobs['count']} blobs" if header.blobs else ""
     print(
-        f"restored index {header.index} (term {header.term}) into {args.data_dir} as node "
-        f"{args.id} of the new cluster {cluster_id}"
+        f"restored index {header.index} (term {header.term}){blobs} into {args.data_dir} as "
+        f"node {args.id} of the new cluster {cluster_id}"
     )
     print(
         f"start it with: ramraft node --id {args.id} --peers {args.peers} --data-dir "
@@ -381,4 +407,9 @@ def register(sub: Any) -> None:
     )
     r.add_argument("--cluster-id", default="", help="name the new cluster (default: derived)")
     r.add_argument("--force", action="store_true", help="replace a non-empty --data-dir")
+    r.add_argument(
+        "--blob-dir",
+        default="",
+        help="where the node keeps blobs, if not in --data-dir/blobs (its --blob-dir)",
+    )
     r.set_defaults(func=run_restore)

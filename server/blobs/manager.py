@@ -349,6 +349,33 @@ class NodeBlobs(CatalogListener):
         _check_result(result)
         return bool(result), index
 
+    # ---- backups ------------------------------------------------------------------------------
+
+    def backup_entries(self) -> list[tuple[str, BlobEntry]]:
+        """The catalog, as a backup's view holds it (call in the loop turn
+        that takes the view)."""
+        return sorted(self.catalog.entries.items())
+
+    async def gather_for_backup(
+        self, entries: list[tuple[str, BlobEntry]], timeout: float | None
+    ) -> None:
+        """Every blob of a backup on this node's disk, fetched from the peers
+        where missing; refuses the backup (Unavailable) naming a blob no
+        member could send."""
+        deadline = Deadline(timeout if timeout is not None else PUT_TIMEOUT)
+        for digest, _ in entries:
+            if self.store.on_disk(digest):
+                continue
+            self.store.present.discard(digest)  # lost from the disk: fetch it again
+            try:
+                await self.ensure(digest, timeout=deadline.check())
+            except (RequestError, TimeoutError) as e:
+                raise Unavailable(
+                    f"the backup is refused: its state names blob {digest}, which this node "
+                    f"lacks and could not fetch ({error_message(e)}); try again when every "
+                    "node is up"
+                ) from e
+
     # ---- replication --------------------------------------------------------------------------
 
     async def _replicate(self, digest: str, size: int, index: int, deadline: Deadline) -> None:

@@ -25,12 +25,13 @@ size is announced and again while bytes arrive.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
 import secrets
 import shutil
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,8 @@ class BlobStore:
         self.fsync = fsync
         self.present: set[str] = set()
         """The blobs with a whole file here (a rename done, no deletion asked)."""
+        self._holds = 0  # hold_deletions() in force (a backup reading the files)
+        self._deferred: set[str] = set()  # deletions waiting for the holds to end
         self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ramraft-blob-io")
         self._ordered = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ramraft-blob-files")
 
@@ -265,6 +268,7 @@ class BlobStore:
 
     async def commit(self, incoming: Incoming) -> None:
         """Rename the received file to its digest (in the ordered thread)."""
+        self._deferred.discard(incoming.sha256)  # put again: the file stays
         await self._run_ordered(self._rename_into_place, incoming)
         self.present.add(incoming.sha256)
 
@@ -301,7 +305,29 @@ class BlobStore:
 
     def delete(self, digests: list[str]) -> asyncio.Future[Any]:
         """Delete these blobs' files (in the ordered thread, after every
-        rename asked for before)."""
+        rename asked for before; after the last hold, while there is one)."""
         for sha256 in digests:
             self.present.discard(sha256)
+        if self._holds:
+            self._deferred.update(digests)
+            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
         return self._run_ordered(self._unlink, list(digests))
+
+    @contextlib.contextmanager
+    def hold_deletions(self) -> Iterator[None]:
+        """Keep every file in place while held (a backup streams them);
+        the deletions asked for meanwhile run when the last hold ends."""
+        self._holds += 1
+        try:
+            yield
+        finally:
+            self._holds -= 1
+            if not self._holds and self._deferred:
+                doomed, self._deferred = sorted(self._deferred), set()
+                self._run_ordered(self._unlink, doomed)
+
+    def on_disk(self, sha256: str) -> bool:
+        """Whether the file is there (also a blob whose deletion is held)."""
+        return self.path(sha256).exists()
