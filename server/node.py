@@ -51,6 +51,7 @@ from ramraft.proto import (
     raft_pb2,
 )
 from ramraft.server.blobs.manager import BlobSettings, NodeBlobs
+from ramraft.server.blobs.metrics import BlobCollector
 from ramraft.server.blobs.store import BlobStore
 from ramraft.server.config import (
     PEER_MESSAGE_BYTES,
@@ -293,6 +294,7 @@ class Node:
             settings = BlobSettings(cfg.blobs.gc_interval, cfg.blobs.gc_grace)
             self.blobs = NodeBlobs(runtime, api, store, cluster.blobs, settings)
             await self.blobs.prepare()
+            metrics.registry.register(BlobCollector(self.blobs))
 
         self.peer_servicer = peer_servicer = PeerServicer(
             receive=runtime.receive,

@@ -90,3 +90,24 @@ def test_errors_are_json(kv_cluster: ProcessCluster) -> None:
     assert http(node, "DELETE", f"/v1/blobs/{digest}").json()["deleted"] is True
     assert http(node, "GET", f"/v1/blobs/{digest}").status == 404
     assert http(node, "DELETE", f"/v1/blobs/{digest}").json()["deleted"] is False
+
+
+def test_metrics_count_blobs(kv_cluster: ProcessCluster) -> None:
+    _enabled(kv_cluster)
+    node = kv_cluster.http[kv_cluster.ids[2]]
+    assert http(node, "POST", "/v1/blobs", b"counted").status == 201
+
+    def scrape() -> dict[str, float]:
+        text = http(node, "GET", "/metrics").body.decode()
+        return {
+            line.split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith("ramraft_blob")
+        }
+
+    # Every blob reaches every node: what this one lacks it fetches.
+    wait_until(lambda: scrape()["ramraft_blobs_missing"] == 0, 30, "no blob missing")
+    values = scrape()
+    assert values["ramraft_blobs"] >= 1 and values["ramraft_blob_bytes"] >= 7
+    assert values["ramraft_blob_disk_free_bytes"] > 0
+    assert "ramraft_blobs_fetched_total" in values and "ramraft_blobs_deleted_total" in values
