@@ -170,7 +170,7 @@ async def run(root: Path, count: int, size: int, parallel: int) -> int:
             endpoint, digest = item
             sink = Hashing()
             with Client(endpoint, timeout=30) as client:
-                client.read_blob(digest, sink, timeout=600)  # type: ignore[arg-type]
+                client.read_blob(digest, sink, timeout=600)
             if sink.hash.hexdigest() != digest:
                 with lock:
                     bad.append(f"{endpoint} {digest}")

@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from types import TracebackType
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -240,7 +240,7 @@ class AsyncClient(_core.ClientBase):
     ) -> _blobs.BlobInfo:
         """Uploads a blob (see ``Client.put_blob``; ``data`` may also be an
         async iterable of bytes). Files are read in a worker thread."""
-        upload = _blobs.Upload(data, content_type)  # type: ignore[arg-type]
+        upload = _blobs.Upload(data, content_type)
         attempts = _blobs.Attempts(self.endpoints, timeout)
         while True:
             target = attempts.next()
@@ -261,7 +261,7 @@ class AsyncClient(_core.ClientBase):
     async def read_blob(
         self,
         ref: object,
-        out: BinaryIO | str | os.PathLike[str],
+        out: _blobs.Writable | str | os.PathLike[str],
         *,
         offset: int = 0,
         length: int | None = None,

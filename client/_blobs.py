@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import grpc
 
@@ -36,6 +36,13 @@ _HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 
 BlobSource = bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO | Iterable[bytes]
+
+
+class Writable(Protocol):
+    """Where a download may go: anything with ``write(bytes)`` (a binary
+    file, a hash, a socket wrapper)."""
+
+    def write(self, data: bytes, /) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,7 @@ class Upload:
     """The messages of one PutBlob call, from bytes, a path, a binary file or
     an iterable of bytes. ``replayable``: the bytes can be sent again."""
 
-    def __init__(self, data: BlobSource, content_type: str | None) -> None:
+    def __init__(self, data: BlobSource | AsyncIterable[bytes], content_type: str | None) -> None:
         self._data = data
         self._path: str | None = None
         self._start = 0
@@ -143,10 +150,12 @@ class Upload:
                 yield blobs_pb2.PutBlobRequest(data=bytes(piece))
             return
         pieces = self._pieces()
-        done = object()
-        while (piece := await asyncio.to_thread(next, pieces, done)) is not done:
-            assert isinstance(piece, bytes)
-            yield blobs_pb2.PutBlobRequest(data=piece)
+
+        def next_piece() -> bytes | None:
+            return next(pieces, None)
+
+        while (chunk := await asyncio.to_thread(next_piece)) is not None:
+            yield blobs_pb2.PutBlobRequest(data=chunk)
 
 
 class Attempts:
@@ -192,7 +201,7 @@ class Output:
     or a path, written to a temporary file beside it, fsynced and renamed
     into place only once the whole blob arrived."""
 
-    def __init__(self, out: BinaryIO | str | os.PathLike[str]) -> None:
+    def __init__(self, out: Writable | str | os.PathLike[str]) -> None:
         self._path: str | None = None
         self._temporary: str | None = None
         if isinstance(out, str | os.PathLike):

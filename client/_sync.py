@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -307,14 +307,15 @@ class Client(_core.ClientBase):
     def read_blob(
         self,
         ref: object,
-        out: BinaryIO | str | os.PathLike[str],
+        out: _blobs.Writable | str | os.PathLike[str],
         *,
         offset: int = 0,
         length: int | None = None,
         timeout: float | None = None,
     ) -> _blobs.BlobInfo:
         """Downloads a blob (from ``offset``, ``length`` bytes at most) into
-        a binary file, or into a path (written whole or not at all). A
+        a binary file (anything with ``write``), or into a path (written
+        whole or not at all). A
         broken download goes on where it stopped, on another node."""
         digest = _blobs.blob_ref(ref)
         output = _blobs.Output(out)

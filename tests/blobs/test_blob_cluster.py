@@ -58,12 +58,34 @@ def payload(seed: int, size: int = 2 << 20) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
+class Hashing:
+    """A write-only sink that hashes what it gets (a download, byte-equal
+    to the upload iff the digest matches, never held whole)."""
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return len(data)
+
+
 def rotated(ids: list[str], by: int) -> list[str]:
     return ids[by % len(ids) :] + ids[: by % len(ids)]
 
 
+@pytest.mark.parametrize(
+    ("size", "count"),
+    [
+        pytest.param(2 << 20, 18, id="18x2MiB"),
+        # The issue's long form: 200 blobs of 20 MiB (4 GiB on each node's disk).
+        pytest.param(20 << 20, 200, id="200x20MiB", marks=pytest.mark.slow),
+    ],
+)
 def test_every_acknowledged_blob_is_on_every_node_after_a_kill_and_a_wipe(
-    tmp_path: Path,
+    tmp_path: Path, size: int, count: int
 ) -> None:
     # Small snapshots: the wiped node catches up from a snapshot, whose
     # catalog trailer tells it which blobs to fetch.
@@ -79,14 +101,16 @@ def test_every_acknowledged_blob_is_on_every_node_after_a_kill_and_a_wipe(
             endpoints = cluster.endpoints(rotated(cluster.ids, seed))
             try:
                 with Client(endpoints, timeout=30) as client:
-                    info = client.put_blob(payload(seed), timeout=30)
+                    info = client.put_blob(payload(seed, size), timeout=120)
             except RamraftError:
                 continue  # not acknowledged: nothing is promised
-            assert info.sha256 == hashlib.sha256(payload(seed)).hexdigest()
+            assert info.sha256 == hashlib.sha256(payload(seed, size)).hexdigest()
             acked[info.sha256] = seed
 
-    def wait_acked(count: int) -> None:
-        cluster.wait_until(lambda: len(acked) >= count, 120, f"{count} blobs acknowledged")
+    def wait_acked(share: float) -> None:
+        wanted = max(1, round(count * share))
+        timeout = 120 + wanted * size / (1 << 20)  # generous: a shared, loaded machine
+        cluster.wait_until(lambda: len(acked) >= wanted, timeout, f"{wanted} blobs acknowledged")
 
     with cluster:
         cluster.wait_for_leader()
@@ -95,11 +119,11 @@ def test_every_acknowledged_blob_is_on_every_node_after_a_kill_and_a_wipe(
         for worker in workers:
             worker.start()
         try:
-            wait_acked(4)
+            wait_acked(0.2)
             victim = cluster.kill_leader()  # kill -9, uploads in flight
-            wait_acked(8)
+            wait_acked(0.4)
             cluster.start_nodes([victim])
-            wait_acked(12)
+            wait_acked(0.6)
             wiped = next(n for n in cluster.ids if n != cluster.wait_for_leader())
             others = [n for n in cluster.ids if n != wiped]
             with Client(cluster.endpoints(others), timeout=30) as client:
@@ -110,25 +134,28 @@ def test_every_acknowledged_blob_is_on_every_node_after_a_kill_and_a_wipe(
             cluster.start_nodes([wiped])
             with Client(cluster.endpoints(others), timeout=30) as client:
                 client.add_member(wiped, cluster.grpc[wiped])
-            wait_acked(18)
+            wait_acked(1.0)
         finally:
             stop.set()
             for worker in workers:
-                worker.join(timeout=120)
+                worker.join(timeout=300)
         for node in cluster.ids:
             cluster.wait_caught_up(node, timeout=60)
         # Every node fetched every acknowledged blob in the background ...
         cluster.wait_until(
             lambda: all(set(acked) <= cluster.files(n) for n in cluster.ids),
-            120,
+            120 + len(acked) * size / (1 << 20),
             "every acknowledged blob on every node's disk",
         )
         assert "snapshot_received" in cluster.node_log(wiped)
         # ... and serves it, byte-equal.
         for node in cluster.ids:
             with Client(cluster.grpc[node], timeout=30) as client:
-                for digest, seed in acked.items():
-                    assert client.get_blob(digest) == payload(seed), (node, digest)
+                for digest in acked:
+                    sink = Hashing()
+                    client.read_blob(digest, sink, timeout=120)
+                    assert sink.hash.hexdigest() == digest, (node, digest)
+                    assert sink.size == size
 
 
 def test_a_whole_cluster_restart_replays_a_delete_without_losing_a_later_upload(
