@@ -67,6 +67,7 @@ from ramraft.server.machines.blobs import (
     BlobEntry,
     BlobRef,
     CatalogListener,
+    blobs_not_active,
     check_content_type,
     parse_sha256,
 )
@@ -220,10 +221,7 @@ class NodeBlobs(CatalogListener):
     def check_enabled(self) -> None:
         kv_version = self.runtime.cluster_state().kv_version
         if kv_version < BLOBS_KV_VERSION:
-            raise CommandRefused(
-                f"blobs need key-value version {BLOBS_KV_VERSION}; the cluster runs version "
-                f"{kv_version} until every node's code supports it (the leader switches then)"
-            )
+            raise CommandRefused(blobs_not_active(kv_version))
 
     async def put(
         self,

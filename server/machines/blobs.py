@@ -74,8 +74,10 @@ __all__ = [
     "BlobRef",
     "CatalogListener",
     "blob_ref_set",
+    "blobs_not_active",
     "check_content_type",
     "parse_sha256",
+    "read_catalog_trailer",
 ]
 
 BLOBS_KV_VERSION = 2
@@ -89,6 +91,14 @@ _CHUNK = 4096
 _HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 _CONTENT_TYPE = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,254}$")
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+
+def blobs_not_active(kv_version: int) -> str:
+    """Why a blob command is refused in a cluster that runs ``kv_version``."""
+    return (
+        f"blobs need key-value version {BLOBS_KV_VERSION}; the cluster runs version "
+        f"{kv_version} until every node's code supports it (the leader switches then)"
+    )
 
 
 def parse_sha256(text: object) -> str:
@@ -319,14 +329,12 @@ class BlobCatalog:
         """A view of the catalog now (entries are immutable: a shallow copy)."""
         return CatalogSnapshotJob(self.clock_ms, dict(self.entries))
 
-    def restore(self, stream: ReadableStream | None, index: int) -> None:
-        """Replace the catalog from a snapshot trailer (None: the snapshot had
-        none, so the catalog is empty). The new state is built aside and
-        swapped in at the end: readers on the loop see the old one until then."""
-        entries: dict[str, BlobEntry] = {}
-        clock_ms = 0
-        if stream is not None:
-            clock_ms, entries = read_catalog(stream)
+    def restore(self, stream: ReadableStream, index: int) -> None:
+        """Replace the catalog from what follows the machines' data in a
+        snapshot (nothing: an empty catalog). The new state is built aside
+        and swapped in at the end: readers on the loop see the old one until
+        then."""
+        clock_ms, entries = read_catalog_trailer(stream) or (0, {})
         self.entries = entries
         self.clock_ms = clock_ms
         for listener in self.listeners:
@@ -408,6 +416,48 @@ def read_catalog(stream: ReadableStream) -> tuple[int, dict[str, BlobEntry]]:
             f"blob catalog counts disagree: header {count}, trailer {end}, read {len(entries)}"
         )
     return clock_ms, entries
+
+
+def read_catalog_trailer(stream: ReadableStream) -> tuple[int, dict[str, BlobEntry]] | None:
+    """What follows the machines' data in a snapshot: the catalog trailer
+    (``(clock_ms, entries)``), or None at the end of the stream. Anything
+    else there is damage: SnapshotFormatError."""
+    head = _read_upto(stream, len(CATALOG_MAGIC))
+    if not head:
+        return None
+    if head != CATALOG_MAGIC:
+        raise SnapshotFormatError(
+            f"unexpected bytes {head!r} after the state machines' snapshot data"
+        )
+    trailer = read_catalog(_Prepended(head, stream))
+    if stream.read(1):
+        raise SnapshotFormatError("trailing bytes after the blob catalog")
+    return trailer
+
+
+class _Prepended:
+    """``head`` (already read) followed by the rest of ``stream``."""
+
+    def __init__(self, head: bytes, stream: ReadableStream) -> None:
+        self._head = head
+        self._stream = stream
+
+    def read(self, n: int, /) -> bytes:
+        if self._head:
+            out, self._head = self._head[:n], self._head[n:]
+            return out
+        return self._stream.read(n)
+
+
+def _read_upto(stream: ReadableStream, n: int) -> bytes:
+    """Up to ``n`` bytes: fewer only at the end of the stream."""
+    data = b""
+    while len(data) < n:
+        piece = stream.read(n - len(data))
+        if not piece:
+            break
+        data += piece
+    return data
 
 
 def encode_put_args(sha256: str, size: int, content_type: str, time_ms: int) -> list[Any]:

@@ -61,9 +61,9 @@ import structlog
 
 from ramraft.server.machines.blobs import (
     BLOBS_KV_VERSION,
-    CATALOG_MAGIC,
     BlobCatalog,
     CatalogSnapshotJob,
+    blobs_not_active,
     encode_delete_args,
     encode_put_args,
 )
@@ -75,7 +75,6 @@ from ramraft.server.machines.statemachine import (
     CommandError,
     ErrorCode,
     ReadableStream,
-    SnapshotFormatError,
     SnapshotJob,
     StateMachine,
     WritableStream,
@@ -366,7 +365,7 @@ class ClusterMachine:
         except (_BadClusterCommand, ApplyHalted):
             return None  # applies as BAD_COMMAND; an unknown op cannot be encoded here
         if op in _BLOB_OPS and self.state.kv_version < BLOBS_KV_VERSION:
-            return _blobs_not_active(self.state.kv_version)
+            return blobs_not_active(self.state.kv_version)
         return None
 
     # -- apply ------------------------------------------------------------------
@@ -417,7 +416,7 @@ class ClusterMachine:
             return index
         if op in _BLOB_OPS:
             if state.kv_version < BLOBS_KV_VERSION:
-                return CommandError(ErrorCode.NOT_ACTIVE, _blobs_not_active(state.kv_version))
+                return CommandError(ErrorCode.NOT_ACTIVE, blobs_not_active(state.kv_version))
             if op is ClusterOp.BLOB_PUT:
                 return self.blobs.put(index, args)
             if op is ClusterOp.BLOB_DELETE:
@@ -503,18 +502,7 @@ class ClusterMachine:
         """Restore the machines, then the catalog from the trailer (none:
         an empty catalog)."""
         self.inner.restore(stream)
-        index = self.inner.applied_index
-        head = _read_upto(stream, len(CATALOG_MAGIC))
-        if not head:
-            self.blobs.restore(None, index)
-            return
-        if head != CATALOG_MAGIC:
-            raise SnapshotFormatError(
-                f"unexpected bytes {head!r} after the state machines' snapshot data"
-            )
-        self.blobs.restore(_Prepended(head, stream), index)
-        if stream.read(1):
-            raise SnapshotFormatError("trailing bytes after the blob catalog")
+        self.blobs.restore(stream, self.inner.applied_index)
 
     def load_state(self, state: ClusterState) -> None:
         """Adopt the record a snapshot header held (before restoring the
@@ -533,13 +521,6 @@ class ClusterMachine:
                 f"node's code supports up to version {self.kv_supported}",
             )
         self._set(state)
-
-
-def _blobs_not_active(kv_version: int) -> str:
-    return (
-        f"blobs need key-value version {BLOBS_KV_VERSION}; the cluster runs version "
-        f"{kv_version} until every node's code supports it (the leader switches then)"
-    )
 
 
 class _WithCatalog:
@@ -562,28 +543,3 @@ class _WithCatalog:
     def close(self) -> None:
         self._inner.close()
         self._catalog.close()
-
-
-class _Prepended:
-    """``head`` (already read) followed by the rest of ``stream``."""
-
-    def __init__(self, head: bytes, stream: ReadableStream) -> None:
-        self._head = head
-        self._stream = stream
-
-    def read(self, n: int, /) -> bytes:
-        if self._head:
-            out, self._head = self._head[:n], self._head[n:]
-            return out
-        return self._stream.read(n)
-
-
-def _read_upto(stream: ReadableStream, n: int) -> bytes:
-    """Up to ``n`` bytes: fewer only at the end of the stream."""
-    data = b""
-    while len(data) < n:
-        piece = stream.read(n - len(data))
-        if not piece:
-            break
-        data += piece
-    return data

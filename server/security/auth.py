@@ -42,6 +42,7 @@ In-flight limits
 from __future__ import annotations
 
 import base64
+import contextlib
 import contextvars
 import enum
 import hashlib
@@ -394,7 +395,6 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
             return grpc.unary_unary_rpc_method_handler(
                 _refuse(grpc.StatusCode.PERMISSION_DENIED, f"{method} is not served here")
             )
-        required = GRPC_ROLES.get(method, AccessRole.ADMIN)
 
         async def guarded(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -402,21 +402,11 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
             # Served as a client stream of one message so that nothing is read
             # before the caller is admitted: a refused call never makes the
             # node receive (and hold) its request, however large.
-            await self._authorize(method, required, token, context)
-            connection = context.peer()
-            refused = self.limiter.enter(connection)
-            if refused is not None:
-                self.refusals.warning(
-                    "request_refused", code="RESOURCE_EXHAUSTED", method=method, peer=connection
-                )
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
-            try:
+            async with self._admitted(method, token, context):
                 request = await anext(aiter(requests), None)
                 if request is None:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
                 return await inner(request, context)  # type: ignore[arg-type]  # an aio handler
-            finally:
-                self.limiter.leave(connection)
 
         return grpc.stream_unary_rpc_method_handler(
             guarded,
@@ -432,24 +422,16 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         the request is read), holding its slot until the stream ends."""
         inner = handler.unary_stream
         assert inner is not None
-        required = GRPC_ROLES.get(method, AccessRole.ADMIN)
 
         async def guarded(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            await self._authorize(method, required, token, context)
-            connection = context.peer()
-            refused = self.limiter.enter(connection)
-            if refused is not None:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
-            try:
+            async with self._admitted(method, token, context):
                 request = await anext(aiter(requests), None)
                 if request is None:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
                 async for response in inner(request, context):  # type: ignore[arg-type,attr-defined]
                     yield response
-            finally:
-                self.limiter.leave(connection)
 
         return grpc.stream_stream_rpc_method_handler(
             guarded,
@@ -465,20 +447,12 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         request is read, holding its slot until the answer."""
         inner = handler.stream_unary
         assert inner is not None
-        required = GRPC_ROLES.get(method, AccessRole.ADMIN)
 
         async def guarded(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
         ) -> Any:
-            await self._authorize(method, required, token, context)
-            connection = context.peer()
-            refused = self.limiter.enter(connection)
-            if refused is not None:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
-            try:
+            async with self._admitted(method, token, context):
                 return await inner(requests, context)  # type: ignore[arg-type]
-            finally:
-                self.limiter.leave(connection)
 
         return grpc.stream_unary_rpc_method_handler(
             guarded,
@@ -507,6 +481,26 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+    @contextlib.asynccontextmanager
+    async def _admitted(
+        self, method: str, token: str | None, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[None]:
+        """The caller has the method's role (else UNAUTHENTICATED or
+        PERMISSION_DENIED) and an in-flight slot (else RESOURCE_EXHAUSTED),
+        held for the whole call."""
+        await self._authorize(method, GRPC_ROLES.get(method, AccessRole.ADMIN), token, context)
+        connection = context.peer()
+        refused = self.limiter.enter(connection)
+        if refused is not None:
+            self.refusals.warning(
+                "request_refused", code="RESOURCE_EXHAUSTED", method=method, peer=connection
+            )
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+        try:
+            yield
+        finally:
+            self.limiter.leave(connection)
 
     async def _authorize(
         self,

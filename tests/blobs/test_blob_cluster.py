@@ -25,6 +25,7 @@ from ramraft.client import (
     RamraftError,
     ResourceExhausted,
 )
+from ramraft.proto import admin_pb2
 from tests.httpcalls import http
 from tests.server.procs import ProcessCluster
 
@@ -37,6 +38,15 @@ class BlobCluster(ProcessCluster):
     def argv(self, node_id: str) -> list[str]:
         argv = super().argv(node_id)
         return [*argv, "--join"] if node_id in getattr(self, "joining", set()) else argv
+
+    def status(self, node_id: str) -> admin_pb2.NodeStatus | None:
+        """As ProcessCluster's, with more patience: a node moving blobs on a
+        loaded machine may take more than a second to answer."""
+        try:
+            with Client(self.grpc[node_id], timeout=5.0) as client:
+                return client.status(endpoint=self.grpc[node_id]).node
+        except RamraftError:
+            return None
 
     def wait_blobs_enabled(self) -> None:
         """The leader switches to key-value version 2 once every member's
