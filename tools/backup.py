@@ -60,6 +60,12 @@ def verify_backup(path: str | os.PathLike[str], *, model: Any = None) -> tuple[A
                 f"{reader.path}: the state is at index {summary.index}, the header says "
                 f"{header.index}"
             )
+        held = header.blobs["count"] if header.blobs else 0
+        if held != summary.blobs:
+            raise BackupError(
+                f"{reader.path}: the state's catalog names {summary.blobs} blobs, the file "
+                f"holds {held}"
+            )
         if header.blobs:
             # Every blob hashes to its name (server/blobs/backup.py).
             verify_blob_section(reader.blob_section(), header.blobs["count"], header.blobs["bytes"])
@@ -86,7 +92,7 @@ def _summary_json(header: Any, summary: StateSummary) -> dict[str, Any]:
         "node": header.node,
         "keys": summary.keys,
         "kv_sessions": summary.kv_sessions,
-        "blobs": header.blobs["count"] if header.blobs else 0,
+        "blobs": summary.blobs,
         "models": [
             {"name": m.name, "attributes": m.attributes, "sessions": m.sessions}
             for m in summary.models
