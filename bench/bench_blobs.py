@@ -9,7 +9,7 @@ Prints one JSON object per measurement on stdout and a summary on stderr.
 1. disk: files of --size-mib MiB written the way a node writes a blob (1 MiB
    writes, fdatasync, rename, directory fsync) in the directory the nodes
    use: one writer, then three at once (a local three-node cluster writes
-   every blob three times, to the same disk).
+   every blob three times, to the same disk); the best of three runs each.
 2. put: --count blobs of random bytes, uploaded by --parallel clients, each
    upload through another node of a local three-node cluster (real
    processes, fsync on); MiB/s of acknowledged blobs. An upload is
@@ -77,17 +77,22 @@ def _write_like_a_blob(directory: Path, name: str, size: int) -> None:
     fsync_dir(str(directory))
 
 
-def disk_rate(directory: Path, size: int, files: int, writers: int) -> float:
+def disk_rate(directory: Path, size: int, files: int, writers: int, runs: int = 3) -> float:
     """MiB/s of ``files`` blob-like files of ``size`` bytes by ``writers``
-    threads at once."""
-    target = directory / f"disk-{writers}"
-    target.mkdir()
-    started = time.perf_counter()
-    with ThreadPoolExecutor(writers) as pool:
-        list(pool.map(lambda i: _write_like_a_blob(target, f"f{i}", size), range(files)))
-    seconds = time.perf_counter() - started
-    shutil.rmtree(target)
-    return files * size / MIB / seconds
+    threads at once: the best of ``runs`` (a shared or virtual disk is noisy;
+    the best run is what the disk can do)."""
+    best = 0.0
+    for run in range(runs):
+        target = directory / f"disk-{writers}-{run}"
+        target.mkdir()
+        started = time.perf_counter()
+        with ThreadPoolExecutor(writers) as pool:
+            names = [f"f{i}" for i in range(files)]
+            list(pool.map(_write_like_a_blob, [target] * files, names, [size] * files))
+        seconds = time.perf_counter() - started
+        shutil.rmtree(target)
+        best = max(best, files * size / MIB / seconds)
+    return best
 
 
 class Hashing:

@@ -227,17 +227,19 @@ class BlobStore:
         path, fd = await self.run_io(self._create_temp)
         incoming = Incoming(self, path, fd)
         try:
-            buffer = bytearray()
+            buffer = bytearray()  # small pieces are gathered into one write
             async for piece in pieces:
-                buffer += piece
-                if incoming.size + len(buffer) > self.max_blob_bytes:
-                    self.check_size(incoming.size + len(buffer))
-                if len(buffer) >= PIECE:
-                    # Other blobs (and the WAL) fill the disk too: look again
-                    # before every piece (a statvfs costs microseconds).
-                    self.check_space(max(len(buffer), (size or 0) - incoming.size))
-                    await incoming.write(bytes(buffer))
-                    buffer.clear()
+                if incoming.size + len(buffer) + len(piece) > self.max_blob_bytes:
+                    self.check_size(incoming.size + len(buffer) + len(piece))
+                if buffer or len(piece) < PIECE:
+                    buffer += piece
+                    if len(buffer) < PIECE:
+                        continue
+                    piece, buffer = bytes(buffer), bytearray()
+                # Other blobs (and the WAL) fill the disk too: look again
+                # before every write (a statvfs costs microseconds).
+                self.check_space(max(len(piece), (size or 0) - incoming.size))
+                await incoming.write(piece)
             if buffer:
                 await incoming.write(bytes(buffer))
             digest = await incoming.finish()
