@@ -49,7 +49,7 @@ import inspect
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
@@ -59,7 +59,7 @@ import structlog
 
 from ramraft.consensus import Role
 from ramraft.proto import raft_pb2
-from ramraft.server.blobs.store import PIECE, BlobFile, BlobStore
+from ramraft.server.blobs.store import PIECE, BlobFile, BlobStore, Incoming
 from ramraft.server.machines.blobs import (
     BLOBS_KV_VERSION,
     DEFAULT_CONTENT_TYPE,
@@ -263,14 +263,20 @@ class NodeBlobs(CatalogListener):
             raise BadRequest(f"a blob's size cannot be negative ({size})")
         if isinstance(data, bytes | bytearray | memoryview):
             size = len(data) if size is None else size
-        incoming = await self.store.receive(_pieces(data), size=size, sha256=expected)
-        digest = incoming.sha256
+        incoming: Incoming | None = await self.store.receive(
+            _pieces(data), size=size, sha256=expected
+        )
+        assert incoming is not None
+        digest, stored = incoming.sha256, incoming.size
         self._incoming[digest] += 1
+        proposed = committed = False
         try:
-            proposal = encode_blob_put(digest, incoming.size, kind, _now_ms())
+            proposal = encode_blob_put(digest, stored, kind, _now_ms())
+            left = deadline.check()
+            proposed = True  # from here the entry may reach the log
             index, result = await self.api.write(
                 proposal,
-                deadline.check(),
+                left,
                 retry_unsafe=True,  # a second put only touches it
             )
             _check_result(result)
@@ -278,17 +284,58 @@ class NodeBlobs(CatalogListener):
             if digest not in self.catalog:
                 raise Unavailable(f"blob {digest} was deleted while it was stored; put it again")
             await self.store.commit(incoming)
+            committed = True
             self.missing.pop(digest, None)
             entry = self.catalog.get(digest)
             kept = entry.content_type if entry is not None else kind
-            await self._replicate(digest, incoming.size, index, deadline)
+            await self._replicate(digest, stored, index, deadline)
+        except (Unavailable, TimeoutError) as e:
+            refused = isinstance(e, RequestError) and e.before_proposal
+            if proposed and not committed and not refused:
+                # The entry may be in the log (or get there): the bytes must
+                # not be lost with this call. Store them once it is applied.
+                self._spawn(self._store_later(incoming), f"store-{digest[:12]}")
+                incoming = None
+            raise
+        finally:
+            if incoming is not None:
+                incoming.discard()
+                self._done_incoming(digest)
+        log.info("blob_put", sha256=digest, size=stored, index=index)
+        return BlobRef(digest, stored, kept), index
+
+    def _done_incoming(self, digest: str) -> None:
+        self._incoming[digest] -= 1
+        if self._incoming[digest] <= 0:
+            del self._incoming[digest]
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _store_later(self, incoming: Incoming) -> None:
+        """A put that ran out of time before its entry was applied here:
+        wait (up to PUT_TIMEOUT) until the catalog names the blob, then
+        keep the bytes and have the other members fetch them, so that an
+        entry the client never saw acknowledged is not left without a copy."""
+        digest = incoming.sha256
+        deadline = Deadline(PUT_TIMEOUT)
+        try:
+            while digest not in self.catalog:
+                applied = self.runtime.machine.applied_index
+                await self.runtime.wait_applied(applied + 1, deadline.check())
+            await self.store.commit(incoming)
+            self.missing.pop(digest, None)
+            log.info("blob_stored_after_its_put_failed", sha256=digest)
+            await self._replicate(
+                digest, incoming.size, self.runtime.machine.applied_index, deadline
+            )
+        except (RequestError, TimeoutError) as e:
+            log.info("blob_not_stored", sha256=digest, reason=error_message(e))
         finally:
             incoming.discard()
-            self._incoming[digest] -= 1
-            if self._incoming[digest] <= 0:
-                del self._incoming[digest]
-        log.info("blob_put", sha256=digest, size=incoming.size, index=index)
-        return BlobRef(digest, incoming.size, kept), index
+            self._done_incoming(digest)
 
     def stat(self, ref: object) -> BlobRef | None:
         """What this node's catalog says of a blob (its applied state: a
@@ -371,7 +418,7 @@ class NodeBlobs(CatalogListener):
                 raise Unavailable(
                     f"the backup is refused: its state names blob {digest}, which this node "
                     f"lacks and could not fetch ({error_message(e)}); try again when every "
-                    "node is up"
+                    "node is up (a blob lost on every node: `ramraft blob delete` it)"
                 ) from e
 
     # ---- replication --------------------------------------------------------------------------
@@ -393,7 +440,7 @@ class NodeBlobs(CatalogListener):
             for peer in others
         }
         for task in asks:
-            self._background.add(task)
+            self._background.add(task)  # they go on after a majority answered
             task.add_done_callback(self._background.discard)
         pending = set(asks)
         while held < need and pending:
@@ -633,9 +680,7 @@ class NodeBlobs(CatalogListener):
             ]
             for digest in due:
                 await limit.acquire()
-                task = asyncio.get_running_loop().create_task(self._repair_one(digest, limit))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._spawn(self._repair_one(digest, limit), f"repair-{digest[:12]}")
 
     async def _repair_one(self, digest: str, limit: asyncio.Semaphore) -> None:
         try:
