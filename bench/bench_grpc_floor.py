@@ -130,6 +130,41 @@ async def _drive(port: int, shape: str, in_flight: int, seconds: float) -> list[
     return latencies
 
 
+def measure(levels: list[int], seconds: float) -> list[dict[str, Any]]:
+    """Per level, an echo run of each shape (unary, then stream) against a
+    fresh echo server process: echoes/s, latency, and the server's CPU."""
+    spawn = mp.get_context("spawn")
+    bound, ready = spawn.Value("i", 0), spawn.Event()
+    server = spawn.Process(target=_serve, args=(bound, ready), daemon=True)
+    server.start()
+    if not ready.wait(30):
+        server.kill()
+        raise RuntimeError("the echo server did not start")
+    port = int(bound.value)
+    rows: list[dict[str, Any]] = []
+    try:
+        for level in levels:
+            for shape in ("unary", "stream"):
+                cpu0, t0 = cpu_seconds(server.pid or 0) or 0.0, time.monotonic()
+                latencies = asyncio.run(_drive(port, shape, level, seconds))
+                elapsed = time.monotonic() - t0
+                server_cpu = (cpu_seconds(server.pid or 0) or 0.0) - cpu0
+                rows.append(
+                    {
+                        "shape": shape,
+                        "in_flight": level,
+                        "per_s": round(len(latencies) / seconds),
+                        "p50_ms": round((percentile(sorted(latencies), 50) or 0.0) * 1000, 3),
+                        "p99_ms": round((percentile(sorted(latencies), 99) or 0.0) * 1000, 3),
+                        "server_cores": round(server_cpu / elapsed, 2),
+                        "server_us_per_echo": round(1e6 * server_cpu / max(1, len(latencies)), 1),
+                    }
+                )
+    finally:
+        server.kill()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per run (default 4)")
@@ -139,47 +174,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON line per run")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.in_flight.split(",") if x]
-    spawn = mp.get_context("spawn")
-    bound, ready = spawn.Value("i", 0), spawn.Event()
-    server = spawn.Process(target=_serve, args=(bound, ready), daemon=True)
-    server.start()
-    if not ready.wait(30):
-        print("the echo server did not start", file=sys.stderr)
-        return 1
-    port = int(bound.value)
     try:
-        for level in levels:
-            rates: dict[str, float] = {}
-            for shape in ("unary", "stream"):
-                cpu0, t0 = cpu_seconds(server.pid or 0) or 0.0, time.monotonic()
-                latencies = asyncio.run(_drive(port, shape, level, args.seconds))
-                elapsed = time.monotonic() - t0
-                rate = len(latencies) / args.seconds
-                rates[shape] = rate
-                server_cpu = (cpu_seconds(server.pid or 0) or 0.0) - cpu0
-                row = {
-                    "shape": shape,
-                    "in_flight": level,
-                    "per_s": round(rate),
-                    "p50_ms": round((percentile(sorted(latencies), 50) or 0.0) * 1000, 3),
-                    "p99_ms": round((percentile(sorted(latencies), 99) or 0.0) * 1000, 3),
-                    "server_cores": round(server_cpu / elapsed, 2),
-                    "server_us_per_echo": round(1e6 * server_cpu / max(1, len(latencies)), 1),
-                }
-                if args.json:
-                    print(json.dumps(row), flush=True)
-                else:
-                    print(
-                        f"{shape:6} {level:5} in flight: {row['per_s']:7,} echoes/s  "
-                        f"p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms  "
-                        f"server {row['server_cores']:.2f} cores, "
-                        f"{row['server_us_per_echo']} us/echo",
-                        flush=True,
-                    )
-            if not args.json:
-                print(f"       stream/unary at {level}: {rates['stream'] / rates['unary']:.2f}x")
-    finally:
-        server.kill()
+        rows = measure(levels, args.seconds)
+    except RuntimeError as e:
+        print(e, file=sys.stderr)
+        return 1
+    rates: dict[tuple[int, str], float] = {}
+    for row in rows:
+        rates[(row["in_flight"], row["shape"])] = row["per_s"]
+        if args.json:
+            print(json.dumps(row), flush=True)
+            continue
+        print(
+            f"{row['shape']:6} {row['in_flight']:5} in flight: {row['per_s']:7,} echoes/s  "
+            f"p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms  "
+            f"server {row['server_cores']:.2f} cores, "
+            f"{row['server_us_per_echo']} us/echo",
+            flush=True,
+        )
+        if row["shape"] == "stream":
+            level = row["in_flight"]
+            ratio = rates[(level, "stream")] / max(1.0, rates[(level, "unary")])
+            print(f"       stream/unary at {level}: {ratio:.2f}x")
     return 0
 
 

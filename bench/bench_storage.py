@@ -16,7 +16,7 @@ stderr.
    machine that has restored the snapshot and applied the log (aim: < 5 s).
 
 The recovery state machine is a stand-in dict with its own streaming
-snapshot format, shaped like server/statemachine.py's StateMachine protocol
+snapshot format, shaped like server/machines/statemachine.py's StateMachine protocol
 (apply(index, command), snapshot() -> job.write_to(stream),
 restore(stream)). To measure a real machine, pass ``--machine
 module:function`` where ``function()`` returns ``(machine, encode_set)`` and

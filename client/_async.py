@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import io
 import os
 import time
@@ -12,7 +14,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from ramraft.client import _blobs, _core
+from ramraft.client import _blobs, _core, _stream
 from ramraft.client._core import (
     CallAttempts,
     CasResult,
@@ -43,6 +45,124 @@ class _Stubs:
         self.admin = admin_pb2_grpc.AdminStub(channel)  # typed as AdminAsyncStub
 
 
+class _Stream:
+    """One ``KV.Stream`` to one node, carrying many calls at once: each
+    request gets an id, and the answer with that id wakes its caller. One
+    task writes the requests (a gRPC stream takes one write at a time, and a
+    caller cancelled in the middle of a write would cancel the whole stream),
+    one reads the answers. See client/_stream.py for what an answer, a
+    timeout and the stream's end mean."""
+
+    def __init__(
+        self, stub: Any, endpoint: str, metadata: Any, unary_only: _core.UnaryOnly
+    ) -> None:
+        self.endpoint = endpoint
+        # Told at once when the node turns out not to serve the stream, so
+        # that calls starting meanwhile go unary rather than open another.
+        self._unary_only = unary_only
+        self._call = stub.Stream(metadata=metadata)
+        self._ids = 0
+        self._waiting: dict[int, asyncio.Future[kv_pb2.StreamResponse]] = {}
+        self._outbox: collections.deque[kv_pb2.StreamRequest] = collections.deque()
+        self._wakeup: asyncio.Future[None] | None = None
+        # Set once, when the stream is over: (code, details, trailing metadata).
+        self.ended: _stream.End | None = None
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._writer = loop.create_task(self._write_all())
+        self._reader = loop.create_task(self._read_all())
+
+    async def call(self, op: str, request: Any, timeout: float) -> tuple[Any, _stream.Metadata]:
+        """The unary response to ``request``, sent as ``op``, and its trailing
+        metadata; raises a StreamStatus as the unary call would raise its
+        RpcError, or NotCarried."""
+        if self.ended is not None:
+            raise _stream.ended(self.endpoint, *self.ended)
+        self._ids += 1
+        message = _stream.stream_request(self._ids, op, request, timeout)
+        if not _stream.fits(message):
+            raise _stream.NotCarried("too large for a stream")
+        answer = self._loop.create_future()
+        self._waiting[self._ids] = answer
+        timer = self._loop.call_later(timeout, _expire, answer)
+        self._outbox.append(message)
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+        try:
+            response = await answer
+        finally:
+            timer.cancel()
+            self._waiting.pop(message.id, None)
+        return _stream.stream_result(response, op)
+
+    async def _write_all(self) -> None:
+        outbox = self._outbox
+        while True:
+            while outbox:
+                try:
+                    await self._call.write(outbox.popleft())
+                except (grpc.RpcError, asyncio.InvalidStateError):
+                    return  # the stream is over: the reader fails the waiting calls
+                except Exception:
+                    # Not an end the reader would see: end the stream, so that
+                    # the waiting calls fail now (and are retried) rather
+                    # than at their deadlines.
+                    _core.log.debug("stream to %s: write failed", self.endpoint, exc_info=True)
+                    self._call.cancel()
+                    return
+            self._wakeup = self._loop.create_future()
+            await self._wakeup
+
+    async def _read_all(self) -> None:
+        waiting = self._waiting
+        code: grpc.StatusCode | None = None
+        details = "the node ended the stream"
+        trailing: _stream.Metadata | None = None
+        try:
+            while True:
+                response = await self._call.read()
+                if response is grpc.aio.EOF:
+                    code = await self._call.code()
+                    details = await self._call.details() or details
+                    trailing = await self._call.trailing_metadata()
+                    break
+                answer = waiting.get(response.id)
+                if answer is not None and not answer.done():
+                    answer.set_result(response)
+        except grpc.RpcError as error:
+            code, details = _core.error_code(error), _core.error_details(error) or ""
+            trailing = _core.error_metadata(error, "trailing")
+        except asyncio.CancelledError:
+            code, details = grpc.StatusCode.CANCELLED, "the client closed the stream"
+        self._finish((code, details, trailing))
+
+    def _finish(self, end: _stream.End) -> None:
+        if self.ended is not None:
+            return
+        self.ended = end
+        if end[0] == grpc.StatusCode.UNIMPLEMENTED:
+            self._unary_only.add(self.endpoint)
+        for answer in list(self._waiting.values()):
+            if not answer.done():
+                answer.set_exception(_stream.ended(self.endpoint, *end))
+        self._writer.cancel()
+
+    async def close(self) -> None:
+        self._finish((grpc.StatusCode.CANCELLED, "the client closed the stream", None))
+        self._call.cancel()
+        self._reader.cancel()
+        self._writer.cancel()
+        for task in (self._reader, self._writer):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def _expire(answer: asyncio.Future[Any]) -> None:
+    if not answer.done():
+        answer.set_exception(_stream.expired())
+
+
 class AsyncClient(_core.ClientBase):
     """An asyncio ramraft client (grpc.aio). Use it from one event loop; many
     calls may run at once (each write has its own session sequence).
@@ -54,15 +174,25 @@ class AsyncClient(_core.ClientBase):
     node (default: no limit but the deadline). ``client_id``: the session id
     (default: random). ``token``: a bearer token, for clusters that require
     one. ``tls``: TLS options (``TLSOptions.from_files(ca=..., cert=...,
-    key=...)``); without it the connections are plaintext. Every method takes
-    ``timeout=`` to override the default for that call.
+    key=...)``); without it the connections are plaintext. ``transport``:
+    "stream" (the default, or the RAMRAFT_TRANSPORT environment variable)
+    carries the key-value calls over one ``KV.Stream`` per node, many at
+    once; "unary" makes one gRPC call each. Both keep the same sessions,
+    retries, deadlines and errors; a node that does not serve the stream gets
+    unary calls. Every method takes ``timeout=`` to override the default for
+    that call.
 
     Writes that raise Unavailable or DeadlineExceeded may or may not have
     been applied (see client.errors).
     """
 
+    _streams: dict[str, _Stream]
+
     async def close(self) -> None:
         self._closed = True
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            await stream.close()
         stubs, self._stubs = self._stubs, {}
         for s in stubs.values():
             await s.channel.close()
@@ -362,6 +492,36 @@ class AsyncClient(_core.ClientBase):
             stubs = self._stubs[endpoint] = _Stubs(channel)
         return stubs
 
+    def _stream_to(self, endpoint: str) -> _Stream:
+        stream = self._streams.get(endpoint)
+        if stream is None or stream.ended is not None:
+            stubs = self._stubs_for(endpoint)
+            stream = self._streams[endpoint] = _Stream(
+                stubs.kv, endpoint, self._metadata, self._unary_only
+            )
+        return stream
+
+    async def _attempt(
+        self,
+        method: str,
+        rpc: Callable[[_Stubs], grpc.aio.UnaryUnaryMultiCallable[Req, Resp]],
+        request: Req,
+        target: str,
+        timeout: float,
+    ) -> tuple[Resp, _stream.Metadata | None]:
+        """One attempt at ``target``: over its stream when the call has a
+        stream form, else (or when the stream cannot carry it) unary."""
+        op = _stream.op_for(method, self.transport)
+        if op is not None and target not in self._unary_only:
+            started = time.monotonic()
+            try:
+                return await self._stream_to(target).call(op, request, timeout)
+            except _stream.NotCarried:
+                timeout = max(0.001, timeout - (time.monotonic() - started))
+        call = rpc(self._stubs_for(target))(request, timeout=timeout, metadata=self._metadata)
+        response = await call
+        return response, await call.trailing_metadata()
+
     async def _write(
         self,
         method: str,
@@ -406,11 +566,9 @@ class AsyncClient(_core.ClientBase):
             if session is not None:
                 request.session.CopyFrom(self._sessions.session(session))  # type: ignore[attr-defined]
             try:
-                call = rpc(self._stubs_for(target))(
-                    request, timeout=attempt_timeout, metadata=self._metadata
+                response, trailing = await self._attempt(
+                    method, rpc, request, target, attempt_timeout
                 )
-                response = await call
-                trailing = await call.trailing_metadata()
             except grpc.RpcError as error:
                 pause = attempts.failed(target, error)
                 if pause > 0:

@@ -58,6 +58,11 @@ log = logging.getLogger("ramraft.client")
 log.addHandler(logging.NullHandler())
 
 DEFAULT_TIMEOUT: Final = 5.0
+# How key-value calls travel: multiplexed over one KV.Stream per node
+# (client/_stream.py), or one unary call each. The environment variable sets
+# the default for clients that do not choose (and so for the command line).
+TRANSPORTS: Final = ("stream", "unary")
+TRANSPORT_ENV: Final = "RAMRAFT_TRANSPORT"
 LEADER_METADATA_KEY: Final = "ramraft-leader"
 # The largest message the client accepts or sends (range pages, big values).
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
@@ -73,6 +78,9 @@ CHANNEL_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
 # A hinted address that failed is ignored for this long (it may be a name
 # that only resolves inside the cluster's network).
 BAD_HINT_SECONDS: Final = 30.0
+# How long a node that does not serve KV.Stream gets unary calls only, before
+# the client tries a stream again (the node may have been upgraded).
+UNSUPPORTED_SECONDS: Final = 60.0
 
 Consistency = kv_pb2.Consistency
 LINEARIZABLE: Final = kv_pb2.LINEARIZABLE
@@ -106,6 +114,17 @@ def check_timeout(timeout: float, name: str = "timeout") -> float:
     if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout > 0:
         raise ValueError(f"{name} must be a positive number of seconds, not {timeout!r}")
     return float(timeout)
+
+
+def check_transport(transport: str | None) -> str:
+    """``transport``, or the default (RAMRAFT_TRANSPORT, else "stream")."""
+    source = "transport"
+    if transport is None:
+        transport = os.environ.get(TRANSPORT_ENV, "").strip().lower() or TRANSPORTS[0]
+        source = TRANSPORT_ENV
+    if transport not in TRANSPORTS:
+        raise ValueError(f"{source} must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
+    return transport
 
 
 def check_consistency(consistency: int) -> kv_pb2.Consistency.ValueType:
@@ -239,7 +258,7 @@ SESSION_EXPIRED: Final = "SESSION_EXPIRED"
 
 def session_expired(error: RamraftError) -> bool:
     """The cluster forgot this client's session (FAILED_PRECONDITION whose
-    message starts with the state machine's error code, server/services.py)."""
+    message starts with the state machine's error code, server/rpc/services.py)."""
     return error.code == grpc.StatusCode.FAILED_PRECONDITION and error.details.startswith(
         SESSION_EXPIRED
     )
@@ -373,6 +392,30 @@ class EndpointRing:
             return True
 
 
+class UnaryOnly:
+    """The endpoints that answered a KV.Stream with UNIMPLEMENTED (an older
+    node, or a proxy that passes only unary calls), and until when they get
+    unary calls only (client/_stream.py)."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def __contains__(self, endpoint: str) -> bool:
+        with self._lock:
+            until = self._until.get(endpoint)
+            if until is None:
+                return False
+            if until > time.monotonic():
+                return True
+            del self._until[endpoint]
+            return False
+
+    def add(self, endpoint: str) -> None:
+        with self._lock:
+            self._until[endpoint] = time.monotonic() + UNSUPPORTED_SECONDS
+
+
 def leader_hint(*metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
     for md in metadata:
         for key, value in md or ():
@@ -463,7 +506,7 @@ class CallAttempts:
         """The pause before the next attempt; raises the final exception
         when the error is not worth retrying or no time is left."""
         pause = self._pause_after(endpoint, error)
-        code = _code(error)
+        code = error_code(error)
         log.debug(
             "retrying %s: %s from %s (attempt %d, pause %.3f s, sequence %s)",
             self._method,
@@ -477,8 +520,8 @@ class CallAttempts:
 
     def _pause_after(self, endpoint: str, error: grpc.RpcError) -> float:
         self._last_error, self._last_endpoint = error, endpoint
-        code = _code(error)
-        details = (_details(error) or "").lower()
+        code = error_code(error)
+        details = (error_details(error) or "").lower()
         overloaded = code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" not in details
         retry = (
             code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
@@ -494,7 +537,7 @@ class CallAttempts:
             self._round += 1
             return max(0.0, min(pause, self.remaining() - 0.001))
         connection = any(s in details for s in _CONNECTION_FAILURE)
-        hint = leader_hint(_metadata(error, "trailing"), _metadata(error, "initial"))
+        hint = leader_hint(error_metadata(error, "trailing"), error_metadata(error, "initial"))
         self._ring.failed(endpoint, connection=connection)
         if hint is not None and hint != endpoint and self._ring.hint(hint):
             return 0.0
@@ -513,10 +556,11 @@ class CallAttempts:
 
     def _give_up(self) -> RamraftError:
         error, endpoint = self._last_error, self._last_endpoint
-        code = _code(error) if error is not None else None
+        code = error_code(error) if error is not None else None
         tried = f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}"
+        name = code.name if code else "UNKNOWN"
         last = (
-            f"; last error from {endpoint}: {code.name if code else 'UNKNOWN'}: {_details(error)}"
+            f"; last error from {endpoint}: {name}: {error_details(error)}"
             if error is not None
             else ""
         )
@@ -529,7 +573,7 @@ class CallAttempts:
         return cls(
             f"{self._method}: {what} within {self._timeout:g}s ({tried}){last}",
             code=code,
-            details=(_details(error) or "") if error is not None else "",
+            details=(error_details(error) or "") if error is not None else "",
             endpoint=endpoint,
             attempts=self.attempts,
         )
@@ -538,8 +582,8 @@ class CallAttempts:
 def error_from(method: str, error: grpc.RpcError, endpoint: str) -> RamraftError:
     """The library's error for a call that is not retried (e.g. a stream
     that broke after it began)."""
-    code = _code(error)
-    details = _details(error) or ""
+    code = error_code(error)
+    details = error_details(error) or ""
     name = code.name if code is not None else "UNKNOWN"
     return error_for_status(code)(
         f"{method}: {name} from {endpoint}: {details}".strip(": "),
@@ -550,7 +594,7 @@ def error_from(method: str, error: grpc.RpcError, endpoint: str) -> RamraftError
     )
 
 
-def _code(error: grpc.RpcError | None) -> grpc.StatusCode | None:
+def error_code(error: grpc.RpcError | None) -> grpc.StatusCode | None:
     code = getattr(error, "code", None)
     if callable(code):
         result = code()
@@ -558,7 +602,7 @@ def _code(error: grpc.RpcError | None) -> grpc.StatusCode | None:
     return None
 
 
-def _details(error: grpc.RpcError | None) -> str | None:
+def error_details(error: grpc.RpcError | None) -> str | None:
     details = getattr(error, "details", None)
     if callable(details):
         result = details()
@@ -566,7 +610,7 @@ def _details(error: grpc.RpcError | None) -> str | None:
     return None
 
 
-def _metadata(error: grpc.RpcError, which: str) -> Iterable[tuple[str, str | bytes]] | None:
+def error_metadata(error: grpc.RpcError, which: str) -> Iterable[tuple[str, str | bytes]] | None:
     getter = getattr(error, f"{which}_metadata", None)
     if not callable(getter):
         return None
@@ -612,9 +656,12 @@ def renew_after_expiry(
 
 class ClientBase:
     """What the blocking and the asyncio client share: the endpoints, the
-    default deadline, the retry policy, the session and the credentials."""
+    default deadline, the retry policy, the session, the credentials and the
+    transport of key-value calls (``transport``: "stream", the default, sends
+    them over one KV.Stream per node; "unary" makes one call each)."""
 
     _stubs: dict[str, Any]
+    _streams: dict[str, Any]  # one KV.Stream per endpoint, opened on first use
 
     def __init__(
         self,
@@ -627,7 +674,9 @@ class ClientBase:
         rng: random.Random | None = None,
         token: str | None = None,
         tls: TLSOptions | None = None,
+        transport: str | None = None,
     ) -> None:
+        self.transport = check_transport(transport)
         self._metadata = token_metadata(token)
         self._tls = tls
         self._credentials = tls.credentials() if tls is not None else None
@@ -638,7 +687,9 @@ class ClientBase:
             check_timeout(attempt_timeout, "attempt_timeout")
         self._policy = retry or RetryPolicy(attempt_timeout=attempt_timeout)
         self._sessions = SessionTracker(client_id)
+        self._unary_only = UnaryOnly()
         self._stubs = {}
+        self._streams = {}
         self._lock = threading.Lock()  # the blocking client is shared between threads
         self._closed = False
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
@@ -11,7 +14,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from ramraft.client import _blobs, _core
+from ramraft.client import _blobs, _core, _stream
 from ramraft.client._core import (
     CallAttempts,
     CasResult,
@@ -42,6 +45,103 @@ class _Stubs:
         self.admin = admin_pb2_grpc.AdminStub(channel)
 
 
+class _Answer:
+    """Where the reader thread leaves one request's answer; the caller waits
+    on the lock, which starts held and is released once the answer is in."""
+
+    __slots__ = ("error", "lock", "response")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.response: kv_pb2.StreamResponse | None = None
+        self.error: BaseException | None = None
+
+
+_END_OF_REQUESTS: Any = object()
+
+
+class _Stream:
+    """One ``KV.Stream`` to one node, shared by the threads that call the
+    client: each request gets an id, a reader thread hands each answer to the
+    thread waiting for it. gRPC's own thread sends the requests from a queue.
+    See client/_stream.py for what an answer, a timeout and the stream's end
+    mean."""
+
+    def __init__(
+        self, stub: Any, endpoint: str, metadata: Any, unary_only: _core.UnaryOnly
+    ) -> None:
+        self.endpoint = endpoint
+        # Told at once when the node turns out not to serve the stream, so
+        # that calls starting meanwhile go unary rather than open another.
+        self._unary_only = unary_only
+        self._outbox: queue.SimpleQueue[kv_pb2.StreamRequest] = queue.SimpleQueue()
+        self._ids = itertools.count(1)  # next() is atomic in CPython
+        self._waiting: dict[int, _Answer] = {}
+        # Set once, when the stream is over: (code, details, trailing metadata).
+        self.ended: _stream.End | None = None
+        self._call = stub.Stream(iter(self._outbox.get, _END_OF_REQUESTS), metadata=metadata)
+        self._reader = threading.Thread(
+            target=self._read_all, name=f"ramraft-stream-{endpoint}", daemon=True
+        )
+        self._reader.start()
+
+    def call(self, op: str, request: Any, timeout: float) -> tuple[Any, _stream.Metadata]:
+        """As client/_async.py _Stream.call, blocking."""
+        if self.ended is not None:
+            raise _stream.ended(self.endpoint, *self.ended)
+        request_id = next(self._ids)
+        message = _stream.stream_request(request_id, op, request, timeout)
+        if not _stream.fits(message):
+            raise _stream.NotCarried("too large for a stream")
+        answer = _Answer()
+        self._waiting[request_id] = answer
+        ended = self._ended()
+        if ended is not None and self._waiting.pop(request_id, None) is not None:
+            # The reader failed the waiting calls before this one was added.
+            raise _stream.ended(self.endpoint, *ended)
+        self._outbox.put(message)
+        if not answer.lock.acquire(timeout=timeout):
+            if self._waiting.pop(request_id, None) is not None:
+                raise _stream.expired()
+            answer.lock.acquire()  # the reader is handing the answer over right now
+        if answer.error is not None:
+            raise answer.error
+        assert answer.response is not None
+        return _stream.stream_result(answer.response, op)
+
+    def _ended(self) -> _stream.End | None:
+        return self.ended  # read again: the reader thread may have set it meanwhile
+
+    def _read_all(self) -> None:
+        code: grpc.StatusCode | None = None
+        details = "the node ended the stream"
+        trailing: _stream.Metadata | None = None
+        try:
+            for response in self._call:
+                answer = self._waiting.pop(response.id, None)
+                if answer is not None:
+                    answer.response = response
+                    answer.lock.release()
+            code, details = self._call.code(), self._call.details() or details
+            trailing = self._call.trailing_metadata()
+        except grpc.RpcError as error:
+            code, details = _core.error_code(error), _core.error_details(error) or ""
+            trailing = _core.error_metadata(error, "trailing")
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            self._unary_only.add(self.endpoint)
+        self.ended = (code, details, trailing)
+        for request_id in list(self._waiting):
+            answer = self._waiting.pop(request_id, None)
+            if answer is not None:
+                answer.error = _stream.ended(self.endpoint, *self.ended)
+                answer.lock.release()
+
+    def close(self) -> None:
+        self._outbox.put(_END_OF_REQUESTS)
+        self._call.cancel()
+
+
 class Client(_core.ClientBase):
     """A blocking ramraft client; safe to share between threads.
 
@@ -52,17 +152,27 @@ class Client(_core.ClientBase):
     node (default: no limit but the deadline). ``client_id``: the session id
     (default: random). ``token``: a bearer token, for clusters that require
     one. ``tls``: TLS options (``TLSOptions.from_files(ca=..., cert=...,
-    key=...)``); without it the connections are plaintext. Every method takes
-    ``timeout=`` to override the default for that call.
+    key=...)``); without it the connections are plaintext. ``transport``:
+    "stream" (the default, or the RAMRAFT_TRANSPORT environment variable)
+    carries the key-value calls over one ``KV.Stream`` per node, shared by
+    all threads; "unary" makes one gRPC call each. Both keep the same
+    sessions, retries, deadlines and errors; a node that does not serve the
+    stream gets unary calls. Every method takes ``timeout=`` to override the
+    default for that call.
 
     Writes that raise Unavailable or DeadlineExceeded may or may not have
     been applied (see client.errors).
     """
 
+    _streams: dict[str, _Stream]
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            streams, self._streams = self._streams, {}
             stubs, self._stubs = self._stubs, {}
+        for stream in streams.values():
+            stream.close()
         for s in stubs.values():
             s.channel.close()
 
@@ -411,6 +521,42 @@ class Client(_core.ClientBase):
                     stubs = self._stubs[endpoint] = _Stubs(channel)
         return stubs
 
+    def _stream_to(self, endpoint: str) -> _Stream:
+        stream = self._streams.get(endpoint)
+        if stream is None or stream.ended is not None:
+            stubs = self._stubs_for(endpoint)
+            with self._lock:
+                stream = self._streams.get(endpoint)
+                if stream is None or stream.ended is not None:
+                    if self._closed:
+                        raise RuntimeError("the client is closed")
+                    stream = self._streams[endpoint] = _Stream(
+                        stubs.kv, endpoint, self._metadata, self._unary_only
+                    )
+        return stream
+
+    def _attempt(
+        self,
+        method: str,
+        rpc: Callable[[_Stubs], grpc.UnaryUnaryMultiCallable[Req, Resp]],
+        request: Req,
+        target: str,
+        timeout: float,
+    ) -> tuple[Resp, _stream.Metadata | None]:
+        """One attempt at ``target``: over its stream when the call has a
+        stream form, else (or when the stream cannot carry it) unary."""
+        op = _stream.op_for(method, self.transport)
+        if op is not None and target not in self._unary_only:
+            started = time.monotonic()
+            try:
+                return self._stream_to(target).call(op, request, timeout)
+            except _stream.NotCarried:
+                timeout = max(0.001, timeout - (time.monotonic() - started))
+        response, call = rpc(self._stubs_for(target)).with_call(
+            request, timeout=timeout, metadata=self._metadata
+        )
+        return response, call.trailing_metadata()
+
     def _write(
         self,
         method: str,
@@ -455,13 +601,11 @@ class Client(_core.ClientBase):
             if session is not None:
                 request.session.CopyFrom(self._sessions.session(session))  # type: ignore[attr-defined]
             try:
-                response, call = rpc(self._stubs_for(target)).with_call(
-                    request, timeout=attempt_timeout, metadata=self._metadata
-                )
+                response, trailing = self._attempt(method, rpc, request, target, attempt_timeout)
             except grpc.RpcError as error:
                 pause = attempts.failed(target, error)
                 if pause > 0:
                     time.sleep(pause)
                 continue
-            attempts.succeeded(call.trailing_metadata())
+            attempts.succeeded(trailing)
             return response

@@ -14,7 +14,11 @@ Errors (gRPC status codes):
   UNAVAILABLE        no leader or no quorum could be reached in time. The
                      client should retry, on any node. Trailing metadata
                      "ramraft-leader" may carry the leader's address.
-  DEADLINE_EXCEEDED  the caller's deadline passed.
+  DEADLINE_EXCEEDED  the caller's deadline passed, or its request message
+                     did not arrive within the server's request timeout.
+  RESOURCE_EXHAUSTED too many requests in flight, or the node's memory
+                     budget for requests and responses is in use: retry
+                     later. Refused before the request is read.
 
 A write that fails with UNAVAILABLE or DEADLINE_EXCEEDED may or may not have
 been applied. Retrying it with the same Session (client_id, sequence) is
@@ -108,7 +112,9 @@ class PutRequest(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
     key: _builtins.str
-    """The key: non-empty UTF-8, at most the key limit (1 KiB by default)."""
+    """The key: non-empty UTF-8 without control characters (U+0000-U+001F,
+    U+007F-U+009F), at most the key limit (1 KiB by default).
+    """
     value: _builtins.bytes
     """The value: any bytes, at most the value limit (1 MiB by default)."""
     @_builtins.property
@@ -410,7 +416,12 @@ class RangeResponse(_message.Message):
     MORE_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
     more: _builtins.bool
-    """True when more keys match after the last item returned."""
+    """True when more keys match after the last item returned: ask again with
+    start_after set to that item's key. A page can hold fewer items than
+    `limit` with `more` set: it ends early once its keys and values reach
+    the server's page byte budget (--max-range-bytes, 4 MiB by default;
+    always at least one item).
+    """
     index: _builtins.int
     """The applied index of the node when the read was served."""
     @_builtins.property

@@ -14,7 +14,11 @@ Errors (gRPC status codes):
   UNAVAILABLE        no leader or no quorum could be reached in time. The
                      client should retry, on any node. Trailing metadata
                      "ramraft-leader" may carry the leader's address.
-  DEADLINE_EXCEEDED  the caller's deadline passed.
+  DEADLINE_EXCEEDED  the caller's deadline passed, or its request message
+                     did not arrive within the server's request timeout.
+  RESOURCE_EXHAUSTED too many requests in flight, or the node's memory
+                     budget for requests and responses is in use: retry
+                     later. Refused before the request is read.
 
 A write that fails with UNAVAILABLE or DEADLINE_EXCEEDED may or may not have
 been applied. Retrying it with the same Session (client_id, sequence) is

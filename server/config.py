@@ -58,10 +58,13 @@ def parse_peers(text: str) -> dict[str, str]:
 class NodeLimits:
     """Input and resource limits; every one is configurable (``ramraft node
     --help`` lists the flags). Together they bound a node's memory under a
-    flood: at most ``max_inflight`` requests are served at once (each at most
-    ``max_request_bytes`` on gRPC, ``max_http_body_bytes`` on HTTP), on at
-    most ``max_connections`` connections per port; excess requests get
-    RESOURCE_EXHAUSTED (HTTP 429) at once instead of waiting in a queue."""
+    flood (see :func:`memory_bound` for the one formula): at most
+    ``max_inflight`` requests are served at once, on at most
+    ``max_connections`` connections per port, and every byte of a request
+    being read or a response being built or waiting to be sent counts against
+    ``max_inflight_bytes`` (server/security/budget.py); excess requests get
+    RESOURCE_EXHAUSTED (HTTP 429) at once, before their message is read,
+    instead of waiting in a queue."""
 
     max_key_bytes: int = 1024
     max_value_bytes: int = 1 << 20
@@ -73,12 +76,22 @@ class NodeLimits:
     max_inflight_per_connection: int = 1_024  # of those, on one client connection
     max_connections: int = 1_024  # client connections per port (gRPC, HTTP)
     snapshot_chunk_bytes: int = 1 << 20  # data bytes per InstallSnapshot chunk sent
+    max_range_bytes: int = 4 << 20  # key and value bytes per Range page
+    # Every request being read and every response being built or sent, in
+    # bytes, node-wide (gRPC and HTTP together): the memory budget.
+    max_inflight_bytes: int = 256 << 20
+    max_connections_per_source: int = 256  # HTTP connections from one address
+    handshake_timeout_ms: int = 5_000  # TLS/HTTP2 handshake, and HTTP request headers
+    request_timeout_ms: int = 5_000  # a call must deliver its request message within this
+    idle_timeout_ms: int = 300_000  # a connection without a call is closed after this
+    max_deadline_ms: int = 60_000  # the deadline of a call that sets none (or a longer one)
 
     def request_bytes(self) -> int:
-        """The gRPC request size limit: room for the largest value and key."""
+        """The gRPC request size limit: room for the largest request, a
+        CompareAndSwap with two values of the largest size and a key."""
         if self.max_request_bytes:
             return self.max_request_bytes
-        return max(4 << 20, self.max_value_bytes + self.max_key_bytes + (64 << 10))
+        return 2 * self.max_value_bytes + self.max_key_bytes + (64 << 10)
 
     def http_body_bytes(self) -> int:
         """The HTTP body limit: room for the largest value sent as base64 JSON."""
@@ -96,20 +109,35 @@ class NodeLimits:
             "max_inflight_per_connection",
             "max_connections",
             "snapshot_chunk_bytes",
+            "max_range_bytes",
+            "max_inflight_bytes",
+            "max_connections_per_source",
+            "handshake_timeout_ms",
+            "request_timeout_ms",
+            "idle_timeout_ms",
+            "max_deadline_ms",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if self.max_request_bytes < 0 or self.max_http_body_bytes < 0:
             raise ConfigError("--max-request-bytes and --max-http-body-bytes must be >= 0")
-        if self.max_request_bytes and self.max_request_bytes < self.max_value_bytes:
+        smallest = self.max_value_bytes + self.max_key_bytes + 1024
+        if self.max_request_bytes and self.max_request_bytes < smallest:
             raise ConfigError(
-                f"--max-request-bytes {self.max_request_bytes} is below --max-value-bytes "
-                f"{self.max_value_bytes}: the largest value could never be written over gRPC"
+                f"--max-request-bytes {self.max_request_bytes} is below --max-value-bytes + "
+                f"--max-key-bytes + 1 KiB ({smallest}): the largest value could never be "
+                "written over gRPC, nor replicated (peers' messages are held to it too)"
             )
         if self.snapshot_chunk_bytes > PEER_MESSAGE_BYTES // 2:
             raise ConfigError(
                 f"--snapshot-chunk-bytes must be at most {PEER_MESSAGE_BYTES // 2} "
                 "(half the peer port's message limit)"
+            )
+        if self.max_inflight_bytes < 2 * self.request_bytes():
+            raise ConfigError(
+                f"--max-inflight-bytes {self.max_inflight_bytes} is below twice "
+                f"--max-request-bytes ({self.request_bytes()}): not even one request of the "
+                "largest size could be read and answered"
             )
 
 
@@ -117,9 +145,45 @@ class NodeLimits:
 # health), written once it serves and removed when it stops (server/node.py).
 PORTS_FILE = "ports.json"
 
-# The largest message the peer port accepts (a batch of AppendEntries, a
-# snapshot chunk, a forwarded write); server/codec.py refuses larger batches.
+# The largest message a node sends to a peer or accepts from one (a batch of
+# AppendEntries, a snapshot chunk, a forwarded write) on a separate peer
+# port whose callers are authenticated (mutual TLS); every other port
+# accepts at most NodeLimits.request_bytes(), and a node never sends a peer
+# more than that (server/runtime/transport.py splits its batches;
+# server/runtime/wire.py refuses larger batches).
 PEER_MESSAGE_BYTES = 64 << 20
+
+# What a node holds before it serves anything: the interpreter, grpc, aiohttp
+# and the code (measured: 60-75 MiB at rest), with headroom.
+BASELINE_RSS_BYTES = 120 << 20
+# What one open connection may hold in the gRPC core and the event loop
+# without a call in flight: the HTTP/2 windows and TLS buffers (measured:
+# about 40 KiB per idle TLS connection; the bound leaves room).
+CONNECTION_BYTES = 128 << 10
+
+
+def memory_bound(limits: NodeLimits, snapshot_bytes: int, retain_bytes: int) -> int:
+    """The documented bound on a node's RSS, less the state machine's own
+    data (about three times the bytes of its keys and values in Python
+    objects): the baseline, the log held in RAM until a snapshot covers it
+    and its uncommitted tail, the in-flight budget (requests being read, responses being built and
+    sent, each counted once it is admitted; the wire copy and the Python
+    objects of a message are both counted) and the connections of the three
+    ports (gRPC, peer, HTTP). ``ramraft node --help`` prints the formula."""
+    return (
+        BASELINE_RSS_BYTES
+        + snapshot_bytes
+        + retain_bytes
+        + uncommitted_bytes(snapshot_bytes)
+        + limits.max_inflight_bytes
+        + 3 * limits.max_connections * CONNECTION_BYTES
+    )
+
+
+def uncommitted_bytes(snapshot_bytes: int) -> int:
+    """The most a leader holds of proposals not yet committed (the core's
+    max_uncommitted_bytes; server/runtime/loop.py)."""
+    return min(64 << 20, 2 * snapshot_bytes)
 
 
 @dataclass
@@ -205,10 +269,10 @@ class NodeConfig:
     fsync: bool = True
     limits: NodeLimits = field(default_factory=NodeLimits)
     tls: TLSConfig = field(default_factory=TLSConfig)
-    auth_tokens: str = ""  # token file (server/auth.py); empty: no client authentication
+    auth_tokens: str = ""  # token file (server/security/auth.py); empty: no client authentication
     # Node ids (fnmatch patterns) accepted as peers besides the known
     # members, e.g. "ramraft-*": a member that missed the addition of a new
-    # member still accepts it as leader (see server/transport.py).
+    # member still accepts it as leader (see server/runtime/transport.py).
     peer_id_pattern: str = ""
     health_listen: str = ""  # plaintext gRPC health-only port (k8s probes speak no TLS)
     # The cluster this node belongs to (machines/cluster.py). Empty: whatever
@@ -220,6 +284,10 @@ class NodeConfig:
     # index and compare: runtime/checks.py) every this many applied entries;
     # 0: only on demand (ramraft check).
     check_entries: int = 10_000
+    # Start with tokens but without TLS: tokens then travel in cleartext and
+    # the peer port is unauthenticated (anyone who reaches it can act as a
+    # peer). Refused unless this says so (see validate()).
+    insecure: bool = False
     blobs: BlobConfig = field(default_factory=BlobConfig)
 
     def validate(self) -> None:
@@ -243,6 +311,14 @@ class NodeConfig:
         self.limits.validate()
         self.tls.validate()
         self.blobs.validate()
+        if self.auth_tokens and not self.tls.enabled and not self.insecure:
+            raise ConfigError(
+                "--auth-tokens without TLS protects nothing: tokens would travel in cleartext "
+                "and the peer port would accept anyone as a peer (a forged Peer.Forward "
+                "writes, a forged AppendEntries deposes the leader). Turn TLS on "
+                "(--tls-cert/--tls-key/--tls-ca), or pass --insecure (env RAMRAFT_INSECURE=1) "
+                "on a network you trust"
+            )
         if self.tick_ms < 1 or self.election_ticks <= self.heartbeat_ticks:
             raise ConfigError("need --tick-ms >= 1 and --election-ticks > --heartbeat-ticks")
         if self.cluster_id and not valid_cluster_id(self.cluster_id):
@@ -252,6 +328,16 @@ class NodeConfig:
             )
         if self.check_entries < 0:
             raise ConfigError("--check-entries must not be negative")
+
+    def peer_message_bytes(self) -> int:
+        """The largest message this node sends to or accepts from a peer: the
+        peer port's larger limit only where every caller of that port is an
+        authenticated member (a separate --peer-listen port with TLS);
+        elsewhere --max-request-bytes, as for clients. Batches, AppendEntries
+        and snapshot chunks are cut to fit (server/runtime/transport.py)."""
+        if self.peer_listen and self.tls.enabled:
+            return PEER_MESSAGE_BYTES
+        return self.limits.request_bytes()
 
     def _check_ports_differ(self) -> None:
         """Two of this node's own ports on one number would collide (the

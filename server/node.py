@@ -58,6 +58,7 @@ from ramraft.server.config import (
     PORTS_FILE,
     ConfigError,
     NodeConfig,
+    NodeLimits,
     join_address,
     parse_address,
 )
@@ -80,7 +81,8 @@ from ramraft.server.runtime.membership import MembershipChanges
 from ramraft.server.runtime.node_api import InputLimits, NodeAPI
 from ramraft.server.runtime.steward import Steward
 from ramraft.server.runtime.transport import PeerServicer, PeerTransport
-from ramraft.server.security.auth import Gatekeeper, InflightLimiter, TokenStore
+from ramraft.server.security.auth import CallLimits, Gatekeeper, InflightLimiter, TokenStore
+from ramraft.server.security.budget import MemoryBudget
 from ramraft.server.security.tls import TLSFiles
 from ramraft.server.storage import open_storage
 from ramraft.server.web.metrics import NodeMetrics
@@ -146,7 +148,17 @@ def probe_listen(flag: str, address: str) -> None:
         raise ListenError(flag, address, reason, in_use=False)
 
 
-def server_options(max_receive: int, max_connections: int) -> list[tuple[str, int]]:
+def server_options(
+    max_receive: int, max_connections: int, limits: NodeLimits, max_streams: int
+) -> list[tuple[str, int]]:
+    """A gRPC server's channel arguments. grpc-python has no hook before a
+    connection's handshake, so these are what bound a connection that sends
+    nothing useful: the handshake must finish within --handshake-timeout-ms;
+    a connection without a call is closed after --idle-timeout-ms (calls in
+    use, a KV.Stream or a peer's stream, are never cut for idleness: an
+    open call is not idle); at most ``max_streams`` calls at once per
+    connection (more wait in the client); at most ``max_connections``
+    connections (the fd limit is raised above that, raise_fd_limit)."""
     return [
         # gRPC sets SO_REUSEPORT by default: a second process could then listen
         # on the same port and take half of the connections.
@@ -154,10 +166,38 @@ def server_options(max_receive: int, max_connections: int) -> list[tuple[str, in
         ("grpc.max_receive_message_length", max_receive),
         ("grpc.max_send_message_length", PEER_MESSAGE_BYTES),
         ("grpc.max_allowed_incoming_connections", max_connections),
+        ("grpc.server_handshake_timeout_ms", limits.handshake_timeout_ms),
+        ("grpc.max_connection_idle_ms", limits.idle_timeout_ms),
+        ("grpc.max_concurrent_streams", max_streams),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_ping_strikes", 0),
     ]
+
+
+def raise_fd_limit(needed: int) -> None:
+    """Raise the soft limit on open files to the hard one, so that the
+    connection limits (--max-connections per port) are what binds, not the
+    process's file descriptors (often 1024 by default: fewer than one
+    port's connections)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, needed)
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "fd_limit_below_connection_limits",
+            fd_limit=soft,
+            needed=needed,
+            detail="the file-descriptor limit, not --max-connections, bounds connections; "
+            "raise the hard limit (ulimit -Hn) or lower --max-connections",
+        )
 
 
 class Node:
@@ -211,6 +251,7 @@ class Node:
             config.limits.max_inflight, config.limits.max_inflight_per_connection
         )
         self.refusals = RateLimitedLog()
+        self.budget = MemoryBudget(config.limits.max_inflight_bytes)
         self.web: WebTier | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -269,10 +310,17 @@ class Node:
             runtime.report_unreachable,
             runtime.report_snapshot,
             tls=self.tls,
-            snapshot_chunk_bytes=cfg.limits.snapshot_chunk_bytes,
+            snapshot_chunk_bytes=min(
+                cfg.limits.snapshot_chunk_bytes, cfg.peer_message_bytes() // 2
+            ),
+            max_message_bytes=cfg.peer_message_bytes(),
         )
         limits = InputLimits(
-            cfg.limits.max_key_bytes, cfg.limits.max_value_bytes, cfg.limits.max_range_limit
+            cfg.limits.max_key_bytes,
+            cfg.limits.max_value_bytes,
+            cfg.limits.max_range_limit,
+            cfg.limits.max_range_bytes,
+            cfg.limits.max_deadline_ms / 1000,
         )
         self.api = api = NodeAPI(runtime, self.encode_result, self.decode_result, limits)
         self.membership = MembershipChanges(runtime)
@@ -291,7 +339,12 @@ class Node:
                 reserve_bytes=cfg.blobs.reserve_bytes,
                 fsync=cfg.fsync,
             )
-            settings = BlobSettings(cfg.blobs.gc_interval, cfg.blobs.gc_grace)
+            settings = BlobSettings(
+                cfg.blobs.gc_interval,
+                cfg.blobs.gc_grace,
+                # Half the peers' message limit: room for the message around the bytes.
+                peer_chunk_bytes=min(1 << 20, cfg.peer_message_bytes() // 2),
+            )
             self.blobs = NodeBlobs(runtime, api, store, cluster.blobs, settings)
             await self.blobs.prepare()
             metrics.registry.register(BlobCollector(self.blobs))
@@ -315,13 +368,36 @@ class Node:
         self.kv_service.observers.append(metrics.observer("grpc"))
         self.admin_service.observers.append(metrics.observer("grpc"))
         node_limits = cfg.limits
-        # Without a separate peer port, the client port also carries peer
-        # batches and snapshot chunks: it needs the peer message limit.
-        max_receive = node_limits.request_bytes() if cfg.peer_listen else PEER_MESSAGE_BYTES
-        gatekeeper = Gatekeeper(self.tokens, self.limiter, runtime.peers.is_member, self.refusals)
+        # The client port accepts --max-request-bytes, also where it carries
+        # the peers' messages (no --peer-listen): peers then cut theirs to
+        # that size (NodeConfig.peer_message_bytes).
+        max_receive = node_limits.request_bytes()
+        raise_fd_limit(3 * node_limits.max_connections + HEALTH_PORT_LIMIT + 256)
+        gatekeeper = Gatekeeper(
+            self.tokens,
+            self.limiter,
+            runtime.peers.is_member,
+            self.refusals,
+            CallLimits(
+                budget=self.budget,
+                request_bytes=max_receive,
+                request_timeout=node_limits.request_timeout_ms / 1000,
+                stream_share=node_limits.max_inflight_bytes // 8,
+            ),
+        )
+        # Per connection: a client's calls, or (shared port) a peer's
+        # forwarded writes, which are bounded by its own --max-inflight.
+        # Well above the in-flight limit, which answers RESOURCE_EXHAUSTED:
+        # past this one grpc refuses the stream itself (REFUSED_STREAM, which
+        # clients see as UNAVAILABLE).
+        client_streams = 4 * node_limits.max_inflight_per_connection + 64
+        if not cfg.peer_listen:
+            client_streams = max(client_streams, node_limits.max_inflight + 64)
         client_server = grpc.aio.server(
             interceptors=[gatekeeper],
-            options=server_options(max_receive, node_limits.max_connections),
+            options=server_options(
+                max_receive, node_limits.max_connections, node_limits, client_streams
+            ),
             # A backstop behind the gatekeeper's limits (which refuse first):
             # health checks, reflection and peer calls are not counted there.
             maximum_concurrent_rpcs=4 * node_limits.max_inflight + 64,
@@ -344,7 +420,12 @@ class Node:
         tls = self.tls
         if cfg.peer_listen:
             peer_server = grpc.aio.server(
-                options=server_options(PEER_MESSAGE_BYTES, node_limits.max_connections),
+                options=server_options(
+                    cfg.peer_message_bytes(),
+                    node_limits.max_connections,
+                    node_limits,
+                    node_limits.max_inflight + 64,
+                ),
                 maximum_concurrent_rpcs=4 * node_limits.max_inflight + 64,
             )
             self.servers.append(peer_server)
@@ -364,14 +445,14 @@ class Node:
             client_server.add_generic_rpc_handlers((peer_servicer.handler(),))
             services.append(raft_pb2.DESCRIPTOR.services_by_name["Peer"].full_name)
             # Peers are authenticated by their certificates: on a shared port
-            # every caller must present one (see server/transport.py).
+            # every caller must present one (see server/runtime/transport.py).
             require_client = True
         reflection.enable_server_reflection(services, client_server)
         self._bind(client_server, cfg.client_listen, "--listen", tls, require_client)
         if cfg.health_listen:
             # Plaintext, health only: kubelet's gRPC probes cannot speak TLS.
             health_server = grpc.aio.server(
-                options=server_options(64 << 10, HEALTH_PORT_LIMIT),
+                options=server_options(64 << 10, HEALTH_PORT_LIMIT, node_limits, 4),
                 maximum_concurrent_rpcs=HEALTH_PORT_LIMIT,
             )
             self.servers.append(health_server)
@@ -404,6 +485,7 @@ class Node:
                     metrics=metrics,
                     tokens=self.tokens,
                     limiter=self.limiter,
+                    budget=self.budget,
                     refusals=self.refusals,
                     tls=self.tls,
                     app=self.app,
@@ -468,11 +550,12 @@ class Node:
     def _warn_about_security(self) -> None:
         cfg = self.config
         if self.tls is None and self.tokens is not None:
+            # Started only with --insecure (NodeConfig.validate refuses otherwise).
             log.warning(
                 "tokens_without_tls",
-                detail="tokens travel in cleartext, and the peer port is unauthenticated: "
-                "anyone who reaches it can act as a peer (and write through Peer.Forward); "
-                "turn TLS on (--tls-cert/--tls-key/--tls-ca)",
+                detail="--insecure: tokens travel in cleartext, and the peer port is "
+                "unauthenticated: anyone who reaches it can act as a peer (and write through "
+                "Peer.Forward); turn TLS on (--tls-cert/--tls-key/--tls-ca)",
                 peer=cfg.peer_listen or cfg.client_listen,
             )
         if self.tls is not None and not cfg.peer_listen and cfg.tls.client_auth != "require":
@@ -540,7 +623,7 @@ class Node:
                 await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
             if self.tls is not None:
                 # Notice rotated files even when no connection comes in (at most
-                # one stat of the files a second; server/tls.py).
+                # one stat of the files a second; server/security/tls.py).
                 self.tls.refresh()
             await asyncio.sleep(0.1)
 

@@ -1,4 +1,4 @@
-"""The linearizability checker lives in the package, server/linearizability.py,
+"""The linearizability checker lives in the package, tools/linearizability.py,
 because `ramraft chaos` (in the image, run by k8s/chaos.sh) uses it. This
 module keeps the import path the tests use."""
 

@@ -9,3 +9,12 @@ checker (history.py, linearizability.py), and the generators of certificates
 Tools may import ``ramraft.client`` and ``ramraft.server``; nothing in those
 imports ``ramraft.tools``.
 """
+
+import os
+
+# grpc's C core writes its own lines to stderr, outside Python's logging (a
+# line per failed handshake or idle GOAWAY, at INFO): the command line, and
+# so `ramraft node`, keeps it to errors unless GRPC_VERBOSITY says otherwise.
+# The core reads the variable once, when grpc is imported: this package's
+# __init__ runs before cli.py imports grpc.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")

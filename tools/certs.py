@@ -8,8 +8,17 @@ It writes ``ca.pem``/``ca-key.pem`` (kept if they exist: re-running adds or
 renews certificates under the same CA), one ``<node>.pem``/``<node>-key.pem``
 per node, valid for both serving and peer (client) authentication, whose
 identity (the common name and a ``ramraft-node:<id>`` URI SAN) is the node id,
-and ``client.pem``/``client-key.pem`` for clients. ``--secret`` prints a
-Kubernetes Secret holding all of it, for the StatefulSet to mount.
+and ``client.pem``/``client-key.pem`` for clients. Private keys are created
+0600. ``--secret`` prints two Kubernetes Secrets: ``ramraft-tls`` with the CA
+certificate and the nodes' certificates and keys (for the StatefulSet), and
+``ramraft-client-tls`` with the CA certificate and the client certificates
+and keys (for client pods; never mounted by a node).
+
+``ramraft certs own-key`` (run in the pod, k8s/statefulset.yaml) copies one
+node's certificate, key and the CA from the mounted Secret into a directory
+of its own (an in-memory volume), so that the node's container sees its own
+key and no other member's: a StatefulSet's pod template cannot pick a
+Secret per pod. With ``--watch`` it keeps the copy current (rotations).
 """
 
 from __future__ import annotations
@@ -28,7 +37,9 @@ from ramraft.server.security.tls import NODE_URI_PREFIX, node_id_of
 __all__ = ["node_id_of"]  # re-exported: the tools' users check what they made
 
 # Where k8s/statefulset.yaml mounts the ramraft-tls and ramraft-tokens Secrets.
-K8S_TLS_DIR = "/etc/ramraft/tls"
+# The node container reads its own certificate, key and the CA from an
+# in-memory volume that `ramraft certs own-key` fills from the Secret.
+K8S_TLS_DIR = "/run/ramraft/tls"
 K8S_TOKENS_FILE = "/etc/ramraft/tokens/tokens"
 K8S_HEALTH_LISTEN = "0.0.0.0:7002"
 
@@ -70,10 +81,14 @@ def _lazy_crypto() -> Any:
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
+    """Write ``data`` to a temporary file and rename it over ``path``. A
+    private key's file is created 0600 (os.open with the mode): it is never
+    readable by others, not even for the moment before a chmod."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    if private:
-        os.chmod(tmp, 0o600)
+    tmp.unlink(missing_ok=True)  # left by an interrupted run; O_EXCL below
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
     tmp.replace(path)
 
 
@@ -216,20 +231,75 @@ def make_cluster_certs(
     return written
 
 
-def secret_yaml(out: Path, files: list[Path], name: str) -> str:
-    lines = [
-        "apiVersion: v1",
-        "kind: Secret",
-        "metadata:",
-        f"  name: {name}",
-        "type: Opaque",
-        "data:",
-    ]
-    for path in files:
-        if path.name == "ca-key.pem":
-            continue  # the CA's key never goes into the cluster
-        lines.append(f"  {path.name}: {base64.b64encode(path.read_bytes()).decode()}")
-    return "\n".join(lines) + "\n"
+def secret_yaml(
+    out: Path, files: list[Path], name: str, client_names: list[str] | None = None
+) -> str:
+    """The nodes' Secret ``name`` (CA certificate, node certificates and
+    keys) and, when ``client_names`` are given, ``<name minus -tls>-client-tls``
+    with the CA certificate and those clients' certificates and keys: a
+    client's key never sits in the nodes' Secret, nor a node's in the
+    clients'. The CA's key goes into neither."""
+    clients = {f"{c}.pem" for c in client_names or []} | {
+        f"{c}-key.pem" for c in client_names or []
+    }
+
+    def secret(secret_name: str, paths: list[Path]) -> list[str]:
+        lines = ["apiVersion: v1", "kind: Secret", "metadata:", f"  name: {secret_name}"]
+        lines += ["type: Opaque", "data:"]
+        for path in paths:
+            lines.append(f"  {path.name}: {base64.b64encode(path.read_bytes()).decode()}")
+        return lines
+
+    public = [p for p in files if p.name != "ca-key.pem"]  # the CA's key never goes in
+    nodes = [p for p in public if p.name not in clients]
+    docs = ["\n".join(secret(name, nodes))]
+    if client_names:
+        client_files = [out / "ca.pem", *(p for p in public if p.name in clients)]
+        docs.append("\n".join(secret(client_secret_name(name), client_files)))
+    return "\n---\n".join(docs) + "\n"
+
+
+def client_secret_name(nodes_secret: str) -> str:
+    base = nodes_secret.removesuffix("-tls")
+    return f"{base}-client-tls"
+
+
+def copy_own_key(source: Path, target: Path, node_id: str) -> bool:
+    """Copy ``node_id``'s certificate and key and the CA from ``source``
+    (the mounted Secret) to ``target``, each file written to a temporary
+    file created 0600 and renamed into place (the node re-reads them when
+    they change); returns whether anything changed."""
+    changed = False
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for name in (f"{node_id}.pem", f"{node_id}-key.pem", "ca.pem"):
+        data = (source / name).read_bytes()
+        path = target / name
+        if path.exists() and path.read_bytes() == data:
+            continue
+        _write(path, data, private=True)
+        changed = True
+    return changed
+
+
+def run_own_key(args: argparse.Namespace) -> int:
+    import time
+
+    node_id = args.node or os.environ.get("RAMRAFT_ID", "")
+    if not node_id:
+        print("ramraft certs own-key: --node (or RAMRAFT_ID) is required", file=sys.stderr)
+        return 2
+    while True:
+        try:
+            if copy_own_key(Path(args.source), Path(args.target), node_id):
+                print(f"ramraft certs own-key: {node_id}'s files copied to {args.target}")
+                sys.stdout.flush()
+        except OSError as e:
+            print(f"ramraft certs own-key: {e}", file=sys.stderr)
+            if not args.watch:
+                return 1
+        if not args.watch:
+            return 0
+        time.sleep(args.watch)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -257,7 +327,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"ramraft certs: cannot write to {out}: {e}", file=sys.stderr)
         return 1
     if args.secret:
-        sys.stdout.write(secret_yaml(out, written, args.secret_name))
+        sys.stdout.write(secret_yaml(out, written, args.secret_name, args.clients.split(",")))
     else:
         for path in written:
             print(path)
@@ -286,6 +356,31 @@ def register(sub: Any) -> None:
     p.add_argument("--peer-service", default="ramraft-peers")
     p.add_argument("--client-service", default="ramraft")
     p.add_argument("--cluster-domain", default="cluster.local")
-    p.add_argument("--secret", action="store_true", help="print a Kubernetes Secret with the files")
+    p.add_argument(
+        "--secret",
+        action="store_true",
+        help="print the Kubernetes Secrets: the nodes' (--secret-name) and the clients' "
+        "(<name>-client-tls)",
+    )
     p.add_argument("--secret-name", default="ramraft-tls")
     p.set_defaults(func=run)
+    own = p.add_subparsers(dest="certs_command")
+    q = own.add_parser(
+        "own-key",
+        help="copy one node's certificate, key and the CA out of a mounted Secret",
+        description=(
+            "Copy NODE.pem, NODE-key.pem and ca.pem from --source (the mounted Secret with "
+            "every node's files) to --target (an in-memory volume the node alone reads), "
+            "files 0600. k8s/statefulset.yaml runs it beside the node."
+        ),
+    )
+    q.add_argument("--source", default="/etc/ramraft/secret", help="the mounted Secret")
+    q.add_argument("--target", default=K8S_TLS_DIR, help="where the node reads its files")
+    q.add_argument("--node", default="", help="the node id (default: env RAMRAFT_ID)")
+    q.add_argument(
+        "--watch",
+        type=float,
+        default=0.0,
+        help="copy again every SECONDS when the files change (rotations); 0: once",
+    )
+    q.set_defaults(func=run_own_key)

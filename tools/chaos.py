@@ -19,7 +19,7 @@ Every write stores a value no other write stores (``c<client>.<n>``), so a
 read names the write it saw. After ``--duration`` seconds the clients stop
 (operations in flight finish within their deadline), a fresh client reads
 every key linearizably (retrying up to ``--final-timeout``), and the history
-is checked (server/history.py):
+is checked (tools/history.py):
 
 1. linearizability (server.linearizability: Wing & Gong search with Lowe's
    memoization, key by key), over every operation including the final reads;

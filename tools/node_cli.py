@@ -23,13 +23,14 @@ from ramraft.server.config import (
     NodeConfig,
     NodeLimits,
     TLSConfig,
+    memory_bound,
     parse_peers,
 )
 
 if TYPE_CHECKING:
     from ramraft.server.hosting import Application
 
-NODE_EPILOG = """\
+NODE_EPILOG_TEMPLATE = """\
 examples:
   ramraft node --id a --peers a=127.0.0.1:7001,b=127.0.0.1:7002,c=127.0.0.1:7003 \\
       --data-dir /var/lib/ramraft/a --http 127.0.0.1:8001
@@ -53,18 +54,38 @@ security (off by default; on in k8s/):
   they change on disk; new connections use the new certificate.
   --auth-tokens FILE requires a bearer token (roles read, write, admin; see
   `ramraft tokens`) on the gRPC and HTTP ports; health checks stay open.
+  Tokens without TLS protect nothing (cleartext tokens, an unauthenticated
+  peer port): the node refuses to start so unless --insecure says so.
 
 exit status: 0 stopped cleanly (SIGTERM, Ctrl-C); 1 stopped by a failure
 (storage, snapshot); 2 a bad setting, data directory or address; 4 a port is
 in use by another process (the same settings with another port can work).
 
-limits (excess requests get RESOURCE_EXHAUSTED / HTTP 429 at once; memory is
-bounded by about --max-inflight x --max-request-bytes plus the data):
+limits (excess requests get RESOURCE_EXHAUSTED / HTTP 429 at once, before
+their message is read). Memory, in one formula:
+  RSS <= 120 MiB + 3 x (the keys' and values' bytes)
+         + --snapshot-bytes + --retain-bytes + min(64 MiB, 2 x --snapshot-bytes)
+         + --max-inflight-bytes + 3 x --max-connections x 128 KiB
+  (the baseline; the state machine's data as Python objects; the log held in
+  RAM until a snapshot covers it, and its uncommitted tail; every request
+  being read and every response being built or sent; the open connections
+  of the gRPC, peer and HTTP ports). With the defaults: {default_bound} MiB + 3 x data.
   --max-key-bytes, --max-value-bytes, --max-request-bytes, --max-http-body-bytes,
-  --max-inflight, --max-inflight-per-connection, --max-connections,
-  --max-pending-requests, --max-range-page, --snapshot-chunk-bytes,
+  --max-inflight, --max-inflight-per-connection, --max-inflight-bytes,
+  --max-connections, --max-connections-per-source, --max-pending-requests,
+  --max-range-page, --max-range-bytes, --snapshot-chunk-bytes
   --max-blob-bytes, --blob-reserve-bytes (RESOURCE_EXHAUSTED / HTTP 507)
+connections and calls:
+  --handshake-timeout-ms (TLS/HTTP2 handshake, HTTP request headers),
+  --request-timeout-ms (a call's request message), --idle-timeout-ms (a
+  connection without a call; calls in use, such as KV.Stream, are never cut),
+  --max-deadline-ms (the longest a call may wait, and what one without a
+  deadline gets)
 """
+NODE_EPILOG = NODE_EPILOG_TEMPLATE.replace(
+    "{default_bound}",
+    str(memory_bound(NodeLimits(), NodeConfig.snapshot_bytes, NodeConfig.retain_bytes) >> 20),
+)
 
 
 # ---- ramraft node: its settings ----------------------------------------------------------------
@@ -271,6 +292,14 @@ NODE_SETTINGS: tuple[Setting, ...] = (
         metavar="FILE",
     ),
     Setting(
+        "insecure",
+        "start with --auth-tokens but without TLS: tokens then travel in cleartext and anyone "
+        "who reaches the peer port can act as a peer",
+        False,
+        bool,
+        group="tls",
+    ),
+    Setting(
         "peer-id-pattern",
         "node ids accepted as peers besides the known members, fnmatch patterns, "
         "comma-separated, e.g. 'ramraft-*'",
@@ -288,8 +317,9 @@ NODE_SETTINGS: tuple[Setting, ...] = (
     _limit(
         "max-request-bytes",
         _LIMITS.max_request_bytes,
-        "largest gRPC request on the client port; 0: max(4 MiB, value + key + 64 KiB). "
-        "Without --peer-listen the port also carries peer messages and accepts 64 MiB",
+        "largest gRPC request any port accepts; 0: 2 x value + key + 64 KiB (a "
+        "CompareAndSwap of two values). Only a --peer-listen port with TLS (every caller an "
+        "authenticated member) takes 64 MiB peer messages; elsewhere peers cut theirs to fit",
     ),
     _limit(
         "max-http-body-bytes",
@@ -306,13 +336,52 @@ NODE_SETTINGS: tuple[Setting, ...] = (
         _LIMITS.max_inflight_per_connection,
         "client requests served at once on one connection",
     ),
+    _limit(
+        "max-inflight-bytes",
+        _LIMITS.max_inflight_bytes,
+        "memory budget, node-wide: bytes of requests being read and responses being built "
+        "or sent (3 copies each); a call that cannot reserve its bytes is refused before "
+        "its message is read",
+    ),
     _limit("max-connections", _LIMITS.max_connections, "open client connections per port"),
+    _limit(
+        "max-connections-per-source",
+        _LIMITS.max_connections_per_source,
+        "open HTTP connections from one address",
+    ),
     _limit(
         "max-pending-requests",
         _LIMITS.max_pending_requests,
         "writes and reads waiting inside the node (including forwarded ones)",
     ),
     _limit("max-range-page", _LIMITS.max_range_limit, "most items in one Range page"),
+    _limit(
+        "max-range-bytes",
+        _LIMITS.max_range_bytes,
+        "most key and value bytes in one Range page (at least one item; `more` says continue)",
+    ),
+    _limit(
+        "handshake-timeout-ms",
+        _LIMITS.handshake_timeout_ms,
+        "a connection's TLS/HTTP2 handshake, and an HTTP request's headers, must arrive within",
+    ),
+    _limit(
+        "request-timeout-ms",
+        _LIMITS.request_timeout_ms,
+        "a call's request message (an HTTP body) must arrive within this, or it is refused "
+        "and its slot freed",
+    ),
+    _limit(
+        "idle-timeout-ms",
+        _LIMITS.idle_timeout_ms,
+        "a gRPC connection without a call is closed after this (calls in use never are)",
+    ),
+    _limit(
+        "max-deadline-ms",
+        _LIMITS.max_deadline_ms,
+        "the longest a call may wait (a longer deadline is cut to it); also the deadline of "
+        "a call that sets none",
+    ),
     _limit(
         "snapshot-chunk-bytes",
         _LIMITS.snapshot_chunk_bytes,
@@ -418,6 +487,13 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
             max_inflight_per_connection=args.max_inflight_per_connection,
             max_connections=args.max_connections,
             snapshot_chunk_bytes=args.snapshot_chunk_bytes,
+            max_range_bytes=args.max_range_bytes,
+            max_inflight_bytes=args.max_inflight_bytes,
+            max_connections_per_source=args.max_connections_per_source,
+            handshake_timeout_ms=args.handshake_timeout_ms,
+            request_timeout_ms=args.request_timeout_ms,
+            idle_timeout_ms=args.idle_timeout_ms,
+            max_deadline_ms=args.max_deadline_ms,
         ),
         tls=TLSConfig(
             cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca, client_auth=args.tls_client_auth
@@ -427,6 +503,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         health_listen=args.health_listen,
         cluster_id=args.cluster_id,
         check_entries=args.check_entries,
+        insecure=args.insecure,
         blobs=BlobConfig(
             directory=args.blob_dir,
             max_blob_bytes=args.max_blob_bytes,
@@ -448,7 +525,8 @@ def prepare_data_dir(path: str) -> None:
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"{flag}: is a file, not a directory; {advice}")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        # 0700: the WAL holds the values in plaintext (server/storage/datadir.py).
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise ConfigError(
             f"{flag}: a part of the path is a file, not a directory; {advice}"

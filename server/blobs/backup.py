@@ -121,12 +121,12 @@ def restore_blobs(stream: _Readable, count: int, directory: Path, *, fsync: bool
     are kept (a file named by its digest holds those bytes)."""
     store = BlobStore(directory, max_blob_bytes=1 << 62, reserve_bytes=0)
     for sub in (store.root, store.files, store.tmp):
-        sub.mkdir(parents=True, exist_ok=True)
+        os.makedirs(sub, mode=0o700, exist_ok=True)
     written = 0
     for digest, _, pieces in _records(stream, count):
         final = store.path(digest)
         temporary = store.tmp / f"{secrets.token_hex(8)}.part"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             for piece in pieces:
                 write_all(fd, [piece])
@@ -137,7 +137,7 @@ def restore_blobs(stream: _Readable, count: int, directory: Path, *, fsync: bool
             temporary.unlink(missing_ok=True)
             raise
         os.close(fd)
-        final.parent.mkdir(exist_ok=True)
+        final.parent.mkdir(mode=0o700, exist_ok=True)
         os.replace(temporary, final)
         if fsync:
             fsync_dir(str(final.parent))

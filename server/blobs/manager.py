@@ -117,6 +117,9 @@ class BlobSettings:
     """Seconds between the leader's collect entries (0: none)."""
     gc_grace: float = 3600.0
     """Seconds a blob stays after its last put or last reference."""
+    peer_chunk_bytes: int = PIECE
+    """The most blob bytes in one message to a peer (ReadBlob): within the
+    peers' message limit (server/config.py peer_message_bytes)."""
 
 
 class BlobReader:
@@ -593,8 +596,10 @@ class NodeBlobs(CatalogListener):
             file = await self.store.open_file(digest)
         except FileNotFoundError:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"{self.id} holds no blob {digest}")
+        chunk = max(1 << 10, self.settings.peer_chunk_bytes)
         async for piece in file:
-            yield raft_pb2.ReadBlobResponse(data=piece)
+            for start in range(0, len(piece), chunk):
+                yield raft_pb2.ReadBlobResponse(data=piece[start : start + chunk])
 
     # ---- the catalog, as entries are applied --------------------------------------------------
 

@@ -154,7 +154,7 @@ class BlobStore:
         """Create the directories, empty ``tmp/`` and list the blobs held.
         Blocking: call it in a thread (at start, before serving)."""
         for directory in (self.root, self.files, self.tmp):
-            directory.mkdir(parents=True, exist_ok=True)
+            os.makedirs(directory, mode=0o700, exist_ok=True)  # private, as the WAL
         for leftover in self.tmp.iterdir():
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
@@ -208,7 +208,7 @@ class BlobStore:
 
     def _create_temp(self) -> tuple[Path, int]:
         path = self.tmp / f"{secrets.token_hex(8)}.part"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         return path, fd
 
     async def receive(
@@ -261,7 +261,7 @@ class BlobStore:
             return
         parent = final.parent
         if not parent.exists():
-            parent.mkdir(exist_ok=True)
+            parent.mkdir(mode=0o700, exist_ok=True)
             if self.fsync:
                 fsync_dir(str(self.files))
         os.rename(incoming.path, final)

@@ -106,9 +106,9 @@ reads the stream incrementally and never holds the whole encoded state. Restore
 replaces the contents of the SAME instance (references to the model stay
 valid; references to its inner containers do not). A model with a very large
 state and values that are never mutated in place can override ``snapshot`` on
-a ``ModelMachine`` subclass with a copy-on-write view as server/kv.py does.
+a ``ModelMachine`` subclass with a copy-on-write view as server/machines/kv.py does.
 
-Exactly-once: a call can carry a session (see server/sessions.py); the default
+Exactly-once: a call can carry a session (see server/machines/sessions.py); the default
 bound call does not (the runtime proposes in-process calls once). Calls with a
 session are deduplicated by a session table that is part of the snapshot.
 """
@@ -312,7 +312,7 @@ class Call(NamedTuple):
     args: list[Any]
     kwargs: dict[str, Any]
     session: tuple[int, int, int] | None = None
-    """``(client_id, sequence, first_unacked)``; see server/sessions.py."""
+    """``(client_id, sequence, first_unacked)``; see server/machines/sessions.py."""
 
 
 _TAG = bytes([TAG_MODEL])
@@ -628,7 +628,7 @@ class _ModelSnapshotJob:
 class ModelMachine:
     """The state machine that applies model calls to one model instance.
 
-    ``session limits`` as in server/sessions.py; they must be the same on every
+    ``session limits`` as in server/machines/sessions.py; they must be the same on every
     node.
     """
 

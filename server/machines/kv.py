@@ -2,7 +2,7 @@
 
 State: a ``dict[str, bytes]`` for point reads plus a ``SortedList`` of the keys
 (sortedcontainers) for prefix ranges in O(log n + k), and the client session
-table (server/sessions.py). Keys are non-empty ``str``; they sort by code point,
+table (server/machines/sessions.py). Keys are non-empty ``str``; they sort by code point,
 which is the order of their UTF-8 bytes.
 
 Commands (log entry data)
@@ -138,7 +138,7 @@ class Op(enum.IntEnum):
 
 
 class Session(NamedTuple):
-    """A write's exactly-once identity (server/sessions.py): ids and sequences
+    """A write's exactly-once identity (server/machines/sessions.py): ids and sequences
     are 1..2**64-1; ``first_unacked`` is the client's lowest sequence still
     waiting for a reply, 0..sequence (0: not given, one write at a time)."""
 
@@ -572,14 +572,18 @@ class KVMachine:
         return True, value
 
     def range(
-        self, prefix: str = "", start_after: str = "", limit: int = 0
+        self, prefix: str = "", start_after: str = "", limit: int = 0, max_bytes: int = 0
     ) -> tuple[list[tuple[str, bytes]], bool]:
         """Keys starting with ``prefix`` and greater than ``start_after``, in
-        order, at most ``limit`` of them (0: no limit). Returns ``(items,
-        more)``; ``more`` says whether further matching keys exist (pass the
-        last key as ``start_after`` to continue)."""
+        order, at most ``limit`` of them (0: no limit) and, with
+        ``max_bytes``, no more keys and values than fit in that many bytes
+        (always at least one item, so that a page makes progress). Returns
+        ``(items, more)``; ``more`` says whether further matching keys exist
+        (pass the last key as ``start_after`` to continue)."""
         if limit < 0:
             raise ValueError("limit must be >= 0")
+        if max_bytes < 0:
+            raise ValueError("max_bytes must be >= 0")
         data, keys = self._maps
         if start_after and start_after >= prefix:
             lo = keys.bisect_right(start_after)
@@ -590,8 +594,18 @@ class KVMachine:
         stop = hi if not limit else min(hi, lo + limit)
         if stop <= lo:
             return [], False
-        items = [(k, data[k]) for k in keys.islice(lo, stop)]
-        return items, stop < hi
+        if not max_bytes:
+            items = [(k, data[k]) for k in keys.islice(lo, stop)]
+            return items, stop < hi
+        items = []
+        size = 0
+        for k in keys.islice(lo, stop):
+            value = data[k]
+            size += len(k) + len(value)
+            if size > max_bytes and items:
+                break
+            items.append((k, value))
+        return items, lo + len(items) < hi
 
     def items(self) -> Iterator[tuple[str, bytes]]:
         """All pairs in key order (for tests and tools; not for large maps on

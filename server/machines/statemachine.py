@@ -36,7 +36,7 @@ Routing several machines in one log
 Every non-empty command starts with a one-byte tag naming the machine it is
 for (:data:`TAG_KV`, :data:`TAG_MODEL`). A single machine checks the tag; a
 :class:`CompositeMachine` routes by it, so the built-in key-value machine and
-an application model (server/embed.py) can share one Raft log.
+an application model (server/machines/embed.py) can share one Raft log.
 
 Snapshot framing
 ----------------
@@ -60,9 +60,9 @@ import crc32c
 # -- command tags -------------------------------------------------------------
 
 TAG_KV = 0x01
-"""First byte of every key-value command (server/kv.py)."""
+"""First byte of every key-value command (server/machines/kv.py)."""
 TAG_MODEL = 0x02
-"""First byte of every embedded-model call (server/embed.py)."""
+"""First byte of every embedded-model call (server/machines/embed.py)."""
 TAG_CLUSTER = 0x03
 """First byte of every cluster command (machines/cluster.py): version
 switches, the upgrade hold, the cluster id, state checks. A node of a release
@@ -93,7 +93,7 @@ class ErrorCode(enum.IntEnum):
     longer produced (such an entry now stops the node: ApplyHalted); kept
     because session replies in snapshots may hold it."""
     COMMAND_FAILED = 5
-    """An embedded-model command raised; see server/embed.py for what that
+    """An embedded-model command raised; see server/machines/embed.py for what that
     means for the model's state."""
     BAD_RESULT = 6
     """An embedded-model command ran (its effects stay) but returned a value

@@ -11,11 +11,20 @@ from typing import Any
 import grpc
 
 from ramraft.proto import blobs_pb2, blobs_pb2_grpc
-from ramraft.server.blobs.manager import NodeBlobs
+from ramraft.server.blobs.manager import PUT_TIMEOUT, NodeBlobs
 from ramraft.server.machines.blobs import DEFAULT_CONTENT_TYPE, BlobRef
 from ramraft.server.request_errors import BadRequest, error_message, wire_status
-from ramraft.server.rpc.services import _timeout, rpc
+from ramraft.server.rpc.services import rpc
 from ramraft.server.runtime.loop import RaftRuntime
+
+
+def _timeout(context: grpc.aio.ServicerContext[Any, Any]) -> float:
+    """A blob call's time limit: its deadline, at most PUT_TIMEOUT (also
+    what a call without one gets). Not --max-deadline-ms: a large blob takes
+    longer to move than any key-value call should wait; a client that stops
+    sending is cut by the gatekeeper's per-message timeout instead."""
+    remaining = context.time_remaining()
+    return PUT_TIMEOUT if remaining is None else max(0.0, min(remaining, PUT_TIMEOUT))
 
 
 def blob_info(ref: BlobRef) -> blobs_pb2.BlobInfo:

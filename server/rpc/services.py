@@ -55,10 +55,17 @@ from ramraft.server.request_errors import (
 from ramraft.server.runtime.backup import backup_bytes, backup_header
 from ramraft.server.runtime.loop import RaftRuntime
 from ramraft.server.runtime.membership import MembershipChanges
-from ramraft.server.runtime.node_api import NodeAPI
+from ramraft.server.runtime.node_api import InputLimits, NodeAPI
 from ramraft.server.runtime.status import MemberProgress
 from ramraft.server.runtime.steward import Steward
-from ramraft.server.security.auth import STREAM_GATE
+from ramraft.server.security.auth import STREAM_GATE, StreamGate
+from ramraft.server.security.budget import (
+    CALL_RESERVATION,
+    MESSAGE_COPIES,
+    Reservation,
+    page_budget,
+    reserve_answer,
+)
 
 if TYPE_CHECKING:
     from ramraft.server.blobs.manager import NodeBlobs
@@ -70,9 +77,10 @@ R = TypeVar("R")
 ServicerMethod = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]
 
 
-def _timeout(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
-    remaining = context.time_remaining()
-    return None if remaining is None else max(0.0, remaining)
+def _timeout(context: grpc.aio.ServicerContext[Any, Any], limits: InputLimits) -> float:
+    """The call's time limit: its deadline, at most --max-deadline-ms (also
+    what a call without a deadline gets)."""
+    return limits.deadline(context.time_remaining())
 
 
 def rpc(name: str) -> Callable[[ServicerMethod[R]], ServicerMethod[R]]:
@@ -205,7 +213,9 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def _write(
         self, command: bytes, context: grpc.aio.ServicerContext[Any, Any], safe: bool
     ) -> tuple[int, object]:
-        index, result = await self.api.write(command, _timeout(context), retry_unsafe=safe)
+        index, result = await self.api.write(
+            command, _timeout(context, self.limits), retry_unsafe=safe
+        )
         check_command_result(result)
         return index, result
 
@@ -213,7 +223,7 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def Put(
         self, request: kv_pb2.PutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> kv_pb2.PutResponse:
-        self.limits.check_key(request.key)
+        self.limits.check_new_key(request.key)
         self.limits.check_value(request.value)
         session = _session(request)
         _, result = await self._write(
@@ -239,7 +249,7 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def CompareAndSwap(
         self, request: kv_pb2.CompareAndSwapRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> kv_pb2.CompareAndSwapResponse:
-        self.limits.check_key(request.key)
+        self.limits.check_new_key(request.key)
         self.limits.check_value(request.value)
         expected = request.expected if request.HasField("expected") else None
         if expected is not None:
@@ -261,9 +271,12 @@ class KVService(kv_pb2_grpc.KVServicer):
         self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> kv_pb2.GetResponse:
         self.limits.check_key(request.key)
+        timeout = _timeout(context, self.limits)
         if _consistency(request.consistency):
-            await self.api.linearizable(_timeout(context))
+            await self.api.linearizable(timeout)
         found, value = self.machine.get(request.key)
+        if len(value) > 64 << 10:  # small answers are covered by the request's reservation
+            await reserve_answer(len(value), timeout)
         return kv_pb2.GetResponse(found=found, value=value, index=self.machine.applied_index)
 
     @rpc("Range")
@@ -272,9 +285,14 @@ class KVService(kv_pb2_grpc.KVServicer):
     ) -> kv_pb2.RangeResponse:
         limit = request.limit or self.limits.max_range_limit
         limit = min(limit, self.limits.max_range_limit)
+        timeout = _timeout(context, self.limits)
         if _consistency(request.consistency):
-            await self.api.linearizable(_timeout(context))
-        items, more = self.machine.range(request.prefix, request.start_after, limit)
+            await self.api.linearizable(timeout)
+        async with page_budget(self.limits.max_range_bytes, timeout) as budget:
+            items, more = self.machine.range(
+                request.prefix, request.start_after, limit, max_bytes=budget.page_bytes
+            )
+            budget.used(sum(len(k) + len(v) for k, v in items))
         return kv_pb2.RangeResponse(
             items=[kv_pb2.KeyValue(key=k, value=v) for k, v in items],
             more=more,
@@ -288,30 +306,50 @@ class KVService(kv_pb2_grpc.KVServicer):
     ) -> None:
         """Serve each request as it arrives, concurrently; write each
         response when its request completes. Requests are admitted one by
-        one (server/auth.py StreamGate); a refused one is answered at once."""
+        one (server/security/auth.py StreamGate); a refused one is answered at once.
+
+        Bounded (with a gate; server/security/budget.py): the next request
+        is read only once its bytes are reserved in the node's memory
+        budget, and only while this stream's requests in service and
+        unwritten responses hold less than the stream's share of it, and
+        number fewer than --max-inflight-per-connection: a client that does
+        not read its answers stops being read."""
         gate = STREAM_GATE.get()
-        # (response, holds an in-flight slot); None: no more requests.
-        responses: asyncio.Queue[tuple[kv_pb2.StreamResponse, bool] | None] = asyncio.Queue()
+        # (response, holds an in-flight slot, its bytes); None: no more requests.
+        responses: asyncio.Queue[tuple[kv_pb2.StreamResponse, bool, Reservation | None] | None]
+        responses = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
         slots = 0  # admitted requests whose response is not written yet
+        window = _StreamWindow(gate)
 
-        async def serve(request: kv_pb2.StreamRequest, op: str) -> None:
-            responses.put_nowait((await self._stream_one(request, op, context), True))
+        async def serve(request: kv_pb2.StreamRequest, op: str, held: Reservation | None) -> None:
+            CALL_RESERVATION.set(held)
+            response = await self._stream_one(request, op, context)
+            responses.put_nowait((response, True, held))
 
         async def read_requests() -> None:
             nonlocal slots
+            iterator = aiter(requests)
             try:
-                async for request in requests:
+                while True:
+                    held = await window.before_read()
+                    request = await anext(iterator, None)
+                    if request is None:
+                        if held is not None:
+                            window.done(held)
+                        return
+                    if held is not None:
+                        held.shrink(held.held - MESSAGE_COPIES * request.ByteSize())
                     op = request.WhichOneof("op")
-                    if op is None:
-                        responses.put_nowait((_stream_error(request, _NO_OP), False))
-                        continue
-                    refused = gate.admit(_STREAM_OPS[op]) if gate is not None else None
+                    refused = (
+                        _NO_OP if op is None else gate.admit(_STREAM_OPS[op]) if gate else None
+                    )
                     if refused is not None:
-                        responses.put_nowait((_stream_error(request, refused), False))
+                        responses.put_nowait((_stream_error(request, refused), False, held))
                         continue
+                    assert op is not None
                     slots += 1
-                    task = asyncio.create_task(serve(request, op))
+                    task = asyncio.create_task(serve(request, op, held))
                     running.add(task)
                     task.add_done_callback(running.discard)
             finally:
@@ -325,10 +363,12 @@ class KVService(kv_pb2_grpc.KVServicer):
                 if item is None:
                     ended = True
                     continue
-                response, holds_slot = item
+                response, holds_slot, held = item
                 try:
                     await context.write(response)
                 finally:
+                    if held is not None:
+                        window.done(held)
                     if holds_slot:
                         slots -= 1
                         if gate is not None:
@@ -337,6 +377,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             reader.cancel()
             for task in list(running):
                 task.cancel()
+            window.close()
             if gate is not None:
                 for _ in range(slots):
                     gate.release()
@@ -361,6 +402,45 @@ class KVService(kv_pb2_grpc.KVServicer):
         response = kv_pb2.StreamResponse(id=request.id)
         getattr(response, op).CopyFrom(result)
         return response
+
+
+class _StreamWindow:
+    """What one KV.Stream holds: the reservations of its requests being
+    served and of its responses not yet written (None without a gate)."""
+
+    def __init__(self, gate: StreamGate | None) -> None:
+        self.gate = gate
+        self.held: set[Reservation] = set()
+        self.changed = asyncio.Event()
+
+    def _room(self) -> bool:
+        gate = self.gate
+        assert gate is not None
+        limit = gate.gatekeeper.limiter.per_connection_limit
+        return len(self.held) < limit and sum(r.held for r in self.held) < gate.limits.stream_share
+
+    async def before_read(self) -> Reservation | None:
+        """Wait for room, then reserve what the next request may take."""
+        if self.gate is None:
+            return None
+        while not self._room():
+            self.changed.clear()
+            await self.changed.wait()
+        limits = self.gate.limits
+        reservation = Reservation(limits.budget)
+        await reservation.grow(limits.read_reservation(), None)  # waits: backpressure
+        self.held.add(reservation)
+        return reservation
+
+    def done(self, reservation: Reservation) -> None:
+        reservation.release()
+        self.held.discard(reservation)
+        self.changed.set()
+
+    def close(self) -> None:
+        for reservation in self.held:
+            reservation.release()
+        self.held.clear()
 
 
 _NO_OP = (
@@ -392,6 +472,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, api: NodeAPI, membership: MembershipChanges, steward: Steward) -> None:
         self.api = api
         self.runtime = api.runtime
+        self.limits = api.limits
         self.membership = membership
         self.steward = steward
         self.observers: list[Callable[[str, str, float], None]] = []
@@ -464,7 +545,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         target = request.target
         if target and target not in self.runtime.addresses:
             raise BadRequest(f"{target} is not a member")
-        leader = await self.membership.transfer_leadership(target, timeout=_timeout(context) or 5.0)
+        leader = await self.membership.transfer_leadership(
+            target, timeout=_timeout(context, self.limits) or 5.0
+        )
         return admin_pb2.TransferLeadershipResponse(leader=leader)
 
     @rpc("AddMember")
@@ -474,7 +557,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if not request.id or not request.address:
             raise BadRequest("AddMember needs an id and an address (HOST:PORT)")
         await self.membership.add_member(
-            request.id, request.address, timeout=_timeout(context) or 30.0
+            request.id, request.address, timeout=_timeout(context, self.limits) or 30.0
         )
         return admin_pb2.AddMemberResponse(members=self._members())
 
@@ -508,7 +591,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.CheckStateResponse:
         if self.runtime.role is not Role.LEADER:
             raise NotLeader(self.runtime.leader, self.runtime.leader_client_address())
-        left = _timeout(context)
+        # Without a deadline: 30 s for the check (not the server's maximum).
+        left = _timeout(context, self.limits) if context.time_remaining() is not None else None
         verdict = await self.steward.check_now(wait=max(1.0, (left or 30.0) - 1.0))
         return admin_pb2.CheckStateResponse(
             index=verdict.index,
@@ -526,7 +610,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         code = grpc.StatusCode.OK
         try:
             runtime = self.runtime
-            await self.api.linearizable(_timeout(context))
+            await self.api.linearizable(_timeout(context, self.limits))
             machine = runtime.machine
             cluster = runtime.cluster_state()
             model = self._model_name()
@@ -543,7 +627,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 section = None
                 if entries and blobs is not None:
                     try:
-                        await blobs.gather_for_backup(entries, _timeout(context))
+                        # Blobs may take longer than --max-deadline-ms to fetch.
+                        await blobs.gather_for_backup(entries, context.time_remaining())
                     except BaseException:
                         job.close()
                         raise

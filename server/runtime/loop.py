@@ -65,7 +65,7 @@ from ramraft.consensus import (
     Ready,
     Role,
 )
-from ramraft.server.config import NodeConfig
+from ramraft.server.config import NodeConfig, uncommitted_bytes
 from ramraft.server.logs import RateLimitedLog
 from ramraft.server.machines.cluster import KV_SUPPORTED_VERSION, ClusterMachine, ClusterState
 from ramraft.server.machines.statemachine import ApplyHalted, StateMachine
@@ -153,7 +153,10 @@ class RaftRuntime:
             election_tick=self.config.election_ticks,
             heartbeat_tick=self.config.heartbeat_ticks,
             # Uncommitted proposals are RAM too: refuse more than this.
-            max_uncommitted_bytes=min(64 << 20, 2 * self.config.snapshot_bytes),
+            max_uncommitted_bytes=uncommitted_bytes(self.config.snapshot_bytes),
+            # An AppendEntries must fit what the peers' port accepts (with
+            # room for the batch around it; server/config.py).
+            max_msg_bytes=min(1 << 20, self.config.peer_message_bytes() // 4),
         )
         self.core = RaftNode(
             core_config,

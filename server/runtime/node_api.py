@@ -12,6 +12,7 @@ serializable read is served from local memory at once.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,12 +60,28 @@ class Deadline:
 @dataclass(frozen=True)
 class InputLimits:
     """What a request's input is checked against before anything is
-    proposed (from the node's --max-key-bytes, --max-value-bytes and
-    --max-range-page, server/config.py NodeLimits)."""
+    proposed (from the node's --max-key-bytes, --max-value-bytes,
+    --max-range-page, --max-range-bytes and --max-deadline-ms,
+    server/config.py NodeLimits).
+
+    One rule for keys on every front door (gRPC and HTTP): a key written
+    now is UTF-8 text without control characters (U+0000-U+001F,
+    U+007F-U+009F), which a log line or a terminal would show changed;
+    reads and deletes take any key, so that keys written before this rule
+    can still be read and removed, over HTTP too."""
 
     max_key_bytes: int
     max_value_bytes: int
     max_range_limit: int
+    max_range_bytes: int = 4 << 20
+    max_deadline: float = 60.0  # seconds; the longest a call may wait
+
+    def deadline(self, remaining: float | None) -> float:
+        """A call's time limit: its own deadline, at most the server's
+        maximum, which is also what a call that sets none gets."""
+        if remaining is None:
+            return self.max_deadline
+        return max(0.0, min(remaining, self.max_deadline))
 
     def check_key(self, key: str) -> None:
         if not key:
@@ -73,11 +90,25 @@ class InputLimits:
         if size > self.max_key_bytes:
             raise BadRequest(f"key is {size} bytes; the limit is {self.max_key_bytes} bytes")
 
+    def check_new_key(self, key: str) -> None:
+        """The key of a write (Put, CompareAndSwap): ``check_key``, and no
+        control characters."""
+        self.check_key(key)
+        bad = _CONTROL.search(key)
+        if bad is not None:
+            raise BadRequest(
+                f"key contains the control character U+{ord(bad.group()):04X} at offset "
+                f"{bad.start()}; keys are text without control characters"
+            )
+
     def check_value(self, value: bytes) -> None:
         if len(value) > self.max_value_bytes:
             raise BadRequest(
                 f"value is {len(value)} bytes; the limit is {self.max_value_bytes} bytes"
             )
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 class NodeAPI:

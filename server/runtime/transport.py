@@ -2,7 +2,7 @@
 
 - One long-lived client stream per ordered peer pair (``Peer.Stream``): the
   sender coalesces everything queued for a peer since its last write into
-  one MessageBatch, serialized once (server/codec.py), so a loop turn costs
+  one MessageBatch, serialized once (server/runtime/wire.py), so a loop turn costs
   one write per peer however many messages it made.
 - Snapshots travel on their own stream (``Peer.InstallSnapshot``) in chunks
   read from the snapshot store, so a multi-GB snapshot never sits in RAM;
@@ -15,7 +15,7 @@
 Raw bytes cross the gRPC boundary (identity serializers): the codec does
 the only protobuf work, once per batch.
 
-Security (with TLS, server/tls.py): every peer connection is mutual TLS.
+Security (with TLS, server/security/tls.py): every peer connection is mutual TLS.
 The receiving side (``PeerServicer``) first checks the caller's certificate
 -- signed by the cluster CA (the handshake checked that), with a
 ``ramraft-node:<id>`` identity that is a member (``is_member``) -- and
@@ -190,7 +190,10 @@ class PeerLink:
                 if not self.queue:
                     continue
                 batch, self.queue = self.queue, []
-                await call.write(serialize_batch(batch))
+                # Several writes when the batch would exceed what the peer's
+                # port accepts (NodeConfig.peer_message_bytes).
+                for part in split_batch(batch, self.transport.max_message_bytes):
+                    await call.write(serialize_batch(part))
                 if self.failures:
                     log.info("peer_reachable", peer=self.peer, after_failures=self.failures)
                     self.failures = 0
@@ -264,6 +267,32 @@ def _close_later(channel: grpc.aio.Channel) -> None:
     asyncio.get_running_loop().create_task(channel.close())
 
 
+# Protobuf framing per message and per entry in a MessageBatch, over-estimated.
+_MESSAGE_OVERHEAD = 128
+_ENTRY_OVERHEAD = 32
+
+
+def split_batch(messages: list[Message], max_bytes: int) -> list[list[Message]]:
+    """``messages`` in order, cut into batches whose encoding stays within
+    ``max_bytes`` (estimated from the entries' sizes; a message larger than
+    that on its own travels alone: the core keeps each AppendEntries within
+    its max_msg_bytes, which the runtime sets below this limit)."""
+    parts: list[list[Message]] = [[]]
+    size = 0
+    for m in messages:
+        cost = (
+            _MESSAGE_OVERHEAD
+            + len(m.context)
+            + sum(len(e.data) + _ENTRY_OVERHEAD for e in m.entries)
+        )
+        if parts[-1] and size + cost > max_bytes:
+            parts.append([])
+            size = 0
+        parts[-1].append(m)
+        size += cost
+    return parts
+
+
 async def _aiter_sync(iterator: Any) -> AsyncIterator[Any]:
     for item in iterator:
         yield item
@@ -289,9 +318,11 @@ class PeerTransport:
         *,
         tls: TLSFiles | None = None,
         snapshot_chunk_bytes: int = 1 << 20,
+        max_message_bytes: int = PEER_MESSAGE_BYTES,
         cluster_id: Callable[[], str] = lambda: "",
     ) -> None:
         self.node_id = node_id
+        self.max_message_bytes = max_message_bytes
         self.cluster_id = cluster_id
         self.addresses = addresses  # id -> peer address; the runtime keeps it current
         self.snapshots = snapshots

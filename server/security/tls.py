@@ -12,14 +12,14 @@ second; Kubernetes swaps a Secret volume's ``..data`` symlink atomically):
   handshake, with or without SNI) that switches the connection to a context
   built from the newest files;
 - outbound peer channels are recreated when the generation changes
-  (server/transport.py), so new connections present the new certificate.
+  (server/runtime/transport.py), so new connections present the new certificate.
 
 Files that change into something unusable (a cert without its key, halfway
 through a copy, a certificate for another node) are refused with a warning
 and the previous material stays in use; a later change is tried again.
 
 The peer identity is the ``ramraft-node:<id>`` URI SAN of the certificate the
-other side presented (server/certs.py), read from the gRPC auth context.
+other side presented (tools/certs.py), read from the gRPC auth context.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from ramraft.server.config import ConfigError, TLSConfig
 log = structlog.get_logger("ramraft.tls")
 
 CERTS_RECHECK_SECONDS = 1.0
+# The web tier's TLS 1.2 suites (OpenSSL cipher string).
+HTTPS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
 
 
 # A node certificate names its node in a URI subject alternative name with
@@ -249,6 +251,9 @@ def _server_config(material: TLSMaterial) -> Any:
 def _http_context(material: TLSMaterial, client_auth: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # TLS 1.2: forward-secret key exchange and AEAD ciphers only (no CBC
+    # suites); TLS 1.3's suites are all AEAD.
+    ctx.set_ciphers(HTTPS_CIPHERS)
     # ssl loads keys from files only: write them to a private temporary file.
     with tempfile.TemporaryDirectory(prefix="ramraft-tls-") as tmp:
         cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")

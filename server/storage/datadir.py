@@ -5,6 +5,10 @@ Layout::
     <data_dir>/LOCK        flock()ed by the process using the directory
     <data_dir>/wal/        wal-<sequence>.log segments
     <data_dir>/snap/       snap-<index>-<term>.snap snapshots
+
+The files hold the data in plaintext: directories are created 0700 and
+files 0600 (the data directory itself is made 0700 when this process owns
+it, also when it existed before), so only the node's user can read them.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ class DataDirLock:
 
     def acquire(self) -> None:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StorageError(f"cannot create the lock file {self.path}: {exc}") from exc
         try:
@@ -73,6 +77,16 @@ class DataDirLock:
         return self._fd >= 0
 
 
+def private_directory(path: str) -> None:
+    """Make ``path`` 0700 if this process owns it (a data directory made
+    before modes were tightened, or by a tool with a wider umask); one it
+    does not own (a volume root in Kubernetes belongs to root) is left as it
+    is: keep the data in a subdirectory the node creates."""
+    st = os.stat(path)
+    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+        os.chmod(path, st.st_mode & 0o700)
+
+
 def open_storage(
     data_dir: str | os.PathLike[str],
     *,
@@ -89,7 +103,8 @@ def open_storage(
     """
     root = os.fspath(data_dir)
     try:
-        os.makedirs(root, exist_ok=True)
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        private_directory(root)
     except OSError as exc:
         raise StorageError(
             f"cannot create the data directory {root}: {exc.strerror or exc}. Check that the "
@@ -106,7 +121,7 @@ def open_storage(
             os.path.join(root, SNAPSHOT_DIR), keep=snapshot_keep, block_size=snapshot_block_size
         )
         wal_dir = os.path.join(root, WAL_DIR)
-        os.makedirs(wal_dir, exist_ok=True)
+        os.makedirs(wal_dir, mode=0o700, exist_ok=True)
         log_store = FileLogStore(
             wal_dir,
             snapshots,

@@ -411,7 +411,7 @@ class FileSnapshotStore:
         self._latest: SnapshotMeta | None = None
         self._latest_known = False
         try:
-            os.makedirs(directory, exist_ok=True)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
             self._remove_temporaries()
         except OSError as exc:
             raise StorageIOError(f"cannot use snapshot directory {directory}: {exc}") from exc

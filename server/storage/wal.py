@@ -163,7 +163,7 @@ class FileLogStore:
         if self._closed:
             raise RuntimeError("the log store is closed")
         try:
-            os.makedirs(self.directory, exist_ok=True)
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
             self._remove_temporaries()
             found = self._list_segments()
         except OSError as exc:
@@ -344,7 +344,8 @@ class FileLogStore:
         cp = model.checkpoint()
         encoding.encode_checkpoint(frame, cp.last_index, cp.last_term, cp.hard_state, cp.snapshot)
         head += encoding.seal_frame(frame)
-        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        # 0600: segments hold the values in plaintext.
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             if self._preallocate:
                 preallocate(fd, self.segment_size)

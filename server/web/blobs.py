@@ -25,11 +25,14 @@ Reads need the read role and writes the write role, as every route
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from ramraft.server.blobs.manager import NodeBlobs
+from ramraft.server.blobs.store import PIECE
 from ramraft.server.machines.blobs import DEFAULT_CONTENT_TYPE, BlobRef, parse_sha256
 from ramraft.server.request_errors import BadRequest
 
@@ -80,8 +83,9 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 
 
 class BlobRoutes:
-    def __init__(self, blobs: NodeBlobs) -> None:
+    def __init__(self, blobs: NodeBlobs, piece_timeout: float | None = None) -> None:
         self.blobs = blobs
+        self.piece_timeout = piece_timeout  # --request-timeout-ms: each piece of an upload
 
     def add_to(self, router: web.UrlDispatcher) -> None:
         router.add_post(BLOBS_PATH, self.post)
@@ -136,7 +140,7 @@ class BlobRoutes:
     async def _upload(self, request: web.Request, expected: str | None) -> web.StreamResponse:
         content_type = request.headers.get("Content-Type", "") or DEFAULT_CONTENT_TYPE
         ref, index = await self.blobs.put_with_index(
-            request.content,
+            _body(request, self.piece_timeout),
             content_type=content_type,
             size=request.content_length,
             sha256=expected,
@@ -152,6 +156,24 @@ class BlobRoutes:
     async def delete(self, request: web.Request) -> web.StreamResponse:
         deleted, index = await self.blobs.delete(self._digest(request))
         return web.json_response({"deleted": deleted, "index": index})
+
+
+async def _body(request: web.Request, timeout: float | None) -> AsyncIterator[bytes]:
+    """The request body in pieces, each of which must arrive within
+    ``timeout`` (a client that trickles an upload gives its slot back: 408)."""
+    from ramraft.server.web.tier import HttpError  # tier.py mounts these routes
+
+    while True:
+        try:
+            async with asyncio.timeout(timeout):
+                piece = await request.content.read(PIECE)
+        except TimeoutError:
+            raise HttpError(
+                408, "request_timeout", f"the upload stalled for more than {timeout:g} s"
+            ) from None
+        if not piece:
+            return
+        yield piece
 
 
 def _created(ref: BlobRef, index: int) -> web.Response:

@@ -30,17 +30,24 @@ With ``--auth-tokens`` every route but /healthz and /readyz needs a token
 token as the password (browsers ask for it on the status page). Reads need
 the read role, PUT/DELETE/POST the write role. With TLS the port serves
 HTTPS (a client certificate is required with ``--tls-client-auth
-require``). At most ``--max-connections`` connections are open at once
-(more are closed at once), and requests count towards the node's
-``--max-inflight`` (429 beyond it).
+require``). At most ``--max-connections`` connections are open at once,
+at most ``--max-connections-per-source`` from one address (more are closed
+at once); a connection must finish its TLS handshake, and each request its
+headers, within ``--handshake-timeout-ms`` (slow senders are cut off), and
+a body must arrive within ``--request-timeout-ms`` (408). Requests count
+towards the node's ``--max-inflight`` and its memory budget
+``--max-inflight-bytes`` (429 beyond either), and large answers (a value, a
+Range page) are written inside the handler, so their bytes stay counted
+until a client that reads slowly has taken them.
 
 Errors from ``/v1/`` routes are JSON: ``{"error": CODE, "detail": TEXT}``
 with CODE one of ``invalid_argument`` (400), ``unauthenticated`` (401),
 ``permission_denied`` (403), ``not_found`` (404),
 ``method_not_allowed`` (405), ``failed_precondition`` (409, a session's
 write refused), ``payload_too_large`` (413), ``unsupported_media_type``
-(415), ``overloaded`` (429), ``insufficient_storage`` (507, a blob the disk
-has no room for), ``unavailable`` (503, with ``leader`` and
+(415), ``request_timeout`` (408: the body did not arrive within
+``--request-timeout-ms``), ``overloaded`` (429), ``insufficient_storage``
+(507, a blob the disk has no room for), ``unavailable`` (503, with ``leader`` and
 ``leader_address`` when known, and a ``Ramraft-Leader`` header naming the
 leader's gRPC address) and ``deadline_exceeded`` (504); an application
 command that failed is ``command_failed`` (409). The errors of the node are
@@ -82,9 +89,20 @@ from ramraft.server.request_errors import (
     wire_status,
 )
 from ramraft.server.rpc.services import value_before
-from ramraft.server.runtime.node_api import InputLimits
+from ramraft.server.runtime.node_api import DEFAULT_TIMEOUT, InputLimits
 from ramraft.server.runtime.status import RuntimeReports, RuntimeStatus
-from ramraft.server.security.auth import Principal, bearer_token, http_required_role
+from ramraft.server.security.auth import (
+    Principal,
+    bearer_token,
+    http_required_role,
+)
+from ramraft.server.security.budget import (
+    CALL_RESERVATION,
+    MESSAGE_COPIES,
+    Reservation,
+    page_budget,
+    reserve_answer,
+)
 from ramraft.server.web.blobs import BlobRoutes
 from ramraft.server.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ramraft.server.web.status_page import render_status_page
@@ -102,6 +120,8 @@ KV_PATH_PREFIX = "/v1/kv/"
 CAS_PATH_PREFIX = "/v1/cas/"
 
 RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Seconds a request's body has to arrive (--request-timeout-ms).
+REQUEST_TIMEOUT = web.AppKey("request_timeout", float)
 
 
 class HttpError(Exception):
@@ -239,14 +259,29 @@ def _decode_value(text: object, encoding: object, what: str) -> bytes:
     raise bad_request(f"unknown encoding {encoding!r}; use utf-8 or base64")
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The request body, which must arrive within the request timeout (a
+    client that trickles its body gives its slot and budget back: 408)."""
+    timeout = request.app[REQUEST_TIMEOUT]
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise HttpError(
+            408, "request_timeout", f"the request body did not arrive within {timeout:g} s"
+        ) from None
+
+
 async def _json_body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise HttpError(415, "unsupported_media_type", "send a JSON body (application/json)")
-    raw = await request.read()
+    raw = await read_body(request)
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise HttpError(400, "bad_json", f"the body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise HttpError(400, "bad_json", "the body is not valid JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise HttpError(400, "bad_json", "the body must be a JSON object")
     return body
@@ -322,24 +357,24 @@ class KVRoutes:
             await self.api.linearizable(timeout)
         found, value = self.kv.get(key)
         index = self.kv.applied_index
+        if len(value) > 64 << 10:  # small answers are covered by the request's reservation
+            await reserve_answer(2 * len(value), timeout or DEFAULT_TIMEOUT)  # JSON: base64
         if not found:
             raise HttpError(404, "not_found", f"no key {key!r}", index=index)
         if raw:
-            return web.Response(
-                body=value,
-                content_type="application/octet-stream",
-                headers={INDEX_HEADER: str(index)},
+            return await send_body(
+                request, value, "application/octet-stream", {INDEX_HEADER: str(index)}
             )
-        return web.json_response({"key": key, **_encode_value(value), "index": index})
+        return await send_json(request, {"key": key, **_encode_value(value), "index": index})
 
     async def put(self, request: web.Request) -> web.StreamResponse:
         key = _key_from_path(request, KV_PATH_PREFIX)
-        self.limits.check_key(key)
+        self.limits.check_new_key(key)
         if request.content_type == "application/json":
             body = await _json_body(request)
             value = _decode_value(body.get("value"), body.get("encoding", "utf-8"), "value")
         else:
-            value = await request.read()
+            value = await read_body(request)
         self.limits.check_value(value)
         _, result = await self._write(request, lambda s: encode_put(key, value, s))
         assert isinstance(result, PutResult)
@@ -359,7 +394,7 @@ class KVRoutes:
         "encoding": ...}``: set ``value`` if the key's value is ``expected``
         (``null``: if the key is absent)."""
         key = _key_from_path(request, CAS_PATH_PREFIX)
-        self.limits.check_key(key)
+        self.limits.check_new_key(key)
         body = await _json_body(request)
         encoding = body.get("encoding", "utf-8")
         value = _decode_value(body.get("value"), encoding, "value")
@@ -404,51 +439,133 @@ class KVRoutes:
         linear, timeout = _consistency(request), _timeout(request)
         if linear:
             await self.api.linearizable(timeout)
-        items, more = self.kv.range(prefix, start_after, limit)
-        return web.json_response(
-            {
-                "items": [{"key": k, **_encode_value(v)} for k, v in items],
-                "more": more,
-                "index": self.kv.applied_index,
-            }
-        )
+        page = self.limits.max_range_bytes
+        async with page_budget(page, timeout or DEFAULT_TIMEOUT) as budget:
+            # Half the gRPC page: as JSON (base64 for binary values) the page
+            # takes about twice its bytes.
+            items, more = self.kv.range(prefix, start_after, limit, max_bytes=page // 2)
+            budget.used(2 * sum(len(k) + len(v) for k, v in items))
+            return await send_json(
+                request,
+                {
+                    "items": [{"key": k, **_encode_value(v)} for k, v in items],
+                    "more": more,
+                    "index": self.kv.applied_index,
+                },
+            )
+
+
+async def send_body(
+    request: web.Request, body: bytes, content_type: str, headers: dict[str, str] | None = None
+) -> web.StreamResponse:
+    """Write ``body`` before returning (not after, as a returned web.Response
+    is): the write waits while the client does not read, so the bytes stay
+    counted in the memory budget (released when the handler returns) until
+    the connection has taken them."""
+    response = web.StreamResponse(headers=headers)
+    response.content_type = content_type
+    response.content_length = len(body)
+    await response.prepare(request)
+    await response.write(body)
+    await response.write_eof()
+    return response
+
+
+async def send_json(request: web.Request, data: Any) -> web.StreamResponse:
+    return await send_body(request, json.dumps(data).encode(), "application/json")
 
 
 # ---- the server -----------------------------------------------------------------------------
 
 
 class _Counted(asyncio.Protocol):
-    """aiohttp's protocol for one connection, counted while it is open; over
-    --max-connections, the connection is closed as soon as it is made (with
-    TLS: after the handshake, which ``ssl_handshake_timeout`` bounds)."""
+    """aiohttp's protocol for one connection, counted while it is open.
+
+    Over --max-connections, or --max-connections-per-source from its address,
+    the connection is closed as soon as it is made (with TLS: after the
+    handshake, which ``ssl_handshake_timeout`` bounds). A request's headers
+    must arrive within the handshake timeout of its first byte, or the
+    connection is closed (slowloris: aiohttp itself waits for headers as
+    long as the client keeps sending)."""
 
     def __init__(self, inner: Any, tier: WebTier) -> None:
         self.inner = inner
         self.tier = tier
         self.counted = False
+        self.source = ""
+        self.transport: asyncio.BaseTransport | None = None
+        self.requests = 0  # being handled now (headers complete)
+        self.header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         tier = self.tier
-        if tier.connections >= tier.max_connections:
+        peer = transport.get_extra_info("peername")
+        self.source = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        from_source = tier.by_source.get(self.source, 0)
+        if tier.connections >= tier.max_connections or from_source >= tier.max_per_source:
             tier.refused_connections += 1
             tier.view.refusals.warning(
-                "http_connection_refused", open=tier.connections, limit=tier.max_connections
+                "http_connection_refused",
+                open=tier.connections,
+                limit=tier.max_connections,
+                from_source=from_source,
+                per_source_limit=tier.max_per_source,
+                source=self.source,
             )
             transport.close()
             return
         self.counted = True
+        self.transport = transport
         tier.connections += 1
+        tier.by_source[self.source] = from_source + 1
+        tier.open_connections[transport] = self
         self.inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.counted:
             self.counted = False
-            self.tier.connections -= 1
+            tier = self.tier
+            tier.connections -= 1
+            left = tier.by_source.get(self.source, 1) - 1
+            if left:
+                tier.by_source[self.source] = left
+            else:
+                tier.by_source.pop(self.source, None)
+            tier.open_connections.pop(self.transport, None)
+            self._disarm()
             self.inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.counted:
-            self.inner.data_received(data)
+        if not self.counted:
+            return
+        if not self.requests and self.header_timer is None:
+            # The first byte of a request: its headers have until the timer.
+            loop = asyncio.get_running_loop()
+            self.header_timer = loop.call_later(self.tier.header_timeout, self._headers_too_slow)
+        self.inner.data_received(data)
+
+    def request_started(self) -> None:
+        self.requests += 1
+        self._disarm()
+
+    def request_finished(self) -> None:
+        self.requests -= 1
+
+    def _disarm(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self.header_timer = None
+        if self.requests or self.transport is None:
+            return
+        self.tier.view.refusals.warning(
+            "http_headers_timeout",
+            source=self.source,
+            timeout_seconds=self.tier.header_timeout,
+        )
+        self.transport.close()
 
     def eof_received(self) -> bool | None:
         if not self.counted:
@@ -471,21 +588,29 @@ class WebTier:
         max_body = limits.http_body_bytes()
         self.max_body = max_body
         self.max_connections = limits.max_connections
+        self.max_per_source = limits.max_connections_per_source
+        self.header_timeout = limits.handshake_timeout_ms / 1000
+        self.request_timeout = limits.request_timeout_ms / 1000
         self.connections = 0  # open (TLS: handshake done)
+        self.by_source: dict[str, int] = {}  # open connections by remote address
+        self.open_connections: dict[object, _Counted] = {}  # by transport
         self.refused_connections = 0
         self.app = web.Application(client_max_size=max_body, middlewares=[self._middleware])
+        self.app[REQUEST_TIMEOUT] = self.request_timeout
         self.kv = KVRoutes(view)
         router = self.app.router
         router.add_get("/", self.status_page)
         router.add_get("/v1/status", self.status)
         router.add_get("/v1/kv", self.kv.range)
-        kv = router.add_resource("/v1/kv/{key:.*}")
+        # [\s\S]: any character, a newline too (a key written before keys
+        # with control characters were refused must stay readable).
+        kv = router.add_resource("/v1/kv/{key:[\\s\\S]*}")
         kv.add_route("GET", self.kv.get)
         kv.add_route("PUT", self.kv.put)
         kv.add_route("DELETE", self.kv.delete)
-        router.add_post("/v1/cas/{key:.*}", self.kv.cas)
+        router.add_post("/v1/cas/{key:[\\s\\S]*}", self.kv.cas)
         if view.blobs is not None:
-            BlobRoutes(view.blobs).add_to(router)
+            BlobRoutes(view.blobs, self.request_timeout).add_to(router)
         router.add_get("/metrics", self.metrics)
         router.add_get("/healthz", self.healthz)
         router.add_get("/readyz", self.readyz)
@@ -526,7 +651,7 @@ class WebTier:
                 host,
                 port,
                 ssl=ssl_context,
-                ssl_handshake_timeout=10.0 if ssl_context is not None else None,
+                ssl_handshake_timeout=self.header_timeout if ssl_context is not None else None,
                 reuse_address=True,
             )
         except OSError as e:
@@ -547,6 +672,9 @@ class WebTier:
         started = time.perf_counter()
         response: web.StreamResponse | None = None
         status = 500
+        connection = self.open_connections.get(request.transport)
+        if connection is not None:
+            connection.request_started()
         try:
             response = await self._handle(request, handler)
             status = response.status
@@ -555,6 +683,8 @@ class WebTier:
             status = e.status
             raise
         finally:
+            if connection is not None:
+                connection.request_finished()
             route = request.match_info.route
             resource = route.resource
             name = f"{request.method} {resource.canonical}" if resource is not None else "unmatched"
@@ -605,7 +735,8 @@ class WebTier:
             return self._error_response(e, api_route, request)
         if request.path in ("/healthz", "/readyz"):
             return await self._serve(request, handler, api_route)
-        connection = f"http:{id(request.transport)}"
+        # The address, then the transport: counted per connection and per source.
+        connection = f"http:{request.remote}:{id(request.transport)}"
         refused = self.view.limiter.enter(connection)
         if refused is not None:
             self.view.refusals.warning(
@@ -614,9 +745,34 @@ class WebTier:
             )  # fmt: skip
             error = HttpError(429, "overloaded", refused, headers={"Retry-After": "1"})
             return self._error_response(error, api_route, request)
+        reservation = Reservation(self.view.budget, self.view.limiter.is_light(connection))
         try:
+            # The body's bytes (its declared length, else the most it may
+            # have), before a byte of it is read.
+            expected = request.content_length
+            body = min(self.max_body, expected) if expected is not None else self.max_body
+            if not request.body_exists:
+                body = 0
+            if not await reservation.grow(
+                MESSAGE_COPIES * (body + (16 << 10)), self.request_timeout
+            ):
+                self.view.refusals.warning(
+                    "request_refused", code="RESOURCE_EXHAUSTED", method=request.path[:200],
+                    peer=request.remote, reason="memory budget",
+                )  # fmt: skip
+                error = HttpError(
+                    429,
+                    "overloaded",
+                    f"this node's memory budget for requests in flight "
+                    f"({self.view.budget.total} bytes) is in use; retry later",
+                    headers={"Retry-After": "1"},
+                )
+                return self._error_response(error, api_route, request)
+            CALL_RESERVATION.set(reservation)
+            reservation.read_done()  # the body's bytes are reserved
             return await self._serve(request, handler, api_route)
         finally:
+            reservation.release()
             self.view.limiter.leave(connection)
 
     async def _serve(
@@ -645,7 +801,8 @@ class WebTier:
     def _error_response(
         self, error: HttpError, api_route: bool, request: web.Request
     ) -> web.StreamResponse:
-        if error.status == 413:
+        if error.status == 413 and error.detail == "Request Entity Too Large":
+            # aiohttp's own words: say which limit
             error.detail = f"the request body is larger than {self.max_body} bytes"
         if api_route:
             return web.json_response(

@@ -21,6 +21,7 @@ from ramraft.server.machines.kv import KVMachine
 from ramraft.server.runtime.node_api import NodeAPI
 from ramraft.server.runtime.status import RuntimeReports
 from ramraft.server.security.auth import InflightLimiter, TokenStore
+from ramraft.server.security.budget import MemoryBudget
 from ramraft.server.security.tls import TLSFiles
 from ramraft.server.web.metrics import NodeMetrics
 
@@ -36,6 +37,7 @@ class WebTierView:
     metrics: NodeMetrics  # /metrics, and the rates on the status page
     tokens: TokenStore | None  # --auth-tokens; None: authentication is off
     limiter: InflightLimiter  # --max-inflight, shared with the gRPC port
+    budget: MemoryBudget  # --max-inflight-bytes, shared with the gRPC port
     refusals: RateLimitedLog  # where refused requests are logged
     tls: TLSFiles | None  # HTTPS when set
     app: HostedApp | None  # --app: its pages go under /app/

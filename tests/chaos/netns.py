@@ -74,7 +74,11 @@ log = structlog.get_logger("ramraft.chaos.netns")
 PREFIX = "rrc"
 # The ports of k8s/statefulset.yaml: client gRPC, Raft peers, web tier.
 GRPC_PORT, PEER_PORT, HTTP_PORT = 7000, 7001, 8080
-CONTAINER_DATA_DIR = "/var/lib/ramraft"
+# The data volume is mounted at CONTAINER_VOLUME, as the StatefulSet mounts
+# its claim; the node keeps its data in a subdirectory it creates (0700),
+# as in k8s/statefulset.yaml, where the volume's root belongs to root.
+CONTAINER_VOLUME = "/var/lib/ramraft"
+CONTAINER_DATA_DIR = "/var/lib/ramraft/data"
 CONTAINER_UID = 10001  # the image's USER (Containerfile), owner of mounted data dirs
 # podman's default rlimits for root containers fail to apply on this machine
 # ("error setting rlimit ... operation not permitted"; scripts/build-image.sh).
@@ -692,7 +696,7 @@ class ChaosNet:
         if data is not None:
             data.mkdir(parents=True, exist_ok=True)
             os.chown(data, CONTAINER_UID, CONTAINER_UID)
-            mounts[str(data)] = CONTAINER_DATA_DIR
+            mounts[str(data)] = CONTAINER_VOLUME
         mounts.update({str(k): v for k, v in (volumes or {}).items()})
         argv: list[str] = [
             "podman", "run", "--rm", *PODMAN_RUN_FLAGS,

@@ -1,4 +1,4 @@
-"""`ramraft chaos` (server/chaos.py, server/history.py): its verdict on hand-made histories, the
+"""`ramraft chaos` (tools/chaos.py, tools/history.py): its verdict on hand-made histories, the
 history file, the command line, and a short run against real nodes on
 loopback (no root needed)."""
 

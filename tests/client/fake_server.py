@@ -1,12 +1,18 @@
 """An in-process stand-in for a ramraft node: the KV, Admin and Blobs
 services over dicts, on 127.0.0.1 with a free port, that records every call and can be
 told to fail, hint at a leader, or hang (until the test releases it, so a
-test can tell "the client gave up on its own" from "the node answered")."""
+test can tell "the client gave up on its own" from "the node answered").
+
+``KV.Stream`` serves the same calls as the unary methods, each request in
+its own thread (answers come in completion order), with the same injected
+failures (as the answer's code and leader); a node can also be told not to
+serve it (UNIMPLEMENTED, as an older node) or to break its streams."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import queue
 import socket
 import threading
 from collections import deque
@@ -39,7 +45,11 @@ class Call:
     method: str
     session: tuple[int, int, int] | None  # (client_id, sequence, first_unacked)
     request: Any
-    deadline: float | None  # seconds the caller's gRPC deadline had left on arrival
+    # Seconds the caller's deadline had left on arrival: the gRPC deadline of a
+    # unary call, a stream request's own timeout_ms.
+    deadline: float | None
+    transport: str = "unary"  # or "stream"
+    timeout_ms: int = 0  # a stream request's own deadline
 
 
 @dataclass
@@ -68,6 +78,13 @@ class FakeNode:
     lock: threading.Lock = field(default_factory=threading.Lock)
     released: threading.Event = field(default_factory=threading.Event)
     arrived: threading.Condition = field(init=False)
+    serve_stream: bool = True  # False: KV.Stream is UNIMPLEMENTED, as on an older node
+    stream_refusal: Failure | None = None  # end every new stream at once with this
+    stream_attempts: int = 0  # streams asked for
+    streams_opened: int = 0  # streams served
+    # End the current stream (UNAVAILABLE) once this many requests arrived on
+    # it, before answering them; then serve new streams normally.
+    break_stream_after: int | None = None
 
     def __post_init__(self) -> None:
         self.arrived = threading.Condition(self.lock)
@@ -100,13 +117,22 @@ class FakeNode:
     def sessions(self) -> list[tuple[int, int, int] | None]:
         return [c.session for c in self.calls]
 
-    def _enter(self, method: str, request: Any, context: grpc.ServicerContext) -> None:
+    def transports(self) -> list[str]:
+        return [c.transport for c in self.calls]
+
+    def _enter(
+        self, method: str, request: Any, context: Any, transport: str = "unary", timeout_ms: int = 0
+    ) -> None:
         session = None
         if hasattr(request, "session") and request.HasField("session"):
             s = request.session
             session = (s.client_id, s.sequence, s.first_unacked)
         with self.lock:
-            self.calls.append(Call(method, session, request, context.time_remaining()))
+            if transport == "stream":
+                left = timeout_ms / 1000 if timeout_ms else None
+            else:
+                left = context.time_remaining()
+            self.calls.append(Call(method, session, request, left, transport, timeout_ms))
             self.arrived.notify_all()
             failure = self.always
             if self.failures and (
@@ -131,32 +157,134 @@ class FakeNode:
         return self.index
 
 
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _OpContext:
+    """What the unary handlers use of a ServicerContext, for one request of a
+    stream: abort ends the request, a leader hint goes into the answer."""
+
+    def __init__(self) -> None:
+        self.leader = ""
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise _Aborted(code, details)
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        for key, value in metadata:
+            if key == "ramraft-leader":
+                self.leader = value
+
+
+_STREAM_OPS = {
+    "put": "Put",
+    "get": "Get",
+    "delete": "Delete",
+    "compare_and_swap": "CompareAndSwap",
+    "range": "Range",
+}
+
+
 class _KV(kv_pb2_grpc.KVServicer):
     def __init__(self, node: FakeNode) -> None:
         self.node = node
 
-    def Put(self, request, context):
-        self.node._enter("Put", request, context)
+    def Stream(self, requests, context):
+        node = self.node
+        with node.lock:
+            node.stream_attempts += 1
+        if not node.serve_stream:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        if node.stream_refusal is not None:
+            context.abort(node.stream_refusal.code, node.stream_refusal.details)
+        with node.lock:
+            node.streams_opened += 1
+            break_after = node.break_stream_after
+            node.break_stream_after = None
+        answers: queue.SimpleQueue[kv_pb2.StreamResponse | int] = queue.SimpleQueue()
+        broken = threading.Event()
+
+        def serve(request: kv_pb2.StreamRequest) -> None:
+            answers.put(self._stream_one(request))
+
+        def pump() -> None:
+            received = 0
+            try:
+                for request in requests:
+                    received += 1
+                    op = request.WhichOneof("op")
+                    if break_after is not None:
+                        # Recorded as arrived, never answered: what a node
+                        # that dies with requests in flight leaves behind.
+                        sub = getattr(request, op)
+                        node._enter(
+                            _STREAM_OPS[op], sub, _OpContext(), "stream", request.timeout_ms
+                        )
+                        if received >= break_after:
+                            broken.set()
+                            break
+                        continue
+                    threading.Thread(target=serve, args=(request,), daemon=True).start()
+            except Exception:  # the client went away
+                pass
+            answers.put(received)  # no more requests: this many were started
+
+        threading.Thread(target=pump, daemon=True).start()
+        answered, started = 0, None
+        while context.is_active() and (started is None or answered < started):
+            try:
+                item = answers.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if broken.is_set():
+                context.abort(grpc.StatusCode.UNAVAILABLE, "injected: the stream broke")
+            if isinstance(item, int):
+                started = item
+                continue
+            answered += 1
+            yield item
+
+    def _stream_one(self, request: kv_pb2.StreamRequest) -> kv_pb2.StreamResponse:
+        op = request.WhichOneof("op")
+        method = _STREAM_OPS[op]
+        context = _OpContext()
+        handler = getattr(self, method)
+        try:
+            result = handler(getattr(request, op), context, "stream", request.timeout_ms)
+        except _Aborted as e:
+            return kv_pb2.StreamResponse(
+                id=request.id, code=e.code.value[0], message=e.details, leader=context.leader
+            )
+        response = kv_pb2.StreamResponse(id=request.id, leader=context.leader)
+        getattr(response, op).CopyFrom(result)
+        return response
+
+    def Put(self, request, context, transport="unary", timeout_ms=0):
+        self.node._enter("Put", request, context, transport, timeout_ms)
         with self.node.lock:
             self.node.data[request.key] = request.value
             return kv_pb2.PutResponse(index=self.node._write())
 
-    def Get(self, request, context):
-        self.node._enter("Get", request, context)
+    def Get(self, request, context, transport="unary", timeout_ms=0):
+        self.node._enter("Get", request, context, transport, timeout_ms)
         with self.node.lock:
             value = self.node.data.get(request.key)
             return kv_pb2.GetResponse(
                 found=value is not None, value=value or b"", index=self.node.index
             )
 
-    def Delete(self, request, context):
-        self.node._enter("Delete", request, context)
+    def Delete(self, request, context, transport="unary", timeout_ms=0):
+        self.node._enter("Delete", request, context, transport, timeout_ms)
         with self.node.lock:
             existed = self.node.data.pop(request.key, None) is not None
             return kv_pb2.DeleteResponse(deleted=existed, index=self.node._write())
 
-    def CompareAndSwap(self, request, context):
-        self.node._enter("CompareAndSwap", request, context)
+    def CompareAndSwap(self, request, context, transport="unary", timeout_ms=0):
+        self.node._enter("CompareAndSwap", request, context, transport, timeout_ms)
         with self.node.lock:
             current = self.node.data.get(request.key)
             absent_wanted = not request.HasField("expected")
@@ -170,8 +298,8 @@ class _KV(kv_pb2_grpc.KVServicer):
                 index=self.node._write(),
             )
 
-    def Range(self, request, context):
-        self.node._enter("Range", request, context)
+    def Range(self, request, context, transport="unary", timeout_ms=0):
+        self.node._enter("Range", request, context, transport, timeout_ms)
         limit = request.limit or 1000
         with self.node.lock:
             keys = sorted(

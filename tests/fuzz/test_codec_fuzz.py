@@ -1,4 +1,4 @@
-"""Fuzz the protobuf-to-core codec (server/codec.py) and what it feeds: any
+"""Fuzz the protobuf-to-core codec (server/runtime/wire.py) and what it feeds: any
 bytes a peer sends are either refused with CodecError or decode into
 messages that re-encode to the same messages, and that the Raft core steps
 through without raising -- whatever their terms, indexes, ids or entries."""

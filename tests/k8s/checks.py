@@ -268,10 +268,20 @@ def check_data_dir_is_persistent(docs: list[Doc]) -> list[str]:
     claims = {t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])}
     problems = []
     for c in containers(sts):
-        data_dir = env_of(c).get("RAMRAFT_DATA_DIR", {}).get("value")
-        mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
-        if mounts.get(data_dir) not in claims:
-            problems.append(f"RAMRAFT_DATA_DIR {data_dir!r} is not a volumeClaimTemplate mount")
+        data_dir = env_of(c).get("RAMRAFT_DATA_DIR", {}).get("value") or ""
+        mounts = {m["mountPath"].rstrip("/"): m["name"] for m in c.get("volumeMounts", [])}
+        # The claim's mount, or a directory in it (the node creates it 0700;
+        # the volume's root belongs to root).
+        claim = next(
+            (
+                volume
+                for path, volume in mounts.items()
+                if data_dir == path or data_dir.startswith(path + "/")
+            ),
+            None,
+        )
+        if claim not in claims:
+            problems.append(f"RAMRAFT_DATA_DIR {data_dir!r} is not in a volumeClaimTemplate mount")
     return problems
 
 
@@ -401,6 +411,50 @@ def check_peer_port_policy(docs: list[Doc]) -> list[str]:
     return problems
 
 
+CLIENT_LABEL = ("ramraft.io/client", "true")
+
+
+def check_client_ports_policy(docs: list[Doc]) -> list[str]:
+    """The client gRPC and HTTP ports admit only pods labelled
+    ``ramraft.io/client: "true"`` (k8s/README.md), and egress goes only to
+    the set's pods and the cluster DNS."""
+    sts = one(docs, "StatefulSet")
+    labels, ports = pod_labels(sts), container_ports(sts)
+    problems = []
+    policies = [
+        np
+        for np in by_kind(docs, "NetworkPolicy")
+        if selects(np["spec"].get("podSelector"), labels)
+    ]
+    for np in policies:
+        for rule in np["spec"].get("ingress", []):
+            named = {p.get("port") for p in rule.get("ports") or [{}]}
+            if not named & {None, "grpc", "http", ports.get("grpc"), ports.get("http")}:
+                continue
+            for src in rule.get("from") or [{}]:
+                wanted = (src.get("podSelector") or {}).get("matchLabels", {})
+                if wanted.get(CLIENT_LABEL[0]) != CLIENT_LABEL[1] and not selects(
+                    src.get("podSelector"), labels
+                ):
+                    problems.append(
+                        f"NetworkPolicy {name(np)} admits the client ports from pods without "
+                        f"the label {CLIENT_LABEL[0]}={CLIENT_LABEL[1]}"
+                    )
+        if "Egress" not in np["spec"].get("policyTypes", []):
+            problems.append(f"NetworkPolicy {name(np)} does not restrict egress")
+        for rule in np["spec"].get("egress", []):
+            for dst in rule.get("to") or [{}]:
+                pods = dst.get("podSelector")
+                dns = (pods or {}).get("matchLabels", {}).get("k8s-app") == "kube-dns"
+                if "ipBlock" in dst or pods is None or not (dns or selects(pods, labels)):
+                    problems.append(
+                        f"NetworkPolicy {name(np)} allows egress beyond the set and the DNS"
+                    )
+    if not policies:
+        problems.append("no NetworkPolicy selects the pods")
+    return problems
+
+
 def check_scheduling_and_shutdown(docs: list[Doc]) -> list[str]:
     sts = one(docs, "StatefulSet")
     spec, problems = pod_spec(sts), []
@@ -439,17 +493,39 @@ TLS_FILE_VARS = ("RAMRAFT_TLS_CERT", "RAMRAFT_TLS_KEY", "RAMRAFT_TLS_CA")
 
 
 def check_tls_wiring(docs: list[Doc]) -> list[str]:
-    """TLS and tokens are on, from read-only Secret mounts no other user can
-    read; each pod uses its own certificate; probes use the plaintext health
-    port (kubelet's gRPC probes speak no TLS); the peer-id pattern admits
-    every listed peer."""
+    """TLS and tokens are on, from read-only mounts no other user can read:
+    a Secret, or (the node's own certificate and key) an in-memory volume
+    that an init container fills from a Secret the node container does not
+    mount, since that Secret holds every member's key; each pod uses its
+    own certificate; probes use the plaintext health port (kubelet's gRPC
+    probes speak no TLS); the peer-id pattern admits every listed peer."""
     sts = one(docs, "StatefulSet")
     set_name = name(sts)
     pod = f"{set_name}-0"
     ports = container_ports(sts)
     volumes = {v["name"]: v for v in pod_spec(sts).get("volumes", [])}
     problems = []
+    filled_from_secret = {
+        m["name"]
+        for init in pod_spec(sts).get("initContainers", [])
+        if any("secret" in volumes.get(v["name"], {}) for v in init.get("volumeMounts", []))
+        for m in init.get("volumeMounts", [])
+    }
+    for volume in volumes.values():
+        mode = int(volume.get("secret", {}).get("defaultMode", 0o644))
+        if "secret" in volume and mode & 0o007:
+            problems.append(
+                f"Secret {volume['secret'].get('secretName')} files are readable by other "
+                f"users (defaultMode {mode:#o})"
+            )
     for c in containers(sts):
+        for m in c.get("volumeMounts", []):
+            secret = volumes.get(m["name"], {}).get("secret", {})
+            if secret.get("secretName") == "ramraft-tls":
+                problems.append(
+                    f"container {c['name']} mounts Secret ramraft-tls, which holds every "
+                    "member's key: mount only the pod's own (tls-own-key)"
+                )
         env = expand_env(c, {"metadata.name": pod, "metadata.namespace": "ns-under-test"})
         mounts = c.get("volumeMounts", [])
         for var in (*TLS_FILE_VARS, "RAMRAFT_AUTH_TOKENS"):
@@ -460,17 +536,19 @@ def check_tls_wiring(docs: list[Doc]) -> list[str]:
             mount = next(
                 (m for m in mounts if path.startswith(m["mountPath"].rstrip("/") + "/")), None
             )
-            secret = volumes.get(mount["name"], {}).get("secret") if mount else None
-            if mount is None or secret is None:
-                problems.append(f"{var} {path} is not in a mounted Secret")
+            volume = volumes.get(mount["name"], {}) if mount else {}
+            secret = volume.get("secret")
+            if mount is None or (secret is None and mount["name"] not in filled_from_secret):
+                problems.append(
+                    f"{var} {path} is not in a mounted Secret (or a volume an init container "
+                    "fills from one)"
+                )
                 continue
             if not mount.get("readOnly"):
-                problems.append(f"{var}: the Secret mount {mount['mountPath']} is not readOnly")
-            mode = int(secret.get("defaultMode", 0o644))
-            if mode & 0o007:
+                problems.append(f"{var}: the mount {mount['mountPath']} is not readOnly")
+            if secret is None and volume.get("emptyDir", {}).get("medium") != "Memory":
                 problems.append(
-                    f"{var}: Secret {secret.get('secretName')} files are readable by other "
-                    f"users (defaultMode {mode:#o})"
+                    f"{var}: volume {mount['name']} must be an emptyDir in memory, never on a disk"
                 )
         for var in ("RAMRAFT_TLS_CERT", "RAMRAFT_TLS_KEY"):
             path = env.get(var, "")
@@ -515,6 +593,7 @@ ALL_CHECKS: tuple[Check, ...] = (
     check_blob_dir_is_persistent,
     check_security_context,
     check_peer_port_policy,
+    check_client_ports_policy,
     check_scheduling_and_shutdown,
     check_tls_wiring,
 )

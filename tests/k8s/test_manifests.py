@@ -146,7 +146,25 @@ def _policy_from_namespace(docs: list[Doc]) -> None:
 
 
 def _peer_port_open_to_all(docs: list[Doc]) -> None:
-    one(docs, "NetworkPolicy")["spec"]["ingress"][1]["ports"].append({"port": "peer"})
+    one(docs, "NetworkPolicy")["spec"]["ingress"].append({"ports": [{"port": "peer"}]})
+
+
+def _clients_unlabelled(docs: list[Doc]) -> None:
+    del one(docs, "NetworkPolicy")["spec"]["ingress"][1]["from"]
+
+
+def _egress_anywhere(docs: list[Doc]) -> None:
+    one(docs, "NetworkPolicy")["spec"]["egress"].append({})
+
+
+def _node_mounts_every_key(docs: list[Doc]) -> None:
+    _container(docs)["volumeMounts"].append(
+        {"name": "tls", "mountPath": "/etc/ramraft/secret", "readOnly": True}
+    )
+
+
+def _own_tls_on_disk(docs: list[Doc]) -> None:
+    del _volume(docs, "own-tls")["emptyDir"]["medium"]
 
 
 def _probe_on_missing_port(docs: list[Doc]) -> None:
@@ -181,7 +199,7 @@ def _world_readable_tls(docs: list[Doc]) -> None:
 
 
 def _tls_mount_moved(docs: list[Doc]) -> None:
-    mount = next(m for m in _container(docs)["volumeMounts"] if m["name"] == "tls")
+    mount = next(m for m in _container(docs)["volumeMounts"] if m["name"] == "own-tls")
     mount["mountPath"] = "/etc/elsewhere"
 
 
@@ -202,7 +220,7 @@ BREAKAGES: list[tuple[str, Callable[[list[Doc]], None], checks.Check, str]] = [
     ("writable-mount", _writable_tokens_mount, checks.check_tls_wiring, "not readOnly"),
     (
         "other-pods-cert",
-        _set_env("RAMRAFT_TLS_CERT", "/etc/ramraft/tls/ramraft-1.pem"),
+        _set_env("RAMRAFT_TLS_CERT", "/run/ramraft/tls/ramraft-1.pem"),
         checks.check_tls_wiring,
         "own",
     ),
@@ -288,6 +306,10 @@ BREAKAGES: list[tuple[str, Callable[[list[Doc]], None], checks.Check, str]] = [
     ),
     ("policy-namespace", _policy_from_namespace, checks.check_peer_port_policy, "outside"),
     ("policy-open-peer", _peer_port_open_to_all, checks.check_peer_port_policy, "from anywhere"),
+    ("clients-unlabelled", _clients_unlabelled, checks.check_client_ports_policy, "label"),
+    ("egress-anywhere", _egress_anywhere, checks.check_client_ports_policy, "egress"),
+    ("every-key", _node_mounts_every_key, checks.check_tls_wiring, "every member's key"),
+    ("key-on-disk", _own_tls_on_disk, checks.check_tls_wiring, "in memory"),
     (
         "ordered-start",
         _set(["StatefulSet", "spec", "podManagementPolicy"], "OrderedReady"),

@@ -1,4 +1,4 @@
-"""Measures server/codec.py against the obvious alternative: one protobuf
+"""Measures server/runtime/wire.py against the obvious alternative: one protobuf
 submessage per entry (the etcd raftpb shape), built in the same run.
 
     python -m tests.proto.measure_codec [--entries 1,10,100,1000] [--size 64]

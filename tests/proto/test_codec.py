@@ -1,4 +1,4 @@
-"""server/codec.py: exact round trips, and clear errors for bad input."""
+"""server/runtime/wire.py: exact round trips, and clear errors for bad input."""
 
 from __future__ import annotations
 

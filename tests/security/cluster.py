@@ -95,3 +95,12 @@ class SecureCluster(ProcessCluster):
                 return c.status(endpoint=self.grpc[node_id]).node
         except Exception:
             return None
+
+
+def rss_mib(pid: int) -> float:
+    """The resident set size of process ``pid``, in MiB (Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")

@@ -1,6 +1,6 @@
-"""server/auth.py without a network: the token file, bearer parsing, the
+"""server/security/auth.py without a network: the token file, bearer parsing, the
 in-flight limiter, rate-limited refusal logs, and the runtime's own queue
-bound (server/runtime.py max_pending_requests)."""
+bound (server/runtime/loop.py max_pending_requests)."""
 
 from __future__ import annotations
 
@@ -138,6 +138,25 @@ def test_inflight_reserve_keeps_light_clients_served() -> None:
     assert limiter.total == 7
     limiter.leave("heavy")
     assert limiter.enter("another") is None
+
+
+def test_inflight_reserve_is_shared_by_addresses() -> None:
+    """One address opening many connections with one request each (issue
+    17: 200 light connections took every reserved slot) gets at most a
+    quarter of the reserve; another address still gets in, and the slots
+    come back when the requests end."""
+    limiter = InflightLimiter(total=8, per_connection=8, reserve=8)
+    for _ in range(8):
+        assert limiter.enter("ipv4:10.0.0.1:1000") is None  # the total is full
+    admitted = [limiter.enter(f"ipv4:10.0.0.2:{port}") is None for port in range(2000, 2010)]
+    assert admitted.count(True) == 2, admitted  # max(LIGHT, 8 // 4)
+    assert limiter.enter("ipv4:10.0.0.3:3000") is None, "another address is served"
+    assert not limiter.is_light("ipv4:10.0.0.1:1000") and limiter.is_light("ipv4:10.0.0.4:1")
+    assert not limiter.is_light("ipv4:10.0.0.2:2000"), "its address holds its share"
+    for port in range(2000, 2002):
+        limiter.leave(f"ipv4:10.0.0.2:{port}")
+    assert limiter.reserved_by_source == {"ipv4:10.0.0.3": 1}
+    assert limiter.enter("ipv4:10.0.0.2:2005") is None
 
 
 def test_refusal_log_is_rate_limited() -> None:

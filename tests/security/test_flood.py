@@ -37,19 +37,12 @@ from typing import Any
 import pytest
 
 from ramraft.client import Client
+from tests.security.cluster import rss_mib
 from tests.server.procs import REPO, ProcessCluster
 
 FLOOD_SECONDS = float(os.environ.get("FLOOD_SECONDS", "12"))
 RSS_BOUND_MIB = 200
 LIMITS = ["--max-inflight", "256", "--max-inflight-per-connection", "64"]
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 @pytest.fixture(scope="module")

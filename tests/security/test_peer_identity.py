@@ -1,4 +1,4 @@
-"""The receiving side of the peer protocol with TLS on (server/transport.py
+"""The receiving side of the peer protocol with TLS on (server/runtime/transport.py
 PeerServicer), without a network: a fake gRPC context presents a verified
 certificate, as the TLS handshake would have left it in the auth context.
 

@@ -93,12 +93,38 @@ def _wait_blobs_enabled(cluster: SecureCluster) -> None:
             time.sleep(0.1)
 
 
-def test_refusals_are_logged_without_the_token(cluster: SecureCluster) -> None:
-    with grpc_client(cluster, READ_TOKEN) as client, pytest.raises(PermissionDenied):
+@pytest.mark.parametrize(
+    "transport",
+    [
+        "unary",
+        pytest.param(
+            "stream",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="server gap: server/security/auth.py StreamGate.admit answers a "
+                "refused KV.Stream request (UNAUTHENTICATED, PERMISSION_DENIED) without "
+                "logging it; the unary path logs who and what",
+            ),
+        ),
+    ],
+)
+def test_refusals_are_logged_without_the_token(cluster: SecureCluster, transport: str) -> None:
+    logged_before = len(cluster.node_log(cluster.ids[0]))
+    with (
+        cluster.client(
+            timeout=5, ids=[cluster.ids[0]], token=READ_TOKEN, transport=transport
+        ) as client,
+        pytest.raises(PermissionDenied),
+    ):
         client.put("logged", b"v")
-    with grpc_client(cluster, WRONG_TOKEN) as client, pytest.raises(Unauthenticated):
+    with (
+        cluster.client(
+            timeout=5, ids=[cluster.ids[0]], token=WRONG_TOKEN, transport=transport
+        ) as client,
+        pytest.raises(Unauthenticated),
+    ):
         client.get("logged")
-    log = cluster.node_log(cluster.ids[0])
+    log = cluster.node_log(cluster.ids[0])[logged_before:]
     assert '"who": "dash"' in log and "/ramraft.v1.KV/Put" in log
     assert "request_refused" in log
     for secret in (READ_TOKEN, WRONG_TOKEN, WRITE_TOKEN, ADMIN_TOKEN):
@@ -202,3 +228,15 @@ def test_stream_requests_are_authorized_one_by_one(cluster: SecureCluster) -> No
     assert "needs write" in answers[2].message
     code, answers = _stream(cluster, WRITE_TOKEN, [put])
     assert code == grpc.StatusCode.OK and answers[2].code == grpc.StatusCode.OK.value[0]
+
+
+def test_a_refused_stream_is_unauthenticated_every_time(cluster: SecureCluster) -> None:
+    """The client writes at once after opening the stream; the node used to
+    answer before taking that write, and grpc-python's asyncio client then
+    reported its own INTERNAL for about 1 stream in 10 instead of the node's
+    UNAUTHENTICATED (server/security/auth.py _drain). 60 tries: at a 10%
+    rate, all pass by chance about once in 500 runs."""
+    cluster.wait_for_leader()
+    get = kv_pb2.StreamRequest(id=1, get=kv_pb2.GetRequest(key="s"))
+    codes = [_stream(cluster, None, [get])[0] for _ in range(60)]
+    assert set(codes) == {grpc.StatusCode.UNAUTHENTICATED}, codes

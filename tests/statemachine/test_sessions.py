@@ -1,4 +1,4 @@
-"""Sessions for pipelined clients (server/sessions.py; Raft thesis 6.3): many
+"""Sessions for pipelined clients (server/machines/sessions.py; Raft thesis 6.3): many
 writes in flight under one client id, arriving in any order, with
 ``first_unacked`` telling the table which replies it may forget."""
 

@@ -1,0 +1,169 @@
+"""What the two clients share to multiplex key-value calls over ``KV.Stream``:
+building a StreamRequest, reading its answer, and what a stream's end means
+for the requests it still carries. No I/O here (the blocking and the asyncio
+client each run one stream per node around these decisions).
+
+The rules, so that the stream keeps every guarantee of the unary calls:
+
+- A request's answer carries the status the unary call would have ended
+  with; it becomes a ``StreamStatus`` (a ``grpc.RpcError``) that the retry
+  policy (client/_core.py CallAttempts) handles exactly like a unary
+  failure, leader hint (``leader``) included.
+- Each request carries its attempt's deadline (``timeout_ms``) so that the
+  node stops working on it when the client stops waiting; the client also
+  keeps its own timer (a hung node sends nothing), whose expiry is
+  DEADLINE_EXCEEDED as for a unary call.
+- A stream that ends while requests wait for their answers has lost those
+  answers: a write may or may not have been applied (proto/kv.proto). Each
+  such request fails as UNAVAILABLE ("the stream broke"), so it is retried
+  with its session on a new stream, on another node if need be, like a unary
+  call that failed with UNAVAILABLE. Codes about the caller itself
+  (UNAUTHENTICATED, PERMISSION_DENIED) and overload (RESOURCE_EXHAUSTED)
+  keep their meaning.
+- A node that does not serve ``KV.Stream`` (UNIMPLEMENTED: an older node, or
+  a proxy that passes only unary calls) gets unary calls from then on
+  (``NotCarried``); so does a request the stream could not carry (one over
+  the node's message size ends the whole stream; requests over
+  STREAM_MAX_BYTES go unary from the start).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final, TypeAlias
+
+import grpc
+
+from ramraft.client._core import LEADER_METADATA_KEY
+from ramraft.proto import kv_pb2
+
+# Requests larger than this go over unary calls: a large payload gains
+# nothing from the stream (copying it costs more than the call), and one
+# over the node's message limit would end the stream and every request on it.
+STREAM_MAX_BYTES: Final = 64 * 1024
+# timeout_ms is a uint32.
+_MAX_TIMEOUT_MS: Final = 2**32 - 1
+
+# The unary method's name -> the StreamRequest/StreamResponse oneof field.
+STREAM_OPS: Final = {
+    "Put": "put",
+    "Get": "get",
+    "Delete": "delete",
+    "CompareAndSwap": "compare_and_swap",
+    "Range": "range",
+}
+
+_CODES: Final = {code.value[0]: code for code in grpc.StatusCode}
+
+Metadata: TypeAlias = Iterable[tuple[str, str | bytes]]
+# How a stream ended: its status code (None: unknown), details and trailing metadata.
+End: TypeAlias = tuple[grpc.StatusCode | None, str, Metadata | None]
+
+
+def op_for(method: str, transport: str) -> str | None:
+    """The StreamRequest field that carries unary ``method`` when the client
+    uses the stream transport; None: the call goes unary (admin calls, or the
+    "unary" transport)."""
+    return STREAM_OPS.get(method) if transport == "stream" else None
+
+
+class StreamStatus(grpc.RpcError):
+    """One stream request's failure, shaped like the RpcError of a unary call
+    (code, details, trailing metadata with the leader hint), so the retry
+    policy treats both alike."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, leader: str = "") -> None:
+        super().__init__(f"{code.name}: {details}")
+        self._code = code
+        self._details = details
+        self._trailing: tuple[tuple[str, str], ...] = (
+            ((LEADER_METADATA_KEY, leader),) if leader else ()
+        )
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    # grpc's stubs type it as objects with .key/.value; at run time (and for
+    # client/_core.py leader_hint) it is (key, value) pairs, as here.
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
+        return self._trailing
+
+    def initial_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+
+class NotCarried(Exception):
+    """The stream cannot carry this request: send it as a unary call (it was
+    not processed, or, if it was, its session makes sending it again safe)."""
+
+
+def stream_request(
+    request_id: int, op: str, request: object, timeout: float
+) -> kv_pb2.StreamRequest:
+    """The StreamRequest for one attempt: ``op`` is a STREAM_OPS value and
+    ``request`` the unary request message (session already set)."""
+    timeout_ms = min(_MAX_TIMEOUT_MS, max(1, int(timeout * 1000 + 0.999)))
+    message = kv_pb2.StreamRequest(id=request_id, timeout_ms=timeout_ms)
+    getattr(message, op).CopyFrom(request)
+    return message
+
+
+def fits(request: kv_pb2.StreamRequest) -> bool:
+    return request.ByteSize() <= STREAM_MAX_BYTES
+
+
+def stream_result(response: kv_pb2.StreamResponse, op: str) -> tuple[object, Metadata]:
+    """The unary response inside a stream answer, and the trailing metadata
+    the unary call would have had (a leader hint, if the node gave one);
+    raises the answer's StreamStatus when the request failed."""
+    if response.code:
+        code = _CODES.get(response.code, grpc.StatusCode.UNKNOWN)
+        raise StreamStatus(code, response.message, response.leader)
+    if response.WhichOneof("result") != op:
+        raise StreamStatus(
+            grpc.StatusCode.INTERNAL,
+            f"the node answered a {op} request with {response.WhichOneof('result')}",
+        )
+    hint = ((LEADER_METADATA_KEY, response.leader),) if response.leader else ()
+    return getattr(response, op), hint
+
+
+def expired() -> StreamStatus:
+    """The client's own timer ran out (the node sent nothing in time)."""
+    return StreamStatus(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+
+def ended(
+    endpoint: str,
+    code: grpc.StatusCode | None,
+    details: str,
+    trailing: Metadata | None,
+) -> StreamStatus | NotCarried:
+    """What the requests still waiting on a stream that ended get: a
+    StreamStatus to retry (or to raise) as for a unary call, or NotCarried."""
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return NotCarried(f"{endpoint} does not serve KV.Stream: {details}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details.lower():
+        return NotCarried(f"{endpoint}: {details}")
+    leader = ""
+    for key, value in trailing or ():
+        if key == LEADER_METADATA_KEY:
+            leader = value.decode(errors="replace") if isinstance(value, bytes) else value
+    if code in (
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ):
+        return StreamStatus(code, details, leader)
+    name = code.name if code is not None else "ended"
+    # The details keep the transport's words ("failed to connect", "connection
+    # refused"): the retry policy reads them to tell a dead address.
+    return StreamStatus(
+        grpc.StatusCode.UNAVAILABLE,
+        f"the stream to {endpoint} broke before the answer came ({name}: {details}); "
+        "a write may or may not have been applied, and is retried with its session",
+        leader,
+    )

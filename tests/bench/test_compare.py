@@ -1,0 +1,144 @@
+"""``python -m bench.compare``: the table and its ratios from known results,
+its one-line errors, a tiny offline run of the ramraft-only sections, and
+(marked ``peers``, only where ``--install`` put etcd and PySyncObj in the
+cache) a tiny run against the peers. No speed is asserted: the real run is
+a benchmark."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import compare, peer_etcd, peer_pysyncobj
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _row(driver: str, mode: str, level: int, rate: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "driver": driver,
+        "client": driver,
+        "mode": mode,
+        "in_flight": level,
+        "ops_per_s": rate,
+        "p50_ms": 1000 / rate,
+        "cores": {"leader": 0.97, "client1": 0.3},
+        **extra,
+    }
+
+
+def test_the_table_puts_each_figure_beside_its_peer() -> None:
+    results = {
+        "started": "now",
+        "load_average_before": (0.5, 0.5, 0.5),
+        "load_average_after": (0.7, 0.5, 0.5),
+        "value_bytes": 100,
+        "duration_s": 5,
+        "etcd_version": "3.5.1",
+        "pysyncobj_version": "0.3.17",
+        "etcd": [_row("etcd", "write", 64, 5000.0)],
+        "ramraft": [
+            _row("AsyncClient stream", "write", 64, 6000.0),
+            _row("AsyncClient unary", "write", 64, 1000.0, contaminated=True),
+            _row("raw unary stubs", "write", 64, 1100.0),
+            _row("raw KV.Stream", "write", 64, 7000.0),
+        ],
+        "reads": [
+            _row("AsyncClient stream", "read-serializable", 64, 4000.0),
+            _row("AsyncClient stream", "read-linearizable", 64, 3000.0),
+        ],
+        "inproc": [_row("NodeAPI", "inproc-write", 1000, 15000.0)],
+        "pysyncobj": [_row("PySyncObj ReplDict.set", "inproc-write", 1000, 5000.0)],
+        "floor": [
+            {"shape": "unary", "in_flight": 64, "per_s": 3000, "server_us_per_echo": 300.0},
+            {"shape": "stream", "in_flight": 64, "per_s": 8000, "server_us_per_echo": 110.0},
+        ],
+    }
+    out = io.StringIO()
+    compare.print_table(results, out)
+    text = out.getvalue()
+    assert "| 64 | 5,000 | 6,000 | 1,000* | 1,100 | 7,000 | 1.20 | leader 0.97 / leader 0.97 |" in (
+        text
+    )
+    assert "linearizable / serializable 0.75; serializable / stream echo floor 0.50" in text
+    assert "ramraft NodeAPI 15,000/s" in text and "PySyncObj 5,000/s" in text and "3.00x" in text
+    assert "unary echo 3,000/s (300.0 us server CPU per call)" in text
+    assert "load average 0.50 before" in text
+
+
+def test_missing_peers_and_bad_arguments_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert compare.main(["--cache", str(tmp_path), "--only", "etcd,pysyncobj"]) == 2
+    err = capsys.readouterr().err
+    assert "etcd and PySyncObj not installed" in err and "--install" in err
+    assert err.count("\n") == 1
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--only", "redis"])
+    assert e.value.code == 2
+    assert "unknown section redis" in capsys.readouterr().err
+    assert compare.main(["--duration", "0", "--only", "floor"]) == 2
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench.compare", "--no-progress", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def test_a_tiny_offline_run(tmp_path: Path) -> None:
+    """The ramraft sections and the floor, nothing to install: the same
+    code path as the real run, cut to fractions of a second per run."""
+    out = tmp_path / "results.json"
+    done = _run(
+        "--only", "floor,inproc", "--duration", "0.3", "--warmup", "0.1",
+        "--inproc-in-flight", "2", "--floor-in-flight", "2", "--retakes", "0",
+        "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "In-process writes at 2 in flight: ramraft NodeAPI" in done.stdout
+    assert "grpc-python floor at 2 in flight" in done.stdout
+    results = json.loads(out.read_text())
+    (inproc,) = results["inproc"]
+    assert inproc["mode"] == "inproc-write" and inproc["ops"] > 0
+    assert any(name.startswith("ramraft leader") for name in inproc["cores"])
+    assert {row["shape"] for row in results["floor"]} == {"unary", "stream"}
+
+
+def _peers_site() -> Path:
+    return compare.default_cache() / "site"
+
+
+@pytest.mark.peers
+@pytest.mark.skipif(
+    peer_etcd.binary(_peers_site()) is None or not peer_pysyncobj.installed(_peers_site()),
+    reason="etcd and PySyncObj are not in bench.compare's cache (python -m bench.compare "
+    "--install-only, or RAMRAFT_BENCH_CACHE)",
+)
+def test_a_tiny_run_against_the_peers(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    done = _run(
+        "--only", "etcd,pysyncobj", "--duration", "0.5", "--warmup", "0.2",
+        "--in-flight", "2", "--inproc-in-flight", "20", "--retakes", "0", "--json", str(out),
+        env=dict(os.environ),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())
+    (etcd,) = results["etcd"]
+    assert etcd["ops"] > 0 and etcd["errors"] == 0
+    assert "etcd leader" in etcd["cores"]
+    (pso,) = results["pysyncobj"]
+    assert pso["ops"] > 0
+    assert results["etcd_version"].startswith("3.5")
