@@ -606,7 +606,7 @@ def register(sub: Any) -> None:
     add_node_parser(sub)
     add_cluster_parser(sub)
     # Subcommands that live in modules of their own (each defines register()).
-    from ramraft.tools import backup, bench, blobs_cli, certs, chaos, tokens, versions
+    from ramraft.tools import backup, bench, blobs_cli, certs, chaos, restore, tokens, versions
 
-    for module in (bench, chaos, certs, tokens, backup, versions, blobs_cli):
+    for module in (bench, chaos, certs, tokens, backup, restore, versions, blobs_cli):
         module.register(sub)

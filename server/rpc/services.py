@@ -612,18 +612,20 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             runtime = self.runtime
             await self.api.linearizable(_timeout(context, self.limits))
             machine = runtime.machine
-            cluster = runtime.cluster_state()
             model = self._model_name()
             blobs = self.blobs
             # Blob files stay put while the backup streams them.
             with blobs.store.hold_deletions() if blobs else contextlib.nullcontext():
 
-                def take(core: RaftNode) -> tuple[Any, Any, list[Any]]:
+                def take(core: RaftNode) -> tuple[Any, Any, int, list[Any]]:
+                    # One loop turn: the view, its index, the cluster record
+                    # (versions), the key count and the blob catalog agree.
+                    cluster = runtime.cluster_state()
                     header = backup_header(core, cluster, runtime.id, model)
                     entries = blobs.backup_entries() if blobs is not None else []
-                    return machine.snapshot(), header, entries
+                    return machine.snapshot(), header, self._key_count(), entries
 
-                job, header, entries = await runtime.call(take)
+                job, header, keys, entries = await runtime.call(take)
                 section = None
                 if entries and blobs is not None:
                     try:
@@ -639,7 +641,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                     cluster_id=header.cluster_id,
                     index=header.index,
                     term=header.term,
-                    keys=self._key_count(),
+                    keys=keys,
                     node=runtime.id,
                 )
                 first = True
