@@ -94,6 +94,31 @@ def test_verify_hashes_every_blob(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert status == 3 and out == "" and "does not hash to its name" in err
 
 
+def test_restore_writes_blobs_into_the_nodes_blob_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that keeps its blobs outside its data directory (--blob-dir,
+    env RAMRAFT_BLOB_DIR as in a pod) gets them there, not in --data-dir."""
+    backup = tmp_path / "b.backup"
+    with BlobCluster(tmp_path / "c", nodes=1) as cluster:
+        cluster.wait_for_leader()
+        cluster.wait_blobs_enabled()
+        with cluster.client() as client:
+            digest = client.put_blob(b"kept elsewhere").sha256
+        assert (
+            cli(capsys, "backup", "--out", str(backup), "--endpoints", cluster.endpoints())[0] == 0
+        )
+    blob_dir, data_dir = tmp_path / "blob-volume", tmp_path / "data"
+    monkeypatch.setenv("RAMRAFT_BLOB_DIR", str(blob_dir))
+    status, out, err = cli(
+        capsys, "restore", str(backup), "--data-dir", str(data_dir), "--id", "a", "--peers",
+        "a=127.0.0.1:1",
+    )  # fmt: skip
+    assert status == 0 and "with 1 blobs" in out, err
+    assert (blob_dir / "sha256" / digest[:2] / digest).read_bytes() == b"kept elsewhere"
+    assert not (data_dir / "blobs").exists()
+
+
 def test_a_backup_is_refused_when_no_node_can_send_a_blob(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
