@@ -7,6 +7,9 @@ from __future__ import annotations
 import hashlib
 import os
 
+import grpc
+
+from ramraft.proto import blobs_pb2, blobs_pb2_grpc
 from tests.server.procs import ProcessCluster
 from tests.web.conftest import http, roles, wait_until
 
@@ -111,3 +114,17 @@ def test_metrics_count_blobs(kv_cluster: ProcessCluster) -> None:
     assert values["ramraft_blobs"] >= 1 and values["ramraft_blob_bytes"] >= 7
     assert values["ramraft_blob_disk_free_bytes"] > 0
     assert "ramraft_blobs_fetched_total" in values and "ramraft_blobs_deleted_total" in values
+
+
+def test_raw_grpc_names_a_blob_by_sha256_prefix_too(kv_cluster: ProcessCluster) -> None:
+    """The Python client strips 'sha256:' itself; another client may not."""
+    _enabled(kv_cluster)
+    node = kv_cluster.ids[2]
+    data = b"named in either form"
+    digest = hashlib.sha256(data).hexdigest()
+    assert http(kv_cluster.http[node], "PUT", f"/v1/blobs/{digest}", data).status == 201
+    with grpc.insecure_channel(kv_cluster.grpc[node]) as channel:
+        stub = blobs_pb2_grpc.BlobsServiceStub(channel)
+        request = blobs_pb2.GetBlobRequest(sha256=f"SHA256:{digest.upper()}")
+        got = list(stub.GetBlob(request, timeout=30))
+    assert got[0].blob.sha256 == digest and b"".join(m.data for m in got) == data
