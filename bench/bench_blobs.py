@@ -107,7 +107,11 @@ class Hashing:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_blobs", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_blobs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the docstring's own layout
+    )
     parser.add_argument("--count", type=int, default=20, help="blobs to upload (default 20)")
     parser.add_argument("--size-mib", type=int, default=20, help="MiB per blob (default 20)")
     parser.add_argument("--parallel", type=int, default=2, help="uploaders at once (default 2)")
