@@ -58,7 +58,7 @@ from ramraft.server.runtime.membership import MembershipChanges
 from ramraft.server.runtime.node_api import InputLimits, NodeAPI
 from ramraft.server.runtime.status import MemberProgress
 from ramraft.server.runtime.steward import Steward
-from ramraft.server.security.auth import STREAM_GATE, StreamGate
+from ramraft.server.security.auth import STREAM_GATE, InflightLimiter, StreamGate
 from ramraft.server.security.budget import (
     CALL_RESERVATION,
     MESSAGE_COPIES,
@@ -340,6 +340,7 @@ class KVService(kv_pb2_grpc.KVServicer):
                         return
                     if held is not None:
                         held.shrink(held.held - MESSAGE_COPIES * request.ByteSize())
+                        held.read_done()
                     op = request.WhichOneof("op")
                     refused = (
                         _NO_OP if op is None else gate.admit(_STREAM_OPS[op]) if gate else None
@@ -427,7 +428,13 @@ class _StreamWindow:
             self.changed.clear()
             await self.changed.wait()
         limits = self.gate.limits
-        reservation = Reservation(limits.budget)
+        # A stream with at most a couple of requests of its own in flight is
+        # a light caller, as a connection is for unary calls (budget.py).
+        # What it holds counts answers written but not yet given back: a
+        # client sending one request at a time may send its next one the
+        # moment it reads an answer, before the node's write has returned.
+        light = len(self.held) <= InflightLimiter.LIGHT
+        reservation = Reservation(limits.budget, light)
         await reservation.grow(limits.read_reservation(), None)  # waits: backpressure
         self.held.add(reservation)
         return reservation

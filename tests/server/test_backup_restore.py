@@ -238,6 +238,9 @@ def test_restored_cluster_refuses_the_old_clusters_nodes_and_other_ids(tmp_path:
         assert isinstance(accepted, raft_pb2.InfoResponse)
         assert accepted.cluster_id == new_id
 
+        if b.wait_for_leader() == "n3":  # n3 is about to be replaced: lead from n1
+            with b.client() as client:
+                client.transfer_leadership("n1")
         term_before, state_before = b_state(b)
         assert state_before["written-in-a"] == b"1"
 
