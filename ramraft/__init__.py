@@ -5,6 +5,7 @@ The public API, importable from here::
     from ramraft import Client, AsyncClient                      # gRPC clients
     from ramraft import ReplicatedModel, command, Application    # your own objects
     from ramraft import BlobRef                                   # files beside them (blobs)
+    from ramraft import background, JobContext                   # their background jobs
 
 Everything else lives in the sub-packages, each with a docstring saying what
 belongs there: ``ramraft.client`` (the client library), ``ramraft.server``
@@ -26,6 +27,7 @@ from ramraft._version import __version__
 if TYPE_CHECKING:
     from ramraft.client import AsyncClient, Client
     from ramraft.server.hosting import Application
+    from ramraft.server.jobs import JobContext, background
     from ramraft.server.machines.blobs import BlobRef
     from ramraft.server.machines.embed import ReplicatedModel, command
 
@@ -34,8 +36,10 @@ __all__ = [
     "AsyncClient",
     "BlobRef",
     "Client",
+    "JobContext",
     "ReplicatedModel",
     "__version__",
+    "background",
     "command",
 ]
 
@@ -46,6 +50,8 @@ _LAZY = {
     "command": "ramraft.server.machines.embed",
     "Application": "ramraft.server.hosting",
     "BlobRef": "ramraft.server.machines.blobs",
+    "background": "ramraft.server.jobs",
+    "JobContext": "ramraft.server.jobs",
 }
 
 
