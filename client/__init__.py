@@ -19,6 +19,12 @@ Key-value version 2 (revisions, transactions, watches, leases)::
     with c.lease(10) as lease:                      # kept alive, revoked at the end
         c.put("service/me", b"addr", lease=lease.id)
 
+Blobs (files kept beside the data, outside the log)::
+
+    info = c.put_blob("photo.jpg")                    # BlobInfo; str(info) is the SHA-256
+    c.read_blob(info, "copy.jpg")                     # streamed into a file
+    c.get_blob(info)                                  # or the bytes, for small ones
+
 ``AsyncClient`` has the same methods as coroutines. Both retry on another
 node while the cluster is unavailable, up to the call's deadline, and send
 every write with a session so a retried write is applied once. Errors are
@@ -31,6 +37,7 @@ the application it writes nothing, to stdout or stderr.
 """
 
 from ramraft.client._async import AsyncClient
+from ramraft.client._blobs import BlobInfo
 from ramraft.client._core import (
     DEFAULT_TIMEOUT,
     LEADER_METADATA_KEY,
@@ -76,6 +83,7 @@ __all__ = [
     "LINEARIZABLE",
     "SERIALIZABLE",
     "AsyncClient",
+    "BlobInfo",
     "CasResult",
     "Client",
     "Compare",

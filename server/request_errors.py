@@ -78,6 +78,21 @@ class BadRequest(RequestError, ValueError):
     documented limit, an unknown member...; the message says which."""
 
 
+class NotFound(RequestError):
+    """What the request names does not exist: a blob, or a lease (never
+    granted, revoked or expired)."""
+
+
+class InsufficientStorage(RequestError):
+    """This node's disk is too full to take what the request brings (a
+    blob): refused before the disk fills, never half-stored."""
+
+
+class PayloadTooLarge(RequestError):
+    """The request brings more than a documented limit allows (a blob over
+    --max-blob-bytes); the message names the limit."""
+
+
 class CommandRefused(RequestError):
     """The leader will not propose this command: its code does not have it
     (it came from newer code), or it is new in a version the cluster does not
@@ -91,10 +106,6 @@ class SessionRefused(RequestError):
     start a new session; STALE_SEQUENCE: the sequence is below the session's
     first_unacked). It was NOT applied. The message starts with the reason's
     name: clients match on it (client/_core.py session_expired)."""
-
-
-class NotFound(RequestError):
-    """A lease that does not exist (never granted, revoked or expired)."""
 
 
 class AlreadyExists(RequestError):
@@ -154,6 +165,12 @@ ERROR_STATUSES: tuple[tuple[type[BaseException], WireStatus], ...] = (
     (Unavailable, _UNAVAILABLE),
     (ProposalDroppedError, _UNAVAILABLE),  # a transfer or change in progress: retry
     (Overloaded, WireStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "overloaded")),
+    (NotFound, WireStatus(grpc.StatusCode.NOT_FOUND, 404, "not_found")),
+    (
+        InsufficientStorage,
+        WireStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 507, "insufficient_storage"),
+    ),
+    (PayloadTooLarge, WireStatus(grpc.StatusCode.INVALID_ARGUMENT, 413, "payload_too_large")),
     (TimeoutError, WireStatus(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "deadline_exceeded")),
     (SessionRefused, _NOT_NOW),
     # A command of a version the cluster does not run yet, or that the
@@ -164,8 +181,7 @@ ERROR_STATUSES: tuple[tuple[type[BaseException], WireStatus], ...] = (
     # (proto/admin.proto: FAILED_PRECONDITION).
     (ConfChangeError, _NOT_NOW),
     (LeadershipTransferError, _NOT_NOW),
-    # Key-value version 2: leases and bounds.
-    (NotFound, WireStatus(grpc.StatusCode.NOT_FOUND, 404, "not_found")),
+    # Key-value version 2: leases and bounds (NotFound is above).
     (AlreadyExists, WireStatus(grpc.StatusCode.ALREADY_EXISTS, 409, "already_exists")),
     (LimitExceeded, WireStatus(grpc.StatusCode.FAILED_PRECONDITION, 409, "limit_exceeded")),
     # An application command ran and failed, the same on every node.

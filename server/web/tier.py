@@ -18,6 +18,8 @@ server process -- and awaits the same in-process calls as the gRPC servicers
 ``POST /v1/txn``, ``GET /v1/watch?prefix=...``
     A transaction as JSON, and changes as Server-Sent Events (resumable
     with ``Last-Event-ID``): see web/revisions.py.
+``/v1/blobs/{sha256}``, ``POST /v1/blobs``
+    Blobs: download (Range, ETag), upload, delete (web/blobs.py).
 ``GET /v1/events?topic=T&topic=U``
     Server-Sent Events: what the hosted application's commands publish
     (``self.publish(topic, data)``), on the given topics (none: all), as this
@@ -53,6 +55,7 @@ write refused), ``limit_exceeded`` (409, a delete-range past its bound),
 ``already_exists`` (409, a lease id taken), ``payload_too_large`` (413),
 ``unsupported_media_type`` (415), ``request_timeout`` (408: the body did not
 arrive within ``--request-timeout-ms``), ``overloaded`` (429),
+``insufficient_storage`` (507, a blob the disk has no room for),
 ``unavailable`` (503, with ``leader`` and
 ``leader_address`` when known, and a ``Ramraft-Leader`` header naming the
 leader's gRPC address) and ``deadline_exceeded`` (504); an application
@@ -109,6 +112,7 @@ from ramraft.server.security.budget import (
     page_budget,
     reserve_answer,
 )
+from ramraft.server.web.blobs import BlobRoutes
 from ramraft.server.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ramraft.server.web.revisions import WATCH_PATH, RevisionRoutes
 from ramraft.server.web.sse import RELEASE_SLOT
@@ -619,6 +623,8 @@ class WebTier:
         self.revisions = RevisionRoutes(view, self.kv.sessions, _json_body, _session, _timeout)
         router.add_post("/v1/txn", self.revisions.txn)
         router.add_get(WATCH_PATH, self.revisions.watch)
+        if view.blobs is not None:
+            BlobRoutes(view.blobs, self.request_timeout).add_to(router)
         router.add_get("/v1/events", self.events)
         router.add_get("/metrics", self.metrics)
         router.add_get("/healthz", self.healthz)
@@ -628,7 +634,13 @@ class WebTier:
         if hosted is not None:
             sub = web.Application()
             self.app_context = AppContext(
-                view.node_id, hosted.app.model, view.kv, view.api, hosted.jobs, hosted.events
+                view.node_id,
+                hosted.app.model,
+                view.kv,
+                view.api,
+                hosted.jobs,
+                hosted.events,
+                blobs=view.blobs,
             )
             sub[CONTEXT] = self.app_context
             sub.add_routes(list(hosted.app.routes))
@@ -824,7 +836,8 @@ class WebTier:
     def _error_response(
         self, error: HttpError, api_route: bool, request: web.Request
     ) -> web.StreamResponse:
-        if error.status == 413:
+        if error.status == 413 and error.detail == "Request Entity Too Large":
+            # aiohttp's own words: say which limit
             error.detail = f"the request body is larger than {self.max_body} bytes"
         if api_route:
             return web.json_response(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from ramraft.server.blobs.manager import NodeBlobs
 from ramraft.server.config import NodeLimits
 from ramraft.server.hosting import HostedApp
 from ramraft.server.logs import RateLimitedLog
@@ -47,3 +48,4 @@ class WebTierView:
     # The node's watches (rpc/watch.py): /v1/watch serves them as Server-Sent
     # Events. None: the node serves none.
     watches: WatchHub | None = None
+    blobs: NodeBlobs | None = None  # /v1/blobs, and ctx.blobs for the app's pages
