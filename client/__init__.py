@@ -11,6 +11,14 @@ Against a cluster with TLS and tokens::
 
     Client(endpoints, token="...", tls=TLSOptions.from_files(ca="certs/ca.pem"))
 
+Key-value version 2 (revisions, transactions, watches, leases)::
+
+    c.txn(compare=[Compare.value("k", "==", b"v")], success=[TxnOp.put("k", b"w")])
+    for event in c.watch("prefix/", prefix=True):   # resumes on another node
+        print(event.type, event.key, event.value, event.revision)
+    with c.lease(10) as lease:                      # kept alive, revoked at the end
+        c.put("service/me", b"addr", lease=lease.id)
+
 Blobs (files kept beside the data, outside the log)::
 
     info = c.put_blob("photo.jpg")                    # BlobInfo; str(info) is the SHA-256
@@ -42,6 +50,20 @@ from ramraft.client._core import (
     TLSOptions,
     parse_endpoints,
 )
+from ramraft.client._revisions import (
+    Compare,
+    DeleteResult,
+    KeyValue,
+    LeaseGrant,
+    OpResult,
+    PutResult,
+    TxnOp,
+    TxnResult,
+    WatchCanceled,
+    WatchCompacted,
+    WatchEvent,
+    WatchProgress,
+)
 from ramraft.client._sync import Client
 from ramraft.client.errors import (
     DeadlineExceeded,
@@ -64,18 +86,30 @@ __all__ = [
     "BlobInfo",
     "CasResult",
     "Client",
+    "Compare",
     "DeadlineExceeded",
+    "DeleteResult",
     "FailedPrecondition",
     "GetResult",
     "InvalidArgument",
+    "KeyValue",
+    "LeaseGrant",
     "NotFound",
+    "OpResult",
     "PermissionDenied",
+    "PutResult",
     "RamraftError",
     "RangePage",
     "ResourceExhausted",
     "RetryPolicy",
     "TLSOptions",
+    "TxnOp",
+    "TxnResult",
     "Unauthenticated",
     "Unavailable",
+    "WatchCanceled",
+    "WatchCompacted",
+    "WatchEvent",
+    "WatchProgress",
     "parse_endpoints",
 ]

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import grpc
 
 from ramraft.client import _blobs, _core, _stream
+from ramraft.client._async_revisions import AsyncRevisionsMixin
 from ramraft.client._core import (
     CallAttempts,
     CasResult,
@@ -163,7 +164,7 @@ def _expire(answer: asyncio.Future[Any]) -> None:
         answer.set_exception(_stream.expired())
 
 
-class AsyncClient(_core.ClientBase):
+class AsyncClient(AsyncRevisionsMixin, _core.ClientBase):
     """An asyncio ramraft client (grpc.aio). Use it from one event loop; many
     calls may run at once (each write has its own session sequence).
 
@@ -210,9 +211,12 @@ class AsyncClient(_core.ClientBase):
 
     # -- key-value ------------------------------------------------------------
 
-    async def put(self, key: str, value: bytes | str, *, timeout: float | None = None) -> int:
-        """Sets ``key`` to ``value``; returns the log index of the write."""
-        request = kv_pb2.PutRequest(key=_core.to_key(key), value=_core.to_value(value))
+    async def put(
+        self, key: str, value: bytes | str, *, lease: int = 0, timeout: float | None = None
+    ) -> int:
+        """Sets ``key`` to ``value`` (attached to ``lease``, if given);
+        returns the log index of the write."""
+        request = kv_pb2.PutRequest(key=_core.to_key(key), value=_core.to_value(value), lease=lease)
         response = await self._write("Put", lambda s: s.kv.Put, request, timeout)
         return response.index
 
@@ -237,8 +241,7 @@ class AsyncClient(_core.ClientBase):
         request = kv_pb2.GetRequest(
             key=_core.to_key(key), consistency=_core.check_consistency(consistency)
         )
-        r = await self._call("Get", lambda s: s.kv.Get, request, timeout)
-        return GetResult(found=r.found, value=r.value if r.found else None, index=r.index)
+        return _core.get_result(await self._call("Get", lambda s: s.kv.Get, request, timeout))
 
     async def delete(self, key: str, *, timeout: float | None = None) -> bool:
         """Removes ``key``; returns whether it existed."""

@@ -212,6 +212,12 @@ class GetResult:
     found: bool
     value: bytes | None  # None when not found
     index: int  # the applied index of the node that served the read
+    # Key-value version 2 (all 0 before it, and when not found):
+    revision: int = 0  # the revision the read observed
+    create_revision: int = 0
+    mod_revision: int = 0
+    version: int = 0
+    lease: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +226,11 @@ class CasResult:
     found: bool  # whether the key existed before the request
     current: bytes | None  # the value before the request; None when absent
     index: int
+    # Key-value version 2: the revision of the swap (the current one when it
+    # did not happen), and the key's mod revision and version after it.
+    revision: int = 0
+    mod_revision: int = 0
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +238,8 @@ class RangePage:
     items: list[tuple[str, bytes]]
     more: bool  # more keys match after the last item
     index: int
+    revision: int = 0  # key-value version 2: the revision the read observed
+    kvs: tuple[Any, ...] = ()  # the items with their revisions (client._revisions.KeyValue)
 
 
 # -- sessions ------------------------------------------------------------------
@@ -703,10 +716,27 @@ class ClientBase:
 
 
 def range_page(response: kv_pb2.RangeResponse) -> RangePage:
+    from ramraft.client._revisions import key_value
+
     return RangePage(
         items=[(kv.key, kv.value) for kv in response.items],
         more=response.more,
         index=response.index,
+        revision=response.header.revision,
+        kvs=tuple(key_value(kv) for kv in response.items),
+    )
+
+
+def get_result(r: kv_pb2.GetResponse) -> GetResult:
+    return GetResult(
+        found=r.found,
+        value=r.value if r.found else None,
+        index=r.index,
+        revision=r.header.revision,
+        create_revision=r.create_revision,
+        mod_revision=r.mod_revision,
+        version=r.version,
+        lease=r.lease,
     )
 
 
@@ -725,4 +755,7 @@ def cas_result(response: kv_pb2.CompareAndSwapResponse) -> CasResult:
         found=response.found,
         current=response.current if response.found else None,
         index=response.index,
+        revision=response.header.revision,
+        mod_revision=response.mod_revision,
+        version=response.version,
     )

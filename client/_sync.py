@@ -22,6 +22,7 @@ from ramraft.client._core import (
     RangePage,
     Ticket,
 )
+from ramraft.client._sync_revisions import RevisionsMixin
 from ramraft.client.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from ramraft.proto import (
     admin_pb2,
@@ -142,7 +143,7 @@ class _Stream:
         self._call.cancel()
 
 
-class Client(_core.ClientBase):
+class Client(RevisionsMixin, _core.ClientBase):
     """A blocking ramraft client; safe to share between threads.
 
     ``endpoints``: ``"host:port,host:port"`` or a list; any node will do (a
@@ -189,9 +190,12 @@ class Client(_core.ClientBase):
 
     # -- key-value ------------------------------------------------------------
 
-    def put(self, key: str, value: bytes | str, *, timeout: float | None = None) -> int:
-        """Sets ``key`` to ``value``; returns the log index of the write."""
-        request = kv_pb2.PutRequest(key=_core.to_key(key), value=_core.to_value(value))
+    def put(
+        self, key: str, value: bytes | str, *, lease: int = 0, timeout: float | None = None
+    ) -> int:
+        """Sets ``key`` to ``value`` (attached to ``lease``, if given);
+        returns the log index of the write."""
+        request = kv_pb2.PutRequest(key=_core.to_key(key), value=_core.to_value(value), lease=lease)
         response = self._write("Put", lambda s: s.kv.Put, request, timeout)
         return response.index
 
@@ -216,8 +220,7 @@ class Client(_core.ClientBase):
         request = kv_pb2.GetRequest(
             key=_core.to_key(key), consistency=_core.check_consistency(consistency)
         )
-        r = self._call("Get", lambda s: s.kv.Get, request, timeout)
-        return GetResult(found=r.found, value=r.value if r.found else None, index=r.index)
+        return _core.get_result(self._call("Get", lambda s: s.kv.Get, request, timeout))
 
     def delete(self, key: str, *, timeout: float | None = None) -> bool:
         """Removes ``key``; returns whether it existed."""

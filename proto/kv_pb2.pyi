@@ -19,6 +19,19 @@ Errors (gRPC status codes):
   RESOURCE_EXHAUSTED too many requests in flight, or the node's memory
                      budget for requests and responses is in use: retry
                      later. Refused before the request is read.
+  FAILED_PRECONDITION a request the cluster will not apply now: a write
+                     refused by the session table (not applied), a call
+                     new in key-value version 2 while the cluster still
+                     runs version 1 (rolling upgrade), a delete-range or
+                     transaction past its bound (see each call).
+  NOT_FOUND          a lease that does not exist.
+
+Revisions (key-value version 2, switched on through the log once every
+node runs a release that has it): a cluster-wide counter that every
+applied change advances by one (all changes of one Txn share one); each
+key carries the revision that created it, the one that last changed it
+and its version. Every response carries a ResponseHeader with the
+revision it reflects.
 
 A write that fails with UNAVAILABLE or DEADLINE_EXCEEDED may or may not have
 been applied. Retrying it with the same Session (client_id, sequence) is
@@ -63,6 +76,54 @@ SERIALIZABLE: Consistency.ValueType  # 1
 """Served from the contacted node's memory at once; may be stale."""
 Global___Consistency: _TypeAlias = Consistency  # noqa: Y015
 
+class _CompareResult:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CompareResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CompareResult.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COMPARE_RESULT_EQUAL: _CompareResult.ValueType  # 0
+    """Equal."""
+    COMPARE_RESULT_GREATER: _CompareResult.ValueType  # 1
+    """The key's is greater (bytes compare in byte order)."""
+    COMPARE_RESULT_LESS: _CompareResult.ValueType  # 2
+    """The key's is less."""
+    COMPARE_RESULT_NOT_EQUAL: _CompareResult.ValueType  # 3
+    """Not equal."""
+
+class CompareResult(_CompareResult, metaclass=_CompareResultEnumTypeWrapper):
+    """How a compare relates the key's current state to its operand."""
+
+COMPARE_RESULT_EQUAL: CompareResult.ValueType  # 0
+"""Equal."""
+COMPARE_RESULT_GREATER: CompareResult.ValueType  # 1
+"""The key's is greater (bytes compare in byte order)."""
+COMPARE_RESULT_LESS: CompareResult.ValueType  # 2
+"""The key's is less."""
+COMPARE_RESULT_NOT_EQUAL: CompareResult.ValueType  # 3
+"""Not equal."""
+Global___CompareResult: _TypeAlias = CompareResult  # noqa: Y015
+
+class _EventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVENT_TYPE_PUT: _EventType.ValueType  # 0
+    """It was set (created or changed)."""
+    EVENT_TYPE_DELETE: _EventType.ValueType  # 1
+    """It was deleted."""
+
+class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
+    """What happened to a key."""
+
+EVENT_TYPE_PUT: EventType.ValueType  # 0
+"""It was set (created or changed)."""
+EVENT_TYPE_DELETE: EventType.ValueType  # 1
+"""It was deleted."""
+Global___EventType: _TypeAlias = EventType  # noqa: Y015
+
 @_typing.final
 class Session(_message.Message):
     """Identifies a write for exactly-once application. Unset (or client_id 0):
@@ -103,6 +164,43 @@ class Session(_message.Message):
 Global___Session: _TypeAlias = Session  # noqa: Y015
 
 @_typing.final
+class ResponseHeader(_message.Message):
+    """What every response of the key-value API carries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    RAFT_TERM_FIELD_NUMBER: _builtins.int
+    cluster_id: _builtins.str
+    """The cluster's id (empty until the cluster has been named)."""
+    member_id: _builtins.str
+    """The id of the node that answered."""
+    revision: _builtins.int
+    """The revision the answer reflects: for a write, the revision of its
+    change (or the current one when it changed nothing); for a read, the
+    revision it observed. 0 while the cluster runs key-value version 1.
+    """
+    raft_term: _builtins.int
+    """The Raft term of the node that answered."""
+    def __init__(
+        self,
+        *,
+        cluster_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        raft_term: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "member_id", b"member_id", "raft_term", b"raft_term", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResponseHeader: _TypeAlias = ResponseHeader  # noqa: Y015
+
+@_typing.final
 class PutRequest(_message.Message):
     """Sets a key."""
 
@@ -111,12 +209,17 @@ class PutRequest(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The key: non-empty UTF-8 without control characters (U+0000-U+001F,
     U+007F-U+009F), at most the key limit (1 KiB by default).
     """
     value: _builtins.bytes
     """The value: any bytes, at most the value limit (1 MiB by default)."""
+    lease: _builtins.int
+    """Attach the key to this lease (0: none; from key-value version 2 a put
+    without a lease detaches the key from the lease it had, as in etcd).
+    """
     @_builtins.property
     def session(self) -> Global___Session:
         """Makes retries of this write safe (see Session)."""
@@ -127,10 +230,11 @@ class PutRequest(_message.Message):
         key: _builtins.str = ...,
         value: _builtins.bytes = ...,
         session: Global___Session | None = ...,
+        lease: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "session", b"session", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "lease", b"lease", "session", b"session", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -143,16 +247,22 @@ class PutResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INDEX_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """The log index at which the write was applied."""
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader:
+        """The revision of the write, among others."""
+
     def __init__(
         self,
         *,
         index: _builtins.int = ...,
+        header: Global___ResponseHeader | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "index", b"index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -193,22 +303,44 @@ class GetResponse(_message.Message):
     FOUND_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    CREATE_REVISION_FIELD_NUMBER: _builtins.int
+    MOD_REVISION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     found: _builtins.bool
     """Whether the key exists."""
     value: _builtins.bytes
     """The key's value (empty when not found)."""
     index: _builtins.int
     """The applied index of the node when the read was served."""
+    create_revision: _builtins.int
+    """The revision that created the key (0 when not found)."""
+    mod_revision: _builtins.int
+    """The revision that last changed the key (0 when not found)."""
+    version: _builtins.int
+    """1 when created, +1 per change (0 when not found)."""
+    lease: _builtins.int
+    """The lease the key is attached to (0: none)."""
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader:
+        """The revision the read observed, among others."""
+
     def __init__(
         self,
         *,
         found: _builtins.bool = ...,
         value: _builtins.bytes = ...,
         index: _builtins.int = ...,
+        header: Global___ResponseHeader | None = ...,
+        create_revision: _builtins.int = ...,
+        mod_revision: _builtins.int = ...,
+        version: _builtins.int = ...,
+        lease: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["found", b"found", "index", b"index", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_revision", b"create_revision", "found", b"found", "header", b"header", "index", b"index", "lease", b"lease", "mod_revision", b"mod_revision", "value", b"value", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -250,19 +382,25 @@ class DeleteResponse(_message.Message):
 
     DELETED_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
     deleted: _builtins.bool
     """False when the key was absent."""
     index: _builtins.int
     """The log index at which the delete was applied."""
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader:
+        """The revision of the delete (the current one when nothing was deleted)."""
+
     def __init__(
         self,
         *,
         deleted: _builtins.bool = ...,
         index: _builtins.int = ...,
+        header: Global___ResponseHeader | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "index", b"index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "header", b"header", "index", b"index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -270,7 +408,9 @@ Global___DeleteResponse: _TypeAlias = DeleteResponse  # noqa: Y015
 
 @_typing.final
 class CompareAndSwapRequest(_message.Message):
-    """Sets a key only if its current value is the expected one."""
+    """Sets a key only if its current value is the expected one (and, when
+    given, its mod revision and version are the expected ones).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -278,14 +418,25 @@ class CompareAndSwapRequest(_message.Message):
     EXPECTED_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
+    EXPECTED_MOD_REVISION_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The key to compare and set."""
     expected: _builtins.bytes
     """The value the key must have for the swap to happen. Unset: swap only if
-    the key is absent.
+    the key is absent -- unless expected_mod_revision or expected_version is
+    set: then an unset `expected` means "do not compare the value".
     """
     value: _builtins.bytes
     """The value to set when the comparison holds."""
+    expected_mod_revision: _builtins.int
+    """The mod revision the key must have (0: the key must be absent). Needs
+    key-value version 2.
+    """
+    expected_version: _builtins.int
+    """The version the key must have (0: the key must be absent). Needs
+    key-value version 2.
+    """
     @_builtins.property
     def session(self) -> Global___Session:
         """Makes retries of this write safe (see Session)."""
@@ -297,14 +448,25 @@ class CompareAndSwapRequest(_message.Message):
         expected: _builtins.bytes | None = ...,
         value: _builtins.bytes = ...,
         session: Global___Session | None = ...,
+        expected_mod_revision: _builtins.int | None = ...,
+        expected_version: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected", b"_expected", "expected", b"expected", "session", b"session"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected", b"_expected", "_expected_mod_revision", b"_expected_mod_revision", "_expected_version", b"_expected_version", "expected", b"expected", "expected_mod_revision", b"expected_mod_revision", "expected_version", b"expected_version", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected", b"_expected", "expected", b"expected", "key", b"key", "session", b"session", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected", b"_expected", "_expected_mod_revision", b"_expected_mod_revision", "_expected_version", b"_expected_version", "expected", b"expected", "expected_mod_revision", b"expected_mod_revision", "expected_version", b"expected_version", "key", b"key", "session", b"session", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected: _TypeAlias = _typing.Literal["expected"]  # noqa: Y015
     _WhichOneofArgType__expected: _TypeAlias = _typing.Literal["_expected", b"_expected"]  # noqa: Y015
+    _WhichOneofReturnType__expected_mod_revision: _TypeAlias = _typing.Literal["expected_mod_revision"]  # noqa: Y015
+    _WhichOneofArgType__expected_mod_revision: _TypeAlias = _typing.Literal["_expected_mod_revision", b"_expected_mod_revision"]  # noqa: Y015
+    _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
+    _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__expected) -> _WhichOneofReturnType__expected | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_mod_revision) -> _WhichOneofReturnType__expected_mod_revision | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_version) -> _WhichOneofReturnType__expected_version | None: ...
 
 Global___CompareAndSwapRequest: _TypeAlias = CompareAndSwapRequest  # noqa: Y015
 
@@ -320,6 +482,9 @@ class CompareAndSwapResponse(_message.Message):
     FOUND_FIELD_NUMBER: _builtins.int
     CURRENT_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    MOD_REVISION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     swapped: _builtins.bool
     """Whether the new value was set."""
     found: _builtins.bool
@@ -328,6 +493,16 @@ class CompareAndSwapResponse(_message.Message):
     """The value before this request (empty when not found)."""
     index: _builtins.int
     """The log index at which the request was applied."""
+    mod_revision: _builtins.int
+    """The key's mod revision after this request (0: absent): what the next
+    compare-and-swap of a read-modify-write loop expects.
+    """
+    version: _builtins.int
+    """The key's version after this request (0: absent)."""
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader:
+        """The revision of the swap (the current one when it did not happen)."""
+
     def __init__(
         self,
         *,
@@ -335,10 +510,13 @@ class CompareAndSwapResponse(_message.Message):
         found: _builtins.bool = ...,
         current: _builtins.bytes = ...,
         index: _builtins.int = ...,
+        header: Global___ResponseHeader | None = ...,
+        mod_revision: _builtins.int = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "found", b"found", "index", b"index", "swapped", b"swapped"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "found", b"found", "header", b"header", "index", b"index", "mod_revision", b"mod_revision", "swapped", b"swapped", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -382,25 +560,41 @@ Global___RangeRequest: _TypeAlias = RangeRequest  # noqa: Y015
 
 @_typing.final
 class KeyValue(_message.Message):
-    """One key and its value, an item of a RangeResponse."""
+    """One key and its value, an item of a RangeResponse (and of a watch event)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
+    CREATE_REVISION_FIELD_NUMBER: _builtins.int
+    MOD_REVISION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The key."""
     value: _builtins.bytes
     """Its value."""
+    create_revision: _builtins.int
+    """The revision that created the key."""
+    mod_revision: _builtins.int
+    """The revision that last changed the key (of a delete event: the delete's)."""
+    version: _builtins.int
+    """1 when created, +1 per change."""
+    lease: _builtins.int
+    """The lease the key is attached to (0: none)."""
     def __init__(
         self,
         *,
         key: _builtins.str = ...,
         value: _builtins.bytes = ...,
+        create_revision: _builtins.int = ...,
+        mod_revision: _builtins.int = ...,
+        version: _builtins.int = ...,
+        lease: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_revision", b"create_revision", "key", b"key", "lease", b"lease", "mod_revision", b"mod_revision", "value", b"value", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -415,6 +609,7 @@ class RangeResponse(_message.Message):
     ITEMS_FIELD_NUMBER: _builtins.int
     MORE_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
     more: _builtins.bool
     """True when more keys match after the last item returned: ask again with
     start_after set to that item's key. A page can hold fewer items than
@@ -428,16 +623,21 @@ class RangeResponse(_message.Message):
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyValue]:
         """The keys of this page and their values, in ascending order."""
 
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader:
+        """The revision the read observed, among others."""
+
     def __init__(
         self,
         *,
         items: _abc.Iterable[Global___KeyValue] | None = ...,
         more: _builtins.bool = ...,
         index: _builtins.int = ...,
+        header: Global___ResponseHeader | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "items", b"items", "more", b"more"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "index", b"index", "items", b"items", "more", b"more"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -456,6 +656,8 @@ class StreamRequest(_message.Message):
     DELETE_FIELD_NUMBER: _builtins.int
     COMPARE_AND_SWAP_FIELD_NUMBER: _builtins.int
     RANGE_FIELD_NUMBER: _builtins.int
+    TXN_FIELD_NUMBER: _builtins.int
+    DELETE_RANGE_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Chosen by the client; echoed in the response. Ids of requests still in
     flight on a stream should differ.
@@ -484,6 +686,14 @@ class StreamRequest(_message.Message):
     def range(self) -> Global___RangeRequest:
         """As the Range call (one page)."""
 
+    @_builtins.property
+    def txn(self) -> Global___TxnRequest:
+        """As the Txn call."""
+
+    @_builtins.property
+    def delete_range(self) -> Global___DeleteRangeRequest:
+        """As the DeleteRange call."""
+
     def __init__(
         self,
         *,
@@ -494,12 +704,14 @@ class StreamRequest(_message.Message):
         delete: Global___DeleteRequest | None = ...,
         compare_and_swap: Global___CompareAndSwapRequest | None = ...,
         range: Global___RangeRequest | None = ...,
+        txn: Global___TxnRequest | None = ...,
+        delete_range: Global___DeleteRangeRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["compare_and_swap", b"compare_and_swap", "delete", b"delete", "get", b"get", "op", b"op", "put", b"put", "range", b"range"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compare_and_swap", b"compare_and_swap", "delete", b"delete", "delete_range", b"delete_range", "get", b"get", "op", b"op", "put", b"put", "range", b"range", "txn", b"txn"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compare_and_swap", b"compare_and_swap", "delete", b"delete", "get", b"get", "id", b"id", "op", b"op", "put", b"put", "range", b"range", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compare_and_swap", b"compare_and_swap", "delete", b"delete", "delete_range", b"delete_range", "get", b"get", "id", b"id", "op", b"op", "put", b"put", "range", b"range", "timeout_ms", b"timeout_ms", "txn", b"txn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["put", "get", "delete", "compare_and_swap", "range"]  # noqa: Y015
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["put", "get", "delete", "compare_and_swap", "range", "txn", "delete_range"]  # noqa: Y015
     _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
 
@@ -520,6 +732,8 @@ class StreamResponse(_message.Message):
     DELETE_FIELD_NUMBER: _builtins.int
     COMPARE_AND_SWAP_FIELD_NUMBER: _builtins.int
     RANGE_FIELD_NUMBER: _builtins.int
+    TXN_FIELD_NUMBER: _builtins.int
+    DELETE_RANGE_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """The id of the request this answers."""
     code: _builtins.int
@@ -552,6 +766,14 @@ class StreamResponse(_message.Message):
     def range(self) -> Global___RangeResponse:
         """The answer to a range."""
 
+    @_builtins.property
+    def txn(self) -> Global___TxnResponse:
+        """The answer to a txn."""
+
+    @_builtins.property
+    def delete_range(self) -> Global___DeleteRangeResponse:
+        """The answer to a delete_range."""
+
     def __init__(
         self,
         *,
@@ -564,13 +786,773 @@ class StreamResponse(_message.Message):
         delete: Global___DeleteResponse | None = ...,
         compare_and_swap: Global___CompareAndSwapResponse | None = ...,
         range: Global___RangeResponse | None = ...,
+        txn: Global___TxnResponse | None = ...,
+        delete_range: Global___DeleteRangeResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["compare_and_swap", b"compare_and_swap", "delete", b"delete", "get", b"get", "put", b"put", "range", b"range", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compare_and_swap", b"compare_and_swap", "delete", b"delete", "delete_range", b"delete_range", "get", b"get", "put", b"put", "range", b"range", "result", b"result", "txn", b"txn"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "compare_and_swap", b"compare_and_swap", "delete", b"delete", "get", b"get", "id", b"id", "leader", b"leader", "message", b"message", "put", b"put", "range", b"range", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "compare_and_swap", b"compare_and_swap", "delete", b"delete", "delete_range", b"delete_range", "get", b"get", "id", b"id", "leader", b"leader", "message", b"message", "put", b"put", "range", b"range", "result", b"result", "txn", b"txn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["put", "get", "delete", "compare_and_swap", "range"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["put", "get", "delete", "compare_and_swap", "range", "txn", "delete_range"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
 Global___StreamResponse: _TypeAlias = StreamResponse  # noqa: Y015
+
+@_typing.final
+class DeleteRangeRequest(_message.Message):
+    """Deletes every key with a prefix."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREFIX_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    prefix: _builtins.str
+    """The prefix ("" = every key: bounded like any other prefix)."""
+    @_builtins.property
+    def session(self) -> Global___Session:
+        """Makes retries of this write safe (see Session)."""
+
+    def __init__(
+        self,
+        *,
+        prefix: _builtins.str = ...,
+        session: Global___Session | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prefix", b"prefix", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRangeRequest: _TypeAlias = DeleteRangeRequest  # noqa: Y015
+
+@_typing.final
+class DeleteRangeResponse(_message.Message):
+    """The answer to a DeleteRangeRequest, sent once it is applied."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.int
+    """How many keys were deleted."""
+    index: _builtins.int
+    """The log index at which the delete was applied."""
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader:
+        """The revision of the delete (all its keys share it)."""
+
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.int = ...,
+        index: _builtins.int = ...,
+        header: Global___ResponseHeader | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "header", b"header", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRangeResponse: _TypeAlias = DeleteRangeResponse  # noqa: Y015
+
+@_typing.final
+class Compare(_message.Message):
+    """One condition of a transaction, on one key. The operand says what of the
+    key is compared. An absent key has version, create and mod revision and
+    lease 0; a comparison of an absent key's value is always false.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CREATE_REVISION_FIELD_NUMBER: _builtins.int
+    MOD_REVISION_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The key."""
+    result: Global___CompareResult.ValueType
+    """How the key's current state must relate to the operand."""
+    value: _builtins.bytes
+    """The key's value."""
+    version: _builtins.int
+    """The key's version."""
+    create_revision: _builtins.int
+    """The revision that created the key."""
+    mod_revision: _builtins.int
+    """The revision that last changed the key."""
+    lease: _builtins.int
+    """The lease the key is attached to."""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        result: Global___CompareResult.ValueType = ...,
+        value: _builtins.bytes = ...,
+        version: _builtins.int = ...,
+        create_revision: _builtins.int = ...,
+        mod_revision: _builtins.int = ...,
+        lease: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_revision", b"create_revision", "lease", b"lease", "mod_revision", b"mod_revision", "target", b"target", "value", b"value", "version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_revision", b"create_revision", "key", b"key", "lease", b"lease", "mod_revision", b"mod_revision", "result", b"result", "target", b"target", "value", b"value", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["value", "version", "create_revision", "mod_revision", "lease"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
+
+Global___Compare: _TypeAlias = Compare  # noqa: Y015
+
+@_typing.final
+class RequestOp(_message.Message):
+    """One operation of a transaction: the request messages of the single
+    calls, with their session (and consistency) left unset -- the
+    transaction's own session and the transaction's atomicity apply.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUT_FIELD_NUMBER: _builtins.int
+    GET_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    RANGE_FIELD_NUMBER: _builtins.int
+    DELETE_RANGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def put(self) -> Global___PutRequest:
+        """Set a key (with a lease, if given)."""
+
+    @_builtins.property
+    def get(self) -> Global___GetRequest:
+        """Read a key (seeing the earlier ops of the same branch)."""
+
+    @_builtins.property
+    def delete(self) -> Global___DeleteRequest:
+        """Remove a key."""
+
+    @_builtins.property
+    def range(self) -> Global___RangeRequest:
+        """Read one page of keys with a prefix (at most the node's page size and
+        --max-txn-bytes of data).
+        """
+
+    @_builtins.property
+    def delete_range(self) -> Global___DeleteRangeRequest:
+        """Remove every key with a prefix (at most --max-delete-range-keys)."""
+
+    def __init__(
+        self,
+        *,
+        put: Global___PutRequest | None = ...,
+        get: Global___GetRequest | None = ...,
+        delete: Global___DeleteRequest | None = ...,
+        range: Global___RangeRequest | None = ...,
+        delete_range: Global___DeleteRangeRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "delete_range", b"delete_range", "get", b"get", "put", b"put", "range", b"range", "request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "delete_range", b"delete_range", "get", b"get", "put", b"put", "range", b"range", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["put", "get", "delete", "range", "delete_range"]  # noqa: Y015
+    _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_request) -> _WhichOneofReturnType_request | None: ...
+
+Global___RequestOp: _TypeAlias = RequestOp  # noqa: Y015
+
+@_typing.final
+class ResponseOp(_message.Message):
+    """The answer to one RequestOp, in the same position."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUT_FIELD_NUMBER: _builtins.int
+    GET_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    RANGE_FIELD_NUMBER: _builtins.int
+    DELETE_RANGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def put(self) -> Global___PutResponse:
+        """The answer to a put."""
+
+    @_builtins.property
+    def get(self) -> Global___GetResponse:
+        """The answer to a get."""
+
+    @_builtins.property
+    def delete(self) -> Global___DeleteResponse:
+        """The answer to a delete."""
+
+    @_builtins.property
+    def range(self) -> Global___RangeResponse:
+        """The answer to a range."""
+
+    @_builtins.property
+    def delete_range(self) -> Global___DeleteRangeResponse:
+        """The answer to a delete_range."""
+
+    def __init__(
+        self,
+        *,
+        put: Global___PutResponse | None = ...,
+        get: Global___GetResponse | None = ...,
+        delete: Global___DeleteResponse | None = ...,
+        range: Global___RangeResponse | None = ...,
+        delete_range: Global___DeleteRangeResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "delete_range", b"delete_range", "get", b"get", "put", b"put", "range", b"range", "response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "delete_range", b"delete_range", "get", b"get", "put", b"put", "range", b"range", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["put", "get", "delete", "range", "delete_range"]  # noqa: Y015
+    _WhichOneofArgType_response: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_response) -> _WhichOneofReturnType_response | None: ...
+
+Global___ResponseOp: _TypeAlias = ResponseOp  # noqa: Y015
+
+@_typing.final
+class TxnRequest(_message.Message):
+    """if (all compares hold) then (success) else (failure), in one log entry.
+    The keys one branch writes must not overlap.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPARE_FIELD_NUMBER: _builtins.int
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def compare(self) -> _containers.RepeatedCompositeFieldContainer[Global___Compare]:
+        """The conditions (none: always true)."""
+
+    @_builtins.property
+    def success(self) -> _containers.RepeatedCompositeFieldContainer[Global___RequestOp]:
+        """The ops run when every compare holds."""
+
+    @_builtins.property
+    def failure(self) -> _containers.RepeatedCompositeFieldContainer[Global___RequestOp]:
+        """The ops run otherwise."""
+
+    @_builtins.property
+    def session(self) -> Global___Session:
+        """Makes retries of this transaction safe (see Session)."""
+
+    def __init__(
+        self,
+        *,
+        compare: _abc.Iterable[Global___Compare] | None = ...,
+        success: _abc.Iterable[Global___RequestOp] | None = ...,
+        failure: _abc.Iterable[Global___RequestOp] | None = ...,
+        session: Global___Session | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compare", b"compare", "failure", b"failure", "session", b"session", "success", b"success"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TxnRequest: _TypeAlias = TxnRequest  # noqa: Y015
+
+@_typing.final
+class TxnResponse(_message.Message):
+    """The answer to a TxnRequest, sent once it is applied."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUCCEEDED_FIELD_NUMBER: _builtins.int
+    RESPONSES_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    succeeded: _builtins.bool
+    """Whether every compare held (the success ops ran)."""
+    index: _builtins.int
+    """The log index at which the transaction was applied."""
+    @_builtins.property
+    def responses(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResponseOp]:
+        """One answer per op of the branch that ran."""
+
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader:
+        """The revision of its changes (the current one when it changed nothing)."""
+
+    def __init__(
+        self,
+        *,
+        succeeded: _builtins.bool = ...,
+        responses: _abc.Iterable[Global___ResponseOp] | None = ...,
+        index: _builtins.int = ...,
+        header: Global___ResponseHeader | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "index", b"index", "responses", b"responses", "succeeded", b"succeeded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TxnResponse: _TypeAlias = TxnResponse  # noqa: Y015
+
+@_typing.final
+class WatchRequest(_message.Message):
+    """One message on a Watch stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATE_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def create(self) -> Global___WatchCreateRequest:
+        """Start a watch."""
+
+    @_builtins.property
+    def cancel(self) -> Global___WatchCancelRequest:
+        """Stop a watch."""
+
+    @_builtins.property
+    def progress(self) -> Global___WatchProgressRequest:
+        """Ask every watch of the stream for a progress notification."""
+
+    def __init__(
+        self,
+        *,
+        create: Global___WatchCreateRequest | None = ...,
+        cancel: Global___WatchCancelRequest | None = ...,
+        progress: Global___WatchProgressRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "create", b"create", "progress", b"progress", "request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "create", b"create", "progress", b"progress", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["create", "cancel", "progress"]  # noqa: Y015
+    _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_request) -> _WhichOneofReturnType_request | None: ...
+
+Global___WatchRequest: _TypeAlias = WatchRequest  # noqa: Y015
+
+@_typing.final
+class WatchCreateRequest(_message.Message):
+    """Starts a watch on a key or a prefix."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    START_REVISION_FIELD_NUMBER: _builtins.int
+    PROGRESS_NOTIFY_FIELD_NUMBER: _builtins.int
+    WATCH_ID_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The key, or the prefix when `prefix` is set ("" with prefix: all keys)."""
+    prefix: _builtins.bool
+    """Watch every key that starts with `key`."""
+    start_revision: _builtins.int
+    """The first revision to send (0: from the next change on). To follow a
+    state read at revision R without a gap, watch from R + 1; to resume a
+    watch, from the last revision received + 1.
+    """
+    progress_notify: _builtins.bool
+    """Send a progress notification (no events, header.revision = the node's
+    revision, everything up to it sent) when the watch has been idle for a
+    while (--watch-progress-ms).
+    """
+    watch_id: _builtins.int
+    """The id to give the watch (0: the node picks one). Ids of one stream
+    must differ.
+    """
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        prefix: _builtins.bool = ...,
+        start_revision: _builtins.int = ...,
+        progress_notify: _builtins.bool = ...,
+        watch_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "prefix", b"prefix", "progress_notify", b"progress_notify", "start_revision", b"start_revision", "watch_id", b"watch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchCreateRequest: _TypeAlias = WatchCreateRequest  # noqa: Y015
+
+@_typing.final
+class WatchCancelRequest(_message.Message):
+    """Stops a watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WATCH_ID_FIELD_NUMBER: _builtins.int
+    watch_id: _builtins.int
+    """The watch to stop."""
+    def __init__(
+        self,
+        *,
+        watch_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["watch_id", b"watch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchCancelRequest: _TypeAlias = WatchCancelRequest  # noqa: Y015
+
+@_typing.final
+class WatchProgressRequest(_message.Message):
+    """Asks for a progress notification of every watch of the stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchProgressRequest: _TypeAlias = WatchProgressRequest  # noqa: Y015
+
+@_typing.final
+class Event(_message.Message):
+    """One change of one key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    KV_FIELD_NUMBER: _builtins.int
+    type: Global___EventType.ValueType
+    """Put or delete."""
+    @_builtins.property
+    def kv(self) -> Global___KeyValue:
+        """The key after the change (of a delete: the key, and mod_revision the
+        delete's revision).
+        """
+
+    def __init__(
+        self,
+        *,
+        type: Global___EventType.ValueType = ...,
+        kv: Global___KeyValue | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kv", b"kv"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kv", b"kv", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class WatchResponse(_message.Message):
+    """One message of a Watch stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    WATCH_ID_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    CANCELED_FIELD_NUMBER: _builtins.int
+    COMPACT_REVISION_FIELD_NUMBER: _builtins.int
+    CANCEL_REASON_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    watch_id: _builtins.int
+    """The watch this is about."""
+    created: _builtins.bool
+    """The answer to a create request."""
+    canceled: _builtins.bool
+    """The watch ended (cancelled, or refused: see cancel_reason)."""
+    compact_revision: _builtins.int
+    """Set with canceled when the start revision (or the point a slow watch
+    fell behind to) is older than the history this node holds: the oldest
+    revision it can send from.
+    """
+    cancel_reason: _builtins.str
+    """Why the watch was cancelled (empty when the client cancelled it)."""
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader:
+        """header.revision: the node's revision when the response was made (for a
+        progress notification: everything up to it has been sent).
+        """
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
+        """The changes, in revision order; every change of one revision comes in
+        the same response. Empty: a created, canceled or progress response.
+        """
+
+    def __init__(
+        self,
+        *,
+        header: Global___ResponseHeader | None = ...,
+        watch_id: _builtins.int = ...,
+        created: _builtins.bool = ...,
+        canceled: _builtins.bool = ...,
+        compact_revision: _builtins.int = ...,
+        cancel_reason: _builtins.str = ...,
+        events: _abc.Iterable[Global___Event] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "canceled", b"canceled", "compact_revision", b"compact_revision", "created", b"created", "events", b"events", "header", b"header", "watch_id", b"watch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchResponse: _TypeAlias = WatchResponse  # noqa: Y015
+
+@_typing.final
+class LeaseGrantRequest(_message.Message):
+    """Grants a lease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TTL_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    ttl: _builtins.int
+    """Its time to live, in seconds (at least 1)."""
+    id: _builtins.int
+    """The id to give it (0: the cluster picks one)."""
+    @_builtins.property
+    def session(self) -> Global___Session:
+        """Makes retries of this grant safe (see Session)."""
+
+    def __init__(
+        self,
+        *,
+        ttl: _builtins.int = ...,
+        id: _builtins.int = ...,
+        session: Global___Session | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "session", b"session", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseGrantRequest: _TypeAlias = LeaseGrantRequest  # noqa: Y015
+
+@_typing.final
+class LeaseGrantResponse(_message.Message):
+    """The answer to a LeaseGrantRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The lease's id."""
+    ttl: _builtins.int
+    """Its time to live, in seconds."""
+    index: _builtins.int
+    """The log index at which the grant was applied."""
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader:
+        """The node's revision, among others."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        ttl: _builtins.int = ...,
+        index: _builtins.int = ...,
+        header: Global___ResponseHeader | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "id", b"id", "index", b"index", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseGrantResponse: _TypeAlias = LeaseGrantResponse  # noqa: Y015
+
+@_typing.final
+class LeaseRevokeRequest(_message.Message):
+    """Revokes a lease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The lease."""
+    @_builtins.property
+    def session(self) -> Global___Session:
+        """Makes retries of this revoke safe (see Session)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        session: Global___Session | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseRevokeRequest: _TypeAlias = LeaseRevokeRequest  # noqa: Y015
+
+@_typing.final
+class LeaseRevokeResponse(_message.Message):
+    """The answer to a LeaseRevokeRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.int
+    """How many keys were deleted with it."""
+    index: _builtins.int
+    """The log index at which the revoke was applied."""
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader:
+        """The revision of the deletes, among others."""
+
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.int = ...,
+        index: _builtins.int = ...,
+        header: Global___ResponseHeader | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "header", b"header", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseRevokeResponse: _TypeAlias = LeaseRevokeResponse  # noqa: Y015
+
+@_typing.final
+class LeaseKeepAliveRequest(_message.Message):
+    """Renews one lease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The lease."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseKeepAliveRequest: _TypeAlias = LeaseKeepAliveRequest  # noqa: Y015
+
+@_typing.final
+class LeaseKeepAliveResponse(_message.Message):
+    """The answer to a LeaseKeepAliveRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The lease."""
+    ttl: _builtins.int
+    """Its time to live from now, in seconds; 0: the lease is gone."""
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader:
+        """The node's revision, among others."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        ttl: _builtins.int = ...,
+        header: Global___ResponseHeader | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "id", b"id", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseKeepAliveResponse: _TypeAlias = LeaseKeepAliveResponse  # noqa: Y015
+
+@_typing.final
+class LeaseTimeToLiveRequest(_message.Message):
+    """Asks for a lease's time left."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The lease."""
+    keys: _builtins.bool
+    """Also list the keys attached to it."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        keys: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseTimeToLiveRequest: _TypeAlias = LeaseTimeToLiveRequest  # noqa: Y015
+
+@_typing.final
+class LeaseTimeToLiveResponse(_message.Message):
+    """The answer to a LeaseTimeToLiveRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    GRANTED_TTL_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The lease."""
+    ttl: _builtins.int
+    """Seconds left before the leader expires it (-1: no such lease)."""
+    granted_ttl: _builtins.int
+    """The ttl it was granted with."""
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Its keys, when asked for."""
+
+    @_builtins.property
+    def header(self) -> Global___ResponseHeader:
+        """The node's revision, among others."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        ttl: _builtins.int = ...,
+        granted_ttl: _builtins.int = ...,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+        header: Global___ResponseHeader | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["granted_ttl", b"granted_ttl", "header", b"header", "id", b"id", "keys", b"keys", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseTimeToLiveResponse: _TypeAlias = LeaseTimeToLiveResponse  # noqa: Y015

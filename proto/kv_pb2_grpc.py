@@ -61,6 +61,21 @@ class KVStub:
                 request_serializer=ramraft_dot_proto_dot_kv__pb2.RangeRequest.SerializeToString,
                 response_deserializer=ramraft_dot_proto_dot_kv__pb2.RangeResponse.FromString,
                 _registered_method=True)
+        self.DeleteRange = channel.unary_unary(
+                '/ramraft.v1.KV/DeleteRange',
+                request_serializer=ramraft_dot_proto_dot_kv__pb2.DeleteRangeRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_kv__pb2.DeleteRangeResponse.FromString,
+                _registered_method=True)
+        self.Txn = channel.unary_unary(
+                '/ramraft.v1.KV/Txn',
+                request_serializer=ramraft_dot_proto_dot_kv__pb2.TxnRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_kv__pb2.TxnResponse.FromString,
+                _registered_method=True)
+        self.Watch = channel.stream_stream(
+                '/ramraft.v1.KV/Watch',
+                request_serializer=ramraft_dot_proto_dot_kv__pb2.WatchRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_kv__pb2.WatchResponse.FromString,
+                _registered_method=True)
         self.Stream = channel.stream_stream(
                 '/ramraft.v1.KV/Stream',
                 request_serializer=ramraft_dot_proto_dot_kv__pb2.StreamRequest.SerializeToString,
@@ -110,6 +125,35 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteRange(self, request, context):
+        """Deletes every key that starts with a prefix, in one revision. Refused
+        (FAILED_PRECONDITION) when more keys match than the node's
+        --max-delete-range-keys: nothing is deleted then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Txn(self, request, context):
+        """if (all compares hold) then (success ops) else (failure ops), atomically
+        in one log entry. Limits: --max-txn-ops ops, --max-txn-bytes bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request_iterator, context):
+        """One stream, many watches (created and cancelled by id): each sends the
+        changes of a key or prefix from a start revision in revision order, all
+        changes of one revision in one response. Served by any node from what
+        it has applied. A watch whose start revision is older than the history
+        the node keeps is answered canceled with compact_revision (resume on
+        another node, or read the state and watch from its revision + 1).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Stream(self, request_iterator, context):
         """Many requests on one stream, answered as each completes (not in order:
         match them by `id`). The same operations, limits and errors as the
@@ -153,6 +197,21 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Range,
                     request_deserializer=ramraft_dot_proto_dot_kv__pb2.RangeRequest.FromString,
                     response_serializer=ramraft_dot_proto_dot_kv__pb2.RangeResponse.SerializeToString,
+            ),
+            'DeleteRange': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRange,
+                    request_deserializer=ramraft_dot_proto_dot_kv__pb2.DeleteRangeRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_kv__pb2.DeleteRangeResponse.SerializeToString,
+            ),
+            'Txn': grpc.unary_unary_rpc_method_handler(
+                    servicer.Txn,
+                    request_deserializer=ramraft_dot_proto_dot_kv__pb2.TxnRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_kv__pb2.TxnResponse.SerializeToString,
+            ),
+            'Watch': grpc.stream_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=ramraft_dot_proto_dot_kv__pb2.WatchRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_kv__pb2.WatchResponse.SerializeToString,
             ),
             'Stream': grpc.stream_stream_rpc_method_handler(
                     servicer.Stream,
@@ -308,6 +367,87 @@ class KV:
             _registered_method=True)
 
     @staticmethod
+    def DeleteRange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ramraft.v1.KV/DeleteRange',
+            ramraft_dot_proto_dot_kv__pb2.DeleteRangeRequest.SerializeToString,
+            ramraft_dot_proto_dot_kv__pb2.DeleteRangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Txn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ramraft.v1.KV/Txn',
+            ramraft_dot_proto_dot_kv__pb2.TxnRequest.SerializeToString,
+            ramraft_dot_proto_dot_kv__pb2.TxnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ramraft.v1.KV/Watch',
+            ramraft_dot_proto_dot_kv__pb2.WatchRequest.SerializeToString,
+            ramraft_dot_proto_dot_kv__pb2.WatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Stream(request_iterator,
             target,
             options=(),
@@ -324,6 +464,226 @@ class KV:
             '/ramraft.v1.KV/Stream',
             ramraft_dot_proto_dot_kv__pb2.StreamRequest.SerializeToString,
             ramraft_dot_proto_dot_kv__pb2.StreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class LeaseStub:
+    """Leases: keys attached to a lease are deleted when it expires. The leader
+    decides expiry (a revoke through the log); a new leader restarts every
+    lease at its full TTL plus an election timeout, so a lease never expires
+    early because of a failover. All calls need key-value version 2.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Grant = channel.unary_unary(
+                '/ramraft.v1.Lease/Grant',
+                request_serializer=ramraft_dot_proto_dot_kv__pb2.LeaseGrantRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_kv__pb2.LeaseGrantResponse.FromString,
+                _registered_method=True)
+        self.Revoke = channel.unary_unary(
+                '/ramraft.v1.Lease/Revoke',
+                request_serializer=ramraft_dot_proto_dot_kv__pb2.LeaseRevokeRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_kv__pb2.LeaseRevokeResponse.FromString,
+                _registered_method=True)
+        self.KeepAlive = channel.stream_stream(
+                '/ramraft.v1.Lease/KeepAlive',
+                request_serializer=ramraft_dot_proto_dot_kv__pb2.LeaseKeepAliveRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_kv__pb2.LeaseKeepAliveResponse.FromString,
+                _registered_method=True)
+        self.TimeToLive = channel.unary_unary(
+                '/ramraft.v1.Lease/TimeToLive',
+                request_serializer=ramraft_dot_proto_dot_kv__pb2.LeaseTimeToLiveRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_kv__pb2.LeaseTimeToLiveResponse.FromString,
+                _registered_method=True)
+
+
+class LeaseServicer:
+    """Leases: keys attached to a lease are deleted when it expires. The leader
+    decides expiry (a revoke through the log); a new leader restarts every
+    lease at its full TTL plus an election timeout, so a lease never expires
+    early because of a failover. All calls need key-value version 2.
+    """
+
+    def Grant(self, request, context):
+        """Grants a lease of `ttl` seconds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Revoke(self, request, context):
+        """Revokes a lease, deleting its keys (in one revision).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KeepAlive(self, request_iterator, context):
+        """Keeps leases alive: each request renews one lease, answered once the
+        renewal is committed (the leader has confirmed its leadership); ttl 0
+        in the answer: the lease is gone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TimeToLive(self, request, context):
+        """The time left of a lease, as the leader counts it (UNAVAILABLE with the
+        leader's address from another node).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_LeaseServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Grant': grpc.unary_unary_rpc_method_handler(
+                    servicer.Grant,
+                    request_deserializer=ramraft_dot_proto_dot_kv__pb2.LeaseGrantRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_kv__pb2.LeaseGrantResponse.SerializeToString,
+            ),
+            'Revoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revoke,
+                    request_deserializer=ramraft_dot_proto_dot_kv__pb2.LeaseRevokeRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_kv__pb2.LeaseRevokeResponse.SerializeToString,
+            ),
+            'KeepAlive': grpc.stream_stream_rpc_method_handler(
+                    servicer.KeepAlive,
+                    request_deserializer=ramraft_dot_proto_dot_kv__pb2.LeaseKeepAliveRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_kv__pb2.LeaseKeepAliveResponse.SerializeToString,
+            ),
+            'TimeToLive': grpc.unary_unary_rpc_method_handler(
+                    servicer.TimeToLive,
+                    request_deserializer=ramraft_dot_proto_dot_kv__pb2.LeaseTimeToLiveRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_kv__pb2.LeaseTimeToLiveResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'ramraft.v1.Lease', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('ramraft.v1.Lease', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Lease:
+    """Leases: keys attached to a lease are deleted when it expires. The leader
+    decides expiry (a revoke through the log); a new leader restarts every
+    lease at its full TTL plus an election timeout, so a lease never expires
+    early because of a failover. All calls need key-value version 2.
+    """
+
+    @staticmethod
+    def Grant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ramraft.v1.Lease/Grant',
+            ramraft_dot_proto_dot_kv__pb2.LeaseGrantRequest.SerializeToString,
+            ramraft_dot_proto_dot_kv__pb2.LeaseGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ramraft.v1.Lease/Revoke',
+            ramraft_dot_proto_dot_kv__pb2.LeaseRevokeRequest.SerializeToString,
+            ramraft_dot_proto_dot_kv__pb2.LeaseRevokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeepAlive(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ramraft.v1.Lease/KeepAlive',
+            ramraft_dot_proto_dot_kv__pb2.LeaseKeepAliveRequest.SerializeToString,
+            ramraft_dot_proto_dot_kv__pb2.LeaseKeepAliveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TimeToLive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ramraft.v1.Lease/TimeToLive',
+            ramraft_dot_proto_dot_kv__pb2.LeaseTimeToLiveRequest.SerializeToString,
+            ramraft_dot_proto_dot_kv__pb2.LeaseTimeToLiveResponse.FromString,
             options,
             channel_credentials,
             insecure,

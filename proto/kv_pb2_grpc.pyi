@@ -19,6 +19,19 @@ Errors (gRPC status codes):
   RESOURCE_EXHAUSTED too many requests in flight, or the node's memory
                      budget for requests and responses is in use: retry
                      later. Refused before the request is read.
+  FAILED_PRECONDITION a request the cluster will not apply now: a write
+                     refused by the session table (not applied), a call
+                     new in key-value version 2 while the cluster still
+                     runs version 1 (rolling upgrade), a delete-range or
+                     transaction past its bound (see each call).
+  NOT_FOUND          a lease that does not exist.
+
+Revisions (key-value version 2, switched on through the log once every
+node runs a release that has it): a cluster-wide counter that every
+applied change advances by one (all changes of one Txn share one); each
+key carries the revision that created it, the one that last changed it
+and its version. Every response carries a ResponseHeader with the
+revision it reflects.
 
 A write that fails with UNAVAILABLE or DEADLINE_EXCEEDED may or may not have
 been applied. Retrying it with the same Session (client_id, sequence) is
@@ -71,6 +84,23 @@ class KVStub:
     """Lists keys with a prefix in ascending byte order of their UTF-8 encoding,
     one page at a time.
     """
+    DeleteRange: _grpc.UnaryUnaryMultiCallable[_kv_pb2.DeleteRangeRequest, _kv_pb2.DeleteRangeResponse]
+    """Deletes every key that starts with a prefix, in one revision. Refused
+    (FAILED_PRECONDITION) when more keys match than the node's
+    --max-delete-range-keys: nothing is deleted then.
+    """
+    Txn: _grpc.UnaryUnaryMultiCallable[_kv_pb2.TxnRequest, _kv_pb2.TxnResponse]
+    """if (all compares hold) then (success ops) else (failure ops), atomically
+    in one log entry. Limits: --max-txn-ops ops, --max-txn-bytes bytes.
+    """
+    Watch: _grpc.StreamStreamMultiCallable[_kv_pb2.WatchRequest, _kv_pb2.WatchResponse]
+    """One stream, many watches (created and cancelled by id): each sends the
+    changes of a key or prefix from a start revision in revision order, all
+    changes of one revision in one response. Served by any node from what
+    it has applied. A watch whose start revision is older than the history
+    the node keeps is answered canceled with compact_revision (resume on
+    another node, or read the state and watch from its revision + 1).
+    """
     Stream: _grpc.StreamStreamMultiCallable[_kv_pb2.StreamRequest, _kv_pb2.StreamResponse]
     """Many requests on one stream, answered as each completes (not in order:
     match them by `id`). The same operations, limits and errors as the
@@ -104,6 +134,23 @@ class KVAsyncStub(KVStub):
     Range: _aio.UnaryUnaryMultiCallable[_kv_pb2.RangeRequest, _kv_pb2.RangeResponse]  # type: ignore[assignment]
     """Lists keys with a prefix in ascending byte order of their UTF-8 encoding,
     one page at a time.
+    """
+    DeleteRange: _aio.UnaryUnaryMultiCallable[_kv_pb2.DeleteRangeRequest, _kv_pb2.DeleteRangeResponse]  # type: ignore[assignment]
+    """Deletes every key that starts with a prefix, in one revision. Refused
+    (FAILED_PRECONDITION) when more keys match than the node's
+    --max-delete-range-keys: nothing is deleted then.
+    """
+    Txn: _aio.UnaryUnaryMultiCallable[_kv_pb2.TxnRequest, _kv_pb2.TxnResponse]  # type: ignore[assignment]
+    """if (all compares hold) then (success ops) else (failure ops), atomically
+    in one log entry. Limits: --max-txn-ops ops, --max-txn-bytes bytes.
+    """
+    Watch: _aio.StreamStreamMultiCallable[_kv_pb2.WatchRequest, _kv_pb2.WatchResponse]  # type: ignore[assignment]
+    """One stream, many watches (created and cancelled by id): each sends the
+    changes of a key or prefix from a start revision in revision order, all
+    changes of one revision in one response. Served by any node from what
+    it has applied. A watch whose start revision is older than the history
+    the node keeps is answered canceled with compact_revision (resume on
+    another node, or read the state and watch from its revision + 1).
     """
     Stream: _aio.StreamStreamMultiCallable[_kv_pb2.StreamRequest, _kv_pb2.StreamResponse]  # type: ignore[assignment]
     """Many requests on one stream, answered as each completes (not in order:
@@ -168,6 +215,41 @@ class KVServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def DeleteRange(
+        self,
+        request: _kv_pb2.DeleteRangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.DeleteRangeResponse, _abc.Awaitable[_kv_pb2.DeleteRangeResponse]]:
+        """Deletes every key that starts with a prefix, in one revision. Refused
+        (FAILED_PRECONDITION) when more keys match than the node's
+        --max-delete-range-keys: nothing is deleted then.
+        """
+
+    @_abc_1.abstractmethod
+    def Txn(
+        self,
+        request: _kv_pb2.TxnRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.TxnResponse, _abc.Awaitable[_kv_pb2.TxnResponse]]:
+        """if (all compares hold) then (success ops) else (failure ops), atomically
+        in one log entry. Limits: --max-txn-ops ops, --max-txn-bytes bytes.
+        """
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request_iterator: _MaybeAsyncIterator[_kv_pb2.WatchRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_kv_pb2.WatchResponse], _abc.AsyncIterator[_kv_pb2.WatchResponse]]:
+        """One stream, many watches (created and cancelled by id): each sends the
+        changes of a key or prefix from a start revision in revision order, all
+        changes of one revision in one response. Served by any node from what
+        it has applied. A watch whose start revision is older than the history
+        the node keeps is answered canceled with compact_revision (resume on
+        another node, or read the state and watch from its revision + 1).
+        """
+
+    @_abc_1.abstractmethod
     def Stream(
         self,
         request_iterator: _MaybeAsyncIterator[_kv_pb2.StreamRequest],
@@ -186,3 +268,97 @@ class KVServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_KVServicer_to_server(servicer: KVServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class LeaseStub:
+    """Leases: keys attached to a lease are deleted when it expires. The leader
+    decides expiry (a revoke through the log); a new leader restarts every
+    lease at its full TTL plus an election timeout, so a lease never expires
+    early because of a failover. All calls need key-value version 2.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> LeaseAsyncStub: ...
+    Grant: _grpc.UnaryUnaryMultiCallable[_kv_pb2.LeaseGrantRequest, _kv_pb2.LeaseGrantResponse]
+    """Grants a lease of `ttl` seconds."""
+    Revoke: _grpc.UnaryUnaryMultiCallable[_kv_pb2.LeaseRevokeRequest, _kv_pb2.LeaseRevokeResponse]
+    """Revokes a lease, deleting its keys (in one revision)."""
+    KeepAlive: _grpc.StreamStreamMultiCallable[_kv_pb2.LeaseKeepAliveRequest, _kv_pb2.LeaseKeepAliveResponse]
+    """Keeps leases alive: each request renews one lease, answered once the
+    renewal is committed (the leader has confirmed its leadership); ttl 0
+    in the answer: the lease is gone.
+    """
+    TimeToLive: _grpc.UnaryUnaryMultiCallable[_kv_pb2.LeaseTimeToLiveRequest, _kv_pb2.LeaseTimeToLiveResponse]
+    """The time left of a lease, as the leader counts it (UNAVAILABLE with the
+    leader's address from another node).
+    """
+
+@_typing.type_check_only
+class LeaseAsyncStub(LeaseStub):
+    """Leases: keys attached to a lease are deleted when it expires. The leader
+    decides expiry (a revoke through the log); a new leader restarts every
+    lease at its full TTL plus an election timeout, so a lease never expires
+    early because of a failover. All calls need key-value version 2.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Grant: _aio.UnaryUnaryMultiCallable[_kv_pb2.LeaseGrantRequest, _kv_pb2.LeaseGrantResponse]  # type: ignore[assignment]
+    """Grants a lease of `ttl` seconds."""
+    Revoke: _aio.UnaryUnaryMultiCallable[_kv_pb2.LeaseRevokeRequest, _kv_pb2.LeaseRevokeResponse]  # type: ignore[assignment]
+    """Revokes a lease, deleting its keys (in one revision)."""
+    KeepAlive: _aio.StreamStreamMultiCallable[_kv_pb2.LeaseKeepAliveRequest, _kv_pb2.LeaseKeepAliveResponse]  # type: ignore[assignment]
+    """Keeps leases alive: each request renews one lease, answered once the
+    renewal is committed (the leader has confirmed its leadership); ttl 0
+    in the answer: the lease is gone.
+    """
+    TimeToLive: _aio.UnaryUnaryMultiCallable[_kv_pb2.LeaseTimeToLiveRequest, _kv_pb2.LeaseTimeToLiveResponse]  # type: ignore[assignment]
+    """The time left of a lease, as the leader counts it (UNAVAILABLE with the
+    leader's address from another node).
+    """
+
+class LeaseServicer(metaclass=_abc_1.ABCMeta):
+    """Leases: keys attached to a lease are deleted when it expires. The leader
+    decides expiry (a revoke through the log); a new leader restarts every
+    lease at its full TTL plus an election timeout, so a lease never expires
+    early because of a failover. All calls need key-value version 2.
+    """
+
+    @_abc_1.abstractmethod
+    def Grant(
+        self,
+        request: _kv_pb2.LeaseGrantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.LeaseGrantResponse, _abc.Awaitable[_kv_pb2.LeaseGrantResponse]]:
+        """Grants a lease of `ttl` seconds."""
+
+    @_abc_1.abstractmethod
+    def Revoke(
+        self,
+        request: _kv_pb2.LeaseRevokeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.LeaseRevokeResponse, _abc.Awaitable[_kv_pb2.LeaseRevokeResponse]]:
+        """Revokes a lease, deleting its keys (in one revision)."""
+
+    @_abc_1.abstractmethod
+    def KeepAlive(
+        self,
+        request_iterator: _MaybeAsyncIterator[_kv_pb2.LeaseKeepAliveRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_kv_pb2.LeaseKeepAliveResponse], _abc.AsyncIterator[_kv_pb2.LeaseKeepAliveResponse]]:
+        """Keeps leases alive: each request renews one lease, answered once the
+        renewal is committed (the leader has confirmed its leadership); ttl 0
+        in the answer: the lease is gone.
+        """
+
+    @_abc_1.abstractmethod
+    def TimeToLive(
+        self,
+        request: _kv_pb2.LeaseTimeToLiveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.LeaseTimeToLiveResponse, _abc.Awaitable[_kv_pb2.LeaseTimeToLiveResponse]]:
+        """The time left of a lease, as the leader counts it (UNAVAILABLE with the
+        leader's address from another node).
+        """
+
+def add_LeaseServicer_to_server(servicer: LeaseServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -76,6 +76,21 @@ class NodeLimits:
     max_inflight_per_connection: int = 1_024  # of those, on one client connection
     max_connections: int = 1_024  # client connections per port (gRPC, HTTP)
     snapshot_chunk_bytes: int = 1 << 20  # data bytes per InstallSnapshot chunk sent
+    # Key-value version 2: one transaction's compares + ops, and its bytes
+    # (also the most data a range inside it returns); the keys one
+    # delete-range may remove (one apply must stay short).
+    max_txn_ops: int = 128
+    max_txn_bytes: int = 2 << 20
+    max_delete_range_keys: int = 10_000
+    # Watches: how many on this node; the history of changes they replay
+    # (node-local, in RAM); how far behind (bytes of history) a watch may
+    # fall before it is canceled as too slow; idle time before a progress
+    # notification.
+    max_watches: int = 10_000
+    watch_history_revisions: int = 100_000
+    watch_history_bytes: int = 64 << 20
+    watch_buffer_bytes: int = 4 << 20
+    watch_progress_ms: int = 10_000
     max_range_bytes: int = 4 << 20  # key and value bytes per Range page
     # Every request being read and every response being built or sent, in
     # bytes, node-wide (gRPC and HTTP together): the memory budget.
@@ -109,6 +124,14 @@ class NodeLimits:
             "max_inflight_per_connection",
             "max_connections",
             "snapshot_chunk_bytes",
+            "max_txn_ops",
+            "max_txn_bytes",
+            "max_delete_range_keys",
+            "max_watches",
+            "watch_history_revisions",
+            "watch_history_bytes",
+            "watch_buffer_bytes",
+            "watch_progress_ms",
             "max_range_bytes",
             "max_inflight_bytes",
             "max_connections_per_source",
@@ -160,6 +183,10 @@ BASELINE_RSS_BYTES = 120 << 20
 # without a call in flight: the HTTP/2 windows and TLS buffers (measured:
 # about 40 KiB per idle TLS connection; the bound leaves room).
 CONNECTION_BYTES = 128 << 10
+# What the watch history holds per revision besides its events' key and
+# value bytes: the tuples and the Event objects (measured with tracemalloc:
+# about 350 bytes for a one-event revision).
+HISTORY_REVISION_BYTES = 512
 
 
 def memory_bound(limits: NodeLimits, snapshot_bytes: int, retain_bytes: int) -> int:
@@ -168,8 +195,9 @@ def memory_bound(limits: NodeLimits, snapshot_bytes: int, retain_bytes: int) -> 
     objects): the baseline, the log held in RAM until a snapshot covers it
     and its uncommitted tail, the in-flight budget (requests being read, responses being built and
     sent, each counted once it is admitted; the wire copy and the Python
-    objects of a message are both counted) and the connections of the three
-    ports (gRPC, peer, HTTP). ``ramraft node --help`` prints the formula."""
+    objects of a message are both counted), the connections of the three
+    ports (gRPC, peer, HTTP) and the watch history (its events' bytes and
+    their objects). ``ramraft node --help`` prints the formula."""
     return (
         BASELINE_RSS_BYTES
         + snapshot_bytes
@@ -177,6 +205,8 @@ def memory_bound(limits: NodeLimits, snapshot_bytes: int, retain_bytes: int) -> 
         + uncommitted_bytes(snapshot_bytes)
         + limits.max_inflight_bytes
         + 3 * limits.max_connections * CONNECTION_BYTES
+        + limits.watch_history_bytes
+        + limits.watch_history_revisions * HISTORY_REVISION_BYTES
     )
 
 

@@ -57,6 +57,12 @@ from ramraft.server.machines.kv import (
     reply_from_plain,
     reply_to_plain,
 )
+from ramraft.server.machines.kvops import (
+    LeaseGrantResult,
+    LeaseRenewResult,
+    LeaseRevokeResult,
+    TxnResult,
+)
 from ramraft.server.machines.statemachine import (
     TAG_KV,
     TAG_MODEL,
@@ -333,7 +339,15 @@ _RESULT_NONE = 0
 _RESULT_KV = 1
 _RESULT_ERROR = 2
 _RESULT_PLAIN = 3
-_KV_RESULTS = (PutResult, DeleteResult, CasResult)
+_KV_RESULTS = (
+    PutResult,
+    DeleteResult,
+    CasResult,
+    TxnResult,
+    LeaseGrantResult,
+    LeaseRevokeResult,
+    LeaseRenewResult,
+)
 
 
 def encode_result(result: object) -> bytes:

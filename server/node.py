@@ -70,9 +70,13 @@ from ramraft.server.hosting import (
 )
 from ramraft.server.logs import RateLimitedLog
 from ramraft.server.machines.cluster import ClusterMachine
+from ramraft.server.machines.history import EventHistory
 from ramraft.server.machines.kv import KVMachine
 from ramraft.server.rpc.blobs import BlobsService
+from ramraft.server.rpc.leases import LeaseService
 from ramraft.server.rpc.services import AdminService, KVService
+from ramraft.server.rpc.watch import WatchHub, WatchLimits
+from ramraft.server.runtime.leases import Lessor
 from ramraft.server.runtime.loop import RaftRuntime
 from ramraft.server.runtime.membership import MembershipChanges
 from ramraft.server.runtime.node_api import InputLimits, NodeAPI
@@ -307,6 +311,7 @@ class Node:
         )
         limits = InputLimits.of(cfg.limits)
         self.api = api = NodeAPI(runtime, self.encode_result, self.decode_result, limits)
+        self._start_watches_and_leases(runtime, api)
         self.membership = MembershipChanges(runtime)
         self.steward = Steward(runtime, self.membership.transfer_leadership)
         self.membership.admit = self.steward.admit
@@ -352,10 +357,12 @@ class Node:
             info=self.steward.info,
             blobs=self.blobs,
         )
-        self.kv_service = KVService(self.api, self.kv)
+        self.kv_service = KVService(self.api, self.kv, self.watches)
+        self.lease_service = LeaseService(self.api, self.kv, self.lessor)
         self.admin_service = AdminService(self.api, self.membership, self.steward)
         self.admin_service.blobs = self.blobs
         self.kv_service.observers.append(metrics.observer("grpc"))
+        self.lease_service.observers.append(metrics.observer("grpc"))
         self.admin_service.observers.append(metrics.observer("grpc"))
         node_limits = cfg.limits
         # The client port accepts --max-request-bytes, also where it carries
@@ -394,10 +401,12 @@ class Node:
         )
         self.servers.append(client_server)
         kv_pb2_grpc.add_KVServicer_to_server(self.kv_service, client_server)
+        kv_pb2_grpc.add_LeaseServicer_to_server(self.lease_service, client_server)
         admin_pb2_grpc.add_AdminServicer_to_server(self.admin_service, client_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, client_server)
         services = [
             kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name,
+            kv_pb2.DESCRIPTOR.services_by_name["Lease"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
@@ -458,6 +467,7 @@ class Node:
             hosted.events.restart_at(runtime.machine.applied_index)
         self._check_cluster_id()
         self.steward.start()
+        self.lessor.start()
         if self.blobs is not None:
             assert runtime.core is not None
             # Log entries up to here were in this node's log before it
@@ -486,6 +496,7 @@ class Node:
                     tls=self.tls,
                     app=self.app,
                     peer_channel=runtime.transport.channel,
+                    watches=self.watches,
                     blobs=self.blobs,
                 )
             )
@@ -494,6 +505,48 @@ class Node:
             except OSError:
                 probe_listen("--http", cfg.http)  # the reason, as for the gRPC ports
                 raise
+
+    def _start_watches_and_leases(self, runtime: RaftRuntime, api: NodeAPI) -> None:
+        """The history of changes watches replay, fed by the key-value
+        machine from the first entry the runtime applies (so before it
+        starts), and the leader's lease clock."""
+        limits = self.config.limits
+        history = EventHistory(limits.watch_history_revisions, limits.watch_history_bytes)
+        self.kv.on_events = history.append
+        self.kv.on_reset = history.reset
+        kv = self.kv
+
+        def inactive() -> str | None:
+            if kv.active_version >= 2 and kv.revision:
+                return None
+            return (
+                "watches need key-value version 2; the cluster runs version 1 until every "
+                "node supports it"
+            )
+
+        self.watches = WatchHub(
+            history,
+            WatchLimits(
+                max_watches=limits.max_watches,
+                buffer_bytes=limits.watch_buffer_bytes,
+                progress_interval=limits.watch_progress_ms / 1000,
+            ),
+            inactive,
+        )
+
+        def role() -> tuple[Role, int]:
+            core = runtime.core
+            return runtime.role, core.term if core is not None else 0
+
+        cfg = self.config
+        self.lessor = Lessor(
+            kv,
+            role,
+            lambda: api.linearizable(1.0),
+            runtime.propose,
+            # The longest an old leader may still believe it leads.
+            election_timeout=2 * cfg.election_ticks * cfg.tick_ms / 1000,
+        )
 
     async def _close_after_failed_start(self) -> None:
         # stop() after this returns at once: there is nothing left to stop.
@@ -513,6 +566,9 @@ class Node:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._health_task
+        lessor: Lessor | None = getattr(self, "lessor", None)
+        if lessor is not None:
+            await lessor.close()
         if self.blobs is not None:
             with contextlib.suppress(Exception):
                 await self.blobs.close()
@@ -665,6 +721,7 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         await self.steward.close()
+        await self.lessor.close()
         if self.blobs is not None:
             await self.blobs.close()
         await runtime.transport.close()

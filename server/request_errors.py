@@ -79,7 +79,8 @@ class BadRequest(RequestError, ValueError):
 
 
 class NotFound(RequestError):
-    """What the request names does not exist (a blob)."""
+    """What the request names does not exist: a blob, or a lease (never
+    granted, revoked or expired)."""
 
 
 class InsufficientStorage(RequestError):
@@ -107,15 +108,34 @@ class SessionRefused(RequestError):
     name: clients match on it (client/_core.py session_expired)."""
 
 
+class AlreadyExists(RequestError):
+    """A lease id that is taken."""
+
+
+class LimitExceeded(RequestError):
+    """A delete-range or transaction past a bound that keeps one apply short
+    (--max-delete-range-keys, the keys one lease holds): nothing changed.
+    Also raised before proposing when the bound is already passed."""
+
+    before_proposal = True
+
+
 def check_command_result(result: object) -> None:
     """Raise for a state machine result that is a refusal: SessionRefused
-    for a session's, BadRequest for any other (a command the machine could
-    not apply as asked)."""
+    for a session's, NotFound, AlreadyExists and LimitExceeded for theirs,
+    BadRequest for any other (a command the machine could not apply as
+    asked)."""
     if isinstance(result, CommandError):
         if result.code in (ErrorCode.SESSION_EXPIRED, ErrorCode.STALE_SEQUENCE):
             raise SessionRefused(str(result))
         if result.code is ErrorCode.NOT_ACTIVE:
             raise CommandRefused(result.message)
+        if result.code is ErrorCode.NOT_FOUND:
+            raise NotFound(result.message)
+        if result.code is ErrorCode.ALREADY_EXISTS:
+            raise AlreadyExists(result.message)
+        if result.code is ErrorCode.LIMIT_EXCEEDED:
+            raise LimitExceeded(result.message)
         raise BadRequest(str(result))
 
 
@@ -161,6 +181,9 @@ ERROR_STATUSES: tuple[tuple[type[BaseException], WireStatus], ...] = (
     # (proto/admin.proto: FAILED_PRECONDITION).
     (ConfChangeError, _NOT_NOW),
     (LeadershipTransferError, _NOT_NOW),
+    # Key-value version 2: leases and bounds (NotFound is above).
+    (AlreadyExists, WireStatus(grpc.StatusCode.ALREADY_EXISTS, 409, "already_exists")),
+    (LimitExceeded, WireStatus(grpc.StatusCode.FAILED_PRECONDITION, 409, "limit_exceeded")),
     # An application command ran and failed, the same on every node.
     (CommandFailedError, WireStatus(grpc.StatusCode.FAILED_PRECONDITION, 409, "command_failed")),
 )

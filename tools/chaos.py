@@ -16,7 +16,16 @@ keys, and record every operation: its invocation and completion times
   it may have been applied, at any moment after its invocation, or never.
 
 Every write stores a value no other write stores (``c<client>.<n>``), so a
-read names the write it saw. After ``--duration`` seconds the clients stop
+read names the write it saw.
+
+Key-value version 2 adds two kinds of clients (once the cluster runs it):
+``--txn-clients`` move money between ``--accounts`` accounts with
+transactions (read every account in one transaction, then a transfer that
+checks both accounts' mod revisions), and ``--watchers`` watch the run's
+whole prefix from its first revision, resuming on other nodes as nodes die.
+Every answer records the revision it names; watchers record every event.
+
+After ``--duration`` seconds the clients stop
 (operations in flight finish within their deadline), a fresh client reads
 every key linearizably (retrying up to ``--final-timeout``), and the history
 is checked (tools/history.py):
@@ -25,7 +34,10 @@ is checked (tools/history.py):
    memoization, key by key), over every operation including the final reads;
 2. no lost acknowledged write: every write the cluster acknowledged is either
    what the final read of its key shows, or some other write of that key might
-   have been ordered after it (one that was not finished before it started).
+   have been ordered after it (one that was not finished before it started);
+3. revisions follow real time, one per change; every audit sees the bank's
+   total; every watcher's events are a gap-free, duplicate-free subsequence
+   of the changes in revision order (tools/history.py has the details).
 
 The history is JSON lines: a ``meta`` record, then one ``op`` record per
 operation in completion order. ``ramraft chaos --check-only FILE`` re-checks
@@ -55,7 +67,17 @@ from typing import IO, Any, Final
 
 import structlog
 
-from ramraft.client import LINEARIZABLE, SERIALIZABLE, AsyncClient, TLSOptions, parse_endpoints
+from ramraft.client import (
+    LINEARIZABLE,
+    SERIALIZABLE,
+    AsyncClient,
+    Compare,
+    TLSOptions,
+    TxnOp,
+    WatchEvent,
+    parse_endpoints,
+)
+from ramraft.client._core import session_expired
 from ramraft.client.errors import FailedPrecondition, InvalidArgument, NotFound, RamraftError
 from ramraft.tools.cli import tls_from_args, token_from_args
 from ramraft.tools.history import (
@@ -65,10 +87,13 @@ from ramraft.tools.history import (
     HistoryError,
     Record,
     Verdict,
+    WatcherLog,
     check_history,
     load_history,
+    load_watchers,
     value_bytes,
     value_text,
+    watchers_from,
 )
 
 __all__ = ["DEFAULT_MIX", "WorkloadConfig", "register", "run_workload"]
@@ -77,6 +102,8 @@ log = structlog.get_logger("ramraft.chaos")
 
 EXIT_USAGE: Final = 2
 DEFAULT_MIX: Final = {"get": 4, "put": 3, "cas": 2, "delete": 1}
+OP_KINDS: Final = ("get", "put", "cas", "delete")  # what --mix weighs
+ACCOUNT_START: Final = 250  # each account's first balance
 # Errors after which a write certainly did not take effect: the cluster
 # validated the request and refused it before proposing it (SESSION_EXPIRED
 # and STALE_SEQUENCE come as FailedPrecondition and say "not applied").
@@ -99,6 +126,10 @@ class WorkloadConfig:
     think: float = 0.0  # pause between a client's operations, seconds
     final_timeout: float = 60.0  # how long to keep trying each final read
     mix: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    # Key-value version 2: transaction clients and their accounts, watchers.
+    txn_clients: int = 1
+    accounts: int = 4
+    watchers: int = 2
     # SERIALIZABLE reads may be stale: only for showing that the checker
     # catches stale reads.
     read_consistency: int = LINEARIZABLE
@@ -118,8 +149,12 @@ class WorkloadConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         if self.think < 0:
             raise ValueError("--think must not be negative")
-        if set(self.mix) - set(KINDS) or not sum(self.mix.values()) > 0:
-            raise ValueError(f"--mix: weights for {', '.join(KINDS)}, not all zero")
+        if set(self.mix) - set(OP_KINDS) or not sum(self.mix.values()) > 0:
+            raise ValueError(f"--mix: weights for {', '.join(OP_KINDS)}, not all zero")
+        if not 0 <= self.txn_clients <= 64 or not 0 <= self.watchers <= 64:
+            raise ValueError("--txn-clients and --watchers must be between 0 and 64")
+        if not 2 <= self.accounts <= 100:
+            raise ValueError("--accounts must be between 2 and 100")
         if any(w < 0 for w in self.mix.values()):
             raise ValueError("--mix: weights must not be negative")
 
@@ -131,6 +166,7 @@ class _Recorder:
         self._out = out
         self._next = 0
         self.records: list[Record] = []
+        self.lines: list[dict[str, Any]] = []
 
     def new_id(self) -> int:
         self._next += 1
@@ -145,6 +181,12 @@ class _Recorder:
         self._out.write(rec.to_json() + "\n")
         self._out.flush()
 
+    def line(self, doc: dict[str, Any]) -> None:
+        """A watcher's record (tools/history.py watchers_from)."""
+        self.lines.append(doc)
+        self._out.write(json.dumps(doc) + "\n")
+        self._out.flush()
+
 
 async def _run_op(client: AsyncClient, rec: Record, timeout: float, consistency: int) -> None:
     """Runs one operation and fills in the record's outcome."""
@@ -152,34 +194,217 @@ async def _run_op(client: AsyncClient, rec: Record, timeout: float, consistency:
         if rec.kind == "get":
             g = await client.get_result(rec.key, consistency=consistency, timeout=timeout)
             rec.result = {"found": g.found, "value": value_text(g.value)}
-            rec.index = g.index
+            rec.index, rec.revision = g.index, g.revision or None
         elif rec.kind == "put":
-            rec.index = await client.put(rec.key, value_bytes(rec.value) or b"", timeout=timeout)
+            value = value_bytes(rec.value) or b""
+            p = await client.put_result(rec.key, value, timeout=timeout)
             rec.result = {}
+            rec.index, rec.revision = p.index, p.revision or None
         elif rec.kind == "delete":
-            deleted = await client.delete(rec.key, timeout=timeout)
-            rec.result = {"deleted": deleted}
+            d = await client.delete_result(rec.key, timeout=timeout)
+            rec.result = {"deleted": d.deleted}
+            rec.index, rec.revision = d.index, d.revision or None
+        elif rec.kind == "txn":
+            await _run_txn(client, rec, timeout)
         else:
             c = await client.cas(
                 rec.key, value_bytes(rec.expected), value_bytes(rec.value) or b"", timeout=timeout
             )
             rec.result = {"swapped": c.swapped, "found": c.found, "current": value_text(c.current)}
-            rec.index = c.index
+            rec.index, rec.revision = c.index, c.revision or None
         rec.outcome = "ok"
     except RamraftError as e:
         rec.error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
-        # A read that got no answer changed nothing; so did a refused write.
-        rec.outcome = (
-            "failed" if not rec.is_write or isinstance(e, _DEFINITE_REFUSALS) else "unknown"
-        )
+        # A read that got no answer changed nothing; so did a refused write
+        # -- but not one whose session the cluster forgot while the client
+        # retried it (an earlier attempt may have been applied).
+        refused = isinstance(e, _DEFINITE_REFUSALS) and not session_expired(e)
+        rec.outcome = "failed" if not _writes(rec) or refused else "unknown"
     except (asyncio.CancelledError, Exception) as e:
         rec.error = f"{type(e).__name__}: {e}"
-        rec.outcome = "unknown" if rec.is_write else "failed"
+        rec.outcome = "unknown" if _writes(rec) else "failed"
         if isinstance(e, asyncio.CancelledError):
             raise
         log.warning("chaos_op_error", op=rec.op, kind=rec.kind, error=rec.error)
     finally:
         rec.complete = time.monotonic()
+
+
+def _writes(rec: Record) -> bool:
+    """Whether the operation may change the state: a put, CAS or delete, or
+    a transaction with puts (a transfer or the setup; an audit only reads)."""
+    return rec.is_write or bool(rec.written())
+
+
+async def _run_txn(client: AsyncClient, rec: Record, timeout: float) -> None:
+    """A transaction record: an audit (gets of every account), a transfer
+    (puts of two accounts if their mod revisions are what the audit saw) or
+    the setup (puts of every account)."""
+    txn = rec.txn
+    assert txn is not None
+    if "audit" in txn:
+        result = await client.txn(success=[TxnOp.get(k) for k in txn["audit"]], timeout=timeout)
+        reads = {r.kv.key: value_text(r.kv.value) for r in result.responses if r.kv is not None}
+        for key in txn["audit"]:
+            reads.setdefault(key, None)
+        rec.result = {"succeeded": result.succeeded, "reads": reads}
+        rec.result["mods"] = {
+            r.kv.key: r.kv.mod_revision for r in result.responses if r.kv is not None
+        }
+    else:
+        puts = txn.get("setup") or txn["transfer"]
+        compares = [Compare.mod_revision(k, "==", m) for k, m in txn.get("mods", {}).items()]
+        result = await client.txn(
+            compares,
+            [TxnOp.put(k, value_bytes(v) or b"") for k, v in sorted(puts.items())],
+            timeout=timeout,
+        )
+        rec.result = {"succeeded": result.succeeded}
+    rec.index, rec.revision = result.index, result.revision or None
+
+
+async def _txn_loop(
+    cid: int,
+    config: WorkloadConfig,
+    accounts: list[str],
+    recorder: _Recorder,
+    stop: asyncio.Event,
+    stop_at: float,
+) -> None:
+    """Transfers between accounts: audit, then a transfer checked against
+    the mod revisions the audit saw (it fails when another moved first)."""
+    rng = random.Random(None if config.seed is None else config.seed * 1000 + cid)
+    n = 0
+    async with AsyncClient(
+        config.endpoints,
+        timeout=config.timeout,
+        attempt_timeout=config.attempt_timeout,
+        rng=rng,
+        token=config.token,
+        tls=config.tls,
+    ) as client:
+        while not stop.is_set() and time.monotonic() < stop_at:
+            n += 1
+            audit = Record(
+                op=recorder.new_id(),
+                client=cid,
+                kind="txn",
+                key=accounts[0],
+                invoke=time.monotonic(),
+                txn={"audit": accounts},
+            )
+            await _run_op(client, audit, config.timeout, LINEARIZABLE)
+            recorder.done(audit)
+            if audit.outcome != "ok" or audit.result is None:
+                continue
+            reads, mods = audit.result["reads"], audit.result.pop("mods")
+            a, b = rng.sample(accounts, 2)
+            if reads.get(a) is None or reads.get(b) is None:
+                continue
+            have = int(reads[a].split(":", 1)[0])
+            amount = rng.randint(0, have)
+            other = int(reads[b].split(":", 1)[0])
+            transfer = Record(
+                op=recorder.new_id(),
+                client=cid,
+                kind="txn",
+                key=a,
+                invoke=time.monotonic(),
+                txn={
+                    "transfer": {
+                        a: f"{have - amount}:t{cid}.{n}",
+                        b: f"{other + amount}:t{cid}.{n}",
+                    },
+                    "mods": {a: mods[a], b: mods[b]},
+                },
+            )
+            await _run_op(client, transfer, config.timeout, LINEARIZABLE)
+            recorder.done(transfer)
+            if config.think:
+                await asyncio.sleep(config.think)
+
+
+async def _watch_loop(
+    wid: int,
+    config: WorkloadConfig,
+    prefix: str,
+    start: int,
+    recorder: _Recorder,
+    done: asyncio.Event,
+    reached: dict[int, int],
+) -> None:
+    """Records every event of the run's prefix from ``start`` on; it resumes
+    on another node by itself (the client), and reports how far it got."""
+    reached[wid] = start - 1
+    recorder.line({"type": "watcher", "watcher": wid, "prefix": prefix, "start": start})
+    error: str | None = None
+    async with AsyncClient(
+        config.endpoints,
+        timeout=max(config.timeout, 30.0),
+        attempt_timeout=config.attempt_timeout,
+        token=config.token,
+        tls=config.tls,
+    ) as client:
+        watch = client.watch(prefix, prefix=True, start_revision=start, progress=True)
+
+        async def follow() -> None:
+            async for item in watch:
+                if isinstance(item, WatchEvent):
+                    recorder.line(
+                        {
+                            "type": "event",
+                            "watcher": wid,
+                            "revision": item.revision,
+                            "kind": item.type,
+                            "key": item.key,
+                            "value": value_text(item.value) if item.type == "PUT" else None,
+                        }
+                    )
+                reached[wid] = max(reached[wid], item.revision)
+
+        task = asyncio.create_task(follow())
+        stopper = asyncio.create_task(done.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done() and task.exception() is not None:
+                error = f"{type(task.exception()).__name__}: {task.exception()}"
+        finally:
+            stopper.cancel()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            await watch.aclose()
+    recorder.line(
+        {
+            "type": "watcher",
+            "watcher": wid,
+            "prefix": prefix,
+            "start": start,
+            "through": reached[wid],
+            **({"error": error} if error else {}),
+        }
+    )
+
+
+async def _revision_now(config: WorkloadConfig, key: str) -> int:
+    """The cluster's revision (0 while it still runs key-value version 1),
+    asked until the cluster answers or final_timeout passes."""
+    give_up = time.monotonic() + config.final_timeout
+    async with AsyncClient(
+        config.endpoints,
+        timeout=config.timeout,
+        attempt_timeout=config.attempt_timeout,
+        token=config.token,
+        tls=config.tls,
+    ) as client:
+        while True:
+            try:
+                revision = (await client.get_result(key)).revision
+            except RamraftError:
+                revision = 0
+            if revision or time.monotonic() > give_up:
+                return revision
+            await asyncio.sleep(0.5)
 
 
 async def _client_loop(
@@ -261,17 +486,32 @@ async def _final_reads(
                 await asyncio.sleep(0.5)
 
 
+@dataclass
+class Workload:
+    """What a run recorded (also in the history file)."""
+
+    records: list[Record]
+    watchers: list[WatcherLog]
+    bank_total: int | None
+
+
 async def run_workload(
     config: WorkloadConfig, history: IO[str], stop: asyncio.Event | None = None
-) -> list[Record]:
+) -> Workload:
     """Runs the workload and the final reads, writing the history to
-    ``history``; returns the records. ``stop`` ends the workload early."""
+    ``history``; returns what it recorded. ``stop`` ends the workload early."""
     config.validate()
     stop = stop or asyncio.Event()
     prefix = config.key_prefix or f"chaos-{secrets.token_hex(4)}/"
     keys = [f"{prefix}k{i}" for i in range(config.keys)]
     recorder = _Recorder(history)
     started_mono, started_wall = time.monotonic(), time.time()
+    wants_v2 = bool(config.txn_clients or config.watchers)
+    # Transactions and watches need key-value version 2 (revisions), which
+    # the cluster switches to once every node runs a release that has it.
+    revision = await _revision_now(config, f"{prefix}probe") if wants_v2 else 0
+    accounts = [f"{prefix}bank/{i}" for i in range(config.accounts)] if revision else []
+    bank_total = ACCOUNT_START * len(accounts) if accounts else None
     recorder.meta(
         {
             "endpoints": config.endpoints,
@@ -287,16 +527,59 @@ async def run_workload(
             "clock": "CLOCK_MONOTONIC",
             "started_monotonic": started_mono,
             "started_unix": started_wall,
+            "accounts": accounts,
+            "bank_total": bank_total,
+            "revisions": bool(revision),
         }
     )
     log.info("chaos_workload_started", clients=config.clients, keys=keys, duration=config.duration)
     stop_at = started_mono + config.duration
-    await asyncio.gather(
-        *(_client_loop(cid, config, keys, recorder, stop, stop_at) for cid in range(config.clients))
-    )
+    loops = [
+        _client_loop(cid, config, keys, recorder, stop, stop_at) for cid in range(config.clients)
+    ]
+    watching = asyncio.Event()
+    reached: dict[int, int] = {}
+    watchers: list[asyncio.Task[None]] = []
+    if accounts:
+        setup = Record(
+            op=recorder.new_id(),
+            client=config.clients,
+            kind="txn",
+            key=accounts[0],
+            invoke=time.monotonic(),
+            txn={"setup": {a: f"{ACCOUNT_START}:setup" for a in accounts}},
+        )
+        async with AsyncClient(
+            config.endpoints, timeout=config.final_timeout, token=config.token, tls=config.tls
+        ) as client:
+            await _run_op(client, setup, config.final_timeout, LINEARIZABLE)
+        recorder.done(setup)
+        if setup.outcome != "ok":
+            raise RamraftError(f"the accounts could not be set up: {setup.error}")
+        start = setup.revision or revision
+        watchers = [
+            asyncio.create_task(_watch_loop(w, config, prefix, start, recorder, watching, reached))
+            for w in range(config.watchers)
+        ]
+        loops += [
+            _txn_loop(config.clients + 1 + t, config, accounts, recorder, stop, stop_at)
+            for t in range(config.txn_clients)
+        ]
+    await asyncio.gather(*loops)
     log.info("chaos_workload_done", operations=len(recorder.records))
-    await _final_reads(config, keys, recorder, client_id=config.clients)
-    return recorder.records
+    await _final_reads(config, keys + accounts, recorder, client_id=config.clients)
+    if watchers:
+        # Every watcher must reach the last revision the final reads saw
+        # (or end with an error: then it is checked as far as it got).
+        final = max((r.revision or 0) for r in recorder.records if r.final)
+        give_up = time.monotonic() + config.final_timeout
+        while time.monotonic() < give_up and any(
+            reached.get(w, 0) < final and not t.done() for w, t in enumerate(watchers)
+        ):
+            await asyncio.sleep(0.2)
+        watching.set()
+        await asyncio.gather(*watchers, return_exceptions=True)
+    return Workload(recorder.records, watchers_from(recorder.lines), bank_total)
 
 
 # -- the command -----------------------------------------------------------------------
@@ -307,8 +590,8 @@ def _mix(text: str) -> dict[str, int]:
     mix: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         kind, sep, weight = part.partition("=")
-        if not sep or kind not in KINDS or not weight.isdigit():
-            raise argparse.ArgumentTypeError(f"{part!r} is not KIND=WEIGHT ({'/'.join(KINDS)})")
+        if not sep or kind not in OP_KINDS or not weight.isdigit():
+            raise argparse.ArgumentTypeError(f"{part!r} is not KIND=WEIGHT ({'/'.join(OP_KINDS)})")
         mix[kind] = int(weight)
     return mix
 
@@ -355,6 +638,16 @@ def register(sub: Any) -> None:
         type=_mix,
         default=dict(DEFAULT_MIX),
         help="operation weights (get=4,put=3,cas=2,delete=1)",
+    )
+    p.add_argument(
+        "--txn-clients",
+        type=int,
+        default=1,
+        help="clients moving money between accounts with transactions (1; 0: none)",
+    )
+    p.add_argument("--accounts", type=int, default=4, help="their accounts (4)")
+    p.add_argument(
+        "--watchers", type=int, default=2, help="watchers of the run's prefix (2; 0: none)"
     )
     p.add_argument(
         "--final-timeout",
@@ -455,7 +748,12 @@ def _run_chaos(args: argparse.Namespace) -> int:
         except HistoryError as e:
             sys.stderr.write(f"ramraft chaos: {e}\n")
             return EXIT_NO_VERDICT
-        verdict = check_history(records, timeout=args.check_timeout)
+        verdict = check_history(
+            records,
+            timeout=args.check_timeout,
+            watchers=load_watchers(args.check_only),
+            bank_total=meta.get("bank_total"),
+        )
         return _emit(verdict, as_json, {"history": args.check_only, "keys_meta": meta.get("keys")})
     if not args.history:
         raise _Usage("--history FILE is required (or --check-only FILE)")
@@ -471,6 +769,9 @@ def _run_chaos(args: argparse.Namespace) -> int:
         think=args.think,
         final_timeout=args.final_timeout,
         mix=args.mix,
+        txn_clients=args.txn_clients,
+        accounts=args.accounts,
+        watchers=args.watchers,
         read_consistency=SERIALIZABLE if args.serializable_reads else LINEARIZABLE,
         token=_credential(token_from_args, args),
         tls=_credential(tls_from_args, args),
@@ -485,7 +786,7 @@ def _run_chaos(args: argparse.Namespace) -> int:
         sys.stderr.write(f"ramraft chaos: cannot write {args.history}: {e.strerror or e}\n")
         return EXIT_NO_VERDICT
 
-    async def main() -> list[Record]:
+    async def main() -> Workload:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -495,14 +796,22 @@ def _run_chaos(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     try:
-        records = asyncio.run(main())
+        workload = asyncio.run(main())
     except OSError as e:
         sys.stderr.write(f"ramraft chaos: writing {args.history}: {e.strerror or e}\n")
+        return EXIT_NO_VERDICT
+    except RamraftError as e:
+        sys.stderr.write(f"ramraft chaos: {e}\n")
         return EXIT_NO_VERDICT
     finally:
         history.close()
     ran = time.monotonic() - started
-    verdict = check_history(records, timeout=args.check_timeout)
+    verdict = check_history(
+        workload.records,
+        timeout=args.check_timeout,
+        watchers=workload.watchers,
+        bank_total=workload.bank_total,
+    )
     header = {
         "history": str(Path(args.history)),
         "clients": config.clients,

@@ -70,6 +70,9 @@ examples:
   ramraft cas greeting --expected hello bye   # set only if the value is "hello"
   ramraft cas lock --absent me                # set only if the key is absent
   ramraft range users/ --json
+  ramraft watch users/                        # PUT key value / DELETE key, as they happen
+  ramraft txn --compare 'value(lock) = me' --then 'del lock'
+  ramraft lease grant 10                      # then: ramraft put k v --lease ID
   ramraft status
   ramraft members add ramraft-3 10.0.0.4:7001
   ramraft --endpoints 10.0.0.1:7001,10.0.0.2:7001 transfer-leader ramraft-2
@@ -357,7 +360,7 @@ def _cmd_put(client: Client, args: argparse.Namespace) -> int:
         value = sys.stdin.buffer.read()
     else:
         value = args.value.encode()
-    index = client.put(args.key, value)
+    index = client.put(args.key, value, lease=args.lease)
     if json_from_args(args):
         _print_json({"key": args.key, "index": index})
     else:
@@ -381,6 +384,15 @@ def _cmd_get(client: Client, args: argparse.Namespace) -> int:
 
 
 def _cmd_delete(client: Client, args: argparse.Namespace) -> int:
+    if args.prefix:
+        count = client.delete_prefix(args.key)
+        if json_from_args(args):
+            _print_json({"prefix": args.key, "deleted": count})
+        elif count:
+            sys.stdout.write(f"deleted {count}\n")
+        else:
+            sys.stderr.write(f"ramraft: no key starts with {args.key!r}\n")
+        return EXIT_OK if count else EXIT_NEGATIVE
     deleted = client.delete(args.key)
     if json_from_args(args):
         _print_json({"key": args.key, "deleted": deleted})
@@ -632,6 +644,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("key")
     p.add_argument("value", nargs="?", help="the value; omitted or '-': read standard input")
+    p.add_argument(
+        "--lease",
+        type=_non_negative,
+        default=0,
+        metavar="ID",
+        help="attach the key to a lease (ramraft lease grant): it goes when the lease ends",
+    )
 
     p = command(
         "get",
@@ -646,8 +665,16 @@ def build_parser() -> argparse.ArgumentParser:
         "delete",
         "remove a key (exit status 1 when it did not exist)",
         _client_command(_cmd_delete),
+        "examples:\n  ramraft delete greeting\n  ramraft delete --prefix sessions/   "
+        "# every key with the prefix, at once",
     )
     p.add_argument("key")
+    p.add_argument(
+        "--prefix",
+        action="store_true",
+        help="delete every key that starts with KEY, in one revision (refused when more "
+        "than the nodes' --max-delete-range-keys match)",
+    )
 
     p = command(
         "cas",
@@ -712,8 +739,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_server_commands(sub: Any) -> None:
-    from ramraft.tools import node_cli
+    from ramraft.tools import kv_cli, node_cli
 
+    kv_cli.register(sub)
     node_cli.register(sub)
 
 

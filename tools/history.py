@@ -5,9 +5,23 @@ operation (see :class:`Record`). :func:`check_history` judges it:
 
 1. linearizability (server.linearizability: Wing & Gong search with Lowe's
    memoization, key by key), over every operation including the final reads;
+   a transaction counts as the puts and gets it made, each on its key (its
+   atomicity is checked by 4);
 2. no lost acknowledged write: every write the cluster acknowledged is either
    what the final read of its key shows, or some other write of that key might
-   have been ordered after it (one that was not finished before it started).
+   have been ordered after it (one that was not finished before it started);
+3. revisions (key-value version 2): every acknowledged change has a revision
+   of its own (a transaction's changes share theirs), and revisions follow
+   real time: an operation that finished before another began has a smaller
+   revision (not larger, for reads);
+4. transactions: every audit (a transaction reading every account) sees the
+   bank's total, whatever transfers ran;
+5. watches: every watcher's events are a gap-free, duplicate-free
+   subsequence of the history of changes in revision order -- revisions
+   strictly increasing, each revision's changes exactly those of the write
+   that made it (the same for every watcher), every acknowledged change of a
+   watched key between the watcher's start and the revision it reached
+   delivered, and no change that no write made.
 
 Outcomes: ``ok`` (answered), ``failed`` (certainly not applied: a read without
 an answer, a write the cluster refused) and ``unknown`` (a write without an
@@ -38,21 +52,27 @@ __all__ = [
     "LostWrite",
     "Record",
     "Verdict",
+    "WatcherLog",
     "WritePause",
     "check_history",
+    "check_revisions",
+    "check_transfers",
+    "check_watches",
     "find_lost_writes",
     "load_history",
+    "load_watchers",
     "longest_write_pause",
     "to_operations",
     "value_bytes",
     "value_text",
+    "watchers_from",
 ]
 
 EXIT_PASS: Final = 0
 EXIT_VIOLATION: Final = 1
 EXIT_NO_VERDICT: Final = 3
 
-KINDS: Final = ("get", "put", "cas", "delete")
+KINDS: Final = ("get", "put", "cas", "delete", "txn")
 WRITE_KINDS: Final = frozenset({"put", "cas", "delete"})
 HISTORY_VERSION: Final = 1
 
@@ -83,6 +103,11 @@ class Record:
     index: int | None = None  # the log index the answer names
     error: str | None = None
     final: bool = False  # one of the final reads
+    revision: int | None = None  # the revision the answer names (key-value version 2)
+    # A transaction: {"setup": {key: value}}, {"audit": [key, ...]} or
+    # {"transfer": {key: value, key: value}} (the values it puts); its ok
+    # result is {"succeeded", "reads": {key: value | None}}.
+    txn: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         doc = {"type": "op", **asdict(self)}
@@ -105,6 +130,8 @@ class Record:
                 index=doc.get("index"),
                 error=doc.get("error"),
                 final=bool(doc.get("final", False)),
+                revision=doc.get("revision"),
+                txn=doc.get("txn"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise HistoryError(f"bad op record {doc!r}: {e}") from None
@@ -119,6 +146,33 @@ class Record:
     @property
     def is_write(self) -> bool:
         return self.kind in WRITE_KINDS
+
+    def changes(self) -> dict[str, str | None] | None:
+        """What an ok write changed: key -> the value it left (None: deleted);
+        None when it changed nothing."""
+        if self.outcome != "ok" or self.result is None:
+            return None
+        if self.kind == "txn":
+            assert self.txn is not None
+            if not self.result.get("succeeded"):
+                return None
+            puts = self.txn.get("setup") or self.txn.get("transfer")
+            return dict(puts) if puts else None
+        if not self.is_write:
+            return None
+        changed, left = self.effect()
+        return {self.key: left} if changed else None
+
+    def written(self) -> dict[str, str | None]:
+        """Every change this write may make, whatever its outcome."""
+        if self.kind == "txn":
+            assert self.txn is not None
+            return dict(self.txn.get("setup") or self.txn.get("transfer") or {})
+        if self.kind in ("put", "cas"):
+            return {self.key: self.value}
+        if self.kind == "delete":
+            return {self.key: None}
+        return {}
 
     def effect(self) -> tuple[bool, str | None]:
         """(whether it changed the key, the value it left: None = absent), for
@@ -147,6 +201,9 @@ def to_operations(records: Iterable[Record]) -> list[Operation]:
     ops: list[Operation] = []
     for r in records:
         if r.outcome == "failed":
+            continue
+        if r.kind == "txn":
+            ops += _txn_operations(r)
             continue
         ret = r.complete if r.outcome == "ok" else None
         out: Any = None
@@ -181,6 +238,178 @@ def to_operations(records: Iterable[Record]) -> list[Operation]:
             )
         )
     return ops
+
+
+def _txn_operations(r: Record) -> list[Operation]:
+    """A transaction as the per-key operations it made: its puts (outcome
+    unknown when the transaction's is), and its reads."""
+    assert r.txn is not None
+    ops: list[Operation] = []
+    ret = r.complete if r.outcome == "ok" else None
+    puts = r.txn.get("setup") or r.txn.get("transfer")
+    if puts and (r.outcome != "ok" or (r.result or {}).get("succeeded")):
+        for key, value in sorted(puts.items()):
+            ops.append(Operation(r.client, r.invoke, ret, "put", key, value=value_bytes(value)))
+    if r.outcome == "ok" and r.result is not None:
+        for key, value in sorted((r.result.get("reads") or {}).items()):
+            found = value is not None
+            out = (found, value_bytes(value) if found else b"")
+            ops.append(Operation(r.client, r.invoke, ret, "get", key, output=out))
+    return ops
+
+
+# -- revisions, transactions, watches (key-value version 2) --------------------------
+
+
+@dataclass
+class WatcherLog:
+    """What one watcher received: its events (revision, "PUT"|"DELETE", key,
+    value) in the order they came, from ``start`` on, and the revision up to
+    which it had received everything (``through``: its last event or
+    progress notification)."""
+
+    watcher: int
+    prefix: str
+    start: int
+    events: list[tuple[int, str, str, str | None]] = field(default_factory=list)
+    through: int = 0
+    error: str | None = None
+
+
+def _checked_writes(records: Sequence[Record]) -> list[Record]:
+    return [r for r in records if r.outcome == "ok" and r.revision]
+
+
+def check_revisions(records: Sequence[Record]) -> list[str]:
+    """Problems with the revisions the answers named (see the module
+    docstring, 3)."""
+    problems: list[str] = []
+    owner: dict[int, Record] = {}
+    for r in _checked_writes(records):
+        if r.changes() is None or r.revision is None:
+            continue
+        other = owner.get(r.revision)
+        if other is not None:
+            problems.append(
+                f"ops {other.op} and {r.op} both changed something at revision {r.revision}"
+            )
+        owner[r.revision] = r
+    # Real time: x finished before y began => rev(x) <= rev(y), and < when y
+    # is a change. A sweep over completion times keeps the largest revision
+    # finished so far.
+    timed = [r for r in _checked_writes(records) if r.complete is not None]
+    by_complete = sorted(timed, key=lambda r: r.complete or 0.0)
+    by_invoke = sorted(timed, key=lambda r: r.invoke)
+    best: Record | None = None
+    i = 0
+    for y in by_invoke:
+        while i < len(by_complete) and (by_complete[i].complete or 0.0) < y.invoke:
+            x = by_complete[i]
+            if best is None or (x.revision or 0) > (best.revision or 0):
+                best = x
+            i += 1
+        if best is None or y.revision is None or best.revision is None:
+            continue
+        change = y.changes() is not None
+        if best.revision > y.revision or (change and best.revision == y.revision):
+            problems.append(
+                f"op {y.op} (revision {y.revision}) began after op {best.op} (revision "
+                f"{best.revision}) had finished, yet its revision is not later"
+            )
+        if len(problems) > 50:
+            break
+    return problems
+
+
+def _balance(value: str | None) -> int:
+    return int((value or "0").split(":", 1)[0])
+
+
+def check_transfers(records: Sequence[Record], total: int | None) -> list[str]:
+    """Every audit sees the bank's total (see the module docstring, 4)."""
+    if total is None:
+        return []
+    problems = []
+    for r in records:
+        if r.kind != "txn" or r.outcome != "ok" or r.txn is None or "audit" not in r.txn:
+            continue
+        reads = (r.result or {}).get("reads") or {}
+        if len(reads) != len(r.txn["audit"]):
+            problems.append(f"op {r.op}: the audit read {len(reads)} of the accounts")
+            continue
+        seen = sum(_balance(v) for v in reads.values())
+        if seen != total:
+            problems.append(f"op {r.op}: an audit at revision {r.revision} saw a total of {seen}")
+    return problems
+
+
+def check_watches(records: Sequence[Record], watchers: Sequence[WatcherLog]) -> list[str]:
+    """Problems with the watchers' event streams (see the module docstring, 5)."""
+    problems: list[str] = []
+    acked: dict[int, dict[str, str | None]] = {}
+    for r in records:
+        changes = r.changes()
+        if changes is not None and r.revision:
+            acked[r.revision] = changes
+    # What a write whose outcome is unknown may have done.
+    maybe: dict[str, set[str | None]] = defaultdict(set)
+    for r in records:
+        if r.outcome == "unknown":
+            for key, value in r.written().items():
+                maybe[key].add(value)
+    seen_at: dict[int, tuple[int, dict[str, str | None]]] = {}
+    for w in watchers:
+        groups: list[tuple[int, dict[str, str | None]]] = []
+        for revision, kind, key, value in w.events:
+            if groups and groups[-1][0] == revision:
+                if key in groups[-1][1]:
+                    problems.append(f"watcher {w.watcher}: key {key!r} twice at {revision}")
+                groups[-1][1][key] = value if kind == "PUT" else None
+                continue
+            if groups and revision <= groups[-1][0]:
+                problems.append(
+                    f"watcher {w.watcher}: revision {revision} after {groups[-1][0]} "
+                    "(out of order, or a repeat)"
+                )
+            if revision < w.start:
+                problems.append(f"watcher {w.watcher}: revision {revision} before its start")
+            groups.append((revision, {key: value if kind == "PUT" else None}))
+        got = dict(groups)
+        for revision, changes in groups:
+            expected = acked.get(revision)
+            if expected is not None:
+                mine = {k: v for k, v in expected.items() if k.startswith(w.prefix)}
+                if changes != mine:
+                    problems.append(
+                        f"watcher {w.watcher}: revision {revision} shows {changes}, "
+                        f"the write that made it {mine}"
+                    )
+            else:
+                for key, value in changes.items():
+                    if value not in maybe.get(key, set()):
+                        problems.append(
+                            f"watcher {w.watcher}: revision {revision} shows {key!r} = "
+                            f"{value!r}, which no write made"
+                        )
+            before = seen_at.get(revision)
+            if before is None:
+                seen_at[revision] = (w.watcher, changes)
+            elif before[1] != changes:
+                problems.append(
+                    f"watchers {before[0]} and {w.watcher} disagree on revision {revision}"
+                )
+        through = max(w.through, groups[-1][0] if groups else 0)
+        for revision, changes in sorted(acked.items()):
+            if not w.start <= revision <= through:
+                continue
+            if any(k.startswith(w.prefix) for k in changes) and revision not in got:
+                problems.append(
+                    f"watcher {w.watcher}: no event for revision {revision} ({changes}), "
+                    f"though it received everything from {w.start} to {through}"
+                )
+        if len(problems) > 50:
+            break
+    return problems
 
 
 # -- the verdict -------------------------------------------------------------------
@@ -282,14 +511,28 @@ class Verdict:
     check_seconds: float
     write_latency: dict[str, float] = field(default_factory=dict)
     longest_write_pause: float = 0.0
+    revision_problems: list[str] = field(default_factory=list)
+    transfer_problems: list[str] = field(default_factory=list)
+    watch_problems: list[str] = field(default_factory=list)
+    watchers: int = 0
+    watch_events: int = 0
+
+    @property
+    def problems(self) -> list[str]:
+        return self.revision_problems + self.transfer_problems + self.watch_problems
 
     @property
     def passed(self) -> bool:
-        return self.linearizable is True and not self.lost and not self.unchecked_keys
+        return (
+            self.linearizable is True
+            and not self.lost
+            and not self.unchecked_keys
+            and not self.problems
+        )
 
     @property
     def exit_code(self) -> int:
-        if self.linearizable is False or self.lost:
+        if self.linearizable is False or self.lost or self.problems:
             return EXIT_VIOLATION
         if self.linearizable is None or self.unchecked_keys:
             return EXIT_NO_VERDICT
@@ -309,7 +552,13 @@ class Verdict:
             "check_seconds": round(self.check_seconds, 3),
             "write_latency": self.write_latency,
             "longest_write_pause": round(self.longest_write_pause, 3),
+            "revision_problems": len(self.revision_problems),
+            "transfer_problems": len(self.transfer_problems),
+            "watchers": self.watchers,
+            "watch_events": self.watch_events,
+            "watch_problems": len(self.watch_problems),
             "passed": self.passed,
+            **({"problems": self.problems[:20]} if self.problems else {}),
             **({"explanation": self.explanation} if self.linearizable is not True else {}),
             **({"lost": [lw.describe() for lw in self.lost[:20]]} if self.lost else {}),
         }
@@ -342,6 +591,12 @@ class Verdict:
             lines.append(self.explanation)
         lines.append(f"lost acknowledged writes: {len(self.lost)}")
         lines.extend("  " + lw.describe() for lw in self.lost[:20])
+        lines.append(
+            f"revisions: {len(self.revision_problems)} problems; transactions: "
+            f"{len(self.transfer_problems)} problems; watchers: {self.watchers} "
+            f"({self.watch_events} events), {len(self.watch_problems)} problems"
+        )
+        lines.extend("  " + p for p in self.problems[:20])
         verdict = {EXIT_PASS: "PASS", EXIT_VIOLATION: "FAIL", EXIT_NO_VERDICT: "NO VERDICT"}
         lines.append(f"verdict: {verdict[self.exit_code]}")
         return "\n".join(lines)
@@ -354,8 +609,15 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[i]
 
 
-def check_history(records: Sequence[Record], *, timeout: float = 600.0) -> Verdict:
-    """Checks a recorded history: linearizability, then lost writes."""
+def check_history(
+    records: Sequence[Record],
+    *,
+    timeout: float = 600.0,
+    watchers: Sequence[WatcherLog] = (),
+    bank_total: int | None = None,
+) -> Verdict:
+    """Checks a recorded history: linearizability, lost writes, revisions,
+    transactions and watches (see the module docstring)."""
     work = [r for r in records if not r.final]
     outcomes = Counter(r.outcome for r in work)
     by_kind: dict[str, dict[str, int]] = {
@@ -398,7 +660,52 @@ def check_history(records: Sequence[Record], *, timeout: float = 600.0) -> Verdi
         check_seconds=check_seconds,
         write_latency=latency,
         longest_write_pause=longest_write_pause(work).seconds if work else 0.0,
+        revision_problems=check_revisions(records),
+        transfer_problems=check_transfers(records, bank_total),
+        watch_problems=check_watches(records, watchers),
+        watchers=len(watchers),
+        watch_events=sum(len(w.events) for w in watchers),
     )
+
+
+def watchers_from(docs: Iterable[dict[str, Any]]) -> list[WatcherLog]:
+    """The watchers that ``watcher`` records (start and end) and ``event``
+    records describe, in the order written."""
+    logs: dict[int, WatcherLog] = {}
+    for doc in docs:
+        kind = doc.get("type")
+        try:
+            if kind == "watcher":
+                n = int(doc["watcher"])
+                log = logs.setdefault(n, WatcherLog(n, str(doc["prefix"]), 0))
+                log.prefix, log.start = str(doc["prefix"]), int(doc["start"])
+                log.through = max(log.through, int(doc.get("through", 0)))
+                log.error = doc.get("error") or log.error
+            elif kind == "event":
+                n = int(doc["watcher"])
+                log = logs.setdefault(n, WatcherLog(n, "", 0))
+                event = (int(doc["revision"]), str(doc["kind"]), str(doc["key"]))
+                log.events.append((*event, doc.get("value")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise HistoryError(f"bad {kind} record {doc!r}: {e}") from None
+    return [logs[n] for n in sorted(logs)]
+
+
+def load_watchers(path: str | os.PathLike[str]) -> list[WatcherLog]:
+    """The watchers of a history file (see :func:`watchers_from`)."""
+    docs: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue  # load_history says what is wrong with the file
+                if isinstance(doc, dict) and doc.get("type") in ("watcher", "event"):
+                    docs.append(doc)
+    except OSError as e:
+        raise HistoryError(f"cannot read {path}: {e.strerror or e}") from None
+    return watchers_from(docs)
 
 
 def load_history(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Record]]:

@@ -66,15 +66,21 @@ their message is read). Memory, in one formula:
   RSS <= 120 MiB + 3 x (the keys' and values' bytes)
          + --snapshot-bytes + --retain-bytes + min(64 MiB, 2 x --snapshot-bytes)
          + --max-inflight-bytes + 3 x --max-connections x 128 KiB
+         + --watch-history-bytes + --watch-history-revisions x 512 B
   (the baseline; the state machine's data as Python objects; the log held in
   RAM until a snapshot covers it, and its uncommitted tail; every request
   being read and every response being built or sent; the open connections
-  of the gRPC, peer and HTTP ports). With the defaults: {default_bound} MiB + 3 x data.
+  of the gRPC, peer and HTTP ports; the changes held for watches).
+  With the defaults: {default_bound} MiB + 3 x data.
   --max-key-bytes, --max-value-bytes, --max-request-bytes, --max-http-body-bytes,
   --max-inflight, --max-inflight-per-connection, --max-inflight-bytes,
   --max-connections, --max-connections-per-source, --max-pending-requests,
   --max-range-page, --max-range-bytes, --snapshot-chunk-bytes
   --max-blob-bytes, --blob-reserve-bytes (RESOURCE_EXHAUSTED / HTTP 507)
+key-value version 2 (transactions, delete-range, watches):
+  --max-txn-ops, --max-txn-bytes, --max-delete-range-keys, --max-watches,
+  --watch-history-revisions, --watch-history-bytes, --watch-buffer-bytes,
+  --watch-progress-ms
 connections and calls:
   --handshake-timeout-ms (TLS/HTTP2 handshake, HTTP request headers),
   --request-timeout-ms (a call's request message), --idle-timeout-ms (a
@@ -387,6 +393,38 @@ NODE_SETTINGS: tuple[Setting, ...] = (
         _LIMITS.snapshot_chunk_bytes,
         "data bytes per InstallSnapshot chunk this node sends",
     ),
+    _limit("max-txn-ops", _LIMITS.max_txn_ops, "compares and ops in one transaction"),
+    _limit(
+        "max-txn-bytes",
+        _LIMITS.max_txn_bytes,
+        "bytes of one transaction, and the most data a range inside one returns",
+    ),
+    _limit(
+        "max-delete-range-keys",
+        _LIMITS.max_delete_range_keys,
+        "keys one delete-range may remove (more: refused, nothing deleted)",
+    ),
+    _limit("max-watches", _LIMITS.max_watches, "watches served by this node at once"),
+    _limit(
+        "watch-history-revisions",
+        _LIMITS.watch_history_revisions,
+        "revisions of changes kept in RAM for watches to replay (older: compacted)",
+    ),
+    _limit(
+        "watch-history-bytes",
+        _LIMITS.watch_history_bytes,
+        "bytes of changes kept in RAM for watches to replay",
+    ),
+    _limit(
+        "watch-buffer-bytes",
+        _LIMITS.watch_buffer_bytes,
+        "how far (bytes of history) a watch may fall behind before it is canceled as too slow",
+    ),
+    _limit(
+        "watch-progress-ms",
+        _LIMITS.watch_progress_ms,
+        "idle time before a watch asking for progress notifications gets one",
+    ),
     _limit("max-blob-bytes", _BLOBS.max_blob_bytes, "largest blob taken (uploads and copies)"),
     _limit(
         "blob-reserve-bytes",
@@ -487,6 +525,14 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
             max_inflight_per_connection=args.max_inflight_per_connection,
             max_connections=args.max_connections,
             snapshot_chunk_bytes=args.snapshot_chunk_bytes,
+            max_txn_ops=args.max_txn_ops,
+            max_txn_bytes=args.max_txn_bytes,
+            max_delete_range_keys=args.max_delete_range_keys,
+            max_watches=args.max_watches,
+            watch_history_revisions=args.watch_history_revisions,
+            watch_history_bytes=args.watch_history_bytes,
+            watch_buffer_bytes=args.watch_buffer_bytes,
+            watch_progress_ms=args.watch_progress_ms,
             max_range_bytes=args.max_range_bytes,
             max_inflight_bytes=args.max_inflight_bytes,
             max_connections_per_source=args.max_connections_per_source,

@@ -87,6 +87,7 @@ __all__ = [
     "ClusterMachine",
     "ClusterOp",
     "ClusterState",
+    "KVUpgradable",
     "Upgradable",
     "Versioned",
     "encode_alarm",
@@ -101,8 +102,10 @@ __all__ = [
 ]
 
 KV_SUPPORTED_VERSION = 2
-"""The newest key-value version this code applies: version 2 adds the blob
-catalog's commands (machines/blobs.py)."""
+"""The newest key-value version this code applies. Version 2 is one switch
+for everything new in this release: revisions, transactions, delete-range
+and leases (machines/kv.py ``SINCE``, machines/kvops.py) and the blob
+catalog's commands (machines/blobs.py ``BLOBS_KV_VERSION``)."""
 
 _TAG = bytes([TAG_CLUSTER])
 _CLUSTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -288,6 +291,13 @@ class Versioned(Protocol):
         ...
 
 
+class KVUpgradable(Versioned, Protocol):
+    """The key-value machine: its switch to a newer version may change the
+    state's shape (version 2 starts revisions), at the switch's index."""
+
+    def upgrade(self, from_version: int, to_version: int) -> None: ...
+
+
 class Upgradable(Versioned, Protocol):
     """What a version switch needs from the application's machine
     (``ModelMachine`` in machines/embed.py)."""
@@ -316,7 +326,7 @@ class ClusterMachine:
         inner: StateMachine,
         *,
         model: Upgradable | None = None,
-        kv: Versioned | None = None,
+        kv: KVUpgradable | None = None,
         kv_supported: int = KV_SUPPORTED_VERSION,
         blob_refs: Callable[[], set[str] | None] | None = None,
     ) -> None:
@@ -474,6 +484,8 @@ class ClusterMachine:
                     error=failed.message,
                 )
                 return failed
+        if kv_version > state.kv_version and self.kv is not None:
+            self.kv.upgrade(state.kv_version, kv_version)  # cannot fail: no user code
         self._set(replace(state, app_version=app_version, kv_version=kv_version))
         log.info("versions switched", index=index, app_version=app_version, kv_version=kv_version)
         return None

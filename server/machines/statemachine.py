@@ -105,6 +105,15 @@ class ErrorCode(enum.IntEnum):
     UPGRADE_FAILED = 8
     """A version switch whose ``upgrade()`` raised: the model's state was put
     back as it was and the cluster stays at the version it had."""
+    NOT_FOUND = 9
+    """A key-value command named a lease that does not exist (never granted,
+    revoked or expired). Nothing changed."""
+    LIMIT_EXCEEDED = 10
+    """A key-value command would go past a bound that keeps one apply short
+    (the keys a delete-range may remove, the keys one lease may hold).
+    Nothing changed."""
+    ALREADY_EXISTS = 11
+    """A lease grant named an id that is taken. Nothing changed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,22 +262,28 @@ class FrameWriter:
 
 
 class FrameReader:
-    """Reads what :class:`FrameWriter` wrote, checking every frame."""
+    """Reads what :class:`FrameWriter` wrote, checking every frame.
+    ``version`` is the format version the reader expects; ``also`` lists
+    older ones it reads too (``self.version`` says which one it found)."""
 
-    __slots__ = ("_stream", "offset")
+    __slots__ = ("_stream", "offset", "version")
 
-    def __init__(self, stream: ReadableStream, magic: bytes, version: int) -> None:
+    def __init__(
+        self, stream: ReadableStream, magic: bytes, version: int, also: tuple[int, ...] = ()
+    ) -> None:
         self._stream = stream
         self.offset = 0
         head = self._read_exact(len(magic) + 1, "header")
         if head[: len(magic)] != magic:
             name = magic.decode(errors="replace")
             raise SnapshotFormatError(f"not a {name} snapshot (starts with {head[: len(magic)]!r})")
-        if head[-1] != version:
+        if head[-1] != version and head[-1] not in also:
+            readable = " and ".join(str(v) for v in sorted((version, *also)))
             raise SnapshotFormatError(
                 f"{magic.decode(errors='replace')} snapshot format version {head[-1]} "
-                f"is not supported (this build reads version {version})"
+                f"is not supported (this build reads version {readable})"
             )
+        self.version = head[-1]
 
     def _read_exact(self, n: int, what: str) -> bytes:
         pieces: list[bytes] = []

@@ -44,6 +44,16 @@ from ramraft.server.machines.kv import (
     encode_cas,
     encode_delete,
     encode_put,
+    encode_txn,
+)
+from ramraft.server.machines.kvops import (
+    Compare,
+    CompareResult,
+    CompareTarget,
+    Txn,
+    TxnOp,
+    TxnOpKind,
+    TxnResult,
 )
 from ramraft.server.request_errors import (
     BadRequest,
@@ -52,6 +62,15 @@ from ramraft.server.request_errors import (
     error_message,
     wire_status,
 )
+from ramraft.server.rpc.kvproto import (
+    check_delete_ranges,
+    event_message,
+    key_value,
+    reserve_txn_reads,
+    txn_from_request,
+    txn_response,
+)
+from ramraft.server.rpc.watch import WatchHub, WatchOut, WatchSpec
 from ramraft.server.runtime.backup import backup_bytes, backup_header
 from ramraft.server.runtime.loop import RaftRuntime
 from ramraft.server.runtime.membership import MembershipChanges
@@ -83,6 +102,25 @@ def _timeout(context: grpc.aio.ServicerContext[Any, Any], limits: InputLimits) -
     return limits.deadline(context.time_remaining())
 
 
+def error_code(
+    e: Exception, runtime: RaftRuntime, context: grpc.aio.ServicerContext[Any, Any]
+) -> grpc.StatusCode | None:
+    """The status code that answers the node's error ``e`` (the table in
+    server/request_errors.py), with the leader's address set as trailing
+    metadata when the error names it; None for an error not in the table
+    (a bug)."""
+    status = wire_status(e)
+    if status is None:
+        return None
+    if status.names_leader:
+        leader = runtime.leader_client_address()
+        if isinstance(e, NotLeader):
+            leader = e.leader_address
+        if leader:
+            context.set_trailing_metadata(((LEADER_METADATA_KEY, leader),))
+    return status.grpc_code
+
+
 def rpc(name: str) -> Callable[[ServicerMethod[R]], ServicerMethod[R]]:
     """Answer the node's errors with their status codes (the table in
     server/request_errors.py), and report every call to the observers."""
@@ -97,17 +135,11 @@ def rpc(name: str) -> Callable[[ServicerMethod[R]], ServicerMethod[R]]:
             try:
                 return await fn(self, request, context)
             except Exception as e:
-                status = wire_status(e)
-                if status is None:
+                mapped = error_code(e, self.runtime, context)
+                if mapped is None:
                     code = grpc.StatusCode.UNKNOWN  # a bug; grpc answers it
                     raise
-                code = status.grpc_code
-                if status.names_leader:
-                    leader = self.runtime.leader_client_address()
-                    if isinstance(e, NotLeader):
-                        leader = e.leader_address
-                    if leader:
-                        context.set_trailing_metadata(((LEADER_METADATA_KEY, leader),))
+                code = mapped
                 await context.abort(code, error_message(e))
             finally:
                 for observe in self.observers:
@@ -199,16 +231,25 @@ _STREAM_OPS = {
     "delete": "Delete",
     "compare_and_swap": "CompareAndSwap",
     "range": "Range",
+    "txn": "Txn",
+    "delete_range": "DeleteRange",
 }
 
 
 class KVService(kv_pb2_grpc.KVServicer):
-    def __init__(self, api: NodeAPI, machine: KVMachine) -> None:
+    def __init__(self, api: NodeAPI, machine: KVMachine, hub: WatchHub | None = None) -> None:
         self.api = api
         self.runtime: RaftRuntime = api.runtime
         self.machine = machine
         self.limits = api.limits
+        self.hub = hub
         self.observers: list[Callable[[str, str, float], None]] = []
+
+    def _header(self, revision: int | None = None) -> kv_pb2.ResponseHeader:
+        """The header of an answer; ``revision`` None: the machine's now."""
+        return response_header(
+            self.runtime, self.machine.revision if revision is None else revision
+        )
 
     async def _write(
         self, command: bytes, context: grpc.aio.ServicerContext[Any, Any], safe: bool
@@ -219,6 +260,18 @@ class KVService(kv_pb2_grpc.KVServicer):
         check_command_result(result)
         return index, result
 
+    async def _txn(
+        self, txn: Txn, session: Session | None, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> TxnResult:
+        check_delete_ranges(txn, self.machine.count)
+        try:
+            command = encode_txn(txn, session)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        _, result = await self._write(command, context, session is not None)
+        assert isinstance(result, TxnResult)
+        return result
+
     @rpc("Put")
     async def Put(
         self, request: kv_pb2.PutRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -226,12 +279,17 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.limits.check_new_key(request.key)
         self.limits.check_value(request.value)
         session = _session(request)
+        if request.lease:
+            # A put with a lease is a one-op transaction (key-value version 2).
+            put = TxnOp(TxnOpKind.PUT, request.key, request.value, request.lease)
+            txn = await self._txn(Txn((), (put,), ()), session, context)
+            return kv_pb2.PutResponse(index=txn.index, header=self._header(txn.revision))
         _, result = await self._write(
             encode_put(request.key, request.value, session), context, session is not None
         )
         assert isinstance(result, PutResult)
         # result.index: the first application's, also when this was a retry
-        return kv_pb2.PutResponse(index=result.index)
+        return kv_pb2.PutResponse(index=result.index, header=self._header(result.revision))
 
     @rpc("Delete")
     async def Delete(
@@ -243,7 +301,9 @@ class KVService(kv_pb2_grpc.KVServicer):
             encode_delete(request.key, session), context, session is not None
         )
         assert isinstance(result, DeleteResult)
-        return kv_pb2.DeleteResponse(deleted=result.deleted, index=result.index)
+        return kv_pb2.DeleteResponse(
+            deleted=result.deleted, index=result.index, header=self._header(result.revision)
+        )
 
     @rpc("CompareAndSwap")
     async def CompareAndSwap(
@@ -255,6 +315,8 @@ class KVService(kv_pb2_grpc.KVServicer):
         if expected is not None:
             self.limits.check_value(expected)
         session = _session(request)
+        if request.HasField("expected_mod_revision") or request.HasField("expected_version"):
+            return await self._cas_with_revisions(request, expected, session, context)
         _, result = await self._write(
             encode_cas(request.key, expected, request.value, session), context, session is not None
         )
@@ -264,6 +326,43 @@ class KVService(kv_pb2_grpc.KVServicer):
             found=result.found,
             current=value_before(result, expected),
             index=result.index,
+            header=self._header(result.revision),
+            mod_revision=result.mod_revision,
+            version=result.version,
+        )
+
+    async def _cas_with_revisions(
+        self,
+        request: kv_pb2.CompareAndSwapRequest,
+        expected: bytes | None,
+        session: Session | None,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> kv_pb2.CompareAndSwapResponse:
+        """A compare-and-swap on mod revision and/or version (and the value,
+        if given): a transaction that reads the key and puts the value."""
+        key = request.key
+        equal = CompareResult.EQUAL
+        compares = []
+        if expected is not None:
+            compares.append(Compare(key, CompareTarget.VALUE, equal, expected))
+        if request.HasField("expected_mod_revision"):
+            compares.append(Compare(key, CompareTarget.MOD, equal, request.expected_mod_revision))
+        if request.HasField("expected_version"):
+            compares.append(Compare(key, CompareTarget.VERSION, equal, request.expected_version))
+        read = TxnOp(TxnOpKind.GET, key)
+        put = TxnOp(TxnOpKind.PUT, key, request.value)
+        result = await self._txn(Txn(tuple(compares), (read, put), (read,)), session, context)
+        _, found, before, _, mod, version, _ = result.responses[0]
+        if result.succeeded:
+            mod, version = result.revision, version + 1
+        return kv_pb2.CompareAndSwapResponse(
+            swapped=result.succeeded,
+            found=found,
+            current=before,
+            index=result.index,
+            header=self._header(result.revision),
+            mod_revision=mod,
+            version=version,
         )
 
     @rpc("Get")
@@ -277,7 +376,17 @@ class KVService(kv_pb2_grpc.KVServicer):
         found, value = self.machine.get(request.key)
         if len(value) > 64 << 10:  # small answers are covered by the request's reservation
             await reserve_answer(len(value), timeout)
-        return kv_pb2.GetResponse(found=found, value=value, index=self.machine.applied_index)
+        meta = self.machine.key_meta(request.key)
+        return kv_pb2.GetResponse(
+            found=found,
+            value=value,
+            index=self.machine.applied_index,
+            header=self._header(),
+            create_revision=meta.create_revision,
+            mod_revision=meta.mod_revision,
+            version=meta.version,
+            lease=meta.lease,
+        )
 
     @rpc("Range")
     async def Range(
@@ -293,10 +402,81 @@ class KVService(kv_pb2_grpc.KVServicer):
                 request.prefix, request.start_after, limit, max_bytes=budget.page_bytes
             )
             budget.used(sum(len(k) + len(v) for k, v in items))
+        meta = self.machine.key_meta
         return kv_pb2.RangeResponse(
-            items=[kv_pb2.KeyValue(key=k, value=v) for k, v in items],
+            items=[key_value(k, v, meta(k)) for k, v in items],
             more=more,
             index=self.machine.applied_index,
+            header=self._header(),
+        )
+
+    @rpc("DeleteRange")
+    async def DeleteRange(
+        self, request: kv_pb2.DeleteRangeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> kv_pb2.DeleteRangeResponse:
+        op = TxnOp(TxnOpKind.DELETE_RANGE, request.prefix, limit=self.limits.max_delete_range_keys)
+        result = await self._txn(Txn((), (op,), ()), _session(request), context)
+        return kv_pb2.DeleteRangeResponse(
+            deleted=result.responses[0][1],
+            index=result.index,
+            header=self._header(result.revision),
+        )
+
+    @rpc("Txn")
+    async def Txn(
+        self, request: kv_pb2.TxnRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> kv_pb2.TxnResponse:
+        txn = txn_from_request(request, self.limits)
+        await reserve_txn_reads(txn, self.limits, _timeout(context, self.limits))
+        result = await self._txn(txn, _session(request), context)
+        return txn_response(result, self._header(result.revision))
+
+    async def Watch(  # type: ignore[override]
+        self,
+        requests: AsyncIterator[kv_pb2.WatchRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        """Serve the watches of one stream (rpc/watch.py): requests are read
+        as they come; responses are written as the watches produce them,
+        the next batch asked for only once the last one is written."""
+        hub = self.hub
+        if hub is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node serves no watches")
+            raise AssertionError("abort returns only by raising")  # pragma: no cover
+        started = time.perf_counter()
+        stream = hub.open()
+
+        async def read_requests() -> None:
+            try:
+                async for request in requests:
+                    _watch_request(stream, request)
+            finally:
+                stream.end_requests()
+
+        reader = asyncio.create_task(read_requests())
+        code = grpc.StatusCode.OK
+        try:
+            while not stream.over:
+                for out in await stream.next_batch():
+                    await context.write(self._watch_response(out))
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            stream.close()
+            reader.cancel()
+            for observe in self.observers:
+                observe("Watch", code.name, time.perf_counter() - started)
+
+    def _watch_response(self, out: WatchOut) -> kv_pb2.WatchResponse:
+        return kv_pb2.WatchResponse(
+            header=self._header(out.revision),
+            watch_id=out.watch_id,
+            created=out.created,
+            canceled=out.canceled,
+            compact_revision=out.compact_revision,
+            cancel_reason=out.cancel_reason,
+            events=[event_message(e) for _, events in out.events for e in events],
         )
 
     async def Stream(  # type: ignore[override]
@@ -452,8 +632,37 @@ class _StreamWindow:
 
 _NO_OP = (
     grpc.StatusCode.INVALID_ARGUMENT,
-    "no operation set: set one of put, get, delete, compare_and_swap, range",
+    "no operation set: set one of put, get, delete, compare_and_swap, range, txn, delete_range",
 )
+
+
+def response_header(runtime: RaftRuntime, revision: int) -> kv_pb2.ResponseHeader:
+    core = runtime.core
+    return kv_pb2.ResponseHeader(
+        cluster_id=runtime.cluster_state().cluster_id,
+        member_id=runtime.id,
+        revision=revision,
+        raft_term=core.term if core is not None else 0,
+    )
+
+
+def _watch_request(stream: Any, request: kv_pb2.WatchRequest) -> None:
+    which = request.WhichOneof("request")
+    if which == "create":
+        create = request.create
+        stream.create(
+            WatchSpec(
+                key=create.key,
+                prefix=create.prefix,
+                start_revision=max(0, create.start_revision),
+                progress_notify=create.progress_notify,
+                watch_id=create.watch_id,
+            )
+        )
+    elif which == "cancel":
+        stream.cancel(request.cancel.watch_id)
+    elif which == "progress":
+        stream.request_progress()
 
 
 def _stream_error(

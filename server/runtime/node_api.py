@@ -62,8 +62,8 @@ class Deadline:
 class InputLimits:
     """What a request's input is checked against before anything is
     proposed (from the node's --max-key-bytes, --max-value-bytes,
-    --max-range-page, --max-range-bytes and --max-deadline-ms,
-    server/config.py NodeLimits).
+    --max-range-page, --max-range-bytes, --max-deadline-ms, --max-txn-ops,
+    --max-txn-bytes and --max-delete-range-keys; server/config.py NodeLimits).
 
     One rule for keys on every front door (gRPC and HTTP): a key written
     now is UTF-8 text without control characters (U+0000-U+001F,
@@ -76,6 +76,12 @@ class InputLimits:
     max_range_limit: int
     max_range_bytes: int = 4 << 20
     max_deadline: float = 60.0  # seconds; the longest a call may wait
+    # Key-value version 2 (--max-txn-ops, --max-txn-bytes,
+    # --max-delete-range-keys): a transaction's size, and the keys a
+    # delete-range may remove in one apply.
+    max_txn_ops: int = 128
+    max_txn_bytes: int = 2 << 20
+    max_delete_range_keys: int = 10_000
 
     @classmethod
     def of(cls, limits: NodeLimits) -> InputLimits:
@@ -86,6 +92,9 @@ class InputLimits:
             limits.max_range_limit,
             limits.max_range_bytes,
             limits.max_deadline_ms / 1000,
+            max_txn_ops=limits.max_txn_ops,
+            max_txn_bytes=limits.max_txn_bytes,
+            max_delete_range_keys=limits.max_delete_range_keys,
         )
 
     def deadline(self, remaining: float | None) -> float:

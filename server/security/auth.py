@@ -331,6 +331,16 @@ GRPC_ROLES: dict[str, AccessRole] = {
     "/ramraft.v1.KV/Put": AccessRole.WRITE,
     "/ramraft.v1.KV/Delete": AccessRole.WRITE,
     "/ramraft.v1.KV/CompareAndSwap": AccessRole.WRITE,
+    "/ramraft.v1.KV/DeleteRange": AccessRole.WRITE,
+    # A transaction may write; one that only reads needs write all the same
+    # (the role is decided before the request is read).
+    "/ramraft.v1.KV/Txn": AccessRole.WRITE,
+    # A stream of watches: read, checked when the stream opens.
+    "/ramraft.v1.KV/Watch": AccessRole.READ,
+    "/ramraft.v1.Lease/Grant": AccessRole.WRITE,
+    "/ramraft.v1.Lease/Revoke": AccessRole.WRITE,
+    "/ramraft.v1.Lease/KeepAlive": AccessRole.WRITE,
+    "/ramraft.v1.Lease/TimeToLive": AccessRole.READ,
     # Opening a stream needs READ; each request in it needs its method's role.
     "/ramraft.v1.KV/Stream": AccessRole.READ,
     "/ramraft.v1.Admin/Status": AccessRole.READ,
@@ -477,6 +487,8 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         token = bearer_token(_metadata_value(metadata, "authorization"))
         if method == KV_STREAM and handler.stream_stream is not None:
             return self._guard_stream(handler, token)
+        if handler.stream_stream is not None:
+            return self._guard_long_stream(method, handler, token)
         if handler.unary_stream is not None:
             return self._guard_server_stream(method, handler, token)
         if handler.stream_unary is not None:
@@ -701,6 +713,35 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(
             guarded_stream,
             request_deserializer=_raw,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _guard_long_stream(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any], token: str | None
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """A long-lived stream (KV.Watch, Lease.KeepAlive): the caller must
+        have the method's role before any request is read. It takes no
+        in-flight slot (it lives as long as the client wants); what it costs
+        is bounded by its own limits (--max-watches; each keep-alive is a
+        write through the node's pending-request limit)."""
+        inner = handler.stream_stream
+        assert inner is not None
+        required = GRPC_ROLES.get(method, AccessRole.ADMIN)
+
+        async def guarded(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Any:
+            await self._authorize(method, required, token, context)
+            result = inner(requests, context)  # type: ignore[arg-type]  # an aio handler
+            if hasattr(result, "__aiter__"):  # an async generator servicer
+                async for response in result:
+                    await context.write(response)
+                return None
+            return await result  # type: ignore[misc]  # an aio handler
+
+        return grpc.stream_stream_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 

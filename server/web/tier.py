@@ -15,6 +15,9 @@ server process -- and awaits the same in-process calls as the gRPC servicers
 ``GET /v1/kv/{key}``, ``PUT /v1/kv/{key}``, ``DELETE /v1/kv/{key}``
     The key-value machine; ``GET /v1/kv?prefix=&start_after=&limit=`` lists
     keys; ``POST /v1/cas/{key}`` compares and swaps. See :class:`KVRoutes`.
+``POST /v1/txn``, ``GET /v1/watch?prefix=...``
+    A transaction as JSON, and changes as Server-Sent Events (resumable
+    with ``Last-Event-ID``): see web/revisions.py.
 ``/v1/blobs/{sha256}``, ``POST /v1/blobs``
     Blobs: download (Range, ETag), upload, delete (web/blobs.py).
 ``GET /v1/events?topic=T&topic=U``
@@ -48,10 +51,12 @@ Errors from ``/v1/`` routes are JSON: ``{"error": CODE, "detail": TEXT}``
 with CODE one of ``invalid_argument`` (400), ``unauthenticated`` (401),
 ``permission_denied`` (403), ``not_found`` (404),
 ``method_not_allowed`` (405), ``failed_precondition`` (409, a session's
-write refused), ``payload_too_large`` (413), ``unsupported_media_type``
-(415), ``request_timeout`` (408: the body did not arrive within
-``--request-timeout-ms``), ``overloaded`` (429), ``insufficient_storage``
-(507, a blob the disk has no room for), ``unavailable`` (503, with ``leader`` and
+write refused), ``limit_exceeded`` (409, a delete-range past its bound),
+``already_exists`` (409, a lease id taken), ``payload_too_large`` (413),
+``unsupported_media_type`` (415), ``request_timeout`` (408: the body did not
+arrive within ``--request-timeout-ms``), ``overloaded`` (429),
+``insufficient_storage`` (507, a blob the disk has no room for),
+``unavailable`` (503, with ``leader`` and
 ``leader_address`` when known, and a ``Ramraft-Leader`` header naming the
 leader's gRPC address) and ``deadline_exceeded`` (504); an application
 command that failed is ``command_failed`` (409). The errors of the node are
@@ -109,6 +114,7 @@ from ramraft.server.security.budget import (
 )
 from ramraft.server.web.blobs import BlobRoutes
 from ramraft.server.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ramraft.server.web.revisions import WATCH_PATH, RevisionRoutes
 from ramraft.server.web.sse import RELEASE_SLOT
 from ramraft.server.web.status_page import render_status_page
 from ramraft.server.web.view import WebTierView
@@ -614,6 +620,9 @@ class WebTier:
         kv.add_route("PUT", self.kv.put)
         kv.add_route("DELETE", self.kv.delete)
         router.add_post("/v1/cas/{key:[\\s\\S]*}", self.kv.cas)
+        self.revisions = RevisionRoutes(view, self.kv.sessions, _json_body, _session, _timeout)
+        router.add_post("/v1/txn", self.revisions.txn)
+        router.add_get(WATCH_PATH, self.revisions.watch)
         if view.blobs is not None:
             BlobRoutes(view.blobs, self.request_timeout).add_to(router)
         router.add_get("/v1/events", self.events)
@@ -745,7 +754,9 @@ class WebTier:
             self._authorize(request)
         except HttpError as e:
             return self._error_response(e, api_route, request)
-        if request.path in ("/healthz", "/readyz"):
+        if request.path in ("/healthz", "/readyz", WATCH_PATH):
+            # A watch lives as long as its client wants: --max-watches
+            # bounds those, not the in-flight request limits.
             return await self._serve(request, handler, api_route)
         # The address, then the transport: counted per connection and per source.
         connection = f"http:{request.remote}:{id(request.transport)}"

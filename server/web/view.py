@@ -18,6 +18,7 @@ from ramraft.server.config import NodeLimits
 from ramraft.server.hosting import HostedApp
 from ramraft.server.logs import RateLimitedLog
 from ramraft.server.machines.kv import KVMachine
+from ramraft.server.rpc.watch import WatchHub
 from ramraft.server.runtime.node_api import NodeAPI
 from ramraft.server.runtime.status import RuntimeReports
 from ramraft.server.security.auth import InflightLimiter, TokenStore
@@ -44,4 +45,7 @@ class WebTierView:
     # A channel to a member over the peer port (with TLS, this node's
     # certificate says who asks): to ask the leader for its members' progress.
     peer_channel: Callable[[str], grpc.aio.Channel]
+    # The node's watches (rpc/watch.py): /v1/watch serves them as Server-Sent
+    # Events. None: the node serves none.
+    watches: WatchHub | None = None
     blobs: NodeBlobs | None = None  # /v1/blobs, and ctx.blobs for the app's pages

@@ -1,8 +1,8 @@
 """Backups hold the blobs their state names (server/blobs/backup.py): a
 backup of a cluster with blobs carries them after the state, --verify hashes
 each one, and a restore writes them back, so the new cluster serves every
-blob from every node at once. A backup whose blob no node can send is
-refused, naming it."""
+blob from every node at once, with the keys' revisions as they were. A
+backup whose blob no node can send is refused, naming it."""
 
 from __future__ import annotations
 
@@ -38,7 +38,12 @@ def test_a_backup_carries_its_blobs_and_a_restore_brings_them_back(
         old.wait_blobs_enabled()
         with old.client(timeout=30) as client:
             digests = {client.put_blob(data).sha256: data for data in blobs.values()}
+            client.put("k", b"first")
             client.put("k", b"v")
+            # Key-value version 2 runs: the state has revisions as well as
+            # the blob catalog, and the backup must keep both.
+            kept = client.get_result("k")
+            assert kept.version == 2 and kept.mod_revision > kept.create_revision > 0
         status, out, err = cli(
             capsys, "backup", "--out", str(backup), "--endpoints", old.endpoints()
         )
@@ -68,7 +73,14 @@ def test_a_backup_carries_its_blobs_and_a_restore_brings_them_back(
         new.wait_for_leader()
         for node in new.ids:
             with Client(new.grpc[node], timeout=30) as client:
-                assert client.get("k") == b"v"
+                got = client.get_result("k")
+                assert got.value == b"v"
+                assert (got.create_revision, got.mod_revision, got.version) == (
+                    kept.create_revision,
+                    kept.mod_revision,
+                    kept.version,
+                ), node
+                assert got.revision >= kept.revision, node
                 for digest, data in digests.items():
                     assert client.get_blob(digest) == data, (node, digest)
 

@@ -4,6 +4,7 @@ loopback (no root needed)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -11,16 +12,25 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
+from ramraft.client._core import SESSION_EXPIRED
+from ramraft.client.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from ramraft.tools.chaos import _run_op
 from ramraft.tools.history import (
     EXIT_NO_VERDICT,
     EXIT_PASS,
     EXIT_VIOLATION,
     HistoryError,
     Record,
+    WatcherLog,
     check_history,
+    check_revisions,
+    check_transfers,
+    check_watches,
     find_lost_writes,
     load_history,
     longest_write_pause,
@@ -276,6 +286,145 @@ def test_check_only_of_a_missing_file_has_no_verdict(tmp_path: Path) -> None:
     assert r.returncode == EXIT_NO_VERDICT and "cannot read" in r.stderr
 
 
+# -- revisions, transactions, watches ------------------------------------------------------
+
+
+def rev(record: Record, revision: int) -> Record:
+    record.revision = revision
+    return record
+
+
+def txn(
+    invoke: float,
+    complete: float | None,
+    revision: int | None,
+    *,
+    setup: dict[str, str] | None = None,
+    transfer: dict[str, str] | None = None,
+    audit: dict[str, str | None] | None = None,
+    succeeded: bool = True,
+    outcome: str = "ok",
+) -> Record:
+    body: dict[str, object] = (
+        {"setup": setup}
+        if setup
+        else {"transfer": transfer}
+        if transfer
+        else {"audit": sorted(audit or {})}
+    )
+    result = {"succeeded": succeeded, **({"reads": audit} if audit else {})}
+    return Record(
+        op=next(_ids),
+        client=5,
+        kind="txn",
+        key="a",
+        invoke=invoke,
+        complete=complete,
+        outcome=outcome,
+        result=result if outcome == "ok" else None,
+        revision=revision,
+        txn=body,
+    )
+
+
+def bank_history() -> list[Record]:
+    return [
+        txn(0, 1, 10, setup={"a": "50:s", "b": "50:s"}),
+        rev(op("put", 1.5, 2, key="k", value="v1"), 11),
+        txn(3, 4, 12, transfer={"a": "30:t1", "b": "70:t1"}),
+        txn(4.5, 5, 12, audit={"a": "30:t1", "b": "70:t1"}),
+        txn(6, None, None, transfer={"a": "0:t2", "b": "100:t2"}, outcome="unknown"),
+        rev(op("delete", 7, 8, key="k", result={"deleted": True}), 14),
+        rev(final(20, None, key="k"), 14),
+        rev(final(21, "0:t2", key="a"), 14),
+        rev(final(22, "100:t2", key="b"), 14),
+    ]
+
+
+def watcher(events: list[tuple[int, str, str, str | None]], through: int = 14) -> WatcherLog:
+    return WatcherLog(0, "", 10, events, through)
+
+
+CLEAN_EVENTS = [
+    (10, "PUT", "a", "50:s"),
+    (10, "PUT", "b", "50:s"),
+    (11, "PUT", "k", "v1"),
+    (12, "PUT", "a", "30:t1"),
+    (12, "PUT", "b", "70:t1"),
+    (13, "PUT", "a", "0:t2"),  # the unknown transfer: it was applied
+    (13, "PUT", "b", "100:t2"),
+    (14, "DELETE", "k", None),
+]
+
+
+def test_a_clean_history_with_transactions_and_watchers_passes() -> None:
+    h = bank_history()
+    v = check_history(h, watchers=[watcher(CLEAN_EVENTS)], bank_total=100)
+    assert v.passed, v.report()
+    assert v.watchers == 1 and v.watch_events == 8
+    assert v.by_kind["txn"] == {"ok": 3, "unknown": 1}
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (lambda e: [x for x in e if x[0] != 11], "no event for revision 11"),
+        (lambda e: e[:3] + e[2:], "'k' twice at 11"),
+        (lambda e: [*e[:5], e[2], *e[5:]], "revision 11 after 12"),
+        (lambda e: [e[2], *e[:2], *e[3:]], "after 11"),
+        (lambda e: [*e[:4], *e[5:]], "shows"),  # half a transaction
+        (lambda e: [*e, (15, "PUT", "k", "never-written")], "which no write made"),
+        (lambda e: [(r, k, key, "other" if r == 11 else v) for r, k, key, v in e], "shows"),
+    ],
+    ids=[
+        "gap",
+        "repeat",
+        "repeat later",
+        "out of order",
+        "torn transaction",
+        "phantom",
+        "wrong value",
+    ],
+)
+def test_a_broken_watcher_stream_is_a_violation(damage: object, words: str) -> None:
+    events = damage(list(CLEAN_EVENTS))  # type: ignore[operator]
+    problems = check_watches(bank_history(), [watcher(events)])
+    assert any(words in p for p in problems), problems
+    v = check_history(bank_history(), watchers=[watcher(events)], bank_total=100)
+    assert not v.passed and v.exit_code == EXIT_VIOLATION
+
+
+def test_watchers_must_agree() -> None:
+    other = [(r, k, key, "0:x" if r == 13 and key == "a" else v) for r, k, key, v in CLEAN_EVENTS]
+    unknown = txn(6.5, None, None, transfer={"a": "0:x", "b": "100:t2"}, outcome="unknown")
+    problems = check_watches([*bank_history(), unknown], [watcher(CLEAN_EVENTS), watcher(other)])
+    assert any("disagree on revision 13" in p for p in problems), problems
+
+
+def test_a_watcher_is_held_only_to_what_it_reached() -> None:
+    """A watcher that stopped at revision 12 (its node died, the run ended)
+    is not blamed for 13 and 14."""
+    assert check_watches(bank_history(), [watcher(CLEAN_EVENTS[:5], through=12)]) == []
+
+
+def test_revisions_must_follow_real_time_and_be_unique() -> None:
+    assert check_revisions(bank_history()) == []
+    late = [*bank_history(), rev(op("put", 30, 31, key="k", value="v9"), 13)]
+    assert any("not later" in p for p in check_revisions(late))
+    twice = [*bank_history(), rev(op("put", 30, 31, key="k", value="v9"), 11)]
+    assert any("both changed something at revision 11" in p for p in check_revisions(twice))
+    stale_read = [*bank_history(), rev(read(30, 31, None, key="k"), 12)]
+    assert any("not later" in p for p in check_revisions(stale_read))
+
+
+def test_an_audit_that_sees_a_torn_transfer_is_a_violation() -> None:
+    torn = txn(4.5, 5, 12, audit={"a": "30:t1", "b": "50:s"})
+    h = [*bank_history(), torn]
+    assert any("total of 80" in p for p in check_transfers(h, 100))
+    # The per-key check sees it too: b was 70 before the audit began.
+    assert check_history(h, bank_total=100).linearizable is False
+
+
 # -- against real nodes ---------------------------------------------------------------------
 
 
@@ -310,11 +459,61 @@ def test_workload_against_nodes_on_loopback_with_a_leader_kill(tmp_path: Path) -
     summary = json.loads(out)
     assert workload.returncode == 0, out
     assert summary["passed"] and summary["linearizable"] and summary["lost_writes"] == 0
-    assert summary["final_reads"] == summary["keys"] == 3
+    # The transaction client and the two watchers ran, and were checked.
+    assert summary["by_kind"]["txn"].get("ok", 0) > 0
+    assert summary["watchers"] == 2 and summary["watch_events"] > 0
+    assert summary["watch_problems"] == summary["revision_problems"] == 0
+    assert summary["transfer_problems"] == 0
+    assert summary["final_reads"] == summary["keys"] == 3 + 4  # the keys and the accounts
     meta, records = load_history(history)
-    assert meta["clients"] == 3 and len(meta["keys"]) == 3
+    assert meta["clients"] == 3 and len(meta["keys"]) == 3 and len(meta["accounts"]) == 4
     assert len([r for r in records if not r.final]) == summary["operations"] > 0
-    assert {r.key for r in records if r.final and r.outcome == "ok"} == set(meta["keys"])
+    finals = {r.key for r in records if r.final and r.outcome == "ok"}
+    assert finals == set(meta["keys"]) | set(meta["accounts"])
     # Every write stores a value of its own.
     values = [r.value for r in records if r.kind in ("put", "cas")]
     assert len(values) == len(set(values))
+
+
+class _FailingClient:
+    """Stands for AsyncClient: every call raises ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __getattr__(self, name: str) -> Any:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            raise self.error
+
+        return call
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        Unavailable("Txn: no node answered"),
+        DeadlineExceeded("Txn: deadline"),
+        FailedPrecondition(
+            "Txn: the cluster forgot this client's session while the write was being retried",
+            code=grpc.StatusCode.FAILED_PRECONDITION,
+            details=f"{SESSION_EXPIRED}: session 7 expired",
+            attempts=2,
+        ),
+    ],
+    ids=["unavailable", "deadline", "session forgotten on a retry"],
+)
+def test_a_transfer_without_a_definite_answer_is_unknown_not_failed(error: Exception) -> None:
+    """A transfer whose answer was lost may have been applied: recorded as
+    "failed", the checker would call its effects (seen by reads and
+    watchers) writes nobody made. An audit that failed changed nothing."""
+    transfer = Record(
+        op=1, client=5, kind="txn", key="b/0", invoke=1.0,
+        txn={"transfer": {"b/0": "49:t5.165", "b/3": "53:t5.165"}, "mods": {"b/0": 3, "b/3": 4}},
+    )  # fmt: skip
+    audit = Record(op=2, client=5, kind="txn", key="b/0", invoke=1.0, txn={"audit": ["b/0"]})
+    asyncio.run(_run_op(_FailingClient(error), transfer, 1.0, 0))  # type: ignore[arg-type]
+    asyncio.run(_run_op(_FailingClient(error), audit, 1.0, 0))  # type: ignore[arg-type]
+    assert (transfer.outcome, audit.outcome) == ("unknown", "failed")
+    refused = FailedPrecondition("Txn: refused", code=grpc.StatusCode.FAILED_PRECONDITION)
+    asyncio.run(_run_op(_FailingClient(refused), transfer, 1.0, 0))  # type: ignore[arg-type]
+    assert transfer.outcome == "failed"  # a definite refusal: not applied

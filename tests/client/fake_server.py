@@ -75,6 +75,10 @@ class FakeNode:
     # Admin Status: the defaults are what a node of release 0.1.0 reports.
     pid: int = 0
     version: str = ""
+    # Key-value version 2: leases by id -> ttl; the changes a Watch sends
+    # (type "PUT"/"DELETE", key, value), revisions 1, 2, ...
+    leases: dict[int, int] = field(default_factory=dict)
+    changes: list[tuple[str, str, bytes]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     released: threading.Event = field(default_factory=threading.Event)
     arrived: threading.Condition = field(init=False)
@@ -314,6 +318,124 @@ class _KV(kv_pb2_grpc.KVServicer):
                 index=self.node.index,
             )
 
+    def DeleteRange(self, request, context):
+        self.node._enter("DeleteRange", request, context)
+        with self.node.lock:
+            doomed = [k for k in self.node.data if k.startswith(request.prefix)]
+            for key in doomed:
+                del self.node.data[key]
+            return kv_pb2.DeleteRangeResponse(deleted=len(doomed), index=self.node._write())
+
+    def Txn(self, request, context):
+        """Compares on value and version (1 when present), and every op."""
+        self.node._enter("Txn", request, context)
+        with self.node.lock:
+            data = self.node.data
+
+            def holds(c: kv_pb2.Compare) -> bool:
+                current = data.get(c.key)
+                target = c.WhichOneof("target")
+                if target == "value":
+                    actual: object = current
+                    if current is None:
+                        return False
+                else:
+                    actual = 0 if current is None else 1
+                want = getattr(c, target or "value")
+                return {0: actual == want, 1: actual > want, 2: actual < want, 3: actual != want}[
+                    c.result
+                ]
+
+            ok = all(holds(c) for c in request.compare)
+            index = self.node._write()
+            out = []
+            for op in request.success if ok else request.failure:
+                kind = op.WhichOneof("request")
+                if kind == "put":
+                    data[op.put.key] = op.put.value
+                    out.append(kv_pb2.ResponseOp(put=kv_pb2.PutResponse(index=index)))
+                elif kind == "get":
+                    value = data.get(op.get.key)
+                    got = kv_pb2.GetResponse(
+                        found=value is not None, value=value or b"", version=int(value is not None)
+                    )
+                    out.append(kv_pb2.ResponseOp(get=got))
+                elif kind == "delete":
+                    gone = data.pop(op.delete.key, None) is not None
+                    out.append(kv_pb2.ResponseOp(delete=kv_pb2.DeleteResponse(deleted=gone)))
+                elif kind == "range":
+                    items = [
+                        kv_pb2.KeyValue(key=k, value=data[k])
+                        for k in sorted(data)
+                        if k.startswith(op.range.prefix)
+                    ]
+                    out.append(kv_pb2.ResponseOp(range=kv_pb2.RangeResponse(items=items)))
+                else:
+                    doomed = [k for k in data if k.startswith(op.delete_range.prefix)]
+                    for key in doomed:
+                        del data[key]
+                    deleted = kv_pb2.DeleteRangeResponse(deleted=len(doomed))
+                    out.append(kv_pb2.ResponseOp(delete_range=deleted))
+            return kv_pb2.TxnResponse(
+                succeeded=ok,
+                responses=out,
+                index=index,
+                header=kv_pb2.ResponseHeader(member_id=self.node.node_id, revision=index),
+            )
+
+    def Watch(self, request_iterator, context):
+        """Sends the node's ``changes`` from the start revision on (from the
+        first: they happen after the watch starts), then waits until the
+        client hangs up."""
+        first = next(request_iterator)
+        self.node._enter("Watch", first, context)
+        start = first.create.start_revision or 1
+        header = kv_pb2.ResponseHeader(member_id=self.node.node_id, revision=start - 1)
+        yield kv_pb2.WatchResponse(watch_id=1, created=True, header=header)
+        for revision, (kind, key, value) in enumerate(self.node.changes, 1):
+            if revision < start:
+                continue
+            event = kv_pb2.Event(
+                type=kv_pb2.EVENT_TYPE_DELETE if kind == "DELETE" else kv_pb2.EVENT_TYPE_PUT,
+                kv=kv_pb2.KeyValue(key=key, value=value, mod_revision=revision),
+            )
+            header = kv_pb2.ResponseHeader(member_id=self.node.node_id, revision=revision)
+            yield kv_pb2.WatchResponse(watch_id=1, header=header, events=[event])
+        while context.is_active():
+            self.node.released.wait(0.05)
+
+
+class _Lease(kv_pb2_grpc.LeaseServicer):
+    def __init__(self, node: FakeNode) -> None:
+        self.node = node
+
+    def Grant(self, request, context):
+        self.node._enter("LeaseGrant", request, context)
+        with self.node.lock:
+            lease_id = request.id or max(self.node.leases, default=0) + 1
+            self.node.leases[lease_id] = request.ttl
+            return kv_pb2.LeaseGrantResponse(id=lease_id, ttl=request.ttl, index=self.node._write())
+
+    def Revoke(self, request, context):
+        self.node._enter("LeaseRevoke", request, context)
+        with self.node.lock:
+            if self.node.leases.pop(request.id, None) is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"lease {request.id} not found")
+            return kv_pb2.LeaseRevokeResponse(deleted=0, index=self.node._write())
+
+    def KeepAlive(self, request_iterator, context):
+        for request in request_iterator:
+            self.node._enter("LeaseKeepAlive", request, context)
+            ttl = self.node.leases.get(request.id, 0)
+            yield kv_pb2.LeaseKeepAliveResponse(id=request.id, ttl=ttl)
+
+    def TimeToLive(self, request, context):
+        self.node._enter("LeaseTimeToLive", request, context)
+        ttl = self.node.leases.get(request.id)
+        return kv_pb2.LeaseTimeToLiveResponse(
+            id=request.id, ttl=-1 if ttl is None else ttl, granted_ttl=ttl or 0
+        )
+
 
 class _Admin(admin_pb2_grpc.AdminServicer):
     def __init__(self, node: FakeNode) -> None:
@@ -465,6 +587,7 @@ class FakeServer:
         self.node = node or FakeNode()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         kv_pb2_grpc.add_KVServicer_to_server(_KV(self.node), self._server)
+        kv_pb2_grpc.add_LeaseServicer_to_server(_Lease(self.node), self._server)
         admin_pb2_grpc.add_AdminServicer_to_server(_Admin(self.node), self._server)
         blobs_pb2_grpc.add_BlobsServiceServicer_to_server(_Blobs(self.node), self._server)
         port = self._server.add_insecure_port("127.0.0.1:0")

@@ -119,6 +119,81 @@ def test_range_pages_through_everything_unless_limited(server: FakeServer, capsy
     }
 
 
+def test_watch_prints_one_line_per_event_escaped(server: FakeServer, capsys) -> None:
+    server.node.changes = [
+        ("PUT", "u/a", b"plain"),
+        ("PUT", "u/b\n", b"\xff\x00two words"),
+        ("DELETE", "u/a", b""),
+    ]
+    ep = ["--endpoints", server.address]
+    status, out, err = run(capsys, "watch", "u/", "--count", "3", *ep)
+    assert (status, err) == (0, "")
+    assert out.splitlines() == ["PUT u/a plain", "PUT u/b\\n \\xff\\x00two words", "DELETE u/a"]
+    status, out, _ = run(capsys, "watch", "u/", "--count", "2", "--rev", "2", "--json", *ep)
+    docs = [json.loads(line) for line in out.splitlines()]
+    assert [d["type"] for d in docs] == ["PUT", "DELETE"] and docs[0]["value"] is None
+    assert docs[0]["value_base64"] == "/wB0d28gd29yZHM=" and docs[1]["revision"] == 3
+    assert server.node.calls[-1].request.create.start_revision == 2
+    assert server.node.calls[-1].request.create.prefix
+    assert run(capsys, "watch", "u/a", "--key", "--count", "1", *ep)[1] == "PUT u/a plain\n"
+    assert not server.node.calls[-1].request.create.prefix
+
+
+def test_txn_from_flags_and_from_stdin(server: FakeServer, capsys, monkeypatch) -> None:
+    server.node.data.update({"lock": b"me", "a/1": b"x", "a/2": b"y"})
+    ep = ["--endpoints", server.address]
+    status, out, _ = run(
+        capsys,
+        "txn",
+        "--compare",
+        'value("lock") = me',
+        "--then",
+        "put lock 'you and me'",
+        "--then",
+        "range a/",
+        "--then",
+        "del --prefix a/",
+        *ep,
+    )
+    assert status == 0
+    assert out.splitlines() == ["SUCCESS", "OK", "a/1\tx", "a/2\ty", "deleted 2"]
+    assert server.node.data["lock"] == b"you and me"
+    text = "version(lock) = 0\n\nput lock them\n\nget lock\n"
+    stdin = types.SimpleNamespace(read=lambda: text, isatty=lambda: False)
+    monkeypatch.setattr(sys, "stdin", stdin)
+    status, out, _ = run(capsys, "txn", "--json", *ep)
+    doc = json.loads(out)
+    assert doc["succeeded"] is False and doc["responses"][0]["get"]["value"] == "you and me"
+    request = server.node.calls[-1].request
+    assert request.compare[0].WhichOneof("target") == "version"
+    assert request.success[0].put.value == b"them"
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["value(k) ~ v", "mod(k) > soon", "size(k) = 1", "value(k) = 'a b' c"],
+)
+def test_a_bad_txn_is_a_usage_error(server: FakeServer, capsys, expression: str) -> None:
+    status, out, err = run(capsys, "txn", "--compare", expression, "--endpoints", server.address)
+    assert (status, out) == (2, "") and err.startswith("ramraft: error: compare")
+    status, _, err = run(capsys, "txn", "--then", "frob k", "--endpoints", server.address)
+    assert status == 2 and "op 'frob k'" in err
+
+
+def test_lease_commands(server: FakeServer, capsys) -> None:
+    ep = ["--endpoints", server.address]
+    assert run(capsys, "lease", "grant", "10", *ep)[1] == "lease 1 granted with ttl 10s\n"
+    assert run(capsys, "put", "k", "v", "--lease", "1", *ep)[0] == 0
+    assert server.node.calls[-1].request.lease == 1
+    assert run(capsys, "lease", "keep-alive", "1", "--once", *ep)[1] == "lease 1 ttl 10\n"
+    assert run(capsys, "lease", "revoke", "1", *ep)[1] == "lease 1 revoked (0 keys deleted)\n"
+    status, out, err = run(capsys, "lease", "keep-alive", "1", "--once", *ep)
+    assert (status, out, err) == (1, "", "ramraft: lease 1 is gone (expired or revoked)\n")
+    status, _, err = run(capsys, "lease", "revoke", "1", *ep)
+    assert status == 3 and "NOT_FOUND" in err
+    assert run(capsys, "lease", "grant", "0", *ep)[0] == 2
+
+
 def test_status_asks_every_endpoint(servers, capsys) -> None:
     a = servers()
     a.node.pid, a.node.version = 4242, "9.9.9"
@@ -289,6 +364,8 @@ def _client_commands() -> set[str]:
 
 def _seed(server: FakeServer) -> None:
     server.node.data.update({"k": b"v", "lock": b"me"} | {f"u/{i}": b"x" for i in range(3)})
+    server.node.changes = [("PUT", "u/0", b"x"), ("DELETE", "u/0", b"")]
+    server.node.leases = {1: 10}
     server.node.blobs[SEEDED] = ("text/plain", SEEDED_BLOB)
 
 
@@ -298,6 +375,8 @@ OUTPUT_CASES: list[tuple[str, list[str]]] = [
     ("get missing", ["get", "absent"]),
     ("delete found", ["delete", "k"]),
     ("delete missing", ["delete", "absent"]),
+    ("delete prefix", ["delete", "u/", "--prefix"]),
+    ("delete prefix missing", ["delete", "none/", "--prefix"]),
     ("cas swapped", ["cas", "lock", "you", "--expected", "me"]),
     ("cas not swapped, present", ["cas", "lock", "you", "--expected", "other"]),
     ("cas not swapped, absent", ["cas", "absent", "you", "--expected", "other"]),
@@ -313,6 +392,12 @@ OUTPUT_CASES: list[tuple[str, list[str]]] = [
     ("app-version hold", ["app-version", "hold"]),
     ("check", ["check"]),
     ("backup", ["backup", "--out", BACKUP_OUT]),
+    ("watch", ["watch", "u/", "--count", "1"]),
+    ("txn", ["txn", "--compare", "value(k) = v", "--then", "put k w", "--else", "get k"]),
+    ("lease grant", ["lease", "grant", "10"]),
+    ("lease revoke", ["lease", "revoke", "1"]),
+    ("lease keep-alive", ["lease", "keep-alive", "1", "--once"]),
+    ("lease keep-alive missing", ["lease", "keep-alive", "99", "--once"]),
     ("blob put", ["blob", "put", BLOB_FILE]),
     ("blob get to a file", ["blob", "get", SEEDED, "-o", BLOB_OUT]),
     ("blob get missing", ["blob", "get", ABSENT, "-o", BLOB_OUT]),

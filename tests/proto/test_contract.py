@@ -38,6 +38,17 @@ def test_package_and_services() -> None:
         "CompareAndSwap": ("CompareAndSwapRequest", "CompareAndSwapResponse", False, False),
         "Range": ("RangeRequest", "RangeResponse", False, False),
         "Stream": ("StreamRequest", "StreamResponse", True, True),
+        # Issue 16: the key-value API etcd users expect.
+        "DeleteRange": ("DeleteRangeRequest", "DeleteRangeResponse", False, False),
+        "Txn": ("TxnRequest", "TxnResponse", False, False),
+        "Watch": ("WatchRequest", "WatchResponse", True, True),
+    }
+    lease = kv_pb2.DESCRIPTOR.services_by_name["Lease"]
+    assert {m.name: (m.client_streaming, m.server_streaming) for m in lease.methods} == {
+        "Grant": (False, False),
+        "Revoke": (False, False),
+        "KeepAlive": (True, True),
+        "TimeToLive": (False, False),
     }
     admin = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
     assert {"Status", "TransferLeadership", "AddMember", "RemoveMember", "Snapshot"} <= {

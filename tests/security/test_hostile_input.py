@@ -4,10 +4,12 @@ JSON body nested 100k deep is a 400 (not a 500), one rule for keys with
 control characters on gRPC and HTTP, HTTPS without CBC suites, a call that
 sends no message gives its slot back, Range pages bounded in bytes, peers'
 batches cut to the receiving port's limit, and tokens without TLS refused
-unless --insecure."""
+unless --insecure; and a transaction's reads reserved before it is proposed
+(issue 16)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import subprocess
@@ -21,8 +23,18 @@ from ramraft.client import InvalidArgument
 from ramraft.consensus.types import Entry, Message, MsgType
 from ramraft.server.config import ConfigError, NodeConfig, TLSConfig
 from ramraft.server.machines.kv import KVMachine, encode_put
+from ramraft.server.machines.kvops import Txn, TxnOp, TxnOpKind
+from ramraft.server.request_errors import Overloaded
+from ramraft.server.rpc.kvproto import reserve_txn_reads
+from ramraft.server.runtime.node_api import InputLimits
 from ramraft.server.runtime.transport import split_batch
 from ramraft.server.runtime.wire import serialize_batch
+from ramraft.server.security.budget import (
+    CALL_RESERVATION,
+    MESSAGE_COPIES,
+    MemoryBudget,
+    Reservation,
+)
 from tests.security.cluster import READ_TOKEN, WRITE_TOKEN, SecureCluster
 from tests.security.conftest import https
 from tests.security.h2raw import RawCaller, grpc_message, grpc_status
@@ -178,3 +190,28 @@ def test_help_states_one_memory_formula() -> None:
     ):  # fmt: skip
         assert flag in text, flag
     json.dumps(text)  # printable as one block
+
+
+def test_a_transaction_with_reads_reserves_its_answer_before_it_is_proposed() -> None:
+    """A Txn's reads are answered at apply, too late to refuse the write for
+    want of memory: the room for them (--max-txn-bytes) is reserved first,
+    and a node without it refuses the Txn unapplied (RESOURCE_EXHAUSTED)."""
+    limits = InputLimits(1024, 1 << 20, 100, max_txn_bytes=1 << 20)
+    put = TxnOp(TxnOpKind.PUT, "k", b"v")
+    reads = [TxnOp(TxnOpKind.GET, "k"), TxnOp(TxnOpKind.RANGE, "p/", limit=10)]
+
+    async def reserved(txn: Txn, budget_bytes: int, in_use: int = 0) -> int:
+        budget = MemoryBudget(budget_bytes, reserve=0)
+        assert budget.try_take(in_use)  # other calls' bytes
+        reservation = Reservation(budget)
+        CALL_RESERVATION.set(reservation)
+        await reserve_txn_reads(txn, limits, timeout=0.05)
+        return reservation.held
+
+    room = MESSAGE_COPIES * limits.max_txn_bytes
+    assert asyncio.run(reserved(Txn((), (put,), ()), 1024)) == 0  # writes only: nothing
+    for read in reads:
+        for txn in (Txn((), (put, read), ()), Txn((), (put,), (read,))):
+            assert asyncio.run(reserved(txn, room)) == room
+            with pytest.raises(Overloaded, match="memory budget"):
+                asyncio.run(reserved(txn, room, in_use=1))

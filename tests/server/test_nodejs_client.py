@@ -61,3 +61,36 @@ def test_nodejs_grpc_client_puts_and_gets(tmp_path: Path, node_client: Path) -> 
             cluster.wait_caught_up(node_id)
         with cluster.client() as c:
             assert c.get("from-node") == "hi from Node ✓".encode()
+
+
+def test_nodejs_watch_and_txn_from_the_proto_alone(tmp_path: Path, node_client: Path) -> None:
+    """Watch (a bidirectional stream: create, events, cancel) and Txn (compares
+    with a oneof target, ops of both branches) from Node.js."""
+    with ProcessCluster(tmp_path) as cluster:
+        leader = cluster.wait_for_leader()
+        follower = next(i for i in cluster.ids if i != leader)
+        cluster.wait_until(
+            lambda: all(
+                (s := cluster.status(i)) is not None and s.kv_version == 2 for i in cluster.ids
+            ),
+            60,
+            "key-value version 2",
+        )
+        script = node_client.parent / "watch_txn_client.js"
+        done = subprocess.run(
+            ["node", str(script), cluster.grpc[follower], "js/"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, f"node client failed:\n{done.stdout}\n{done.stderr}"
+        seen = json.loads(done.stdout.strip().splitlines()[-1])
+        assert seen["created"]["created"] is True
+        assert seen["first"]["succeeded"] is True
+        assert seen["second"] == {"succeeded": False, "value": "1", "version": "1"}
+        revision = seen["first"]["revision"]  # int64 comes back as a decimal string
+        assert [(e["type"], e["key"], e["value"], e["revision"]) for e in seen["events"]] == [
+            ("EVENT_TYPE_PUT", "js/a", "1", revision),
+            ("EVENT_TYPE_PUT", "js/b", "2", revision),
+        ], "one transaction, one revision, both changes"
+        assert seen["canceled"] is True
