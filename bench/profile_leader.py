@@ -198,14 +198,14 @@ async def profile_leader(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 
 async def profile_echo(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    (port,) = rbench.free_ports(1)
     ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Event()
-    server = ctx.Process(target=bench_grpc_floor._serve, args=(port, ready), daemon=True)
+    bound, ready = ctx.Value("i", 0), ctx.Event()
+    server = ctx.Process(target=bench_grpc_floor._serve, args=(bound, ready), daemon=True)
     server.start()
     try:
         if not ready.wait(30):
             raise SystemExit("bench.profile_leader: the echo server did not start")
+        port = int(bound.value)
         shape = "unary" if args.client == "raw" else "stream"
         pid = int(server.pid or 0)
         drive = asyncio.create_task(
