@@ -71,6 +71,9 @@ class FakeNode:
     released: threading.Event = field(default_factory=threading.Event)
     arrived: threading.Condition = field(init=False)
     serve_stream: bool = True  # False: KV.Stream is UNIMPLEMENTED, as on an older node
+    serve_batch: bool = True  # False: KV.StreamBatch is UNIMPLEMENTED (but KV.Stream may not be)
+    batch_streams: int = 0  # of streams_opened, those that were KV.StreamBatch
+    batch_sizes: list[int] = field(default_factory=list)  # requests per StreamBatchRequest
     stream_refusal: Failure | None = None  # end every new stream at once with this
     stream_attempts: int = 0  # streams asked for
     streams_opened: int = 0  # streams served
@@ -185,7 +188,27 @@ class _KV(kv_pb2_grpc.KVServicer):
     def __init__(self, node: FakeNode) -> None:
         self.node = node
 
+    def StreamBatch(self, batches, context):
+        """KV.Stream's requests, many to a message; each answer in a message
+        of its own (a node may group them; the clients take either)."""
+        if not self.node.serve_batch:
+            with self.node.lock:
+                self.node.stream_attempts += 1
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+
+        def requests():
+            for batch in batches:
+                with self.node.lock:
+                    self.node.batch_sizes.append(len(batch.requests))
+                yield from batch.requests
+
+        for answer in self._serve_stream(requests(), context, batched=True):
+            yield kv_pb2.StreamBatchResponse(responses=[answer])
+
     def Stream(self, requests, context):
+        yield from self._serve_stream(requests, context, batched=False)
+
+    def _serve_stream(self, requests, context, batched):
         node = self.node
         with node.lock:
             node.stream_attempts += 1
@@ -195,6 +218,7 @@ class _KV(kv_pb2_grpc.KVServicer):
             context.abort(node.stream_refusal.code, node.stream_refusal.details)
         with node.lock:
             node.streams_opened += 1
+            node.batch_streams += batched
             break_after = node.break_stream_after
             node.break_stream_after = None
         answers: queue.SimpleQueue[kv_pb2.StreamResponse | int] = queue.SimpleQueue()

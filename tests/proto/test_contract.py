@@ -38,6 +38,7 @@ def test_package_and_services() -> None:
         "CompareAndSwap": ("CompareAndSwapRequest", "CompareAndSwapResponse", False, False),
         "Range": ("RangeRequest", "RangeResponse", False, False),
         "Stream": ("StreamRequest", "StreamResponse", True, True),
+        "StreamBatch": ("StreamBatchRequest", "StreamBatchResponse", True, True),
     }
     admin = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
     assert {"Status", "TransferLeadership", "AddMember", "RemoveMember", "Snapshot"} <= {
