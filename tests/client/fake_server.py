@@ -10,6 +10,7 @@ serve it (UNIMPLEMENTED, as an older node) or to break its streams."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import queue
@@ -18,7 +19,7 @@ import threading
 from collections import deque
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import structlog
@@ -184,6 +185,29 @@ _STREAM_OPS = {
 }
 
 
+# How long a refused stream's requests are taken before the refusal is sent.
+REFUSAL_DRAIN_SECONDS = 0.2
+
+
+def _refuse(requests: Any, context: Any, code: grpc.StatusCode, details: str) -> NoReturn:
+    """End a stream with ``code`` once what its client wrote meanwhile has
+    been taken (for at most REFUSAL_DRAIN_SECONDS), as a node's Gatekeeper
+    does (server/security/auth.py _drain): grpc-python's asyncio client
+    turns a write in flight when the status arrives into its own INTERNAL
+    (which it retries), and the tests count attempts."""
+
+    def drain() -> None:
+        with contextlib.suppress(Exception):
+            for _ in requests:
+                pass
+
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
+    drainer.join(REFUSAL_DRAIN_SECONDS)
+    context.abort(code, details)
+    raise AssertionError("context.abort returned")
+
+
 class _KV(kv_pb2_grpc.KVServicer):
     def __init__(self, node: FakeNode) -> None:
         self.node = node
@@ -194,7 +218,7 @@ class _KV(kv_pb2_grpc.KVServicer):
         if not self.node.serve_batch:
             with self.node.lock:
                 self.node.stream_attempts += 1
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+            _refuse(batches, context, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
 
         def requests():
             for batch in batches:
@@ -213,9 +237,9 @@ class _KV(kv_pb2_grpc.KVServicer):
         with node.lock:
             node.stream_attempts += 1
         if not node.serve_stream:
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+            _refuse(requests, context, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
         if node.stream_refusal is not None:
-            context.abort(node.stream_refusal.code, node.stream_refusal.details)
+            _refuse(requests, context, node.stream_refusal.code, node.stream_refusal.details)
         with node.lock:
             node.streams_opened += 1
             node.batch_streams += batched
