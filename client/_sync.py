@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -20,7 +20,7 @@ from ramraft.client._core import (
     RangePage,
     Ticket,
 )
-from ramraft.client.errors import FailedPrecondition, Unavailable
+from ramraft.client.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 __all__ = ["Client"]
@@ -379,39 +379,62 @@ class Client(_core.ClientBase):
         *,
         endpoint: str | None = None,
         timeout: float | None = None,
+        stall_timeout: float | None = None,
         on_info: Callable[[admin_pb2.BackupInfo], None] | None = None,
     ) -> admin_pb2.BackupInfo:
-        """Streams a backup file from one node into ``write``. Nodes are
-        tried in turn until one starts the stream; a stream that breaks
-        after that raises (what was written is no backup). Returns what the
-        backup is of."""
+        """Streams a backup file from one node into ``write``; returns what
+        the backup is of. A backup takes as long as its size needs, so no
+        deadline covers the whole stream: ``timeout`` (default: the
+        client's) bounds the wait for it to begin (nodes are tried in turn
+        until one starts it, each for at most the client's
+        ``attempt_timeout``), and ``stall_timeout`` (default: the larger of
+        ``timeout`` and 30 s) any wait for its next piece. A stream that
+        breaks or stalls after it began raises (what was written is no
+        backup)."""
         total = self.timeout if timeout is None else _core.check_timeout(timeout)
+        stall = max(total, 30.0) if stall_timeout is None else _core.check_timeout(stall_timeout)
         deadline = time.monotonic() + total
         targets = [_core.parse_endpoints([endpoint])[0]] if endpoint else list(self.endpoints)
         last: tuple[grpc.RpcError, str] | None = None
         for target in targets:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if self._policy.attempt_timeout is not None:
+                left = min(left, self._policy.attempt_timeout)
             stream = self._stubs_for(target).admin.Backup(
-                admin_pb2.BackupRequest(),
-                timeout=max(0.001, deadline - time.monotonic()),
-                metadata=self._metadata,
+                admin_pb2.BackupRequest(), metadata=self._metadata
             )
             info: admin_pb2.BackupInfo | None = None
-            try:
-                for message in stream:
-                    if info is None:
-                        info = message.info
-                        if on_info is not None:
-                            on_info(info)
-                    write(message.data)
-            except grpc.RpcError as error:
-                if info is not None:  # broken mid-file: what was written is no backup
-                    raise _core.error_from("Backup", error, target) from None
-                last = (error, target)
-                continue
+            with _Watchdog(stream, left) as watchdog:
+                try:
+                    for message in stream:
+                        if info is None:
+                            info = message.info
+                            if on_info is not None:
+                                on_info(info)
+                        write(message.data)
+                        watchdog.rearm(stall)
+                except grpc.RpcError as error:
+                    if watchdog.fired and info is None:
+                        continue  # no answer in time: try the next node
+                    if watchdog.fired:
+                        raise DeadlineExceeded(
+                            f"Backup: no data from {target} for {stall:g} s: the backup stalled",
+                            endpoint=target,
+                        ) from None
+                    if info is not None:  # broken mid-file: what was written is no backup
+                        raise _core.error_from("Backup", error, target) from None
+                    last = (error, target)
+                    continue
+                except BaseException:
+                    stream.cancel()  # e.g. ``write`` failed: the node stops too
+                    raise
             if info is None:
                 raise Unavailable(f"{target} ended the backup stream before sending anything")
             return info
-        assert last is not None
+        if last is None:
+            raise DeadlineExceeded(f"Backup: no node started the backup within {total:g} s")
         raise _core.error_from("Backup", *last) from None
 
     # -- machinery ----------------------------------------------------------------
@@ -523,3 +546,45 @@ class Client(_core.ClientBase):
                 continue
             attempts.succeeded(trailing)
             return response
+
+
+class _Cancellable(Protocol):
+    def cancel(self) -> Any: ...
+
+
+class _Watchdog:
+    """Cancels ``call`` when it is not re-armed in time: a deadline that
+    moves forward with every piece of a stream (a deadline for the whole
+    call would cut a large backup short)."""
+
+    def __init__(self, call: _Cancellable, seconds: float) -> None:
+        self._call = call
+        self._cond = threading.Condition()
+        self._due = time.monotonic() + seconds
+        self._stopped = False
+        self.fired = False
+        self._thread = threading.Thread(target=self._run, name="backup-watchdog", daemon=True)
+        self._thread.start()
+
+    def rearm(self, seconds: float) -> None:
+        with self._cond:
+            self._due = time.monotonic() + seconds
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                left = self._due - time.monotonic()
+                if left <= 0:
+                    self.fired = True
+                    self._call.cancel()
+                    return
+                self._cond.wait(left)
+
+    def __enter__(self) -> _Watchdog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join()

@@ -34,7 +34,12 @@ import structlog
 log = structlog.get_logger("ramraft")
 
 
-def configure_logging(level: str | None = None, *, json: bool | None = None) -> None:
+def configure_logging(
+    level: str | None = None, *, json: bool | None = None, cache: bool = True
+) -> None:
+    """``cache=False`` for short-lived commands run in-process too (tests):
+    a module's logger cached on first use keeps the stream of that moment
+    (a test's captured stderr, closed after it) for the rest of the process."""
     level_name = (level or os.environ.get("RAMRAFT_LOG_LEVEL") or "info").upper()
     numeric = logging.getLevelNamesMapping().get(level_name, logging.INFO)
     if json is None:
@@ -53,7 +58,7 @@ def configure_logging(level: str | None = None, *, json: bool | None = None) -> 
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
     # The standard library's records (aiohttp, asyncio): the same lines.
     handler = logging.StreamHandler(sys.stderr)

@@ -1,77 +1,106 @@
-"""``ramraft backup`` and ``ramraft restore``: a consistent copy of a cluster's
-state off the cluster, checked, and a NEW cluster built from it.
+"""``ramraft backup``: a consistent copy of a cluster's state off the cluster,
+written atomically and checked; ``ramraft backup --verify`` checks a file.
 
     ramraft backup --out cluster.backup                # from any node (TLS/token options apply)
+    ramraft backup --out /backups/ --keep 7            # a new file in /backups/, keep the last 7
     ramraft backup --verify cluster.backup             # checksum + decode, no node needed
-    ramraft restore cluster.backup --data-dir /var/lib/ramraft/a \\
-        --id a --peers a=10.0.0.1:7001,b=10.0.0.2:7001,c=10.0.0.3:7001
 
 A backup is the state machine at one committed index, taken by a node after a
 linearizable read point (so it holds every write acknowledged before the
 backup began), streamed over Admin.Backup and written atomically (a temporary
-file, fsynced, renamed). Its format is storage/backup.py; a SHA-256 over the
-whole file catches a flipped byte anywhere.
+file, fsynced, checked, renamed, the directory fsynced). Its format is
+storage/backup.py; a SHA-256 over the whole file catches a flipped byte
+anywhere. ``ramraft restore`` (tools/restore.py) builds a new cluster from it.
 
-A restore prepares a data directory from which a node starts with exactly
-that state; every node of the new cluster is restored from the same file with
-the same --peers. The new cluster's id is derived from the file and the
---peers list (or given with --cluster-id), so its nodes accept each other and
-refuse nodes of the old cluster, and the old cluster refuses them.
+A backup holds the state machine: every key and value, the application
+model, the exactly-once session tables, the cluster record's versions. Blobs
+do not exist yet (there is no blob store); when they do, a backup must carry
+the blobs its state refers to or be refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
+import datetime
 import json
 import os
-import shutil
+import re
 import sys
 import tempfile
+import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
-from ramraft.server.machines.cluster import ClusterState, valid_cluster_id
 from ramraft.server.machines.inspect import StateSummary, inspect_state
 from ramraft.server.machines.statemachine import SnapshotError
-from ramraft.server.storage.backup import BackupError, BackupReader
+from ramraft.server.storage.backup import BackupError, BackupHeader, BackupReader, BackupWriter
 
-__all__ = ["restored_cluster_id", "verify_backup"]
+__all__ = [
+    "backup_name",
+    "fsync_dir",
+    "prune_backups",
+    "quiet_logs",
+    "take_backup",
+    "verify_backup",
+    "wrap_description",
+    "write_backup_file",
+]
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 EXIT_ERROR = 3
 
+# The names `--out DIR/` gives: UTC time first, so that names sort by age.
+_NAME = re.compile(r"^ramraft-\d{8}T\d{6}Z-[A-Za-z0-9._-]+-\d+\.backup$")
+_PARTIAL_MAX_AGE = 3600.0  # a temporary file this old belongs to a backup that died
 
-def verify_backup(path: str | os.PathLike[str], *, model: Any = None) -> tuple[Any, StateSummary]:
+
+def quiet_logs() -> None:
+    """The machines log what they restore and write (useful in a node's
+    log); a command line tool shows warnings only, on stderr, so that
+    --json's stdout is the one document."""
+    from ramraft.server.logs import configure_logging
+
+    configure_logging(os.environ.get("RAMRAFT_LOG_LEVEL") or "warning", cache=False)
+
+
+# ---- checking a file --------------------------------------------------------------------
+
+
+def verify_backup(
+    path: str | os.PathLike[str], *, model: Any = None
+) -> tuple[BackupHeader, StateSummary]:
     """Check the checksum and decode the whole state. Returns (header,
     summary); raises BackupError with a one-line reason."""
     with BackupReader(path) as reader:
         reader.verify()
         header = reader.header
+        state = reader.state()
         try:
-            summary = inspect_state(reader.state(), model=model)
+            summary = inspect_state(state, model=model)
         except SnapshotError as exc:
             raise BackupError(f"{reader.path}: the state does not decode: {exc}") from None
-        if summary.index not in (0, header.index) and summary.index > header.index:
+        if state.read(1):
+            raise BackupError(f"{reader.path}: bytes after the end of the state")
+        # Membership entries move the log's index but not the machines':
+        # the state may be older than the header's index, never newer.
+        if summary.index > header.index:
             raise BackupError(
                 f"{reader.path}: the state is at index {summary.index}, the header says "
                 f"{header.index}"
             )
+        names = [m.name for m in summary.models]
+        if names != ([header.model] if header.model else []):
+            raise BackupError(
+                f"{reader.path}: the header names model {header.model or '(none)'}, the state "
+                f"holds {', '.join(names) or 'none'}"
+            )
     return header, summary
 
 
-def restored_cluster_id(path: str | os.PathLike[str], peers: dict[str, str]) -> str:
-    """The id of the cluster restored from ``path`` with ``peers``: the same
-    on every node restored with the same file and the same --peers list."""
-    with BackupReader(path) as reader:
-        checksum = reader.checksum()
-    members = ",".join(f"{k}={v}" for k, v in sorted(peers.items()))
-    return "r-" + hashlib.sha256(checksum + members.encode()).hexdigest()[:16]
-
-
-def _summary_json(header: Any, summary: StateSummary) -> dict[str, Any]:
+def _summary_json(header: BackupHeader, summary: StateSummary) -> dict[str, Any]:
     return {
         "index": header.index,
         "term": header.term,
@@ -80,6 +109,7 @@ def _summary_json(header: Any, summary: StateSummary) -> dict[str, Any]:
         "kv_version": header.kv_version,
         "created": header.created,
         "node": header.node,
+        "ramraft_version": header.ramraft_version,
         "keys": summary.keys,
         "kv_sessions": summary.kv_sessions,
         "models": [
@@ -97,12 +127,12 @@ def run_verify(path: str, as_json: bool, app: str | None) -> int:
         try:
             model = load_app(app).model
         except AppLoadError as exc:
-            print(f"ramraft: error: --app: {exc}", file=sys.stderr)
+            print(f"ramraft: error: --app: {' '.join(str(exc).split())}", file=sys.stderr)
             return EXIT_BAD_INPUT
     try:
         header, summary = verify_backup(path, model=model)
     except BackupError as exc:
-        print(f"ramraft: error: {exc}", file=sys.stderr)
+        print(f"ramraft: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_ERROR
     report = _summary_json(header, summary)
     if as_json:
@@ -110,7 +140,7 @@ def run_verify(path: str, as_json: bool, app: str | None) -> int:
         return EXIT_OK
     print(f"{path}: OK (checksum matches, every byte decoded)")
     print(f"  cluster {header.cluster_id or '(unnamed)'}, index {header.index}, term {header.term}")
-    print(f"  taken by {header.node} at {header.created}")
+    print(f"  taken by {header.node} at {header.created} (ramraft {header.ramraft_version})")
     print(f"  app version {header.app_version}, key-value version {header.kv_version}")
     print(f"  keys: {summary.keys} (sessions: {summary.kv_sessions})")
     for m in summary.models:
@@ -119,104 +149,20 @@ def run_verify(path: str, as_json: bool, app: str | None) -> int:
     return EXIT_OK
 
 
-def _cluster_record(header: Any, cluster_id: str) -> ClusterState:
-    state = ClusterState.from_plain(header.cluster or None)
-    return ClusterState(
-        cluster_id=cluster_id,
-        app_version=state.app_version,
-        kv_version=state.kv_version,
-        hold=state.hold,
-    )
-
-
-def _empty(directory: Path) -> bool:
-    return not directory.exists() or not any(directory.iterdir())
-
-
-def prepare_data_dir(
-    path: str, data_dir: Path, node_id: str, peers: dict[str, str], cluster_id: str, force: bool
-) -> tuple[Any, str]:
-    """Write a data directory holding the backup's state as a snapshot, in a
-    temporary directory next to ``data_dir``, renamed into place at the end
-    (never half-written). Returns (header, cluster id)."""
-    from ramraft.consensus import NO_NODE, ConfState, HardState, SnapshotMeta
-    from ramraft.server.storage import open_storage, write_snapshot_header
-
-    if node_id not in peers:
-        raise BackupError(f"--id {node_id} is not one of the --peers ({', '.join(peers)})")
-    if not _empty(data_dir) and not force:
-        raise BackupError(
-            f"--data-dir {data_dir} is not empty; restore never overwrites a data directory "
-            "unless asked (--force)"
-        )
-    with BackupReader(path) as reader:
-        reader.verify()
-        header = reader.header
-        cluster_id = cluster_id or restored_cluster_id(path, peers)
-        record = _cluster_record(header, cluster_id)
-        meta = SnapshotMeta(header.index, header.term, ConfState(frozenset(peers)))
-        data_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.restore-", dir=data_dir.parent))
-        try:
-            log_store, snapshots = open_storage(str(staging))
-            try:
-                log_store.load()
-                with snapshots.create(meta) as writer:
-                    write_snapshot_header(writer, dict(peers), cluster=record.to_plain())
-                    for piece in reader.chunks():
-                        writer.write(piece)
-                    writer.commit()
-                log_store.save(
-                    snapshot=meta, hard_state=HardState(header.term, NO_NODE, header.index)
-                )
-            finally:
-                log_store.close()
-            if data_dir.exists():
-                shutil.rmtree(data_dir)
-            os.replace(staging, data_dir)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-    return header, cluster_id
-
-
-def run_restore(args: argparse.Namespace) -> int:
-    from ramraft.server.config import ConfigError, parse_peers
-
-    try:
-        peers = parse_peers(args.peers)
-    except ConfigError as exc:
-        print(f"ramraft: error: --peers: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if args.cluster_id and not valid_cluster_id(args.cluster_id):
-        print(
-            f"ramraft: error: --cluster-id {args.cluster_id!r}: 1-64 letters, digits, '.', "
-            "'_' or '-'",
-            file=sys.stderr,
-        )
-        return EXIT_BAD_INPUT
-    try:
-        header, cluster_id = prepare_data_dir(
-            args.file, Path(args.data_dir), args.id, peers, args.cluster_id or "", args.force
-        )
-    except BackupError as exc:
-        print(f"ramraft: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as exc:
-        print(f"ramraft: error: --data-dir {args.data_dir}: {exc.strerror}", file=sys.stderr)
-        return EXIT_ERROR
-    print(
-        f"restored index {header.index} (term {header.term}) into {args.data_dir} as node "
-        f"{args.id} of the new cluster {cluster_id}"
-    )
-    print(
-        f"start it with: ramraft node --id {args.id} --peers {args.peers} --data-dir "
-        f"{args.data_dir}"
-    )
-    return EXIT_OK
-
-
 # ---- taking a backup ----------------------------------------------------------------------
+
+
+def write_backup_file(path: str | os.PathLike[str], header: BackupHeader, job: Any) -> int:
+    """Write a backup file of a machine's snapshot ``job`` without a node
+    (tests and benchmarks build states this way); returns its size. Not
+    atomic: for files no cluster depends on yet."""
+    with open(path, "wb") as f:
+        writer = BackupWriter(f, header)
+        job.write_to(writer)
+        size = writer.finish()
+        f.flush()
+        os.fsync(f.fileno())
+    return size
 
 
 class _Progress:
@@ -225,31 +171,62 @@ class _Progress:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr.isatty()
         self.bytes = 0
+        self.what = "backup"
+        self._started = time.monotonic()
         self._shown = 0.0
 
-    def add(self, n: int) -> None:
-        import time
+    def begin(self, info: Any) -> None:
+        self.what = f"backup of index {info.index} ({info.keys:,} keys) from {info.node}"
 
+    def add(self, n: int) -> None:
         self.bytes += n
         now = time.monotonic()
         if self.enabled and now - self._shown >= 0.2:
             self._shown = now
-            sys.stderr.write(f"\rbackup: {self.bytes / (1 << 20):,.1f} MiB")
+            rate = self.bytes / max(now - self._started, 1e-3) / (1 << 20)
+            sys.stderr.write(
+                f"\r{self.what}: {self.bytes / (1 << 20):,.1f} MiB ({rate:,.1f} MiB/s)"
+            )
             sys.stderr.flush()
 
     def done(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + " " * 40 + "\r")
+        if self.enabled and self._shown:
+            sys.stderr.write("\r\x1b[K")  # clear the line: the summary follows on stdout
             sys.stderr.flush()
 
 
-def take_backup(client: Any, out: Path, *, progress: bool = False) -> tuple[Any, int]:
-    """Stream a backup from the cluster into ``out``, atomically: a
-    temporary file next to it, fsynced, checked, renamed, the directory
-    fsynced. Returns (info, bytes)."""
+def backup_name(info: Any, when: datetime.datetime) -> str:
+    """The file name ``--out DIR/`` gives a backup: it sorts by time."""
+    cluster = info.cluster_id or "cluster"
+    return f"ramraft-{when.strftime('%Y%m%dT%H%M%SZ')}-{cluster}-{info.index}.backup"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def take_backup(
+    client: Any,
+    out: Path,
+    *,
+    into_dir: bool = False,
+    progress: bool = False,
+    stall_timeout: float | None = None,
+) -> tuple[Any, Path, int]:
+    """Stream a backup from the cluster into ``out`` (a file, or with
+    ``into_dir`` a new file named by backup_name() in the directory
+    ``out``), atomically: a temporary file next to it, fsynced, checked,
+    renamed, the directory fsynced. Returns (info, path, bytes)."""
     out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+    directory = out if into_dir else out.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    prefix = ".ramraft-" if into_dir else f".{out.name}."
+    fd, temporary = tempfile.mkstemp(prefix=prefix, suffix=".partial", dir=directory)
     shown = _Progress(progress)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -258,42 +235,77 @@ def take_backup(client: Any, out: Path, *, progress: bool = False) -> tuple[Any,
                 f.write(data)
                 shown.add(len(data))
 
-            info = client.backup(write)
+            info = client.backup(write, on_info=shown.begin, stall_timeout=stall_timeout)
             f.flush()
             os.fsync(f.fileno())
         shown.done()
         with BackupReader(temporary) as reader:
             reader.verify()  # what arrived is what the node checksummed
             size = reader.size
+        if into_dir:
+            out = directory / backup_name(info, datetime.datetime.now(datetime.UTC))
         os.replace(temporary, out)
-        dir_fd = os.open(out.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(directory)
     except BaseException:
         shown.done()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
-    return info, size
+    return info, out, size
+
+
+def prune_backups(directory: Path, keep: int, *, now: float | None = None) -> list[Path]:
+    """Delete all but the ``keep`` newest backups named by backup_name() in
+    ``directory`` (other files are never touched), and temporary files of
+    backups that died over an hour ago. Returns what was deleted."""
+    names = sorted(p.name for p in directory.iterdir() if _NAME.match(p.name))
+    doomed = [directory / n for n in names[: max(0, len(names) - keep)]]
+    cutoff = (time.time() if now is None else now) - _PARTIAL_MAX_AGE
+    for partial in directory.glob(".ramraft-*.partial"):
+        with contextlib.suppress(FileNotFoundError):
+            if partial.stat().st_mtime < cutoff:
+                doomed.append(partial)
+    for path in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    if doomed:
+        fsync_dir(directory)
+    return doomed
 
 
 def run_backup(args: argparse.Namespace) -> int:
     from ramraft.tools.cli import json_from_args
 
+    quiet_logs()
     as_json = json_from_args(args)
     if args.verify:
+        if args.out or args.keep is not None:
+            print("ramraft: error: --verify takes no --out or --keep", file=sys.stderr)
+            return EXIT_BAD_INPUT
         return run_verify(args.verify, as_json, args.app)
     if not args.out:
-        print("ramraft: error: backup needs --out FILE (or --verify FILE)", file=sys.stderr)
+        print("ramraft: error: give --out FILE or DIR/ (or --verify FILE)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.app:
+        print("ramraft: error: --app goes with --verify", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    into_dir = args.out.endswith(os.sep) or Path(args.out).is_dir()
+    if args.keep is not None and (not into_dir or args.keep < 1):
+        print(
+            "ramraft: error: --keep N (N >= 1) needs --out DIR/ (a directory of backups)",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     from ramraft.client.errors import RamraftError
     from ramraft.tools.cli import UsageError, client_from_args
 
+    started = time.monotonic()
     try:
         with client_from_args(args) as client:
-            info, size = take_backup(client, Path(args.out), progress=not as_json)
+            info, path, size = take_backup(
+                client, Path(args.out), into_dir=into_dir, progress=not as_json
+            )
+        removed = prune_backups(path.parent, args.keep) if args.keep is not None else []
     except UsageError as e:
         print(f"ramraft: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -301,25 +313,38 @@ def run_backup(args: argparse.Namespace) -> int:
         print(f"ramraft: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as e:
-        print(f"ramraft: error: --out {args.out}: {e.strerror}", file=sys.stderr)
+        where = f" {e.filename}:" if e.filename and str(e.filename) != args.out else ""
+        print(f"ramraft: error: --out {args.out}:{where} {e.strerror}", file=sys.stderr)
         return EXIT_ERROR
+    seconds = time.monotonic() - started
     report = {
-        "file": str(args.out),
+        "file": str(path),
         "bytes": size,
+        "seconds": round(seconds, 3),
         "index": info.index,
         "term": info.term,
         "cluster_id": info.cluster_id,
         "keys": info.keys,
         "node": info.node,
+        "removed": [str(p) for p in removed],
     }
     if as_json:
         print(json.dumps(report, sort_keys=True))
     else:
         print(
-            f"{args.out}: index {info.index} (term {info.term}) of cluster "
-            f"{info.cluster_id or '(unnamed)'}, {info.keys} keys, {size:,} bytes, from {info.node}"
+            f"{path}: index {info.index} (term {info.term}) of cluster "
+            f"{info.cluster_id or '(unnamed)'}, {info.keys} keys, {size:,} bytes, from "
+            f"{info.node}, in {seconds:.1f} s"
         )
+        for p in removed:
+            print(f"removed {p} (--keep {args.keep})")
     return EXIT_OK
+
+
+def wrap_description(text: str) -> str:
+    """A --help description, wrapped (RawDescriptionHelpFormatter keeps the
+    epilog's lines as written, and would the description's too)."""
+    return textwrap.fill(text, 78, break_on_hyphens=False)
 
 
 def register(sub: Any) -> None:
@@ -328,24 +353,42 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "backup",
         help="copy the cluster's state to a file (or --verify one)",
-        description=(
+        description=wrap_description(
             "Stream a consistent copy of the state machine (every key, value, application "
             "model and session, at one committed index taken after a linearizable read point) "
             "from a node into --out, atomically, with a checksum over the whole file. "
-            "With --verify FILE: check the checksum and decode the whole state without a node."
+            "With --verify FILE: check the checksum and decode the whole state without a node. "
+            "Needs a token with the admin role on clusters with tokens. A backup holds the state "
+            "machine only: there is no blob store yet, so there are no blobs to copy."
         ),
         epilog=(
             "examples:\n"
             "  ramraft backup --out cluster-2026-12-05.backup\n"
+            "  ramraft backup --out /backups/ --keep 7       # ramraft-<UTC time>-<cluster>-"
+            "<index>.backup\n"
             "  ramraft backup --verify cluster-2026-12-05.backup\n"
             "  ramraft backup --verify notes.backup --app examples.notes:app   # the model too\n"
+            "--timeout bounds the wait for the backup to begin; a large backup then takes as\n"
+            "long as it needs (it fails if no data comes for 30 s, or --timeout if longer).\n"
+            "Progress goes to stderr when it is a terminal; --json prints one summary.\n"
             "exit status: 0 done; 2 bad usage; 3 the cluster could not answer, or the file "
             "is damaged"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_client_options(p)
-    p.add_argument("--out", metavar="FILE", help="where to write the backup (atomically)")
+    p.add_argument(
+        "--out",
+        metavar="FILE|DIR/",
+        help="where to write the backup (atomically); a directory gets a new file named by "
+        "the time, cluster and index",
+    )
+    p.add_argument(
+        "--keep",
+        type=int,
+        metavar="N",
+        help="with --out DIR/: then delete all but the N newest backups there",
+    )
     p.add_argument("--verify", metavar="FILE", help="check a backup file instead of taking one")
     p.add_argument(
         "--app",
@@ -353,32 +396,3 @@ def register(sub: Any) -> None:
         help="with --verify: restore the model into the application's own class too",
     )
     p.set_defaults(func=run_backup)
-
-    r = sub.add_parser(
-        "restore",
-        help="prepare a data directory of a NEW cluster from a backup file",
-        description=(
-            "Write a data directory from which `ramraft node` starts with exactly the backup's "
-            "state, as a member of a new cluster. Restore every node of the new cluster from "
-            "the same file with the same --peers: they get the same cluster id (derived from the "
-            "file and --peers, or --cluster-id), accept each other, and refuse nodes of the old "
-            "cluster. A non-empty --data-dir is never overwritten without --force; the directory "
-            "is written aside and renamed into place, never left half-written."
-        ),
-        epilog=(
-            "example:\n"
-            "  ramraft restore cluster.backup --data-dir /var/lib/ramraft/a --id a \\\n"
-            "      --peers a=10.0.0.1:7001,b=10.0.0.2:7001,c=10.0.0.3:7001\n"
-            "exit status: 0 done; 2 bad usage; 3 the file is damaged or the directory unusable"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    r.add_argument("file", help="the backup file")
-    r.add_argument("--data-dir", required=True, help="the new node's data directory")
-    r.add_argument("--id", required=True, help="the new node's id (one of --peers)")
-    r.add_argument(
-        "--peers", required=True, help="the new cluster's members: ID=HOST:PORT,... (all nodes)"
-    )
-    r.add_argument("--cluster-id", default="", help="name the new cluster (default: derived)")
-    r.add_argument("--force", action="store_true", help="replace a non-empty --data-dir")
-    r.set_defaults(func=run_restore)

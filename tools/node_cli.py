@@ -569,7 +569,7 @@ def register(sub: Any) -> None:
     add_node_parser(sub)
     add_cluster_parser(sub)
     # Subcommands that live in modules of their own (each defines register()).
-    from ramraft.tools import backup, bench, certs, chaos, tokens, versions
+    from ramraft.tools import backup, bench, certs, chaos, restore, tokens, versions
 
-    for module in (bench, chaos, certs, tokens, backup, versions):
+    for module in (bench, chaos, certs, tokens, backup, restore, versions):
         module.register(sub)

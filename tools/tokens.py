@@ -1,7 +1,9 @@
 """``ramraft tokens``: a token file for ``ramraft node --auth-tokens``.
 
     ramraft tokens --out tokens.txt             # admin, writer and reader tokens
-    ramraft tokens --secret | kubectl apply -f - # the same as a Kubernetes Secret
+    ramraft tokens --secret | kubectl apply -f - # the same as a Kubernetes Secret (key
+                                                 # "tokens"; key "admin": the first admin
+                                                 # token alone, for the backup CronJob)
 
 The file format (ROLE NAME TOKEN a line) is read by server/security/auth.py.
 """
@@ -38,10 +40,16 @@ def run_tokens(args: argparse.Namespace) -> int:
         return 2
     if args.secret:
         encoded = base64.b64encode(text.encode()).decode()
-        sys.stdout.write(
+        document = (
             "apiVersion: v1\nkind: Secret\nmetadata:\n"
             f"  name: {args.secret_name}\ntype: Opaque\ndata:\n  tokens: {encoded}\n"
         )
+        admin = next((line.split()[2] for line in lines if line.startswith("admin ")), None)
+        if admin is not None:
+            # The first admin token alone, for tools inside the cluster that
+            # need one as a file (k8s/backup-cronjob.yaml: --token-file).
+            document += f"  admin: {base64.b64encode(admin.encode()).decode()}\n"
+        sys.stdout.write(document)
         return 0
     if args.out == "-":
         sys.stdout.write(text)
@@ -71,7 +79,10 @@ def register(sub: Any) -> None:
     p.add_argument("--write", default="writer", help="names of read-write tokens")
     p.add_argument("--read", default="reader", help="names of read-only tokens")
     p.add_argument(
-        "--secret", action="store_true", help="print a Kubernetes Secret (key: tokens) instead"
+        "--secret",
+        action="store_true",
+        help="print a Kubernetes Secret instead (key tokens: the file; key admin: the first "
+        "admin token alone, for k8s/backup-cronjob.yaml)",
     )
     p.add_argument("--secret-name", default="ramraft-tokens")
     p.set_defaults(func=run_tokens)

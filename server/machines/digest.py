@@ -17,7 +17,7 @@ a process's hash seed or on when the bytes were written.
 Cost: taking the view is the same as for a snapshot (a copy of the session
 table for the key-value machine; encoding the model's state for a hosted
 model, on the loop); hashing runs in a worker thread that yields to the loop
-between chunks. ``bench/bench_digest.py`` measures it.
+between chunks. ``bench/bench_backup.py`` measures it (1M keys).
 """
 
 from __future__ import annotations

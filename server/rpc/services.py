@@ -484,18 +484,21 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             runtime = self.runtime
             await self.api.linearizable(_timeout(context, self.limits))
             machine = runtime.machine
-            cluster = runtime.cluster_state()
             model = self._model_name()
 
-            def take(core: RaftNode) -> tuple[Any, Any]:
-                return machine.snapshot(), backup_header(core, cluster, runtime.id, model)
+            def take(core: RaftNode) -> tuple[Any, Any, int]:
+                # One loop turn: the view, its index, the cluster record
+                # (versions) and the key count agree.
+                cluster = runtime.cluster_state()
+                header = backup_header(core, cluster, runtime.id, model)
+                return machine.snapshot(), header, self._key_count()
 
-            job, header = await runtime.call(take)
+            job, header, keys = await runtime.call(take)
             info = admin_pb2.BackupInfo(
                 cluster_id=header.cluster_id,
                 index=header.index,
                 term=header.term,
-                keys=self._key_count(),
+                keys=keys,
                 node=runtime.id,
             )
             first = True

@@ -43,8 +43,11 @@ class _PieceWriter:
         if self._cancelled.is_set():
             raise OSError("the backup's reader went away")
         self._buffer += data
-        if len(self._buffer) >= PIECE:
-            self.flush()
+        # Pieces of at most PIECE bytes, whatever the writes: a client's
+        # message limit (client/_core.py: 4 MiB) must never be met.
+        while len(self._buffer) >= PIECE:
+            self._put(bytes(self._buffer[:PIECE]))
+            del self._buffer[:PIECE]
         return len(data)
 
     def flush(self) -> None:
@@ -119,4 +122,10 @@ async def backup_bytes(header: BackupHeader, job: SnapshotJob) -> AsyncIterator[
         yield checksum.digest()
     finally:
         cancelled.set()
+        # The reader thread may be waiting for a piece that the writer, now
+        # stopping, will never put: wake it, or it waits for ever and holds
+        # one of the loop's worker threads (once per abandoned backup, until
+        # the node has none left). A full queue wakes it by itself.
+        with contextlib.suppress(queue.Full):
+            pieces.put_nowait(_DONE)
         job.close()

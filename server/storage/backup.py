@@ -24,13 +24,14 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 __all__ = [
     "BACKUP_MAGIC",
     "BackupError",
     "BackupHeader",
     "BackupReader",
+    "BackupWriter",
     "ChecksumStream",
     "encode_prefix",
 ]
@@ -40,6 +41,7 @@ BACKUP_VERSION = 1
 CHECKSUM_BYTES = 32
 _MAX_HEADER = 1 << 20
 _PIECE = 1 << 20
+_PREFIX = len(BACKUP_MAGIC) + 1 + 4  # magic, version, header length
 
 
 class BackupError(Exception):
@@ -103,6 +105,33 @@ class ChecksumStream:
         return self._hash.digest()
 
 
+class _Writable(Protocol):
+    def write(self, data: bytes, /) -> int | None: ...
+
+
+class BackupWriter:
+    """Writes a backup file into ``stream`` without a node (tests, benchmarks,
+    tools): the prefix at once, then the state bytes written to it (a
+    machine's snapshot job writes them: ``job.write_to(writer)``), then
+    ``finish()`` appends the checksum."""
+
+    def __init__(self, stream: _Writable, header: BackupHeader) -> None:
+        self._stream = stream
+        self._checksum = ChecksumStream()
+        self.write(encode_prefix(header))
+
+    def write(self, data: bytes, /) -> int:
+        self._checksum.update(data)
+        self._stream.write(data)
+        return len(data)
+
+    def finish(self) -> int:
+        """Append the checksum; returns the file's size."""
+        digest = self._checksum.digest()
+        self._stream.write(digest)
+        return self._checksum.size + len(digest)
+
+
 class BackupReader:
     """Reads a backup file: ``verify()`` checks the checksum over the whole
     file; ``header`` is the decoded header; ``state()`` a stream of the
@@ -115,28 +144,59 @@ class BackupReader:
             self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115 (closed by close())
         except OSError as exc:
             raise BackupError(f"cannot read {self.path}: {exc.strerror}") from None
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+        self._header: BackupHeader | None = None
+
+    def _open(self) -> None:
         self.size: int = os.fstat(self._file.fileno()).st_size
-        minimum = len(BACKUP_MAGIC) + 1 + 4 + CHECKSUM_BYTES
-        if self.size < minimum:
-            self.close()
-            raise BackupError(f"{self.path} is {self.size} bytes: too short to be a backup")
-        head = self._file.read(len(BACKUP_MAGIC) + 1 + 4)
-        if head[: len(BACKUP_MAGIC)] != BACKUP_MAGIC:
-            self.close()
-            raise BackupError(f"{self.path} is not a ramraft backup (no RRBACKUP magic)")
-        if head[len(BACKUP_MAGIC)] != BACKUP_VERSION:
-            self.close()
+        head = self._file.read(_PREFIX)
+        if not head:
+            raise BackupError(f"{self.path} is empty: not a ramraft backup")
+        magic = head[: len(BACKUP_MAGIC)]
+        if len(magic) < len(BACKUP_MAGIC) and BACKUP_MAGIC.startswith(magic):
             raise BackupError(
-                f"{self.path} is backup format {head[len(BACKUP_MAGIC)]}; this release reads "
-                f"format {BACKUP_VERSION}"
+                f"{self.path} is {self.size} bytes: truncated (it starts as a backup)"
+            )
+        if magic != BACKUP_MAGIC:
+            wrong = sum(a != b for a, b in zip(magic, BACKUP_MAGIC, strict=False))
+            if len(magic) == len(BACKUP_MAGIC) and wrong <= 2:
+                # One or two bytes off: a damaged backup, not another kind of file.
+                raise BackupError(
+                    f"{self.path}: damaged: {wrong} byte(s) of its RRBACKUP magic are wrong"
+                )
+            raise BackupError(
+                f"{self.path} is not a ramraft backup (it does not start with RRBACKUP)"
+            )
+        if self.size < _PREFIX + CHECKSUM_BYTES:
+            raise BackupError(
+                f"{self.path} is {self.size} bytes: truncated (a backup has at least "
+                f"{_PREFIX + CHECKSUM_BYTES})"
+            )
+        version = head[len(BACKUP_MAGIC)]
+        if version != BACKUP_VERSION:
+            # A flipped version byte must not pass for a newer format: a file
+            # of this format with a wrong version byte fails the checksum.
+            if self._checksum_matches():
+                raise BackupError(
+                    f"{self.path} is backup format {version}; this release reads format "
+                    f"{BACKUP_VERSION} (a newer release wrote it?)"
+                )
+            raise BackupError(
+                f"{self.path}: checksum mismatch (and an unknown format byte {version}): the "
+                "file is damaged"
             )
         (length,) = struct.unpack("<I", head[len(BACKUP_MAGIC) + 1 :])
-        self._state_start: int = len(head) + length
+        self._state_start: int = _PREFIX + length
         if length > _MAX_HEADER or self._state_start > self.size - CHECKSUM_BYTES:
-            self.close()
-            raise BackupError(f"{self.path}: the header length ({length}) is damaged")
+            raise BackupError(
+                f"{self.path}: the header length ({length} bytes) runs past the end of the "
+                "file: the file is truncated or damaged"
+            )
         self._header_bytes = self._file.read(length)
-        self._header: BackupHeader | None = None
 
     @property
     def header(self) -> BackupHeader:
@@ -150,17 +210,20 @@ class BackupReader:
 
     def verify(self) -> None:
         """Raise BackupError unless the checksum matches the whole file."""
+        if not self._checksum_matches():
+            raise BackupError(f"{self.path}: checksum mismatch: the file is damaged or truncated")
+
+    def _checksum_matches(self) -> bool:
         checksum = ChecksumStream()
         self._file.seek(0)
         remaining = self.size - CHECKSUM_BYTES
-        while remaining:
+        while remaining > 0:
             piece = self._file.read(min(_PIECE, remaining))
             if not piece:
                 raise BackupError(f"{self.path} ended early (changed while being read?)")
             checksum.update(piece)
             remaining -= len(piece)
-        if self._file.read(CHECKSUM_BYTES) != checksum.digest():
-            raise BackupError(f"{self.path}: checksum mismatch: the file is damaged or truncated")
+        return self._file.read(CHECKSUM_BYTES) == checksum.digest()
 
     def checksum(self) -> bytes:
         """The file's stored checksum (its last 32 bytes)."""

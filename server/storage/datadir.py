@@ -5,6 +5,9 @@ Layout::
     <data_dir>/LOCK        flock()ed by the process using the directory
     <data_dir>/wal/        wal-<sequence>.log segments
     <data_dir>/snap/       snap-<index>-<term>.snap snapshots
+    <data_dir>/RESTORING   present only while ``ramraft restore`` replaces the
+                           directory's contents (tools/restore.py); a node
+                           refuses to start from a directory that has it
 
 The files hold the data in plaintext: directories are created 0700 and
 files 0600 (the data directory itself is made 0700 when this process owns
@@ -28,6 +31,7 @@ log = structlog.get_logger(__name__)
 LOCK_FILE = "LOCK"
 WAL_DIR = "wal"
 SNAPSHOT_DIR = "snap"
+RESTORE_MARKER = "RESTORING"
 
 
 class DataDirLock:
@@ -116,6 +120,13 @@ def open_storage(
         )
     lock = DataDirLock(root)
     lock.acquire()
+    if os.path.exists(os.path.join(root, RESTORE_MARKER)):
+        lock.release()
+        # Half old data, half restored: neither is a state any node had.
+        raise StorageError(
+            f"the data directory {root} holds an unfinished `ramraft restore` (it has a "
+            f"{RESTORE_MARKER} file): run the restore again, or empty the directory"
+        )
     try:
         snapshots = FileSnapshotStore(
             os.path.join(root, SNAPSHOT_DIR), keep=snapshot_keep, block_size=snapshot_block_size

@@ -8,9 +8,11 @@ a shorter or a different log than the one it acknowledged.
 from __future__ import annotations
 
 REJOIN_HINT = (
-    "Do not edit the file by hand. Move this node's data directory aside (or wipe it) "
-    "and restart the node empty: it rejoins the cluster and copies the log and a "
-    "snapshot from the leader. Keep the moved directory if you want to investigate."
+    "Do not edit the file by hand. Replace the node: `ramraft members remove ID` through "
+    "another node, move this data directory aside, start the node with --join and "
+    "`ramraft members add ID HOST:PORT`; it copies the log and a snapshot from the leader "
+    "(restarted empty under its old membership it would forget the votes it gave). Keep "
+    "the moved directory if you want to investigate."
 )
 
 

@@ -289,15 +289,21 @@ def test_a_refused_stream_fails_its_calls_with_the_refusal(server: FakeServer) -
     """A stream the node refuses for the caller's credentials ends every call
     on it with that error, not retried, as the unary call would."""
     server.node.stream_refusal = Failure(grpc.StatusCode.UNAUTHENTICATED, "token unknown")
+    # Not retried: a client that retried the refusal would go on until its
+    # deadline T (dozens of attempts). Not exactly one attempt either: when
+    # the client's first write races the node's refusal, grpc's asyncio
+    # client replaces the stream's status with INTERNAL "Internal error from
+    # Core" (about 1 stream in 15 here), which is retried like a broken
+    # stream, and the next stream gets the refusal itself.
     with Client(server.address, timeout=T) as c, pytest.raises(Unauthenticated, match="token") as e:
         c.put("a", b"1")
-    assert e.value.attempts == 1
+    assert e.value.attempts <= 3
 
     async def main() -> None:
         async with AsyncClient(server.address, timeout=T) as c:
             with pytest.raises(Unauthenticated) as e:
                 await c.get("a")
-            assert e.value.attempts == 1
+            assert e.value.attempts <= 3
 
     run(main())
     assert server.node.stream_attempts >= 2

@@ -286,8 +286,11 @@ def check_data_dir_is_persistent(docs: list[Doc]) -> list[str]:
 
 
 def check_security_context(docs: list[Doc]) -> list[str]:
-    sts = one(docs, "StatefulSet")
-    spec = pod_spec(sts)
+    return pod_security_problems(pod_spec(one(docs, "StatefulSet")))
+
+
+def pod_security_problems(spec: Doc) -> list[str]:
+    """The restricted rules for a pod spec (the set's, the backup Job's...)."""
     pod_sc = spec.get("securityContext", {})
     problems = []
     for flag in ("hostNetwork", "hostPID", "hostIPC"):
@@ -300,7 +303,7 @@ def check_security_context(docs: list[Doc]) -> list[str]:
             "enableServiceLinks must be false: the Service 'ramraft' would inject RAMRAFT_PORT "
             "and friends into the env the node reads its RAMRAFT_* settings from"
         )
-    for c in containers(sts):
+    for c in spec.get("containers", []):
         sc, who = c.get("securityContext", {}), f"container {c['name']}"
 
         def effective(key: str, sc: Doc = sc) -> Any:

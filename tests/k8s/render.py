@@ -82,5 +82,8 @@ def render_python(path: Path = K8S_DIR) -> list[Doc]:
 
 
 def _containers(doc: Doc) -> list[Doc]:
-    spec = doc.get("spec", {}).get("template", {}).get("spec", {})
-    return [*spec.get("initContainers", []), *spec.get("containers", [])]
+    spec = doc.get("spec", {})
+    if doc.get("kind") == "CronJob":
+        spec = spec.get("jobTemplate", {}).get("spec", {})
+    pod = spec.get("template", {}).get("spec", {})
+    return [*pod.get("initContainers", []), *pod.get("containers", [])]

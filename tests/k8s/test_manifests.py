@@ -34,7 +34,9 @@ def _key(doc: Doc) -> tuple[str, str]:
 
 def test_renders_every_object(docs: list[Doc]) -> None:
     assert sorted(_key(d) for d in docs) == [
+        ("CronJob", "ramraft-backup"),
         ("NetworkPolicy", "ramraft"),
+        ("PersistentVolumeClaim", "ramraft-backups"),
         ("PodDisruptionBudget", "ramraft"),
         ("Service", "ramraft"),
         ("Service", "ramraft-peers"),

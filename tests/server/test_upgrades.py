@@ -256,3 +256,39 @@ def test_the_upgrade_hold_is_replicated_and_survives_a_new_leader(tmp_path: Path
 def _metrics(cluster: ProcessCluster, node: str) -> str:
     with urllib.request.urlopen(f"http://{cluster.http[node]}/metrics", timeout=10) as r:
         return r.read().decode()
+
+
+def test_add_member_refuses_a_node_whose_code_cannot_run_the_active_version(
+    tmp_path: Path,
+) -> None:
+    """A cluster at app version 2 refuses to add a node running version-1
+    code (it would halt at once), and takes one running version 2."""
+    cluster = AppCluster(tmp_path, {i: V2 for i in ("n1", "n2", "n3")})
+    with cluster:
+        cluster.wait_for_leader()
+        cluster.wait_until(
+            lambda: all(s.app_version == 2 for s in node_statuses(cluster).values()),
+            timeout=SWITCH_WAIT,
+            what="app version 2",
+        )
+        extra = AppCluster(tmp_path / "extra", {"n4": V1}, nodes=1)
+        extra.ids = ["n4"]
+        extra.grpc = {"n4": extra.grpc.pop(next(iter(extra.grpc)))}
+        extra.peers = cluster.peers + f",n4={extra.grpc['n4']}"
+        extra.http = {"n4": "127.0.0.1:0"}
+        extra.extra_args = ["--join"]
+        with extra:
+            with Client(cluster.endpoints(), timeout=20) as client:
+                with pytest.raises(RamraftError, match="supports app version 1"):
+                    client.add_member("n4", extra.grpc["n4"])
+                members = {m.id for m in client.status().members}
+            assert "n4" not in members
+            extra.replace("n4", V2)
+            with Client(cluster.endpoints(), timeout=60) as client:
+                client.add_member("n4", extra.grpc["n4"])
+            leader = cluster.status(cluster.wait_for_leader())
+            assert leader is not None
+            extra.wait_applied("n4", leader.commit_index, timeout=60)
+            caught_up = extra.status("n4")
+            assert caught_up is not None
+            assert caught_up.app_version == 2 and not caught_up.halted

@@ -57,7 +57,7 @@ def test_every_flipped_bit_is_caught(tmp_path: Path) -> None:
         with pytest.raises(CorruptionError) as info:
             read_all(tmp_path)
         message = str(info.value)
-        assert path.name in message and "rejoin" in message, message
+        assert path.name in message and "members remove" in message, message
         rewrite(path, original)
 
 

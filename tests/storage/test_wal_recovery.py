@@ -175,7 +175,7 @@ def assert_refuses(written: Written, path: str, offset: int) -> None:
         recover(written)
     message = str(info.value)
     assert Path(path).name in message and "byte offset" in message, message
-    assert "data directory" in message and "rejoin" in message, message
+    assert "data directory" in message and "members remove" in message, message
     assert info.value.offset is not None and info.value.offset <= offset
 
 

@@ -1,0 +1,117 @@
+"""The steward's rules about members it cannot fully ask (runtime/steward.py):
+a node of release 0.1.0 answers Peer.Info with UNIMPLEMENTED; it is taken as
+supporting version 1 of everything, and the cluster is not named (nor
+switched) until every member answers as this release does."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import grpc
+import msgpack
+import pytest
+
+from ramraft.consensus import Role
+from ramraft.proto import raft_pb2
+from ramraft.server.config import NodeConfig
+from ramraft.server.machines.cluster import ClusterMachine, ClusterOp, ClusterState
+from ramraft.server.machines.kv import KVMachine
+from ramraft.server.runtime.steward import Steward
+from ramraft.server.runtime.transport import PEER_SERVICE, PeerTransport
+from ramraft.server.storage import open_memory_storage
+
+
+async def _old_peer() -> tuple[grpc.aio.Server, str]:
+    """A peer of release 0.1.0: the Peer service without Info."""
+
+    async def stream(requests: Any, context: Any) -> bytes:
+        return b""
+
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        PEER_SERVICE, {"Stream": grpc.stream_unary_rpc_method_handler(stream)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+def test_an_old_peer_answers_info_as_legacy() -> None:
+    async def main() -> None:
+        server, address = await _old_peer()
+        _, snapshots = open_memory_storage()
+        transport = PeerTransport(
+            "n1", {"old": address}, snapshots, lambda peer: None, lambda peer, ok: None
+        )
+        try:
+            assert await transport.info("old", raft_pb2.InfoRequest(), 5.0) is None
+        finally:
+            await transport.close()
+            await server.stop(None)
+
+    asyncio.run(main())
+
+
+class FakeRuntime:
+    """Just what the steward reads of a leading runtime."""
+
+    def __init__(self) -> None:
+        self.config = NodeConfig("n1", {"n1": "a:1", "n2": "a:2", "n3": "a:3"}, "/nonexistent")
+        kv = KVMachine()
+        self.machine = ClusterMachine(kv, kv=kv)
+        self.cluster = self.machine
+        self.id = "n1"
+        self.role = Role.LEADER
+        self.halted = None
+        self.stopping = False
+        self.core = SimpleNamespace(conf=SimpleNamespace(members=frozenset({"n1", "n2", "n3"})))
+        self.proposed: list[bytes] = []
+        self.transport = SimpleNamespace(info=self._info)
+        self.answers: dict[str, raft_pb2.InfoResponse | None] = {}
+
+    def cluster_state(self) -> ClusterState:
+        return self.machine.state
+
+    def status(self) -> Any:
+        return SimpleNamespace(
+            app_version_supported=1, kv_version_supported=1, halted="", applied_index=0
+        )
+
+    def schedule(self, fn: Any) -> None:
+        pass
+
+    async def propose(self, command: bytes) -> tuple[int, object]:
+        self.proposed.append(command)
+        return len(self.proposed), None
+
+    async def _info(self, peer: str, request: Any, timeout: float) -> Any:
+        return self.answers[peer]
+
+
+def current(node: str, app: int = 1) -> raft_pb2.InfoResponse:
+    return raft_pb2.InfoResponse(node_id=node, app_version_supported=app, kv_version_supported=1)
+
+
+@pytest.mark.parametrize(
+    ("n3", "named"),
+    [(current("n3"), True), (None, False)],  # None: n3 runs release 0.1.0
+    ids=["all-current", "one-legacy"],
+)
+def test_the_cluster_is_named_only_when_every_member_answers_as_this_release(
+    n3: raft_pb2.InfoResponse | None, named: bool
+) -> None:
+    runtime = FakeRuntime()
+    runtime.answers = {"n2": current("n2"), "n3": n3}
+    runtime.config.check_entries = 0
+    steward = Steward(runtime, lambda target: asyncio.sleep(0, ""))  # type: ignore[arg-type]
+    asyncio.run(steward._lead_once())
+    ops = [cmd[1:] for cmd in runtime.proposed]
+    assert bool(ops) is named
+    if named:
+        assert msgpack.unpackb(ops[0])[0] == ClusterOp.CLUSTER_ID
+    assert steward.known["n3"].current is (n3 is not None)
+    if n3 is None:  # taken as supporting version 1 of everything
+        assert (steward.known["n3"].app_supported, steward.known["n3"].kv_supported) == (1, 1)
