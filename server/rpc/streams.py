@@ -36,7 +36,7 @@ from typing import Any
 import grpc
 
 from ramraft.proto import kv_pb2
-from ramraft.server.security.auth import MAX_STREAM_BATCH, StreamGate
+from ramraft.server.security.auth import MAX_STREAM_BATCH, InflightLimiter, StreamGate
 from ramraft.server.security.budget import CALL_RESERVATION, MESSAGE_COPIES, Reservation
 
 # Serves one request: (request, its op field, the stream's context) -> answer.
@@ -65,9 +65,9 @@ class _Held(Reservation):
 
     __slots__ = ("window",)
 
-    def __init__(self, window: _Window) -> None:
+    def __init__(self, window: _Window, light: bool = False) -> None:
         assert window.gate is not None
-        super().__init__(window.gate.limits.budget)
+        super().__init__(window.gate.limits.budget, light)
         self.window = window
         window.held.add(self)
 
@@ -128,7 +128,12 @@ class _Window:
             return None
         while not self.room():
             await self._wait()
-        reservation = _Held(self)
+        # A stream with at most a couple of requests of its own in flight is
+        # a light caller, as a connection is for unary calls (budget.py).
+        # What it holds counts answers written but not yet given back: a
+        # client sending one request at a time may send its next one the
+        # moment it reads an answer, before the node's write has returned.
+        reservation = _Held(self, len(self.held) <= InflightLimiter.LIGHT)
         await reservation.grow(gate.limits.read_reservation(), None)  # waits: backpressure
         return reservation
 
@@ -219,6 +224,7 @@ class StreamServer:
                     return
                 if held is not None:
                     held.shrink(held.held - MESSAGE_COPIES * message.ByteSize())
+                    held.read_done()
                 if not self._batched:
                     window.requests += 1
                     self._start(message, _Message(held, 1), held)
@@ -240,16 +246,28 @@ class StreamServer:
                     continue
                 carrier = _Message(held, len(batch))
                 own_bytes = held.held if held is not None else 0
+                # A batch of a light stream's few requests is still light:
+                # their small answers may come from the reserve.
+                light = held is not None and held.light and len(batch) <= InflightLimiter.LIGHT
                 for n, request in enumerate(batch):
                     if n and not window.room(own_bytes):
                         await window.request_room(own_bytes)
                     window.requests += 1
                     # What the request takes for its answer (a page, a
                     # value) is its own, given back once it is written.
-                    self._start(request, carrier, _Held(window) if held is not None else None)
+                    self._start(request, carrier, self._answer_reservation(light))
         finally:
             self._reading = False
             self._wake()
+
+    def _answer_reservation(self, light: bool) -> _Held | None:
+        """What one request of a batch takes for its answer (its request
+        is read: from the reserve, small answers only; budget.py)."""
+        if self._gate is None:
+            return None
+        reservation = _Held(self._window, light)
+        reservation.read_done()
+        return reservation
 
     def _start(
         self, request: kv_pb2.StreamRequest, message: _Message, reservation: _Held | None
