@@ -4,6 +4,7 @@ The public API, importable from here::
 
     from ramraft import Client, AsyncClient                      # gRPC clients
     from ramraft import ReplicatedModel, command, Application    # your own objects
+    from ramraft import background, JobContext                   # their background jobs
 
 Everything else lives in the sub-packages, each with a docstring saying what
 belongs there: ``ramraft.client`` (the client library), ``ramraft.server``
@@ -25,14 +26,17 @@ from ramraft._version import __version__
 if TYPE_CHECKING:
     from ramraft.client import AsyncClient, Client
     from ramraft.server.hosting import Application
+    from ramraft.server.jobs import JobContext, background
     from ramraft.server.machines.embed import ReplicatedModel, command
 
 __all__ = [
     "Application",
     "AsyncClient",
     "Client",
+    "JobContext",
     "ReplicatedModel",
     "__version__",
+    "background",
     "command",
 ]
 
@@ -42,6 +46,8 @@ _LAZY = {
     "ReplicatedModel": "ramraft.server.machines.embed",
     "command": "ramraft.server.machines.embed",
     "Application": "ramraft.server.hosting",
+    "background": "ramraft.server.jobs",
+    "JobContext": "ramraft.server.jobs",
 }
 
 

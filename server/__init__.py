@@ -2,7 +2,8 @@
 
 - ``node.py`` assembles a node (storage, runtime, gRPC servers, web tier) and
   shuts it down gracefully; ``config.py`` is its settings; ``hosting.py``
-  binds an application's model to the node; ``logs.py`` its structured logs;
+  binds an application's model to the node; ``jobs.py`` runs its background
+  jobs (on the leader, or on every node); ``logs.py`` its structured logs;
   ``request_errors.py`` the errors a request can end with and the one table
   of what each becomes on the wire (gRPC code, HTTP status).
 - ``runtime/``: the one task that owns the Raft core, the peer transport, the
@@ -15,6 +16,8 @@
   /metrics).
 - ``security/``: tokens, roles, in-flight limits and TLS.
 - ``storage/``: the write-ahead log and snapshot files.
+- ``inprocess/``: a whole cluster inside one process (memory network and
+  storage, virtual time) for application tests (``ramraft.testing``).
 
 Arrows point inwards: server imports ``ramraft.consensus`` and
 ``ramraft.proto``, never ``ramraft.client`` or ``ramraft.tools``.

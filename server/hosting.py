@@ -10,7 +10,10 @@ then applies one Raft log to two machines::
 binds the model's commands to the node's write path (``NodeAPI.write``:
 proposed here when this node leads, forwarded to the leader otherwise, and
 resolved once applied HERE, so a page that awaited a command reads its effect
-from memory), and mounts the routes on the web tier under ``/app/``.
+from memory), mounts the routes on the web tier under ``/app/``, runs the
+application's background jobs (server/jobs.py; a leader job's commands are
+proposed only here, in its term: ``NodeAPI.write_in_term``) and hands the
+events its commands publish to the live-page feed (server/web/sse.py).
 
 Writes this node makes on a caller's behalf -- model commands, and HTTP key-value
 writes that bring no session of their own -- get a session from a
@@ -25,6 +28,7 @@ decoded by :func:`decode_result`, which carry the results of both machines.
 from __future__ import annotations
 
 import importlib
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -35,6 +39,8 @@ import msgpack
 import structlog
 from aiohttp import web
 
+from ramraft.server.jobs import Job, JobRunner, job_term
+from ramraft.server.machines.cluster import ClusterMachine
 from ramraft.server.machines.embed import (
     ModelMachine,
     ReplicatedModel,
@@ -51,8 +57,15 @@ from ramraft.server.machines.kv import (
     reply_from_plain,
     reply_to_plain,
 )
-from ramraft.server.machines.statemachine import CommandError, ErrorCode
+from ramraft.server.machines.statemachine import (
+    TAG_KV,
+    TAG_MODEL,
+    CommandError,
+    CompositeMachine,
+    ErrorCode,
+)
 from ramraft.server.request_errors import Unavailable
+from ramraft.server.web.sse import EventFeed
 
 if TYPE_CHECKING:
     from ramraft.server.runtime.node_api import NodeAPI
@@ -66,15 +79,17 @@ class AppLoadError(Exception):
 
 @dataclass
 class Application:
-    """What an ``--app`` factory returns: the replicated model, and the
-    routes of its pages (mounted under ``/app/``; a route ``/`` is the page
-    at ``/app/``). ``setup`` may further configure the aiohttp sub-application
-    (static files, middlewares) before it is mounted."""
+    """What an ``--app`` factory returns: the replicated model, the routes
+    of its pages (mounted under ``/app/``; a route ``/`` is the page at
+    ``/app/``) and its background jobs (``@background``, server/jobs.py).
+    ``setup`` may further configure the aiohttp sub-application (static
+    files, middlewares) before it is mounted."""
 
     model: ReplicatedModel
     routes: Iterable[web.AbstractRouteDef] = ()
     setup: Callable[[web.Application], None] | None = None
     title: str = ""
+    jobs: Iterable[Job] = ()
 
 
 class AppContext:
@@ -83,14 +98,39 @@ class AppContext:
     Reads of the model are plain memory reads of this node's copy: they see
     every command this node has applied. ``await ctx.linearizable()`` first
     makes such a read linearizable (it sees every write acknowledged anywhere
-    before the call).
+    before the call). ``ctx.jobs`` runs one-off background jobs
+    (``ctx.jobs.run_once(fn)``); ``await ctx.events.stream(request, topics)``
+    answers a request with the live feed of the events the model's commands
+    publish (Server-Sent Events, server/web/sse.py).
     """
 
-    def __init__(self, node_id: str, model: ReplicatedModel, kv: KVMachine, api: NodeAPI) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        model: ReplicatedModel,
+        kv: KVMachine,
+        api: NodeAPI,
+        jobs: JobRunner | None = None,
+        events: EventFeed | None = None,
+    ) -> None:
         self.node_id = node_id
         self.model = model
         self.kv = kv
         self.api = api
+        self._jobs = jobs
+        self._events = events
+
+    @property
+    def jobs(self) -> JobRunner:
+        if self._jobs is None:
+            raise RuntimeError("this node runs no background jobs")
+        return self._jobs
+
+    @property
+    def events(self) -> EventFeed:
+        if self._events is None:
+            raise RuntimeError("this node has no event feed")
+        return self._events
 
     async def linearizable(self, timeout: float | None = None) -> int:
         return await self.api.linearizable(timeout)
@@ -154,8 +194,11 @@ class SessionPool:
     different nodes (and restarts) never collide.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rng: random.Random | None = None) -> None:
         self._free: list[tuple[int, int]] = []  # (client id, next sequence)
+        # A seeded Random for reproducible runs (server/inprocess/); ids from
+        # the OS's randomness otherwise.
+        self._rng = rng
 
     def __len__(self) -> int:
         return len(self._free)
@@ -163,7 +206,8 @@ class SessionPool:
     def take(self) -> tuple[int, int]:
         if self._free:
             return self._free.pop()
-        return secrets.randbits(63) + 1, 1
+        bits = self._rng.getrandbits(63) if self._rng is not None else secrets.randbits(63)
+        return bits + 1, 1
 
     def give_back(self, client_id: int, sequence: int) -> None:
         self._free.append((client_id, sequence + 1))
@@ -213,9 +257,15 @@ def model_proposer(
     api: NodeAPI, pool: SessionPool, timeout: float | None = None
 ) -> Callable[[bytes], Awaitable[object]]:
     """The proposer a ModelMachine is bound to: the call, with a session
-    added, through the node's write path; returns the command's result."""
+    added, through the node's write path; returns the command's result.
+    Inside a leader's background job, the call is proposed here, in the
+    job's term, and nowhere else (``NodeAPI.write_in_term``)."""
 
     async def propose(data: bytes) -> object:
+        term = job_term()
+        if term:
+            _, result = await api.write_in_term(data, term, timeout)
+            return result
         call = decode_call(data)
 
         def encode(session: tuple[int, int]) -> bytes:
@@ -234,6 +284,29 @@ class HostedApp:
     app: Application
     machine: ModelMachine
     sessions: SessionPool = field(default_factory=SessionPool)
+    jobs: JobRunner | None = None  # made by attach() with the runtime
+    events: EventFeed | None = None  # what the model's commands publish
+
+    @classmethod
+    def build(cls, app: Application, kv: KVMachine) -> tuple[HostedApp, ClusterMachine]:
+        """The application's machines: the model beside the key-value
+        machine, under the cluster record; what the runtime applies."""
+        model_machine = ModelMachine(app.model)
+        machine = ClusterMachine(
+            CompositeMachine({TAG_KV: kv, TAG_MODEL: model_machine}), model=model_machine, kv=kv
+        )
+        return cls(app, model_machine), machine
+
+    def attach(self, api: NodeAPI, node_id: str) -> None:
+        """Bind the model's commands to the node's write path, its published
+        events to a feed and its jobs to the runtime (``jobs.start()`` once
+        the node serves)."""
+        runtime = api.runtime
+        self.machine.bind(model_proposer(api, self.sessions))
+        self.events = feed = EventFeed()
+        self.machine.on_published = feed.publish
+        runtime.listeners.append(feed.runtime_listener)
+        self.jobs = JobRunner(node_id, self.app.model, runtime, self.app.jobs)
 
 
 # ---- forwarded results ---------------------------------------------------------------------

@@ -56,13 +56,10 @@ from ramraft.server.hosting import (
     HostedApp,
     decode_result,
     encode_result,
-    model_proposer,
 )
 from ramraft.server.logs import RateLimitedLog
 from ramraft.server.machines.cluster import ClusterMachine
-from ramraft.server.machines.embed import ModelMachine
 from ramraft.server.machines.kv import KVMachine
-from ramraft.server.machines.statemachine import TAG_KV, TAG_MODEL, CompositeMachine
 from ramraft.server.rpc.services import AdminService, KVService
 from ramraft.server.runtime.loop import RaftRuntime
 from ramraft.server.runtime.membership import MembershipChanges
@@ -206,13 +203,7 @@ class Node:
         if app is not None:
             if machine is not None:
                 raise ValueError("give either an app or a machine, not both")
-            model_machine = ModelMachine(app.model)
-            self.app = HostedApp(app, model_machine)
-            machine = ClusterMachine(
-                CompositeMachine({TAG_KV: self.kv, TAG_MODEL: model_machine}),
-                model=model_machine,
-                kv=self.kv,
-            )
+            self.app, machine = HostedApp.build(app, self.kv)
         elif machine is None:
             machine = ClusterMachine(self.kv, kv=self.kv)
         # The runtime applies the log to this machine; with the cluster
@@ -301,22 +292,22 @@ class Node:
             ),
             max_message_bytes=cfg.peer_message_bytes(),
         )
-        limits = InputLimits(
-            cfg.limits.max_key_bytes,
-            cfg.limits.max_value_bytes,
-            cfg.limits.max_range_limit,
-            cfg.limits.max_range_bytes,
-            cfg.limits.max_deadline_ms / 1000,
-        )
+        limits = InputLimits.of(cfg.limits)
         self.api = api = NodeAPI(runtime, self.encode_result, self.decode_result, limits)
         self.membership = MembershipChanges(runtime)
         self.steward = Steward(runtime, self.membership.transfer_leadership)
         self.membership.admit = self.steward.admit
         runtime.transport.cluster_id = self.steward.cluster_id
-        self.metrics = metrics = NodeMetrics(runtime, lambda: api.forwarded)
+        hosted = self.app
+        if hosted is not None:
+            hosted.attach(api, cfg.node_id)
+        self.metrics = metrics = NodeMetrics(
+            runtime,
+            lambda: api.forwarded,
+            jobs=hosted.jobs.report if hosted is not None and hosted.jobs is not None else None,
+            events=hosted.events if hosted is not None else None,
+        )
         runtime.listeners.append(metrics.runtime_listener)
-        if self.app is not None:
-            self.app.machine.bind(model_proposer(self.api, self.app.sessions))
 
         self.peer_servicer = peer_servicer = PeerServicer(
             receive=runtime.receive,
@@ -424,10 +415,16 @@ class Node:
         # Every port is bound: now the log is loaded and the core runs, before
         # any server takes a call.
         await runtime.start()
+        if hosted is not None and hosted.events is not None:
+            # Events of entries up to the snapshot it started from are not
+            # known here (a resume from before them gets a reset).
+            hosted.events.restart_at(runtime.machine.applied_index)
         self._check_cluster_id()
         self.steward.start()
         for server in self.servers:
             await server.start()
+        if hosted is not None and hosted.jobs is not None:
+            hosted.jobs.start()
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._health_task = asyncio.get_running_loop().create_task(self._watch_health())
         if cfg.http:
@@ -460,6 +457,9 @@ class Node:
         self._stopped.set()
         if self.runtime is not None:
             self.runtime.stopping = True
+        with contextlib.suppress(Exception):
+            if self.app is not None and self.app.jobs is not None:
+                await self.app.jobs.close()
         with contextlib.suppress(Exception):
             if self.web is not None:
                 await self.web.stop()
@@ -590,6 +590,11 @@ class Node:
             return
         log.info("node_stopping", id=self.config.node_id, role=runtime.role.value)
         self._ports_file().unlink(missing_ok=True)  # no longer (fully) serving
+        if self.app is not None and self.app.jobs is not None:
+            # First: a job must not propose while leadership is handed over.
+            await self.app.jobs.close()
+        if self.app is not None and self.app.events is not None:
+            self.app.events.close_all("the node is shutting down")  # browsers reconnect elsewhere
         deadline = time.monotonic() + grace
         if transfer and runtime.core is not None and runtime.failed is None:
             alone = False

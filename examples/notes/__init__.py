@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from ramraft import Application
 
-from .model import Board
+from .model import Board, archive_old_notes
 from .pages import routes
 
 
 def app() -> Application:
-    """The ``--app`` factory: one Board per node, and its pages."""
+    """The ``--app`` factory: one Board per node, its pages and its job."""
     board = Board()
-    return Application(board, routes=routes(board), title="Notes board")
+    return Application(board, routes=routes(board), title="Notes board", jobs=[archive_old_notes])
 
 
-__all__ = ["Board", "app"]
+__all__ = ["Board", "app", "archive_old_notes"]

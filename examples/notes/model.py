@@ -6,17 +6,26 @@ order. So a command must be deterministic: the time a note was written is an
 argument, taken by the page handler before the call, never ``time.time()``
 inside the command. Commands check everything before changing anything (a
 command that raises keeps what it changed before raising).
+
+Each command publishes a change event (``self.publish``): every node hands
+it to its open pages once the command is applied there, so a board open on
+any node updates live (pages.py). A background job on the leader archives
+notes nobody has pinned once they are older than ARCHIVE_AFTER_DAYS: it
+reads the board, takes the time, and calls a command.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from ramraft import ReplicatedModel, command
+from ramraft import ReplicatedModel, background, command
 
 MAX_TITLE = 120
 MAX_BODY = 4000
 MAX_AUTHOR = 40
+ARCHIVE_AFTER_DAYS = 30
+ARCHIVE_EVERY_SECONDS = 600
 
 
 class Board(ReplicatedModel):
@@ -39,7 +48,9 @@ class Board(ReplicatedModel):
             "author": author,
             "created": created,
             "pinned": False,
+            "archived": False,
         }
+        self.publish("notes", {"change": "added", "id": note_id})
         return note_id
 
     @command
@@ -48,17 +59,61 @@ class Board(ReplicatedModel):
         if note is None:
             return False
         note["pinned"] = bool(pinned)
+        if pinned:
+            note["archived"] = False  # a pinned note is wanted: back on the board
+        self.publish("notes", {"change": "pinned" if pinned else "unpinned", "id": note_id})
         return True
 
     @command
     def delete(self, note_id: int) -> bool:
-        return self.notes.pop(note_id, None) is not None
+        if self.notes.pop(note_id, None) is None:
+            return False
+        self.publish("notes", {"change": "deleted", "id": note_id})
+        return True
+
+    @command
+    def archive(self, note_ids: list[int]) -> list[int]:
+        """Move these notes off the board (pinned ones stay); returns those moved."""
+        moved = []
+        for note_id in note_ids:
+            note = self.notes.get(note_id)
+            if note is not None and not note["pinned"] and not note.get("archived"):
+                note["archived"] = True
+                moved.append(note_id)
+        if moved:
+            self.publish("notes", {"change": "archived", "ids": moved})
+        return moved
 
     # ---- reads: plain memory, no Raft -------------------------------------------------------
 
     def listing(self) -> list[dict[str, Any]]:
-        """Pinned notes first, then newest first."""
-        return sorted(self.notes.values(), key=lambda n: (not n["pinned"], -n["id"]))
+        """The notes on the board: pinned first, then newest first."""
+        board = [n for n in self.notes.values() if not n.get("archived")]
+        return sorted(board, key=lambda n: (not n["pinned"], -n["id"]))
+
+    def archived(self) -> list[dict[str, Any]]:
+        """Archived notes, newest first."""
+        return sorted((n for n in self.notes.values() if n.get("archived")), key=lambda n: -n["id"])
+
+    def stale(self, cutoff: float) -> list[int]:
+        """Notes on the board, not pinned, written before ``cutoff``."""
+        return [
+            n["id"]
+            for n in self.notes.values()
+            if n["created"] < cutoff and not n["pinned"] and not n.get("archived")
+        ]
+
+
+# ---- a background job: on the leader only, every ARCHIVE_EVERY_SECONDS ----------------------
+
+
+@background(every=ARCHIVE_EVERY_SECONDS)
+async def archive_old_notes(board: Board) -> None:
+    """Archive the notes nobody pinned within ARCHIVE_AFTER_DAYS. The time
+    is taken here, outside the command, so every node applies the same ids."""
+    stale = board.stale(time.time() - ARCHIVE_AFTER_DAYS * 86400)
+    if stale:
+        await board.archive(stale)
 
 
 def check_note(title: str, body: str, author: str) -> None:

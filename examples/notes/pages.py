@@ -4,6 +4,12 @@ A page is rendered from the node's own copy of the board: no database, no
 network round trip. A form post calls a command (``await board.add(...)``),
 which goes through Raft from whichever node served the form and returns once
 the note is applied on that node, so the redirect that follows finds it.
+
+Live: the board page listens to ``/app/events`` (Server-Sent Events: the
+events the board's commands publish, as this node applies them) and, on
+each, fetches its list again from ``/app/fragments/board``. A note written
+through another node appears without a reload; a browser that was away
+resumes where it stopped (``Last-Event-ID``).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from aiohttp import web
 from ramraft.server.hosting import CONTEXT
 from ramraft.server.machines.embed import CommandFailedError
 
-from .model import MAX_AUTHOR, MAX_BODY, MAX_TITLE, Board, check_note
+from .model import ARCHIVE_AFTER_DAYS, MAX_AUTHOR, MAX_BODY, MAX_TITLE, Board, check_note
 
 
 def routes(board: Board) -> web.RouteTableDef:
@@ -27,6 +33,15 @@ def routes(board: Board) -> web.RouteTableDef:
     @r.get("/", name="index")
     async def index(request: web.Request) -> web.Response:
         return page(request, "Notes", render_index(request, board))
+
+    @r.get("/fragments/board", name="board")
+    async def board_fragment(request: web.Request) -> web.Response:
+        return web.Response(text=render_board(request, board), content_type="text/html")
+
+    @r.get("/events", name="events")
+    async def events(request: web.Request) -> web.StreamResponse:
+        # The board's change events, streamed until the browser leaves.
+        return await request.app[CONTEXT].events.stream(request, ["notes"])
 
     @r.post("/notes", name="add")
     async def add(request: web.Request) -> web.Response:
@@ -97,12 +112,11 @@ def when(created: float) -> str:
     return moment.strftime("%d %b %Y, %H:%M UTC")
 
 
-def render_index(
-    request: web.Request, board: Board, *, error: str = "", form: dict[str, Any] | None = None
-) -> str:
+def render_board(request: web.Request, board: Board) -> str:
+    """The list of notes (what a live update replaces)."""
     started = time.perf_counter()
     notes = board.listing()  # a memory read of this node's copy
-    form = form or {}
+    archived = board.archived()
     items = []
     for n in notes:
         excerpt = n["body"][:160] + ("\u2026" if len(n["body"]) > 160 else "")
@@ -119,15 +133,33 @@ def render_index(
         if items
         else '<p class="empty">No notes yet. Write the first one.</p>'
     )
+    old = "".join(
+        f'<li><a href="{url(request, "note", id=n["id"])}">{html.escape(n["title"])}</a></li>'
+        for n in archived
+    )
+    shelf = (
+        f'<details class="archived"><summary>{len(archived)} archived (older than '
+        f"{ARCHIVE_AFTER_DAYS} days, not pinned)</summary><ul>{old}</ul></details>"
+        if archived
+        else ""
+    )
     took = (time.perf_counter() - started) * 1e6
+    return (
+        f"<h2>{len(notes)} note{'' if len(notes) == 1 else 's'}</h2>{listing}{shelf}"
+        f'<p class="took">read {len(notes) + len(archived)} notes from memory in '
+        f"{took:.0f} &micro;s</p>"
+    )
+
+
+def render_index(
+    request: web.Request, board: Board, *, error: str = "", form: dict[str, Any] | None = None
+) -> str:
+    form = form or {}
     value = {k: html.escape(str(form.get(k, "")), quote=True) for k in ("title", "body", "author")}
     return f"""
 <div class="columns">
-  <section>
-    <h2>{len(notes)} note{"" if len(notes) == 1 else "s"}</h2>
-    {listing}
-    <p class="took">read {len(notes)} notes from memory in {took:.0f} &micro;s</p>
-  </section>
+  <section id="board" data-events="{url(request, "events")}"
+    data-fragment="{url(request, "board")}">{render_board(request, board)}</section>
   <section>
     <h2>Write a note</h2>
     {f'<p class="error">{html.escape(error)}</p>' if error else ""}
@@ -141,7 +173,31 @@ def render_index(
       <button type="submit">Post note</button>
     </form>
   </section>
-</div>"""
+</div>
+<script>{_LIVE}</script>"""
+
+
+# Live updates: on each change event (or a "reset": events were missed), fetch
+# the list again; events that arrive while a fetch runs cause one more fetch.
+_LIVE = """
+"use strict";
+const board = document.getElementById("board");
+let fetching = null, again = false;
+async function refresh() {
+  if (fetching) { again = true; return; }
+  fetching = fetch(board.dataset.fragment, {cache: "no-store"});
+  try {
+    const reply = await fetching;
+    if (reply.ok) board.innerHTML = await reply.text();
+  } finally {
+    fetching = null;
+    if (again) { again = false; refresh(); }
+  }
+}
+const events = new EventSource(board.dataset.events);
+events.addEventListener("notes", refresh);
+events.addEventListener("reset", refresh);
+"""
 
 
 def render_note(request: web.Request, note: dict[str, Any]) -> str:
@@ -220,6 +276,8 @@ _LAYOUT = """<!doctype html>
   .error {{ color: #b23a48; background: #fbe9eb; padding: 8px 12px; border-radius: 8px; }}
   .empty {{ color: #8a847a; }}
   .took {{ color: #8a847a; font-size: 13px; }}
+  details.archived {{ color: #8a847a; font-size: 14px; margin: 4px 0 10px; }}
+  details.archived a {{ color: #8a847a; }}
   article.full {{ background: #fff; border: 1px solid #e6dfd3; border-radius: 12px;
     padding: 20px 24px; max-width: 760px; }}
   article.full .body {{ white-space: pre-wrap; margin: 16px 0 20px; font-size: 17px; }}

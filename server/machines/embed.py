@@ -108,6 +108,16 @@ valid; references to its inner containers do not). A model with a very large
 state and values that are never mutated in place can override ``snapshot`` on
 a ``ModelMachine`` subclass with a copy-on-write view as server/machines/kv.py does.
 
+Change events for live pages
+----------------------------
+Inside a command, ``self.publish(topic, data)`` records an event (``data``:
+JSON-able plain data) that is handed to the node's event feed once the
+entry is applied, with the entry's index (``ModelMachine.on_published``;
+server/web/sse.py streams them to browsers). Every node publishes the same
+events at the same index, also when it replays its log. Data that is not
+JSON fails the command, the same way on every node. Events of a command that
+raises after publishing are delivered too: its changes are kept as well.
+
 Exactly-once: a call can carry a session (see server/machines/sessions.py); the default
 bound call does not (the runtime proposes in-process calls once). Calls with a
 session are deduplicated by a session table that is part of the snapshot.
@@ -116,6 +126,7 @@ session are deduplicated by a session table that is part of the snapshot.
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -523,6 +534,16 @@ class ReplicatedModel:
         machine: ModelMachine | None = getattr(self, "_ramraft_machine", None)
         return machine.active_version if machine is not None else 1
 
+    def publish(self, topic: str, data: object = None) -> None:
+        """Inside a command: publish a change event on ``topic`` with JSON-able
+        ``data``, for live pages. It reaches the node's event feed once the
+        command's entry is applied (on every node, with the entry's index as
+        its id); outside a command it raises RuntimeError."""
+        machine: ModelMachine | None = getattr(self, "_ramraft_machine", None)
+        if machine is None:
+            raise RuntimeError(f"{type(self).__qualname__}.publish(): no node applies this model")
+        machine.publish(topic, data)
+
     def upgrade(self, from_version: int) -> None:
         """Change the state's shape from ``from_version`` to the next version.
 
@@ -548,6 +569,7 @@ class ReplicatedModel:
 
 _RESERVED = frozenset(
     {
+        "publish",
         "snapshot_state",
         "restore_state",
         "upgrade",
@@ -576,6 +598,9 @@ def _reply_from_plain(plain: Any) -> bytes | CommandError:
 
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+MAX_TOPIC = 200
+MAX_EVENTS_PER_COMMAND = 1000
+_TOPIC = re.compile(rf"[A-Za-z0-9._:/-]{{1,{MAX_TOPIC}}}")
 _MODEL_MAGIC = b"RRMD"
 _MODEL_VERSION = 2  # 2: sessions keep a floor and many replies per client
 _CHUNK_ITEMS = 4096
@@ -636,6 +661,10 @@ class ModelMachine:
         self.sessions = SessionTable(max_sessions, session_idle_entries, session_max_replies)
         self.proposer: Proposer | None = None
         self.applying = False
+        # Called with (index, [(topic, JSON text)]) once an entry whose
+        # command published events is applied (the node's event feed).
+        self.on_published: Callable[[int, list[tuple[str, str]]], None] | None = None
+        self._events: list[tuple[str, str]] | None = None  # while a command runs
         self.active_version = 1
         """The application version the cluster runs; machines/cluster.py
         keeps it current (a machine on its own runs version 1)."""
@@ -768,7 +797,33 @@ class ModelMachine:
                 f"version {self.supported_version}); restart this node with code that has it",
             )
         self._applied_index = index
-        return self._reply(self.sessions.run_once(call.session, index, self._run, call))
+        try:
+            reply = self._reply(self.sessions.run_once(call.session, index, self._run, call))
+        finally:
+            events, self._events = self._events, None
+        if events and self.on_published is not None:
+            self.on_published(index, events)
+        return reply
+
+    def publish(self, topic: str, data: object) -> None:
+        """Record an event of the command being applied (ReplicatedModel.publish)."""
+        events = self._events
+        if events is None:
+            raise RuntimeError(
+                f"{self.model_name}.publish() is for commands: it runs on every node as the "
+                "command is applied; outside one it would happen on one node only"
+            )
+        if type(topic) is not str or not _TOPIC.fullmatch(topic):
+            raise ValueError(
+                f"publish(): topic {topic!r} must be 1-{MAX_TOPIC} letters, digits or ._:/-"
+            )
+        if len(events) >= MAX_EVENTS_PER_COMMAND:
+            raise ValueError(f"publish(): at most {MAX_EVENTS_PER_COMMAND} events per command")
+        try:
+            text = json.dumps(data, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"publish(): the data is not JSON: {exc}") from None
+        events.append((topic, text))
 
     @staticmethod
     def _reply(outcome: object) -> object:
@@ -783,6 +838,7 @@ class ModelMachine:
         if refusal is not None:
             return CommandError(ErrorCode.NOT_ACTIVE, refusal)
         self.applying = True
+        self._events = []
         try:
             value = cmd.fn(self.model, *call.args, **call.kwargs)
         except MemoryError:

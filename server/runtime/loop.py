@@ -44,7 +44,7 @@ import itertools
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import structlog
@@ -94,7 +94,14 @@ class RaftRuntime:
         machine: StateMachine,
         log_store: LogStore,
         snapshots: SnapshotStore,
+        *,
+        rng: random.Random | None = None,
+        disk: Executor | None = None,
     ) -> None:
+        # ``rng`` (election timeouts) and ``disk`` (where the log is written)
+        # default to fresh randomness and a disk thread; an in-process cluster
+        # on virtual time passes a seeded Random and an inline executor
+        # (server/inprocess/) so that a run is reproducible.
         self.config = config
         self.id = config.node_id
         self.machine = machine
@@ -112,11 +119,18 @@ class RaftRuntime:
         self.halted: ApplyHalted | None = None  # see the module docstring
         self.stopping = False
 
-        self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ramraft-disk")
+        self._rng = rng if rng is not None else random.Random()
+        self._disk = (
+            disk
+            if disk is not None
+            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="ramraft-disk")
+        )
         self._disk_jobs = 0  # submitted to _disk and not finished (see run_on_disk)
         self._wake = asyncio.Event()
         self._inbox: list[Message] = []
         self._proposals: list[tuple[bytes, asyncio.Future[tuple[int, object]]]] = []
+        # Proposals that may only be made in the given term (propose(term=...)).
+        self._term_proposals: list[tuple[bytes, asyncio.Future[tuple[int, object]], int]] = []
         self._read_requests: list[tuple[bytes, asyncio.Future[int]]] = []
         self._calls: list[tuple[Callable[[RaftNode], Any], asyncio.Future[Any] | None]] = []
         self._ticks = 0
@@ -131,9 +145,10 @@ class RaftRuntime:
         self._synced_hard_state = HardState()  # the newest term/vote known durable
         self._tasks: list[asyncio.Task[Any]] = []
         self._leader_changes: list[LeaderChange] = []  # the newest 50
-        # Metrics hooks: (event, fields) for "proposed", "proposals_dropped",
-        # "fsync", "applied", "role" (fields["role"] is a consensus Role),
-        # "snapshot", "snapshot_installed".
+        # Hooks (metrics, background jobs): (event, fields) for "proposed",
+        # "proposals_dropped", "fsync", "applied", "role" (fields["role"] is a
+        # consensus Role), "snapshot", "snapshot_installed", "halted", "failed".
+        # They run inside the loop's turn: quick, and never touching the core.
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self.refusals = RateLimitedLog()
         self._rejected_seen = 0
@@ -149,7 +164,7 @@ class RaftRuntime:
         bootstrap = None if self.config.join else ConfState(frozenset(self.config.peers))
         core_config = Config(
             id=self.id,
-            rng=random.Random(),
+            rng=self._rng,
             election_tick=self.config.election_ticks,
             heartbeat_tick=self.config.heartbeat_ticks,
             # Uncommitted proposals are RAM too: refuse more than this.
@@ -214,6 +229,7 @@ class RaftRuntime:
         waiting to be committed, confirmed or applied."""
         return (
             len(self._proposals)
+            + len(self._term_proposals)
             + len(self._read_requests)
             + len(self._waiting_writes)
             + len(self._reads)
@@ -241,22 +257,51 @@ class RaftRuntime:
                 "already; retry later"
             )
 
-    async def propose(self, command: bytes) -> tuple[int, object]:
+    async def propose(self, command: bytes, *, term: int = 0) -> tuple[int, object]:
         """Replicate ``command``; returns (index, state machine result) once
         it is applied here. Raises NotLeader on a follower (the caller
-        forwards), Unavailable if leadership is lost before it commits."""
+        forwards), Unavailable if leadership is lost before it commits.
+
+        With ``term``, the command is proposed only by this node as the
+        leader of that term: if it does not lead in ``term`` now, or no
+        longer when the loop gets to the proposal, it is refused
+        (Unavailable, before proposal). Its entry can then only ever sit in
+        the log at ``term``, before every entry of a later leader (the
+        leader's background jobs, server/jobs.py)."""
         self.check_available()
-        if self.core is not None and self.core.role is not Role.LEADER:
+        core = self.core
+        if core is not None and core.role is not Role.LEADER:
             raise NotLeader(self.leader, self.leader_client_address())
+        if term and (core is None or core.term != term):
+            raise Unavailable(f"this node no longer leads in term {term}", before_proposal=True)
         refusal = self.cluster.check_proposal(command) if self.cluster is not None else None
         if refusal is not None:
             # A command this code lacks would stop every node that lacks it
             # too; one of a version not active yet could only fail.
             raise CommandRefused(refusal)
         fut: asyncio.Future[tuple[int, object]] = asyncio.get_running_loop().create_future()
-        self._proposals.append((command, fut))
+        if term:
+            self._term_proposals.append((command, fut, term))
+        else:
+            self._proposals.append((command, fut))
         self._wake.set()
         return await fut
+
+    def serving_term(self) -> int:
+        """The term in which this node leads AND has applied an entry of
+        (its first: the no-op every leader appends), so its state holds
+        every entry committed before its term; 0 when it does not lead, not
+        yet, or cannot serve (halted, failed, stopping)."""
+        core = self.core
+        if (
+            core is None
+            or core.role is not Role.LEADER
+            or self.failed is not None
+            or self.halted is not None
+            or self.stopping
+        ):
+            return 0
+        return core.term if core.log.term(core.log.applied) == core.term else 0
 
     async def read_index(self) -> int:
         """Confirm a linearizable read (thesis 6.4); returns once the state
@@ -499,6 +544,7 @@ class RaftRuntime:
         self._fail_everything(Unavailable(f"this node stopped after a storage failure: {error}"))
         if self.transport is not None:
             self.transport.send = lambda messages: None  # never send what we could not persist
+        self.emit("failed", {"reason": str(error)})
 
     def _halt(self, halted: ApplyHalted) -> None:
         """Stop applying at ``halted.index`` (see the module docstring)."""
@@ -521,6 +567,7 @@ class RaftRuntime:
 
     def _fail_everything(self, error: BaseException) -> None:
         futures: list[asyncio.Future[Any]] = [f for _, f in self._proposals]
+        futures += [f for _, f, _ in self._term_proposals]
         futures += [f for _, f in self._read_requests]
         futures += [f for _, f in self._waiting_writes.values()]
         futures += list(self._reads.values())
@@ -530,6 +577,7 @@ class RaftRuntime:
             if not fut.done():
                 fut.set_exception(error)
         self._proposals, self._read_requests, self._calls = [], [], []
+        self._term_proposals = []
         self._waiting_writes.clear()
         self._reads.clear()
         self._read_wait.clear()
@@ -568,7 +616,7 @@ class RaftRuntime:
                 else:
                     if call_fut is not None and not call_fut.done():
                         call_fut.set_result(result)
-        if self._proposals:
+        if self._proposals or self._term_proposals:
             self._propose_all(core)
         if self._read_requests:
             requests, self._read_requests = self._read_requests, []
@@ -585,6 +633,19 @@ class RaftRuntime:
     def _propose_all(self, core: RaftNode) -> None:
         proposals = [(c, f) for c, f in self._proposals if not f.done()]
         self._proposals = []
+        if self._term_proposals:
+            bound, self._term_proposals = self._term_proposals, []
+            for command, fut, term in bound:
+                if fut.done():
+                    continue
+                if core.role is Role.LEADER and core.term == term:
+                    proposals.append((command, fut))
+                else:
+                    fut.set_exception(
+                        Unavailable(
+                            f"this node no longer leads in term {term}", before_proposal=True
+                        )
+                    )
         if not proposals:
             return
         try:

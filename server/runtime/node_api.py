@@ -14,15 +14,16 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
 from ramraft.proto import raft_pb2
+from ramraft.server.config import NodeLimits
 from ramraft.server.request_errors import (
     BadRequest,
     CommandRefused,
@@ -76,6 +77,17 @@ class InputLimits:
     max_range_bytes: int = 4 << 20
     max_deadline: float = 60.0  # seconds; the longest a call may wait
 
+    @classmethod
+    def of(cls, limits: NodeLimits) -> InputLimits:
+        """The input limits of a node's settings."""
+        return cls(
+            limits.max_key_bytes,
+            limits.max_value_bytes,
+            limits.max_range_limit,
+            limits.max_range_bytes,
+            limits.max_deadline_ms / 1000,
+        )
+
     def deadline(self, remaining: float | None) -> float:
         """A call's time limit: its own deadline, at most the server's
         maximum, which is also what a call that sets none gets."""
@@ -120,12 +132,17 @@ class NodeAPI:
         encode_result: Callable[[object], bytes],
         decode_result: Callable[[bytes], object],
         limits: InputLimits,
+        *,
+        forward: Forwarder | None = None,
     ) -> None:
         self.runtime = runtime
         self.encode_result = encode_result
         self.decode_result = decode_result
         self.limits = limits
         self.forwarded = 0
+        # How a write reaches the leader: Peer.Forward over gRPC, or (an
+        # in-process cluster, server/inprocess/) a direct call.
+        self._send_forward: Forwarder = forward if forward is not None else self._forward_grpc
 
     # ---- writes -----------------------------------------------------------------------------
 
@@ -157,7 +174,7 @@ class NodeAPI:
                 continue
             try:
                 return await self._forward(leader, command, deadline)
-            except _RetryElsewhere as e:
+            except RetryElsewhere as e:
                 if not retry_unsafe and e.maybe_applied:
                     raise Unavailable(
                         "the leader changed while the write was in flight; it may or may not "
@@ -169,14 +186,30 @@ class NodeAPI:
                 await self.runtime.wait_for_new_leader(leader, pause)
                 backoff = min(backoff * 2, 0.2)
 
+    async def write_in_term(
+        self, command: bytes, term: int, timeout: float | None = None
+    ) -> tuple[int, object]:
+        """Propose ``command`` on THIS node as the leader of ``term``, once:
+        never forwarded, never retried (the leader's background jobs,
+        server/jobs.py). Fails with NotLeader/Unavailable when this node does
+        not lead in ``term`` when the proposal is made, or stops leading
+        before the entry commits."""
+        async with asyncio.timeout(Deadline(timeout).check()):
+            return await self.runtime.propose(command, term=term)
+
     async def _forward(self, leader: str, command: bytes, deadline: Deadline) -> tuple[int, object]:
+        self.forwarded += 1
+        return await self._send_forward(leader, command, deadline)
+
+    async def _forward_grpc(
+        self, leader: str, command: bytes, deadline: Deadline
+    ) -> tuple[int, object]:
         channel = self.runtime.transport.channel(leader)
         forward = channel.unary_unary(
             "/ramraft.peer.v1.Peer/Forward",
             request_serializer=raft_pb2.ForwardRequest.SerializeToString,
             response_deserializer=raft_pb2.ForwardResponse.FromString,
         )
-        self.forwarded += 1
         try:
             response = await forward(
                 raft_pb2.ForwardRequest(command=command),
@@ -187,7 +220,7 @@ class NodeAPI:
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise TimeoutError("the request's deadline passed at the leader") from e
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-                raise _RetryElsewhere(maybe_applied=not refused_before_proposal(e)) from e
+                raise RetryElsewhere(maybe_applied=not refused_before_proposal(e)) from e
             if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise Overloaded(e.details() or "the leader is overloaded") from e
             if e.code() == grpc.StatusCode.FAILED_PRECONDITION and refused_before_proposal(e):
@@ -248,8 +281,20 @@ def refused_before_proposal(error: grpc.aio.AioRpcError) -> bool:
     return False
 
 
-class _RetryElsewhere(Exception):
-    """The node we forwarded to could not take the write; ask again."""
+class Forwarder(Protocol):
+    """Sends a write to the leader: (index, result) once the leader applied
+    it. Raises RetryElsewhere when the leader could not take it (gone, no
+    longer leading), TimeoutError at the deadline, or the RequestError the
+    leader answered with."""
+
+    def __call__(
+        self, leader: str, command: bytes, deadline: Deadline, /
+    ) -> Awaitable[tuple[int, object]]: ...
+
+
+class RetryElsewhere(Exception):
+    """The node we forwarded to could not take the write; ask again.
+    ``maybe_applied``: it may have proposed it before failing."""
 
     def __init__(self, maybe_applied: bool) -> None:
         super().__init__("retry at the leader")

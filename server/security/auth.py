@@ -406,11 +406,21 @@ class StreamGate:
         method = KV_METHOD_PREFIX + op
         keeper = self.gatekeeper
         principal, problem = keeper.principal(self.token, self.context)
-        if principal is None:
-            return grpc.StatusCode.UNAUTHENTICATED, problem or "refused"
-        problem = principal.refusal(GRPC_ROLES.get(method, AccessRole.ADMIN), method)
-        if problem is not None:
-            return grpc.StatusCode.PERMISSION_DENIED, problem
+        code = grpc.StatusCode.UNAUTHENTICATED
+        if principal is not None:
+            problem = principal.refusal(GRPC_ROLES.get(method, AccessRole.ADMIN), method)
+            code = grpc.StatusCode.PERMISSION_DENIED
+        if problem is not None or principal is None:
+            # Logged as the unary path logs it (who and what, never the token).
+            keeper.refusals.warning(
+                "request_refused",
+                code=code.name,
+                method=method,
+                who=principal.name if principal is not None else None,
+                peer=self.connection,
+                reason=problem,
+            )
+            return code, problem or "refused"
         refused = keeper.limiter.enter(self.connection)
         if refused is not None:
             keeper.refusals.warning(

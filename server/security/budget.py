@@ -23,11 +23,15 @@ budget, so one stream whose client does not read its answers stops being
 read, and HTTP/2 flow control pushes back on that client alone.
 
 Waiters are served first come, first served, within ``total - reserve``.
-The reserve (1/8 of the budget) is for light callers, connections with at
-most a couple of requests in flight (security/auth.py InflightLimiter.LIGHT):
-they take from it at once, past the waiters, so that a client sending one
-request at a time is served while heavy ones fill the rest. Used from the
-event loop only.
+The reserve (1/8 of the budget) is for light callers, connections (or
+KV.Streams) with at most a couple of requests in flight (security/auth.py
+InflightLimiter.LIGHT): they take from it, past the heavy waiters (light
+waiters have a queue of their own, served first), so that a client sending
+one request at a time is served while heavy ones fill the rest -- even
+when the heavy ones hold their answers unread until their deadlines. A
+light call keeps that right, after its request is read, for small answers
+only (``Reservation.light_answer``): a page is never taken from the reserve.
+Used from the event loop only.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class MemoryBudget:
         self.peak = 0
         self.refused = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._light_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 
     @property
     def available(self) -> int:
@@ -61,9 +66,9 @@ class MemoryBudget:
         """Reserve ``n`` bytes now if they are free (for a light caller:
         also from the reserve, whoever waits) and nobody waits."""
         if light:
-            if n > self.total - self.used:
+            if self._light_waiters or n > self.total - self.used:
                 return False
-        elif self._waiters or n > self.total - self.reserve - self.used:
+        elif self._waiters or self._light_waiters or n > self.total - self.reserve - self.used:
             return False
         self._take(n)
         return True
@@ -80,23 +85,24 @@ class MemoryBudget:
             return False
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiter = (n, future)
-        self._waiters.append(waiter)
+        queue = self._light_waiters if light else self._waiters
+        queue.append(waiter)
         try:
             async with asyncio.timeout(timeout):
                 await future
         except TimeoutError:
             if future.done() and not future.cancelled():
                 return True  # granted just as the time ran out: it is ours
-            if waiter in self._waiters:  # _grant drops cancelled waiters itself
-                self._waiters.remove(waiter)
+            if waiter in queue:  # _grant drops cancelled waiters itself
+                queue.remove(waiter)
             self.refused += 1
             self._grant()  # those behind may fit now
             return False
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.give(n)
-            elif waiter in self._waiters:
-                self._waiters.remove(waiter)
+            elif waiter in queue:
+                queue.remove(waiter)
                 self._grant()
             raise
         return True
@@ -111,37 +117,49 @@ class MemoryBudget:
         self.peak = max(self.peak, self.used)
 
     def _grant(self) -> None:
-        while self._waiters:
-            n, future = self._waiters[0]
-            if future.done():  # cancelled: its owner removes it, skip it here
-                self._waiters.popleft()
-                continue
-            if n > self.total - self.reserve - self.used:
-                return
-            self._waiters.popleft()
-            self._take(n)
-            future.set_result(None)
+        # Light waiters first, from all of the budget; then heavy ones,
+        # from all but the reserve (they never eat into it).
+        for queue, keep in ((self._light_waiters, 0), (self._waiters, self.reserve)):
+            while queue:
+                n, future = queue[0]
+                if future.done():  # cancelled: its owner removes it, skip it here
+                    queue.popleft()
+                    continue
+                if n > self.total - keep - self.used:
+                    break
+                queue.popleft()
+                self._take(n)
+                future.set_result(None)
 
 
 class Reservation:
     """The bytes one call holds; ``release`` returns all of them (once)."""
 
-    __slots__ = ("budget", "held", "light", "released")
+    __slots__ = ("budget", "held", "light", "read", "released")
 
     def __init__(self, budget: MemoryBudget, light: bool = False) -> None:
         self.budget = budget
         self.light = light  # the caller may use the budget's reserve
+        self.read = False
         self.held = 0
         self.released = False
+
+    @property
+    def light_answer(self) -> int:
+        """The largest answer a light call may still take from the reserve
+        once its request is read: small ones (a Get's value, a header), never
+        a page's worth."""
+        return self.budget.reserve // 16
 
     def read_done(self) -> None:
         """The request is read: what the call takes from now on (a page, a
         value) comes from the shared part, not from the light callers'
-        reserve, which is for reading requests."""
-        self.light = False
+        reserve (which is for reading requests), unless it is small."""
+        self.read = True
 
     async def grow(self, n: int, timeout: float | None) -> bool:
-        if self.released or not await self.budget.take(n, timeout, self.light):
+        light = self.light and (not self.read or n <= self.light_answer)
+        if self.released or not await self.budget.take(n, timeout, light):
             return False
         self.held += n
         return True

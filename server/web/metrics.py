@@ -7,6 +7,8 @@ which needs the runtime or the servicers to know about Prometheus:
 
 - the runtime's ``listeners``: ``(event, fields)`` callbacks for "proposed",
   "fsync", "applied", "role", "snapshot" and "snapshot_installed";
+- with an application: its background jobs' reports (server/jobs.py) and
+  its event feed (web/sse.py), read at scrape time;
 - the servicers' ``observers`` and the web tier's middleware:
   ``(rpc, code, seconds)`` for every request served.
 
@@ -39,7 +41,9 @@ from prometheus_client.registry import Collector
 
 from ramraft._version import __version__
 from ramraft.consensus import Role
+from ramraft.server.jobs import JobReport
 from ramraft.server.runtime.status import RuntimeReports
+from ramraft.server.web.sse import EventFeed
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -160,6 +164,67 @@ class _StateCollector(Collector):
         yield forwarded
 
 
+class _AppCollector(Collector):
+    """The hosted application's background jobs (server/jobs.py) and live
+    event streams (web/sse.py), read when Prometheus scrapes."""
+
+    def __init__(
+        self, jobs: Callable[[], list[JobReport]] | None, events: EventFeed | None
+    ) -> None:
+        self.jobs = jobs
+        self.events = events
+
+    def collect(self) -> Iterator[Metric]:
+        if self.jobs is not None:
+            reports = self.jobs()
+            runs = CounterMetricFamily(
+                "ramraft_job_runs", "Runs of a background job on this node", labels=["job"]
+            )
+            failures = CounterMetricFamily(
+                "ramraft_job_failures",
+                "Runs of a background job on this node that raised",
+                labels=["job"],
+            )
+            running = GaugeMetricFamily(
+                "ramraft_job_running",
+                "1 while the job runs (or is scheduled) on this node: on the leader for a "
+                "leader job",
+                labels=["job", "on"],
+            )
+            last = GaugeMetricFamily(
+                "ramraft_job_last_run_timestamp_seconds",
+                "Unix time the job's last run on this node ended (0: never)",
+                labels=["job"],
+            )
+            seconds = GaugeMetricFamily(
+                "ramraft_job_last_run_seconds",
+                "How long the job's last run on this node took",
+                labels=["job"],
+            )
+            for r in reports:
+                runs.add_metric([r.name], float(r.runs))
+                failures.add_metric([r.name], float(r.failures))
+                running.add_metric([r.name, r.on], 1.0 if r.running_here else 0.0)
+                last.add_metric([r.name], r.last_finished)
+                seconds.add_metric([r.name], r.last_seconds)
+            yield from (runs, failures, running, last, seconds)
+        if self.events is not None:
+            streams = GaugeMetricFamily(
+                "ramraft_event_streams", "Live event streams (SSE) open on this node"
+            )
+            streams.add_metric([], float(self.events.streams))
+            published = CounterMetricFamily(
+                "ramraft_events_published", "Events the application's commands published here"
+            )
+            published.add_metric([], float(self.events.published))
+            dropped = CounterMetricFamily(
+                "ramraft_event_streams_dropped",
+                "Event streams closed because the client read too slowly (it resumes)",
+            )
+            dropped.add_metric([], float(self.events.dropped_streams))
+            yield from (streams, published, dropped)
+
+
 class NodeMetrics:
     """The metrics of one node. ``runtime_listener`` goes into
     ``runtime.listeners``; ``observer("grpc")`` into a servicer's
@@ -172,6 +237,8 @@ class NodeMetrics:
         forwarded_writes: Callable[[], int],
         *,
         process: bool = True,
+        jobs: Callable[[], list[JobReport]] | None = None,
+        events: EventFeed | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
@@ -251,6 +318,8 @@ class NodeMetrics:
             registry=reg,
         )
         reg.register(_StateCollector(reports, forwarded_writes))
+        if jobs is not None or events is not None:
+            reg.register(_AppCollector(jobs, events))
         if process:
             ProcessCollector(registry=reg)
         self.rates = RateWindow()

@@ -142,6 +142,8 @@ td.num, th.num { text-align: right; }
   display: block; font-size: 19px; color: var(--text); font-variant-numeric: tabular-nums;
 }
 .empty { color: var(--muted); font-size: 13.5px; padding: 6px 8px; }
+.panel.jobs { margin-bottom: 18px; }
+.panel[hidden] { display: none; }
 footer { color: var(--muted); font-size: 13px; display: flex; gap: 18px; flex-wrap: wrap; }
 footer a, .applink { color: var(--follower); text-decoration: none; }
 footer a:hover, .applink:hover { text-decoration: underline; }
@@ -214,6 +216,15 @@ footer a:hover, .applink:hover { text-decoration: underline; }
         <tbody id="changes"></tbody>
       </table>
     </div>
+  </section>
+  <section class="panel jobs" id="jobs-panel" hidden>
+    <h2>Background jobs <span class="note" id="jobs-note"></span></h2>
+    <table>
+      <thead><tr><th>Job</th><th>Runs on</th><th class="num">Every</th><th>State</th>
+        <th class="num">Runs</th><th class="num">Failures</th><th>Last run</th>
+        <th>Last error</th></tr></thead>
+      <tbody id="jobs"></tbody>
+    </table>
   </section>
   <footer>
     <a href="/v1/status">/v1/status</a><a href="/metrics">/metrics</a>
@@ -299,6 +310,28 @@ function renderChanges(s) {
     || '<tr><td colspan="3" class="empty">none yet</td></tr>';
 }
 
+function renderJobs(s) {
+  const jobs = s.jobs || [];
+  $("jobs-panel").hidden = !jobs.length;
+  const n = s.node;
+  $("jobs").innerHTML = jobs.map((j) => {
+    let where = j.on === "leader" ? "the leader" : "every node";
+    if (j.on === "leader") {
+      where += j.running_here ? " (this node)" : (n.leader ? " (" + esc(n.leader) + ")" : "");
+    }
+    const last = j.last_finished ? clock(j.last_finished) + ' <span class="muted">'
+      + ago(s.time - j.last_finished) + "</span>" : '<span class="muted">never</span>';
+    const state = '<span class="pill' + (j.state === "retrying" ? " off" : "")
+      + (j.running_here ? " leader" : "") + '">' + esc(j.state) + "</span>";
+    return "<tr><td><b>" + esc(j.name) + "</b></td><td>" + where + '</td><td class="num mono">'
+      + (j.every ? esc(j.every) + " s" : "once") + "</td><td>" + state
+      + '</td><td class="num mono">' + num(j.runs) + '</td><td class="num mono">'
+      + num(j.failures) + "</td><td>" + last + '</td><td class="mono">'
+      + esc(j.last_error || "") + "</td></tr>";
+  }).join("");
+  $("jobs-note").textContent = "runs and failures counted on this node";
+}
+
 function renderSpark() {
   const svg = $("spark");
   const points = history.slice(-120);
@@ -366,6 +399,7 @@ function render(s) {
   renderMembers(s);
   renderRequests(s);
   renderChanges(s);
+  renderJobs(s);
   const prev = history[history.length - 1];
   if (prev && s.time > prev.time) {
     history.push({time: s.time, applied: n.applied_index,

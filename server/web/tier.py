@@ -15,6 +15,10 @@ server process -- and awaits the same in-process calls as the gRPC servicers
 ``GET /v1/kv/{key}``, ``PUT /v1/kv/{key}``, ``DELETE /v1/kv/{key}``
     The key-value machine; ``GET /v1/kv?prefix=&start_after=&limit=`` lists
     keys; ``POST /v1/cas/{key}`` compares and swaps. See :class:`KVRoutes`.
+``GET /v1/events?topic=T&topic=U``
+    Server-Sent Events: what the hosted application's commands publish
+    (``self.publish(topic, data)``), on the given topics (none: all), as this
+    node applies them; resumable with ``Last-Event-ID`` (web/sse.py).
 ``GET /metrics``
     Prometheus text format (web/metrics.py).
 ``GET /healthz``, ``GET /readyz``
@@ -101,6 +105,7 @@ from ramraft.server.security.budget import (
     reserve_answer,
 )
 from ramraft.server.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ramraft.server.web.sse import RELEASE_SLOT
 from ramraft.server.web.status_page import render_status_page
 from ramraft.server.web.view import WebTierView
 
@@ -605,6 +610,7 @@ class WebTier:
         kv.add_route("PUT", self.kv.put)
         kv.add_route("DELETE", self.kv.delete)
         router.add_post("/v1/cas/{key:[\\s\\S]*}", self.kv.cas)
+        router.add_get("/v1/events", self.events)
         router.add_get("/metrics", self.metrics)
         router.add_get("/healthz", self.healthz)
         router.add_get("/readyz", self.readyz)
@@ -612,7 +618,9 @@ class WebTier:
         hosted = view.app
         if hosted is not None:
             sub = web.Application()
-            self.app_context = AppContext(view.node_id, hosted.app.model, view.kv, view.api)
+            self.app_context = AppContext(
+                view.node_id, hosted.app.model, view.kv, view.api, hosted.jobs, hosted.events
+            )
             sub[CONTEXT] = self.app_context
             sub.add_routes(list(hosted.app.routes))
             if hosted.app.setup is not None:
@@ -738,6 +746,19 @@ class WebTier:
             error = HttpError(429, "overloaded", refused, headers={"Retry-After": "1"})
             return self._error_response(error, api_route, request)
         reservation = Reservation(self.view.budget, self.view.limiter.is_light(connection))
+        held = True
+
+        def release() -> None:
+            # Once: an event stream gives its slot and its reserved bytes back
+            # when it starts streaming (web/sse.py bounds and counts open
+            # streams itself).
+            nonlocal held
+            if held:
+                held = False
+                reservation.release()
+                self.view.limiter.leave(connection)
+
+        request[RELEASE_SLOT] = release
         try:
             # The body's bytes (its declared length, else the most it may
             # have), before a byte of it is read.
@@ -764,8 +785,7 @@ class WebTier:
             reservation.read_done()  # the body's bytes are reserved
             return await self._serve(request, handler, api_route)
         finally:
-            reservation.release()
-            self.view.limiter.leave(connection)
+            release()
 
     async def _serve(
         self, request: web.Request, handler: RouteHandler, api_route: bool
@@ -849,6 +869,11 @@ class WebTier:
                 "window_seconds": view.metrics.rates.seconds,
             },
             "forwarded_writes": view.api.forwarded,
+            "jobs": (
+                [r.to_json() for r in hosted.jobs.report()]
+                if hosted is not None and hosted.jobs is not None
+                else []
+            ),
             "app": (
                 {
                     "title": hosted.app.title or hosted.machine.model_name,
@@ -926,6 +951,13 @@ class WebTier:
         )
         self._leader_view = (now, address, view)
         return view
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        hosted = self.view.app
+        if hosted is None or hosted.events is None:
+            raise HttpError(404, "not_found", "this node hosts no application (--app)")
+        topics = request.query.getall("topic", []) or None
+        return await hosted.events.stream(request, topics)
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         body = self.view.metrics.exposition()

@@ -68,21 +68,7 @@ def test_grpc_roles(
         assert e.value.code == expected
 
 
-@pytest.mark.parametrize(
-    "transport",
-    [
-        "unary",
-        pytest.param(
-            "stream",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="server gap: server/security/auth.py StreamGate.admit answers a "
-                "refused KV.Stream request (UNAUTHENTICATED, PERMISSION_DENIED) without "
-                "logging it; the unary path logs who and what",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("transport", ["unary", "stream"])
 def test_refusals_are_logged_without_the_token(cluster: SecureCluster, transport: str) -> None:
     logged_before = len(cluster.node_log(cluster.ids[0]))
     with (

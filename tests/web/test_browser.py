@@ -1,5 +1,7 @@
-"""Headless Chromium looks at the status page and the notes app, and watches
-the status page report a new leader after the leader is SIGKILLed.
+"""Headless Chromium looks at the status page and the notes app, sees a
+note written through another node appear on the open board (server-sent
+events), and watches the status page report a new leader after the leader
+is SIGKILLed.
 
 Screenshots go to artifacts/screenshots/ (git-ignored). Needs the Debian
 package ``chromium``; skipped, saying so, where it is absent.
@@ -36,10 +38,12 @@ async def role_and_leader(page: Page) -> tuple[str, str]:
 
 
 async def run(cluster: ProcessCluster, profile: Path) -> None:
-    leader, followers = roles(cluster)
-    watcher = followers[0]
-    base = f"http://{cluster.http[watcher]}"
     async with Browser.launch(profile) as browser:
+        # Roles read once Chromium has started: its start loads this 2-core
+        # machine enough to start an election now and then.
+        leader, followers = roles(cluster)
+        watcher = followers[0]
+        base = f"http://{cluster.http[watcher]}"
         status = await browser.new_page()
         await status.goto(f"{base}/")
         await status.wait_for(
@@ -54,6 +58,8 @@ async def run(cluster: ProcessCluster, profile: Path) -> None:
         assert "(this node)" in members and "leader" in members
         assert leader in await status.text("#changes")
         assert "Notes board" in await status.text("#app-link")
+        # The board's job runs on the leader; a follower's page says where.
+        assert f"archive_old_notes\tthe leader ({leader})" in await status.text("#jobs")
         await status.screenshot(ARTIFACTS / "status.png")
 
         app = await browser.new_page()
@@ -75,6 +81,23 @@ async def run(cluster: ProcessCluster, profile: Path) -> None:
         await app.screenshot(ARTIFACTS / "app-note.png")
         await app.goto(f"{base}/app/")
         assert f"{len(NOTES) + 1} notes" in await app.text("main h2")
+
+        # Live: a note written through another node appears on the open page
+        # (its server-sent events), without a reload (the marker survives).
+        await app.evaluate("window.notReloaded = true")
+        reply = await asyncio.to_thread(
+            post_form,
+            cluster.http[leader],
+            "/app/notes",
+            {"title": "Written on the leader", "body": "pushed live", "author": "curl"},
+        )
+        assert reply.status == 303
+        await app.wait_for(
+            "document.querySelector('#board').innerText.includes('Written on the leader')"
+        )
+        assert await app.evaluate("window.notReloaded === true")
+        assert f"{len(NOTES) + 2} notes" in await app.text("main h2")
+        await app.screenshot(ARTIFACTS / "app-live.png")
 
         # Kill the leader; the open status page (it polls) shows the new one.
         await asyncio.to_thread(cluster.kill, leader)
@@ -107,5 +130,5 @@ def test_status_page_and_notes_app_in_a_browser(
         assert reply.status == 303
     assert post_form(app_cluster.http[leader], "/app/notes/2/pin", {"pinned": "1"}).status == 303
     asyncio.run(run(app_cluster, tmp_path / "chromium-profile"))
-    for name in ("status", "app-index", "app-note", "status-after-failover"):
+    for name in ("status", "app-index", "app-note", "app-live", "status-after-failover"):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000

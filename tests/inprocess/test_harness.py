@@ -1,0 +1,154 @@
+"""The in-process cluster (server/inprocess/) behind the ramraft_cluster
+fixture: its helpers do what they say, faults behave as on a network, and
+on virtual time a run is the same for the same seed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ramraft import ReplicatedModel, command
+from ramraft.server.inprocess import ClusterHarness, Faults
+from ramraft.server.inprocess.clock import Deadlock, VirtualTimeLoop
+
+
+class Log(ReplicatedModel):
+    def __init__(self) -> None:
+        self.items: list[int] = []
+
+    @command
+    def add(self, item: int) -> int:
+        self.items.append(item)
+        self.publish("log", item)
+        return len(self.items)
+
+
+def test_commands_reach_every_node_and_a_restart_rebuilds_the_model(ramraft_cluster: Any) -> None:
+    cluster: ClusterHarness = ramraft_cluster(Log)
+    follower = next(i for i in cluster.ids if i != cluster.leader())
+    assert cluster.run(cluster.model(follower).add(1)) == 1  # forwarded to the leader
+    assert cluster.call(None, "add", 2) == 2
+    index = cluster.wait_converged()
+    assert {cluster.node(i).runtime.machine.applied_index for i in cluster.ids} == {index}
+    assert [m.items for m in cluster.models()] == [[1, 2]] * 3
+    before = cluster.model(follower)
+    cluster.kill(follower)
+    assert cluster.ids == ["n1", "n2", "n3"] and len(cluster.models()) == 2
+    cluster.call(None, "add", 3)
+    cluster.restart(follower)
+    cluster.wait_converged()
+    assert cluster.model(follower) is not before
+    assert cluster.model(follower).items == [1, 2, 3]
+
+
+def test_a_partitioned_node_neither_commits_nor_serves_until_healed(ramraft_cluster: Any) -> None:
+    cluster: ClusterHarness = ramraft_cluster(Log)
+    leader = cluster.leader()
+    cluster.partition(leader)
+    with pytest.raises(TimeoutError):  # its leader cannot reach a majority
+        cluster.run(cluster.model(leader).add(1), timeout=2)
+    new = cluster.leader()  # the others elect one of them
+    assert new != leader
+    cluster.call(new, "add", 2)
+    assert cluster.model(leader).items == []
+    cluster.heal()
+    cluster.wait_converged()
+    assert cluster.model(leader).items == [2]  # the cut-off leader's entry was never committed
+
+
+def test_leadership_moves_where_asked(ramraft_cluster: Any) -> None:
+    cluster: ClusterHarness = ramraft_cluster(Log)
+    for target in ("n2", "n3", "n1"):
+        assert cluster.transfer_leadership(target) == target
+        assert cluster.leader() == target
+
+
+def test_a_node_far_behind_catches_up_by_snapshot(ramraft_cluster: Any) -> None:
+    options = {"snapshot_entries": 20, "retain_entries": 5}
+    cluster: ClusterHarness = ramraft_cluster(Log, options=options)
+    behind = next(i for i in cluster.ids if i != cluster.leader())
+    cluster.kill(behind)
+    for n in range(60):
+        cluster.call(None, "add", n)
+    cluster.restart(behind)
+    cluster.wait_converged()
+    assert cluster.model(behind).items == list(range(60))
+    runtime = cluster.node(behind).runtime
+    assert runtime.core is not None and runtime.core.latest_snapshot.index > 20
+    # Its open pages were told to reload: the events before it are unknown.
+    page = cluster.node(behind).events.subscribe(None, after="1")
+    (frame,) = cluster.run(page.take(0))
+    assert b"event: reset" in frame
+
+
+def trace(seed: int, virtual: bool = True) -> list[Any]:
+    """What a run did: role changes with their (virtual) times, then every
+    node's log."""
+    with ClusterHarness(
+        Log, seed=seed, virtual=virtual, faults=Faults(drop=0.05, max_delay=0.02)
+    ) as cluster:
+        seen: list[Any] = []
+        for node_id in cluster.ids:
+
+            def listen(event: str, fields: dict[str, Any], node_id: str = node_id) -> None:
+                if event == "role":
+                    seen.append((round(cluster.loop.time(), 6), node_id, fields["term"]))
+
+            cluster.node(node_id).runtime.listeners.append(listen)
+        for n in range(12):
+            cluster.call(None, "add", n)
+            if n == 5:
+                cluster.kill(cluster.leader())
+            if n == 8:
+                cluster.restart(next(i for i in cluster.ids if not cluster.node(i).alive))
+        cluster.wait_converged()
+        return [seen, [m.items for m in cluster.models()]]
+
+
+def test_the_same_seed_runs_the_same_way() -> None:
+    first = trace(11)
+    assert first == trace(11)
+    assert first[1] == [list(range(12))] * 3
+    assert trace(12) != first  # another seed: other timeouts, other drops
+
+
+def test_real_time_runs_the_same_code() -> None:
+    _, logs = trace(3, virtual=False)
+    assert logs == [list(range(12))] * 3
+
+
+def test_a_wait_for_what_can_never_happen_fails_at_once() -> None:
+    loop = VirtualTimeLoop()
+    try:
+        with pytest.raises(Deadlock, match="nothing left to run"):
+            loop.run_until_complete(loop.create_future())
+    finally:
+        loop.close()
+
+
+def test_bad_faults_and_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="probability"):
+        Faults(drop=1.5)
+    with pytest.raises(ValueError, match="min_delay"):
+        Faults(min_delay=0.2, max_delay=0.1)
+    with pytest.raises(ValueError, match="unknown node options"):
+        ClusterHarness(Log, options={"snapshot_entires": 5})
+
+
+def test_travel_moves_the_wall_clock_only(ramraft_cluster: Any) -> None:
+    cluster: ClusterHarness = ramraft_cluster(Log)
+    leader = cluster.leader()
+    before, loop_time = cluster.now(), cluster.loop.time()
+    cluster.travel(86400)
+    assert cluster.now() == pytest.approx(before + 86400)
+    assert cluster.loop.time() == loop_time
+    cluster.sleep(0.5)
+    assert cluster.leader() == leader  # no timer fired early: no election
+
+    async def inside() -> float:
+        import time
+
+        return time.time()
+
+    assert cluster.run(inside()) == pytest.approx(cluster.now())
