@@ -255,7 +255,10 @@ class StreamServer:
                     window.requests += 1
                     # What the request takes for its answer (a page, a
                     # value) is its own, given back once it is written.
-                    self._start(request, carrier, self._answer_reservation(light))
+                    # A lone request takes its answer from the message's
+                    # reservation, exactly as on KV.Stream.
+                    own = held if len(batch) == 1 else self._answer_reservation(light)
+                    self._start(request, carrier, own)
         finally:
             self._reading = False
             self._wake()
