@@ -11,6 +11,12 @@ Against a cluster with TLS and tokens::
 
     Client(endpoints, token="...", tls=TLSOptions.from_files(ca="certs/ca.pem"))
 
+Blobs (files kept beside the data, outside the log)::
+
+    info = c.put_blob("photo.jpg")                    # BlobInfo; str(info) is the SHA-256
+    c.read_blob(info, "copy.jpg")                     # streamed into a file
+    c.get_blob(info)                                  # or the bytes, for small ones
+
 ``AsyncClient`` has the same methods as coroutines. Both retry on another
 node while the cluster is unavailable, up to the call's deadline, and send
 every write with a session so a retried write is applied once. Errors are
@@ -23,6 +29,7 @@ the application it writes nothing, to stdout or stderr.
 """
 
 from ramraft.client._async import AsyncClient
+from ramraft.client._blobs import BlobInfo
 from ramraft.client._core import (
     DEFAULT_TIMEOUT,
     LEADER_METADATA_KEY,
@@ -54,6 +61,7 @@ __all__ = [
     "LINEARIZABLE",
     "SERIALIZABLE",
     "AsyncClient",
+    "BlobInfo",
     "CasResult",
     "Client",
     "DeadlineExceeded",

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import io
+import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 
-from ramraft.client import _core, _stream
+from ramraft.client import _blobs, _core, _stream
 from ramraft.client._core import (
     CallAttempts,
     CasResult,
@@ -20,8 +22,15 @@ from ramraft.client._core import (
     RangePage,
     Ticket,
 )
-from ramraft.client.errors import FailedPrecondition
-from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+from ramraft.client.errors import FailedPrecondition, Unavailable
+from ramraft.proto import (
+    admin_pb2,
+    admin_pb2_grpc,
+    blobs_pb2,
+    blobs_pb2_grpc,
+    kv_pb2,
+    kv_pb2_grpc,
+)
 
 __all__ = ["AsyncClient"]
 
@@ -377,6 +386,121 @@ class AsyncClient(_core.ClientBase):
             "Snapshot", lambda s: s.admin.Snapshot, admin_pb2.SnapshotRequest(), timeout, endpoint
         )
         return r.index
+
+    # -- blobs ----------------------------------------------------------------
+
+    async def put_blob(
+        self,
+        data: _blobs.BlobSource | AsyncIterable[bytes],
+        *,
+        content_type: str | None = None,
+        timeout: float | None = None,
+    ) -> _blobs.BlobInfo:
+        """Uploads a blob (see ``Client.put_blob``; ``data`` may also be an
+        async iterable of bytes). Files are read in a worker thread."""
+        upload = _blobs.Upload(data, content_type)
+        attempts = _blobs.Attempts(self.endpoints, timeout)
+        while True:
+            target = attempts.next()
+            stub = blobs_pb2_grpc.BlobsServiceStub(self._stubs_for(target).channel)
+            try:
+                response = await stub.PutBlob(
+                    upload.requests_async(),
+                    timeout=max(0.001, attempts.remaining()),
+                    metadata=self._metadata,
+                )
+            except grpc.RpcError as error:
+                if not attempts.retry(error, upload.replayable):
+                    raise _core.error_from("PutBlob", error, target) from None
+                await asyncio.sleep(attempts.pause())
+                continue
+            return _blobs.info_from(response.blob, response.index)
+
+    async def read_blob(
+        self,
+        ref: object,
+        out: _blobs.Writable | str | os.PathLike[str],
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        timeout: float | None = None,
+    ) -> _blobs.BlobInfo:
+        """Downloads a blob into a binary file or a path (see
+        ``Client.read_blob``)."""
+        digest = _blobs.blob_ref(ref)
+        output = _blobs.Output(out)
+        try:
+            info = await self._download(digest, output.write, offset, length, timeout)
+            await asyncio.to_thread(output.done)
+        except BaseException:
+            output.abandon()
+            raise
+        return info
+
+    async def get_blob(self, ref: object, *, timeout: float | None = None) -> bytes:
+        """A whole blob as bytes (for small ones: ``read_blob`` streams)."""
+        buffer = io.BytesIO()
+        await self.read_blob(ref, buffer, timeout=timeout)
+        return buffer.getvalue()
+
+    async def blob_info(self, ref: object, *, timeout: float | None = None) -> _blobs.BlobInfo:
+        """What a blob is (size, content type); raises NotFound."""
+        digest = _blobs.blob_ref(ref)
+        return await self._download(digest, lambda _: None, _blobs.INFO_ONLY_OFFSET, None, timeout)
+
+    async def delete_blob(self, ref: object, *, timeout: float | None = None) -> bool:
+        """Deletes a blob from every node; False if there was none."""
+        request = blobs_pb2.DeleteBlobRequest(sha256=_blobs.blob_ref(ref))
+        attempts = _blobs.Attempts(self.endpoints, self.timeout if timeout is None else timeout)
+        while True:
+            target = attempts.next()
+            stub = blobs_pb2_grpc.BlobsServiceStub(self._stubs_for(target).channel)
+            try:
+                response = await stub.DeleteBlob(
+                    request, timeout=max(0.001, attempts.remaining()), metadata=self._metadata
+                )
+            except grpc.RpcError as error:
+                if not attempts.retry(error):
+                    raise _core.error_from("DeleteBlob", error, target) from None
+                await asyncio.sleep(attempts.pause())
+                continue
+            return bool(response.deleted)
+
+    async def _download(
+        self,
+        digest: str,
+        write: Callable[[bytes], object],
+        offset: int,
+        length: int | None,
+        timeout: float | None,
+    ) -> _blobs.BlobInfo:
+        attempts = _blobs.Attempts(self.endpoints, timeout)
+        info: _blobs.BlobInfo | None = None
+        received = 0
+        while True:
+            target = attempts.next()
+            stub = blobs_pb2_grpc.BlobsServiceStub(self._stubs_for(target).channel)
+            left = None if length is None else length - received
+            call = stub.GetBlob(
+                _blobs.get_request(digest, offset + received, left),
+                timeout=max(0.001, attempts.remaining()),
+                metadata=self._metadata,
+            )
+            try:
+                async for message in call:
+                    if info is None and message.HasField("blob"):
+                        info = _blobs.info_from(message.blob)
+                    if message.data:
+                        await asyncio.to_thread(write, message.data)
+                        received += len(message.data)
+            except grpc.RpcError as error:
+                if not attempts.retry(error):
+                    raise _core.error_from("GetBlob", error, target) from None
+                await asyncio.sleep(attempts.pause())
+                continue
+            if info is None:
+                raise Unavailable(f"{target} ended the download before saying what the blob is")
+            return info
 
     # -- machinery ----------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import itertools
+import os
 import queue
 import threading
 import time
@@ -12,7 +14,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from ramraft.client import _core, _stream
+from ramraft.client import _blobs, _core, _stream
 from ramraft.client._core import (
     CallAttempts,
     CasResult,
@@ -21,7 +23,14 @@ from ramraft.client._core import (
     Ticket,
 )
 from ramraft.client.errors import DeadlineExceeded, FailedPrecondition, Unavailable
-from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+from ramraft.proto import (
+    admin_pb2,
+    admin_pb2_grpc,
+    blobs_pb2,
+    blobs_pb2_grpc,
+    kv_pb2,
+    kv_pb2_grpc,
+)
 
 __all__ = ["Client"]
 
@@ -436,6 +445,126 @@ class Client(_core.ClientBase):
         if last is None:
             raise DeadlineExceeded(f"Backup: no node started the backup within {total:g} s")
         raise _core.error_from("Backup", *last) from None
+
+    # -- blobs ----------------------------------------------------------------
+
+    def put_blob(
+        self,
+        data: _blobs.BlobSource,
+        *,
+        content_type: str | None = None,
+        timeout: float | None = None,
+    ) -> _blobs.BlobInfo:
+        """Uploads a blob: bytes, a path, a binary file or an iterable of
+        bytes (streamed, never read whole). Returns it (``str(info)`` is its
+        SHA-256) once a majority of the nodes hold it. ``content_type``:
+        default guessed from a path's name, else application/octet-stream.
+        Default deadline: 10 minutes (``_blobs.BLOB_TIMEOUT``)."""
+        upload = _blobs.Upload(data, content_type)
+        attempts = _blobs.Attempts(self.endpoints, timeout)
+        while True:
+            target = attempts.next()
+            stub = blobs_pb2_grpc.BlobsServiceStub(self._stubs_for(target).channel)
+            try:
+                response = stub.PutBlob(
+                    upload.requests(),
+                    timeout=max(0.001, attempts.remaining()),
+                    metadata=self._metadata,
+                )
+            except grpc.RpcError as error:
+                if not attempts.retry(error, upload.replayable):
+                    raise _core.error_from("PutBlob", error, target) from None
+                time.sleep(attempts.pause())
+                continue
+            return _blobs.info_from(response.blob, response.index)
+
+    def read_blob(
+        self,
+        ref: object,
+        out: _blobs.Writable | str | os.PathLike[str],
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        timeout: float | None = None,
+    ) -> _blobs.BlobInfo:
+        """Downloads a blob (from ``offset``, ``length`` bytes at most) into
+        a binary file (anything with ``write``), or into a path (written
+        whole or not at all). A
+        broken download goes on where it stopped, on another node."""
+        digest = _blobs.blob_ref(ref)
+        output = _blobs.Output(out)
+        try:
+            info = self._download(digest, output.write, offset, length, timeout)
+            output.done()
+        except BaseException:
+            output.abandon()
+            raise
+        return info
+
+    def get_blob(self, ref: object, *, timeout: float | None = None) -> bytes:
+        """A whole blob as bytes (for small ones: ``read_blob`` streams)."""
+        buffer = io.BytesIO()
+        self.read_blob(ref, buffer, timeout=timeout)
+        return buffer.getvalue()
+
+    def blob_info(self, ref: object, *, timeout: float | None = None) -> _blobs.BlobInfo:
+        """What a blob is (size, content type); raises NotFound."""
+        digest = _blobs.blob_ref(ref)
+        return self._download(digest, lambda _: None, _blobs.INFO_ONLY_OFFSET, None, timeout)
+
+    def delete_blob(self, ref: object, *, timeout: float | None = None) -> bool:
+        """Deletes a blob from every node; False if there was none (refused
+        with FailedPrecondition while the application refers to it)."""
+        request = blobs_pb2.DeleteBlobRequest(sha256=_blobs.blob_ref(ref))
+        attempts = _blobs.Attempts(self.endpoints, self.timeout if timeout is None else timeout)
+        while True:
+            target = attempts.next()
+            stub = blobs_pb2_grpc.BlobsServiceStub(self._stubs_for(target).channel)
+            try:
+                response = stub.DeleteBlob(
+                    request, timeout=max(0.001, attempts.remaining()), metadata=self._metadata
+                )
+            except grpc.RpcError as error:
+                if not attempts.retry(error):
+                    raise _core.error_from("DeleteBlob", error, target) from None
+                time.sleep(attempts.pause())
+                continue
+            return bool(response.deleted)
+
+    def _download(
+        self,
+        digest: str,
+        write: Callable[[bytes], object],
+        offset: int,
+        length: int | None,
+        timeout: float | None,
+    ) -> _blobs.BlobInfo:
+        attempts = _blobs.Attempts(self.endpoints, timeout)
+        info: _blobs.BlobInfo | None = None
+        received = 0
+        while True:
+            target = attempts.next()
+            stub = blobs_pb2_grpc.BlobsServiceStub(self._stubs_for(target).channel)
+            left = None if length is None else length - received
+            try:
+                for message in stub.GetBlob(
+                    _blobs.get_request(digest, offset + received, left),
+                    timeout=max(0.001, attempts.remaining()),
+                    metadata=self._metadata,
+                ):
+                    if info is None and message.HasField("blob"):
+                        info = _blobs.info_from(message.blob)
+                    if message.data:
+                        write(message.data)
+                        received += len(message.data)
+            except grpc.RpcError as error:
+                if not attempts.retry(error):
+                    raise _core.error_from("GetBlob", error, target) from None
+                time.sleep(attempts.pause())
+                continue
+            if info is None:
+                raise Unavailable(f"{target} ended the download before saying what the blob is")
+            return info
 
     # -- machinery ----------------------------------------------------------------
 

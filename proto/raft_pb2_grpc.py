@@ -57,6 +57,16 @@ class PeerStub:
                 request_serializer=ramraft_dot_proto_dot_raft__pb2.InfoRequest.SerializeToString,
                 response_deserializer=ramraft_dot_proto_dot_raft__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.HoldBlob = channel.unary_unary(
+                '/ramraft.peer.v1.Peer/HoldBlob',
+                request_serializer=ramraft_dot_proto_dot_raft__pb2.HoldBlobRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_raft__pb2.HoldBlobResponse.FromString,
+                _registered_method=True)
+        self.ReadBlob = channel.unary_stream(
+                '/ramraft.peer.v1.Peer/ReadBlob',
+                request_serializer=ramraft_dot_proto_dot_raft__pb2.ReadBlobRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_raft__pb2.ReadBlobResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -99,6 +109,27 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HoldBlob(self, request, context):
+        """Asks the callee to hold a blob durably (its own file, fsynced) and
+        answers once it does: it first applies the log up to the entry that
+        recorded the blob, then fetches the bytes with ReadBlob (from `source`
+        first) unless it has them. Added after release 0.1.0: a node that
+        answers UNIMPLEMENTED counts as not holding the blob.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadBlob(self, request, context):
+        """Streams the bytes of a blob the callee holds, in chunks; NOT_FOUND when
+        it holds none. The caller checks them against the blob's SHA-256 before
+        keeping them. Added after release 0.1.0 (UNIMPLEMENTED there: the
+        caller asks another node).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +152,16 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=ramraft_dot_proto_dot_raft__pb2.InfoRequest.FromString,
                     response_serializer=ramraft_dot_proto_dot_raft__pb2.InfoResponse.SerializeToString,
+            ),
+            'HoldBlob': grpc.unary_unary_rpc_method_handler(
+                    servicer.HoldBlob,
+                    request_deserializer=ramraft_dot_proto_dot_raft__pb2.HoldBlobRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_raft__pb2.HoldBlobResponse.SerializeToString,
+            ),
+            'ReadBlob': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadBlob,
+                    request_deserializer=ramraft_dot_proto_dot_raft__pb2.ReadBlobRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_raft__pb2.ReadBlobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -234,6 +275,60 @@ class Peer:
             '/ramraft.peer.v1.Peer/Info',
             ramraft_dot_proto_dot_raft__pb2.InfoRequest.SerializeToString,
             ramraft_dot_proto_dot_raft__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HoldBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ramraft.peer.v1.Peer/HoldBlob',
+            ramraft_dot_proto_dot_raft__pb2.HoldBlobRequest.SerializeToString,
+            ramraft_dot_proto_dot_raft__pb2.HoldBlobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ramraft.peer.v1.Peer/ReadBlob',
+            ramraft_dot_proto_dot_raft__pb2.ReadBlobRequest.SerializeToString,
+            ramraft_dot_proto_dot_raft__pb2.ReadBlobResponse.FromString,
             options,
             channel_credentials,
             insecure,

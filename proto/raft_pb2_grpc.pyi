@@ -63,6 +63,19 @@ class PeerStub:
     or compares state. Added after release 0.1.0 (which answers
     UNIMPLEMENTED: the leader then treats it as supporting version 1 only).
     """
+    HoldBlob: _grpc.UnaryUnaryMultiCallable[_raft_pb2.HoldBlobRequest, _raft_pb2.HoldBlobResponse]
+    """Asks the callee to hold a blob durably (its own file, fsynced) and
+    answers once it does: it first applies the log up to the entry that
+    recorded the blob, then fetches the bytes with ReadBlob (from `source`
+    first) unless it has them. Added after release 0.1.0: a node that
+    answers UNIMPLEMENTED counts as not holding the blob.
+    """
+    ReadBlob: _grpc.UnaryStreamMultiCallable[_raft_pb2.ReadBlobRequest, _raft_pb2.ReadBlobResponse]
+    """Streams the bytes of a blob the callee holds, in chunks; NOT_FOUND when
+    it holds none. The caller checks them against the blob's SHA-256 before
+    keeping them. Added after release 0.1.0 (UNIMPLEMENTED there: the
+    caller asks another node).
+    """
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
@@ -88,6 +101,19 @@ class PeerAsyncStub(PeerStub):
     leader asks every member before it names the cluster, switches versions
     or compares state. Added after release 0.1.0 (which answers
     UNIMPLEMENTED: the leader then treats it as supporting version 1 only).
+    """
+    HoldBlob: _aio.UnaryUnaryMultiCallable[_raft_pb2.HoldBlobRequest, _raft_pb2.HoldBlobResponse]  # type: ignore[assignment]
+    """Asks the callee to hold a blob durably (its own file, fsynced) and
+    answers once it does: it first applies the log up to the entry that
+    recorded the blob, then fetches the bytes with ReadBlob (from `source`
+    first) unless it has them. Added after release 0.1.0: a node that
+    answers UNIMPLEMENTED counts as not holding the blob.
+    """
+    ReadBlob: _aio.UnaryStreamMultiCallable[_raft_pb2.ReadBlobRequest, _raft_pb2.ReadBlobResponse]  # type: ignore[assignment]
+    """Streams the bytes of a blob the callee holds, in chunks; NOT_FOUND when
+    it holds none. The caller checks them against the blob's SHA-256 before
+    keeping them. Added after release 0.1.0 (UNIMPLEMENTED there: the
+    caller asks another node).
     """
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
@@ -135,6 +161,31 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         leader asks every member before it names the cluster, switches versions
         or compares state. Added after release 0.1.0 (which answers
         UNIMPLEMENTED: the leader then treats it as supporting version 1 only).
+        """
+
+    @_abc_1.abstractmethod
+    def HoldBlob(
+        self,
+        request: _raft_pb2.HoldBlobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_raft_pb2.HoldBlobResponse, _abc.Awaitable[_raft_pb2.HoldBlobResponse]]:
+        """Asks the callee to hold a blob durably (its own file, fsynced) and
+        answers once it does: it first applies the log up to the entry that
+        recorded the blob, then fetches the bytes with ReadBlob (from `source`
+        first) unless it has them. Added after release 0.1.0: a node that
+        answers UNIMPLEMENTED counts as not holding the blob.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadBlob(
+        self,
+        request: _raft_pb2.ReadBlobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_raft_pb2.ReadBlobResponse], _abc.AsyncIterator[_raft_pb2.ReadBlobResponse]]:
+        """Streams the bytes of a blob the callee holds, in chunks; NOT_FOUND when
+        it holds none. The caller checks them against the blob's SHA-256 before
+        keeping them. Added after release 0.1.0 (UNIMPLEMENTED there: the
+        caller asks another node).
         """
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,6 +4,7 @@ The public API, importable from here::
 
     from ramraft import Client, AsyncClient                      # gRPC clients
     from ramraft import ReplicatedModel, command, Application    # your own objects
+    from ramraft import BlobRef                                   # files beside them (blobs)
     from ramraft import background, JobContext                   # their background jobs
 
 Everything else lives in the sub-packages, each with a docstring saying what
@@ -27,11 +28,13 @@ if TYPE_CHECKING:
     from ramraft.client import AsyncClient, Client
     from ramraft.server.hosting import Application
     from ramraft.server.jobs import JobContext, background
+    from ramraft.server.machines.blobs import BlobRef
     from ramraft.server.machines.embed import ReplicatedModel, command
 
 __all__ = [
     "Application",
     "AsyncClient",
+    "BlobRef",
     "Client",
     "JobContext",
     "ReplicatedModel",
@@ -46,6 +49,7 @@ _LAZY = {
     "ReplicatedModel": "ramraft.server.machines.embed",
     "command": "ramraft.server.machines.embed",
     "Application": "ramraft.server.hosting",
+    "BlobRef": "ramraft.server.machines.blobs",
     "background": "ramraft.server.jobs",
     "JobContext": "ramraft.server.jobs",
 }

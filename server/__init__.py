@@ -16,6 +16,8 @@
   /metrics).
 - ``security/``: tokens, roles, in-flight limits and TLS.
 - ``storage/``: the write-ahead log and snapshot files.
+- ``blobs/``: blob files beside the state (outside the log): each node's
+  store, replication to a majority, fetching from peers, the Blobs service.
 - ``inprocess/``: a whole cluster inside one process (memory network and
   storage, virtual time) for application tests (``ramraft.testing``).
 

@@ -217,6 +217,37 @@ class TLSConfig:
 
 
 @dataclass
+class BlobConfig:
+    """Where a node keeps blob files and how it treats them (server/blobs/)."""
+
+    directory: str = ""  # --blob-dir; empty: <data-dir>/blobs
+    max_blob_bytes: int = 1 << 30  # the largest blob taken
+    # Blobs are refused (RESOURCE_EXHAUSTED, HTTP 507) when taking one would
+    # leave less than this free on the blob directory's file system: the WAL
+    # and snapshots (on the same volume by default) must still fit.
+    reserve_bytes: int = 256 << 20
+    gc_interval: float = 600.0  # seconds between the leader's collect entries; 0: none
+    gc_grace: float = 3600.0  # seconds a blob stays after its last put or reference
+
+    def path(self, data_dir: str) -> str:
+        return self.directory or f"{data_dir.rstrip('/')}/blobs"
+
+    def validate(self) -> None:
+        if self.max_blob_bytes < 1:
+            raise ConfigError("--max-blob-bytes must be at least 1")
+        if self.reserve_bytes < 0:
+            raise ConfigError("--blob-reserve-bytes must not be negative")
+        if self.gc_interval < 0 or self.gc_grace < 0:
+            raise ConfigError("--blob-gc-interval and --blob-gc-grace must not be negative")
+        if self.gc_interval and self.gc_grace < self.gc_interval:
+            raise ConfigError(
+                f"--blob-gc-grace {self.gc_grace:g} is shorter than --blob-gc-interval "
+                f"{self.gc_interval:g}: a blob is kept at least the grace minus the interval "
+                "after its last reference, which would be nothing"
+            )
+
+
+@dataclass
 class NodeConfig:
     node_id: str
     peers: dict[str, str]  # initial members: id -> peer gRPC address
@@ -257,6 +288,7 @@ class NodeConfig:
     # the peer port is unauthenticated (anyone who reaches it can act as a
     # peer). Refused unless this says so (see validate()).
     insecure: bool = False
+    blobs: BlobConfig = field(default_factory=BlobConfig)
 
     def validate(self) -> None:
         try:
@@ -278,6 +310,7 @@ class NodeConfig:
         self._check_ports_differ()
         self.limits.validate()
         self.tls.validate()
+        self.blobs.validate()
         if self.auth_tokens and not self.tls.enabled and not self.insecure:
             raise ConfigError(
                 "--auth-tokens without TLS protects nothing: tokens would travel in cleartext "

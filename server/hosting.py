@@ -68,6 +68,7 @@ from ramraft.server.request_errors import Unavailable
 from ramraft.server.web.sse import EventFeed
 
 if TYPE_CHECKING:
+    from ramraft.server.blobs.manager import NodeBlobs
     from ramraft.server.runtime.node_api import NodeAPI
 
 log = structlog.get_logger("ramraft.hosting")
@@ -93,7 +94,9 @@ class Application:
 
 
 class AppContext:
-    """What page handlers can reach besides the model: ``request.app[CONTEXT]``.
+    """What page handlers can reach besides the model: ``request.app[CONTEXT]``
+    (the node's id and role, the key-value machine, the request path, and the
+    node's blobs as ``ctx.blobs``).
 
     Reads of the model are plain memory reads of this node's copy: they see
     every command this node has applied. ``await ctx.linearizable()`` first
@@ -112,6 +115,7 @@ class AppContext:
         api: NodeAPI,
         jobs: JobRunner | None = None,
         events: EventFeed | None = None,
+        blobs: NodeBlobs | None = None,
     ) -> None:
         self.node_id = node_id
         self.model = model
@@ -119,6 +123,7 @@ class AppContext:
         self.api = api
         self._jobs = jobs
         self._events = events
+        self._blobs = blobs
 
     @property
     def jobs(self) -> JobRunner:
@@ -131,6 +136,16 @@ class AppContext:
         if self._events is None:
             raise RuntimeError("this node has no event feed")
         return self._events
+
+    @property
+    def blobs(self) -> NodeBlobs:
+        """The node's blobs (server/blobs/manager.py): ``await
+        ctx.blobs.put(data, content_type=...)`` stores one on a majority of
+        the nodes and returns its ``BlobRef``; ``await ctx.blobs.open(ref)``
+        streams it back."""
+        if self._blobs is None:
+            raise RuntimeError("this node keeps no blobs (it runs without the cluster record)")
+        return self._blobs
 
     async def linearizable(self, timeout: float | None = None) -> int:
         return await self.api.linearizable(timeout)
@@ -293,7 +308,10 @@ class HostedApp:
         machine, under the cluster record; what the runtime applies."""
         model_machine = ModelMachine(app.model)
         machine = ClusterMachine(
-            CompositeMachine({TAG_KV: kv, TAG_MODEL: model_machine}), model=model_machine, kv=kv
+            CompositeMachine({TAG_KV: kv, TAG_MODEL: model_machine}),
+            model=model_machine,
+            kv=kv,
+            blob_refs=model_machine.blob_refs,
         )
         return cls(app, model_machine), machine
 

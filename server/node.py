@@ -41,7 +41,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ramraft.consensus import Role
-from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc, raft_pb2
+from ramraft.proto import (
+    admin_pb2,
+    admin_pb2_grpc,
+    blobs_pb2,
+    blobs_pb2_grpc,
+    kv_pb2,
+    kv_pb2_grpc,
+    raft_pb2,
+)
+from ramraft.server.blobs.manager import BlobSettings, NodeBlobs
+from ramraft.server.blobs.metrics import BlobCollector
+from ramraft.server.blobs.store import BlobStore
 from ramraft.server.config import (
     PEER_MESSAGE_BYTES,
     PORTS_FILE,
@@ -60,6 +71,7 @@ from ramraft.server.hosting import (
 from ramraft.server.logs import RateLimitedLog
 from ramraft.server.machines.cluster import ClusterMachine
 from ramraft.server.machines.kv import KVMachine
+from ramraft.server.rpc.blobs import BlobsService
 from ramraft.server.rpc.services import AdminService, KVService
 from ramraft.server.runtime.loop import RaftRuntime
 from ramraft.server.runtime.membership import MembershipChanges
@@ -214,6 +226,7 @@ class Node:
         self.decode_result = decode_result
         self.runtime: RaftRuntime | None = None
         self.api: NodeAPI | None = None
+        self.blobs: NodeBlobs | None = None  # with the cluster record (machines/cluster.py)
         self.membership: MembershipChanges | None = None
         self.metrics: NodeMetrics | None = None  # made by start(), with the runtime
         self.servers: list[grpc.aio.Server] = []
@@ -308,6 +321,23 @@ class Node:
             events=hosted.events if hosted is not None else None,
         )
         runtime.listeners.append(metrics.runtime_listener)
+        cluster = runtime.cluster
+        if cluster is not None:
+            store = BlobStore(
+                cfg.blobs.path(cfg.data_dir),
+                max_blob_bytes=cfg.blobs.max_blob_bytes,
+                reserve_bytes=cfg.blobs.reserve_bytes,
+                fsync=cfg.fsync,
+            )
+            settings = BlobSettings(
+                cfg.blobs.gc_interval,
+                cfg.blobs.gc_grace,
+                # Half the peers' message limit: room for the message around the bytes.
+                peer_chunk_bytes=min(1 << 20, cfg.peer_message_bytes() // 2),
+            )
+            self.blobs = NodeBlobs(runtime, api, store, cluster.blobs, settings)
+            await self.blobs.prepare()
+            metrics.registry.register(BlobCollector(self.blobs))
 
         self.peer_servicer = peer_servicer = PeerServicer(
             receive=runtime.receive,
@@ -320,9 +350,11 @@ class Node:
             refusals=self.refusals,
             cluster_id=self.steward.cluster_id,
             info=self.steward.info,
+            blobs=self.blobs,
         )
         self.kv_service = KVService(self.api, self.kv)
         self.admin_service = AdminService(self.api, self.membership, self.steward)
+        self.admin_service.blobs = self.blobs
         self.kv_service.observers.append(metrics.observer("grpc"))
         self.admin_service.observers.append(metrics.observer("grpc"))
         node_limits = cfg.limits
@@ -370,6 +402,11 @@ class Node:
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
+        if self.blobs is not None:
+            blobs_service = BlobsService(self.blobs, runtime)
+            blobs_service.observers.append(metrics.observer("grpc"))
+            blobs_pb2_grpc.add_BlobsServiceServicer_to_server(blobs_service, client_server)
+            services.append(blobs_pb2.DESCRIPTOR.services_by_name["BlobsService"].full_name)
         tls = self.tls
         if cfg.peer_listen:
             peer_server = grpc.aio.server(
@@ -421,6 +458,11 @@ class Node:
             hosted.events.restart_at(runtime.machine.applied_index)
         self._check_cluster_id()
         self.steward.start()
+        if self.blobs is not None:
+            assert runtime.core is not None
+            # Log entries up to here were in this node's log before it
+            # started: their deletions are replays (server/blobs/manager.py).
+            self.blobs.start(runtime.core.last_index)
         for server in self.servers:
             await server.start()
         if hosted is not None and hosted.jobs is not None:
@@ -444,6 +486,7 @@ class Node:
                     tls=self.tls,
                     app=self.app,
                     peer_channel=runtime.transport.channel,
+                    blobs=self.blobs,
                 )
             )
             try:
@@ -470,6 +513,9 @@ class Node:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._health_task
+        if self.blobs is not None:
+            with contextlib.suppress(Exception):
+                await self.blobs.close()
         runtime = self.runtime
         if runtime is not None:
             with contextlib.suppress(Exception):
@@ -619,6 +665,8 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         await self.steward.close()
+        if self.blobs is not None:
+            await self.blobs.close()
         await runtime.transport.close()
         await runtime.close()
         log.info("node_stopped", id=self.config.node_id)

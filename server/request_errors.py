@@ -78,6 +78,20 @@ class BadRequest(RequestError, ValueError):
     documented limit, an unknown member...; the message says which."""
 
 
+class NotFound(RequestError):
+    """What the request names does not exist (a blob)."""
+
+
+class InsufficientStorage(RequestError):
+    """This node's disk is too full to take what the request brings (a
+    blob): refused before the disk fills, never half-stored."""
+
+
+class PayloadTooLarge(RequestError):
+    """The request brings more than a documented limit allows (a blob over
+    --max-blob-bytes); the message names the limit."""
+
+
 class CommandRefused(RequestError):
     """The leader will not propose this command: its code does not have it
     (it came from newer code), or it is new in a version the cluster does not
@@ -131,6 +145,12 @@ ERROR_STATUSES: tuple[tuple[type[BaseException], WireStatus], ...] = (
     (Unavailable, _UNAVAILABLE),
     (ProposalDroppedError, _UNAVAILABLE),  # a transfer or change in progress: retry
     (Overloaded, WireStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "overloaded")),
+    (NotFound, WireStatus(grpc.StatusCode.NOT_FOUND, 404, "not_found")),
+    (
+        InsufficientStorage,
+        WireStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 507, "insufficient_storage"),
+    ),
+    (PayloadTooLarge, WireStatus(grpc.StatusCode.INVALID_ARGUMENT, 413, "payload_too_large")),
     (TimeoutError, WireStatus(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "deadline_exceeded")),
     (SessionRefused, _NOT_NOW),
     # A command of a version the cluster does not run yet, or that the

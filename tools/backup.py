@@ -13,9 +13,9 @@ storage/backup.py; a SHA-256 over the whole file catches a flipped byte
 anywhere. ``ramraft restore`` (tools/restore.py) builds a new cluster from it.
 
 A backup holds the state machine: every key and value, the application
-model, the exactly-once session tables, the cluster record's versions. Blobs
-do not exist yet (there is no blob store); when they do, a backup must carry
-the blobs its state refers to or be refused.
+model, the exactly-once session tables, the cluster record's versions, and
+after the state the blobs its catalog names (each hashed by --verify); a
+backup whose blob no node can send is refused by name.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ramraft.server.blobs.backup import verify_blob_section
 from ramraft.server.machines.inspect import StateSummary, inspect_state
 from ramraft.server.machines.statemachine import SnapshotError
 from ramraft.server.storage.backup import BackupError, BackupHeader, BackupReader, BackupWriter
@@ -97,6 +98,15 @@ def verify_backup(
                 f"{reader.path}: the header names model {header.model or '(none)'}, the state "
                 f"holds {', '.join(names) or 'none'}"
             )
+        held = header.blobs["count"] if header.blobs else 0
+        if held != summary.blobs:
+            raise BackupError(
+                f"{reader.path}: the state's catalog names {summary.blobs} blobs, the file "
+                f"holds {held}"
+            )
+        if header.blobs:
+            # Every blob hashes to its name (server/blobs/backup.py).
+            verify_blob_section(reader.blob_section(), header.blobs["count"], header.blobs["bytes"])
     return header, summary
 
 
@@ -112,6 +122,7 @@ def _summary_json(header: BackupHeader, summary: StateSummary) -> dict[str, Any]
         "ramraft_version": header.ramraft_version,
         "keys": summary.keys,
         "kv_sessions": summary.kv_sessions,
+        "blobs": summary.blobs,
         "models": [
             {"name": m.name, "attributes": m.attributes, "sessions": m.sessions}
             for m in summary.models
@@ -143,6 +154,8 @@ def run_verify(path: str, as_json: bool, app: str | None) -> int:
     print(f"  taken by {header.node} at {header.created} (ramraft {header.ramraft_version})")
     print(f"  app version {header.app_version}, key-value version {header.kv_version}")
     print(f"  keys: {summary.keys} (sessions: {summary.kv_sessions})")
+    if header.blobs:
+        print(f"  blobs: {header.blobs['count']} ({header.blobs['bytes']:,} bytes, each checked)")
     for m in summary.models:
         attrs = ", ".join(f"{k}: {v}" for k, v in m.attributes.items())
         print(f"  model {m.name}: {attrs or 'no attributes'} (sessions: {m.sessions})")

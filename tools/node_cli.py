@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ramraft.server.config import (
+    BlobConfig,
     ConfigError,
     NodeConfig,
     NodeLimits,
@@ -73,6 +74,7 @@ their message is read). Memory, in one formula:
   --max-inflight, --max-inflight-per-connection, --max-inflight-bytes,
   --max-connections, --max-connections-per-source, --max-pending-requests,
   --max-range-page, --max-range-bytes, --snapshot-chunk-bytes
+  --max-blob-bytes, --blob-reserve-bytes (RESOURCE_EXHAUSTED / HTTP 507)
 connections and calls:
   --handshake-timeout-ms (TLS/HTTP2 handshake, HTTP request headers),
   --request-timeout-ms (a call's request message), --idle-timeout-ms (a
@@ -151,6 +153,7 @@ def _limit(flag: str, default: int, text: str) -> Setting:
 
 
 _LIMITS = NodeLimits()
+_BLOBS = BlobConfig()
 
 NODE_SETTINGS: tuple[Setting, ...] = (
     Setting("id", "this node's id", metavar="ID"),
@@ -241,6 +244,26 @@ NODE_SETTINGS: tuple[Setting, ...] = (
         10_000,
         int,
         metavar="N",
+    ),
+    Setting(
+        "blob-dir",
+        "where blob files live (default: <data-dir>/blobs); on a shared file system only if "
+        "it is this node's own directory there (README: Blobs)",
+        metavar="DIR",
+    ),
+    Setting(
+        "blob-gc-interval",
+        "seconds between the leader's blob collections (0: none)",
+        int(_BLOBS.gc_interval),
+        int,
+        metavar="SECONDS",
+    ),
+    Setting(
+        "blob-gc-grace",
+        "seconds a blob stays after its last upload or last reference",
+        int(_BLOBS.gc_grace),
+        int,
+        metavar="SECONDS",
     ),
     Setting(
         "tls-cert",
@@ -364,6 +387,13 @@ NODE_SETTINGS: tuple[Setting, ...] = (
         _LIMITS.snapshot_chunk_bytes,
         "data bytes per InstallSnapshot chunk this node sends",
     ),
+    _limit("max-blob-bytes", _BLOBS.max_blob_bytes, "largest blob taken (uploads and copies)"),
+    _limit(
+        "blob-reserve-bytes",
+        _BLOBS.reserve_bytes,
+        "refuse blobs (RESOURCE_EXHAUSTED, HTTP 507) that would leave less than this free on "
+        "the blob directory's file system",
+    ),
 )
 
 
@@ -474,6 +504,13 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         cluster_id=args.cluster_id,
         check_entries=args.check_entries,
         insecure=args.insecure,
+        blobs=BlobConfig(
+            directory=args.blob_dir,
+            max_blob_bytes=args.max_blob_bytes,
+            reserve_bytes=args.blob_reserve_bytes,
+            gc_interval=args.blob_gc_interval,
+            gc_grace=args.blob_gc_grace,
+        ),
     )
     config.validate()
     return config
@@ -569,7 +606,7 @@ def register(sub: Any) -> None:
     add_node_parser(sub)
     add_cluster_parser(sub)
     # Subcommands that live in modules of their own (each defines register()).
-    from ramraft.tools import backup, bench, certs, chaos, restore, tokens, versions
+    from ramraft.tools import backup, bench, blobs_cli, certs, chaos, restore, tokens, versions
 
-    for module in (bench, chaos, certs, tokens, backup, restore, versions):
+    for module in (bench, chaos, certs, tokens, backup, restore, versions, blobs_cli):
         module.register(sub)

@@ -28,6 +28,13 @@ What a restore never does:
   and running the restore again (no --force needed) finishes the job. What a
   killed restore leaves (``.restore-*`` directories, the old contents among
   them) is removed by the next restore into the same directory.
+
+The backup's blobs are written into the new data directory's ``blobs/`` (so
+they move in with the rest), or into --blob-dir when the node keeps its
+blobs elsewhere: there each file is written whole (temporary file, fsync,
+rename) before the swap, and one already present is kept (a file named by
+its digest holds those bytes); a blob the restored catalog does not name is
+collected by the new cluster.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ramraft.server.blobs.backup import restore_blobs
 from ramraft.server.machines.cluster import ClusterState, valid_cluster_id
 from ramraft.server.storage.backup import BackupError, BackupHeader, BackupReader
 from ramraft.tools.backup import fsync_dir, quiet_logs, wrap_description
@@ -122,9 +130,11 @@ def prepare_data_dir(
     peers: dict[str, str],
     cluster_id: str = "",
     force: bool = False,
+    blob_dir: Path | None = None,
 ) -> tuple[BackupHeader, str]:
     """Make ``data_dir`` hold the backup's state for node ``node_id`` of the
-    new cluster ``peers`` (see the module docstring for what it never does).
+    new cluster ``peers`` (see the module docstring for what it never does),
+    and its blobs ``blob_dir`` (default: the data directory's ``blobs/``).
     Returns (the backup's header, the new cluster's id). Raises BackupError
     (the file), RestoreError (the directory) or OSError."""
     from ramraft.server.storage.datadir import LOCK_FILE, RESTORE_MARKER, DataDirLock
@@ -160,6 +170,10 @@ def prepare_data_dir(
             staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=data_dir))
             try:
                 _write_storage(staging, reader, header, peers, record)
+                if header.blobs:
+                    restore_blobs(
+                        reader.blob_section(), header.blobs["count"], blob_dir or staging / "blobs"
+                    )
                 fsync_dir(staging)
                 _swap_in(data_dir, staging, old)
             finally:
@@ -254,6 +268,7 @@ def run_restore(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     data_dir, node_id, peer_list = (str(v) for v in given.values())
     cluster_id = _from_env(args.cluster_id, "RAMRAFT_CLUSTER_ID") or ""
+    blob_dir = _from_env(args.blob_dir, "RAMRAFT_BLOB_DIR")
     try:
         peers = parse_peers(peer_list)
     except ConfigError as exc:
@@ -267,7 +282,13 @@ def run_restore(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     try:
         header, cluster_id = prepare_data_dir(
-            args.file, Path(data_dir), node_id, peers, cluster_id, args.force
+            args.file,
+            Path(data_dir),
+            node_id,
+            peers,
+            cluster_id,
+            args.force,
+            Path(blob_dir) if blob_dir else None,
         )
     except (BackupError, RestoreError) as exc:
         print(f"ramraft: error: {' '.join(str(exc).split())}", file=sys.stderr)
@@ -276,8 +297,9 @@ def run_restore(args: argparse.Namespace) -> int:
         where = f" {exc.filename}" if exc.filename else ""
         print(f"ramraft: error: --data-dir {data_dir}:{where} {exc.strerror}", file=sys.stderr)
         return EXIT_ERROR
+    blobs = f" with {header.blobs['count']} blobs" if header.blobs else ""
     print(
-        f"restored index {header.index} (term {header.term}) into {data_dir} as node "
+        f"restored index {header.index} (term {header.term}){blobs} into {data_dir} as node "
         f"{node_id} of the new cluster {cluster_id}"
     )
     app = " --app MODULE:FACTORY" if header.model else ""
@@ -303,16 +325,17 @@ def register(sub: Any) -> None:
             "file and --peers, or --cluster-id), accept each other, and refuse nodes of the old "
             "cluster. A non-empty --data-dir is never overwritten without --force, nor one a "
             "running node holds; the new contents are written aside inside --data-dir and moved "
-            "into place, never left half-written. The backup holds the state machine only "
-            "(keys, values, the application model, sessions); there is no blob store yet."
+            "into place, never left half-written. The backup holds the state machine (keys, "
+            "values, the application model, sessions) and the blobs its catalog names, "
+            "written into --data-dir/blobs or --blob-dir."
         ),
         epilog=(
             "example:\n"
             "  ramraft restore cluster.backup --data-dir /var/lib/ramraft/a --id a \\\n"
             "      --peers a=10.0.0.1:7001,b=10.0.0.2:7001,c=10.0.0.3:7001\n"
-            "--data-dir, --id, --peers and --cluster-id default to the node's variables\n"
-            "RAMRAFT_DATA_DIR, RAMRAFT_ID, RAMRAFT_PEERS and RAMRAFT_CLUSTER_ID (so a restore\n"
-            "Job can share a pod's environment).\n"
+            "--data-dir, --id, --peers, --cluster-id and --blob-dir default to the node's\n"
+            "variables RAMRAFT_DATA_DIR, RAMRAFT_ID, RAMRAFT_PEERS, RAMRAFT_CLUSTER_ID and\n"
+            "RAMRAFT_BLOB_DIR (so a restore Job can share a pod's environment).\n"
             "exit status: 0 done; 2 bad usage; 3 the file is damaged or the directory unusable"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -330,4 +353,9 @@ def register(sub: Any) -> None:
         "and --peers)",
     )
     r.add_argument("--force", action="store_true", help="replace a non-empty --data-dir")
+    r.add_argument(
+        "--blob-dir",
+        help="where the node keeps blobs, if not in --data-dir/blobs: its --blob-dir "
+        "(env RAMRAFT_BLOB_DIR)",
+    )
     r.set_defaults(func=run_restore)

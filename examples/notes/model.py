@@ -12,6 +12,11 @@ it to its open pages once the command is applied there, so a board open on
 any node updates live (pages.py). A background job on the leader archives
 notes nobody has pinned once they are older than ARCHIVE_AFTER_DAYS: it
 reads the board, takes the time, and calls a command.
+Attachments are blobs (ramraft's files beside the log): the page handler
+uploads the file with ``ctx.blobs.put`` (stored on a majority of nodes, never
+in the log) and then records its reference with ``attach``. ``blob_refs``
+tells ramraft which blobs the board still refers to: the attachments of a
+deleted note are collected once the grace period has passed.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ramraft import ReplicatedModel, background, command
+from ramraft import BlobRef, ReplicatedModel, background, command
 
 MAX_TITLE = 120
 MAX_BODY = 4000
 MAX_AUTHOR = 40
+MAX_ATTACHMENTS = 10
+MAX_FILE_NAME = 120
 ARCHIVE_AFTER_DAYS = 30
 ARCHIVE_EVERY_SECONDS = 600
 
@@ -84,6 +91,26 @@ class Board(ReplicatedModel):
             self.publish("notes", {"change": "archived", "ids": moved})
         return moved
 
+    @command
+    def attach(self, note_id: int, name: str, blob: dict[str, Any]) -> int:
+        """Record an uploaded file (its BlobRef as plain data) on a note;
+        returns its number on the note."""
+        note = self.notes.get(note_id)
+        if note is None:
+            raise ValueError(f"there is no note {note_id}")
+        attachments = note.get("attachments", [])
+        check_attachment(name, len(attachments))
+        ref = BlobRef.from_plain(blob)  # raises on anything but a blob reference
+        note["attachments"] = [*attachments, {"name": name, **ref.to_plain()}]
+        self.publish("notes", {"change": "attached", "id": note_id})
+        return len(attachments)
+
+    # ---- what ramraft asks of the model -----------------------------------------------------
+
+    def blob_refs(self) -> list[str]:
+        """Every blob a note refers to: the others are collected."""
+        return [a["sha256"] for n in self.notes.values() for a in n.get("attachments", ())]
+
     # ---- reads: plain memory, no Raft -------------------------------------------------------
 
     def listing(self) -> list[dict[str, Any]]:
@@ -114,6 +141,13 @@ async def archive_old_notes(board: Board) -> None:
     stale = board.stale(time.time() - ARCHIVE_AFTER_DAYS * 86400)
     if stale:
         await board.archive(stale)
+
+
+def check_attachment(name: str, count: int) -> None:
+    if not name or len(name) > MAX_FILE_NAME or "/" in name or "\\" in name:
+        raise ValueError(f"a file name is 1-{MAX_FILE_NAME} characters, without slashes")
+    if count >= MAX_ATTACHMENTS:
+        raise ValueError(f"a note has at most {MAX_ATTACHMENTS} files")
 
 
 def check_note(title: str, body: str, author: str) -> None:

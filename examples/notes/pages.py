@@ -10,21 +10,41 @@ events the board's commands publish, as this node applies them) and, on
 each, fetches its list again from ``/app/fragments/board``. A note written
 through another node appears without a reload; a browser that was away
 resumes where it stopped (``Last-Event-ID``).
+
+Attachments: the upload is streamed from the form into ``ctx.blobs.put``
+(a file on a majority of the nodes, outside the log; never whole in memory),
+then ``board.attach`` records its reference. Any node serves the file
+(``ctx.blobs.open``), fetching it from a peer first if it lacks it.
 """
 
 from __future__ import annotations
 
 import datetime
 import html
+import mimetypes
+import os
 import time
+from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from ramraft.server.hosting import CONTEXT
 from ramraft.server.machines.embed import CommandFailedError
 
-from .model import ARCHIVE_AFTER_DAYS, MAX_AUTHOR, MAX_BODY, MAX_TITLE, Board, check_note
+from .model import (
+    ARCHIVE_AFTER_DAYS,
+    MAX_AUTHOR,
+    MAX_BODY,
+    MAX_FILE_NAME,
+    MAX_TITLE,
+    Board,
+    check_attachment,
+    check_note,
+)
+
+MAX_FILE_BYTES = 20 << 20  # per attachment (the node's --max-blob-bytes is the hard limit)
 
 
 def routes(board: Board) -> web.RouteTableDef:
@@ -59,8 +79,7 @@ def routes(board: Board) -> web.RouteTableDef:
             return page(request, "Notes", content, status=400)
         raise web.HTTPSeeOther(url(request, "note", id=note_id))
 
-    @r.get(r"/notes/{id:\d+}", name="note")
-    async def note(request: web.Request) -> web.Response:
+    async def find(request: web.Request) -> dict[str, Any]:
         note_id = int(request.match_info["id"])
         found = board.notes.get(note_id)
         if found is None:
@@ -73,7 +92,58 @@ def routes(board: Board) -> web.RouteTableDef:
                 text=page(request, "Not found", "<p>There is no such note.</p>").text,
                 content_type="text/html",
             )
+        return found
+
+    @r.get(r"/notes/{id:\d+}", name="note")
+    async def note(request: web.Request) -> web.Response:
+        found = await find(request)
         return page(request, found["title"], render_note(request, found))
+
+    @r.post(r"/notes/{id:\d+}/files", name="attach")
+    async def attach(request: web.Request) -> web.Response:
+        found = await find(request)
+        field = await _file_field(request)
+        name = os.path.basename((field.filename if field else "") or "").strip()[:MAX_FILE_NAME]
+        try:
+            if field is None or not name:
+                raise ValueError("choose a file to attach")
+            check_attachment(name, len(found.get("attachments", ())))
+            kind = field.headers.get("Content-Type") or mimetypes.guess_type(name)[0]
+            ref = await request.app[CONTEXT].blobs.put(
+                _limited(field), content_type=kind or "application/octet-stream"
+            )
+            await board.attach(found["id"], name, ref.to_plain())
+        except (ValueError, CommandFailedError) as e:
+            error = e.message if isinstance(e, CommandFailedError) else str(e)
+            return page(request, found["title"], render_note(request, found, error), status=400)
+        raise web.HTTPSeeOther(url(request, "note", id=found["id"]))
+
+    @r.get(r"/notes/{id:\d+}/files/{n:\d+}", name="file")
+    async def file(request: web.Request) -> web.StreamResponse:
+        found = await find(request)
+        attachments = found.get("attachments", [])
+        n = int(request.match_info["n"])
+        if n >= len(attachments):
+            raise web.HTTPNotFound(text="no such file")
+        attachment = attachments[n]
+        reader = await request.app[CONTEXT].blobs.open(attachment["sha256"])
+        async with reader:
+            response = web.StreamResponse(
+                headers={
+                    "Content-Disposition": "inline; filename*=UTF-8''" + quote(attachment["name"]),
+                    "ETag": f'"{reader.ref.sha256}"',
+                    # An uploaded page must not run as this site.
+                    "X-Content-Type-Options": "nosniff",
+                    "Content-Security-Policy": "sandbox",
+                }
+            )
+            response.content_type = reader.ref.content_type
+            response.content_length = reader.ref.size
+            await response.prepare(request)
+            async for piece in reader:
+                await response.write(piece)
+            await response.write_eof()
+        return response
 
     @r.post(r"/notes/{id:\d+}/pin", name="pin")
     async def pin(request: web.Request) -> web.Response:
@@ -102,6 +172,26 @@ def routes(board: Board) -> web.RouteTableDef:
 # ---- rendering ------------------------------------------------------------------------------
 
 
+async def _file_field(request: web.Request) -> BodyPartReader | None:
+    """The form's "file" part, read as a stream (the rest is skipped)."""
+    if not request.content_type.startswith("multipart/"):
+        return None
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if isinstance(part, BodyPartReader) and part.name == "file":
+            return part
+    return None
+
+
+async def _limited(field: BodyPartReader) -> AsyncIterator[bytes]:
+    total = 0
+    while piece := await field.read_chunk(1 << 20):
+        total += len(piece)
+        if total > MAX_FILE_BYTES:
+            raise ValueError(f"a file may be at most {MAX_FILE_BYTES >> 20} MiB")
+        yield piece
+
+
 def url(request: web.Request, name: str, **parts: Any) -> str:
     resource = request.app.router[name]
     return str(resource.url_for(**{k: str(v) for k, v in parts.items()}))
@@ -110,6 +200,11 @@ def url(request: web.Request, name: str, **parts: Any) -> str:
 def when(created: float) -> str:
     moment = datetime.datetime.fromtimestamp(created, datetime.UTC)
     return moment.strftime("%d %b %Y, %H:%M UTC")
+
+
+def files(note: dict[str, Any]) -> str:
+    count = len(note.get("attachments", ()))
+    return f" &middot; {count} file{'' if count == 1 else 's'}" if count else ""
 
 
 def render_board(request: web.Request, board: Board) -> str:
@@ -125,7 +220,8 @@ def render_board(request: web.Request, board: Board) -> str:
             f'<a href="{url(request, "note", id=n["id"])}">{html.escape(n["title"])}</a>'
             f"{' <span class=pin>pinned</span>' if n['pinned'] else ''}"
             f"<p>{html.escape(excerpt)}</p>"
-            f'<div class="meta">{html.escape(n["author"])} &middot; {when(n["created"])}</div>'
+            f'<div class="meta">{html.escape(n["author"])} &middot; {when(n["created"])}'
+            f"{files(n)}</div>"
             "</li>"
         )
     listing = (
@@ -200,7 +296,36 @@ events.addEventListener("reset", refresh);
 """
 
 
-def render_note(request: web.Request, note: dict[str, Any]) -> str:
+def render_files(request: web.Request, note: dict[str, Any], error: str) -> str:
+    note_id = note["id"]
+    items = []
+    for n, a in enumerate(note.get("attachments", [])):
+        link = url(request, "file", id=note_id, n=n)
+        preview = (
+            f'<img src="{link}" alt="{html.escape(a["name"], quote=True)}">'
+            if a["content_type"].startswith("image/")
+            else ""
+        )
+        items.append(
+            f'<li><a href="{link}">{html.escape(a["name"])}</a> '
+            f'<span class="meta">{a["size"]:,} bytes, {html.escape(a["content_type"])}</span>'
+            f"{preview}</li>"
+        )
+    listing = f'<ul class="files">{"".join(items)}</ul>' if items else ""
+    return f"""
+  <div class="attachments">
+    <h3>Files</h3>
+    {listing}
+    {f'<p class="error">{html.escape(error)}</p>' if error else ""}
+    <form method="post" enctype="multipart/form-data"
+      action="{url(request, "attach", id=note_id)}">
+      <input type="file" name="file" required>
+      <button type="submit">Attach</button>
+    </form>
+  </div>"""
+
+
+def render_note(request: web.Request, note: dict[str, Any], error: str = "") -> str:
     note_id = note["id"]
     pinned = note["pinned"]
     return f"""
@@ -210,6 +335,7 @@ def render_note(request: web.Request, note: dict[str, Any]) -> str:
   <div class="meta">note {note_id} &middot; {html.escape(note["author"])} &middot;
     {when(note["created"])}</div>
   <div class="body">{html.escape(note["body"]) or '<span class="empty">(no text)</span>'}</div>
+  {render_files(request, note, error)}
   <div class="actions">
     <form method="post" action="{url(request, "pin", id=note_id)}">
       <input type="hidden" name="pinned" value="{"0" if pinned else "1"}">
@@ -282,6 +408,14 @@ _LAYOUT = """<!doctype html>
     padding: 20px 24px; max-width: 760px; }}
   article.full .body {{ white-space: pre-wrap; margin: 16px 0 20px; font-size: 17px; }}
   .actions {{ display: flex; gap: 10px; }}
+  .attachments {{ border-top: 1px solid #e6dfd3; margin: 0 0 20px; padding-top: 12px; }}
+  .attachments h3 {{ font-size: 15px; margin: 0 0 8px; }}
+  ul.files {{ list-style: none; padding: 0; margin: 0 0 12px; }}
+  ul.files li {{ margin-bottom: 8px; }}
+  ul.files img {{ display: block; max-width: 100%; max-height: 240px; margin-top: 6px;
+    border-radius: 8px; }}
+  .attachments form {{ display: flex; gap: 10px; align-items: center; }}
+  .attachments input[type=file] {{ width: auto; display: inline-block; margin: 0; }}
   a {{ color: #1d3557; }}
   footer {{ max-width: 1100px; margin: 0 auto; padding: 8px 32px 32px; color: #8a847a;
     font-size: 13.5px; }}

@@ -35,7 +35,14 @@ hold         ``[2, hold]``                      hold or release version switches
 cluster id   ``[3, id]``                        name the cluster (first one wins)
 check        ``[4]``                            every node digests its state here
 alarm        ``[5, index, [node, ...], minor]``  raise (nodes) or clear ([]) it
+blob ops     ``[6..8, ...]``                    the blob catalog (machines/blobs.py)
 ============ ================================== =================================
+
+The blob ops are allowed from key-value version 2 on (``BLOBS_KV_VERSION``):
+a leader refuses to propose them before the switch, and one that reaches the
+log anyway applies as ``NOT_ACTIVE`` everywhere. The catalog's snapshot is a
+trailer after the machines' data (``snapshot``/``restore`` below), present
+only when the catalog is not empty.
 
 An op this code does not know was written by newer code: applying it raises
 :class:`ApplyHalted` (the node stops applying) rather than skipping it.
@@ -52,6 +59,14 @@ from typing import Any, Protocol
 import msgpack
 import structlog
 
+from ramraft.server.machines.blobs import (
+    BLOBS_KV_VERSION,
+    BlobCatalog,
+    CatalogSnapshotJob,
+    blobs_not_active,
+    encode_delete_args,
+    encode_put_args,
+)
 from ramraft.server.machines.statemachine import (
     TAG_CLUSTER,
     TAG_KV,
@@ -62,6 +77,7 @@ from ramraft.server.machines.statemachine import (
     ReadableStream,
     SnapshotJob,
     StateMachine,
+    WritableStream,
 )
 
 log = structlog.get_logger(__name__)
@@ -74,6 +90,9 @@ __all__ = [
     "Upgradable",
     "Versioned",
     "encode_alarm",
+    "encode_blob_collect",
+    "encode_blob_delete",
+    "encode_blob_put",
     "encode_check",
     "encode_cluster_id",
     "encode_hold",
@@ -81,8 +100,9 @@ __all__ = [
     "valid_cluster_id",
 ]
 
-KV_SUPPORTED_VERSION = 1
-"""The newest key-value command encoding this code applies (machines/kv.py)."""
+KV_SUPPORTED_VERSION = 2
+"""The newest key-value version this code applies: version 2 adds the blob
+catalog's commands (machines/blobs.py)."""
 
 _TAG = bytes([TAG_CLUSTER])
 _CLUSTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -94,6 +114,12 @@ class ClusterOp(enum.IntEnum):
     CLUSTER_ID = 3
     CHECK = 4
     ALARM = 5
+    BLOB_PUT = 6
+    BLOB_DELETE = 7
+    BLOB_COLLECT = 8
+
+
+_BLOB_OPS = frozenset({ClusterOp.BLOB_PUT, ClusterOp.BLOB_DELETE, ClusterOp.BLOB_COLLECT})
 
 
 def valid_cluster_id(value: object) -> bool:
@@ -210,6 +236,21 @@ def encode_alarm(check_index: int, nodes: list[str], minority: bool = False) -> 
     return _encode([ClusterOp.ALARM.value, check_index, sorted(nodes), bool(minority)])
 
 
+def encode_blob_put(sha256: str, size: int, content_type: str, time_ms: int) -> bytes:
+    """Record (or touch) a blob that a majority of nodes hold."""
+    args = encode_put_args(sha256, size, content_type, time_ms)
+    return _encode([ClusterOp.BLOB_PUT.value, *args])
+
+
+def encode_blob_delete(sha256: str) -> bytes:
+    return _encode([ClusterOp.BLOB_DELETE.value, *encode_delete_args(sha256)])
+
+
+def encode_blob_collect(time_ms: int, grace_ms: int) -> bytes:
+    """Collect blobs unreferenced and untouched for ``grace_ms``."""
+    return _encode([ClusterOp.BLOB_COLLECT.value, int(time_ms), int(grace_ms)])
+
+
 class _BadClusterCommand(ValueError):
     pass
 
@@ -277,11 +318,16 @@ class ClusterMachine:
         model: Upgradable | None = None,
         kv: Versioned | None = None,
         kv_supported: int = KV_SUPPORTED_VERSION,
+        blob_refs: Callable[[], set[str] | None] | None = None,
     ) -> None:
         self.inner = inner
         self.model = model
         self.kv = kv
         self.kv_supported = kv_supported
+        self.blobs = BlobCatalog()
+        """The blob catalog (machines/blobs.py); ``blob_refs`` is how it
+        learns what the application's state refers to."""
+        self.blobs.refs = blob_refs
         self.on_check: Callable[[int], None] | None = None
         self.on_change: Callable[[ClusterState], None] | None = None
         self.state = ClusterState()
@@ -309,6 +355,17 @@ class ClusterMachine:
             return self.kv.check_proposal(command)
         if command[0] == TAG_MODEL and self.model is not None:
             return self.model.check_proposal(command)
+        if command[0] == TAG_CLUSTER:
+            return self._check_cluster_proposal(command)
+        return None
+
+    def _check_cluster_proposal(self, command: bytes) -> str | None:
+        try:
+            op, _ = _decode(0, command)
+        except (_BadClusterCommand, ApplyHalted):
+            return None  # applies as BAD_COMMAND; an unknown op cannot be encoded here
+        if op in _BLOB_OPS and self.state.kv_version < BLOBS_KV_VERSION:
+            return blobs_not_active(self.state.kv_version)
         return None
 
     # -- apply ------------------------------------------------------------------
@@ -357,6 +414,14 @@ class ClusterMachine:
             if args:
                 raise _BadClusterCommand("check takes no arguments")
             return index
+        if op in _BLOB_OPS:
+            if state.kv_version < BLOBS_KV_VERSION:
+                return CommandError(ErrorCode.NOT_ACTIVE, blobs_not_active(state.kv_version))
+            if op is ClusterOp.BLOB_PUT:
+                return self.blobs.put(index, args)
+            if op is ClusterOp.BLOB_DELETE:
+                return self.blobs.delete(index, args)
+            return self.blobs.collect(index, args)
         # ALARM
         if (
             len(args) != 3
@@ -425,10 +490,19 @@ class ClusterMachine:
     # -- snapshots ----------------------------------------------------------------
 
     def snapshot(self) -> SnapshotJob:
-        return self.inner.snapshot()
+        """The machines' snapshot, then the blob catalog as a trailer when
+        it has entries (a cluster that never stored a blob writes what
+        earlier releases read)."""
+        job = self.inner.snapshot()
+        if not len(self.blobs):
+            return job
+        return _WithCatalog(job, self.blobs.snapshot())
 
     def restore(self, stream: ReadableStream) -> None:
+        """Restore the machines, then the catalog from the trailer (none:
+        an empty catalog)."""
         self.inner.restore(stream)
+        self.blobs.restore(stream, self.inner.applied_index)
 
     def load_state(self, state: ClusterState) -> None:
         """Adopt the record a snapshot header held (before restoring the
@@ -447,3 +521,25 @@ class ClusterMachine:
                 f"node's code supports up to version {self.kv_supported}",
             )
         self._set(state)
+
+
+class _WithCatalog:
+    """A machine's snapshot job followed by the blob catalog's."""
+
+    def __init__(self, inner: SnapshotJob, catalog: CatalogSnapshotJob) -> None:
+        self._inner = inner
+        self._catalog = catalog
+
+    @property
+    def index(self) -> int:
+        return self._inner.index
+
+    def write_to(self, stream: WritableStream) -> int:
+        try:
+            return self._inner.write_to(stream) + self._catalog.write_to(stream)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._inner.close()
+        self._catalog.close()

@@ -129,7 +129,7 @@ import inspect
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from itertools import islice
 from typing import (
     Any,
@@ -147,6 +147,7 @@ from typing import (
 import msgpack
 import structlog
 
+from ramraft.server.machines.blobs import blob_ref_set
 from ramraft.server.machines.sessions import (
     DEFAULT_IDLE_ENTRIES,
     DEFAULT_MAX_REPLIES,
@@ -554,6 +555,16 @@ class ReplicatedModel:
         version (the same on every node; the leader tries it on a copy first
         and does not propose a switch that fails). Default: no change."""
 
+    def blob_refs(self) -> Iterable[object] | None:
+        """The blobs this state refers to (server/blobs/): hex SHA-256
+        strings, ``BlobRef`` objects or their ``to_plain()`` mappings. Blobs in
+        none of them, and neither put nor referenced within the grace period,
+        are collected (machines/blobs.py). Runs while a log entry is applied,
+        on every node: it must be deterministic, like a command. Default
+        None: the model does not say, and blobs are removed only by an
+        explicit delete."""
+        return None
+
     def snapshot_state(self) -> dict[str, Any]:
         """The state to snapshot, as plain data: by default every instance
         attribute. Called on the event loop; the result is encoded at once."""
@@ -569,6 +580,7 @@ class ReplicatedModel:
 
 _RESERVED = frozenset(
     {
+        "blob_refs",
         "publish",
         "snapshot_state",
         "restore_state",
@@ -756,6 +768,16 @@ class ModelMachine:
     @property
     def model_name(self) -> str:
         return type(self.model).__qualname__
+
+    def blob_refs(self) -> set[str] | None:
+        """The hex digests the model's ``blob_refs()`` names, or None when
+        the model does not declare them (machines/blobs.py)."""
+        self.applying = True  # a command called from blob_refs() is refused
+        try:
+            refs = self.model.blob_refs()
+        finally:
+            self.applying = False
+        return None if refs is None else blob_ref_set(refs)
 
     def bind(self, proposer: Proposer | None) -> None:
         """Route the model's command calls to ``proposer`` (None: unbind)."""

@@ -1,5 +1,6 @@
 """Decode a whole state-machine snapshot stream without running a node:
-what ``ramraft backup --verify`` reports (keys, models, sessions, index).
+what ``ramraft backup --verify`` reports (keys, models, sessions, blobs in
+the catalog, index).
 
 Every byte is decoded and checked as a restore would (frame checksums, counts
 in trailers, record shapes); the key-value data is restored into a scratch
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ramraft.server.machines.blobs import read_catalog_trailer
 from ramraft.server.machines.embed import ModelMachine, ReplicatedModel, read_model_snapshot
 from ramraft.server.machines.kv import KVMachine
 from ramraft.server.machines.statemachine import (
@@ -43,6 +45,8 @@ class StateSummary:
     """The decoded key-value state (to compare, or to count)."""
     model: ReplicatedModel | None = None
     """The restored model, when a model instance was given."""
+    blobs: int = 0
+    """Blobs in the catalog that follows the machines' data (machines/blobs.py)."""
 
 
 class _Peeked:
@@ -94,6 +98,7 @@ def inspect_state(stream: ReadableStream, *, model: ReplicatedModel | None = Non
 
     if head == b"RRKV":
         read_kv(source)
+        _read_catalog(source, summary)
         return summary
 
     def read_section(tag: int, section: ReadableStream) -> None:
@@ -105,4 +110,10 @@ def inspect_state(stream: ReadableStream, *, model: ReplicatedModel | None = Non
             raise SnapshotFormatError(f"unknown machine section tag 0x{tag:02x}")
 
     summary.index = read_composite(source, read_section)
+    _read_catalog(source, summary)
     return summary
+
+
+def _read_catalog(stream: ReadableStream, summary: StateSummary) -> None:
+    trailer = read_catalog_trailer(stream)
+    summary.blobs = len(trailer[1]) if trailer is not None else 0

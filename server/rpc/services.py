@@ -20,16 +20,19 @@ been applied: retry it with the same session to make sure it is applied once.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import structlog
 
 from ramraft.consensus import RaftNode, Role
 from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+from ramraft.server.blobs.backup import blob_section, section_bytes
 from ramraft.server.machines.cluster import encode_hold
 from ramraft.server.machines.kv import (
     CasResult,
@@ -57,6 +60,9 @@ from ramraft.server.runtime.status import MemberProgress
 from ramraft.server.runtime.steward import Steward
 from ramraft.server.security.auth import STREAM_GATE
 from ramraft.server.security.budget import page_budget, reserve_answer
+
+if TYPE_CHECKING:
+    from ramraft.server.blobs.manager import NodeBlobs
 
 log = structlog.get_logger("ramraft.grpc")
 LEADER_METADATA_KEY = "ramraft-leader"
@@ -349,6 +355,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self.membership = membership
         self.steward = steward
         self.observers: list[Callable[[str, str, float], None]] = []
+        self.blobs: NodeBlobs | None = None  # a backup holds the blobs its state names
 
     def _members(self) -> list[admin_pb2.Member]:
         return [
@@ -485,26 +492,41 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             await self.api.linearizable(_timeout(context, self.limits))
             machine = runtime.machine
             model = self._model_name()
+            blobs = self.blobs
+            # Blob files stay put while the backup streams them.
+            with blobs.store.hold_deletions() if blobs else contextlib.nullcontext():
 
-            def take(core: RaftNode) -> tuple[Any, Any, int]:
-                # One loop turn: the view, its index, the cluster record
-                # (versions) and the key count agree.
-                cluster = runtime.cluster_state()
-                header = backup_header(core, cluster, runtime.id, model)
-                return machine.snapshot(), header, self._key_count()
+                def take(core: RaftNode) -> tuple[Any, Any, int, list[Any]]:
+                    # One loop turn: the view, its index, the cluster record
+                    # (versions), the key count and the blob catalog agree.
+                    cluster = runtime.cluster_state()
+                    header = backup_header(core, cluster, runtime.id, model)
+                    entries = blobs.backup_entries() if blobs is not None else []
+                    return machine.snapshot(), header, self._key_count(), entries
 
-            job, header, keys = await runtime.call(take)
-            info = admin_pb2.BackupInfo(
-                cluster_id=header.cluster_id,
-                index=header.index,
-                term=header.term,
-                keys=keys,
-                node=runtime.id,
-            )
-            first = True
-            async for piece in backup_bytes(header, job):
-                yield admin_pb2.BackupResponse(info=info if first else None, data=piece)
-                first = False
+                job, header, keys, entries = await runtime.call(take)
+                section = None
+                if entries and blobs is not None:
+                    try:
+                        # Blobs may take longer than --max-deadline-ms to fetch.
+                        await blobs.gather_for_backup(entries, context.time_remaining())
+                    except BaseException:
+                        job.close()
+                        raise
+                    announced = {"count": len(entries), "bytes": section_bytes(entries)}
+                    header = dataclasses.replace(header, blobs=announced)
+                    section = blob_section(blobs.store, entries)
+                info = admin_pb2.BackupInfo(
+                    cluster_id=header.cluster_id,
+                    index=header.index,
+                    term=header.term,
+                    keys=keys,
+                    node=runtime.id,
+                )
+                first = True
+                async for piece in backup_bytes(header, job, section):
+                    yield admin_pb2.BackupResponse(info=info if first else None, data=piece)
+                    first = False
         except Exception as e:
             status = wire_status(e)
             if status is None:

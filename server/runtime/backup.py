@@ -85,8 +85,11 @@ def backup_header(
     )
 
 
-async def backup_bytes(header: BackupHeader, job: SnapshotJob) -> AsyncIterator[bytes]:
-    """The backup file's bytes for ``header`` and the view ``job``."""
+async def backup_bytes(
+    header: BackupHeader, job: SnapshotJob, blobs: AsyncIterator[bytes] | None = None
+) -> AsyncIterator[bytes]:
+    """The backup file's bytes for ``header`` and the view ``job``, then the
+    blobs section (server/blobs/backup.py) when ``header`` announces one."""
     checksum = ChecksumStream()
     prefix = encode_prefix(header)
     checksum.update(prefix)
@@ -119,6 +122,10 @@ async def backup_bytes(header: BackupHeader, job: SnapshotJob) -> AsyncIterator[
             checksum.update(item)
             yield item
         await writer_task
+        if blobs is not None:
+            async for piece in blobs:
+                checksum.update(piece)
+                yield piece
         yield checksum.digest()
     finally:
         cancelled.set()

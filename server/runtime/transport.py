@@ -25,6 +25,7 @@ Raft core trusts ``src`` (consensus/raft.py ``malformed``), so a member must
 not speak for another; a message with another ``src`` is dropped, counted
 (``dropped_messages``) and logged (rate-limited). The same holds for
 InstallSnapshot (the header's ``src``) and Forward (a member's identity).
+HoldBlob and ReadBlob (blobs, server/blobs/) are served only to members, too.
 
 On a port shared with clients (no ``--peer-listen``), TLS requires a client
 certificate from every caller (grpc-python cannot ask for one without
@@ -48,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import structlog
@@ -90,6 +91,18 @@ CHANNEL_OPTIONS = [
 
 def _identity(data: bytes) -> bytes:
     return data
+
+
+class PeerBlobs(Protocol):
+    """The blob calls peers make (server/blobs/manager.py NodeBlobs)."""
+
+    async def serve_hold(
+        self, request: raft_pb2.HoldBlobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> raft_pb2.HoldBlobResponse: ...
+
+    def serve_read(
+        self, request: raft_pb2.ReadBlobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[raft_pb2.ReadBlobResponse]: ...
 
 
 class PeerLink:
@@ -388,8 +401,10 @@ class PeerServicer:
         refusals: RateLimitedLog | None = None,
         cluster_id: Callable[[], str] = lambda: "",
         info: Callable[[raft_pb2.InfoRequest], raft_pb2.InfoResponse] | None = None,
+        blobs: PeerBlobs | None = None,
     ) -> None:
         self.receive = receive
+        self.blobs = blobs
         self.cluster_id = cluster_id
         self.info = info
         self.snapshots = snapshots
@@ -493,8 +508,38 @@ class PeerServicer:
                     request_deserializer=raft_pb2.InfoRequest.FromString,
                     response_serializer=raft_pb2.InfoResponse.SerializeToString,
                 ),
+                "HoldBlob": grpc.unary_unary_rpc_method_handler(
+                    self.hold_blob,
+                    request_deserializer=raft_pb2.HoldBlobRequest.FromString,
+                    response_serializer=raft_pb2.HoldBlobResponse.SerializeToString,
+                ),
+                "ReadBlob": grpc.unary_stream_rpc_method_handler(
+                    self.read_blob,
+                    request_deserializer=raft_pb2.ReadBlobRequest.FromString,
+                    response_serializer=raft_pb2.ReadBlobResponse.SerializeToString,
+                ),
             },
         )
+
+    async def _blobs(self, context: grpc.aio.ServicerContext[Any, Any], what: str) -> PeerBlobs:
+        await self.identify(context, what)
+        if self.blobs is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node keeps no blobs")
+        assert self.blobs is not None
+        return self.blobs
+
+    async def hold_blob(
+        self, request: raft_pb2.HoldBlobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> raft_pb2.HoldBlobResponse:
+        blobs = await self._blobs(context, "HoldBlob")
+        return await blobs.serve_hold(request, context)
+
+    async def read_blob(
+        self, request: raft_pb2.ReadBlobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[raft_pb2.ReadBlobResponse]:
+        blobs = await self._blobs(context, "ReadBlob")
+        async for response in blobs.serve_read(request, context):
+            yield response
 
     async def info_call(
         self, request: raft_pb2.InfoRequest, context: grpc.aio.ServicerContext[Any, Any]

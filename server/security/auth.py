@@ -9,9 +9,9 @@ Tokens
         write    orders    sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
         read     grafana   7d793037a0760186574b0282f2f435e7
 
-    Roles nest: ``read`` reads (KV Get/Range, Admin Status/Members, the web
-    tier's pages, /metrics); ``write`` also writes (Put/Delete/CAS, writes
-    over HTTP); ``admin`` also changes the cluster (TransferLeadership,
+    Roles nest: ``read`` reads (KV Get/Range, Admin Status/Members, GetBlob,
+    the web tier's pages, /metrics); ``write`` also writes (Put/Delete/CAS,
+    PutBlob/DeleteBlob, writes over HTTP); ``admin`` also changes the cluster (TransferLeadership,
     AddMember, RemoveMember, Snapshot). NAME shows in logs; the token never
     does. The file is re-read when it changes (at most once a second).
 
@@ -344,6 +344,9 @@ GRPC_ROLES: dict[str, AccessRole] = {
     "/ramraft.v1.Admin/CheckState": AccessRole.ADMIN,
     # A backup is every key and value: as much as reading them all, and more.
     "/ramraft.v1.Admin/Backup": AccessRole.ADMIN,
+    "/ramraft.v1.BlobsService/PutBlob": AccessRole.WRITE,
+    "/ramraft.v1.BlobsService/GetBlob": AccessRole.READ,
+    "/ramraft.v1.BlobsService/DeleteBlob": AccessRole.WRITE,
 }
 # Served to anyone, outside the in-flight limits.
 OPEN_PREFIXES = (
@@ -484,6 +487,8 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
             return self._guard_stream(method, handler, token)
         if handler.unary_stream is not None:
             return self._guard_server_stream(method, handler, token)
+        if handler.stream_unary is not None:
+            return self._guard_client_stream(method, handler, token)
         inner = handler.unary_unary
         if inner is None:  # the other client methods are unary; anything else is not ours
             return grpc.unary_unary_rpc_method_handler(
@@ -600,6 +605,72 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
                 self.limiter.leave(connection)
 
         return grpc.stream_stream_rpc_method_handler(
+            guarded,
+            request_deserializer=_raw,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _guard_client_stream(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any], token: str | None
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """A stream of requests and one answer (Blobs.PutBlob): admitted as a
+        unary call is (role, an in-flight slot, the budget for one message,
+        before any message is read), holding them until the answer; each
+        message must arrive within the request timeout (a trickle gives its
+        slot back) and be valid protobuf."""
+        inner = handler.stream_unary
+        deserialize = handler.request_deserializer
+        assert inner is not None and deserialize is not None
+        required = GRPC_ROLES.get(method, AccessRole.ADMIN)
+        limits = self.limits
+
+        async def guarded(
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Any:
+            await self._authorize(method, required, token, context)
+            connection = context.peer()
+            refused = self.limiter.enter(connection)
+            if refused is not None:
+                self._refuse_overloaded(method, connection)
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+            reservation = Reservation(limits.budget, self.limiter.is_light(connection))
+            try:
+                if not await reservation.grow(limits.read_reservation(), limits.request_timeout):
+                    self._refuse_overloaded(method, connection)
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"this node's memory budget for requests in flight "
+                        f"({limits.budget.total} bytes) is in use; retry later",
+                    )
+
+                async def decoded() -> AsyncIterator[Any]:
+                    stream = aiter(requests)
+                    while True:
+                        try:
+                            async with asyncio.timeout(limits.request_timeout):
+                                raw = await anext(stream, None)
+                        except TimeoutError:
+                            await context.abort(
+                                grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"the next message did not arrive within "
+                                f"{limits.request_timeout:g} s",
+                            )
+                        if raw is None:
+                            return
+                        request = _decode(deserialize, raw)
+                        if request is None:
+                            await context.abort(
+                                grpc.StatusCode.INVALID_ARGUMENT,
+                                f"a message is not a valid {method} message (protobuf)",
+                            )
+                        yield request
+
+                return await inner(decoded(), context)  # type: ignore[arg-type]  # an aio handler
+            finally:
+                reservation.release()
+                self.limiter.leave(connection)
+
+        return grpc.stream_unary_rpc_method_handler(
             guarded,
             request_deserializer=_raw,
             response_serializer=handler.response_serializer,

@@ -8,7 +8,16 @@ Layout (``ramraft backup`` writes it; ``ramraft restore`` reads it)::
     state    the state machine's snapshot stream, as a node's snapshot file
              holds it after its own header (key-value machine, or the
              composite of key-value machine and application model)
+    blobs    only when the header announces them ("blobs": {"count": C,
+             "bytes": B}): C records of sha256 (32 bytes) | size (u64
+             little-endian) | the blob's bytes, B bytes in all
+             (server/blobs/backup.py)
     checksum SHA-256 of every byte before it (32 bytes)
+
+A backup of a cluster that holds no blobs has no "blobs" key and no blobs
+section: the bytes earlier releases write and read. One with blobs is
+refused by an earlier release's reader (its header has a key that release
+does not know), never misread.
 
 The checksum covers the whole file, so a flipped byte anywhere (header,
 state or the checksum itself) is caught before anything is decoded. A node
@@ -68,9 +77,19 @@ class BackupHeader:
     """The application model's class name, or None for key-value only."""
     cluster: dict[str, Any] = field(default_factory=dict)
     """The cluster record (machines/cluster.py ClusterState.to_plain())."""
+    blobs: dict[str, int] | None = None
+    """The blobs section after the state: ``{"count": C, "bytes": B}``; None:
+    there is none."""
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        plain = asdict(self)
+        if plain["blobs"] is None:
+            del plain["blobs"]  # the header earlier releases read
+        return json.dumps(plain, sort_keys=True).encode()
+
+    @property
+    def blob_section_bytes(self) -> int:
+        return int(self.blobs["bytes"]) if self.blobs else 0
 
     @classmethod
     def from_json(cls, data: bytes) -> BackupHeader:
@@ -81,6 +100,12 @@ class BackupHeader:
             raise BackupError(f"the backup header is not valid: {exc}") from None
         if type(header.index) is not int or header.index < 1 or type(header.term) is not int:
             raise BackupError("the backup header has no valid index and term")
+        blobs = header.blobs
+        if blobs is not None and not (
+            isinstance(blobs, dict)
+            and all(type(blobs.get(k)) is int and blobs[k] >= 0 for k in ("count", "bytes"))
+        ):
+            raise BackupError(f"the backup header's blobs entry is not valid: {blobs!r}")
         return header
 
 
@@ -206,7 +231,15 @@ class BackupReader:
 
     @property
     def state_size(self) -> int:
-        return self.size - CHECKSUM_BYTES - self._state_start
+        size = self.size - CHECKSUM_BYTES - self._state_start - self.header.blob_section_bytes
+        if size < 0:
+            raise BackupError(f"{self.path}: its blobs section runs past the end of the file")
+        return size
+
+    def blob_section(self) -> _StateStream:
+        """The blobs section (empty when the header announces none)."""
+        self._file.seek(self._state_start + self.state_size)
+        return _StateStream(self._file, self.header.blob_section_bytes)
 
     def verify(self) -> None:
         """Raise BackupError unless the checksum matches the whole file."""

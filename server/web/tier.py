@@ -15,6 +15,8 @@ server process -- and awaits the same in-process calls as the gRPC servicers
 ``GET /v1/kv/{key}``, ``PUT /v1/kv/{key}``, ``DELETE /v1/kv/{key}``
     The key-value machine; ``GET /v1/kv?prefix=&start_after=&limit=`` lists
     keys; ``POST /v1/cas/{key}`` compares and swaps. See :class:`KVRoutes`.
+``/v1/blobs/{sha256}``, ``POST /v1/blobs``
+    Blobs: download (Range, ETag), upload, delete (web/blobs.py).
 ``GET /v1/events?topic=T&topic=U``
     Server-Sent Events: what the hosted application's commands publish
     (``self.publish(topic, data)``), on the given topics (none: all), as this
@@ -48,7 +50,8 @@ with CODE one of ``invalid_argument`` (400), ``unauthenticated`` (401),
 ``method_not_allowed`` (405), ``failed_precondition`` (409, a session's
 write refused), ``payload_too_large`` (413), ``unsupported_media_type``
 (415), ``request_timeout`` (408: the body did not arrive within
-``--request-timeout-ms``), ``overloaded`` (429), ``unavailable`` (503, with ``leader`` and
+``--request-timeout-ms``), ``overloaded`` (429), ``insufficient_storage``
+(507, a blob the disk has no room for), ``unavailable`` (503, with ``leader`` and
 ``leader_address`` when known, and a ``Ramraft-Leader`` header naming the
 leader's gRPC address) and ``deadline_exceeded`` (504); an application
 command that failed is ``command_failed`` (409). The errors of the node are
@@ -104,6 +107,7 @@ from ramraft.server.security.budget import (
     page_budget,
     reserve_answer,
 )
+from ramraft.server.web.blobs import BlobRoutes
 from ramraft.server.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ramraft.server.web.sse import RELEASE_SLOT
 from ramraft.server.web.status_page import render_status_page
@@ -610,6 +614,8 @@ class WebTier:
         kv.add_route("PUT", self.kv.put)
         kv.add_route("DELETE", self.kv.delete)
         router.add_post("/v1/cas/{key:[\\s\\S]*}", self.kv.cas)
+        if view.blobs is not None:
+            BlobRoutes(view.blobs, self.request_timeout).add_to(router)
         router.add_get("/v1/events", self.events)
         router.add_get("/metrics", self.metrics)
         router.add_get("/healthz", self.healthz)
@@ -619,7 +625,13 @@ class WebTier:
         if hosted is not None:
             sub = web.Application()
             self.app_context = AppContext(
-                view.node_id, hosted.app.model, view.kv, view.api, hosted.jobs, hosted.events
+                view.node_id,
+                hosted.app.model,
+                view.kv,
+                view.api,
+                hosted.jobs,
+                hosted.events,
+                blobs=view.blobs,
             )
             sub[CONTEXT] = self.app_context
             sub.add_routes(list(hosted.app.routes))
@@ -813,7 +825,8 @@ class WebTier:
     def _error_response(
         self, error: HttpError, api_route: bool, request: web.Request
     ) -> web.StreamResponse:
-        if error.status == 413:
+        if error.status == 413 and error.detail == "Request Entity Too Large":
+            # aiohttp's own words: say which limit
             error.detail = f"the request body is larger than {self.max_body} bytes"
         if api_route:
             return web.json_response(

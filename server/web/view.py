@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from ramraft.server.blobs.manager import NodeBlobs
 from ramraft.server.config import NodeLimits
 from ramraft.server.hosting import HostedApp
 from ramraft.server.logs import RateLimitedLog
@@ -43,3 +44,4 @@ class WebTierView:
     # A channel to a member over the peer port (with TLS, this node's
     # certificate says who asks): to ask the leader for its members' progress.
     peer_channel: Callable[[str], grpc.aio.Channel]
+    blobs: NodeBlobs | None = None  # /v1/blobs, and ctx.blobs for the app's pages

@@ -1,5 +1,5 @@
-"""An in-process stand-in for a ramraft node: the KV and Admin services over
-a dict, on 127.0.0.1 with a free port, that records every call and can be
+"""An in-process stand-in for a ramraft node: the KV, Admin and Blobs
+services over dicts, on 127.0.0.1 with a free port, that records every call and can be
 told to fail, hint at a leader, or hang (until the test releases it, so a
 test can tell "the client gave up on its own" from "the node answered").
 
@@ -25,7 +25,14 @@ import grpc
 import structlog
 import structlog.testing
 
-from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+from ramraft.proto import (
+    admin_pb2,
+    admin_pb2_grpc,
+    blobs_pb2,
+    blobs_pb2_grpc,
+    kv_pb2,
+    kv_pb2_grpc,
+)
 from ramraft.server.machines.kv import KVMachine, encode_put
 from ramraft.server.storage.backup import BackupHeader, encode_prefix
 
@@ -58,6 +65,7 @@ class Failure:
 class FakeNode:
     node_id: str = "n1"
     data: dict[str, bytes] = field(default_factory=dict)
+    blobs: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # sha256 -> (type, bytes)
     calls: list[Call] = field(default_factory=list)
     failures: deque[Failure] = field(default_factory=deque)
     always: Failure | None = None  # fail every call with this
@@ -467,12 +475,46 @@ class _Admin(admin_pb2_grpc.AdminServicer):
         yield admin_pb2.BackupResponse(data=hashlib.sha256(prefix + state.getvalue()).digest())
 
 
+class _Blobs(blobs_pb2_grpc.BlobsServiceServicer):
+    """Blobs in a dict (no majority, no catalog: what a client sees)."""
+
+    def __init__(self, node: FakeNode) -> None:
+        self.node = node
+
+    def PutBlob(self, request_iterator, context):
+        first = next(request_iterator)
+        self.node._enter("PutBlob", first, context)
+        data = first.data + b"".join(r.data for r in request_iterator)
+        digest = hashlib.sha256(data).hexdigest()
+        content_type = first.content_type or "application/octet-stream"
+        self.node.blobs.setdefault(digest, (content_type, data))
+        info = blobs_pb2.BlobInfo(sha256=digest, size=len(data), content_type=content_type)
+        return blobs_pb2.PutBlobResponse(blob=info, index=self.node._write())
+
+    def GetBlob(self, request, context):
+        self.node._enter("GetBlob", request, context)
+        digest = request.sha256.lower().removeprefix("sha256:")
+        if digest not in self.node.blobs:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no blob {digest}")
+        content_type, data = self.node.blobs[digest]
+        info = blobs_pb2.BlobInfo(sha256=digest, size=len(data), content_type=content_type)
+        start = min(request.offset, len(data))
+        end = len(data) if not request.length else min(len(data), start + request.length)
+        yield blobs_pb2.GetBlobResponse(blob=info, data=data[start:end])
+
+    def DeleteBlob(self, request, context):
+        self.node._enter("DeleteBlob", request, context)
+        deleted = self.node.blobs.pop(request.sha256, None) is not None
+        return blobs_pb2.DeleteBlobResponse(deleted=deleted, index=self.node._write())
+
+
 class FakeServer:
     def __init__(self, node: FakeNode | None = None) -> None:
         self.node = node or FakeNode()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         kv_pb2_grpc.add_KVServicer_to_server(_KV(self.node), self._server)
         admin_pb2_grpc.add_AdminServicer_to_server(_Admin(self.node), self._server)
+        blobs_pb2_grpc.add_BlobsServiceServicer_to_server(_Blobs(self.node), self._server)
         port = self._server.add_insecure_port("127.0.0.1:0")
         self.address = self.node.address = f"127.0.0.1:{port}"
         self._server.start()

@@ -4,6 +4,7 @@ statuses and one-line errors."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import sys
@@ -273,6 +274,11 @@ def test_client_options_helpers_for_other_commands(server: FakeServer) -> None:
 
 SERVER_COMMANDS = {"node", "cluster", "bench", "chaos", "certs", "tokens", "restore"}
 BACKUP_OUT = str(Path(tempfile.gettempdir()) / "ramraft-cli-test.backup")
+BLOB_FILE = str(Path(__file__).resolve())  # any file will do
+BLOB_OUT = str(Path(tempfile.gettempdir()) / "ramraft-cli-test.blob")
+SEEDED_BLOB = b"a seeded blob"
+SEEDED = hashlib.sha256(SEEDED_BLOB).hexdigest()
+ABSENT = "0" * 64
 
 
 def _client_commands() -> set[str]:
@@ -283,6 +289,7 @@ def _client_commands() -> set[str]:
 
 def _seed(server: FakeServer) -> None:
     server.node.data.update({"k": b"v", "lock": b"me"} | {f"u/{i}": b"x" for i in range(3)})
+    server.node.blobs[SEEDED] = ("text/plain", SEEDED_BLOB)
 
 
 OUTPUT_CASES: list[tuple[str, list[str]]] = [
@@ -306,6 +313,13 @@ OUTPUT_CASES: list[tuple[str, list[str]]] = [
     ("app-version hold", ["app-version", "hold"]),
     ("check", ["check"]),
     ("backup", ["backup", "--out", BACKUP_OUT]),
+    ("blob put", ["blob", "put", BLOB_FILE]),
+    ("blob get to a file", ["blob", "get", SEEDED, "-o", BLOB_OUT]),
+    ("blob get missing", ["blob", "get", ABSENT, "-o", BLOB_OUT]),
+    ("blob info", ["blob", "info", f"sha256:{SEEDED}"]),
+    ("blob info missing", ["blob", "info", ABSENT]),
+    ("blob delete", ["blob", "delete", SEEDED]),
+    ("blob delete missing", ["blob", "delete", ABSENT]),
 ]
 
 
@@ -354,3 +368,32 @@ def test_output_rule_on_errors(servers, capsys, command: str) -> None:
         )
         assert status == 3, (argv, out, err)
         _check_output_rule(status, out, err, bool(extra))
+
+
+def test_blob_commands(server: FakeServer, capsys, tmp_path: Path, monkeypatch) -> None:
+    ep = ["--endpoints", server.address]
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"\x89PNG pixels")
+    digest = hashlib.sha256(b"\x89PNG pixels").hexdigest()
+    assert run(capsys, "blob", "put", str(photo), *ep) == (0, f"{digest}\n", "")
+    assert server.node.blobs[digest] == ("image/png", b"\x89PNG pixels")  # guessed from the name
+    status, out, _ = run(capsys, "blob", "info", digest.upper(), "--json", *ep)
+    assert json.loads(out) == {"sha256": digest, "size": 11, "content_type": "image/png"}
+    copy = tmp_path / "copy.png"
+    assert run(capsys, "blob", "get", f"sha256:{digest}", "-o", str(copy), *ep)[0] == 0
+    assert copy.read_bytes() == b"\x89PNG pixels"
+    assert sorted(tmp_path.iterdir()) == sorted([photo, copy])  # no temporary file left
+    # From standard input, with a type given; to standard output.
+    stdin = types.SimpleNamespace(buffer=io.BytesIO(b"a,b\n1,2\n"), isatty=lambda: False)
+    monkeypatch.setattr(sys, "stdin", stdin)
+    status, out, _ = run(capsys, "blob", "put", "-", "--content-type", "text/csv", *ep)
+    csv = out.strip()
+    assert server.node.blobs[csv] == ("text/csv", b"a,b\n1,2\n")
+    status, out, _ = run(capsys, "blob", "get", csv, *ep)
+    assert (status, out) == (0, "a,b\n1,2\n")
+    # Usage errors: one line, exit 2.
+    for argv in (["blob", "get", "nope"], ["blob", "put", str(tmp_path / "absent")]):
+        status, out, err = run(capsys, *argv, *ep)
+        assert status == 2 and out == "" and len(err.splitlines()) == 1, (argv, err)
+    status, _, err = run(capsys, "blob", "get", csv, "--json", *ep)
+    assert status == 2 and "-o FILE" in err

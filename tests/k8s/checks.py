@@ -285,6 +285,49 @@ def check_data_dir_is_persistent(docs: list[Doc]) -> list[str]:
     return problems
 
 
+_QUANTITY = re.compile(r"^(\d+)(Ki|Mi|Gi|Ti)?$")
+_UNITS = {None: 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+BLOB_RESERVE_DEFAULT = 256 << 20  # server/config.py BlobConfig.reserve_bytes
+
+
+def _quantity(text: str) -> int | None:
+    match = _QUANTITY.match(str(text))
+    return int(match.group(1)) * _UNITS[match.group(2)] if match else None
+
+
+def check_blob_dir_is_persistent(docs: list[Doc]) -> list[str]:
+    """Blobs (RAMRAFT_BLOB_DIR, default <data dir>/blobs) must live on a
+    volume claim, whose size leaves room beyond the node's free-space
+    reserve (RAMRAFT_BLOB_RESERVE_BYTES): otherwise every blob is refused."""
+    sts = one(docs, "StatefulSet")
+    claims = {
+        t["metadata"]["name"]: _quantity(t["spec"]["resources"]["requests"]["storage"])
+        for t in sts["spec"].get("volumeClaimTemplates", [])
+    }
+    problems = []
+    for c in containers(sts):
+        env = env_of(c)
+        data_dir = env.get("RAMRAFT_DATA_DIR", {}).get("value", "")
+        blob_dir = env.get("RAMRAFT_BLOB_DIR", {}).get("value") or f"{data_dir}/blobs"
+        reserve = _quantity(env.get("RAMRAFT_BLOB_RESERVE_BYTES", {}).get("value", "")) or (
+            BLOB_RESERVE_DEFAULT
+        )
+        mounted = [
+            m for m in c.get("volumeMounts", []) if f"{blob_dir}/".startswith(f"{m['mountPath']}/")
+        ]
+        mount = max(mounted, key=lambda m: len(m["mountPath"]), default=None)
+        if mount is None or mount["name"] not in claims:
+            problems.append(f"the blob directory {blob_dir!r} is not on a volumeClaimTemplate")
+            continue
+        size = claims[mount["name"]]
+        if size is not None and size <= reserve:
+            problems.append(
+                f"the {mount['name']!r} claim ({size} bytes) is not larger than the blob "
+                f"reserve ({reserve} bytes): every blob would be refused"
+            )
+    return problems
+
+
 def check_security_context(docs: list[Doc]) -> list[str]:
     return pod_security_problems(pod_spec(one(docs, "StatefulSet")))
 
@@ -550,6 +593,7 @@ ALL_CHECKS: tuple[Check, ...] = (
     check_ports_exist,
     check_peer_list_matches_replicas,
     check_data_dir_is_persistent,
+    check_blob_dir_is_persistent,
     check_security_context,
     check_peer_port_policy,
     check_client_ports_policy,

@@ -104,6 +104,13 @@ def _set(path: list[Any], value: Any) -> Callable[[list[Doc]], None]:
     return mutate
 
 
+def _add_env(var: str, value: str) -> Callable[[list[Doc]], None]:
+    def mutate(docs: list[Doc]) -> None:
+        _container(docs)["env"].append({"name": var, "value": value})
+
+    return mutate
+
+
 DELETE = object()
 POD = ["StatefulSet", "spec", "template", "spec"]
 CONTAINER = [*POD, "containers", 0]
@@ -267,6 +274,18 @@ BREAKAGES: list[tuple[str, Callable[[list[Doc]], None], checks.Check, str]] = [
         _set([*CONTAINER, "env", -1, "value"], "/data"),
         checks.check_data_dir_is_persistent,
         "/data",
+    ),
+    (
+        "blobs-on-tmpfs",
+        _add_env("RAMRAFT_BLOB_DIR", "/tmp/blobs"),
+        checks.check_blob_dir_is_persistent,
+        "/tmp/blobs",
+    ),
+    (
+        "blob-reserve-fills-the-volume",
+        _add_env("RAMRAFT_BLOB_RESERVE_BYTES", "1Gi"),
+        checks.check_blob_dir_is_persistent,
+        "every blob would be refused",
     ),
     ("root", _root_user, checks.check_security_context, "uid 0"),
     (

@@ -16,8 +16,11 @@ from ramraft.server.machines.embed import CommandFailedError, NotPlainDataError
 from ramraft.server.machines.statemachine import CommandError, ErrorCode
 from ramraft.server.request_errors import (
     BadRequest,
+    InsufficientStorage,
+    NotFound,
     NotLeader,
     Overloaded,
+    PayloadTooLarge,
     RequestError,
     SessionRefused,
     Unavailable,
@@ -37,6 +40,9 @@ CASES: list[tuple[BaseException, grpc.StatusCode, int, str]] = [
     (Unavailable("no leader is known"), S.UNAVAILABLE, 503, "unavailable"),
     (Overloaded("20000 requests are waiting"), S.RESOURCE_EXHAUSTED, 429, "overloaded"),
     (TimeoutError(), S.DEADLINE_EXCEEDED, 504, "deadline_exceeded"),
+    (NotFound("no blob 00ab"), S.NOT_FOUND, 404, "not_found"),
+    (InsufficientStorage("the disk is full"), S.RESOURCE_EXHAUSTED, 507, "insufficient_storage"),
+    (PayloadTooLarge("over 1 GiB"), S.INVALID_ARGUMENT, 413, "payload_too_large"),
     (SessionRefused("SESSION_EXPIRED: start anew"), S.FAILED_PRECONDITION, 409, REFUSED),
     (ConfChangeError("n4 is not caught up"), S.FAILED_PRECONDITION, 409, REFUSED),
     (LeadershipTransferError("n4 is a learner"), S.FAILED_PRECONDITION, 409, REFUSED),

@@ -14,6 +14,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,12 +58,18 @@ def test_a_node_creates_only_private_files(tmp_path: Path) -> None:
             for n in range(120):  # past --snapshot-entries: a snapshot is taken
                 client.put(f"secret/{n}", b"plaintext value")
             client.snapshot()
+            deadline = time.monotonic() + 20
+            while client.status().node.kv_version < 2:  # blobs are enabled
+                assert time.monotonic() < deadline, "blobs were not enabled"
+                time.sleep(0.05)
+            client.put_blob(b"a private file")
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log_path.read_text()
     seen = {p.relative_to(data).as_posix(): _mode(p) for p in _walk(data)}
     assert any(name.startswith("wal/") for name in seen), seen
     assert any(name.startswith("snap/") for name in seen), seen
+    assert any(name.startswith("blobs/sha256/") and name.count("/") == 3 for name in seen), seen
     for name, mode in seen.items():
         path = data / name
         if path.is_dir():

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import time
 from typing import Any
 
 import grpc
 import pytest
 
-from ramraft.client import Client, PermissionDenied, RamraftError, Unauthenticated
+from ramraft.client import Client, NotFound, PermissionDenied, RamraftError, Unauthenticated
 from ramraft.proto import kv_pb2, kv_pb2_grpc
 from tests.security.cluster import ADMIN_TOKEN, READ_TOKEN, WRITE_TOKEN, SecureCluster
 from tests.security.conftest import https
@@ -38,6 +40,11 @@ def grpc_client(cluster: SecureCluster, token: str | None) -> Client:
         (WRITE_TOKEN, "snapshot", PermissionDenied),
         (WRITE_TOKEN, "transfer", PermissionDenied),
         (ADMIN_TOKEN, "snapshot", None),
+        (None, "blob_read", Unauthenticated),
+        (READ_TOKEN, "blob_read", None),
+        (READ_TOKEN, "blob_put", PermissionDenied),
+        (READ_TOKEN, "blob_delete", PermissionDenied),
+        (WRITE_TOKEN, "blob_put", None),
     ],
 )
 def test_grpc_roles(
@@ -52,7 +59,12 @@ def test_grpc_roles(
         "delete": lambda c: c.delete("k"),
         "snapshot": lambda c: c.snapshot(endpoint=cluster.grpc[cluster.ids[0]]),
         "transfer": lambda c: c.transfer_leadership(),
+        "blob_read": _read_blob,
+        "blob_put": lambda c: c.put_blob(b"a blob", timeout=10),
+        "blob_delete": lambda c: c.delete_blob("0" * 64),
     }
+    if call.startswith("blob"):
+        _wait_blobs_enabled(cluster)
     with grpc_client(cluster, token) as client:
         if refusal is None:
             calls[call](client)
@@ -66,6 +78,20 @@ def test_grpc_roles(
             else grpc.StatusCode.PERMISSION_DENIED
         )
         assert e.value.code == expected
+
+
+def _read_blob(client: Client) -> None:
+    """Let through (found or not) unless refused."""
+    with contextlib.suppress(NotFound):
+        client.blob_info("0" * 64)
+
+
+def _wait_blobs_enabled(cluster: SecureCluster) -> None:
+    with cluster.client(timeout=5, token=ADMIN_TOKEN) as client:
+        deadline = time.monotonic() + 30
+        while client.status().node.kv_version < 2:
+            assert time.monotonic() < deadline, "blobs not enabled (key-value version 2)"
+            time.sleep(0.1)
 
 
 @pytest.mark.parametrize("transport", ["unary", "stream"])

@@ -12,6 +12,7 @@ import msgpack
 import pytest
 
 from ramraft.server.machines.cluster import (
+    KV_SUPPORTED_VERSION,
     ClusterMachine,
     ClusterState,
     encode_alarm,
@@ -146,8 +147,9 @@ def test_a_switch_beyond_this_code_halts_before_any_change() -> None:
     machine.apply(1, encode_call("add", ["a"]))
     with pytest.raises(ApplyHalted, match="supports up to version 1"):
         machine.apply(2, encode_versions(2, 1))
-    with pytest.raises(ApplyHalted, match="key-value commands to version 2"):
-        machine.apply(2, encode_versions(1, 2))
+    beyond = KV_SUPPORTED_VERSION + 1
+    with pytest.raises(ApplyHalted, match=f"key-value commands to version {beyond}"):
+        machine.apply(2, encode_versions(1, beyond))
     assert machine.applied_index == 1 and machine.state == ClusterState()
     # A version-2 command in the log (an old node meeting new code's entry):
     with pytest.raises(ApplyHalted, match="no command 'add_by'"):

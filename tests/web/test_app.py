@@ -146,3 +146,55 @@ def test_a_data_dir_written_without_the_app_is_refused_clearly(tmp_path: Path) -
         assert process.wait(timeout=30) == 1
     log = (cluster.data_dir("n1") / "node.log").read_text()
     assert "cannot restore the snapshot" in log and "same --app" in log
+
+
+def _multipart(name: str, data: bytes, content_type: str) -> tuple[bytes, dict[str, str]]:
+    boundary = "ramraft-test-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_an_attachment_uploaded_on_one_node_is_served_by_every_node(
+    app_cluster: ProcessCluster,
+) -> None:
+    """Attachments are blobs: streamed into ctx.blobs.put on the node that
+    took the form, recorded on the note, served (and fetched if needed) by
+    any node; the board tells ramraft which blobs it refers to."""
+    leader, followers = roles(app_cluster)
+
+    def enabled() -> bool:
+        statuses = [app_cluster.status(n) for n in app_cluster.ids]
+        return all(s is not None and s.kv_version >= 2 for s in statuses)
+
+    wait_until(enabled, 30, "blobs enabled")
+    note_id = add_note(app_cluster, followers[0], "With a picture")
+    picture = bytes(range(256)) * 4096  # 1 MiB
+    body, headers = _multipart("sunset.png", picture, "image/png")
+    reply = http(
+        app_cluster.http[followers[0]], "POST", f"/app/notes/{note_id}/files", body, headers
+    )
+    assert reply.status == 303, reply.body
+    for node in app_cluster.ids:
+        page = http(app_cluster.http[node], "GET", f"/app/notes/{note_id}")
+        assert b"sunset.png" in page.body and f"/app/notes/{note_id}/files/0".encode() in page.body
+        served = http(app_cluster.http[node], "GET", f"/app/notes/{note_id}/files/0")
+        assert served.status == 200 and served.body == picture, node
+        assert served.headers["Content-Type"] == "image/png"
+        assert "sunset.png" in served.headers["Content-Disposition"]
+    state = notes(app_cluster, leader, linearizable=True)
+    (note,) = [n for n in state["notes"] if n["id"] == note_id]  # type: ignore[attr-defined]
+    (attachment,) = note["attachments"]
+    assert attachment["size"] == len(picture) and len(attachment["sha256"]) == 64
+    # The same blob over the plain blob API, and a form without a file.
+    raw = http(app_cluster.http[leader], "GET", f"/v1/blobs/{attachment['sha256']}")
+    assert raw.body == picture
+    body, headers = _multipart("", b"", "application/octet-stream")
+    reply = http(app_cluster.http[leader], "POST", f"/app/notes/{note_id}/files", body, headers)
+    assert reply.status == 400 and b"choose a file" in reply.body

@@ -65,4 +65,4 @@ def test_the_mounted_files_load_as_the_package_notes(tmp_path: Path) -> None:
         cwd=tmp_path,  # not the repository: examples/ is not importable from here
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
     ).stdout
-    assert out.split() == ["notes.model", "Notes", "board", "8"]
+    assert out.split() == ["notes.model", "Notes", "board", "10"]
