@@ -46,7 +46,7 @@ BUCKETS = (
     ("state machine + sessions", ("server/machines/",)),
     ("gatekeeper: auth + limiter", ("security/auth.py",)),
     ("metrics", ("web/metrics.py",)),
-    ("KV servicer (rpc/services.py)", ("rpc/services.py",)),
+    ("KV servicer (rpc/services.py, rpc/streams.py)", ("rpc/services.py", "rpc/streams.py")),
     ("logging", ("structlog", "logging/", "server/logs.py")),
     ("protobuf", ("google/protobuf", "protobuf")),
     ("grpc (Python + Cython layers)", ("grpc/", "grpc\\", "cygrpc", ".pyx")),
@@ -64,9 +64,9 @@ PHASES = (
     ("logging", ("structlog", "logging/__init__")),
     ("replication to peers (runtime/transport.py)", ("runtime/transport.py",)),
     ("Raft loop turn (core, apply, WAL hand-off)", ("runtime/loop.py",)),
-    ("per request: task, handler, NodeAPI.write, reply", ("KVService.Stream.<locals>.serve",)),
-    ("reading requests off the stream", ("read_requests",)),
-    ("writing responses (context.write, queue)", ("KVService.Stream (",)),
+    ("per request: task, handler, NodeAPI.write, reply", ("StreamServer._serve",)),
+    ("reading requests off the stream", ("StreamServer._read_all",)),
+    ("writing responses (context.write)", ("StreamServer._write_all",)),
     ("echo: read + yield (bench_grpc_floor)", ("bench_grpc_floor.py",)),
     ("unary handler (rpc wrapper, servicer)", ("rpc.<locals>.wrap", "guarded (")),
     ("event loop itself (select, handles)", ("asyncio/", "selectors.py")),
@@ -198,14 +198,14 @@ async def profile_leader(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 
 async def profile_echo(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    (port,) = rbench.free_ports(1)
     ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Event()
-    server = ctx.Process(target=bench_grpc_floor._serve, args=(port, ready), daemon=True)
+    bound, ready = ctx.Value("i", 0), ctx.Event()
+    server = ctx.Process(target=bench_grpc_floor._serve, args=(bound, ready), daemon=True)
     server.start()
     try:
         if not ready.wait(30):
             raise SystemExit("bench.profile_leader: the echo server did not start")
+        port = int(bound.value)
         shape = "unary" if args.client == "raw" else "stream"
         pid = int(server.pid or 0)
         drive = asyncio.create_task(

@@ -47,24 +47,33 @@ class _Stubs:
 
 
 class _Stream:
-    """One ``KV.Stream`` to one node, carrying many calls at once: each
-    request gets an id, and the answer with that id wakes its caller. One
-    task writes the requests (a gRPC stream takes one write at a time, and a
-    caller cancelled in the middle of a write would cancel the whole stream),
-    one reads the answers. See client/_stream.py for what an answer, a
+    """One ``KV.StreamBatch`` (or ``KV.Stream``, where the node serves no
+    batches) to one node, carrying many calls at once: each request gets an
+    id, and the answer with that id wakes its caller. One task writes the
+    requests (a gRPC stream takes one write at a time, and a caller
+    cancelled in the middle of a write would cancel the whole stream): all
+    those queued while it wrote the last message go in the next one. One
+    task reads the answers. See client/_stream.py for what an answer, a
     timeout and the stream's end mean."""
 
     def __init__(
-        self, stub: Any, endpoint: str, metadata: Any, unary_only: _core.UnaryOnly
+        self,
+        channel: grpc.aio.Channel,
+        endpoint: str,
+        metadata: Any,
+        unary_only: _core.UnaryOnly,
+        no_batch: _core.UnaryOnly,
     ) -> None:
         self.endpoint = endpoint
-        # Told at once when the node turns out not to serve the stream, so
-        # that calls starting meanwhile go unary rather than open another.
+        # Told at once when the node turns out not to serve the stream (or
+        # the batch), so that calls starting meanwhile do not open another.
         self._unary_only = unary_only
-        self._call = stub.Stream(metadata=metadata)
+        self._no_batch = no_batch
+        self._batched = endpoint not in no_batch
+        self._call = _stream.open_stream(channel, self._batched)(metadata=metadata)
         self._ids = 0
         self._waiting: dict[int, asyncio.Future[kv_pb2.StreamResponse]] = {}
-        self._outbox: collections.deque[kv_pb2.StreamRequest] = collections.deque()
+        self._outbox: collections.deque[bytes] = collections.deque()
         self._wakeup: asyncio.Future[None] | None = None
         # Set once, when the stream is over: (code, details, trailing metadata).
         self.ended: _stream.End | None = None
@@ -78,15 +87,16 @@ class _Stream:
         metadata; raises a StreamStatus as the unary call would raise its
         RpcError, or NotCarried."""
         if self.ended is not None:
-            raise _stream.ended(self.endpoint, *self.ended)
+            raise _stream.ended(self.endpoint, *self.ended, self._batched)
         self._ids += 1
-        message = _stream.stream_request(self._ids, op, request, timeout)
+        request_id = self._ids
+        message = _stream.stream_request(request_id, op, request, timeout)
         if not _stream.fits(message):
             raise _stream.NotCarried("too large for a stream")
         answer = self._loop.create_future()
-        self._waiting[self._ids] = answer
+        self._waiting[request_id] = answer
         timer = self._loop.call_later(timeout, _expire, answer)
-        self._outbox.append(message)
+        self._outbox.append(_stream.batch_entry(message) if self._batched else message)
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
@@ -94,15 +104,30 @@ class _Stream:
             response = await answer
         finally:
             timer.cancel()
-            self._waiting.pop(message.id, None)
+            self._waiting.pop(request_id, None)
         return _stream.stream_result(response, op)
+
+    def _next_message(self) -> bytes:
+        """What to write next: the first request queued, or, batched, as many
+        of the queued ones as one batch takes."""
+        outbox = self._outbox
+        if not self._batched:
+            return outbox.popleft()
+        parts = [outbox.popleft()]
+        size = len(parts[0])
+        while outbox and len(parts) < _stream.MAX_BATCH:
+            if size + len(outbox[0]) > _stream.BATCH_BYTES:
+                break
+            size += len(outbox[0])
+            parts.append(outbox.popleft())
+        return b"".join(parts)
 
     async def _write_all(self) -> None:
         outbox = self._outbox
         while True:
             while outbox:
                 try:
-                    await self._call.write(outbox.popleft())
+                    await self._call.write(self._next_message())
                 except (grpc.RpcError, asyncio.InvalidStateError):
                     return  # the stream is over: the reader fails the waiting calls
                 except Exception:
@@ -122,15 +147,16 @@ class _Stream:
         trailing: _stream.Metadata | None = None
         try:
             while True:
-                response = await self._call.read()
-                if response is grpc.aio.EOF:
+                message = await self._call.read()
+                if message is grpc.aio.EOF:
                     code = await self._call.code()
                     details = await self._call.details() or details
                     trailing = await self._call.trailing_metadata()
                     break
-                answer = waiting.get(response.id)
-                if answer is not None and not answer.done():
-                    answer.set_result(response)
+                for response in _stream.answers(message):
+                    answer = waiting.get(response.id)
+                    if answer is not None and not answer.done():
+                        answer.set_result(response)
         except grpc.RpcError as error:
             code, details = _core.error_code(error), _core.error_details(error) or ""
             trailing = _core.error_metadata(error, "trailing")
@@ -141,12 +167,14 @@ class _Stream:
     def _finish(self, end: _stream.End) -> None:
         if self.ended is not None:
             return
-        self.ended = end
-        if end[0] == grpc.StatusCode.UNIMPLEMENTED:
+        if self._batched and _stream.batch_downgrade(end[0], end[1]):
+            self._no_batch.add(self.endpoint)
+        elif end[0] == grpc.StatusCode.UNIMPLEMENTED:
             self._unary_only.add(self.endpoint)
+        self.ended = end
         for answer in list(self._waiting.values()):
             if not answer.done():
-                answer.set_exception(_stream.ended(self.endpoint, *end))
+                answer.set_exception(_stream.ended(self.endpoint, *end, self._batched))
         self._writer.cancel()
 
     async def close(self) -> None:
@@ -500,7 +528,7 @@ class AsyncClient(AsyncRevisionsMixin, _core.ClientBase):
         if stream is None or stream.ended is not None:
             stubs = self._stubs_for(endpoint)
             stream = self._streams[endpoint] = _Stream(
-                stubs.kv, endpoint, self._metadata, self._unary_only
+                stubs.channel, endpoint, self._metadata, self._unary_only, self._no_batch
             )
         return stream
 
@@ -515,12 +543,14 @@ class AsyncClient(AsyncRevisionsMixin, _core.ClientBase):
         """One attempt at ``target``: over its stream when the call has a
         stream form, else (or when the stream cannot carry it) unary."""
         op = _stream.op_for(method, self.transport)
-        if op is not None and target not in self._unary_only:
+        while op is not None and target not in self._unary_only:
             started = time.monotonic()
             try:
                 return await self._stream_to(target).call(op, request, timeout)
-            except _stream.NotCarried:
+            except _stream.NotCarried as e:
                 timeout = max(0.001, timeout - (time.monotonic() - started))
+                if not isinstance(e, _stream.BatchRefused):
+                    break  # else again, over KV.Stream (at most once: see _Stream)
         call = rpc(self._stubs_for(target))(request, timeout=timeout, metadata=self._metadata)
         response = await call
         return response, await call.trailing_metadata()

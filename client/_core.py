@@ -408,7 +408,8 @@ class EndpointRing:
 class UnaryOnly:
     """The endpoints that answered a KV.Stream with UNIMPLEMENTED (an older
     node, or a proxy that passes only unary calls), and until when they get
-    unary calls only (client/_stream.py)."""
+    unary calls only (client/_stream.py). Also used for the endpoints that
+    get KV.Stream rather than KV.StreamBatch."""
 
     def __init__(self) -> None:
         self._until: dict[str, float] = {}
@@ -701,6 +702,7 @@ class ClientBase:
         self._policy = retry or RetryPolicy(attempt_timeout=attempt_timeout)
         self._sessions = SessionTracker(client_id)
         self._unary_only = UnaryOnly()
+        self._no_batch = UnaryOnly()  # endpoints that get KV.Stream, not StreamBatch
         self._stubs = {}
         self._streams = {}
         self._lock = threading.Lock()  # the blocking client is shared between threads

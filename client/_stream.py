@@ -25,12 +25,22 @@ The rules, so that the stream keeps every guarantee of the unary calls:
   (``NotCarried``); so does a request the stream could not carry (one over
   the node's message size ends the whole stream; requests over
   STREAM_MAX_BYTES go unary from the start).
+- Batches: the clients send ``KV.StreamBatch`` rather than ``KV.Stream``:
+  each time the stream is free to write, every request queued meanwhile
+  (up to MAX_BATCH requests and BATCH_BYTES) leaves in one message, and the
+  node answers many in one message too. A gRPC message costs both sides
+  much more CPU than a request does, and requests issued together (many
+  callers, or the answers of one batch waking their callers at once) then
+  share it. A node that does not serve the batch (UNIMPLEMENTED), or whose
+  message limit a batch exceeds, gets ``KV.Stream`` from then on; the
+  requests of that stream were not processed (``NotCarried``: sent unary
+  this once).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Final, TypeAlias
+from collections.abc import Callable, Iterable
+from typing import Any, Final, TypeAlias
 
 import grpc
 
@@ -43,6 +53,13 @@ from ramraft.proto import kv_pb2
 STREAM_MAX_BYTES: Final = 64 * 1024
 # timeout_ms is a uint32.
 _MAX_TIMEOUT_MS: Final = 2**32 - 1
+# A StreamBatchRequest: at most this many requests (the node's limit,
+# proto/kv.proto) and about this many bytes, which stays within a node's
+# default message limit (2 x the value limit + the key limit + 64 KiB).
+MAX_BATCH: Final = 1024
+BATCH_BYTES: Final = 60 * 1024
+STREAM_METHOD: Final = "/ramraft.v1.KV/Stream"
+BATCH_METHOD: Final = "/ramraft.v1.KV/StreamBatch"
 
 # The unary method's name -> the StreamRequest/StreamResponse oneof field.
 STREAM_OPS: Final = {
@@ -100,19 +117,68 @@ class NotCarried(Exception):
     not processed, or, if it was, its session makes sending it again safe)."""
 
 
-def stream_request(
-    request_id: int, op: str, request: object, timeout: float
-) -> kv_pb2.StreamRequest:
-    """The StreamRequest for one attempt: ``op`` is a STREAM_OPS value and
-    ``request`` the unary request message (session already set)."""
+class BatchRefused(NotCarried):
+    """The node takes no KV.StreamBatch (or a batch was over its message
+    limit): send the request on KV.Stream instead, for the same reasons."""
+
+
+def stream_request(request_id: int, op: str, request: object, timeout: float) -> bytes:
+    """The serialized StreamRequest for one attempt: ``op`` is a STREAM_OPS
+    value and ``request`` the unary request message (session already set)."""
     timeout_ms = min(_MAX_TIMEOUT_MS, max(1, int(timeout * 1000 + 0.999)))
     message = kv_pb2.StreamRequest(id=request_id, timeout_ms=timeout_ms)
     getattr(message, op).CopyFrom(request)
-    return message
+    return message.SerializeToString()
 
 
-def fits(request: kv_pb2.StreamRequest) -> bool:
-    return request.ByteSize() <= STREAM_MAX_BYTES
+def fits(request: bytes) -> bool:
+    """Whether the serialized StreamRequest ``request`` may go on a stream."""
+    return len(request) <= STREAM_MAX_BYTES
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def open_stream(channel: Any, batched: bool) -> Any:
+    """A ``KV.StreamBatch`` (``batched``) or ``KV.Stream`` call on
+    ``channel`` (grpc or grpc.aio) that takes serialized messages: a
+    request is serialized once, when it is issued, and a batch is the
+    concatenation of its requests (``batch``)."""
+    answer: Callable[[bytes], Any]
+    if batched:
+        method, answer = BATCH_METHOD, kv_pb2.StreamBatchResponse.FromString
+    else:
+        method, answer = STREAM_METHOD, kv_pb2.StreamResponse.FromString
+    return channel.stream_stream(method, request_serializer=_identity, response_deserializer=answer)
+
+
+def batch_entry(request: bytes) -> bytes:
+    """``request`` (a serialized StreamRequest) as one entry of a serialized
+    StreamBatchRequest: field 1, length-delimited. Entries concatenate."""
+    size = len(request)
+    head = bytearray(b"\x0a")
+    while size >= 0x80:
+        head.append((size & 0x7F) | 0x80)
+        size >>= 7
+    head.append(size)
+    return bytes(head) + request
+
+
+def answers(message: Any) -> Any:
+    """The StreamResponses in one message of either stream."""
+    if isinstance(message, kv_pb2.StreamBatchResponse):
+        return message.responses
+    return (message,)
+
+
+def batch_downgrade(code: grpc.StatusCode | None, details: str) -> bool:
+    """Whether a ``KV.StreamBatch`` that ended so means: use ``KV.Stream``
+    on that node (it does not serve batches, or a batch was over its
+    message limit)."""
+    return code == grpc.StatusCode.UNIMPLEMENTED or (
+        code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details.lower()
+    )
 
 
 def stream_result(response: kv_pb2.StreamResponse, op: str) -> tuple[object, Metadata]:
@@ -141,9 +207,13 @@ def ended(
     code: grpc.StatusCode | None,
     details: str,
     trailing: Metadata | None,
+    batched: bool = False,
 ) -> StreamStatus | NotCarried:
-    """What the requests still waiting on a stream that ended get: a
-    StreamStatus to retry (or to raise) as for a unary call, or NotCarried."""
+    """What the requests still waiting on a stream (``batched``: a
+    StreamBatch) that ended get: a StreamStatus to retry (or to raise) as
+    for a unary call, or NotCarried (BatchRefused: try KV.Stream)."""
+    if batched and batch_downgrade(code, details):
+        return BatchRefused(f"{endpoint} takes no KV.StreamBatch: {details}")
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return NotCarried(f"{endpoint} does not serve KV.Stream: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details.lower():

@@ -63,34 +63,72 @@ _END_OF_REQUESTS: Any = object()
 
 
 class _Stream:
-    """One ``KV.Stream`` to one node, shared by the threads that call the
-    client: each request gets an id, a reader thread hands each answer to the
-    thread waiting for it. gRPC's own thread sends the requests from a queue.
-    See client/_stream.py for what an answer, a timeout and the stream's end
+    """One ``KV.StreamBatch`` (or ``KV.Stream``, where the node serves no
+    batches) to one node, shared by the threads that call the client: each
+    request gets an id, a reader thread hands each answer to the thread
+    waiting for it. gRPC's own thread sends the requests from a queue, all
+    those queued while it sent the last message in the next one. See
+    client/_stream.py for what an answer, a timeout and the stream's end
     mean."""
 
     def __init__(
-        self, stub: Any, endpoint: str, metadata: Any, unary_only: _core.UnaryOnly
+        self,
+        channel: grpc.Channel,
+        endpoint: str,
+        metadata: Any,
+        unary_only: _core.UnaryOnly,
+        no_batch: _core.UnaryOnly,
     ) -> None:
         self.endpoint = endpoint
-        # Told at once when the node turns out not to serve the stream, so
-        # that calls starting meanwhile go unary rather than open another.
+        # Told at once when the node turns out not to serve the stream (or
+        # the batch), so that calls starting meanwhile do not open another.
         self._unary_only = unary_only
-        self._outbox: queue.SimpleQueue[kv_pb2.StreamRequest] = queue.SimpleQueue()
+        self._no_batch = no_batch
+        self._batched = endpoint not in no_batch
+        self._outbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self._ids = itertools.count(1)  # next() is atomic in CPython
         self._waiting: dict[int, _Answer] = {}
         # Set once, when the stream is over: (code, details, trailing metadata).
         self.ended: _stream.End | None = None
-        self._call = stub.Stream(iter(self._outbox.get, _END_OF_REQUESTS), metadata=metadata)
+        self._call = _stream.open_stream(channel, self._batched)(
+            self._messages(), metadata=metadata
+        )
         self._reader = threading.Thread(
             target=self._read_all, name=f"ramraft-stream-{endpoint}", daemon=True
         )
         self._reader.start()
 
+    def _messages(self) -> Iterator[bytes]:
+        """The messages to send (gRPC's thread takes the next one once it
+        has sent the last): each queued request, or, batched, all those
+        queued meanwhile (up to one batch's limits)."""
+        outbox = self._outbox
+        held: bytes | None = None
+        while True:
+            first = held if held is not None else outbox.get()
+            held = None
+            if first is _END_OF_REQUESTS:
+                return
+            if not self._batched:
+                yield first
+                continue
+            parts, size = [first], len(first)
+            while len(parts) < _stream.MAX_BATCH:
+                try:
+                    more = outbox.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _END_OF_REQUESTS or size + len(more) > _stream.BATCH_BYTES:
+                    held = more
+                    break
+                parts.append(more)
+                size += len(more)
+            yield b"".join(parts)
+
     def call(self, op: str, request: Any, timeout: float) -> tuple[Any, _stream.Metadata]:
         """As client/_async.py _Stream.call, blocking."""
         if self.ended is not None:
-            raise _stream.ended(self.endpoint, *self.ended)
+            raise _stream.ended(self.endpoint, *self.ended, self._batched)
         request_id = next(self._ids)
         message = _stream.stream_request(request_id, op, request, timeout)
         if not _stream.fits(message):
@@ -100,8 +138,8 @@ class _Stream:
         ended = self._ended()
         if ended is not None and self._waiting.pop(request_id, None) is not None:
             # The reader failed the waiting calls before this one was added.
-            raise _stream.ended(self.endpoint, *ended)
-        self._outbox.put(message)
+            raise _stream.ended(self.endpoint, *ended, self._batched)
+        self._outbox.put(_stream.batch_entry(message) if self._batched else message)
         if not answer.lock.acquire(timeout=timeout):
             if self._waiting.pop(request_id, None) is not None:
                 raise _stream.expired()
@@ -119,23 +157,26 @@ class _Stream:
         details = "the node ended the stream"
         trailing: _stream.Metadata | None = None
         try:
-            for response in self._call:
-                answer = self._waiting.pop(response.id, None)
-                if answer is not None:
-                    answer.response = response
-                    answer.lock.release()
+            for message in self._call:
+                for response in _stream.answers(message):
+                    answer = self._waiting.pop(response.id, None)
+                    if answer is not None:
+                        answer.response = response
+                        answer.lock.release()
             code, details = self._call.code(), self._call.details() or details
             trailing = self._call.trailing_metadata()
         except grpc.RpcError as error:
             code, details = _core.error_code(error), _core.error_details(error) or ""
             trailing = _core.error_metadata(error, "trailing")
-        if code == grpc.StatusCode.UNIMPLEMENTED:
+        if self._batched and _stream.batch_downgrade(code, details):
+            self._no_batch.add(self.endpoint)
+        elif code == grpc.StatusCode.UNIMPLEMENTED:
             self._unary_only.add(self.endpoint)
         self.ended = (code, details, trailing)
         for request_id in list(self._waiting):
             answer = self._waiting.pop(request_id, None)
             if answer is not None:
-                answer.error = _stream.ended(self.endpoint, *self.ended)
+                answer.error = _stream.ended(self.endpoint, *self.ended, self._batched)
                 answer.lock.release()
 
     def close(self) -> None:
@@ -557,7 +598,7 @@ class Client(RevisionsMixin, _core.ClientBase):
                     if self._closed:
                         raise RuntimeError("the client is closed")
                     stream = self._streams[endpoint] = _Stream(
-                        stubs.kv, endpoint, self._metadata, self._unary_only
+                        stubs.channel, endpoint, self._metadata, self._unary_only, self._no_batch
                     )
         return stream
 
@@ -572,12 +613,14 @@ class Client(RevisionsMixin, _core.ClientBase):
         """One attempt at ``target``: over its stream when the call has a
         stream form, else (or when the stream cannot carry it) unary."""
         op = _stream.op_for(method, self.transport)
-        if op is not None and target not in self._unary_only:
+        while op is not None and target not in self._unary_only:
             started = time.monotonic()
             try:
                 return self._stream_to(target).call(op, request, timeout)
-            except _stream.NotCarried:
+            except _stream.NotCarried as e:
                 timeout = max(0.001, timeout - (time.monotonic() - started))
+                if not isinstance(e, _stream.BatchRefused):
+                    break  # else again, over KV.Stream (at most once: see _Stream)
         response, call = rpc(self._stubs_for(target)).with_call(
             request, timeout=timeout, metadata=self._metadata
         )

@@ -1556,3 +1556,51 @@ class LeaseTimeToLiveResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LeaseTimeToLiveResponse: _TypeAlias = LeaseTimeToLiveResponse  # noqa: Y015
+
+@_typing.final
+class StreamBatchRequest(_message.Message):
+    """Requests on a KV.StreamBatch: each as one StreamRequest on a KV.Stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamRequest]:
+        """The requests, served concurrently (at most 1,024)."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___StreamRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamBatchRequest: _TypeAlias = StreamBatchRequest  # noqa: Y015
+
+@_typing.final
+class StreamBatchResponse(_message.Message):
+    """Answers on a KV.StreamBatch: each as one StreamResponse on a KV.Stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def responses(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamResponse]:
+        """Answers to requests of any earlier StreamBatchRequest, in no set order."""
+
+    def __init__(
+        self,
+        *,
+        responses: _abc.Iterable[Global___StreamResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["responses", b"responses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamBatchResponse: _TypeAlias = StreamBatchResponse  # noqa: Y015

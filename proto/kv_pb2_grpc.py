@@ -81,6 +81,11 @@ class KVStub:
                 request_serializer=ramraft_dot_proto_dot_kv__pb2.StreamRequest.SerializeToString,
                 response_deserializer=ramraft_dot_proto_dot_kv__pb2.StreamResponse.FromString,
                 _registered_method=True)
+        self.StreamBatch = channel.stream_stream(
+                '/ramraft.v1.KV/StreamBatch',
+                request_serializer=ramraft_dot_proto_dot_kv__pb2.StreamBatchRequest.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_kv__pb2.StreamBatchResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -170,6 +175,23 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamBatch(self, request_iterator, context):
+        """As Stream, with many requests in one message: a client puts the requests
+        it has ready into one StreamBatchRequest, and the node answers with
+        StreamBatchResponse messages, each holding the answers that were ready
+        together (in any order: match them by `id`). Each request is served
+        exactly as if it had come alone on a Stream: its own admission (role,
+        in-flight slot), deadline and status; a failed request fails alone. A
+        gRPC message, not a request, is what costs a node (and a client) most
+        CPU, so this carries many requests for the cost of one. A message holds
+        at most 1,024 requests (more: INVALID_ARGUMENT, ending the stream); an
+        empty one is answered by nothing. A node that does not serve it answers
+        UNIMPLEMENTED: use Stream there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +239,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Stream,
                     request_deserializer=ramraft_dot_proto_dot_kv__pb2.StreamRequest.FromString,
                     response_serializer=ramraft_dot_proto_dot_kv__pb2.StreamResponse.SerializeToString,
+            ),
+            'StreamBatch': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamBatch,
+                    request_deserializer=ramraft_dot_proto_dot_kv__pb2.StreamBatchRequest.FromString,
+                    response_serializer=ramraft_dot_proto_dot_kv__pb2.StreamBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -464,6 +491,33 @@ class KV:
             '/ramraft.v1.KV/Stream',
             ramraft_dot_proto_dot_kv__pb2.StreamRequest.SerializeToString,
             ramraft_dot_proto_dot_kv__pb2.StreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamBatch(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ramraft.v1.KV/StreamBatch',
+            ramraft_dot_proto_dot_kv__pb2.StreamBatchRequest.SerializeToString,
+            ramraft_dot_proto_dot_kv__pb2.StreamBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

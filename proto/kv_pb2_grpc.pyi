@@ -113,6 +113,19 @@ class KVStub:
     got no answer may or may not have been applied, as with UNAVAILABLE:
     retry it, with its Session, on a new stream.
     """
+    StreamBatch: _grpc.StreamStreamMultiCallable[_kv_pb2.StreamBatchRequest, _kv_pb2.StreamBatchResponse]
+    """As Stream, with many requests in one message: a client puts the requests
+    it has ready into one StreamBatchRequest, and the node answers with
+    StreamBatchResponse messages, each holding the answers that were ready
+    together (in any order: match them by `id`). Each request is served
+    exactly as if it had come alone on a Stream: its own admission (role,
+    in-flight slot), deadline and status; a failed request fails alone. A
+    gRPC message, not a request, is what costs a node (and a client) most
+    CPU, so this carries many requests for the cost of one. A message holds
+    at most 1,024 requests (more: INVALID_ARGUMENT, ending the stream); an
+    empty one is answered by nothing. A node that does not serve it answers
+    UNIMPLEMENTED: use Stream there.
+    """
 
 @_typing.type_check_only
 class KVAsyncStub(KVStub):
@@ -163,6 +176,19 @@ class KVAsyncStub(KVStub):
     (authentication, the node stopping). When a stream breaks, a write that
     got no answer may or may not have been applied, as with UNAVAILABLE:
     retry it, with its Session, on a new stream.
+    """
+    StreamBatch: _aio.StreamStreamMultiCallable[_kv_pb2.StreamBatchRequest, _kv_pb2.StreamBatchResponse]  # type: ignore[assignment]
+    """As Stream, with many requests in one message: a client puts the requests
+    it has ready into one StreamBatchRequest, and the node answers with
+    StreamBatchResponse messages, each holding the answers that were ready
+    together (in any order: match them by `id`). Each request is served
+    exactly as if it had come alone on a Stream: its own admission (role,
+    in-flight slot), deadline and status; a failed request fails alone. A
+    gRPC message, not a request, is what costs a node (and a client) most
+    CPU, so this carries many requests for the cost of one. A message holds
+    at most 1,024 requests (more: INVALID_ARGUMENT, ending the stream); an
+    empty one is answered by nothing. A node that does not serve it answers
+    UNIMPLEMENTED: use Stream there.
     """
 
 class KVServicer(metaclass=_abc_1.ABCMeta):
@@ -265,6 +291,25 @@ class KVServicer(metaclass=_abc_1.ABCMeta):
         (authentication, the node stopping). When a stream breaks, a write that
         got no answer may or may not have been applied, as with UNAVAILABLE:
         retry it, with its Session, on a new stream.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamBatch(
+        self,
+        request_iterator: _MaybeAsyncIterator[_kv_pb2.StreamBatchRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_kv_pb2.StreamBatchResponse], _abc.AsyncIterator[_kv_pb2.StreamBatchResponse]]:
+        """As Stream, with many requests in one message: a client puts the requests
+        it has ready into one StreamBatchRequest, and the node answers with
+        StreamBatchResponse messages, each holding the answers that were ready
+        together (in any order: match them by `id`). Each request is served
+        exactly as if it had come alone on a Stream: its own admission (role,
+        in-flight slot), deadline and status; a failed request fails alone. A
+        gRPC message, not a request, is what costs a node (and a client) most
+        CPU, so this carries many requests for the cost of one. A message holds
+        at most 1,024 requests (more: INVALID_ARGUMENT, ending the stream); an
+        empty one is answered by nothing. A node that does not serve it answers
+        UNIMPLEMENTED: use Stream there.
         """
 
 def add_KVServicer_to_server(servicer: KVServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

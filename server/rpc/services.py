@@ -70,6 +70,7 @@ from ramraft.server.rpc.kvproto import (
     txn_from_request,
     txn_response,
 )
+from ramraft.server.rpc.streams import StreamServer, stream_error
 from ramraft.server.rpc.watch import WatchHub, WatchOut, WatchSpec
 from ramraft.server.runtime.backup import backup_bytes, backup_header
 from ramraft.server.runtime.loop import RaftRuntime
@@ -77,14 +78,8 @@ from ramraft.server.runtime.membership import MembershipChanges
 from ramraft.server.runtime.node_api import InputLimits, NodeAPI
 from ramraft.server.runtime.status import MemberProgress
 from ramraft.server.runtime.steward import Steward
-from ramraft.server.security.auth import STREAM_GATE, InflightLimiter, StreamGate
-from ramraft.server.security.budget import (
-    CALL_RESERVATION,
-    MESSAGE_COPIES,
-    Reservation,
-    page_budget,
-    reserve_answer,
-)
+from ramraft.server.security.auth import STREAM_GATE
+from ramraft.server.security.budget import page_budget, reserve_answer
 
 if TYPE_CHECKING:
     from ramraft.server.blobs.manager import NodeBlobs
@@ -485,83 +480,19 @@ class KVService(kv_pb2_grpc.KVServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         """Serve each request as it arrives, concurrently; write each
-        response when its request completes. Requests are admitted one by
-        one (server/security/auth.py StreamGate); a refused one is answered at once.
+        response when its request completes (server/rpc/streams.py)."""
+        server = StreamServer(self._stream_one, _STREAM_OPS, context, STREAM_GATE.get(), False)
+        await server.run(requests)
 
-        Bounded (with a gate; server/security/budget.py): the next request
-        is read only once its bytes are reserved in the node's memory
-        budget, and only while this stream's requests in service and
-        unwritten responses hold less than the stream's share of it, and
-        number fewer than --max-inflight-per-connection: a client that does
-        not read its answers stops being read."""
-        gate = STREAM_GATE.get()
-        # (response, holds an in-flight slot, its bytes); None: no more requests.
-        responses: asyncio.Queue[tuple[kv_pb2.StreamResponse, bool, Reservation | None] | None]
-        responses = asyncio.Queue()
-        running: set[asyncio.Task[None]] = set()
-        slots = 0  # admitted requests whose response is not written yet
-        window = _StreamWindow(gate)
-
-        async def serve(request: kv_pb2.StreamRequest, op: str, held: Reservation | None) -> None:
-            CALL_RESERVATION.set(held)
-            response = await self._stream_one(request, op, context)
-            responses.put_nowait((response, True, held))
-
-        async def read_requests() -> None:
-            nonlocal slots
-            iterator = aiter(requests)
-            try:
-                while True:
-                    held = await window.before_read()
-                    request = await anext(iterator, None)
-                    if request is None:
-                        if held is not None:
-                            window.done(held)
-                        return
-                    if held is not None:
-                        held.shrink(held.held - MESSAGE_COPIES * request.ByteSize())
-                        held.read_done()
-                    op = request.WhichOneof("op")
-                    refused = (
-                        _NO_OP if op is None else gate.admit(_STREAM_OPS[op]) if gate else None
-                    )
-                    if refused is not None:
-                        responses.put_nowait((_stream_error(request, refused), False, held))
-                        continue
-                    assert op is not None
-                    slots += 1
-                    task = asyncio.create_task(serve(request, op, held))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-            finally:
-                responses.put_nowait(None)
-
-        reader = asyncio.create_task(read_requests())
-        try:
-            ended = False
-            while not ended or running or not responses.empty():
-                item = await responses.get()
-                if item is None:
-                    ended = True
-                    continue
-                response, holds_slot, held = item
-                try:
-                    await context.write(response)
-                finally:
-                    if held is not None:
-                        window.done(held)
-                    if holds_slot:
-                        slots -= 1
-                        if gate is not None:
-                            gate.release()
-        finally:
-            reader.cancel()
-            for task in list(running):
-                task.cancel()
-            window.close()
-            if gate is not None:
-                for _ in range(slots):
-                    gate.release()
+    async def StreamBatch(  # type: ignore[override]
+        self,
+        requests: AsyncIterator[kv_pb2.StreamBatchRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        """As Stream, many requests to a message and many answers to a
+        message (server/rpc/streams.py)."""
+        server = StreamServer(self._stream_one, _STREAM_OPS, context, STREAM_GATE.get(), True)
+        await server.run(requests)
 
     async def _stream_one(
         self,
@@ -579,61 +510,10 @@ class KVService(kv_pb2_grpc.KVServicer):
             )
         except Exception as e:  # a bug: answer this request, keep the stream
             log.exception("stream_request_failed", op=op)
-            return _stream_error(request, (grpc.StatusCode.INTERNAL, f"internal error: {e}"))
+            return stream_error(request, (grpc.StatusCode.INTERNAL, f"internal error: {e}"))
         response = kv_pb2.StreamResponse(id=request.id)
         getattr(response, op).CopyFrom(result)
         return response
-
-
-class _StreamWindow:
-    """What one KV.Stream holds: the reservations of its requests being
-    served and of its responses not yet written (None without a gate)."""
-
-    def __init__(self, gate: StreamGate | None) -> None:
-        self.gate = gate
-        self.held: set[Reservation] = set()
-        self.changed = asyncio.Event()
-
-    def _room(self) -> bool:
-        gate = self.gate
-        assert gate is not None
-        limit = gate.gatekeeper.limiter.per_connection_limit
-        return len(self.held) < limit and sum(r.held for r in self.held) < gate.limits.stream_share
-
-    async def before_read(self) -> Reservation | None:
-        """Wait for room, then reserve what the next request may take."""
-        if self.gate is None:
-            return None
-        while not self._room():
-            self.changed.clear()
-            await self.changed.wait()
-        limits = self.gate.limits
-        # A stream with at most a couple of requests of its own in flight is
-        # a light caller, as a connection is for unary calls (budget.py).
-        # What it holds counts answers written but not yet given back: a
-        # client sending one request at a time may send its next one the
-        # moment it reads an answer, before the node's write has returned.
-        light = len(self.held) <= InflightLimiter.LIGHT
-        reservation = Reservation(limits.budget, light)
-        await reservation.grow(limits.read_reservation(), None)  # waits: backpressure
-        self.held.add(reservation)
-        return reservation
-
-    def done(self, reservation: Reservation) -> None:
-        reservation.release()
-        self.held.discard(reservation)
-        self.changed.set()
-
-    def close(self) -> None:
-        for reservation in self.held:
-            reservation.release()
-        self.held.clear()
-
-
-_NO_OP = (
-    grpc.StatusCode.INVALID_ARGUMENT,
-    "no operation set: set one of put, get, delete, compare_and_swap, range, txn, delete_range",
-)
 
 
 def response_header(runtime: RaftRuntime, revision: int) -> kv_pb2.ResponseHeader:
@@ -663,13 +543,6 @@ def _watch_request(stream: Any, request: kv_pb2.WatchRequest) -> None:
         stream.cancel(request.cancel.watch_id)
     elif which == "progress":
         stream.request_progress()
-
-
-def _stream_error(
-    request: kv_pb2.StreamRequest, status: tuple[grpc.StatusCode, str]
-) -> kv_pb2.StreamResponse:
-    code, message = status
-    return kv_pb2.StreamResponse(id=request.id, code=code.value[0], message=message)
 
 
 _ROLES = {

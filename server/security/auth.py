@@ -343,6 +343,7 @@ GRPC_ROLES: dict[str, AccessRole] = {
     "/ramraft.v1.Lease/TimeToLive": AccessRole.READ,
     # Opening a stream needs READ; each request in it needs its method's role.
     "/ramraft.v1.KV/Stream": AccessRole.READ,
+    "/ramraft.v1.KV/StreamBatch": AccessRole.READ,
     "/ramraft.v1.Admin/Status": AccessRole.READ,
     "/ramraft.v1.Admin/Members": AccessRole.READ,
     "/ramraft.v1.Admin/TransferLeadership": AccessRole.ADMIN,
@@ -365,9 +366,16 @@ OPEN_PREFIXES = (
 )
 # Authenticated by certificate in server/runtime/transport.py, outside the client limits.
 PEER_PREFIX = "/ramraft.peer.v1.Peer/"
-# The one client method that is a stream: each of its requests is admitted
-# on its own (StreamGate), under the role and limits of the unary call.
+# The client methods that are streams of key-value requests: each request
+# is admitted on its own (StreamGate), under the role and limits of the
+# unary call.
 KV_STREAM = "/ramraft.v1.KV/Stream"
+KV_STREAM_BATCH = "/ramraft.v1.KV/StreamBatch"
+# The most requests a StreamBatchRequest may carry (proto/kv.proto). A
+# decoded request takes far more memory than its bytes on the wire (an
+# empty one: 2 bytes, about 56 decoded), so the gatekeeper counts them
+# before it decodes the message.
+MAX_STREAM_BATCH = 1024
 KV_METHOD_PREFIX = "/ramraft.v1.KV/"
 
 
@@ -485,8 +493,8 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
             return handler
         metadata = handler_call_details.invocation_metadata
         token = bearer_token(_metadata_value(metadata, "authorization"))
-        if method == KV_STREAM and handler.stream_stream is not None:
-            return self._guard_stream(handler, token)
+        if method in (KV_STREAM, KV_STREAM_BATCH) and handler.stream_stream is not None:
+            return self._guard_stream(method, handler, token)
         if handler.stream_stream is not None:
             return self._guard_long_stream(method, handler, token)
         if handler.unary_stream is not None:
@@ -681,30 +689,40 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         )
 
     def _guard_stream(
-        self, handler: grpc.RpcMethodHandler[Any, Any], token: str | None
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any], token: str | None
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        """``KV.Stream``: the caller must be allowed to read to open it
-        (before any request is read); then each request is admitted on its
-        own by the StreamGate the servicer finds in STREAM_GATE."""
+        """``KV.Stream`` and ``KV.StreamBatch``: the caller must be allowed
+        to read to open one (before any request is read); then each request
+        is admitted on its own by the StreamGate the servicer finds in
+        STREAM_GATE. A batch's requests are counted before it is decoded
+        (a decoded request takes far more memory than its bytes)."""
         inner = handler.stream_stream
         deserialize = handler.request_deserializer
         assert inner is not None and deserialize is not None
+        batched = method == KV_STREAM_BATCH
+        kind = "StreamBatchRequest" if batched else "StreamRequest"
 
         async def guarded_stream(
             requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
         ) -> None:
             await self._authorize(
-                KV_STREAM, AccessRole.READ, token, context, before_abort=lambda: _drain(requests)
+                method, AccessRole.READ, token, context, before_abort=lambda: _drain(requests)
             )
             STREAM_GATE.set(StreamGate(self, token, context))
 
             async def decoded() -> AsyncIterator[Any]:
                 async for raw in requests:
-                    request = _decode(deserialize, raw)
+                    count = count_fields(raw, MAX_STREAM_BATCH) if batched else 0
+                    if count is not None and count > MAX_STREAM_BATCH:
+                        await context.abort(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"a StreamBatchRequest holds more than {MAX_STREAM_BATCH} requests",
+                        )
+                    request = _decode(deserialize, raw) if count is not None else None
                     if request is None:
                         await context.abort(
                             grpc.StatusCode.INVALID_ARGUMENT,
-                            "a stream request is not a valid StreamRequest message (protobuf)",
+                            f"a stream request is not a valid {kind} message (protobuf)",
                         )
                     yield request
 
@@ -813,6 +831,48 @@ async def _drain(requests: AsyncIterator[bytes]) -> None:
                 taken += len(raw)
                 if taken > DRAIN_BYTES:
                     return
+
+
+def count_fields(raw: bytes, limit: int) -> int | None:
+    """How many top-level fields the protobuf bytes ``raw`` hold, counting
+    no further than ``limit + 1``; None if they are not protobuf (what a
+    repeated field costs to decode is bounded by counting it first)."""
+    count, at, end = 0, 0, len(raw)
+    while at < end and count <= limit:
+        tag, at = _varint(raw, at)
+        wire = tag & 7
+        if wire == 2:
+            size, at = _varint(raw, at)
+            at += size
+        elif wire == 0:
+            _, at = _varint(raw, at)
+        elif wire == 1:
+            at += 8
+        elif wire == 5:
+            at += 4
+        else:
+            return None
+        if at > end or tag < 8:
+            return None
+        count += 1
+    return count
+
+
+def _varint(raw: bytes, at: int) -> tuple[int, int]:
+    """The varint at ``raw[at:]`` and the offset after it (past the end: a
+    truncated one, which the caller sees as ``at`` beyond the end)."""
+    value = shift = 0
+    end = len(raw)
+    while at < end:
+        byte = raw[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+        if shift > 63:
+            break
+    return 0, end + 1
 
 
 def _raw(data: bytes) -> bytes:

@@ -13,9 +13,9 @@ from pathlib import Path
 from bench.profile_leader import summarize_profile, thread_cpu, thread_split
 
 RAW = """\
-_run_module_as_main (<frozen runpy>:198);run (asyncio/runners.py:190);KVService.Stream (ramraft/server/rpc/services.py:338) 40
-_run_module_as_main (<frozen runpy>:198);KVService.Stream.<locals>.serve (ramraft/server/rpc/services.py:307);StreamGate.admit (ramraft/server/security/auth.py:316) 2
-_run_module_as_main (<frozen runpy>:198);KVService.Stream.<locals>.serve (ramraft/server/rpc/services.py:307);NodeAPI.write (ramraft/server/runtime/node_api.py:102) 8
+_run_module_as_main (<frozen runpy>:198);run (asyncio/runners.py:190);StreamServer._write_all (ramraft/server/rpc/streams.py:338) 40
+_run_module_as_main (<frozen runpy>:198);StreamServer._read_all (ramraft/server/rpc/streams.py:307);StreamGate.admit (ramraft/server/security/auth.py:316) 2
+_run_module_as_main (<frozen runpy>:198);StreamServer._serve (ramraft/server/rpc/streams.py:307);NodeAPI.write (ramraft/server/runtime/node_api.py:102) 8
 _run_module_as_main (<frozen runpy>:198);BaseEventLoop._run_once (asyncio/base_events.py:1922);EpollSelector.select (selectors.py:468) 30
 Thread._bootstrap (threading.py:1002);_worker (concurrent/futures/thread.py:81);datasync (ramraft/server/storage/_fs.py:14) 12
 Thread._bootstrap (threading.py:1002);Thread.run (threading.py:982) 8
@@ -28,11 +28,11 @@ def test_samples_are_split_by_bucket_and_by_phase(tmp_path: Path) -> None:
     total, own, phases = summarize_profile(raw)
     assert total == 100
     assert sum(own.values()) == sum(phases.values()) == total
-    assert own["KV servicer (rpc/services.py)"] == 40
+    assert own["KV servicer (rpc/services.py, rpc/streams.py)"] == 40
     assert own["gatekeeper: auth + limiter"] == 2
     assert own["storage (WAL, fsync)"] == 12
     assert own["threads, queues, selectors"] == 30 + 8
-    assert phases["writing responses (context.write, queue)"] == 40
+    assert phases["writing responses (context.write)"] == 40
     assert phases["auth + limiter per request (StreamGate.admit)"] == 2
     assert phases["per request: task, handler, NodeAPI.write, reply"] == 8
     assert phases["event loop itself (select, handles)"] == 30

@@ -10,6 +10,7 @@ serve it (UNIMPLEMENTED, as an older node) or to break its streams."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import queue
@@ -18,7 +19,7 @@ import threading
 from collections import deque
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import structlog
@@ -83,6 +84,9 @@ class FakeNode:
     released: threading.Event = field(default_factory=threading.Event)
     arrived: threading.Condition = field(init=False)
     serve_stream: bool = True  # False: KV.Stream is UNIMPLEMENTED, as on an older node
+    serve_batch: bool = True  # False: KV.StreamBatch is UNIMPLEMENTED (but KV.Stream may not be)
+    batch_streams: int = 0  # of streams_opened, those that were KV.StreamBatch
+    batch_sizes: list[int] = field(default_factory=list)  # requests per StreamBatchRequest
     stream_refusal: Failure | None = None  # end every new stream at once with this
     stream_attempts: int = 0  # streams asked for
     streams_opened: int = 0  # streams served
@@ -193,20 +197,64 @@ _STREAM_OPS = {
 }
 
 
+# How long a refused stream's requests are taken before the refusal is sent.
+REFUSAL_DRAIN_SECONDS = 0.2
+
+
+def _refuse(requests: Any, context: Any, code: grpc.StatusCode, details: str) -> NoReturn:
+    """End a stream with ``code`` once what its client wrote meanwhile has
+    been taken (for at most REFUSAL_DRAIN_SECONDS), as a node's Gatekeeper
+    does (server/security/auth.py _drain): grpc-python's asyncio client
+    turns a write in flight when the status arrives into its own INTERNAL
+    (which it retries), and the tests count attempts."""
+
+    def drain() -> None:
+        with contextlib.suppress(Exception):
+            for _ in requests:
+                pass
+
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
+    drainer.join(REFUSAL_DRAIN_SECONDS)
+    context.abort(code, details)
+    raise AssertionError("context.abort returned")
+
+
 class _KV(kv_pb2_grpc.KVServicer):
     def __init__(self, node: FakeNode) -> None:
         self.node = node
 
+    def StreamBatch(self, batches, context):
+        """KV.Stream's requests, many to a message; each answer in a message
+        of its own (a node may group them; the clients take either)."""
+        if not self.node.serve_batch:
+            with self.node.lock:
+                self.node.stream_attempts += 1
+            _refuse(batches, context, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+
+        def requests():
+            for batch in batches:
+                with self.node.lock:
+                    self.node.batch_sizes.append(len(batch.requests))
+                yield from batch.requests
+
+        for answer in self._serve_stream(requests(), context, batched=True):
+            yield kv_pb2.StreamBatchResponse(responses=[answer])
+
     def Stream(self, requests, context):
+        yield from self._serve_stream(requests, context, batched=False)
+
+    def _serve_stream(self, requests, context, batched):
         node = self.node
         with node.lock:
             node.stream_attempts += 1
         if not node.serve_stream:
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+            _refuse(requests, context, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
         if node.stream_refusal is not None:
-            context.abort(node.stream_refusal.code, node.stream_refusal.details)
+            _refuse(requests, context, node.stream_refusal.code, node.stream_refusal.details)
         with node.lock:
             node.streams_opened += 1
+            node.batch_streams += batched
             break_after = node.break_stream_after
             node.break_stream_after = None
         answers: queue.SimpleQueue[kv_pb2.StreamResponse | int] = queue.SimpleQueue()

@@ -8,6 +8,8 @@ the node refuses."""
 from __future__ import annotations
 
 import asyncio
+import collections
+import queue
 import threading
 from collections import Counter
 from collections.abc import Coroutine
@@ -16,7 +18,11 @@ from typing import Any
 import grpc
 import pytest
 
-from ramraft.client import AsyncClient, Client, DeadlineExceeded, Unauthenticated
+from ramraft.client import AsyncClient, Client, DeadlineExceeded, Unauthenticated, _stream
+from ramraft.client._async import _Stream as _AsyncStream
+from ramraft.client._sync import _END_OF_REQUESTS
+from ramraft.client._sync import _Stream as _SyncStream
+from ramraft.proto import kv_pb2
 from tests.client.fake_server import Failure, FakeServer
 
 T = 5.0
@@ -165,6 +171,87 @@ def test_a_node_without_the_stream_gets_unary_calls(server: FakeServer) -> None:
 
     run(main())
     assert server.node.transports() == ["unary"] * 14
+
+
+def test_requests_queued_together_leave_in_one_batch(server: FakeServer) -> None:
+    """While the stream writes one message, the calls issued meanwhile
+    queue; the next message carries all of them (each still answered, and
+    retried, on its own). The node is held until all 200 calls were issued,
+    so the first message holds one call and the rest leave together."""
+    n = 200
+
+    async def main() -> None:
+        async with AsyncClient(server.address, client_id=21, timeout=T) as c:
+            server.node.hold_next(1)
+            first = asyncio.ensure_future(c.put("first", b"v"))
+            await asyncio.to_thread(server.node.wait_for_calls, 1)
+            rest = [asyncio.ensure_future(c.put(f"k{i}", b"v")) for i in range(n - 1)]
+            await asyncio.sleep(0.2)
+            server.node.release()
+            await asyncio.gather(first, *rest)
+
+    run(main())
+    node = server.node
+    assert node.batch_streams == node.streams_opened == 1
+    assert sum(node.batch_sizes) == n and len(node.batch_sizes) < n // 4, node.batch_sizes
+    assert sorted(s[1] for s in node.sessions() if s) == list(range(1, n + 1))
+
+
+@pytest.mark.parametrize("client", ["sync", "async"])
+def test_a_batch_takes_what_is_queued_within_its_limits(client: str) -> None:
+    """What each client's writer sends next, from what is queued: every
+    queued request in one StreamBatchRequest, cut at MAX_BATCH requests and
+    at BATCH_BYTES; each request whole and in order."""
+    small = [
+        _stream.stream_request(i, "put", kv_pb2.PutRequest(key=f"k{i}", value=b"v"), 5.0)
+        for i in range(1, _stream.MAX_BATCH + 11)
+    ]
+    large = [
+        _stream.stream_request(i, "put", kv_pb2.PutRequest(key="k", value=b"x" * 20_000), 5.0)
+        for i in range(1, 6)
+    ]
+    for requests, expected in (
+        (small[:7], [7]),
+        (small, [_stream.MAX_BATCH, 10]),
+        (large, [3, 2]),  # 3 x 20 KB fit in BATCH_BYTES, 4 do not
+    ):
+        entries = [_stream.batch_entry(r) for r in requests]
+        if client == "sync":
+            stream: Any = _SyncStream.__new__(_SyncStream)
+            stream._batched, stream._outbox = True, queue.SimpleQueue()
+            for entry in [*entries, _END_OF_REQUESTS]:
+                stream._outbox.put(entry)
+            sent = list(stream._messages())
+        else:
+            stream = _AsyncStream.__new__(_AsyncStream)
+            stream._batched, stream._outbox = True, collections.deque(entries)
+            sent = []
+            while stream._outbox:
+                sent.append(stream._next_message())
+        batches = [kv_pb2.StreamBatchRequest.FromString(m).requests for m in sent]
+        assert [len(b) for b in batches] == expected
+        assert [r.SerializeToString() for b in batches for r in b] == requests
+
+
+def test_a_node_without_batches_gets_the_plain_stream(server: FakeServer) -> None:
+    """A node of the release before KV.StreamBatch (UNIMPLEMENTED): the call
+    goes over KV.Stream at once, in the same attempt, and so do later ones."""
+    server.node.serve_batch = False
+    with Client(server.address, client_id=4, timeout=T) as c:
+        c.put("a", b"1")
+        assert server.address in c._no_batch and server.address not in c._unary_only
+        assert c.get("a") == b"1"
+
+    async def main() -> None:
+        async with AsyncClient(server.address, timeout=T) as c:
+            await asyncio.gather(*(c.put(f"k{i}", b"v") for i in range(10)))
+            assert server.address in c._no_batch
+
+    run(main())
+    node = server.node
+    assert node.transports() == ["stream"] * 12
+    assert node.batch_streams == 0 and node.streams_opened == 2
+    assert node.stream_attempts == 4  # per client: the refused batch, then the stream
 
 
 def test_unary_transport_by_option_or_environment(

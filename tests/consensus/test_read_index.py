@@ -35,6 +35,40 @@ def test_one_round_confirms_every_read_waiting_at_that_moment() -> None:
     assert len(c.peers["a"].read_states) == 50
 
 
+def test_a_read_that_arrives_during_a_round_waits_for_the_next() -> None:
+    """Reads share a round only if they arrived before it started: a read
+    that arrives while a round's heartbeats are out could, if that round
+    confirmed it, be served by a leader deposed between the heartbeats and
+    the read (a stale read). The late read starts round 2 while round 1 is
+    still out; round 1's answers confirm the early read alone, and the late
+    one waits for round 2's."""
+    c = Cluster()
+    a = c.elect("a")
+    c.tick_all(1)
+    c.deliver_all()
+    a.read_index(b"early")
+    c.handle_ready("a")
+    round1 = list(c.queue)
+    assert {m.dst for m in round1 if m.type == MsgType.HEARTBEAT and m.context} == {"b", "c"}
+    c.queue.clear()
+    a.read_index(b"late")
+    c.handle_ready("a")  # round 2 starts; its heartbeats are held back
+    round2 = list(c.queue)
+    c.queue.clear()
+    for beat in round1:
+        c.node(beat.dst).step(beat)
+        c.handle_ready(beat.dst)
+    answers = [m for m in c.queue if m.dst == "a"]
+    c.queue.clear()
+    for answer in answers:
+        a.step(answer)
+        c.handle_ready("a")
+    assert [rs.context for rs in c.peers["a"].read_states] == [b"early"]
+    c.queue.extend(round2)
+    c.deliver_all()
+    assert [rs.context for rs in c.peers["a"].read_states] == [b"early", b"late"]
+
+
 def test_new_leader_waits_for_its_noop_before_serving_reads() -> None:
     """Thesis 6.4 step 1: until an entry of its term commits, a new leader's
     commit index may lag writes acknowledged by its predecessor."""

@@ -38,6 +38,7 @@ def test_package_and_services() -> None:
         "CompareAndSwap": ("CompareAndSwapRequest", "CompareAndSwapResponse", False, False),
         "Range": ("RangeRequest", "RangeResponse", False, False),
         "Stream": ("StreamRequest", "StreamResponse", True, True),
+        "StreamBatch": ("StreamBatchRequest", "StreamBatchResponse", True, True),
         # Issue 16: the key-value API etcd users expect.
         "DeleteRange": ("DeleteRangeRequest", "DeleteRangeResponse", False, False),
         "Txn": ("TxnRequest", "TxnResponse", False, False),

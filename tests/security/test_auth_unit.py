@@ -15,6 +15,7 @@ import grpc
 import pytest
 import structlog
 
+from ramraft.proto import kv_pb2
 from ramraft.server.logs import RateLimitedLog
 from ramraft.server.machines.kv import encode_put
 from ramraft.server.request_errors import Overloaded
@@ -26,6 +27,7 @@ from ramraft.server.security.auth import (
     StreamGate,
     TokenStore,
     bearer_token,
+    count_fields,
     http_required_role,
     parse_tokens,
 )
@@ -269,3 +271,22 @@ def test_stream_gate_admits_each_request_under_the_connection_limits() -> None:
     gate.release()
     assert gate.admit("Put") is None
     assert limiter.total == 2
+
+
+def test_count_fields_counts_a_batch_without_decoding_it() -> None:
+    """What the gatekeeper counts a StreamBatchRequest's requests with:
+    exact on valid protobuf (every wire type), stopping past the limit, None
+    on bytes that are not protobuf (truncated, a bad wire type, field 0)."""
+    put = kv_pb2.StreamRequest(id=300, put=kv_pb2.PutRequest(key="k", value=b"v" * 200))
+    for n in (0, 1, 7, 1024):
+        raw = kv_pb2.StreamBatchRequest(requests=[put] * n).SerializeToString()
+        assert count_fields(raw, 1024) == n
+    assert count_fields(b"\x0a\x00" * 5000, 1024) == 1025  # stops counting there
+    # varint (id), fixed64, fixed32 and length-delimited fields all count one each
+    assert count_fields(put.SerializeToString(), 10) == 2
+    assert count_fields(b"\x09" + b"\x00" * 8 + b"\x15" + b"\x00" * 4, 10) == 2
+    raw = kv_pb2.StreamBatchRequest(requests=[put]).SerializeToString()
+    assert count_fields(raw[:-1], 1024) is None  # truncated
+    assert count_fields(b"\x0b", 1024) is None  # wire type 3 (groups): not ours
+    assert count_fields(b"\x02\x00", 1024) is None  # field number 0
+    assert count_fields(b"\x0a\xff", 1024) is None  # a length that never ends

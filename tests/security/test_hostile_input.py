@@ -35,7 +35,7 @@ from ramraft.server.security.budget import (
     MemoryBudget,
     Reservation,
 )
-from tests.security.cluster import READ_TOKEN, WRITE_TOKEN, SecureCluster
+from tests.security.cluster import READ_TOKEN, WRITE_TOKEN, SecureCluster, rss_mib
 from tests.security.conftest import https
 from tests.security.h2raw import RawCaller, grpc_message, grpc_status
 from tests.server.procs import REPO
@@ -55,10 +55,29 @@ def test_bytes_that_are_no_protobuf_are_invalid_argument(cluster: SecureCluster)
         code, message = grpc_status(caller.read_frames(stream), stream)
         assert code == grpc.StatusCode.INVALID_ARGUMENT.value[0], message
         assert "not a valid /ramraft.v1.KV/Get message" in message
-        stream = caller.open("/ramraft.v1.KV/Stream", READ_TOKEN)
-        caller.send(stream, grpc_message(b"\xff\xff\xff"))
+        for method in ("/ramraft.v1.KV/Stream", "/ramraft.v1.KV/StreamBatch"):
+            stream = caller.open(method, READ_TOKEN)
+            caller.send(stream, grpc_message(b"\xff\xff\xff"))
+            code, message = grpc_status(caller.read_frames(stream), stream)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT.value[0], message
+    finally:
+        caller.close()
+
+
+def test_a_batch_is_counted_before_it_is_decoded(cluster: SecureCluster) -> None:
+    """A StreamBatchRequest of a million empty requests is 2 MB on the wire
+    and would be about 56 MB decoded: INVALID_ARGUMENT from counting its
+    fields, and the node's memory does not move by the decoded size."""
+    caller = raw_caller(cluster)
+    node = cluster.ids[0]
+    try:
+        before = rss_mib(cluster.procs[node].pid)
+        stream = caller.open("/ramraft.v1.KV/StreamBatch", READ_TOKEN)
+        caller.send(stream, grpc_message(b"\x0a\x00" * 1_000_000))
         code, message = grpc_status(caller.read_frames(stream), stream)
         assert code == grpc.StatusCode.INVALID_ARGUMENT.value[0], message
+        assert "more than 1024 requests" in message
+        assert rss_mib(cluster.procs[node].pid) - before < 40
     finally:
         caller.close()
 

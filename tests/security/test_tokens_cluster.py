@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import time
+from typing import Any
 
 import grpc
 import pytest
@@ -173,9 +174,13 @@ def test_a_refused_call_is_refused_before_its_request_is_read(cluster: SecureClu
 
 
 def _stream(
-    cluster: SecureCluster, token: str | None, requests: list[kv_pb2.StreamRequest]
+    cluster: SecureCluster,
+    token: str | None,
+    requests: list[kv_pb2.StreamRequest],
+    batched: bool = False,
 ) -> tuple[grpc.StatusCode, dict[int, kv_pb2.StreamResponse]]:
-    """``KV.Stream`` with ``token``: the stream's status and the answers by id."""
+    """``KV.Stream`` (``batched``: ``KV.StreamBatch``, every request in one
+    message) with ``token``: the stream's status and the answers by id."""
     tls = cluster.creds.tls()
     credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
     metadata = (("authorization", f"Bearer {token}"),) if token else None
@@ -183,14 +188,21 @@ def _stream(
     async def run() -> tuple[grpc.StatusCode, dict[int, kv_pb2.StreamResponse]]:
         endpoint = cluster.grpc[cluster.ids[0]]
         async with grpc.aio.secure_channel(endpoint, credentials) as channel:
-            call = kv_pb2_grpc.KVStub(channel).Stream(metadata=metadata, timeout=10)
+            stub = kv_pb2_grpc.KVStub(channel)
+            call: Any = (stub.StreamBatch if batched else stub.Stream)(
+                metadata=metadata, timeout=10
+            )
             answers: dict[int, kv_pb2.StreamResponse] = {}
             try:
-                for request in requests:
-                    await call.write(request)
+                if batched:
+                    await call.write(kv_pb2.StreamBatchRequest(requests=requests))
+                else:
+                    for request in requests:
+                        await call.write(request)
                 await call.done_writing()
-                async for response in call:
-                    answers[response.id] = response
+                async for message in call:
+                    for response in message.responses if batched else [message]:
+                        answers[response.id] = response
             except grpc.aio.AioRpcError:
                 pass  # the status says why
             return await call.code(), answers
@@ -198,21 +210,22 @@ def _stream(
     return asyncio.run(run())
 
 
-def test_stream_requests_are_authorized_one_by_one(cluster: SecureCluster) -> None:
+@pytest.mark.parametrize("batched", [False, True])
+def test_stream_requests_are_authorized_one_by_one(cluster: SecureCluster, batched: bool) -> None:
     """Opening a stream needs a valid token (nothing is answered without);
-    each request in it needs its own method's role."""
+    each request in it needs its own method's role, also within one batch."""
     cluster.wait_for_leader()
     get = kv_pb2.StreamRequest(id=1, get=kv_pb2.GetRequest(key="s"))
     put = kv_pb2.StreamRequest(id=2, put=kv_pb2.PutRequest(key="s", value=b"v"))
     for token in (None, WRONG_TOKEN):
-        code, answers = _stream(cluster, token, [get])
+        code, answers = _stream(cluster, token, [get], batched)
         assert code == grpc.StatusCode.UNAUTHENTICATED and not answers
-    code, answers = _stream(cluster, READ_TOKEN, [get, put])
+    code, answers = _stream(cluster, READ_TOKEN, [get, put], batched)
     assert code == grpc.StatusCode.OK
     assert answers[1].code == grpc.StatusCode.OK.value[0]
     assert answers[2].code == grpc.StatusCode.PERMISSION_DENIED.value[0]
     assert "needs write" in answers[2].message
-    code, answers = _stream(cluster, WRITE_TOKEN, [put])
+    code, answers = _stream(cluster, WRITE_TOKEN, [put], batched)
     assert code == grpc.StatusCode.OK and answers[2].code == grpc.StatusCode.OK.value[0]
 
 

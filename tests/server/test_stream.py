@@ -1,61 +1,90 @@
-"""``KV.Stream`` on three real node processes: every operation, answers
-matched by id (in completion order), a bad request failing alone, many
-requests in flight on one stream, and sessions deduplicating retries."""
+"""``KV.Stream`` and ``KV.StreamBatch`` on three real node processes: every
+operation, answers matched by id (in completion order), a bad request
+failing alone (also inside a batch), many requests in flight on one stream
+(more than a connection may have in service: the rest wait, none is
+refused), sessions deduplicating retries, and a batch's own limits."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
 
 from ramraft.proto import kv_pb2, kv_pb2_grpc
+from ramraft.server.security.auth import MAX_STREAM_BATCH as MAX_BATCH
 from tests.server.procs import ProcessCluster
 
 OK = grpc.StatusCode.OK.value[0]
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
+# Fewer than test_many_requests_in_flight_on_one_stream sends at once.
+PER_CONNECTION = 64
+KINDS = ["stream", "batch"]
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
-    with ProcessCluster(tmp_path_factory.mktemp("stream")) as c:
+    extra = ["--max-inflight-per-connection", str(PER_CONNECTION)]
+    with ProcessCluster(tmp_path_factory.mktemp("stream"), extra_args=extra) as c:
         c.wait_for_leader()
         yield c
 
 
 def exchange(
-    endpoint: str, requests: list[kv_pb2.StreamRequest], timeout: float = 20
+    endpoint: str,
+    requests: list[kv_pb2.StreamRequest],
+    timeout: float = 20,
+    kind: str = "stream",
+    messages: list[int] | None = None,
 ) -> dict[int, kv_pb2.StreamResponse]:
-    """Send every request on one stream before reading; the responses by id."""
+    """Send every request on one stream before reading (``kind`` "batch":
+    all in one StreamBatchRequest); the responses by id. ``messages``
+    collects how many answers each message held."""
 
     async def run() -> dict[int, kv_pb2.StreamResponse]:
         async with grpc.aio.insecure_channel(endpoint) as channel:
-            call = kv_pb2_grpc.KVStub(channel).Stream(timeout=timeout)
-            for request in requests:
-                await call.write(request)
+            stub = kv_pb2_grpc.KVStub(channel)
+            call: Any
+            if kind == "batch":
+                call = stub.StreamBatch(timeout=timeout)
+                await call.write(kv_pb2.StreamBatchRequest(requests=requests))
+            else:
+                call = stub.Stream(timeout=timeout)
+                for request in requests:
+                    await call.write(request)
             await call.done_writing()
             answers: dict[int, kv_pb2.StreamResponse] = {}
-            async for response in call:
-                assert response.id not in answers, f"two answers for {response.id}"
-                answers[response.id] = response
-            assert await call.code() == grpc.StatusCode.OK
+            async for message in call:
+                held = list(message.responses) if kind == "batch" else [message]
+                if messages is not None:
+                    messages.append(len(held))
+                for response in held:
+                    assert response.id not in answers, f"two answers for {response.id}"
+                    answers[response.id] = response
+            assert await call.code() == grpc.StatusCode.OK, await call.details()
             return answers
 
     return asyncio.run(run())
 
 
-def test_every_operation_through_leader_and_follower(cluster: ProcessCluster) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_operation_through_leader_and_follower(cluster: ProcessCluster, kind: str) -> None:
     leader = cluster.wait_for_leader()
     follower = next(i for i in cluster.ids if i != leader)
     for node_id in (leader, follower):
-        p = f"{node_id}/"
+        p = f"{kind}/{node_id}/"
         answers = exchange(
             cluster.grpc[node_id],
             [
                 kv_pb2.StreamRequest(id=1, put=kv_pb2.PutRequest(key=p + "a", value=b"1")),
                 kv_pb2.StreamRequest(id=2, put=kv_pb2.PutRequest(key=p + "b", value=b"2")),
             ],
+            kind=kind,
         )
         assert {i: r.code for i, r in answers.items()} == {1: OK, 2: OK}
         assert answers[1].put.index > 0 and answers[2].put.index != answers[1].put.index
@@ -72,6 +101,7 @@ def test_every_operation_through_leader_and_follower(cluster: ProcessCluster) ->
                 kv_pb2.StreamRequest(id=12, delete=kv_pb2.DeleteRequest(key=p + "zzz")),
                 kv_pb2.StreamRequest(id=13, range=kv_pb2.RangeRequest(prefix=p)),
             ],
+            kind=kind,
         )
         assert all(r.code == OK for r in answers.values()), answers
         assert answers[10].get.found and answers[10].get.value == b"1"
@@ -82,7 +112,10 @@ def test_every_operation_through_leader_and_follower(cluster: ProcessCluster) ->
         assert keys == [p + "a", p + "b"]
 
 
-def test_a_bad_request_fails_alone(cluster: ProcessCluster) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_bad_request_fails_alone(cluster: ProcessCluster, kind: str) -> None:
+    """Also when it shares a batch with good ones: the batch's other
+    requests are served and answered as if it were not there."""
     answers = exchange(
         cluster.grpc[cluster.ids[0]],
         [
@@ -92,6 +125,7 @@ def test_a_bad_request_fails_alone(cluster: ProcessCluster) -> None:
             kv_pb2.StreamRequest(id=4),
             kv_pb2.StreamRequest(id=5, put=kv_pb2.PutRequest(key="fine", value=b"ok")),
         ],
+        kind=kind,
     )
     assert {i: r.code for i, r in answers.items()} == {
         1: INVALID_ARGUMENT,
@@ -107,32 +141,84 @@ def test_a_bad_request_fails_alone(cluster: ProcessCluster) -> None:
     assert answers[5].put.index > 0
 
 
-def test_many_requests_in_flight_on_one_stream(cluster: ProcessCluster) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_many_requests_in_flight_on_one_stream(cluster: ProcessCluster, kind: str) -> None:
+    """More than --max-inflight-per-connection at once: those over it wait
+    for room (a batch is read already: its requests start one by one as
+    answers are written), none is refused."""
     leader = cluster.wait_for_leader()
     n = 300
+    assert n > PER_CONNECTION
+    messages: list[int] = []
     answers = exchange(
         cluster.grpc[leader],
         [
-            kv_pb2.StreamRequest(id=i, put=kv_pb2.PutRequest(key=f"many/{i}", value=b"%d" % i))
+            kv_pb2.StreamRequest(
+                id=i, put=kv_pb2.PutRequest(key=f"{kind}/many/{i}", value=b"%d" % i)
+            )
             for i in range(n)
         ],
+        kind=kind,
+        messages=messages,
     )
     assert sorted(answers) == list(range(n))
-    assert all(r.code == OK for r in answers.values())
+    assert all(r.code == OK for r in answers.values()), {r.message for r in answers.values()}
     assert len({r.put.index for r in answers.values()}) == n, "each write its own entry"
+    if kind == "batch":
+        # Writes applied in one turn of the Raft loop are answered together.
+        assert len(messages) < n and max(messages) > 1, messages
     reads = exchange(
         cluster.grpc[leader],
-        [kv_pb2.StreamRequest(id=i, get=kv_pb2.GetRequest(key=f"many/{i}")) for i in range(n)],
+        [
+            kv_pb2.StreamRequest(id=i, get=kv_pb2.GetRequest(key=f"{kind}/many/{i}"))
+            for i in range(n)
+        ],
+        kind=kind,
     )
     assert all(reads[i].get.value == b"%d" % i for i in range(n))
 
 
-def test_a_retried_write_with_its_session_applies_once(cluster: ProcessCluster) -> None:
-    session = kv_pb2.Session(client_id=987654321, sequence=1)
-    put = kv_pb2.PutRequest(key="once", value=b"v", session=session)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_retried_write_with_its_session_applies_once(cluster: ProcessCluster, kind: str) -> None:
+    """Also when both copies travel in one batch (a client that retried
+    before its first attempt was answered)."""
+    session = kv_pb2.Session(client_id=987654321 + len(kind), sequence=1)
+    put = kv_pb2.PutRequest(key=f"{kind}/once", value=b"v", session=session)
     answers = exchange(
         cluster.grpc[cluster.ids[1]],
         [kv_pb2.StreamRequest(id=1, put=put), kv_pb2.StreamRequest(id=2, put=put)],
+        kind=kind,
     )
     assert answers[1].code == answers[2].code == OK
     assert answers[1].put.index == answers[2].put.index, "the reply of the first application"
+
+
+def test_a_batch_over_the_limit_ends_the_stream_unread(cluster: ProcessCluster) -> None:
+    """More than 1,024 requests in one message: INVALID_ARGUMENT, counted
+    before the message is decoded (1,025 empty requests are 2 bytes each on
+    the wire and far more decoded), and none of them is served. An empty
+    batch is answered by nothing, and the stream goes on."""
+    leader = cluster.wait_for_leader()
+    put = kv_pb2.StreamRequest(id=1, put=kv_pb2.PutRequest(key="batch/over", value=b"x"))
+
+    async def run() -> tuple[grpc.StatusCode, str, int]:
+        async with grpc.aio.insecure_channel(cluster.grpc[leader]) as channel:
+            call = kv_pb2_grpc.KVStub(channel).StreamBatch(timeout=20)
+            await call.write(kv_pb2.StreamBatchRequest())
+            await call.write(kv_pb2.StreamBatchRequest(requests=[put]))
+            first = await call.read()
+            assert [r.id for r in first.responses] == [1] and first.responses[0].code == OK
+            over = [kv_pb2.StreamRequest(id=10 + i, put=put.put) for i in range(MAX_BATCH + 1)]
+            await call.write(kv_pb2.StreamBatchRequest(requests=over))
+            answered = 0
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                while (message := await call.read()) is not grpc.aio.EOF:
+                    answered += len(message.responses)
+            return await call.code(), await call.details(), answered
+
+    code, details, answered = asyncio.run(run())
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "more than 1024" in details
+    assert answered == 0
+    with grpc.insecure_channel(cluster.grpc[leader]) as channel:
+        found = kv_pb2_grpc.KVStub(channel).Get(kv_pb2.GetRequest(key="batch/over"), timeout=10)
+    assert found.found  # the good batch before it was applied

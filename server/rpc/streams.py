@@ -1,0 +1,354 @@
+"""``KV.Stream`` and ``KV.StreamBatch``: many key-value requests on one gRPC
+stream, each served as its unary call would be (server/rpc/services.py
+serves one), answered as it completes.
+
+The rules (proto/kv.proto states them to clients):
+
+- Each request is admitted on its own (server/security/auth.py StreamGate:
+  its role, an in-flight slot), has its own deadline (``timeout_ms``) and
+  its own status; one that fails, fails alone. A refused request is
+  answered at once, in order with the others.
+- ``KV.StreamBatch`` carries up to MAX_STREAM_BATCH (1,024) requests in one message and
+  answers with messages that each hold every answer ready at that moment:
+  the answers completed in the same turn of the event loop (the Raft loop
+  applies a whole batch of writes at once) leave in one message. A gRPC
+  message costs a node far more CPU than a request does
+  (bench/profile_leader.py), which is what the batch saves.
+- Bounded (server/security/budget.py): the next message is read only once
+  its bytes are reserved in the node's memory budget, and only while this
+  stream's requests in service and unwritten answers number fewer than
+  --max-inflight-per-connection and hold less than the stream's share of the
+  budget. Within a batch, each request after the first waits for the same
+  room (its bytes are reserved already, with the message's, which do not
+  count against the batch itself), so a batch of Ranges takes its pages
+  from the stream's share one by one, as requests in messages of their own
+  would. A client that does not read its answers stops being read.
+- One writer: answers wait in a list (no queue hop, no task per answer),
+  and the writer takes all of them each time it is free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+
+from ramraft.proto import kv_pb2
+from ramraft.server.security.auth import MAX_STREAM_BATCH, InflightLimiter, StreamGate
+from ramraft.server.security.budget import CALL_RESERVATION, MESSAGE_COPIES, Reservation
+
+# Serves one request: (request, its op field, the stream's context) -> answer.
+ServeOne = Callable[
+    [kv_pb2.StreamRequest, str, grpc.aio.ServicerContext[Any, Any]],
+    Awaitable[kv_pb2.StreamResponse],
+]
+
+NO_OP = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    "no operation set: set one of put, get, delete, compare_and_swap, range, txn, delete_range",
+)
+
+
+def stream_error(
+    request: kv_pb2.StreamRequest, status: tuple[grpc.StatusCode, str]
+) -> kv_pb2.StreamResponse:
+    code, message = status
+    return kv_pb2.StreamResponse(id=request.id, code=code.value[0], message=message)
+
+
+class _Held(Reservation):
+    """A reservation of this stream: what it holds is also counted in the
+    stream's total (``_Window.bytes``), so that checking the stream's share
+    costs nothing per request."""
+
+    __slots__ = ("window",)
+
+    def __init__(self, window: _Window, light: bool = False) -> None:
+        assert window.gate is not None
+        super().__init__(window.gate.limits.budget, light)
+        self.window = window
+        window.held.add(self)
+
+    async def grow(self, n: int, timeout: float | None) -> bool:
+        grown = await super().grow(n, timeout)
+        if grown:
+            self.window.bytes += n
+        return grown
+
+    def shrink(self, n: int) -> None:
+        before = self.held
+        super().shrink(n)
+        self.window.bytes -= before - self.held
+
+    def release(self) -> None:
+        before = self.held
+        super().release()
+        self.window.bytes -= before
+        self.window.held.discard(self)
+
+
+class _Message:
+    """One message read off the stream: its reservation (its bytes), held
+    until the answer to each of its ``unanswered`` requests is written."""
+
+    __slots__ = ("reservation", "unanswered")
+
+    def __init__(self, reservation: _Held | None, unanswered: int) -> None:
+        self.reservation = reservation
+        self.unanswered = unanswered
+
+
+class _Window:
+    """What one stream holds: the bytes of its reservations (messages whose
+    answers are not all written, and what requests took for their answers)
+    and the count of requests in service or with an unwritten answer. No
+    gate (a servicer called directly): nothing is bounded."""
+
+    def __init__(self, gate: StreamGate | None) -> None:
+        self.gate = gate
+        self.limit = gate.gatekeeper.limiter.per_connection_limit if gate else 1 << 62
+        self.share = gate.limits.stream_share if gate else 1 << 62
+        self.held: set[_Held] = set()
+        self.bytes = 0
+        self.requests = 0
+        self._changed: asyncio.Future[None] | None = None
+
+    def room(self, own: int = 0) -> bool:
+        """Whether one more request may start (or message be read), not
+        counting ``own`` bytes (those of the batch the request came in: a
+        batch never waits for itself)."""
+        return self.requests < self.limit and self.bytes - own < self.share
+
+    async def before_read(self) -> _Held | None:
+        """Wait for room, then reserve what the next message may take."""
+        gate = self.gate
+        if gate is None:
+            return None
+        while not self.room():
+            await self._wait()
+        # A stream with at most a couple of requests of its own in flight is
+        # a light caller, as a connection is for unary calls (budget.py).
+        # What it holds counts answers written but not yet given back: a
+        # client sending one request at a time may send its next one the
+        # moment it reads an answer, before the node's write has returned.
+        reservation = _Held(self, len(self.held) <= InflightLimiter.LIGHT)
+        await reservation.grow(gate.limits.read_reservation(), None)  # waits: backpressure
+        return reservation
+
+    async def request_room(self, own: int) -> None:
+        """Wait until one more request of a batch already read may start,
+        as if it had come in a message of its own."""
+        while not self.room(own):
+            await self._wait()
+
+    async def _wait(self) -> None:
+        if self._changed is None or self._changed.done():
+            self._changed = asyncio.get_running_loop().create_future()
+        await self._changed
+
+    def answered(self, message: _Message, own: _Held | None) -> None:
+        """The answer to one request of ``message`` (which held ``own`` for
+        it) was written."""
+        self.requests -= 1
+        if own is not None:
+            own.release()
+        message.unanswered -= 1
+        if message.unanswered <= 0 and message.reservation is not None:
+            message.reservation.release()
+        changed = self._changed
+        if changed is not None and not changed.done():
+            changed.set_result(None)
+
+    def close(self) -> None:
+        for reservation in list(self.held):
+            reservation.release()
+
+
+# An answer waiting to be written: (answer, holds an in-flight slot, the
+# message its request came in, what the request reserved of its own).
+_Out = tuple[kv_pb2.StreamResponse, bool, _Message, _Held | None]
+
+
+class StreamServer:
+    """Serves one ``KV.Stream`` (``batched`` False) or ``KV.StreamBatch``."""
+
+    def __init__(
+        self,
+        serve_one: ServeOne,
+        ops: Mapping[str, str],
+        context: grpc.aio.ServicerContext[Any, Any],
+        gate: StreamGate | None,
+        batched: bool,
+    ) -> None:
+        self._serve_one = serve_one
+        self._ops = ops  # StreamRequest op field -> unary method name
+        self._context = context
+        self._gate = gate
+        self._batched = batched
+        self._window = _Window(gate)
+        self._out: list[_Out] = []
+        self._wakeup: asyncio.Future[None] | None = None
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._started = 0
+        self._slots = 0  # admitted requests whose answer is not written yet
+        self._reading = True
+
+    async def run(self, requests: AsyncIterator[Any]) -> None:
+        reader = asyncio.create_task(self._read_all(requests))
+        try:
+            await self._write_all()
+        finally:
+            reader.cancel()
+            for task in list(self._running.values()):
+                task.cancel()
+            self._window.close()
+            gate = self._gate
+            if gate is not None:
+                for _ in range(self._slots):
+                    gate.release()
+
+    # ---- reading ----------------------------------------------------------------------------
+
+    async def _read_all(self, requests: AsyncIterator[Any]) -> None:
+        iterator = aiter(requests)
+        window = self._window
+        try:
+            while True:
+                held = await window.before_read()
+                message = await anext(iterator, None)
+                if message is None:
+                    if held is not None:
+                        held.release()
+                    return
+                if held is not None:
+                    held.shrink(held.held - MESSAGE_COPIES * message.ByteSize())
+                    held.read_done()
+                if not self._batched:
+                    window.requests += 1
+                    self._start(message, _Message(held, 1), held)
+                    continue
+                batch = message.requests
+                if len(batch) > MAX_STREAM_BATCH:
+                    # The gatekeeper counts them before decoding (a decoded
+                    # request takes far more memory than its bytes); this
+                    # catches a servicer called without one.
+                    self._context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+                    self._context.set_details(
+                        f"a StreamBatchRequest holds {len(batch)} requests; "
+                        f"the limit is {MAX_STREAM_BATCH}"
+                    )
+                    return
+                if not batch:
+                    if held is not None:
+                        held.release()
+                    continue
+                carrier = _Message(held, len(batch))
+                own_bytes = held.held if held is not None else 0
+                # A batch of a light stream's few requests is still light:
+                # their small answers may come from the reserve.
+                light = held is not None and held.light and len(batch) <= InflightLimiter.LIGHT
+                for n, request in enumerate(batch):
+                    if n and not window.room(own_bytes):
+                        await window.request_room(own_bytes)
+                    window.requests += 1
+                    # What the request takes for its answer (a page, a
+                    # value) is its own, given back once it is written.
+                    # A lone request takes its answer from the message's
+                    # reservation, exactly as on KV.Stream.
+                    own = held if len(batch) == 1 else self._answer_reservation(light)
+                    self._start(request, carrier, own)
+        finally:
+            self._reading = False
+            self._wake()
+
+    def _answer_reservation(self, light: bool) -> _Held | None:
+        """What one request of a batch takes for its answer (its request
+        is read: from the reserve, small answers only; budget.py)."""
+        if self._gate is None:
+            return None
+        reservation = _Held(self._window, light)
+        reservation.read_done()
+        return reservation
+
+    def _start(
+        self, request: kv_pb2.StreamRequest, message: _Message, reservation: _Held | None
+    ) -> None:
+        """Admit ``request`` and start serving it, or answer its refusal.
+        ``reservation``: what it may grow for its answer (CALL_RESERVATION)."""
+        own = reservation if reservation is not message.reservation else None
+        op = request.WhichOneof("op")
+        gate = self._gate
+        refused = NO_OP if op is None else gate.admit(self._ops[op]) if gate else None
+        if refused is not None:
+            self._deliver((stream_error(request, refused), False, message, own))
+            return
+        assert op is not None
+        self._slots += 1
+        key = self._started = self._started + 1
+        task = self._serve(key, request, op, message, reservation, own)
+        self._running[key] = asyncio.create_task(task)
+
+    async def _serve(
+        self,
+        key: int,
+        request: kv_pb2.StreamRequest,
+        op: str,
+        message: _Message,
+        reservation: _Held | None,
+        own: _Held | None,
+    ) -> None:
+        CALL_RESERVATION.set(reservation)
+        try:
+            response = await self._serve_one(request, op, self._context)
+        finally:
+            del self._running[key]
+        self._deliver((response, True, message, own))
+
+    # ---- writing ----------------------------------------------------------------------------
+
+    def _deliver(self, out: _Out) -> None:
+        self._out.append(out)
+        self._wake()
+
+    def _wake(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    async def _write_all(self) -> None:
+        context = self._context
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._out:
+                if not (self._reading or self._running):
+                    return
+                self._wakeup = loop.create_future()
+                await self._wakeup
+                continue
+            ready, self._out = self._out, []
+            if self._batched:
+                answers = kv_pb2.StreamBatchResponse(responses=[out[0] for out in ready])
+                try:
+                    await context.write(answers)
+                finally:
+                    for out in ready:
+                        self._written(out)
+            else:
+                for n, out in enumerate(ready):
+                    try:
+                        await context.write(out[0])
+                    except BaseException:
+                        for rest in ready[n:]:
+                            self._written(rest)
+                        raise
+                    self._written(out)
+
+    def _written(self, out: _Out) -> None:
+        _, holds_slot, message, own = out
+        self._window.answered(message, own)
+        if holds_slot:
+            self._slots -= 1
+            if self._gate is not None:
+                self._gate.release()
