@@ -129,5 +129,7 @@ def test_three_containers_form_a_cluster_and_survive_the_nemesis(
     ]
     assert len(recovered) == 2 and recovered[1]["last_index"] > 0, recovered
     assert summary.get("linearizable") is True and summary.get("lost_writes") == 0, summary
-    assert summary["outcomes"]["ok"] > 0 and summary["final_reads"] == 3
+    assert summary["outcomes"]["ok"] > 0
+    # Every key read at the end: the workload's 3 and its transfer accounts.
+    assert summary["final_reads"] == summary["keys"] > 3, summary
     assert code == 0
