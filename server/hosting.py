@@ -248,13 +248,12 @@ async def write_with_session(
     dropped and the write sent again under a fresh one."""
     deadline = time.monotonic() + (timeout if timeout is not None else 5.0)
     while True:
+        left = deadline - time.monotonic()
+        if left <= 0:  # never proposed: a passed deadline is not stretched
+            raise TimeoutError("the request's deadline passed")
         client_id, sequence = pool.take()
         try:
-            index, result = await api.write(
-                encode((client_id, sequence)),
-                max(0.001, deadline - time.monotonic()),
-                retry_unsafe=True,
-            )
+            index, result = await api.write(encode((client_id, sequence)), left, retry_unsafe=True)
         except BaseException:
             pool.give_back(client_id, sequence)  # the next sequence is still fresh
             raise
