@@ -4,7 +4,6 @@ server/request_errors.py, as for the other services."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -13,8 +12,8 @@ import grpc
 from ramraft.proto import blobs_pb2, blobs_pb2_grpc
 from ramraft.server.blobs.manager import PUT_TIMEOUT, NodeBlobs
 from ramraft.server.machines.blobs import DEFAULT_CONTENT_TYPE, BlobRef
-from ramraft.server.request_errors import BadRequest, error_message, wire_status
-from ramraft.server.rpc.services import rpc
+from ramraft.server.request_errors import BadRequest
+from ramraft.server.rpc.services import rpc, rpc_stream
 from ramraft.server.runtime.loop import RaftRuntime
 
 
@@ -65,35 +64,23 @@ class BlobsService(blobs_pb2_grpc.BlobsServiceServicer):
         )
         return blobs_pb2.PutBlobResponse(blob=blob_info(ref), index=index)
 
+    @rpc_stream("GetBlob")
     async def GetBlob(
         self, request: blobs_pb2.GetBlobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[blobs_pb2.GetBlobResponse]:
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            reader = await self.blobs.open(
-                request.sha256,
-                offset=request.offset,
-                length=request.length or None,
-                timeout=_timeout(context),
-            )
-            info: blobs_pb2.BlobInfo | None = blob_info(reader.ref)
-            async with reader:
-                async for piece in reader:
-                    yield blobs_pb2.GetBlobResponse(blob=info, data=piece)
-                    info = None
-            if info is not None:  # an empty blob, or an empty range
-                yield blobs_pb2.GetBlobResponse(blob=info)
-        except Exception as e:
-            status = wire_status(e)
-            if status is None:
-                code = grpc.StatusCode.UNKNOWN
-                raise
-            code = status.grpc_code
-            await context.abort(code, error_message(e))
-        finally:
-            for observe in self.observers:
-                observe("GetBlob", code.name, time.perf_counter() - started)
+        reader = await self.blobs.open(
+            request.sha256,
+            offset=request.offset,
+            length=request.length or None,
+            timeout=_timeout(context),
+        )
+        info: blobs_pb2.BlobInfo | None = blob_info(reader.ref)
+        async with reader:
+            async for piece in reader:
+                yield blobs_pb2.GetBlobResponse(blob=info, data=piece)
+                info = None
+        if info is not None:  # an empty blob, or an empty range
+            yield blobs_pb2.GetBlobResponse(blob=info)
 
     @rpc("DeleteBlob")
     async def DeleteBlob(

@@ -89,6 +89,7 @@ LEADER_METADATA_KEY = "ramraft-leader"
 R = TypeVar("R")
 
 ServicerMethod = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]
+StreamMethod = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[R]]
 
 
 def _timeout(context: grpc.aio.ServicerContext[Any, Any], limits: InputLimits) -> float:
@@ -129,6 +130,36 @@ def rpc(name: str) -> Callable[[ServicerMethod[R]], ServicerMethod[R]]:
             code = grpc.StatusCode.OK
             try:
                 return await fn(self, request, context)
+            except Exception as e:
+                mapped = error_code(e, self.runtime, context)
+                if mapped is None:
+                    code = grpc.StatusCode.UNKNOWN  # a bug; grpc answers it
+                    raise
+                code = mapped
+                await context.abort(code, error_message(e))
+            finally:
+                for observe in self.observers:
+                    observe(name, code.name, time.perf_counter() - started)
+
+        return handler
+
+    return wrap
+
+
+def rpc_stream(name: str) -> Callable[[StreamMethod[R]], StreamMethod[R]]:
+    """``rpc`` for a server-streaming method (an async generator): the same
+    error mapping and the same report to the observers, once the stream ends."""
+
+    def wrap(fn: StreamMethod[R]) -> StreamMethod[R]:
+        @functools.wraps(fn)
+        async def handler(
+            self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[R]:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                async for item in fn(self, request, context):
+                    yield item
             except Exception as e:
                 mapped = error_code(e, self.runtime, context)
                 if mapped is None:
@@ -692,61 +723,49 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             diverged=list(verdict.diverged),
         )
 
+    @rpc_stream("Backup")
     async def Backup(
         self, request: admin_pb2.BackupRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[admin_pb2.BackupResponse]:
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            runtime = self.runtime
-            await self.api.linearizable(_timeout(context, self.limits))
-            machine = runtime.machine
-            model = self._model_name()
-            blobs = self.blobs
-            # Blob files stay put while the backup streams them.
-            with blobs.store.hold_deletions() if blobs else contextlib.nullcontext():
+        runtime = self.runtime
+        await self.api.linearizable(_timeout(context, self.limits))
+        machine = runtime.machine
+        model = self._model_name()
+        blobs = self.blobs
+        # Blob files stay put while the backup streams them.
+        with blobs.store.hold_deletions() if blobs else contextlib.nullcontext():
 
-                def take(core: RaftNode) -> tuple[Any, Any, int, list[Any]]:
-                    # One loop turn: the view, its index, the cluster record
-                    # (versions), the key count and the blob catalog agree.
-                    cluster = runtime.cluster_state()
-                    header = backup_header(core, cluster, runtime.id, model)
-                    entries = blobs.backup_entries() if blobs is not None else []
-                    return machine.snapshot(), header, self._key_count(), entries
+            def take(core: RaftNode) -> tuple[Any, Any, int, list[Any]]:
+                # One loop turn: the view, its index, the cluster record
+                # (versions), the key count and the blob catalog agree.
+                cluster = runtime.cluster_state()
+                header = backup_header(core, cluster, runtime.id, model)
+                entries = blobs.backup_entries() if blobs is not None else []
+                return machine.snapshot(), header, self._key_count(), entries
 
-                job, header, keys, entries = await runtime.call(take)
-                section = None
-                if entries and blobs is not None:
-                    try:
-                        # Blobs may take longer than --max-deadline-ms to fetch.
-                        await blobs.gather_for_backup(entries, context.time_remaining())
-                    except BaseException:
-                        job.close()
-                        raise
-                    announced = {"count": len(entries), "bytes": section_bytes(entries)}
-                    header = dataclasses.replace(header, blobs=announced)
-                    section = blob_section(blobs.store, entries)
-                info = admin_pb2.BackupInfo(
-                    cluster_id=header.cluster_id,
-                    index=header.index,
-                    term=header.term,
-                    keys=keys,
-                    node=runtime.id,
-                )
-                first = True
-                async for piece in backup_bytes(header, job, section):
-                    yield admin_pb2.BackupResponse(info=info if first else None, data=piece)
-                    first = False
-        except Exception as e:
-            status = wire_status(e)
-            if status is None:
-                code = grpc.StatusCode.UNKNOWN
-                raise
-            code = status.grpc_code
-            await context.abort(code, error_message(e))
-        finally:
-            for observe in self.observers:
-                observe("Backup", code.name, time.perf_counter() - started)
+            job, header, keys, entries = await runtime.call(take)
+            section = None
+            if entries and blobs is not None:
+                try:
+                    # Blobs may take longer than --max-deadline-ms to fetch.
+                    await blobs.gather_for_backup(entries, context.time_remaining())
+                except BaseException:
+                    job.close()
+                    raise
+                announced = {"count": len(entries), "bytes": section_bytes(entries)}
+                header = dataclasses.replace(header, blobs=announced)
+                section = blob_section(blobs.store, entries)
+            info = admin_pb2.BackupInfo(
+                cluster_id=header.cluster_id,
+                index=header.index,
+                term=header.term,
+                keys=keys,
+                node=runtime.id,
+            )
+            first = True
+            async for piece in backup_bytes(header, job, section):
+                yield admin_pb2.BackupResponse(info=info if first else None, data=piece)
+                first = False
 
     def _model_name(self) -> str | None:
         cluster = self.runtime.cluster
