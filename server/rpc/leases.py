@@ -4,7 +4,6 @@ to live. Decode, call the node API, encode; the lease clock is the leader's
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -30,14 +29,13 @@ from ramraft.server.request_errors import (
     CommandRefused,
     NotLeader,
     check_command_result,
-    error_message,
 )
 from ramraft.server.rpc.services import (
     _session,
     _timeout,
-    error_code,
     response_header,
     rpc,
+    rpc_stream,
 )
 from ramraft.server.runtime.leases import Lessor
 from ramraft.server.runtime.node_api import NodeAPI
@@ -132,6 +130,7 @@ class LeaseService(kv_pb2_grpc.LeaseServicer):
             header=self._header(),
         )
 
+    @rpc_stream("LeaseKeepAlive")
     async def KeepAlive(
         self,
         requests: AsyncIterator[kv_pb2.LeaseKeepAliveRequest],
@@ -141,32 +140,19 @@ class LeaseService(kv_pb2_grpc.LeaseServicer):
         lease's epoch, so an expiry decided before it is void) and is
         answered once the renewal is applied: by then a leader holding a
         quorum has restarted the lease's clock."""
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            async for request in requests:
-                lease_id = _lease_id(request.id)
-                # A renewal applied twice only bumps the epoch twice: safe to
-                # retry without a session.
-                _, result = await self.api.write(
-                    encode_lease_renew([lease_id]),
-                    self._timeout(context),
-                    retry_unsafe=True,
-                )
-                check_command_result(result)
-                assert isinstance(result, LeaseRenewResult)
-                _, ttl, _ = result.leases[0]
-                yield kv_pb2.LeaseKeepAliveResponse(id=lease_id, ttl=ttl, header=self._header())
-        except Exception as e:
-            mapped = error_code(e, self.runtime, context)
-            if mapped is None:
-                code = grpc.StatusCode.UNKNOWN
-                raise
-            code = mapped
-            await context.abort(code, error_message(e))
-        finally:
-            for observe in self.observers:
-                observe("LeaseKeepAlive", code.name, time.perf_counter() - started)
+        async for request in requests:
+            lease_id = _lease_id(request.id)
+            # A renewal applied twice only bumps the epoch twice: safe to
+            # retry without a session.
+            _, result = await self.api.write(
+                encode_lease_renew([lease_id]),
+                self._timeout(context),
+                retry_unsafe=True,
+            )
+            check_command_result(result)
+            assert isinstance(result, LeaseRenewResult)
+            _, ttl, _ = result.leases[0]
+            yield kv_pb2.LeaseKeepAliveResponse(id=lease_id, ttl=ttl, header=self._header())
 
 
 _NOT_ACTIVE = (
