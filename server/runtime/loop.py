@@ -143,6 +143,11 @@ class RaftRuntime:
         self._leader_event = asyncio.Event()
         self._applied_event = asyncio.Event()
         self._synced_hard_state = HardState()  # the newest term/vote known durable
+        # A commit index the core reported with nothing else to save: it is
+        # written with the next save, or on its own once it has waited a tick
+        # (``_save_commit_later``), not in a disk job of its own per write.
+        self._unsaved_hard_state: HardState | None = None
+        self._unsaved_since = 0.0
         self._tasks: list[asyncio.Task[Any]] = []
         self._leader_changes: list[LeaderChange] = []  # the newest 50
         # Hooks (metrics, background jobs): (event, fields) for "proposed",
@@ -205,6 +210,9 @@ class RaftRuntime:
                 await task
         await self.snapshotting.close()
         self._fail_everything(Unavailable("the node is shutting down"))
+        if self._unsaved_hard_state is not None and self.failed is None:
+            with contextlib.suppress(Exception):  # only a hint for the next start
+                await self.run_on_disk(self._persist, None, self._unsaved_hard_state, True)
         await asyncio.get_running_loop().run_in_executor(self._disk, self.log_store.close)
         self._disk.shutdown(wait=True)
 
@@ -525,6 +533,8 @@ class RaftRuntime:
                 self._feed(core)
                 while core.has_ready():
                     await self._handle_ready(core, core.ready())
+                if self._unsaved_hard_state is not None:
+                    self._save_commit_later()
                 self.snapshotting.maybe_snapshot(core)
         except asyncio.CancelledError:
             raise
@@ -683,10 +693,12 @@ class RaftRuntime:
                 self.transport.send(early)
             messages = later
         if rd.snapshot is not None or rd.entries or self._must_sync(rd.hard_state):
+            hard_state = rd.hard_state or self._unsaved_hard_state
+            self._unsaved_hard_state = None
             if core.role is Role.LEADER or rd.snapshot is not None or self._disk_jobs:
                 # The leader's own write is off the critical path (its appends
                 # already left), so the loop keeps serving while it runs.
-                await self.run_on_disk(self._persist, rd, True)
+                await self.run_on_disk(self._persist, rd, hard_state, True)
             else:
                 # A follower's acknowledgement waits for this write and the
                 # leader waits for the acknowledgement: written on the loop,
@@ -694,13 +706,16 @@ class RaftRuntime:
                 # path (what arrives meanwhile joins the next turn). Only when
                 # the disk thread is idle: the store is not shared between
                 # threads.
-                self._persist(rd, True)
+                self._persist(rd, hard_state, True)
         elif rd.hard_state is not None:
             # Only the commit index moved. It is safe to lose (a restarted node
-            # learns it again), so it is written without waiting for the disk;
-            # the single disk thread keeps writes in order.
-            background = self.run_on_disk(self._persist, rd, False)
-            background.add_done_callback(self._background_persist_done)
+            # learns it again), so it waits for the next save instead of
+            # costing a disk job (two thread hand-offs) per write: 1.36 ->
+            # 1.24 ms p50 for one in-process writer (ramraft bench --mode
+            # inproc-write --in-flight 1, four alternating runs).
+            if self._unsaved_hard_state is None:
+                self._unsaved_since = time.monotonic()
+            self._unsaved_hard_state = rd.hard_state
         if messages:
             self.transport.send(messages)
         for entry in rd.entries:
@@ -763,20 +778,31 @@ class RaftRuntime:
         if error is not None and self.failed is None:
             self._stop_on_failure(error)
 
-    def _persist(self, rd: Ready, sync: bool) -> None:
+    def _save_commit_later(self) -> None:
+        """Write a commit index that has waited a tick for another save
+        (see ``_handle_ready``), in the background: an idle node's log still
+        records how far it committed, which a restart then applies at once."""
+        hard_state = self._unsaved_hard_state
+        waited = time.monotonic() - self._unsaved_since
+        if hard_state is None or waited < self.config.tick_ms / 1000:
+            return
+        self._unsaved_hard_state = None
+        background = self.run_on_disk(self._persist, None, hard_state, False)
+        background.add_done_callback(self._background_persist_done)
+
+    def _persist(self, rd: Ready | None, hard_state: HardState | None, sync: bool) -> None:
         started = time.perf_counter()
         self.log_store.save(
-            snapshot=rd.snapshot.meta if rd.snapshot is not None else None,
-            entries=rd.entries,
-            hard_state=rd.hard_state,
+            snapshot=rd.snapshot.meta if rd is not None and rd.snapshot is not None else None,
+            entries=rd.entries if rd is not None else [],
+            hard_state=hard_state,
             sync=sync and self.config.fsync,
         )
-        if rd.hard_state is not None and sync:
-            self._synced_hard_state = rd.hard_state
+        if hard_state is not None and sync:
+            self._synced_hard_state = hard_state
         if self.listeners:
-            self.emit(
-                "fsync", {"seconds": time.perf_counter() - started, "entries": len(rd.entries)}
-            )
+            entries = len(rd.entries) if rd is not None else 0
+            self.emit("fsync", {"seconds": time.perf_counter() - started, "entries": entries})
 
     def _apply(self, entry: Entry) -> None:
         result: object = None

@@ -145,3 +145,63 @@ def test_follower_writes_on_the_loop_only_while_the_disk_thread_is_idle() -> Non
             await runtime.close()
 
     asyncio.run(scenario())
+
+
+class RecordingStore:
+    """The log store, recording what each save carried."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.saves: list[tuple[int, int | None]] = []  # (entries, commit or None)
+
+    def save(self, **kwargs: Any) -> None:
+        hard_state = kwargs.get("hard_state")
+        commit = hard_state.commit if hard_state is not None else None
+        self.saves.append((len(kwargs.get("entries") or ()), commit))
+        self.inner.save(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_commit_index_alone_rides_on_the_next_save_or_waits_a_tick() -> None:
+    """A commit index that moved with nothing else to save costs no save of
+    its own at once (it was a disk job per write): it rides on the next
+    save, and only an idle node writes it alone, a tick later."""
+
+    async def scenario() -> None:
+        config = NodeConfig(
+            node_id=FOLLOWER,
+            peers={FOLLOWER: "127.0.0.1:1", LEADER: "127.0.0.1:2"},
+            data_dir="/nonexistent",
+            tick_ms=300,  # the idle write comes a tick after the commit
+        )
+        log_store, snapshots = open_memory_storage(MemoryDisk())
+        store = RecordingStore(log_store)
+        runtime = RaftRuntime(config, KVMachine(), store, snapshots)  # type: ignore[arg-type]
+        transport = Captured()
+        runtime.transport = transport  # type: ignore[assignment]
+        await runtime.start()
+        try:
+            runtime.receive([append(1, 1, encode_put("a", b"1"))])
+            await acked(transport, 2)
+            saves = len(store.saves)
+            # The commit of 2 arrives alone: applied at once, not saved.
+            runtime.receive([append(2, 2, None)])
+            await wait_until_async(
+                lambda: runtime.machine.applied_index >= 2, GUARD_SECONDS, "2 applied"
+            )
+            assert store.saves[saves:] == [], "a commit index alone was saved at once"
+            # Entry 3 comes: its save carries the commit index of 2 too.
+            runtime.receive([append(2, 2, encode_put("b", b"2"))])
+            await acked(transport, 3)
+            assert store.saves[saves:] == [(1, 2)], store.saves[saves:]
+            # The commit of 3, then nothing: written alone once it waited.
+            runtime.receive([append(3, 3, None)])
+            await wait_until_async(
+                lambda: store.saves[-1] == (0, 3), GUARD_SECONDS, "the idle commit index saved"
+            )
+        finally:
+            await runtime.close()
+
+    asyncio.run(scenario())

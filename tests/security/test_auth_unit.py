@@ -192,10 +192,10 @@ def test_runtime_counts_requests_queued_for_the_next_turn() -> None:
         entered, release = threading.Event(), threading.Event()
         persist = runtime._persist
 
-        def slow_persist(rd: object, sync: bool) -> None:
+        def slow_persist(rd: object, hard_state: object, sync: bool) -> None:
             entered.set()
             release.wait(GUARD_SECONDS)
-            persist(rd, sync)  # type: ignore[arg-type]
+            persist(rd, hard_state, sync)  # type: ignore[arg-type]
 
         runtime._persist = slow_persist  # type: ignore[method-assign]
         first = asyncio.ensure_future(runtime.propose(encode_put("k0", b"v")))
