@@ -1,13 +1,15 @@
 """``KV.Stream`` and ``KV.StreamBatch`` on three real node processes: every
 operation, answers matched by id (in completion order), a bad request
-failing alone (also inside a batch), many requests in flight on one stream
-(more than a connection may have in service: the rest wait, none is
-refused), sessions deduplicating retries, and a batch's own limits."""
+failing alone (also inside a batch), each request's own deadline, many
+requests in flight on one stream (more than a connection may have in
+service: the rest wait, none is refused), sessions deduplicating retries,
+and a batch's own limits."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +22,7 @@ from tests.server.procs import ProcessCluster
 
 OK = grpc.StatusCode.OK.value[0]
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 
 
 # Fewer than test_many_requests_in_flight_on_one_stream sends at once.
@@ -139,6 +142,40 @@ def test_a_bad_request_fails_alone(cluster: ProcessCluster, kind: str) -> None:
     assert "consistency" in answers[3].message
     assert "no operation" in answers[4].message
     assert answers[5].put.index > 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_request_keeps_its_own_deadline(cluster: ProcessCluster, kind: str) -> None:
+    """With both followers paused a write cannot commit: it ends at its own
+    ``timeout_ms`` with DEADLINE_EXCEEDED, while the read beside it (in the
+    same batch) is answered, and the stream itself ends OK long before its
+    own gRPC deadline."""
+    leader = cluster.wait_for_leader()
+    followers = [cluster.procs[i] for i in cluster.ids if i != leader]
+    for proc in followers:
+        proc.send_signal(signal.SIGSTOP)
+    try:
+        # 100 ms: well before CheckQuorum could step the leader down
+        # (an election timeout, 300 ms here), which would make it UNAVAILABLE.
+        answers = exchange(
+            cluster.grpc[leader],
+            [
+                kv_pb2.StreamRequest(
+                    id=1, timeout_ms=100, put=kv_pb2.PutRequest(key=f"{kind}/late", value=b"x")
+                ),
+                kv_pb2.StreamRequest(
+                    id=2, get=kv_pb2.GetRequest(key=f"{kind}/late", consistency=kv_pb2.SERIALIZABLE)
+                ),
+            ],
+            timeout=20,
+            kind=kind,
+        )
+    finally:
+        for proc in followers:
+            proc.send_signal(signal.SIGCONT)
+    assert answers[1].code == DEADLINE_EXCEEDED, answers[1]
+    assert answers[2].code == OK and not answers[2].get.found, answers[2]
+    cluster.wait_for_leader()
 
 
 @pytest.mark.parametrize("kind", KINDS)
