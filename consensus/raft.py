@@ -351,7 +351,7 @@ class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
         return bool(
             self._msgs
             or self._broadcast_pending
-            or (self._read_only.queued and self.role == Role.LEADER and self._committed_in_term())
+            or (self.role == Role.LEADER and self._read_round_can_start())
             or self._follower_reads
             or self._read_states
             or self._dropped_reads
