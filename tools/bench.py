@@ -369,8 +369,16 @@ async def _grpc_load(spec: GrpcSpec, on_done: Callable[[], None]) -> Tally:
 
         op = stream_op
     else:
+        # One endpoint each, in turn (as the raw and stream drivers connect):
+        # a client sticks to the node it starts at (a write's leader hint
+        # still takes it to the leader), so random starts would leave reads
+        # spread over the nodes unevenly, or all on one.
         clients = [
-            AsyncClient(spec.endpoints, timeout=spec.timeout, rng=random.Random(spec.seed + n))
+            AsyncClient(
+                [spec.endpoints[n % len(spec.endpoints)]],
+                timeout=spec.timeout,
+                rng=random.Random(spec.seed + n),
+            )
             for n in range(spec.connections)
         ]
         closers = [c.close for c in clients]
@@ -1046,11 +1054,15 @@ async def _one_run(
             specs = []
             for n in range(processes):
                 share = in_flight // processes + (1 if n < in_flight % processes else 0)
+                connections = max(1, min(plan.connections, share))
+                if len(targets) > 1 and share >= len(targets):
+                    # As many connections to every node.
+                    connections = -(-connections // len(targets)) * len(targets)
                 specs.append(
                     GrpcSpec(
                         mode=mode,
                         concurrency=share,
-                        connections=max(1, min(plan.connections, share)),
+                        connections=connections,
                         client=plan.client,
                         endpoints=targets,
                         value_bytes=plan.value_bytes,
