@@ -245,7 +245,8 @@ NODE_SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "check-entries",
-        "the leader compares every node's state digest every this many applied entries "
+        "the leader compares every node's state digest every this many applied entries, "
+        "but leaves at least 20x the last digest's duration between two such checks "
         "(0: only on demand, ramraft check)",
         10_000,
         int,

@@ -24,6 +24,7 @@ The comparison is :func:`compare`, a pure function.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -83,8 +84,10 @@ class StateDigests:
         self.cluster = cluster
         self.digests: dict[int, str] = {}
         self._pending: dict[int, asyncio.Task[None]] = {}
+        self.last_seconds = 0.0  # how long the newest digest took (a view, then the hashing)
 
     def take(self, index: int) -> None:
+        started = time.monotonic()
         try:
             job = self.machine.snapshot()
         except SnapshotError as exc:
@@ -101,6 +104,7 @@ class StateDigests:
                 digest = ""
             finally:
                 self._pending.pop(index, None)
+            self.last_seconds = time.monotonic() - started
             self._keep(index, digest)
 
         self._pending[index] = asyncio.get_running_loop().create_task(run(), name="digest")

@@ -18,7 +18,7 @@ from ramraft.proto import raft_pb2
 from ramraft.server.config import NodeConfig
 from ramraft.server.machines.cluster import ClusterMachine, ClusterOp, ClusterState
 from ramraft.server.machines.kv import KVMachine
-from ramraft.server.runtime.steward import Steward
+from ramraft.server.runtime.steward import CHECK_PACE, Steward
 from ramraft.server.runtime.transport import PEER_SERVICE, PeerTransport
 from ramraft.server.storage import open_memory_storage
 
@@ -115,3 +115,21 @@ def test_the_cluster_is_named_only_when_every_member_answers_as_this_release(
     assert steward.known["n3"].current is (n3 is not None)
     if n3 is None:  # taken as supporting version 1 of everything
         assert (steward.known["n3"].app_supported, steward.known["n3"].kv_supported) == (1, 1)
+
+
+def test_periodic_checks_are_paced_by_how_long_the_last_digest_took() -> None:
+    """Every check_entries applied entries, but never sooner than CHECK_PACE
+    times the last digest's duration after the last check: a digest takes
+    time in proportion to the state, so a large state written fast would
+    otherwise keep every node digesting."""
+    runtime = FakeRuntime()
+    runtime.config.check_entries = 1000
+    steward = Steward(runtime, lambda target: asyncio.sleep(0, ""))  # type: ignore[arg-type]
+    start = steward._last_check_at
+    assert not steward.periodic_check_due(999, start + 3600), "too few entries"
+    assert steward.periodic_check_due(1000, start), "a quick digest (none yet) paces nothing"
+    steward.digests.last_seconds = 1.0  # the last digest took a second
+    assert not steward.periodic_check_due(50_000, start + CHECK_PACE - 0.5)
+    assert steward.periodic_check_due(50_000, start + CHECK_PACE)
+    runtime.config.check_entries = 0
+    assert not steward.periodic_check_due(50_000, start + 3600), "0: only on demand"
