@@ -203,7 +203,12 @@ NODE_SETTINGS: tuple[Setting, ...] = (
         default_text="5: 50 ms",
     ),
     Setting(
-        "snapshot-entries", "snapshot after this many applied entries", 20_000, int, metavar="N"
+        "snapshot-entries",
+        "snapshot after this many applied entries, once 10x the last snapshot's duration "
+        "has passed since it ended (a large state is not snapshotted back to back)",
+        20_000,
+        int,
+        metavar="N",
     ),
     Setting(
         "retain-entries",
@@ -214,8 +219,8 @@ NODE_SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "snapshot-bytes",
-        "also snapshot after this many bytes of applied commands: the log is held in RAM "
-        "until a snapshot covers it",
+        "also snapshot after this many bytes of applied entries (commands plus 144 bytes "
+        "each): the log is held in RAM until a snapshot covers it",
         64 << 20,
         int,
         metavar="N",
