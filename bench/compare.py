@@ -163,6 +163,7 @@ class Settings:
     site: Path
     sections: list[str]
     retakes: int
+    connections: int = 1
     results: dict[str, Any] = field(default_factory=dict)
 
 
@@ -200,7 +201,7 @@ async def section_etcd(s: Settings) -> list[dict[str, Any]]:
             spec = peer_etcd.EtcdLoad(
                 target=target,
                 concurrency=level,
-                connections=max(1, min(4, level)),
+                connections=max(1, min(s.connections, level)),
                 value_bytes=s.value_bytes,
                 measure_from=measure_from,
                 measure_to=measure_to,
@@ -241,7 +242,7 @@ def _bench_args(
         keys=1000,
         client=client,
         processes=0,
-        connections=4,
+        connections=s.connections,
         timeout=10.0,
     )
     return args
@@ -551,6 +552,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--floor-in-flight", type=rbench._int_list, default=[64], help="the echo floor")
     p.add_argument("--value-bytes", type=int, default=100)
     p.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        help="HTTP/2 connections of every gRPC driver, etcd's and ramraft's (default 1: "
+        "etcd's faster setting here, and how an application holds one AsyncClient)",
+    )
+    p.add_argument(
         "--wait-quiet",
         type=float,
         default=0.0,
@@ -567,10 +575,16 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     site = (args.cache or default_cache()) / "site"
-    if args.duration <= 0 or args.warmup < 0 or args.value_bytes < 0 or args.retakes < 0:
+    if (
+        args.duration <= 0
+        or args.warmup < 0
+        or args.value_bytes < 0
+        or args.retakes < 0
+        or args.connections < 1
+    ):
         print(
-            "bench.compare: need --duration > 0 and non-negative --warmup, --value-bytes, "
-            "--retakes",
+            "bench.compare: need --duration > 0, --connections >= 1 and non-negative "
+            "--warmup, --value-bytes, --retakes",
             file=sys.stderr,
         )
         return 2
@@ -608,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
             site=site,
             sections=args.only,
             retakes=args.retakes,
+            connections=args.connections,
         )
         results = asyncio.run(run(settings))
     except CompareError as e:

@@ -1,7 +1,8 @@
 """etcd as a peer for bench.compare: three members on loopback ports (fsync
 on, etcd's default), driven by the same Python closed loop that ``ramraft
 bench --client raw`` runs (tools/bench.py closed_loop, grpc.aio unary
-stubs, 4 HTTP/2 connections, in a client process of its own), so that the
+stubs, as many HTTP/2 connections as ramraft's drivers get, in a client
+process of its own), so that the
 two figures differ by the server, not by the driver.
 
 The driver needs three etcd messages only (Put, and Maintenance.Status to

@@ -85,6 +85,9 @@ def test_missing_peers_and_bad_arguments_are_one_line_errors(
     assert e.value.code == 2
     assert "unknown section redis" in capsys.readouterr().err
     assert compare.main(["--duration", "0", "--only", "floor"]) == 2
+    capsys.readouterr()
+    assert compare.main(["--connections", "0", "--only", "floor"]) == 2
+    assert "--connections >= 1" in capsys.readouterr().err
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
