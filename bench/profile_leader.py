@@ -1,6 +1,6 @@
 """Where a leader spends its CPU per write over gRPC, beside the bare echo.
 
-    python -m bench.profile_leader                       # KV.Stream, 64 in flight, 10 s
+    python -m bench.profile_leader                       # AsyncClient, 64 in flight, 10 s
     python -m bench.profile_leader --client raw --in-flight 64 --raw-out leader.txt
 
 Starts a three-node cluster (tools/bench.py Cluster, fsync on), drives
@@ -176,7 +176,7 @@ async def profile_leader(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         spec = rbench.GrpcSpec(
             mode="write",
             concurrency=args.in_flight,
-            connections=max(1, min(4, args.in_flight)),
+            connections=max(1, min(args.connections, args.in_flight)),
             client=args.client,
             endpoints=[address],
             value_bytes=100,
@@ -245,13 +245,26 @@ def _report(name: str, run: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--client", choices=("stream", "raw", "library"), default="stream")
+    p.add_argument(
+        "--client",
+        choices=("stream", "raw", "library"),
+        default="library",
+        help="the load's driver (default library: AsyncClient over KV.StreamBatch)",
+    )
+    p.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        help="client connections, as ramraft bench --connections (default 1)",
+    )
     p.add_argument("--in-flight", type=int, default=64)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--raw-dir", type=Path, default=None, help="keep the raw stacks here")
     args = p.parse_args(argv)
+    if args.connections < 1 or args.in_flight < 1 or args.seconds <= 0:
+        p.error("need --connections >= 1, --in-flight >= 1 and --seconds > 0")
     with tempfile.TemporaryDirectory() as tmp:
         where = args.raw_dir or Path(tmp)
         where.mkdir(parents=True, exist_ok=True)
