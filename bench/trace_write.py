@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="keep the raw notes in this directory")
     parser.add_argument("--json", action="store_true", help="print the medians as JSON")
     args = parser.parse_args(argv)
+    if args.duration <= 0:
+        parser.error("--duration must be more than 0")
 
     with tempfile.TemporaryDirectory(prefix="ramraft-trace-") as tmp:
         root = Path(tmp)

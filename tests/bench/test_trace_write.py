@@ -95,3 +95,16 @@ def test_the_tracer_notes_every_stage_of_a_real_cluster(tmp_path: Path) -> None:
         "total: propose -> resumed",
     ):
         assert medians[name] > 0, (name, medians)
+
+
+def test_a_bad_duration_is_a_one_line_error() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.trace_write", "--duration", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith("--duration must be more than 0")
