@@ -117,29 +117,51 @@ def error_code(
     return status.grpc_code
 
 
+class _Answered:
+    """One call's outcome, for ``rpc`` and ``rpc_stream``: the node's errors
+    answered with their status codes (the table in server/request_errors.py;
+    an error not in it is a bug, left to grpc as UNKNOWN), and every call
+    reported to the servicer's observers with its code and duration."""
+
+    __slots__ = ("context", "name", "servicer", "started")
+
+    def __init__(
+        self, name: str, servicer: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        self.name = name
+        self.servicer = servicer
+        self.context = context
+        self.started = time.perf_counter()
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
+        code = grpc.StatusCode.OK
+        try:
+            if isinstance(error, Exception):
+                mapped = error_code(error, self.servicer.runtime, self.context)
+                if mapped is None:
+                    code = grpc.StatusCode.UNKNOWN  # a bug; grpc answers it
+                    return  # raised on as it is
+                code = mapped
+                await self.context.abort(code, error_message(error))
+        finally:
+            for observe in self.servicer.observers:
+                observe(self.name, code.name, time.perf_counter() - self.started)
+
+
 def rpc(name: str) -> Callable[[ServicerMethod[R]], ServicerMethod[R]]:
-    """Answer the node's errors with their status codes (the table in
-    server/request_errors.py), and report every call to the observers."""
+    """Answer the node's errors with their status codes, and report every
+    call to the observers (``_Answered``)."""
 
     def wrap(fn: ServicerMethod[R]) -> ServicerMethod[R]:
         @functools.wraps(fn)
         async def handler(
             self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> R:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
+            async with _Answered(name, self, context):
                 return await fn(self, request, context)
-            except Exception as e:
-                mapped = error_code(e, self.runtime, context)
-                if mapped is None:
-                    code = grpc.StatusCode.UNKNOWN  # a bug; grpc answers it
-                    raise
-                code = mapped
-                await context.abort(code, error_message(e))
-            finally:
-                for observe in self.observers:
-                    observe(name, code.name, time.perf_counter() - started)
 
         return handler
 
@@ -155,21 +177,9 @@ def rpc_stream(name: str) -> Callable[[StreamMethod[R]], StreamMethod[R]]:
         async def handler(
             self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[R]:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
+            async with _Answered(name, self, context):
                 async for item in fn(self, request, context):
                     yield item
-            except Exception as e:
-                mapped = error_code(e, self.runtime, context)
-                if mapped is None:
-                    code = grpc.StatusCode.UNKNOWN  # a bug; grpc answers it
-                    raise
-                code = mapped
-                await context.abort(code, error_message(e))
-            finally:
-                for observe in self.observers:
-                    observe(name, code.name, time.perf_counter() - started)
 
         return handler
 
