@@ -212,7 +212,7 @@ class RaftRuntime:
         self._fail_everything(Unavailable("the node is shutting down"))
         if self._unsaved_hard_state is not None and self.failed is None:
             with contextlib.suppress(Exception):  # only a hint for the next start
-                await self.run_on_disk(self._persist, None, self._unsaved_hard_state, True)
+                await self.run_on_disk(self._save_commit, self._unsaved_hard_state)
         await asyncio.get_running_loop().run_in_executor(self._disk, self.log_store.close)
         self._disk.shutdown(wait=True)
 
@@ -533,8 +533,7 @@ class RaftRuntime:
                 self._feed(core)
                 while core.has_ready():
                     await self._handle_ready(core, core.ready())
-                if self._unsaved_hard_state is not None:
-                    self._save_commit_later()
+                self._save_commit_later()
                 self.snapshotting.maybe_snapshot(core)
         except asyncio.CancelledError:
             raise
@@ -787,22 +786,28 @@ class RaftRuntime:
         if hard_state is None or waited < self.config.tick_ms / 1000:
             return
         self._unsaved_hard_state = None
-        background = self.run_on_disk(self._persist, None, hard_state, False)
+        background = self.run_on_disk(self._save_commit, hard_state)
         background.add_done_callback(self._background_persist_done)
 
-    def _persist(self, rd: Ready | None, hard_state: HardState | None, sync: bool) -> None:
+    def _save_commit(self, hard_state: HardState) -> None:
+        """Write a commit index alone, unsynced (it is only a hint; the
+        next synced save makes it durable)."""
+        self.log_store.save(hard_state=hard_state, sync=False)
+
+    def _persist(self, rd: Ready, hard_state: HardState | None, sync: bool) -> None:
         started = time.perf_counter()
         self.log_store.save(
-            snapshot=rd.snapshot.meta if rd is not None and rd.snapshot is not None else None,
-            entries=rd.entries if rd is not None else [],
+            snapshot=rd.snapshot.meta if rd.snapshot is not None else None,
+            entries=rd.entries,
             hard_state=hard_state,
             sync=sync and self.config.fsync,
         )
         if hard_state is not None and sync:
             self._synced_hard_state = hard_state
         if self.listeners:
-            entries = len(rd.entries) if rd is not None else 0
-            self.emit("fsync", {"seconds": time.perf_counter() - started, "entries": entries})
+            self.emit(
+                "fsync", {"seconds": time.perf_counter() - started, "entries": len(rd.entries)}
+            )
 
     def _apply(self, entry: Entry) -> None:
         result: object = None
