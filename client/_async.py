@@ -113,14 +113,12 @@ class _Stream:
         outbox = self._outbox
         if not self._batched:
             return outbox.popleft()
-        parts = [outbox.popleft()]
-        size = len(parts[0])
-        while outbox and len(parts) < _stream.MAX_BATCH:
-            if size + len(outbox[0]) > _stream.BATCH_BYTES:
-                break
-            size += len(outbox[0])
-            parts.append(outbox.popleft())
-        return b"".join(parts)
+        batch, left = _stream.take_batch(
+            outbox.popleft(), lambda: outbox.popleft() if outbox else None
+        )
+        if left is not None:
+            outbox.appendleft(left)
+        return batch
 
     async def _write_all(self) -> None:
         outbox = self._outbox

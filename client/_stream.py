@@ -165,6 +165,23 @@ def batch_entry(request: bytes) -> bytes:
     return bytes(head) + request
 
 
+def take_batch(first: bytes, more: Callable[[], Any]) -> tuple[bytes, Any]:
+    """One StreamBatchRequest: ``first`` and the entries ``more()`` gives
+    while the batch has room (MAX_BATCH entries, BATCH_BYTES); ``more()``
+    returns None when nothing more is queued. Returns the batch and what
+    ``more()`` gave that did not go in it (None if nothing), for the next."""
+    parts, size = [first], len(first)
+    while len(parts) < MAX_BATCH:
+        entry = more()
+        if entry is None:
+            return b"".join(parts), None
+        if not isinstance(entry, bytes) or size + len(entry) > BATCH_BYTES:
+            return b"".join(parts), entry
+        parts.append(entry)
+        size += len(entry)
+    return b"".join(parts), None
+
+
 def answers(message: Any) -> Any:
     """The StreamResponses in one message of either stream."""
     if isinstance(message, kv_pb2.StreamBatchResponse):

@@ -112,18 +112,15 @@ class _Stream:
             if not self._batched:
                 yield first
                 continue
-            parts, size = [first], len(first)
-            while len(parts) < _stream.MAX_BATCH:
-                try:
-                    more = outbox.get_nowait()
-                except queue.Empty:
-                    break
-                if more is _END_OF_REQUESTS or size + len(more) > _stream.BATCH_BYTES:
-                    held = more
-                    break
-                parts.append(more)
-                size += len(more)
-            yield b"".join(parts)
+            batch, held = _stream.take_batch(first, self._queued)
+            yield batch
+
+    def _queued(self) -> Any:
+        """The next request queued (or the end of them), None if none is."""
+        try:
+            return self._outbox.get_nowait()
+        except queue.Empty:
+            return None
 
     def call(self, op: str, request: Any, timeout: float) -> tuple[Any, _stream.Metadata]:
         """As client/_async.py _Stream.call, blocking."""
