@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ramraft.consensus import Entry, Message, MsgType
 from ramraft.server.config import NodeConfig
@@ -101,20 +102,31 @@ async def acked(transport: Captured, index: int) -> None:
     await wait_until_async(lambda: has_ack(transport, index), GUARD_SECONDS, f"ack of {index}")
 
 
+S = TypeVar("S")
+
+
+async def start_follower(wrap: Callable[[Any], S], tick_ms: int) -> tuple[RaftRuntime, S, Captured]:
+    """A started follower runtime (of LEADER's cluster) on a memory disk,
+    its log store wrapped in ``wrap``, sending into a Captured transport."""
+    config = NodeConfig(
+        node_id=FOLLOWER,
+        peers={FOLLOWER: "127.0.0.1:1", LEADER: "127.0.0.1:2"},
+        data_dir="/nonexistent",
+        tick_ms=tick_ms,
+    )
+    log_store, snapshots = open_memory_storage(MemoryDisk())
+    store = wrap(log_store)
+    runtime = RaftRuntime(config, KVMachine(), store, snapshots)  # type: ignore[arg-type]
+    transport = Captured()
+    runtime.transport = transport  # type: ignore[assignment]
+    await runtime.start()
+    return runtime, store, transport
+
+
 def test_follower_writes_on_the_loop_only_while_the_disk_thread_is_idle() -> None:
     async def scenario() -> None:
-        config = NodeConfig(
-            node_id=FOLLOWER,
-            peers={FOLLOWER: "127.0.0.1:1", LEADER: "127.0.0.1:2"},
-            data_dir="/nonexistent",
-            tick_ms=1000,  # no election during the test
-        )
-        log_store, snapshots = open_memory_storage(MemoryDisk())
-        store = WatchedStore(log_store)
-        runtime = RaftRuntime(config, KVMachine(), store, snapshots)  # type: ignore[arg-type]
-        transport = Captured()
-        runtime.transport = transport  # type: ignore[assignment]
-        await runtime.start()
+        # A tick of 1 s: no election during the test.
+        runtime, store, transport = await start_follower(WatchedStore, tick_ms=1000)
         try:
             # Entry 2 arrives with nothing else on the disk thread: written
             # on the loop.
@@ -170,18 +182,8 @@ def test_a_commit_index_alone_rides_on_the_next_save_or_waits_a_tick() -> None:
     save, and only an idle node writes it alone, a tick later."""
 
     async def scenario() -> None:
-        config = NodeConfig(
-            node_id=FOLLOWER,
-            peers={FOLLOWER: "127.0.0.1:1", LEADER: "127.0.0.1:2"},
-            data_dir="/nonexistent",
-            tick_ms=300,  # the idle write comes a tick after the commit
-        )
-        log_store, snapshots = open_memory_storage(MemoryDisk())
-        store = RecordingStore(log_store)
-        runtime = RaftRuntime(config, KVMachine(), store, snapshots)  # type: ignore[arg-type]
-        transport = Captured()
-        runtime.transport = transport  # type: ignore[assignment]
-        await runtime.start()
+        # The idle write comes a tick after the commit.
+        runtime, store, transport = await start_follower(RecordingStore, tick_ms=300)
         try:
             runtime.receive([append(1, 1, encode_put("a", b"1"))])
             await acked(transport, 2)
