@@ -105,28 +105,27 @@ if _dir:
             _note("applied", entry.index)
         R._apply = traced_apply
 
+    def _note_messages(messages, way, peer_of):
+        """An append carrying entries, or an acknowledgement, that left
+        (way "out") or arrived ("in"), with the peer it went to or came from."""
+        now = _clock()
+        for m in messages:
+            name = m.type.name
+            if name == "APPEND" and m.entries:
+                _out.write(f"{now:.7f} append_{way} {m.entries[-1].index} {peer_of(m)}\n")
+            elif name == "APPEND_RESP" and not m.reject:
+                _out.write(f"{now:.7f} ack_{way} {m.index} {peer_of(m)}\n")
+
     def _patch_transport(T):
         serialize = T.serialize_batch
         def traced_serialize(part):
-            now = _clock()
-            for m in part:
-                name = m.type.name
-                if name == "APPEND" and m.entries:
-                    _out.write(f"{now:.7f} append_out {m.entries[-1].index} {m.dst}\n")
-                elif name == "APPEND_RESP" and not m.reject:
-                    _out.write(f"{now:.7f} ack_out {m.index} {m.dst}\n")
+            _note_messages(part, "out", lambda m: m.dst)
             return serialize(part)
         T.serialize_batch = traced_serialize
         parse = T.parse_batch
         def traced_parse(raw):
             messages = parse(raw)
-            now = _clock()
-            for m in messages:
-                name = m.type.name
-                if name == "APPEND" and m.entries:
-                    _out.write(f"{now:.7f} append_in {m.entries[-1].index} {m.src}\n")
-                elif name == "APPEND_RESP" and not m.reject:
-                    _out.write(f"{now:.7f} ack_in {m.index} {m.src}\n")
+            _note_messages(messages, "in", lambda m: m.src)
             return messages
         T.parse_batch = traced_parse
 
