@@ -231,10 +231,10 @@ async def etcd_load(spec: EtcdLoad, on_done: Callable[[], None] | None = None) -
     for put in puts:  # connect before the clock starts
         await put(put_request(key=f"{KEY_PREFIX}warm".encode(), value=b"x"), timeout=10)
 
-    async def op(n: int) -> object:
+    async def op(n: int, caller: int) -> object:
         key = f"{rng.getrandbits(64):016x}".encode()
         request = put_request(key=key, value=values[n & 255])
-        return await puts[n % len(puts)](request, timeout=spec.timeout)
+        return await puts[caller % len(puts)](request, timeout=spec.timeout)
 
     tally = Tally()
     try:

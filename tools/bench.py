@@ -141,27 +141,33 @@ def percentile(sorted_values: Sequence[float], p: float) -> float | None:
 
 
 async def closed_loop(
-    op: Callable[[int], Awaitable[object]],
+    op: Callable[[int, int], Awaitable[object]],
     concurrency: int,
     measure_from: float,
     measure_to: float,
     tally: Tally,
     on_done: Callable[[], None] | None = None,
 ) -> None:
-    """Keep ``concurrency`` calls of ``op(n)`` outstanding until
+    """Keep ``concurrency`` calls of ``op(n, caller)`` outstanding until
     ``measure_to`` (time.monotonic); count those that complete from
-    ``measure_from`` on. ``op`` raising counts as an error (and the loop
-    goes on: the bench measures, it does not stop at the first refusal)."""
+    ``measure_from`` on. ``n`` counts every call; ``caller`` (0 to
+    concurrency - 1) is the one of the concurrent callers making it, for a
+    driver to give each caller a connection of its own, as an application's
+    workers each hold a client: dealt by ``n`` instead, the answers of one
+    batch would go out over every connection, and the batches would halve
+    until they held a request each. ``op`` raising counts as an error (and
+    the loop goes on: the bench measures, it does not stop at the first
+    refusal)."""
     counter = iter(range(1 << 62))
     perf = time.perf_counter
     mono = time.monotonic
     latencies = tally.latencies
 
-    async def one_client() -> None:
+    async def one_client(caller: int) -> None:
         while True:
             started = perf()
             try:
-                await op(next(counter))
+                await op(next(counter), caller)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -184,7 +190,7 @@ async def closed_loop(
                 tally.ok += 1
                 latencies.append(elapsed)
 
-    await asyncio.gather(*(one_client() for _ in range(concurrency)))
+    await asyncio.gather(*(one_client(caller) for caller in range(concurrency)))
 
 
 def _error_kind(e: BaseException) -> str:
@@ -326,7 +332,7 @@ async def _grpc_load(spec: GrpcSpec, on_done: Callable[[], None]) -> Tally:
     linearizable = spec.mode == "read-linearizable"
     consistency = kv_pb2.LINEARIZABLE if linearizable else kv_pb2.SERIALIZABLE
     tally = Tally()
-    op: Callable[[int], Awaitable[object]]
+    op: Callable[[int, int], Awaitable[object]]
     closers: list[Callable[[], Awaitable[None]]] = []
     if spec.client == "raw":
         channels = [
@@ -339,8 +345,8 @@ async def _grpc_load(spec: GrpcSpec, on_done: Callable[[], None]) -> Tally:
         closers = [channel.close for channel in channels]
         stubs = [kv_pb2_grpc.KVStub(channel) for channel in channels]
 
-        async def raw_op(n: int) -> object:
-            stub = stubs[n % len(stubs)]
+        async def raw_op(n: int, caller: int) -> object:
+            stub = stubs[caller % len(stubs)]
             if spec.mode == "write":
                 key = f"{rng.getrandbits(64):016x}"
                 request = kv_pb2.PutRequest(key=key, value=values[n & 255])
@@ -362,8 +368,8 @@ async def _grpc_load(spec: GrpcSpec, on_done: Callable[[], None]) -> Tally:
         ]
         closers = [stream.close for stream in streams]
 
-        async def stream_op(n: int) -> object:
-            stream = streams[n % len(streams)]
+        async def stream_op(n: int, caller: int) -> object:
+            stream = streams[caller % len(streams)]
             if spec.mode == "write":
                 key = f"{rng.getrandbits(64):016x}"
                 return await stream.call(n, put=kv_pb2.PutRequest(key=key, value=values[n & 255]))
@@ -386,8 +392,8 @@ async def _grpc_load(spec: GrpcSpec, on_done: Callable[[], None]) -> Tally:
         ]
         closers = [c.close for c in clients]
 
-        async def library_op(n: int) -> object:
-            c = clients[n % len(clients)]
+        async def library_op(n: int, caller: int) -> object:
+            c = clients[caller % len(clients)]
             if spec.mode == "write":
                 return await c.put(f"{rng.getrandbits(64):016x}", values[n & 255])
             return await c.get(keys[n % len(keys)], consistency=consistency)
@@ -769,11 +775,11 @@ async def _inproc_load(
     values = [rng.randbytes(value_bytes) for _ in range(256)]
     names = [f"{KEY_PREFIX}{n:06d}" for n in range(max(1, keys))]
 
-    async def write(n: int) -> object:
+    async def write(n: int, caller: int) -> object:
         command = encode_put(f"{rng.getrandbits(64):016x}", values[n & 255])
         return await api.write(command, timeout)
 
-    async def read(n: int) -> object:
+    async def read(n: int, caller: int) -> object:
         await api.linearizable(timeout)
         return kv.get(names[n % len(names)])
 

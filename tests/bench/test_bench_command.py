@@ -4,14 +4,24 @@ tests check behaviour)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from ramraft.tools.bench import ALL_MODES, Tally, _modes, percentile, processes_for, summarize
+from ramraft.tools.bench import (
+    ALL_MODES,
+    Tally,
+    _modes,
+    closed_loop,
+    percentile,
+    processes_for,
+    summarize,
+)
 from tests.server.procs import ProcessCluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,3 +145,33 @@ def test_mode_lists_and_process_counts() -> None:
     assert processes_for(1, 0) == 1
     assert processes_for(1000, 0) == 2
     assert processes_for(3, 8) == 3  # never more processes than requests in flight
+
+
+def test_each_caller_keeps_its_slot() -> None:
+    """The drivers pick a caller's connection by its slot: were it the call
+    count, one batch's answers would be sent on over every connection and
+    the batches would shrink to a request each (bench --connections 2
+    measured 9,600 serializable reads/s against 32,600 with the slot)."""
+    seen: dict[int, set[int]] = {}  # caller -> the coroutines that used it
+    counts: list[int] = []
+    pace: dict[int, int] = {}  # coroutine -> its turns per call (1, 2, 3)
+
+    async def op(n: int, caller: int) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        coroutine = id(task.get_coro())
+        seen.setdefault(caller, set()).add(coroutine)
+        counts.append(n)
+        for _ in range(pace.setdefault(coroutine, len(pace) + 1)):
+            await asyncio.sleep(0)  # the callers go at different speeds
+
+    async def run() -> Tally:
+        tally = Tally()
+        now = time.monotonic()
+        await closed_loop(op, 3, now, now + 0.05, tally)
+        return tally
+
+    tally = asyncio.run(run())
+    assert sorted(seen) == [0, 1, 2]
+    assert all(len(coroutines) == 1 for coroutines in seen.values()), seen
+    assert sorted(counts) == list(range(len(counts))) and tally.done == len(counts)
