@@ -58,6 +58,7 @@ from ramraft.server.machines.kvops import (
 from ramraft.server.request_errors import (
     BadRequest,
     NotLeader,
+    RequestError,
     check_command_result,
     error_message,
     wire_status,
@@ -70,7 +71,7 @@ from ramraft.server.rpc.kvproto import (
     txn_from_request,
     txn_response,
 )
-from ramraft.server.rpc.streams import StreamServer, stream_error
+from ramraft.server.rpc.streams import ROUND_CONFIRMED, StreamServer, stream_error
 from ramraft.server.rpc.watch import WatchHub, WatchOut, WatchSpec
 from ramraft.server.runtime.backup import backup_bytes, backup_header
 from ramraft.server.runtime.loop import RaftRuntime
@@ -239,9 +240,11 @@ class _OpContext:
 
     __slots__ = ("_deadline", "_stream", "leader")
 
-    def __init__(self, stream: grpc.aio.ServicerContext[Any, Any], timeout_ms: int) -> None:
+    def __init__(
+        self, stream: grpc.aio.ServicerContext[Any, Any], timeout_ms: int, arrived: float
+    ) -> None:
         self._stream = stream
-        self._deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
+        self._deadline = arrived + timeout_ms / 1000 if timeout_ms else None
         self.leader = ""
 
     def time_remaining(self) -> float | None:
@@ -407,7 +410,7 @@ class KVService(kv_pb2_grpc.KVServicer):
     ) -> kv_pb2.GetResponse:
         self.limits.check_key(request.key)
         timeout = _timeout(context, self.limits)
-        if _consistency(request.consistency):
+        if _consistency(request.consistency) and not ROUND_CONFIRMED.get():
             await self.api.linearizable(timeout)
         found, value = self.machine.get(request.key)
         if len(value) > 64 << 10:  # small answers are covered by the request's reservation
@@ -431,7 +434,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         limit = request.limit or self.limits.max_range_limit
         limit = min(limit, self.limits.max_range_limit)
         timeout = _timeout(context, self.limits)
-        if _consistency(request.consistency):
+        if _consistency(request.consistency) and not ROUND_CONFIRMED.get():
             await self.api.linearizable(timeout)
         async with page_budget(self.limits.max_range_bytes, timeout) as budget:
             items, more = self.machine.range(
@@ -532,7 +535,9 @@ class KVService(kv_pb2_grpc.KVServicer):
     ) -> None:
         """As Stream, many requests to a message and many answers to a
         message (server/rpc/streams.py)."""
-        server = StreamServer(self._stream_one, _STREAM_OPS, context, STREAM_GATE.get(), True)
+        server = StreamServer(
+            self._stream_one, _STREAM_OPS, context, STREAM_GATE.get(), True, _SharedRound(self)
+        )
         await server.run(requests)
 
     async def _stream_one(
@@ -540,8 +545,9 @@ class KVService(kv_pb2_grpc.KVServicer):
         request: kv_pb2.StreamRequest,
         op: str,
         stream: grpc.aio.ServicerContext[Any, Any],
+        arrived: float,
     ) -> kv_pb2.StreamResponse:
-        context = _OpContext(stream, request.timeout_ms)
+        context = _OpContext(stream, request.timeout_ms, arrived)
         handler = getattr(self, _STREAM_OPS[op])
         try:
             result = await handler(getattr(request, op), context)
@@ -555,6 +561,49 @@ class KVService(kv_pb2_grpc.KVServicer):
         response = kv_pb2.StreamResponse(id=request.id)
         getattr(response, op).CopyFrom(result)
         return response
+
+
+def _own_deadline(arrival: tuple[kv_pb2.StreamRequest, float]) -> float:
+    """When a stream request's own deadline passes (time.monotonic())."""
+    request, arrived = arrival
+    return arrived + request.timeout_ms / 1000 if request.timeout_ms else float("inf")
+
+
+class _SharedRound:
+    """The linearizable reads of one KV.StreamBatch message share one
+    ReadIndex round (server/rpc/streams.py RoundShare): Gets and Ranges."""
+
+    __slots__ = ("service",)
+
+    def __init__(self, service: KVService) -> None:
+        self.service = service
+
+    def wants(self, request: kv_pb2.StreamRequest, op: str) -> bool:
+        if op == "get":
+            consistency = request.get.consistency
+        elif op == "range":
+            consistency = request.range.consistency
+        else:
+            return False
+        # An unknown value is left to the read itself, which refuses it.
+        return consistency == kv_pb2.LINEARIZABLE
+
+    async def confirm(
+        self,
+        requests: list[tuple[kv_pb2.StreamRequest, float]],
+        stream: grpc.aio.ServicerContext[Any, Any],
+    ) -> bool:
+        # The round may take as long as the read whose deadline comes first.
+        request, arrived = min(requests, key=_own_deadline)
+        remaining = _OpContext(stream, request.timeout_ms, arrived).time_remaining()
+        timeout = self.service.limits.deadline(remaining)
+        if timeout <= 0:
+            return False
+        try:
+            await self.service.api.linearizable(timeout)
+        except (RequestError, TimeoutError):
+            return False  # each read tries on its own, and answers its own error
+        return True
 
 
 def response_header(runtime: RaftRuntime, revision: int) -> kv_pb2.ResponseHeader:

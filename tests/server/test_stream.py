@@ -38,6 +38,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster
         yield c
 
 
+@contextlib.contextmanager
+def followers_paused(cluster: ProcessCluster, leader: str) -> Iterator[None]:
+    """Every node but ``leader`` stopped (SIGSTOP) while the block runs."""
+    followers = [cluster.procs[i] for i in cluster.ids if i != leader]
+    for proc in followers:
+        proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for proc in followers:
+            proc.send_signal(signal.SIGCONT)
+
+
 def exchange(
     endpoint: str,
     requests: list[kv_pb2.StreamRequest],
@@ -151,10 +164,7 @@ def test_each_request_keeps_its_own_deadline(cluster: ProcessCluster, kind: str)
     same batch) is answered, and the stream itself ends OK long before its
     own gRPC deadline."""
     leader = cluster.wait_for_leader()
-    followers = [cluster.procs[i] for i in cluster.ids if i != leader]
-    for proc in followers:
-        proc.send_signal(signal.SIGSTOP)
-    try:
+    with followers_paused(cluster, leader):
         # 100 ms: well before CheckQuorum could step the leader down
         # (an election timeout, 300 ms here), which would make it UNAVAILABLE.
         answers = exchange(
@@ -170,11 +180,38 @@ def test_each_request_keeps_its_own_deadline(cluster: ProcessCluster, kind: str)
             timeout=20,
             kind=kind,
         )
-    finally:
-        for proc in followers:
-            proc.send_signal(signal.SIGCONT)
     assert answers[1].code == DEADLINE_EXCEEDED, answers[1]
     assert answers[2].code == OK and not answers[2].get.found, answers[2]
+    cluster.wait_for_leader()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_linearizable_read_needs_a_quorum(cluster: ProcessCluster, kind: str) -> None:
+    """With both followers paused the leader cannot confirm a ReadIndex
+    round: the linearizable reads of a batch (which share one round) end
+    DEADLINE_EXCEEDED, each at its own deadline, and are never answered from
+    the leader's memory; the serializable read beside them is."""
+    leader = cluster.wait_for_leader()
+
+    def get(n: int, consistency: int, timeout_ms: int = 0) -> kv_pb2.StreamRequest:
+        request = kv_pb2.GetRequest(key=f"{kind}/quorum", consistency=consistency)
+        return kv_pb2.StreamRequest(id=n, timeout_ms=timeout_ms, get=request)
+
+    with followers_paused(cluster, leader):
+        # Under 300 ms, the election timeout here, as in the test above.
+        answers = exchange(
+            cluster.grpc[leader],
+            [
+                get(1, kv_pb2.LINEARIZABLE, 100),
+                get(2, kv_pb2.SERIALIZABLE),
+                get(3, kv_pb2.LINEARIZABLE, 150),
+            ],
+            timeout=20,
+            kind=kind,
+        )
+    assert answers[1].code == DEADLINE_EXCEEDED, answers[1]
+    assert answers[3].code == DEADLINE_EXCEEDED, answers[3]
+    assert answers[2].code == OK, answers[2]
     cluster.wait_for_leader()
 
 
