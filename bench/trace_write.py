@@ -41,11 +41,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # The tracer every node process loads (as sitecustomize). Kept small: it
-# wraps functions, and writes one line per note to its own file.
-TRACER = r'''
+# wraps functions, and writes one line per note to its own file. Its head:
+# the file of notes of each process, and _note (bench/trace_read.py shares it).
+TRACER_HEAD = r'''
 import os, sys, time
 _dir = os.environ.get("RAMRAFT_TRACE_DIR")
 if _dir:
@@ -73,6 +76,38 @@ if _dir:
     def _note(event, index, extra=""):
         _out.write(f"{_clock():.7f} {event} {index} {extra}\n")
 
+'''
+
+# What every tracer ends with: _patches (module name -> patch(module)),
+# applied as each module loads.
+TRACER_TAIL = r"""
+    class _Finder:
+        def find_spec(self, name, path=None, target=None):
+            patch = _patches.pop(name, None)
+            if patch is None:
+                return None
+            sys.meta_path.remove(self)
+            try:
+                import importlib.util
+                spec = importlib.util.find_spec(name)
+            finally:
+                if _patches:
+                    sys.meta_path.insert(0, self)
+            loader = spec.loader
+            execute = loader.exec_module
+            def exec_module(module):
+                execute(module)
+                patch(module)
+            loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, _Finder())
+"""
+
+# The write path's notes (the stages below line them up).
+TRACER = (
+    TRACER_HEAD
+    + r'''
     def _patch_loop(L):
         R = L.RaftRuntime
         propose = R.propose
@@ -134,28 +169,9 @@ if _dir:
         "ramraft.server.runtime.transport": _patch_transport,
     }
 
-    class _Finder:
-        def find_spec(self, name, path=None, target=None):
-            patch = _patches.pop(name, None)
-            if patch is None:
-                return None
-            sys.meta_path.remove(self)
-            try:
-                import importlib.util
-                spec = importlib.util.find_spec(name)
-            finally:
-                if _patches:
-                    sys.meta_path.insert(0, self)
-            loader = spec.loader
-            execute = loader.exec_module
-            def exec_module(module):
-                execute(module)
-                patch(module)
-            loader.exec_module = exec_module
-            return spec
-
-    sys.meta_path.insert(0, _Finder())
 '''
+    + TRACER_TAIL
+)
 
 # One process's notes: {event: {index: [(time, extra), ...]}}.
 Events = dict[str, dict[int, list[tuple[float, str]]]]
@@ -268,27 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration <= 0:
         parser.error("--duration must be more than 0")
 
-    with tempfile.TemporaryDirectory(prefix="ramraft-trace-") as tmp:
-        root = Path(tmp)
-        (root / "site").mkdir()
-        (root / "site" / "sitecustomize.py").write_text(TRACER)
-        notes_dir = args.keep or root / "notes"
-        notes_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, RAMRAFT_TRACE_DIR=str(notes_dir))
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(root / "site"), env.get("PYTHONPATH", "")) if p
-        )
-        command = [
-            sys.executable, "-m", "ramraft", "bench", "--mode", args.mode, "--in-flight", "1",
-            "--duration", str(args.duration), "--json", "--no-progress",
-        ]  # fmt: skip
-        print("bench.trace_write: " + " ".join(command[2:]), file=sys.stderr)
-        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            sys.stderr.write(done.stderr[-2000:])
-            raise SystemExit(f"bench.trace_write: ramraft bench failed ({done.returncode})")
-        bench_p50 = _bench_p50(done.stdout)
-        durations = stages(load(notes_dir))
+    bench_run, durations = traced_bench(
+        "bench.trace_write", TRACER, stages, args.keep, "--mode", args.mode, "--in-flight", "1",
+        "--duration", str(args.duration),
+    )  # fmt: skip
+    bench_p50 = _bench_p50(bench_run)
     medians = {name: statistics.median(values) for name, values in durations.items() if values}
     writes = len(durations.get("total: propose -> resumed", []))
     if args.json:
@@ -302,17 +302,53 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _bench_p50(stdout: str) -> float | None:
-    """p50 in ms from ``ramraft bench --json`` output, if it parses."""
+def traced_bench(
+    prog: str,
+    tracer: str,
+    lineup: Callable[[dict[int, Events]], dict[str, list[float]]],
+    keep: Path | None,
+    *bench_args: str,
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Run ``ramraft bench BENCH_ARGS --json`` with ``tracer`` as every
+    process's sitecustomize, noting into a directory (``keep``, or a
+    temporary one); returns the bench's one run (its JSON) and what
+    ``lineup`` makes of the notes."""
+    with tempfile.TemporaryDirectory(prefix="ramraft-trace-") as tmp:
+        root = Path(tmp)
+        (root / "site").mkdir()
+        (root / "site" / "sitecustomize.py").write_text(tracer)
+        notes_dir = keep or root / "notes"
+        notes_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, RAMRAFT_TRACE_DIR=str(notes_dir))
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(root / "site"), env.get("PYTHONPATH", "")) if p
+        )
+        command = [sys.executable, "-m", "ramraft", "bench", *bench_args, "--json", "--no-progress"]
+        print(f"{prog}: " + " ".join(command[2:]), file=sys.stderr)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            sys.stderr.write(done.stderr[-2000:])
+            raise SystemExit(f"{prog}: ramraft bench failed ({done.returncode})")
+        return _bench_run(done.stdout), lineup(load(notes_dir))
+
+
+def _bench_run(stdout: str) -> dict[str, Any]:
+    """The first run of ``ramraft bench --json`` output ({} if it does not parse)."""
     try:
         document = json.loads(stdout)
     except json.JSONDecodeError:
-        return None
+        return {}
     runs = document.get("runs") if isinstance(document, dict) else None
     for run in runs or []:
-        if isinstance(run, dict) and run.get("p50_ms") is not None:
-            return float(run["p50_ms"])
-    return None
+        if isinstance(run, dict):
+            return run
+    return {}
+
+
+def _bench_p50(run: dict[str, Any]) -> float | None:
+    """The bench run's p50 in ms, if it has one."""
+    p50 = run.get("p50_ms")
+    return float(p50) if p50 is not None else None
 
 
 if __name__ == "__main__":
