@@ -578,7 +578,7 @@ class _SharedRound:
     def __init__(self, service: KVService) -> None:
         self.service = service
 
-    def wants(self, request: kv_pb2.StreamRequest, op: str) -> bool:
+    def wants(self, request: kv_pb2.StreamRequest, op: str | None) -> bool:
         if op == "get":
             consistency = request.get.consistency
         elif op == "range":
@@ -588,22 +588,35 @@ class _SharedRound:
         # An unknown value is left to the read itself, which refuses it.
         return consistency == kv_pb2.LINEARIZABLE
 
-    async def confirm(
+    def ask(
         self,
         requests: list[tuple[kv_pb2.StreamRequest, float]],
         stream: grpc.aio.ServicerContext[Any, Any],
-    ) -> bool:
+    ) -> asyncio.Future[bool]:
+        loop = asyncio.get_running_loop()
         # The round may take as long as the read whose deadline comes first.
         request, arrived = min(requests, key=_own_deadline)
         remaining = _OpContext(stream, request.timeout_ms, arrived).time_remaining()
         timeout = self.service.limits.deadline(remaining)
-        if timeout <= 0:
-            return False
-        try:
-            await self.service.api.linearizable(timeout)
-        except (RequestError, TimeoutError):
-            return False  # each read tries on its own, and answers its own error
-        return True
+        index = None
+        if timeout > 0:
+            with contextlib.suppress(RequestError):
+                index = self.service.runtime.ask_read_index()  # asked now
+        if index is None:
+            refused: asyncio.Future[bool] = loop.create_future()
+            refused.set_result(False)  # each read tries on its own, and answers its own error
+            return refused
+        return loop.create_task(_confirmed(index, timeout))
+
+
+async def _confirmed(index: asyncio.Future[int], timeout: float) -> bool:
+    """Whether the read index ``index`` came (and was applied) in time."""
+    try:
+        async with asyncio.timeout(timeout):
+            await index
+    except (RequestError, TimeoutError):
+        return False
+    return True
 
 
 def response_header(runtime: RaftRuntime, revision: int) -> kv_pb2.ResponseHeader:

@@ -315,11 +315,17 @@ class RaftRuntime:
         """Confirm a linearizable read (thesis 6.4); returns once the state
         machine has applied the read index, so reading it now is
         linearizable. Works on followers too (the leader is asked)."""
+        return await self.ask_read_index()
+
+    def ask_read_index(self) -> asyncio.Future[int]:
+        """``read_index`` asked for now, without waiting: the Raft loop's
+        next turn starts its round (or queues it behind the one out); the
+        future is what ``read_index`` returns."""
         self.check_available()
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._read_requests.append((next(self._read_ids).to_bytes(8, "big"), fut))
         self._wake.set()
-        return await fut
+        return fut
 
     async def propose_conf_change(self, change: ConfChange) -> int:
         """Propose one membership change (this node must lead) and return

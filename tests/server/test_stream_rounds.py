@@ -40,13 +40,14 @@ class _Round:
         self.done = asyncio.Event()
         self.asked: list[list[int]] = []  # the request ids of each round
 
-    def wants(self, request: kv_pb2.StreamRequest, op: str) -> bool:
+    def wants(self, request: kv_pb2.StreamRequest, op: str | None) -> bool:
         return op == "get" and request.get.consistency == LINEARIZABLE
 
-    async def confirm(
-        self, requests: list[tuple[kv_pb2.StreamRequest, float]], stream: Any
-    ) -> bool:
+    def ask(self, requests: list[tuple[kv_pb2.StreamRequest, float]], stream: Any) -> Any:
         self.asked.append([request.id for request, _ in requests])
+        return asyncio.ensure_future(self._outcome())
+
+    async def _outcome(self) -> bool:
         await self.done.wait()
         return self.outcome
 
