@@ -192,7 +192,9 @@ def _expire(answer: asyncio.Future[Any]) -> None:
 
 class AsyncClient(AsyncRevisionsMixin, _core.ClientBase):
     """An asyncio ramraft client (grpc.aio). Use it from one event loop; many
-    calls may run at once (each write has its own session sequence).
+    calls may run at once (each write has its own session sequence), and
+    the calls made together share one stream message: share one client
+    among a process's coroutines rather than dealing calls out to several.
 
     ``endpoints``: ``"host:port,host:port"`` or a list; any node will do (a
     follower forwards to the leader). ``timeout``: the default overall
