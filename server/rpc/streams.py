@@ -242,6 +242,7 @@ class StreamServer:
         self._started = 0
         self._slots = 0  # admitted requests whose answer is not written yet
         self._reading = True
+        self._rounds_out: set[asyncio.Future[bool]] = set()  # asked, not done
 
     async def run(self, requests: AsyncIterator[Any]) -> None:
         reader = asyncio.create_task(self._read_all(requests))
@@ -251,6 +252,8 @@ class StreamServer:
             reader.cancel()
             for task in list(self._running.values()):
                 task.cancel()
+            for asked in list(self._rounds_out):
+                asked.cancel()  # nobody is left to read what it confirms
             self._window.close()
             gate = self._gate
             if gate is not None:
@@ -378,7 +381,13 @@ class StreamServer:
         if rounds is None:
             return None
         reads = [(r, arrived) for r in batch if rounds.wants(r, r.WhichOneof("op"))]
-        return rounds.ask(reads, self._context) if reads else None
+        if not reads:
+            return None
+        asked = rounds.ask(reads, self._context)
+        if not asked.done():
+            self._rounds_out.add(asked)
+            asked.add_done_callback(self._rounds_out.discard)
+        return asked
 
     def _after_round(self, reads: list[_Deferred], shared: asyncio.Future[bool] | None) -> None:
         """Serve ``reads`` once the ``shared`` round is done (each on its

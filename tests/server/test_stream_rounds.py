@@ -9,6 +9,7 @@ answered from a leader that cannot confirm its leadership."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -45,7 +46,8 @@ class _Round:
 
     def ask(self, requests: list[tuple[kv_pb2.StreamRequest, float]], stream: Any) -> Any:
         self.asked.append([request.id for request, _ in requests])
-        return asyncio.ensure_future(self._outcome())
+        self.out = asyncio.ensure_future(self._outcome())
+        return self.out
 
     async def _outcome(self) -> bool:
         await self.done.wait()
@@ -124,3 +126,23 @@ def test_without_a_round_share_every_read_is_served_at_once() -> None:
 
     asyncio.run(run())
     assert sorted(served) == [(n, False) for n in range(1, 6)]
+
+
+def test_a_stream_that_ends_gives_up_its_round() -> None:
+    """The stream's call is cancelled (the client went away) while its
+    round is out: the round's waiter is cancelled too, nothing is served."""
+    served: list[tuple[int, bool]] = []
+    round_ = _Round(True)
+
+    async def run() -> None:
+        running = asyncio.create_task(_server(served, _Stream(), round_).run(_one_batch()))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await asyncio.sleep(0)
+        assert round_.out.cancelled()
+
+    asyncio.run(run())
+    assert sorted(served) == [(2, False), (4, False)]  # the reads never ran
