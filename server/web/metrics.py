@@ -323,6 +323,11 @@ class NodeMetrics:
         if process:
             ProcessCollector(registry=reg)
         self.rates = RateWindow()
+        # (api, rpc, code) -> what observe_request feeds: prometheus_client's
+        # labels() takes a lock and checks its arguments on every call, and
+        # was half of the 3.8 us a request's report cost. Bounded as the
+        # labels are (RPC names, routes, HTTP methods and status codes).
+        self._request_series: dict[tuple[str, str, str], tuple[Any, Any, str]] = {}
         self._last_leader: tuple[int, str] = (0, "")
 
     # ---- hooks ------------------------------------------------------------------------------
@@ -367,9 +372,18 @@ class NodeMetrics:
         return observe
 
     def observe_request(self, api: str, rpc: str, code: str, seconds: float) -> None:
-        self.requests.labels(api, rpc, code).inc()
-        self.request_seconds.labels(api, rpc).observe(seconds)
-        self.rates.add(f"{api} {rpc}")
+        key = (api, rpc, code)
+        series = self._request_series.get(key)
+        if series is None:
+            series = self._request_series[key] = (
+                self.requests.labels(api, rpc, code),
+                self.request_seconds.labels(api, rpc),
+                f"{api} {rpc}",
+            )
+        count, latency, rate = series
+        count.inc()
+        latency.observe(seconds)
+        self.rates.add(rate)
 
     # ---- output -----------------------------------------------------------------------------
 
