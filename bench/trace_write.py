@@ -201,8 +201,10 @@ def stages(
     notes: dict[int, dict[str, dict[int, list[tuple[float, str]]]]],
 ) -> dict[str, list[float]]:
     """Per stage, the durations (µs) of every traced write."""
-    leader = next((p for p, ev in notes.items() if ev.get("propose")), None)
-    if leader is None:
+    # The process that proposed the most: another node may have led first,
+    # for the few proposals made before the bench moved leadership.
+    leader = max(notes, key=lambda p: len(notes[p].get("propose", {})), default=None)
+    if leader is None or not notes[leader].get("propose"):
         raise SystemExit("bench.trace_write: no write was traced (did the nodes start?)")
     lead = notes[leader]
     followers = {p: ev for p, ev in notes.items() if p != leader}

@@ -73,6 +73,18 @@ def test_the_stages_follow_the_first_acknowledgement(tmp_path: Path) -> None:
     }
 
 
+def test_the_leader_is_the_node_that_proposed_most(tmp_path: Path) -> None:
+    """Another node led first, for one proposal before the bench moved
+    leadership (CI saw it: two writes traced of 700); its notes come first."""
+    write_notes(tmp_path)
+    with (tmp_path / "trace.1").open("a") as leader:
+        leader.write("0.0010000 propose 8 \n")  # the run's last write, not finished
+    (tmp_path / "trace.9").write_text("0.0000010 propose 3 \n0.0000020 resumed 3 \n")
+    notes = load(tmp_path)
+    notes = {9: notes.pop(9), **notes}
+    assert len(stages(notes)["total: propose -> resumed"]) == 1  # entry 7, from pid 1
+
+
 def test_the_tracer_notes_every_stage_of_a_real_cluster(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench.trace_write", "--duration", "1", "--json"],
