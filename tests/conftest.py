@@ -39,8 +39,17 @@ def _run_slow(config: pytest.Config) -> bool:
     return bool(config.getoption("--run-slow")) or os.environ.get(SLOW_ENV, "") not in ("", "0")
 
 
+# A soak runs for as long as it is told (minutes, by default 30 for the
+# chaos soak): pyproject's per-test timeout (600 s) would end it midway.
+# A soak without a timeout of its own gets this one instead.
+SOAK_TIMEOUT_SECONDS = 3 * 3600
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if _run_slow(config):
+        for item in items:
+            if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+                item.add_marker(pytest.mark.timeout(SOAK_TIMEOUT_SECONDS))
         return
     skip = pytest.mark.skip(
         reason=f"slow (a soak; its bounded form runs by default): run with --run-slow "

@@ -44,13 +44,17 @@ CHAOS_SECONDS = float(os.environ.get("RAMRAFT_CHAOS_SECONDS", "100"))
 SOAK_MINUTES = float(os.environ.get("RAMRAFT_SOAK_MINUTES", "30"))
 
 
+# The faults, then the checks (up to a few minutes on a loaded machine):
+# pyproject's 600 s per test would end a longer RAMRAFT_CHAOS_SECONDS midway.
 @pytest.mark.chaos
+@pytest.mark.timeout(max(600, CHAOS_SECONDS + 480))
 def test_cluster_survives_the_nemesis(lab_net: ChaosNet, tmp_path: Path) -> None:
     survives(lab_net, tmp_path, CHAOS_SECONDS)
 
 
 @pytest.mark.slow
 @pytest.mark.chaos
+@pytest.mark.timeout(SOAK_MINUTES * 60 + 480)
 def test_cluster_survives_a_long_nemesis(lab_net: ChaosNet, tmp_path: Path) -> None:
     """The soak: the same, for RAMRAFT_SOAK_MINUTES of faults."""
     survives(lab_net, tmp_path, SOAK_MINUTES * 60)
