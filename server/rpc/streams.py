@@ -301,7 +301,7 @@ class StreamServer:
                 # A batch of a light stream's few requests is still light:
                 # their small answers may come from the reserve.
                 light = held is not None and held.light and len(batch) <= InflightLimiter.LIGHT
-                shared = self._ask_round(batch, arrived)
+                shared, waits = self._ask_round(batch, arrived)
                 if shared is not None:
                     # Two turns of the event loop: in the first the Raft
                     # loop starts the round, in the second the heartbeats
@@ -324,9 +324,7 @@ class StreamServer:
                     # A lone request takes its answer from the message's
                     # reservation, exactly as on KV.Stream.
                     own = held if len(batch) == 1 else self._answer_reservation(light)
-                    self._start(
-                        request, carrier, own, arrived, reads if shared is not None else None
-                    )
+                    self._start(request, carrier, own, arrived, reads if waits[n] else None)
                 self._after_round(reads, shared)
         finally:
             self._reading = False
@@ -351,8 +349,8 @@ class StreamServer:
     ) -> None:
         """Admit ``request`` and start serving it, or answer its refusal.
         ``reservation``: what it may grow for its answer (CALL_RESERVATION).
-        A linearizable read is added to ``reads`` instead, when given, to be
-        served after the batch's round (``_after_round``)."""
+        Given ``reads`` (the request waits for the batch's round), it is
+        added there instead, to be served after the round (``_after_round``)."""
         own = reservation if reservation is not message.reservation else None
         op = request.WhichOneof("op")
         gate = self._gate
@@ -363,7 +361,7 @@ class StreamServer:
         assert op is not None
         self._slots += 1
         served = (request, op, message, reservation, own, arrived)
-        if reads is not None and self._rounds is not None and self._rounds.wants(request, op):
+        if reads is not None:
             reads.append(served)
             return
         self._launch(served)
@@ -374,20 +372,23 @@ class StreamServer:
 
     def _ask_round(
         self, batch: Sequence[kv_pb2.StreamRequest], arrived: float
-    ) -> asyncio.Future[bool] | None:
+    ) -> tuple[asyncio.Future[bool] | None, list[bool]]:
         """One ReadIndex round asked for the batch's linearizable reads (all
-        of which have arrived), or None if it has none."""
+        of which have arrived), None if it has none; and, for each request
+        of the batch, whether it waits for that round."""
         rounds = self._rounds
         if rounds is None:
-            return None
-        reads = [(r, arrived) for r in batch if rounds.wants(r, r.WhichOneof("op"))]
-        if not reads:
-            return None
-        asked = rounds.ask(reads, self._context)
+            return None, [False] * len(batch)
+        waits = [rounds.wants(r, r.WhichOneof("op")) for r in batch]
+        if not any(waits):
+            return None, waits
+        asked = rounds.ask(
+            [(r, arrived) for r, w in zip(batch, waits, strict=True) if w], self._context
+        )
         if not asked.done():
             self._rounds_out.add(asked)
             asked.add_done_callback(self._rounds_out.discard)
-        return asked
+        return asked, waits
 
     def _after_round(self, reads: list[_Deferred], shared: asyncio.Future[bool] | None) -> None:
         """Serve ``reads`` once the ``shared`` round is done (each on its
