@@ -32,15 +32,20 @@ test; the tracer's machinery is bench/trace_write.py's.
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import collections
 import itertools
 import json
 import statistics
-from pathlib import Path
 
-from bench.trace_write import TRACER_HEAD, TRACER_TAIL, Events, traced_bench
+from bench.trace_write import (
+    TRACER_HEAD,
+    TRACER_TAIL,
+    Events,
+    traced_bench,
+    tracer_args,
+    tracer_parser,
+)
 
 # The read path's notes. Rounds are noted by their id (consensus/read_only.py
 # round_context); messages between nodes by the round they carry.
@@ -229,18 +234,9 @@ def _round(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.trace_read",
-        description=__doc__.split("\n\n")[2] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tracer_parser("bench.trace_read", __doc__)
     parser.add_argument("--in-flight", type=int, default=64, help="reads in flight (default 64)")
-    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds")
-    parser.add_argument("--keep", type=Path, help="keep the raw notes in this directory")
-    parser.add_argument("--json", action="store_true", help="print the medians as JSON")
-    args = parser.parse_args(argv)
-    if args.duration <= 0:
-        parser.error("--duration must be more than 0")
+    args = tracer_args(parser, argv)
     if args.in_flight < 1:
         parser.error("--in-flight must be at least 1")
     run, durations = traced_bench(

@@ -266,12 +266,30 @@ def stages(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def tracer_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """The command line every tracer takes (--duration, --keep, --json),
+    described by the third paragraph of its module's ``doc``; add yours."""
     parser = argparse.ArgumentParser(
-        prog="python -m bench.trace_write",
-        description=__doc__.split("\n\n")[2] if __doc__ else None,
+        prog=f"python -m {prog}",
+        description=doc.split("\n\n")[2] if doc else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds")
+    parser.add_argument("--keep", type=Path, help="keep the raw notes in this directory")
+    parser.add_argument("--json", action="store_true", help="print the medians as JSON")
+    return parser
+
+
+def tracer_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser``'s arguments, with --duration refused in one line unless positive."""
+    args = parser.parse_args(argv)
+    if args.duration <= 0:
+        parser.error("--duration must be more than 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = tracer_parser("bench.trace_write", __doc__)
     parser.add_argument(
         "--mode",
         choices=("inproc-write", "write"),
@@ -279,13 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         help="inproc-write: NodeAPI.write in the leader's process (default); "
         "write: AsyncClient over gRPC from a client process",
     )
-    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds")
-    parser.add_argument("--keep", type=Path, help="keep the raw notes in this directory")
-    parser.add_argument("--json", action="store_true", help="print the medians as JSON")
-    args = parser.parse_args(argv)
-    if args.duration <= 0:
-        parser.error("--duration must be more than 0")
-
+    args = tracer_args(parser, argv)
     bench_run, durations = traced_bench(
         "bench.trace_write", TRACER, stages, args.keep, "--mode", args.mode, "--in-flight", "1",
         "--duration", str(args.duration),

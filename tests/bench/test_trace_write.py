@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from bench.trace_write import load, stages
+from tests.bench.notes import write_notes as write_files
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,14 +45,7 @@ cut short when the node was kil
 
 
 def write_notes(directory: Path) -> None:
-    for pid, text in ((1, LEADER), (2, FIRST), (3, SECOND)):
-        lines = []
-        for line in text.splitlines():
-            parts = line.split(" ")
-            if parts[0].isdigit():
-                parts[0] = f"{int(parts[0]) / 1e6:.7f}"
-            lines.append(" ".join(parts))
-        (directory / f"trace.{pid}").write_text("\n".join(lines) + "\n")
+    write_files(directory, {1: LEADER, 2: FIRST, 3: SECOND})
 
 
 def test_the_stages_follow_the_first_acknowledgement(tmp_path: Path) -> None:
