@@ -593,6 +593,7 @@ class AsyncClient(AsyncRevisionsMixin, _core.ClientBase):
             pinned=endpoint,
             method=method,
             sequence=session.sequence if session is not None else None,
+            write=session is not None,
         )
         while True:
             target, attempt_timeout = attempts.next()

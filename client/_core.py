@@ -354,7 +354,15 @@ class SessionTracker:
 
 class EndpointRing:
     """The endpoints, and which one to try next. Calls stick to an endpoint
-    that works; a failure moves on; a leader hint jumps to the leader."""
+    that works; a failure moves on; a leader hint jumps to the leader.
+
+    Writes also know the leader a follower named when it forwarded one
+    (``lead``): they go there directly, while reads stay where they are
+    (any node serves them, and spreading them spreads the load). A write
+    forwarded costs the follower and the leader a gRPC call each, unbatched:
+    a client that stayed on a follower wrote at a fifth of the rate of one
+    on the leader (16 in flight, 856 against 4,124/s). A failure at that
+    leader sends writes back to the ring."""
 
     def __init__(self, endpoints: Sequence[str], rng: random.Random) -> None:
         self._configured = list(endpoints)
@@ -362,19 +370,28 @@ class EndpointRing:
         # Different clients start at different nodes, to spread the load.
         self._current = rng.randrange(len(self._endpoints))
         self._bad_hints: dict[str, float] = {}
+        self._leader: str | None = None  # where writes go, if not to current()
         self._lock = threading.Lock()
 
     @property
     def endpoints(self) -> list[str]:
         return list(self._endpoints)
 
-    def current(self) -> str:
+    def current(self, write: bool = False) -> str:
+        """Where the next call goes (``write``: a write's, the leader when
+        a follower named it)."""
         with self._lock:
+            if write and self._leader is not None:
+                return self._leader
             return self._endpoints[self._current % len(self._endpoints)]
 
     def failed(self, endpoint: str, *, connection: bool) -> None:
         """``endpoint`` failed: move past it (if no other call did already)."""
         with self._lock:
+            if endpoint == self._leader:
+                self._leader = None  # writes go to the ring again
+                if connection and endpoint not in self._configured:
+                    self._bad_hints[endpoint] = time.monotonic() + BAD_HINT_SECONDS
             if endpoint not in self._endpoints:
                 return
             i = self._endpoints.index(endpoint)
@@ -385,6 +402,18 @@ class EndpointRing:
                 self._current = i % len(self._endpoints)
             elif self._current % len(self._endpoints) == i:
                 self._current = (i + 1) % len(self._endpoints)
+
+    def lead(self, address: str) -> None:
+        """A follower forwarded a write to ``address``, the leader: send
+        writes there from now on (reads stay where they are)."""
+        try:
+            (address,) = parse_endpoints([address])
+        except (ValueError, TypeError):
+            return
+        with self._lock:
+            if self._bad_hints.get(address, 0.0) > time.monotonic():
+                return
+            self._leader = address
 
     def hint(self, address: str) -> bool:
         """Prefer ``address`` (the leader) from now on. Returns whether the
@@ -482,8 +511,10 @@ class CallAttempts:
         pinned: str | None = None,
         method: str = "",
         sequence: int | None = None,
+        write: bool = False,
     ) -> None:
         self._ring = ring
+        self._write = write  # goes to the leader a follower named (EndpointRing.lead)
         self._policy = policy
         self._rng = rng
         self._pinned = pinned
@@ -504,7 +535,7 @@ class CallAttempts:
         remaining = self.remaining()
         if remaining <= 0.001:
             raise self._give_up()
-        endpoint = self._pinned or self._ring.current()
+        endpoint = self._pinned or self._ring.current(self._write)
         timeout = remaining
         if self._policy.attempt_timeout is not None and not self._pinned:
             timeout = min(timeout, self._policy.attempt_timeout)
@@ -513,7 +544,11 @@ class CallAttempts:
 
     def succeeded(self, trailing: Iterable[tuple[str, str | bytes]] | None) -> None:
         hint = leader_hint(trailing)
-        if hint is not None and self._pinned is None:
+        if hint is None or self._pinned is not None:
+            return
+        if self._write:
+            self._ring.lead(hint)  # a follower forwarded it: write there next
+        else:
             self._ring.hint(hint)
 
     def failed(self, endpoint: str, error: grpc.RpcError) -> float:

@@ -661,6 +661,7 @@ class Client(RevisionsMixin, _core.ClientBase):
             pinned=endpoint,
             method=method,
             sequence=session.sequence if session is not None else None,
+            write=session is not None,
         )
         while True:
             target, attempt_timeout = attempts.next()

@@ -4,7 +4,11 @@ isort:skip_file
 The ramraft key-value API: what clients in any language call.
 
 Every node accepts every request: a follower forwards writes to the leader
-and serves LINEARIZABLE reads by asking the leader for a read index.
+and serves LINEARIZABLE reads by asking the leader for a read index. A
+write a follower forwarded succeeds with the leader's address in trailing
+metadata "ramraft-leader" (in a stream: StreamResponse.leader): a client
+does better to send its next writes there, since forwarding costs the
+follower and the leader a call each.
 
 Errors (gRPC status codes):
   INVALID_ARGUMENT   bad input: empty key, key over the key limit (1 KiB by
@@ -743,8 +747,8 @@ class StreamResponse(_message.Message):
     message: _builtins.str
     """The status message that goes with `code` (empty when code is 0)."""
     leader: _builtins.str
-    """With UNAVAILABLE: the leader's address when known (the unary calls'
-    "ramraft-leader" trailing metadata).
+    """With UNAVAILABLE, or with a write a follower forwarded: the leader's
+    address when known (the unary calls' "ramraft-leader" trailing metadata).
     """
     @_builtins.property
     def put(self) -> Global___PutResponse:

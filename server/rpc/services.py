@@ -297,7 +297,21 @@ class KVService(kv_pb2_grpc.KVServicer):
             command, _timeout(context, self.limits), retry_unsafe=safe
         )
         check_command_result(result)
+        self._name_leader(context)
         return index, result
+
+    def _name_leader(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """A follower (which forwarded the write) names the leader in its
+        answer, as it does in a refusal: the client sends its next writes
+        there (client/_core.py EndpointRing.lead). A forwarded write costs a
+        gRPC call between the nodes each, with no batching: a client that
+        stayed on a follower wrote at a fifth of the leader's rate."""
+        core = self.runtime.core
+        if core is None or core.role is Role.LEADER:
+            return
+        leader = self.runtime.leader_client_address()
+        if leader:
+            context.set_trailing_metadata(((LEADER_METADATA_KEY, leader),))
 
     async def _txn(
         self, txn: Txn, session: Session | None, context: grpc.aio.ServicerContext[Any, Any]
@@ -558,7 +572,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         except Exception as e:  # a bug: answer this request, keep the stream
             log.exception("stream_request_failed", op=op)
             return stream_error(request, (grpc.StatusCode.INTERNAL, f"internal error: {e}"))
-        response = kv_pb2.StreamResponse(id=request.id)
+        response = kv_pb2.StreamResponse(id=request.id, leader=context.leader)
         getattr(response, op).CopyFrom(result)
         return response
 

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from ramraft.client._core import (
+    CallAttempts,
     EndpointRing,
     RetryPolicy,
     SessionTracker,
@@ -81,6 +82,50 @@ def test_ring_rotates_and_follows_hints() -> None:
     assert "d:1" not in ring.endpoints
     assert ring.hint("d:1") is False
     assert ring.endpoints == ["a:1", "b:1", "c:1"]
+
+
+def test_writes_go_to_the_leader_a_follower_named() -> None:
+    """A follower that forwarded a write names the leader: writes go there
+    from then on, reads stay where they were; a failure at that leader
+    sends writes back to the ring (which forwards again)."""
+    ring = EndpointRing(["a:1", "b:1", "c:1"], _Zero())
+    ring.lead("b:1")
+    assert (ring.current(write=True), ring.current()) == ("b:1", "a:1")
+    ring.failed("b:1", connection=False)
+    assert (ring.current(write=True), ring.current()) == ("a:1", "a:1")
+    ring.lead("not an address")
+    assert ring.current(write=True) == "a:1"
+    # A leader outside the configured endpoints (a service address in
+    # front of the pods, say) that cannot be reached is not named again for
+    # a while; the configured endpoints keep their place.
+    ring.lead("d:1")
+    assert ring.current(write=True) == "d:1"
+    ring.failed("d:1", connection=True)
+    assert ring.current(write=True) == "a:1"
+    ring.lead("d:1")
+    assert ring.current(write=True) == "a:1"
+    assert ring.endpoints == ["a:1", "b:1", "c:1"]
+
+
+def test_a_write_follows_a_success_hint_and_a_read_does_not() -> None:
+    """CallAttempts: a write that succeeded with a leader hint sends the
+    next writes to that leader; the next read still goes to the ring."""
+    ring = EndpointRing(["a:1", "b:1", "c:1"], _Zero())
+    rng = random.Random(0)
+
+    def attempts(write: bool) -> CallAttempts:
+        return CallAttempts(ring, 5.0, RetryPolicy(), rng, method="Put", write=write)
+
+    write = attempts(write=True)
+    assert write.next()[0] == "a:1"
+    write.succeeded([("ramraft-leader", "c:1")])
+    assert attempts(write=True).next()[0] == "c:1"
+    assert attempts(write=False).next()[0] == "a:1"
+    read = attempts(write=False)
+    read.next()
+    read.succeeded([("ramraft-leader", "b:1")])  # a read's hint moves the ring itself
+    assert attempts(write=False).next()[0] == "b:1"
+    assert attempts(write=True).next()[0] == "c:1"
 
 
 def test_leader_hint_reads_metadata() -> None:
