@@ -61,6 +61,10 @@ class _Answer:
 
 _END_OF_REQUESTS: Any = object()
 
+# How long the next batch may wait for the callers of the last one to come
+# back (see _Stream).
+GATHER_SECONDS = 0.001
+
 
 class _Stream:
     """One ``KV.StreamBatch`` (or ``KV.Stream``, where the node serves no
@@ -69,7 +73,15 @@ class _Stream:
     waiting for it. gRPC's own thread sends the requests from a queue, all
     those queued while it sent the last message in the next one. See
     client/_stream.py for what an answer, a timeout and the stream's end
-    mean."""
+    mean.
+
+    Threads come back one by one: the answers of a batch wake its callers
+    in turn, each needing the GIL, so the first of them to call again would
+    leave in a message nearly alone. A batch therefore waits up to
+    GATHER_SECONDS for as many requests as the last batch held (a lone
+    caller's never waits): 16 threads writing 2,500-2,700 -> 3,200-3,900/s,
+    64 threads 5,200-5,500 -> 5,800-6,300/s, with 6 and 20 requests per
+    message before, 15 and 28 after."""
 
     def __init__(
         self,
@@ -86,6 +98,9 @@ class _Stream:
         self._no_batch = no_batch
         self._batched = endpoint not in no_batch
         self._outbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._last_batch = 1  # requests in the last batch sent
+        self._taken = 0  # requests taken for the batch being made
+        self._gathered = threading.Condition(threading.Lock())
         self._ids = itertools.count(1)  # next() is atomic in CPython
         self._waiting: dict[int, _Answer] = {}
         # Set once, when the stream is over: (code, details, trailing metadata).
@@ -112,15 +127,36 @@ class _Stream:
             if not self._batched:
                 yield first
                 continue
+            self._gather()
+            self._taken = 1
             batch, held = _stream.take_batch(first, self._queued)
+            self._last_batch = self._taken - (held is not None)
             yield batch
+
+    def _gather(self) -> None:
+        """With one request taken: wait (GATHER_SECONDS at most) until the
+        queue holds as many as the last batch did."""
+        want = self._last_batch
+        outbox = self._outbox
+        if want > 1 and outbox.qsize() + 1 < want:
+            with self._gathered:
+                self._gathered.wait_for(lambda: outbox.qsize() + 1 >= want, GATHER_SECONDS)
+
+    def _enqueue(self, entry: bytes) -> None:
+        self._outbox.put(entry)
+        want = self._last_batch
+        if want > 1 and self._outbox.qsize() + 1 >= want:
+            with self._gathered:
+                self._gathered.notify()
 
     def _queued(self) -> Any:
         """The next request queued (or the end of them), None if none is."""
         try:
-            return self._outbox.get_nowait()
+            entry = self._outbox.get_nowait()
         except queue.Empty:
             return None
+        self._taken += 1
+        return entry
 
     def call(self, op: str, request: Any, timeout: float) -> tuple[Any, _stream.Metadata]:
         """As client/_async.py _Stream.call, blocking."""
@@ -136,7 +172,7 @@ class _Stream:
         if ended is not None and self._waiting.pop(request_id, None) is not None:
             # The reader failed the waiting calls before this one was added.
             raise _stream.ended(self.endpoint, *ended, self._batched)
-        self._outbox.put(_stream.batch_entry(message) if self._batched else message)
+        self._enqueue(_stream.batch_entry(message) if self._batched else message)
         if not answer.lock.acquire(timeout=timeout):
             if self._waiting.pop(request_id, None) is not None:
                 raise _stream.expired()

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Coroutine
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import grpc
 import pytest
 
-from ramraft.client import AsyncClient, Client, DeadlineExceeded, Unauthenticated, _stream
+from ramraft.client import AsyncClient, Client, DeadlineExceeded, Unauthenticated, _stream, _sync
 from ramraft.client._async import _Stream as _AsyncStream
 from ramraft.client._sync import _END_OF_REQUESTS
 from ramraft.client._sync import _Stream as _SyncStream
@@ -217,8 +218,7 @@ def test_a_batch_takes_what_is_queued_within_its_limits(client: str) -> None:
     ):
         entries = [_stream.batch_entry(r) for r in requests]
         if client == "sync":
-            stream: Any = _SyncStream.__new__(_SyncStream)
-            stream._batched, stream._outbox = True, queue.SimpleQueue()
+            stream: Any = _bare_sync_stream()
             for entry in [*entries, _END_OF_REQUESTS]:
                 stream._outbox.put(entry)
             sent = list(stream._messages())
@@ -231,6 +231,59 @@ def test_a_batch_takes_what_is_queued_within_its_limits(client: str) -> None:
         batches = [kv_pb2.StreamBatchRequest.FromString(m).requests for m in sent]
         assert [len(b) for b in batches] == expected
         assert [r.SerializeToString() for b in batches for r in b] == requests
+
+
+def _bare_sync_stream() -> Any:
+    """The blocking client's batched stream without a channel: what its
+    writer (``_messages``) and ``_enqueue`` use."""
+    stream: Any = _SyncStream.__new__(_SyncStream)
+    stream._batched, stream._outbox = True, queue.SimpleQueue()
+    stream._last_batch, stream._taken = 1, 0
+    stream._gathered = threading.Condition(threading.Lock())
+    return stream
+
+
+def test_the_blocking_clients_batch_waits_for_the_last_ones_callers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Threads come back one by one, so the blocking client's next batch
+    waits (GATHER_SECONDS at most) for as many requests as the last one
+    held, and leaves as soon as they are queued; a batch whose callers do
+    not all come back leaves when the wait ends, and the one after it does
+    not wait at all."""
+    monkeypatch.setattr(_sync, "GATHER_SECONDS", 30.0)
+    stream = _bare_sync_stream()
+    messages = stream._messages()
+
+    def entry(n: int) -> bytes:
+        put = kv_pb2.PutRequest(key=f"k{n}", value=b"v")
+        return _stream.batch_entry(_stream.stream_request(n, "put", put, 5.0))
+
+    def sizes(message: bytes) -> int:
+        return len(kv_pb2.StreamBatchRequest.FromString(message).requests)
+
+    for n in range(1, 5):
+        stream._enqueue(entry(n))
+    assert sizes(next(messages)) == 4  # all queued: one batch
+    # The next one: its first request alone waits for three more, which a
+    # thread queues 0.2 s later; they leave together, long before 30 s.
+    stream._enqueue(entry(5))
+    later = threading.Timer(0.2, lambda: [stream._enqueue(entry(n)) for n in range(6, 9)])
+    started = time.monotonic()
+    later.start()
+    assert sizes(next(messages)) == 4
+    assert 0.15 < time.monotonic() - started < 10
+    # Only one comes back: it leaves when the wait ends, alone; the next
+    # lone request then leaves at once.
+    monkeypatch.setattr(_sync, "GATHER_SECONDS", 0.3)
+    stream._enqueue(entry(9))
+    started = time.monotonic()
+    assert sizes(next(messages)) == 1
+    assert time.monotonic() - started >= 0.25
+    stream._enqueue(entry(10))
+    started = time.monotonic()
+    assert sizes(next(messages)) == 1
+    assert time.monotonic() - started < 0.25
 
 
 def test_a_node_without_batches_gets_the_plain_stream(server: FakeServer) -> None:
