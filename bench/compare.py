@@ -1,7 +1,7 @@
 """ramraft beside etcd and PySyncObj, measured in one window on this machine.
 
     python -m bench.compare --install          # first time: etcd + PySyncObj into the cache
-    python -m bench.compare                    # about 6 minutes; prints the table
+    python -m bench.compare                    # about 6 minutes; prints the tables
     python -m bench.compare --duration 6 --json results.json
 
 Everything runs one after the other, within minutes, with the same loads:
@@ -12,6 +12,8 @@ Everything runs one after the other, within minutes, with the same loads:
   unary Put stubs; ramraft's ``AsyncClient`` over KV.Stream (its default)
   and over unary calls (``RAMRAFT_TRANSPORT=unary``), the bare generated
   unary stubs (``--client raw``) and bare KV.Stream (``--client stream``);
+- the same writes from threads, one per write in flight: ramraft's blocking
+  ``Client`` (``--client blocking``) against etcd's blocking Put stubs;
 - ramraft reads at 64 in flight through ``AsyncClient``, serializable and
   linearizable;
 - in-process writes at 1,000 in flight: ramraft's ``NodeAPI.write`` on a
@@ -62,6 +64,11 @@ WRITE_DRIVERS = (
     ("raw unary stubs", "raw", "unary"),
     ("raw KV.Stream", "stream", "unary"),
 )
+# The blocking Client, one thread per write in flight (a table of its own).
+BLOCKING_DRIVER = ("Client stream", "blocking", "stream")
+# etcd's drivers: (label, blocking). The blocking one (threads calling
+# blocking stubs) is what the blocking Client is compared with.
+ETCD_DRIVERS = (("etcd", False), ("etcd blocking", True))
 
 
 class CompareError(Exception):
@@ -194,30 +201,32 @@ async def section_etcd(s: Settings) -> list[dict[str, Any]]:
         cluster.start()
         target = await asyncio.to_thread(cluster.wait_leader)
         s.results["etcd_version"] = await asyncio.to_thread(peer_etcd.version, etcd)
-        for level in s.write_levels:
-            idle = await _quiet(s)
-            measure_from = time.monotonic() + s.warmup + 0.3
-            measure_to = measure_from + s.duration
-            spec = peer_etcd.EtcdLoad(
-                target=target,
-                concurrency=level,
-                connections=max(1, min(s.connections, level)),
-                value_bytes=s.value_bytes,
-                measure_from=measure_from,
-                measure_to=measure_to,
-                seed=level,
-                timeout=10.0,
-            )
-            client.submit(peer_etcd.run_etcd_load, spec)
-            pids = cluster.pids() | {"client1": client.pid}
-            cpu = await _window(pids, measure_from, measure_to)
-            plain = await client.result()
-            cpu.update(idle)
-            row = rbench.summarize(
-                "write", level, 1, "etcd", rbench.Tally.from_plain(plain), s.duration, cpu
-            )
-            rows.append(row)
-            s.progress.end("etcd " + rbench._row(row))
+        for label, blocking in ETCD_DRIVERS:
+            for level in s.write_levels:
+                idle = await _quiet(s)
+                measure_from = time.monotonic() + s.warmup + 0.3
+                measure_to = measure_from + s.duration
+                spec = peer_etcd.EtcdLoad(
+                    target=target,
+                    concurrency=level,
+                    connections=max(1, min(s.connections, level)),
+                    value_bytes=s.value_bytes,
+                    measure_from=measure_from,
+                    measure_to=measure_to,
+                    seed=level,
+                    timeout=10.0,
+                    blocking=blocking,
+                )
+                client.submit(peer_etcd.run_etcd_load, spec)
+                pids = cluster.pids() | {"client1": client.pid}
+                cpu = await _window(pids, measure_from, measure_to)
+                plain = await client.result()
+                cpu.update(idle)
+                tally = rbench.Tally.from_plain(plain)
+                row = rbench.summarize("write", level, 1, "etcd", tally, s.duration, cpu)
+                row["driver"] = label
+                rows.append(row)
+                s.progress.end(f"{label} " + rbench._row(row))
     finally:
         client.close()
         await asyncio.to_thread(cluster.stop)
@@ -295,7 +304,7 @@ class _Labelled(rbench.Progress):
 
 async def section_ramraft(s: Settings) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for label, client, transport in WRITE_DRIVERS:
+    for label, client, transport in (*WRITE_DRIVERS, BLOCKING_DRIVER):
         rows += await _ramraft(s, ["write"], s.write_levels, client, transport, label)
     return rows
 
@@ -471,6 +480,17 @@ def print_table(r: dict[str, Any], out: TextIO) -> None:
                 + f" | {_x(rates[0], e and e['ops_per_s'])} | "
                 f"{busiest(e) if e else '-'} / {busiest(cells[0]) if cells[0] else '-'} |\n"
             )
+        if any(_find(ram, "Client stream", level, "write") for level in levels):
+            out.write(
+                "\nThe blocking client, one thread per write in flight, beside etcd driven the "
+                "same way (blocking stubs):\n\n| in flight | etcd blocking stubs writes/s | "
+                "Client stream | Client stream / etcd blocking |\n|---|---|---|---|\n"
+            )
+            for level in levels:
+                e = _find(etcd, "etcd blocking", level, "write")
+                c = _find(ram, "Client stream", level, "write")
+                a, b = c and c["ops_per_s"], e and e["ops_per_s"]
+                out.write(f"| {level} | {_n(b)}{_mark(e)} | {_n(a)}{_mark(c)} | {_x(a, b)} |\n")
         one_e, one_s = _find(etcd, "etcd", 1, "write"), _find(ram, "AsyncClient stream", 1, "write")
         one_u = _find(ram, "AsyncClient unary", 1, "write")
         inproc_one = _find(r.get("inproc", []), "NodeAPI", 1, "inproc-write")

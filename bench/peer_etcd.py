@@ -29,7 +29,13 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from ramraft.tools.bench import KEY_PREFIX, Tally, closed_loop, free_ports
+from ramraft.tools.bench import (
+    KEY_PREFIX,
+    Tally,
+    closed_loop,
+    free_ports,
+    threaded_closed_loop,
+)
 
 PUT = "/etcdserverpb.KV/Put"
 STATUS = "/etcdserverpb.Maintenance/Status"
@@ -205,6 +211,9 @@ class EtcdLoad:
     measure_to: float
     seed: int
     timeout: float
+    # Threads calling blocking stubs (the driver ramraft's blocking Client
+    # is measured with: tools/bench.py threaded_closed_loop), not grpc.aio.
+    blocking: bool = False
 
 
 async def etcd_load(spec: EtcdLoad, on_done: Callable[[], None] | None = None) -> Tally:
@@ -246,6 +255,47 @@ async def etcd_load(spec: EtcdLoad, on_done: Callable[[], None] | None = None) -
     return tally
 
 
+def etcd_blocking_load(spec: EtcdLoad) -> Tally:
+    """``etcd_load`` with blocking unary stubs, one thread per call in
+    flight, sharing ``connections`` channels (as ``ramraft bench --client
+    blocking`` shares its Clients)."""
+    import grpc
+
+    m = _messages()
+    put_request, put_response = m["PutRequest"], m["PutResponse"]
+    rng = random.Random(spec.seed)
+    values = [rng.randbytes(spec.value_bytes) for _ in range(256)]
+    channels = [
+        grpc.insecure_channel(spec.target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(spec.connections)
+    ]
+    puts = [
+        channel.unary_unary(
+            PUT,
+            request_serializer=put_request.SerializeToString,
+            response_deserializer=put_response.FromString,
+        )
+        for channel in channels
+    ]
+    try:
+        for put in puts:  # connect before the clock starts
+            put(put_request(key=f"{KEY_PREFIX}warm".encode(), value=b"x"), timeout=10)
+
+        def op(n: int, caller: int) -> object:
+            key = f"{rng.getrandbits(64):016x}".encode()
+            request = put_request(key=key, value=values[n & 255])
+            return puts[caller % len(puts)](request, timeout=spec.timeout)
+
+        tally = Tally()
+        threaded_closed_loop(op, spec.concurrency, spec.measure_from, spec.measure_to, tally)
+    finally:
+        for channel in channels:
+            with contextlib.suppress(Exception):
+                channel.close()
+    return tally
+
+
 def run_etcd_load(spec: EtcdLoad) -> dict[str, Any]:
     """The client process's entry point (see bench/compare.py ClientProcess)."""
-    return asyncio.run(etcd_load(spec)).to_plain() | {"pid": os.getpid()}
+    tally = etcd_blocking_load(spec) if spec.blocking else asyncio.run(etcd_load(spec))
+    return tally.to_plain() | {"pid": os.getpid()}

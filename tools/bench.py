@@ -68,6 +68,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -193,6 +194,62 @@ async def closed_loop(
     await asyncio.gather(*(one_client(caller) for caller in range(concurrency)))
 
 
+def threaded_closed_loop(
+    op: Callable[[int, int], object],
+    concurrency: int,
+    measure_from: float,
+    measure_to: float,
+    tally: Tally,
+    on_done: Callable[[], None] | None = None,
+) -> None:
+    """``closed_loop`` for a blocking ``op``: one thread per caller, as an
+    application's worker threads share a blocking client. Each thread
+    counts into a Tally of its own (``+=`` is not atomic between threads);
+    they are merged into ``tally`` at the end."""
+    counter = iter(range(1 << 62))  # next() on it is atomic under the GIL
+    perf = time.perf_counter
+    mono = time.monotonic
+    own = [Tally() for _ in range(concurrency)]
+
+    def one_client(caller: int) -> None:
+        mine = own[caller]
+        latencies = mine.latencies
+        while True:
+            started = perf()
+            try:
+                op(next(counter), caller)
+            except Exception as e:
+                now = mono()
+                if now >= measure_to:
+                    return
+                if now >= measure_from:
+                    mine.errors += 1
+                    mine.error_kinds[_error_kind(e)] += 1
+                time.sleep(0.01)  # do not spin on a refusing cluster
+                continue
+            elapsed = perf() - started
+            now = mono()
+            mine.done += 1
+            if on_done is not None:
+                on_done()
+            if now >= measure_to:
+                return
+            if now >= measure_from:
+                mine.ok += 1
+                latencies.append(elapsed)
+
+    threads = [
+        threading.Thread(target=one_client, args=(caller,), name=f"bench-caller-{caller}")
+        for caller in range(concurrency)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for mine in own:
+        tally.merge(mine)
+
+
 def _error_kind(e: BaseException) -> str:
     code = getattr(e, "code", None)
     if callable(code):
@@ -310,7 +367,7 @@ class GrpcSpec:
     mode: str
     concurrency: int
     connections: int
-    client: str  # "library", "raw" or "stream"
+    client: str  # "library", "blocking", "raw" or "stream"
     endpoints: list[str]
     value_bytes: int
     keys: int
@@ -320,17 +377,60 @@ class GrpcSpec:
     timeout: float
 
 
+def _load_data(spec: GrpcSpec) -> tuple[random.Random, list[bytes], list[str], Any]:
+    """A run's random source, its 256 values, the keys reads read, and the
+    reads' consistency (a kv_pb2.Consistency)."""
+    from ramraft.proto import kv_pb2
+
+    rng = random.Random(spec.seed)
+    values = [rng.randbytes(spec.value_bytes) for _ in range(256)]
+    keys = [f"{KEY_PREFIX}{n:06d}" for n in range(max(1, spec.keys))]
+    linearizable = spec.mode == "read-linearizable"
+    return rng, values, keys, kv_pb2.LINEARIZABLE if linearizable else kv_pb2.SERIALIZABLE
+
+
+def _blocking_load(spec: GrpcSpec, on_done: Callable[[], None]) -> Tally:
+    """``--client blocking``: a ``Client`` per connection, shared by its
+    callers' threads (threaded_closed_loop)."""
+    from ramraft.client import Client
+
+    rng, values, keys, consistency = _load_data(spec)
+    clients = [
+        Client(
+            [spec.endpoints[n % len(spec.endpoints)]],
+            timeout=spec.timeout,
+            rng=random.Random(spec.seed + n),
+        )
+        for n in range(spec.connections)
+    ]
+
+    def op(n: int, caller: int) -> object:
+        c = clients[caller % len(clients)]
+        if spec.mode == "write":
+            return c.put(f"{rng.getrandbits(64):016x}", values[n & 255])
+        return c.get(keys[n % len(keys)], consistency=consistency)
+
+    tally = Tally()
+    try:
+        threaded_closed_loop(
+            op, spec.concurrency, spec.measure_from, spec.measure_to, tally, on_done
+        )
+    finally:
+        for c in clients:
+            with contextlib.suppress(Exception):
+                c.close()
+    return tally
+
+
 async def _grpc_load(spec: GrpcSpec, on_done: Callable[[], None]) -> Tally:
     import grpc
 
     from ramraft.client import AsyncClient
     from ramraft.proto import kv_pb2, kv_pb2_grpc
 
-    rng = random.Random(spec.seed)
-    values = [rng.randbytes(spec.value_bytes) for _ in range(256)]
-    keys = [f"{KEY_PREFIX}{n:06d}" for n in range(max(1, spec.keys))]
-    linearizable = spec.mode == "read-linearizable"
-    consistency = kv_pb2.LINEARIZABLE if linearizable else kv_pb2.SERIALIZABLE
+    if spec.client == "blocking":
+        return await asyncio.to_thread(_blocking_load, spec, on_done)
+    rng, values, keys, consistency = _load_data(spec)
     tally = Tally()
     op: Callable[[int, int], Awaitable[object]]
     closers: list[Callable[[], Awaitable[None]]] = []
@@ -1245,10 +1345,11 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--keys", type=int, default=1000, help="keys the read modes read (default 1000)")
     p.add_argument(
         "--client",
-        choices=("library", "raw", "stream"),
+        choices=("library", "blocking", "raw", "stream"),
         default="library",
-        help="gRPC driver: client.AsyncClient (default), the bare generated KVStub's unary "
-        "calls (raw), or KVStub.Stream, one stream per connection (stream)",
+        help="gRPC driver: client.AsyncClient (default); client.Client, the blocking client, "
+        "shared by one thread per request in flight (blocking); the bare generated KVStub's "
+        "unary calls (raw); or KVStub.Stream, one stream per connection (stream)",
     )
     p.add_argument(
         "--processes",

@@ -8,6 +8,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ramraft.tools.bench import (
     percentile,
     processes_for,
     summarize,
+    threaded_closed_loop,
 )
 from tests.server.procs import ProcessCluster
 
@@ -81,7 +83,7 @@ def test_bench_local_cluster_every_mode_prints_json() -> None:
         assert run["errors"] == 0, run
 
 
-@pytest.mark.parametrize("driver", ["raw", "stream"])
+@pytest.mark.parametrize("driver", ["raw", "stream", "blocking"])
 def test_bench_against_running_cluster(tmp_path: Path, driver: str) -> None:
     with ProcessCluster(tmp_path, nodes=3) as cluster:
         cluster.wait_for_leader()
@@ -175,3 +177,30 @@ def test_each_caller_keeps_its_slot() -> None:
     assert sorted(seen) == [0, 1, 2]
     assert all(len(coroutines) == 1 for coroutines in seen.values()), seen
     assert sorted(counts) == list(range(len(counts))) and tally.done == len(counts)
+
+
+def test_the_threaded_loop_keeps_each_caller_on_its_thread() -> None:
+    """threaded_closed_loop (the blocking drivers): one thread per caller,
+    each always the same; every call counted once; an error counted, not
+    raised."""
+    seen: dict[int, set[int]] = {}  # caller -> the threads that used it
+    counts: list[int] = []
+    lock = threading.Lock()
+
+    def op(n: int, caller: int) -> None:
+        with lock:
+            seen.setdefault(caller, set()).add(threading.get_ident())
+            counts.append(n)
+        if n == 5:
+            raise ValueError("refused")
+        time.sleep(0.001)
+
+    tally = Tally()
+    now = time.monotonic()
+    threaded_closed_loop(op, 4, now, now + 0.2, tally)
+    assert sorted(seen) == [0, 1, 2, 3]
+    assert all(len(threads) == 1 for threads in seen.values()), seen
+    assert len({next(iter(t)) for t in seen.values()}) == 4  # four threads
+    assert sorted(counts) == list(range(len(counts)))
+    assert tally.errors == 1 and tally.ok + tally.errors <= len(counts)
+    assert len(tally.latencies) == tally.ok > 0

@@ -43,12 +43,13 @@ def test_the_table_puts_each_figure_beside_its_peer() -> None:
         "duration_s": 5,
         "etcd_version": "3.5.1",
         "pysyncobj_version": "0.3.17",
-        "etcd": [_row("etcd", "write", 64, 5000.0)],
+        "etcd": [_row("etcd", "write", 64, 5000.0), _row("etcd blocking", "write", 64, 2500.0)],
         "ramraft": [
             _row("AsyncClient stream", "write", 64, 6000.0),
             _row("AsyncClient unary", "write", 64, 1000.0, contaminated=True),
             _row("raw unary stubs", "write", 64, 1100.0),
             _row("raw KV.Stream", "write", 64, 7000.0),
+            _row("Client stream", "write", 64, 5500.0),
         ],
         "reads": [
             _row("AsyncClient stream", "read-serializable", 64, 4000.0),
@@ -67,6 +68,8 @@ def test_the_table_puts_each_figure_beside_its_peer() -> None:
     assert "| 64 | 5,000 | 6,000 | 1,000* | 1,100 | 7,000 | 1.20 | leader 0.97 / leader 0.97 |" in (
         text
     )
+    # The blocking client against etcd's blocking stubs, in a table of its own.
+    assert "| 64 | 2,500 | 5,500 | 2.20 |" in text
     assert "linearizable / serializable 0.75; serializable / stream echo floor 0.50" in text
     assert "ramraft NodeAPI 15,000/s" in text and "PySyncObj 5,000/s" in text and "3.00x" in text
     assert "unary echo 3,000/s (300.0 us server CPU per call)" in text
@@ -139,9 +142,11 @@ def test_a_tiny_run_against_the_peers(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     results = json.loads(out.read_text())
-    (etcd,) = results["etcd"]
-    assert etcd["ops"] > 0 and etcd["errors"] == 0
-    assert "etcd leader" in etcd["cores"]
+    etcd, blocking = results["etcd"]  # grpc.aio stubs, then threads with blocking stubs
+    assert (etcd["driver"], blocking["driver"]) == ("etcd", "etcd blocking")
+    for row in (etcd, blocking):
+        assert row["ops"] > 0 and row["errors"] == 0
+        assert "etcd leader" in row["cores"]
     (pso,) = results["pysyncobj"]
     assert pso["ops"] > 0
     assert results["etcd_version"].startswith("3.5")
