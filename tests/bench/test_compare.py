@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from bench import compare, peer_etcd, peer_pysyncobj
+from tests.needs import not_installed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -130,8 +131,10 @@ def _peers_site() -> Path:
 @pytest.mark.peers
 @pytest.mark.skipif(
     peer_etcd.binary(_peers_site()) is None or not peer_pysyncobj.installed(_peers_site()),
-    reason="etcd and PySyncObj are not in bench.compare's cache (python -m bench.compare "
-    "--install-only, or RAMRAFT_BENCH_CACHE)",
+    reason=not_installed(
+        "etcd and PySyncObj in bench.compare's cache (or RAMRAFT_BENCH_CACHE)",
+        "python -m bench.compare --install-only",
+    ),
 )
 def test_a_tiny_run_against_the_peers(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
