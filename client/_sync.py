@@ -221,10 +221,12 @@ class Client(RevisionsMixin, _core.ClientBase):
     """A blocking ramraft client; safe to share between threads.
 
     ``endpoints``: ``"host:port,host:port"`` or a list; any node will do (a
-    follower forwards to the leader). ``timeout``: the default overall
-    deadline of each call, retries included, in seconds. ``attempt_timeout``:
-    the longest a single attempt may take before the client tries another
-    node (default: no limit but the deadline). ``client_id``: the session id
+    follower forwards to the leader, and names it: the client's next writes
+    go to the leader, its reads stay where it started). ``timeout``: the
+    default overall deadline of each call, retries included, in seconds.
+    ``attempt_timeout``: the longest a single attempt may take before the
+    client tries another node (default: no limit but the deadline).
+    ``client_id``: the session id
     (default: random). ``token``: a bearer token, for clusters that require
     one. ``tls``: TLS options (``TLSOptions.from_files(ca=..., cert=...,
     key=...)``); without it the connections are plaintext. ``transport``:
