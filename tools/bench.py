@@ -1098,6 +1098,21 @@ async def run_bench(args: argparse.Namespace, progress: Progress) -> dict[str, A
     }
 
 
+def _targets(target: str, endpoints: list[str], leader: str) -> list[str]:
+    """The addresses a run's clients connect to: the leader, every node,
+    or one follower (whose writes the raw and stream drivers make it
+    forward; the clients forward one and then write to the leader it
+    names)."""
+    if target == "all":
+        return list(endpoints)
+    if target == "follower":
+        followers = [a for a in endpoints if a != leader]
+        if not followers:
+            raise BenchError("--target follower: the cluster has no follower")
+        return followers[:1]
+    return [leader]
+
+
 async def _one_run(
     cluster: Cluster,
     pool: WorkerPool | None,
@@ -1112,8 +1127,8 @@ async def _one_run(
         await cluster.make_leader(INPROC_ID)
     _, leader_address = await cluster.leader()
     # Like the etcd baseline's driver, requests go to the leader unless asked
-    # otherwise (a follower would forward writes: one more hop).
-    targets = cluster.endpoints if args.target == "all" else [leader_address]
+    # otherwise (a follower forwards writes: one more hop).
+    targets = _targets(args.target, cluster.endpoints, leader_address)
     processes = 1 if inproc else processes_for(in_flight, plan.processes)
     idle: dict[str, Any] = {}
     if args.wait_quiet > 0:
@@ -1367,9 +1382,11 @@ def add_bench_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--target",
-        choices=("leader", "all"),
+        choices=("leader", "all", "follower"),
         default="leader",
-        help="send requests to the leader (default) or spread them over every node",
+        help="send requests to the leader (default), spread them over every node, or send "
+        "them to one follower (with --client raw or stream every write is forwarded to the "
+        "leader; the clients move their writes to the leader the follower names)",
     )
     p.add_argument("--timeout", type=_positive, default=10.0, help="per-request deadline (s)")
     p.add_argument(

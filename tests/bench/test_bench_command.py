@@ -16,8 +16,10 @@ import pytest
 
 from ramraft.tools.bench import (
     ALL_MODES,
+    BenchError,
     Tally,
     _modes,
+    _targets,
     closed_loop,
     percentile,
     processes_for,
@@ -83,14 +85,17 @@ def test_bench_local_cluster_every_mode_prints_json() -> None:
         assert run["errors"] == 0, run
 
 
-@pytest.mark.parametrize("driver", ["raw", "stream", "blocking"])
-def test_bench_against_running_cluster(tmp_path: Path, driver: str) -> None:
+@pytest.mark.parametrize(
+    ("driver", "target"),
+    [("raw", "leader"), ("stream", "leader"), ("blocking", "leader"), ("raw", "follower")],
+)
+def test_bench_against_running_cluster(tmp_path: Path, driver: str, target: str) -> None:
     with ProcessCluster(tmp_path, nodes=3) as cluster:
         cluster.wait_for_leader()
         done = bench(
             "--endpoints", cluster.endpoints(), "--mode", "write,read-serializable",
             "--duration", "0.5", "--warmup", "0.2", "--in-flight", "2", "--client", driver,
-            "--keys", "10", "--json", "--no-progress",
+            "--target", target, "--keys", "10", "--json", "--no-progress",
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         result = json.loads(done.stdout)
@@ -177,6 +182,17 @@ def test_each_caller_keeps_its_slot() -> None:
     assert sorted(seen) == [0, 1, 2]
     assert all(len(coroutines) == 1 for coroutines in seen.values()), seen
     assert sorted(counts) == list(range(len(counts))) and tally.done == len(counts)
+
+
+def test_targets() -> None:
+    """--target: the leader, every node, or one follower (never the leader)."""
+    nodes = ["a:1", "b:1", "c:1"]
+    assert _targets("leader", nodes, "b:1") == ["b:1"]
+    assert _targets("all", nodes, "b:1") == nodes
+    assert _targets("follower", nodes, "b:1") == ["a:1"]
+    assert _targets("follower", nodes, "a:1") == ["b:1"]
+    with pytest.raises(BenchError, match="no follower"):
+        _targets("follower", ["a:1"], "a:1")
 
 
 def test_the_threaded_loop_keeps_each_caller_on_its_thread() -> None:
