@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18ramraft/proto/raft.proto\x12\x0framraft.peer.v1\"-\n\tConfState\x12\x0e\n\x06voters\x18\x01 \x03(\t\x12\x10\n\x08learners\x18\x02 \x03(\t\"U\n\x0cSnapshotMeta\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12(\n\x04\x63onf\x18\x03 \x01(\x0b\x32\x1a.ramraft.peer.v1.ConfState\"\xe6\x02\n\x07Message\x12*\n\x04type\x18\x01 \x01(\x0e\x32\x1c.ramraft.peer.v1.MessageType\x12\x0b\n\x03src\x18\x02 \x01(\t\x12\x0b\n\x03\x64st\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x10\n\x08log_term\x18\x05 \x01(\x04\x12\r\n\x05index\x18\x06 \x01(\x04\x12\x0e\n\x06\x63ommit\x18\x07 \x01(\x04\x12\x0e\n\x06reject\x18\x08 \x01(\x08\x12\x13\n\x0breject_hint\x18\t \x01(\x04\x12\x0f\n\x07\x63ontext\x18\n \x01(\x0c\x12/\n\x08snapshot\x18\x0b \x01(\x0b\x32\x1d.ramraft.peer.v1.SnapshotMeta\x12\x13\n\x0b\x65ntry_terms\x18\x0c \x03(\x04\x12\x15\n\rentry_indexes\x18\r \x03(\x04\x12/\n\x0b\x65ntry_kinds\x18\x0e \x03(\x0e\x32\x1a.ramraft.peer.v1.EntryKind\x12\x12\n\nentry_data\x18\x0f \x03(\x0c\":\n\x0cMessageBatch\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.ramraft.peer.v1.Message\" \n\rStreamSummary\x12\x0f\n\x07\x62\x61tches\x18\x01 \x01(\x04\"I\n\x0eSnapshotHeader\x12)\n\x07message\x18\x01 \x01(\x0b\x32\x18.ramraft.peer.v1.Message\x12\x0c\n\x04size\x18\x02 \x01(\x04\"/\n\x0fSnapshotTrailer\x12\x0e\n\x06\x63rc32c\x18\x01 \x01(\x07\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\x8f\x01\n\rSnapshotChunk\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.ramraft.peer.v1.SnapshotHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x33\n\x07trailer\x18\x03 \x01(\x0b\x32 .ramraft.peer.v1.SnapshotTrailerH\x00\x42\x06\n\x04part\"H\n\x17InstallSnapshotResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"!\n\x0e\x46orwardRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\x0c\"0\n\x0f\x46orwardResponse\x12\x0e\n\x06result\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x04\")\n\x0e\x46orwardRefusal\x12\x17\n\x0f\x62\x65\x66ore_proposal\x18\x01 \x01(\x08\"%\n\x0bInfoRequest\x12\x16\n\x0e\x64igest_indexes\x18\x01 \x03(\x04\".\n\rIndexedDigest\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"\xd9\x01\n\x0cInfoResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\ncluster_id\x18\x02 \x01(\t\x12\x1d\n\x15\x61pp_version_supported\x18\x03 \x01(\r\x12\x1c\n\x14kv_version_supported\x18\x04 \x01(\r\x12\x0e\n\x06halted\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12/\n\x07\x64igests\x18\x07 \x03(\x0b\x32\x1e.ramraft.peer.v1.IndexedDigest\x12\x15\n\rapplied_index\x18\x08 \x01(\x04\"N\n\x0fHoldBlobRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\r\n\x05index\x18\x03 \x01(\x04\x12\x0e\n\x06source\x18\x04 \x01(\t\" \n\x10HoldBlobResponse\x12\x0c\n\x04held\x18\x01 \x01(\x08\"!\n\x0fReadBlobRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\" \n\x10ReadBlobResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c*\xfb\x01\n\x0bMessageType\x12\x0c\n\x08MSG_VOTE\x10\x00\x12\x11\n\rMSG_VOTE_RESP\x10\x01\x12\x10\n\x0cMSG_PRE_VOTE\x10\x02\x12\x15\n\x11MSG_PRE_VOTE_RESP\x10\x03\x12\x0e\n\nMSG_APPEND\x10\x04\x12\x13\n\x0fMSG_APPEND_RESP\x10\x05\x12\x11\n\rMSG_HEARTBEAT\x10\x06\x12\x16\n\x12MSG_HEARTBEAT_RESP\x10\x07\x12\x10\n\x0cMSG_SNAPSHOT\x10\x08\x12\x13\n\x0fMSG_TIMEOUT_NOW\x10\t\x12\x12\n\x0eMSG_READ_INDEX\x10\n\x12\x17\n\x13MSG_READ_INDEX_RESP\x10\x0b*4\n\tEntryKind\x12\x10\n\x0c\x45NTRY_NORMAL\x10\x00\x12\x15\n\x11\x45NTRY_CONF_CHANGE\x10\x01\x32\xe7\x03\n\x04Peer\x12I\n\x06Stream\x12\x1d.ramraft.peer.v1.MessageBatch\x1a\x1e.ramraft.peer.v1.StreamSummary(\x01\x12]\n\x0fInstallSnapshot\x12\x1e.ramraft.peer.v1.SnapshotChunk\x1a(.ramraft.peer.v1.InstallSnapshotResponse(\x01\x12L\n\x07\x46orward\x12\x1f.ramraft.peer.v1.ForwardRequest\x1a .ramraft.peer.v1.ForwardResponse\x12\x43\n\x04Info\x12\x1c.ramraft.peer.v1.InfoRequest\x1a\x1d.ramraft.peer.v1.InfoResponse\x12O\n\x08HoldBlob\x12 .ramraft.peer.v1.HoldBlobRequest\x1a!.ramraft.peer.v1.HoldBlobResponse\x12Q\n\x08ReadBlob\x12 .ramraft.peer.v1.ReadBlobRequest\x1a!.ramraft.peer.v1.ReadBlobResponse0\x01\x42\x30Z.github.com/ramraft/ramraft/proto/ramraftpeerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18ramraft/proto/raft.proto\x12\x0framraft.peer.v1\"-\n\tConfState\x12\x0e\n\x06voters\x18\x01 \x03(\t\x12\x10\n\x08learners\x18\x02 \x03(\t\"U\n\x0cSnapshotMeta\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12(\n\x04\x63onf\x18\x03 \x01(\x0b\x32\x1a.ramraft.peer.v1.ConfState\"\xe6\x02\n\x07Message\x12*\n\x04type\x18\x01 \x01(\x0e\x32\x1c.ramraft.peer.v1.MessageType\x12\x0b\n\x03src\x18\x02 \x01(\t\x12\x0b\n\x03\x64st\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x10\n\x08log_term\x18\x05 \x01(\x04\x12\r\n\x05index\x18\x06 \x01(\x04\x12\x0e\n\x06\x63ommit\x18\x07 \x01(\x04\x12\x0e\n\x06reject\x18\x08 \x01(\x08\x12\x13\n\x0breject_hint\x18\t \x01(\x04\x12\x0f\n\x07\x63ontext\x18\n \x01(\x0c\x12/\n\x08snapshot\x18\x0b \x01(\x0b\x32\x1d.ramraft.peer.v1.SnapshotMeta\x12\x13\n\x0b\x65ntry_terms\x18\x0c \x03(\x04\x12\x15\n\rentry_indexes\x18\r \x03(\x04\x12/\n\x0b\x65ntry_kinds\x18\x0e \x03(\x0e\x32\x1a.ramraft.peer.v1.EntryKind\x12\x12\n\nentry_data\x18\x0f \x03(\x0c\":\n\x0cMessageBatch\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.ramraft.peer.v1.Message\" \n\rStreamSummary\x12\x0f\n\x07\x62\x61tches\x18\x01 \x01(\x04\"I\n\x0eSnapshotHeader\x12)\n\x07message\x18\x01 \x01(\x0b\x32\x18.ramraft.peer.v1.Message\x12\x0c\n\x04size\x18\x02 \x01(\x04\"/\n\x0fSnapshotTrailer\x12\x0e\n\x06\x63rc32c\x18\x01 \x01(\x07\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\x8f\x01\n\rSnapshotChunk\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.ramraft.peer.v1.SnapshotHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x33\n\x07trailer\x18\x03 \x01(\x0b\x32 .ramraft.peer.v1.SnapshotTrailerH\x00\x42\x06\n\x04part\"H\n\x17InstallSnapshotResponse\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"!\n\x0e\x46orwardRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\x0c\"0\n\x0f\x46orwardResponse\x12\x0e\n\x06result\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x04\">\n\x0b\x46orwardItem\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\";\n\x0c\x46orwardBatch\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.ramraft.peer.v1.ForwardItem\"\xa0\x01\n\rForwardAnswer\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x32\n\x08response\x18\x04 \x01(\x0b\x32 .ramraft.peer.v1.ForwardResponse\x12\x30\n\x07refusal\x18\x05 \x01(\x0b\x32\x1f.ramraft.peer.v1.ForwardRefusal\"A\n\x0e\x46orwardAnswers\x12/\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x1e.ramraft.peer.v1.ForwardAnswer\")\n\x0e\x46orwardRefusal\x12\x17\n\x0f\x62\x65\x66ore_proposal\x18\x01 \x01(\x08\"%\n\x0bInfoRequest\x12\x16\n\x0e\x64igest_indexes\x18\x01 \x03(\x04\".\n\rIndexedDigest\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"\xd9\x01\n\x0cInfoResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\ncluster_id\x18\x02 \x01(\t\x12\x1d\n\x15\x61pp_version_supported\x18\x03 \x01(\r\x12\x1c\n\x14kv_version_supported\x18\x04 \x01(\r\x12\x0e\n\x06halted\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12/\n\x07\x64igests\x18\x07 \x03(\x0b\x32\x1e.ramraft.peer.v1.IndexedDigest\x12\x15\n\rapplied_index\x18\x08 \x01(\x04\"N\n\x0fHoldBlobRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\r\n\x05index\x18\x03 \x01(\x04\x12\x0e\n\x06source\x18\x04 \x01(\t\" \n\x10HoldBlobResponse\x12\x0c\n\x04held\x18\x01 \x01(\x08\"!\n\x0fReadBlobRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\" \n\x10ReadBlobResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c*\xfb\x01\n\x0bMessageType\x12\x0c\n\x08MSG_VOTE\x10\x00\x12\x11\n\rMSG_VOTE_RESP\x10\x01\x12\x10\n\x0cMSG_PRE_VOTE\x10\x02\x12\x15\n\x11MSG_PRE_VOTE_RESP\x10\x03\x12\x0e\n\nMSG_APPEND\x10\x04\x12\x13\n\x0fMSG_APPEND_RESP\x10\x05\x12\x11\n\rMSG_HEARTBEAT\x10\x06\x12\x16\n\x12MSG_HEARTBEAT_RESP\x10\x07\x12\x10\n\x0cMSG_SNAPSHOT\x10\x08\x12\x13\n\x0fMSG_TIMEOUT_NOW\x10\t\x12\x12\n\x0eMSG_READ_INDEX\x10\n\x12\x17\n\x13MSG_READ_INDEX_RESP\x10\x0b*4\n\tEntryKind\x12\x10\n\x0c\x45NTRY_NORMAL\x10\x00\x12\x15\n\x11\x45NTRY_CONF_CHANGE\x10\x01\x32\xbc\x04\n\x04Peer\x12I\n\x06Stream\x12\x1d.ramraft.peer.v1.MessageBatch\x1a\x1e.ramraft.peer.v1.StreamSummary(\x01\x12]\n\x0fInstallSnapshot\x12\x1e.ramraft.peer.v1.SnapshotChunk\x1a(.ramraft.peer.v1.InstallSnapshotResponse(\x01\x12L\n\x07\x46orward\x12\x1f.ramraft.peer.v1.ForwardRequest\x1a .ramraft.peer.v1.ForwardResponse\x12S\n\rForwardStream\x12\x1d.ramraft.peer.v1.ForwardBatch\x1a\x1f.ramraft.peer.v1.ForwardAnswers(\x01\x30\x01\x12\x43\n\x04Info\x12\x1c.ramraft.peer.v1.InfoRequest\x1a\x1d.ramraft.peer.v1.InfoResponse\x12O\n\x08HoldBlob\x12 .ramraft.peer.v1.HoldBlobRequest\x1a!.ramraft.peer.v1.HoldBlobResponse\x12Q\n\x08ReadBlob\x12 .ramraft.peer.v1.ReadBlobRequest\x1a!.ramraft.peer.v1.ReadBlobResponse0\x01\x42\x30Z.github.com/ramraft/ramraft/proto/ramraftpeerv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,10 +32,10 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ramraft.proto.raft_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z.github.com/ramraft/ramraft/proto/ramraftpeerv1'
-  _globals['_MESSAGETYPE']._serialized_start=1597
-  _globals['_MESSAGETYPE']._serialized_end=1848
-  _globals['_ENTRYKIND']._serialized_start=1850
-  _globals['_ENTRYKIND']._serialized_end=1902
+  _globals['_MESSAGETYPE']._serialized_start=1952
+  _globals['_MESSAGETYPE']._serialized_end=2203
+  _globals['_ENTRYKIND']._serialized_start=2205
+  _globals['_ENTRYKIND']._serialized_end=2257
   _globals['_CONFSTATE']._serialized_start=45
   _globals['_CONFSTATE']._serialized_end=90
   _globals['_SNAPSHOTMETA']._serialized_start=92
@@ -58,22 +58,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FORWARDREQUEST']._serialized_end=1011
   _globals['_FORWARDRESPONSE']._serialized_start=1013
   _globals['_FORWARDRESPONSE']._serialized_end=1061
-  _globals['_FORWARDREFUSAL']._serialized_start=1063
-  _globals['_FORWARDREFUSAL']._serialized_end=1104
-  _globals['_INFOREQUEST']._serialized_start=1106
-  _globals['_INFOREQUEST']._serialized_end=1143
-  _globals['_INDEXEDDIGEST']._serialized_start=1145
-  _globals['_INDEXEDDIGEST']._serialized_end=1191
-  _globals['_INFORESPONSE']._serialized_start=1194
-  _globals['_INFORESPONSE']._serialized_end=1411
-  _globals['_HOLDBLOBREQUEST']._serialized_start=1413
-  _globals['_HOLDBLOBREQUEST']._serialized_end=1491
-  _globals['_HOLDBLOBRESPONSE']._serialized_start=1493
-  _globals['_HOLDBLOBRESPONSE']._serialized_end=1525
-  _globals['_READBLOBREQUEST']._serialized_start=1527
-  _globals['_READBLOBREQUEST']._serialized_end=1560
-  _globals['_READBLOBRESPONSE']._serialized_start=1562
-  _globals['_READBLOBRESPONSE']._serialized_end=1594
-  _globals['_PEER']._serialized_start=1905
-  _globals['_PEER']._serialized_end=2392
+  _globals['_FORWARDITEM']._serialized_start=1063
+  _globals['_FORWARDITEM']._serialized_end=1125
+  _globals['_FORWARDBATCH']._serialized_start=1127
+  _globals['_FORWARDBATCH']._serialized_end=1186
+  _globals['_FORWARDANSWER']._serialized_start=1189
+  _globals['_FORWARDANSWER']._serialized_end=1349
+  _globals['_FORWARDANSWERS']._serialized_start=1351
+  _globals['_FORWARDANSWERS']._serialized_end=1416
+  _globals['_FORWARDREFUSAL']._serialized_start=1418
+  _globals['_FORWARDREFUSAL']._serialized_end=1459
+  _globals['_INFOREQUEST']._serialized_start=1461
+  _globals['_INFOREQUEST']._serialized_end=1498
+  _globals['_INDEXEDDIGEST']._serialized_start=1500
+  _globals['_INDEXEDDIGEST']._serialized_end=1546
+  _globals['_INFORESPONSE']._serialized_start=1549
+  _globals['_INFORESPONSE']._serialized_end=1766
+  _globals['_HOLDBLOBREQUEST']._serialized_start=1768
+  _globals['_HOLDBLOBREQUEST']._serialized_end=1846
+  _globals['_HOLDBLOBRESPONSE']._serialized_start=1848
+  _globals['_HOLDBLOBRESPONSE']._serialized_end=1880
+  _globals['_READBLOBREQUEST']._serialized_start=1882
+  _globals['_READBLOBREQUEST']._serialized_end=1915
+  _globals['_READBLOBRESPONSE']._serialized_start=1917
+  _globals['_READBLOBRESPONSE']._serialized_end=1949
+  _globals['_PEER']._serialized_start=2260
+  _globals['_PEER']._serialized_end=2832
 # @@protoc_insertion_point(module_scope)

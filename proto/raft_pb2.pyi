@@ -503,6 +503,130 @@ class ForwardResponse(_message.Message):
 Global___ForwardResponse: _TypeAlias = ForwardResponse  # noqa: Y015
 
 @_typing.final
+class ForwardItem(_message.Message):
+    """One write of a ForwardStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Chosen by the follower, unique on its stream; the answer carries it."""
+    command: _builtins.bytes
+    """As ForwardRequest.command."""
+    timeout_ms: _builtins.int
+    """The write's deadline, in milliseconds from its arrival at the leader
+    (0: the leader's own limit).
+    """
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        command: _builtins.bytes = ...,
+        timeout_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "id", b"id", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardItem: _TypeAlias = ForwardItem  # noqa: Y015
+
+@_typing.final
+class ForwardBatch(_message.Message):
+    """The writes a follower queued since its last message on a ForwardStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ForwardItem]:
+        """At most 1,024 (the leader ends a stream that sends more)."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___ForwardItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardBatch: _TypeAlias = ForwardBatch  # noqa: Y015
+
+@_typing.final
+class ForwardAnswer(_message.Message):
+    """The leader's answer to one ForwardItem."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The item's id."""
+    code: _builtins.int
+    """0 when the write was applied (`response` is set); otherwise the gRPC
+    status code a Forward call of it would have ended with.
+    """
+    message: _builtins.str
+    """The status message that goes with `code`."""
+    @_builtins.property
+    def response(self) -> Global___ForwardResponse:
+        """Set when code is 0."""
+
+    @_builtins.property
+    def refusal(self) -> Global___ForwardRefusal:
+        """Set with a code: whether the write was refused before it was proposed."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        response: Global___ForwardResponse | None = ...,
+        refusal: Global___ForwardRefusal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["refusal", b"refusal", "response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "id", b"id", "message", b"message", "refusal", b"refusal", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardAnswer: _TypeAlias = ForwardAnswer  # noqa: Y015
+
+@_typing.final
+class ForwardAnswers(_message.Message):
+    """The answers ready together on a ForwardStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ForwardAnswer]:
+        """In the order they completed, not the order the items came in."""
+
+    def __init__(
+        self,
+        *,
+        answers: _abc.Iterable[Global___ForwardAnswer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardAnswers: _TypeAlias = ForwardAnswers  # noqa: Y015
+
+@_typing.final
 class ForwardRefusal(_message.Message):
     """Whether a failed Forward call may have left the command in the log. The
     leader sends it, serialized, as the binary trailing metadata

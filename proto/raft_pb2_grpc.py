@@ -52,6 +52,11 @@ class PeerStub:
                 request_serializer=ramraft_dot_proto_dot_raft__pb2.ForwardRequest.SerializeToString,
                 response_deserializer=ramraft_dot_proto_dot_raft__pb2.ForwardResponse.FromString,
                 _registered_method=True)
+        self.ForwardStream = channel.stream_stream(
+                '/ramraft.peer.v1.Peer/ForwardStream',
+                request_serializer=ramraft_dot_proto_dot_raft__pb2.ForwardBatch.SerializeToString,
+                response_deserializer=ramraft_dot_proto_dot_raft__pb2.ForwardAnswers.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/ramraft.peer.v1.Peer/Info',
                 request_serializer=ramraft_dot_proto_dot_raft__pb2.InfoRequest.SerializeToString,
@@ -94,6 +99,20 @@ class PeerServicer:
         """A follower hands a client's command to the leader, which proposes it and
         answers once it is applied. `result` is the state machine's encoded reply.
         A call that fails carries a ForwardRefusal in its trailing metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForwardStream(self, request_iterator, context):
+        """Forward's writes on one long-lived stream from a follower to the
+        leader: each ForwardBatch carries the writes the follower queued while
+        it sent the last one, each with an id and its own deadline; the leader
+        answers each as Forward would, as it completes, the answers ready
+        together in one ForwardAnswers. A stream that breaks leaves its
+        unanswered writes maybe applied. Added after this release's
+        predecessors, which answer UNIMPLEMENTED: the follower then calls
+        Forward for each write.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,6 +166,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Forward,
                     request_deserializer=ramraft_dot_proto_dot_raft__pb2.ForwardRequest.FromString,
                     response_serializer=ramraft_dot_proto_dot_raft__pb2.ForwardResponse.SerializeToString,
+            ),
+            'ForwardStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ForwardStream,
+                    request_deserializer=ramraft_dot_proto_dot_raft__pb2.ForwardBatch.FromString,
+                    response_serializer=ramraft_dot_proto_dot_raft__pb2.ForwardAnswers.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
@@ -248,6 +272,33 @@ class Peer:
             '/ramraft.peer.v1.Peer/Forward',
             ramraft_dot_proto_dot_raft__pb2.ForwardRequest.SerializeToString,
             ramraft_dot_proto_dot_raft__pb2.ForwardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ramraft.peer.v1.Peer/ForwardStream',
+            ramraft_dot_proto_dot_raft__pb2.ForwardBatch.SerializeToString,
+            ramraft_dot_proto_dot_raft__pb2.ForwardAnswers.FromString,
             options,
             channel_credentials,
             insecure,

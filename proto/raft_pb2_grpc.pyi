@@ -57,6 +57,16 @@ class PeerStub:
     answers once it is applied. `result` is the state machine's encoded reply.
     A call that fails carries a ForwardRefusal in its trailing metadata.
     """
+    ForwardStream: _grpc.StreamStreamMultiCallable[_raft_pb2.ForwardBatch, _raft_pb2.ForwardAnswers]
+    """Forward's writes on one long-lived stream from a follower to the
+    leader: each ForwardBatch carries the writes the follower queued while
+    it sent the last one, each with an id and its own deadline; the leader
+    answers each as Forward would, as it completes, the answers ready
+    together in one ForwardAnswers. A stream that breaks leaves its
+    unanswered writes maybe applied. Added after this release's
+    predecessors, which answer UNIMPLEMENTED: the follower then calls
+    Forward for each write.
+    """
     Info: _grpc.UnaryUnaryMultiCallable[_raft_pb2.InfoRequest, _raft_pb2.InfoResponse]
     """What a node is and what its code supports, and its state digests: the
     leader asks every member before it names the cluster, switches versions
@@ -95,6 +105,16 @@ class PeerAsyncStub(PeerStub):
     """A follower hands a client's command to the leader, which proposes it and
     answers once it is applied. `result` is the state machine's encoded reply.
     A call that fails carries a ForwardRefusal in its trailing metadata.
+    """
+    ForwardStream: _aio.StreamStreamMultiCallable[_raft_pb2.ForwardBatch, _raft_pb2.ForwardAnswers]  # type: ignore[assignment]
+    """Forward's writes on one long-lived stream from a follower to the
+    leader: each ForwardBatch carries the writes the follower queued while
+    it sent the last one, each with an id and its own deadline; the leader
+    answers each as Forward would, as it completes, the answers ready
+    together in one ForwardAnswers. A stream that breaks leaves its
+    unanswered writes maybe applied. Added after this release's
+    predecessors, which answer UNIMPLEMENTED: the follower then calls
+    Forward for each write.
     """
     Info: _aio.UnaryUnaryMultiCallable[_raft_pb2.InfoRequest, _raft_pb2.InfoResponse]  # type: ignore[assignment]
     """What a node is and what its code supports, and its state digests: the
@@ -149,6 +169,22 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         """A follower hands a client's command to the leader, which proposes it and
         answers once it is applied. `result` is the state machine's encoded reply.
         A call that fails carries a ForwardRefusal in its trailing metadata.
+        """
+
+    @_abc_1.abstractmethod
+    def ForwardStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_raft_pb2.ForwardBatch],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_raft_pb2.ForwardAnswers], _abc.AsyncIterator[_raft_pb2.ForwardAnswers]]:
+        """Forward's writes on one long-lived stream from a follower to the
+        leader: each ForwardBatch carries the writes the follower queued while
+        it sent the last one, each with an id and its own deadline; the leader
+        answers each as Forward would, as it completes, the answers ready
+        together in one ForwardAnswers. A stream that breaks leaves its
+        unanswered writes maybe applied. Added after this release's
+        predecessors, which answer UNIMPLEMENTED: the follower then calls
+        Forward for each write.
         """
 
     @_abc_1.abstractmethod

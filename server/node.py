@@ -747,6 +747,8 @@ class Node:
         await self.lessor.close()
         if self.blobs is not None:
             await self.blobs.close()
+        if self.api is not None:
+            await self.api.close()
         await runtime.transport.close()
         await runtime.close()
         log.info("node_stopped", id=self.config.node_id)

@@ -34,14 +34,13 @@ from ramraft.server.request_errors import (
     error_message,
     wire_status,
 )
+from ramraft.server.runtime.forwarding import ForwardStreams, StreamEnded
 from ramraft.server.runtime.loop import RaftRuntime
+from ramraft.server.runtime.transport import FORWARD_REFUSAL_KEY
 
 log = structlog.get_logger("ramraft.api")
 
 DEFAULT_TIMEOUT = 5.0
-# Trailing metadata of a failed Peer.Forward: a serialized
-# raft_pb2.ForwardRefusal (proto/raft.proto).
-FORWARD_REFUSAL_KEY = "ramraft-forward-refusal-bin"
 
 
 class Deadline:
@@ -149,9 +148,17 @@ class NodeAPI:
         self.decode_result = decode_result
         self.limits = limits
         self.forwarded = 0
-        # How a write reaches the leader: Peer.Forward over gRPC, or (an
-        # in-process cluster, server/inprocess/) a direct call.
-        self._send_forward: Forwarder = forward if forward is not None else self._forward_grpc
+        # How a write reaches the leader: Peer.ForwardStream over gRPC
+        # (Peer.Forward for a leader without it), or (an in-process
+        # cluster, server/inprocess/) a direct call.
+        self.forward_streams = ForwardStreams(
+            lambda: runtime.transport, self._forward_grpc, self._forward_answer
+        )
+        self._send_forward: Forwarder = forward if forward is not None else self.forward_streams
+
+    async def close(self) -> None:
+        """End the forward streams (the node is stopping)."""
+        await self.forward_streams.close()
 
     # ---- writes -----------------------------------------------------------------------------
 
@@ -226,18 +233,19 @@ class NodeAPI:
                 metadata=self.runtime.transport.call_metadata(),
             )
         except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise TimeoutError("the request's deadline passed at the leader") from e
-            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-                raise RetryElsewhere(maybe_applied=not refused_before_proposal(e)) from e
-            if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                raise Overloaded(e.details() or "the leader is overloaded") from e
-            if e.code() == grpc.StatusCode.FAILED_PRECONDITION and refused_before_proposal(e):
-                # The leader will not propose it (a command of a version the
-                # cluster does not run yet): as final here as there.
-                raise CommandRefused(e.details() or "the leader refused the command") from e
-            raise Unavailable(f"forwarding to the leader failed: {e.details()}") from e
+            raise forward_error(e.code(), e.details() or "", refused_before_proposal(e)) from e
         return response.index, self.decode_result(response.result)
+
+    def _forward_answer(self, answer: raft_pb2.ForwardAnswer | StreamEnded) -> tuple[int, object]:
+        """A ForwardStream write's (index, result), or its error, as
+        ``_forward_grpc`` would have it: a stream that ended before the
+        answer leaves the write maybe applied."""
+        if isinstance(answer, StreamEnded):
+            raise forward_error(answer.code, answer.details, False) from answer
+        if answer.code:
+            code = _CODES.get(answer.code, grpc.StatusCode.UNKNOWN)
+            raise forward_error(code, answer.message, answer.refusal.before_proposal)
+        return answer.response.index, self.decode_result(answer.response.result)
 
     async def serve_forward(self, command: bytes, context: Any) -> raft_pb2.ForwardResponse:
         """The leader's side of ``Peer.Forward``. A refusal says whether the
@@ -275,6 +283,26 @@ class NodeAPI:
             # No leader, or leadership moved mid-read: wait for a leader, retry.
             await self.runtime.wait_for_leader(deadline.check())
             await asyncio.sleep(min(0.01, max(0.0, deadline.remaining())))
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def forward_error(code: grpc.StatusCode | None, details: str, before_proposal: bool) -> Exception:
+    """The error of a forwarded write that ended with ``code`` (Forward's
+    status, or a ForwardStream answer's): ``before_proposal`` is the
+    leader's ForwardRefusal (False when it sent none)."""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return TimeoutError("the request's deadline passed at the leader")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        return RetryElsewhere(maybe_applied=not before_proposal)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return Overloaded(details or "the leader is overloaded")
+    if code == grpc.StatusCode.FAILED_PRECONDITION and before_proposal:
+        # The leader will not propose it (a command of a version the
+        # cluster does not run yet): as final here as there.
+        return CommandRefused(details or "the leader refused the command")
+    return Unavailable(f"forwarding to the leader failed: {details}")
 
 
 def refused_before_proposal(error: grpc.aio.AioRpcError) -> bool:

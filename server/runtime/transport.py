@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -74,6 +75,11 @@ PEER_SERVICE = "ramraft.peer.v1.Peer"
 ADMIN_SERVICE = "ramraft.v1.Admin"
 CLUSTER_ID_METADATA = "ramraft-cluster-id"
 MAX_QUEUED_MESSAGES = 10_000
+# The binary trailing metadata of a failed Forward: a ForwardRefusal.
+FORWARD_REFUSAL_KEY = "ramraft-forward-refusal-bin"
+# Most writes one ForwardBatch may carry (a follower's own admission limits
+# what it forwards; this bounds one message's tasks).
+MAX_FORWARD_BATCH = 1024
 MAX_SNAPSHOT_BYTES = 1 << 40
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", PEER_MESSAGE_BYTES),
@@ -87,6 +93,43 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 500),
     ("grpc.min_reconnect_backoff_ms", 100),
 ]
+
+
+class _BadBatch(Exception):
+    """A ForwardBatch over MAX_FORWARD_BATCH: the stream ends with INVALID_ARGUMENT."""
+
+
+class _ItemFailed(Exception):
+    """One ForwardStream item ended with a status (what ``abort`` raises)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _ItemContext:
+    """The part of a ServicerContext the leader's side of Forward uses
+    (NodeAPI.serve_forward), for one item of a ForwardStream: its own
+    deadline, its refusal kept for the answer, ``abort`` ending the item
+    rather than the stream."""
+
+    __slots__ = ("_deadline", "refusal")
+
+    def __init__(self, timeout_ms: int) -> None:
+        self._deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
+        self.refusal = b""
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        for key, value in metadata:
+            if key == FORWARD_REFUSAL_KEY:
+                self.refusal = value
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        raise _ItemFailed(code, details)
 
 
 def _identity(data: bytes) -> bytes:
@@ -393,7 +436,7 @@ class PeerServicer:
         receive: Callable[[list[Message]], None],
         snapshots: SnapshotStore,
         deliver_snapshot: Callable[[Message], None],
-        forward: Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Any],
+        forward: Callable[[bytes, Any], Any],  # NodeAPI.serve_forward (a context or _ItemContext)
         current_term: Callable[[], int],
         *,
         authenticate: bool = False,
@@ -502,6 +545,11 @@ class PeerServicer:
                     self.forward_stream,
                     request_deserializer=raft_pb2.ForwardRequest.FromString,
                     response_serializer=raft_pb2.ForwardResponse.SerializeToString,
+                ),
+                "ForwardStream": grpc.stream_stream_rpc_method_handler(
+                    self.forward_batches,
+                    request_deserializer=raft_pb2.ForwardBatch.FromString,
+                    response_serializer=raft_pb2.ForwardAnswers.SerializeToString,
                 ),
                 "Info": grpc.unary_unary_rpc_method_handler(
                     self.info_call,
@@ -678,3 +726,78 @@ class PeerServicer:
         """The write of an identified caller (``forward_stream`` checked it)."""
         result: raft_pb2.ForwardResponse = await self.forward(request.command, context)
         return result
+
+    async def forward_batches(
+        self,
+        requests: AsyncIterator[raft_pb2.ForwardBatch],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[raft_pb2.ForwardAnswers]:
+        """``Peer.ForwardStream``: each item served as a Forward call would
+        be (``self.forward``, with the item's own deadline and a context
+        that turns its abort into the answer's code), answered as it
+        completes; the answers ready together leave in one message."""
+        await self.identify(context, "ForwardStream")
+        ready: list[raft_pb2.ForwardAnswer] = []
+        wakeup: asyncio.Event = asyncio.Event()
+        running: set[asyncio.Task[None]] = set()
+        reading = True
+
+        async def serve(item: raft_pb2.ForwardItem) -> None:
+            try:
+                answer = await self._forward_item(item)
+                # Appended after the await: ``ready`` is another list by
+                # then (``ready.append(await ...)`` would take the list
+                # before it, one the answers may have left in already).
+                ready.append(answer)
+            finally:
+                # Here, not in a done callback: the loop below must not see
+                # this task still running once its wakeup has passed.
+                running.discard(asyncio.current_task())
+                wakeup.set()
+
+        async def read_all() -> None:
+            nonlocal reading
+            try:
+                async for batch in requests:
+                    if len(batch.items) > MAX_FORWARD_BATCH:
+                        limit = f"the limit is {MAX_FORWARD_BATCH}"
+                        raise _BadBatch(f"{len(batch.items)} items; {limit}")
+                    for item in batch.items:
+                        running.add(asyncio.get_running_loop().create_task(serve(item)))
+            finally:
+                reading = False
+                wakeup.set()
+
+        reader = asyncio.get_running_loop().create_task(read_all())
+        try:
+            while reading or running or ready:
+                if not ready:
+                    await wakeup.wait()
+                    wakeup.clear()
+                    if reader.done() and reader.exception() is not None:
+                        break
+                    continue
+                answers, ready = ready, []
+                yield raft_pb2.ForwardAnswers(answers=answers)
+            if reader.done() and isinstance(reader.exception(), _BadBatch):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(reader.exception()))
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
+    async def _forward_item(self, item: raft_pb2.ForwardItem) -> raft_pb2.ForwardAnswer:
+        context = _ItemContext(item.timeout_ms)
+        try:
+            response: raft_pb2.ForwardResponse = await self.forward(item.command, context)
+        except _ItemFailed as e:
+            refusal = raft_pb2.ForwardRefusal.FromString(context.refusal)
+            return raft_pb2.ForwardAnswer(
+                id=item.id, code=e.code.value[0], message=e.details, refusal=refusal
+            )
+        except Exception as e:  # a bug: answer this write, keep the stream
+            log.exception("forward_item_failed")
+            return raft_pb2.ForwardAnswer(
+                id=item.id, code=grpc.StatusCode.INTERNAL.value[0], message=f"internal error: {e}"
+            )
+        return raft_pb2.ForwardAnswer(id=item.id, response=response)

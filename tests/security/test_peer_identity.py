@@ -6,7 +6,7 @@ certificate, as the TLS handshake would have left it in the auth context.
   (PERMISSION_DENIED) before a single message is read;
 - a member's messages reach the core only if their ``src`` is that member;
   any other ``src`` is dropped and counted (the core trusts ``src``);
-- the same for an InstallSnapshot header and for Forward.
+- the same for an InstallSnapshot header and for Forward (and ForwardStream).
 """
 
 from __future__ import annotations
@@ -121,7 +121,10 @@ def test_a_caller_that_is_not_a_member_is_refused_before_any_message_is_read(
     with pytest.raises(Aborted) as e:
         run(h.servicer.forward_stream(untouchable(), context))  # type: ignore[arg-type]
     assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
-    assert h.received == [] and h.forwarded == [] and h.servicer.refused_calls == 3
+    with pytest.raises(Aborted) as e:
+        run(anext(h.servicer.forward_batches(untouchable(), context)))  # type: ignore[arg-type]
+    assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert h.received == [] and h.forwarded == [] and h.servicer.refused_calls == 4
 
 
 def test_a_member_cannot_speak_for_another(certs: Path) -> None:
@@ -174,6 +177,17 @@ def test_a_member_may_forward_a_write(certs: Path) -> None:
 
     response = run(h.servicer.forward_stream(one(), FakeContext(pem(certs, "n3"))))  # type: ignore[arg-type]
     assert response.index == 1 and h.forwarded == [b"cmd"]
+
+    async def batch() -> AsyncIterator[raft_pb2.ForwardBatch]:
+        yield raft_pb2.ForwardBatch(items=[raft_pb2.ForwardItem(id=5, command=b"two")])
+
+    async def answers() -> list[raft_pb2.ForwardAnswer]:
+        stream = h.servicer.forward_batches(batch(), FakeContext(pem(certs, "n3")))  # type: ignore[arg-type]
+        return [a for message in [m async for m in stream] for a in message.answers]
+
+    (answer,) = run(answers())
+    assert (answer.id, answer.code, answer.response.index) == (5, 0, 1)
+    assert h.forwarded == [b"cmd", b"two"]
 
 
 def test_one_snapshot_stream_per_peer(certs: Path) -> None:

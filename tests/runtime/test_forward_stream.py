@@ -1,0 +1,217 @@
+"""A follower's writes reach the leader over one ``Peer.ForwardStream``
+(server/runtime/forwarding.py; the leader's side is transport.py
+``PeerServicer.forward_batches``), many to a message, each keeping
+Forward's rules: its answer or refusal, whether it may have been applied,
+its own deadline; a stream that breaks leaves its writes maybe applied; a
+leader without the stream gets Forward calls. Real gRPC on loopback, the
+real PeerServicer, a scripted leader runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from ramraft.proto import raft_pb2
+from ramraft.server.request_errors import NotLeader, Unavailable
+from ramraft.server.runtime.node_api import NodeAPI
+from ramraft.server.runtime.transport import MAX_FORWARD_BATCH, PeerServicer
+from tests.runtime.test_forward_refusal import (
+    LIMITS,
+    FollowerRuntime,
+    decode,
+    encode,
+    with_leader,
+)
+
+
+class Leader:
+    """A leader runtime: answers each command after a random pause (so
+    answers complete in another order than they came), at the index it was
+    proposed at; refuses a command with the next of ``refusals[command]``;
+    ``hold`` makes it never answer."""
+
+    def __init__(
+        self, refusals: dict[bytes, list[Exception]] | None = None, hold: bool = False
+    ) -> None:
+        self.refusals = refusals or {}
+        self.hold = hold
+        self.proposed: list[bytes] = []
+        self.remaining: list[float | None] = []
+        self.rng = random.Random(7)
+
+    async def propose(self, command: bytes) -> tuple[int, object]:
+        self.proposed.append(command)
+        index = len(self.proposed)
+        if self.refusals.get(command):
+            raise self.refusals[command].pop(0)
+        if self.hold:
+            await asyncio.Event().wait()
+        await asyncio.sleep(self.rng.uniform(0, 0.02))
+        return index, command.decode()
+
+
+async def with_stream_leader(leader: Leader, body: Callable[[NodeAPI], Awaitable[None]]) -> None:
+    """A leader serving Peer (Forward and ForwardStream) with this
+    release's servicer, and a follower's NodeAPI that forwards to it."""
+    serving = NodeAPI(leader, encode, decode, LIMITS)  # type: ignore[arg-type]
+
+    async def serve_forward(command: bytes, context: Any) -> raft_pb2.ForwardResponse:
+        remaining = context.time_remaining()
+        leader.remaining.append(remaining)
+        return await serving.serve_forward(command, context)
+
+    servicer = PeerServicer(
+        lambda messages: None,
+        None,  # type: ignore[arg-type]
+        lambda message: None,
+        serve_forward,
+        lambda: 1,
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((servicer.handler(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    follower = FollowerRuntime(f"127.0.0.1:{port}")
+    api = NodeAPI(follower, encode, decode, LIMITS)  # type: ignore[arg-type]
+    try:
+        await body(api)
+    finally:
+        await api.close()
+        await follower.transport.leader.close()
+        await server.stop(None)
+
+
+def test_writes_share_messages_and_each_gets_its_own_answer() -> None:
+    """100 writes at once, answered in another order than they were sent:
+    each gets its own result, in far fewer messages than writes."""
+    leader = Leader()
+    commands = [f"w{n}".encode() for n in range(100)]
+    results: list[tuple[int, object]] = []
+
+    async def body(api: NodeAPI) -> None:
+        results.extend(
+            await asyncio.wait_for(asyncio.gather(*(api.write(c, timeout=5) for c in commands)), 30)
+        )
+        assert api.forward_streams.messages_sent < 20, api.forward_streams.messages_sent
+
+    asyncio.run(with_stream_leader(leader, body))
+    assert [result for _, result in results] == [f"'{c.decode()}'" for c in commands]
+    assert sorted(leader.proposed) == sorted(commands)  # each proposed once
+    assert len({index for index, _ in results}) == 100
+
+
+def test_a_refusal_before_proposal_is_sent_again_a_maybe_applied_one_is_not() -> None:
+    """The leader's ForwardRefusal travels in the answer: a write refused
+    before it was proposed goes again, one that may be in the log fails as
+    "may or may not have been applied" (no session) and is not repeated."""
+    leader = Leader(
+        {
+            b"first": [NotLeader("leader", "")],
+            b"second": [Unavailable("leadership changed before it committed")],
+        }
+    )
+
+    async def body(api: NodeAPI) -> None:
+        assert await api.write(b"first", timeout=5) == (2, "'first'")
+        with pytest.raises(Unavailable, match="may or may not have been applied"):
+            await api.write(b"second", timeout=5)
+
+    asyncio.run(with_stream_leader(leader, body))
+    assert leader.proposed == [b"first", b"first", b"second"]
+
+
+def test_each_write_keeps_its_deadline() -> None:
+    """The leader gets the write's time left (timeout_ms); when it does not
+    answer, the follower gives up at the deadline with a timeout."""
+    leader = Leader(hold=True)
+
+    async def body(api: NodeAPI) -> None:
+        with pytest.raises(TimeoutError):
+            await api.write(b"slow", timeout=0.5)
+
+    asyncio.run(with_stream_leader(leader, body))
+    (remaining,) = leader.remaining
+    assert remaining is not None and 0.2 < remaining <= 0.5
+
+
+def test_a_broken_stream_leaves_its_writes_maybe_applied() -> None:
+    """The leader goes away with a write in service: without a session the
+    write fails as maybe applied (never sent again); the next write opens a
+    new stream."""
+    leader = Leader(hold=True)
+    outcome: list[BaseException] = []
+
+    async def body(api: NodeAPI) -> None:
+        pending = asyncio.ensure_future(api.write(b"lost", timeout=10))
+        while not leader.proposed:
+            await asyncio.sleep(0.01)
+        pipe = next(iter(api.forward_streams._pipes.values()))
+        pipe._call.cancel()  # the stream breaks, as when the leader's process dies
+        with pytest.raises(Unavailable, match="may or may not have been applied") as caught:
+            await asyncio.wait_for(pending, 5)
+        outcome.append(caught.value)
+        leader.hold = False
+        assert (await api.write(b"next", timeout=5))[1] == "'next'"
+
+    asyncio.run(with_stream_leader(leader, body))
+    assert leader.proposed == [b"lost", b"next"]
+    assert outcome
+
+
+def test_a_leader_without_the_stream_gets_forward_calls() -> None:
+    """A leader of an earlier release answers UNIMPLEMENTED: the write goes
+    by Forward, and so do the next ones, without trying the stream again."""
+
+    class OldLeader:
+        def __init__(self) -> None:
+            self.proposed: list[bytes] = []
+
+        async def propose(self, command: bytes) -> tuple[int, object]:
+            self.proposed.append(command)
+            return 7, "applied"
+
+    old = OldLeader()
+    serving = NodeAPI(old, encode, decode, LIMITS)  # type: ignore[arg-type]
+
+    async def body(api: NodeAPI) -> None:
+        assert await api.write(b"a", timeout=5) == (7, "'applied'")
+        tried = api.forward_streams.messages_sent  # the first write's message, unread
+        assert tried <= 1
+        assert await api.write(b"b", timeout=5) == (7, "'applied'")
+        assert api.forward_streams.messages_sent == tried  # not tried again
+        assert list(api.forward_streams._unserved) == ["leader"]
+
+    asyncio.run(with_leader(serving.serve_forward, body))
+    assert old.proposed == [b"a", b"b"]
+
+
+def test_a_batch_over_the_limit_ends_the_stream() -> None:
+    """The leader reads no more than MAX_FORWARD_BATCH writes in a message."""
+    leader = Leader()
+
+    async def body(api: NodeAPI) -> None:
+        channel = api.runtime.transport.channel("leader")
+        call = channel.stream_stream(
+            "/ramraft.peer.v1.Peer/ForwardStream",
+            request_serializer=raft_pb2.ForwardBatch.SerializeToString,
+            response_deserializer=raft_pb2.ForwardAnswers.FromString,
+        )()
+        items = [
+            raft_pb2.ForwardItem(id=n, command=b"x", timeout_ms=1000)
+            for n in range(MAX_FORWARD_BATCH + 1)
+        ]
+        await call.write(raft_pb2.ForwardBatch(items=items))
+        await call.done_writing()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in call:
+                pass
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "the limit is" in (caught.value.details() or "")
+
+    asyncio.run(with_stream_leader(leader, body))
+    assert leader.proposed == []
