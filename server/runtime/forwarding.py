@@ -82,8 +82,8 @@ class ForwardStreams:
         if self._unserved.get(leader, 0.0) > time.monotonic():
             return await self._unary(leader, command, deadline)
         transport = self._transport()
-        if transport is None:
-            raise StreamEnded(grpc.StatusCode.UNAVAILABLE, "the node is not running")
+        if transport is None:  # not started, or stopped: nothing was sent
+            return self._answer(StreamEnded(grpc.StatusCode.UNAVAILABLE, "the node is not running"))
         channel = transport.channel(leader)
         pipe = self._pipes.get(leader)
         if pipe is None or pipe.closed or pipe.channel is not channel:
