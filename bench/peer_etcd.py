@@ -54,7 +54,7 @@ def _messages() -> dict[str, Any]:
             added = m.field.add(
                 name=field_name,
                 number=number,
-                type=kind,  # type: ignore[arg-type]
+                type=kind,
                 label=f.LABEL_OPTIONAL,
             )
             if type_name:
@@ -216,40 +216,57 @@ class EtcdLoad:
     blocking: bool = False
 
 
+class _Puts:
+    """What both etcd drivers share: ``connections`` channels (grpc.aio's
+    or blocking ones, from ``make_channel``), a Put stub on each, 256
+    random values, and a caller's next request (a fresh random key)."""
+
+    def __init__(self, spec: EtcdLoad, make_channel: Callable[..., Any]) -> None:
+        m = _messages()
+        self.request = m["PutRequest"]
+        self.rng = random.Random(spec.seed)
+        self.values = [self.rng.randbytes(spec.value_bytes) for _ in range(256)]
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        self.channels = [
+            make_channel(spec.target, options=options) for _ in range(spec.connections)
+        ]
+        self.stubs = [
+            channel.unary_unary(
+                PUT,
+                request_serializer=self.request.SerializeToString,
+                response_deserializer=m["PutResponse"].FromString,
+            )
+            for channel in self.channels
+        ]
+
+    def warm(self) -> Any:
+        return self.request(key=f"{KEY_PREFIX}warm".encode(), value=b"x")
+
+    def next(self, n: int, caller: int) -> tuple[Any, Any]:
+        """The stub caller ``caller`` uses and its next request."""
+        key = f"{self.rng.getrandbits(64):016x}".encode()
+        request = self.request(key=key, value=self.values[n & 255])
+        return self.stubs[caller % len(self.stubs)], request
+
+
 async def etcd_load(spec: EtcdLoad, on_done: Callable[[], None] | None = None) -> Tally:
     """As tools/bench.py _grpc_load with ``--client raw``: a fresh random key
     and one of 256 random values per Put, over ``connections`` channels."""
     import grpc
 
-    m = _messages()
-    put_request, put_response = m["PutRequest"], m["PutResponse"]
-    rng = random.Random(spec.seed)
-    values = [rng.randbytes(spec.value_bytes) for _ in range(256)]
-    channels = [
-        grpc.aio.insecure_channel(spec.target, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(spec.connections)
-    ]
-    puts = [
-        channel.unary_unary(
-            PUT,
-            request_serializer=put_request.SerializeToString,
-            response_deserializer=put_response.FromString,
-        )
-        for channel in channels
-    ]
-    for put in puts:  # connect before the clock starts
-        await put(put_request(key=f"{KEY_PREFIX}warm".encode(), value=b"x"), timeout=10)
+    puts = _Puts(spec, grpc.aio.insecure_channel)
+    for stub in puts.stubs:  # connect before the clock starts
+        await stub(puts.warm(), timeout=10)
 
     async def op(n: int, caller: int) -> object:
-        key = f"{rng.getrandbits(64):016x}".encode()
-        request = put_request(key=key, value=values[n & 255])
-        return await puts[caller % len(puts)](request, timeout=spec.timeout)
+        stub, request = puts.next(n, caller)
+        return await stub(request, timeout=spec.timeout)
 
     tally = Tally()
     try:
         await closed_loop(op, spec.concurrency, spec.measure_from, spec.measure_to, tally, on_done)
     finally:
-        for channel in channels:
+        for channel in puts.channels:
             with contextlib.suppress(Exception):
                 await channel.close()
     return tally
@@ -261,35 +278,19 @@ def etcd_blocking_load(spec: EtcdLoad) -> Tally:
     blocking`` shares its Clients)."""
     import grpc
 
-    m = _messages()
-    put_request, put_response = m["PutRequest"], m["PutResponse"]
-    rng = random.Random(spec.seed)
-    values = [rng.randbytes(spec.value_bytes) for _ in range(256)]
-    channels = [
-        grpc.insecure_channel(spec.target, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(spec.connections)
-    ]
-    puts = [
-        channel.unary_unary(
-            PUT,
-            request_serializer=put_request.SerializeToString,
-            response_deserializer=put_response.FromString,
-        )
-        for channel in channels
-    ]
+    puts = _Puts(spec, grpc.insecure_channel)
     try:
-        for put in puts:  # connect before the clock starts
-            put(put_request(key=f"{KEY_PREFIX}warm".encode(), value=b"x"), timeout=10)
+        for stub in puts.stubs:  # connect before the clock starts
+            stub(puts.warm(), timeout=10)
 
         def op(n: int, caller: int) -> object:
-            key = f"{rng.getrandbits(64):016x}".encode()
-            request = put_request(key=key, value=values[n & 255])
-            return puts[caller % len(puts)](request, timeout=spec.timeout)
+            stub, request = puts.next(n, caller)
+            return stub(request, timeout=spec.timeout)
 
         tally = Tally()
         threaded_closed_loop(op, spec.concurrency, spec.measure_from, spec.measure_to, tally)
     finally:
-        for channel in channels:
+        for channel in puts.channels:
             with contextlib.suppress(Exception):
                 channel.close()
     return tally

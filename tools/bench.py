@@ -141,6 +141,39 @@ def percentile(sorted_values: Sequence[float], p: float) -> float | None:
     return sorted_values[rank - 1]
 
 
+@dataclass(frozen=True)
+class _Counting:
+    """How the closed loops count a call: inside the measured window or
+    not, and when the run is over."""
+
+    measure_from: float  # time.monotonic()
+    measure_to: float
+    on_done: Callable[[], None] | None
+
+    def failed(self, tally: Tally, error: Exception) -> bool:
+        """Count a call that raised ``error``; True when the run is over."""
+        now = time.monotonic()
+        if now >= self.measure_to:
+            return True
+        if now >= self.measure_from:
+            tally.errors += 1
+            tally.error_kinds[_error_kind(error)] += 1
+        return False
+
+    def completed(self, tally: Tally, elapsed: float) -> bool:
+        """Count a call that took ``elapsed`` seconds; True when the run is over."""
+        now = time.monotonic()
+        tally.done += 1
+        if self.on_done is not None:
+            self.on_done()
+        if now >= self.measure_to:
+            return True
+        if now >= self.measure_from:
+            tally.ok += 1
+            tally.latencies.append(elapsed)
+        return False
+
+
 async def closed_loop(
     op: Callable[[int, int], Awaitable[object]],
     concurrency: int,
@@ -161,8 +194,7 @@ async def closed_loop(
     refusal)."""
     counter = iter(range(1 << 62))
     perf = time.perf_counter
-    mono = time.monotonic
-    latencies = tally.latencies
+    counting = _Counting(measure_from, measure_to, on_done)
 
     async def one_client(caller: int) -> None:
         while True:
@@ -172,24 +204,12 @@ async def closed_loop(
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                now = mono()
-                if now >= measure_to:
+                if counting.failed(tally, e):
                     return
-                if now >= measure_from:
-                    tally.errors += 1
-                    tally.error_kinds[_error_kind(e)] += 1
                 await asyncio.sleep(0.01)  # do not spin on a refusing cluster
                 continue
-            elapsed = perf() - started
-            now = mono()
-            tally.done += 1
-            if on_done is not None:
-                on_done()
-            if now >= measure_to:
+            if counting.completed(tally, perf() - started):
                 return
-            if now >= measure_from:
-                tally.ok += 1
-                latencies.append(elapsed)
 
     await asyncio.gather(*(one_client(caller) for caller in range(concurrency)))
 
@@ -208,35 +228,22 @@ def threaded_closed_loop(
     they are merged into ``tally`` at the end."""
     counter = iter(range(1 << 62))  # next() on it is atomic under the GIL
     perf = time.perf_counter
-    mono = time.monotonic
+    counting = _Counting(measure_from, measure_to, on_done)
     own = [Tally() for _ in range(concurrency)]
 
     def one_client(caller: int) -> None:
         mine = own[caller]
-        latencies = mine.latencies
         while True:
             started = perf()
             try:
                 op(next(counter), caller)
             except Exception as e:
-                now = mono()
-                if now >= measure_to:
+                if counting.failed(mine, e):
                     return
-                if now >= measure_from:
-                    mine.errors += 1
-                    mine.error_kinds[_error_kind(e)] += 1
                 time.sleep(0.01)  # do not spin on a refusing cluster
                 continue
-            elapsed = perf() - started
-            now = mono()
-            mine.done += 1
-            if on_done is not None:
-                on_done()
-            if now >= measure_to:
+            if counting.completed(mine, perf() - started):
                 return
-            if now >= measure_from:
-                mine.ok += 1
-                latencies.append(elapsed)
 
     threads = [
         threading.Thread(target=one_client, args=(caller,), name=f"bench-caller-{caller}")
