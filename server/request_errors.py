@@ -17,7 +17,9 @@ corruption, TLS files, configuration) stay in their own modules.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -206,3 +208,49 @@ def error_message(error: BaseException) -> str:
     if isinstance(error, TimeoutError):
         return "the request's deadline passed"
     return type(error).__name__
+
+
+class RequestAborted(Exception):
+    """A request carried inside a stream ended with a status (what
+    ``RequestContext.abort`` raises): the request's answer carries it."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class RequestContext:
+    """The part of a grpc.aio ServicerContext a unary handler uses, for one
+    request carried inside a stream (KV.Stream's and KV.StreamBatch's
+    requests, Peer.ForwardStream's writes): its deadline is its own
+    (``timeout_ms`` from ``arrived``, time.monotonic()) or the stream's if
+    sooner, the trailing metadata it sets is kept for its answer
+    (``metadata``), and ``abort`` ends the request, not the stream."""
+
+    __slots__ = ("_deadline", "_stream", "trailing")
+
+    def __init__(self, timeout_ms: int, arrived: float, stream: Any = None) -> None:
+        self._stream = stream
+        self._deadline = arrived + timeout_ms / 1000 if timeout_ms else None
+        self.trailing: tuple[tuple[str, Any], ...] = ()
+
+    def time_remaining(self) -> float | None:
+        remaining: float | None = None if self._stream is None else self._stream.time_remaining()
+        if self._deadline is not None:
+            own = self._deadline - time.monotonic()
+            remaining = own if remaining is None else min(own, remaining)
+        return remaining
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        raise RequestAborted(code, details)
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        self.trailing = tuple(metadata)
+
+    def metadata(self, key: str, default: Any = None) -> Any:
+        """The value the handler set for ``key``, else ``default``."""
+        for name, value in self.trailing:
+            if name == key:
+                return value
+        return default

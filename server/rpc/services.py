@@ -58,6 +58,8 @@ from ramraft.server.machines.kvops import (
 from ramraft.server.request_errors import (
     BadRequest,
     NotLeader,
+    RequestAborted,
+    RequestContext,
     RequestError,
     check_command_result,
     error_message,
@@ -222,45 +224,6 @@ def value_before(result: CasResult, expected: bytes | None) -> bytes:
     if not result.swapped:
         return result.current
     return expected if result.found and expected is not None else b""
-
-
-class _OpFailed(Exception):
-    """A stream request ended with a status (what ``abort`` raises)."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
-
-
-class _OpContext:
-    """The part of a ServicerContext the unary handlers use, for one request
-    of a ``KV.Stream``: its deadline is the request's own (``timeout_ms``)
-    or the stream's, and ``abort`` ends the request, not the stream."""
-
-    __slots__ = ("_deadline", "_stream", "leader")
-
-    def __init__(
-        self, stream: grpc.aio.ServicerContext[Any, Any], timeout_ms: int, arrived: float
-    ) -> None:
-        self._stream = stream
-        self._deadline = arrived + timeout_ms / 1000 if timeout_ms else None
-        self.leader = ""
-
-    def time_remaining(self) -> float | None:
-        remaining: float | None = self._stream.time_remaining()
-        if self._deadline is not None:
-            own = self._deadline - time.monotonic()
-            remaining = own if remaining is None else min(own, remaining)
-        return remaining
-
-    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
-        raise _OpFailed(code, details)
-
-    def set_trailing_metadata(self, metadata: Any) -> None:
-        for key, value in metadata:
-            if key == LEADER_METADATA_KEY:
-                self.leader = value
 
 
 # StreamRequest's op field -> the unary method that serves it.
@@ -561,18 +524,23 @@ class KVService(kv_pb2_grpc.KVServicer):
         stream: grpc.aio.ServicerContext[Any, Any],
         arrived: float,
     ) -> kv_pb2.StreamResponse:
-        context = _OpContext(stream, request.timeout_ms, arrived)
+        context = RequestContext(request.timeout_ms, arrived, stream)
         handler = getattr(self, _STREAM_OPS[op])
         try:
             result = await handler(getattr(request, op), context)
-        except _OpFailed as e:
+        except RequestAborted as e:
             return kv_pb2.StreamResponse(
-                id=request.id, code=e.code.value[0], message=e.details, leader=context.leader
+                id=request.id,
+                code=e.code.value[0],
+                message=e.details,
+                leader=context.metadata(LEADER_METADATA_KEY, ""),
             )
         except Exception as e:  # a bug: answer this request, keep the stream
             log.exception("stream_request_failed", op=op)
             return stream_error(request, (grpc.StatusCode.INTERNAL, f"internal error: {e}"))
-        response = kv_pb2.StreamResponse(id=request.id, leader=context.leader)
+        response = kv_pb2.StreamResponse(
+            id=request.id, leader=context.metadata(LEADER_METADATA_KEY, "")
+        )
         getattr(response, op).CopyFrom(result)
         return response
 
@@ -610,7 +578,7 @@ class _SharedRound:
         loop = asyncio.get_running_loop()
         # The round may take as long as the read whose deadline comes first.
         request, arrived = min(requests, key=_own_deadline)
-        remaining = _OpContext(stream, request.timeout_ms, arrived).time_remaining()
+        remaining = RequestContext(request.timeout_ms, arrived, stream).time_remaining()
         timeout = self.service.limits.deadline(remaining)
         index = None
         if timeout > 0:

@@ -59,6 +59,7 @@ from ramraft.consensus.types import Message, MsgType, NodeId, SnapshotMeta
 from ramraft.proto import raft_pb2
 from ramraft.server.config import PEER_MESSAGE_BYTES
 from ramraft.server.logs import RateLimitedLog
+from ramraft.server.request_errors import RequestAborted, RequestContext
 from ramraft.server.runtime.wire import (
     CodecError,
     SnapshotReceiver,
@@ -97,39 +98,6 @@ CHANNEL_OPTIONS = [
 
 class _BadBatch(Exception):
     """A ForwardBatch over MAX_FORWARD_BATCH: the stream ends with INVALID_ARGUMENT."""
-
-
-class _ItemFailed(Exception):
-    """One ForwardStream item ended with a status (what ``abort`` raises)."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
-
-
-class _ItemContext:
-    """The part of a ServicerContext the leader's side of Forward uses
-    (NodeAPI.serve_forward), for one item of a ForwardStream: its own
-    deadline, its refusal kept for the answer, ``abort`` ending the item
-    rather than the stream."""
-
-    __slots__ = ("_deadline", "refusal")
-
-    def __init__(self, timeout_ms: int) -> None:
-        self._deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
-        self.refusal = b""
-
-    def time_remaining(self) -> float | None:
-        return None if self._deadline is None else self._deadline - time.monotonic()
-
-    def set_trailing_metadata(self, metadata: Any) -> None:
-        for key, value in metadata:
-            if key == FORWARD_REFUSAL_KEY:
-                self.refusal = value
-
-    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
-        raise _ItemFailed(code, details)
 
 
 def _identity(data: bytes) -> bytes:
@@ -436,7 +404,7 @@ class PeerServicer:
         receive: Callable[[list[Message]], None],
         snapshots: SnapshotStore,
         deliver_snapshot: Callable[[Message], None],
-        forward: Callable[[bytes, Any], Any],  # NodeAPI.serve_forward (a context or _ItemContext)
+        forward: Callable[[bytes, Any], Any],  # NodeAPI.serve_forward (a context or RequestContext)
         current_term: Callable[[], int],
         *,
         authenticate: bool = False,
@@ -787,11 +755,11 @@ class PeerServicer:
                 task.cancel()
 
     async def _forward_item(self, item: raft_pb2.ForwardItem) -> raft_pb2.ForwardAnswer:
-        context = _ItemContext(item.timeout_ms)
+        context = RequestContext(item.timeout_ms, time.monotonic())
         try:
             response: raft_pb2.ForwardResponse = await self.forward(item.command, context)
-        except _ItemFailed as e:
-            refusal = raft_pb2.ForwardRefusal.FromString(context.refusal)
+        except RequestAborted as e:
+            refusal = raft_pb2.ForwardRefusal.FromString(context.metadata(FORWARD_REFUSAL_KEY, b""))
             return raft_pb2.ForwardAnswer(
                 id=item.id, code=e.code.value[0], message=e.details, refusal=refusal
             )
