@@ -113,7 +113,7 @@ class _Stream:
         outbox = self._outbox
         if not self._batched:
             return outbox.popleft()
-        batch, left = _stream.take_batch(
+        batch, left, _ = _stream.take_batch(
             outbox.popleft(), lambda: outbox.popleft() if outbox else None
         )
         if left is not None:

@@ -165,21 +165,22 @@ def batch_entry(request: bytes) -> bytes:
     return bytes(head) + request
 
 
-def take_batch(first: bytes, more: Callable[[], Any]) -> tuple[bytes, Any]:
+def take_batch(first: bytes, more: Callable[[], Any]) -> tuple[bytes, Any, int]:
     """One StreamBatchRequest: ``first`` and the entries ``more()`` gives
     while the batch has room (MAX_BATCH entries, BATCH_BYTES); ``more()``
-    returns None when nothing more is queued. Returns the batch and what
-    ``more()`` gave that did not go in it (None if nothing), for the next."""
+    returns None when nothing more is queued. Returns the batch, what
+    ``more()`` gave that did not go in it (None if nothing), for the next,
+    and how many requests the batch holds."""
     parts, size = [first], len(first)
     while len(parts) < MAX_BATCH:
         entry = more()
         if entry is None:
-            return b"".join(parts), None
+            return b"".join(parts), None, len(parts)
         if not isinstance(entry, bytes) or size + len(entry) > BATCH_BYTES:
-            return b"".join(parts), entry
+            return b"".join(parts), entry, len(parts)
         parts.append(entry)
         size += len(entry)
-    return b"".join(parts), None
+    return b"".join(parts), None, len(parts)
 
 
 def answers(message: Any) -> Any:

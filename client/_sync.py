@@ -99,7 +99,6 @@ class _Stream:
         self._batched = endpoint not in no_batch
         self._outbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self._last_batch = 1  # requests in the last batch sent
-        self._taken = 0  # requests taken for the batch being made
         self._gathered = threading.Condition(threading.Lock())
         self._ids = itertools.count(1)  # next() is atomic in CPython
         self._waiting: dict[int, _Answer] = {}
@@ -128,9 +127,7 @@ class _Stream:
                 yield first
                 continue
             self._gather()
-            self._taken = 1
-            batch, held = _stream.take_batch(first, self._queued)
-            self._last_batch = self._taken - (held is not None)
+            batch, held, self._last_batch = _stream.take_batch(first, self._queued)
             yield batch
 
     def _gather(self) -> None:
@@ -152,11 +149,9 @@ class _Stream:
     def _queued(self) -> Any:
         """The next request queued (or the end of them), None if none is."""
         try:
-            entry = self._outbox.get_nowait()
+            return self._outbox.get_nowait()
         except queue.Empty:
             return None
-        self._taken += 1
-        return entry
 
     def call(self, op: str, request: Any, timeout: float) -> tuple[Any, _stream.Metadata]:
         """As client/_async.py _Stream.call, blocking."""

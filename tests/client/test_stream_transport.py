@@ -238,7 +238,7 @@ def _bare_sync_stream() -> Any:
     writer (``_messages``) and ``_enqueue`` use."""
     stream: Any = _SyncStream.__new__(_SyncStream)
     stream._batched, stream._outbox = True, queue.SimpleQueue()
-    stream._last_batch, stream._taken = 1, 0
+    stream._last_batch = 1
     stream._gathered = threading.Condition(threading.Lock())
     return stream
 
