@@ -75,7 +75,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 GRPC_MODES = ("write", "read-linearizable", "read-serializable")
 INPROC_MODES = ("inproc-write", "inproc-read-linearizable")
@@ -396,20 +396,32 @@ def _load_data(spec: GrpcSpec) -> tuple[random.Random, list[bytes], list[str], A
     return rng, values, keys, kv_pb2.LINEARIZABLE if linearizable else kv_pb2.SERIALIZABLE
 
 
-def _blocking_load(spec: GrpcSpec, on_done: Callable[[], None]) -> Tally:
-    """``--client blocking``: a ``Client`` per connection, shared by its
-    callers' threads (threaded_closed_loop)."""
-    from ramraft.client import Client
+T = TypeVar("T")
 
-    rng, values, keys, consistency = _load_data(spec)
-    clients = [
-        Client(
+
+def _library_clients(spec: GrpcSpec, make: Callable[..., T]) -> list[T]:
+    """One client (``make``: Client or AsyncClient) per connection, each
+    given one endpoint, in turn (as the raw and stream drivers connect): a
+    client's reads stay on the node it starts at (its writes follow the
+    leader it is told of), so random starts would leave reads spread over
+    the nodes unevenly, or all on one."""
+    return [
+        make(
             [spec.endpoints[n % len(spec.endpoints)]],
             timeout=spec.timeout,
             rng=random.Random(spec.seed + n),
         )
         for n in range(spec.connections)
     ]
+
+
+def _blocking_load(spec: GrpcSpec, on_done: Callable[[], None]) -> Tally:
+    """``--client blocking``: a ``Client`` per connection, shared by its
+    callers' threads (threaded_closed_loop)."""
+    from ramraft.client import Client
+
+    rng, values, keys, consistency = _load_data(spec)
+    clients = _library_clients(spec, Client)
 
     def op(n: int, caller: int) -> object:
         c = clients[caller % len(clients)]
@@ -485,18 +497,7 @@ async def _grpc_load(spec: GrpcSpec, on_done: Callable[[], None]) -> Tally:
 
         op = stream_op
     else:
-        # One endpoint each, in turn (as the raw and stream drivers connect):
-        # a client sticks to the node it starts at (a write's leader hint
-        # still takes it to the leader), so random starts would leave reads
-        # spread over the nodes unevenly, or all on one.
-        clients = [
-            AsyncClient(
-                [spec.endpoints[n % len(spec.endpoints)]],
-                timeout=spec.timeout,
-                rng=random.Random(spec.seed + n),
-            )
-            for n in range(spec.connections)
-        ]
+        clients = _library_clients(spec, AsyncClient)
         closers = [c.close for c in clients]
 
         async def library_op(n: int, caller: int) -> object:
