@@ -221,12 +221,12 @@ class Client(RevisionsMixin, _core.ClientBase):
     default overall deadline of each call, retries included, in seconds.
     ``attempt_timeout``: the longest a single attempt may take before the
     client tries another node (default: no limit but the deadline).
-    ``client_id``: the session id
-    (default: random). ``token``: a bearer token, for clusters that require
-    one. ``tls``: TLS options (``TLSOptions.from_files(ca=..., cert=...,
-    key=...)``); without it the connections are plaintext. ``transport``:
-    "stream" (the default, or the RAMRAFT_TRANSPORT environment variable)
-    carries the key-value calls over one ``KV.Stream`` per node, shared by
+    ``client_id``: the session id (default: random). ``token``: a bearer
+    token, for clusters that require one. ``tls``: TLS options
+    (``TLSOptions.from_files(ca=..., cert=..., key=...)``); without it the
+    connections are plaintext. ``transport``: "stream" (the default, or
+    the RAMRAFT_TRANSPORT environment variable) carries the key-value calls
+    over one ``KV.Stream`` per node, shared by
     all threads; "unary" makes one gRPC call each. Both keep the same
     sessions, retries, deadlines and errors; a node that does not serve the
     stream gets unary calls. Every method takes ``timeout=`` to override the

@@ -709,6 +709,7 @@ class PeerServicer:
         wakeup: asyncio.Event = asyncio.Event()
         running: set[asyncio.Task[None]] = set()
         reading = True
+        loop = asyncio.get_running_loop()
 
         async def serve(item: raft_pb2.ForwardItem) -> None:
             try:
@@ -731,12 +732,12 @@ class PeerServicer:
                         limit = f"the limit is {MAX_FORWARD_BATCH}"
                         raise _BadBatch(f"{len(batch.items)} items; {limit}")
                     for item in batch.items:
-                        running.add(asyncio.get_running_loop().create_task(serve(item)))
+                        running.add(loop.create_task(serve(item)))
             finally:
                 reading = False
                 wakeup.set()
 
-        reader = asyncio.get_running_loop().create_task(read_all())
+        reader = loop.create_task(read_all())
         try:
             while reading or running or ready:
                 if not ready:
