@@ -305,6 +305,13 @@ def _encode_value(value: bytes) -> dict[str, str]:
         return {"value": base64.b64encode(value).decode("ascii"), "encoding": "base64"}
 
 
+def _revision(result: PutResult | DeleteResult | CasResult) -> dict[str, int]:
+    """A write's ``revision`` (key-value version 2, as the gRPC answers'
+    header has it): the change's, or the current one when nothing changed.
+    Before version 2 there are no revisions, and no field."""
+    return {"revision": result.revision} if result.revision else {}
+
+
 def _wants_raw(request: web.Request) -> bool:
     fmt = request.query.get("format", "json")
     if fmt not in ("json", "raw"):
@@ -321,7 +328,10 @@ class KVRoutes:
     ``{"key", "value", "encoding", "index"}`` where ``encoding`` says whether
     ``value`` is the text itself (valid UTF-8) or base64; ``?format=raw`` (or
     ``Accept: application/octet-stream``) answers the raw bytes instead, with
-    the index in a ``Ramraft-Index`` header.
+    the index in a ``Ramraft-Index`` header. Writes answer the index of
+    the entry that made them and, once the cluster runs key-value version 2,
+    their ``revision`` (as the gRPC answers' header: the change's, or the
+    current one when nothing changed).
 
     Reads take ``?consistency=linearizable`` (default) or ``serializable``
     (this node's memory, at once); every request takes ``?timeout=SECONDS``
@@ -391,14 +401,16 @@ class KVRoutes:
         assert isinstance(result, PutResult)
         # The index of the entry that wrote the value: for a retried write
         # (same session), the first application's.
-        return web.json_response({"key": key, "index": result.index})
+        return web.json_response({"key": key, "index": result.index, **_revision(result)})
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         key = _key_from_path(request, KV_PATH_PREFIX)
         self.limits.check_key(key)
         index, result = await self._write(request, lambda s: encode_delete(key, s))
         assert isinstance(result, DeleteResult)
-        return web.json_response({"key": key, "deleted": result.deleted, "index": index})
+        return web.json_response(
+            {"key": key, "deleted": result.deleted, "index": index, **_revision(result)}
+        )
 
     async def cas(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/cas/{key}`` with ``{"value": ..., "expected": ... | null,
@@ -432,6 +444,7 @@ class KVRoutes:
                 "current": current["value"],
                 "encoding": current["encoding"],
                 "index": index,
+                **_revision(result),
             }
         )
 

@@ -199,3 +199,25 @@ def test_a_quiet_watch_gets_progress_events_with_ids(cluster: ProcessCluster) ->
     assert kind == "progress" and event_id == str(doc["revision"])
     assert time.monotonic() - started < 60, "a hang guard, not a speed claim"
     stream.close()
+
+
+def test_writes_answer_their_revision(cluster: ProcessCluster) -> None:
+    """PUT, DELETE and CAS answer the revision of their change, as the gRPC
+    answers' header does (ramraft chaos checks its web clients' writes
+    against the watchers' events by it); one that changed nothing, the
+    current revision."""
+    address = cluster.http[cluster.ids[0]]
+    first = http(address, "PUT", "/v1/kv/r/a", b"1").json()
+    second = http(address, "PUT", "/v1/kv/r/a", b"2").json()
+    assert second["revision"] > first["revision"] > 0, (first, second)
+    status, swapped = post_json(address, "/v1/cas/r/a", {"value": "3", "expected": "2"})
+    assert status == 200 and swapped["swapped"] and swapped["revision"] > second["revision"]
+    deleted = http(address, "DELETE", "/v1/kv/r/a").json()
+    assert deleted["deleted"] and deleted["revision"] > swapped["revision"]
+    # Nothing to delete: no change, and the revision it saw.
+    again = http(address, "DELETE", "/v1/kv/r/a").json()
+    assert not again["deleted"] and again["revision"] >= deleted["revision"]
+    # The change's revision is the one a read of the key's metadata names.
+    put = http(address, "PUT", "/v1/kv/r/b", b"x").json()
+    with cluster.client() as c:
+        assert c.get_result("r/b").mod_revision == put["revision"]
