@@ -25,6 +25,11 @@ checks both accounts' mod revisions), and ``--watchers`` watch the run's
 whole prefix from its first revision, resuming on other nodes as nodes die.
 Every answer records the revision it names; watchers record every event.
 
+``--web URL,...`` adds clients of the nodes' web tiers (``--web-clients``,
+one per URL by default), each staying on its node as behind a load
+balancer: writes through a follower are forwarded to the leader, and the
+run counts them from the nodes' /metrics (tools/chaos_web.py).
+
 After ``--duration`` seconds the clients stop
 (operations in flight finish within their deadline), a fresh client reads
 every key linearizably (retrying up to ``--final-timeout``), and the history
@@ -61,6 +66,7 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
@@ -79,6 +85,7 @@ from ramraft.client import (
 )
 from ramraft.client._core import session_expired
 from ramraft.client.errors import FailedPrecondition, InvalidArgument, NotFound, RamraftError
+from ramraft.tools.chaos_web import parse_web_urls, run_web_clients
 from ramraft.tools.cli import tls_from_args, token_from_args
 from ramraft.tools.history import (
     EXIT_NO_VERDICT,
@@ -136,6 +143,9 @@ class WorkloadConfig:
     # Credentials, as the cluster asks for them (k8s: TLS and a token).
     token: str | None = None
     tls: TLSOptions | None = None
+    # Clients of the nodes' web tiers, each staying on one (tools/chaos_web.py).
+    web: list[str] = field(default_factory=list)
+    web_clients: int = 0
 
     def validate(self) -> None:
         if self.duration <= 0:
@@ -157,6 +167,10 @@ class WorkloadConfig:
             raise ValueError("--accounts must be between 2 and 100")
         if any(w < 0 for w in self.mix.values()):
             raise ValueError("--mix: weights must not be negative")
+        if not 0 <= self.web_clients <= 64:
+            raise ValueError("--web-clients must be between 0 and 64")
+        if self.web_clients and not self.web:
+            raise ValueError("--web-clients needs --web: the nodes' web tier URLs")
 
 
 class _Recorder:
@@ -407,6 +421,10 @@ async def _revision_now(config: WorkloadConfig, key: str) -> int:
             await asyncio.sleep(0.5)
 
 
+def _rng(config: WorkloadConfig, cid: int) -> random.Random:
+    return random.Random(None if config.seed is None else config.seed * 1000 + cid)
+
+
 async def _client_loop(
     cid: int,
     config: WorkloadConfig,
@@ -415,11 +433,8 @@ async def _client_loop(
     stop: asyncio.Event,
     stop_at: float,
 ) -> None:
-    rng = random.Random(None if config.seed is None else config.seed * 1000 + cid)
-    kinds = [k for k in KINDS if config.mix.get(k, 0) > 0]
-    weights = [config.mix[k] for k in kinds]
-    seen: dict[str, str | None] = {}  # the last value this client saw per key
-    n = 0
+    """A gRPC client (AsyncClient, all the endpoints) running operations."""
+    rng = _rng(config, cid)
     async with AsyncClient(
         config.endpoints,
         timeout=config.timeout,
@@ -428,31 +443,52 @@ async def _client_loop(
         token=config.token,
         tls=config.tls,
     ) as client:
-        while not stop.is_set() and time.monotonic() < stop_at:
-            key = rng.choice(keys)
-            kind = rng.choices(kinds, weights)[0]
-            n += 1
-            rec = Record(
-                op=recorder.new_id(), client=cid, kind=kind, key=key, invoke=time.monotonic()
-            )
-            if kind in ("put", "cas"):
-                rec.value = f"c{cid}.{n}"
-            if kind == "cas":
-                # The last value seen makes a swap likely; absent now and then.
-                rec.expected = seen.get(key) if rng.random() < 0.9 else None
+
+        async def run(rec: Record) -> None:
             await _run_op(client, rec, config.timeout, config.read_consistency)
-            recorder.done(rec)
-            if rec.outcome == "ok" and rec.result is not None:
-                if kind == "get":
-                    seen[key] = rec.result["value"] if rec.result["found"] else None
-                elif kind == "put" or (kind == "cas" and rec.result["swapped"]):
-                    seen[key] = rec.value
-                elif kind == "cas":
-                    seen[key] = rec.result["current"] if rec.result["found"] else None
-                elif kind == "delete":
-                    seen[key] = None
-            if config.think:
-                await asyncio.sleep(config.think)
+
+        await _operations(cid, config, keys, recorder, stop, stop_at, rng, run)
+
+
+async def _operations(
+    cid: int,
+    config: WorkloadConfig,
+    keys: list[str],
+    recorder: _Recorder,
+    stop: asyncio.Event,
+    stop_at: float,
+    rng: random.Random,
+    run: Callable[[Record], Awaitable[None]],
+) -> None:
+    """One client's operations, one at a time, until stop or stop_at: the
+    mix's kinds on random keys, each recorded once `run` has filled it in."""
+    kinds = [k for k in KINDS if config.mix.get(k, 0) > 0]
+    weights = [config.mix[k] for k in kinds]
+    seen: dict[str, str | None] = {}  # the last value this client saw per key
+    n = 0
+    while not stop.is_set() and time.monotonic() < stop_at:
+        key = rng.choice(keys)
+        kind = rng.choices(kinds, weights)[0]
+        n += 1
+        rec = Record(op=recorder.new_id(), client=cid, kind=kind, key=key, invoke=time.monotonic())
+        if kind in ("put", "cas"):
+            rec.value = f"c{cid}.{n}"
+        if kind == "cas":
+            # The last value seen makes a swap likely; absent now and then.
+            rec.expected = seen.get(key) if rng.random() < 0.9 else None
+        await run(rec)
+        recorder.done(rec)
+        if rec.outcome == "ok" and rec.result is not None:
+            if kind == "get":
+                seen[key] = rec.result["value"] if rec.result["found"] else None
+            elif kind == "put" or (kind == "cas" and rec.result["swapped"]):
+                seen[key] = rec.value
+            elif kind == "cas":
+                seen[key] = rec.result["current"] if rec.result["found"] else None
+            elif kind == "delete":
+                seen[key] = None
+        if config.think:
+            await asyncio.sleep(config.think)
 
 
 async def _final_reads(
@@ -493,6 +529,7 @@ class Workload:
     records: list[Record]
     watchers: list[WatcherLog]
     bank_total: int | None
+    web: dict[str, Any] = field(default_factory=dict)  # the web clients' counts
 
 
 async def run_workload(
@@ -507,6 +544,8 @@ async def run_workload(
     recorder = _Recorder(history)
     started_mono, started_wall = time.monotonic(), time.time()
     wants_v2 = bool(config.txn_clients or config.watchers)
+    first_web = config.clients + 1 + config.txn_clients  # after the transaction clients
+    web_ids = range(first_web, first_web + config.web_clients)
     # Transactions and watches need key-value version 2 (revisions), which
     # the cluster switches to once every node runs a release that has it.
     revision = await _revision_now(config, f"{prefix}probe") if wants_v2 else 0
@@ -530,6 +569,8 @@ async def run_workload(
             "accounts": accounts,
             "bank_total": bank_total,
             "revisions": bool(revision),
+            "web": config.web,
+            "web_clients": list(web_ids),
         }
     )
     log.info("chaos_workload_started", clients=config.clients, keys=keys, duration=config.duration)
@@ -565,6 +606,27 @@ async def run_workload(
             _txn_loop(config.clients + 1 + t, config, accounts, recorder, stop, stop_at)
             for t in range(config.txn_clients)
         ]
+    web: list[dict[str, Any]] = []
+    if config.web_clients:
+
+        async def operations(cid: int, run: Callable[[Record], Awaitable[None]]) -> None:
+            await _operations(cid, config, keys, recorder, stop, stop_at, _rng(config, cid), run)
+
+        async def web_clients() -> None:
+            web.append(
+                await run_web_clients(
+                    config.web,
+                    config.web_clients,
+                    first_web,
+                    operations,
+                    timeout=config.timeout,
+                    tls=config.tls,
+                    token=config.token,
+                    serializable=config.read_consistency == SERIALIZABLE,
+                )
+            )
+
+        loops.append(web_clients())
     await asyncio.gather(*loops)
     log.info("chaos_workload_done", operations=len(recorder.records))
     await _final_reads(config, keys + accounts, recorder, client_id=config.clients)
@@ -579,7 +641,16 @@ async def run_workload(
             await asyncio.sleep(0.2)
         watching.set()
         await asyncio.gather(*watchers, return_exceptions=True)
-    return Workload(recorder.records, watchers_from(recorder.lines), bank_total)
+    web_summary: dict[str, Any] = {}
+    if web:
+        mine = [r for r in recorder.records if r.client in web_ids]
+        web_summary = {
+            **web[0],
+            "ok": sum(r.outcome == "ok" for r in mine),
+            "ok_writes": sum(r.outcome == "ok" and _writes(r) for r in mine),
+            "operations": len(mine),
+        }
+    return Workload(recorder.records, watchers_from(recorder.lines), bank_total, web_summary)
 
 
 # -- the command -----------------------------------------------------------------------
@@ -665,6 +736,20 @@ def register(sub: Any) -> None:
         "--serializable-reads",
         action="store_true",
         help="read at SERIALIZABLE (may be stale): to see the checker catch stale reads",
+    )
+    p.add_argument(
+        "--web",
+        metavar="URL,...",
+        help=(
+            "also run clients of these web tiers (https://HOST:8080,...), each staying on one "
+            "node as behind a load balancer: writes through a follower are forwarded"
+        ),
+    )
+    p.add_argument(
+        "--web-clients",
+        type=int,
+        default=None,
+        help="how many web clients, spread over the --web URLs in turn (one per URL)",
     )
     p.add_argument(
         "--check-only",
@@ -757,6 +842,10 @@ def _run_chaos(args: argparse.Namespace) -> int:
         return _emit(verdict, as_json, {"history": args.check_only, "keys_meta": meta.get("keys")})
     if not args.history:
         raise _Usage("--history FILE is required (or --check-only FILE)")
+    try:
+        web_urls = parse_web_urls(args.web) if args.web else []
+    except ValueError as e:
+        raise _Usage(f"--web: {e}") from None
     config = WorkloadConfig(
         endpoints=_endpoints(args),
         duration=args.duration,
@@ -775,6 +864,8 @@ def _run_chaos(args: argparse.Namespace) -> int:
         read_consistency=SERIALIZABLE if args.serializable_reads else LINEARIZABLE,
         token=_credential(token_from_args, args),
         tls=_credential(tls_from_args, args),
+        web=web_urls,
+        web_clients=len(web_urls) if args.web_clients is None else args.web_clients,
     )
     try:
         config.validate()
@@ -816,5 +907,6 @@ def _run_chaos(args: argparse.Namespace) -> int:
         "history": str(Path(args.history)),
         "clients": config.clients,
         "seconds": round(ran, 1),
+        **({"web": workload.web} if workload.web else {}),
     }
     return _emit(verdict, as_json, header)

@@ -43,6 +43,7 @@ from tests.chaos.netns import (
     CONTAINER_DATA_DIR,
     CONTAINER_UID,
     GRPC_PORT,
+    HTTP_PORT,
     ChaosNet,
     ManagedProcess,
 )
@@ -291,9 +292,11 @@ class LabCluster:
         clients: int = 4,
         keys: int = 5,
         args: Sequence[str] = (),
+        web: bool = False,
     ) -> ManagedProcess:
         """`ramraft chaos` in the client namespace, through the DNS names
-        (in a container of the image if the nodes run in containers)."""
+        (in a container of the image if the nodes run in containers).
+        `web`: a web client on each node's web tier too (web_urls)."""
         assert self.net.client_name is not None
         in_container = "/out/" + history.name
         argv = [
@@ -304,6 +307,7 @@ class LabCluster:
             "--clients", str(clients),
             "--keys", str(keys),
             "--json",
+            *(("--web", self.web_urls()) if web else ()),
             *(self.security.workload_args() if self.security else ()),
             *args,
         ]  # fmt: skip
@@ -326,6 +330,13 @@ class LabCluster:
             env={"PYTHONPATH": str(REPO), "RAMRAFT_LOG_LEVEL": "warning"},
             cwd=REPO,
         )
+
+    def web_urls(self) -> str:
+        """The nodes' web tiers, for the workload's web clients: one stays
+        on each node (as behind a load balancer), so two write through
+        followers, which forward their writes (Peer.ForwardStream)."""
+        scheme = "https" if self.security else "http"
+        return ",".join(f"{scheme}://{self.net.fqdn(n)}:{HTTP_PORT}" for n in self.names)
 
     def finish_workload(self, timeout: float = 900.0) -> tuple[int, dict[str, Any]]:
         """SIGTERM ends the workload early (final reads and the check still
@@ -499,6 +510,8 @@ def report(windows: Sequence[FaultWindow], summary: dict[str, Any]) -> dict[str,
         "watch_problems": summary.get("watch_problems"),
         "revision_problems": summary.get("revision_problems"),
         "transfer_problems": summary.get("transfer_problems"),
+        # The web clients: their operations and the writes the nodes forwarded.
+        "web": summary.get("web"),
         "faults": len(windows),
         "faults_by_kind": by_kind,
         "longest_write_pause_after_leader_kill": max(leader_kills, default=None),
@@ -559,7 +572,12 @@ def run_session(
         cluster.start_all()
         cluster.wait_ready(timeout=90)
         cluster.start_workload(
-            history, duration=seconds + 3600, clients=clients, keys=keys, args=workload_args
+            history,
+            duration=seconds + 3600,
+            clients=clients,
+            keys=keys,
+            args=workload_args,
+            web=True,
         )
         time.sleep(3)  # a fault-free start
         try:

@@ -78,6 +78,10 @@ def survives(lab_net: ChaosNet, tmp_path: Path, seconds: float) -> None:
     # across the faults (moving between nodes as they died).
     assert rep["watchers"] == 2 and rep["watch_events"] > 0, rep
     assert (rep["txn"] or {}).get("ok", 0) > 0, rep
+    # The web clients wrote through followers too: Peer.ForwardStream ran
+    # under the faults, not only around leader changes.
+    web = rep["web"] or {}
+    assert web.get("ok_writes", 0) > 0 and web.get("forwarded_writes", 0) > 0, web
     assert rep["watch_problems"] == rep["revision_problems"] == rep["transfer_problems"] == 0, (
         f"seed {seed}: see the problems in {tmp_path}/history.jsonl's verdict"
     )

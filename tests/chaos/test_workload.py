@@ -274,6 +274,9 @@ def test_check_only_judges_a_recorded_history(tmp_path: Path) -> None:
         (("--history", "h", "--mix", "incr=3"), "not KIND=WEIGHT"),
         (("--history", "h", "--duration", "-1"), "--duration"),
         (("--history", "h", "--endpoints", "nohost"), "expected HOST:PORT"),
+        (("--history", "h", "--web", "host:8080"), "--web: 'host:8080' is not an http://"),
+        (("--history", "h", "--web-clients", "2"), "--web-clients needs --web"),
+        (("--history", "h", "--web", "http://h:1", "--web-clients", "65"), "between 0 and 64"),
     ],
 )
 def test_usage_errors(args: tuple[str, ...], message: str) -> None:
@@ -430,15 +433,18 @@ def test_an_audit_that_sees_a_torn_transfer_is_a_violation() -> None:
 
 def test_workload_against_nodes_on_loopback_with_a_leader_kill(tmp_path: Path) -> None:
     """A short run while the leader is SIGKILLed and restarted: linearizable,
-    nothing lost, every key read at the end; the history is complete."""
+    nothing lost, every key read at the end; the history is complete. A web
+    client stays on each node's web tier: two write through followers."""
     history = tmp_path / "history.jsonl"
-    with ProcessCluster(tmp_path / "nodes", nodes=3) as cluster:
+    with ProcessCluster(tmp_path / "nodes", nodes=3, http=True) as cluster:
         cluster.wait_for_leader()
+        web = ",".join(f"http://{cluster.http[i]}" for i in cluster.ids)
         cmd = [
             sys.executable, "-m", "ramraft", "chaos",
             "--endpoints", cluster.endpoints(),
             "--duration", "8", "--history", str(history),
             "--clients", "3", "--keys", "3", "--seed", "7", "--json",
+            "--web", web,
         ]  # fmt: skip
         workload = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
         killed: list[str] = []
@@ -473,6 +479,12 @@ def test_workload_against_nodes_on_loopback_with_a_leader_kill(tmp_path: Path) -
     # Every write stores a value of its own.
     values = [r.value for r in records if r.kind in ("put", "cas")]
     assert len(values) == len(set(values))
+    # The web clients (ids after the transaction client) ran every kind on
+    # the same keys, and the followers forwarded their writes.
+    assert meta["web_clients"] == [5, 6, 7]
+    web_ops = [r for r in records if r.client in meta["web_clients"]]
+    assert {r.kind for r in web_ops if r.outcome == "ok"} == {"get", "put", "cas", "delete"}
+    assert summary["web"]["ok_writes"] > 0 and summary["web"]["forwarded_writes"] > 0, summary
 
 
 class _FailingClient:
