@@ -296,7 +296,8 @@ class LabCluster:
     ) -> ManagedProcess:
         """`ramraft chaos` in the client namespace, through the DNS names
         (in a container of the image if the nodes run in containers).
-        `web`: a web client on each node's web tier too (web_urls)."""
+        `web`: two web clients on each node's web tier too (web_urls), so
+        a follower's forward stream carries more than one write at times."""
         assert self.net.client_name is not None
         in_container = "/out/" + history.name
         argv = [
@@ -307,7 +308,7 @@ class LabCluster:
             "--clients", str(clients),
             "--keys", str(keys),
             "--json",
-            *(("--web", self.web_urls()) if web else ()),
+            *(("--web", self.web_urls(), "--web-clients", str(2 * len(self.names))) if web else ()),
             *(self.security.workload_args() if self.security else ()),
             *args,
         ]  # fmt: skip
