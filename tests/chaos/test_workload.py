@@ -433,8 +433,9 @@ def test_an_audit_that_sees_a_torn_transfer_is_a_violation() -> None:
 
 def test_workload_against_nodes_on_loopback_with_a_leader_kill(tmp_path: Path) -> None:
     """A short run while the leader is SIGKILLed and restarted: linearizable,
-    nothing lost, every key read at the end; the history is complete. A web
-    client stays on each node's web tier: two write through followers."""
+    nothing lost, every key read at the end; the history is complete. Two
+    web clients stay on each node's web tier: four write through followers,
+    two at a time through each one's forward stream."""
     history = tmp_path / "history.jsonl"
     with ProcessCluster(tmp_path / "nodes", nodes=3, http=True) as cluster:
         cluster.wait_for_leader()
@@ -444,7 +445,7 @@ def test_workload_against_nodes_on_loopback_with_a_leader_kill(tmp_path: Path) -
             "--endpoints", cluster.endpoints(),
             "--duration", "8", "--history", str(history),
             "--clients", "3", "--keys", "3", "--seed", "7", "--json",
-            "--web", web,
+            "--web", web, "--web-clients", "6",
         ]  # fmt: skip
         workload = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
         killed: list[str] = []
@@ -481,7 +482,7 @@ def test_workload_against_nodes_on_loopback_with_a_leader_kill(tmp_path: Path) -
     assert len(values) == len(set(values))
     # The web clients (ids after the transaction client) ran every kind on
     # the same keys, and the followers forwarded their writes.
-    assert meta["web_clients"] == [5, 6, 7]
+    assert meta["web_clients"] == [5, 6, 7, 8, 9, 10]
     web_ops = [r for r in records if r.client in meta["web_clients"]]
     assert {r.kind for r in web_ops if r.outcome == "ok"} == {"get", "put", "cas", "delete"}
     assert summary["web"]["ok_writes"] > 0 and summary["web"]["forwarded_writes"] > 0, summary
