@@ -13,7 +13,15 @@ The rules (proto/kv.proto states them to clients):
   the answers completed in the same turn of the event loop (the Raft loop
   applies a whole batch of writes at once) leave in one message. A gRPC
   message costs a node far more CPU than a request does
-  (bench/profile_leader.py), which is what the batch saves.
+  (bench/profile_leader.py), which is what the batch saves. Reads, which
+  are served at once, are the exception: a batch's reads are served
+  ANSWER_CHUNK at a time, and the answers of each group leave before the
+  next group is served, so that the client takes up the first answers (and
+  sends its next requests) while the node serves the rest. Served in one
+  go, a client that keeps many reads in flight and the node took turns,
+  each idle while the other worked (two cores, one busy: 0.58 core for the
+  node, 0.46 for the client); split, both work at once. Writes are not
+  split: their proposals belong in one Raft batch.
 - Bounded (server/security/budget.py): the next message is read only once
   its bytes are reserved in the node's memory budget, and only while this
   stream's requests in service and unwritten answers number fewer than
@@ -85,6 +93,20 @@ class RoundShare(Protocol):
 
 
 log = structlog.get_logger(__name__)
+
+# Reads served in one go before their answers leave (see the module
+# docstring): 32 of a batch of 64 at a time measured best (16 costs more
+# messages, 64 is no split at 64 in flight).
+ANSWER_CHUNK = 32
+_READ_OPS = frozenset({"get", "range"})  # the ops served at once, without the log
+
+
+async def _let_answers_out() -> None:
+    """Two turns of the event loop: in the first the reads launched so far
+    are served, in the second the writer sends their answers."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
 
 NO_OP = (
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -310,6 +332,7 @@ class StreamServer:
                     await asyncio.sleep(0)
                     await asyncio.sleep(0)
                 reads: list[_Deferred] = []  # linearizable reads, for the round
+                served_now = 0  # reads served at once since the answers last left
                 for n, request in enumerate(batch):
                     if n and not window.room(own_bytes):
                         # The reads held so far hold room too: they are
@@ -325,6 +348,11 @@ class StreamServer:
                     # reservation, exactly as on KV.Stream.
                     own = held if len(batch) == 1 else self._answer_reservation(light)
                     self._start(request, carrier, own, arrived, reads if waits[n] else None)
+                    if not waits[n] and request.WhichOneof("op") in _READ_OPS:
+                        served_now += 1
+                        if served_now == ANSWER_CHUNK and n + 1 < len(batch):
+                            served_now = 0
+                            await _let_answers_out()
                 self._after_round(reads, shared)
         finally:
             self._reading = False
@@ -410,7 +438,9 @@ class StreamServer:
                 log.exception("read_round_failed")
                 confirmed = False
             ROUND_CONFIRMED.set(confirmed)  # the tasks below copy this context
-            for served in reads:
+            for n, served in enumerate(reads):
+                if n and n % ANSWER_CHUNK == 0:
+                    await _let_answers_out()
                 self._launch(served)
         finally:
             del self._running[key]

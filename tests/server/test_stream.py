@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from ramraft.proto import kv_pb2, kv_pb2_grpc
+from ramraft.server.rpc.streams import ANSWER_CHUNK
 from ramraft.server.security.auth import MAX_STREAM_BATCH as MAX_BATCH
 from tests.server.procs import ProcessCluster
 
@@ -250,6 +251,42 @@ def test_many_requests_in_flight_on_one_stream(cluster: ProcessCluster, kind: st
         kind=kind,
     )
     assert all(reads[i].get.value == b"%d" % i for i in range(n))
+
+
+@pytest.mark.parametrize("consistency", [kv_pb2.SERIALIZABLE, kv_pb2.LINEARIZABLE])
+def test_a_batch_of_reads_is_answered_in_groups(cluster: ProcessCluster, consistency: int) -> None:
+    """The reads of a batch are served ANSWER_CHUNK at a time and each
+    group's answers leave before the next is served (server/rpc/streams.py),
+    so the client can take up the first while the node serves the rest; a
+    batch of writes is answered as its entries are applied, together."""
+    leader = cluster.wait_for_leader()
+    n = 60  # under --max-inflight-per-connection: no request waits for room
+    writes: list[int] = []
+    exchange(
+        cluster.grpc[leader],
+        [
+            kv_pb2.StreamRequest(id=i, put=kv_pb2.PutRequest(key=f"groups/{i}", value=b"v"))
+            for i in range(n)
+        ],
+        kind="batch",
+        messages=writes,
+    )
+    messages: list[int] = []
+    answers = exchange(
+        cluster.grpc[leader],
+        [
+            kv_pb2.StreamRequest(
+                id=i, get=kv_pb2.GetRequest(key=f"groups/{i}", consistency=consistency)
+            )
+            for i in range(n)
+        ],
+        kind="batch",
+        messages=messages,
+    )
+    assert all(answers[i].get.value == b"v" for i in range(n))
+    assert sum(messages) == n and len(messages) >= 2, messages
+    assert max(messages) <= ANSWER_CHUNK, messages
+    assert max(writes) > ANSWER_CHUNK, writes
 
 
 @pytest.mark.parametrize("kind", KINDS)
