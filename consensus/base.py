@@ -98,6 +98,9 @@ class NodeState:
     def _broadcast_heartbeat(self, context: bytes) -> None:
         raise NotImplementedError
 
+    def _send_heartbeat(self, peer: NodeId, context: bytes) -> None:
+        raise NotImplementedError
+
     def _ack_read_round(self, context: bytes, voter: NodeId) -> None:
         raise NotImplementedError
 

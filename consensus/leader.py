@@ -241,18 +241,23 @@ class LeaderMixin(NodeState):
                     pass
 
     def _broadcast_heartbeat(self, context: bytes) -> None:
-        for peer, pr in self.progress.items():
-            if peer == self.id:
-                continue
-            commit = min(pr.match, self.log.committed)
-            pr.sent_commit = max(pr.sent_commit, commit)
-            self._send(
-                Message(
-                    MsgType.HEARTBEAT,
-                    self.id,
-                    peer,
-                    self.term,
-                    commit=commit,
-                    context=context,
-                )
+        for peer in self.progress:
+            if peer != self.id:
+                self._send_heartbeat(peer, context)
+
+    def _send_heartbeat(self, peer: NodeId, context: bytes) -> None:
+        pr = self.progress.get(peer)
+        if pr is None:
+            return
+        commit = min(pr.match, self.log.committed)
+        pr.sent_commit = max(pr.sent_commit, commit)
+        self._send(
+            Message(
+                MsgType.HEARTBEAT,
+                self.id,
+                peer,
+                self.term,
+                commit=commit,
+                context=context,
             )
+        )

@@ -45,10 +45,13 @@ class ReadOnly:
     a heartbeat quorum. Bounded by the caller (the runtime limits reads in
     flight)."""
 
-    __slots__ = ("_next_round", "queued", "rounds")
+    __slots__ = ("_next_round", "fast", "queued", "rounds")
 
     def __init__(self, first_round_id: int) -> None:
         self.queued: list[ReadRequest] = []
+        # The voters whose answers completed the last round confirmed (the
+        # leader's own aside): the next round's heartbeats go to them.
+        self.fast: frozenset[NodeId] = frozenset()
         # Invariant: round ids increase in insertion order; indexes never decrease.
         self.rounds: OrderedDict[int, ReadRound] = OrderedDict()
         self._next_round = first_round_id
@@ -99,6 +102,7 @@ class ReadOnly:
 
     def drain(self) -> list[ReadRequest]:
         """Every read still waiting, removed (the leader is stepping down)."""
+        self.fast = frozenset()
         requests = list(self.queued)
         for read_round in self.rounds.values():
             requests.extend(read_round.requests)

@@ -74,6 +74,48 @@ def test_a_read_that_arrives_during_a_round_waits_for_the_next() -> None:
     assert [rs.context for rs in c.peers["a"].read_states] == [b"early", b"late"]
 
 
+def test_a_rounds_heartbeats_go_to_the_voters_that_completed_the_last_one() -> None:
+    """The first round of a term asks every follower; the next asks only
+    the one whose answer completed it (with the leader, a majority of
+    three). When that one stops answering, the periodic heartbeat carries
+    the round to every follower, another completes it, and the rounds after
+    ask that one. Never fewer than a quorum's worth, and a read is still
+    served only after a majority answered a heartbeat sent after it."""
+    c = Cluster(heartbeat_tick=3)
+    a = c.elect("a")
+    c.tick_all(1)
+
+    def beats() -> dict[str, bytes]:
+        return {m.dst: m.context for m in c.queue if m.type == MsgType.HEARTBEAT and m.context}
+
+    a.read_index(b"r1")
+    c.handle_ready("a")
+    assert set(beats()) == {"b", "c"}, "the term's first round asks everyone"
+    c.cut.add(("c", "a"))  # c's answer is late: b's completes the round
+    c.deliver_all()
+    c.heal()
+    assert [rs.context for rs in c.peers["a"].read_states] == [b"r1"]
+
+    a.read_index(b"r2")
+    c.handle_ready("a")
+    assert set(beats()) == {"b"}, "the next round asks only b"
+    c.queue.clear()  # b is paused: the round's heartbeat is lost
+    c.isolate("b")
+    c.deliver_all()
+    assert [rs.context for rs in c.peers["a"].read_states] == [b"r1"], "no quorum yet"
+    c.tick("a", 3)  # the periodic heartbeat: the newest round, to everyone
+    assert {dst for dst, ctx in beats().items() if ctx} == {"b", "c"}
+    c.deliver_all()
+    assert [rs.context for rs in c.peers["a"].read_states] == [b"r1", b"r2"]
+
+    c.heal()
+    a.read_index(b"r3")
+    c.handle_ready("a")
+    assert set(beats()) == {"c"}, "c completed the last round: it is asked now"
+    c.deliver_all()
+    assert [rs.context for rs in c.peers["a"].read_states] == [b"r1", b"r2", b"r3"]
+
+
 def test_new_leader_waits_for_its_noop_before_serving_reads() -> None:
     """Thesis 6.4 step 1: until an entry of its term commits, a new leader's
     commit index may lag writes acknowledged by its predecessor."""
