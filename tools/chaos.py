@@ -425,15 +425,20 @@ def _rng(config: WorkloadConfig, cid: int) -> random.Random:
     return random.Random(None if config.seed is None else config.seed * 1000 + cid)
 
 
-async def _client_loop(
-    cid: int,
-    config: WorkloadConfig,
-    keys: list[str],
-    recorder: _Recorder,
-    stop: asyncio.Event,
-    stop_at: float,
-) -> None:
+@dataclass
+class _Clients:
+    """What every client of the key-value operations shares."""
+
+    config: WorkloadConfig
+    keys: list[str]
+    recorder: _Recorder
+    stop: asyncio.Event
+    stop_at: float
+
+
+async def _client_loop(cid: int, clients: _Clients) -> None:
     """A gRPC client (AsyncClient, all the endpoints) running operations."""
+    config = clients.config
     rng = _rng(config, cid)
     async with AsyncClient(
         config.endpoints,
@@ -447,21 +452,16 @@ async def _client_loop(
         async def run(rec: Record) -> None:
             await _run_op(client, rec, config.timeout, config.read_consistency)
 
-        await _operations(cid, config, keys, recorder, stop, stop_at, rng, run)
+        await _operations(cid, clients, rng, run)
 
 
 async def _operations(
-    cid: int,
-    config: WorkloadConfig,
-    keys: list[str],
-    recorder: _Recorder,
-    stop: asyncio.Event,
-    stop_at: float,
-    rng: random.Random,
-    run: Callable[[Record], Awaitable[None]],
+    cid: int, clients: _Clients, rng: random.Random, run: Callable[[Record], Awaitable[None]]
 ) -> None:
     """One client's operations, one at a time, until stop or stop_at: the
     mix's kinds on random keys, each recorded once `run` has filled it in."""
+    config, keys, recorder = clients.config, clients.keys, clients.recorder
+    stop, stop_at = clients.stop, clients.stop_at
     kinds = [k for k in KINDS if config.mix.get(k, 0) > 0]
     weights = [config.mix[k] for k in kinds]
     seen: dict[str, str | None] = {}  # the last value this client saw per key
@@ -575,9 +575,8 @@ async def run_workload(
     )
     log.info("chaos_workload_started", clients=config.clients, keys=keys, duration=config.duration)
     stop_at = started_mono + config.duration
-    loops = [
-        _client_loop(cid, config, keys, recorder, stop, stop_at) for cid in range(config.clients)
-    ]
+    clients = _Clients(config, keys, recorder, stop, stop_at)
+    loops = [_client_loop(cid, clients) for cid in range(config.clients)]
     watching = asyncio.Event()
     reached: dict[int, int] = {}
     watchers: list[asyncio.Task[None]] = []
@@ -610,7 +609,7 @@ async def run_workload(
     if config.web_clients:
 
         async def operations(cid: int, run: Callable[[Record], Awaitable[None]]) -> None:
-            await _operations(cid, config, keys, recorder, stop, stop_at, _rng(config, cid), run)
+            await _operations(cid, clients, _rng(config, cid), run)
 
         async def web_clients() -> None:
             web.append(
