@@ -33,6 +33,7 @@ from ramraft.server.request_errors import (
 from ramraft.server.rpc.services import (
     _session,
     _timeout,
+    name_leader,
     response_header,
     rpc,
     rpc_stream,
@@ -80,6 +81,7 @@ class LeaseService(kv_pb2_grpc.LeaseServicer):
             command, self._timeout(context), retry_unsafe=bool(session)
         )
         check_command_result(result)
+        name_leader(self.runtime, context)
         assert isinstance(result, LeaseGrantResult)
         return kv_pb2.LeaseGrantResponse(
             id=result.lease_id,
@@ -98,6 +100,7 @@ class LeaseService(kv_pb2_grpc.LeaseServicer):
             command, self._timeout(context), retry_unsafe=bool(session)
         )
         check_command_result(result)
+        name_leader(self.runtime, context)
         assert isinstance(result, LeaseRevokeResult)
         return kv_pb2.LeaseRevokeResponse(
             deleted=result.deleted, index=result.index, header=self._header(result.revision)

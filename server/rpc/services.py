@@ -238,6 +238,20 @@ _STREAM_OPS = {
 }
 
 
+def name_leader(runtime: RaftRuntime, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """A follower (which forwarded the write) names the leader in its
+    answer, as it does in a refusal: the client sends its next writes there
+    (client/_core.py EndpointRing.lead). A forwarded write costs a gRPC call
+    between the nodes each, with no batching: a client that stayed on a
+    follower wrote at a fifth of the leader's rate."""
+    core = runtime.core
+    if core is None or core.role is Role.LEADER:
+        return
+    leader = runtime.leader_client_address()
+    if leader:
+        context.set_trailing_metadata(((LEADER_METADATA_KEY, leader),))
+
+
 class KVService(kv_pb2_grpc.KVServicer):
     def __init__(self, api: NodeAPI, machine: KVMachine, hub: WatchHub | None = None) -> None:
         self.api = api
@@ -260,21 +274,8 @@ class KVService(kv_pb2_grpc.KVServicer):
             command, _timeout(context, self.limits), retry_unsafe=safe
         )
         check_command_result(result)
-        self._name_leader(context)
+        name_leader(self.runtime, context)
         return index, result
-
-    def _name_leader(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        """A follower (which forwarded the write) names the leader in its
-        answer, as it does in a refusal: the client sends its next writes
-        there (client/_core.py EndpointRing.lead). A forwarded write costs a
-        gRPC call between the nodes each, with no batching: a client that
-        stayed on a follower wrote at a fifth of the leader's rate."""
-        core = self.runtime.core
-        if core is None or core.role is Role.LEADER:
-            return
-        leader = self.runtime.leader_client_address()
-        if leader:
-            context.set_trailing_metadata(((LEADER_METADATA_KEY, leader),))
 
     async def _txn(
         self, txn: Txn, session: Session | None, context: grpc.aio.ServicerContext[Any, Any]

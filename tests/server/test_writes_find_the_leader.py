@@ -21,6 +21,7 @@ import pytest
 from ramraft.client import AsyncClient, Client
 from ramraft.proto import kv_pb2, kv_pb2_grpc
 from tests.server.procs import ProcessCluster
+from tests.server.test_kv_api import wait_kv2
 
 HINT = "ramraft-leader"
 
@@ -86,6 +87,27 @@ def test_a_forwarded_write_names_the_leader(cluster: ProcessCluster) -> None:
     # The writes name the leader; the read, served where it was asked, does not.
     assert batch_hints(follower) == [cluster.grpc[leader], cluster.grpc[leader], ""]
     assert batch_hints(leader) == ["", "", ""]
+
+
+def test_a_forwarded_lease_grant_and_revoke_name_the_leader(cluster: ProcessCluster) -> None:
+    """Leases are writes too: a follower's answer to LeaseGrant and
+    LeaseRevoke names the leader, so a client's next writes go there."""
+    leader = wait_kv2(cluster)
+    follower = next(i for i in cluster.ids if i != leader)
+    address = cluster.grpc[leader]
+
+    def hints(node_id: str) -> tuple[str | None, str | None]:
+        with grpc.insecure_channel(cluster.grpc[node_id]) as channel:
+            stub = kv_pb2_grpc.LeaseStub(channel)
+            granted, call = stub.Grant.with_call(kv_pb2.LeaseGrantRequest(ttl=30), timeout=10)
+            grant = dict(call.trailing_metadata() or ()).get(HINT)
+            grant = None if grant is None else str(grant)
+            _, call = stub.Revoke.with_call(kv_pb2.LeaseRevokeRequest(id=granted.id), timeout=10)
+            revoke = dict(call.trailing_metadata() or ()).get(HINT)
+            return grant, None if revoke is None else str(revoke)
+
+    assert hints(follower) == (address, address)
+    assert hints(leader) == (None, None)
 
 
 @pytest.mark.parametrize("transport", ["stream", "unary"])
