@@ -768,6 +768,13 @@ def _emit(verdict: Verdict, as_json: bool, header: dict[str, Any]) -> int:
     if as_json:
         _print(json.dumps({**header, **verdict.summary()}))
     else:
+        web = header.get("web")
+        if web:
+            _print(
+                f"web clients: {web['clients']} on {len(web['urls'])} nodes, "
+                f"{web['operations']} operations ({web['ok']} ok, {web['ok_writes']} writes "
+                f"acknowledged); the nodes forwarded {web['forwarded_writes']} writes"
+            )
         _print(verdict.report())
         _print("summary: " + json.dumps({**header, **verdict.summary()}))
     return verdict.exit_code

@@ -19,7 +19,7 @@ import pytest
 
 from ramraft.client._core import SESSION_EXPIRED
 from ramraft.client.errors import DeadlineExceeded, FailedPrecondition, Unavailable
-from ramraft.tools.chaos import _run_op
+from ramraft.tools.chaos import _emit, _run_op
 from ramraft.tools.history import (
     EXIT_NO_VERDICT,
     EXIT_PASS,
@@ -282,6 +282,18 @@ def test_check_only_judges_a_recorded_history(tmp_path: Path) -> None:
 def test_usage_errors(args: tuple[str, ...], message: str) -> None:
     r = ramraft("chaos", *args)
     assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_the_text_report_names_the_web_clients(capsys: pytest.CaptureFixture[str]) -> None:
+    verdict = check_history([op("put", 0, 1, value="a"), final(2, "a")])
+    web = {"urls": ["http://a:1", "http://b:1"], "clients": 4, "operations": 10, "ok": 9}
+    _emit(verdict, False, {"web": {**web, "ok_writes": 5, "forwarded_writes": 3}})
+    out = capsys.readouterr().out
+    assert (
+        "web clients: 4 on 2 nodes, 10 operations (9 ok, 5 writes acknowledged); "
+        "the nodes forwarded 3 writes"
+    ) in out
+    assert "verdict: PASS" in out
 
 
 def test_check_only_of_a_missing_file_has_no_verdict(tmp_path: Path) -> None:
