@@ -4,11 +4,14 @@ and the client.
     python -m bench.trace_read                      # 64 reads in flight, one AsyncClient, 5 s
     python -m bench.trace_read --in-flight 16
 
-With one client the reads in flight travel together: one KV.StreamBatch
-message carries them to the leader, one ReadIndex round confirms them, one
-message carries the answers back, and the client sends the next batch. So a
+With one client the reads in flight travel in batches: a KV.StreamBatch
+message carries them to the leader, one ReadIndex round confirms them, the
+leader answers them 32 at a time (server/rpc/streams.py ANSWER_CHUNK), and
+the callers of the first answers send the next batch, whose round starts
+while the rest are answered; at 64 in flight two groups take turns. So a
 round's cycle is a chain of steps, each of which waits for the one before;
-this names them. Every process (the three nodes and the client) notes a
+this names them (a round whose next batch comes after the next round began
+is left out). Every process (the three nodes and the client) notes a
 timestamp (time.perf_counter: CLOCK_MONOTONIC, the same clock in every
 process) at each step, the leader's tagged with the round; the medians:
 
@@ -17,8 +20,8 @@ process) at each step, the leader's tagged with the round; the medians:
     hop      the heartbeat leaves -> the follower has parsed it (gRPC)
     follower parsed -> its answer leaves (its Raft loop's turn)
     hop      the answer leaves -> the leader has parsed it
-    leader   parsed -> the round released -> the answers written (every
-             read served, in one message)
+    leader   parsed -> the round released -> its first answers written
+             (the first group's message)
     client   the answers written -> the next batch sent (the hop back, the
              callers resumed, their next reads made)
     hop      the batch sent -> the leader has read it
