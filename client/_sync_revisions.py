@@ -164,8 +164,10 @@ class RevisionsMixin:
     def lease_keep_alive(self, lease_id: int, *, timeout: float | None = None) -> int:
         """Renews a lease once; returns its ttl from now (0: the lease is gone)."""
         total = self.timeout if timeout is None else _core.check_timeout(timeout)
+        # A renewal is a write (it goes through the log): to the leader,
+        # when a follower named it.
         attempts = _core.CallAttempts(
-            self._ring, total, self._policy, self._rng, method="LeaseKeepAlive"
+            self._ring, total, self._policy, self._rng, method="LeaseKeepAlive", write=True
         )
         request = kv_pb2.LeaseKeepAliveRequest(id=lease_id)
         while True:

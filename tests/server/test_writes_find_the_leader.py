@@ -110,6 +110,33 @@ def test_a_forwarded_lease_grant_and_revoke_name_the_leader(cluster: ProcessClus
     assert hints(leader) == (None, None)
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_lease_renewals_follow_the_grant_to_the_leader(cluster: ProcessCluster, kind: str) -> None:
+    """A client starting at a follower: its lease grant is forwarded and
+    names the leader, and its keep-alives (writes too) go there."""
+    leader = wait_kv2(cluster)
+    follower = next(i for i in cluster.ids if i != leader)
+    endpoints = [cluster.grpc[follower]] + [cluster.grpc[i] for i in cluster.ids if i != follower]
+    before = forwarded(cluster, follower)
+    if kind == "sync":
+        with Client(endpoints, timeout=10, rng=_First()) as client:
+            grant = client.lease_grant(30)
+            ttls = [client.lease_keep_alive(grant.id) for _ in range(3)]
+            client.lease_revoke(grant.id)
+    else:
+
+        async def run() -> list[int]:
+            async with AsyncClient(endpoints, timeout=10, rng=_First()) as client:
+                grant = await client.lease_grant(30)
+                ttls = [await client.lease_keep_alive(grant.id) for _ in range(3)]
+                await client.lease_revoke(grant.id)
+                return ttls
+
+        ttls = asyncio.run(run())
+    assert all(ttl > 0 for ttl in ttls), ttls
+    assert forwarded(cluster, follower) - before == 1, "only the grant is forwarded"
+
+
 @pytest.mark.parametrize("transport", ["stream", "unary"])
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_client_on_a_follower_writes_to_the_leader(
