@@ -301,7 +301,8 @@ class StreamServer:
                     held.read_done()
                 if not self._batched:
                     window.requests += 1
-                    self._start(message, _Message(held, 1), held, arrived)
+                    op = message.WhichOneof("op")
+                    self._start(message, op, _Message(held, 1), held, arrived)
                     continue
                 batch = message.requests
                 if len(batch) > MAX_STREAM_BATCH:
@@ -323,7 +324,8 @@ class StreamServer:
                 # A batch of a light stream's few requests is still light:
                 # their small answers may come from the reserve.
                 light = held is not None and held.light and len(batch) <= InflightLimiter.LIGHT
-                shared, waits = self._ask_round(batch, arrived)
+                ops = [request.WhichOneof("op") for request in batch]
+                shared, waits = self._ask_round(batch, ops, arrived)
                 if shared is not None:
                     # Two turns of the event loop: in the first the Raft
                     # loop starts the round, in the second the heartbeats
@@ -347,8 +349,9 @@ class StreamServer:
                     # A lone request takes its answer from the message's
                     # reservation, exactly as on KV.Stream.
                     own = held if len(batch) == 1 else self._answer_reservation(light)
-                    self._start(request, carrier, own, arrived, reads if waits[n] else None)
-                    if not waits[n] and request.WhichOneof("op") in _READ_OPS:
+                    op = ops[n]
+                    self._start(request, op, carrier, own, arrived, reads if waits[n] else None)
+                    if not waits[n] and op in _READ_OPS:
                         served_now += 1
                         if served_now == ANSWER_CHUNK and n + 1 < len(batch):
                             served_now = 0
@@ -370,17 +373,18 @@ class StreamServer:
     def _start(
         self,
         request: kv_pb2.StreamRequest,
+        op: str | None,
         message: _Message,
         reservation: _Held | None,
         arrived: float,
         reads: list[_Deferred] | None = None,
     ) -> None:
-        """Admit ``request`` and start serving it, or answer its refusal.
-        ``reservation``: what it may grow for its answer (CALL_RESERVATION).
+        """Admit ``request`` (whose op field is ``op``) and start serving it,
+        or answer its refusal. ``reservation``: what it may grow for its
+        answer (CALL_RESERVATION).
         Given ``reads`` (the request waits for the batch's round), it is
         added there instead, to be served after the round (``_after_round``)."""
         own = reservation if reservation is not message.reservation else None
-        op = request.WhichOneof("op")
         gate = self._gate
         refused = NO_OP if op is None else gate.admit(self._ops[op]) if gate else None
         if refused is not None:
@@ -399,15 +403,16 @@ class StreamServer:
         self._running[key] = asyncio.create_task(self._serve(key, *served))
 
     def _ask_round(
-        self, batch: Sequence[kv_pb2.StreamRequest], arrived: float
+        self, batch: Sequence[kv_pb2.StreamRequest], ops: list[str | None], arrived: float
     ) -> tuple[asyncio.Future[bool] | None, list[bool]]:
         """One ReadIndex round asked for the batch's linearizable reads (all
         of which have arrived), None if it has none; and, for each request
-        of the batch, whether it waits for that round."""
+        of the batch (whose op fields are ``ops``), whether it waits for
+        that round."""
         rounds = self._rounds
         if rounds is None:
             return None, [False] * len(batch)
-        waits = [rounds.wants(r, r.WhichOneof("op")) for r in batch]
+        waits = [rounds.wants(r, op) for r, op in zip(batch, ops, strict=True)]
         if not any(waits):
             return None, waits
         asked = rounds.ask(
