@@ -69,6 +69,18 @@ class LeaseService(kv_pb2_grpc.LeaseServicer):
             self.runtime, self.machine.revision if revision is None else revision
         )
 
+    async def _write(
+        self, command: bytes, session: object, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> object:
+        """Grant's and Revoke's write, as KVService._write: retried only with
+        a session, its refusal raised, the leader named when forwarded."""
+        _, result = await self.api.write(
+            command, self._timeout(context), retry_unsafe=bool(session)
+        )
+        check_command_result(result)
+        name_leader(self.runtime, context)
+        return result
+
     @rpc("LeaseGrant")
     async def Grant(
         self, request: kv_pb2.LeaseGrantRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -77,11 +89,7 @@ class LeaseService(kv_pb2_grpc.LeaseServicer):
             raise BadRequest(f"ttl {request.ttl}: a lease lives 1..{MAX_LEASE_TTL} seconds")
         session = _session(request)
         command = encode_lease_grant(_lease_id(request.id, zero=True), request.ttl, session)
-        _, result = await self.api.write(
-            command, self._timeout(context), retry_unsafe=bool(session)
-        )
-        check_command_result(result)
-        name_leader(self.runtime, context)
+        result = await self._write(command, session, context)
         assert isinstance(result, LeaseGrantResult)
         return kv_pb2.LeaseGrantResponse(
             id=result.lease_id,
@@ -96,11 +104,7 @@ class LeaseService(kv_pb2_grpc.LeaseServicer):
     ) -> kv_pb2.LeaseRevokeResponse:
         session = _session(request)
         command = encode_lease_revoke(_lease_id(request.id), None, session)
-        _, result = await self.api.write(
-            command, self._timeout(context), retry_unsafe=bool(session)
-        )
-        check_command_result(result)
-        name_leader(self.runtime, context)
+        result = await self._write(command, session, context)
         assert isinstance(result, LeaseRevokeResult)
         return kv_pb2.LeaseRevokeResponse(
             deleted=result.deleted, index=result.index, header=self._header(result.revision)

@@ -241,9 +241,9 @@ _STREAM_OPS = {
 def name_leader(runtime: RaftRuntime, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     """A follower (which forwarded the write) names the leader in its
     answer, as it does in a refusal: the client sends its next writes there
-    (client/_core.py EndpointRing.lead). A forwarded write costs a gRPC call
-    between the nodes each, with no batching: a client that stayed on a
-    follower wrote at a fifth of the leader's rate."""
+    (client/_core.py EndpointRing.lead). A forwarded write costs the
+    follower and the leader a hop each: a client that stayed on a follower
+    wrote at a fifth of the leader's rate."""
     core = runtime.core
     if core is None or core.role is Role.LEADER:
         return
