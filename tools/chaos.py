@@ -576,7 +576,7 @@ async def run_workload(
     log.info("chaos_workload_started", clients=config.clients, keys=keys, duration=config.duration)
     stop_at = started_mono + config.duration
     clients = _Clients(config, keys, recorder, stop, stop_at)
-    loops = [_client_loop(cid, clients) for cid in range(config.clients)]
+    loops: list[Awaitable[object]] = [_client_loop(cid, clients) for cid in range(config.clients)]
     watching = asyncio.Event()
     reached: dict[int, int] = {}
     watchers: list[asyncio.Task[None]] = []
@@ -605,27 +605,21 @@ async def run_workload(
             _txn_loop(config.clients + 1 + t, config, accounts, recorder, stop, stop_at)
             for t in range(config.txn_clients)
         ]
-    web: list[dict[str, Any]] = []
+    web: asyncio.Task[dict[str, Any]] | None = None
     if config.web_clients:
-
-        async def operations(cid: int, run: Callable[[Record], Awaitable[None]]) -> None:
-            await _operations(cid, clients, _rng(config, cid), run)
-
-        async def web_clients() -> None:
-            web.append(
-                await run_web_clients(
-                    config.web,
-                    config.web_clients,
-                    first_web,
-                    operations,
-                    timeout=config.timeout,
-                    tls=config.tls,
-                    token=config.token,
-                    serializable=config.read_consistency == SERIALIZABLE,
-                )
+        web = asyncio.create_task(
+            run_web_clients(
+                config.web,
+                config.web_clients,
+                first_web,
+                lambda cid, run: _operations(cid, clients, _rng(config, cid), run),
+                timeout=config.timeout,
+                tls=config.tls,
+                token=config.token,
+                serializable=config.read_consistency == SERIALIZABLE,
             )
-
-        loops.append(web_clients())
+        )
+        loops.append(web)
     await asyncio.gather(*loops)
     log.info("chaos_workload_done", operations=len(recorder.records))
     await _final_reads(config, keys + accounts, recorder, client_id=config.clients)
@@ -641,10 +635,10 @@ async def run_workload(
         watching.set()
         await asyncio.gather(*watchers, return_exceptions=True)
     web_summary: dict[str, Any] = {}
-    if web:
+    if web is not None:
         mine = [r for r in recorder.records if r.client in web_ids]
         web_summary = {
-            **web[0],
+            **web.result(),
             "ok": sum(r.outcome == "ok" for r in mine),
             "ok_writes": sum(r.outcome == "ok" and _writes(r) for r in mine),
             "operations": len(mine),

@@ -63,8 +63,9 @@ def parse_web_urls(text: str) -> list[str]:
 
 
 def ssl_context(tls: TLSOptions | None) -> ssl.SSLContext | None:
-    """The context for https:// URLs: the same CA (and server name) as the
-    gRPC clients'. None: the system's trusted roots."""
+    """The context for https:// URLs: the gRPC clients' CA (their server
+    name, if any, goes with each request: WebClient). None: the system's
+    trusted roots."""
     if tls is None:
         return None
     if tls.cert is not None:
