@@ -226,11 +226,10 @@ class Client(RevisionsMixin, _core.ClientBase):
     (``TLSOptions.from_files(ca=..., cert=..., key=...)``); without it the
     connections are plaintext. ``transport``: "stream" (the default, or
     the RAMRAFT_TRANSPORT environment variable) carries the key-value calls
-    over one ``KV.Stream`` per node, shared by
-    all threads; "unary" makes one gRPC call each. Both keep the same
-    sessions, retries, deadlines and errors; a node that does not serve the
-    stream gets unary calls. Every method takes ``timeout=`` to override the
-    default for that call.
+    over one ``KV.Stream`` per node, shared by all threads; "unary" makes
+    one gRPC call each. Both keep the same sessions, retries, deadlines and
+    errors; a node that does not serve the stream gets unary calls. Every
+    method takes ``timeout=`` to override the default for that call.
 
     Writes that raise Unavailable or DeadlineExceeded may or may not have
     been applied (see client.errors).

@@ -36,7 +36,7 @@ from ramraft.server.request_errors import (
 )
 from ramraft.server.runtime.forwarding import ForwardStreams, StreamEnded
 from ramraft.server.runtime.loop import RaftRuntime
-from ramraft.server.runtime.transport import FORWARD_REFUSAL_KEY
+from ramraft.server.runtime.transport import FORWARD_REFUSAL_KEY, PEER_SERVICE
 
 log = structlog.get_logger("ramraft.api")
 
@@ -222,7 +222,7 @@ class NodeAPI:
     ) -> tuple[int, object]:
         channel = self.runtime.transport.channel(leader)
         forward = channel.unary_unary(
-            "/ramraft.peer.v1.Peer/Forward",
+            f"/{PEER_SERVICE}/Forward",
             request_serializer=raft_pb2.ForwardRequest.SerializeToString,
             response_deserializer=raft_pb2.ForwardResponse.FromString,
         )
