@@ -82,7 +82,7 @@ from ramraft.server.runtime.node_api import InputLimits, NodeAPI
 from ramraft.server.runtime.status import MemberProgress
 from ramraft.server.runtime.steward import Steward
 from ramraft.server.security.auth import STREAM_GATE
-from ramraft.server.security.budget import page_budget, reserve_answer
+from ramraft.server.security.budget import SMALL_ANSWER, page_budget, reserve_answer
 
 if TYPE_CHECKING:
     from ramraft.server.blobs.manager import NodeBlobs
@@ -400,9 +400,12 @@ class KVService(kv_pb2_grpc.KVServicer):
         if _consistency(request.consistency) and not ROUND_CONFIRMED.get():
             await self.api.linearizable(timeout)
         found, value = self.machine.get(request.key)
-        if len(value) > 64 << 10:  # small answers are covered by the request's reservation
+        if len(value) > SMALL_ANSWER:
             await reserve_answer(len(value), timeout)
-        meta = self.machine.key_meta(request.key)
+        return self._got(request.key, found, value)
+
+    def _got(self, key: str, found: bool, value: bytes) -> kv_pb2.GetResponse:
+        meta = self.machine.key_meta(key)
         return kv_pb2.GetResponse(
             found=found,
             value=value,
@@ -413,6 +416,26 @@ class KVService(kv_pb2_grpc.KVServicer):
             version=meta.version,
             lease=meta.lease,
         )
+
+    def _get_now(self, request: kv_pb2.GetRequest) -> kv_pb2.GetResponse | None:
+        """Get's answer when it waits for nothing: a serializable read, or a
+        linearizable one whose round is confirmed (ROUND_CONFIRMED), of a
+        valid key whose value is small. None otherwise: Get serves it (and
+        answers its error)."""
+        consistency = request.consistency
+        if consistency != kv_pb2.SERIALIZABLE and not (
+            consistency == kv_pb2.LINEARIZABLE and ROUND_CONFIRMED.get()
+        ):
+            return None
+        key = request.key
+        try:
+            self.limits.check_key(key)
+        except BadRequest:
+            return None
+        found, value = self.machine.get(key)
+        if len(value) > SMALL_ANSWER:
+            return None
+        return self._got(key, found, value)
 
     @rpc("Range")
     async def Range(
@@ -512,7 +535,9 @@ class KVService(kv_pb2_grpc.KVServicer):
     ) -> None:
         """Serve each request as it arrives, concurrently; write each
         response when its request completes (server/rpc/streams.py)."""
-        server = StreamServer(self._stream_one, _STREAM_OPS, context, STREAM_GATE.get(), False)
+        server = StreamServer(
+            self._stream_one, _STREAM_OPS, context, STREAM_GATE.get(), False, None, self._stream_now
+        )
         await server.run(requests)
 
     async def StreamBatch(  # type: ignore[override]
@@ -523,9 +548,30 @@ class KVService(kv_pb2_grpc.KVServicer):
         """As Stream, many requests to a message and many answers to a
         message (server/rpc/streams.py)."""
         server = StreamServer(
-            self._stream_one, _STREAM_OPS, context, STREAM_GATE.get(), True, _SharedRound(self)
+            self._stream_one,
+            _STREAM_OPS,
+            context,
+            STREAM_GATE.get(),
+            True,
+            _SharedRound(self),
+            self._stream_now,
         )
         await server.run(requests)
+
+    def _stream_now(self, request: kv_pb2.StreamRequest, op: str) -> kv_pb2.StreamResponse | None:
+        """A stream's Get answered at once, without a task or a coroutine,
+        when it waits for nothing (``_get_now``); None: ``_stream_one``
+        serves the request. Most reads are such: a task and the coroutines
+        of the unary path cost a read 3 us of the leader's 25 (measured)."""
+        if op != "get":
+            return None
+        started = time.perf_counter()
+        answer = self._get_now(request.get)
+        if answer is None:
+            return None
+        for observe in self.observers:
+            observe("Get", "OK", time.perf_counter() - started)
+        return kv_pb2.StreamResponse(id=request.id, get=answer)
 
     async def _stream_one(
         self,

@@ -203,6 +203,11 @@ class _PageBudget:
             self.taken = keep
 
 
+# An answer up to this size (a Get's value) is covered by what its request
+# reserved already; a bigger one reserves its size first (reserve_answer).
+SMALL_ANSWER = 64 << 10
+
+
 async def reserve_answer(size: int, timeout: float) -> None:
     """Reserve an answer of ``size`` bytes known before it is built (a Get's
     value) in the calling request's budget; Overloaded if it has no room."""

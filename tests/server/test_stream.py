@@ -19,6 +19,7 @@ import pytest
 from ramraft.proto import kv_pb2, kv_pb2_grpc
 from ramraft.server.rpc.streams import ANSWER_CHUNK
 from ramraft.server.security.auth import MAX_STREAM_BATCH as MAX_BATCH
+from ramraft.server.security.budget import SMALL_ANSWER
 from tests.server.procs import ProcessCluster
 
 OK = grpc.StatusCode.OK.value[0]
@@ -287,6 +288,50 @@ def test_a_batch_of_reads_is_answered_in_groups(cluster: ProcessCluster, consist
     assert sum(messages) == n and len(messages) >= 2, messages
     assert max(messages) <= ANSWER_CHUNK, messages
     assert max(writes) > ANSWER_CHUNK, writes
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_read_answered_in_place_is_the_unary_answer(cluster: ProcessCluster, kind: str) -> None:
+    """A Get that waits for nothing (serializable, or linearizable once its
+    batch's round is confirmed) is answered without a task
+    (services.py KVService._stream_now); one that waits (a linearizable
+    read on KV.Stream, a value over SMALL_ANSWER) or fails takes the unary
+    path. Either way the answer is the unary KV.Get's, header and key
+    metadata included."""
+    leader = cluster.wait_for_leader()
+    big = b"b" * (SMALL_ANSWER + 1)
+    values = {f"inplace/{kind}/small": b"s", f"inplace/{kind}/big": big}
+    for key, value in values.items():
+        answers = exchange(
+            cluster.grpc[leader],
+            [kv_pb2.StreamRequest(id=1, put=kv_pb2.PutRequest(key=key, value=value))],
+        )
+        assert answers[1].code == OK
+    keys = [*values, f"inplace/{kind}/absent"]
+    requests = [
+        kv_pb2.StreamRequest(id=n, get=kv_pb2.GetRequest(key=key, consistency=consistency))
+        for n, (key, consistency) in enumerate(
+            (key, consistency)
+            for key in keys
+            for consistency in (kv_pb2.SERIALIZABLE, kv_pb2.LINEARIZABLE)
+        )
+    ]
+    requests.append(
+        kv_pb2.StreamRequest(id=99, get=kv_pb2.GetRequest(key="", consistency=kv_pb2.SERIALIZABLE))
+    )
+    answers = exchange(cluster.grpc[leader], requests, kind=kind)
+
+    async def unary(request: kv_pb2.GetRequest) -> kv_pb2.GetResponse:
+        async with grpc.aio.insecure_channel(cluster.grpc[leader]) as channel:
+            return await kv_pb2_grpc.KVStub(channel).Get(request, timeout=10)
+
+    for request in requests[:-1]:
+        answer = answers[request.id]
+        assert answer.code == OK, answer.message
+        assert answer.get == asyncio.run(unary(request.get)), request.get
+    assert answer.get.found is False  # the absent key's
+    assert answers[0].get.value == b"s" and answers[2].get.value == big
+    assert answers[99].code == INVALID_ARGUMENT and "empty" in answers[99].message
 
 
 @pytest.mark.parametrize("kind", KINDS)
