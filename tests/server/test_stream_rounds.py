@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ramraft.proto import kv_pb2
+from ramraft.server.request_errors import Unavailable
+from ramraft.server.rpc.services import _confirmed
 from ramraft.server.rpc.streams import ROUND_CONFIRMED, StreamServer
 
 OPS = {"put": "Put", "get": "Get"}
@@ -146,3 +148,37 @@ def test_a_stream_that_ends_gives_up_its_round() -> None:
 
     asyncio.run(run())
     assert sorted(served) == [(2, False), (4, False)]  # the reads never ran
+
+
+def test_a_rounds_outcome_is_its_read_index_in_time() -> None:
+    """services.py _confirmed: True once the read index comes (and is
+    applied), False when it fails or the earliest deadline passes first;
+    a round that timed out, or whose stream ended, gives up its index,
+    which the runtime then skips (runtime/loop.py: a done future is never
+    set again)."""
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        came: asyncio.Future[int] = loop.create_future()
+        confirmed = asyncio.ensure_future(_confirmed(came, 5.0))
+        came.set_result(7)
+        assert await asyncio.wait_for(confirmed, 1) is True
+
+        failed: asyncio.Future[int] = loop.create_future()
+        refused = asyncio.ensure_future(_confirmed(failed, 5.0))
+        failed.set_exception(Unavailable("leadership changed while confirming the read"))
+        assert await asyncio.wait_for(refused, 1) is False
+
+        late: asyncio.Future[int] = loop.create_future()
+        timed_out = asyncio.ensure_future(_confirmed(late, 0.01))
+        assert await asyncio.wait_for(timed_out, 1) is False
+        assert late.cancelled(), "given up: the runtime skips it when the round comes"
+
+        given_up: asyncio.Future[int] = loop.create_future()
+        abandoned = asyncio.ensure_future(_confirmed(given_up, 5.0))
+        await asyncio.sleep(0)  # waiting for the index
+        abandoned.cancel()
+        await asyncio.sleep(0)
+        assert given_up.cancelled(), "the runtime skips a cancelled read index"
+
+    asyncio.run(run())
