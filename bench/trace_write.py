@@ -2,14 +2,16 @@
 
     python -m bench.trace_write                     # in-process writer, 1 in flight, 5 s
     python -m bench.trace_write --mode write        # the same through AsyncClient over gRPC
+    python -m bench.trace_write --mode write --in-flight 64   # where writes wait under load
 
 A profile (bench/profile_leader.py) says where the CPU goes; at one write in
 flight the question is latency, which is mostly waiting: on a gRPC hop
 between two processes, on a disk, on a thread or a core. This runs ``ramraft
-bench`` with one writer, with every node process made to note a timestamp
-(time.perf_counter: CLOCK_MONOTONIC, the same clock in every process) at each
-step of a write's path, tagged with the entry's index; then it lines the
-notes up by index and prints the median of each stage:
+bench`` with one writer (or ``--in-flight`` N), with every node process made
+to note a timestamp (time.perf_counter: CLOCK_MONOTONIC, the same clock in
+every process) at each step of a write's path, tagged with the entry's
+index; then it lines the notes up by index and prints the median of each
+stage:
 
     leader   propose -> the append leaves for a follower (the loop's turn)
     hop      the append leaves -> the follower has parsed it (gRPC)
@@ -297,18 +299,33 @@ def main(argv: list[str] | None = None) -> int:
         help="inproc-write: NodeAPI.write in the leader's process (default); "
         "write: AsyncClient over gRPC from a client process",
     )
+    parser.add_argument(
+        "--in-flight", type=int, default=1, help="writes in flight (default 1: one writer)"
+    )
     args = tracer_args(parser, argv)
+    if args.in_flight < 1:
+        parser.error("--in-flight must be at least 1")
     bench_run, durations = traced_bench(
-        "bench.trace_write", TRACER, stages, args.keep, "--mode", args.mode, "--in-flight", "1",
-        "--duration", str(args.duration),
+        "bench.trace_write", TRACER, stages, args.keep, "--mode", args.mode,
+        "--in-flight", str(args.in_flight), "--duration", str(args.duration),
     )  # fmt: skip
     bench_p50 = _bench_p50(bench_run)
     medians = {name: statistics.median(values) for name, values in durations.items() if values}
     writes = len(durations.get("total: propose -> resumed", []))
     if args.json:
-        print(json.dumps({"writes": writes, "bench_p50_ms": bench_p50, "stages_us": medians}))
+        print(
+            json.dumps(
+                {
+                    "writes": writes,
+                    "in_flight": args.in_flight,
+                    "bench_p50_ms": bench_p50,
+                    "stages_us": medians,
+                }
+            )
+        )
         return 0
-    print(f"{args.mode}, one writer: {writes} writes traced; medians in microseconds")
+    writers = "one writer" if args.in_flight == 1 else f"{args.in_flight} in flight"
+    print(f"{args.mode}, {writers}: {writes} writes traced; medians in microseconds")
     for name, value in medians.items():
         print(f"  {value:8.0f}  {name}")
     if bench_p50 is not None:

@@ -114,3 +114,16 @@ def test_a_bad_duration_is_a_one_line_error() -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].endswith("--duration must be more than 0")
+
+
+def test_a_bad_in_flight_is_a_one_line_error() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.trace_write", "--in-flight", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith("--in-flight must be at least 1")
