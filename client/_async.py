@@ -73,6 +73,7 @@ class _Stream:
         self._call = _stream.open_stream(channel, self._batched)(metadata=metadata)
         self._ids = 0
         self._waiting: dict[int, asyncio.Future[kv_pb2.StreamResponse]] = {}
+        self._deadlines = _Deadlines(asyncio.get_running_loop())
         self._outbox: collections.deque[bytes] = collections.deque()
         self._wakeup: asyncio.Future[None] | None = None
         # Set once, when the stream is over: (code, details, trailing metadata).
@@ -95,7 +96,7 @@ class _Stream:
             raise _stream.NotCarried("too large for a stream")
         answer = self._loop.create_future()
         self._waiting[request_id] = answer
-        timer = self._loop.call_later(timeout, _expire, answer)
+        own_timer = self._deadlines.add(timeout, answer)
         self._outbox.append(_stream.batch_entry(message) if self._batched else message)
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
@@ -103,7 +104,8 @@ class _Stream:
         try:
             response = await answer
         finally:
-            timer.cancel()
+            if own_timer is not None:
+                own_timer.cancel()
             self._waiting.pop(request_id, None)
         return _stream.stream_result(response, op)
 
@@ -177,6 +179,7 @@ class _Stream:
 
     async def close(self) -> None:
         self._finish((grpc.StatusCode.CANCELLED, "the client closed the stream", None))
+        self._deadlines.close()
         self._call.cancel()
         self._reader.cancel()
         self._writer.cancel()
@@ -188,6 +191,60 @@ class _Stream:
 def _expire(answer: asyncio.Future[Any]) -> None:
     if not answer.done():
         answer.set_exception(_stream.expired())
+
+
+class _Deadlines:
+    """The deadlines of one stream's calls, kept with one timer. Calls made
+    with the same timeout (the client's default, most often) reach their
+    deadlines in the order they began, so those queue in order and one
+    timer, set for the first one still waiting, expires each in turn and
+    moves on. A timer per call (armed, then cancelled when the answer
+    came) cost the client 1 us of the 25 it spends on a read. A call whose
+    deadline comes before the last one queued (a shorter timeout than the
+    calls before it) gets a timer of its own, from ``add``."""
+
+    # How early a timer may fire (asyncio runs a timer due within the
+    # clock's resolution): a deadline that close counts as passed.
+    _EARLY = time.get_clock_info("monotonic").resolution
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, timeout: float, answer: asyncio.Future[Any]) -> asyncio.TimerHandle | None:
+        """Expire ``answer`` (StreamStatus DEADLINE_EXCEEDED) if it is not
+        done ``timeout`` seconds from now; returns the call's own timer, to
+        cancel once it is done, or None if it joined the queue."""
+        deadline = self._loop.time() + timeout
+        queue = self._queue
+        while queue and queue[0][1].done():
+            queue.popleft()  # answered: the queue holds about the calls in flight
+        if queue and deadline < queue[-1][0]:
+            return self._loop.call_at(deadline, _expire, answer)
+        queue.append((deadline, answer))
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._due)
+        return None
+
+    def _due(self) -> None:
+        self._timer = None
+        passed = self._loop.time() + self._EARLY
+        queue = self._queue
+        while queue:
+            deadline, answer = queue[0]
+            if not answer.done():
+                if deadline > passed:
+                    self._timer = self._loop.call_at(deadline, self._due)
+                    return
+                _expire(answer)
+            queue.popleft()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._queue.clear()
 
 
 class AsyncClient(AsyncRevisionsMixin, _core.ClientBase):
