@@ -68,6 +68,27 @@ def test_answered_calls_leave_the_queue() -> None:
     asyncio.run(run())
 
 
+def test_a_short_deadline_after_a_long_one_was_answered() -> None:
+    """The timer set for a long deadline whose call was answered does not
+    hold back a shorter one queued after it (found by hand: a 0.3 s call
+    after a 1 s one ended at 1 s)."""
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        deadlines = _Deadlines(loop)
+        answered: asyncio.Future[Any] = loop.create_future()
+        assert deadlines.add(30.0, answered) is None
+        answered.set_result(None)
+        short: asyncio.Future[Any] = loop.create_future()
+        assert deadlines.add(0.05, short) is None
+        # Far beyond 0.05 s, far short of 30 s: ended by its own deadline.
+        with pytest.raises(StreamStatus):
+            await asyncio.wait_for(short, 10)
+        deadlines.close()
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize("timeout", [0.0, -1.0])
 def test_a_deadline_already_past_ends_the_call_at_once(timeout: float) -> None:
     async def run() -> None:
