@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.trace_write import load, stages
 from tests.bench.notes import write_notes as write_files
 
@@ -103,9 +105,16 @@ def test_the_tracer_notes_every_stage_of_a_real_cluster(tmp_path: Path) -> None:
         assert medians[name] > 0, (name, medians)
 
 
-def test_a_bad_duration_is_a_one_line_error() -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--duration", "0"], "--duration must be more than 0"),
+        (["--in-flight", "0"], "--in-flight must be at least 1"),
+    ],
+)
+def test_a_bad_argument_is_a_one_line_error(args: list[str], message: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench.trace_write", "--duration", "0"],
+        [sys.executable, "-m", "bench.trace_write", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -113,17 +122,4 @@ def test_a_bad_duration_is_a_one_line_error() -> None:
         check=False,
     )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].endswith("--duration must be more than 0")
-
-
-def test_a_bad_in_flight_is_a_one_line_error() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.trace_write", "--in-flight", "0"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].endswith("--in-flight must be at least 1")
+    assert done.stderr.strip().splitlines()[-1].endswith(message)
