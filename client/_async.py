@@ -211,7 +211,6 @@ class _Deadlines:
         self._loop = loop
         self._queue: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0  # when the timer is due
 
     def add(self, timeout: float, answer: asyncio.Future[Any]) -> asyncio.TimerHandle | None:
         """Expire ``answer`` (StreamStatus DEADLINE_EXCEEDED) if it is not
@@ -224,7 +223,7 @@ class _Deadlines:
         if queue and deadline < queue[-1][0]:
             return self._loop.call_at(deadline, _expire, answer)
         queue.append((deadline, answer))
-        if self._timer is None or deadline < self._timer_at:
+        if self._timer is None or deadline < self._timer.when():
             # No timer, or one set for a call answered since whose deadline
             # is later than this one's (the queue emptied in between).
             self._arm(deadline)
@@ -234,7 +233,6 @@ class _Deadlines:
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self._loop.call_at(deadline, self._due)
-        self._timer_at = deadline
 
     def _due(self) -> None:
         self._timer = None
