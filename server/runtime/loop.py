@@ -276,6 +276,15 @@ class RaftRuntime:
         (Unavailable, before proposal). Its entry can then only ever sit in
         the log at ``term``, before every entry of a later leader (the
         leader's background jobs, server/jobs.py)."""
+        return await self.offer(command, term=term)
+
+    def offer(self, command: bytes, *, term: int = 0) -> asyncio.Future[tuple[int, object]]:
+        """``propose`` without the wait: the future of (index, result). What
+        ``propose`` refuses before proposing is raised here, at once; what
+        happens later (NotLeader when the loop finds this node no longer
+        leads, Unavailable) is the future's exception. Cancelling the
+        future gives up the wait: a command the loop has not proposed yet
+        is dropped, one in the log stays there."""
         self.check_available()
         core = self.core
         if core is not None and core.role is not Role.LEADER:
@@ -293,7 +302,7 @@ class RaftRuntime:
         else:
             self._proposals.append((command, fut))
         self._wake.set()
-        return await fut
+        return fut
 
     def serving_term(self) -> int:
         """The term in which this node leads AND has applied an entry of

@@ -8,8 +8,10 @@ answers equal the unary Get's."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from collections.abc import Callable
+from typing import Any
 
 from ramraft import Application
 from ramraft.proto import kv_pb2
@@ -22,6 +24,7 @@ from tests.server.apps.ticker import Ticker
 
 Make = Callable[..., ClusterHarness]
 LINEARIZABLE, SERIALIZABLE = kv_pb2.LINEARIZABLE, kv_pb2.SERIALIZABLE
+NO_STREAM: Any = None  # a Get answered in place does not look at its stream
 
 
 def get(key: str, consistency: int) -> kv_pb2.StreamRequest:
@@ -40,7 +43,11 @@ def test_only_reads_that_wait_for_nothing_are_answered_in_place(ramraft_cluster:
     def now(request: kv_pb2.StreamRequest, confirmed: bool = False) -> kv_pb2.StreamResponse | None:
         context = contextvars.copy_context()
         context.run(ROUND_CONFIRMED.set, confirmed)
-        return context.run(service._stream_now, request, request.WhichOneof("op") or "")
+        answer = context.run(
+            service._stream_now, request, request.WhichOneof("op") or "", NO_STREAM, 0.0
+        )
+        assert not isinstance(answer, asyncio.Future)
+        return answer
 
     answer = now(get("small", SERIALIZABLE))
     assert answer is not None and answer.id == 7
@@ -58,6 +65,6 @@ def test_only_reads_that_wait_for_nothing_are_answered_in_place(ramraft_cluster:
     assert now(get("big", LINEARIZABLE), confirmed=True) is None
     assert now(get("", SERIALIZABLE)) is None, "a bad key is answered by Get, with its error"
     assert now(get("small", 7)) is None, "an unknown consistency too"
-    put = kv_pb2.StreamRequest(id=8, put=kv_pb2.PutRequest(key="small", value=b"x"))
-    assert now(put) is None
+    delete = kv_pb2.StreamRequest(id=8, delete=kv_pb2.DeleteRequest(key="small"))
+    assert now(delete) is None, "other ops than Get and Put take the unary path"
     assert len(observed) == 3, "only what was answered is reported"
