@@ -321,6 +321,9 @@ class KVService(kv_pb2_grpc.KVServicer):
         _, result = await self._write(
             encode_put(request.key, request.value, session), context, session is not None
         )
+        return self._put_answer(result)
+
+    def _put_answer(self, result: object) -> kv_pb2.PutResponse:
         assert isinstance(result, PutResult)
         # result.index: the first application's, also when this was a retry
         return kv_pb2.PutResponse(index=result.index, header=self._header(result.revision))
@@ -334,6 +337,9 @@ class KVService(kv_pb2_grpc.KVServicer):
         _, result = await self._write(
             encode_delete(request.key, session), context, session is not None
         )
+        return self._delete_answer(result)
+
+    def _delete_answer(self, result: object) -> kv_pb2.DeleteResponse:
         assert isinstance(result, DeleteResult)
         return kv_pb2.DeleteResponse(
             deleted=result.deleted, index=result.index, header=self._header(result.revision)
@@ -354,6 +360,9 @@ class KVService(kv_pb2_grpc.KVServicer):
         _, result = await self._write(
             encode_cas(request.key, expected, request.value, session), context, session is not None
         )
+        return self._cas_answer(expected, result)
+
+    def _cas_answer(self, expected: bytes | None, result: object) -> kv_pb2.CompareAndSwapResponse:
         assert isinstance(result, CasResult)
         return kv_pb2.CompareAndSwapResponse(
             swapped=result.swapped,
@@ -574,12 +583,12 @@ class KVService(kv_pb2_grpc.KVServicer):
         arrived: float,
     ) -> kv_pb2.StreamResponse | asyncio.Future[kv_pb2.StreamResponse | None] | None:
         """A stream's Get answered at once, without a task or a coroutine,
-        when it waits for nothing (``_get_now``), or a Put proposed at once
-        (``_put_now``); None: ``_stream_one`` serves the request. Most reads
+        when it waits for nothing (``_get_now``), or a write proposed at once
+        (``_write_now``); None: ``_stream_one`` serves the request. Most reads
         are such: a task and the coroutines of the unary path cost a read 6
         us of the leader's 26 (measured)."""
-        if op == "put":
-            return self._put_now(request, stream, arrived)
+        if op in _WRITES_NOW:
+            return self._write_now(request, op, stream, arrived)
         if op != "get":
             return None
         call = _Call()
@@ -589,34 +598,63 @@ class KVService(kv_pb2_grpc.KVServicer):
         call.report("Get", self)
         return kv_pb2.StreamResponse(id=request.id, get=answer)
 
-    def _put_now(
+    def _write_now(
         self,
         request: kv_pb2.StreamRequest,
+        op: str,
         stream: grpc.aio.ServicerContext[Any, Any],
         arrived: float,
     ) -> asyncio.Future[kv_pb2.StreamResponse | None] | None:
-        """A stream's Put, proposed here and now when this node leads: the
-        future of its answer, set by ``_PutNow`` when its entry is applied
-        (or its deadline passes), as ``Put`` would answer it, without a
-        task or the unary path's coroutines (a quarter of the leader's CPU
-        per write, measured). None, and nothing proposed, for what ``Put``
-        must serve: a lease, bad input, a follower (which forwards), a node
-        that refuses to propose now (its error is ``Put``'s to give)."""
-        put = request.put
-        if put.lease:
-            return None
+        """A stream's Put, Delete or CompareAndSwap, proposed here and now
+        when this node leads: the future of its answer, set by ``_WriteNow``
+        when its entry is applied (or its deadline passes), as the unary
+        handler would answer it, without a task or the unary path's
+        coroutines (a quarter of the leader's CPU per write, measured).
+        None, and nothing proposed, for what the handler must serve: a Put
+        with a lease, a CompareAndSwap on revisions (both transactions), bad
+        input, a follower (which forwards), a node that refuses to propose
+        now (the handler gives the error)."""
         try:
-            self.limits.check_new_key(put.key)
-            self.limits.check_value(put.value)
-            session = _session(put)
+            planned = self._plan_write(getattr(request, op), op)
+            if planned is None:
+                return None
+            command, retry, answer = planned
             context = RequestContext(request.timeout_ms, arrived, stream)
             left = self.limits.deadline(context.time_remaining())
             if left <= 0:
                 return None
-            proposal = self.runtime.offer(encode_put(put.key, put.value, session))
+            proposal = self.runtime.offer(command)
         except RequestError:
             return None
-        return _PutNow(self, request, context, proposal, left, session is not None).answer
+        return _WriteNow(self, request, op, context, proposal, left, retry, answer).answer
+
+    def _plan_write(self, request: Any, op: str) -> tuple[bytes, bool, _Answer] | None:
+        """What the unary handler of ``op`` checks and proposes for
+        ``request``: (command, whether it has a session, what makes its
+        answer of the result); None for what only the handler serves."""
+        limits = self.limits
+        if op == "put":
+            if request.lease:
+                return None
+            limits.check_new_key(request.key)
+            limits.check_value(request.value)
+            session = _session(request)
+            command = encode_put(request.key, request.value, session)
+            return command, session is not None, self._put_answer
+        if op == "delete":
+            limits.check_key(request.key)
+            session = _session(request)
+            return encode_delete(request.key, session), session is not None, self._delete_answer
+        if request.HasField("expected_mod_revision") or request.HasField("expected_version"):
+            return None
+        limits.check_new_key(request.key)
+        limits.check_value(request.value)
+        expected = request.expected if request.HasField("expected") else None
+        if expected is not None:
+            limits.check_value(expected)
+        session = _session(request)
+        command = encode_cas(request.key, expected, request.value, session)
+        return command, session is not None, functools.partial(self._cas_answer, expected)
 
     async def _stream_one(
         self,
@@ -646,31 +684,53 @@ class KVService(kv_pb2_grpc.KVServicer):
         return response
 
 
-class _PutNow:
-    """One Put that ``KVService._put_now`` proposed: its answer (``answer``,
-    a future) is set when the proposal's future is done, as ``Put`` and
-    ``NodeAPI.write`` would answer: the PutResponse once the entry is
-    applied; DEADLINE_EXCEEDED when the deadline passes first (the wait is
-    given up: a proposal not made yet is dropped); None, to have ``Put``
-    serve the request from the start, when the write may be retried (a
-    NotLeader refusal made before proposing; Unavailable for a write with a
-    session, which the machine applies once); the error's answer
-    otherwise. A stream that ends cancels the answer, and with it the wait."""
+# A write's stream ops answered in place (KVService._write_now), and the
+# maker of an op's answer from the machine's result (the unary handler's).
+_WRITES_NOW = frozenset(("put", "delete", "compare_and_swap"))
+_Answer = Callable[[object], Any]
 
-    __slots__ = ("answer", "call", "context", "proposal", "request", "retry", "service", "timer")
+
+class _WriteNow:
+    """One write that ``KVService._write_now`` proposed: its answer
+    (``answer``, a future) is set when the proposal's future is done, as
+    the unary handler and ``NodeAPI.write`` would answer: the op's response
+    (``make``) once the entry is applied; DEADLINE_EXCEEDED when the
+    deadline passes first (the wait is given up: a proposal not made yet is
+    dropped); None, to have the handler serve the request from the start,
+    when the write may be retried (a NotLeader refusal made before
+    proposing; Unavailable for a write with a session, which the machine
+    applies once); the error's answer otherwise. A stream that ends cancels
+    the answer, and with it the wait."""
+
+    __slots__ = (
+        "answer",
+        "call",
+        "context",
+        "make",
+        "op",
+        "proposal",
+        "request",
+        "retry",
+        "service",
+        "timer",
+    )
 
     def __init__(
         self,
         service: KVService,
         request: kv_pb2.StreamRequest,
+        op: str,
         context: RequestContext,
         proposal: asyncio.Future[tuple[int, object]],
         left: float,
         retry: bool,
+        make: _Answer,
     ) -> None:
         loop = asyncio.get_running_loop()
         self.service = service
         self.request = request
+        self.op = op
+        self.make = make
         self.context = context
         self.proposal = proposal
         self.retry = retry
@@ -695,9 +755,9 @@ class _PutNow:
                 raise TimeoutError
             _, result = proposal.result()
             check_command_result(result)
-            assert isinstance(result, PutResult)
+            made = self.make(result)
         except NotLeader:
-            self.answer.set_result(None)  # refused before proposing: Put forwards it
+            self.answer.set_result(None)  # refused before proposing: forwarded by the handler
             return
         except Unavailable as error:
             runtime = service.runtime
@@ -708,30 +768,29 @@ class _PutNow:
             return
         except Exception as error:
             if wire_status(error) is None:  # a bug, as _stream_one answers it
-                log.exception("stream_request_failed", op="put")
+                log.exception("stream_request_failed", op=self.op)
             self.answer.set_result(self._failure(error))
             return
         name_leader(service.runtime, context)
-        self.call.report("Put", service)
-        self.answer.set_result(
-            kv_pb2.StreamResponse(
-                id=request.id,
-                leader=context.metadata(LEADER_METADATA_KEY, ""),
-                put=kv_pb2.PutResponse(index=result.index, header=service._header(result.revision)),
-            )
+        self.call.report(_STREAM_OPS[self.op], service)
+        response = kv_pb2.StreamResponse(
+            id=request.id, leader=context.metadata(LEADER_METADATA_KEY, "")
         )
+        getattr(response, self.op).CopyFrom(made)
+        self.answer.set_result(response)
 
     def _failure(self, error: Exception) -> kv_pb2.StreamResponse:
-        """The answer ``Put`` gives for ``error`` (``_Call.failed``, then
-        ``_stream_one``), reported as it reports it."""
+        """The answer the handler gives for ``error`` (``_Call.failed``,
+        then ``_stream_one``), reported as it reports it."""
         service, request, call = self.service, self.request, self.call
+        name = _STREAM_OPS[self.op]
         status = error_code(error, service.runtime, self.context)
         if status is None:
             call.code = grpc.StatusCode.UNKNOWN.name
-            call.report("Put", service)
+            call.report(name, service)
             return stream_error(request, (grpc.StatusCode.INTERNAL, f"internal error: {error}"))
         call.code = status.name
-        call.report("Put", service)
+        call.report(name, service)
         return kv_pb2.StreamResponse(
             id=request.id,
             code=status.value[0],

@@ -1,12 +1,13 @@
-"""A stream's Put proposed in place (server/rpc/services.py
-KVService._put_now, _PutNow): on the leader it is proposed as it is read,
-without a task, and answered from a callback once its entry is applied, as
-the unary Put would answer it. An answer before the apply would acknowledge
-a write that a majority may not hold; a wait without a deadline would hold
-the request's slot forever. What Put must serve (a follower's write, which
-it forwards; a lease; bad input) is left to it, with nothing proposed.
-tests/server/test_stream.py runs the same Puts through real node processes
-(answers, deadlines with the followers paused, sessions)."""
+"""A stream's Put, Delete and CompareAndSwap proposed in place
+(server/rpc/services.py KVService._write_now, _WriteNow): on the leader
+each is proposed as it is read, without a task, and answered from a
+callback once its entry is applied, as the unary handler would answer it.
+An answer before the apply would acknowledge a write that a majority may
+not hold; a wait without a deadline would hold the request's slot forever.
+What the handler must serve (a follower's write, which it forwards; a
+lease; a compare on revisions; bad input) is left to it, with nothing
+proposed. tests/server/test_stream.py runs the same writes through real
+node processes (answers, deadlines with the followers paused, sessions)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ import pytest
 from ramraft import Application
 from ramraft.proto import kv_pb2
 from ramraft.server.inprocess import ClusterHarness
+from ramraft.server.machines.kv import encode_put
 from ramraft.server.machines.statemachine import CommandError, ErrorCode
 from ramraft.server.request_errors import NotLeader, RequestContext, Unavailable
-from ramraft.server.rpc.services import KVService, _PutNow
+from ramraft.server.rpc.services import KVService, _WriteNow
 from tests.server.apps.ticker import Ticker
 
 Make = Callable[..., ClusterHarness]
@@ -53,16 +55,32 @@ def service_of(cluster: ClusterHarness, node_id: str) -> tuple[KVService, list[t
     return service, observed
 
 
-def test_a_put_is_answered_once_its_entry_is_applied(ramraft_cluster: Make) -> None:
+WRITES = {
+    "put": (kv_pb2.PutRequest(key="in/place", value=b"v"), "Put", (True, b"v")),
+    "delete": (kv_pb2.DeleteRequest(key="in/place"), "Delete", (False, b"")),
+    "compare_and_swap": (
+        kv_pb2.CompareAndSwapRequest(key="in/place", expected=b"old", value=b"new"),
+        "CompareAndSwap",
+        (True, b"new"),
+    ),
+}
+
+
+@pytest.mark.parametrize("op", WRITES)
+def test_a_write_is_answered_once_its_entry_is_applied(ramraft_cluster: Make, op: str) -> None:
     cluster = ramraft_cluster(lambda: Application(Ticker()))
     leader = cluster.leader()
     node = cluster.node(leader)
+    cluster.run(node.api.write(encode_put("in/place", b"old"), 5.0))
     service, observed = service_of(cluster, leader)
+    body, name, after = WRITES[op]
+    request = kv_pb2.StreamRequest(id=5)
+    getattr(request, op).CopyFrom(body)
 
     async def run() -> tuple[kv_pb2.StreamResponse, int]:
-        answer = service._stream_now(put("in/place"), "put", STREAM, time.monotonic())
+        answer = service._stream_now(request, op, STREAM, time.monotonic())
         assert isinstance(answer, asyncio.Future), "proposed in place, answered later"
-        assert not answer.done() and node.kv.get("in/place")[0] is False
+        assert not answer.done() and node.kv.get("in/place") == (True, b"old")
         applied_then: list[int] = []
         answer.add_done_callback(lambda _: applied_then.append(node.kv.applied_index))
         response = await answer
@@ -70,13 +88,19 @@ def test_a_put_is_answered_once_its_entry_is_applied(ramraft_cluster: Make) -> N
         return response, applied_then[0]
 
     response, applied_then = cluster.run(run())
-    assert response.code == OK and response.id == 5
-    assert response.put.index > 0 and applied_then >= response.put.index
-    assert node.kv.get("in/place") == (True, b"v")
-    assert response.put.header.revision == node.kv.revision
-    assert response.put.header.member_id == leader and response.put.header.raft_term > 0
-    assert response.put.header.cluster_id == node.runtime.cluster_state().cluster_id
-    assert observed == [("Put", "OK")]
+    assert response.code == OK and response.id == 5 and response.WhichOneof("result") == op
+    made = getattr(response, op)
+    assert made.index > 0 and applied_then >= made.index
+    assert node.kv.get("in/place") == after
+    assert made.header.revision == node.kv.revision
+    assert made.header.member_id == leader and made.header.raft_term > 0
+    assert made.header.cluster_id == node.runtime.cluster_state().cluster_id
+    if op == "delete":
+        assert response.delete.deleted is True
+    if op == "compare_and_swap":
+        cas = response.compare_and_swap
+        assert (cas.swapped, cas.found, cas.current) == (True, True, b"old"), "current: before"
+    assert observed == [(name, "OK")]
 
 
 def test_a_put_without_a_quorum_ends_at_its_deadline(ramraft_cluster: Make) -> None:
@@ -118,6 +142,15 @@ def test_what_put_must_serve_is_left_to_it(ramraft_cluster: Make) -> None:
 
     assert cluster.run(now(follower, put("a"))) is None, "a follower forwards it"
     assert cluster.run(now(leader, put("a", lease=7))) is None, "a put with a lease is a txn"
+    on_revision = kv_pb2.StreamRequest(
+        compare_and_swap=kv_pb2.CompareAndSwapRequest(key="a", value=b"v", expected_version=1)
+    )
+
+    async def cas_now() -> Any:
+        service, _ = service_of(cluster, leader)
+        return service._stream_now(on_revision, "compare_and_swap", STREAM, time.monotonic())
+
+    assert cluster.run(cas_now()) is None, "a compare on revisions is a txn"
     assert cluster.run(now(leader, put(""))) is None, "an empty key: Put's error"
     late = put("a", timeout_ms=1)
 
@@ -156,7 +189,16 @@ def test_each_outcome_is_answered_as_put_answers_it(
 
     async def run() -> kv_pb2.StreamResponse | None:
         proposal: asyncio.Future[tuple[int, object]] = asyncio.get_running_loop().create_future()
-        pending = _PutNow(service, put("k"), RequestContext(0, 0.0), proposal, 10.0, retry)
+        pending = _WriteNow(
+            service,
+            put("k"),
+            "put",
+            RequestContext(0, 0.0),
+            proposal,
+            10.0,
+            retry,
+            service._put_answer,
+        )
         if outcome == "cancelled":
             proposal.cancel()
         elif isinstance(outcome, Exception):
@@ -182,9 +224,18 @@ def test_a_stream_that_ends_gives_up_the_wait(ramraft_cluster: Make) -> None:
     cluster = ramraft_cluster(lambda: Application(Ticker()))
     service, observed = service_of(cluster, cluster.leader())
 
-    async def run() -> _PutNow:
+    async def run() -> _WriteNow:
         proposal: asyncio.Future[tuple[int, object]] = asyncio.get_running_loop().create_future()
-        pending = _PutNow(service, put("k"), RequestContext(0, 0.0), proposal, 10.0, True)
+        pending = _WriteNow(
+            service,
+            put("k"),
+            "put",
+            RequestContext(0, 0.0),
+            proposal,
+            10.0,
+            True,
+            service._put_answer,
+        )
         pending.answer.cancel()
         await asyncio.sleep(0)
         return pending
