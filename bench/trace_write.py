@@ -19,7 +19,9 @@ stage:
              saved -> the acknowledgement leaves
     hop      the acknowledgement leaves -> the leader has parsed it (gRPC)
     leader   the first acknowledgement (or its own save, if later) ->
-             the entry applied -> the proposer resumed
+             the entry applied -> the proposer resumed (the proposal's
+             future done: a task awaiting it, or a stream write's answer
+             made from its callback, services.py _WriteNow)
 
 and, beside them, the leader's own save on its disk thread (handed over ->
 started -> done), which runs in parallel with the round trip. The stages of
@@ -112,14 +114,21 @@ TRACER = (
     + r'''
     def _patch_loop(L):
         R = L.RaftRuntime
-        propose = R.propose
-        async def traced_propose(self, *args, **kwargs):
+        # offer: every proposal's way in (propose awaits it; a stream's
+        # write on the leader is answered from its future's callback).
+        offer = R.offer
+        def traced_offer(self, *args, **kwargs):
             started = _clock()
-            result = await propose(self, *args, **kwargs)
-            _out.write(f"{started:.7f} propose {result[0]} \n")
-            _note("resumed", result[0])
-            return result
-        R.propose = traced_propose
+            proposal = offer(self, *args, **kwargs)
+            def resumed(done):
+                if done.cancelled() or done.exception() is not None:
+                    return
+                index = done.result()[0]
+                _out.write(f"{started:.7f} propose {index} \n")
+                _note("resumed", index)
+            proposal.add_done_callback(resumed)
+            return proposal
+        R.offer = traced_offer
         persist = R._persist
         def traced_persist(self, rd, *args):
             last = rd.entries[-1].index if rd is not None and rd.entries else 0

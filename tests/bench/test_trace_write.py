@@ -81,9 +81,13 @@ def test_the_leader_is_the_node_that_proposed_most(tmp_path: Path) -> None:
     assert len(stages(notes)["total: propose -> resumed"]) == 1  # entry 7, from pid 1
 
 
-def test_the_tracer_notes_every_stage_of_a_real_cluster(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["inproc-write", "write"])
+def test_the_tracer_notes_every_stage_of_a_real_cluster(tmp_path: Path, mode: str) -> None:
+    """In process (NodeAPI.write, which awaits RaftRuntime.propose) and over
+    gRPC (AsyncClient's stream writes, proposed in place with
+    RaftRuntime.offer and answered from a callback)."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench.trace_write", "--duration", "1", "--json"],
+        [sys.executable, "-m", "bench.trace_write", "--mode", mode, "--duration", "1", "--json"],
         cwd=REPO,
         capture_output=True,
         text=True,
