@@ -943,6 +943,16 @@ class KVMachine:
     def check_proposal(self, command: bytes) -> str | None:
         """Why this node must not propose ``command``, or None (see
         ModelMachine.check_proposal)."""
+        # Every write the leader proposes comes here. Most are read without
+        # decoding them: an array of 1-15 fields (msgpack's fixarray, 0x91-
+        # 0x9f) whose first is a known operation's number (a positive
+        # fixint) that the active version allows. Decoding the rest could
+        # only find it malformed, which applies as BAD_COMMAND and is not
+        # refused here either.
+        if len(command) > 2 and 0x91 <= command[1] <= 0x9F:
+            op = _OPS.get(command[2])
+            if op is not None and SINCE[op] <= self.active_version:
+                return None
         try:
             cmd = decode_command(command)
         except UnknownOperationError as exc:
