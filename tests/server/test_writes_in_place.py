@@ -66,6 +66,14 @@ WRITES = {
 }
 
 
+def pending_put(service: KVService, retry: bool) -> _WriteNow:
+    """A Put of key "k" waiting for a proposal future the test settles
+    (called on the cluster's loop)."""
+    proposal: asyncio.Future[tuple[int, object]] = asyncio.get_running_loop().create_future()
+    context = RequestContext(0, 0.0)
+    return _WriteNow(service, put("k"), "put", context, proposal, 10.0, retry, service._put_answer)
+
+
 @pytest.mark.parametrize("op", WRITES)
 def test_a_write_is_answered_once_its_entry_is_applied(ramraft_cluster: Make, op: str) -> None:
     cluster = ramraft_cluster(lambda: Application(Ticker()))
@@ -188,17 +196,8 @@ def test_each_outcome_is_answered_as_put_answers_it(
     service, observed = service_of(cluster, cluster.leader())
 
     async def run() -> kv_pb2.StreamResponse | None:
-        proposal: asyncio.Future[tuple[int, object]] = asyncio.get_running_loop().create_future()
-        pending = _WriteNow(
-            service,
-            put("k"),
-            "put",
-            RequestContext(0, 0.0),
-            proposal,
-            10.0,
-            retry,
-            service._put_answer,
-        )
+        pending = pending_put(service, retry)
+        proposal = pending.proposal
         if outcome == "cancelled":
             proposal.cancel()
         elif isinstance(outcome, Exception):
@@ -225,17 +224,7 @@ def test_a_stream_that_ends_gives_up_the_wait(ramraft_cluster: Make) -> None:
     service, observed = service_of(cluster, cluster.leader())
 
     async def run() -> _WriteNow:
-        proposal: asyncio.Future[tuple[int, object]] = asyncio.get_running_loop().create_future()
-        pending = _WriteNow(
-            service,
-            put("k"),
-            "put",
-            RequestContext(0, 0.0),
-            proposal,
-            10.0,
-            True,
-            service._put_answer,
-        )
+        pending = pending_put(service, retry=True)
         pending.answer.cancel()
         await asyncio.sleep(0)
         return pending
