@@ -26,7 +26,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -142,17 +142,23 @@ class _Call:
         self.code = "OK"
         self.started = time.perf_counter()
 
+    def status(
+        self, error: Exception, servicer: Any, context: TrailingMetadata
+    ) -> grpc.StatusCode | None:
+        """The code that answers ``error`` (``error_code``), noted for the
+        report; None (noted UNKNOWN) for an error not in the table."""
+        status = error_code(error, servicer.runtime, context)
+        self.code = grpc.StatusCode.UNKNOWN.name if status is None else status.name
+        return status
+
     async def failed(
         self, error: Exception, servicer: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         """Abort the call with the code that answers ``error`` (abort
         raises); return only for an error not in the table."""
-        status = error_code(error, servicer.runtime, context)
-        if status is None:
-            self.code = grpc.StatusCode.UNKNOWN.name
-            return
-        self.code = status.name
-        await context.abort(status, error_message(error))
+        status = self.status(error, servicer, context)
+        if status is not None:
+            await context.abort(status, error_message(error))
 
     def report(self, name: str, servicer: Any) -> None:
         for observe in servicer.observers:
@@ -306,22 +312,54 @@ class KVService(kv_pb2_grpc.KVServicer):
         assert isinstance(result, TxnResult)
         return result
 
+    async def _write_planned(
+        self, planned: _Planned, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        assert planned.command is not None
+        _, result = await self._write(planned.command, context, planned.session is not None)
+        return planned.answer(result)
+
+    def _plan_write(self, request: Any, op: str) -> _Planned:
+        """What the unary handler of ``op`` (put, delete, compare_and_swap)
+        checks, in its order (raising the input's errors), and proposes for
+        ``request``; ``command`` None for what the handler makes a
+        transaction of (a Put with a lease, a CompareAndSwap on revisions).
+        The handlers and a stream's writes proposed in place
+        (``_write_now``) both take it from here."""
+        limits = self.limits
+        if op == "delete":
+            limits.check_key(request.key)
+            session = _session(request)
+            return _Planned(encode_delete(request.key, session), session, self._delete_answer)
+        limits.check_new_key(request.key)
+        limits.check_value(request.value)
+        if op == "put":
+            session = _session(request)
+            if request.lease:
+                return _Planned(None, session, self._put_answer)
+            command = encode_put(request.key, request.value, session)
+            return _Planned(command, session, self._put_answer)
+        expected = _expected(request)
+        if expected is not None:
+            limits.check_value(expected)
+        session = _session(request)
+        answer = functools.partial(self._cas_answer, expected)
+        if request.HasField("expected_mod_revision") or request.HasField("expected_version"):
+            return _Planned(None, session, answer)
+        return _Planned(encode_cas(request.key, expected, request.value, session), session, answer)
+
     @rpc("Put")
     async def Put(
         self, request: kv_pb2.PutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> kv_pb2.PutResponse:
-        self.limits.check_new_key(request.key)
-        self.limits.check_value(request.value)
-        session = _session(request)
-        if request.lease:
+        planned = self._plan_write(request, "put")
+        if planned.command is None:
             # A put with a lease is a one-op transaction (key-value version 2).
             put = TxnOp(TxnOpKind.PUT, request.key, request.value, request.lease)
-            txn = await self._txn(Txn((), (put,), ()), session, context)
+            txn = await self._txn(Txn((), (put,), ()), planned.session, context)
             return kv_pb2.PutResponse(index=txn.index, header=self._header(txn.revision))
-        _, result = await self._write(
-            encode_put(request.key, request.value, session), context, session is not None
-        )
-        return self._put_answer(result)
+        response: kv_pb2.PutResponse = await self._write_planned(planned, context)
+        return response
 
     def _put_answer(self, result: object) -> kv_pb2.PutResponse:
         assert isinstance(result, PutResult)
@@ -332,12 +370,10 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def Delete(
         self, request: kv_pb2.DeleteRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> kv_pb2.DeleteResponse:
-        self.limits.check_key(request.key)
-        session = _session(request)
-        _, result = await self._write(
-            encode_delete(request.key, session), context, session is not None
+        response: kv_pb2.DeleteResponse = await self._write_planned(
+            self._plan_write(request, "delete"), context
         )
-        return self._delete_answer(result)
+        return response
 
     def _delete_answer(self, result: object) -> kv_pb2.DeleteResponse:
         assert isinstance(result, DeleteResult)
@@ -349,18 +385,12 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def CompareAndSwap(
         self, request: kv_pb2.CompareAndSwapRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> kv_pb2.CompareAndSwapResponse:
-        self.limits.check_new_key(request.key)
-        self.limits.check_value(request.value)
-        expected = request.expected if request.HasField("expected") else None
-        if expected is not None:
-            self.limits.check_value(expected)
-        session = _session(request)
-        if request.HasField("expected_mod_revision") or request.HasField("expected_version"):
-            return await self._cas_with_revisions(request, expected, session, context)
-        _, result = await self._write(
-            encode_cas(request.key, expected, request.value, session), context, session is not None
-        )
-        return self._cas_answer(expected, result)
+        planned = self._plan_write(request, "compare_and_swap")
+        if planned.command is None:
+            expected = _expected(request)
+            return await self._cas_with_revisions(request, expected, planned.session, context)
+        response: kv_pb2.CompareAndSwapResponse = await self._write_planned(planned, context)
+        return response
 
     def _cas_answer(self, expected: bytes | None, result: object) -> kv_pb2.CompareAndSwapResponse:
         assert isinstance(result, CasResult)
@@ -616,45 +646,17 @@ class KVService(kv_pb2_grpc.KVServicer):
         now (the handler gives the error)."""
         try:
             planned = self._plan_write(getattr(request, op), op)
-            if planned is None:
+            if planned.command is None:
                 return None
-            command, retry, answer = planned
             context = RequestContext(request.timeout_ms, arrived, stream)
             left = self.limits.deadline(context.time_remaining())
             if left <= 0:
                 return None
-            proposal = self.runtime.offer(command)
+            proposal = self.runtime.offer(planned.command)
         except RequestError:
             return None
-        return _WriteNow(self, request, op, context, proposal, left, retry, answer).answer
-
-    def _plan_write(self, request: Any, op: str) -> tuple[bytes, bool, _Answer] | None:
-        """What the unary handler of ``op`` checks and proposes for
-        ``request``: (command, whether it has a session, what makes its
-        answer of the result); None for what only the handler serves."""
-        limits = self.limits
-        if op == "put":
-            if request.lease:
-                return None
-            limits.check_new_key(request.key)
-            limits.check_value(request.value)
-            session = _session(request)
-            command = encode_put(request.key, request.value, session)
-            return command, session is not None, self._put_answer
-        if op == "delete":
-            limits.check_key(request.key)
-            session = _session(request)
-            return encode_delete(request.key, session), session is not None, self._delete_answer
-        if request.HasField("expected_mod_revision") or request.HasField("expected_version"):
-            return None
-        limits.check_new_key(request.key)
-        limits.check_value(request.value)
-        expected = request.expected if request.HasField("expected") else None
-        if expected is not None:
-            limits.check_value(expected)
-        session = _session(request)
-        command = encode_cas(request.key, expected, request.value, session)
-        return command, session is not None, functools.partial(self._cas_answer, expected)
+        retry = planned.session is not None
+        return _WriteNow(self, request, op, context, proposal, left, retry, planned.answer).answer
 
     async def _stream_one(
         self,
@@ -668,26 +670,53 @@ class KVService(kv_pb2_grpc.KVServicer):
         try:
             result = await handler(getattr(request, op), context)
         except RequestAborted as e:
-            return kv_pb2.StreamResponse(
-                id=request.id,
-                code=e.code.value[0],
-                message=e.details,
-                leader=context.metadata(LEADER_METADATA_KEY, ""),
-            )
+            return _stream_refusal(request, e.code, e.details, context)
         except Exception as e:  # a bug: answer this request, keep the stream
             log.exception("stream_request_failed", op=op)
             return stream_error(request, (grpc.StatusCode.INTERNAL, f"internal error: {e}"))
-        response = kv_pb2.StreamResponse(
-            id=request.id, leader=context.metadata(LEADER_METADATA_KEY, "")
-        )
-        getattr(response, op).CopyFrom(result)
-        return response
+        return _stream_answer(request, op, result, context)
 
 
-# A write's stream ops answered in place (KVService._write_now), and the
-# maker of an op's answer from the machine's result (the unary handler's).
+def _stream_answer(
+    request: kv_pb2.StreamRequest, op: str, result: Any, context: RequestContext
+) -> kv_pb2.StreamResponse:
+    """A stream request's answer: the op's ``result``, and the leader its
+    handler named (a follower's forwarded write)."""
+    response = kv_pb2.StreamResponse(
+        id=request.id, leader=context.metadata(LEADER_METADATA_KEY, "")
+    )
+    getattr(response, op).CopyFrom(result)
+    return response
+
+
+def _stream_refusal(
+    request: kv_pb2.StreamRequest, code: grpc.StatusCode, message: str, context: RequestContext
+) -> kv_pb2.StreamResponse:
+    """A stream request's refusal with ``code``, naming the leader when its
+    handler did."""
+    return kv_pb2.StreamResponse(
+        id=request.id,
+        code=code.value[0],
+        message=message,
+        leader=context.metadata(LEADER_METADATA_KEY, ""),
+    )
+
+
+def _expected(request: kv_pb2.CompareAndSwapRequest) -> bytes | None:
+    """The value a CompareAndSwap expects; None: the key must be absent."""
+    return request.expected if request.HasField("expected") else None
+
+
+class _Planned(NamedTuple):
+    """A write as its handler proposes it (``KVService._plan_write``)."""
+
+    command: bytes | None  # None: a transaction the handler builds
+    session: Session | None
+    answer: Callable[[object], Any]  # the op's response, of the machine's result
+
+
+# A stream's writes proposed in place (KVService._write_now).
 _WRITES_NOW = frozenset(("put", "delete", "compare_and_swap"))
-_Answer = Callable[[object], Any]
 
 
 class _WriteNow:
@@ -724,7 +753,7 @@ class _WriteNow:
         proposal: asyncio.Future[tuple[int, object]],
         left: float,
         retry: bool,
-        make: _Answer,
+        make: Callable[[object], Any],
     ) -> None:
         loop = asyncio.get_running_loop()
         self.service = service
@@ -738,9 +767,10 @@ class _WriteNow:
         self.timer = loop.call_later(left, proposal.cancel)
         self.answer: asyncio.Future[kv_pb2.StreamResponse | None] = loop.create_future()
         proposal.add_done_callback(self._done)
-        self.answer.add_done_callback(self._answered)
+        self.answer.add_done_callback(self._stream_gone)
 
-    def _answered(self, answer: asyncio.Future[kv_pb2.StreamResponse | None]) -> None:
+    def _stream_gone(self, answer: asyncio.Future[kv_pb2.StreamResponse | None]) -> None:
+        """The stream ended (it cancels the answer): give up the wait."""
         if answer.cancelled():
             self.timer.cancel()
             self.proposal.cancel()
@@ -773,30 +803,17 @@ class _WriteNow:
             return
         name_leader(service.runtime, context)
         self.call.report(_STREAM_OPS[self.op], service)
-        response = kv_pb2.StreamResponse(
-            id=request.id, leader=context.metadata(LEADER_METADATA_KEY, "")
-        )
-        getattr(response, self.op).CopyFrom(made)
-        self.answer.set_result(response)
+        self.answer.set_result(_stream_answer(request, self.op, made, context))
 
     def _failure(self, error: Exception) -> kv_pb2.StreamResponse:
         """The answer the handler gives for ``error`` (``_Call.failed``,
         then ``_stream_one``), reported as it reports it."""
         service, request, call = self.service, self.request, self.call
-        name = _STREAM_OPS[self.op]
-        status = error_code(error, service.runtime, self.context)
+        status = call.status(error, service, self.context)
+        call.report(_STREAM_OPS[self.op], service)
         if status is None:
-            call.code = grpc.StatusCode.UNKNOWN.name
-            call.report(name, service)
             return stream_error(request, (grpc.StatusCode.INTERNAL, f"internal error: {error}"))
-        call.code = status.name
-        call.report(name, service)
-        return kv_pb2.StreamResponse(
-            id=request.id,
-            code=status.value[0],
-            message=error_message(error),
-            leader=self.context.metadata(LEADER_METADATA_KEY, ""),
-        )
+        return _stream_refusal(request, status, error_message(error), self.context)
 
 
 def _own_deadline(arrival: tuple[kv_pb2.StreamRequest, float]) -> float:

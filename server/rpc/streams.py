@@ -454,7 +454,8 @@ class StreamServer:
         if answer is None:
             self._running[key] = asyncio.create_task(self._serve(key, *served))
             return
-        self._deliver((answer, True, served[2], served[4]))
+        _, _, message, _, own, _ = served
+        self._deliver((answer, True, message, own))
 
     def _ask_round(
         self, batch: Sequence[kv_pb2.StreamRequest], ops: list[str | None], arrived: float
