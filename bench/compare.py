@@ -3,6 +3,7 @@
     python -m bench.compare --install          # first time: etcd + PySyncObj into the cache
     python -m bench.compare                    # about 6 minutes; prints the tables
     python -m bench.compare --duration 6 --json results.json
+    python -m bench.compare --rounds 3         # every section 3 times, interleaved: medians
 
 Everything runs one after the other, within minutes, with the same loads:
 
@@ -26,7 +27,13 @@ Every run records the CPU each process used (the busiest one, at about 1.0
 core, is what limits the figure) and the CPU of processes that are not part
 of the bench: a run where they used more than 0.2 core is marked
 contaminated and, with ``--retakes``, taken again. The load average is
-printed with the table. The peers install into ``--cache`` (default
+printed with the table. On a shared machine one run's rate moves by a fifth
+from one minute to the next, and a ratio of two runs by more: ``--rounds N``
+runs every section N times, in turn (all of round 1, then all of round 2,
+...), and the table shows each figure's median round (its CPU and p50 with
+it) and each ratio of medians with, in brackets, the lowest and highest of
+the ratios taken within one round (the two runs minutes apart, not the
+window's length). The peers install into ``--cache`` (default
 ``~/.cache/ramraft-bench``, or RAMRAFT_BENCH_CACHE) with pip, only when asked
 (``--install``); nothing is downloaded otherwise. Speed is never a test
 assertion: tests/bench/test_compare.py runs a tiny offline version.
@@ -171,6 +178,7 @@ class Settings:
     sections: list[str]
     retakes: int
     connections: int = 1
+    rounds: int = 1
     results: dict[str, Any] = field(default_factory=dict)
 
 
@@ -379,27 +387,63 @@ async def run(s: Settings) -> dict[str, Any]:
             "load_average_before": os.getloadavg(),
             "value_bytes": s.value_bytes,
             "duration_s": s.duration,
+            "rounds": s.rounds,
         }
     )
     started = time.monotonic()
-    for name in s.sections:
-        rows = await SECTION_FUNCTIONS[name](s)
-        for _ in range(s.retakes):
-            if not _contaminated(rows):
-                break
-            s.progress.note(f"{name}: {_contaminated(rows)} run(s) contaminated; taking again")
-            again = {_row_key(r): r for r in await SECTION_FUNCTIONS[name](s)}
-            rows = [
-                again[_row_key(r)]
-                if _row_key(r) in again
-                and again[_row_key(r)].get("foreign_cores", 0) < r.get("foreign_cores", 0)
-                else r
-                for r in rows
-            ]
-        s.results[name] = rows
+    by_round: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in s.sections}
+    for number in range(1, s.rounds + 1):
+        if s.rounds > 1:
+            s.progress.note(f"round {number} of {s.rounds}")
+        for name in s.sections:
+            by_round[name].append(await _take_section(s, name))
+    for name, rounds in by_round.items():
+        s.results[name] = merge_rounds(rounds)
+    if s.rounds > 1:
+        s.results["by_round"] = by_round
     s.results["window_s"] = round(time.monotonic() - started)
     s.results["load_average_after"] = os.getloadavg()
     return s.results
+
+
+async def _take_section(s: Settings, name: str) -> list[dict[str, Any]]:
+    """One run of section ``name``, whose contaminated runs are taken again
+    (``--retakes``), each kept if less contaminated than the first."""
+    rows = await SECTION_FUNCTIONS[name](s)
+    for _ in range(s.retakes):
+        if not _contaminated(rows):
+            break
+        s.progress.note(f"{name}: {_contaminated(rows)} run(s) contaminated; taking again")
+        again = {_row_key(r): r for r in await SECTION_FUNCTIONS[name](s)}
+        rows = [
+            again[_row_key(r)]
+            if _row_key(r) in again
+            and again[_row_key(r)].get("foreign_cores", 0) < r.get("foreign_cores", 0)
+            else r
+            for r in rows
+        ]
+    return rows
+
+
+def _rate_of(row: dict[str, Any]) -> float:
+    """A row's rate: operations per second, or an echo floor's echoes."""
+    return float(row["ops_per_s"] if "ops_per_s" in row else row.get("per_s", 0.0))
+
+
+def merge_rounds(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row for each run that the rounds (each a section's rows) took:
+    the round whose rate is the median (the lower one of an even count), so
+    its CPU and p50 go with it, with every round's rate in ``rates``."""
+    taken: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for rows in rounds:
+        for row in rows:
+            taken.setdefault((row.get("shape"), *_row_key(row)), []).append(row)
+    merged = []
+    for same in taken.values():
+        median = dict(sorted(same, key=_rate_of)[(len(same) - 1) // 2])
+        median["rates"] = [_rate_of(row) for row in same]
+        merged.append(median)
+    return merged
 
 
 # ---- the table -----------------------------------------------------------------------------------
@@ -435,6 +479,43 @@ def _x(a: float | None, b: float | None) -> str:
     return "-" if a is None or not b else f"{a / b:.2f}"
 
 
+Pick = Callable[[dict[str, Any]], "float | None"]
+
+
+def _pick(section: str, driver: str, level: int, mode: str) -> Pick:
+    """The rate of ``driver``'s ``mode`` run at ``level`` in flight, read
+    from results (merged, or one round's)."""
+    return lambda results: _rate(results.get(section, []), driver, level, mode)
+
+
+def _echo(level: int) -> Pick:
+    """The stream echo floor's rate at ``level`` in flight."""
+
+    def pick(results: dict[str, Any]) -> float | None:
+        for row in results.get("floor", []):
+            if row["shape"] == "stream" and row["in_flight"] == level:
+                return float(row["per_s"])
+        return None
+
+    return pick
+
+
+def _ratio(r: dict[str, Any], a: Pick, b: Pick) -> str:
+    """a / b from the medians; after several rounds, with the lowest and
+    highest ratio of two runs taken in the same round."""
+    text = _x(a(r), b(r))
+    by_round = r.get("by_round") or {}
+    ratios = []
+    for n in range(int(r.get("rounds", 1))):
+        one = {name: rounds[n] for name, rounds in by_round.items() if n < len(rounds)}
+        x, y = a(one), b(one)
+        if x is not None and y:
+            ratios.append(x / y)
+    if text != "-" and len(ratios) > 1:
+        text += f" ({min(ratios):.2f}-{max(ratios):.2f})"
+    return text
+
+
 def _ms(row: dict[str, Any] | None) -> str:
     return "-" if row is None or row.get("p50_ms") is None else f"{row['p50_ms']:.2f} ms"
 
@@ -461,10 +542,20 @@ def print_table(r: dict[str, Any], out: TextIO) -> None:
         f"{r.get('load_average_after', (0.0,))[0]:.2f} after; {r.get('value_bytes')}-byte "
         f"values, {r.get('duration_s')} s per run; etcd {r.get('etcd_version', '-')}, "
         f"PySyncObj {r.get('pysyncobj_version', '-')}\n"
-        "(* = contaminated: other processes used more than 0.2 core during the run)\n\n"
+        "(* = contaminated: other processes used more than 0.2 core during the run)\n"
     )
+    if int(r.get("rounds", 1)) > 1:
+        out.write(
+            f"Each figure is the median of {r['rounds']} rounds (every section once a round, "
+            "in turn); a ratio's brackets hold its lowest and highest within one round.\n"
+        )
+    out.write("\n")
     if etcd or ram:
         levels = sorted({row["in_flight"] for row in etcd + ram if row["mode"] == "write"})
+
+        def ram_async(level: int) -> Pick:
+            return _pick("ramraft", "AsyncClient stream", level, "write")
+
         out.write(
             "| in flight | etcd writes/s | AsyncClient stream | AsyncClient unary | "
             "raw unary stubs | raw KV.Stream | AsyncClient stream / etcd | busiest process "
@@ -477,7 +568,7 @@ def print_table(r: dict[str, Any], out: TextIO) -> None:
             out.write(
                 f"| {level} | {_n(e and e['ops_per_s'])}{_mark(e)} | "
                 + " | ".join(f"{_n(v)}{_mark(c)}" for v, c in zip(rates, cells, strict=True))
-                + f" | {_x(rates[0], e and e['ops_per_s'])} | "
+                + f" | {_ratio(r, ram_async(level), _pick('etcd', 'etcd', level, 'write'))} | "
                 f"{busiest(e) if e else '-'} / {busiest(cells[0]) if cells[0] else '-'} |\n"
             )
         if any(_find(ram, "Client stream", level, "write") for level in levels):
@@ -490,7 +581,12 @@ def print_table(r: dict[str, Any], out: TextIO) -> None:
                 e = _find(etcd, "etcd blocking", level, "write")
                 c = _find(ram, "Client stream", level, "write")
                 a, b = c and c["ops_per_s"], e and e["ops_per_s"]
-                out.write(f"| {level} | {_n(b)}{_mark(e)} | {_n(a)}{_mark(c)} | {_x(a, b)} |\n")
+                ratio = _ratio(
+                    r,
+                    _pick("ramraft", "Client stream", level, "write"),
+                    _pick("etcd", "etcd blocking", level, "write"),
+                )
+                out.write(f"| {level} | {_n(b)}{_mark(e)} | {_n(a)}{_mark(c)} | {ratio} |\n")
         one_e, one_s = _find(etcd, "etcd", 1, "write"), _find(ram, "AsyncClient stream", 1, "write")
         one_u = _find(ram, "AsyncClient unary", 1, "write")
         inproc_one = _find(r.get("inproc", []), "NodeAPI", 1, "inproc-write")
@@ -507,16 +603,21 @@ def print_table(r: dict[str, Any], out: TextIO) -> None:
         lin = _find(reads, "AsyncClient stream", level, "read-linearizable")
         ser_rate = ser and ser["ops_per_s"]
         lin_rate = lin and lin["ops_per_s"]
-        echo = floor_stream.get(level)
+        ser_pick = _pick("reads", "AsyncClient stream", level, "read-serializable")
+        lin_pick = _pick("reads", "AsyncClient stream", level, "read-linearizable")
         out.write(
             f"Reads at {level} in flight (AsyncClient stream): serializable "
             f"{_n(ser_rate)}/s{_mark(ser)}, linearizable {_n(lin_rate)}/s{_mark(lin)} "
-            f"(linearizable / serializable {_x(lin_rate, ser_rate)}; serializable / stream "
-            f"echo floor {_x(ser_rate, echo and echo['per_s'])}); busiest: "
+            f"(linearizable / serializable {_ratio(r, lin_pick, ser_pick)}; serializable / "
+            f"stream echo floor {_ratio(r, ser_pick, _echo(level))}); busiest: "
             f"{busiest(ser) if ser else '-'} / {busiest(lin) if lin else '-'}\n"
         )
     inproc = r.get("inproc", [])
     pso = r.get("pysyncobj", [])
+
+    def pysyncobj(level: int) -> Pick:
+        return _pick("pysyncobj", "PySyncObj ReplDict.set", level, "inproc-write")
+
     for level in sorted({row["in_flight"] for row in inproc + pso if row["in_flight"] > 1}):
         mine = _find(inproc, "NodeAPI", level, "inproc-write")
         theirs = _find(pso, "PySyncObj ReplDict.set", level, "inproc-write")
@@ -524,7 +625,8 @@ def print_table(r: dict[str, Any], out: TextIO) -> None:
         out.write(
             f"In-process writes at {level} in flight: ramraft NodeAPI {_n(a)}/s{_mark(mine)} "
             f"(p50 {_ms(mine)}), PySyncObj {_n(b)}/s{_mark(theirs)} (p50 {_ms(theirs)}): "
-            f"{_x(a, b)}x; busiest: {busiest(mine) if mine else '-'} / "
+            f"{_ratio(r, _pick('inproc', 'NodeAPI', level, 'inproc-write'), pysyncobj(level))}x; "
+            f"busiest: {busiest(mine) if mine else '-'} / "
             f"{busiest(theirs) if theirs else '-'}\n"
         )
     for level in sorted(floor_stream):
@@ -587,6 +689,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--retakes", type=int, default=1, help="take a section again when a run was contaminated"
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every section this many times, in turn, and show the medians with each "
+        "ratio's range (default 1; 3 or 5 on a shared machine)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write every result here")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -601,9 +710,11 @@ def main(argv: list[str] | None = None) -> int:
         or args.value_bytes < 0
         or args.retakes < 0
         or args.connections < 1
+        or args.rounds < 1
     ):
         print(
-            "bench.compare: need --duration > 0, --connections >= 1 and non-negative "
+            "bench.compare: need --duration > 0, --connections >= 1, --rounds >= 1 and "
+            "non-negative "
             "--warmup, --value-bytes, --retakes",
             file=sys.stderr,
         )
@@ -643,6 +754,7 @@ def main(argv: list[str] | None = None) -> int:
             sections=args.only,
             retakes=args.retakes,
             connections=args.connections,
+            rounds=args.rounds,
         )
         results = asyncio.run(run(settings))
     except CompareError as e:

@@ -92,6 +92,48 @@ def test_missing_peers_and_bad_arguments_are_one_line_errors(
     capsys.readouterr()
     assert compare.main(["--connections", "0", "--only", "floor"]) == 2
     assert "--connections >= 1" in capsys.readouterr().err
+    assert compare.main(["--rounds", "0", "--only", "floor"]) == 2
+    assert "--rounds >= 1" in capsys.readouterr().err
+
+
+def test_rounds_give_each_figure_its_median_and_each_ratio_its_range() -> None:
+    """With --rounds, a figure is its median round's, CPU and p50 with it;
+    a ratio is of the medians, bracketed by the lowest and highest ratio
+    of the two runs one round took (not of runs minutes apart)."""
+    etcd_rates = [5000.0, 4000.0, 6000.0]
+    mine_rates = [5000.0, 6000.0, 6600.0]  # ratios within a round: 1.00, 1.50, 1.10
+    by_round = {
+        "etcd": [[_row("etcd", "write", 64, rate)] for rate in etcd_rates],
+        "ramraft": [
+            [_row("AsyncClient stream", "write", 64, rate, cores={"n1": rate / 10000})]
+            for rate in mine_rates
+        ],
+        "floor": [
+            [
+                {"shape": "unary", "in_flight": 64, "per_s": echo / 2, "server_us_per_echo": 1.0},
+                {"shape": "stream", "in_flight": 64, "per_s": echo, "server_us_per_echo": 1.0},
+            ]
+            for echo in (8000, 9000, 7000)
+        ],
+    }
+    results: dict[str, Any] = {"rounds": 3, "by_round": by_round}
+    for name, rounds in by_round.items():
+        results[name] = compare.merge_rounds(rounds)
+    (mine,) = results["ramraft"]
+    assert mine["ops_per_s"] == 6000.0 and mine["cores"] == {"n1": 0.6}
+    assert mine["rates"] == mine_rates
+    floor = {row["shape"]: row["per_s"] for row in results["floor"]}
+    assert floor == {"unary": 4000, "stream": 8000}  # each shape its own median
+    out = io.StringIO()
+    compare.print_table(results, out)
+    text = out.getvalue()
+    assert "median of 3 rounds" in text
+    assert "| 64 | 5,000 | 6,000 | - | - | - | 1.20 (1.00-1.50) |" in text
+    # One round alone: no brackets.
+    results["by_round"] = {name: rounds[:1] for name, rounds in by_round.items()}
+    out = io.StringIO()
+    compare.print_table(results, out)
+    assert "| 1.20 |" in out.getvalue()
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -112,14 +154,17 @@ def test_a_tiny_offline_run(tmp_path: Path) -> None:
     done = _run(
         "--only", "floor,inproc", "--duration", "0.3", "--warmup", "0.1",
         "--inproc-in-flight", "2", "--floor-in-flight", "2", "--retakes", "0",
-        "--json", str(out),
+        "--rounds", "2", "--json", str(out),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "In-process writes at 2 in flight: ramraft NodeAPI" in done.stdout
     assert "grpc-python floor at 2 in flight" in done.stdout
+    assert "median of 2 rounds" in done.stdout
     results = json.loads(out.read_text())
     (inproc,) = results["inproc"]
     assert inproc["mode"] == "inproc-write" and inproc["ops"] > 0
+    assert len(inproc["rates"]) == 2 and inproc["ops_per_s"] == min(inproc["rates"])
+    assert [len(rows) for rows in results["by_round"]["inproc"]] == [1, 1]
     assert any(name.startswith("ramraft leader") for name in inproc["cores"])
     assert {row["shape"] for row in results["floor"]} == {"unary", "stream"}
 
