@@ -3,6 +3,7 @@ and restore times, and how much a snapshot in a worker thread slows the loop.
 
     python bench/bench_statemachine.py                 # 1,000,000 keys, 100-byte values
     python bench/bench_statemachine.py --keys 200000 --json
+    python bench/bench_statemachine.py --kv-version 1   # the format before revisions
 
 Ratios are against baselines measured in the same run:
 - snapshot() pause vs. the obvious strategy it replaces (``dict.copy()`` plus
@@ -43,8 +44,13 @@ def timed(fn: Any, *args: Any) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
-def build_kv(keys: int, value_size: int) -> tuple[KVMachine, list[bytes], float]:
-    machine = KVMachine()
+def build_kv(
+    keys: int, value_size: int, kv_version: int = 2
+) -> tuple[KVMachine, list[bytes], float]:
+    """A machine holding ``keys`` keys, put at key-value version
+    ``kv_version`` (2, what a new cluster runs, keeps each key's revisions
+    and writes snapshot format 3)."""
+    machine = new_kv(kv_version)
     value = os.urandom(value_size)
     commands = [encode_put(f"user/{i * 7919 % keys:09d}", value) for i in range(keys)]
     started = time.perf_counter()
@@ -52,6 +58,14 @@ def build_kv(keys: int, value_size: int) -> tuple[KVMachine, list[bytes], float]
     for index, data in enumerate(commands, 1):
         apply(index, data)
     return machine, commands, time.perf_counter() - started
+
+
+def new_kv(kv_version: int) -> KVMachine:
+    machine = KVMachine()
+    if kv_version >= 2:
+        machine.upgrade(1, 2)  # as ClusterMachine switches it
+        machine.active_version = 2
+    return machine
 
 
 def apply_rate_with_sessions(n: int) -> float:
@@ -178,15 +192,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--value-size", type=int, default=100)
+    parser.add_argument(
+        "--kv-version",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="key-value version of the machine (default 2, a new cluster's: revisions, "
+        "snapshot format 3)",
+    )
     parser.add_argument("--model-items", type=int, default=200_000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     quiet_logs()
-    out: dict[str, Any] = {"keys": args.keys, "value_size": args.value_size}
+    out: dict[str, Any] = {
+        "keys": args.keys,
+        "value_size": args.value_size,
+        "kv_version": args.kv_version,
+    }
 
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        machine, commands, build_s = build_kv(args.keys, args.value_size)
+        machine, commands, build_s = build_kv(args.keys, args.value_size, args.kv_version)
         out["kv_apply_per_s"] = args.keys / build_s
         out["kv_apply_with_session_per_s"] = apply_rate_with_sessions(200_000)
 
@@ -210,7 +236,7 @@ def main() -> None:
             f.flush()
             os.fsync(f.fileno())
 
-        replica = KVMachine()
+        replica = new_kv(args.kv_version)
         gc.collect()
         with open(path, "rb") as f:
             out["kv_restore_s"], _ = timed(replica.restore, f)
@@ -219,7 +245,7 @@ def main() -> None:
         del replica
         gc.collect()
         replay_s = 0.0
-        scratch = KVMachine()
+        scratch = new_kv(args.kv_version)
         started = time.perf_counter()
         for index, data in enumerate(commands, 1):
             scratch.apply(index, data)

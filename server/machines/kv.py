@@ -87,8 +87,8 @@ import operator
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from itertools import accumulate, islice
+from collections.abc import Callable, Iterator, Sequence
+from itertools import accumulate, islice, repeat
 from typing import Any, NamedTuple
 
 import msgpack
@@ -604,7 +604,7 @@ class _View:
         self.cursor = new_cursor
         before = self.before
         if not before:
-            metas = [meta.get(k) for k in candidates] if meta is not None else []
+            metas = list(map(meta.get, candidates)) if meta is not None else []
             return candidates, list(map(data.__getitem__, candidates)), metas
         out_keys: list[str] = []
         out_values: list[bytes] = []
@@ -1442,7 +1442,16 @@ class _DataFramer:
     would make equal states give different bytes, and the bytes are what
     state checks compare (runtime/checks.py)."""
 
-    __slots__ = ("_base", "_frames", "_keys", "_metas", "_sizes", "_values")
+    __slots__ = (
+        "_base",
+        "_frames",
+        "_keys",
+        "_metas",
+        "_overhead",
+        "_pending",
+        "_sizes",
+        "_values",
+    )
 
     def __init__(self, frames: FrameWriter, base_revision: int | None = None) -> None:
         self._frames = frames
@@ -1452,19 +1461,32 @@ class _DataFramer:
         self._base = base_revision
         self._keys: list[str] = []
         self._values: list[bytes] = []
-        self._metas: list[list[int]] = []
+        # KeyMeta is a tuple, which msgpack writes as the array a list is.
+        self._metas: list[Sequence[int]] = []
+        # A pair's size counts as len(key) + len(value) + _overhead.
+        self._overhead = 16 if base_revision is None else 40
         self._sizes: list[int] = []
+        self._pending = 0  # sum(self._sizes)
 
     def add(self, keys: list[str], values: list[bytes], metas: list[KeyMeta | None]) -> None:
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys and {len(values)} values")
         self._keys += keys
         self._values += values
-        extra = 0
         if self._base is not None:
-            implicit = [self._base, self._base, 1, 0]
-            self._metas += [list(m) if m is not None else implicit for m in metas]
-            extra = 24
-        self._sizes += [len(k) + len(v) + 16 + extra for k, v in zip(keys, values, strict=True)]
-        while len(self._keys) > _MAX_CHUNK_KEYS or sum(self._sizes) > _CHUNK_BYTES:
+            if None in metas:
+                implicit = KeyMeta(self._base, self._base, 1, 0)
+                self._metas += [implicit if m is None else m for m in metas]
+            else:
+                self._metas += metas  # type: ignore[arg-type]  # no None in it
+        # Built with map, not per pair in Python: this runs for every key
+        # of every snapshot and state check, on a thread that competes
+        # with the event loop for the GIL.
+        pairs = map(operator.add, map(len, keys), map(len, values))
+        sizes = list(map(operator.add, pairs, repeat(self._overhead)))
+        self._sizes += sizes
+        self._pending += sum(sizes)
+        while len(self._keys) > _MAX_CHUNK_KEYS or self._pending > _CHUNK_BYTES:
             self._emit(self._cut())
 
     def flush(self) -> None:
@@ -1482,6 +1504,7 @@ class _DataFramer:
             payload = (*payload, self._metas[:n])
             del self._metas[:n]
         self._frames.frame(msgpack.packb(payload, use_bin_type=True))
+        self._pending -= sum(self._sizes[:n])
         del self._keys[:n], self._values[:n], self._sizes[:n]
 
 

@@ -4,6 +4,7 @@ the switch that turns them on."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 
@@ -456,3 +457,57 @@ def test_bad_format_3_contents_are_refused(damage: str) -> None:
         writer.frame(msgpack.packb(frame, use_bin_type=True))
     with pytest.raises(SnapshotFormatError):
         restored(out.getvalue())
+
+
+def _many_keys(apply: Applier, seed: int, leases: bool) -> None:
+    """Enough keys for several data frames, cut by count and by bytes."""
+    rng = random.Random(seed)
+    for n in range(9_000):
+        value = rng.randbytes(rng.choice((0, 3, 40, 120, 700)))
+        key = f"many/{rng.getrandbits(40):010x}/{n}"
+        if leases and n % 7 == 0:
+            apply(encode_txn(Txn((), (put(key, value, 1 + n % 2),), ())))
+        else:
+            apply(encode_put(key, value, Session(1 + n % 5, 1 + n // 5)))
+        if n % 11 == 0:
+            apply(encode_delete(key))
+    for n in range(5_000):  # small pairs: frames cut at _MAX_CHUNK_KEYS
+        apply(encode_put(f"tiny/{n:05d}", b""))
+
+
+# The sha256 of the snapshots below, as this release writes them. A state
+# check (runtime/checks.py) compares these bytes between nodes, and during a
+# rolling upgrade between two releases: bytes that change for the same state
+# are a new snapshot format (a new _KV_VERSION), never a quiet change.
+FORMAT_2_SHA256 = "5e70f366fdbbc4a6618ab8895c7150fd2f8e6f83db7b4d689a1fe140d5cc0008"
+FORMAT_3_SHA256 = "953e23d1a94264e54ab51ad1e8577658680d9ffddcb6f952d32774fc989e6b88"
+FORMAT_3_VIEW_SHA256 = "568c46254c11cf740bb57ef429aba89f159090e27a14fdf10b551d4303417e28"
+
+
+def test_the_snapshot_bytes_of_a_given_state_do_not_change() -> None:
+    plain = Applier()
+    _many_keys(plain, 3, leases=False)
+    data = snapshot_bytes(plain.machine)
+    assert data[4] == 2
+    assert hashlib.sha256(data).hexdigest() == FORMAT_2_SHA256
+
+    apply = build_state(7)
+    _many_keys(apply, 4, leases=True)
+    data = snapshot_bytes(apply.machine)
+    assert data[4] == 3
+    assert hashlib.sha256(data).hexdigest() == FORMAT_3_SHA256
+
+    # A view taken before writes it must not see (its copy-on-write path).
+    job = apply.machine.snapshot()
+    rng = random.Random(5)
+    keys = [key for key, _ in apply.machine.items()]
+    for n in range(2_000):
+        key = rng.choice(keys)
+        if n % 3 == 0:
+            apply(encode_delete(key))
+        else:
+            apply(encode_put(key if n % 2 else f"{key}/new", b"later"))
+    out = io.BytesIO()
+    job.write_to(out)
+    assert out.getvalue() == data, "the view is the state it was taken at"
+    assert hashlib.sha256(snapshot_bytes(apply.machine)).hexdigest() == FORMAT_3_VIEW_SHA256
