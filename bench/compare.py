@@ -449,17 +449,6 @@ def merge_rounds(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 # ---- the table -----------------------------------------------------------------------------------
 
 
-def _rate(rows: list[dict[str, Any]], driver: str, level: int, mode: str = "write") -> float | None:
-    for row in rows:
-        if (
-            (row.get("driver") or row.get("client")) == driver
-            and row["mode"] == mode
-            and row["in_flight"] == level
-        ):
-            return float(row["ops_per_s"])
-    return None
-
-
 def _find(rows: list[dict[str, Any]], driver: str, level: int, mode: str) -> dict[str, Any] | None:
     for row in rows:
         if (
@@ -485,7 +474,12 @@ Pick = Callable[[dict[str, Any]], "float | None"]
 def _pick(section: str, driver: str, level: int, mode: str) -> Pick:
     """The rate of ``driver``'s ``mode`` run at ``level`` in flight, read
     from results (merged, or one round's)."""
-    return lambda results: _rate(results.get(section, []), driver, level, mode)
+
+    def pick(results: dict[str, Any]) -> float | None:
+        row = _find(results.get(section, []), driver, level, mode)
+        return None if row is None else float(row["ops_per_s"])
+
+    return pick
 
 
 def _echo(level: int) -> Pick:
@@ -553,9 +547,6 @@ def print_table(r: dict[str, Any], out: TextIO) -> None:
     if etcd or ram:
         levels = sorted({row["in_flight"] for row in etcd + ram if row["mode"] == "write"})
 
-        def ram_async(level: int) -> Pick:
-            return _pick("ramraft", "AsyncClient stream", level, "write")
-
         out.write(
             "| in flight | etcd writes/s | AsyncClient stream | AsyncClient unary | "
             "raw unary stubs | raw KV.Stream | AsyncClient stream / etcd | busiest process "
@@ -565,10 +556,15 @@ def print_table(r: dict[str, Any], out: TextIO) -> None:
             e = _find(etcd, "etcd", level, "write")
             cells = [_find(ram, label, level, "write") for label, _, _ in WRITE_DRIVERS]
             rates = [None if c is None else c["ops_per_s"] for c in cells]
+            ratio = _ratio(
+                r,
+                _pick("ramraft", "AsyncClient stream", level, "write"),
+                _pick("etcd", "etcd", level, "write"),
+            )
             out.write(
                 f"| {level} | {_n(e and e['ops_per_s'])}{_mark(e)} | "
                 + " | ".join(f"{_n(v)}{_mark(c)}" for v, c in zip(rates, cells, strict=True))
-                + f" | {_ratio(r, ram_async(level), _pick('etcd', 'etcd', level, 'write'))} | "
+                + f" | {ratio} | "
                 f"{busiest(e) if e else '-'} / {busiest(cells[0]) if cells[0] else '-'} |\n"
             )
         if any(_find(ram, "Client stream", level, "write") for level in levels):
@@ -614,19 +610,19 @@ def print_table(r: dict[str, Any], out: TextIO) -> None:
         )
     inproc = r.get("inproc", [])
     pso = r.get("pysyncobj", [])
-
-    def pysyncobj(level: int) -> Pick:
-        return _pick("pysyncobj", "PySyncObj ReplDict.set", level, "inproc-write")
-
     for level in sorted({row["in_flight"] for row in inproc + pso if row["in_flight"] > 1}):
         mine = _find(inproc, "NodeAPI", level, "inproc-write")
         theirs = _find(pso, "PySyncObj ReplDict.set", level, "inproc-write")
         a, b = mine and mine["ops_per_s"], theirs and theirs["ops_per_s"]
+        ratio = _ratio(
+            r,
+            _pick("inproc", "NodeAPI", level, "inproc-write"),
+            _pick("pysyncobj", "PySyncObj ReplDict.set", level, "inproc-write"),
+        )
         out.write(
             f"In-process writes at {level} in flight: ramraft NodeAPI {_n(a)}/s{_mark(mine)} "
             f"(p50 {_ms(mine)}), PySyncObj {_n(b)}/s{_mark(theirs)} (p50 {_ms(theirs)}): "
-            f"{_ratio(r, _pick('inproc', 'NodeAPI', level, 'inproc-write'), pysyncobj(level))}x; "
-            f"busiest: {busiest(mine) if mine else '-'} / "
+            f"{ratio}x; busiest: {busiest(mine) if mine else '-'} / "
             f"{busiest(theirs) if theirs else '-'}\n"
         )
     for level in sorted(floor_stream):
@@ -714,8 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         print(
             "bench.compare: need --duration > 0, --connections >= 1, --rounds >= 1 and "
-            "non-negative "
-            "--warmup, --value-bytes, --retakes",
+            "non-negative --warmup, --value-bytes, --retakes",
             file=sys.stderr,
         )
         return 2

@@ -88,7 +88,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from itertools import accumulate, islice, repeat
+from itertools import accumulate, islice
 from typing import Any, NamedTuple
 
 import msgpack
@@ -953,6 +953,10 @@ class KVMachine:
             op = _OPS.get(command[2])
             if op is not None and SINCE[op] <= self.active_version:
                 return None
+        return self.check_decoded(command)
+
+    def check_decoded(self, command: bytes) -> str | None:
+        """``check_proposal``'s answer from the whole command, decoded."""
         try:
             cmd = decode_command(command)
         except UnknownOperationError as exc:
@@ -1442,16 +1446,7 @@ class _DataFramer:
     would make equal states give different bytes, and the bytes are what
     state checks compare (runtime/checks.py)."""
 
-    __slots__ = (
-        "_base",
-        "_frames",
-        "_keys",
-        "_metas",
-        "_overhead",
-        "_pending",
-        "_sizes",
-        "_values",
-    )
+    __slots__ = ("_base", "_frames", "_keys", "_metas", "_sizes", "_values")
 
     def __init__(self, frames: FrameWriter, base_revision: int | None = None) -> None:
         self._frames = frames
@@ -1463,30 +1458,21 @@ class _DataFramer:
         self._values: list[bytes] = []
         # KeyMeta is a tuple, which msgpack writes as the array a list is.
         self._metas: list[Sequence[int]] = []
-        # A pair's size counts as len(key) + len(value) + _overhead.
-        self._overhead = 16 if base_revision is None else 40
         self._sizes: list[int] = []
-        self._pending = 0  # sum(self._sizes)
 
     def add(self, keys: list[str], values: list[bytes], metas: list[KeyMeta | None]) -> None:
-        if len(keys) != len(values):
-            raise ValueError(f"{len(keys)} keys and {len(values)} values")
         self._keys += keys
         self._values += values
+        extra = 0
         if self._base is not None:
             if None in metas:
                 implicit = KeyMeta(self._base, self._base, 1, 0)
                 self._metas += [implicit if m is None else m for m in metas]
             else:
                 self._metas += metas  # type: ignore[arg-type]  # no None in it
-        # Built with map, not per pair in Python: this runs for every key
-        # of every snapshot and state check, on a thread that competes
-        # with the event loop for the GIL.
-        pairs = map(operator.add, map(len, keys), map(len, values))
-        sizes = list(map(operator.add, pairs, repeat(self._overhead)))
-        self._sizes += sizes
-        self._pending += sum(sizes)
-        while len(self._keys) > _MAX_CHUNK_KEYS or self._pending > _CHUNK_BYTES:
+            extra = 24
+        self._sizes += [len(k) + len(v) + 16 + extra for k, v in zip(keys, values, strict=True)]
+        while len(self._keys) > _MAX_CHUNK_KEYS or sum(self._sizes) > _CHUNK_BYTES:
             self._emit(self._cut())
 
     def flush(self) -> None:
@@ -1504,7 +1490,6 @@ class _DataFramer:
             payload = (*payload, self._metas[:n])
             del self._metas[:n]
         self._frames.frame(msgpack.packb(payload, use_bin_type=True))
-        self._pending -= sum(self._sizes[:n])
         del self._keys[:n], self._values[:n], self._sizes[:n]
 
 
