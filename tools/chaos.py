@@ -85,7 +85,6 @@ from ramraft.client import (
 )
 from ramraft.client._core import session_expired
 from ramraft.client.errors import FailedPrecondition, InvalidArgument, NotFound, RamraftError
-from ramraft.tools.chaos_web import parse_web_urls, run_web_clients
 from ramraft.tools.cli import tls_from_args, token_from_args
 from ramraft.tools.history import (
     EXIT_NO_VERDICT,
@@ -607,6 +606,8 @@ async def run_workload(
         ]
     web: asyncio.Task[dict[str, Any]] | None = None
     if config.web_clients:
+        from ramraft.tools.chaos_web import run_web_clients  # aiohttp: only when asked
+
         web = asyncio.create_task(
             run_web_clients(
                 config.web,
@@ -843,6 +844,8 @@ def _run_chaos(args: argparse.Namespace) -> int:
     if not args.history:
         raise _Usage("--history FILE is required (or --check-only FILE)")
     try:
+        from ramraft.tools.chaos_web import parse_web_urls
+
         web_urls = parse_web_urls(args.web) if args.web else []
     except ValueError as e:
         raise _Usage(f"--web: {e}") from None
