@@ -88,7 +88,7 @@ from ramraft.server.request_errors import (
     error_message,
     wire_status,
 )
-from ramraft.server.runtime.node_api import Deadline
+from ramraft.server.runtime.deadline import Deadline
 
 if TYPE_CHECKING:
     from ramraft.server.runtime.loop import RaftRuntime

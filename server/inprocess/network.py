@@ -25,7 +25,8 @@ from ramraft.consensus.types import Message, MsgType, NodeId
 from ramraft.proto import raft_pb2
 from ramraft.server.hosting import decode_result, encode_result
 from ramraft.server.request_errors import NotLeader, Unavailable
-from ramraft.server.runtime.node_api import Deadline, RetryElsewhere
+from ramraft.server.runtime.deadline import Deadline
+from ramraft.server.runtime.node_api import RetryElsewhere
 
 if TYPE_CHECKING:
     from ramraft.server.runtime.loop import RaftRuntime

@@ -38,6 +38,7 @@ import grpc
 import structlog
 
 from ramraft.proto import raft_pb2
+from ramraft.server.runtime.deadline import DEADLINE_PASSED, within
 from ramraft.server.runtime.transport import MAX_FORWARD_BATCH, PEER_SERVICE, PeerTransport
 
 log = structlog.get_logger("ramraft.forwarding")
@@ -141,10 +142,7 @@ class _Pipe:
         self._queue.append(item)
         self._wake.set()
         try:
-            async with asyncio.timeout(timeout):
-                return await fut
-        except TimeoutError:
-            raise TimeoutError("the request's deadline passed waiting for the leader") from None
+            return await within(fut, timeout, f"{DEADLINE_PASSED} waiting for the leader")
         finally:
             self._waiting.pop(request_id, None)
             if self._retired and not self._waiting:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,27 +33,12 @@ from ramraft.server.request_errors import (
     error_message,
     wire_status,
 )
+from ramraft.server.runtime.deadline import DEFAULT_TIMEOUT, Deadline, within
 from ramraft.server.runtime.forwarding import ForwardStreams, StreamEnded
 from ramraft.server.runtime.loop import RaftRuntime
 from ramraft.server.runtime.transport import FORWARD_REFUSAL_KEY, PEER_SERVICE
 
 log = structlog.get_logger("ramraft.api")
-
-DEFAULT_TIMEOUT = 5.0
-
-
-class Deadline:
-    def __init__(self, seconds: float | None) -> None:
-        self.at = time.monotonic() + (seconds if seconds is not None else DEFAULT_TIMEOUT)
-
-    def remaining(self) -> float:
-        return self.at - time.monotonic()
-
-    def check(self) -> float:
-        left = self.remaining()
-        if left <= 0:
-            raise TimeoutError("the request's deadline passed")
-        return left
 
 
 @dataclass(frozen=True)
@@ -176,9 +160,7 @@ class NodeAPI:
         while True:
             left = deadline.check()
             try:
-                # asyncio.timeout, not wait_for: no extra Task per request.
-                async with asyncio.timeout(left):
-                    return await self.runtime.propose(command)
+                return await within(self.runtime.offer(command), left)
             except NotLeader as e:
                 leader = e.leader  # refused before proposing: safe to send elsewhere
             except Unavailable:
@@ -210,8 +192,8 @@ class NodeAPI:
         server/jobs.py). Fails with NotLeader/Unavailable when this node does
         not lead in ``term`` when the proposal is made, or stops leading
         before the entry commits."""
-        async with asyncio.timeout(Deadline(timeout).check()):
-            return await self.runtime.propose(command, term=term)
+        left = Deadline(timeout).check()
+        return await within(self.runtime.offer(command, term=term), left)
 
     async def _forward(self, leader: str, command: bytes, deadline: Deadline) -> tuple[int, object]:
         self.forwarded += 1
@@ -254,8 +236,8 @@ class NodeAPI:
         look for instead."""
         remaining = context.time_remaining()
         try:
-            async with asyncio.timeout(remaining if remaining is not None else DEFAULT_TIMEOUT):
-                index, result = await self.runtime.propose(command)
+            left = remaining if remaining is not None else DEFAULT_TIMEOUT
+            index, result = await within(self.runtime.offer(command), left)
         except (RequestError, TimeoutError) as e:
             status = wire_status(e)
             assert status is not None, "every RequestError has a row in ERROR_STATUSES"
@@ -275,8 +257,7 @@ class NodeAPI:
         while True:
             left = deadline.check()
             try:
-                async with asyncio.timeout(left):
-                    return await self.runtime.read_index()
+                return await within(self.runtime.ask_read_index(), left)
             except Unavailable:
                 if self.runtime.failed is not None or self.runtime.stopping:
                     raise

@@ -49,7 +49,7 @@ from ramraft.server.rpc.kvproto import (
     txn_from_request,
 )
 from ramraft.server.rpc.watch import WatchOut, WatchSpec
-from ramraft.server.runtime.node_api import DEFAULT_TIMEOUT
+from ramraft.server.runtime.deadline import DEFAULT_TIMEOUT
 from ramraft.server.web.view import WebTierView
 
 __all__ = ["WATCH_PATH", "RevisionRoutes"]

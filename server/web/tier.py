@@ -98,7 +98,8 @@ from ramraft.server.request_errors import (
     wire_status,
 )
 from ramraft.server.rpc.services import value_before
-from ramraft.server.runtime.node_api import DEFAULT_TIMEOUT, InputLimits
+from ramraft.server.runtime.deadline import DEFAULT_TIMEOUT
+from ramraft.server.runtime.node_api import InputLimits
 from ramraft.server.runtime.status import RuntimeReports, RuntimeStatus
 from ramraft.server.security.auth import (
     Principal,

@@ -22,6 +22,7 @@ from ramraft.server.runtime.node_api import (
     NodeAPI,
     refused_before_proposal,
 )
+from tests.runtime.fakes import Offers
 
 LIMITS = InputLimits(max_key_bytes=64, max_value_bytes=64, max_range_limit=10)
 Serve = Callable[[bytes, Any], Awaitable[raft_pb2.ForwardResponse]]
@@ -35,7 +36,7 @@ def decode(data: bytes) -> object:
     return data.decode()
 
 
-class LeaderRuntime:
+class LeaderRuntime(Offers):
     """The leader's runtime: refuses the first proposals with ``refusals``,
     then applies at index 7."""
 
@@ -79,7 +80,7 @@ class OneChannel:
         return ()
 
 
-class FollowerRuntime:
+class FollowerRuntime(Offers):
     """A follower whose leader is "leader", reached at ``address``."""
 
     def __init__(self, address: str) -> None:

@@ -20,6 +20,7 @@ from ramraft.proto import raft_pb2
 from ramraft.server.request_errors import NotLeader, Unavailable
 from ramraft.server.runtime.node_api import NodeAPI
 from ramraft.server.runtime.transport import MAX_FORWARD_BATCH, PeerServicer
+from tests.runtime.fakes import Offers
 from tests.runtime.test_forward_refusal import (
     LIMITS,
     FollowerRuntime,
@@ -29,7 +30,7 @@ from tests.runtime.test_forward_refusal import (
 )
 
 
-class Leader:
+class Leader(Offers):
     """A leader runtime: answers each command after a random pause (so
     answers complete in another order than they came), at the index it was
     proposed at; refuses a command with the next of ``refusals[command]``;
@@ -167,7 +168,7 @@ def test_a_leader_without_the_stream_gets_forward_calls() -> None:
     """A leader of an earlier release answers UNIMPLEMENTED: the write goes
     by Forward, and so do the next ones, without trying the stream again."""
 
-    class OldLeader:
+    class OldLeader(Offers):
         def __init__(self) -> None:
             self.proposed: list[bytes] = []
 
