@@ -7,9 +7,10 @@ would settle it finds it done and drops it (a command not proposed yet is
 never proposed), as when the caller gives up and it is cancelled. One
 timer handle per wait, as the gRPC stream's writes have (rpc/services.py):
 ``asyncio.timeout`` costs two to three times as much (its Timeout object,
-the task's cancel bookkeeping); it was 10-25% of the CPU of a process
-serving 1,000 in-process writes in flight (bench: in-process writes
-10,750-11,882 -> 12,750-13,667/s, medians of two alternated runs of five).
+the task's cancel bookkeeping: 8-12 us a wait against 3-4 us, measured
+with 1,000 waits at once). Replacing it cut the leader's CPU per write from
+69-76 to 58-64 us at 1,000 in-process writes in flight (10,750-11,882 ->
+12,750-13,667/s, medians of two alternated runs of five).
 """
 
 from __future__ import annotations
