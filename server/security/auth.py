@@ -517,12 +517,7 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
             # Served as a client stream of one message so that nothing is read
             # before the caller is admitted: a refused call never makes the
             # node receive (and hold) its request, however large.
-            await self._authorize(method, required, token, context)
-            connection = context.peer()
-            refused = self.limiter.enter(connection)
-            if refused is not None:
-                self._refuse_overloaded(method, connection)
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+            connection = await self._admit(method, required, token, context)
             reservation = Reservation(limits.budget, self.limiter.is_light(connection))
 
             # Held until the call has ended: until then grpc holds the
@@ -532,13 +527,7 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
 
             context.add_done_callback(release)  # type: ignore[arg-type]  # a protocol in the stubs
             try:
-                if not await reservation.grow(limits.read_reservation(), limits.request_timeout):
-                    self._refuse_overloaded(method, connection)
-                    await context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"this node's memory budget for requests in flight "
-                        f"({limits.budget.total} bytes) is in use; retry later",
-                    )
+                await self._reserve_message(reservation, method, connection, context)
                 raw = await self._read_request(requests, context)
                 request = _decode(deserialize, raw)
                 if request is None:
@@ -580,6 +569,44 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
             raise AssertionError("abort returns only by raising")  # pragma: no cover
         return raw
 
+    async def _admit(
+        self,
+        method: str,
+        required: AccessRole,
+        token: str | None,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> str:
+        """Admit a call that takes an in-flight slot: the caller's role
+        first, then a slot for its connection, both before any of its
+        request is read; a refusal is logged and aborts the call. Returns the
+        connection, whose slot the caller gives back (``limiter.leave``)."""
+        await self._authorize(method, required, token, context)
+        connection = context.peer()
+        refused = self.limiter.enter(connection)
+        if refused is not None:
+            self._refuse_overloaded(method, connection)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+        return connection
+
+    async def _reserve_message(
+        self,
+        reservation: Reservation,
+        method: str,
+        connection: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        """Grow ``reservation`` by what reading one request message may
+        take, waiting up to the request timeout for the node's budget; past
+        it the call is refused (logged) as overloaded."""
+        limits = self.limits
+        if not await reservation.grow(limits.read_reservation(), limits.request_timeout):
+            self._refuse_overloaded(method, connection)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this node's memory budget for requests in flight "
+                f"({limits.budget.total} bytes) is in use; retry later",
+            )
+
     def _refuse_overloaded(self, method: str, connection: str) -> None:
         self.refusals.warning(
             "request_refused", code="RESOURCE_EXHAUSTED", method=method, peer=connection
@@ -599,11 +626,7 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         async def guarded(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            await self._authorize(method, required, token, context)
-            connection = context.peer()
-            refused = self.limiter.enter(connection)
-            if refused is not None:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+            connection = await self._admit(method, required, token, context)
             try:
                 request = _decode(deserialize, await self._read_request(requests, context))
                 if request is None:
@@ -639,21 +662,10 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         async def guarded(
             requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
         ) -> Any:
-            await self._authorize(method, required, token, context)
-            connection = context.peer()
-            refused = self.limiter.enter(connection)
-            if refused is not None:
-                self._refuse_overloaded(method, connection)
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+            connection = await self._admit(method, required, token, context)
             reservation = Reservation(limits.budget, self.limiter.is_light(connection))
             try:
-                if not await reservation.grow(limits.read_reservation(), limits.request_timeout):
-                    self._refuse_overloaded(method, connection)
-                    await context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"this node's memory budget for requests in flight "
-                        f"({limits.budget.total} bytes) is in use; retry later",
-                    )
+                await self._reserve_message(reservation, method, connection, context)
 
                 async def decoded() -> AsyncIterator[Any]:
                     stream = aiter(requests)

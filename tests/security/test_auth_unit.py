@@ -9,7 +9,9 @@ import base64
 import hashlib
 import os
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -271,6 +273,81 @@ def test_stream_gate_admits_each_request_under_the_connection_limits() -> None:
     gate.release()
     assert gate.admit("Put") is None
     assert limiter.total == 2
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _CallContext:
+    """The part of grpc.aio.ServicerContext the gatekeeper's guards use."""
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:6000"
+
+    def add_done_callback(self, callback: object) -> None:
+        pass
+
+    async def abort(self, code: grpc.StatusCode, message: str) -> None:
+        raise _Aborted(code, message)
+
+
+@pytest.mark.parametrize("shape", ["unary", "server stream", "client stream"])
+def test_a_call_past_its_connections_slots_is_refused_and_logged_before_it_is_read(
+    shape: str,
+) -> None:
+    """Every call shape that takes an in-flight slot (KV.Put, Admin.Backup,
+    Blobs.PutBlob) is refused RESOURCE_EXHAUSTED once its connection's slots
+    are taken, before a byte of its request is read, and the refusal is
+    logged (Admin.Backup's was not before the guards shared ``_admit``)."""
+    read: list[str] = []
+
+    async def requests() -> AsyncIterator[bytes]:
+        read.append("read")
+        yield b""
+
+    async def never(*args: object) -> None:
+        raise AssertionError("a refused call reached its handler")
+
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "unary": grpc.unary_unary_rpc_method_handler(never, request_deserializer=bytes),
+        "server stream": grpc.unary_stream_rpc_method_handler(never, request_deserializer=bytes),
+        "client stream": grpc.stream_unary_rpc_method_handler(never, request_deserializer=bytes),
+    }
+
+    class Details:
+        method = "/ramraft.v1.Test/Call"
+        invocation_metadata = ()
+
+    async def refused() -> _Aborted:
+        async def continuation(details: object) -> grpc.RpcMethodHandler[Any, Any]:
+            return handlers[shape]
+
+        limiter = InflightLimiter(total=100, per_connection=1, reserve=0)
+        keeper = Gatekeeper(None, limiter, lambda node: False, RateLimitedLog())
+        assert limiter.enter(_CallContext().peer()) is None  # the one slot is taken
+        guarded = await keeper.intercept_service(continuation, Details())  # type: ignore[arg-type]
+        assert guarded is not None
+        serve: Any = guarded.stream_stream if shape == "server stream" else guarded.stream_unary
+        assert serve is not None
+        with pytest.raises(_Aborted) as aborted:
+            result = serve(requests(), _CallContext())
+            if shape == "server stream":
+                async for _ in result:
+                    pass
+            else:
+                await result
+        assert limiter.total == 1, "the refused call took no slot"
+        return aborted.value
+
+    with structlog.testing.capture_logs() as logs:
+        error = asyncio.run(refused())
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "on this connection" in str(error)
+    assert read == [], "nothing of a refused call is read"
+    assert [(e["event"], e["code"]) for e in logs] == [("request_refused", "RESOURCE_EXHAUSTED")]
 
 
 def test_count_fields_counts_a_batch_without_decoding_it() -> None:
