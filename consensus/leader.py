@@ -245,7 +245,9 @@ class LeaderMixin(NodeState):
             if peer != self.id:
                 self._send_heartbeat(peer, context)
 
-    def _send_heartbeat(self, peer: NodeId, context: bytes) -> None:
+    def _send_heartbeat(self, peer: NodeId, context: bytes, index: int = 0) -> None:
+        """``index``: a read round's index, with ``context`` naming the round
+        and the peer's own reads it confirms (reads.py)."""
         pr = self.progress.get(peer)
         if pr is None:
             return
@@ -259,5 +261,6 @@ class LeaderMixin(NodeState):
                 self.term,
                 commit=commit,
                 context=context,
+                index=index,
             )
         )

@@ -27,7 +27,7 @@ from ramraft.consensus.election import ElectionMixin
 from ramraft.consensus.leader import LeaderMixin
 from ramraft.consensus.log import LogInvariantError, RaftLog
 from ramraft.consensus.progress import Progress, ProgressState
-from ramraft.consensus.read_only import ReadOnly
+from ramraft.consensus.read_only import ROUND_CONTEXT_BYTES, ReadOnly
 from ramraft.consensus.reads import ReadsMixin
 from ramraft.consensus.types import (
     NO_NODE,
@@ -626,7 +626,12 @@ class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
         # its log up to there; anything beyond our log would be a bug.
         if m.commit <= self.log.last_index:
             self.log.commit_to(m.commit)
-        self._send(Message(MsgType.HEARTBEAT_RESP, self.id, m.src, self.term, context=m.context))
+        context = m.context
+        if len(context) == 2 * ROUND_CONTEXT_BYTES:
+            # A read round that also carries our own reads (reads.py).
+            context, ours = context[:ROUND_CONTEXT_BYTES], context[ROUND_CONTEXT_BYTES:]
+            self._confirm_follower_reads(m.src, ours, m.index)
+        self._send(Message(MsgType.HEARTBEAT_RESP, self.id, m.src, self.term, context=context))
 
     def _handle_snapshot(self, m: Message) -> None:
         """Paper 7 / Figure 13, InstallSnapshot receiver."""

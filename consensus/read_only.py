@@ -32,12 +32,15 @@ class ReadRound:
     acks: set[NodeId] = field(default_factory=set)
 
 
+ROUND_CONTEXT_BYTES = 8
+
+
 def round_context(round_id: int) -> bytes:
-    return round_id.to_bytes(8, "big")
+    return round_id.to_bytes(ROUND_CONTEXT_BYTES, "big")
 
 
 def parse_round_context(context: bytes) -> int | None:
-    return int.from_bytes(context, "big") if len(context) == 8 else None
+    return int.from_bytes(context, "big") if len(context) == ROUND_CONTEXT_BYTES else None
 
 
 class ReadOnly:

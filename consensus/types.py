@@ -173,8 +173,10 @@ class Message:
     - APPEND_RESP: ``index`` = on success the follower's match index, on reject
       the ``index`` of the APPEND it rejects; ``reject_hint``/``log_term`` = a
       guess at where the logs agree (fast back-off, thesis 5.3 / etcd).
-    - HEARTBEAT: ``commit``; ``context`` = read-index round id (may be empty).
-    - HEARTBEAT_RESP: ``context`` echoed.
+    - HEARTBEAT: ``commit``; ``context`` = read-index round id (may be empty),
+      or that id followed by the newest of the recipient's own read ids the
+      round holds, with ``index`` = the round's read index (reads.py).
+    - HEARTBEAT_RESP: ``context`` = the round id.
     - SNAPSHOT: ``snapshot`` = metadata; ``snapshot_data`` = opaque reference
       to the snapshot contents, never looked at by the core (the transport
       streams the real bytes in chunks and hands the receiving core a handle).

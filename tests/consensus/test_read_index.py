@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ramraft.consensus import MsgType, NotLeaderError, ReadState
+from ramraft.consensus import Message, MsgType, NotLeaderError, ReadState
 from tests.consensus.harness import Cluster
 
 
@@ -176,13 +176,99 @@ def test_follower_reads_dropped_when_leader_changes() -> None:
     assert c.peers["b"].dropped_reads == [b"lost"]
 
 
+def _confirms_follower_reads(m: Message) -> bool:
+    """The leader's answer to a follower's read request, or a round's
+    heartbeat that carries the follower's own reads (consensus/reads.py)."""
+    return m.type == MsgType.READ_INDEX_RESP or (
+        m.type == MsgType.HEARTBEAT and len(m.context) == 16
+    )
+
+
 def test_unanswered_follower_read_expires() -> None:
     c = Cluster(check_quorum=False)
     c.elect("a")
     c.tick_all(1)
-    c.filter = lambda m: m.type != MsgType.READ_INDEX_RESP
+    c.filter = lambda m: not _confirms_follower_reads(m)
     c.node("b").read_index(b"r")
     c.deliver_all()
     for _ in range(25):
         c.tick_all(1)
     assert c.peers["b"].dropped_reads == [b"r"]
+
+
+def test_a_follower_serves_its_reads_on_the_rounds_heartbeat_in_three_voters() -> None:
+    """With three voters the leader sends a round that holds a follower's
+    reads to that follower, with the round's index: the follower serves
+    them when it takes the heartbeat (it and the leader are a quorum), two
+    hops before the leader's READ_INDEX_RESP, which is not needed."""
+    c = Cluster()
+    a = c.elect("a")
+    c.propose("a", b"w")
+    c.tick_all(1)
+    c.deliver_all()
+    c.filter = lambda m: m.type != MsgType.READ_INDEX_RESP
+    c.sent.clear()
+    c.node("b").read_index(b"fr")
+    c.deliver_all()
+    assert c.peers["b"].read_states == [ReadState(b"fr", a.commit_index)]
+    beats = [m for m in c.sent if m.type == MsgType.HEARTBEAT and m.context]
+    assert [(m.dst, m.index) for m in beats] == [("b", a.commit_index)], "the asker alone"
+
+
+def test_a_follower_waits_for_the_leaders_answer_when_the_two_are_no_quorum() -> None:
+    """With five voters the leader and one follower are no quorum: the
+    round goes to the voters as before, and the follower's read waits for
+    the leader's READ_INDEX_RESP (dropped here: it is never served)."""
+    c = Cluster(ids=("a", "b", "c", "d", "e"))
+    a = c.elect("a")
+    c.propose("a", b"w")
+    c.tick_all(1)
+    c.deliver_all()
+    c.filter = lambda m: m.type != MsgType.READ_INDEX_RESP
+    c.sent.clear()
+    c.node("b").read_index(b"fr")
+    c.deliver_all()
+    assert c.peers["b"].read_states == []
+    carrying = [m for m in c.sent if m.type == MsgType.HEARTBEAT and len(m.context) == 16]
+    assert not carrying, "the leader sends no heartbeat that carries the follower's reads"
+    # Nor does the follower take one (were the leader's membership to differ).
+    (ask,) = [m for m in c.sent if m.type == MsgType.READ_INDEX]
+    beat = Message(
+        MsgType.HEARTBEAT,
+        "a",
+        "b",
+        a.term,
+        commit=a.commit_index,
+        index=a.commit_index,
+        context=bytes(8) + ask.context,
+    )
+    c.node("b").step(beat)
+    c.handle_ready("b")
+    assert c.peers["b"].read_states == []
+    c.filter = lambda m: True
+    c.node("b").read_index(b"fr2")
+    c.deliver_all()
+    assert [rs.context for rs in c.peers["b"].read_states] == [b"fr2"]
+
+
+def test_a_rounds_heartbeat_confirms_only_the_follower_reads_the_leader_had() -> None:
+    """A follower's read asked after the read request the round holds (still
+    on its way to the leader) is not confirmed by that round's heartbeat:
+    it may have arrived after the leader chose the round's index."""
+    c = Cluster()
+    a = c.elect("a")
+    c.tick_all(1)
+    c.deliver_all()
+    b = c.node("b")
+    b.read_index(b"first")
+    c.handle_ready("b")  # READ_INDEX for "first" is queued to the leader
+    b.read_index(b"second")
+    c.handle_ready("b")  # ...and a second one, for "second", behind it
+    asks = [m for m in c.queue if m.type == MsgType.READ_INDEX]
+    assert len(asks) == 2
+    c.queue.clear()
+    c.filter = lambda m: m.type != MsgType.READ_INDEX_RESP
+    c.queue.append(asks[0])  # the leader gets the first request only
+    c.deliver_all()
+    assert [rs.context for rs in c.peers["b"].read_states] == [b"first"]
+    assert all(rs.index == a.commit_index for rs in c.peers["b"].read_states)
