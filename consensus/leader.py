@@ -247,7 +247,7 @@ class LeaderMixin(NodeState):
 
     def _send_heartbeat(self, peer: NodeId, context: bytes, index: int = 0) -> None:
         """``index``: a read round's index, with ``context`` naming the round
-        and the peer's own reads it confirms (reads.py)."""
+        and the peer's own read requests it confirms (reads.py)."""
         pr = self.progress.get(peer)
         if pr is None:
             return

@@ -627,8 +627,8 @@ class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
         if m.commit <= self.log.last_index:
             self.log.commit_to(m.commit)
         context = m.context
-        if len(context) == 2 * ROUND_CONTEXT_BYTES:
-            # A read round that also carries our own reads (reads.py).
+        if len(context) > ROUND_CONTEXT_BYTES:
+            # A read round that also names our own read requests (reads.py).
             context, ours = context[:ROUND_CONTEXT_BYTES], context[ROUND_CONTEXT_BYTES:]
             self._confirm_follower_reads(m.src, ours, m.index)
         self._send(Message(MsgType.HEARTBEAT_RESP, self.id, m.src, self.term, context=context))

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from ramraft.consensus import quorum
 from ramraft.consensus.base import NodeState
-from ramraft.consensus.read_only import ReadRound, parse_round_context, round_context
+from ramraft.consensus.read_only import (
+    ROUND_CONTEXT_BYTES,
+    ReadRound,
+    parse_round_context,
+    round_context,
+)
 from ramraft.consensus.types import NO_NODE, Message, MsgType, NodeId, ReadState, Role
 
 
@@ -39,44 +44,47 @@ class ReadsMixin(NodeState):
     def _confirmed_by_askers(self, context: bytes) -> bool:
         """Send the round's heartbeats to the followers whose own reads are
         in it, if any of them makes a quorum with the leader (three voters),
-        each heartbeat carrying the round's index and the newest of that
-        follower's read rounds it includes: such a follower serves its reads
-        as soon as it takes the heartbeat in this term, without the leader's
-        READ_INDEX_RESP (two hops sooner; ``_confirm_follower_reads`` says
-        why that is safe), and its answer completes the round. Returns
-        whether it sent them."""
+        each heartbeat carrying the round's index and the ids of that
+        follower's read requests the round holds: such a follower serves
+        those reads as soon as it takes the heartbeat in this term, without
+        the leader's READ_INDEX_RESP (two hops sooner;
+        ``_confirm_follower_reads`` says why that is safe), and its answer
+        completes the round. Returns whether it sent them."""
         read_round = self._read_only.rounds[parse_round_context(context) or 0]
         voters = self.log.conf.voters
-        newest: dict[NodeId, bytes] = {}
+        theirs: dict[NodeId, list[bytes]] = {}
         for request in read_round.requests:
             asker = request.requester
             if asker != self.id and quorum.has_quorum(voters, {self.id, asker}):
-                newest[asker] = max(newest.get(asker, request.context), request.context)
-        for peer in sorted(newest):
-            self._send_heartbeat(peer, context + newest[peer], read_round.index)
-        return bool(newest)
+                theirs.setdefault(asker, []).append(request.context)
+        for peer in sorted(theirs):
+            self._send_heartbeat(peer, context + b"".join(theirs[peer]), read_round.index)
+        return bool(theirs)
 
-    def _confirm_follower_reads(self, leader: NodeId, newest: bytes, index: int) -> None:
+    def _confirm_follower_reads(self, leader: NodeId, ours: bytes, index: int) -> None:
         """A heartbeat of ``leader``'s read round at ``index``, taken in the
-        term it was sent in, confirms this follower's read rounds up to
-        ``newest``, if the leader and this follower make a quorum of the
-        voters: every read in them arrived here before that round's read
-        request reached the leader, so before it chose ``index``; the leader
-        was leading when it sent the heartbeat, after choosing it, and this
-        follower still follows it now, so neither had voted for a later term
-        by then, and with only three voters (single-server membership
+        term it was sent in, confirms the reads of this follower's read
+        requests named in ``ours`` (their ids, ROUND_CONTEXT_BYTES each), if
+        the leader and this follower make a quorum of the voters: those
+        requests reached the leader before it chose ``index`` (the round
+        holds them), so every read in them arrived here before that; the
+        leader was leading when it sent the heartbeat, after choosing it,
+        and this follower still follows it now, so neither had voted for a
+        later term by then, and with three voters (single-server membership
         changes keep that true of the configurations either side of a
         change) no later leader can have been elected before ``index`` was
         chosen. So ``index`` covers every write acknowledged before these
         reads arrived (thesis 6.4, with this follower as the round's
-        quorum). Otherwise the leader's READ_INDEX_RESP serves them."""
-        last = parse_round_context(newest)
-        if last is None or not quorum.has_quorum(self.log.conf.voters, {leader, self.id}):
+        quorum). Only the requests named: a heartbeat can come late, and
+        after a restart this follower's request ids start elsewhere.
+        Otherwise the leader's READ_INDEX_RESP serves them."""
+        if not quorum.has_quorum(self.log.conf.voters, {leader, self.id}):
             return
-        for context in list(self._follower_rounds):
-            if (parse_round_context(context) or 0) <= last:
-                _, reads = self._follower_rounds.pop(context)
-                self._read_states.extend(ReadState(ctx, index) for ctx in reads)
+        size = ROUND_CONTEXT_BYTES
+        for at in range(0, len(ours) - size + 1, size):
+            sent = self._follower_rounds.pop(ours[at : at + size], None)
+            if sent is not None:
+                self._read_states.extend(ReadState(ctx, index) for ctx in sent[1])
 
     def _heartbeat_round(self, context: bytes) -> None:
         """A round's heartbeats go to the voters whose answers completed the

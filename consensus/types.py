@@ -174,8 +174,8 @@ class Message:
       the ``index`` of the APPEND it rejects; ``reject_hint``/``log_term`` = a
       guess at where the logs agree (fast back-off, thesis 5.3 / etcd).
     - HEARTBEAT: ``commit``; ``context`` = read-index round id (may be empty),
-      or that id followed by the newest of the recipient's own read ids the
-      round holds, with ``index`` = the round's read index (reads.py).
+      or that id followed by the ids of the recipient's own read requests
+      the round holds, with ``index`` = the round's read index (reads.py).
     - HEARTBEAT_RESP: ``context`` = the round id.
     - SNAPSHOT: ``snapshot`` = metadata; ``snapshot_data`` = opaque reference
       to the snapshot contents, never looked at by the core (the transport

@@ -57,6 +57,19 @@ else:
             assert totals.get("write-ok", 0) > 0 and totals.get("read-ok", 0) > 0, totals
             assert totals.get("crash", 0) > 0, totals
 
+    # Soak seeds that once found a bug, run at the soak's length every time:
+    # 2140 and 3402 caught a follower serving reads at a late read round's
+    # index, when the round's heartbeat named the follower's requests by the
+    # newest id and the follower had restarted meanwhile, its ids starting
+    # elsewhere (consensus/reads.py _confirm_follower_reads now takes the
+    # ids the heartbeat names, no more).
+    FOUND_BUGS = (2140, 3402)
+
+    @pytest.mark.parametrize("seed", FOUND_BUGS)
+    def test_seeds_that_once_found_a_bug(seed: int) -> None:
+        sim = run_seed(seed, SOAK_STEPS)
+        assert sim.stats.get("read-ok", 0) > 0, sim.stats
+
     @pytest.mark.slow
     @pytest.mark.parametrize("chunk", range(CHUNKS))
     def test_simulated_seeds_soak(chunk: int) -> None:
