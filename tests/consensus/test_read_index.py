@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ramraft.consensus import Message, MsgType, NotLeaderError, ReadState
+from ramraft.consensus import Message, MsgType, NotLeaderError, RaftNode, ReadState
 from tests.consensus.harness import Cluster
 
 
@@ -194,12 +194,9 @@ def test_unanswered_follower_read_expires() -> None:
     assert c.peers["b"].dropped_reads == [b"r"]
 
 
-def test_a_follower_serves_its_reads_on_the_rounds_heartbeat_in_three_voters() -> None:
-    """With three voters the leader sends a round that holds a follower's
-    reads to that follower, with the round's index: the follower serves
-    them when it takes the heartbeat (it and the leader are a quorum), two
-    hops before the leader's READ_INDEX_RESP, which is not needed."""
-    c = Cluster()
+def _follower_read_without_the_leaders_answer(c: Cluster) -> RaftNode:
+    """Elect "a", commit a write, then let "b" ask for a read ("fr") with
+    every READ_INDEX_RESP dropped; returns the leader."""
     a = c.elect("a")
     c.propose("a", b"w")
     c.tick_all(1)
@@ -208,6 +205,16 @@ def test_a_follower_serves_its_reads_on_the_rounds_heartbeat_in_three_voters() -
     c.sent.clear()
     c.node("b").read_index(b"fr")
     c.deliver_all()
+    return a
+
+
+def test_a_follower_serves_its_reads_on_the_rounds_heartbeat_in_three_voters() -> None:
+    """With three voters the leader sends a round that holds a follower's
+    reads to that follower, with the round's index: the follower serves
+    them when it takes the heartbeat (it and the leader are a quorum), two
+    hops before the leader's READ_INDEX_RESP, which is not needed."""
+    c = Cluster()
+    a = _follower_read_without_the_leaders_answer(c)
     assert c.peers["b"].read_states == [ReadState(b"fr", a.commit_index)]
     beats = [m for m in c.sent if m.type == MsgType.HEARTBEAT and m.context]
     assert [(m.dst, m.index) for m in beats] == [("b", a.commit_index)], "the asker alone"
@@ -218,14 +225,7 @@ def test_a_follower_waits_for_the_leaders_answer_when_the_two_are_no_quorum() ->
     round goes to the voters as before, and the follower's read waits for
     the leader's READ_INDEX_RESP (dropped here: it is never served)."""
     c = Cluster(ids=("a", "b", "c", "d", "e"))
-    a = c.elect("a")
-    c.propose("a", b"w")
-    c.tick_all(1)
-    c.deliver_all()
-    c.filter = lambda m: m.type != MsgType.READ_INDEX_RESP
-    c.sent.clear()
-    c.node("b").read_index(b"fr")
-    c.deliver_all()
+    a = _follower_read_without_the_leaders_answer(c)
     assert c.peers["b"].read_states == []
     carrying = [m for m in c.sent if m.type == MsgType.HEARTBEAT and len(m.context) > 8]
     assert not carrying, "the leader sends no heartbeat that carries the follower's reads"
