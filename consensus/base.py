@@ -101,7 +101,7 @@ class NodeState:
     def _send_heartbeat(self, peer: NodeId, context: bytes, index: int = 0) -> None:
         raise NotImplementedError
 
-    def _confirm_follower_reads(self, leader: NodeId, context: bytes, index: int) -> None:
+    def _confirm_follower_reads(self, leader: NodeId, ours: bytes, index: int) -> None:
         raise NotImplementedError
 
     def _ack_read_round(self, context: bytes, voter: NodeId) -> None:

@@ -73,12 +73,17 @@ class ReadOnly:
         self.queued = []
         return round_context(round_id)
 
+    @property
+    def newest(self) -> int:
+        """The id of the newest round (one must be out)."""
+        return next(reversed(self.rounds))
+
     def last_round_context(self) -> bytes:
         """The newest unconfirmed round, to re-ask in periodic heartbeats so a
         round whose heartbeats were lost still completes."""
         if not self.rounds:
             return b""
-        return round_context(next(reversed(self.rounds)))
+        return round_context(self.newest)
 
     def ack(self, context: bytes, voter: NodeId) -> ReadRound | None:
         round_id = parse_round_context(context)

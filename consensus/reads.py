@@ -6,12 +6,7 @@ from __future__ import annotations
 
 from ramraft.consensus import quorum
 from ramraft.consensus.base import NodeState
-from ramraft.consensus.read_only import (
-    ROUND_CONTEXT_BYTES,
-    ReadRound,
-    parse_round_context,
-    round_context,
-)
+from ramraft.consensus.read_only import ROUND_CONTEXT_BYTES, ReadRound, round_context
 from ramraft.consensus.types import NO_NODE, Message, MsgType, NodeId, ReadState, Role
 
 
@@ -38,10 +33,10 @@ class ReadsMixin(NodeState):
         assert context is not None
         if quorum.has_quorum(self.log.conf.voters, {self.id}):
             self._release_reads(context)  # a single voter confirms itself
-        elif not self._confirmed_by_askers(context):
+        elif not self._confirmed_by_askers(context, self._read_only.rounds[self._read_only.newest]):
             self._heartbeat_round(context)
 
-    def _confirmed_by_askers(self, context: bytes) -> bool:
+    def _confirmed_by_askers(self, context: bytes, read_round: ReadRound) -> bool:
         """Send the round's heartbeats to the followers whose own reads are
         in it, if any of them makes a quorum with the leader (three voters),
         each heartbeat carrying the round's index and the ids of that
@@ -50,16 +45,17 @@ class ReadsMixin(NodeState):
         the leader's READ_INDEX_RESP (two hops sooner;
         ``_confirm_follower_reads`` says why that is safe), and its answer
         completes the round. Returns whether it sent them."""
-        read_round = self._read_only.rounds[parse_round_context(context) or 0]
-        voters = self.log.conf.voters
         theirs: dict[NodeId, list[bytes]] = {}
         for request in read_round.requests:
-            asker = request.requester
-            if asker != self.id and quorum.has_quorum(voters, {self.id, asker}):
-                theirs.setdefault(asker, []).append(request.context)
+            if request.requester != self.id:
+                theirs.setdefault(request.requester, []).append(request.context)
+        voters = self.log.conf.voters
+        sent = False
         for peer in sorted(theirs):
-            self._send_heartbeat(peer, context + b"".join(theirs[peer]), read_round.index)
-        return bool(theirs)
+            if quorum.has_quorum(voters, {self.id, peer}):
+                self._send_heartbeat(peer, context + b"".join(theirs[peer]), read_round.index)
+                sent = True
+        return sent
 
     def _confirm_follower_reads(self, leader: NodeId, ours: bytes, index: int) -> None:
         """A heartbeat of ``leader``'s read round at ``index``, taken in the
