@@ -101,10 +101,10 @@ class NodeState:
     def _send_heartbeat(self, peer: NodeId, context: bytes, index: int = 0) -> None:
         raise NotImplementedError
 
-    def _confirm_follower_reads(self, leader: NodeId, ours: bytes, index: int) -> None:
+    def _confirm_follower_reads(self, leader: NodeId, ours: bytes, index: int) -> bool:
         raise NotImplementedError
 
-    def _ack_read_round(self, context: bytes, voter: NodeId) -> None:
+    def _ack_read_round(self, context: bytes, voter: NodeId, served: bool = False) -> None:
         raise NotImplementedError
 
     def _refuse_read(self, m: Message) -> None:

@@ -122,7 +122,7 @@ class LeaderMixin(NodeState):
             if pr.match < self.log.last_index:
                 self._send_append(m.src)
             if m.context and not pr.is_learner:
-                self._ack_read_round(m.context, m.src)
+                self._ack_read_round(m.context, m.src, served=m.index > 0)
 
     def _handle_append_reject(self, m: Message, pr: Progress) -> None:
         hint = m.reject_hint

@@ -630,7 +630,19 @@ class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
         if len(context) > ROUND_CONTEXT_BYTES:
             # A read round that also names our own read requests (reads.py).
             context, ours = context[:ROUND_CONTEXT_BYTES], context[ROUND_CONTEXT_BYTES:]
-            self._confirm_follower_reads(m.src, ours, m.index)
+            if self._confirm_follower_reads(m.src, ours, m.index):
+                # Tell the leader, which then sends no READ_INDEX_RESP for them.
+                self._send(
+                    Message(
+                        MsgType.HEARTBEAT_RESP,
+                        self.id,
+                        m.src,
+                        self.term,
+                        context=context,
+                        index=m.index,
+                    )
+                )
+                return
         self._send(Message(MsgType.HEARTBEAT_RESP, self.id, m.src, self.term, context=context))
 
     def _handle_snapshot(self, m: Message) -> None:

@@ -30,6 +30,9 @@ class ReadRound:
     index: int
     requests: list[ReadRequest]
     acks: set[NodeId] = field(default_factory=set)
+    # The followers that served their own requests in this round from its
+    # heartbeat (reads.py): they need no READ_INDEX_RESP.
+    served: set[NodeId] = field(default_factory=set)
 
 
 ROUND_CONTEXT_BYTES = 8

@@ -44,7 +44,8 @@ class ReadsMixin(NodeState):
         those reads as soon as it takes the heartbeat in this term, without
         the leader's READ_INDEX_RESP (two hops sooner;
         ``_confirm_follower_reads`` says why that is safe), and its answer
-        completes the round. Returns whether it sent them."""
+        completes the round and, when it says it served them, spares the
+        leader the READ_INDEX_RESP. Returns whether it sent them."""
         theirs: dict[NodeId, list[bytes]] = {}
         for request in read_round.requests:
             if request.requester != self.id:
@@ -57,7 +58,7 @@ class ReadsMixin(NodeState):
                 sent = True
         return sent
 
-    def _confirm_follower_reads(self, leader: NodeId, ours: bytes, index: int) -> None:
+    def _confirm_follower_reads(self, leader: NodeId, ours: bytes, index: int) -> bool:
         """A heartbeat of ``leader``'s read round at ``index``, taken in the
         term it was sent in, confirms the reads of this follower's read
         requests named in ``ours`` (their ids, ROUND_CONTEXT_BYTES each), if
@@ -73,14 +74,16 @@ class ReadsMixin(NodeState):
         reads arrived (thesis 6.4, with this follower as the round's
         quorum). Only the requests named: a heartbeat can come late, and
         after a restart this follower's request ids start elsewhere.
-        Otherwise the leader's READ_INDEX_RESP serves them."""
+        Returns whether it served them (those it still had); if not, the
+        leader's READ_INDEX_RESP serves them."""
         if not quorum.has_quorum(self.log.conf.voters, {leader, self.id}):
-            return
+            return False
         size = ROUND_CONTEXT_BYTES
         for at in range(0, len(ours) - size + 1, size):
             sent = self._follower_rounds.pop(ours[at : at + size], None)
             if sent is not None:
                 self._read_states.extend(ReadState(ctx, index) for ctx in sent[1])
+        return True
 
     def _heartbeat_round(self, context: bytes) -> None:
         """A round's heartbeats go to the voters whose answers completed the
@@ -102,9 +105,15 @@ class ReadsMixin(NodeState):
         else:
             self._broadcast_heartbeat(context)
 
-    def _ack_read_round(self, context: bytes, voter: NodeId) -> None:
+    def _ack_read_round(self, context: bytes, voter: NodeId, served: bool = False) -> None:
+        """``served``: the voter served its own requests in this round from
+        the round's heartbeat (``_confirm_follower_reads``)."""
         read_round = self._read_only.ack(context, voter)
-        if read_round is not None and quorum.has_quorum(self.log.conf.voters, read_round.acks):
+        if read_round is None:
+            return
+        if served:
+            read_round.served.add(voter)
+        if quorum.has_quorum(self.log.conf.voters, read_round.acks):
             self._read_only.fast = frozenset(read_round.acks - {self.id})
             self._release_reads(context)
 
@@ -116,7 +125,7 @@ class ReadsMixin(NodeState):
         for request in read_round.requests:
             if request.requester == self.id:
                 self._read_states.append(ReadState(request.context, read_round.index))
-            else:
+            elif request.requester not in read_round.served:
                 self._send(
                     Message(
                         MsgType.READ_INDEX_RESP,

@@ -176,7 +176,9 @@ class Message:
     - HEARTBEAT: ``commit``; ``context`` = read-index round id (may be empty),
       or that id followed by the ids of the recipient's own read requests
       the round holds, with ``index`` = the round's read index (reads.py).
-    - HEARTBEAT_RESP: ``context`` = the round id.
+    - HEARTBEAT_RESP: ``context`` = the round id; ``index`` = the round's
+      read index when the follower served its own requests the heartbeat
+      named (the leader then sends it no READ_INDEX_RESP for them), else 0.
     - SNAPSHOT: ``snapshot`` = metadata; ``snapshot_data`` = opaque reference
       to the snapshot contents, never looked at by the core (the transport
       streams the real bytes in chunks and hands the receiving core a handle).

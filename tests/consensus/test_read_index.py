@@ -243,6 +243,8 @@ def test_a_follower_waits_for_the_leaders_answer_when_the_two_are_no_quorum() ->
     c.node("b").step(beat)
     c.handle_ready("b")
     assert c.peers["b"].read_states == []
+    (answer,) = [m for m in c.sent if m.type == MsgType.HEARTBEAT_RESP and m.context == bytes(8)]
+    assert answer.index == 0, "nor says it served them (the leader would not answer them)"
     c.filter = lambda m: True
     c.node("b").read_index(b"fr2")
     c.deliver_all()
@@ -270,3 +272,44 @@ def test_a_rounds_heartbeat_confirms_only_the_follower_reads_the_leader_had() ->
     c.deliver_all()
     assert [rs.context for rs in c.peers["b"].read_states] == [b"first"]
     assert all(rs.index == a.commit_index for rs in c.peers["b"].read_states)
+
+
+def test_the_leader_sends_no_answer_for_reads_the_follower_served_from_the_heartbeat() -> None:
+    """The follower's answer to the round's heartbeat says it served the
+    reads the heartbeat named (its ``index``): the leader then sends it no
+    READ_INDEX_RESP for them, one message fewer per follower per round."""
+    c = Cluster()
+    a = c.elect("a")
+    c.propose("a", b"w")
+    c.tick_all(1)
+    c.deliver_all()
+    c.sent.clear()
+    c.node("b").read_index(b"fr")
+    c.deliver_all()
+    assert c.peers["b"].read_states == [ReadState(b"fr", a.commit_index)]
+    (answer,) = [m for m in c.sent if m.type == MsgType.HEARTBEAT_RESP]
+    assert (answer.src, answer.index) == ("b", a.commit_index)
+    assert not [m for m in c.sent if m.type == MsgType.READ_INDEX_RESP]
+
+
+def test_the_leader_answers_follower_reads_the_heartbeats_answer_does_not_say_were_served() -> None:
+    """A heartbeat answer without the round's index (a follower that did not
+    take the heartbeat's reads: another membership in its log, or a version
+    without this change) completes the round as before, and the leader
+    sends the follower its READ_INDEX_RESP."""
+    c = Cluster()
+    a = c.elect("a")
+    c.propose("a", b"w")
+    c.tick_all(1)
+    c.deliver_all()
+    c.sent.clear()
+    c.filter = lambda m: not _confirms_follower_reads(m) or m.type == MsgType.READ_INDEX_RESP
+    c.node("b").read_index(b"fr")
+    c.deliver_all()
+    (beat,) = [m for m in c.sent if m.type == MsgType.HEARTBEAT and m.dst == "b"]
+    assert c.peers["b"].read_states == [], "the round's heartbeat was dropped"
+    answer = Message(MsgType.HEARTBEAT_RESP, "b", "a", a.term, context=beat.context[:8])
+    a.step(answer)
+    c.deliver_all()
+    assert c.peers["b"].read_states == [ReadState(b"fr", a.commit_index)]
+    assert [m.dst for m in c.sent if m.type == MsgType.READ_INDEX_RESP] == ["b"]
