@@ -194,15 +194,21 @@ def test_unanswered_follower_read_expires() -> None:
     assert c.peers["b"].dropped_reads == [b"r"]
 
 
-def _follower_read_without_the_leaders_answer(c: Cluster) -> RaftNode:
-    """Elect "a", commit a write, then let "b" ask for a read ("fr") with
-    every READ_INDEX_RESP dropped; returns the leader."""
+def _leader_with_a_write(c: Cluster) -> RaftNode:
+    """Elect "a" and commit a write on every node; forget what was sent."""
     a = c.elect("a")
     c.propose("a", b"w")
     c.tick_all(1)
     c.deliver_all()
-    c.filter = lambda m: m.type != MsgType.READ_INDEX_RESP
     c.sent.clear()
+    return a
+
+
+def _follower_read_without_the_leaders_answer(c: Cluster) -> RaftNode:
+    """Elect "a", commit a write, then let "b" ask for a read ("fr") with
+    every READ_INDEX_RESP dropped; returns the leader."""
+    a = _leader_with_a_write(c)
+    c.filter = lambda m: m.type != MsgType.READ_INDEX_RESP
     c.node("b").read_index(b"fr")
     c.deliver_all()
     return a
@@ -279,11 +285,7 @@ def test_the_leader_sends_no_answer_for_reads_the_follower_served_from_the_heart
     reads the heartbeat named (its ``index``): the leader then sends it no
     READ_INDEX_RESP for them, one message fewer per follower per round."""
     c = Cluster()
-    a = c.elect("a")
-    c.propose("a", b"w")
-    c.tick_all(1)
-    c.deliver_all()
-    c.sent.clear()
+    a = _leader_with_a_write(c)
     c.node("b").read_index(b"fr")
     c.deliver_all()
     assert c.peers["b"].read_states == [ReadState(b"fr", a.commit_index)]
@@ -298,11 +300,7 @@ def test_the_leader_answers_follower_reads_the_heartbeats_answer_does_not_say_we
     without this change) completes the round as before, and the leader
     sends the follower its READ_INDEX_RESP."""
     c = Cluster()
-    a = c.elect("a")
-    c.propose("a", b"w")
-    c.tick_all(1)
-    c.deliver_all()
-    c.sent.clear()
+    a = _leader_with_a_write(c)
     c.filter = lambda m: not _confirms_follower_reads(m) or m.type == MsgType.READ_INDEX_RESP
     c.node("b").read_index(b"fr")
     c.deliver_all()
