@@ -523,7 +523,33 @@ def busiest(row: dict[str, Any]) -> str:
 
 
 def _mark(row: dict[str, Any] | None) -> str:
-    return "*" if row is not None and row.get("contaminated") else ""
+    if row is None:
+        return ""
+    return ("*" if row.get("contaminated") else "") + ("!" if row.get("errors") else "")
+
+
+def _errors(r: dict[str, Any]) -> list[str]:
+    """One line for each run, of every round, that had errors: a rate taken
+    while requests failed (a leader lost mid-run, say) is not the system's
+    steady rate, and the table marks it only where that run is the median."""
+    rounds = r.get("by_round") or {name: [r[name]] for name in SECTIONS if r.get(name)}
+    lines = []
+    for name, taken in rounds.items():
+        for number, rows in enumerate(taken, 1):
+            for row in rows:
+                if not row.get("errors"):
+                    continue
+                kinds = ", ".join(
+                    f"{kind} {count:,}" for kind, count in (row.get("error_kinds") or {}).items()
+                )
+                where = f"round {number}, " if len(taken) > 1 else ""
+                label = row.get("driver") or row.get("client") or row.get("shape", "?")
+                lines.append(
+                    f"{where}{name}: {label} {row.get('mode', 'echo')} at "
+                    f"{row.get('in_flight', '?')} in flight: {row['errors']:,} errors"
+                    + (f" ({kinds})" if kinds else "")
+                )
+    return lines
 
 
 def print_table(r: dict[str, Any], out: TextIO) -> None:
@@ -536,7 +562,8 @@ def print_table(r: dict[str, Any], out: TextIO) -> None:
         f"{r.get('load_average_after', (0.0,))[0]:.2f} after; {r.get('value_bytes')}-byte "
         f"values, {r.get('duration_s')} s per run; etcd {r.get('etcd_version', '-')}, "
         f"PySyncObj {r.get('pysyncobj_version', '-')}\n"
-        "(* = contaminated: other processes used more than 0.2 core during the run)\n"
+        "(* = contaminated: other processes used more than 0.2 core during the run; "
+        "! = requests failed during the run, listed at the end)\n"
     )
     if int(r.get("rounds", 1)) > 1:
         out.write(
@@ -632,6 +659,9 @@ def print_table(r: dict[str, Any], out: TextIO) -> None:
             f"({u and u['server_us_per_echo']} us server CPU per call), stream echo "
             f"{_n(st['per_s'])}/s ({st['server_us_per_echo']} us per message)\n"
         )
+    errors = _errors(r)
+    if errors:
+        out.write("Runs with failed requests:\n" + "".join(f"  {line}\n" for line in errors))
 
 
 # ---- command line --------------------------------------------------------------------------------

@@ -136,6 +136,48 @@ def test_rounds_give_each_figure_its_median_and_each_ratio_its_range() -> None:
     assert "| 1.20 |" in out.getvalue()
 
 
+def test_a_run_whose_requests_failed_is_marked_and_listed_with_its_round() -> None:
+    """A rate taken while requests failed (a leader lost mid-run) is not a
+    steady rate: the table marks the run with ``!`` where it is the median,
+    and a list at the end names every such run, whichever round took it."""
+    failed = {"errors": 1000, "error_kinds": {"Unavailable": 1000}}
+    by_round = {
+        "inproc": [
+            [_row("NodeAPI", "inproc-write", 1000, rate, **(failed if n == 2 else {}))]
+            for n, rate in enumerate((15000.0, 9000.0, 11000.0), 1)
+        ],
+        "pysyncobj": [[_row("PySyncObj ReplDict.set", "inproc-write", 1000, 5000.0)]] * 3,
+        "etcd": [[_row("etcd", "write", 64, 5000.0, errors=3)]] * 3,
+    }
+    results: dict[str, Any] = {"rounds": 3, "by_round": by_round}
+    for name, rounds in by_round.items():
+        results[name] = compare.merge_rounds(rounds)
+    out = io.StringIO()
+    compare.print_table(results, out)
+    text = out.getvalue()
+    assert "! = requests failed during the run" in text
+    assert "| 64 | 5,000! |" in text, "the median run had errors: marked"
+    assert "ramraft NodeAPI 11,000/s (p50" in text, "the median run had none: not marked"
+    listed = text[text.index("Runs with failed requests:") :].splitlines()[1:]
+    assert [line.strip() for line in listed] == [
+        "round 2, inproc: NodeAPI inproc-write at 1000 in flight: 1,000 errors (Unavailable 1,000)",
+        "round 1, etcd: etcd write at 64 in flight: 3 errors",
+        "round 2, etcd: etcd write at 64 in flight: 3 errors",
+        "round 3, etcd: etcd write at 64 in flight: 3 errors",
+    ]
+    clean = {
+        name: [[{**row, "errors": 0} for row in rows] for rows in rounds]
+        for name, rounds in by_round.items()
+    }
+    results = {"rounds": 3, "by_round": clean}
+    for name, rounds in clean.items():
+        results[name] = compare.merge_rounds(rounds)
+    out = io.StringIO()
+    compare.print_table(results, out)
+    body = out.getvalue().split("listed at the end)\n", 1)[1]
+    assert "Runs with failed requests" not in body and "!" not in body
+
+
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bench.compare", "--no-progress", *args],
