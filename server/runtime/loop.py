@@ -157,6 +157,12 @@ class RaftRuntime:
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self.refusals = RateLimitedLog()
         self._rejected_seen = 0
+        # The ticker's wake-ups that came a quarter of the shortest election
+        # timeout late or more (``_ticker``): a loop that falls that far
+        # behind is on its way to losing its leadership, and says so.
+        self.late_turns = 0
+        self._late_after = config.election_ticks * config.tick_ms / 1000 / 4
+        self._late_log = RateLimitedLog(burst=1, seconds=10.0)
 
     # ---- life cycle -----------------------------------------------------------------------
 
@@ -533,10 +539,28 @@ class RaftRuntime:
         next_at = loop.time() + interval
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
-            elapsed = int((loop.time() - next_at) / interval) + 1
+            late = loop.time() - next_at
+            if late >= self._late_after:
+                self._note_late(late)
+            elapsed = int(late / interval) + 1
             next_at += elapsed * interval
             self._ticks += elapsed
             self._wake.set()
+
+    def _note_late(self, late: float) -> None:
+        """The event loop ran ``late`` seconds behind the ticker: a callback
+        that held it (application code on the loop, a long synchronous
+        call) or a process starved of CPU or stopped. Past an election
+        timeout the followers stop hearing from a leader and elect another,
+        so it is logged (once per 10 s at most, with how many were not)
+        well before that."""
+        self.late_turns += 1
+        self._late_log.warning(
+            "event_loop_late",
+            late_ms=round(late * 1000),
+            election_timeout_ms=self.config.election_ticks * self.config.tick_ms,
+            role=self.core.role.value if self.core is not None else "starting",
+        )
 
     async def _loop(self) -> None:
         core = self.core

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import time
 
 import pytest
+import structlog
 
 from ramraft.server.config import NodeConfig
 from ramraft.server.machines.kv import KVMachine, encode_put
@@ -131,3 +133,29 @@ def test_large_values_trigger_snapshots_by_bytes_and_bound_the_log_in_ram() -> N
         await runtime.close()
 
     asyncio.run(scenario())
+
+
+def test_an_event_loop_held_past_a_quarter_of_the_election_timeout_is_logged() -> None:
+    """A callback that holds the node's event loop (application code on
+    it, a long synchronous call) or a process starved of CPU delays the
+    leader's heartbeats; past an election timeout the followers elect
+    another leader. The runtime logs the lateness once it passes a
+    quarter of the shortest election timeout (here 50 ticks of 5 ms: 62.5
+    ms), at most once per 10 s, and counts every such turn."""
+
+    async def scenario() -> list[dict[str, object]]:
+        runtime, _ = make_runtime(MemoryDisk())
+        await started(runtime)
+        assert runtime.late_turns == 0, "a loop that keeps up is not late"
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(2):
+                time.sleep(0.2)  # holds the loop, as a blocking call would
+                await asyncio.sleep(0.02)
+        await runtime.close()
+        assert runtime.late_turns == 2
+        return [entry for entry in logs if entry["event"] == "event_loop_late"]
+
+    (late,) = asyncio.run(scenario())  # the second within 10 s is counted, not logged
+    assert late["log_level"] == "warning"
+    assert 150 <= int(str(late["late_ms"])) < 1000
+    assert late["election_timeout_ms"] == 250 and late["role"] == "leader"
