@@ -152,7 +152,8 @@ class RaftRuntime:
         self._leader_changes: list[LeaderChange] = []  # the newest 50
         # Hooks (metrics, background jobs): (event, fields) for "proposed",
         # "proposals_dropped", "fsync", "applied", "role" (fields["role"] is a
-        # consensus Role), "snapshot", "snapshot_installed", "halted", "failed".
+        # consensus Role), "snapshot", "snapshot_installed", "halted", "failed",
+        # "loop_late" (fields["seconds"]: how late the ticker woke).
         # They run inside the loop's turn: quick, and never touching the core.
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self.refusals = RateLimitedLog()
@@ -555,6 +556,7 @@ class RaftRuntime:
         so it is logged (once per 10 s at most, with how many were not)
         well before that."""
         self.late_turns += 1
+        self.emit("loop_late", {"seconds": late})
         self._late_log.warning(
             "event_loop_late",
             late_ms=round(late * 1000),

@@ -69,6 +69,9 @@ FSYNC_BUCKETS = (
     0.064, 0.128, 0.256, 0.512, 1.0,
 )  # fmt: skip
 SNAPSHOT_BYTES_BUCKETS = tuple(float(1 << n) for n in range(10, 36, 2))  # 1 KiB .. 32 GiB
+# How late a held or starved event loop woke the ticker (only wake-ups a
+# quarter of the election timeout late or more are observed).
+LOOP_LATE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SNAPSHOT_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
@@ -395,6 +398,14 @@ class NodeMetrics:
             "Snapshots received from the leader and installed",
             registry=reg,
         )
+        self.loop_late = Histogram(
+            "ramraft_event_loop_late_seconds",
+            "How late the node's event loop woke its Raft ticker, for wake-ups a quarter of "
+            "the election timeout late or more: a loop held by a long callback or starved of "
+            "CPU, which past the election timeout costs a leader its leadership",
+            buckets=LOOP_LATE_BUCKETS,
+            registry=reg,
+        )
         self._requests = _Requests()
         reg.register(self._requests)
         reg.register(_StateCollector(reports, forwarded_writes))
@@ -428,6 +439,8 @@ class NodeMetrics:
             self.snapshot_seconds.observe(fields["seconds"])
         elif event == "snapshot_installed":
             self.snapshots_installed.inc()
+        elif event == "loop_late":
+            self.loop_late.observe(fields["seconds"])
 
     def _on_role(self, fields: dict[str, Any]) -> None:
         role = fields.get("role")

@@ -16,6 +16,7 @@ from ramraft.server.machines.kv import KVMachine, encode_put
 from ramraft.server.request_errors import Unavailable
 from ramraft.server.runtime.loop import RaftRuntime
 from ramraft.server.storage import MemoryDisk, encode_snapshot_header, open_memory_storage
+from ramraft.server.web.metrics import NodeMetrics
 
 
 class NoNetwork:
@@ -143,8 +144,12 @@ def test_an_event_loop_held_past_a_quarter_of_the_election_timeout_is_logged() -
     quarter of the shortest election timeout (here 50 ticks of 5 ms: 62.5
     ms), at most once per 10 s, and counts every such turn."""
 
+    metrics: list[NodeMetrics] = []
+
     async def scenario() -> list[dict[str, object]]:
         runtime, _ = make_runtime(MemoryDisk())
+        metrics.append(NodeMetrics(runtime, lambda: 0, process=False))
+        runtime.listeners.append(metrics[0].runtime_listener)
         await started(runtime)
         assert runtime.late_turns == 0, "a loop that keeps up is not late"
         with structlog.testing.capture_logs() as logs:
@@ -159,3 +164,8 @@ def test_an_event_loop_held_past_a_quarter_of_the_election_timeout_is_logged() -
     assert late["log_level"] == "warning"
     assert 150 <= int(str(late["late_ms"])) < 1000
     assert late["election_timeout_ms"] == 250 and late["role"] == "leader"
+    # ...and both are in the metrics, for an alert before a leader is lost.
+    text = metrics[0].exposition().decode()
+    assert "ramraft_event_loop_late_seconds_count 2.0" in text
+    assert 'ramraft_event_loop_late_seconds_bucket{le="0.1"} 0.0' in text
+    assert 'ramraft_event_loop_late_seconds_bucket{le="1.0"} 2.0' in text
