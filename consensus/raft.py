@@ -626,24 +626,19 @@ class RaftNode(ElectionMixin, LeaderMixin, ReadsMixin, NodeState):
         # its log up to there; anything beyond our log would be a bug.
         if m.commit <= self.log.last_index:
             self.log.commit_to(m.commit)
-        context = m.context
+        context, served = m.context, 0
         if len(context) > ROUND_CONTEXT_BYTES:
-            # A read round that also names our own read requests (reads.py).
+            # A read round that also names our own read requests (reads.py);
+            # the round's index in the answer tells the leader we served
+            # them, so it sends no READ_INDEX_RESP for them.
             context, ours = context[:ROUND_CONTEXT_BYTES], context[ROUND_CONTEXT_BYTES:]
             if self._confirm_follower_reads(m.src, ours, m.index):
-                # Tell the leader, which then sends no READ_INDEX_RESP for them.
-                self._send(
-                    Message(
-                        MsgType.HEARTBEAT_RESP,
-                        self.id,
-                        m.src,
-                        self.term,
-                        context=context,
-                        index=m.index,
-                    )
-                )
-                return
-        self._send(Message(MsgType.HEARTBEAT_RESP, self.id, m.src, self.term, context=context))
+                served = m.index
+        self._send(
+            Message(
+                MsgType.HEARTBEAT_RESP, self.id, m.src, self.term, context=context, index=served
+            )
+        )
 
     def _handle_snapshot(self, m: Message) -> None:
         """Paper 7 / Figure 13, InstallSnapshot receiver."""

@@ -69,10 +69,10 @@ FSYNC_BUCKETS = (
     0.064, 0.128, 0.256, 0.512, 1.0,
 )  # fmt: skip
 SNAPSHOT_BYTES_BUCKETS = tuple(float(1 << n) for n in range(10, 36, 2))  # 1 KiB .. 32 GiB
+SNAPSHOT_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 # How late a held or starved event loop woke the ticker (only wake-ups a
 # quarter of the election timeout late or more are observed).
 LOOP_LATE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-SNAPSHOT_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
 class RateWindow:

@@ -144,12 +144,10 @@ def test_an_event_loop_held_past_a_quarter_of_the_election_timeout_is_logged() -
     quarter of the shortest election timeout (here 50 ticks of 5 ms: 62.5
     ms), at most once per 10 s, and counts every such turn."""
 
-    metrics: list[NodeMetrics] = []
-
-    async def scenario() -> list[dict[str, object]]:
+    async def scenario() -> tuple[list[dict[str, object]], NodeMetrics]:
         runtime, _ = make_runtime(MemoryDisk())
-        metrics.append(NodeMetrics(runtime, lambda: 0, process=False))
-        runtime.listeners.append(metrics[0].runtime_listener)
+        metrics = NodeMetrics(runtime, lambda: 0, process=False)
+        runtime.listeners.append(metrics.runtime_listener)
         await started(runtime)
         assert runtime.late_turns == 0, "a loop that keeps up is not late"
         with structlog.testing.capture_logs() as logs:
@@ -158,14 +156,15 @@ def test_an_event_loop_held_past_a_quarter_of_the_election_timeout_is_logged() -
                 await asyncio.sleep(0.02)
         await runtime.close()
         assert runtime.late_turns == 2
-        return [entry for entry in logs if entry["event"] == "event_loop_late"]
+        return [entry for entry in logs if entry["event"] == "event_loop_late"], metrics
 
-    (late,) = asyncio.run(scenario())  # the second within 10 s is counted, not logged
+    logged, metrics = asyncio.run(scenario())
+    (late,) = logged  # the second within 10 s is counted, not logged
     assert late["log_level"] == "warning"
     assert 150 <= int(str(late["late_ms"])) < 1000
     assert late["election_timeout_ms"] == 250 and late["role"] == "leader"
     # ...and both are in the metrics, for an alert before a leader is lost.
-    text = metrics[0].exposition().decode()
+    text = metrics.exposition().decode()
     assert "ramraft_event_loop_late_seconds_count 2.0" in text
     assert 'ramraft_event_loop_late_seconds_bucket{le="0.1"} 0.0' in text
     assert 'ramraft_event_loop_late_seconds_bucket{le="1.0"} 2.0' in text

@@ -270,6 +270,21 @@ class ProcessCluster:
         self.dump_logs()
         raise AssertionError(f"{what}: not reached within {timeout}s")
 
+    def wait_for_kv2(self, timeout: float = 60.0) -> None:
+        """Wait until every live node runs key-value version 2. The leader's
+        steward names the cluster, then switches it once every node answers
+        (server/runtime/steward.py), so a node at version 2 has applied the
+        cluster's name too: a test that compares answers taken at two
+        moments must not straddle those entries (before them an answer has
+        no cluster id, revision or key metadata)."""
+
+        def switched() -> bool:
+            return all(
+                (s := self.status(i)) is not None and s.kv_version == 2 for i in self.alive()
+            )
+
+        self.wait_until(switched, timeout, "the switch to key-value version 2")
+
     def wait_caught_up(self, node_id: str, timeout: float = 30.0) -> admin_pb2.NodeStatus:
         """Wait until ``node_id`` has applied everything the leader had
         committed when the wait started; returns its status then."""

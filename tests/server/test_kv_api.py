@@ -38,13 +38,7 @@ SAFETY_CATCH_UP = 60.0
 def wait_kv2(cluster: ProcessCluster) -> str:
     """Wait until every node runs key-value version 2; returns the leader."""
     leader = cluster.wait_for_leader()
-
-    def switched() -> bool:
-        return all(
-            (s := cluster.status(i)) is not None and s.kv_version == 2 for i in cluster.alive()
-        )
-
-    cluster.wait_until(switched, SWITCH_WAIT, "the switch to key-value version 2")
+    cluster.wait_for_kv2(SWITCH_WAIT)
     return leader
 
 

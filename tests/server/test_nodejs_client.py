@@ -69,13 +69,7 @@ def test_nodejs_watch_and_txn_from_the_proto_alone(tmp_path: Path, node_client: 
     with ProcessCluster(tmp_path) as cluster:
         leader = cluster.wait_for_leader()
         follower = next(i for i in cluster.ids if i != leader)
-        cluster.wait_until(
-            lambda: all(
-                (s := cluster.status(i)) is not None and s.kv_version == 2 for i in cluster.ids
-            ),
-            60,
-            "key-value version 2",
-        )
+        cluster.wait_for_kv2()
         script = node_client.parent / "watch_txn_client.js"
         done = subprocess.run(
             ["node", str(script), cluster.grpc[follower], "js/"],

@@ -37,18 +37,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster
     extra = ["--max-inflight-per-connection", str(PER_CONNECTION)]
     with ProcessCluster(tmp_path_factory.mktemp("stream"), extra_args=extra) as c:
         c.wait_for_leader()
-
-        # The leader names the cluster and switches it to key-value version 2
-        # once every node answers it (server/runtime/steward.py): a test that
-        # compares answers taken at two moments must not straddle that entry
-        # (the one before has no cluster id, revision or key metadata).
-        def settled() -> bool:
-            return all(
-                (s := c.status(i)) is not None and bool(s.cluster_id) and s.kv_version == 2
-                for i in c.ids
-            )
-
-        c.wait_until(settled, 60.0, "the cluster named and at key-value version 2")
+        # Named and at key-value version 2 before any test compares two answers.
+        c.wait_for_kv2()
         yield c
 
 
