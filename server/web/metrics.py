@@ -192,28 +192,28 @@ class _AppCollector(Collector):
         if self.jobs is not None:
             reports = self.jobs()
             runs = CounterMetricFamily(
-                "ramraft_job_runs", "Runs of a background job on this node", labels=["job"]
+                "ramraft_job_runs", "Runs of a background job on this node", labels=["job_name"]
             )
             failures = CounterMetricFamily(
                 "ramraft_job_failures",
                 "Runs of a background job on this node that raised",
-                labels=["job"],
+                labels=["job_name"],
             )
             running = GaugeMetricFamily(
                 "ramraft_job_running",
                 "1 while the job runs (or is scheduled) on this node: on the leader for a "
                 "leader job",
-                labels=["job", "on"],
+                labels=["job_name", "on"],
             )
             last = GaugeMetricFamily(
                 "ramraft_job_last_run_timestamp_seconds",
                 "Unix time the job's last run on this node ended (0: never)",
-                labels=["job"],
+                labels=["job_name"],
             )
             seconds = GaugeMetricFamily(
                 "ramraft_job_last_run_seconds",
                 "How long the job's last run on this node took",
-                labels=["job"],
+                labels=["job_name"],
             )
             for r in reports:
                 runs.add_metric([r.name], float(r.runs))

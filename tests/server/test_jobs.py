@@ -192,8 +192,8 @@ def test_a_failing_job_is_retried_with_backoff_and_the_node_serves_on(
     node = cluster.node(cluster.leader())
     scrape = NodeMetrics(node.runtime, lambda: 0, process=False, jobs=node.jobs.report)
     text = scrape.exposition().decode()
-    assert f'ramraft_job_failures_total{{job="flaky"}} {float(len(attempts))}' in text
-    assert 'ramraft_job_running{job="flaky",on="leader"} 1.0' in text
+    assert f'ramraft_job_failures_total{{job_name="flaky"}} {float(len(attempts))}' in text
+    assert 'ramraft_job_running{job_name="flaky",on="leader"} 1.0' in text
     assert cluster.call(None, "tick", 0, "test", 0) == 1  # commands still go through
 
 

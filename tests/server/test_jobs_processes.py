@@ -120,8 +120,8 @@ def test_ticks_follow_the_leader_through_a_kill_a_pause_and_a_transfer(tmp_path:
         job = next(j for j in status["jobs"] if j["name"] == "ticking")
         assert job["running_here"] and job["node"] == leader and job["runs"] > 0
         metrics = http(cluster.http[leader], "GET", "/metrics").body.decode()
-        assert 'ramraft_job_running{job="ticking",on="leader"} 1.0' in metrics
-        assert 'ramraft_job_runs_total{job="ticking"}' in metrics
+        assert 'ramraft_job_running{job_name="ticking",on="leader"} 1.0' in metrics
+        assert 'ramraft_job_runs_total{job_name="ticking"}' in metrics
         follower = next(i for i in cluster.ids if i != leader)
         metrics = http(cluster.http[follower], "GET", "/metrics").body.decode()
-        assert 'ramraft_job_running{job="ticking",on="leader"} 0.0' in metrics
+        assert 'ramraft_job_running{job_name="ticking",on="leader"} 0.0' in metrics
