@@ -3,7 +3,9 @@
     ramraft tokens --out tokens.txt             # admin, writer and reader tokens
     ramraft tokens --secret | kubectl apply -f - # the same as a Kubernetes Secret (key
                                                  # "tokens"; key "admin": the first admin
-                                                 # token alone, for the backup CronJob)
+                                                 # token alone, for the backup CronJob;
+                                                 # key "read": the first read token alone,
+                                                 # for Prometheus)
 
 The file format (ROLE NAME TOKEN a line) is read by server/security/auth.py.
 """
@@ -44,11 +46,13 @@ def run_tokens(args: argparse.Namespace) -> int:
             "apiVersion: v1\nkind: Secret\nmetadata:\n"
             f"  name: {args.secret_name}\ntype: Opaque\ndata:\n  tokens: {encoded}\n"
         )
-        admin = next((line.split()[2] for line in lines if line.startswith("admin ")), None)
-        if admin is not None:
-            # The first admin token alone, for tools inside the cluster that
-            # need one as a file (k8s/backup-cronjob.yaml: --token-file).
-            document += f"  admin: {base64.b64encode(admin.encode()).decode()}\n"
+        # The first admin token alone, for tools inside the cluster that need
+        # one as a file (k8s/backup-cronjob.yaml: --token-file); the first
+        # read token alone, for Prometheus (k8s/monitoring/podmonitor.yaml).
+        for role in ("admin", "read"):
+            first = next((line.split()[2] for line in lines if line.startswith(f"{role} ")), None)
+            if first is not None:
+                document += f"  {role}: {base64.b64encode(first.encode()).decode()}\n"
         sys.stdout.write(document)
         return 0
     if args.out == "-":
@@ -82,7 +86,8 @@ def register(sub: Any) -> None:
         "--secret",
         action="store_true",
         help="print a Kubernetes Secret instead (key tokens: the file; key admin: the first "
-        "admin token alone, for k8s/backup-cronjob.yaml)",
+        "admin token alone, for k8s/backup-cronjob.yaml; key read: the first read token "
+        "alone, for k8s/monitoring/podmonitor.yaml)",
     )
     p.add_argument("--secret-name", default="ramraft-tokens")
     p.set_defaults(func=run_tokens)
