@@ -444,8 +444,8 @@ class KVService(kv_pb2_grpc.KVServicer):
     ) -> kv_pb2.GetResponse:
         self.limits.check_key(request.key)
         timeout = _timeout(context, self.limits)
-        if _consistency(request.consistency) and not ROUND_CONFIRMED.get():
-            await self.api.linearizable(timeout)
+        if not ROUND_CONFIRMED.get():
+            await self.api.read(_consistency(request.consistency), timeout)
         found, value = self.machine.get(request.key)
         if len(value) > SMALL_ANSWER:
             await reserve_answer(len(value), timeout)
@@ -474,6 +474,8 @@ class KVService(kv_pb2_grpc.KVServicer):
             consistency == kv_pb2.LINEARIZABLE and ROUND_CONFIRMED.get()
         ):
             return None
+        if self.runtime.stopped_applying:
+            return None  # Get refuses it
         key = request.key
         try:
             self.limits.check_key(key)
@@ -491,8 +493,8 @@ class KVService(kv_pb2_grpc.KVServicer):
         limit = request.limit or self.limits.max_range_limit
         limit = min(limit, self.limits.max_range_limit)
         timeout = _timeout(context, self.limits)
-        if _consistency(request.consistency) and not ROUND_CONFIRMED.get():
-            await self.api.linearizable(timeout)
+        if not ROUND_CONFIRMED.get():
+            await self.api.read(_consistency(request.consistency), timeout)
         async with page_budget(self.limits.max_range_bytes, timeout) as budget:
             items, more = self.machine.range(
                 request.prefix, request.start_after, limit, max_bytes=budget.page_bytes

@@ -251,6 +251,26 @@ class RaftRuntime:
             + len(self._read_wait)
         )
 
+    @property
+    def out_of_service(self) -> bool:
+        """Stopped until restarted: after a storage failure, at an entry its
+        code cannot apply (halted), or shutting down. Its Unavailable is
+        final here: a request gets it at once, not after waiting out its
+        deadline for a leader or an index this node will not reach, so a
+        client goes to another node."""
+        return self.failed is not None or self.halted is not None or self.stopping
+
+    @property
+    def stopped_applying(self) -> bool:
+        """Failed or halted: this node's state is behind and stays there."""
+        return self.failed is not None or self.halted is not None
+
+    def check_serving_reads(self) -> None:
+        """Refuse a read of this node's state once it has stopped applying,
+        even a serializable one (Unavailable, with the reason)."""
+        if self.stopped_applying:
+            self.check_available()
+
     def check_available(self) -> None:
         """Refuse a request at once (before anything is proposed) when this
         node cannot take it: stopped, shutting down, or too busy."""

@@ -164,7 +164,7 @@ class NodeAPI:
             except NotLeader as e:
                 leader = e.leader  # refused before proposing: safe to send elsewhere
             except Unavailable:
-                if not retry_unsafe or self.runtime.failed is not None or self.runtime.stopping:
+                if not retry_unsafe or self.runtime.out_of_service:
                     raise
                 leader = ""
             if not leader:
@@ -250,6 +250,15 @@ class NodeAPI:
 
     # ---- reads ------------------------------------------------------------------------------
 
+    async def read(self, linearizable: bool, timeout: float | None = None) -> None:
+        """Wait until reading local memory is what the caller asked for:
+        linearizable, or (serializable) at once -- unless this node has
+        stopped applying the log, which refuses both (Unavailable)."""
+        if linearizable:
+            await self.linearizable(timeout)
+        else:
+            self.runtime.check_serving_reads()
+
     async def linearizable(self, timeout: float | None = None) -> int:
         """Wait until reading local memory is linearizable; returns the
         applied index the read will see (at least)."""
@@ -259,7 +268,7 @@ class NodeAPI:
             try:
                 return await within(self.runtime.ask_read_index(), left)
             except Unavailable:
-                if self.runtime.failed is not None or self.runtime.stopping:
+                if self.runtime.out_of_service:
                     raise
             # No leader, or leadership moved mid-read: wait for a leader, retry.
             await self.runtime.wait_for_leader(deadline.check())

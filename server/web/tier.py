@@ -374,9 +374,8 @@ class KVRoutes:
         key = _key_from_path(request, KV_PATH_PREFIX)
         self.limits.check_key(key)
         raw = _wants_raw(request)
-        linear, timeout = _consistency(request), _timeout(request)
-        if linear:
-            await self.api.linearizable(timeout)
+        timeout = _timeout(request)
+        await self.api.read(_consistency(request), timeout)
         found, value = self.kv.get(key)
         index = self.kv.applied_index
         if len(value) > 64 << 10:  # small answers are covered by the request's reservation
@@ -461,9 +460,8 @@ class KVRoutes:
             raise bad_request("limit must be >= 0 (0: the server's maximum)")
         cap = self.limits.max_range_limit
         limit = min(limit or cap, cap)
-        linear, timeout = _consistency(request), _timeout(request)
-        if linear:
-            await self.api.linearizable(timeout)
+        timeout = _timeout(request)
+        await self.api.read(_consistency(request), timeout)
         page = self.limits.max_range_bytes
         async with page_budget(page, timeout or DEFAULT_TIMEOUT) as budget:
             # Half the gRPC page: as JSON (base64 for binary values) the page

@@ -15,11 +15,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
 
 from ramraft.client import Client
 from ramraft.client.errors import RamraftError
-from ramraft.proto import admin_pb2
+from ramraft.proto import admin_pb2, kv_pb2, kv_pb2_grpc
 from tests.server.procs import ProcessCluster
 
 V1 = "tests.server.apps.board_v1:app"
@@ -204,12 +205,30 @@ def test_old_code_halts_at_a_new_entry_and_resumes_with_new_code(tmp_path: Path)
         code, ready = http(cluster.http["n3"], "GET", "/readyz")
         assert code == 503 and ready["ready"] is False
         assert http(cluster.http["n3"], "GET", "/healthz")[0] == 200  # alive: no restart loop
-        with Client(cluster.grpc["n3"], timeout=2) as client, pytest.raises(RamraftError):
-            client.get("anything")  # no stale read from a node that stopped applying
+        # It serves no reads, not even stale ones, and takes no writes: each
+        # is refused at once with the reason (UNAVAILABLE, HTTP 503), not
+        # left to wait out its deadline for an index n3 will never apply.
+        with grpc.insecure_channel(cluster.grpc["n3"]) as channel:
+            kv = kv_pb2_grpc.KVStub(channel)
+            for call, request in (
+                (kv.Get, kv_pb2.GetRequest(key="anything")),
+                (kv.Get, kv_pb2.GetRequest(key="anything", consistency=kv_pb2.SERIALIZABLE)),
+                (kv.Range, kv_pb2.RangeRequest(prefix="")),
+                (kv.Put, kv_pb2.PutRequest(key="on-halted", value=b"no")),
+            ):
+                with pytest.raises(grpc.RpcError) as refused:
+                    call(request, timeout=10)
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+                assert "stopped applying the log" in refused.value.details()
+        for path in ("/v1/kv/anything", "/v1/kv/anything?consistency=serializable"):
+            code, body = http(cluster.http["n3"], "GET", path)
+            assert code == 503 and "stopped applying the log" in body["detail"], body
         assert "ramraft_apply_halted 1.0" in _metrics(cluster, "n3")
-        # The others keep serving, and n3 never takes over.
-        with Client(cluster.endpoints(["n1", "n2"]), timeout=10) as client:
+        # The others keep serving, and n3 never takes over; a client given
+        # n3 alone goes on to the leader n3 names.
+        with Client(cluster.grpc["n3"], timeout=10) as client:
             client.put("after-halt", b"yes")
+            assert client.get("after-halt") == b"yes"
         leader = cluster.wait_for_leader(among=["n1", "n2"])
         cluster.stop(leader)
         new_leader = cluster.wait_for_leader(among=[n for n in ("n1", "n2") if n != leader])
