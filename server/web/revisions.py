@@ -326,7 +326,10 @@ class RevisionRoutes:
                         raise _refused(reason)
                     await response.prepare(request)
                     opened = True
-                await response.write(b"".join(chunks))
+                try:
+                    await response.write(b"".join(chunks))
+                except ConnectionError:
+                    return response  # the client went away: nothing more to tell it
                 if ended:
                     return response
         finally:

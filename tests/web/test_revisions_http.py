@@ -172,6 +172,27 @@ def test_watch_as_server_sent_events_resumes_with_last_event_id(cluster: Process
     resumed.close()
 
 
+def test_a_watcher_that_hangs_up_is_let_go_without_an_error(cluster: ProcessCluster) -> None:
+    """A client that closes its watch: the node's next write to it fails,
+    and ends the stream quietly (no error log with a traceback)."""
+    node = cluster.ids[0]
+    events = Events(cluster.http[node], "/v1/watch?prefix=gone/")
+    assert events.next()[1] == "created"
+    events.close()
+    log_before = len(cluster.node_log(node))
+    with cluster.client() as c:
+        for n in range(3):  # the first write may still reach the kernel's buffer
+            c.put(f"gone/{n}", b"x")
+            time.sleep(0.2)
+    # The node's next watch still works (the hub let the stream go).
+    again = Events(cluster.http[node], "/v1/watch?prefix=gone/")
+    assert again.next()[1] == "created"
+    again.close()
+    new_lines = cluster.node_log(node)[log_before:]
+    assert "Error handling request" not in new_lines, new_lines[-2000:]
+    assert "Cannot write to closing transport" not in new_lines
+
+
 def test_watch_errors_over_http(cluster: ProcessCluster) -> None:
     address = cluster.http[cluster.ids[0]]
     assert http(address, "GET", "/v1/watch").status == 400
