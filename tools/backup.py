@@ -130,13 +130,16 @@ def _summary_json(header: BackupHeader, summary: StateSummary) -> dict[str, Any]
     }
 
 
-def run_verify(path: str, as_json: bool, app: str | None) -> int:
+def run_verify(path: str, as_json: bool, app: str | None, app_path: str = ".") -> int:
     model = None
     if app:
-        from ramraft.server.hosting import AppLoadError, load_app
+        from ramraft.server.hosting import AppLoadError
+        from ramraft.tools.node_cli import load_app_from_args
 
         try:
-            model = load_app(app).model
+            application = load_app_from_args(argparse.Namespace(app=app, app_path=app_path))
+            assert application is not None
+            model = application.model
         except AppLoadError as exc:
             print(f"ramraft: error: --app: {' '.join(str(exc).split())}", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -295,7 +298,7 @@ def run_backup(args: argparse.Namespace) -> int:
         if args.out or args.keep is not None:
             print("ramraft: error: --verify takes no --out or --keep", file=sys.stderr)
             return EXIT_BAD_INPUT
-        return run_verify(args.verify, as_json, args.app)
+        return run_verify(args.verify, as_json, args.app, args.app_path)
     if not args.out:
         print("ramraft: error: give --out FILE or DIR/ (or --verify FILE)", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -407,5 +410,12 @@ def register(sub: Any) -> None:
         "--app",
         metavar="MODULE:FACTORY",
         help="with --verify: restore the model into the application's own class too",
+    )
+    p.add_argument(
+        "--app-path",
+        metavar="DIRS",
+        default=os.environ.get("RAMRAFT_APP_PATH") or ".",
+        help="directories to import the --app module from, ':'-separated (default: the "
+        "current one; env RAMRAFT_APP_PATH)",
     )
     p.set_defaults(func=run_backup)

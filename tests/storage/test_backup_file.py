@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -291,6 +292,31 @@ def test_verify_cli_reports_a_good_file(
     code, out, _ = verify_cli(capsys, path, "--app", "tests.server.apps.board_v1:app", "--json")
     assert code == 0
     assert '"keys": 20' in out and '"name": "Board"' in out
+
+
+def test_verify_cli_imports_the_app_from_the_current_directory_or_app_path(
+    tmp_path: Path,
+    small: bytes,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As `ramraft node` and `ramraft cluster` do: the application's
+    package beside the operator, not installed, is found (the console
+    script's sys.path does not hold the current directory)."""
+    path = tmp_path / "good.backup"
+    path.write_bytes(small)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("verify_here_app", "verify_there_app"):
+        package = tmp_path / name / name
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("from tests.server.apps.board_v1 import app\n")
+    monkeypatch.chdir(tmp_path / "verify_here_app")
+    code, out, err = verify_cli(capsys, path, "--app", "verify_here_app:app")
+    assert code == 0 and "OK" in out, err
+    monkeypatch.chdir(tmp_path)
+    there = str(tmp_path / "verify_there_app")
+    code, out, err = verify_cli(capsys, path, "--app", "verify_there_app:app", "--app-path", there)
+    assert code == 0 and "OK" in out, err
 
 
 def test_verify_cli_with_another_applications_model(
