@@ -204,7 +204,14 @@ class PeerLink:
                 # Several writes when the batch would exceed what the peer's
                 # port accepts (NodeConfig.peer_message_bytes).
                 for part in split_batch(batch, self.transport.max_message_bytes):
-                    await call.write(serialize_batch(part))
+                    try:
+                        await call.write(serialize_batch(part))
+                    except asyncio.InvalidStateError:
+                        # The peer ended the call (it refused us: another
+                        # cluster, not a member; or it stopped): raise its
+                        # status, which says why, not "RPC already finished".
+                        await call
+                        raise
                 if self.failures:
                     log.info("peer_reachable", peer=self.peer, after_failures=self.failures)
                     self.failures = 0

@@ -250,6 +250,13 @@ def test_restored_cluster_refuses_the_old_clusters_nodes_and_other_ids(tmp_path:
         start_alone(b, "n3")
         wait_for_refusals(b, "n1", old_id)  # B refuses it ...
         wait_for_refusals(b, "n3", new_id)  # ... and it refuses B's leader
+        # Its own log says why its calls fail (the status B's nodes end them
+        # with), not only that they do.
+        b.wait_until(
+            lambda: "FAILED_PRECONDITION: peer refused: it belongs to cluster" in b.node_log("n3"),
+            timeout=30,
+            what="the stray node logs why B refuses it",
+        )
         time.sleep(10 * b.election_timeout)  # let it campaign and time out, in vain
         stray = b.status("n3")
         assert stray is not None and stray.cluster_id == old_id
