@@ -76,6 +76,8 @@ PEER_SERVICE = "ramraft.peer.v1.Peer"
 ADMIN_SERVICE = "ramraft.v1.Admin"
 CLUSTER_ID_METADATA = "ramraft-cluster-id"
 MAX_QUEUED_MESSAGES = 10_000
+# A peer stream open this long counts as the peer reachable again (seconds).
+REACHABLE_AFTER = 1.0
 # The binary trailing metadata of a failed Forward: a ForwardRefusal.
 FORWARD_REFUSAL_KEY = "ramraft-forward-refusal-bin"
 # Most writes one ForwardBatch may carry (a follower's own admission limits
@@ -194,6 +196,7 @@ class PeerLink:
             response_deserializer=raft_pb2.StreamSummary.FromString,
         )
         call = method(wait_for_ready=False, metadata=self.transport.call_metadata())
+        opened = time.monotonic()
         try:
             while True:
                 await self.wake.wait()
@@ -212,7 +215,10 @@ class PeerLink:
                         # status, which says why, not "RPC already finished".
                         await call
                         raise
-                if self.failures:
+                # Reachable once a call has lasted: a peer that refuses us
+                # takes a first write, then ends the call (its status says
+                # why), and must not read as reachable again each time.
+                if self.failures and time.monotonic() - opened >= REACHABLE_AFTER:
                     log.info("peer_reachable", peer=self.peer, after_failures=self.failures)
                     self.failures = 0
         finally:

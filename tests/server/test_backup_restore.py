@@ -258,6 +258,8 @@ def test_restored_cluster_refuses_the_old_clusters_nodes_and_other_ids(tmp_path:
             what="the stray node logs why B refuses it",
         )
         time.sleep(10 * b.election_timeout)  # let it campaign and time out, in vain
+        # ... and never takes a refusing peer for reachable again.
+        assert '"peer_reachable"' not in b.node_log("n3")
         stray = b.status("n3")
         assert stray is not None and stray.cluster_id == old_id
         assert stray.role != admin_pb2.ROLE_LEADER and stray.leader not in ("n1", "n2")
