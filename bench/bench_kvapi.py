@@ -30,6 +30,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -261,19 +262,29 @@ async def main(args: argparse.Namespace) -> None:
         sys.stderr.write(json.dumps(summary, indent=1) + "\n")
     finally:
         await cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)  # the nodes' data: hundreds of MB a run
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="one short round of each")
-    p.add_argument("--seconds", type=float, default=5.0)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--in-flight", type=int, default=64)
-    p.add_argument("--writers", type=int, default=8, help="writes in flight during the fan-out")
-    p.add_argument("--watchers", type=int, default=1000)
-    p.add_argument("--processes", type=int, default=2, help="watcher processes")
-    p.add_argument("--streams-per-channel", type=int, default=100)
-    p.add_argument("--no-fsync", action="store_true")
+    p.add_argument("--seconds", type=float, default=5.0, help="per run (default 5)")
+    p.add_argument("--rounds", type=int, default=3, help="runs of each (default 3)")
+    p.add_argument(
+        "--in-flight", type=int, default=64, help="transactions and puts in flight (default 64)"
+    )
+    p.add_argument(
+        "--writers", type=int, default=8, help="writes in flight during the fan-out (default 8)"
+    )
+    p.add_argument("--watchers", type=int, default=1000, help="watches opened (default 1000)")
+    p.add_argument("--processes", type=int, default=2, help="watcher processes (default 2)")
+    p.add_argument(
+        "--streams-per-channel",
+        type=int,
+        default=100,
+        help="watch streams per channel (default 100)",
+    )
+    p.add_argument("--no-fsync", action="store_true", help="nodes without fsync (not the default)")
     p.add_argument("--only", default="txn,watch", help="txn, watch or both (default)")
     args = p.parse_args(argv)
     if args.quick:

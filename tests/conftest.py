@@ -60,11 +60,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
-    """Print the order seed last, where it is seen even with -q and after a
-    failure (pytest-randomly puts it only in the header, which -q hides)."""
+    """Print the order seed at the end, after the durations and the short
+    summary (just before pytest's count line), where it is seen even with
+    -q and after a failure (pytest-randomly puts it only in the header,
+    which -q hides)."""
     seed = getattr(config.option, "randomly_seed", None)
     if isinstance(seed, int):
         terminalreporter.write_line(f"random test order: replay it with --randomly-seed={seed}")

@@ -161,7 +161,8 @@ def run_verify(path: str, as_json: bool, app: str | None, app_path: str = ".") -
         print(f"  blobs: {header.blobs['count']} ({header.blobs['bytes']:,} bytes, each checked)")
     for m in summary.models:
         attrs = ", ".join(f"{k}: {v}" for k, v in m.attributes.items())
-        print(f"  model {m.name}: {attrs or 'no attributes'} (sessions: {m.sessions})")
+        sizes = f"{attrs} (items in each; 1 for a single value)" if attrs else "no attributes"
+        print(f"  model {m.name}: {sizes} (sessions: {m.sessions})")
     return EXIT_OK
 
 

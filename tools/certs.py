@@ -328,9 +328,15 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if args.secret:
         sys.stdout.write(secret_yaml(out, written, args.secret_name, args.clients.split(",")))
+        print(f"ramraft certs: the files, and the CA's key, are in {out}/", file=sys.stderr)
     else:
-        for path in written:
+        for path in [out / "ca-key.pem", *written]:
             print(path)
+        print(
+            f"ramraft certs: keep {out / 'ca-key.pem'} private: it signs certificates "
+            "(re-running this command with it renews them under the same CA)",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -55,7 +55,11 @@ def add_cluster_parser(sub: Any) -> None:
         default="ramraft-data",
         help="parent of the nodes' data dirs (default ./ramraft-data)",
     )
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address every node binds and is reached at (default 127.0.0.1)",
+    )
     p.add_argument(
         "--grpc-port", type=int, default=7001, help="first node's gRPC port (default 7001)"
     )

@@ -76,7 +76,8 @@ their message is read). Memory, in one formula:
   --max-inflight, --max-inflight-per-connection, --max-inflight-bytes,
   --max-connections, --max-connections-per-source, --max-pending-requests,
   --max-range-page, --max-range-bytes, --snapshot-chunk-bytes
-  --max-blob-bytes, --blob-reserve-bytes (RESOURCE_EXHAUSTED / HTTP 507)
+  --max-blob-bytes (INVALID_ARGUMENT / HTTP 413), --blob-reserve-bytes
+  (RESOURCE_EXHAUSTED / HTTP 507)
 key-value version 2 (transactions, delete-range, watches):
   --max-txn-ops, --max-txn-bytes, --max-delete-range-keys, --max-watches,
   --watch-history-revisions, --watch-history-bytes, --watch-buffer-bytes,

@@ -58,5 +58,12 @@ def test_cli_for_a_statefulset(tmp_path: Path, capsys) -> None:  # type: ignore[
     )
 
 
+def test_cli_lists_every_file_it_writes(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["certs", "--out", str(tmp_path), "--nodes", "n1,n2"]) == 0
+    out, err = capsys.readouterr()
+    assert sorted(out.split()) == sorted(str(p) for p in tmp_path.iterdir())
+    assert "ca-key.pem private" in err
+
+
 def test_cli_refuses_without_nodes(tmp_path: Path) -> None:
     assert main(["certs", "--out", str(tmp_path)]) == 2
