@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -36,6 +37,21 @@ GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 class GenerationError(RuntimeError):
     pass
+
+
+# Lines that only record which generator version ran (and so the oldest
+# grpcio and protobuf runtime the code accepts). A newer grpcio-tools on a
+# fresh machine changes them without the .proto files changing.
+VERSION_STAMP = re.compile(
+    r"^(# Protobuf Python Version: .*"
+    r"|GRPC_GENERATED_VERSION = .*"
+    r"|    \d+,)$"  # the numeric arguments of ValidateProtobufRuntimeVersion
+)
+
+
+def normalized(text: str) -> list[str]:
+    """``text``'s lines with the version stamps blanked out."""
+    return ["<version stamp>" if VERSION_STAMP.match(line) else line for line in text.splitlines()]
 
 
 def proto_files() -> list[str]:
@@ -112,9 +128,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is None:
         # Remove what an earlier run generated, so a deleted .proto leaves no
         # stale module behind.
+        before = {path.name: path.read_text() for path in generated_files(PROTO_DIR)}
         for path in generated_files(PROTO_DIR):
             path.unlink()
         written = generate(REPO_ROOT)
+        # A file whose code did not change keeps its version stamps: other
+        # generator versions would otherwise leave a diff (and raise the
+        # oldest runtime the committed code accepts) for nothing.
+        for path in written:
+            old = before.get(path.name)
+            if old is not None and normalized(old) == normalized(path.read_text()):
+                path.write_text(old)
     else:
         written = generate(args.out.resolve())
     for path in written:

@@ -8,22 +8,13 @@ import re
 import shutil
 from pathlib import Path
 
-from ramraft.proto import generate
+import pytest
 
-# Lines that only record which generator version ran. A newer grpcio-tools
-# on a fresh machine changes them without the .proto files changing.
-_VERSION_STAMP = re.compile(
-    r"^(# Protobuf Python Version: .*"
-    r"|GRPC_GENERATED_VERSION = .*"
-    r"|    \d+,)$"  # the numeric arguments of ValidateProtobufRuntimeVersion
-)
+from ramraft.proto import generate
 
 
 def _normalized(path: Path) -> list[str]:
-    return [
-        "<version stamp>" if _VERSION_STAMP.match(line) else line
-        for line in path.read_text().splitlines()
-    ]
+    return generate.normalized(path.read_text())
 
 
 def differences(committed_dir: Path, fresh_dir: Path) -> list[str]:
@@ -76,3 +67,31 @@ def test_the_check_catches_an_edit_and_ignores_version_stamps(tmp_path: Path) ->
     (copy / "old_pb2.py").write_text("")
     problems = differences(copy, tmp_path / "a" / generate.PACKAGE_PATH)
     assert [p.split(":")[0] for p in problems] == ["old_pb2.py", "kv_pb2.pyi"]
+
+
+def test_regenerating_in_place_keeps_the_stamps_of_unchanged_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m ramraft.proto.generate` with another grpcio-tools than the
+    committed code's leaves the files whose code is the same untouched (no
+    diff, no higher runtime minimum), and rewrites the ones that changed."""
+    proto = tmp_path / "proto"
+    shutil.copytree(generate.PROTO_DIR, proto, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "ramraft").mkdir()
+    (tmp_path / "ramraft" / "proto").symlink_to(proto)
+    monkeypatch.setattr(generate, "PROTO_DIR", proto)
+    monkeypatch.setattr(generate, "REPO_ROOT", tmp_path)
+    grpc_file = proto / "kv_pb2_grpc.py"
+    old_stamp = re.sub(
+        r"GRPC_GENERATED_VERSION = '[^']*'",
+        "GRPC_GENERATED_VERSION = '1.0.0'",
+        grpc_file.read_text(),
+    )
+    grpc_file.write_text(old_stamp)
+    stub = proto / "kv_pb2.pyi"
+    stub.write_text(stub.read_text().replace("class PutRequest", "class PutRequestX"))
+
+    assert generate.main([]) == 0
+    assert grpc_file.read_text() == old_stamp  # the same code: its stamp kept
+    assert "class PutRequestX" not in stub.read_text()  # a real change: regenerated
+    assert "class PutRequest(" in stub.read_text()
