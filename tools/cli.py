@@ -16,7 +16,8 @@ nothing else (a value, a table, "OK", "deleted"), so that it can be piped;
 everything that is not the answer goes to standard error, one line starting
 "ramraft: ": a negative answer (exit status 1), an error (2, 3) and a note
 (range's "more keys"). With --json the answer is one JSON document on
-standard output whatever the outcome, negative answers included.
+standard output, negative answers included; an error (2, 3) leaves standard
+output empty and is the one line on standard error.
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ environment:
 exit status: 0 ok; 1 negative answer (key not found, not deleted, not
 swapped); 2 bad usage; 3 the cluster could not answer or refused.
 Standard output carries only the answer; a negative answer, an error or a
-note goes to standard error (with --json, the document is on standard output
-whatever the outcome).
+note goes to standard error (with --json, a negative answer is a document on
+standard output too; an error leaves standard output empty).
 A write that fails with "unavailable" or "deadline exceeded" may or may not
 have been applied."""
 
