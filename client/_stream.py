@@ -252,6 +252,6 @@ def ended(
     return StreamStatus(
         grpc.StatusCode.UNAVAILABLE,
         f"the stream to {endpoint} broke before the answer came ({name}: {details}); "
-        "a write may or may not have been applied, and is retried with its session",
+        "its requests are retried (a write with its session, so it is applied once)",
         leader,
     )

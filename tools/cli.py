@@ -30,6 +30,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message as ProtoMessage
 
@@ -769,7 +770,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"ramraft: error: {e}\n")
         return EXIT_USAGE
     except RamraftError as e:
-        sys.stderr.write(f"ramraft: error: {_one_line(str(e))}\n")
+        sys.stderr.write(f"ramraft: error: {_one_line(str(e))}{_tls_hint(args, e)}\n")
         return EXIT_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("ramraft: interrupted\n")
@@ -786,6 +787,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(set RAMRAFT_DEBUG=1 for a traceback)\n"
         )
         return EXIT_ERROR
+
+
+# How grpc reports a connection the node closed during the TLS handshake (a
+# plaintext client, or no client certificate where one is required).
+_HANDSHAKE_CLOSED = ("Socket closed", "handshake", "SSL", "ssl_transport")
+
+
+def _tls_hint(args: argparse.Namespace, error: RamraftError) -> str:
+    """A hint for a connection the node closed before any answer, when the
+    TLS options may be why: a node with TLS on closes a plaintext client's
+    connection, and one that requires client certificates, a client's
+    without one, and grpc says only 'Socket closed'."""
+    if error.code not in (None, grpc.StatusCode.UNAVAILABLE):
+        return ""
+    if not any(word in str(error) for word in _HANDSHAKE_CLOSED):
+        return ""
+    tls = getattr(args, "tls", False) or _option(args, "tls_ca") or _option(args, "tls_server_name")
+    if not tls:
+        return " (if the nodes serve TLS, give --tls-ca, or RAMRAFT_TLS_CA)"
+    if not _option(args, "tls_cert"):
+        return (
+            " (if the nodes require client certificates, give --tls-cert and --tls-key, "
+            "or RAMRAFT_TLS_CERT and RAMRAFT_TLS_KEY)"
+        )
+    return ""
 
 
 def _one_line(text: str) -> str:

@@ -98,6 +98,21 @@ def test_plaintext_to_a_tls_cluster_is_one_line(
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
 
+def test_a_plaintext_client_is_told_the_nodes_may_want_tls(
+    cluster: SecureCluster, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node with TLS closes a plaintext client's connection, which grpc
+    reports as 'Socket closed' only: the CLI adds which option is missing."""
+    for name in ("RAMRAFT_TLS_CA", "RAMRAFT_TLS_CERT", "RAMRAFT_TLS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    capsys.readouterr()
+    argv = ["--endpoints", cluster.grpc["n1"], "--timeout", "3", "--token", READ_TOKEN]
+    assert main([*argv, "get", "k"]) == EXIT_ERROR
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    assert "give --tls-ca" in err, err
+
+
 def test_the_k8s_cronjobs_own_command_takes_backups(
     cluster: SecureCluster,
     capsys: pytest.CaptureFixture[str],
