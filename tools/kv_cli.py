@@ -19,6 +19,7 @@ from typing import Any
 
 from ramraft.client import Compare, TxnOp, TxnResult, WatchEvent, WatchProgress
 from ramraft.client._sync import Client
+from ramraft.client.errors import NotFound
 from ramraft.tools.cli import (
     EXIT_NEGATIVE,
     EXIT_OK,
@@ -260,9 +261,17 @@ def _cmd_lease(client: Client, args: argparse.Namespace) -> int:
         sys.stdout.write(out + "\n")
         return EXIT_OK
     if action == "revoke":
-        deleted = client.lease_revoke(args.id)
+        try:
+            deleted = client.lease_revoke(args.id)
+        except NotFound:
+            # A negative answer, as deleting a key that is not there is.
+            if as_json:
+                sys.stdout.write(json.dumps({"id": args.id, "revoked": False}) + "\n")
+            else:
+                sys.stderr.write(f"ramraft: lease {args.id} not found (expired or revoked)\n")
+            return EXIT_NEGATIVE
         out = (
-            json.dumps({"id": args.id, "deleted": deleted})
+            json.dumps({"id": args.id, "revoked": True, "deleted": deleted})
             if as_json
             else f"lease {args.id} revoked ({deleted} keys deleted)"
         )

@@ -189,8 +189,11 @@ def test_lease_commands(server: FakeServer, capsys) -> None:
     assert run(capsys, "lease", "revoke", "1", *ep)[1] == "lease 1 revoked (0 keys deleted)\n"
     status, out, err = run(capsys, "lease", "keep-alive", "1", "--once", *ep)
     assert (status, out, err) == (1, "", "ramraft: lease 1 is gone (expired or revoked)\n")
-    status, _, err = run(capsys, "lease", "revoke", "1", *ep)
-    assert status == 3 and "NOT_FOUND" in err
+    # A lease that is gone is a negative answer (1), as a key that is not there.
+    status, out, err = run(capsys, "lease", "revoke", "1", *ep)
+    assert (status, out, err) == (1, "", "ramraft: lease 1 not found (expired or revoked)\n")
+    status, out, _ = run(capsys, "lease", "revoke", "1", "--json", *ep)
+    assert status == 1 and json.loads(out) == {"id": 1, "revoked": False}
     assert run(capsys, "lease", "grant", "0", *ep)[0] == 2
 
 
@@ -396,6 +399,7 @@ OUTPUT_CASES: list[tuple[str, list[str]]] = [
     ("txn", ["txn", "--compare", "value(k) = v", "--then", "put k w", "--else", "get k"]),
     ("lease grant", ["lease", "grant", "10"]),
     ("lease revoke", ["lease", "revoke", "1"]),
+    ("lease revoke missing", ["lease", "revoke", "99"]),
     ("lease keep-alive", ["lease", "keep-alive", "1", "--once"]),
     ("lease keep-alive missing", ["lease", "keep-alive", "99", "--once"]),
     ("blob put", ["blob", "put", BLOB_FILE]),
