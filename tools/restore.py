@@ -274,6 +274,9 @@ def run_restore(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ramraft: error: --peers: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if node_id not in peers:
+        print(f"ramraft: error: --id {node_id} is not one of the --peers", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if cluster_id and not valid_cluster_id(cluster_id):
         print(
             f"ramraft: error: --cluster-id {cluster_id!r}: 1-64 letters, digits, '.', '_' or '-'",

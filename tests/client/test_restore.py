@@ -325,7 +325,7 @@ def test_settings_come_from_the_nodes_environment_variables(
     [
         (["--id", "a"], EXIT_USAGE, "give --data-dir (or RAMRAFT_DATA_DIR)"),
         (["--data-dir", "{d}"], EXIT_USAGE, "give --id (or RAMRAFT_ID)"),
-        (["--data-dir", "{d}", "--id", "z"], EXIT_ERROR, "--id z is not one of the --peers"),
+        (["--data-dir", "{d}", "--id", "z"], EXIT_USAGE, "--id z is not one of the --peers"),
         (["--data-dir", "{d}", "--id", "a", "--cluster-id", "no spaces"], EXIT_USAGE, "1-64"),
     ],
     ids=["no-data-dir", "no-id", "id-not-a-peer", "bad-cluster-id"],
