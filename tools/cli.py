@@ -759,7 +759,17 @@ def _non_negative(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse reports them from the top parser, whose --help does not
+        # list the subcommand's options: point at the subcommand's.
+        command = getattr(args, "command", None)
+        where = f"{parser.prog} {command}" if command else parser.prog
+        parser.exit(
+            EXIT_USAGE,
+            f"{parser.prog}: error: unrecognized arguments: {' '.join(extra)} "
+            f"(see '{where} --help')\n",
+        )
     func: Handler | None = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

@@ -486,3 +486,20 @@ def test_blob_commands(server: FakeServer, capsys, tmp_path: Path, monkeypatch) 
         assert status == 2 and out == "" and len(err.splitlines()) == 1, (argv, err)
     status, _, err = run(capsys, "blob", "get", csv, "--json", *ep)
     assert status == 2 and "-o FILE" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "where"),
+    [
+        (["get", "--bogus", "k"], "ramraft get --help"),
+        (["node", "--bogus"], "ramraft node --help"),
+        (["lease", "grant", "5", "--bogus"], "ramraft lease --help"),
+        (["--bogus"], "ramraft --help"),
+    ],
+)
+def test_an_unknown_option_points_at_its_subcommands_help(
+    capsys: pytest.CaptureFixture[str], argv: list[str], where: str
+) -> None:
+    status, out, err = run(capsys, *argv)
+    assert (status, out) == (2, "")
+    assert err == f"ramraft: error: unrecognized arguments: --bogus (see '{where}')\n"
