@@ -194,8 +194,10 @@ def bench_backup_restore(machine: KVMachine, directory: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keys", type=int, default=1_000_000)
-    parser.add_argument("--value-bytes", type=int, default=100)
+    parser.add_argument(
+        "--keys", type=int, default=1_000_000, help="keys in the state (default 1,000,000)"
+    )
+    parser.add_argument("--value-bytes", type=int, default=100, help="bytes a value (default 100)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))

@@ -207,11 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.bench_core",
         description="Committed entries/s of a 3-node in-memory cluster of Raft cores (no I/O).",
     )
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per run (default 5)")
     parser.add_argument(
         "--batch", type=str, default="500", help="entries per propose_batch; a comma list sweeps"
     )
-    parser.add_argument("--value-bytes", type=int, default=100)
+    parser.add_argument(
+        "--value-bytes", type=int, default=100, help="bytes a command (default 100)"
+    )
     parser.add_argument(
         "--entries", type=int, default=None, help="stop after this many committed entries"
     )

@@ -190,8 +190,8 @@ def bench_model(items: int, directory: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keys", type=int, default=1_000_000)
-    parser.add_argument("--value-size", type=int, default=100)
+    parser.add_argument("--keys", type=int, default=1_000_000, help="keys (default 1,000,000)")
+    parser.add_argument("--value-size", type=int, default=100, help="bytes a value (default 100)")
     parser.add_argument(
         "--kv-version",
         type=int,
@@ -200,8 +200,13 @@ def main() -> None:
         help="key-value version of the machine (default 2, a new cluster's: revisions, "
         "snapshot format 3)",
     )
-    parser.add_argument("--model-items", type=int, default=200_000)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--model-items",
+        type=int,
+        default=200_000,
+        help="items in the model bench (default 200,000)",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = parser.parse_args()
     quiet_logs()
     out: dict[str, Any] = {

@@ -487,7 +487,7 @@ class ClusterMachine:
         if kv_version > state.kv_version and self.kv is not None:
             self.kv.upgrade(state.kv_version, kv_version)  # cannot fail: no user code
         self._set(replace(state, app_version=app_version, kv_version=kv_version))
-        log.info("versions switched", index=index, app_version=app_version, kv_version=kv_version)
+        log.info("versions_switched", index=index, app_version=app_version, kv_version=kv_version)
         return None
 
     def _set(self, state: ClusterState) -> None:

@@ -49,8 +49,12 @@ def one_run(root: Path) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=10)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.server.measure_failover", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--runs", type=int, default=10, help="fresh clusters, one leader kill each (default 10)"
+    )
     args = parser.parse_args()
     gaps: list[float] = []
     rounds: list[int] = []
