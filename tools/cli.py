@@ -519,7 +519,13 @@ def _write_cluster_lines(nodes: list[dict[str, Any]]) -> None:
     """The cluster record under the table: its id and versions, and what no
     operator may miss: a node that halted, the divergence alarm."""
     answered = [n for n in nodes if "error" not in n]
-    named = next((n for n in answered if n.get("cluster_id")), None)
+    # The record as the node that applied the most holds it: a halted or
+    # lagging node's is older (it may still say the previous app version).
+    named = max(
+        (n for n in answered if n.get("cluster_id")),
+        key=lambda n: (not n.get("halted"), n.get("applied_index", 0)),
+        default=None,
+    )
     if named is not None:
         hold = ", version switches held" if named.get("upgrade_hold") else ""
         sys.stdout.write(

@@ -503,3 +503,21 @@ def test_an_unknown_option_points_at_its_subcommands_help(
     status, out, err = run(capsys, *argv)
     assert (status, out) == (2, "")
     assert err == f"ramraft: error: unrecognized arguments: --bogus (see '{where}')\n"
+
+
+def test_status_names_the_cluster_record_of_the_node_that_applied_most(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A halted node stopped applying before the switch to app version 2:
+    its record still says 1. The status line takes the record of the node
+    that applied the most, and names the halted one."""
+    record = {"cluster_id": "c1", "kv_version": 2, "upgrade_hold": False}
+    nodes = [
+        {"id": "n1", "applied_index": 45, "app_version": 1, "halted": "needs v2"} | record,
+        {"id": "n2", "applied_index": 60, "app_version": 2, "halted": ""} | record,
+        {"endpoint": "127.0.0.1:1", "error": "unreachable"},
+    ]
+    cli._write_cluster_lines(nodes)
+    out = capsys.readouterr().out
+    assert "cluster c1: app version 2, key-value version 2" in out
+    assert "HALTED n1: needs v2" in out
