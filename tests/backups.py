@@ -81,7 +81,7 @@ def board_state(keys: int, notes: int) -> tuple[CompositeMachine, int]:
 
 
 def write_state_backup(
-    path: Path, *, keys: int, notes: int = 0, cluster_id: str = "c-origin0"
+    path: Path, *, keys: int, notes: int = 0, cluster_id: str = "c-origin0", app_version: int = 1
 ) -> BackupHeader:
     """A backup file of board_state(keys, notes), as node "offline" of
     cluster ``cluster_id`` would have taken it."""
@@ -90,7 +90,7 @@ def write_state_backup(
         cluster_id=cluster_id,
         index=index,
         term=1,
-        app_version=1,
+        app_version=app_version,
         kv_version=1,
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         node="offline",

@@ -148,6 +148,17 @@ def run_verify(path: str, as_json: bool, app: str | None, app_path: str = ".") -
     except BackupError as exc:
         print(f"ramraft: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_ERROR
+    supported = getattr(type(model), "app_version", 1) if model is not None else None
+    if supported is not None and header.app_version > supported:
+        # A node with this code would halt on this state (as one does at an
+        # entry of a newer version): the model's class may not even read it.
+        print(
+            f"ramraft: error: the backup's cluster runs app version {header.app_version}; "
+            f"the code of --app {app} supports up to version {supported}: verify and restore "
+            "it with the code that runs the cluster",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     report = _summary_json(header, summary)
     if as_json:
         print(json.dumps(report, sort_keys=True))

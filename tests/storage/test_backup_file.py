@@ -319,6 +319,21 @@ def test_verify_cli_imports_the_app_from_the_current_directory_or_app_path(
     assert code == 0 and "OK" in out, err
 
 
+def test_verify_cli_refuses_code_older_than_the_backups_app_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A node with that code would halt on this state: verify says so
+    rather than OK."""
+    path = tmp_path / "v2.backup"
+    write_state_backup(path, keys=3, notes=2, app_version=2)
+    code, out, err = verify_cli(capsys, path, "--app", "tests.server.apps.board_v1:app")
+    assert code == EXIT_ERROR and out == ""
+    assert "runs app version 2" in err and "supports up to version 1" in err, err
+    assert err.count("\n") == 1
+    code, out, err = verify_cli(capsys, path, "--app", "tests.server.apps.board_v2:app")
+    assert code == 0 and "app version 2" in out, err
+
+
 def test_verify_cli_with_another_applications_model(
     tmp_path: Path, small: bytes, capsys: pytest.CaptureFixture[str]
 ) -> None:
