@@ -219,14 +219,21 @@ def scrape(cluster: SecureCluster, creds: Credentials, node_id: str) -> str:
 
 
 def served_families(cluster: SecureCluster, creds: Credentials) -> set[str]:
-    """The ramraft_ families every node serves, by the names queries use
-    (the client's _created companions aside)."""
-    names: set[str] = set()
-    for node_id in cluster.ids:
-        for line in scrape(cluster, creds, node_id).splitlines():
-            if line.startswith("# TYPE ramraft_") and not line.split()[2].endswith("_created"):
-                names.add(line.split()[2])
-    return names
+    """The ramraft_ families the nodes serve, by the names queries use (the
+    client's _created companions aside). The leader alone serves its
+    members' lag: scraped again until one of the scrapes was a leader's."""
+
+    def scrape_all() -> set[str]:
+        names: set[str] = set()
+        for node_id in cluster.ids:
+            for line in scrape(cluster, creds, node_id).splitlines():
+                if line.startswith("# TYPE ramraft_") and not line.split()[2].endswith("_created"):
+                    names.add(line.split()[2])
+        return names if "ramraft_member_lag_entries" in names else set()
+
+    cluster.wait_for_leader()
+    families: set[str] = wait_until(scrape_all, timeout=30, what="a scrape of the leader")
+    return families
 
 
 def test_the_docs_table_names_every_family_a_node_serves(
