@@ -36,6 +36,7 @@ from ramraft.server.config import PORTS_FILE, ConfigError, parse_address
 POLL = 0.2  # seconds between looks at the nodes
 START_TIMEOUT = 60.0  # for every node to serve at start-up
 STOP_TIMEOUT = 20.0  # per node, after SIGTERM, before SIGKILL
+HALT_CHECK_EVERY = 2.0  # seconds between asking a serving node whether it halted
 STABLE_AFTER = 10.0  # a node that ran this long before exiting was not crash-looping
 
 
@@ -117,6 +118,8 @@ class LocalNode:
     restart_at: float | None = None  # when a restart is due
     given_up: bool = False
     ports: dict[str, Any] = field(default_factory=dict)
+    halt_checked_at: float = 0.0  # when HaltWatch last asked it
+    halt_said: bool = False  # its halt has been reported (this start)
 
     def start(self, env: dict[str, str]) -> None:
         # A stale file would pass for this start's; the node says what is
@@ -127,6 +130,7 @@ class LocalNode:
         self.started_at = time.monotonic()
         self.restart_at = None
         self.ports = {}
+        self.halt_checked_at, self.halt_said = 0.0, False
 
     def serving(self) -> bool:
         """Whether it serves (its ports.json names its pid); reads the ports."""
@@ -143,6 +147,57 @@ class LocalNode:
 
     def command(self) -> str:
         return shlex.join(["ramraft", *self.argv])
+
+
+class HaltWatch:
+    """Asks each serving node now and then (Admin Status) whether it halted
+    at an entry its code cannot apply, and says so once per start: such a
+    node runs on, so nothing else here would tell the user why it refuses
+    every request. A node that does not answer (starting, down, or wanting
+    a token this command does not have) is asked again later."""
+
+    def __init__(self, tls_dir: Path | None) -> None:
+        self.tls_dir = tls_dir
+        self.clients: dict[str, Any] = {}
+
+    def check(self, node: LocalNode, now: float) -> None:
+        if node.halt_said or now - node.halt_checked_at < HALT_CHECK_EVERY:
+            return
+        node.halt_checked_at = now
+        if not node.serving():
+            return
+        endpoint = str(node.ports["grpc"])
+        try:
+            client = self.clients.get(endpoint) or self._client(endpoint)
+            halted = client.status(endpoint=endpoint).node.halted
+        except Exception:
+            return
+        if halted:
+            node.halt_said = True
+            _say(
+                f"{node.id} halted: {halted}. It refuses every request until it is "
+                "restarted with code that can apply that entry (the --app the cluster ran)"
+            )
+
+    def _client(self, endpoint: str) -> Any:
+        from ramraft.client import Client, TLSOptions
+
+        tls = None
+        if self.tls_dir is not None:
+            tls = TLSOptions.from_files(
+                self.tls_dir / "ca.pem",
+                self.tls_dir / "client.pem",
+                self.tls_dir / "client-key.pem",
+            )
+        client = Client(endpoint, timeout=1.0, tls=tls, token=os.environ.get("RAMRAFT_TOKEN"))
+        self.clients[endpoint] = client
+        return client
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            with contextlib.suppress(Exception):
+                client.close()
+        self.clients.clear()
 
 
 def _exit_text(code: int) -> str:
@@ -257,7 +312,11 @@ def run_cluster(args: argparse.Namespace) -> int:
         if not _start_all(nodes, env, lambda: stop):
             return 1 if not stop else 0
         _print_addresses(nodes, args, tls_dir)
-        _supervise(nodes, env, args, lambda: stop)
+        watch = HaltWatch(tls_dir)
+        try:
+            _supervise(nodes, env, args, lambda: stop, watch)
+        finally:
+            watch.close()
     finally:
         _stop_all(nodes)
     return 0 if any(not node.given_up for node in nodes) else 1
@@ -317,7 +376,11 @@ def _print_addresses(
 
 
 def _supervise(
-    nodes: list[LocalNode], env: dict[str, str], args: argparse.Namespace, stopped: Any
+    nodes: list[LocalNode],
+    env: dict[str, str],
+    args: argparse.Namespace,
+    stopped: Any,
+    watch: HaltWatch | None = None,
 ) -> None:
     announced: set[str] = set()  # restarted nodes whose serving we have not said yet
     while not stopped():
@@ -336,6 +399,8 @@ def _supervise(
                 if node.id in announced and node.serving():
                     announced.discard(node.id)
                     _say(f"{node.id} serves again")
+                if watch is not None:
+                    watch.check(node, now)
                 continue
             if stopped():
                 break

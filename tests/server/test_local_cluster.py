@@ -273,3 +273,34 @@ def test_an_app_that_cannot_be_imported_stops_before_any_node(tmp_path: Path) ->
         assert line.startswith("ramraft cluster: 'nosuchpackage.notes:app': cannot import")
         assert "Run ramraft cluster from the directory that holds the app's package" in line
         assert not (tmp_path / "ramraft-data").exists()
+
+
+def test_a_node_that_halts_is_reported(tmp_path: Path) -> None:
+    """A cluster that switched to app version 2, started again with the
+    version-1 code: every node halts at the switch and runs on; the
+    command says so (the addresses it printed suggested all was well)."""
+    repo = str(Path(__file__).resolve().parents[2])
+    v2 = ("--app", "tests.server.apps.board_v2:app", "--app-path", repo)
+    with local_cluster(tmp_path, *v2) as cluster:
+        cluster.start_serving()
+
+        def switched() -> bool:
+            with Client(cluster.endpoints(), timeout=5) as c:
+                try:
+                    return all(c.status(endpoint=e).node.app_version == 2 for e in c.endpoints)
+                except Exception:
+                    return False
+
+        cluster.wait_for(switched, "app version 2")
+        assert cluster.interrupt() == 0
+        assert "halted" not in cluster.stderr()
+
+        cluster.args = ["--app", "tests.server.apps.board_v1:app", "--app-path", repo]
+        cluster.launch()  # the same ports: the data names them
+        for node_id in ("n1", "n2", "n3"):
+            cluster.wait_for(
+                lambda node_id=node_id: f"{node_id} halted: " in cluster.stderr(),
+                f"{node_id}'s halt reported",
+            )
+        assert "supports up to version 1" in cluster.stderr()
+        assert cluster.stderr().count("n1 halted: ") == 1  # once per start, not every poll
