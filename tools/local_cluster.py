@@ -369,6 +369,8 @@ def _print_addresses(
             f" --tls-ca {tls_dir / 'ca.pem'} --tls-cert {tls_dir / 'client.pem'}"
             f" --tls-key {tls_dir / 'client-key.pem'}"
         )
+    if any("--auth-tokens" in arg for arg in args.node_arg):
+        tls_options += " --token-file FILE  (a file holding one of the token file's tokens)"
     endpoints = ",".join(str(node.ports["grpc"]) for node in nodes)
     lines.append(f"try: ramraft put hello world --endpoints {endpoints}{tls_options}")
     lines.append("A node that exits is restarted; Ctrl-C stops the cluster.")

@@ -304,3 +304,14 @@ def test_a_node_that_halts_is_reported(tmp_path: Path) -> None:
             )
         assert "supports up to version 1" in cluster.stderr()
         assert cluster.stderr().count("n1 halted: ") == 1  # once per start, not every poll
+
+
+def test_with_tokens_the_suggested_command_says_a_token_is_needed(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("admin ops admin-token-0123456789abcdef\n")
+    node_args = (f"--node-arg=--auth-tokens={tokens}", "--node-arg=--insecure")
+    with local_cluster(tmp_path, *node_args) as cluster:
+        cluster.start_serving()
+        (try_line,) = [line for line in cluster.stdout().splitlines() if line.startswith("try:")]
+        assert "--token-file FILE" in try_line
+        assert cluster.interrupt() == 0
