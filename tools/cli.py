@@ -805,21 +805,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
-# How grpc reports a connection the node closed during the TLS handshake (a
-# plaintext client, or no client certificate where one is required).
-_HANDSHAKE_CLOSED = ("Socket closed", "handshake", "SSL", "ssl_transport")
-
-
 def _tls_hint(args: argparse.Namespace, error: RamraftError) -> str:
-    """A hint for a connection the node closed before any answer, when the
-    TLS options may be why: a node with TLS on closes a plaintext client's
-    connection, and one that requires client certificates, a client's
-    without one, and grpc says only 'Socket closed'."""
+    """A hint for a connection that failed in the TLS handshake, when the
+    TLS options are the likely cause. grpc's words: a node with TLS closes a
+    plaintext client's connection ('Socket closed'), as one that requires
+    client certificates closes a client's without one; a TLS client that
+    reaches a plaintext node reads 'WRONG_VERSION_NUMBER'; a node whose
+    certificate the CA given did not sign, 'CERTIFICATE_VERIFY_FAILED'."""
     if error.code not in (None, grpc.StatusCode.UNAVAILABLE):
         return ""
-    if not any(word in str(error) for word in _HANDSHAKE_CLOSED):
-        return ""
+    text = str(error)
     tls = getattr(args, "tls", False) or _option(args, "tls_ca") or _option(args, "tls_server_name")
+    if "WRONG_VERSION_NUMBER" in text and tls:
+        return " (the node does not serve TLS: leave out --tls-ca and --tls, or turn TLS on there)"
+    if "CERTIFICATE_VERIFY_FAILED" in text and tls:
+        return " (the node's certificate is not signed by the CA of --tls-ca)"
+    if "Socket closed" not in text:
+        return ""
     if not tls:
         return " (if the nodes serve TLS, give --tls-ca, or RAMRAFT_TLS_CA)"
     if not _option(args, "tls_cert"):

@@ -521,3 +521,33 @@ def test_status_names_the_cluster_record_of_the_node_that_applied_most(
     out = capsys.readouterr().out
     assert "cluster c1: app version 2, key-value version 2" in out
     assert "HALTED n1: needs v2" in out
+
+
+@pytest.mark.parametrize(
+    ("options", "words", "hint"),
+    [
+        ({}, "ipv4:127.0.0.1:7001: Socket closed", "give --tls-ca"),
+        ({"tls_ca": "ca.pem"}, "ipv4:127.0.0.1:7001: Socket closed", "give --tls-cert"),
+        (
+            {"tls_ca": "ca.pem"},
+            "Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: WRONG_VERSION_NUMBER",
+            "the node does not serve TLS",
+        ),
+        (
+            {"tls_ca": "ca.pem"},
+            "Handshake failed: CERTIFICATE_VERIFY_FAILED",
+            "not signed by the CA of --tls-ca",
+        ),
+        ({"tls_ca": "ca.pem", "tls_cert": "c.pem"}, "Socket closed", ""),
+        ({}, "Connection refused", ""),
+    ],
+)
+def test_tls_hints_follow_grpcs_words(
+    monkeypatch: pytest.MonkeyPatch, options: dict[str, str], words: str, hint: str
+) -> None:
+    for name in ("RAMRAFT_TLS_CA", "RAMRAFT_TLS_CERT", "RAMRAFT_TLS_SERVER_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    args = argparse.Namespace(**options)
+    error = cli.RamraftError(f"Get: UNAVAILABLE: {words}", code=grpc.StatusCode.UNAVAILABLE)
+    got = cli._tls_hint(args, error)
+    assert (hint in got) if hint else got == ""
