@@ -805,20 +805,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+# grpc's words for a server certificate that the CA given did not sign (ECDSA
+# keys, as `ramraft certs` makes, give the second).
+_NOT_OUR_CA = ("CERTIFICATE_VERIFY_FAILED", "certificate signature failure", "BAD_SIGNATURE")
+
+
 def _tls_hint(args: argparse.Namespace, error: RamraftError) -> str:
     """A hint for a connection that failed in the TLS handshake, when the
     TLS options are the likely cause. grpc's words: a node with TLS closes a
     plaintext client's connection ('Socket closed'), as one that requires
     client certificates closes a client's without one; a TLS client that
     reaches a plaintext node reads 'WRONG_VERSION_NUMBER'; a node whose
-    certificate the CA given did not sign, 'CERTIFICATE_VERIFY_FAILED'."""
+    certificate the CA given did not sign, one of _NOT_OUR_CA."""
     if error.code not in (None, grpc.StatusCode.UNAVAILABLE):
         return ""
     text = str(error)
     tls = getattr(args, "tls", False) or _option(args, "tls_ca") or _option(args, "tls_server_name")
     if "WRONG_VERSION_NUMBER" in text and tls:
         return " (the node does not serve TLS: leave out --tls-ca and --tls, or turn TLS on there)"
-    if "CERTIFICATE_VERIFY_FAILED" in text and tls:
+    if tls and any(words in text for words in _NOT_OUR_CA):
         return " (the node's certificate is not signed by the CA of --tls-ca)"
     if "Socket closed" not in text:
         return ""

@@ -535,7 +535,8 @@ def test_status_names_the_cluster_record_of_the_node_that_applied_most(
         ),
         (
             {"tls_ca": "ca.pem"},
-            "Handshake failed: CERTIFICATE_VERIFY_FAILED",
+            "Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1a000064:ECDSA "
+            "routines:OPENSSL_internal:BAD_SIGNATURE: certificate signature failure: OK",
             "not signed by the CA of --tls-ca",
         ),
         ({"tls_ca": "ca.pem", "tls_cert": "c.pem"}, "Socket closed", ""),
