@@ -284,7 +284,10 @@ def forward_error(code: grpc.StatusCode | None, details: str, before_proposal: b
     leader's ForwardRefusal (False when it sent none)."""
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return TimeoutError("the request's deadline passed at the leader")
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL):
+        # INTERNAL: grpc's own "Internal error from Core", a call the
+        # transport lost (seen under load): its outcome is as unknown as a
+        # lost connection's, and a write with a session is safe to send again.
         return RetryElsewhere(maybe_applied=not before_proposal)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return Overloaded(details or "the leader is overloaded")

@@ -20,6 +20,8 @@ from ramraft.server.runtime.node_api import (
     FORWARD_REFUSAL_KEY,
     InputLimits,
     NodeAPI,
+    RetryElsewhere,
+    forward_error,
     refused_before_proposal,
 )
 from tests.runtime.fakes import Offers
@@ -220,3 +222,18 @@ def test_a_follower_of_the_previous_release_still_understands_the_leader() -> No
         assert "not the leader" in (error.details() or "")
 
     asyncio.run(with_leader(new_release_forward(leader), body))
+
+
+@pytest.mark.parametrize(
+    "code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL]
+)
+def test_a_forward_the_transport_lost_is_retried_elsewhere_with_its_outcome_unknown(
+    code: grpc.StatusCode,
+) -> None:
+    """grpc's "Internal error from Core" (a CI run on a loaded machine got
+    it instead of the leader's UNAVAILABLE) is a lost call like the others:
+    a write with a session goes again, one without is 'may or may not'."""
+    error = forward_error(code, "Internal error from Core", before_proposal=False)
+    assert isinstance(error, RetryElsewhere) and error.maybe_applied
+    refused = forward_error(code, "not the leader", before_proposal=True)
+    assert isinstance(refused, RetryElsewhere) and not refused.maybe_applied
