@@ -34,6 +34,7 @@ import os
 import queue
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -99,13 +100,16 @@ async def _send(mode: str, port: int, seconds: float, gap: float) -> tuple[int, 
     the loop, this process's CPU seconds meanwhile, grpc's threads
     included)."""
     address = f"127.0.0.1:{port}"
-    put: Any = None
-    finish: Any = None
+    send: Callable[[bytes], Awaitable[None]] | None = None  # idle: none
+
+    async def finish() -> None:
+        return None
+
     if mode == "socket":
         _, writer = await asyncio.open_connection("127.0.0.1", port)
         frame = len(PAYLOAD).to_bytes(4, "big") + PAYLOAD
 
-        def put(_: bytes) -> None:
+        async def send(_: bytes) -> None:
             writer.write(frame)
 
         async def finish() -> None:
@@ -115,6 +119,7 @@ async def _send(mode: str, port: int, seconds: float, gap: float) -> tuple[int, 
         call = channel.stream_unary(
             f"/{SERVICE}/Sink", request_serializer=_identity, response_deserializer=_identity
         )()
+        send = call.write
 
         async def finish() -> None:
             call.cancel()
@@ -125,34 +130,30 @@ async def _send(mode: str, port: int, seconds: float, gap: float) -> tuple[int, 
         future = sync_channel.stream_unary(
             f"/{SERVICE}/Sink", request_serializer=_identity, response_deserializer=_identity
         ).future(iter(outbox.get, None))
-        put = outbox.put
+
+        async def send(message: bytes) -> None:
+            outbox.put(message)
 
         async def finish() -> None:
             outbox.put(None)
             future.cancel()
             sync_channel.close()
 
-    async def send(message: bytes) -> None:
-        if mode == "aio":
-            await call.write(message)
-        elif put is not None:
-            put(message)
-
-    await send(PAYLOAD)  # connected before measuring
+    if send is not None:
+        await send(PAYLOAD)  # connected before measuring
     await asyncio.sleep(0.2)
     sent = turns = 0
     cpu0 = _own_cpu()
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        if mode != "idle":
+        if send is not None:
             await send(PAYLOAD)
             sent += 1
         turns += 1
         await asyncio.sleep(gap)
     await asyncio.sleep(0.05)  # what grpc's thread still had queued
     used = _own_cpu() - cpu0
-    if finish is not None:
-        await finish()
+    await finish()
     return sent, turns, used
 
 

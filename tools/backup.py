@@ -148,7 +148,7 @@ def run_verify(path: str, as_json: bool, app: str | None, app_path: str = ".") -
     except BackupError as exc:
         print(f"ramraft: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_ERROR
-    supported = getattr(type(model), "app_version", 1) if model is not None else None
+    supported = type(model).app_version if model is not None else None
     if supported is not None and header.app_version > supported:
         # A node with this code would halt on this state (as one does at an
         # entry of a newer version): the model's class may not even read it.

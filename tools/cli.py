@@ -253,10 +253,17 @@ def token_from_args(args: argparse.Namespace) -> str | None:
     return token
 
 
+def _tls_requested(args: argparse.Namespace) -> bool:
+    """--tls, --tls-ca or --tls-server-name (or their variables) is given."""
+    return bool(
+        getattr(args, "tls", False) or _option(args, "tls_ca") or _option(args, "tls_server_name")
+    )
+
+
 def tls_from_args(args: argparse.Namespace) -> _core.TLSOptions | None:
     ca, cert, key = (_option(args, n) for n in ("tls_ca", "tls_cert", "tls_key"))
     name = _option(args, "tls_server_name")
-    if not (getattr(args, "tls", False) or ca or name):
+    if not _tls_requested(args):
         if cert or key:
             raise UsageError("--tls-cert/--tls-key need TLS: give --tls-ca (or --tls)")
         return None
@@ -820,7 +827,7 @@ def _tls_hint(args: argparse.Namespace, error: RamraftError) -> str:
     if error.code not in (None, grpc.StatusCode.UNAVAILABLE):
         return ""
     text = str(error)
-    tls = getattr(args, "tls", False) or _option(args, "tls_ca") or _option(args, "tls_server_name")
+    tls = _tls_requested(args)
     if "WRONG_VERSION_NUMBER" in text and tls:
         return " (the node does not serve TLS: leave out --tls-ca and --tls, or turn TLS on there)"
     if tls and any(words in text for words in _NOT_OUR_CA):

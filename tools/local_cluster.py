@@ -182,13 +182,7 @@ class HaltWatch:
     def _client(self, endpoint: str) -> Any:
         from ramraft.client import Client, TLSOptions
 
-        tls = None
-        if self.tls_dir is not None:
-            tls = TLSOptions.from_files(
-                self.tls_dir / "ca.pem",
-                self.tls_dir / "client.pem",
-                self.tls_dir / "client-key.pem",
-            )
+        tls = TLSOptions.from_files(*_client_tls(self.tls_dir)) if self.tls_dir else None
         client = Client(endpoint, timeout=1.0, tls=tls, token=os.environ.get("RAMRAFT_TOKEN"))
         self.clients[endpoint] = client
         return client
@@ -198,6 +192,12 @@ class HaltWatch:
             with contextlib.suppress(Exception):
                 client.close()
         self.clients.clear()
+
+
+def _client_tls(tls_dir: Path) -> tuple[Path, Path, Path]:
+    """The CA, certificate and key a client of the cluster uses (``ramraft
+    certs`` writes them into --tls-dir)."""
+    return tls_dir / "ca.pem", tls_dir / "client.pem", tls_dir / "client-key.pem"
 
 
 def _exit_text(code: int) -> str:
@@ -365,10 +365,8 @@ def _print_addresses(
     tls_options = ""
     if tls_dir is not None:
         # One port for peers and clients: clients need a certificate too.
-        tls_options = (
-            f" --tls-ca {tls_dir / 'ca.pem'} --tls-cert {tls_dir / 'client.pem'}"
-            f" --tls-key {tls_dir / 'client-key.pem'}"
-        )
+        ca, cert, key = _client_tls(tls_dir)
+        tls_options = f" --tls-ca {ca} --tls-cert {cert} --tls-key {key}"
     if any("--auth-tokens" in arg for arg in args.node_arg):
         tls_options += " --token-file FILE  (a file holding one of the token file's tokens)"
     endpoints = ",".join(str(node.ports["grpc"]) for node in nodes)

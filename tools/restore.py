@@ -123,6 +123,12 @@ def _write_storage(
         log_store.close()
 
 
+def check_member(node_id: str, peers: dict[str, str]) -> None:
+    """RestoreError unless ``node_id`` is one of the new cluster's ``peers``."""
+    if node_id not in peers:
+        raise RestoreError(f"--id {node_id} is not one of the --peers ({', '.join(peers)})")
+
+
 def prepare_data_dir(
     path: str | os.PathLike[str],
     data_dir: Path,
@@ -140,8 +146,7 @@ def prepare_data_dir(
     from ramraft.server.storage.datadir import LOCK_FILE, RESTORE_MARKER, DataDirLock
     from ramraft.server.storage.errors import StorageError
 
-    if node_id not in peers:
-        raise RestoreError(f"--id {node_id} is not one of the --peers ({', '.join(peers)})")
+    check_member(node_id, peers)
     with BackupReader(path) as reader:
         reader.verify()
         header = reader.header
@@ -274,8 +279,10 @@ def run_restore(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ramraft: error: --peers: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if node_id not in peers:
-        print(f"ramraft: error: --id {node_id} is not one of the --peers", file=sys.stderr)
+    try:
+        check_member(node_id, peers)  # bad usage: before the file is opened
+    except RestoreError as exc:
+        print(f"ramraft: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if cluster_id and not valid_cluster_id(cluster_id):
         print(

@@ -252,28 +252,21 @@ class RaftRuntime:
         )
 
     @property
-    def out_of_service(self) -> bool:
-        """Stopped until restarted: after a storage failure, at an entry its
-        code cannot apply (halted), or shutting down. Its Unavailable is
-        final here: a request gets it at once, not after waiting out its
-        deadline for a leader or an index this node will not reach, so a
-        client goes to another node."""
-        return self.failed is not None or self.halted is not None or self.stopping
-
-    @property
     def stopped_applying(self) -> bool:
         """Failed or halted: this node's state is behind and stays there."""
         return self.failed is not None or self.halted is not None
 
+    @property
+    def out_of_service(self) -> bool:
+        """Stopped until restarted (stopped applying) or shutting down. Its
+        Unavailable is final here: a request gets it at once, not after
+        waiting out its deadline for a leader or an index this node will
+        not reach, so a client goes to another node."""
+        return self.stopped_applying or self.stopping
+
     def check_serving_reads(self) -> None:
         """Refuse a read of this node's state once it has stopped applying,
         even a serializable one (Unavailable, with the reason)."""
-        if self.stopped_applying:
-            self.check_available()
-
-    def check_available(self) -> None:
-        """Refuse a request at once (before anything is proposed) when this
-        node cannot take it: stopped, shutting down, or too busy."""
         if self.failed is not None:
             raise Unavailable(
                 f"this node stopped after a storage failure: {self.failed}", before_proposal=True
@@ -284,6 +277,11 @@ class RaftRuntime:
                 f"({self.halted.reason}); ask another node",
                 before_proposal=True,
             )
+
+    def check_available(self) -> None:
+        """Refuse a request at once (before anything is proposed) when this
+        node cannot take it: stopped, shutting down, or too busy."""
+        self.check_serving_reads()
         if self.stopping:
             raise Unavailable("this node is shutting down", before_proposal=True)
         if self.pending_requests() >= self.config.limits.max_pending_requests:
