@@ -52,12 +52,17 @@ Unary = Callable[[str, bytes, Any], Awaitable[tuple[int, object]]]
 
 
 class StreamEnded(Exception):
-    """The stream ended before the write's answer came: ``code`` is how."""
+    """The stream ended before the write's answer came: ``code`` is how.
+    ``sent``: False when the write's message never left (its send failed,
+    or it was still queued), so it can be sent again whatever ``code`` says
+    (grpc.aio reports a send that failed because the leader had ended the
+    stream as its own INTERNAL, hiding the leader's status)."""
 
-    def __init__(self, code: grpc.StatusCode | None, details: str) -> None:
+    def __init__(self, code: grpc.StatusCode | None, details: str, *, sent: bool = True) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
+        self.sent = sent
 
 
 class ForwardStreams:
@@ -99,6 +104,8 @@ class ForwardStreams:
             if ended.code == grpc.StatusCode.UNIMPLEMENTED:
                 log.info("forward_stream_unserved", leader=leader, using="Forward")
                 self._unserved[leader] = time.monotonic() + UNSERVED_SECONDS
+                return await self._unary(leader, command, deadline)
+            if not ended.sent:  # never left: Forward, which every leader serves
                 return await self._unary(leader, command, deadline)
             answer = ended
         return self._answer(answer)
@@ -161,12 +168,13 @@ class _Pipe:
                 self._wake.clear()
                 while self._queue:
                     items = self._queue[:MAX_FORWARD_BATCH]
-                    del self._queue[:MAX_FORWARD_BATCH]
                     await self._call.write(raft_pb2.ForwardBatch(items=items))
+                    del self._queue[: len(items)]  # sent
                     self.owner.messages_sent += 1
         except asyncio.CancelledError:
             raise
-        except Exception:  # the stream is over: the reader fails the waiting writes
+        except Exception:  # the stream is over: the writes still queued never left
+            self._end(None, "the forward stream ended before the write was sent")
             self._call.cancel()
 
     async def _read_all(self) -> None:
@@ -188,11 +196,13 @@ class _Pipe:
             self._end(code, details)
 
     def _end(self, code: grpc.StatusCode | None, details: str) -> None:
+        """Fail every waiting write: the ones still queued were never sent."""
         self.closed = True
         self._writer.cancel()
-        for fut in self._waiting.values():
+        unsent = {item.id for item in self._queue}
+        for request_id, fut in self._waiting.items():
             if not fut.done():
-                fut.set_exception(StreamEnded(code, details))
+                fut.set_exception(StreamEnded(code, details, sent=request_id not in unsent))
 
     async def close(self) -> None:
         self.closed = True

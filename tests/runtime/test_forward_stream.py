@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import types
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +19,8 @@ import pytest
 
 from ramraft.proto import raft_pb2
 from ramraft.server.request_errors import NotLeader, Unavailable
+from ramraft.server.runtime.deadline import Deadline
+from ramraft.server.runtime.forwarding import ForwardStreams
 from ramraft.server.runtime.node_api import NodeAPI
 from ramraft.server.runtime.transport import MAX_FORWARD_BATCH, PeerServicer
 from tests.runtime.fakes import Offers
@@ -216,3 +219,66 @@ def test_a_batch_over_the_limit_ends_the_stream() -> None:
 
     asyncio.run(with_stream_leader(leader, body))
     assert leader.proposed == []
+
+
+class _RefusedCall:
+    """A ForwardStream call whose leader ended it before the first message
+    left: grpc.aio fails the write with its own INTERNAL."""
+
+    def __init__(self) -> None:
+        self.ended = asyncio.Event()
+
+    async def write(self, message: object) -> None:
+        self.ended.set()
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.INTERNAL,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            "Internal error from Core",
+        )
+
+    def __aiter__(self) -> _RefusedCall:
+        return self
+
+    async def __anext__(self) -> object:
+        await self.ended.wait()
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.INTERNAL,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            "Internal error from Core",
+        )
+
+    def cancel(self) -> None:
+        self.ended.set()
+
+
+class _RefusingTransport:
+    def channel(self, leader: str) -> object:
+        return types.SimpleNamespace(stream_stream=lambda *a, **k: lambda **kw: _RefusedCall())
+
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+
+def test_a_write_that_never_left_a_broken_stream_goes_by_forward() -> None:
+    """Whatever status the stream ends with, a write whose message was never
+    sent is safe to send again: it goes by the unary Forward."""
+    unary: list[bytes] = []
+
+    async def forward(leader: str, command: bytes, deadline: object) -> tuple[int, object]:
+        unary.append(command)
+        return 7, "applied"
+
+    def answer(found: object) -> tuple[int, object]:
+        raise AssertionError(f"answered from the broken stream: {found!r}")
+
+    async def main() -> tuple[int, object]:
+        streams = ForwardStreams(lambda: _RefusingTransport(), forward, answer)  # type: ignore[arg-type,return-value]
+        try:
+            return await streams("leader", b"cmd", Deadline(5))
+        finally:
+            await streams.close()
+
+    assert asyncio.run(main()) == (7, "applied")
+    assert unary == [b"cmd"]
