@@ -182,6 +182,16 @@ def test_an_attachment_uploaded_on_one_node_is_served_by_every_node(
     )
     assert reply.status == 303, reply.body
     for node in app_cluster.ids:
+        # A page reads its node's memory: a follower shows the attachment
+        # once it has applied the command (the upload answered after a
+        # majority had, not every node).
+        wait_until(
+            lambda node=node: (
+                b"sunset.png" in http(app_cluster.http[node], "GET", f"/app/notes/{note_id}").body
+            ),
+            30,
+            f"{node} applied the attachment",
+        )
         page = http(app_cluster.http[node], "GET", f"/app/notes/{note_id}")
         assert b"sunset.png" in page.body and f"/app/notes/{note_id}/files/0".encode() in page.body
         served = http(app_cluster.http[node], "GET", f"/app/notes/{note_id}/files/0")
