@@ -553,6 +553,7 @@ class Node:
                 max_watches=limits.max_watches,
                 buffer_bytes=limits.watch_buffer_bytes,
                 progress_interval=limits.watch_progress_ms / 1000,
+                max_key_bytes=limits.max_key_bytes,
             ),
             inactive,
         )

@@ -27,7 +27,11 @@ Rules
   meanwhile: the history is bounded by itself), and when the history drops
   its next revision it is canceled as compacted.
 - At most ``max_watches`` watches on the node; a create beyond is refused
-  (canceled, with the reason) and the stream goes on.
+  (canceled, with the reason) and the stream goes on. So is a create whose
+  key (or prefix) is over the key limit, or an empty key without
+  ``prefix``: such a watch could match no key, and every watch holds its
+  key for as long as it lives (``max_watches`` of them, each with a key
+  the size of a request, would hold gigabytes).
 - Progress: a watch created with ``progress_notify`` gets a response without
   events, carrying the node's revision, when it has sent everything up to
   that revision and has been quiet for ``progress_interval`` seconds; a
@@ -60,6 +64,8 @@ class WatchLimits:
     batch_bytes: int = 1 << 20
     """About how many bytes of events one response carries (a revision is
     never split, so one larger revision makes a larger response)."""
+    max_key_bytes: int = 1024
+    """The node's key limit (--max-key-bytes): a longer key or prefix is refused."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,10 @@ class WatchStream:
         elif watch_id in self.watches:
             self._refuse(watch_id, f"watch id {watch_id} is in use on this stream")
             return
+        bad_key = self._bad_key(spec)
+        if bad_key is not None:
+            self._refuse(watch_id, bad_key)
+            return
         inactive = self.hub.active()
         if inactive is not None:
             self._refuse(watch_id, inactive)
@@ -215,6 +225,16 @@ class WatchStream:
         self.hub.watches += 1
         self._control.append(WatchOut(watch_id, head, created=True))
         self.wake.set()
+
+    def _bad_key(self, spec: WatchSpec) -> str | None:
+        """Why a watch on ``spec``'s key cannot match any key, or None."""
+        if not spec.key and not spec.prefix:
+            return "a watch needs a key (or prefix set: an empty prefix watches every key)"
+        size = len(spec.key.encode("utf-8", errors="surrogatepass"))
+        limit = self.limits.max_key_bytes
+        if size > limit:
+            return f"the watched key is {size} bytes; the limit is {limit} bytes (--max-key-bytes)"
+        return None
 
     def cancel(self, watch_id: int) -> None:
         if self._drop(watch_id):

@@ -244,6 +244,35 @@ def test_ids_and_the_watch_limit() -> None:
     asyncio.run(scenario())
 
 
+def test_a_watch_on_a_key_no_put_could_write_is_refused() -> None:
+    """A key over the key limit (or an empty one without ``prefix``) could
+    match nothing, and each watch holds its key: refused, not held (10,000
+    watches of 2 MB keys would hold 20 GB)."""
+
+    async def scenario() -> None:
+        node = Node(max_key_bytes=8)
+        stream = node.hub.open()
+        stream.create(WatchSpec("k" * 9))
+        stream.create(WatchSpec("p" * 9, prefix=True))
+        stream.create(WatchSpec(""))
+        stream.create(WatchSpec("k" * 8))
+        stream.create(WatchSpec("", prefix=True))
+        outs = await batch(stream)
+        assert [(o.watch_id, o.created, o.canceled) for o in outs] == [
+            (1, True, True),
+            (2, True, True),
+            (3, True, True),
+            (4, True, False),
+            (5, True, False),
+        ]
+        assert "9 bytes; the limit is 8" in outs[0].cancel_reason
+        assert "9 bytes; the limit is 8" in outs[1].cancel_reason
+        assert "needs a key" in outs[2].cancel_reason
+        assert node.hub.watches == 2
+
+    asyncio.run(scenario())
+
+
 def test_history_bounds_and_lag() -> None:
     history = EventHistory(max_revisions=1000, max_bytes=1000)
     event = Event(EventKind.PUT, "k", b"x" * 36, 1, 1, 1, 0)  # 101 bytes
