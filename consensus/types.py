@@ -85,15 +85,18 @@ class ConfChangeType(enum.IntEnum):
 
 
 def check_node_id(node_id: NodeId) -> None:
-    """Node ids are short printable names without separators."""
+    """Node ids are short printable names without separators: at most 255
+    bytes in UTF-8, the most a membership change's entry can name
+    (ConfChange.encode gives the id one length byte)."""
     if (
         not node_id
-        or len(node_id) > 255
+        or len(node_id.encode("utf-8", errors="surrogatepass")) > 255
         or not node_id.isprintable()
         or any(c in node_id for c in " ,=\n")
     ):
         raise ValueError(
-            f"invalid node id {node_id!r}: use 1-255 printable characters, no spaces, commas or '='"
+            f"invalid node id {node_id!r}: use 1-255 bytes of printable characters, "
+            "no spaces, commas or '='"
         )
 
 

@@ -32,8 +32,10 @@ import grpc
 import structlog
 
 from ramraft.consensus import RaftNode, Role
+from ramraft.consensus.types import check_node_id
 from ramraft.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 from ramraft.server.blobs.backup import blob_section, section_bytes
+from ramraft.server.config import parse_address
 from ramraft.server.machines.cluster import encode_hold
 from ramraft.server.machines.kv import (
     CasResult,
@@ -57,6 +59,7 @@ from ramraft.server.machines.kvops import (
 )
 from ramraft.server.request_errors import (
     BadRequest,
+    NotFound,
     NotLeader,
     RequestAborted,
     RequestContext,
@@ -990,8 +993,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> admin_pb2.TransferLeadershipResponse:
         target = request.target
-        if target and target not in self.runtime.addresses:
-            raise BadRequest(f"{target} is not a member")
+        core = self.runtime.core
+        # The configuration, not the address book: it also holds the
+        # addresses of removed members and of additions that failed.
+        if target and (core is None or target not in core.conf.members):
+            raise NotFound(f"{target} is not a member")
         leader = await self.membership.transfer_leadership(
             target, timeout=_timeout(context, self.limits) or 5.0
         )
@@ -1003,6 +1009,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.AddMemberResponse:
         if not request.id or not request.address:
             raise BadRequest("AddMember needs an id and an address (HOST:PORT)")
+        try:
+            # The rules of --peers: the id goes into the log and the
+            # address is dialed by every member.
+            check_node_id(request.id)
+            if parse_address(request.address, "AddMember address")[1] == 0:
+                raise ValueError(f"AddMember address: {request.address!r} has port 0")
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
         await self.membership.add_member(
             request.id, request.address, timeout=_timeout(context, self.limits) or 30.0
         )

@@ -314,11 +314,27 @@ class Steward:
     # ---- admission -------------------------------------------------------------------------
 
     async def admit(self, node_id: str, address: str) -> None:
-        """Refuse to add a node whose code cannot run the active versions
-        (BadRequest), or that cannot be asked (Unavailable)."""
+        """Refuse to add a node whose code cannot run the active versions,
+        or that is not ``node_id`` (BadRequest), or that cannot be asked
+        (Unavailable)."""
+        addresses = self.runtime.transport.addresses
+        # Not a member: an address known for it is stale (a removed member,
+        # an addition that failed). Asked at the address given, which stays
+        # only if the addition goes on (its log entry sets it everywhere).
+        before = addresses.get(node_id)
+        addresses[node_id] = address
+        try:
+            await self._ask(node_id, address)
+        except BaseException:
+            if before is None:
+                addresses.pop(node_id, None)
+            else:
+                addresses[node_id] = before
+            raise
+
+    async def _ask(self, node_id: str, address: str) -> None:
         state = self.runtime.cluster_state()
         transport = self.runtime.transport
-        transport.addresses.setdefault(node_id, address)
         try:
             response = await transport.info(node_id, raft_pb2.InfoRequest(), INFO_TIMEOUT * 3)
         except grpc.aio.AioRpcError as e:
@@ -326,6 +342,8 @@ class Steward:
                 f"cannot ask {node_id} at {address} which versions its code supports "
                 f"({e.code().name}: {e.details()}); start it first, then add it"
             ) from e
+        if response is not None and response.node_id and response.node_id != node_id:
+            raise BadRequest(f"the node at {address} is {response.node_id}, not {node_id}")
         info = MemberInfo.legacy(node_id) if response is None else _member_info(response)
         if info.app_supported < state.app_version or info.kv_supported < state.kv_version:
             raise BadRequest(

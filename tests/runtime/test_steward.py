@@ -14,10 +14,13 @@ import msgpack
 import pytest
 
 from ramraft.consensus import Role
-from ramraft.proto import raft_pb2
+from ramraft.proto import admin_pb2, raft_pb2
 from ramraft.server.config import NodeConfig
 from ramraft.server.machines.cluster import ClusterMachine, ClusterOp, ClusterState
 from ramraft.server.machines.kv import KVMachine
+from ramraft.server.request_errors import BadRequest, Unavailable
+from ramraft.server.rpc.services import AdminService
+from ramraft.server.runtime.node_api import InputLimits
 from ramraft.server.runtime.steward import CHECK_PACE, Steward
 from ramraft.server.runtime.transport import PEER_SERVICE, PeerTransport
 from ramraft.server.storage import open_memory_storage
@@ -133,3 +136,95 @@ def test_periodic_checks_are_paced_by_how_long_the_last_digest_took() -> None:
     assert steward.periodic_check_due(50_000, start + CHECK_PACE)
     runtime.config.check_entries = 0
     assert not steward.periodic_check_due(50_000, start + 3600), "0: only on demand"
+
+
+def test_admission_asks_the_address_given_and_keeps_it_only_when_admitted() -> None:
+    """AddMember's check of the new node (Peer.Info) goes to the address
+    the caller gave, also for a removed member whose old address is still
+    known; a node that answers with another id is refused; a refusal
+    leaves the address book as it was (no stale address for the next try,
+    nothing that looks like a member)."""
+    runtime = FakeRuntime()
+    addresses = {"n1": "a:1", "n2": "a:2", "n3": "a:3", "n4": "old:4"}  # n4 was removed
+    asked: list[str] = []
+
+    async def info(peer: str, request: Any, timeout: float) -> raft_pb2.InfoResponse:
+        address = addresses[peer]
+        asked.append(address)
+        answers = {"a:2": current("n2"), "new:4": current("n4")}
+        if address not in answers:
+            empty = grpc.aio.Metadata()
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, empty, empty, "refused")
+        return answers[address]
+
+    runtime.transport = SimpleNamespace(info=info, addresses=addresses)
+    steward = Steward(runtime, lambda target: asyncio.sleep(0, ""))  # type: ignore[arg-type]
+    with pytest.raises(BadRequest, match="the node at a:2 is n2, not n5"):
+        asyncio.run(steward.admit("n5", "a:2"))
+    assert "n5" not in addresses
+    with pytest.raises(Unavailable, match="cannot ask n5 at typo:5"):
+        asyncio.run(steward.admit("n5", "typo:5"))
+    assert "n5" not in addresses
+    asyncio.run(steward.admit("n4", "new:4"))
+    assert asked == ["a:2", "typo:5", "new:4"]
+    assert addresses["n4"] == "new:4"
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    """What the rpc wrapper uses of a grpc.aio.ServicerContext."""
+
+    def __init__(self) -> None:
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        pass
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = (code, details)
+        raise _Aborted
+
+
+_ADD = admin_pb2.AddMemberRequest
+_TRANSFER = admin_pb2.TransferLeadershipRequest
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "words"),
+    [
+        (_ADD(id="a b", address="h:1"), "INVALID_ARGUMENT", "invalid node id"),
+        (_ADD(id="é" * 200, address="h:1"), "INVALID_ARGUMENT", "invalid node id"),
+        (_ADD(id="n4", address="h"), "INVALID_ARGUMENT", "is not HOST:PORT"),
+        (_ADD(id="n4", address="h:99999"), "INVALID_ARGUMENT", "is not HOST:PORT"),
+        (_ADD(id="n4", address="h:0"), "INVALID_ARGUMENT", "port 0"),
+        (_TRANSFER(target="n9"), "NOT_FOUND", "n9 is not a member"),
+        # Removed, or a failed addition: known by address, not a member.
+        (_TRANSFER(target="gone"), "NOT_FOUND", "gone is not a member"),
+    ],
+)
+def test_admin_refuses_bad_member_ids_addresses_and_non_member_targets(
+    request_: Any, code: str, words: str
+) -> None:
+    """Refused with the reason before anything is proposed or dialed (an id
+    of over 255 bytes could not even be encoded in a log entry: UNKNOWN)."""
+    runtime = FakeRuntime()
+    runtime.addresses = {"n1": "a:1", "n2": "a:2", "n3": "a:3", "gone": "a:4"}  # type: ignore[attr-defined]
+
+    async def not_reached(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("refused before the change is tried")
+
+    api = SimpleNamespace(runtime=runtime, limits=InputLimits(1024, 1 << 20, 100))
+    membership = SimpleNamespace(add_member=not_reached, transfer_leadership=not_reached)
+    service = AdminService(api, membership, None)  # type: ignore[arg-type]
+    context = _Context()
+    with pytest.raises(_Aborted):
+        method = type(request_).__name__.removesuffix("Request")
+        asyncio.run(getattr(service, method)(request_, context))
+    assert context.aborted is not None
+    assert context.aborted[0].name == code and words in context.aborted[1], context.aborted
