@@ -546,11 +546,15 @@ class KVService(kv_pb2_grpc.KVServicer):
             raise AssertionError("abort returns only by raising")  # pragma: no cover
         started = time.perf_counter()
         stream = hub.open()
+        refused: list[BadRequest] = []
 
         async def read_requests() -> None:
             try:
                 async for request in requests:
                     _watch_request(stream, request)
+            except BadRequest as e:  # a message that is no protobuf: the call ends
+                refused.append(e)
+                stream.close()
             finally:
                 stream.end_requests()
 
@@ -560,6 +564,9 @@ class KVService(kv_pb2_grpc.KVServicer):
             while not stream.over:
                 for out in await stream.next_batch():
                     await context.write(self._watch_response(out))
+            if refused:
+                code = grpc.StatusCode.INVALID_ARGUMENT
+                await context.abort(code, error_message(refused[0]))
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise

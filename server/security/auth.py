@@ -73,6 +73,7 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from ramraft.server.logs import RateLimitedLog
+from ramraft.server.request_errors import BadRequest
 from ramraft.server.security.budget import (
     CALL_RESERVATION,
     MESSAGE_COPIES,
@@ -755,14 +756,26 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         is bounded by its own limits (--max-watches; each keep-alive is a
         write through the node's pending-request limit)."""
         inner = handler.stream_stream
-        assert inner is not None
+        deserialize = handler.request_deserializer
+        assert inner is not None and deserialize is not None
         required = GRPC_ROLES.get(method, AccessRole.ADMIN)
 
         async def guarded(
-            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
         ) -> Any:
             await self._authorize(method, required, token, context)
-            result = inner(requests, context)  # type: ignore[arg-type]  # an aio handler
+
+            async def decoded() -> AsyncIterator[Any]:
+                # Decoded here, not by grpc: bytes that are no protobuf are
+                # the caller's error (INVALID_ARGUMENT, raised to the
+                # servicer reading them), not the servicer's (UNKNOWN).
+                async for raw in requests:
+                    request = _decode(deserialize, raw)
+                    if request is None:
+                        raise BadRequest(f"a message is not a valid {method} message (protobuf)")
+                    yield request
+
+            result = inner(decoded(), context)  # type: ignore[arg-type]  # an aio handler
             if hasattr(result, "__aiter__"):  # an async generator servicer
                 async for response in result:
                     await context.write(response)
@@ -771,7 +784,7 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
 
         return grpc.stream_stream_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_raw,
             response_serializer=handler.response_serializer,
         )
 

@@ -64,6 +64,31 @@ def test_bytes_that_are_no_protobuf_are_invalid_argument(cluster: SecureCluster)
         caller.close()
 
 
+def test_bytes_that_are_no_protobuf_on_long_streams_are_invalid_argument(
+    cluster: SecureCluster,
+) -> None:
+    """KV.Watch and Lease.KeepAlive too: KeepAlive ended UNKNOWN with a
+    traceback in the node's log, Watch ended OK as if nothing was wrong;
+    also with a watch open, and for a key that is no UTF-8."""
+    caller = raw_caller(cluster)
+    create = b"\x0a\x03\x0a\x01a"  # WatchRequest(create=WatchCreateRequest(key="a"))
+    not_utf8 = b"\x0a\x04\x0a\x02\xff\xfe"  # the same, its key the bytes ff fe
+    try:
+        for method, messages in (
+            ("/ramraft.v1.KV/Watch", [b"\xff\xff\xff"]),
+            ("/ramraft.v1.KV/Watch", [create, not_utf8]),
+            ("/ramraft.v1.Lease/KeepAlive", [b"\xff\xff\xff"]),
+        ):
+            stream = caller.open(method, WRITE_TOKEN)
+            for n, raw in enumerate(messages, 1):
+                caller.send(stream, grpc_message(raw), end=n == len(messages))
+            code, message = grpc_status(caller.read_frames(stream), stream)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT.value[0], (method, message)
+            assert f"not a valid {method} message" in message
+    finally:
+        caller.close()
+
+
 def test_a_batch_is_counted_before_it_is_decoded(cluster: SecureCluster) -> None:
     """A StreamBatchRequest of a million empty requests is 2 MB on the wire
     and would be about 56 MB decoded: INVALID_ARGUMENT from counting its
