@@ -6,8 +6,10 @@ The ramraft administration API: cluster status and membership.
 Calls that change the cluster (TransferLeadership, AddMember, RemoveMember)
 are accepted by every node and carried out by the leader. Error codes are
 as in kv.proto, plus:
-  NOT_FOUND            RemoveMember or TransferLeadership name an unknown
-                       member.
+  NOT_FOUND            TransferLeadership names a node that is not a
+                       member. (RemoveMember of a node that is not a
+                       member succeeds: removing is idempotent, so that a
+                       client may retry a removal whose answer it lost.)
   FAILED_PRECONDITION  the change is not allowed now (another membership
                        change is in progress, the target is not caught up,
                        the change would leave no voter).
