@@ -30,6 +30,7 @@ __all__ = [
     "check_delete_ranges",
     "event_message",
     "key_value",
+    "linearizable",
     "txn_from_request",
     "txn_response",
 ]
@@ -50,6 +51,16 @@ def compare_result(value: int) -> CompareResult:
         raise BadRequest(
             f"unknown compare result {value}; use 0 (EQUAL) to 3 (NOT_EQUAL)"
         ) from None
+
+
+def linearizable(value: int) -> bool:
+    """Whether a read's Consistency asks for a linearizable read
+    (BadRequest for a value the proto does not define)."""
+    if value == kv_pb2.LINEARIZABLE:
+        return True
+    if value == kv_pb2.SERIALIZABLE:
+        return False
+    raise BadRequest(f"unknown consistency {value}; use LINEARIZABLE (0) or SERIALIZABLE (1)")
 
 
 def _compare(n: int, message: kv_pb2.Compare, limits: InputLimits) -> Compare:
@@ -84,6 +95,9 @@ def _op(message: kv_pb2.RequestOp, limits: InputLimits) -> TxnOp:
             raise BadRequest(f"lease {put.lease} is not a lease id")
         return TxnOp(TxnOpKind.PUT, put.key, put.value, put.lease)
     if which == "get":
+        # A transaction's reads are made at its apply, whatever they ask;
+        # a value the proto does not define is still the caller's error.
+        linearizable(message.get.consistency)
         limits.check_key(message.get.key)
         return TxnOp(TxnOpKind.GET, message.get.key)
     if which == "delete":
@@ -92,6 +106,7 @@ def _op(message: kv_pb2.RequestOp, limits: InputLimits) -> TxnOp:
         return TxnOp(TxnOpKind.DELETE, message.delete.key)
     if which == "range":
         r = message.range
+        linearizable(r.consistency)
         limit = min(r.limit or limits.max_range_limit, limits.max_range_limit)
         return TxnOp(
             TxnOpKind.RANGE,
@@ -102,6 +117,7 @@ def _op(message: kv_pb2.RequestOp, limits: InputLimits) -> TxnOp:
         )
     if which == "delete_range":
         _no_session("delete_range", message.delete_range)
+        limits.check_prefix(message.delete_range.prefix)
         return TxnOp(
             TxnOpKind.DELETE_RANGE, message.delete_range.prefix, limit=limits.max_delete_range_keys
         )

@@ -73,6 +73,7 @@ from ramraft.server.rpc.kvproto import (
     check_delete_ranges,
     event_message,
     key_value,
+    linearizable,
     reserve_txn_reads,
     txn_from_request,
     txn_response,
@@ -232,15 +233,6 @@ def _session(request: Any) -> Session | None:
             f"({s.sequence}): it is the lowest sequence still waiting for a reply"
         )
     return Session(s.client_id, s.sequence, s.first_unacked)
-
-
-def _consistency(value: int) -> bool:
-    """True for a linearizable read."""
-    if value == kv_pb2.LINEARIZABLE:
-        return True
-    if value == kv_pb2.SERIALIZABLE:
-        return False
-    raise BadRequest(f"unknown consistency {value}; use LINEARIZABLE (0) or SERIALIZABLE (1)")
 
 
 def value_before(result: CasResult, expected: bytes | None) -> bytes:
@@ -448,7 +440,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.limits.check_key(request.key)
         timeout = _timeout(context, self.limits)
         if not ROUND_CONFIRMED.get():
-            await self.api.read(_consistency(request.consistency), timeout)
+            await self.api.read(linearizable(request.consistency), timeout)
         found, value = self.machine.get(request.key)
         if len(value) > SMALL_ANSWER:
             await reserve_answer(len(value), timeout)
@@ -497,7 +489,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         limit = min(limit, self.limits.max_range_limit)
         timeout = _timeout(context, self.limits)
         if not ROUND_CONFIRMED.get():
-            await self.api.read(_consistency(request.consistency), timeout)
+            await self.api.read(linearizable(request.consistency), timeout)
         async with page_budget(self.limits.max_range_bytes, timeout) as budget:
             items, more = self.machine.range(
                 request.prefix, request.start_after, limit, max_bytes=budget.page_bytes
@@ -515,6 +507,7 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def DeleteRange(
         self, request: kv_pb2.DeleteRangeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> kv_pb2.DeleteRangeResponse:
+        self.limits.check_prefix(request.prefix)
         op = TxnOp(TxnOpKind.DELETE_RANGE, request.prefix, limit=self.limits.max_delete_range_keys)
         result = await self._txn(Txn((), (op,), ()), _session(request), context)
         return kv_pb2.DeleteRangeResponse(

@@ -94,6 +94,17 @@ class InputLimits:
         if size > self.max_key_bytes:
             raise BadRequest(f"key is {size} bytes; the limit is {self.max_key_bytes} bytes")
 
+    def check_prefix(self, prefix: str) -> None:
+        """The prefix of a delete-range: empty (every key) or no longer
+        than a key may be (a longer one matches nothing, yet its command
+        would go into the log)."""
+        size = len(prefix.encode("utf-8", errors="surrogatepass"))
+        if size > self.max_key_bytes:
+            raise BadRequest(
+                f"prefix is {size} bytes; the limit is {self.max_key_bytes} bytes "
+                "(no key is longer)"
+            )
+
     def check_new_key(self, key: str) -> None:
         """The key of a write (Put, CompareAndSwap): ``check_key``, and no
         control characters."""

@@ -181,12 +181,25 @@ def test_bad_transactions_are_refused_before_proposing(cluster: ProcessCluster) 
         "key must not be empty": kv_pb2.TxnRequest(
             success=[kv_pb2.RequestOp(get=kv_pb2.GetRequest(key=""))]
         ),
+        "unknown consistency 5": kv_pb2.TxnRequest(
+            success=[kv_pb2.RequestOp(get=kv_pb2.GetRequest(key="bad/k", consistency=5))]
+        ),
+        "unknown consistency 7": kv_pb2.TxnRequest(
+            failure=[kv_pb2.RequestOp(range=kv_pb2.RangeRequest(prefix="bad/", consistency=7))]
+        ),
+        "prefix is 2000 bytes": kv_pb2.TxnRequest(
+            success=[kv_pb2.RequestOp(delete_range=kv_pb2.DeleteRangeRequest(prefix="p" * 2000))]
+        ),
     }
     for words, request in cases.items():
         with pytest.raises(grpc.RpcError) as caught:
             kv.Txn(request)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, words
         assert words in (caught.value.details() or ""), caught.value.details()
+    with pytest.raises(grpc.RpcError) as caught:  # matches no key, so never logged
+        kv.DeleteRange(kv_pb2.DeleteRangeRequest(prefix="p" * 2000))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "prefix is 2000 bytes" in (caught.value.details() or "")
     lease = kv_pb2_grpc.LeaseStub(channel)
     with pytest.raises(grpc.RpcError) as caught:
         kv.Put(kv_pb2.PutRequest(key="bad/leased", value=b"1", lease=424242))
