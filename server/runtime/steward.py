@@ -317,11 +317,13 @@ class Steward:
         """Refuse to add a node whose code cannot run the active versions,
         or that is not ``node_id`` (BadRequest), or that cannot be asked
         (Unavailable)."""
-        addresses = self.runtime.transport.addresses
+        transport = self.runtime.transport
+        addresses = transport.addresses
         # Not a member: an address known for it is stale (a removed member,
         # an addition that failed). Asked at the address given, which stays
         # only if the addition goes on (its log entry sets it everywhere).
         before = addresses.get(node_id)
+        linked = node_id in transport.links
         addresses[node_id] = address
         try:
             await self._ask(node_id, address)
@@ -330,6 +332,8 @@ class Steward:
                 addresses.pop(node_id, None)
             else:
                 addresses[node_id] = before
+            if not linked:  # the link (and channel) opened to ask it
+                await transport.forget(node_id)
             raise
 
     async def _ask(self, node_id: str, address: str) -> None:

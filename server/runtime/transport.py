@@ -400,6 +400,13 @@ class PeerTransport:
             raise
         return response
 
+    async def forget(self, peer: NodeId) -> None:
+        """Close and drop the link to ``peer``: a node that is not a member
+        (its addition was refused after the link was opened to ask it)."""
+        link = self.links.pop(peer, None)
+        if link is not None:
+            await link.close()
+
     async def close(self) -> None:
         await asyncio.gather(*(link.close() for link in self.links.values()))
         self.links.clear()

@@ -157,7 +157,10 @@ def test_admission_asks_the_address_given_and_keeps_it_only_when_admitted() -> N
             raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, empty, empty, "refused")
         return answers[address]
 
-    runtime.transport = SimpleNamespace(info=info, addresses=addresses)
+    async def forget(peer: str) -> None:
+        pass
+
+    runtime.transport = SimpleNamespace(info=info, addresses=addresses, links={}, forget=forget)
     steward = Steward(runtime, lambda target: asyncio.sleep(0, ""))  # type: ignore[arg-type]
     with pytest.raises(BadRequest, match="the node at a:2 is n2, not n5"):
         asyncio.run(steward.admit("n5", "a:2"))
@@ -168,6 +171,40 @@ def test_admission_asks_the_address_given_and_keeps_it_only_when_admitted() -> N
     asyncio.run(steward.admit("n4", "new:4"))
     assert asked == ["a:2", "typo:5", "new:4"]
     assert addresses["n4"] == "new:4"
+
+
+def test_a_refused_addition_closes_the_link_opened_to_ask_it() -> None:
+    """Asking a new node opens a link (and a gRPC channel) to it; when the
+    addition is refused the node is no member, and the link goes with it
+    (every refused AddMember would otherwise leave one behind). A member's
+    link stays."""
+
+    async def main() -> None:
+        _, snapshots = open_memory_storage()
+        addresses = {"n1": "a:1", "n2": "127.0.0.1:1", "n3": "a:3"}
+        transport = PeerTransport("n1", addresses, snapshots, lambda p: None, lambda p, ok: None)
+        channels: list[grpc.aio.Channel] = []
+
+        async def info(peer: str, request: Any, timeout: float) -> raft_pb2.InfoResponse:
+            channels.append(transport.channel(peer))  # as PeerTransport.info does
+            return current("n2")
+
+        transport.info = info  # type: ignore[method-assign]
+        runtime = FakeRuntime()
+        runtime.transport = transport  # type: ignore[assignment]
+        steward = Steward(runtime, lambda target: asyncio.sleep(0, ""))  # type: ignore[arg-type]
+        try:
+            transport.channel("n2")
+            with pytest.raises(BadRequest, match="is n2, not n5"):
+                await steward.admit("n5", "127.0.0.1:1")
+            assert "n5" not in transport.links and "n5" not in addresses
+            with pytest.raises(Exception, match="Channel is closed"):  # grpc's UsageError
+                await channels[0].unary_unary("/x/y")(b"", timeout=1)  # type: ignore[arg-type]
+            assert "n2" in transport.links
+        finally:
+            await transport.close()
+
+    asyncio.run(main())
 
 
 class _Aborted(Exception):
