@@ -77,7 +77,12 @@ def _bytes(doc: dict[str, Any], what: str) -> bytes:
     if not isinstance(value, str):
         raise BadRequest(f"{what}: value must be a JSON string")
     if encoding == "utf-8":
-        return value.encode("utf-8", errors="surrogatepass")
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate ("\ud800" in the JSON): no text, so no UTF-8
+            # bytes either, as PUT /v1/kv refuses it.
+            raise BadRequest(f"{what}: value is not valid Unicode text") from None
     if encoding == "base64":
         try:
             return base64.b64decode(value, validate=True)
@@ -90,6 +95,12 @@ def _str(doc: dict[str, Any], name: str, what: str, default: str | None = None) 
     value = doc.get(name, default)
     if not isinstance(value, str):
         raise BadRequest(f"{what}: {name!r} must be a JSON string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate ("\ud800" in the JSON), which a protobuf string
+        # field refuses with an error of its own (no answer but a 500).
+        raise BadRequest(f"{what}: {name!r} is not valid Unicode text") from None
     return value
 
 
@@ -97,6 +108,9 @@ def _int(doc: dict[str, Any], name: str, what: str) -> int:
     value = doc.get(name, 0)
     if type(value) is not int:
         raise BadRequest(f"{what}: {name!r} must be a whole number")
+    if not -(2**63) <= value < 2**63:
+        # The protobuf field (int64) would refuse it with an error of its own.
+        raise BadRequest(f"{what}: {name!r} is outside the 64-bit range")
     return value
 
 
@@ -105,10 +119,10 @@ def _compare(n: int, doc: object) -> kv_pb2.Compare:
     if not isinstance(doc, dict):
         raise BadRequest(f"{what} must be a JSON object")
     target = doc.get("target", "value")
-    if target not in _TARGETS:
+    if not isinstance(target, str) or target not in _TARGETS:
         raise BadRequest(f"{what}: target must be one of {', '.join(_TARGETS)}")
     result = doc.get("result", "==")
-    if result not in _RESULTS:
+    if not isinstance(result, str) or result not in _RESULTS:  # a list is no dict key
         raise BadRequest(f"{what}: result must be one of ==, !=, <, >")
     compare = kv_pb2.Compare(key=_str(doc, "key", what), result=_RESULTS[result])
     if target == "value":
@@ -141,7 +155,8 @@ def _op(n: int, doc: object) -> kv_pb2.RequestOp:
             range=kv_pb2.RangeRequest(
                 prefix=_str(body, "prefix", what, ""),
                 start_after=_str(body, "start_after", what, ""),
-                limit=max(0, _int(body, "limit", what)),
+                # uint32 on the wire; past the node's maximum it is that anyway
+                limit=min(max(0, _int(body, "limit", what)), 2**32 - 1),
             )
         )
     if kind == "delete_range":
