@@ -161,7 +161,7 @@ class BlobRoutes:
 async def _body(request: web.Request, timeout: float | None) -> AsyncIterator[bytes]:
     """The request body in pieces, each of which must arrive within
     ``timeout`` (a client that trickles an upload gives its slot back: 408)."""
-    from ramraft.server.web.tier import HttpError  # tier.py mounts these routes
+    from ramraft.server.web.tier import HttpError, broken_body  # tier.py mounts these routes
 
     while True:
         try:
@@ -171,6 +171,8 @@ async def _body(request: web.Request, timeout: float | None) -> AsyncIterator[by
             raise HttpError(
                 408, "request_timeout", f"the upload stalled for more than {timeout:g} s"
             ) from None
+        except web.RequestPayloadError as e:
+            raise broken_body(e) from None
         if not piece:
             return
         yield piece

@@ -282,6 +282,15 @@ async def read_body(request: web.Request) -> bytes:
         raise HttpError(
             408, "request_timeout", f"the request body did not arrive within {timeout:g} s"
         ) from None
+    except web.RequestPayloadError as e:
+        raise broken_body(e) from None
+
+
+def broken_body(error: web.RequestPayloadError) -> HttpError:
+    """A body aiohttp could not read to its end: a Content-Encoding whose
+    bytes do not decode (gzip, deflate), a broken chunked encoding."""
+    reason = getattr(error.__cause__, "message", None) or str(error)
+    return bad_request(f"the request body could not be read: {reason}")
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -294,6 +303,9 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         raise HttpError(400, "bad_json", f"the body is not valid JSON: {e}") from None
     except RecursionError:
         raise HttpError(400, "bad_json", "the body is not valid JSON: nested too deeply") from None
+    except ValueError:
+        # int() refuses numbers of more than sys.get_int_max_str_digits() digits
+        raise HttpError(400, "bad_json", "the body holds a number with too many digits") from None
     if not isinstance(body, dict):
         raise HttpError(400, "bad_json", "the body must be a JSON object")
     return body

@@ -183,6 +183,35 @@ def test_bad_requests_get_4xx_with_a_json_reason(kv_cluster: ProcessCluster) -> 
             "integers",
         ),
         ("GET", "/v1/nothing-here", None, {}, 404, "not_found", "Not Found"),
+        # More digits than int() converts; a body that is not the gzip it
+        # says (a shorter one, a byte or two, aiohttp takes as empty).
+        (
+            "PUT",
+            "/v1/kv/k",
+            b'{"value": ' + b"9" * 5000 + b"}",
+            json_type,
+            400,
+            "bad_json",
+            "digits",
+        ),
+        (
+            "PUT",
+            "/v1/kv/k",
+            b"not gzip",
+            {"Content-Encoding": "gzip"},
+            400,
+            "invalid_argument",
+            "gzip",
+        ),
+        (
+            "PUT",
+            "/v1/kv/k",
+            b"not deflate",
+            {"Content-Encoding": "deflate", **json_type},
+            400,
+            "invalid_argument",
+            "deflate",
+        ),
     ]
     for method, path, body, headers, status, error, words in cases:
         reply = http(node, method, path, body, headers)
