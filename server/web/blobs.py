@@ -61,18 +61,25 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not first_text:
         if not last_text:
             return None
-        suffix = int(last_text)
-        if suffix == 0:
+        suffix = _position(last_text)
+        if suffix == 0 or size == 0:  # RFC 9110 14.1.1: nothing to give of an empty blob
             raise RangeNotSatisfiable()
         first = max(0, size - suffix)
         return first, size - first
-    first = int(first_text)
+    first = _position(first_text)
     if first >= size:
         raise RangeNotSatisfiable()
-    last = min(int(last_text), size - 1) if last_text else size - 1
+    last = min(_position(last_text), size - 1) if last_text else size - 1
     if last < first:
         return None
     return first, last - first + 1
+
+
+def _position(digits: str) -> int:
+    """A byte position of a Range header; one of more digits than int()
+    converts (sys.get_int_max_str_digits()) is past any blob anyway."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 20 else 10**20
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:

@@ -8,8 +8,10 @@ import hashlib
 import os
 
 import grpc
+import pytest
 
 from ramraft.proto import blobs_pb2, blobs_pb2_grpc
+from ramraft.server.web.blobs import RangeNotSatisfiable, parse_range
 from tests.server.procs import ProcessCluster
 from tests.web.conftest import http, roles, wait_until
 
@@ -87,6 +89,9 @@ def test_errors_are_json(kv_cluster: ProcessCluster) -> None:
     assert reply.status == 400 and "not the" in reply.json()["detail"]
     reply = http(node, "POST", "/v1/blobs", b"x", {"Content-Type": "bad\u00e9type"})
     assert reply.status == 400 and "content type" in reply.json()["detail"]
+    # A body that does not decode as its Content-Encoding says (not a 500).
+    reply = http(node, "POST", "/v1/blobs", b"not gzip", {"Content-Encoding": "gzip"})
+    assert reply.status == 400 and "content-encoding" in reply.json()["detail"].lower()
     data = b"short-lived"
     digest = hashlib.sha256(data).hexdigest()
     assert http(node, "POST", "/v1/blobs", data).status == 201
@@ -128,3 +133,17 @@ def test_raw_grpc_names_a_blob_by_sha256_prefix_too(kv_cluster: ProcessCluster) 
         request = blobs_pb2.GetBlobRequest(sha256=f"SHA256:{digest.upper()}")
         got = list(stub.GetBlob(request, timeout=30))
     assert got[0].blob.sha256 == digest and b"".join(m.data for m in got) == data
+
+
+def test_range_headers_with_huge_positions_or_on_an_empty_blob() -> None:
+    # More digits than int() converts: past any blob (not a 500).
+    huge = "1" * 5000
+    with pytest.raises(RangeNotSatisfiable):
+        parse_range(f"bytes={huge}-", 10)
+    assert parse_range(f"bytes=2-{huge}", 10) == (2, 8)
+    assert parse_range(f"bytes=-{huge}", 10) == (0, 10)
+    assert parse_range("bytes=" + "0" * 5000 + "3-4", 10) == (3, 2)
+    # An empty blob has no byte to give, from either end (RFC 9110 14.1.1).
+    for header in ("bytes=0-", "bytes=-5"):
+        with pytest.raises(RangeNotSatisfiable):
+            parse_range(header, 0)
