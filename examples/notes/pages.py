@@ -29,6 +29,8 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+from multidict import MultiDictProxy
 
 from ramraft.server.hosting import CONTEXT
 from ramraft.server.machines.embed import CommandFailedError
@@ -65,7 +67,7 @@ def routes(board: Board) -> web.RouteTableDef:
 
     @r.post("/notes", name="add")
     async def add(request: web.Request) -> web.Response:
-        form = await request.post()
+        form = await _form(request)
         title, body, author = (str(form.get(k, "")) for k in ("title", "body", "author"))
         try:
             check_note(title.strip(), body, author.strip() or "anonymous")
@@ -80,7 +82,7 @@ def routes(board: Board) -> web.RouteTableDef:
         raise web.HTTPSeeOther(url(request, "note", id=note_id))
 
     async def find(request: web.Request) -> dict[str, Any]:
-        note_id = int(request.match_info["id"])
+        note_id = _number(request, "id")
         found = board.notes.get(note_id)
         if found is None:
             # Perhaps written through another node a moment ago: make the
@@ -122,7 +124,7 @@ def routes(board: Board) -> web.RouteTableDef:
     async def file(request: web.Request) -> web.StreamResponse:
         found = await find(request)
         attachments = found.get("attachments", [])
-        n = int(request.match_info["n"])
+        n = _number(request, "n")
         if n >= len(attachments):
             raise web.HTTPNotFound(text="no such file")
         attachment = attachments[n]
@@ -147,14 +149,14 @@ def routes(board: Board) -> web.RouteTableDef:
 
     @r.post(r"/notes/{id:\d+}/pin", name="pin")
     async def pin(request: web.Request) -> web.Response:
-        note_id = int(request.match_info["id"])
-        form = await request.post()
+        note_id = _number(request, "id")
+        form = await _form(request)
         await board.pin(note_id, form.get("pinned") == "1")
         raise web.HTTPSeeOther(url(request, "note", id=note_id))
 
     @r.post(r"/notes/{id:\d+}/delete", name="delete")
     async def delete(request: web.Request) -> web.Response:
-        await board.delete(int(request.match_info["id"]))
+        await board.delete(_number(request, "id"))
         raise web.HTTPSeeOther(url(request, "index"))
 
     @r.get("/api/notes", name="api")
@@ -176,11 +178,34 @@ async def _file_field(request: web.Request) -> BodyPartReader | None:
     """The form's "file" part, read as a stream (the rest is skipped)."""
     if not request.content_type.startswith("multipart/"):
         return None
-    reader = await request.multipart()
-    while (part := await reader.next()) is not None:
-        if isinstance(part, BodyPartReader) and part.name == "file":
-            return part
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if isinstance(part, BodyPartReader) and part.name == "file":
+                return part
+    except (ValueError, HttpProcessingError) as e:
+        # No boundary, or none found, or a part's headers that do not parse.
+        raise web.HTTPBadRequest(text=f"the upload is not a form this page reads: {e}") from None
     return None
+
+
+async def _form(request: web.Request) -> MultiDictProxy[Any]:
+    """The posted form. One that is no form -- bytes that are not text in
+    its charset, a charset Python does not know, a broken multipart body --
+    is a 400 (aiohttp raises ValueError or LookupError, a 500 otherwise)."""
+    try:
+        return await request.post()
+    except (ValueError, LookupError, HttpProcessingError) as e:
+        raise web.HTTPBadRequest(text=f"the body is not a form this page reads: {e}") from None
+
+
+def _number(request: web.Request, name: str) -> int:
+    """A number of the path (``\\d+``): one of more digits than int()
+    converts names no note."""
+    try:
+        return int(request.match_info[name])
+    except ValueError:
+        raise web.HTTPNotFound(text="no such note or file") from None
 
 
 async def _limited(field: BodyPartReader) -> AsyncIterator[bytes]:

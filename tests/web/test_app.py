@@ -78,6 +78,30 @@ def test_a_bad_form_is_refused_before_anything_is_proposed(app_cluster: ProcessC
     assert http(app_cluster.http[node], "GET", "/app/notes/99999").status == 404
 
 
+def test_a_body_or_path_that_is_no_form_is_a_4xx(app_cluster: ProcessCluster) -> None:
+    note_id = add_note(app_cluster, app_cluster.ids[0], "A note", "to post to")
+    node = app_cluster.http[app_cluster.ids[0]]
+    form = "application/x-www-form-urlencoded"
+    multipart = "multipart/form-data"
+    cases = [
+        # (path, body, Content-Type, status): aiohttp's request.post() and
+        # multipart reader raise ValueError/LookupError on these (500 before).
+        ("/app/notes", b"title=\xff\xfe", form, 400),
+        ("/app/notes", b"title=x", form + "; charset=bogus", 400),
+        ("/app/notes", b"--x\r\n", multipart, 400),
+        ("/app/notes", b"garbage", multipart + "; boundary=zz", 400),
+        (f"/app/notes/{note_id}/pin", b"pinned=\xff", form, 400),
+        (f"/app/notes/{note_id}/files", b"garbage\r\n", multipart + "; boundary=zz", 400),
+        (f"/app/notes/{note_id}/files", b"", multipart, 400),
+    ]
+    for path, body, content_type, status in cases:
+        reply = http(node, "POST", path, body, {"Content-Type": content_type})
+        assert reply.status == status, (path, body, content_type, reply.status, reply.body[:200])
+    # More digits than int() converts: no such note (not a 500).
+    assert http(node, "GET", "/app/notes/" + "9" * 5000).status == 404
+    assert http(node, "GET", f"/app/notes/{note_id}/files/" + "9" * 5000).status == 404
+
+
 def test_the_kv_store_still_works_next_to_the_model(app_cluster: ProcessCluster) -> None:
     node = app_cluster.http[app_cluster.ids[1]]
     assert http(node, "PUT", "/v1/kv/side-by-side", b"yes").status == 200
