@@ -123,9 +123,15 @@ class BlobRoutes:
         try:
             wanted = parse_range(request.headers.get("Range"), ref.size)
         except RangeNotSatisfiable:
-            return web.Response(
-                status=416, headers={**headers, "Content-Range": f"bytes */{ref.size}"}
-            )
+            from ramraft.server.web.tier import HttpError  # tier.py mounts these routes
+
+            raise HttpError(
+                416,
+                "range_not_satisfiable",
+                f"the range {request.headers.get('Range')!r} asks for no byte of the "
+                f"blob's {ref.size}",
+                headers={**headers, "Content-Range": f"bytes */{ref.size}"},
+            ) from None
         offset, length = wanted if wanted is not None else (0, ref.size)
         reader = await self.blobs.open(ref, offset=offset, length=length)
         async with reader:

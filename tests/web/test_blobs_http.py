@@ -69,6 +69,9 @@ def test_etag_range_and_head(kv_cluster: ProcessCluster) -> None:
     assert http(node, "GET", path, headers={"Range": "bytes=100-99999999"}).body == data[100:]
     beyond = http(node, "GET", path, headers={"Range": f"bytes={len(data)}-"})
     assert beyond.status == 416 and beyond.headers["Content-Range"] == f"bytes */{len(data)}"
+    assert beyond.json()["error"] == "range_not_satisfiable", (
+        beyond.body
+    )  # JSON, as every /v1/ error
     # Several ranges: served whole (a server may ignore Range).
     assert http(node, "GET", path, headers={"Range": "bytes=0-1,5-6"}).body == data
     head = http(node, "HEAD", path)
