@@ -641,6 +641,7 @@ class WebTier:
         # with control characters were refused must stay readable).
         kv = router.add_resource("/v1/kv/{key:[\\s\\S]*}")
         kv.add_route("GET", self.kv.get)
+        kv.add_route("HEAD", self.kv.get)  # as add_get does: 200 or 404, no body
         kv.add_route("PUT", self.kv.put)
         kv.add_route("DELETE", self.kv.delete)
         router.add_post("/v1/cas/{key:[\\s\\S]*}", self.kv.cas)

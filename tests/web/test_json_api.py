@@ -49,6 +49,10 @@ def test_values_are_bytes_json_base64_and_raw(kv_cluster: ProcessCluster) -> Non
     assert got["encoding"] == "base64" and base64.b64decode(got["value"]) == binary
     raw = http(node, "GET", "/v1/kv/bin?format=raw")
     assert raw.body == binary and int(raw.headers["Ramraft-Index"]) > 0
+    head = http(node, "HEAD", "/v1/kv/bin?format=raw")  # GET's answer without the body
+    assert head.status == 200 and head.body == b"", head.status
+    assert head.headers["Content-Length"] == str(len(binary))
+    assert http(node, "HEAD", "/v1/kv/no-such-key").status == 404
     # A JSON body: {"value", "encoding"}.
     body = json.dumps({"value": base64.b64encode(b"\x00\xff").decode(), "encoding": "base64"})
     reply = http(
