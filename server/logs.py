@@ -76,6 +76,7 @@ def configure_logging(
             ],
         )
     )
+    handler.addFilter(drop_unreadable_bodies)
     handler.addFilter(scrub_request_data)
     handler.addFilter(StdlibRateLimit())
     root = logging.getLogger()
@@ -84,6 +85,22 @@ def configure_logging(
     root.setLevel(max(numeric, logging.WARNING))
     # aiohttp's access log is off (the node counts requests in /metrics).
     logging.getLogger("aiohttp.access").setLevel(logging.ERROR)
+
+
+def drop_unreadable_bodies(record: logging.LogRecord) -> bool:
+    """No line for aiohttp's "Unhandled exception" about a request body
+    that could not be read (bytes that are not the gzip or deflate their
+    Content-Encoding names, a broken chunked encoding): the client's error,
+    answered 400 by the route that read the body. aiohttp meets it again
+    when it reads the rest of the body after the answer, and would log a
+    traceback at error level for every such request."""
+    if record.name == "aiohttp.server" and record.exc_info and record.exc_info[1] is not None:
+        try:
+            from aiohttp.web_protocol import RequestPayloadError
+        except ImportError:  # pragma: no cover - aiohttp is a dependency of the node
+            return True
+        return not isinstance(record.exc_info[1], RequestPayloadError)
+    return True
 
 
 def scrub_request_data(record: logging.LogRecord) -> bool:

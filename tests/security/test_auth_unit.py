@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -367,3 +368,23 @@ def test_count_fields_counts_a_batch_without_decoding_it() -> None:
     assert count_fields(b"\x0b", 1024) is None  # wire type 3 (groups): not ours
     assert count_fields(b"\x02\x00", 1024) is None  # field number 0
     assert count_fields(b"\x0a\xff", 1024) is None  # a length that never ends
+
+
+def test_an_unreadable_request_body_logs_no_traceback() -> None:
+    """aiohttp's "Unhandled exception" for a body that did not decode (the
+    client's error, answered 400) is dropped; its other records are kept."""
+    from aiohttp.http_exceptions import ContentEncodingError
+    from aiohttp.web_protocol import RequestPayloadError
+
+    from ramraft.server.logs import drop_unreadable_bodies
+
+    def record(name: str, error: BaseException) -> logging.LogRecord:
+        return logging.LogRecord(
+            name, logging.ERROR, __file__, 1, "Unhandled exception", (), (type(error), error, None)
+        )
+
+    broken = RequestPayloadError("Can not decode content-encoding: gzip")
+    broken.__cause__ = ContentEncodingError("gzip")
+    assert not drop_unreadable_bodies(record("aiohttp.server", broken))
+    assert drop_unreadable_bodies(record("aiohttp.server", RuntimeError("a bug")))
+    assert drop_unreadable_bodies(record("asyncio", broken))
