@@ -31,6 +31,7 @@ import importlib
 import random
 import secrets
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -180,6 +181,12 @@ def load_app(spec: str) -> Application:
             f"--app {spec!r}: cannot import {module_name}: {e} "
             "(is its directory on the path? see --app-path / RAMRAFT_APP_PATH)"
         ) from e
+    except Exception as e:
+        # The application's own code failed while being imported (a
+        # SyntaxError, a NameError at module level...): its error, and where.
+        raise AppLoadError(
+            f"--app {spec!r}: importing {module_name} raised {type(e).__name__}: {e}{_where(e)}"
+        ) from e
     factory = module
     for part in attr.split("."):
         try:
@@ -189,7 +196,9 @@ def load_app(spec: str) -> Application:
     try:
         made: object = factory() if callable(factory) else factory
     except Exception as e:
-        raise AppLoadError(f"--app {spec!r}: {attr}() raised {type(e).__name__}: {e}") from e
+        raise AppLoadError(
+            f"--app {spec!r}: {attr}() raised {type(e).__name__}: {e}{_where(e)}"
+        ) from e
     if isinstance(made, ReplicatedModel):
         made = Application(made)
     if not isinstance(made, Application):
@@ -200,6 +209,18 @@ def load_app(spec: str) -> Application:
     if not isinstance(made.model, ReplicatedModel):
         raise AppLoadError(f"--app {spec!r}: Application.model is not a ReplicatedModel")
     return made
+
+
+def _where(exc: BaseException) -> str:
+    """`` (at FILE, line N)``: where the application's code raised ``exc``
+    (a SyntaxError's own location, else the innermost frame), so the one
+    line a node prints on a bad --app points at the developer's code."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return ""  # its message already names the file and line
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != __file__]
+    if not frames:
+        return ""  # raised by the call itself (a factory that needs arguments)
+    return f" (at {frames[-1].filename}, line {frames[-1].lineno})"
 
 
 # ---- sessions for writes the node makes on a caller's behalf ---------------------------------

@@ -171,6 +171,27 @@ def test_load_app() -> None:
             load_app(spec)
 
 
+def test_load_app_names_the_apps_own_error_at_import(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module that fails while being imported (its own bug, not a missing
+    module) is an AppLoadError naming the error and where, which the node
+    prints as one line and exits 2; not "ramraft: internal error"."""
+    (tmp_path / "broken_at_import.py").write_text("x = 1\ny = undefined_name\n")
+    (tmp_path / "broken_syntax.py").write_text("def app(:\n    pass\n")
+    (tmp_path / "broken_factory.py").write_text("def app():\n    return {}['model']\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(AppLoadError) as caught:
+        load_app("broken_at_import:app")
+    message = str(caught.value)
+    assert "importing broken_at_import raised NameError" in message
+    assert "broken_at_import.py, line 2" in message
+    with pytest.raises(AppLoadError, match="importing broken_syntax raised SyntaxError"):
+        load_app("broken_syntax:app")
+    with pytest.raises(AppLoadError, match=r"app\(\) raised KeyError: .*broken_factory.py, line 2"):
+        load_app("broken_factory:app")
+
+
 def test_rate_window_counts_complete_seconds() -> None:
     now = [100.2]
     window = RateWindow(seconds=4, clock=lambda: now[0])
