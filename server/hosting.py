@@ -28,6 +28,7 @@ decoded by :func:`decode_result`, which carry the results of both machines.
 from __future__ import annotations
 
 import importlib
+import os
 import random
 import secrets
 import time
@@ -80,6 +81,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("ramraft.hosting")
 
+_SERVER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
 
 class AppLoadError(Exception):
     """``--app`` names nothing usable; the message says what and why."""
@@ -98,6 +101,68 @@ class Application:
     setup: Callable[[web.Application], None] | None = None
     title: str = ""
     jobs: Iterable[Job] = ()
+
+    def __post_init__(self) -> None:
+        """Check what the factory gave here, where its traceback points at
+        the factory, rather than when a node mounts the pages or starts the
+        jobs (an AttributeError deep in the node, after the factory
+        returned)."""
+        if not isinstance(self.model, ReplicatedModel):
+            raise TypeError(
+                f"Application(model=...) takes a ReplicatedModel instance, got "
+                f"{_describe(self.model)}"
+            )
+        if isinstance(self.routes, web.AbstractRouteDef | str) or not isinstance(
+            self.routes, Iterable
+        ):
+            raise TypeError(
+                f"Application(routes=...) takes a list of aiohttp route definitions (or a "
+                f"web.RouteTableDef), got {_describe(self.routes)}"
+            )
+        self.routes = tuple(self.routes)
+        for route in self.routes:
+            if not isinstance(route, web.AbstractRouteDef):
+                raise TypeError(
+                    f"Application(routes=...): {_describe(route)} is not an aiohttp route "
+                    "definition (web.get(...), or @routes.get(...) of a web.RouteTableDef)"
+                )
+        if self.setup is not None and not callable(self.setup):
+            raise TypeError(
+                f"Application(setup=...) takes a function of the aiohttp sub-application, "
+                f"got {_describe(self.setup)}"
+            )
+        if isinstance(self.jobs, Job | str) or not isinstance(self.jobs, Iterable):
+            raise TypeError(
+                f"Application(jobs=...) takes a list of @background jobs, got "
+                f"{_describe(self.jobs)}"
+            )
+        self.jobs = tuple(self.jobs)
+        names: set[str] = set()
+        given: tuple[object, ...] = self.jobs  # what the factory really passed
+        for job in given:
+            if not isinstance(job, Job):
+                hint = (
+                    ": mark it with @background(every=...) (server/jobs.py)"
+                    if callable(job)
+                    else ""
+                )
+                raise TypeError(
+                    f"Application(jobs=...): {_describe(job)} is not a background job{hint}"
+                )
+            if job.name in names:
+                raise ValueError(
+                    f"Application(jobs=...): two background jobs are named {job.name!r}; "
+                    "give one another name (@background(name=...))"
+                )
+            names.add(job.name)
+
+
+def _describe(value: object) -> str:
+    name = getattr(value, "__qualname__", None)
+    if callable(value) and isinstance(name, str):
+        kind = "the class" if isinstance(value, type) else "the function"
+        return f"{kind} {getattr(value, '__module__', '?')}.{name}"
+    return f"{type(value).__qualname__} {value!r:.60}"
 
 
 class AppContext:
@@ -217,7 +282,11 @@ def _where(exc: BaseException) -> str:
     line a node prints on a bad --app points at the developer's code."""
     if isinstance(exc, SyntaxError) and exc.filename:
         return ""  # its message already names the file and line
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != __file__]
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith(("<", _SERVER_DIR))  # ramraft's own, generated code
+    ]
     if not frames:
         return ""  # raised by the call itself (a factory that needs arguments)
     return f" (at {frames[-1].filename}, line {frames[-1].lineno})"

@@ -192,6 +192,47 @@ def test_load_app_names_the_apps_own_error_at_import(
         load_app("broken_factory:app")
 
 
+def test_application_checks_what_the_factory_gives_it() -> None:
+    """Routes, jobs and the model are checked when the factory builds the
+    Application (its traceback, and --app's one line, point there), not
+    when a node mounts the pages or starts the jobs: those failed with an
+    AttributeError ('int' object has no attribute 'register') and
+    "ramraft: internal error"."""
+    from aiohttp import web
+
+    from examples.notes import archive_old_notes
+    from ramraft import background
+
+    async def plain_async(board: Board) -> None:
+        pass
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response()
+
+    @background(name="archive_old_notes")
+    async def same_name(board: Board) -> None:
+        pass
+
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"routes": [1, 2]}, "int 1 is not an aiohttp route definition"),
+        ({"routes": web.get("/", page)}, "takes a list of aiohttp route definitions"),
+        ({"jobs": [plain_async]}, "plain_async is not a background job: mark it with @background"),
+        ({"jobs": ["archive"]}, "str 'archive' is not a background job"),
+        ({"jobs": [archive_old_notes, same_name]}, "named 'archive_old_notes'"),
+        ({"setup": "static"}, "Application(setup=...) takes a function"),
+    ]
+    for kwargs, words in cases:
+        with pytest.raises((TypeError, ValueError), match=re.escape(words)):
+            Application(Board(), **kwargs)
+    with pytest.raises(TypeError, match=r"instance, got the class examples\.notes\.model\.Board"):
+        Application(Board)  # type: ignore[arg-type]  # the class, not an instance
+
+    table = web.RouteTableDef()
+    table.get("/")(page)
+    made = Application(Board(), routes=table, jobs=iter([archive_old_notes]))
+    assert len(list(made.routes)) == 1 and list(made.jobs) == [archive_old_notes]
+
+
 def test_rate_window_counts_complete_seconds() -> None:
     now = [100.2]
     window = RateWindow(seconds=4, clock=lambda: now[0])
