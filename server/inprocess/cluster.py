@@ -121,7 +121,13 @@ class InProcessNode:
     async def start(self) -> None:
         cluster = self.cluster
         made = cluster.factory()
-        app = made if isinstance(made, Application) else Application(made)
+        app = made if isinstance(made, Application) else Application(_checked_model(made))
+        if getattr(app.model, "_ramraft_machine", None) is not None:
+            raise ValueError(
+                f"{_name(cluster.factory)}() returned a model instance that a node already "
+                "holds: every node (and every restart) needs a model of its own, so the "
+                "factory must create a new one on each call (not return a module-level one)"
+            )
         self.kv = KVMachine()
         hosted, machine = HostedApp.build(app, self.kv)
         hosted.sessions = SessionPool(random.Random(cluster.rng.getrandbits(64)))
@@ -211,7 +217,7 @@ class InProcessCluster:
         unknown = sorted(set(self.options) - set(NodeConfig.__dataclass_fields__))
         if unknown:
             raise ValueError(f"unknown node options {unknown}; see server/config.py NodeConfig")
-        self.factory = factory
+        self.factory = _checked_factory(factory)
         self.seed = seed
         self.rng = random.Random(seed)
         self.virtual = virtual
@@ -383,7 +389,11 @@ class ClusterHarness:
         )
         self.seed = seed
         self._closed = False
-        self.run(self.cluster.start())
+        try:
+            self.run(self.cluster.start())
+        except BaseException:
+            self.close()  # stop the nodes that did start; leave no task pending
+            raise
 
     # ---- running things --------------------------------------------------------------------
 
@@ -513,6 +523,40 @@ class ClusterHarness:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _name(factory: object) -> str:
+    return str(getattr(factory, "__qualname__", None) or repr(factory))
+
+
+def _checked_factory(factory: object) -> AppFactory:
+    """The factory, or a TypeError saying what to pass instead."""
+    if isinstance(factory, ReplicatedModel | Application):
+        raise TypeError(
+            f"the cluster needs a factory (the model's class, or the --app function that "
+            f"returns an Application), not a {type(factory).__qualname__} instance: each node "
+            "builds a model of its own"
+        )
+    if isinstance(factory, str):
+        raise TypeError(
+            f"the cluster needs the factory itself, not the --app string {factory!r}: "
+            "import it (from mymodule import app) and pass app"
+        )
+    if not callable(factory):
+        raise TypeError(
+            f"the cluster needs a factory (the model's class, or a function returning an "
+            f"Application or a ReplicatedModel), got {type(factory).__qualname__} {factory!r:.60}"
+        )
+    return factory
+
+
+def _checked_model(made: object) -> ReplicatedModel:
+    if not isinstance(made, ReplicatedModel):
+        raise TypeError(
+            f"the cluster's factory returned {type(made).__qualname__}; it must return a "
+            "ReplicatedModel or an Application"
+        )
+    return made
 
 
 def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:

@@ -4,6 +4,8 @@ on virtual time a run is the same for the same seed."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 from typing import Any
 
 import pytest
@@ -134,6 +136,36 @@ def test_bad_faults_and_options_are_refused() -> None:
         Faults(min_delay=0.2, max_delay=0.1)
     with pytest.raises(ValueError, match="unknown node options"):
         ClusterHarness(Log, options={"snapshot_entires": 5})
+
+
+SHARED = Log()
+
+
+def test_a_wrong_factory_is_refused_saying_what_to_pass() -> None:
+    """What a new developer plausibly passes instead of a factory gets a
+    message saying what to pass, and a cluster whose start failed leaves no
+    node running ("Task was destroyed but it is pending!")."""
+    for factory, words in [
+        ("examples.notes:app", "not the --app string 'examples.notes:app'"),
+        (Log(), "not a Log instance"),
+        (42, "got int 42"),
+    ]:
+        with pytest.raises(TypeError, match=re.escape(words)):
+            ClusterHarness(factory)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="factory returned dict; it must return"):
+        ClusterHarness(dict)  # type: ignore[arg-type]
+    # A module-level model (as a single-process --app may use): the second
+    # node would share the first one's state, which the machine refused with
+    # "already attached to a ModelMachine", naming neither cause nor cure.
+    loops = []
+
+    def shared() -> Log:
+        loops.append(asyncio.get_running_loop())
+        return SHARED
+
+    with pytest.raises(ValueError, match="returned a model instance that a node already holds"):
+        ClusterHarness(shared)
+    assert loops[0].is_closed()  # n1, which had started, was stopped with its loop
 
 
 def test_travel_moves_the_wall_clock_only(ramraft_cluster: Any) -> None:
