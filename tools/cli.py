@@ -544,8 +544,15 @@ def _write_cluster_lines(nodes: list[dict[str, Any]]) -> None:
             sys.stdout.write(f"HALTED {n['id']}: {n['halted']}\n")
     alarm = next((n for n in answered if n.get("diverged")), None)
     if alarm is not None:
+        named = alarm["diverged"]
+        # Every node named: no state had a majority (each holds its own).
+        what = (
+            "each hold their own state, none had a majority"
+            if len(named) >= len(nodes)
+            else "hold other state than the majority"
+        )
         sys.stdout.write(
-            f"DIVERGED: {', '.join(alarm['diverged'])} hold other state than the majority "
+            f"DIVERGED: {', '.join(named)} {what} "
             f"(state check at index {alarm.get('diverged_at', 0)}); see the README's runbook\n"
         )
 

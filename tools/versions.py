@@ -93,10 +93,14 @@ def _cmd_check(client: Any, args: argparse.Namespace) -> int:
             mark = "  DIVERGED" if d.node in result.diverged else ""
             print(f"{d.node}: {d.digest or '(could not digest)'}{mark}")
         if result.diverged:
+            what = (
+                "each hold their own state, none had a majority"
+                if len(result.diverged) >= len(result.digests)
+                else "hold other state than the majority"
+            )
             print(
                 f"ramraft: state check at index {result.index}: {', '.join(result.diverged)} "
-                "hold other state than the majority (the divergence alarm is raised; see the "
-                "README's runbook)",
+                f"{what} (the divergence alarm is raised; see the README's runbook)",
                 file=sys.stderr,
             )
         else:

@@ -85,6 +85,25 @@ class MemberInfo:
         return cls(node_id, "", 1, 1, "", False, time.monotonic())
 
 
+def divergence_action(majority_agreed: bool) -> str:
+    """What an operator does about the divergence alarm: the README's
+    runbook. Restarting a node empty under its old membership would make it
+    forget the votes it gave (so it is removed and added back), and wiping
+    every node when none had a majority would lose the data."""
+    if majority_agreed:
+        return (
+            "the named nodes hold other state than the majority: fix the command (it must "
+            "compute the same from its arguments alone), then for each named node: ramraft "
+            "members remove it, move its data directory aside, start it with --join and "
+            "ramraft members add it (README: Deploying new code, the divergence alarm)"
+        )
+    return (
+        "no state had a majority (every node holds its own): a command is not "
+        "deterministic; fix it and restore the last good backup as a new cluster "
+        "(README: Deploying new code, the divergence alarm)"
+    )
+
+
 class Steward:
     def __init__(
         self,
@@ -145,10 +164,7 @@ class Steward:
                 nodes=list(state.alarm_nodes),
                 check_index=state.alarm_index,
                 this_node_diverged=diverged,
-                action=(
-                    "the named nodes hold other state than the majority: wipe each one's "
-                    "data directory and restart it (README: Deploying new code, divergence)"
-                ),
+                action=divergence_action(state.alarm_minority),
             )
 
     def unfit_to_lead(self) -> set[str]:

@@ -384,8 +384,10 @@ function render(s) {
   let alert = "";
   if (n.diverged && n.diverged.length) {
     alert = "STATE DIVERGENCE: " + n.diverged.join(", ") + " hold other state than the "
-      + "majority (state check at index " + n.diverged_at + "). Wipe each one's data "
-      + "directory and restart it (README: the divergence runbook).";
+      + "majority (state check at index " + n.diverged_at + "). Fix the command, then "
+      + "remove each named node, move its data directory aside and add it back; if every "
+      + "node is named, restore the last good backup as a new cluster (README: the "
+      + "divergence alarm).";
   }
   else if (n.halted) alert = "This node stopped applying the log: " + n.halted;
   else if (n.failed) alert = "This node stopped after a storage failure: " + n.failed;

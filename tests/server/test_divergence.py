@@ -168,3 +168,34 @@ def test_a_minority_node_is_named_barred_from_leading_and_repaired_by_a_wipe(
             verdict = client.check_state(timeout=30)
         assert not verdict.diverged and len({d.digest for d in verdict.digests}) == 1
         cluster.wait_until(lambda: not alarm(cluster), what="the alarm cleared")
+
+
+def test_the_alarm_advises_the_readme_runbook_not_a_wipe() -> None:
+    """The log line, the status page and the CLI said "wipe each one's data
+    directory and restart it": restarted empty under its old membership a
+    node forgets the votes it gave (the README's runbook removes and adds it
+    back), and when every node is named (a command that reads the clock) it
+    wiped the whole cluster's data. They follow the runbook now."""
+    from ramraft.server.runtime.steward import divergence_action
+    from ramraft.server.web.status_page import render_status_page
+    from ramraft.tools.cli import _write_cluster_lines
+
+    minority = divergence_action(True)
+    assert "members remove" in minority and "ramraft members add" in minority
+    everyone = divergence_action(False)
+    assert "no state had a majority" in everyone and "backup" in everyone
+    for text in (minority, everyone, render_status_page({"node": {"id": "n1"}})):
+        assert "wipe" not in text.lower()
+    assert "restore the last good backup" in render_status_page({"node": {"id": "n1"}})
+    node = {"id": "n1", "cluster_id": "c", "applied_index": 9, "diverged_at": 7}
+    nodes = [dict(node, id=n, diverged=["n1", "n2", "n3"]) for n in ("n1", "n2", "n3")]
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        _write_cluster_lines(nodes)
+    assert "DIVERGED: n1, n2, n3 each hold their own state, none had a majority" in (
+        buffer.getvalue()
+    )
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        _write_cluster_lines([dict(n, diverged=["n2"]) for n in nodes])
+    assert "DIVERGED: n2 hold other state than the majority" in buffer.getvalue()
