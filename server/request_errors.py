@@ -122,6 +122,11 @@ class LimitExceeded(RequestError):
     before_proposal = True
 
 
+class CannotSnapshot(RequestError):
+    """The state machine cannot give its state (an application model that
+    holds something that is not plain data); the message says what."""
+
+
 def check_command_result(result: object) -> None:
     """Raise for a state machine result that is a refusal: SessionRefused
     for a session's, NotFound, AlreadyExists and LimitExceeded for theirs,
@@ -186,6 +191,7 @@ ERROR_STATUSES: tuple[tuple[type[BaseException], WireStatus], ...] = (
     # Key-value version 2: leases and bounds (NotFound is above).
     (AlreadyExists, WireStatus(grpc.StatusCode.ALREADY_EXISTS, 409, "already_exists")),
     (LimitExceeded, WireStatus(grpc.StatusCode.FAILED_PRECONDITION, 409, "limit_exceeded")),
+    (CannotSnapshot, _NOT_NOW),
     # An application command ran and failed, the same on every node.
     (CommandFailedError, WireStatus(grpc.StatusCode.FAILED_PRECONDITION, 409, "command_failed")),
 )

@@ -26,7 +26,8 @@ import structlog
 from ramraft.consensus import RaftNode, SnapshotMeta
 from ramraft.server.config import NodeConfig
 from ramraft.server.machines.cluster import ClusterMachine, ClusterState
-from ramraft.server.machines.statemachine import StateMachine
+from ramraft.server.machines.statemachine import SnapshotError, StateMachine
+from ramraft.server.request_errors import CannotSnapshot
 from ramraft.server.runtime.peers import PeerDirectory
 from ramraft.server.storage import (
     LogStore,
@@ -48,6 +49,9 @@ ENTRY_OVERHEAD_BYTES = 144
 # otherwise be snapshotted back to back (the bytes trigger, which bounds the
 # log in RAM, is never delayed).
 SNAPSHOT_PACE = 10
+# Seconds before a snapshot the state machine refused (SnapshotError: an
+# application model whose state is not plain data) is tried again.
+SNAPSHOT_RETRY = 60.0
 
 
 class SnapshotLoop(Protocol):
@@ -93,6 +97,8 @@ class SnapshotScheduler:
         self.bytes_since_snapshot = 0
         self.last_seconds = 0.0  # how long the last snapshot took
         self.last_done = 0.0  # when it ended (time.monotonic())
+        self.refused = ""  # why the state machine last refused a snapshot; "" once one is taken
+        self._retry_at = 0.0  # time.monotonic() before which no refused snapshot is retried
 
     def note_applied(self, command_bytes: int) -> None:
         self.bytes_since_snapshot += command_bytes + ENTRY_OVERHEAD_BYTES
@@ -110,12 +116,36 @@ class SnapshotScheduler:
         )
 
     def maybe_snapshot(self, core: RaftNode) -> None:
+        now = time.monotonic()
         if (
             (self.task is None or self.task.done())
             and not self.loop.failed
-            and self.due(core, time.monotonic())
+            and now >= self._retry_at
+            and self.due(core, now)
         ):
-            self._start(core)
+            try:
+                self._start(core)
+            except SnapshotError as exc:
+                self._refused(exc, now)
+
+    def _refused(self, exc: SnapshotError, now: float) -> None:
+        """The machine cannot give its state (an application model holding
+        something that is not plain data, which a command put there): every
+        node meets it at about the same index, so stopping would stop the
+        cluster. Serve on, say why and what to do, try again later."""
+        self.refused = str(exc)
+        self._retry_at = now + SNAPSHOT_RETRY
+        log.error(
+            "snapshot_refused",
+            reason=self.refused,
+            retry_in_seconds=SNAPSHOT_RETRY,
+            action=(
+                "a command stored a value that is not plain data in the model's state: make "
+                "it store plain data (server/machines/embed.py: rules for commands) and "
+                "restart the nodes with the fixed code, which replays the log; until then "
+                "this node takes no snapshot and its log grows"
+            ),
+        )
 
     async def snapshot_now(self) -> int:
         """Take a snapshot at the applied index now (or wait for the one
@@ -123,7 +153,11 @@ class SnapshotScheduler:
         if self.task is None or self.task.done():
             core = self.loop.core
             assert core is not None, "the runtime has not started"
-            self._start(core)
+            try:
+                self._start(core)
+            except SnapshotError as exc:
+                self._refused(exc, time.monotonic())
+                raise CannotSnapshot(f"cannot take a snapshot: {exc}") from None
         assert self.task is not None
         meta = await asyncio.shield(self.task)
         return meta.index
@@ -174,6 +208,7 @@ class SnapshotScheduler:
             await self.loop.run_on_disk(self.log_store.compact, meta.index)
             seconds = time.perf_counter() - started
             self.last_seconds, self.last_done = seconds, time.monotonic()
+            self.refused = ""
             log.info("snapshot_taken", index=meta.index, bytes=size, seconds=round(seconds, 3))
             self.loop.emit("snapshot", {"index": meta.index, "bytes": size, "seconds": seconds})
             return meta

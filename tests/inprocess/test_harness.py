@@ -13,6 +13,7 @@ import pytest
 from ramraft import ReplicatedModel, command
 from ramraft.server.inprocess import ClusterHarness, Faults
 from ramraft.server.inprocess.clock import Deadlock, VirtualTimeLoop
+from ramraft.server.request_errors import CannotSnapshot
 
 
 class Log(ReplicatedModel):
@@ -82,6 +83,39 @@ def test_a_node_far_behind_catches_up_by_snapshot(ramraft_cluster: Any) -> None:
     page = cluster.node(behind).events.subscribe(None, after="1")
     (frame,) = cluster.run(page.take(0))
     assert b"event: reset" in frame
+
+
+class Hoard(ReplicatedModel):
+    """A developer's slip: a command keeps an object that is not plain data."""
+
+    def __init__(self) -> None:
+        self.things: dict[str, Any] = {}
+
+    @command
+    def keep(self, name: str) -> str:
+        self.things[name] = object() if name == "odd" else name
+        return name
+
+
+def test_a_state_that_cannot_be_snapshotted_does_not_stop_the_cluster(
+    ramraft_cluster: Any,
+) -> None:
+    """Every node meets the unsnapshottable state at the same index: the
+    raft loop crashed on each ("raft_loop_crashed", "check the disk"), and
+    the whole cluster stopped serving. Now each node serves on, says why,
+    and a snapshot asked for is refused with the reason."""
+    cluster: ClusterHarness = ramraft_cluster(Hoard, options={"snapshot_entries": 20})
+    cluster.call(None, "keep", "odd")
+    for n in range(40):
+        cluster.call(None, "keep", f"k{n}")
+    cluster.wait_converged()
+    for node_id in cluster.ids:
+        runtime = cluster.node(node_id).runtime
+        assert runtime.failed is None
+        assert "Hoard.things is not plain data" in runtime.snapshotting.refused
+    assert cluster.call(None, "keep", "more") == "more"
+    with pytest.raises(CannotSnapshot, match=r"Hoard\.things is not plain data"):
+        cluster.run(cluster.node(cluster.leader()).runtime.snapshotting.snapshot_now())
 
 
 def trace(seed: int, virtual: bool = True) -> list[Any]:

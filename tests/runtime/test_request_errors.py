@@ -16,6 +16,7 @@ from ramraft.server.machines.embed import CommandFailedError, NotPlainDataError
 from ramraft.server.machines.statemachine import CommandError, ErrorCode
 from ramraft.server.request_errors import (
     BadRequest,
+    CannotSnapshot,
     InsufficientStorage,
     NotFound,
     NotLeader,
@@ -46,6 +47,7 @@ CASES: list[tuple[BaseException, grpc.StatusCode, int, str]] = [
     (SessionRefused("SESSION_EXPIRED: start anew"), S.FAILED_PRECONDITION, 409, REFUSED),
     (ConfChangeError("n4 is not caught up"), S.FAILED_PRECONDITION, 409, REFUSED),
     (LeadershipTransferError("n4 is a learner"), S.FAILED_PRECONDITION, 409, REFUSED),
+    (CannotSnapshot("Board.notes is not plain data"), S.FAILED_PRECONDITION, 409, REFUSED),
     (
         CommandFailedError(CommandError(ErrorCode.BAD_COMMAND, "boom")),
         S.FAILED_PRECONDITION,
