@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -412,6 +413,15 @@ class ClusterHarness:
         it."""
         if self._closed:
             raise RuntimeError("the cluster is closed")
+        if _running_loop() is not None:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()  # never run: no "was never awaited" warning on top
+            raise RuntimeError(
+                "the in-process cluster runs on a loop of its own, driven from synchronous "
+                "code: use it from a plain `def test_...` (not `async def`, not inside "
+                "asyncio.run), and run commands with cluster.run(model.command(...)) rather "
+                "than awaiting them"
+            )
         limit = timeout if timeout is not None else self.cluster.timeout()
 
         async def bounded() -> T:
@@ -443,7 +453,7 @@ class ClusterHarness:
     def run_job(self, job: Job | Callable[..., Awaitable[Any]], node_id: str | None = None) -> Any:
         """Run a background job once now, on the leader (or on ``node_id``
         for a job of every node), and return its result."""
-        node = self.cluster.nodes[node_id or self.leader()]
+        node = self.node(node_id or self.leader())
 
         async def once() -> Any:
             return await node.jobs.run_once(job)
@@ -463,14 +473,17 @@ class ClusterHarness:
     def model(self, node_id: str | None = None) -> Any:
         """A node's copy of the model (default: the leader's). Read it
         directly; its commands return awaitables for ``run``."""
-        return self.cluster.nodes[node_id or self.leader()].model
+        return self.node(node_id or self.leader()).model
 
     def models(self) -> list[Any]:
         """Every live node's copy, in node order."""
         return [self.cluster.nodes[i].model for i in self.cluster.alive()]
 
     def node(self, node_id: str) -> InProcessNode:
-        return self.cluster.nodes[node_id]
+        node = self.cluster.nodes.get(node_id)
+        if node is None:
+            raise KeyError(f"no node {node_id!r} in this cluster: its nodes are {self.ids}")
+        return node
 
     def call(self, node_id: str | None, command: str, *args: Any, **kwargs: Any) -> Any:
         """``run(model(node_id).<command>(*args, **kwargs))``."""
@@ -523,6 +536,13 @@ class ClusterHarness:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _name(factory: object) -> str:

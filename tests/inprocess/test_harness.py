@@ -85,6 +85,26 @@ def test_a_node_far_behind_catches_up_by_snapshot(ramraft_cluster: Any) -> None:
     assert b"event: reset" in frame
 
 
+def test_used_from_async_code_it_says_how_to_use_it(ramraft_cluster: Any) -> None:
+    """An `async def` test (or asyncio.run) that drives the harness failed
+    with asyncio's "Cannot run the event loop while another loop is
+    running", which does not say that the harness is for synchronous tests."""
+    cluster: ClusterHarness = ramraft_cluster(Log)
+
+    async def awaited() -> Any:
+        return cluster.run(cluster.model().add(1))
+
+    async def started() -> Any:
+        return ramraft_cluster(Log)
+
+    for misuse in (awaited, started):
+        with pytest.raises(RuntimeError, match=r"plain `def test_\.\.\.` \(not `async def`"):
+            asyncio.run(misuse())
+    assert cluster.call(None, "add", 2) == 1  # the cluster itself is fine
+    with pytest.raises(KeyError, match=re.escape("its nodes are ['n1', 'n2', 'n3']")):
+        cluster.model("n9")
+
+
 class Hoard(ReplicatedModel):
     """A developer's slip: a command keeps an object that is not plain data."""
 
