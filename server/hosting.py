@@ -28,11 +28,9 @@ decoded by :func:`decode_result`, which carry the results of both machines.
 from __future__ import annotations
 
 import importlib
-import os
 import random
 import secrets
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -42,6 +40,7 @@ import structlog
 from aiohttp import web
 
 from ramraft.server.jobs import Job, JobRunner, job_term
+from ramraft.server.logs import code_location
 from ramraft.server.machines.cluster import ClusterMachine
 from ramraft.server.machines.embed import (
     ModelMachine,
@@ -80,8 +79,6 @@ if TYPE_CHECKING:
     from ramraft.server.runtime.node_api import NodeAPI
 
 log = structlog.get_logger("ramraft.hosting")
-
-_SERVER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class AppLoadError(Exception):
@@ -277,19 +274,13 @@ def load_app(spec: str) -> Application:
 
 
 def _where(exc: BaseException) -> str:
-    """`` (at FILE, line N)``: where the application's code raised ``exc``
-    (a SyntaxError's own location, else the innermost frame), so the one
-    line a node prints on a bad --app points at the developer's code."""
+    """`` (at FILE, line N, in FUNCTION)``: where the application's code
+    raised ``exc``, so the one line a node prints on a bad --app points at
+    the developer's code (a SyntaxError's message names its own place)."""
     if isinstance(exc, SyntaxError) and exc.filename:
-        return ""  # its message already names the file and line
-    frames = [
-        f
-        for f in traceback.extract_tb(exc.__traceback__)
-        if not f.filename.startswith(("<", _SERVER_DIR))  # ramraft's own, generated code
-    ]
-    if not frames:
-        return ""  # raised by the call itself (a factory that needs arguments)
-    return f" (at {frames[-1].filename}, line {frames[-1].lineno})"
+        return ""
+    where = code_location(exc)
+    return f" (at {where})" if where else ""
 
 
 # ---- sessions for writes the node makes on a caller's behalf ---------------------------------

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import structlog
 
 from ramraft.consensus import Role
-from ramraft.server.logs import RateLimitedLog
+from ramraft.server.logs import RateLimitedLog, code_location
 from ramraft.server.request_errors import NotLeader, Unavailable
 
 if TYPE_CHECKING:
@@ -469,6 +469,7 @@ class JobRunner:
                 term=term or None,
                 failures=state.failures,
                 error=state.last_error,
+                where=code_location(e),
             )
             return False, None
         finally:

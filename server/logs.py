@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from typing import Any
 
 import structlog
@@ -179,3 +180,21 @@ class RateLimitedLog:
             fields["suppressed"] = dropped
         self._windows[key] = (start, logged + 1, 0)
         log.warning(event, **fields)
+
+
+_SERVER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def code_location(exc: BaseException) -> str:
+    """``FILE, line N, in FUNCTION``: where the application's code raised
+    ``exc`` (its innermost frame outside ramraft's own server code and
+    generated code), so a one-line error names the developer's code; ""
+    when no such frame is left (ramraft raised it)."""
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith(("<", _SERVER_DIR))
+    ]
+    if not frames:
+        return ""
+    return f"{frames[-1].filename}, line {frames[-1].lineno}, in {frames[-1].name}"

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import structlog
 
 from ramraft import Application, JobContext, background
 from ramraft.server.inprocess import ClusterHarness, Faults
@@ -195,6 +196,22 @@ def test_a_failing_job_is_retried_with_backoff_and_the_node_serves_on(
     assert f'ramraft_job_failures_total{{job_name="flaky"}} {float(len(attempts))}' in text
     assert 'ramraft_job_running{job_name="flaky",on="leader"} 1.0' in text
     assert cluster.call(None, "tick", 0, "test", 0) == 1  # commands still go through
+
+
+def test_a_failing_jobs_log_line_says_where_it_raised(ramraft_cluster: Make) -> None:
+    """background_job_failed named the job and the error but not the line
+    that raised it: a developer had nothing to go on but the message."""
+
+    async def mailer(ticker: Ticker) -> None:
+        raise RuntimeError("the mail server is down")
+
+    with structlog.testing.capture_logs() as logs:
+        cluster = ramraft_cluster(ticker_app(background(every=0.1)(mailer)))
+        cluster.sleep(0.5)
+    failed = [e for e in logs if e["event"] == "background_job_failed"]
+    assert failed and failed[0]["error"] == "RuntimeError: the mail server is down"
+    assert failed[0]["where"].endswith(", in mailer")
+    assert f"{__file__}, line " in failed[0]["where"]
 
 
 def test_jobs_on_every_node_and_one_off_runs(ramraft_cluster: Make) -> None:
