@@ -237,7 +237,12 @@ def _find_app(args: argparse.Namespace) -> str | None:
     )
     # Where the module was found, what went wrong after the import says most.
     found_there = [e for e in errors if "cannot import" not in e]
-    error = (found_there or errors)[0]
+    if found_there:
+        # Found and imported: the app's own code failed; where it was
+        # looked for is not the problem.
+        _say(f"{found_there[0].removeprefix('--app ')}; fix the application and start again")
+        return None
+    error = errors[0]
     _say(
         f"{error.removeprefix('--app ')}; looked in {where}. Run ramraft cluster from the "
         "directory that holds the app's package (for examples.notes:app, the repository root), "

@@ -7,6 +7,7 @@ cannot import before starting anything."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -20,9 +21,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from ramraft.client import Client
 from ramraft.proto import admin_pb2
 from ramraft.tools.cli import build_parser
+from ramraft.tools.local_cluster import _find_app
 from tests.httpcalls import http
 from tests.ports import free_port_runs
 
@@ -273,6 +277,20 @@ def test_an_app_that_cannot_be_imported_stops_before_any_node(tmp_path: Path) ->
         assert line.startswith("ramraft cluster: 'nosuchpackage.notes:app': cannot import")
         assert "Run ramraft cluster from the directory that holds the app's package" in line
         assert not (tmp_path / "ramraft-data").exists()
+
+
+def test_an_app_that_fails_in_its_own_code_is_not_blamed_on_the_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The module was found and imported, then its own code failed: the
+    message said to run from another directory or give --app-path."""
+    (tmp_path / "broken_app.py").write_text("def app():\n    return 1 / 0\n")
+    args = argparse.Namespace(app="broken_app:app", app_path=str(tmp_path))
+    assert _find_app(args) is None
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "app() raised ZeroDivisionError: division by zero (at " in line
+    assert "broken_app.py, line 2, in app); fix the application and start again" in line
+    assert "--app-path" not in line
 
 
 def test_a_node_that_halts_is_reported(tmp_path: Path) -> None:
