@@ -264,13 +264,16 @@ class RaftRuntime:
         not reach, so a client goes to another node."""
         return self.stopped_applying or self.stopping
 
+    def _stopped_words(self) -> str:
+        """Why a node that stopped (``failed``) refuses a request."""
+        what = "a storage failure" if isinstance(self.failed, StorageError) else "an internal error"
+        return f"this node stopped after {what}: {self.failed}"
+
     def check_serving_reads(self) -> None:
         """Refuse a read of this node's state once it has stopped applying,
         even a serializable one (Unavailable, with the reason)."""
         if self.failed is not None:
-            raise Unavailable(
-                f"this node stopped after a storage failure: {self.failed}", before_proposal=True
-            )
+            raise Unavailable(self._stopped_words(), before_proposal=True)
         if self.halted is not None:
             raise Unavailable(
                 f"this node stopped applying the log at index {self.halted.index} "
@@ -381,7 +384,7 @@ class RaftRuntime:
     async def call(self, fn: Callable[[RaftNode], T]) -> T:
         """Run ``fn(core)`` inside the loop, between turns."""
         if self.failed is not None:
-            raise Unavailable(f"this node stopped after a storage failure: {self.failed}")
+            raise Unavailable(self._stopped_words())
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._calls.append((fn, fut))
         self._wake.set()
@@ -604,12 +607,18 @@ class RaftRuntime:
 
     def _stop_on_failure(self, error: BaseException) -> None:
         self.failed = error
+        action = (
+            "check the disk, then restart it"
+            if isinstance(error, StorageError)
+            else "it is a bug in ramraft (raft_loop_crashed above has the traceback): "
+            "restart it, and report the traceback"
+        )
         log.error(
             "node_stopped_writes",
             reason=str(error),
-            action="the node refuses requests until restarted; check the disk, then restart it",
+            action=f"the node refuses requests until restarted; {action}",
         )
-        self._fail_everything(Unavailable(f"this node stopped after a storage failure: {error}"))
+        self._fail_everything(Unavailable(self._stopped_words()))
         if self.transport is not None:
             self.transport.send = lambda messages: None  # never send what we could not persist
         self.emit("failed", {"reason": str(error)})

@@ -137,7 +137,8 @@ class _StateCollector(Collector):
         ready.add_metric([], 1.0 if status.ready else 0.0)
         yield ready
         failed = GaugeMetricFamily(
-            "ramraft_storage_failed", "1 if the node stopped after a storage failure"
+            "ramraft_storage_failed",
+            "1 if the node stopped after a storage failure (or its Raft loop crashed)",
         )
         failed.add_metric([], 1.0 if status.failed else 0.0)
         yield failed

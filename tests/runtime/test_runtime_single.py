@@ -5,6 +5,7 @@ the disk failing under it, restart from what was synced, snapshots."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import time
 
@@ -17,6 +18,7 @@ from ramraft.server.request_errors import Unavailable
 from ramraft.server.runtime.loop import RaftRuntime
 from ramraft.server.storage import MemoryDisk, encode_snapshot_header, open_memory_storage
 from ramraft.server.web.metrics import NodeMetrics
+from tests.httpcalls import wait_until_async
 
 
 class NoNetwork:
@@ -46,6 +48,37 @@ async def started(runtime: RaftRuntime) -> RaftRuntime:
     await runtime.start()
     await runtime.wait_for_leader(5)
     return runtime
+
+
+def test_a_crash_of_the_raft_loop_is_not_called_a_storage_failure() -> None:
+    """A Raft loop that crashes on something other than the disk (a bug)
+    stops the node as a storage failure does, but says what it was: the
+    requests' refusal names an internal error, and the log line asks to
+    report it rather than to check the disk."""
+
+    async def scenario() -> None:
+        runtime, _ = make_runtime(MemoryDisk())
+        await started(runtime)
+
+        def crash(core: object) -> None:
+            raise RuntimeError("a bug")
+
+        runtime.snapshotting.maybe_snapshot = crash  # type: ignore[method-assign]
+        with structlog.testing.capture_logs() as logs:
+            # Its turn answers the write, then crashes (or the next turn does).
+            with contextlib.suppress(Unavailable):
+                await asyncio.wait_for(runtime.propose(encode_put("k", b"v")), 5)
+            await wait_until_async(lambda: runtime.failed is not None, 5, "the loop crashed")
+        with pytest.raises(Unavailable, match="internal error: a bug"):
+            await runtime.propose(encode_put("later", b"x"))
+        with pytest.raises(Unavailable, match="internal error: a bug"):
+            await runtime.read_index()
+        stopped = [e for e in logs if e["event"] == "node_stopped_writes"]
+        assert len(stopped) == 1 and "bug in ramraft" in stopped[0]["action"], stopped
+        assert "check the disk" not in stopped[0]["action"]
+        await runtime.close()
+
+    asyncio.run(scenario())
 
 
 def test_a_failing_disk_stops_writes_and_keeps_what_was_acknowledged() -> None:
