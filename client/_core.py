@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import random
 import re
@@ -111,7 +112,12 @@ def parse_endpoints(endpoints: str | Iterable[str]) -> list[str]:
 
 
 def check_timeout(timeout: float, name: str = "timeout") -> float:
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout > 0:
+    # Finite: grpc turns a deadline into whole nanoseconds (inf overflows).
+    if (
+        not isinstance(timeout, int | float)
+        or isinstance(timeout, bool)
+        or not 0 < timeout < math.inf
+    ):
         raise ValueError(f"{name} must be a positive number of seconds, not {timeout!r}")
     return float(timeout)
 

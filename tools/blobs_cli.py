@@ -72,14 +72,29 @@ def _missing(args: argparse.Namespace, ref: str) -> int:
 
 
 def _cmd_blob(client: Any, args: argparse.Namespace) -> int:
-    from ramraft.tools.cli import EXIT_NEGATIVE, EXIT_OK, UsageError, _print_json, json_from_args
+    from ramraft.tools.cli import (
+        EXIT_NEGATIVE,
+        EXIT_OK,
+        UsageError,
+        _print_json,
+        json_from_args,
+        open_stdin,
+    )
 
     timeout = _timeout(args)
     as_json = json_from_args(args)
     if args.action == "put":
-        source: Any = sys.stdin.buffer if args.file == "-" else args.file
-        if args.file != "-" and not os.path.isfile(args.file):
-            raise UsageError(f"blob put: {args.file}: no such file")
+        if args.file == "-":
+            source: Any = open_stdin("blob put -", "give a FILE").buffer
+        elif not os.path.isfile(args.file):
+            why = "not a regular file" if os.path.exists(args.file) else "no such file"
+            raise UsageError(f"blob put: {args.file}: {why}")
+        else:
+            try:
+                open(args.file, "rb").close()  # unreadable: say so before any upload
+            except OSError as e:
+                raise UsageError(f"blob put: {args.file}: {e.strerror}") from None
+            source = args.file
         info = client.put_blob(source, content_type=args.content_type, timeout=timeout)
         if as_json:
             _print_json(_info_json(info))
@@ -100,7 +115,13 @@ def _cmd_blob(client: Any, args: argparse.Namespace) -> int:
                 info = client.read_blob(ref, sys.stdout.buffer, timeout=timeout)
                 sys.stdout.buffer.flush()
             else:
-                info = client.read_blob(ref, out, timeout=timeout)
+                if os.path.isdir(out):
+                    raise UsageError(f"blob get -o {out}: is a directory; give a file name")
+                try:
+                    info = client.read_blob(ref, out, timeout=timeout)
+                except OSError as e:
+                    # The file (written beside it first) could not be written.
+                    raise UsageError(f"blob get -o {out}: {e.strerror}") from None
                 if as_json:
                     _print_json(_info_json(info) | {"file": out})
                 else:

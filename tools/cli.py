@@ -28,7 +28,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import grpc
 from google.protobuf.descriptor import FieldDescriptor
@@ -46,12 +46,14 @@ __all__ = [
     "EXIT_NEGATIVE",
     "EXIT_OK",
     "EXIT_USAGE",
+    "INT64_MAX",
     "UsageError",
     "add_client_options",
     "build_parser",
     "client_command",
     "client_from_args",
     "main",
+    "open_stdin",
 ]
 
 DEFAULT_ENDPOINTS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
@@ -241,16 +243,29 @@ def token_from_args(args: argparse.Namespace) -> str | None:
     if path is not None:
         try:
             with open(path, encoding="utf-8") as f:
-                token = f.read().strip()
+                token = f.read(_TOKEN_FILE_MAX + 1).strip()
         except OSError as e:
             raise UsageError(f"--token-file {path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"--token-file {path}: not a text file; {_ONE_TOKEN}") from None
         if not token:
             raise UsageError(f"--token-file {path} is empty")
+        if len(token) > _TOKEN_FILE_MAX or len(token.split()) > 1:
+            # e.g. the node's --auth-tokens file (lines ROLE NAME TOKEN)
+            raise UsageError(f"--token-file {path} holds more than one word; {_ONE_TOKEN}")
     try:
         _core.token_metadata(token)
     except ValueError as e:
-        raise UsageError(f"--token: {e}") from None
+        raise UsageError(f"{'--token-file ' + path if path else '--token'}: {e}") from None
     return token
+
+
+# A token file holds one token (`ramraft tokens` makes 43 characters).
+_TOKEN_FILE_MAX = 4096
+_ONE_TOKEN = (
+    "it must hold one token alone (one TOKEN from a line of the nodes' --auth-tokens file, "
+    "not that file)"
+)
 
 
 def _tls_requested(args: argparse.Namespace) -> bool:
@@ -268,11 +283,25 @@ def tls_from_args(args: argparse.Namespace) -> _core.TLSOptions | None:
             raise UsageError("--tls-cert/--tls-key need TLS: give --tls-ca (or --tls)")
         return None
     try:
-        return _core.TLSOptions.from_files(ca, cert, key, name)
+        tls = _core.TLSOptions.from_files(ca, cert, key, name)
     except OSError as e:
         raise UsageError(f"TLS file {e.filename}: {e.strerror}") from None
     except ValueError as e:
         raise UsageError(f"--tls-cert/--tls-key: {e}") from None
+    # grpc takes any bytes, logs its complaint at the first connection and
+    # then fails it as if the node were unreachable: say which file is wrong.
+    for flag, path, data, marker in (
+        ("--tls-ca", ca, tls.ca, b"-----BEGIN CERTIFICATE-----"),
+        ("--tls-cert", cert, tls.cert, b"-----BEGIN CERTIFICATE-----"),
+        ("--tls-key", key, tls.key, b"PRIVATE KEY-----"),
+    ):
+        if data is not None and marker not in data:
+            what = "private key" if flag == "--tls-key" else "certificate"
+            raise UsageError(
+                f"{flag} {path}: not a PEM {what} (no '{marker.decode()}' line; "
+                "`ramraft certs` writes them)"
+            )
+    return tls
 
 
 def client_from_args(args: argparse.Namespace) -> Client:
@@ -282,6 +311,15 @@ def client_from_args(args: argparse.Namespace) -> Client:
         token=token_from_args(args),
         tls=tls_from_args(args),
     )
+
+
+def open_stdin(command: str, advice: str) -> TextIO:
+    """Standard input, for ``command`` about to read it; a UsageError
+    ending in ``advice`` when the command was started with it closed
+    (``<&-``): Python then has no sys.stdin."""
+    if sys.stdin is None:
+        raise UsageError(f"{command}: standard input is closed: {advice}")
+    return sys.stdin
 
 
 # -- output helpers ---------------------------------------------------------------
@@ -364,9 +402,10 @@ def _consistency(args: argparse.Namespace) -> int:
 
 def _cmd_put(client: Client, args: argparse.Namespace) -> int:
     if args.value in (None, "-"):
-        if args.value is None and sys.stdin.isatty():
+        stdin = open_stdin("put", "give the VALUE as an argument")
+        if args.value is None and stdin.isatty():
             raise UsageError("put: give a VALUE, or '-' to type it, or pipe it on standard input")
-        value = sys.stdin.buffer.read()
+        value = stdin.buffer.read()
     else:
         value = args.value.encode()
     index = client.put(args.key, value, lease=args.lease)
@@ -721,7 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prefix", nargs="?", default="", help="default: all keys")
     p.add_argument("--start-after", default="", metavar="KEY", help="only keys after KEY")
     p.add_argument(
-        "--limit", type=_non_negative, default=0, help="one page of at most N keys (default: all)"
+        "--limit", type=_limit, default=0, help="one page of at most N keys (default: all)"
     )
     serializable(p)
 
@@ -767,14 +806,25 @@ def _register_server_commands(sub: Any) -> None:
     node_cli.register(sub)
 
 
-def _non_negative(text: str) -> int:
+# The largest number a request's field holds (int64; range's limit is a uint32).
+INT64_MAX = (1 << 63) - 1
+UINT32_MAX = (1 << 32) - 1
+
+
+def _non_negative(text: str, maximum: int = INT64_MAX) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    if value > maximum:
+        raise argparse.ArgumentTypeError(f"too large: {value} (at most {maximum})")
     return value
+
+
+def _limit(text: str) -> int:
+    return _non_negative(text, UINT32_MAX)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,10 +23,12 @@ from ramraft.client.errors import NotFound
 from ramraft.tools.cli import (
     EXIT_NEGATIVE,
     EXIT_OK,
+    INT64_MAX,
     UsageError,
     add_client_options,
     client_command,
     json_from_args,
+    open_stdin,
 )
 
 __all__ = ["parse_compare", "parse_op", "printable", "register"]
@@ -130,6 +132,10 @@ def parse_compare(text: str) -> Compare:
     except ValueError:
         raise UsageError(f"compare {text!r}: {target} compares with a whole number") from None
     made: Compare = _TARGETS[target](key, op, number)  # type: ignore[operator]
+    try:
+        made.message()  # a number the request cannot hold
+    except ValueError:
+        raise UsageError(f"compare {text!r}: {number} is out of range") from None
     return made
 
 
@@ -236,7 +242,7 @@ def _cmd_txn(client: Client, args: argparse.Namespace) -> int:
         compares = [parse_compare(c) for c in args.compare]
         success = [parse_op(o) for o in args.then]
         failure = [parse_op(o) for o in args.otherwise]
-    elif sys.stdin.isatty():
+    elif open_stdin("txn", "give --compare/--then/--else").isatty():
         raise UsageError("txn: give --compare/--then/--else, or the transaction on standard input")
     else:
         compares, success, failure = _txn_from_stdin()
@@ -306,6 +312,8 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    if value > INT64_MAX:
+        raise argparse.ArgumentTypeError(f"too large: {value} (at most {INT64_MAX})")
     return value
 
 

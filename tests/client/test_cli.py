@@ -55,6 +55,17 @@ def test_put_reads_stdin(server: FakeServer, capsys, monkeypatch) -> None:
     assert status == 2 and "give a VALUE" in err
 
 
+@pytest.mark.parametrize("argv", [["put", "k"], ["put", "k", "-"], ["txn"], ["blob", "put", "-"]])
+def test_a_closed_standard_input_is_a_usage_error(
+    server: FakeServer, capsys, monkeypatch, argv: list[str]
+) -> None:
+    """Started with standard input closed (`<&-`), Python has no sys.stdin."""
+    monkeypatch.setattr(sys, "stdin", None)
+    status, out, err = run(capsys, *argv, "--endpoints", server.address)
+    assert (status, out) == (2, "")
+    assert "standard input is closed" in err and err.count("\n") == 1, err
+
+
 def test_json_output(server: FakeServer, capsys, monkeypatch) -> None:
     monkeypatch.setenv("RAMRAFT_ENDPOINTS", server.address)
     status, out, _ = run(capsys, "put", "k", "v", "--json")
@@ -171,7 +182,13 @@ def test_txn_from_flags_and_from_stdin(server: FakeServer, capsys, monkeypatch) 
 
 @pytest.mark.parametrize(
     "expression",
-    ["value(k) ~ v", "mod(k) > soon", "size(k) = 1", "value(k) = 'a b' c"],
+    [
+        "value(k) ~ v",
+        "mod(k) > soon",
+        "size(k) = 1",
+        "value(k) = 'a b' c",
+        "version(k) = 9223372036854775808",  # more than the request's int64 holds
+    ],
 )
 def test_a_bad_txn_is_a_usage_error(server: FakeServer, capsys, expression: str) -> None:
     status, out, err = run(capsys, "txn", "--compare", expression, "--endpoints", server.address)
@@ -277,8 +294,15 @@ def test_admin_commands(server: FakeServer, capsys) -> None:
         ["frobnicate"],
         ["get", "k", "--endpoints", "no-port"],
         ["get", "k", "--timeout", "0"],
+        ["get", "k", "--timeout", "inf"],
         ["members", "add", "n4", "not-an-address"],
         ["snapshot", "--endpoint", "x"],
+        # More than the request's field holds (int64; range's limit: uint32).
+        ["range", "--limit", "4294967296"],
+        ["put", "k", "v", "--lease", "9223372036854775808"],
+        ["lease", "grant", "9223372036854775808"],
+        ["lease", "revoke", "9223372036854775808"],
+        ["watch", "--rev", "9223372036854775808"],
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(capsys, argv: list[str]) -> None:
@@ -293,6 +317,43 @@ def test_bad_environment_is_a_usage_error(capsys, monkeypatch) -> None:
     monkeypatch.setenv("RAMRAFT_TIMEOUT", "later")
     status, _, err = run(capsys, "get", "k")
     assert (status, err) == (2, "ramraft: error: RAMRAFT_TIMEOUT: not a number: 'later'\n")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"\x30\x82\x01\x0a\xff\xfe binary", "not a text file"),
+        # The node's --auth-tokens file, as `ramraft tokens` writes it.
+        (b"# ramraft tokens\nadmin admin tok-1\nread reader tok-2\n", "more than one word"),
+        (b"tok-1\x07\n", "printable"),
+    ],
+)
+def test_a_bad_token_file_is_a_usage_error_naming_the_file(
+    capsys, tmp_path: Path, content: bytes, problem: str
+) -> None:
+    path = tmp_path / "token"
+    path.write_bytes(content)
+    status, out, err = run(capsys, "get", "k", "--token-file", str(path))
+    assert (status, out) == (2, "")
+    assert err.startswith(f"ramraft: error: --token-file {path}") and problem in err, err
+    assert err.count("\n") == 1 and "tok-" not in err  # never echoes a token
+
+
+def test_tls_files_that_are_not_pem_are_usage_errors(capsys, tmp_path: Path) -> None:
+    from ramraft.tools.certs import make_cluster_certs
+
+    make_cluster_certs(tmp_path, {})
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not pem\n")
+    ca, cert = str(tmp_path / "ca.pem"), str(tmp_path / "client.pem")
+    for options, problem in [
+        (["--tls-ca", str(garbage)], f"--tls-ca {garbage}: not a PEM certificate"),
+        (["--tls-ca", ca, "--tls-cert", str(garbage), "--tls-key", str(garbage)], "--tls-cert"),
+        (["--tls-ca", ca, "--tls-cert", cert, "--tls-key", cert], "not a PEM private key"),
+    ]:
+        status, out, err = run(capsys, "get", "k", *options, "--endpoints", dead_address())
+        assert (status, out) == (2, ""), err
+        assert err.startswith("ramraft: error: ") and problem in err and err.count("\n") == 1
 
 
 def test_cluster_errors_are_one_line_and_exit_3(servers, capsys) -> None:
@@ -486,6 +547,24 @@ def test_blob_commands(server: FakeServer, capsys, tmp_path: Path, monkeypatch) 
         assert status == 2 and out == "" and len(err.splitlines()) == 1, (argv, err)
     status, _, err = run(capsys, "blob", "get", csv, "--json", *ep)
     assert status == 2 and "-o FILE" in err
+
+
+def test_blob_files_that_cannot_be_read_or_written_are_usage_errors(
+    server: FakeServer, capsys, tmp_path: Path
+) -> None:
+    ep = ["--endpoints", server.address]
+    server.node.blobs[SEEDED] = ("text/plain", SEEDED_BLOB)
+    cases = [
+        (["blob", "get", SEEDED, "-o", str(tmp_path / "absent" / "copy")], "No such file"),
+        (["blob", "get", SEEDED, "-o", str(tmp_path)], "is a directory"),
+        (["blob", "put", str(tmp_path)], "not a regular file"),
+    ]
+    for argv, problem in cases:
+        status, out, err = run(capsys, *argv, *ep)
+        assert (status, out) == (2, ""), (argv, err)
+        assert err.startswith("ramraft: error: blob ") and problem in err, (argv, err)
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(tmp_path.iterdir()) == [], "nothing half-written"
 
 
 @pytest.mark.parametrize(
