@@ -62,9 +62,18 @@ def run_tokens(args: argparse.Namespace) -> int:
     if path.exists():
         print(f"ramraft tokens: {path} exists; not overwriting it", file=sys.stderr)
         return 1
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        print(f"ramraft tokens: cannot create {path}: {e.strerror}", file=sys.stderr)
+        return 1
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    except OSError as e:
+        path.unlink(missing_ok=True)  # never a token file cut short
+        print(f"ramraft tokens: cannot write {path}: {e.strerror}", file=sys.stderr)
+        return 1
     print(path)
     return 0
 

@@ -183,6 +183,16 @@ def test_cli_makes_a_usable_token_file(tmp_path: Path) -> None:
     assert main(["tokens", "--out", str(out)]) == 1, "never overwrites"
 
 
+def test_cli_says_why_it_cannot_write_the_token_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "absent" / "tokens.txt"
+    assert main(["tokens", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"ramraft tokens: cannot create {out}: No such file or directory\n"
+
+
 def test_runtime_counts_requests_queued_for_the_next_turn() -> None:
     """max_pending_requests bounds everything the runtime holds, including
     proposals queued while the loop is busy persisting (they were not
