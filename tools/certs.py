@@ -96,12 +96,28 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+class CertsError(Exception):
+    """The files found in the output directory cannot be used; one line."""
+
+
 def load_or_create_ca(out: Path, days: int) -> tuple[Any, Any]:
     x509, hashes, serialization, ec, _, NameOID = _lazy_crypto()
     cert_path, key_path = out / "ca.pem", out / "ca-key.pem"
     if cert_path.exists() and key_path.exists():
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        return x509.load_pem_x509_certificate(cert_path.read_bytes()), key
+        try:
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        except (ValueError, TypeError) as e:  # not PEM, another kind, a password-protected key
+            raise CertsError(
+                f"{cert_path} and {key_path} are not a CA certificate and its unencrypted key in "
+                f"PEM ({' '.join(str(e).split())}): move them away to make a new CA"
+            ) from None
+        if _public_bytes(cert.public_key()) != _public_bytes(key.public_key()):
+            raise CertsError(
+                f"{key_path} is not the key of {cert_path}: certificates it signed would not "
+                "chain to that CA; put the right pair there, or move both away to make a new CA"
+            )
+        return cert, key
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ramraft cluster CA")])
     cert = (
@@ -140,6 +156,14 @@ def load_or_create_ca(out: Path, days: int) -> tuple[Any, Any]:
         private=True,
     )
     return cert, key
+
+
+def _public_bytes(key: Any) -> bytes:
+    _, _, serialization, _, _, _ = _lazy_crypto()
+    data: bytes = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return data
 
 
 def issue(
@@ -288,6 +312,9 @@ def run_own_key(args: argparse.Namespace) -> int:
     if not node_id:
         print("ramraft certs own-key: --node (or RAMRAFT_ID) is required", file=sys.stderr)
         return 2
+    if not args.watch >= 0:
+        print(f"ramraft certs own-key: --watch {args.watch}: must not be negative", file=sys.stderr)
+        return 2
     while True:
         try:
             if copy_own_key(Path(args.source), Path(args.target), node_id):
@@ -304,6 +331,13 @@ def run_own_key(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if args.days < 1:
+        print(f"ramraft certs: --days {args.days}: must be at least 1", file=sys.stderr)
+        return 2
+    clients = [c for c in args.clients.split(",") if c]
+    if not clients:
+        print("ramraft certs: --clients: give at least one name", file=sys.stderr)
+        return 2
     hosts = [h for h in args.hosts.split(",") if h]
     if args.k8s_namespace:
         nodes = k8s_node_hosts(
@@ -322,12 +356,15 @@ def run(args: argparse.Namespace) -> int:
             return 2
         nodes = {i: hosts or ["127.0.0.1", "localhost"] for i in node_ids}
     try:
-        written = make_cluster_certs(out, nodes, args.days, args.clients.split(","))
+        written = make_cluster_certs(out, nodes, args.days, clients)
     except OSError as e:
         print(f"ramraft certs: cannot write to {out}: {e}", file=sys.stderr)
         return 1
+    except CertsError as e:
+        print(f"ramraft certs: {e}", file=sys.stderr)
+        return 1
     if args.secret:
-        sys.stdout.write(secret_yaml(out, written, args.secret_name, args.clients.split(",")))
+        sys.stdout.write(secret_yaml(out, written, args.secret_name, clients))
         print(f"ramraft certs: the files, and the CA's key, are in {out}/", file=sys.stderr)
     else:
         for path in [out / "ca-key.pem", *written]:

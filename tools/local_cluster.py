@@ -286,9 +286,13 @@ def run_cluster(args: argparse.Namespace) -> int:
     if tls_dir is not None and not all(
         (tls_dir / name).exists() for name in ["ca.pem", *(f"{i}.pem" for i in ids)]
     ):
-        from ramraft.tools.certs import make_cluster_certs
+        from ramraft.tools.certs import CertsError, make_cluster_certs
 
-        make_cluster_certs(tls_dir, {i: [args.host, "localhost"] for i in ids})
+        try:
+            make_cluster_certs(tls_dir, {i: [args.host, "localhost"] for i in ids})
+        except (CertsError, OSError) as e:
+            _say(f"--tls-dir {tls_dir}: {e}")
+            return 2
     nodes: list[LocalNode] = []
     for n, node_id in enumerate(ids):
         argv = ["node", "--id", node_id, "--peers", peers, "--data-dir", str(data / node_id)]

@@ -67,3 +67,34 @@ def test_cli_lists_every_file_it_writes(tmp_path: Path, capsys) -> None:  # type
 
 def test_cli_refuses_without_nodes(tmp_path: Path) -> None:
     assert main(["certs", "--out", str(tmp_path)]) == 2
+
+
+def test_cli_refuses_a_validity_of_no_days_and_no_client_name(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    for days in ("0", "-1"):
+        assert main(["certs", "--out", str(tmp_path), "--nodes", "n1", "--days", days]) == 2
+        assert capsys.readouterr().err == f"ramraft certs: --days {days}: must be at least 1\n"
+    assert main(["certs", "--out", str(tmp_path), "--nodes", "n1", "--clients", ""]) == 2
+    assert capsys.readouterr().err == "ramraft certs: --clients: give at least one name\n"
+    argv = ["certs", "own-key", "--node", "n1", "--source", str(tmp_path), "--watch", "-1"]
+    assert main([*argv, "--target", str(tmp_path / "own")]) == 2
+    assert capsys.readouterr().err == "ramraft certs own-key: --watch -1.0: must not be negative\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_says_when_the_ca_files_there_cannot_be_used(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    argv = ["certs", "--out", str(tmp_path), "--nodes", "n1"]
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    (tmp_path / "ca-key.pem").write_text("not a key\n")
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "are not a CA certificate and its unencrypted key" in err and err.count("\n") == 1
+    # A CA certificate with another CA's key: what it signed would not chain.
+    other = tmp_path / "other"
+    make_cluster_certs(other, {})
+    make_cluster_certs(tmp_path / "mine", {})
+    (tmp_path / "ca.pem").write_bytes((tmp_path / "mine" / "ca.pem").read_bytes())
+    (tmp_path / "ca-key.pem").write_bytes((other / "ca-key.pem").read_bytes())
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "is not the key of" in err and err.count("\n") == 1
+    assert not (tmp_path / "n1.pem").exists()
