@@ -1044,9 +1044,16 @@ async def run_bench(args: argparse.Namespace, progress: Progress) -> dict[str, A
     root: Path | None = None
     if endpoints is None:
         base = Path(args.data_dir) if args.data_dir else None
-        if base is not None:
-            base.mkdir(parents=True, exist_ok=True)
-        root = Path(tempfile.mkdtemp(prefix="ramraft-bench-", dir=base))
+        try:
+            if base is not None:
+                base.mkdir(parents=True, exist_ok=True)
+            root = Path(tempfile.mkdtemp(prefix="ramraft-bench-", dir=base))
+        except OSError as e:
+            where = f"--data-dir {args.data_dir}" if base is not None else "the temporary directory"
+            raise BenchError(
+                f"{where}: cannot create the cluster's directory there ({e.strerror}); "
+                "give --data-dir a directory this user can write"
+            ) from None
     cluster = Cluster(
         endpoints,
         inproc=inproc,
@@ -1452,6 +1459,12 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.tick_ms < 0:
         print("ramraft bench: --tick-ms must not be negative", file=sys.stderr)
+        return 2
+    if args.data_dir and Path(args.data_dir).exists() and not Path(args.data_dir).is_dir():
+        print(
+            f"ramraft bench: --data-dir {args.data_dir}: is a file, not a directory",
+            file=sys.stderr,
+        )
         return 2
     warmup = args.warmup if args.warmup is not None else min(1.0, args.duration)
     args.plan = Plan(

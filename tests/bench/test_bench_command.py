@@ -124,6 +124,7 @@ def test_bench_human_output_has_a_table() -> None:
         (["--in-flight", "0"], ">= 1"),
         (["--duration", "-1"], "more than 0"),
         (["--endpoints", "not-an-address"], "--endpoints"),
+        (["--data-dir", "pyproject.toml"], "--data-dir pyproject.toml: is a file"),
     ],
 )
 def test_bench_rejects_bad_arguments(args: list[str], message: str) -> None:
