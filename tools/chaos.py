@@ -831,13 +831,14 @@ def _run_chaos(args: argparse.Namespace) -> int:
     if args.check_only:
         try:
             meta, records = load_history(args.check_only)
+            watchers = load_watchers(args.check_only)
         except HistoryError as e:
             sys.stderr.write(f"ramraft chaos: {e}\n")
             return EXIT_NO_VERDICT
         verdict = check_history(
             records,
             timeout=args.check_timeout,
-            watchers=load_watchers(args.check_only),
+            watchers=watchers,
             bank_total=meta.get("bank_total"),
         )
         return _emit(verdict, as_json, {"history": args.check_only, "keys_meta": meta.get("keys")})

@@ -522,19 +522,27 @@ class Verdict:
         return self.revision_problems + self.transfer_problems + self.watch_problems
 
     @property
+    def unanswered(self) -> bool:
+        """No final read succeeded: the cluster did not answer at the end
+        (perhaps never: a run against the wrong endpoints records nothing
+        but failures), and such a history proves nothing."""
+        return self.keys > 0 and self.final_reads == 0
+
+    @property
     def passed(self) -> bool:
         return (
             self.linearizable is True
             and not self.lost
             and not self.unchecked_keys
             and not self.problems
+            and not self.unanswered
         )
 
     @property
     def exit_code(self) -> int:
         if self.linearizable is False or self.lost or self.problems:
             return EXIT_VIOLATION
-        if self.linearizable is None or self.unchecked_keys:
+        if self.linearizable is None or self.unchecked_keys or self.unanswered:
             return EXIT_NO_VERDICT
         return EXIT_PASS
 
@@ -585,6 +593,8 @@ class Verdict:
         lines.append(f"final reads: {self.final_reads} of {self.keys} keys")
         if self.unchecked_keys:
             lines.append(f"  no final read for: {', '.join(self.unchecked_keys)}")
+        if self.unanswered:
+            lines.append("  no final read succeeded: the cluster did not answer")
         lin = {True: "yes", False: "NO", None: "undecided"}[self.linearizable]
         lines.append(f"linearizable: {lin} (checked in {self.check_seconds:.1f} s)")
         if self.linearizable is not True:
@@ -705,6 +715,8 @@ def load_watchers(path: str | os.PathLike[str]) -> list[WatcherLog]:
                     docs.append(doc)
     except OSError as e:
         raise HistoryError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise HistoryError(f"{path}: not a history (not UTF-8 text)") from None
     return watchers_from(docs)
 
 
@@ -732,4 +744,6 @@ def load_history(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Rec
                     records.append(Record.from_dict(doc))
     except OSError as e:
         raise HistoryError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise HistoryError(f"{path}: not a history (not UTF-8 text)") from None
     return meta, records

@@ -162,6 +162,18 @@ def test_no_final_read_means_no_verdict() -> None:
     assert v.unchecked_keys == ["k"] and v.exit_code == EXIT_NO_VERDICT
 
 
+def test_a_cluster_that_never_answered_is_no_verdict() -> None:
+    """Wrong endpoints: every operation failed, and so did every final read;
+    nothing was checked, which is no pass."""
+    h = [
+        op("get", 0, 1, outcome="failed", result=None),
+        op("get", 2, 3, outcome="failed", final=True, result=None),
+    ]
+    v = check_history(h)
+    assert not v.passed and v.exit_code == EXIT_NO_VERDICT, v.report()
+    assert "the cluster did not answer" in v.report() and "NO VERDICT" in v.report()
+
+
 def test_unknown_writes_may_or_may_not_have_happened() -> None:
     for seen in ("a", "b"):
         h = [
@@ -299,6 +311,18 @@ def test_the_text_report_names_the_web_clients(capsys: pytest.CaptureFixture[str
 def test_check_only_of_a_missing_file_has_no_verdict(tmp_path: Path) -> None:
     r = ramraft("chaos", "--check-only", str(tmp_path / "nope.jsonl"))
     assert r.returncode == EXIT_NO_VERDICT and "cannot read" in r.stderr
+
+
+def test_check_only_of_a_file_that_is_no_history_has_no_verdict(tmp_path: Path) -> None:
+    binary = tmp_path / "cluster.backup"
+    binary.write_bytes(b"RAMRAFT-BACKUP\x00\xff\xfe\x80 not text\n")
+    bad_watcher = tmp_path / "h.jsonl"
+    bad_watcher.write_text('{"type": "meta"}\n{"type": "watcher"}\n')
+    for path, problem in ((binary, "not a history"), (bad_watcher, "bad watcher record")):
+        r = ramraft("chaos", "--check-only", str(path))
+        assert r.returncode == EXIT_NO_VERDICT, r.stderr
+        assert r.stderr.startswith("ramraft chaos: ") and problem in r.stderr, r.stderr
+        assert "internal error" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
 # -- revisions, transactions, watches ------------------------------------------------------
