@@ -19,6 +19,9 @@ def parse_address(text: str, what: str) -> tuple[str, int]:
     host, sep, port = text.strip().rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"{what}: {text!r} is not HOST:PORT")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        # grpc would read all of it as an IPv6 address (and bind port 443).
+        raise ConfigError(f"{what}: {text!r}: write an IPv6 address in brackets, [{host}]:{port}")
     return host.strip("[]"), int(port)
 
 
@@ -48,6 +51,15 @@ def parse_peers(text: str) -> dict[str, str]:
         _known_port(address, f"--peers entry {node_id}")
         if node_id in peers:
             raise ConfigError(f"--peers: {node_id} is listed twice")
+        twin = next((other for other, a in peers.items() if a == address.strip()), None)
+        if twin is not None:
+            # Each node listens on its own address: the messages meant for
+            # one would reach the other, which refuses them, and no leader is
+            # ever elected.
+            raise ConfigError(
+                f"--peers: {twin} and {node_id} have the same address {address.strip()}: "
+                "give each node its own"
+            )
         peers[node_id] = address.strip()
     if not peers:
         raise ConfigError("--peers: no members given")

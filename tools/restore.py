@@ -277,7 +277,7 @@ def run_restore(args: argparse.Namespace) -> int:
     try:
         peers = parse_peers(peer_list)
     except ConfigError as exc:
-        print(f"ramraft: error: --peers: {exc}", file=sys.stderr)
+        print(f"ramraft: error: {exc}", file=sys.stderr)  # it names --peers
         return EXIT_BAD_INPUT
     try:
         check_member(node_id, peers)  # bad usage: before the file is opened

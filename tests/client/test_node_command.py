@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ramraft.server.config import ConfigError
 from ramraft.tools import cli, node_cli
 from tests.client.fake_server import FakeServer
 
@@ -152,3 +153,26 @@ def _file(tmp: Path) -> Path:
     path = tmp / "a-file"
     path.write_text("not a directory")
     return path
+
+
+def test_two_peers_at_one_address_are_refused() -> None:
+    """Messages meant for one would reach the other (restore: tests/client/test_restore.py)."""
+    peers = "a=127.0.0.1:7001,b=127.0.0.1:7002,c=127.0.0.1:7001"
+    args = _resolved(["--id", "a", "--peers", peers, "--data-dir", "unused"], {})
+    with pytest.raises(ConfigError) as refused:
+        node_cli.config_from_args(args)
+    assert str(refused.value) == (
+        "--peers: a and c have the same address 127.0.0.1:7001: give each node its own"
+    )
+
+
+def test_an_ipv6_address_without_brackets_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = str(tmp_path / "a")
+    status = cli.main(["node", "--id", "a", "--peers", "a=::1:7001", "--data-dir", data_dir])
+    out, err = capsys.readouterr()
+    assert (status, out) == (2, "")
+    assert err == (
+        "ramraft node: --peers entry a: '::1:7001': write an IPv6 address in brackets, [::1]:7001\n"
+    )

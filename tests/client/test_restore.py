@@ -354,3 +354,23 @@ def test_bad_peers_are_refused(
         capsys, str(backup), "--data-dir", str(tmp_path / "d"), "--id", "a", peers="a=nowhere"
     )
     assert code == EXIT_USAGE and "--peers" in err
+
+
+def test_peers_errors_name_the_flag_once(
+    tmp_path: Path, backup: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = restore(
+        capsys,
+        str(backup),
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--id",
+        "a",
+        peers="a=127.0.0.1:7001,b=127.0.0.1:7001",
+    )
+    assert code == EXIT_USAGE
+    assert err == (
+        "ramraft: error: --peers: a and b have the same address 127.0.0.1:7001: "
+        "give each node its own\n"
+    )
+    assert not (tmp_path / "d").exists()
