@@ -126,7 +126,16 @@ class LocalNode:
         # wrong with a data directory that is not one.
         with contextlib.suppress(OSError):
             (self.data_dir / PORTS_FILE).unlink(missing_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "ramraft", *self.argv], env=env)
+        # The node starts with SIGINT ignored (that survives exec; the node
+        # handles it itself once it runs): a Ctrl-C at the terminal reaches
+        # the whole process group, and a node still starting its interpreter
+        # would print Python's tracebacks. This command stops them (SIGTERM).
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "ramraft", *self.argv], env=env)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         self.started_at = time.monotonic()
         self.restart_at = None
         self.ports = {}

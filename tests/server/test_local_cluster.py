@@ -217,6 +217,20 @@ def test_serves_restarts_a_killed_node_and_stops_on_ctrl_c(tmp_path: Path) -> No
         assert not [pid for pid in new_pids if _alive(pid)]
 
 
+def test_ctrl_c_while_the_nodes_start_stops_them_without_tracebacks(tmp_path: Path) -> None:
+    """Ctrl-C at a terminal signals the whole process group: the nodes too,
+    while their interpreters still start."""
+    with local_cluster(tmp_path) as cluster:
+        proc = cluster.start()
+        cluster.wait_for(lambda: "starting 3 nodes" in cluster.stderr())
+        time.sleep(0.3)  # the nodes are being started: importing Python and ramraft
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=SAFETY) == 0
+        err = cluster.stderr()
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+        assert err.rstrip().endswith("ramraft cluster: stopped"), err
+
+
 def test_a_node_that_keeps_crashing_is_left_down_after_growing_delays(tmp_path: Path) -> None:
     args = ("--restart-delay", "0.1", "--restart-attempts", "3")
     with local_cluster(tmp_path, *args) as cluster:
