@@ -284,6 +284,9 @@ def run_restore(args: argparse.Namespace) -> int:
     except RestoreError as exc:
         print(f"ramraft: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if Path(data_dir).exists() and not Path(data_dir).is_dir():
+        print(f"ramraft: error: --data-dir {data_dir}: is a file, not a directory", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if cluster_id and not valid_cluster_id(cluster_id):
         print(
             f"ramraft: error: --cluster-id {cluster_id!r}: 1-64 letters, digits, '.', '_' or '-'",

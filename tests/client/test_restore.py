@@ -374,3 +374,14 @@ def test_peers_errors_name_the_flag_once(
         "give each node its own\n"
     )
     assert not (tmp_path / "d").exists()
+
+
+def test_a_data_dir_that_is_a_file_is_named_so(
+    tmp_path: Path, backup: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "a-file"
+    path.write_text("not a directory")
+    code, _, err = restore(capsys, str(backup), "--data-dir", str(path), "--id", "a")
+    assert code == EXIT_USAGE
+    assert err == f"ramraft: error: --data-dir {path}: is a file, not a directory\n"
+    assert path.read_text() == "not a directory"
