@@ -141,7 +141,7 @@ def run_verify(path: str, as_json: bool, app: str | None, app_path: str = ".") -
             assert application is not None
             model = application.model
         except AppLoadError as exc:
-            print(f"ramraft: error: --app: {' '.join(str(exc).split())}", file=sys.stderr)
+            print(f"ramraft: error: {' '.join(str(exc).split())}", file=sys.stderr)  # names --app
             return EXIT_BAD_INPUT
     try:
         header, summary = verify_backup(path, model=model)

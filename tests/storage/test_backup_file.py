@@ -319,6 +319,17 @@ def test_verify_cli_imports_the_app_from_the_current_directory_or_app_path(
     assert code == 0 and "OK" in out, err
 
 
+def test_verify_cli_names_an_app_it_cannot_load_once(
+    tmp_path: Path, small: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "good.backup"
+    path.write_bytes(small)
+    code, out, err = verify_cli(capsys, path, "--app", "no_such_module_here:app")
+    assert (code, out) == (2, "")
+    assert err.startswith("ramraft: error: --app 'no_such_module_here:app': cannot import"), err
+    assert err.count("--app") == 2 and err.count("\n") == 1, err  # and "see --app-path"
+
+
 def test_verify_cli_refuses_code_older_than_the_backups_app_version(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
