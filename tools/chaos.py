@@ -60,6 +60,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
 import secrets
@@ -147,8 +148,10 @@ class WorkloadConfig:
     web_clients: int = 0
 
     def validate(self) -> None:
-        if self.duration <= 0:
-            raise ValueError("--duration must be positive")
+        # nan too (it passed `<= 0`: a run that never ends); inf is a run
+        # until Ctrl-C, which then checks what was recorded.
+        if not self.duration > 0:
+            raise ValueError("--duration must be a positive number of seconds")
         if not 1 <= self.clients <= 256:
             raise ValueError("--clients must be between 1 and 256")
         if not 1 <= self.keys <= 10_000:
@@ -156,7 +159,7 @@ class WorkloadConfig:
         for name in ("timeout", "attempt_timeout", "final_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
-        if self.think < 0:
+        if not 0 <= self.think < math.inf:
             raise ValueError("--think must not be negative")
         if set(self.mix) - set(OP_KINDS) or not sum(self.mix.values()) > 0:
             raise ValueError(f"--mix: weights for {', '.join(OP_KINDS)}, not all zero")

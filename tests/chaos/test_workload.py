@@ -19,7 +19,7 @@ import pytest
 
 from ramraft.client._core import SESSION_EXPIRED
 from ramraft.client.errors import DeadlineExceeded, FailedPrecondition, Unavailable
-from ramraft.tools.chaos import _emit, _run_op
+from ramraft.tools.chaos import WorkloadConfig, _emit, _run_op
 from ramraft.tools.history import (
     EXIT_NO_VERDICT,
     EXIT_PASS,
@@ -311,6 +311,21 @@ def test_the_text_report_names_the_web_clients(capsys: pytest.CaptureFixture[str
 def test_check_only_of_a_missing_file_has_no_verdict(tmp_path: Path) -> None:
     r = ramraft("chaos", "--check-only", str(tmp_path / "nope.jsonl"))
     assert r.returncode == EXIT_NO_VERDICT and "cannot read" in r.stderr
+
+
+@pytest.mark.parametrize("field", ["duration", "think"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_a_duration_or_think_time_that_is_no_number_of_seconds_is_refused(
+    field: str, value: float
+) -> None:
+    """`--duration nan` passed `duration <= 0` and ran until killed."""
+    config = WorkloadConfig(endpoints=["127.0.0.1:1"], duration=1.0)
+    setattr(config, field, value)
+    if (field, value) == ("duration", float("inf")):
+        config.validate()  # until Ctrl-C
+        return
+    with pytest.raises(ValueError, match=f"--{field} must"):
+        config.validate()
 
 
 def test_check_only_of_a_file_that_is_no_history_has_no_verdict(tmp_path: Path) -> None:
