@@ -166,6 +166,18 @@ def parse_tokens(text: str, source: str = "tokens") -> list[tuple[bytes, Princip
     return entries
 
 
+def _read_tokens(path: str) -> list[tuple[bytes, Principal]]:
+    """The entries of the token file at ``path``; OSError if unreadable,
+    AuthConfigError if it is no token file (not even text)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise AuthConfigError(
+            f"--auth-tokens {path}: not a text file (`ramraft tokens` writes one)"
+        ) from None
+    return parse_tokens(text, path)
+
+
 class TokenStore:
     """The token file, re-read when it changes. Thread-safe."""
 
@@ -175,7 +187,7 @@ class TokenStore:
         self._checked = time.monotonic()
         try:
             self._signature = _stat(path)
-            self._entries = parse_tokens(Path(path).read_text(), path)
+            self._entries = _read_tokens(path)
         except OSError as e:
             raise AuthConfigError(f"--auth-tokens {path}: {e.strerror}") from None
 
@@ -189,7 +201,7 @@ class TokenStore:
                 signature = _stat(self.path)
                 if signature == self._signature:
                     return
-                entries = parse_tokens(Path(self.path).read_text(), self.path)
+                entries = _read_tokens(self.path)
             except (OSError, AuthConfigError) as e:
                 log.warning("tokens_reload_refused", error=str(e))
                 return

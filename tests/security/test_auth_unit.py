@@ -92,6 +92,20 @@ def test_token_file_is_reloaded_when_it_changes(
     assert store.authenticate("rotated-token-0123456789") is not None
 
 
+def test_a_token_file_that_is_not_text_is_refused_and_never_replaces_a_good_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "tokens"
+    path.write_bytes(b"\xff\xfe binary, not a token file")
+    with pytest.raises(AuthConfigError, match="not a text file"):
+        TokenStore(str(path))
+    monkeypatch.setattr("ramraft.server.security.auth.TOKENS_RECHECK_SECONDS", 0.0)
+    path.write_text(f"write app {TOKEN}\n")
+    store = TokenStore(str(path))
+    path.write_bytes(b"\xff\xfe binary, not a token file")
+    assert store.authenticate(TOKEN) is not None  # the last good one, no exception
+
+
 def test_bearer_and_basic_credentials() -> None:
     assert bearer_token(f"Bearer {TOKEN}") == TOKEN
     assert bearer_token(f"bearer   {TOKEN} ") == TOKEN
