@@ -844,6 +844,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if sys.stdout is None:
+        # Started with standard output closed (>&-): Python has no
+        # sys.stdout. The answer goes nowhere, as Python's print() does
+        # then (and as after a broken pipe); the exit status still tells.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
     try:
         return func(args)
     except UsageError as e:

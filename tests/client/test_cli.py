@@ -66,6 +66,17 @@ def test_a_closed_standard_input_is_a_usage_error(
     assert "standard input is closed" in err and err.count("\n") == 1, err
 
 
+def test_a_closed_standard_output_loses_the_answer_not_the_exit_status(
+    server: FakeServer, capsys, monkeypatch
+) -> None:
+    """Started with standard output closed (`>&-`), Python has no sys.stdout."""
+    server.node.data["k"] = b"v"
+    monkeypatch.setattr(sys, "stdout", None)
+    assert cli.main(["get", "k", "--endpoints", server.address]) == 0
+    assert cli.main(["get", "absent", "--endpoints", server.address]) == 1
+    assert capsys.readouterr().err == "ramraft: key not found: absent\n"
+
+
 def test_json_output(server: FakeServer, capsys, monkeypatch) -> None:
     monkeypatch.setenv("RAMRAFT_ENDPOINTS", server.address)
     status, out, _ = run(capsys, "put", "k", "v", "--json")
