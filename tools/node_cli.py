@@ -569,11 +569,12 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     return config
 
 
-def prepare_data_dir(path: str) -> None:
-    """Create the data directory if missing and check that this user can
-    write it; a ConfigError says what is wrong with --data-dir and what to do."""
+def prepare_data_dir(path: str, option: str = "--data-dir") -> None:
+    """Create the data directory (or the --blob-dir) if missing and check
+    that this user can write it; a ConfigError says what is wrong with
+    ``option`` and what to do."""
     directory = Path(path)
-    flag = f"--data-dir {path}"
+    flag = f"{option} {path}"
     advice = "give a directory this user can create and write (it is created if missing)"
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"{flag}: is a file, not a directory; {advice}")
@@ -623,6 +624,8 @@ def run_node(args: argparse.Namespace) -> int:
         resolve_settings(args)
         config = config_from_args(args)
         prepare_data_dir(config.data_dir)
+        if config.blobs.directory:
+            prepare_data_dir(config.blobs.directory, "--blob-dir")
         configure_logging(args.log_level)
         app = load_app_from_args(args)
     except (ConfigError, AppLoadError) as e:

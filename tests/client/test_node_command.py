@@ -176,3 +176,15 @@ def test_an_ipv6_address_without_brackets_is_refused(
     assert err == (
         "ramraft node: --peers entry a: '::1:7001': write an IPv6 address in brackets, [::1]:7001\n"
     )
+
+
+def test_a_blob_dir_that_is_a_file_is_named_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blob_dir = str(_file(tmp_path))
+    argv = ["node", "--id", "a", "--peers", "a=127.0.0.1:1", "--data-dir", str(tmp_path / "a")]
+    status = cli.main([*argv, "--blob-dir", blob_dir])
+    out, err = capsys.readouterr()
+    assert (status, out) == (2, "")
+    assert err.startswith(f"ramraft node: --blob-dir {blob_dir}: is a file, not a directory"), err
+    assert err.count("\n") == 1
