@@ -275,6 +275,18 @@ def run_cluster(args: argparse.Namespace) -> int:
     if args.restart_delay < 0 or args.restart_attempts < 1:
         _say("--restart-delay must be >= 0 and --restart-attempts >= 1")
         return 2
+    g, h, n = args.grpc_port, args.http_port, args.nodes
+    if g < 1:
+        _say(f"--grpc-port {g}: must be a port number (the nodes' addresses must be known)")
+        return 2
+    if h and h < g + n and g < h + n:
+        # Each node takes the next port of each run: one node's HTTP port
+        # would be another's gRPC port ("in use by another process").
+        _say(
+            f"--http-port {h}: the {n} nodes use ports {g}-{g + n - 1} for gRPC and "
+            f"{h}-{h + n - 1} for HTTP; give runs that do not overlap (or 0: no web tier)"
+        )
+        return 2
     ids = [f"n{i + 1}" for i in range(args.nodes)]
     grpc_addresses = {i: f"{args.host}:{args.grpc_port + n}" for n, i in enumerate(ids)}
     try:

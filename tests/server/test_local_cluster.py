@@ -217,6 +217,25 @@ def test_serves_restarts_a_killed_node_and_stops_on_ctrl_c(tmp_path: Path) -> No
         assert not [pid for pid in new_pids if _alive(pid)]
 
 
+def test_port_runs_that_overlap_are_refused_before_any_node_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ramraft.tools.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (g,) = free_port_runs(1, 5)  # what a cluster started without the checks would take
+    for (grpc_port, http_port), words in [
+        ((g, g + 1), f"{g}-{g + 2} for gRPC and {g + 1}-{g + 3}"),
+        ((g + 2, g), f"{g + 2}-{g + 4} for gRPC and {g}-{g + 2}"),
+        ((0, 0), "--grpc-port 0: must be a port number"),
+    ]:
+        ports = ["--grpc-port", str(grpc_port), "--http-port", str(http_port)]
+        assert main(["cluster", *ports]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ramraft cluster: ") and words in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ctrl_c_while_the_nodes_start_stops_them_without_tracebacks(tmp_path: Path) -> None:
     """Ctrl-C at a terminal signals the whole process group: the nodes too,
     while their interpreters still start."""
