@@ -421,4 +421,4 @@ class NodeConfig:
             return peer_address
         host, _ = parse_address(peer_address, "peer address")
         _, port = parse_address(self.client_listen, "--listen")
-        return f"{host}:{port}"
+        return join_address(host, port)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ramraft.server.config import ConfigError
+from ramraft.server.config import ConfigError, NodeConfig
 from ramraft.tools import cli, node_cli
 from tests.client.fake_server import FakeServer
 
@@ -176,6 +176,18 @@ def test_an_ipv6_address_without_brackets_is_refused(
     assert err == (
         "ramraft node: --peers entry a: '::1:7001': write an IPv6 address in brackets, [::1]:7001\n"
     )
+
+
+def test_an_ipv6_members_client_address_keeps_its_brackets() -> None:
+    """With peers on a port of their own, the address a member's clients
+    use is its host with the client port: an IPv6 host in brackets, which
+    the client's endpoint check and grpc both need."""
+    config = NodeConfig(
+        "a", {"a": "[::1]:7101", "b": "[fd00::2]:7101"}, "unused", listen="[::]:7001",
+        peer_listen="[::]:7101",
+    )  # fmt: skip
+    assert config.client_address_of("[fd00::2]:7101") == "[fd00::2]:7001"
+    assert config.client_address_of("10.0.0.2:7101") == "10.0.0.2:7001"
 
 
 def test_a_blob_dir_that_is_a_file_is_named_so(
