@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import shlex
 import signal
@@ -272,8 +273,8 @@ def run_cluster(args: argparse.Namespace) -> int:
     if not 1 <= args.nodes <= 9:
         _say("--nodes must be between 1 and 9")
         return 2
-    if args.restart_delay < 0 or args.restart_attempts < 1:
-        _say("--restart-delay must be >= 0 and --restart-attempts >= 1")
+    if not 0 <= args.restart_delay < math.inf or args.restart_attempts < 1:  # nan too
+        _say("--restart-delay must be a number of seconds >= 0 and --restart-attempts >= 1")
         return 2
     g, h, n = args.grpc_port, args.http_port, args.nodes
     if g < 1:

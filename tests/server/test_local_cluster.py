@@ -236,6 +236,21 @@ def test_port_runs_that_overlap_are_refused_before_any_node_starts(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_restart_delay_that_is_no_number_of_seconds_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nan passed the '< 0' check, and a node that exited would never have
+    been restarted; inf would wait forever."""
+    from ramraft.tools.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for delay in ("nan", "inf", "-1"):
+        assert main(["cluster", "--restart-delay", delay]) == 2, delay
+        err = capsys.readouterr().err
+        assert "--restart-delay must be a number of seconds >= 0" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ctrl_c_while_the_nodes_start_stops_them_without_tracebacks(tmp_path: Path) -> None:
     """Ctrl-C at a terminal signals the whole process group: the nodes too,
     while their interpreters still start."""
