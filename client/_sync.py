@@ -201,6 +201,10 @@ class _Stream:
         elif code == grpc.StatusCode.UNIMPLEMENTED:
             self._unary_only.add(self.endpoint)
         self.ended = (code, details, trailing)
+        # gRPC's thread that sends the requests waits on the queue until told
+        # there are none left: without this, every stream that broke (a node
+        # down, each reconnection attempt) would keep a thread for good.
+        self._outbox.put(_END_OF_REQUESTS)
         for request_id in list(self._waiting):
             answer = self._waiting.pop(request_id, None)
             if answer is not None:

@@ -19,7 +19,15 @@ from typing import Any
 import grpc
 import pytest
 
-from ramraft.client import AsyncClient, Client, DeadlineExceeded, Unauthenticated, _stream, _sync
+from ramraft.client import (
+    AsyncClient,
+    Client,
+    DeadlineExceeded,
+    Unauthenticated,
+    Unavailable,
+    _stream,
+    _sync,
+)
 from ramraft.client._async import _Stream as _AsyncStream
 from ramraft.client._sync import _END_OF_REQUESTS
 from ramraft.client._sync import _Stream as _SyncStream
@@ -379,3 +387,17 @@ def test_closing_the_client_ends_its_streams(server: FakeServer) -> None:
     c.close()
     with pytest.raises(RuntimeError, match="closed"):
         c.put("b", b"2")
+
+
+def test_a_broken_stream_leaves_no_thread_behind() -> None:
+    """Each stream to a node that is down breaks at once; the client opens
+    a new one on each attempt. gRPC sends a stream's requests from a thread
+    of its own, which must end with the stream, or a client retrying
+    through an outage gains a thread per attempt, for good."""
+    before = threading.active_count()
+    with Client("127.0.0.1:1", timeout=1) as c, pytest.raises(Unavailable):
+        c.put("a", b"1")
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= before + 1, [t.name for t in threading.enumerate()]
