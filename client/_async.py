@@ -477,7 +477,15 @@ class AsyncClient(AsyncRevisionsMixin, _core.ClientBase):
                     timeout=max(0.001, attempts.remaining()),
                     metadata=self._metadata,
                 )
+            except asyncio.CancelledError:
+                # gRPC cancels the call when reading the data fails, and the
+                # awaiting caller gets CancelledError, as if it was cancelled.
+                if upload.failure is not None:
+                    raise upload.failure from None
+                raise
             except grpc.RpcError as error:
+                if upload.failure is not None:  # reading the data failed, not the node
+                    raise upload.failure from None
                 if not attempts.retry(error, upload.replayable):
                     raise _core.error_from("PutBlob", error, target) from None
                 await asyncio.sleep(attempts.pause())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import mimetypes
 import os
 import re
@@ -24,6 +25,7 @@ from typing import Any, BinaryIO, Protocol
 
 import grpc
 
+from ramraft.client._core import check_timeout
 from ramraft.client.errors import InvalidArgument
 from ramraft.proto import blobs_pb2
 
@@ -88,28 +90,42 @@ class Upload:
     an iterable of bytes. ``replayable``: the bytes can be sent again."""
 
     def __init__(self, data: BlobSource | AsyncIterable[bytes], content_type: str | None) -> None:
+        if content_type is not None and not isinstance(content_type, str):
+            raise TypeError(f"content_type must be str, not {type(content_type).__name__}")
         self._data = data
         self._path: str | None = None
         self._start = 0
         self.size: int | None = None
+        # What made the upload's messages fail: gRPC sends them from its own
+        # thread (or task) and reports only "Exception iterating requests!".
+        self.failure: Exception | None = None
         if isinstance(data, str | os.PathLike):
             self._path = os.fspath(data)
             try:
                 self.size = os.path.getsize(self._path)
             except OSError as e:
                 raise InvalidArgument(f"cannot read {self._path}: {e.strerror}") from None
+            if os.path.isdir(self._path):
+                raise InvalidArgument(f"cannot read {self._path}: it is a directory")
             self.replayable = True
         elif isinstance(data, bytes | bytearray | memoryview):
             self.size = len(data)
             self.replayable = True
         elif hasattr(data, "read"):
             file: Any = data
+            if isinstance(file, io.TextIOBase):
+                raise TypeError("a blob is read from a file opened in binary mode ('rb'), not text")
             seekable = getattr(file, "seekable", lambda: False)()
             self.replayable = bool(seekable)
             if seekable:
                 self._start = file.tell()
-        else:
+        elif isinstance(data, Iterable | AsyncIterable):
             self.replayable = False
+        else:
+            raise TypeError(
+                "a blob is bytes, a path, a binary file or an iterable of bytes, "
+                f"not {type(data).__name__}"
+            )
         guessed = mimetypes.guess_type(self._path)[0] if self._path else None
         self.content_type = content_type or guessed or DEFAULT_CONTENT_TYPE
 
@@ -133,31 +149,47 @@ class Upload:
             if self.replayable:
                 data.seek(self._start)
             while chunk := data.read(PIECE):
-                yield bytes(chunk)
+                yield _piece(chunk)
         else:
             for chunk in data:
-                yield bytes(chunk)
+                yield _piece(chunk)
 
     def requests(self) -> Iterator[blobs_pb2.PutBlobRequest]:
-        yield self._first()
-        for piece in self._pieces():
-            yield blobs_pb2.PutBlobRequest(data=piece)
+        try:
+            yield self._first()
+            for piece in self._pieces():
+                yield blobs_pb2.PutBlobRequest(data=piece)
+        except Exception as e:
+            self.failure = e
+            raise
 
     async def requests_async(self) -> AsyncIterator[blobs_pb2.PutBlobRequest]:
         """The same messages, reading files in a worker thread."""
-        yield self._first()
-        data = self._data
-        if isinstance(data, AsyncIterable):
-            async for piece in data:
-                yield blobs_pb2.PutBlobRequest(data=bytes(piece))
-            return
-        pieces = self._pieces()
+        try:
+            yield self._first()
+            data = self._data
+            if isinstance(data, AsyncIterable):
+                async for piece in data:
+                    yield blobs_pb2.PutBlobRequest(data=_piece(piece))
+                return
+            pieces = self._pieces()
 
-        def next_piece() -> bytes | None:
-            return next(pieces, None)
+            def next_piece() -> bytes | None:
+                return next(pieces, None)
 
-        while (chunk := await asyncio.to_thread(next_piece)) is not None:
-            yield blobs_pb2.PutBlobRequest(data=chunk)
+            while (chunk := await asyncio.to_thread(next_piece)) is not None:
+                yield blobs_pb2.PutBlobRequest(data=chunk)
+        except Exception as e:
+            self.failure = e
+            raise
+
+
+def _piece(chunk: object) -> bytes:
+    """One piece of an upload's data, which must be bytes (``bytes(5)``
+    would be five zero bytes, ``bytes("text")`` an error far from here)."""
+    if isinstance(chunk, bytes | bytearray | memoryview):
+        return bytes(chunk)
+    raise TypeError(f"a blob's data must be bytes, not {type(chunk).__name__}")
 
 
 class Attempts:
@@ -165,7 +197,8 @@ class Attempts:
 
     def __init__(self, endpoints: list[str], timeout: float | None) -> None:
         self.endpoints = endpoints
-        self.deadline = time.monotonic() + (BLOB_TIMEOUT if timeout is None else timeout)
+        total = BLOB_TIMEOUT if timeout is None else check_timeout(timeout)
+        self.deadline = time.monotonic() + total
         self.count = 0
 
     def remaining(self) -> float:

@@ -508,6 +508,8 @@ class Client(RevisionsMixin, _core.ClientBase):
                     metadata=self._metadata,
                 )
             except grpc.RpcError as error:
+                if upload.failure is not None:  # reading the data failed, not the node
+                    raise upload.failure from None
                 if not attempts.retry(error, upload.replayable):
                     raise _core.error_from("PutBlob", error, target) from None
                 time.sleep(attempts.pause())

@@ -120,3 +120,40 @@ def test_the_asyncio_client(server: FakeServer, tmp_path: Path) -> None:
 
     asyncio.run(run())
     assert (tmp_path / "copy.png").read_bytes() == DATA
+
+
+def test_an_upload_of_what_is_no_bytes_names_the_mistake(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    """A text-mode file, pieces that are str or int, or no data at all: a
+    TypeError that says so, not "Exception iterating requests!" from gRPC's
+    thread (nor, from the asyncio client, a CancelledError), and no piece
+    sent as zero bytes (``bytes(5)``)."""
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+
+    async def strings() -> Any:
+        yield "hello"
+
+    with Client(server.address, timeout=5) as client, text.open() as opened:
+        for data, match in [
+            (opened, "binary mode"),
+            (["hello"], "must be bytes, not str"),
+            ([5], "must be bytes, not int"),
+            (5, "not int"),
+            (None, "not NoneType"),
+        ]:
+            with pytest.raises(TypeError, match=match):
+                client.put_blob(data)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument, match="directory"):
+            client.put_blob(tmp_path)
+        with pytest.raises(ValueError, match="timeout"):
+            client.put_blob(b"x", timeout=0)
+
+    async def run() -> None:
+        async with AsyncClient(server.address, timeout=5) as client:
+            for data in (strings(), ["hello"], [5]):
+                with pytest.raises(TypeError, match="must be bytes"):
+                    await client.put_blob(data)  # type: ignore[arg-type]
+
+    asyncio.run(run())
