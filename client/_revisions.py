@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from ramraft.client._core import to_key, to_value
 from ramraft.client.errors import FailedPrecondition, RamraftError
 from ramraft.proto import kv_pb2
 
@@ -69,6 +70,7 @@ _RESULTS = {
     ">": kv_pb2.COMPARE_RESULT_GREATER,
 }
 Operator = Literal["==", "!=", "<", ">"]
+_TARGETS = ("value", "version", "create_revision", "mod_revision", "lease")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +90,21 @@ class Compare:
     operand: bytes | int
 
     def __post_init__(self) -> None:
+        to_key(self.key)
         if self.op not in _RESULTS:
             raise ValueError(f"compare operator {self.op!r}: use one of ==, !=, <, >")
+        if self.target not in _TARGETS:
+            raise ValueError(f"compare target {self.target!r}: use one of {', '.join(_TARGETS)}")
+        if self.target == "value":
+            if not isinstance(self.operand, bytes):
+                raise TypeError(f"a value compares with bytes, not {type(self.operand).__name__}")
+        elif not isinstance(self.operand, int) or isinstance(self.operand, bool):
+            raise TypeError(f"a {self.target} compares with an int, not {self.operand!r}")
 
     @classmethod
     def value(cls, key: str, op: Operator, value: bytes | str) -> Compare:
-        return cls(key, "value", op, value.encode() if isinstance(value, str) else bytes(value))
+        # bytes(5) would be five zero bytes, bytes({}) none: only bytes or str.
+        return cls(key, "value", op, to_value(value))
 
     @classmethod
     def version(cls, key: str, op: Operator, version: int) -> Compare:
@@ -132,25 +143,28 @@ class TxnOp:
 
     @classmethod
     def put(cls, key: str, value: bytes | str, *, lease: int = 0) -> TxnOp:
-        data = value.encode() if isinstance(value, str) else bytes(value)
-        return cls(kv_pb2.RequestOp(put=kv_pb2.PutRequest(key=key, value=data, lease=lease)))
+        request = kv_pb2.PutRequest(key=to_key(key), value=to_value(value), lease=lease)
+        return cls(kv_pb2.RequestOp(put=request))
 
     @classmethod
     def get(cls, key: str) -> TxnOp:
-        return cls(kv_pb2.RequestOp(get=kv_pb2.GetRequest(key=key)))
+        return cls(kv_pb2.RequestOp(get=kv_pb2.GetRequest(key=to_key(key))))
 
     @classmethod
     def delete(cls, key: str) -> TxnOp:
-        return cls(kv_pb2.RequestOp(delete=kv_pb2.DeleteRequest(key=key)))
+        return cls(kv_pb2.RequestOp(delete=kv_pb2.DeleteRequest(key=to_key(key))))
 
     @classmethod
     def range(cls, prefix: str, *, limit: int = 0, start_after: str = "") -> TxnOp:
-        request = kv_pb2.RangeRequest(prefix=prefix, limit=limit, start_after=start_after)
+        request = kv_pb2.RangeRequest(
+            prefix=to_key(prefix), limit=limit, start_after=to_key(start_after)
+        )
         return cls(kv_pb2.RequestOp(range=request))
 
     @classmethod
     def delete_prefix(cls, prefix: str) -> TxnOp:
-        return cls(kv_pb2.RequestOp(delete_range=kv_pb2.DeleteRangeRequest(prefix=prefix)))
+        request = kv_pb2.DeleteRangeRequest(prefix=to_key(prefix))
+        return cls(kv_pb2.RequestOp(delete_range=request))
 
 
 def txn_request(

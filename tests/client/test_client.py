@@ -14,12 +14,14 @@ from ramraft.client import (
     SERIALIZABLE,
     CasResult,
     Client,
+    Compare,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     RamraftError,
+    TxnOp,
     Unauthenticated,
     Unavailable,
 )
@@ -316,6 +318,28 @@ def test_bad_arguments_fail_before_any_call(server: FakeServer) -> None:
         with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
             c.get("k", timeout=-1)
     assert server.node.calls == []
+
+
+def test_bad_transaction_ops_and_compares_fail_where_they_are_built() -> None:
+    """As for put: a value that is no bytes or str is refused, not sent as
+    something else (``bytes(5)`` is five zero bytes, ``bytes({})`` none)."""
+    with pytest.raises(TypeError, match="value must be bytes or str, not int"):
+        TxnOp.put("k", 5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="value must be bytes or str, not dict"):
+        TxnOp.put("k", {"a": 1})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="value must be bytes or str, not int"):
+        Compare.value("k", "==", 5)  # type: ignore[arg-type]
+    for build in (TxnOp.get, TxnOp.delete, TxnOp.range, TxnOp.delete_prefix):
+        with pytest.raises(TypeError, match="key must be str, not NoneType"):
+            build(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="key must be str, not int"):
+        Compare.version(1, "==", 0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="compare target 'bogus'"):
+        Compare("k", "bogus", "==", 1)
+    with pytest.raises(TypeError, match="a value compares with bytes"):
+        Compare("k", "value", "==", 1)
+    assert TxnOp.put("k", "text").request.put.value == b"text"
+    assert Compare.value("k", "==", "v").operand == b"v"
 
 
 def test_admin_calls(server: FakeServer) -> None:
