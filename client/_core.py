@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import os
 import random
 import re
@@ -111,14 +110,22 @@ def parse_endpoints(endpoints: str | Iterable[str]) -> list[str]:
     return result
 
 
+# The longest timeout a call takes (about 31 years): a longer one (or
+# infinity, for "no deadline") overflows the waits it becomes (a stream
+# request's timeout_ms, a lock's timeout, grpc's deadline).
+MAX_TIMEOUT: Final = 1e9
+
+
 def check_timeout(timeout: float, name: str = "timeout") -> float:
-    # Finite: grpc turns a deadline into whole nanoseconds (inf overflows).
     if (
         not isinstance(timeout, int | float)
         or isinstance(timeout, bool)
-        or not 0 < timeout < math.inf
+        or not 0 < timeout <= MAX_TIMEOUT
     ):
-        raise ValueError(f"{name} must be a positive number of seconds, not {timeout!r}")
+        raise ValueError(
+            f"{name} must be a positive number of seconds (at most {MAX_TIMEOUT:g}), "
+            f"not {timeout!r}"
+        )
     return float(timeout)
 
 

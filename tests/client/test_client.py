@@ -317,6 +317,11 @@ def test_bad_arguments_fail_before_any_call(server: FakeServer) -> None:
             c.get("k", consistency=7)
         with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
             c.get("k", timeout=-1)
+        for endless in (float("inf"), 1e10):  # no OverflowError from deep inside
+            with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+                c.put("k", b"v", timeout=endless)
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+        Client(server.address, timeout=float("inf"))
     assert server.node.calls == []
 
 
