@@ -281,6 +281,9 @@ class AsyncClient(AsyncRevisionsMixin, _core.ClientBase):
     """
 
     _streams: dict[str, _Stream]
+    # The event loop the client's channels and streams belong to: the one it
+    # first ran a call on (it may be built outside any loop).
+    _loop: asyncio.AbstractEventLoop | None = None
 
     async def close(self) -> None:
         self._closed = True
@@ -587,7 +590,21 @@ class AsyncClient(AsyncRevisionsMixin, _core.ClientBase):
             endpoint, self._credentials, options=self._tls.channel_options()
         )
 
+    def _same_loop(self) -> None:
+        """Refuse a call from another event loop than the client's: grpc.aio
+        channels and the client's streams belong to one loop, and on another
+        fail with "Event loop is closed" or hang (the second asyncio.run)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError(
+                "this AsyncClient belongs to the event loop it first ran on: "
+                "make one client per event loop (e.g. per asyncio.run)"
+            )
+
     def _stubs_for(self, endpoint: str) -> _Stubs:
+        self._same_loop()
         stubs = self._stubs.get(endpoint)
         if stubs is None:
             if self._closed:
@@ -597,6 +614,7 @@ class AsyncClient(AsyncRevisionsMixin, _core.ClientBase):
         return stubs
 
     def _stream_to(self, endpoint: str) -> _Stream:
+        self._same_loop()
         stream = self._streams.get(endpoint)
         if stream is None or stream.ended is not None:
             stubs = self._stubs_for(endpoint)

@@ -140,3 +140,20 @@ def test_cancelling_a_write_releases_its_session(server: FakeServer) -> None:
             assert c._sessions.in_flight == 0
 
     run(main())
+
+
+def test_a_client_used_on_a_second_event_loop_says_so(server: FakeServer) -> None:
+    """A client's channels belong to the loop it first ran on; a second
+    asyncio.run with the same client got "Event loop is closed" from grpc
+    (and warnings of coroutines never awaited)."""
+    for transport in ("stream", "unary"):
+        c = AsyncClient(server.address, timeout=3, transport=transport)  # built outside a loop
+        run(_put(c))
+        with pytest.raises(RuntimeError, match="one client per event loop"):
+            asyncio.run(c.get("k"))
+        with pytest.raises(RuntimeError, match="one client per event loop"):
+            asyncio.run(c.status())
+
+
+async def _put(c: AsyncClient) -> None:
+    assert await c.put("k", b"v") >= 1
