@@ -34,6 +34,7 @@ import re
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
@@ -755,6 +756,8 @@ class ClientBase:
         self._streams = {}
         self._lock = threading.Lock()  # the blocking client is shared between threads
         self._closed = False
+        # The blocking client's watches, closed with it (a watch has a channel of its own).
+        self._watchers: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @property
     def client_id(self) -> int:

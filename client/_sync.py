@@ -246,6 +246,9 @@ class Client(RevisionsMixin, _core.ClientBase):
             self._closed = True
             streams, self._streams = self._streams, {}
             stubs, self._stubs = self._stubs, {}
+            watchers = list(self._watchers)
+        for watcher in watchers:
+            watcher.close()
         for stream in streams.values():
             stream.close()
         for s in stubs.values():

@@ -8,6 +8,7 @@ import queue
 import random
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,8 @@ class RevisionsMixin:
         _metadata: tuple[tuple[str, str], ...] | None
         _tls: _core.TLSOptions | None
         _credentials: grpc.ChannelCredentials | None
+        _closed: bool
+        _watchers: weakref.WeakSet[Watcher]
 
         @property
         def endpoints(self) -> list[str]: ...
@@ -124,9 +127,14 @@ class RevisionsMixin:
         an iterator of WatchEvent, in revision order. It resumes on another
         node when its stream breaks, without a gap or a repeat; ``timeout``
         bounds each reconnection. With ``progress`` it also yields
-        WatchProgress notifications. ``close()`` it (or use ``with``)."""
+        WatchProgress notifications. ``close()`` it (or use ``with``);
+        closing the client closes its watches too."""
         state = WatchState(key, prefix, start_revision, progress_notify, progress)
-        return Watcher(self, state, self.timeout if timeout is None else timeout)
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        watcher = Watcher(self, state, self.timeout if timeout is None else timeout)
+        self._watchers.add(watcher)  # closed with the client
+        return watcher
 
     # -- leases ----------------------------------------------------------------------
 
@@ -232,6 +240,13 @@ class Watcher:
     def __enter__(self) -> Watcher:
         return self
 
+    def __del__(self) -> None:
+        # A watch dropped without close() (``for event in client.watch(k):
+        # break``): gRPC's thread that sends its requests would wait on the
+        # queue for good, and its stream and channel stay open.
+        if hasattr(self, "_lock"):  # else __init__ refused the arguments
+            self._hang_up()
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -291,6 +306,8 @@ class Watcher:
             client._ring, self._timeout, client._policy, client._rng, method="Watch"
         )
         while not self._closed:
+            if client._closed:
+                raise RuntimeError("the client is closed")
             target, _ = attempts.next()
             requests: queue.Queue[kv_pb2.WatchRequest | None] = queue.Queue()
             requests.put(self.state.create())

@@ -24,6 +24,7 @@ from ramraft.client import (
     TxnOp,
     Unauthenticated,
     Unavailable,
+    WatchEvent,
 )
 from tests.client.fake_server import Call, Failure, FakeServer, dead_address
 
@@ -400,3 +401,33 @@ class _Start(random.Random):
         n = args[-1] if len(args) == 1 else args[1]
         assert isinstance(n, int)
         return self.i % n
+
+
+def test_a_watch_left_unclosed_ends_with_it_or_with_the_client(server: FakeServer) -> None:
+    """A watch broken out of without close() held gRPC's thread that sends
+    its requests (and its own channel) for good, even after client.close();
+    a watch of a closed client connected nonetheless."""
+    server.node.changes = [("PUT", "w", b"1"), ("PUT", "w", b"2")]
+
+    def ours() -> list[str]:  # the fake node's pool grows as it serves
+        return [t.name for t in threading.enumerate() if "ThreadPoolExecutor" not in t.name]
+
+    before = len(ours())
+
+    def settled() -> bool:
+        deadline = time.monotonic() + 5
+        while len(ours()) > before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(ours()) <= before
+
+    with Client(server.address, timeout=T, transport="unary") as c:
+        for event in c.watch("w", start_revision=1):
+            assert event == WatchEvent("PUT", "w", b"1", 1)
+            break  # the watch is dropped, unclosed
+        assert settled(), ours()
+        kept = c.watch("w", start_revision=1)
+        assert next(kept) == WatchEvent("PUT", "w", b"1", 1)
+    assert settled(), ours()
+    assert kept.is_closed() and list(kept) == []
+    with pytest.raises(RuntimeError, match="closed"):
+        c.watch("w")
