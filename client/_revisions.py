@@ -304,7 +304,9 @@ class WatchCompacted(WatchCanceled):
     (``compact_revision``: the oldest one the last node could send from).
     Read the state and watch again from its revision + 1."""
 
-    def __init__(self, message: str, *, compact_revision: int, **kwargs: object) -> None:
+    # compact_revision has a default for pickle, which builds an exception
+    # from its message alone, then restores its attributes.
+    def __init__(self, message: str, *, compact_revision: int = 0, **kwargs: object) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.compact_revision = compact_revision
 

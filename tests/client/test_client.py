@@ -3,6 +3,7 @@ session, rotation, leader hints, deadlines and error mapping."""
 
 from __future__ import annotations
 
+import pickle
 import random
 import threading
 import time
@@ -24,6 +25,7 @@ from ramraft.client import (
     TxnOp,
     Unauthenticated,
     Unavailable,
+    WatchCompacted,
     WatchEvent,
 )
 from tests.client.fake_server import Call, Failure, FakeServer, dead_address
@@ -431,3 +433,16 @@ def test_a_watch_left_unclosed_ends_with_it_or_with_the_client(server: FakeServe
     assert kept.is_closed() and list(kept) == []
     with pytest.raises(RuntimeError, match="closed"):
         c.watch("w")
+
+
+def test_errors_survive_pickling_with_their_details() -> None:
+    """As exceptions must to cross a process pool: WatchCompacted, whose
+    compact_revision was a required keyword, could not be unpickled."""
+    for error in (
+        NotFound("Put: NOT_FOUND", code=grpc.StatusCode.NOT_FOUND, details="d", endpoint="e:1"),
+        WatchCompacted("compacted", compact_revision=7, details="d", endpoint="e:1"),
+    ):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+        assert (copy.code, copy.details, copy.endpoint) == (error.code, "d", "e:1")
+    assert pickle.loads(pickle.dumps(error)).compact_revision == 7
