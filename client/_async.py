@@ -287,6 +287,10 @@ class AsyncClient(AsyncRevisionsMixin, _core.ClientBase):
 
     async def close(self) -> None:
         self._closed = True
+        # Its watches too: each has a channel of its own, which a watch
+        # dropped without aclose() would keep open.
+        for watcher in list(self._watchers):
+            await watcher.aclose()
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             await stream.close()

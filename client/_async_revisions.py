@@ -9,6 +9,7 @@ import collections
 import contextlib
 import random
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,8 @@ class AsyncRevisionsMixin:
         _metadata: tuple[tuple[str, str], ...] | None
         _tls: _core.TLSOptions | None
         _credentials: grpc.ChannelCredentials | None
+        _closed: bool
+        _watchers: weakref.WeakSet[AsyncWatcher]
 
         @property
         def endpoints(self) -> list[str]: ...
@@ -110,9 +113,15 @@ class AsyncRevisionsMixin:
         progress: bool = False,
         timeout: float | None = None,
     ) -> AsyncWatcher:
-        """See ``Client.watch``: ``async for event in client.watch(...)``."""
+        """See ``Client.watch``: ``async for event in client.watch(...)``.
+        ``aclose()`` it (or use ``async with``); closing the client closes
+        its watches too (an iteration waiting for events then ends)."""
+        if self._closed:
+            raise RuntimeError("the client is closed")
         state = WatchState(key, prefix, start_revision, progress_notify, progress)
-        return AsyncWatcher(self, state, self.timeout if timeout is None else timeout)
+        watcher = AsyncWatcher(self, state, self.timeout if timeout is None else timeout)
+        self._watchers.add(watcher)  # closed with the client
+        return watcher
 
     async def lease_grant(
         self, ttl: int, *, lease_id: int = 0, timeout: float | None = None
@@ -245,6 +254,14 @@ class AsyncWatcher:
             if not self._closed:
                 await self._moved_on()
             return
+        except asyncio.CancelledError:
+            # grpc.aio raises this from read() when the call was cancelled
+            # here: by aclose() (or the client's close()) from another task,
+            # which ends the iteration. A cancellation of this task goes on.
+            task = asyncio.current_task()
+            if self._closed and task is not None and not task.cancelling():
+                return
+            raise
         if response is grpc.aio.EOF:
             await self._moved_on()
             return

@@ -17,6 +17,7 @@ from ramraft.client import (
     InvalidArgument,
     NotFound,
     Unavailable,
+    WatchEvent,
 )
 from tests.client.fake_server import Failure, FakeServer, dead_address
 
@@ -157,3 +158,27 @@ def test_a_client_used_on_a_second_event_loop_says_so(server: FakeServer) -> Non
 
 async def _put(c: AsyncClient) -> None:
     assert await c.put("k", b"v") >= 1
+
+
+def test_closing_the_client_ends_its_watches(server: FakeServer) -> None:
+    """A watch has a channel of its own: closing the client closes the
+    watches it made (one dropped without aclose() kept its channel open),
+    and an iteration waiting for events ends; a closed client makes none."""
+    server.node.changes = [("PUT", "w", b"1")]
+
+    async def main() -> None:
+        c = AsyncClient([server.address], timeout=3, transport="unary")
+        dropped = c.watch("w", start_revision=1)
+        assert await anext(dropped) == WatchEvent("PUT", "w", b"1", 1)
+        kept = c.watch("w", start_revision=1)
+        assert await anext(kept) == WatchEvent("PUT", "w", b"1", 1)
+        waiting = asyncio.ensure_future(anext(kept))  # nothing more comes
+        await asyncio.sleep(0.2)
+        await c.close()
+        assert dropped.is_closed() and kept.is_closed()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(waiting, 5)
+        with pytest.raises(RuntimeError, match="closed"):
+            c.watch("w")
+
+    run(main())
