@@ -316,7 +316,9 @@ class AsyncClient(AsyncRevisionsMixin, _core.ClientBase):
     ) -> int:
         """Sets ``key`` to ``value`` (attached to ``lease``, if given);
         returns the log index of the write."""
-        request = kv_pb2.PutRequest(key=_core.to_key(key), value=_core.to_value(value), lease=lease)
+        request = kv_pb2.PutRequest(
+            key=_core.to_key(key), value=_core.to_value(value), lease=_core.to_int(lease, "lease")
+        )
         response = await self._write("Put", lambda s: s.kv.Put, request, timeout)
         return response.index
 
@@ -379,7 +381,7 @@ class AsyncClient(AsyncRevisionsMixin, _core.ClientBase):
         request = kv_pb2.RangeRequest(
             prefix=_core.to_key(prefix),
             start_after=_core.to_key(start_after),
-            limit=limit,
+            limit=_core.to_int(limit, "limit", _core.UINT32),
             consistency=_core.check_consistency(consistency),
         )
         return _core.range_page(await self._call("Range", lambda s: s.kv.Range, request, timeout))

@@ -83,7 +83,9 @@ class AsyncRevisionsMixin:
         self, key: str, value: bytes | str, *, lease: int = 0, timeout: float | None = None
     ) -> PutResult:
         """Like put(), with the revision of the write."""
-        request = kv_pb2.PutRequest(key=_core.to_key(key), value=_core.to_value(value), lease=lease)
+        request = kv_pb2.PutRequest(
+            key=_core.to_key(key), value=_core.to_value(value), lease=_core.to_int(lease, "lease")
+        )
         r: kv_pb2.PutResponse = await self._write("Put", lambda s: s.kv.Put, request, timeout)
         return PutResult(r.index, r.header.revision)
 
@@ -127,7 +129,9 @@ class AsyncRevisionsMixin:
         self, ttl: int, *, lease_id: int = 0, timeout: float | None = None
     ) -> LeaseGrant:
         """See ``Client.lease_grant``."""
-        request = kv_pb2.LeaseGrantRequest(ttl=ttl, id=lease_id)
+        request = kv_pb2.LeaseGrantRequest(
+            ttl=_core.to_int(ttl, "ttl"), id=_core.to_int(lease_id, "lease_id")
+        )
         r = await self._write(
             "LeaseGrant", lambda s: kv_pb2_grpc.LeaseStub(s.channel).Grant, request, timeout
         )
@@ -135,7 +139,7 @@ class AsyncRevisionsMixin:
 
     async def lease_revoke(self, lease_id: int, *, timeout: float | None = None) -> int:
         """See ``Client.lease_revoke``."""
-        request = kv_pb2.LeaseRevokeRequest(id=lease_id)
+        request = kv_pb2.LeaseRevokeRequest(id=_core.to_int(lease_id, "lease_id"))
         r: kv_pb2.LeaseRevokeResponse = await self._write(
             "LeaseRevoke", lambda s: kv_pb2_grpc.LeaseStub(s.channel).Revoke, request, timeout
         )
@@ -145,7 +149,7 @@ class AsyncRevisionsMixin:
         self, lease_id: int, *, keys: bool = False, timeout: float | None = None
     ) -> kv_pb2.LeaseTimeToLiveResponse:
         """See ``Client.lease_time_to_live``."""
-        request = kv_pb2.LeaseTimeToLiveRequest(id=lease_id, keys=keys)
+        request = kv_pb2.LeaseTimeToLiveRequest(id=_core.to_int(lease_id, "lease_id"), keys=keys)
         response: kv_pb2.LeaseTimeToLiveResponse = await self._call(
             "LeaseTimeToLive",
             lambda s: kv_pb2_grpc.LeaseStub(s.channel).TimeToLive,
@@ -162,7 +166,7 @@ class AsyncRevisionsMixin:
         attempts = _core.CallAttempts(
             self._ring, total, self._policy, self._rng, method="LeaseKeepAlive", write=True
         )
-        request = kv_pb2.LeaseKeepAliveRequest(id=lease_id)
+        request = kv_pb2.LeaseKeepAliveRequest(id=_core.to_int(lease_id, "lease_id"))
         while True:
             target, attempt_timeout = attempts.next()
             stub = kv_pb2_grpc.LeaseStub(self._stubs_for(target).channel)

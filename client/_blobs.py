@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, Protocol
 
 import grpc
 
-from ramraft.client._core import check_timeout
+from ramraft.client._core import UINT64, check_timeout, to_int
 from ramraft.client.errors import InvalidArgument
 from ramraft.proto import blobs_pb2
 
@@ -228,7 +228,11 @@ class Attempts:
 
 
 def get_request(sha256: str, offset: int, length: int | None) -> blobs_pb2.GetBlobRequest:
-    return blobs_pb2.GetBlobRequest(sha256=sha256, offset=offset, length=length or 0)
+    return blobs_pb2.GetBlobRequest(
+        sha256=sha256,
+        offset=to_int(offset, "offset", UINT64),
+        length=to_int(length or 0, "length", UINT64),
+    )
 
 
 class Output:

@@ -147,6 +147,24 @@ def check_consistency(consistency: int) -> kv_pb2.Consistency.ValueType:
     return kv_pb2.Consistency.ValueType(consistency)
 
 
+# The ranges of the proto fields a caller's integers go into.
+INT64: Final = (-(2**63), 2**63 - 1)
+UINT32: Final = (0, 2**32 - 1)
+UINT64: Final = (0, 2**64 - 1)
+
+
+def to_int(value: int, name: str, bounds: tuple[int, int] = INT64) -> int:
+    """``value`` for a proto integer field (TypeError or ValueError naming
+    ``name``: protobuf's own errors name no argument). What the number
+    means (a lease that exists, a positive ttl) the node checks."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    low, high = bounds
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
+    return value
+
+
 def to_key(key: str) -> str:
     if not isinstance(key, str):
         raise TypeError(f"key must be str, not {type(key).__name__}")

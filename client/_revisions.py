@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from ramraft.client._core import to_key, to_value
+from ramraft.client._core import UINT32, to_int, to_key, to_value
 from ramraft.client.errors import FailedPrecondition, RamraftError
 from ramraft.proto import kv_pb2
 
@@ -143,7 +143,9 @@ class TxnOp:
 
     @classmethod
     def put(cls, key: str, value: bytes | str, *, lease: int = 0) -> TxnOp:
-        request = kv_pb2.PutRequest(key=to_key(key), value=to_value(value), lease=lease)
+        request = kv_pb2.PutRequest(
+            key=to_key(key), value=to_value(value), lease=to_int(lease, "lease")
+        )
         return cls(kv_pb2.RequestOp(put=request))
 
     @classmethod
@@ -157,7 +159,9 @@ class TxnOp:
     @classmethod
     def range(cls, prefix: str, *, limit: int = 0, start_after: str = "") -> TxnOp:
         request = kv_pb2.RangeRequest(
-            prefix=to_key(prefix), limit=limit, start_after=to_key(start_after)
+            prefix=to_key(prefix),
+            limit=to_int(limit, "limit", UINT32),
+            start_after=to_key(start_after),
         )
         return cls(kv_pb2.RequestOp(range=request))
 
@@ -340,8 +344,7 @@ class WatchState:
     def __post_init__(self) -> None:
         if not isinstance(self.key, str):
             raise TypeError(f"key must be str, not {type(self.key).__name__}")
-        if self.start_revision < 0:
-            raise ValueError("start_revision must be >= 0")
+        to_int(self.start_revision, "start_revision", (0, 2**63 - 1))
         self.next_revision = self.start_revision
 
     def create(self) -> kv_pb2.WatchRequest:

@@ -272,7 +272,9 @@ class Client(RevisionsMixin, _core.ClientBase):
     ) -> int:
         """Sets ``key`` to ``value`` (attached to ``lease``, if given);
         returns the log index of the write."""
-        request = kv_pb2.PutRequest(key=_core.to_key(key), value=_core.to_value(value), lease=lease)
+        request = kv_pb2.PutRequest(
+            key=_core.to_key(key), value=_core.to_value(value), lease=_core.to_int(lease, "lease")
+        )
         response = self._write("Put", lambda s: s.kv.Put, request, timeout)
         return response.index
 
@@ -332,7 +334,7 @@ class Client(RevisionsMixin, _core.ClientBase):
         request = kv_pb2.RangeRequest(
             prefix=_core.to_key(prefix),
             start_after=_core.to_key(start_after),
-            limit=limit,
+            limit=_core.to_int(limit, "limit", _core.UINT32),
             consistency=_core.check_consistency(consistency),
         )
         return _core.range_page(self._call("Range", lambda s: s.kv.Range, request, timeout))

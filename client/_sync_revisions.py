@@ -92,7 +92,9 @@ class RevisionsMixin:
         self, key: str, value: bytes | str, *, lease: int = 0, timeout: float | None = None
     ) -> PutResult:
         """Like put(), with the revision of the write."""
-        request = kv_pb2.PutRequest(key=_core.to_key(key), value=_core.to_value(value), lease=lease)
+        request = kv_pb2.PutRequest(
+            key=_core.to_key(key), value=_core.to_value(value), lease=_core.to_int(lease, "lease")
+        )
         r: kv_pb2.PutResponse = self._write("Put", lambda s: s.kv.Put, request, timeout)
         return PutResult(r.index, r.header.revision)
 
@@ -142,7 +144,9 @@ class RevisionsMixin:
         self, ttl: int, *, lease_id: int = 0, timeout: float | None = None
     ) -> LeaseGrant:
         """A lease of ``ttl`` seconds (``lease_id`` 0: the cluster picks the id)."""
-        request = kv_pb2.LeaseGrantRequest(ttl=ttl, id=lease_id)
+        request = kv_pb2.LeaseGrantRequest(
+            ttl=_core.to_int(ttl, "ttl"), id=_core.to_int(lease_id, "lease_id")
+        )
         r = self._write(
             "LeaseGrant", lambda s: kv_pb2_grpc.LeaseStub(s.channel).Grant, request, timeout
         )
@@ -150,7 +154,7 @@ class RevisionsMixin:
 
     def lease_revoke(self, lease_id: int, *, timeout: float | None = None) -> int:
         """Revokes a lease; returns how many keys were deleted with it."""
-        request = kv_pb2.LeaseRevokeRequest(id=lease_id)
+        request = kv_pb2.LeaseRevokeRequest(id=_core.to_int(lease_id, "lease_id"))
         r: kv_pb2.LeaseRevokeResponse = self._write(
             "LeaseRevoke", lambda s: kv_pb2_grpc.LeaseStub(s.channel).Revoke, request, timeout
         )
@@ -160,7 +164,7 @@ class RevisionsMixin:
         self, lease_id: int, *, keys: bool = False, timeout: float | None = None
     ) -> kv_pb2.LeaseTimeToLiveResponse:
         """The seconds the leader gives the lease (-1: no such lease)."""
-        request = kv_pb2.LeaseTimeToLiveRequest(id=lease_id, keys=keys)
+        request = kv_pb2.LeaseTimeToLiveRequest(id=_core.to_int(lease_id, "lease_id"), keys=keys)
         response: kv_pb2.LeaseTimeToLiveResponse = self._call(
             "LeaseTimeToLive",
             lambda s: kv_pb2_grpc.LeaseStub(s.channel).TimeToLive,
@@ -177,7 +181,7 @@ class RevisionsMixin:
         attempts = _core.CallAttempts(
             self._ring, total, self._policy, self._rng, method="LeaseKeepAlive", write=True
         )
-        request = kv_pb2.LeaseKeepAliveRequest(id=lease_id)
+        request = kv_pb2.LeaseKeepAliveRequest(id=_core.to_int(lease_id, "lease_id"))
         while True:
             target, attempt_timeout = attempts.next()
             stub = kv_pb2_grpc.LeaseStub(self._stubs_for(target).channel)

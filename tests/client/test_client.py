@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import re
 import threading
 import time
 
@@ -325,6 +326,29 @@ def test_bad_arguments_fail_before_any_call(server: FakeServer) -> None:
                 c.put("k", b"v", timeout=endless)
     with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
         Client(server.address, timeout=float("inf"))
+    assert server.node.calls == []
+
+
+def test_integers_no_request_field_holds_are_refused_naming_the_argument(
+    server: FakeServer,
+) -> None:
+    """protobuf's own errors ('Value out of range: -1', "'str' object cannot
+    be interpreted as an integer") named no argument."""
+    with Client(server.address, timeout=T) as c:
+        for call, words in [
+            (lambda: c.range("", limit=-1), "limit must be between 0 and 4294967295, not -1"),
+            (lambda: c.range("", limit=2**32), "limit must be between 0 and"),
+            (lambda: c.put("k", b"v", lease="x"), "lease must be an int, not str"),  # type: ignore[arg-type]
+            (lambda: c.put("k", b"v", lease=2**63), "lease must be between"),
+            (lambda: c.lease_grant("10"), "ttl must be an int, not str"),  # type: ignore[arg-type]
+            (lambda: c.lease_revoke(1.5), "lease_id must be an int, not float"),  # type: ignore[arg-type]
+            (lambda: c.lease_keep_alive(True), "lease_id must be an int, not bool"),
+            (lambda: c.watch("w", start_revision=-1), "start_revision must be between 0 and"),
+            (lambda: TxnOp.range("p", limit=-1), "limit must be between 0 and"),
+            (lambda: TxnOp.put("k", b"v", lease=None), "lease must be an int, not NoneType"),  # type: ignore[arg-type]
+        ]:
+            with pytest.raises((TypeError, ValueError), match=re.escape(words)):
+                call()
     assert server.node.calls == []
 
 
