@@ -250,8 +250,12 @@ class Output:
                 directory, f".{os.path.basename(self._path)}.{os.getpid()}.part"
             )
             self.file: Any = open(self._temporary, "wb")  # noqa: SIM115 (closed below)
-        else:
+        elif callable(getattr(out, "write", None)):
             self.file = out
+        else:  # before the download starts, not at its first piece
+            raise TypeError(
+                f"out must be a binary file (with write) or a path, not {type(out).__name__}"
+            )
 
     def write(self, data: bytes) -> None:
         self.file.write(data)

@@ -122,6 +122,26 @@ def test_the_asyncio_client(server: FakeServer, tmp_path: Path) -> None:
     assert (tmp_path / "copy.png").read_bytes() == DATA
 
 
+def test_a_download_into_what_takes_no_bytes_is_refused_before_it_starts(
+    server: FakeServer,
+) -> None:
+    """``read_blob(info, None)`` raised AttributeError at the first piece,
+    after the download had begun."""
+    with Client(server.address, timeout=5) as client:
+        for out, name in [(None, "NoneType"), (5, "int"), (["x"], "list")]:
+            with pytest.raises(TypeError, match=f"binary file .* or a path, not {name}"):
+                client.read_blob(DIGEST, out)  # type: ignore[arg-type]
+    assert server.node.calls == []
+
+    async def run() -> None:
+        async with AsyncClient(server.address, timeout=5) as client:
+            with pytest.raises(TypeError, match="or a path, not NoneType"):
+                await client.read_blob(DIGEST, None)  # type: ignore[arg-type]
+
+    asyncio.run(run())
+    assert server.node.calls == []
+
+
 def test_an_upload_of_what_is_no_bytes_names_the_mistake(
     server: FakeServer, tmp_path: Path
 ) -> None:
