@@ -165,15 +165,29 @@ def to_int(value: int, name: str, bounds: tuple[int, int] = INT64) -> int:
     return value
 
 
+def _utf8(text: str, name: str) -> bytes:
+    """``text`` in UTF-8; a lone surrogate ("\\ud800", from a bad decode)
+    has none: ValueError naming ``name`` (UnicodeEncodeError named nothing,
+    and for a key came from inside protobuf)."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{name} is not valid Unicode text: {text[e.start : e.end]!r} at offset {e.start}"
+        ) from None
+
+
 def to_key(key: str) -> str:
     if not isinstance(key, str):
         raise TypeError(f"key must be str, not {type(key).__name__}")
+    if not key.isascii():
+        _utf8(key, "key")
     return key
 
 
 def to_value(value: bytes | str, name: str = "value") -> bytes:
     if isinstance(value, str):
-        return value.encode()
+        return _utf8(value, name)
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     raise TypeError(f"{name} must be bytes or str, not {type(value).__name__}")

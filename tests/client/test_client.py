@@ -329,6 +329,29 @@ def test_bad_arguments_fail_before_any_call(server: FakeServer) -> None:
     assert server.node.calls == []
 
 
+def test_text_that_is_no_unicode_is_refused_naming_the_argument(server: FakeServer) -> None:
+    """A lone surrogate (what a bad decode leaves) has no UTF-8: a
+    ValueError naming the key or value, not UnicodeEncodeError from inside
+    protobuf."""
+    with Client(server.address, timeout=T) as c:
+        for call, words in [
+            (
+                lambda: c.put("bad\ud800key", b"v"),
+                "key is not valid Unicode text: '\\ud800' at offset 3",
+            ),
+            (
+                lambda: c.put("k", "v\udcff"),
+                "value is not valid Unicode text: '\\udcff' at offset 1",
+            ),
+            (lambda: c.get("\ud800"), "key is not valid Unicode text"),
+            (lambda: TxnOp.put("k", "\ud800"), "value is not valid Unicode text"),
+        ]:
+            with pytest.raises(ValueError, match=re.escape(words)):
+                call()
+        assert c.put("caf\u00e9", "na\u00efve") == 1  # text that is Unicode goes through
+    assert [call.method for call in server.node.calls] == ["Put"]
+
+
 def test_integers_no_request_field_holds_are_refused_naming_the_argument(
     server: FakeServer,
 ) -> None:
