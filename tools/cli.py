@@ -807,8 +807,8 @@ def _register_server_commands(sub: Any) -> None:
 
 
 # The largest number a request's field holds (int64; range's limit is a uint32).
-INT64_MAX = (1 << 63) - 1
-UINT32_MAX = (1 << 32) - 1
+INT64_MAX = _core.INT64[1]
+UINT32_MAX = _core.UINT32[1]
 
 
 def _non_negative(text: str, maximum: int = INT64_MAX) -> int:

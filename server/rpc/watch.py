@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 
 from ramraft.server.machines.history import EventHistory, Revision
 from ramraft.server.machines.kvops import Event
+from ramraft.server.runtime.node_api import key_bytes
 
 __all__ = ["WatchHub", "WatchLimits", "WatchOut", "WatchSpec", "WatchStream"]
 
@@ -230,7 +231,7 @@ class WatchStream:
         """Why a watch on ``spec``'s key cannot match any key, or None."""
         if not spec.key and not spec.prefix:
             return "a watch needs a key (or prefix set: an empty prefix watches every key)"
-        size = len(spec.key.encode("utf-8", errors="surrogatepass"))
+        size = key_bytes(spec.key)
         limit = self.limits.max_key_bytes
         if size > limit:
             return f"the watched key is {size} bytes; the limit is {limit} bytes (--max-key-bytes)"

@@ -41,6 +41,11 @@ from ramraft.server.runtime.transport import FORWARD_REFUSAL_KEY, PEER_SERVICE
 log = structlog.get_logger("ramraft.api")
 
 
+def key_bytes(key: str) -> int:
+    """A key's (or prefix's) size against --max-key-bytes: its UTF-8 bytes."""
+    return len(key.encode("utf-8", errors="surrogatepass"))
+
+
 @dataclass(frozen=True)
 class InputLimits:
     """What a request's input is checked against before anything is
@@ -90,7 +95,7 @@ class InputLimits:
     def check_key(self, key: str) -> None:
         if not key:
             raise BadRequest("key must not be empty")
-        size = len(key.encode("utf-8", errors="surrogatepass"))
+        size = key_bytes(key)
         if size > self.max_key_bytes:
             raise BadRequest(f"key is {size} bytes; the limit is {self.max_key_bytes} bytes")
 
@@ -98,7 +103,7 @@ class InputLimits:
         """The prefix of a delete-range: empty (every key) or no longer
         than a key may be (a longer one matches nothing, yet its command
         would go into the log)."""
-        size = len(prefix.encode("utf-8", errors="surrogatepass"))
+        size = key_bytes(prefix)
         if size > self.max_key_bytes:
             raise BadRequest(
                 f"prefix is {size} bytes; the limit is {self.max_key_bytes} bytes "

@@ -221,6 +221,12 @@ def test_a_batch_over_the_limit_ends_the_stream() -> None:
     assert leader.proposed == []
 
 
+def _internal_error() -> grpc.aio.AioRpcError:
+    """What grpc.aio gives both the failed write and the call."""
+    empty = grpc.aio.Metadata()
+    return grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, empty, empty, "Internal error from Core")
+
+
 class _RefusedCall:
     """A ForwardStream call whose leader ended it before the first message
     left: grpc.aio fails the write with its own INTERNAL."""
@@ -230,24 +236,14 @@ class _RefusedCall:
 
     async def write(self, message: object) -> None:
         self.ended.set()
-        raise grpc.aio.AioRpcError(
-            grpc.StatusCode.INTERNAL,
-            grpc.aio.Metadata(),
-            grpc.aio.Metadata(),
-            "Internal error from Core",
-        )
+        raise _internal_error()
 
     def __aiter__(self) -> _RefusedCall:
         return self
 
     async def __anext__(self) -> object:
         await self.ended.wait()
-        raise grpc.aio.AioRpcError(
-            grpc.StatusCode.INTERNAL,
-            grpc.aio.Metadata(),
-            grpc.aio.Metadata(),
-            "Internal error from Core",
-        )
+        raise _internal_error()
 
     def cancel(self) -> None:
         self.ended.set()
