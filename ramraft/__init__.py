@@ -22,9 +22,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ramraft._version import __version__
-
 if TYPE_CHECKING:
+    from ramraft._version import __version__
     from ramraft.client import AsyncClient, Client
     from ramraft.server.hosting import Application
     from ramraft.server.jobs import JobContext, background
@@ -43,7 +42,11 @@ __all__ = [
     "command",
 ]
 
+# __version__ too: reading the installed metadata imports importlib.metadata
+# (about 55 ms), which the `ramraft` command's entry would otherwise spend
+# before it can turn Ctrl-C into one line (ramraft/__main__.py).
 _LAZY = {
+    "__version__": "ramraft._version",
     "Client": "ramraft.client",
     "AsyncClient": "ramraft.client",
     "ReplicatedModel": "ramraft.server.machines.embed",

@@ -642,3 +642,24 @@ def test_tls_hints_follow_grpcs_words(
     error = cli.RamraftError(f"Get: UNAVAILABLE: {words}", code=grpc.StatusCode.UNAVAILABLE)
     got = cli._tls_hint(args, error)
     assert (hint in got) if hint else got == ""
+
+
+def test_ctrl_c_while_the_command_line_imports_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C in the first tenths of a second, while grpc and the parsers
+    import, ends as it does later: "interrupted", exit 130, no traceback."""
+    import importlib.abc
+
+    from ramraft import __main__ as entry
+
+    class Interrupted(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: object, target: object = None) -> None:
+            if name == "ramraft.tools.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "ramraft.tools.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupted(), *sys.meta_path])
+    assert entry.main() == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "ramraft: interrupted\n"
