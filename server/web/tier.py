@@ -82,6 +82,7 @@ from aiohttp import web
 from ramraft.proto import admin_pb2, admin_pb2_grpc
 from ramraft.server.config import join_address, parse_address
 from ramraft.server.hosting import CONTEXT, AppContext, SessionPool, write_with_session
+from ramraft.server.logs import code_location
 from ramraft.server.machines.kv import (
     CasResult,
     DeleteResult,
@@ -854,9 +855,37 @@ class WebTier:
         except Exception as e:
             answer = http_error_for(e, self.view.reports)
             if answer is None:
-                raise  # a bug: aiohttp answers 500 and logs it
+                return self._internal_error(e, api_route, request)
             error = answer
         return self._error_response(error, api_route, request)
+
+    def _internal_error(
+        self, error: Exception, api_route: bool, request: web.Request
+    ) -> web.StreamResponse:
+        """A bug, ramraft's or (under /app/) the application's own page: its
+        traceback in the log, and a 500 in the route's own form (JSON under
+        /v1/), not aiohttp's text. A handler that failed after sending part
+        of its answer (a stream) cannot be given another: the connection is
+        closed, as aiohttp does."""
+        log.error(
+            "request_failed",
+            method=request.method,
+            path=request.path[:200],
+            where=code_location(error),
+            exc_info=error,
+        )
+        if request.writer is None or request.writer.output_size > 0:
+            raise error
+        return self._error_response(
+            HttpError(
+                500,
+                "internal",
+                f"the request failed ({type(error).__name__}); "
+                "the node's log has the traceback (event request_failed)",
+            ),
+            api_route,
+            request,
+        )
 
     def _error_response(
         self, error: HttpError, api_route: bool, request: web.Request
