@@ -28,6 +28,7 @@ from ramraft.client._revisions import (
     WatchEvent,
     WatchProgress,
     WatchState,
+    check_lease_entry,
     fill_get_keys,
     txn_request,
     txn_result,
@@ -330,8 +331,10 @@ class AsyncLease:
         self.lost = False
         self.error: RamraftError | None = None
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def __aenter__(self) -> AsyncLease:
+        check_lease_entry(self._task is not None, self._closed)
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 
@@ -344,6 +347,7 @@ class AsyncLease:
         await self.aclose(revoke=True)
 
     async def aclose(self, *, revoke: bool = True) -> None:
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

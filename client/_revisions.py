@@ -400,3 +400,16 @@ class WatchState:
 
 class TryElsewhere(Exception):
     """This node cannot serve the watch's next revision; another may."""
+
+
+def check_lease_entry(started: bool, closed: bool) -> None:
+    """A lease is kept alive by one ``with`` block, once: a second would
+    start a second keep-alive (the async one used to, and kept it running
+    after the block), and a closed lease has been revoked or left to expire."""
+    if closed:
+        raise RuntimeError(
+            "this lease was closed (revoked, or left to expire): grant a new one "
+            "with client.lease(ttl)"
+        )
+    if started:
+        raise RuntimeError("this lease is kept alive already: enter it in one with block only")

@@ -27,6 +27,7 @@ from ramraft.client._revisions import (
     WatchEvent,
     WatchProgress,
     WatchState,
+    check_lease_entry,
     fill_get_keys,
     txn_request,
     txn_result,
@@ -375,11 +376,13 @@ class Lease:
         self.lost = False
         self.error: RamraftError | None = None
         self._stop = threading.Event()
+        self._closed = False
         self._thread = threading.Thread(
             target=self._run, name=f"ramraft-lease-{grant.id}", daemon=True
         )
 
     def __enter__(self) -> Lease:
+        check_lease_entry(self._thread.ident is not None, self._closed)
         self._thread.start()
         return self
 
@@ -394,6 +397,7 @@ class Lease:
     def close(self, *, revoke: bool = True) -> None:
         """Stop keeping the lease alive; revoke it (deleting its keys) unless
         ``revoke`` is False (it then expires after its ttl)."""
+        self._closed = True
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -138,3 +139,62 @@ def test_leader_hint_reads_metadata() -> None:
 class _Zero(random.Random):
     def randrange(self, *args: object, **kwargs: object) -> int:
         return 0
+
+
+class _Leases:
+    """What a Lease asks of its client: revokes are counted."""
+
+    def __init__(self) -> None:
+        self.revoked: list[int] = []
+
+    def lease_keep_alive(self, lease_id: int, timeout: float = 0) -> int:
+        return 30
+
+    def lease_revoke(self, lease_id: int) -> None:
+        self.revoked.append(lease_id)
+
+
+class _AsyncLeases(_Leases):
+    async def lease_keep_alive(self, lease_id: int, timeout: float = 0) -> int:  # type: ignore[override]
+        return 30
+
+    async def lease_revoke(self, lease_id: int) -> None:  # type: ignore[override]
+        self.revoked.append(lease_id)
+
+
+def test_a_lease_is_entered_once() -> None:
+    """A second `with` of the same lease, or one after it was closed, is a
+    RuntimeError saying so (the blocking one raised "threads can only be
+    started once"; the async one started a second keep-alive and kept it
+    running after the block)."""
+    from ramraft.client._revisions import LeaseGrant
+    from ramraft.client._sync_revisions import Lease
+
+    client = _Leases()
+    lease = Lease(client, LeaseGrant(id=7, ttl=30))  # type: ignore[arg-type]
+    with lease, pytest.raises(RuntimeError, match="kept alive already"), lease:
+        pass
+    assert client.revoked == [7]
+    with pytest.raises(RuntimeError, match="was closed"), lease:
+        pass
+    assert client.revoked == [7]
+
+
+def test_an_async_lease_is_entered_once() -> None:
+    from ramraft.client._async_revisions import AsyncLease
+    from ramraft.client._revisions import LeaseGrant
+
+    async def run() -> list[asyncio.Task[object]]:
+        client = _AsyncLeases()
+        lease = AsyncLease(client, LeaseGrant(id=7, ttl=30))  # type: ignore[arg-type]
+        async with lease:
+            with pytest.raises(RuntimeError, match="kept alive already"):
+                async with lease:
+                    pass
+        assert client.revoked == [7]
+        with pytest.raises(RuntimeError, match="was closed"):
+            async with lease:
+                pass
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+    assert asyncio.run(run()) == []  # no keep-alive left running
