@@ -342,6 +342,8 @@ def run_backup(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     except OSError as e:
         where = f" {e.filename}:" if e.filename and str(e.filename) != args.out else ""
+        if str(e.filename).endswith(".partial"):  # the temporary file beside it
+            where = f" cannot write a file in {Path(e.filename).parent}:"
         print(f"ramraft: error: --out {args.out}:{where} {e.strerror}", file=sys.stderr)
         return EXIT_ERROR
     seconds = time.monotonic() - started

@@ -264,6 +264,22 @@ def test_an_unwritable_destination_is_one_line(
     assert err.count("\n") == 1 and f"{blocker}: File exists" in err, err
 
 
+def test_a_directory_that_takes_no_file_is_named_not_the_temporary_file(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """/proc takes no new file (even from root): the error names the
+    directory, not the hidden .partial file written first."""
+    (port,) = free_ports(1)
+    code, _, err = run_cli(
+        capsys, "backup", "--endpoints", f"127.0.0.1:{port}", "--out", "/proc/x.backup"
+    )
+    assert code == EXIT_ERROR
+    assert err == (
+        "ramraft: error: --out /proc/x.backup: cannot write a file in /proc: "
+        "No such file or directory\n"
+    ), err
+
+
 def test_backups_the_client_abandons_leave_the_node_able_to_serve_more(
     cluster: RestoredCluster, tmp_path: Path
 ) -> None:
