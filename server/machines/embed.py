@@ -682,6 +682,14 @@ class ModelMachine:
         keeps it current (a machine on its own runs version 1)."""
         self._commands = type(model)._ramraft_commands
         self._applied_index = 0
+        # What the code's own __init__ sets, to name what a snapshot lacks
+        # (restore): only for models whose state is their attributes.
+        cls = type(model)
+        default_state = (
+            cls.snapshot_state is ReplicatedModel.snapshot_state
+            and cls.restore_state is ReplicatedModel.restore_state
+        )
+        self._initial_attributes = frozenset(vars(model)) if default_state else None
         object.__setattr__(model, "_ramraft_machine", self)
 
     @property
@@ -933,11 +941,43 @@ class ModelMachine:
             ) from exc
         self.sessions.adopt(table)
         self._applied_index = index
+        self._check_attributes(state, index)
         log.info(
             "model snapshot restored",
             model=self.model_name,
             index=index,
             seconds=round(time.perf_counter() - started, 3),
+        )
+
+    def _check_attributes(self, state: dict[str, Any], index: int) -> None:
+        """Warn when the snapshot lacks attributes this code's ``__init__``
+        sets, at the version the code supports: the model's state changed
+        without a new ``app_version``. This node now differs from one that
+        rebuilds the state by replaying the log from its start (whose
+        ``__init__`` set them), and a command using them fails on this
+        node only. Below the supported version an ``upgrade`` is still to
+        run, which may set them."""
+        if self._initial_attributes is None or self.active_version != self.supported_version:
+            return
+        missing = sorted(self._initial_attributes - state.keys())
+        if not missing:
+            return
+        version = self.active_version
+        log.warning(
+            "model_attributes_missing",
+            model=self.model_name,
+            index=index,
+            app_version=version,
+            missing=missing,
+            action=(
+                f"this code's {self.model_name}.__init__ sets {', '.join(missing)}, which "
+                f"the snapshot (taken at app version {version}) has not: nodes that restore "
+                "it differ from nodes that replay the log, and commands that use them fail "
+                "on the first only. If the model's state changed, give the class "
+                f"app_version = {version + 1} and an upgrade() that sets them (README: "
+                "Deploying new code); if the change is not deployed everywhere yet, roll "
+                "it back"
+            ),
         )
 
 
