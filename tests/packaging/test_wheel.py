@@ -158,7 +158,8 @@ def test_the_wheels_metadata(wheel: Path) -> None:
             else ["ramraft"]
         )
     assert top_level == ["ramraft"]
-    assert re.search(r"^ramraft = ramraft\.tools\.cli:main$", entry_points, re.M)
+    # The entry imports the command line inside its Ctrl-C guard (ramraft/__main__.py).
+    assert re.search(r"^ramraft = ramraft\.__main__:main$", entry_points, re.M)
     requires = re.findall(r"^Requires-Dist: (.*)$", metadata, re.M)
     tools = [r for r in requires if r.startswith("grpcio-tools")]
     # Only regenerating code needs grpcio-tools: the dev extra, not the runtime.
