@@ -13,18 +13,21 @@ in order), so --max-inflight trades throughput under overload for latency.
 The nodes run with small in-flight limits (--max-inflight 256, 64 per
 connection) so that the flood exceeds them: the excess is refused with
 RESOURCE_EXHAUSTED / 429 at once instead of queueing, which is what keeps
-memory bounded. Whether the flood's calls reach those limits depends on the
-machine's speed, so the refusal is checked on its own, with calls that
-hold their slots (test_a_connection_past_its_limit_is_refused_at_once):
-on a slower machine the excess waits in grpc's own queue, before the
-gatekeeper sees it, and times out there (pinned to one core, the flood's
-calls reached the gatekeeper with none of their 5 s left: no refusal at
-all, every excess call DEADLINE_EXCEEDED). The bound, 200 MiB, is about three times a node's RSS at
+memory bounded. The bound, 200 MiB, is about three times a node's RSS at
 rest (60-65 MiB): on top come at most 256 + 32 (the reserve for light
 clients) requests being served -- 100-byte writes here; with 1 MiB values
 the same limits would allow about 290 MiB more -- the few thousand keys the
 flood writes, and gRPC's buffers for up to --max-connections connections.
 Measured: peaks of 85-95 MiB in a 12 s flood.
+
+Whether the flood's calls reach those limits depends on the machine's
+speed: on a slower machine the excess waits in grpc's own queue, before
+the gatekeeper sees it, and times out there (pinned to one core, the
+flood's calls reached the gatekeeper with none of their 5 s left: no
+refusal at all, every excess call DEADLINE_EXCEEDED). So the flood test
+asserts only that it overloaded the nodes, and the refusal is checked on
+its own, with calls that hold their slots
+(test_a_connection_past_its_limit_is_refused_at_once).
 """
 
 from __future__ import annotations
