@@ -84,9 +84,7 @@ class AsyncRevisionsMixin:
         self, key: str, value: bytes | str, *, lease: int = 0, timeout: float | None = None
     ) -> PutResult:
         """Like put(), with the revision of the write."""
-        request = kv_pb2.PutRequest(
-            key=_core.to_key(key), value=_core.to_value(value), lease=_core.to_int(lease, "lease")
-        )
+        request = _core.put_request(key, value, lease)
         r: kv_pb2.PutResponse = await self._write("Put", lambda s: s.kv.Put, request, timeout)
         return PutResult(r.index, r.header.revision)
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from ramraft.client._core import UINT32, to_int, to_key, to_value
+from ramraft.client._core import UINT32, put_request, to_int, to_key, to_value
 from ramraft.client.errors import FailedPrecondition, RamraftError
 from ramraft.proto import kv_pb2
 
@@ -143,10 +143,7 @@ class TxnOp:
 
     @classmethod
     def put(cls, key: str, value: bytes | str, *, lease: int = 0) -> TxnOp:
-        request = kv_pb2.PutRequest(
-            key=to_key(key), value=to_value(value), lease=to_int(lease, "lease")
-        )
-        return cls(kv_pb2.RequestOp(put=request))
+        return cls(kv_pb2.RequestOp(put=put_request(key, value, lease)))
 
     @classmethod
     def get(cls, key: str) -> TxnOp:

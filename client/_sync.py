@@ -272,9 +272,7 @@ class Client(RevisionsMixin, _core.ClientBase):
     ) -> int:
         """Sets ``key`` to ``value`` (attached to ``lease``, if given);
         returns the log index of the write."""
-        request = kv_pb2.PutRequest(
-            key=_core.to_key(key), value=_core.to_value(value), lease=_core.to_int(lease, "lease")
-        )
+        request = _core.put_request(key, value, lease)
         response = self._write("Put", lambda s: s.kv.Put, request, timeout)
         return response.index
 

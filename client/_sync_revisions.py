@@ -93,9 +93,7 @@ class RevisionsMixin:
         self, key: str, value: bytes | str, *, lease: int = 0, timeout: float | None = None
     ) -> PutResult:
         """Like put(), with the revision of the write."""
-        request = kv_pb2.PutRequest(
-            key=_core.to_key(key), value=_core.to_value(value), lease=_core.to_int(lease, "lease")
-        )
+        request = _core.put_request(key, value, lease)
         r: kv_pb2.PutResponse = self._write("Put", lambda s: s.kv.Put, request, timeout)
         return PutResult(r.index, r.header.revision)
 
@@ -375,14 +373,13 @@ class Lease:
         self.ttl = grant.ttl
         self.lost = False
         self.error: RamraftError | None = None
-        self._stop = threading.Event()
-        self._closed = False
+        self._stop = threading.Event()  # set by close()
         self._thread = threading.Thread(
             target=self._run, name=f"ramraft-lease-{grant.id}", daemon=True
         )
 
     def __enter__(self) -> Lease:
-        check_lease_entry(self._thread.ident is not None, self._closed)
+        check_lease_entry(self._thread.ident is not None, self._stop.is_set())
         self._thread.start()
         return self
 
@@ -397,7 +394,6 @@ class Lease:
     def close(self, *, revoke: bool = True) -> None:
         """Stop keeping the lease alive; revoke it (deleting its keys) unless
         ``revoke`` is False (it then expires after its ttl)."""
-        self._closed = True
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
