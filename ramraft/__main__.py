@@ -1,11 +1,12 @@
 """The ``ramraft`` command line's entry: the console script calls ``main``,
 and ``python -m ramraft`` runs it.
 
-The command line's modules (grpc, protobuf and the parsers) take a few
-tenths of a second to import. Ctrl-C in that time, or while the arguments
-are parsed, ends as it does later (one line, exit 130), not with a traceback
-from inside an import: this module imports nothing of them until ``main``
-runs, inside the ``try``.
+Ctrl-C ends a command with one line and exit 130, here, for the whole
+run: also in the few tenths of a second the command line's modules (grpc,
+protobuf and the parsers) take to import, and while the arguments are
+parsed, which is why this module imports nothing of them until ``main``
+runs, inside the ``try`` (a handler inside the command line could not
+catch those).
 """
 
 import sys

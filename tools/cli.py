@@ -61,7 +61,7 @@ EXIT_OK = 0
 EXIT_NEGATIVE = 1
 EXIT_USAGE = 2
 EXIT_ERROR = 3
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # Ctrl-C: the entry, ramraft/__main__.py, answers it
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -857,9 +857,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RamraftError as e:
         sys.stderr.write(f"ramraft: error: {_one_line(str(e))}{_tls_hint(args, e)}\n")
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        sys.stderr.write("ramraft: interrupted\n")
-        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (e.g. `ramraft range | head`): not an error.
         _silence_stdout()

@@ -874,7 +874,7 @@ class WebTier:
             where=code_location(error),
             exc_info=error,
         )
-        if request.writer is None or request.writer.output_size > 0:
+        if request.writer.output_size > 0:
             raise error
         return self._error_response(
             HttpError(
