@@ -194,7 +194,7 @@ def to_value(value: bytes | str, name: str = "value") -> bytes:
 
 
 def put_request(key: str, value: bytes | str, lease: int) -> kv_pb2.PutRequest:
-    """A Put's request, its arguments checked (put, put_rev and TxnOp.put, in
+    """A Put's request, its arguments checked (put, put_result and TxnOp.put, in
     both clients)."""
     return kv_pb2.PutRequest(key=to_key(key), value=to_value(value), lease=to_int(lease, "lease"))
 
