@@ -24,7 +24,13 @@ from ramraft.server.security.auth import AuthConfigError, parse_tokens
 
 
 def make_token() -> str:
-    return secrets.token_urlsafe(32)
+    """256 random bits, URL-safe, never starting with "-": one that did (1 in
+    64) read as an option on a command line (`ramraft chaos --token -nB...`:
+    "argument --token: expected one argument")."""
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
 
 
 def run_tokens(args: argparse.Namespace) -> int:

@@ -412,3 +412,16 @@ def test_an_unreadable_request_body_logs_no_traceback() -> None:
     assert not drop_unreadable_bodies(record("aiohttp.server", broken))
     assert drop_unreadable_bodies(record("aiohttp.server", RuntimeError("a bug")))
     assert drop_unreadable_bodies(record("asyncio", broken))
+
+
+def test_a_made_token_never_reads_as_an_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    """token_urlsafe starts one token in 64 with "-", which a command line
+    then reads as an option (`--token -nB...`: CI's chaos run failed so):
+    make_token draws again."""
+    import secrets
+
+    from ramraft.tools import tokens
+
+    drawn = iter(["-nBMuOcFBORHxjAUFCYzx75M", "kQ3xYq9Lw0aZ"])
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda nbytes: next(drawn))
+    assert tokens.make_token() == "kQ3xYq9Lw0aZ"
