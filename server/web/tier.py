@@ -61,7 +61,9 @@ arrive within ``--request-timeout-ms``), ``overloaded`` (429),
 leader's gRPC address) and ``deadline_exceeded`` (504); an application
 command that failed is ``command_failed`` (409). The errors of the node are
 answered from the one table in server/request_errors.py, the same the gRPC
-services use.
+services use. A request the HTTP parser refuses before any route runs (an
+unknown method, a line over 8190 bytes, a bad Content-Length) is a JSON
+``invalid_argument`` 400 whatever its path (:func:`_json_parse_errors`).
 """
 
 from __future__ import annotations
@@ -78,11 +80,13 @@ from urllib.parse import unquote_to_bytes
 import grpc
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 
 from ramraft.proto import admin_pb2, admin_pb2_grpc
 from ramraft.server.config import join_address, parse_address
 from ramraft.server.hosting import CONTEXT, AppContext, SessionPool, write_with_session
-from ramraft.server.logs import code_location
+from ramraft.server.logs import RateLimitedLog, code_location
 from ramraft.server.machines.kv import (
     CasResult,
     DeleteResult,
@@ -128,6 +132,8 @@ SEQUENCE_HEADER = "Ramraft-Sequence"
 LEADER_HEADER = "Ramraft-Leader"
 INDEX_HEADER = "Ramraft-Index"
 MAX_TIMEOUT = 60.0
+# The most of aiohttp's sentence about a request it could not parse that an answer quotes.
+MAX_PARSER_SENTENCE = 200
 APP_PREFIX = "/app/"
 KV_PATH_PREFIX = "/v1/kv/"
 CAS_PATH_PREFIX = "/v1/cas/"
@@ -616,6 +622,66 @@ class _Counted(asyncio.Protocol):
         self.inner.resume_writing()
 
 
+def _json_parse_errors(
+    sample: RequestHandler, refusals: RateLimitedLog
+) -> type[RequestHandler] | None:
+    """aiohttp's handler of one connection, with requests its parser refuses
+    answered as every /v1/ error is: JSON.
+
+    aiohttp answers such a request (a line over 8190 bytes, a bad
+    Content-Length or Transfer-Encoding, a method it does not know) before
+    any route or middleware runs, in text/plain, and logs it at error level.
+    No route ran, so the path is unknown: the answer takes the API's form,
+    ``{"error": "invalid_argument", "detail": ...}`` with aiohttp's sentence
+    (the same 400, and the connection closes as before), and the log a
+    rate-limited ``http_bad_request`` naming the source and the error's type,
+    not the request bytes its sentence may quote. Any other error goes on to
+    aiohttp's own answer.
+
+    aiohttp builds each connection's handler itself (``Server.__call__``),
+    so the tier gives the handler this subclass, which adds no field, after
+    it is built. None (aiohttp's text answers) if this aiohttp's handler
+    cannot take it (``sample``: a handler to try it on)."""
+
+    class JsonParseErrors(RequestHandler):
+        __slots__ = ()
+
+        def handle_error(
+            self,
+            request: web.BaseRequest,
+            status: int = 500,
+            exc: BaseException | None = None,
+            message: str | None = None,
+        ) -> web.StreamResponse:
+            if not (400 <= status < 500 and isinstance(exc, HttpProcessingError)):
+                return super().handle_error(request, status, exc, message)
+            refusals.warning(
+                "http_bad_request",
+                source=request.remote,
+                error=type(exc).__name__,
+                status=status,
+            )
+            sentence = (message or exc.message or type(exc).__name__).strip()
+            if len(sentence) > MAX_PARSER_SENTENCE:
+                sentence = sentence[:MAX_PARSER_SENTENCE] + "..."
+            response = web.json_response(
+                {
+                    "error": "invalid_argument",
+                    "detail": f"the request is not valid HTTP: {sentence}",
+                },
+                status=status,
+            )
+            response.force_close()
+            return response
+
+    try:
+        sample.__class__ = JsonParseErrors
+    except TypeError:  # pragma: no cover - an aiohttp whose handler is not a Python class
+        log.warning("http_parse_errors_as_text", reason="aiohttp's handler takes no subclass")
+        return None
+    return JsonParseErrors
+
+
 class WebTier:
     def __init__(self, view: WebTierView) -> None:
         self.view = view
@@ -687,9 +753,13 @@ class WebTier:
         ssl_context = tls.ssl_context() if tls is not None else None
         server = self.runner.server
         assert server is not None
+        json_errors = _json_parse_errors(server(), self.view.refusals)
 
         def protocol() -> asyncio.BaseProtocol:
-            return _Counted(server(), self)
+            inner = server()
+            if json_errors is not None:
+                inner.__class__ = json_errors
+            return _Counted(inner, self)
 
         loop = asyncio.get_running_loop()
         try:

@@ -1,0 +1,51 @@
+"""A one-node cluster in this process, serving HTTP, for tests that send
+the web tier raw or random requests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from ramraft.server.config import NodeConfig
+from ramraft.server.node import ListenError, Node
+from ramraft.tools.bench import free_ports
+
+
+class InProcessNode:
+    """A one-node cluster on its own event loop in a thread."""
+
+    def __init__(self, root: Path) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        # HTTP on port 0 (the node reports the port it got); the gRPC port is
+        # this node's --peers entry and must be known: a fresh pick when the
+        # one picked was taken meanwhile.
+        for _ in range(5):
+            (grpc_port,) = free_ports(1)
+            config = NodeConfig(
+                node_id="solo",
+                peers={"solo": f"127.0.0.1:{grpc_port}"},
+                data_dir=str(root),
+                http="127.0.0.1:0",
+                tick_ms=10,
+                fsync=False,
+            )
+            self.node = Node(config)
+            try:
+                self.call(self.node.start())
+                break
+            except ListenError as e:
+                if not e.in_use:
+                    raise
+        self.http = self.node.listening()["http"]
+        self.call(self.node.runtime.wait_for_leader(10))  # type: ignore[union-attr]
+
+    def call(self, coro: object, timeout: float = 30) -> object:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.call(self.node.stop(transfer=False, grace=1))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
