@@ -811,20 +811,27 @@ INT64_MAX = _core.INT64[1]
 UINT32_MAX = _core.UINT32[1]
 
 
-def _non_negative(text: str, maximum: int = INT64_MAX) -> int:
+def whole_number(text: str, minimum: int = 0, maximum: int = INT64_MAX) -> int:
+    """An option's whole number from ``minimum`` to ``maximum`` (the commands'
+    argparse types), or a usage error naming the bound it broke."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    if value < minimum:
+        bound = "must not be negative" if minimum == 0 else f"must be at least {minimum}"
+        raise argparse.ArgumentTypeError(f"{bound}: {value}")
     if value > maximum:
         raise argparse.ArgumentTypeError(f"too large: {value} (at most {maximum})")
     return value
 
 
+def _non_negative(text: str) -> int:
+    return whole_number(text)
+
+
 def _limit(text: str) -> int:
-    return _non_negative(text, UINT32_MAX)
+    return whole_number(text, maximum=UINT32_MAX)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,12 +23,12 @@ from ramraft.client.errors import NotFound
 from ramraft.tools.cli import (
     EXIT_NEGATIVE,
     EXIT_OK,
-    INT64_MAX,
     UsageError,
     add_client_options,
     client_command,
     json_from_args,
     open_stdin,
+    whole_number,
 )
 
 __all__ = ["parse_compare", "parse_op", "printable", "register"]
@@ -306,21 +306,7 @@ def _cmd_lease(client: Client, args: argparse.Namespace) -> int:
 
 
 def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    if value > INT64_MAX:
-        raise argparse.ArgumentTypeError(f"too large: {value} (at most {INT64_MAX})")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    if text == "0":
-        return 0
-    return _positive(text)
+    return whole_number(text, minimum=1)
 
 
 def register(sub: Any) -> None:
@@ -349,9 +335,9 @@ def register(sub: Any) -> None:
     p.add_argument("prefix", nargs="?", default="", help="default: all keys")
     p.add_argument("--key", action="store_true", help="watch exactly this key, not a prefix")
     p.add_argument(
-        "--rev", type=_non_negative, default=0, help="first revision to print (default: from now)"
+        "--rev", type=whole_number, default=0, help="first revision to print (default: from now)"
     )
-    p.add_argument("--count", type=_non_negative, default=0, help="stop after N events")
+    p.add_argument("--count", type=whole_number, default=0, help="stop after N events")
     p.set_defaults(func=client_command(_cmd_watch))
 
     p = command(
@@ -391,7 +377,7 @@ def register(sub: Any) -> None:
     grant = actions.add_parser("grant", help="grant a lease of TTL seconds")
     add_client_options(grant)
     grant.add_argument("ttl", type=_positive, metavar="TTL")
-    grant.add_argument("--id", type=_non_negative, default=0, help="the id (default: picked)")
+    grant.add_argument("--id", type=whole_number, default=0, help="the id (default: picked)")
     revoke = actions.add_parser("revoke", help="revoke a lease, deleting its keys")
     add_client_options(revoke)
     revoke.add_argument("id", type=_positive, metavar="ID")

@@ -314,6 +314,10 @@ def test_admin_commands(server: FakeServer, capsys) -> None:
         ["lease", "grant", "9223372036854775808"],
         ["lease", "revoke", "9223372036854775808"],
         ["watch", "--rev", "9223372036854775808"],
+        ["watch", "k", "--rev", "-3"],
+        ["watch", "k", "--count", "x"],
+        ["lease", "grant", "0"],
+        ["lease", "grant", "5", "--id", "-1"],
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(capsys, argv: list[str]) -> None:
