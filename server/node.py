@@ -256,6 +256,7 @@ class Node:
         self.membership: MembershipChanges | None = None
         self.metrics: NodeMetrics | None = None  # made by start(), with the runtime
         self.servers: list[grpc.aio.Server] = []
+        self.peer_servicer: PeerServicer | None = None  # made by start(), with the runtime
         self.health = health.aio.HealthServicer()
         self.tls: TLSFiles | None = (
             TLSFiles(config.tls, node_id=config.node_id) if config.tls.enabled else None
@@ -736,9 +737,12 @@ class Node:
         await self.health.enter_graceful_shutdown()
         if self.web is not None:
             await self.web.stop()
+        if self.peer_servicer is not None:
+            # The peers' streams to this node would hold the servers' grace.
+            self.peer_servicer.end_streams()
         for server in self.servers:
-            # In-flight writes were awaited above; what is left are peers' idle
-            # streams, which would hold the whole grace period.
+            # In-flight writes were awaited above; what is left are reads,
+            # forwarded calls and clients' idle streams.
             await server.stop(grace=max(0.0, min(0.5, deadline - time.monotonic())))
         if self._health_task is not None:
             self._health_task.cancel()

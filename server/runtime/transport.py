@@ -214,7 +214,8 @@ class PeerLink:
                         # cluster, not a member; or it stopped): raise its
                         # status, which says why, not "RPC already finished".
                         await call
-                        raise
+                        # OK: the peer ended it as it stopped (end_streams).
+                        raise ConnectionError("the peer ended the stream: it is stopping") from None
                 # Reachable once a call has lasted: a peer that refuses us
                 # takes a first write, then ends the call (its status says
                 # why), and must not read as reachable again each time.
@@ -448,6 +449,9 @@ class PeerServicer:
         self.dropped_messages = 0  # well-formed, but not from the authenticated sender
         self.refused_calls = 0
         self._installing: set[str] = set()  # peers with an InstallSnapshot stream open
+        # The tasks serving the peers' Stream calls, which end_streams() ends.
+        self._streams: set[asyncio.Task[Any]] = set()
+        self._ending = False
 
     async def identify(self, context: grpc.aio.ServicerContext[Any, Any], what: str) -> str | None:
         """The caller's member id (None when TLS is off); aborts the call with
@@ -623,17 +627,42 @@ class PeerServicer:
                 certificate=fingerprint(pem) if pem is not None else None,
             )
         batches = 0
-        async for raw in requests:
-            try:
-                messages = parse_batch(raw)
-            except CodecError as e:
-                self.refusals.warning("peer_batch_rejected", error=str(e), peer=context.peer())
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad batch: {e}")
-            batches += 1
-            messages = self._from_sender(messages, sender, context.peer())
-            if messages:
-                self.receive(messages)
+        task = asyncio.current_task()
+        assert task is not None
+        if self._ending:
+            return raft_pb2.StreamSummary()
+        self._streams.add(task)
+        try:
+            async for raw in requests:
+                try:
+                    messages = parse_batch(raw)
+                except CodecError as e:
+                    self.refusals.warning("peer_batch_rejected", error=str(e), peer=context.peer())
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad batch: {e}")
+                batches += 1
+                messages = self._from_sender(messages, sender, context.peer())
+                if messages:
+                    self.receive(messages)
+        except asyncio.CancelledError:
+            if not self._ending:
+                raise
+            # end_streams(): the node is stopping. The call ends with OK
+            # (the peer reconnects with its back-off, as to any node that
+            # went away).
+        finally:
+            self._streams.discard(task)
         return raft_pb2.StreamSummary(batches=batches)
+
+    def end_streams(self) -> None:
+        """End the peers' Stream calls, and refuse new ones, as the node stops.
+
+        A peer keeps its stream to this node open for as long as both run,
+        so the server's graceful stop would wait its whole grace for them
+        and then abort them (grpc logs "Aborting method ... due to server
+        stop" at warning level). Ended here, each closes with OK at once."""
+        self._ending = True
+        for task in list(self._streams):
+            task.cancel()
 
     async def install_snapshot(
         self,
