@@ -132,6 +132,8 @@ class PeerLink:
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"send-{peer}")
         self.snapshot_task: asyncio.Task[None] | None = None
         self.failures = 0
+        # The kinds of failure logged in this run of failures (see _run).
+        self.failure_kinds: set[str] = set()
 
     def enqueue(self, messages: list[Message]) -> None:
         self.queue.extend(messages)
@@ -181,7 +183,17 @@ class PeerLink:
                 raise
             except Exception as e:  # any failure: report, back off, reconnect
                 self.failures += 1
-                if self.failures == 1 or self.failures % 50 == 0:
+                # The first failure, every 50th, and the first of each other
+                # kind: grpc reports a call the peer ended at once as often
+                # as not as "INTERNAL: Internal error from Core" (the write
+                # raced the peer's status, which is lost), so the first
+                # failure alone may not say why (a peer of another cluster
+                # refuses every call with FAILED_PRECONDITION and the reason).
+                kind = _failure_kind(e)
+                if self.failures == 1:
+                    self.failure_kinds.clear()
+                if self.failures == 1 or self.failures % 50 == 0 or kind not in self.failure_kinds:
+                    self.failure_kinds.add(kind)
                     log.info(
                         "peer_unreachable", peer=self.peer, error=_short(e), failures=self.failures
                     )
@@ -322,6 +334,14 @@ async def _aiter_sync(iterator: Any) -> AsyncIterator[Any]:
     for item in iterator:
         yield item
         await asyncio.sleep(0)  # let the event loop breathe between blocks
+
+
+def _failure_kind(e: BaseException) -> str:
+    """A failure's status code, or its type: what tells one kind of failure
+    of a peer's link from another."""
+    if isinstance(e, grpc.aio.AioRpcError):
+        return e.code().name
+    return type(e).__name__
 
 
 def _short(e: BaseException) -> str:

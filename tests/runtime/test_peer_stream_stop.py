@@ -1,9 +1,15 @@
-"""A stopping node ends its peers' Stream calls itself (transport.py
-``PeerServicer.end_streams``): each closes with OK and the summary of what
+"""How a peer's stream ends, on both sides (transport.py).
+
+A stopping node ends its peers' Stream calls itself
+(``PeerServicer.end_streams``): each closes with OK and the summary of what
 it carried, and a Stream opened after that closes at once. Otherwise a
 peer's stream, open for as long as both nodes run, held the gRPC server's
 graceful stop for its whole grace and was then aborted (grpc's warning
-"Aborting method ... due to server stop"). Real gRPC on loopback."""
+"Aborting method ... due to server stop"). Real gRPC on loopback.
+
+The sending side logs why its calls fail: the first failure, and the first
+of every other kind, since grpc reports a call the peer refused at once as
+"INTERNAL: Internal error from Core" about a third of the time."""
 
 from __future__ import annotations
 
@@ -11,10 +17,11 @@ import asyncio
 from typing import Any
 
 import grpc
+import structlog
 
 from ramraft.consensus.types import Message, MsgType
 from ramraft.proto import raft_pb2
-from ramraft.server.runtime.transport import PEER_SERVICE, PeerServicer
+from ramraft.server.runtime.transport import PEER_SERVICE, PeerServicer, PeerTransport
 from ramraft.server.runtime.wire import serialize_batch
 
 HANG_GUARD = 10.0  # seconds: a stream that is not ended would wait for ever
@@ -91,3 +98,48 @@ def test_streams_go_on_until_the_node_stops() -> None:
             await server.stop(None)
 
     asyncio.run(main())
+
+
+def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+def test_the_link_logs_the_first_failure_of_each_kind() -> None:
+    """A peer of another cluster refuses every call; grpc turns one refusal
+    in three into INTERNAL. Logged: the first failure, and the first one
+    that says why, not every failure."""
+    internal = rpc_error(grpc.StatusCode.INTERNAL, "Internal error from Core")
+    refused = rpc_error(
+        grpc.StatusCode.FAILED_PRECONDITION, "peer refused: it belongs to cluster 'c-old'"
+    )
+    failures = [internal, refused, refused, internal, refused]
+
+    async def main() -> None:
+        transport = PeerTransport(
+            "n1",
+            {"n2": "127.0.0.1:1"},
+            None,
+            lambda peer: None,
+            lambda peer, ok: None,  # type: ignore[arg-type]
+        )
+        link = transport.link("n2")
+        done = asyncio.Event()
+
+        async def failing_stream() -> None:
+            if not failures:
+                done.set()
+                await asyncio.Event().wait()  # the link's next call: never ends
+            raise failures.pop(0)
+
+        link._stream = failing_stream  # type: ignore[method-assign]
+        link.wake.set()
+        await asyncio.wait_for(done.wait(), HANG_GUARD)
+        await transport.close()
+
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(main())
+    logged = [(e["failures"], e["error"]) for e in logs if e["event"] == "peer_unreachable"]
+    assert logged == [
+        (1, "INTERNAL: Internal error from Core"),
+        (2, "FAILED_PRECONDITION: peer refused: it belongs to cluster 'c-old'"),
+    ]
