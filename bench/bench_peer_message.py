@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import os
 import queue
 import sys
 import time
@@ -38,8 +37,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-
-from ramraft.tools.bench import cpu_seconds
 
 SERVICE = "bench.Sink"
 PAYLOAD = b"h" * 64  # a heartbeat with a round's context, about
@@ -50,12 +47,16 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-def _receive(kind: str, port: Any, ready: Any, received: Any) -> None:
-    """The receiving side, on a port the kernel picks: counts what arrives."""
+def _receive(kind: str, port: Any, ready: Any, received: Any, cpu: Any) -> None:
+    """The receiving side, on a port the kernel picks: counts what arrives,
+    and notes its own CPU time with each message (``time.process_time``:
+    nanoseconds, where /proc counts 10 ms ticks, which a short run's few
+    milliseconds fall between)."""
 
     async def grpc_sink(requests: Any, context: Any) -> bytes:
         async for _ in requests:
             received.value += 1
+            cpu.value = time.process_time()
         return b""
 
     async def socket_sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -64,6 +65,7 @@ def _receive(kind: str, port: Any, ready: Any, received: Any) -> None:
                 size = int.from_bytes(await reader.readexactly(4), "big")
                 await reader.readexactly(size)
                 received.value += 1
+                cpu.value = time.process_time()
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
 
@@ -71,6 +73,7 @@ def _receive(kind: str, port: Any, ready: Any, received: Any) -> None:
         if kind == "socket":
             server = await asyncio.start_server(socket_sink, "127.0.0.1", 0)
             port.value = server.sockets[0].getsockname()[1]
+            cpu.value = time.process_time()
             ready.set()
             await server.serve_forever()
         grpc_server = grpc.aio.server()
@@ -84,6 +87,7 @@ def _receive(kind: str, port: Any, ready: Any, received: Any) -> None:
         )
         port.value = grpc_server.add_insecure_port("127.0.0.1:0")
         await grpc_server.start()
+        cpu.value = time.process_time()
         ready.set()
         await grpc_server.wait_for_termination()
 
@@ -91,8 +95,7 @@ def _receive(kind: str, port: Any, ready: Any, received: Any) -> None:
 
 
 def _own_cpu() -> float:
-    t = os.times()
-    return t.user + t.system
+    return time.process_time()
 
 
 async def _send(mode: str, port: int, seconds: float, gap: float) -> tuple[int, int, float]:
@@ -163,13 +166,16 @@ def measure(modes: list[str], seconds: float, gap: float) -> list[dict[str, Any]
     rows: list[dict[str, Any]] = []
     for mode in modes:
         port, ready, received = spawn.Value("i", 0), spawn.Event(), spawn.Value("l", 0)
+        cpu = spawn.Value("d", 0.0)
         kind = "socket" if mode == "socket" else "grpc"
-        receiver = spawn.Process(target=_receive, args=(kind, port, ready, received), daemon=True)
+        receiver = spawn.Process(
+            target=_receive, args=(kind, port, ready, received, cpu), daemon=True
+        )
         receiver.start()
         try:
             if not ready.wait(30):
                 raise RuntimeError("the receiver did not start")
-            cpu0 = cpu_seconds(receiver.pid or 0) or 0.0
+            cpu0 = cpu.value
             start = time.monotonic()
             sent, turns, sender_cpu = asyncio.run(_send(mode, int(port.value), seconds, gap))
             elapsed = time.monotonic() - start
@@ -177,7 +183,7 @@ def measure(modes: list[str], seconds: float, gap: float) -> list[dict[str, Any]
             deadline = time.monotonic() + 2.0
             while received.value < expected and time.monotonic() < deadline:
                 time.sleep(0.01)  # the last messages still on their way
-            receiver_cpu = (cpu_seconds(receiver.pid or 0) or 0.0) - cpu0
+            receiver_cpu = cpu.value - cpu0  # up to its last message
             got = int(received.value) - (1 if mode != "idle" else 0)  # the connecting one
         finally:
             receiver.kill()
@@ -190,8 +196,8 @@ def measure(modes: list[str], seconds: float, gap: float) -> list[dict[str, Any]
                 "turns": turns,
                 "sent": sent,
                 "received": got,
-                "sender_cpu_s": round(sender_cpu, 3),
-                "receiver_cpu_s": round(receiver_cpu, 3),
+                "sender_cpu_s": round(sender_cpu, 6),
+                "receiver_cpu_s": round(receiver_cpu, 6),
             }
         )
     idle = next((r for r in rows if r["mode"] == "idle"), None)
