@@ -21,11 +21,8 @@ from tests.web.solo import InProcessNode
 
 @pytest.fixture(scope="module")
 def solo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessNode]:
-    node = InProcessNode(tmp_path_factory.mktemp("http-fuzz"))
-    try:
+    with InProcessNode(tmp_path_factory.mktemp("http-fuzz")) as node:
         yield node
-    finally:
-        node.close()
 
 
 def request(

@@ -49,3 +49,9 @@ class InProcessNode:
         self.call(self.node.stop(transfer=False, grace=1))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+    def __enter__(self) -> InProcessNode:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

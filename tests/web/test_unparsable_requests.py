@@ -18,11 +18,8 @@ from tests.web.solo import InProcessNode
 
 @pytest.fixture(scope="module")
 def solo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessNode]:
-    node = InProcessNode(tmp_path_factory.mktemp("unparsable"))
-    try:
+    with InProcessNode(tmp_path_factory.mktemp("unparsable")) as node:
         yield node
-    finally:
-        node.close()
 
 
 def send(address: str, data: bytes) -> tuple[bytes, dict[str, str], bytes]:
