@@ -86,7 +86,7 @@ from aiohttp.web_protocol import RequestHandler
 from ramraft.proto import admin_pb2, admin_pb2_grpc
 from ramraft.server.config import join_address, parse_address
 from ramraft.server.hosting import CONTEXT, AppContext, SessionPool, write_with_session
-from ramraft.server.logs import RateLimitedLog, code_location
+from ramraft.server.logs import code_location
 from ramraft.server.machines.kv import (
     CasResult,
     DeleteResult,
@@ -622,9 +622,7 @@ class _Counted(asyncio.Protocol):
         self.inner.resume_writing()
 
 
-def _json_parse_errors(
-    sample: RequestHandler, refusals: RateLimitedLog
-) -> type[RequestHandler] | None:
+def _json_parse_errors(sample: RequestHandler, tier: WebTier) -> type[RequestHandler] | None:
     """aiohttp's handler of one connection, with requests its parser refuses
     answered as every /v1/ error is: JSON.
 
@@ -655,7 +653,7 @@ def _json_parse_errors(
         ) -> web.StreamResponse:
             if not (400 <= status < 500 and isinstance(exc, HttpProcessingError)):
                 return super().handle_error(request, status, exc, message)
-            refusals.warning(
+            tier.view.refusals.warning(
                 "http_bad_request",
                 source=request.remote,
                 error=type(exc).__name__,
@@ -664,13 +662,10 @@ def _json_parse_errors(
             sentence = (message or exc.message or type(exc).__name__).strip()
             if len(sentence) > MAX_PARSER_SENTENCE:
                 sentence = sentence[:MAX_PARSER_SENTENCE] + "..."
-            response = web.json_response(
-                {
-                    "error": "invalid_argument",
-                    "detail": f"the request is not valid HTTP: {sentence}",
-                },
-                status=status,
+            error = HttpError(
+                status, "invalid_argument", f"the request is not valid HTTP: {sentence}"
             )
+            response = tier._error_response(error, True, request)
             response.force_close()
             return response
 
@@ -753,7 +748,7 @@ class WebTier:
         ssl_context = tls.ssl_context() if tls is not None else None
         server = self.runner.server
         assert server is not None
-        json_errors = _json_parse_errors(server(), self.view.refusals)
+        json_errors = _json_parse_errors(server(), self)
 
         def protocol() -> asyncio.BaseProtocol:
             inner = server()
@@ -958,7 +953,7 @@ class WebTier:
         )
 
     def _error_response(
-        self, error: HttpError, api_route: bool, request: web.Request
+        self, error: HttpError, api_route: bool, request: web.BaseRequest
     ) -> web.StreamResponse:
         if error.status == 413 and error.detail == "Request Entity Too Large":
             # aiohttp's own words: say which limit
