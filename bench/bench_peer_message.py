@@ -32,6 +32,7 @@ import json
 import multiprocessing as mp
 import queue
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -47,16 +48,23 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-def _receive(kind: str, port: Any, ready: Any, received: Any, cpu: Any) -> None:
-    """The receiving side, on a port the kernel picks: counts what arrives,
-    and notes its own CPU time with each message (``time.process_time``:
-    nanoseconds, where /proc counts 10 ms ticks, which a short run's few
-    milliseconds fall between)."""
+def _receive(kind: str, port: Any, ready: Any, received: Any, cpu: Any, ask: Any) -> None:
+    """The receiving side, on a port the kernel picks: counts what arrives.
+    Its own CPU time goes in ``cpu`` when it is ready and again when ``ask``
+    is set (``time.process_time``: nanoseconds, where /proc counts 10 ms
+    ticks, which a short run's few milliseconds fall between), by a thread
+    that waits for the question, off the path each message takes."""
+
+    def note_cpu_when_asked() -> None:
+        ask.wait()
+        cpu.value = time.process_time()
+        ask.clear()  # the answer is in
+
+    threading.Thread(target=note_cpu_when_asked, daemon=True).start()
 
     async def grpc_sink(requests: Any, context: Any) -> bytes:
         async for _ in requests:
             received.value += 1
-            cpu.value = time.process_time()
         return b""
 
     async def socket_sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -65,7 +73,6 @@ def _receive(kind: str, port: Any, ready: Any, received: Any, cpu: Any) -> None:
                 size = int.from_bytes(await reader.readexactly(4), "big")
                 await reader.readexactly(size)
                 received.value += 1
-                cpu.value = time.process_time()
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
 
@@ -92,10 +99,6 @@ def _receive(kind: str, port: Any, ready: Any, received: Any, cpu: Any) -> None:
         await grpc_server.wait_for_termination()
 
     asyncio.run(main())
-
-
-def _own_cpu() -> float:
-    return time.process_time()
 
 
 async def _send(mode: str, port: int, seconds: float, gap: float) -> tuple[int, int, float]:
@@ -146,7 +149,7 @@ async def _send(mode: str, port: int, seconds: float, gap: float) -> tuple[int, 
         await send(PAYLOAD)  # connected before measuring
     await asyncio.sleep(0.2)
     sent = turns = 0
-    cpu0 = _own_cpu()
+    cpu0 = time.process_time()
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if send is not None:
@@ -155,7 +158,7 @@ async def _send(mode: str, port: int, seconds: float, gap: float) -> tuple[int, 
         turns += 1
         await asyncio.sleep(gap)
     await asyncio.sleep(0.05)  # what grpc's thread still had queued
-    used = _own_cpu() - cpu0
+    used = time.process_time() - cpu0
     await finish()
     return sent, turns, used
 
@@ -166,10 +169,10 @@ def measure(modes: list[str], seconds: float, gap: float) -> list[dict[str, Any]
     rows: list[dict[str, Any]] = []
     for mode in modes:
         port, ready, received = spawn.Value("i", 0), spawn.Event(), spawn.Value("l", 0)
-        cpu = spawn.Value("d", 0.0)
+        cpu, ask = spawn.Value("d", 0.0), spawn.Event()
         kind = "socket" if mode == "socket" else "grpc"
         receiver = spawn.Process(
-            target=_receive, args=(kind, port, ready, received, cpu), daemon=True
+            target=_receive, args=(kind, port, ready, received, cpu, ask), daemon=True
         )
         receiver.start()
         try:
@@ -183,7 +186,11 @@ def measure(modes: list[str], seconds: float, gap: float) -> list[dict[str, Any]
             deadline = time.monotonic() + 2.0
             while received.value < expected and time.monotonic() < deadline:
                 time.sleep(0.01)  # the last messages still on their way
-            receiver_cpu = cpu.value - cpu0  # up to its last message
+            ask.set()
+            deadline = time.monotonic() + 5.0
+            while ask.is_set() and time.monotonic() < deadline:
+                time.sleep(0.001)  # the receiver's thread notes its CPU time
+            receiver_cpu = cpu.value - cpu0
             got = int(received.value) - (1 if mode != "idle" else 0)  # the connecting one
         finally:
             receiver.kill()
