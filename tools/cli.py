@@ -707,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("value", nargs="?", help="the value; omitted or '-': read standard input")
     p.add_argument(
         "--lease",
-        type=_non_negative,
+        type=whole_number,
         default=0,
         metavar="ID",
         help="attach the key to a lease (ramraft lease grant): it goes when the lease ends",
@@ -824,10 +824,6 @@ def whole_number(text: str, minimum: int = 0, maximum: int = INT64_MAX) -> int:
     if value > maximum:
         raise argparse.ArgumentTypeError(f"too large: {value} (at most {maximum})")
     return value
-
-
-def _non_negative(text: str) -> int:
-    return whole_number(text)
 
 
 def _limit(text: str) -> int:

@@ -191,8 +191,8 @@ class PeerLink:
                 # refuses every call with FAILED_PRECONDITION and the reason).
                 kind = _failure_kind(e)
                 if self.failures == 1:
-                    self.failure_kinds.clear()
-                if self.failures == 1 or self.failures % 50 == 0 or kind not in self.failure_kinds:
+                    self.failure_kinds.clear()  # so the first failure is logged
+                if kind not in self.failure_kinds or self.failures % 50 == 0:
                     self.failure_kinds.add(kind)
                     log.info(
                         "peer_unreachable", peer=self.peer, error=_short(e), failures=self.failures
@@ -646,11 +646,11 @@ class PeerServicer:
                 peer=context.peer(),
                 certificate=fingerprint(pem) if pem is not None else None,
             )
+        if self._ending:
+            return raft_pb2.StreamSummary()
         batches = 0
         task = asyncio.current_task()
         assert task is not None
-        if self._ending:
-            return raft_pb2.StreamSummary()
         self._streams.add(task)
         try:
             async for raw in requests:
