@@ -100,6 +100,8 @@ HEALTH_PORT_LIMIT = 64  # connections and concurrent calls on the plaintext heal
 # stopped peer keeps its match index, so only its silence tells it apart.
 HANDOVER_HEARTBEATS = 4
 HANDOVER_MIN_ANSWER_WINDOW = 0.2
+# How often a hand-over checks that its target still answers.
+HANDOVER_POLL_SECONDS = 0.05
 
 
 class ListenError(OSError):
@@ -783,11 +785,31 @@ class Node:
                 "entry; stopping without a transfer (the others elect a leader)",
             )
             return False
+        target = candidates[0]
+        assert self.runtime is not None
+        peers = self.runtime.peers
+        transfer = asyncio.ensure_future(
+            membership.transfer_leadership(target, timeout=min(5.0, grace / 2))
+        )
         try:
-            new = await membership.transfer_leadership(candidates[0], timeout=min(5.0, grace / 2))
-            log.info("leadership_handed_over", to=new)
+            # A target that goes silent is stopping too (the whole cluster
+            # stops at once: it ended its streams): do not wait the transfer's
+            # whole timeout for it.
+            while not transfer.done():
+                await asyncio.wait({transfer}, timeout=HANDOVER_POLL_SECONDS)
+                if not transfer.done() and not peers.answered_within(
+                    target, within, time.monotonic()
+                ):
+                    transfer.cancel()
+                    log.warning(
+                        "leadership_handover_failed",
+                        to=target,
+                        error="it stopped answering (stopping too)",
+                    )
+                    return True
+            log.info("leadership_handed_over", to=transfer.result())
         except Exception as e:
-            log.warning("leadership_handover_failed", to=candidates[0], error=str(e))
+            log.warning("leadership_handover_failed", to=target, error=str(e))
         return True
 
     async def run_until_signalled(self) -> None:

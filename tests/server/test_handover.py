@@ -9,6 +9,7 @@ only its silence tells it apart. The leader's log says what it did."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 from tests.server.procs import ProcessCluster
@@ -72,3 +73,24 @@ def test_sigterm_with_no_follower_answering_stops_without_a_transfer(tmp_path: P
         assert "leadership_not_handed_over" in names, events[-6:]
         assert "leadership_handover_failed" not in names
         assert "leadership_handed_over" not in names
+
+
+def test_a_whole_cluster_stopping_at_once_does_not_wait_for_a_gone_target(tmp_path: Path) -> None:
+    """SIGTERM to all three together (Ctrl-C of ``ramraft cluster``, a
+    deleted StatefulSet): the follower the leader picks stops too, at once
+    (it ends its peers' streams), so the hand-over gives up when the target
+    goes silent, not after the transfer's whole timeout."""
+    with ProcessCluster(tmp_path) as cluster:
+        leader = cluster.wait_for_leader()
+        with cluster.client() as c:
+            c.put("k", b"v")
+        for node_id in cluster.ids:
+            cluster.wait_caught_up(node_id)
+        for proc in cluster.procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in cluster.procs.values():
+            assert proc.wait(timeout=30) == 0  # (a second SIGTERM would end it at once)
+        events = _events(cluster, leader)
+        assert _stopping_role(events) == "leader"
+        failed = [e for e in events if e.get("event") == "leadership_handover_failed"]
+        assert all(e["error"] == "it stopped answering (stopping too)" for e in failed), failed
