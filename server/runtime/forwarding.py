@@ -19,7 +19,10 @@ The rules are Forward's, write by write:
   waits for it no longer than that.
 - A stream that ends while writes wait for their answers has lost those
   answers: each may or may not have been applied (UNAVAILABLE, not refused
-  before proposal), exactly as for a Forward call that broke.
+  before proposal), exactly as for a Forward call that broke -- unless the
+  leader ended it as it stopped: it then reads no more writes, answers the
+  ones it read, and says in the stream's trailer that it proposed none of
+  the others, which go to the next leader (refused before proposal).
 - A leader that does not serve the stream (UNIMPLEMENTED: a node of an
   earlier release) never read the writes: they go again by Forward, and so
   does every write to that leader for a while (UNSERVED_SECONDS).
@@ -36,10 +39,16 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
 from ramraft.proto import raft_pb2
 from ramraft.server.runtime.deadline import DEADLINE_PASSED, within
-from ramraft.server.runtime.transport import MAX_FORWARD_BATCH, PEER_SERVICE, PeerTransport
+from ramraft.server.runtime.transport import (
+    FORWARD_REFUSAL_KEY,
+    MAX_FORWARD_BATCH,
+    PEER_SERVICE,
+    PeerTransport,
+)
 
 log = structlog.get_logger("ramraft.forwarding")
 
@@ -51,18 +60,41 @@ _MAX_TIMEOUT_MS = 2**32 - 1  # timeout_ms is a uint32
 Unary = Callable[[str, bytes, Any], Awaitable[tuple[int, object]]]
 
 
+def refused_before_proposal(error: grpc.aio.AioRpcError) -> bool:
+    """Whether the leader said that it refused a forwarded command before
+    proposing it. A leader of release 0.1.0 says nothing: then the command
+    may have been applied (never guess from the message's words)."""
+    for key, value in error.trailing_metadata() or ():
+        if key == FORWARD_REFUSAL_KEY and isinstance(value, bytes):
+            try:
+                return raft_pb2.ForwardRefusal.FromString(value).before_proposal
+            except DecodeError:
+                return False
+    return False
+
+
 class StreamEnded(Exception):
     """The stream ended before the write's answer came: ``code`` is how.
     ``sent``: False when the write's message never left (its send failed,
     or it was still queued), so it can be sent again whatever ``code`` says
     (grpc.aio reports a send that failed because the leader had ended the
-    stream as its own INTERNAL, hiding the leader's status)."""
+    stream as its own INTERNAL, hiding the leader's status).
+    ``before_proposal``: the leader ended the stream saying that it
+    proposed none of the writes it did not answer (it is stopping)."""
 
-    def __init__(self, code: grpc.StatusCode | None, details: str, *, sent: bool = True) -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode | None,
+        details: str,
+        *,
+        sent: bool = True,
+        before_proposal: bool = False,
+    ) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
         self.sent = sent
+        self.before_proposal = before_proposal
 
 
 class ForwardStreams:
@@ -105,7 +137,9 @@ class ForwardStreams:
                 log.info("forward_stream_unserved", leader=leader, using="Forward")
                 self._unserved[leader] = time.monotonic() + UNSERVED_SECONDS
                 return await self._unary(leader, command, deadline)
-            if not ended.sent:  # never left: Forward, which every leader serves
+            if not ended.sent and not ended.before_proposal:
+                # Never left: Forward, which every leader serves. (A stopping
+                # leader's refusal instead sends it to the next leader.)
                 return await self._unary(leader, command, deadline)
             answer = ended
         return self._answer(answer)
@@ -180,6 +214,7 @@ class _Pipe:
     async def _read_all(self) -> None:
         code: grpc.StatusCode | None = None
         details = "the leader ended the forward stream"
+        unread = False
         try:
             async for message in self._call:
                 for answer in message.answers:
@@ -189,20 +224,26 @@ class _Pipe:
             code = await self._call.code()
         except grpc.aio.AioRpcError as e:
             code, details = e.code(), e.details() or details
+            unread = refused_before_proposal(e)  # the leader stopped (end_streams)
         except asyncio.CancelledError:
             code, details = grpc.StatusCode.CANCELLED, "the forward stream was closed"
             raise
         finally:
-            self._end(code, details)
+            self._end(code, details, unread=unread)
 
-    def _end(self, code: grpc.StatusCode | None, details: str) -> None:
-        """Fail every waiting write: the ones still queued were never sent."""
+    def _end(self, code: grpc.StatusCode | None, details: str, *, unread: bool = False) -> None:
+        """Fail every waiting write: the ones still queued were never sent;
+        with ``unread``, the leader proposed none of the sent ones either."""
         self.closed = True
         self._writer.cancel()
         unsent = {item.id for item in self._queue}
         for request_id, fut in self._waiting.items():
             if not fut.done():
-                fut.set_exception(StreamEnded(code, details, sent=request_id not in unsent))
+                fut.set_exception(
+                    StreamEnded(
+                        code, details, sent=request_id not in unsent, before_proposal=unread
+                    )
+                )
 
     async def close(self) -> None:
         self.closed = True

@@ -19,7 +19,6 @@ from typing import Any, Protocol
 
 import grpc
 import structlog
-from google.protobuf.message import DecodeError
 
 from ramraft.proto import raft_pb2
 from ramraft.server.config import NodeLimits
@@ -34,7 +33,7 @@ from ramraft.server.request_errors import (
     wire_status,
 )
 from ramraft.server.runtime.deadline import DEFAULT_TIMEOUT, Deadline, within
-from ramraft.server.runtime.forwarding import ForwardStreams, StreamEnded
+from ramraft.server.runtime.forwarding import ForwardStreams, StreamEnded, refused_before_proposal
 from ramraft.server.runtime.loop import RaftRuntime
 from ramraft.server.runtime.transport import FORWARD_REFUSAL_KEY, PEER_SERVICE
 
@@ -237,9 +236,10 @@ class NodeAPI:
     def _forward_answer(self, answer: raft_pb2.ForwardAnswer | StreamEnded) -> tuple[int, object]:
         """A ForwardStream write's (index, result), or its error, as
         ``_forward_grpc`` would have it: a stream that ended before the
-        answer leaves the write maybe applied."""
+        answer leaves the write maybe applied, unless the leader said it
+        proposed none of those it did not answer (it stopped)."""
         if isinstance(answer, StreamEnded):
-            raise forward_error(answer.code, answer.details, False) from answer
+            raise forward_error(answer.code, answer.details, answer.before_proposal) from answer
         if answer.code:
             code = _CODES.get(answer.code, grpc.StatusCode.UNKNOWN)
             raise forward_error(code, answer.message, answer.refusal.before_proposal)
@@ -312,19 +312,6 @@ def forward_error(code: grpc.StatusCode | None, details: str, before_proposal: b
         # cluster does not run yet): as final here as there.
         return CommandRefused(details or "the leader refused the command")
     return Unavailable(f"forwarding to the leader failed: {details}")
-
-
-def refused_before_proposal(error: grpc.aio.AioRpcError) -> bool:
-    """Whether the leader said that it refused a forwarded command before
-    proposing it. A leader of release 0.1.0 says nothing: then the command
-    may have been applied (never guess from the message's words)."""
-    for key, value in error.trailing_metadata() or ():
-        if key == FORWARD_REFUSAL_KEY and isinstance(value, bytes):
-            try:
-                return raft_pb2.ForwardRefusal.FromString(value).before_proposal
-            except DecodeError:
-                return False
-    return False
 
 
 class Forwarder(Protocol):

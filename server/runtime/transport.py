@@ -102,6 +102,18 @@ class _BadBatch(Exception):
     """A ForwardBatch over MAX_FORWARD_BATCH: the stream ends with INVALID_ARGUMENT."""
 
 
+async def _refuse_unread_writes(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """End a ForwardStream of a stopping node: the writes it did not answer
+    were never read, so never proposed (the refusal says so, as a Forward
+    call's does)."""
+    refusal = raft_pb2.ForwardRefusal(before_proposal=True)
+    context.set_trailing_metadata(((FORWARD_REFUSAL_KEY, refusal.SerializeToString()),))
+    await context.abort(
+        grpc.StatusCode.UNAVAILABLE,
+        "this node is shutting down; the writes it did not answer were not proposed",
+    )
+
+
 def _identity(data: bytes) -> bytes:
     return data
 
@@ -469,8 +481,10 @@ class PeerServicer:
         self.dropped_messages = 0  # well-formed, but not from the authenticated sender
         self.refused_calls = 0
         self._installing: set[str] = set()  # peers with an InstallSnapshot stream open
-        # The tasks serving the peers' Stream calls, which end_streams() ends.
+        # The tasks serving the peers' Stream calls, and those reading their
+        # ForwardStream calls, which end_streams() ends.
         self._streams: set[asyncio.Task[Any]] = set()
+        self._forward_readers: set[asyncio.Task[Any]] = set()
         self._ending = False
 
     async def identify(self, context: grpc.aio.ServicerContext[Any, Any], what: str) -> str | None:
@@ -674,14 +688,18 @@ class PeerServicer:
         return raft_pb2.StreamSummary(batches=batches)
 
     def end_streams(self) -> None:
-        """End the peers' Stream calls, and refuse new ones, as the node stops.
+        """End the peers' Stream and ForwardStream calls, and refuse new
+        ones, as the node stops.
 
-        A peer keeps its stream to this node open for as long as both run,
+        A peer keeps its streams to this node open for as long as both run,
         so the server's graceful stop would wait its whole grace for them
         and then abort them (grpc logs "Aborting method ... due to server
-        stop" at warning level). Ended here, each closes with OK at once."""
+        stop" at warning level). Ended here, a Stream closes with OK at
+        once; a ForwardStream reads nothing more, answers the writes it
+        read, and ends saying that it proposed none of the others
+        (``forward_batches``)."""
         self._ending = True
-        for task in list(self._streams):
+        for task in list(self._streams) + list(self._forward_readers):
             task.cancel()
 
     async def install_snapshot(
@@ -772,8 +790,16 @@ class PeerServicer:
         """``Peer.ForwardStream``: each item served as a Forward call would
         be (``self.forward``, with the item's own deadline and a context
         that turns its abort into the answer's code), answered as it
-        completes; the answers ready together leave in one message."""
+        completes; the answers ready together leave in one message.
+
+        When the node stops (``end_streams``) the stream reads no more
+        writes, answers those it read, and ends UNAVAILABLE with a
+        ForwardRefusal before proposal: every write the follower has no
+        answer for was never read, so it goes to the next leader at once
+        rather than failing as maybe applied."""
         await self.identify(context, "ForwardStream")
+        if self._ending:
+            await _refuse_unread_writes(context)
         ready: list[raft_pb2.ForwardAnswer] = []
         wakeup: asyncio.Event = asyncio.Event()
         running: set[asyncio.Task[None]] = set()
@@ -806,20 +832,30 @@ class PeerServicer:
                 reading = False
                 wakeup.set()
 
+        def read_failed() -> BaseException | None:
+            if not reader.done() or reader.cancelled():  # cancelled: end_streams()
+                return None
+            return reader.exception()
+
         reader = loop.create_task(read_all())
+        self._forward_readers.add(reader)
         try:
             while reading or running or ready:
                 if not ready:
                     await wakeup.wait()
                     wakeup.clear()
-                    if reader.done() and reader.exception() is not None:
+                    if read_failed() is not None:
                         break
                     continue
                 answers, ready = ready, []
                 yield raft_pb2.ForwardAnswers(answers=answers)
-            if reader.done() and isinstance(reader.exception(), _BadBatch):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(reader.exception()))
+            failure = read_failed()
+            if isinstance(failure, _BadBatch):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(failure))
+            if reader.cancelled():
+                await _refuse_unread_writes(context)
         finally:
+            self._forward_readers.discard(reader)
             reader.cancel()
             for task in list(running):
                 task.cancel()

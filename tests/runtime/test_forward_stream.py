@@ -21,7 +21,7 @@ from ramraft.proto import raft_pb2
 from ramraft.server.request_errors import NotLeader, Unavailable
 from ramraft.server.runtime.deadline import Deadline
 from ramraft.server.runtime.forwarding import ForwardStreams
-from ramraft.server.runtime.node_api import NodeAPI
+from ramraft.server.runtime.node_api import NodeAPI, RetryElsewhere
 from ramraft.server.runtime.transport import MAX_FORWARD_BATCH, PeerServicer
 from tests.runtime.fakes import Offers
 from tests.runtime.test_forward_refusal import (
@@ -31,6 +31,8 @@ from tests.runtime.test_forward_refusal import (
     encode,
     with_leader,
 )
+
+HANG_GUARD = 10.0  # seconds: a stream that is not ended would wait for ever
 
 
 class Leader(Offers):
@@ -59,9 +61,14 @@ class Leader(Offers):
         return index, command.decode()
 
 
-async def with_stream_leader(leader: Leader, body: Callable[[NodeAPI], Awaitable[None]]) -> None:
+async def with_stream_leader(
+    leader: Leader,
+    body: Callable[[NodeAPI], Awaitable[None]],
+    servicers: list[PeerServicer] | None = None,
+) -> None:
     """A leader serving Peer (Forward and ForwardStream) with this
-    release's servicer, and a follower's NodeAPI that forwards to it."""
+    release's servicer (appended to ``servicers``), and a follower's
+    NodeAPI that forwards to it."""
     serving = NodeAPI(leader, encode, decode, LIMITS)  # type: ignore[arg-type]
 
     async def serve_forward(command: bytes, context: Any) -> raft_pb2.ForwardResponse:
@@ -76,6 +83,8 @@ async def with_stream_leader(leader: Leader, body: Callable[[NodeAPI], Awaitable
         serve_forward,
         lambda: 1,
     )
+    if servicers is not None:
+        servicers.append(servicer)
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((servicer.handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -165,6 +174,52 @@ def test_a_broken_stream_leaves_its_writes_maybe_applied() -> None:
     asyncio.run(with_stream_leader(leader, body))
     assert leader.proposed == [b"lost", b"next"]
     assert outcome
+
+
+class GatedLeader(Leader):
+    """A leader whose writes wait for ``gate`` before they are answered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def propose(self, command: bytes) -> tuple[int, object]:
+        self.proposed.append(command)
+        await self.gate.wait()
+        return len(self.proposed), command.decode()
+
+
+def test_a_stopping_leader_answers_what_it_read_and_proposed_nothing_else() -> None:
+    """The leader stops (``end_streams``) with one write in service and one
+    sent but not read: the first is answered as usual; the stream then ends
+    saying the leader proposed none of the writes it did not answer, so the
+    second is refused before proposal (sent to the next leader, never
+    "maybe applied"), and so is a write that comes after."""
+    leader = GatedLeader()
+    servicers: list[PeerServicer] = []
+
+    async def body(api: NodeAPI) -> None:
+        streams = api.forward_streams
+        first = asyncio.ensure_future(streams("leader", b"first", Deadline(10)))
+        while not leader.proposed:
+            await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(streams("leader", b"second", Deadline(10)))
+        await asyncio.sleep(0)  # queued at the follower; the leader reads no more
+        servicers[0].end_streams()
+        await asyncio.sleep(0.1)
+        assert not first.done()  # the leader waits for the write it read
+        leader.gate.set()
+        assert await asyncio.wait_for(first, HANG_GUARD) == (1, "'first'")
+        with pytest.raises(RetryElsewhere) as caught:
+            await asyncio.wait_for(second, HANG_GUARD)
+        assert not caught.value.maybe_applied
+        assert streams.messages_sent == 2  # the second write left: sent, never read
+        with pytest.raises(RetryElsewhere) as late:
+            await asyncio.wait_for(streams("leader", b"late", Deadline(10)), HANG_GUARD)
+        assert not late.value.maybe_applied
+
+    asyncio.run(with_stream_leader(leader, body, servicers))
+    assert leader.proposed == [b"first"]
 
 
 def test_a_leader_without_the_stream_gets_forward_calls() -> None:
