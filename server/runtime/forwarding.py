@@ -207,8 +207,12 @@ class _Pipe:
                     self.owner.messages_sent += 1
         except asyncio.CancelledError:
             raise
-        except Exception:  # the stream is over: the writes still queued never left
-            self._end(None, "the forward stream ended before the write was sent")
+        except Exception:
+            # The stream is over (the writes still queued never left). The
+            # reader ends the writes with the call's status, which says how:
+            # UNIMPLEMENTED (a leader without the stream) must reach
+            # ForwardStreams, or every write would try the stream again.
+            # Cancelling makes sure the reader sees the end.
             self._call.cancel()
 
     async def _read_all(self) -> None:
