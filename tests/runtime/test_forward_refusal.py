@@ -16,14 +16,14 @@ import pytest
 
 from ramraft.proto import raft_pb2
 from ramraft.server.request_errors import NotLeader, Unavailable
+from ramraft.server.runtime.forwarding import refused_before_proposal
 from ramraft.server.runtime.node_api import (
-    FORWARD_REFUSAL_KEY,
     InputLimits,
     NodeAPI,
     RetryElsewhere,
     forward_error,
-    refused_before_proposal,
 )
+from ramraft.server.runtime.transport import FORWARD_REFUSAL_KEY
 from tests.runtime.fakes import Offers
 
 LIMITS = InputLimits(max_key_bytes=64, max_value_bytes=64, max_range_limit=10)
