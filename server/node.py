@@ -74,6 +74,7 @@ from ramraft.server.machines.cluster import ClusterMachine
 from ramraft.server.machines.history import EventHistory
 from ramraft.server.machines.kv import KVMachine
 from ramraft.server.rpc.blobs import BlobsService
+from ramraft.server.rpc.ending import StreamsEnding
 from ramraft.server.rpc.leases import LeaseService
 from ramraft.server.rpc.services import AdminService, KVService
 from ramraft.server.rpc.watch import WatchHub, WatchLimits
@@ -259,6 +260,7 @@ class Node:
         self.metrics: NodeMetrics | None = None  # made by start(), with the runtime
         self.servers: list[grpc.aio.Server] = []
         self.peer_servicer: PeerServicer | None = None  # made by start(), with the runtime
+        self.client_streams = StreamsEnding()  # KV.Stream(Batch), Watch, Lease.KeepAlive
         self.health = health.aio.HealthServicer()
         self.tls: TLSFiles | None = (
             TLSFiles(config.tls, node_id=config.node_id) if config.tls.enabled else None
@@ -382,8 +384,8 @@ class Node:
             info=self.steward.info,
             blobs=self.blobs,
         )
-        self.kv_service = KVService(self.api, self.kv, self.watches)
-        self.lease_service = LeaseService(self.api, self.kv, self.lessor)
+        self.kv_service = KVService(self.api, self.kv, self.watches, self.client_streams)
+        self.lease_service = LeaseService(self.api, self.kv, self.lessor, self.client_streams)
         self.admin_service = AdminService(self.api, self.membership, self.steward)
         self.admin_service.blobs = self.blobs
         self.kv_service.observers.append(metrics.observer("grpc"))
@@ -739,9 +741,11 @@ class Node:
         await self.health.enter_graceful_shutdown()
         if self.web is not None:
             await self.web.stop()
+        # The peers' and the clients' streams to this node would hold the
+        # servers' grace: each answers what it read and ends.
         if self.peer_servicer is not None:
-            # The peers' streams to this node would hold the servers' grace.
             self.peer_servicer.end_streams()
+        self.client_streams.end_all()
         for server in self.servers:
             # In-flight writes were awaited above; what is left are reads,
             # forwarded calls and clients' idle streams.

@@ -4,6 +4,7 @@ to live. Decode, call the node API, encode; the lease clock is the leader's
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -28,8 +29,10 @@ from ramraft.server.request_errors import (
     BadRequest,
     CommandRefused,
     NotLeader,
+    Unavailable,
     check_command_result,
 )
+from ramraft.server.rpc.ending import SHUTTING_DOWN, StreamsEnding, until_set
 from ramraft.server.rpc.services import (
     _session,
     _timeout,
@@ -53,8 +56,16 @@ def _lease_id(value: int, zero: bool = False) -> int:
 
 
 class LeaseService(kv_pb2_grpc.LeaseServicer):
-    def __init__(self, api: NodeAPI, machine: KVMachine, lessor: Lessor) -> None:
+    def __init__(
+        self,
+        api: NodeAPI,
+        machine: KVMachine,
+        lessor: Lessor,
+        ending: StreamsEnding | None = None,
+    ) -> None:
         self.api = api
+        # The node's stop ends the KeepAlive streams.
+        self.ending = ending if ending is not None else StreamsEnding()
         self.runtime = api.runtime
         self.limits = api.limits
         self.machine = machine
@@ -146,20 +157,26 @@ class LeaseService(kv_pb2_grpc.LeaseServicer):
         """Each request renews one lease through the log (a renewal bumps the
         lease's epoch, so an expiry decided before it is void) and is
         answered once the renewal is applied: by then a leader holding a
-        quorum has restarted the lease's clock."""
-        async for request in requests:
-            lease_id = _lease_id(request.id)
-            # A renewal applied twice only bumps the epoch twice: safe to
-            # retry without a session.
-            _, result = await self.api.write(
-                encode_lease_renew([lease_id]),
-                self._timeout(context),
-                retry_unsafe=True,
-            )
-            check_command_result(result)
-            assert isinstance(result, LeaseRenewResult)
-            _, ttl, _ = result.leases[0]
-            yield kv_pb2.LeaseKeepAliveResponse(id=lease_id, ttl=ttl, header=self._header())
+        quorum has restarted the lease's clock. When the node stops, the
+        stream ends UNAVAILABLE after the renewal in service, if any (the
+        client keeps the lease alive through another node)."""
+        stopping = asyncio.Event()
+        with self.ending.track(stopping.set):
+            async for request in until_set(requests, stopping):
+                lease_id = _lease_id(request.id)
+                # A renewal applied twice only bumps the epoch twice: safe to
+                # retry without a session.
+                _, result = await self.api.write(
+                    encode_lease_renew([lease_id]),
+                    self._timeout(context),
+                    retry_unsafe=True,
+                )
+                check_command_result(result)
+                assert isinstance(result, LeaseRenewResult)
+                _, ttl, _ = result.leases[0]
+                yield kv_pb2.LeaseKeepAliveResponse(id=lease_id, ttl=ttl, header=self._header())
+        if stopping.is_set():
+            raise Unavailable(SHUTTING_DOWN, before_proposal=True)
 
 
 _NOT_ACTIVE = (

@@ -69,6 +69,7 @@ from ramraft.server.request_errors import (
     error_message,
     wire_status,
 )
+from ramraft.server.rpc.ending import SHUTTING_DOWN, StreamsEnding
 from ramraft.server.rpc.kvproto import (
     check_delete_ranges,
     event_message,
@@ -271,12 +272,20 @@ def name_leader(runtime: RaftRuntime, context: TrailingMetadata) -> None:
 
 
 class KVService(kv_pb2_grpc.KVServicer):
-    def __init__(self, api: NodeAPI, machine: KVMachine, hub: WatchHub | None = None) -> None:
+    def __init__(
+        self,
+        api: NodeAPI,
+        machine: KVMachine,
+        hub: WatchHub | None = None,
+        ending: StreamsEnding | None = None,
+    ) -> None:
         self.api = api
         self.runtime: RaftRuntime = api.runtime
         self.machine = machine
         self.limits = api.limits
         self.hub = hub
+        # The node's stop ends the streams (Stream, StreamBatch, Watch).
+        self.ending = ending if ending is not None else StreamsEnding()
         self.observers: list[Callable[[str, str, float], None]] = []
 
     def _header(self, revision: int | None = None) -> kv_pb2.ResponseHeader:
@@ -554,12 +563,16 @@ class KVService(kv_pb2_grpc.KVServicer):
         reader = asyncio.create_task(read_requests())
         code = grpc.StatusCode.OK
         try:
-            while not stream.over:
-                for out in await stream.next_batch():
-                    await context.write(self._watch_response(out))
+            with self.ending.track(stream.shut_down):
+                while not stream.over:
+                    for out in await stream.next_batch():
+                        await context.write(self._watch_response(out))
             if refused:
                 code = grpc.StatusCode.INVALID_ARGUMENT
                 await context.abort(code, error_message(refused[0]))
+            if stream.shutting_down:  # the client watches on through another node
+                code = grpc.StatusCode.UNAVAILABLE
+                await context.abort(code, SHUTTING_DOWN)
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
@@ -590,7 +603,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         server = StreamServer(
             self._stream_one, _STREAM_OPS, context, STREAM_GATE.get(), False, None, self._stream_now
         )
-        await server.run(requests)
+        await self._run_stream(server, requests, context)
 
     async def StreamBatch(  # type: ignore[override]
         self,
@@ -608,7 +621,21 @@ class KVService(kv_pb2_grpc.KVServicer):
             _SharedRound(self),
             self._stream_now,
         )
-        await server.run(requests)
+        await self._run_stream(server, requests, context)
+
+    async def _run_stream(
+        self,
+        server: StreamServer,
+        requests: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        """Run ``server`` until the client is done, or the node stops: then
+        the requests read are answered and the stream ends UNAVAILABLE
+        (the client sends the others to another node)."""
+        with self.ending.track(server.end):
+            await server.run(requests)
+        if server.ended:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 
     def _stream_now(
         self,

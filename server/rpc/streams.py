@@ -288,9 +288,23 @@ class StreamServer:
         self._slots = 0  # admitted requests whose answer is not written yet
         self._reading = True
         self._rounds_out: set[asyncio.Future[bool]] = set()  # asked, not done
+        self._reader: asyncio.Task[None] | None = None
+        self.ended = False
+
+    def end(self) -> None:
+        """Read no more requests; ``run`` returns once those read are
+        answered (the node is stopping: server/rpc/ending.py)."""
+        self.ended = True
+        if self._reader is not None:
+            self._reader.cancel()
 
     async def run(self, requests: AsyncIterator[Any]) -> None:
-        reader = asyncio.create_task(self._read_all(requests))
+        reader = self._reader = asyncio.create_task(self._read_all(requests))
+        # Also when the reader is cancelled before it ever ran (``end``):
+        # its ``finally`` does this otherwise.
+        reader.add_done_callback(lambda _: self._reading_done())
+        if self.ended:
+            reader.cancel()
         try:
             await self._write_all()
         finally:
@@ -381,8 +395,11 @@ class StreamServer:
                             await _let_answers_out()
                 self._after_round(reads, shared)
         finally:
-            self._reading = False
-            self._wake()
+            self._reading_done()
+
+    def _reading_done(self) -> None:
+        self._reading = False
+        self._wake()
 
     def _answer_reservation(self, light: bool) -> _Held | None:
         """What one request of a batch takes for its answer (its request

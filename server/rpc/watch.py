@@ -169,6 +169,8 @@ class WatchStream:
         self.ending = False
         """The client sends no more requests: once no watch is left, the
         stream is over."""
+        self.shutting_down = False
+        """The node is stopping: the stream is over once what it has is sent."""
         self._control: list[WatchOut] = []
         self._ids = itertools.count(1)
         self._rotate = 0
@@ -253,9 +255,16 @@ class WatchStream:
         self.ending = True
         self.wake.set()
 
+    def shut_down(self) -> None:
+        """The node is stopping: send what there is, then end (the client
+        watches on through another node, from the revision after the last
+        one it got)."""
+        self.shutting_down = True
+        self.wake.set()
+
     @property
     def over(self) -> bool:
-        return self.ending and not self.watches and not self._control
+        return self.shutting_down or (self.ending and not self.watches and not self._control)
 
     def close(self) -> None:
         if not self.closed:

@@ -1,0 +1,78 @@
+"""How a stopping node ends its clients' long-lived streams.
+
+A client keeps its ``KV.StreamBatch`` (every request of the client library
+goes over it), its watches and its lease keep-alives open for as long as it
+runs. At a node's graceful stop the gRPC server waits its grace for such
+calls and then aborts them, so every stop took the whole grace (0.5 s) as
+soon as one client was connected, and the client heard of it only then.
+
+``Node.stop`` calls ``end_all`` once the node no longer takes requests
+(``runtime.stopping``): each stream reads nothing more, answers what it
+read (a watch: sends what it has), and ends UNAVAILABLE, which every
+client takes as "ask another node": the requests it has no answer for are
+retried there (with their sessions), a watch resumes after the last
+revision it got, a keep-alive goes on with the next leader. A stream
+opened after that is refused at once, the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+SHUTTING_DOWN = "this node is shutting down; ask another node"
+
+
+class StreamsEnding:
+    """The node's open client streams, each known by how to end it."""
+
+    def __init__(self) -> None:
+        self.ended = False
+        self._hooks: set[Callable[[], None]] = set()
+
+    @contextlib.contextmanager
+    def track(self, end: Callable[[], None]) -> Iterator[None]:
+        """While the body runs, ``end_all`` calls ``end`` (at once, if the
+        node is ending already)."""
+        if self.ended:
+            end()
+        self._hooks.add(end)
+        try:
+            yield
+        finally:
+            self._hooks.discard(end)
+
+    def end_all(self) -> None:
+        """End every stream tracked now or later (the node is stopping)."""
+        self.ended = True
+        for end in list(self._hooks):
+            end()
+
+
+async def until_set(items: AsyncIterator[T], stop: asyncio.Event) -> AsyncIterator[T]:
+    """``items`` until they end or ``stop`` is set, whichever comes first;
+    an item that arrives together with ``stop`` is still given."""
+    iterator = aiter(items)
+
+    async def following() -> T:
+        return await anext(iterator)
+
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        while True:
+            item = asyncio.ensure_future(following())
+            await asyncio.wait((item, stopped), return_when=asyncio.FIRST_COMPLETED)
+            if not item.done():
+                item.cancel()
+                return
+            try:
+                value = item.result()
+            except StopAsyncIteration:  # the client is done sending
+                return
+            yield value
+    finally:
+        stopped.cancel()
