@@ -180,6 +180,14 @@ class NodeLimits:
 # health), written once it serves and removed when it stops (server/node.py).
 PORTS_FILE = "ports.json"
 
+# How long a stopping node lets a request still running finish before it is
+# cancelled, on its gRPC servers and its web tier (server/node.py ``stop``).
+# Writes were waited for before this (a leader's hand-over and in-flight
+# writes have the stop's whole grace); what is left are reads and
+# forwarded calls, which take milliseconds, and long handlers that would
+# otherwise hold the stop.
+STOP_GRACE = 0.5
+
 # The largest message a node sends to a peer or accepts from one (a batch of
 # AppendEntries, a snapshot chunk, a forwarded write) on a separate peer
 # port whose callers are authenticated (mutual TLS); every other port

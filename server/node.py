@@ -57,6 +57,7 @@ from ramraft.server.blobs.store import BlobStore
 from ramraft.server.config import (
     PEER_MESSAGE_BYTES,
     PORTS_FILE,
+    STOP_GRACE,
     ConfigError,
     NodeConfig,
     NodeLimits,
@@ -260,7 +261,8 @@ class Node:
         self.metrics: NodeMetrics | None = None  # made by start(), with the runtime
         self.servers: list[grpc.aio.Server] = []
         self.peer_servicer: PeerServicer | None = None  # made by start(), with the runtime
-        self.client_streams = StreamsEnding()  # KV.Stream(Batch), Watch, Lease.KeepAlive
+        self.client_streams = StreamsEnding()  # KV.Stream(Batch), Lease.KeepAlive
+        self.watches: WatchHub | None = None  # made by start(), with the key-value history
         self.health = health.aio.HealthServicer()
         self.tls: TLSFiles | None = (
             TLSFiles(config.tls, node_id=config.node_id) if config.tls.enabled else None
@@ -739,17 +741,13 @@ class Node:
                 await runtime.wait_idle(deadline - time.monotonic())
         runtime.stopping = True
         await self.health.enter_graceful_shutdown()
+        self.end_streams()
         if self.web is not None:
             await self.web.stop()
-        # The peers' and the clients' streams to this node would hold the
-        # servers' grace: each answers what it read and ends.
-        if self.peer_servicer is not None:
-            self.peer_servicer.end_streams()
-        self.client_streams.end_all()
         for server in self.servers:
             # In-flight writes were awaited above; what is left are reads,
             # forwarded calls and clients' idle streams.
-            await server.stop(grace=max(0.0, min(0.5, deadline - time.monotonic())))
+            await server.stop(grace=max(0.0, min(STOP_GRACE, deadline - time.monotonic())))
         if self._health_task is not None:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -764,6 +762,18 @@ class Node:
         await runtime.close()
         log.info("node_stopped", id=self.config.node_id)
         self._stopped.set()
+
+    def end_streams(self) -> None:
+        """End the streams held open to this node as it stops: the peers'
+        (Stream, ForwardStream), the clients' (KV.Stream(Batch),
+        Lease.KeepAlive) and the watches, over gRPC and HTTP. Each answers
+        what it read and ends; left open, they would hold the gRPC servers'
+        grace and the web tier's shutdown."""
+        if self.peer_servicer is not None:
+            self.peer_servicer.end_streams()
+        self.client_streams.end_all()
+        if self.watches is not None:
+            self.watches.shut_down()
 
     async def _hand_over(self, grace: float) -> bool:
         """Hand leadership to a voter that answered lately and holds every

@@ -1,18 +1,20 @@
 """How a stopping node ends its clients' long-lived streams.
 
 A client keeps its ``KV.StreamBatch`` (every request of the client library
-goes over it), its watches and its lease keep-alives open for as long as it
-runs. At a node's graceful stop the gRPC server waits its grace for such
-calls and then aborts them, so every stop took the whole grace (0.5 s) as
-soon as one client was connected, and the client heard of it only then.
+goes over it) and its lease keep-alives open for as long as it runs. At a
+node's graceful stop the gRPC server waits its grace for such calls and
+then aborts them, so every stop took the whole grace (0.5 s) as soon as
+one client was connected, and the client heard of it only then.
 
 ``Node.stop`` calls ``end_all`` once the node no longer takes requests
 (``runtime.stopping``): each stream reads nothing more, answers what it
-read (a watch: sends what it has), and ends UNAVAILABLE, which every
-client takes as "ask another node": the requests it has no answer for are
-retried there (with their sessions), a watch resumes after the last
-revision it got, a keep-alive goes on with the next leader. A stream
-opened after that is refused at once, the same way.
+read, and ends UNAVAILABLE, which every client takes as "ask another
+node": the requests it has no answer for are retried there (with their
+sessions), a keep-alive goes on with the next leader. A stream opened
+after that is refused at once, the same way. Watches, over gRPC and HTTP,
+are ended by their hub (rpc/watch.py ``WatchHub.shut_down``): each sends
+what it has and ends, and the watcher resumes after the last revision it
+got.
 """
 
 from __future__ import annotations

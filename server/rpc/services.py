@@ -284,7 +284,8 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.machine = machine
         self.limits = api.limits
         self.hub = hub
-        # The node's stop ends the streams (Stream, StreamBatch, Watch).
+        # The node's stop ends the streams (Stream, StreamBatch; watches:
+        # WatchHub.shut_down).
         self.ending = ending if ending is not None else StreamsEnding()
         self.observers: list[Callable[[str, str, float], None]] = []
 
@@ -563,14 +564,13 @@ class KVService(kv_pb2_grpc.KVServicer):
         reader = asyncio.create_task(read_requests())
         code = grpc.StatusCode.OK
         try:
-            with self.ending.track(stream.shut_down):
-                while not stream.over:
-                    for out in await stream.next_batch():
-                        await context.write(self._watch_response(out))
+            while not stream.over:
+                for out in await stream.next_batch():
+                    await context.write(self._watch_response(out))
             if refused:
                 code = grpc.StatusCode.INVALID_ARGUMENT
                 await context.abort(code, error_message(refused[0]))
-            if stream.shutting_down:  # the client watches on through another node
+            if stream.shutting_down:  # WatchHub.shut_down: watch on through another node
                 code = grpc.StatusCode.UNAVAILABLE
                 await context.abort(code, SHUTTING_DOWN)
         except asyncio.CancelledError:

@@ -132,6 +132,7 @@ class WatchHub:
         self.watches = 0
         self.canceled_slow = 0
         self.canceled_compacted = 0
+        self.shutting_down = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         history.listeners.append(self._changed)
@@ -142,7 +143,18 @@ class WatchHub:
             self._loop_thread = threading.get_ident()
         stream = WatchStream(self)
         self.streams.add(stream)
+        if self.shutting_down:
+            stream.shut_down()
         return stream
+
+    def shut_down(self) -> None:
+        """The node is stopping: every stream, open or opened from now on,
+        sends what it has and ends (gRPC: UNAVAILABLE; HTTP: the event
+        stream closes). The watcher resumes through another node from the
+        revision after the last one it got."""
+        self.shutting_down = True
+        for stream in list(self.streams):
+            stream.shut_down()
 
     def _changed(self) -> None:
         loop = self._loop
@@ -256,9 +268,7 @@ class WatchStream:
         self.wake.set()
 
     def shut_down(self) -> None:
-        """The node is stopping: send what there is, then end (the client
-        watches on through another node, from the revision after the last
-        one it got)."""
+        """The node is stopping: send what there is, then end (WatchHub.shut_down)."""
         self.shutting_down = True
         self.wake.set()
 

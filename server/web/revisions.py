@@ -345,7 +345,10 @@ class RevisionRoutes:
                     await response.write(b"".join(chunks))
                 except ConnectionError:
                     return response  # the client went away: nothing more to tell it
-                if ended:
+                if ended or stream.shutting_down:
+                    # Shutting down: what the node had is sent; the event
+                    # source reconnects (through a Service, to another
+                    # node) with Last-Event-ID and resumes after it.
                     return response
         finally:
             stream.close()

@@ -84,7 +84,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from ramraft.proto import admin_pb2, admin_pb2_grpc
-from ramraft.server.config import join_address, parse_address
+from ramraft.server.config import STOP_GRACE, join_address, parse_address
 from ramraft.server.hosting import CONTEXT, AppContext, SessionPool, write_with_session
 from ramraft.server.logs import code_location
 from ramraft.server.machines.kv import (
@@ -742,7 +742,10 @@ class WebTier:
 
     async def start(self, address: str) -> None:
         host, port = parse_address(address, "--http")
-        self.runner = web.AppRunner(self.app, access_log=None)
+        # A request still running when the node stops gets a gRPC call's
+        # grace, not aiohttp's default of 60 s, for which a handler that
+        # streams (an application's long poll, say) would hold the stop.
+        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=STOP_GRACE)
         await self.runner.setup()
         tls = self.view.tls
         ssl_context = tls.ssl_context() if tls is not None else None

@@ -10,13 +10,17 @@ read is answered, nothing after) with a scripted servicer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
+from aiohttp import web
 
+from ramraft import Application, ReplicatedModel
 from ramraft.proto import kv_pb2, kv_pb2_grpc
 from ramraft.server.config import NodeConfig
 from ramraft.server.node import Node
@@ -27,16 +31,17 @@ from ramraft.tools.bench import free_ports
 HANG_GUARD = 10.0  # seconds: a stream that is not ended would wait for ever
 
 
-async def solo_node(root: Path) -> Node:
+async def solo_node(root: Path, app: Application | None = None) -> Node:
     (port,) = free_ports(1)
     config = NodeConfig(
         node_id="solo",
         peers={"solo": f"127.0.0.1:{port}"},
         data_dir=str(root),
+        http="127.0.0.1:0",
         tick_ms=10,
         fsync=False,
     )
-    node = Node(config)
+    node = Node(config, app=app)
     await node.start()
     assert node.runtime is not None
     await node.runtime.wait_for_leader(10)
@@ -111,21 +116,19 @@ def test_a_stopping_node_ends_its_clients_streams(tmp_path: Path) -> None:
 
 def test_a_stream_opened_as_the_node_stops_is_refused_at_once(tmp_path: Path) -> None:
     """Once the node ends its clients' streams, a new Stream, Watch or
-    KeepAlive ends at once the same way, reading nothing."""
+    KeepAlive ends at once the same way."""
 
     async def main() -> None:
         node = await solo_node(tmp_path / "n")
         channel = grpc.aio.insecure_channel(node.listening()["grpc"])
         try:
-            node.client_streams.end_all()
+            node.end_streams()
+            # Nothing written: a write racing the node's refusal can turn
+            # it into grpc.aio's own "INTERNAL: Internal error from Core".
             kv = kv_pb2_grpc.KVStub(channel)
-            get = kv_pb2.StreamRequest(id=1, get=kv_pb2.GetRequest(key="k"))
             stream = kv.Stream()
-            await stream.write(get)
             watch = kv.Watch()
-            await watch.write(kv_pb2.WatchRequest(create=kv_pb2.WatchCreateRequest(key="k")))
             keepalive = kv_pb2_grpc.LeaseStub(channel).KeepAlive()
-            await keepalive.write(kv_pb2.LeaseKeepAliveRequest(id=1))
             for call in (stream, watch, keepalive):
                 error = await ended(call)
                 assert (error.code(), error.details()) == (
@@ -135,6 +138,82 @@ def test_a_stream_opened_as_the_node_stops_is_refused_at_once(tmp_path: Path) ->
         finally:
             await channel.close()
             await node.stop(transfer=False, grace=1)
+
+    asyncio.run(main())
+
+
+def test_a_stopping_node_ends_its_http_watches(tmp_path: Path) -> None:
+    """An HTTP watch (Server-Sent Events) on a stopping node sends what it
+    has and ends its response properly, so that the event source resumes
+    elsewhere; left open, it held the web tier's shutdown (aiohttp waited
+    60 s for it, then cut it)."""
+
+    async def main() -> None:
+        node = await solo_node(tmp_path / "n")
+        http = node.listening()["http"]
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://{http}/v1/watch?key=k") as response,
+            ):
+                assert response.status == 200
+                created = await asyncio.wait_for(response.content.readuntil(b"\n\n"), 10)
+                assert b"event: created" in created
+                async with session.put(f"http://{http}/v1/kv/k", data=b"v") as put:
+                    assert put.status == 200
+                stopping = asyncio.ensure_future(node.stop(transfer=False, grace=HANG_GUARD))
+                # The whole rest of the body, ended as a response ends (a
+                # cut one raises ClientPayloadError).
+                rest = await asyncio.wait_for(response.content.read(), HANG_GUARD)
+                await asyncio.wait_for(stopping, HANG_GUARD)
+            assert b"event: change" in rest and b'"key": "k"' in rest, rest
+        finally:
+            await node.stop(transfer=False, grace=1)
+
+    asyncio.run(main())
+
+
+class _Longpoll(ReplicatedModel):
+    """An application whose one page waits for ever (a long poll)."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+
+def _longpoll_app() -> Application:
+    model = _Longpoll()
+
+    async def wait(request: web.Request) -> web.Response:
+        model.started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    application = Application(model, routes=[web.get("/wait", wait)], title="long poll")
+    application.model = model  # type: ignore[attr-defined]
+    return application
+
+
+def test_a_request_that_never_ends_does_not_hold_the_stop(tmp_path: Path) -> None:
+    """An application's handler that waits for ever is cancelled after the
+    stop's grace (as a gRPC call is), not after aiohttp's default 60 s."""
+
+    async def main() -> None:
+        application = _longpoll_app()
+        node = await solo_node(tmp_path / "n", application)
+        http = node.listening()["http"]
+        async with aiohttp.ClientSession() as session:
+            waiting = asyncio.ensure_future(session.get(f"http://{http}/app/wait"))
+            try:
+                await asyncio.wait_for(application.model.started.wait(), HANG_GUARD)  # type: ignore[attr-defined]
+            finally:
+                stopping = asyncio.ensure_future(node.stop(transfer=False, grace=60))
+            try:
+                await asyncio.wait({stopping}, timeout=HANG_GUARD)
+                assert stopping.done(), "the node's stop still waits for the request"
+            finally:
+                await stopping  # bounded either way: aiohttp's shutdown timeout
+            with contextlib.suppress(aiohttp.ClientError):
+                (await waiting).close()
 
     asyncio.run(main())
 
