@@ -745,8 +745,8 @@ class Node:
         if self.web is not None:
             await self.web.stop()
         for server in self.servers:
-            # In-flight writes were awaited above; what is left are reads,
-            # forwarded calls and clients' idle streams.
+            # In-flight writes were awaited above and the streams ended;
+            # what is left are reads and transfers (blobs, backups) in service.
             await server.stop(grace=max(0.0, min(STOP_GRACE, deadline - time.monotonic())))
         if self._health_task is not None:
             self._health_task.cancel()
