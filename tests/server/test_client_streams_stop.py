@@ -22,29 +22,17 @@ from aiohttp import web
 
 from ramraft import Application, ReplicatedModel
 from ramraft.proto import kv_pb2, kv_pb2_grpc
-from ramraft.server.config import NodeConfig
 from ramraft.server.node import Node
 from ramraft.server.rpc.ending import SHUTTING_DOWN, StreamsEnding
 from ramraft.server.rpc.streams import StreamServer
-from ramraft.tools.bench import free_ports
+from tests.server.test_stream_rounds import StreamContext
+from tests.web.solo import start_solo
 
 HANG_GUARD = 10.0  # seconds: a stream that is not ended would wait for ever
 
 
 async def solo_node(root: Path, app: Application | None = None) -> Node:
-    (port,) = free_ports(1)
-    config = NodeConfig(
-        node_id="solo",
-        peers={"solo": f"127.0.0.1:{port}"},
-        data_dir=str(root),
-        http="127.0.0.1:0",
-        tick_ms=10,
-        fsync=False,
-    )
-    node = Node(config, app=app)
-    await node.start()
-    assert node.runtime is not None
-    await node.runtime.wait_for_leader(10)
+    node = await start_solo(root, app)
     for _ in range(1000):  # leases and watches: key-value version 2, switched to at once
         if node.kv.active_version >= 2:
             return node
@@ -52,11 +40,14 @@ async def solo_node(root: Path, app: Application | None = None) -> Node:
     raise AssertionError("the one-node cluster did not switch to key-value version 2")
 
 
-async def ended(call: Any) -> grpc.aio.AioRpcError:
-    """How ``call`` (a streaming call) ended: its error, read to the end."""
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await asyncio.wait_for(_drain(call), HANG_GUARD)
-    return caught.value
+async def assert_ended_by_the_stop(*calls: Any) -> None:
+    """Each of ``calls`` (streaming calls), read to its end, ended
+    UNAVAILABLE "shutting down"."""
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(_drain(call), HANG_GUARD)
+        error = caught.value
+        assert (error.code(), error.details()) == (grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 
 
 async def _drain(call: Any) -> None:
@@ -101,12 +92,7 @@ def test_a_stopping_node_ends_its_clients_streams(tmp_path: Path) -> None:
             assert renewed.id == lease.id and renewed.ttl > 0
 
             await node.stop(transfer=False, grace=HANG_GUARD)
-            for call in (batch, watch, keepalive):
-                error = await ended(call)
-                assert (error.code(), error.details()) == (
-                    grpc.StatusCode.UNAVAILABLE,
-                    SHUTTING_DOWN,
-                )
+            await assert_ended_by_the_stop(batch, watch, keepalive)
         finally:
             await channel.close()
             await node.stop(transfer=False, grace=1)
@@ -129,12 +115,7 @@ def test_a_stream_opened_as_the_node_stops_is_refused_at_once(tmp_path: Path) ->
             stream = kv.Stream()
             watch = kv.Watch()
             keepalive = kv_pb2_grpc.LeaseStub(channel).KeepAlive()
-            for call in (stream, watch, keepalive):
-                error = await ended(call)
-                assert (error.code(), error.details()) == (
-                    grpc.StatusCode.UNAVAILABLE,
-                    SHUTTING_DOWN,
-                )
+            await assert_ended_by_the_stop(stream, watch, keepalive)
         finally:
             await channel.close()
             await node.stop(transfer=False, grace=1)
@@ -189,7 +170,7 @@ def _longpoll_app() -> Application:
         raise AssertionError("unreachable")
 
     application = Application(model, routes=[web.get("/wait", wait)], title="long poll")
-    application.model = model  # type: ignore[attr-defined]
+    application.model = model
     return application
 
 
@@ -218,19 +199,6 @@ def test_a_request_that_never_ends_does_not_hold_the_stop(tmp_path: Path) -> Non
     asyncio.run(main())
 
 
-class _Context:
-    """The part of a ServicerContext StreamServer uses."""
-
-    def __init__(self) -> None:
-        self.written: list[kv_pb2.StreamBatchResponse] = []
-
-    async def write(self, message: kv_pb2.StreamBatchResponse) -> None:
-        self.written.append(message)
-
-    def time_remaining(self) -> float | None:
-        return None
-
-
 def test_an_ended_stream_answers_what_it_read_and_reads_nothing_more() -> None:
     """Request 1 is in service when the stream is ended: it is answered,
     then ``run`` returns; request 2, which the client sends after, is never
@@ -257,7 +225,7 @@ def test_an_ended_stream_answers_what_it_read_and_reads_nothing_more() -> None:
                 sent_first.set()
             await asyncio.Event().wait()  # the client keeps its stream open
 
-        context = _Context()
+        context = StreamContext()
         ending = StreamsEnding()
         server = StreamServer(serve_one, {"put": "Put"}, context, None, True)  # type: ignore[arg-type]
 

@@ -22,7 +22,7 @@ OPS = {"put": "Put", "get": "Get"}
 LINEARIZABLE, SERIALIZABLE = kv_pb2.LINEARIZABLE, kv_pb2.SERIALIZABLE
 
 
-class _Stream:
+class StreamContext:
     """The part of a ServicerContext StreamServer uses."""
 
     def __init__(self) -> None:
@@ -71,7 +71,9 @@ def _batch() -> kv_pb2.StreamBatchRequest:
     )
 
 
-def _server(served: list[tuple[int, bool]], stream: _Stream, rounds: _Round | None) -> StreamServer:
+def _server(
+    served: list[tuple[int, bool]], stream: StreamContext, rounds: _Round | None
+) -> StreamServer:
     """A StreamServer whose requests are served by noting (id,
     ROUND_CONFIRMED) in ``served``."""
 
@@ -92,7 +94,7 @@ async def _serve(outcome: bool) -> tuple[_Round, list[tuple[int, bool]], list[tu
     """Serve one batch; returns the round, what was served before the round
     ended and what after, each as (request id, ROUND_CONFIRMED)."""
     served: list[tuple[int, bool]] = []
-    stream = _Stream()
+    stream = StreamContext()
     round_ = _Round(outcome)
     running = asyncio.create_task(_server(served, stream, round_).run(_one_batch()))
     for _ in range(20):  # every turn the batch could take without the round
@@ -124,7 +126,7 @@ def test_without_a_round_share_every_read_is_served_at_once() -> None:
     served: list[tuple[int, bool]] = []
 
     async def run() -> None:
-        await asyncio.wait_for(_server(served, _Stream(), None).run(_one_batch()), 5)
+        await asyncio.wait_for(_server(served, StreamContext(), None).run(_one_batch()), 5)
 
     asyncio.run(run())
     assert sorted(served) == [(n, False) for n in range(1, 6)]
@@ -137,7 +139,7 @@ def test_a_stream_that_ends_gives_up_its_round() -> None:
     round_ = _Round(True)
 
     async def run() -> None:
-        running = asyncio.create_task(_server(served, _Stream(), round_).run(_one_batch()))
+        running = asyncio.create_task(_server(served, StreamContext(), round_).run(_one_batch()))
         for _ in range(20):
             await asyncio.sleep(0)
         running.cancel()
