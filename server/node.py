@@ -769,11 +769,18 @@ class Node:
         Lease.KeepAlive) and the watches, over gRPC and HTTP. Each answers
         what it read and ends; left open, they would hold the gRPC servers'
         grace and the web tier's shutdown."""
-        if self.peer_servicer is not None:
-            self.peer_servicer.end_streams()
-        self.client_streams.end_all()
-        if self.watches is not None:
-            self.watches.shut_down()
+        peers, forwards = (
+            self.peer_servicer.end_streams() if self.peer_servicer is not None else (0, 0)
+        )
+        clients = self.client_streams.end_all()
+        watches = self.watches.shut_down() if self.watches is not None else 0
+        log.info(
+            "streams_ended",
+            peer_streams=peers,
+            forward_streams=forwards,
+            client_streams=clients,
+            watch_streams=watches,
+        )
 
     async def _hand_over(self, grace: float) -> bool:
         """Hand leadership to a voter that answered lately and holds every

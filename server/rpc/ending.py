@@ -48,11 +48,14 @@ class StreamsEnding:
         finally:
             self._hooks.discard(end)
 
-    def end_all(self) -> None:
-        """End every stream tracked now or later (the node is stopping)."""
+    def end_all(self) -> int:
+        """End every stream tracked now or later (the node is stopping);
+        returns how many were open."""
         self.ended = True
-        for end in list(self._hooks):
+        hooks = list(self._hooks)
+        for end in hooks:
             end()
+        return len(hooks)
 
 
 async def until_set(items: AsyncIterator[T], stop: asyncio.Event) -> AsyncIterator[T]:

@@ -147,14 +147,16 @@ class WatchHub:
             stream.shut_down()
         return stream
 
-    def shut_down(self) -> None:
+    def shut_down(self) -> int:
         """The node is stopping: every stream, open or opened from now on,
         sends what it has and ends (gRPC: UNAVAILABLE; HTTP: the event
         stream closes). The watcher resumes through another node from the
-        revision after the last one it got."""
+        revision after the last one it got. Returns how many were open."""
         self.shutting_down = True
-        for stream in list(self.streams):
+        streams = list(self.streams)
+        for stream in streams:
             stream.shut_down()
+        return len(streams)
 
     def _changed(self) -> None:
         loop = self._loop

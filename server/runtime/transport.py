@@ -687,9 +687,9 @@ class PeerServicer:
             self._streams.discard(task)
         return raft_pb2.StreamSummary(batches=batches)
 
-    def end_streams(self) -> None:
+    def end_streams(self) -> tuple[int, int]:
         """End the peers' Stream and ForwardStream calls, and refuse new
-        ones, as the node stops.
+        ones, as the node stops; returns how many of each it ended.
 
         A peer keeps its streams to this node open for as long as both run,
         so the server's graceful stop would wait its whole grace for them
@@ -701,6 +701,7 @@ class PeerServicer:
         self._ending = True
         for task in list(self._streams) + list(self._forward_readers):
             task.cancel()
+        return len(self._streams), len(self._forward_readers)
 
     async def install_snapshot(
         self,

@@ -18,6 +18,8 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+import structlog
+import structlog.testing
 from aiohttp import web
 
 from ramraft import Application, ReplicatedModel
@@ -91,8 +93,11 @@ def test_a_stopping_node_ends_its_clients_streams(tmp_path: Path) -> None:
             assert isinstance(renewed, kv_pb2.LeaseKeepAliveResponse)
             assert renewed.id == lease.id and renewed.ttl > 0
 
-            await node.stop(transfer=False, grace=HANG_GUARD)
+            with structlog.testing.capture_logs() as logs:
+                await node.stop(transfer=False, grace=HANG_GUARD)
             await assert_ended_by_the_stop(batch, watch, keepalive)
+            (ended,) = [e for e in logs if e["event"] == "streams_ended"]
+            assert (ended["client_streams"], ended["watch_streams"]) == (2, 1), ended
         finally:
             await channel.close()
             await node.stop(transfer=False, grace=1)
