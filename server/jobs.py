@@ -39,7 +39,10 @@ one-off run now (a leader job needs this node to lead).
 
 A job that raises is logged (rate-limited) and run again after a back-off
 that doubles from ``min(every, 1 s)`` up to a minute; it never stops the
-node. ``JobRunner.report()`` says what each job did; the status page and
+node. A job that catches its cancellation and goes on is named
+(``job_ignores_cancellation``) once it outlives it by CANCEL_GRACE; a
+stopping node waits that long for it, then leaves it behind
+(``end_leftover_tasks``). ``JobRunner.report()`` says what each job did; the status page and
 ``/metrics`` show it.
 """
 
@@ -72,6 +75,9 @@ Where = Literal["leader", "every-node"]
 MAX_BACKOFF = 60.0  # seconds between retries of a job that keeps failing
 READY_POLL = 0.05  # seconds between looks at whether the node is ready (every-node jobs)
 KEEP_ONE_OFFS = 20  # finished one-off runs kept for the report
+# How long a cancelled job may take to end (its cleanup) before the node says
+# that it ignores its cancellation, and a stopping node goes on without it.
+CANCEL_GRACE = 2.0
 
 JobFunction = Callable[..., Awaitable[Any]]
 
@@ -325,13 +331,17 @@ class JobRunner:
         self._closed = True
         with contextlib.suppress(ValueError):
             self.runtime.listeners.remove(self.listener)
-        tasks = self._stop(leader_only=False, reason="this node is shutting down")
+        reason = "this node is shutting down"
+        tasks = self._stop(leader_only=False, reason=reason, watch=False)
         if self._node_task is not None:
             self._node_task.cancel()
             tasks.append(self._node_task)
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if not tasks:
+            return
+        # Bounded: a job that catches its cancellation and goes on would
+        # otherwise keep the node from ever stopping.
+        _, running = await asyncio.wait(tasks, timeout=CANCEL_GRACE)
+        _warn_still_running(running, reason)
 
     def listener(self, event: str, fields: dict[str, Any]) -> None:
         """A runtime listener: called inside the loop's turn."""
@@ -394,9 +404,12 @@ class JobRunner:
         elif self._term and self.runtime.serving_term() == self._term:
             self._spawn(state, self._term)
 
-    def _stop(self, *, leader_only: bool, reason: str) -> list[asyncio.Task[Any]]:
+    def _stop(
+        self, *, leader_only: bool, reason: str, watch: bool = True
+    ) -> list[asyncio.Task[Any]]:
         """Cancel the leader jobs (or all jobs) synchronously: no await
-        between the decision and the cancel. Returns their tasks."""
+        between the decision and the cancel. Returns their tasks; with
+        ``watch``, those still running CANCEL_GRACE later are logged."""
         tasks: list[asyncio.Task[Any]] = []
         if self._lead_task is not None:
             self._lead_task.cancel()
@@ -414,6 +427,11 @@ class JobRunner:
             if state.result is not None and not state.result.done():
                 state.result.set_exception(JobStopped(f"{state.job.name} stopped: {reason}"))
                 state.done = True
+        if watch and tasks:
+            asyncio.get_running_loop().call_later(
+                CANCEL_GRACE,
+                lambda: _warn_still_running([t for t in tasks if not t.done()], reason),
+            )
         return tasks
 
     def _spawn(self, state: _JobState, term: int) -> None:
@@ -515,3 +533,38 @@ class JobRunner:
                 )
             )
         return out
+
+
+def _warn_still_running(tasks: Iterable[asyncio.Task[Any]], reason: str) -> None:
+    """Name the cancelled jobs that did not end (they catch
+    asyncio.CancelledError and go on): on a deposed leader such a job runs
+    on (its commands are refused: they belong to its old term), and at a
+    node's stop it is left behind."""
+    for task in tasks:
+        log.warning(
+            "job_ignores_cancellation",
+            task=task.get_name(),
+            reason=reason,
+            cancelled_seconds_ago=CANCEL_GRACE,
+            fix="a job must let asyncio.CancelledError propagate (re-raise it after cleaning up)",
+        )
+
+
+def end_leftover_tasks(loop: asyncio.AbstractEventLoop, grace: float = CANCEL_GRACE) -> None:
+    """Cancel the tasks still pending on ``loop`` (whose work is done: a
+    stopped node's, a closed test cluster's) and let them end within
+    ``grace`` seconds, not for ever as ``asyncio.run`` would: a job that
+    ignores its cancellation (named by ``job_ignores_cancellation``) is
+    left behind, so that the process or the test goes on."""
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in pending:
+        task.cancel()
+    if not pending:
+        return
+    ended, stuck = loop.run_until_complete(asyncio.wait(pending, timeout=grace))
+    for task in ended:  # retrieved, so that asyncio does not report them
+        if not task.cancelled():
+            task.exception()
+    for task in stuck:
+        # Named already; asyncio would add "Task was destroyed but it is pending!".
+        task._log_destroy_pending = False  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -612,6 +612,28 @@ def load_app_from_args(args: argparse.Namespace) -> Application | None:
     return load_app(args.app)
 
 
+def run_to_the_end(main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run(main)``, except that the tasks still running when
+    ``main`` returns get a bounded time to end once cancelled, not for
+    ever (server/jobs.py ``end_leftover_tasks``): an application's
+    background job that catches its cancellation and goes on must not keep
+    a stopped node's process from exiting."""
+    from ramraft.server.jobs import end_leftover_tasks
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(main)
+    finally:
+        try:
+            end_leftover_tasks(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
 def run_node(args: argparse.Namespace) -> int:
     from ramraft.server.hosting import AppLoadError
     from ramraft.server.logs import configure_logging
@@ -637,7 +659,7 @@ def run_node(args: argparse.Namespace) -> int:
         print(f"ramraft node: {e}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(node.run_until_signalled())
+        run_to_the_end(node.run_until_signalled())
     except ListenError as e:
         print(f"ramraft node: {e}", file=sys.stderr)
         return EXIT_PORT_IN_USE if e.in_use else 2

@@ -21,7 +21,7 @@ import contextlib
 import inspect
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -43,7 +43,7 @@ from ramraft.server.inprocess.clock import (
     virtual_time,
 )
 from ramraft.server.inprocess.network import Endpoint, Faults, MemoryNetwork, MemoryTransport
-from ramraft.server.jobs import Job, JobRunner
+from ramraft.server.jobs import Job, JobRunner, end_leftover_tasks
 from ramraft.server.machines.embed import ReplicatedModel
 from ramraft.server.machines.kv import KVMachine
 from ramraft.server.runtime.loop import RaftRuntime
@@ -528,7 +528,7 @@ class ClusterHarness:
         finally:
             self._closed = True
             with self._clock():
-                _cancel_leftovers(self.loop)
+                end_leftover_tasks(self.loop)
             self.loop.close()
 
     def __enter__(self) -> ClusterHarness:
@@ -577,18 +577,3 @@ def _checked_model(made: object) -> ReplicatedModel:
             "ReplicatedModel or an Application"
         )
     return made
-
-
-def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
-    """Cancel tasks still pending (a test may leave a call running) and let
-    them end, so closing the loop warns about nothing."""
-    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-    for task in pending:
-        task.cancel()
-    if pending:
-        gathered: Coroutine[Any, Any, list[Any]] = _gather(pending)
-        loop.run_until_complete(gathered)
-
-
-async def _gather(tasks: list[asyncio.Task[Any]]) -> list[Any]:
-    return await asyncio.gather(*tasks, return_exceptions=True)

@@ -14,7 +14,7 @@ import structlog
 
 from ramraft import Application, JobContext, background
 from ramraft.server.inprocess import ClusterHarness, Faults
-from ramraft.server.jobs import EVERY_NODE, JobStopped
+from ramraft.server.jobs import CANCEL_GRACE, EVERY_NODE, JobStopped
 from ramraft.server.machines.embed import encode_call
 from ramraft.server.request_errors import NotLeader
 from ramraft.server.web.metrics import NodeMetrics
@@ -300,3 +300,34 @@ def test_a_stopping_node_stops_its_jobs_first(ramraft_cluster: Make) -> None:
     cluster.sleep(5 * TICK_EVERY)
     new = cluster.leader()
     assert new != old and cluster.node(new).jobs.report()[0].running_here
+
+
+def test_a_job_that_ignores_its_cancellation_is_named_and_does_not_hold_the_stop(
+    ramraft_cluster: Make,
+) -> None:
+    """A job that catches asyncio.CancelledError and goes on cannot be
+    stopped. The node names it once it outlives its cancellation by
+    CANCEL_GRACE (deposed: it runs on, its commands refused), and a stopping
+    node waits that long for it, not for ever."""
+
+    async def stubborn(ticker: Ticker, job: JobContext) -> None:
+        while True:
+            try:
+                await asyncio.sleep(TICK_EVERY)
+            except asyncio.CancelledError:
+                continue  # the bug
+
+    cluster = ramraft_cluster(ticker_app(background(every=TICK_EVERY, name="stubborn")(stubborn)))
+    old = cluster.leader()
+    cluster.sleep(3 * TICK_EVERY)
+    with structlog.testing.capture_logs() as logs:
+        cluster.partition(old)
+        cluster.sleep(10 * TICK_EVERY + CANCEL_GRACE)
+        cluster.heal()
+        cluster.sleep(5 * TICK_EVERY)
+        new = cluster.leader()
+        cluster.stop(new)
+    named = [(e["task"], e["reason"]) for e in logs if e["event"] == "job_ignores_cancellation"]
+    assert ("job-stubborn", "this node no longer leads") in named, named
+    assert ("job-stubborn", "this node is shutting down") in named, named
+    assert cluster.node(new).jobs.report()[0].state == "stopped"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.httpcalls import http
+from tests.server.apps.stubborn import RUNNING
 from tests.server.procs import ProcessCluster
 from tests.web.conftest import wait_http_ready
 
@@ -125,3 +126,21 @@ def test_ticks_follow_the_leader_through_a_kill_a_pause_and_a_transfer(tmp_path:
         follower = next(i for i in cluster.ids if i != leader)
         metrics = http(cluster.http[follower], "GET", "/metrics").body.decode()
         assert 'ramraft_job_running{job_name="ticking",on="leader"} 0.0' in metrics
+
+
+def test_a_node_whose_job_ignores_its_cancellation_still_stops(tmp_path: Path) -> None:
+    """SIGTERM to a node whose leader job catches asyncio.CancelledError and
+    goes on: the node names the job and exits 0 (it waited for ever for
+    it, until SIGKILL)."""
+    with ProcessCluster(
+        tmp_path, nodes=1, extra_args=["--app", "tests.server.apps.stubborn:app"]
+    ) as cluster:
+        cluster.wait_for_leader()
+        deadline = time.monotonic() + 30
+        while RUNNING not in cluster.node_log("n1"):
+            assert time.monotonic() < deadline, cluster.node_log("n1")
+            time.sleep(0.05)
+        returncode = cluster.stop("n1", timeout=30)  # then SIGKILL: -9
+        log = cluster.node_log("n1")
+        assert returncode == 0, log
+        assert "job_ignores_cancellation" in log and "job-stubborn" in log, log
