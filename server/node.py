@@ -822,10 +822,12 @@ class Node:
                     target, within, time.monotonic()
                 ):
                     transfer.cancel()
-                    log.warning(
-                        "leadership_handover_failed",
+                    # Expected when the whole cluster stops (Ctrl-C of
+                    # `ramraft cluster`): not a warning every time.
+                    log.info(
+                        "leadership_handover_abandoned",
                         to=target,
-                        error="it stopped answering (stopping too)",
+                        reason="it stopped answering (stopping too)",
                     )
                     return True
             log.info("leadership_handed_over", to=transfer.result())
