@@ -42,8 +42,8 @@ that doubles from ``min(every, 1 s)`` up to a minute; it never stops the
 node. A job that catches its cancellation and goes on is named
 (``job_ignores_cancellation``) once it outlives it by CANCEL_GRACE; a
 stopping node waits that long for it, then leaves it behind
-(``end_leftover_tasks``). ``JobRunner.report()`` says what each job did; the status page and
-``/metrics`` show it.
+(``end_leftover_tasks``). ``JobRunner.report()`` says what each job did;
+the status page and ``/metrics`` show it.
 """
 
 from __future__ import annotations
@@ -340,7 +340,8 @@ class JobRunner:
             return
         # Bounded: a job that catches its cancellation and goes on would
         # otherwise keep the node from ever stopping.
-        _, running = await asyncio.wait(tasks, timeout=CANCEL_GRACE)
+        ended, running = await asyncio.wait(tasks, timeout=CANCEL_GRACE)
+        _retrieve(ended)
         _warn_still_running(running, reason)
 
     def listener(self, event: str, fields: dict[str, Any]) -> None:
@@ -562,9 +563,15 @@ def end_leftover_tasks(loop: asyncio.AbstractEventLoop, grace: float = CANCEL_GR
     if not pending:
         return
     ended, stuck = loop.run_until_complete(asyncio.wait(pending, timeout=grace))
-    for task in ended:  # retrieved, so that asyncio does not report them
-        if not task.cancelled():
-            task.exception()
+    _retrieve(ended)
     for task in stuck:
         # Named already; asyncio would add "Task was destroyed but it is pending!".
         task._log_destroy_pending = False  # type: ignore[attr-defined]
+
+
+def _retrieve(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Take each ended task's outcome, so that asyncio does not report an
+    exception as never retrieved (the jobs log their own errors)."""
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()
