@@ -134,6 +134,9 @@ INDEX_HEADER = "Ramraft-Index"
 MAX_TIMEOUT = 60.0
 # The most of aiohttp's sentence about a request it could not parse that an answer quotes.
 MAX_PARSER_SENTENCE = 200
+# Seconds a stopping node gives the web tier's clean-up (the application's
+# on_shutdown and on_cleanup hooks included) before it goes on without it.
+CLEANUP_LIMIT = 5.0
 APP_PREFIX = "/app/"
 KV_PATH_PREFIX = "/v1/kv/"
 CAS_PATH_PREFIX = "/v1/cas/"
@@ -777,8 +780,24 @@ class WebTier:
     async def stop(self) -> None:
         if self._listener is not None:
             self._listener.close()
-        if self.runner is not None:
-            await self.runner.cleanup()
+        if self.runner is None:
+            return
+        # Bounded: an application's on_shutdown or on_cleanup hook (its
+        # ``setup`` may add them) that never returns must not keep the node
+        # from stopping. Not wait_for, which would wait for the cancelled
+        # hook to end.
+        cleanup = asyncio.ensure_future(self.runner.cleanup())
+        await asyncio.wait({cleanup}, timeout=CLEANUP_LIMIT)
+        if not cleanup.done():
+            cleanup.cancel()
+            log.warning(
+                "web_tier_cleanup_timed_out",
+                after_seconds=CLEANUP_LIMIT,
+                detail="an on_shutdown or on_cleanup hook of the application did not return; "
+                "the node stops without it",
+            )
+        elif not cleanup.cancelled() and cleanup.exception() is not None:
+            log.error("web_tier_cleanup_failed", error=repr(cleanup.exception()))
 
     # ---- cross-cutting: errors and request metrics ------------------------------------------
 

@@ -27,6 +27,7 @@ from ramraft.proto import kv_pb2, kv_pb2_grpc
 from ramraft.server.node import Node
 from ramraft.server.rpc.ending import SHUTTING_DOWN, StreamsEnding
 from ramraft.server.rpc.streams import StreamServer
+from ramraft.server.web import tier
 from tests.server.test_stream_rounds import StreamContext
 from tests.web.solo import start_solo
 
@@ -200,6 +201,44 @@ def test_a_request_that_never_ends_does_not_hold_the_stop(tmp_path: Path) -> Non
                 await stopping  # bounded either way: aiohttp's shutdown timeout
             with contextlib.suppress(aiohttp.ClientError):
                 (await waiting).close()
+
+    asyncio.run(main())
+
+
+def test_an_app_hook_that_never_returns_does_not_hold_the_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An application's on_shutdown hook (added by its ``setup``) that
+    never returns: the node names it and stops without it."""
+    monkeypatch.setattr(tier, "CLEANUP_LIMIT", 0.5)
+    hook_ran = asyncio.Event
+
+    def application() -> tuple[Application, asyncio.Event]:
+        ran = hook_ran()
+
+        async def hang(app: web.Application) -> None:
+            ran.set()
+            await asyncio.Event().wait()
+
+        def setup(sub: web.Application) -> None:
+            sub.on_shutdown.append(hang)
+
+        return Application(_Longpoll(), setup=setup, title="hangs at shutdown"), ran
+
+    async def main() -> None:
+        app, ran = application()
+        node = await solo_node(tmp_path / "n", app)
+        with structlog.testing.capture_logs() as logs:
+            stopping = asyncio.ensure_future(node.stop(transfer=False, grace=60))
+            try:
+                await asyncio.wait({stopping}, timeout=HANG_GUARD)
+                assert stopping.done(), "the node's stop still waits for the hook"
+            finally:
+                if not stopping.done():
+                    stopping.cancel()
+        assert ran.is_set()
+        assert [e for e in logs if e["event"] == "web_tier_cleanup_timed_out"], logs
+        assert [e for e in logs if e["event"] == "node_stopped"]
 
     asyncio.run(main())
 
