@@ -75,10 +75,10 @@ from ramraft.server.machines.cluster import ClusterMachine
 from ramraft.server.machines.history import EventHistory
 from ramraft.server.machines.kv import KVMachine
 from ramraft.server.rpc.blobs import BlobsService
-from ramraft.server.rpc.ending import StreamsEnding
 from ramraft.server.rpc.leases import LeaseService
 from ramraft.server.rpc.services import AdminService, KVService
 from ramraft.server.rpc.watch import WatchHub, WatchLimits
+from ramraft.server.runtime.ending import StreamsEnding
 from ramraft.server.runtime.leases import Lessor
 from ramraft.server.runtime.loop import RaftRuntime
 from ramraft.server.runtime.membership import MembershipChanges

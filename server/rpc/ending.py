@@ -1,4 +1,6 @@
-"""How a stopping node ends its clients' long-lived streams.
+"""How a stopping node ends its clients' long-lived streams (the
+bookkeeping is runtime/ending.py ``StreamsEnding``, which the peers'
+streams use too).
 
 A client keeps its ``KV.StreamBatch`` (every request of the client library
 goes over it) and its lease keep-alives open for as long as it runs. At a
@@ -20,42 +22,12 @@ got.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from typing import TypeVar
 
 T = TypeVar("T")
 
 SHUTTING_DOWN = "this node is shutting down; ask another node"
-
-
-class StreamsEnding:
-    """The node's open client streams, each known by how to end it."""
-
-    def __init__(self) -> None:
-        self.ended = False
-        self._hooks: set[Callable[[], None]] = set()
-
-    @contextlib.contextmanager
-    def track(self, end: Callable[[], None]) -> Iterator[None]:
-        """While the body runs, ``end_all`` calls ``end`` (at once, if the
-        node is ending already)."""
-        if self.ended:
-            end()
-        self._hooks.add(end)
-        try:
-            yield
-        finally:
-            self._hooks.discard(end)
-
-    def end_all(self) -> int:
-        """End every stream tracked now or later (the node is stopping);
-        returns how many were open."""
-        self.ended = True
-        hooks = list(self._hooks)
-        for end in hooks:
-            end()
-        return len(hooks)
 
 
 async def until_set(items: AsyncIterator[T], stop: asyncio.Event) -> AsyncIterator[T]:

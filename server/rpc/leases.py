@@ -32,7 +32,7 @@ from ramraft.server.request_errors import (
     Unavailable,
     check_command_result,
 )
-from ramraft.server.rpc.ending import SHUTTING_DOWN, StreamsEnding, until_set
+from ramraft.server.rpc.ending import SHUTTING_DOWN, until_set
 from ramraft.server.rpc.services import (
     _session,
     _timeout,
@@ -41,6 +41,7 @@ from ramraft.server.rpc.services import (
     rpc,
     rpc_stream,
 )
+from ramraft.server.runtime.ending import StreamsEnding
 from ramraft.server.runtime.leases import Lessor
 from ramraft.server.runtime.node_api import NodeAPI
 

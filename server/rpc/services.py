@@ -69,7 +69,7 @@ from ramraft.server.request_errors import (
     error_message,
     wire_status,
 )
-from ramraft.server.rpc.ending import SHUTTING_DOWN, StreamsEnding
+from ramraft.server.rpc.ending import SHUTTING_DOWN
 from ramraft.server.rpc.kvproto import (
     check_delete_ranges,
     event_message,
@@ -82,6 +82,7 @@ from ramraft.server.rpc.kvproto import (
 from ramraft.server.rpc.streams import ROUND_CONFIRMED, StreamServer, stream_error
 from ramraft.server.rpc.watch import WatchHub, WatchOut, WatchSpec
 from ramraft.server.runtime.backup import backup_bytes, backup_header
+from ramraft.server.runtime.ending import StreamsEnding
 from ramraft.server.runtime.loop import RaftRuntime
 from ramraft.server.runtime.membership import MembershipChanges
 from ramraft.server.runtime.node_api import InputLimits, NodeAPI

@@ -60,6 +60,7 @@ from ramraft.proto import raft_pb2
 from ramraft.server.config import PEER_MESSAGE_BYTES
 from ramraft.server.logs import RateLimitedLog
 from ramraft.server.request_errors import RequestAborted, RequestContext
+from ramraft.server.runtime.ending import StreamsEnding
 from ramraft.server.runtime.wire import (
     CodecError,
     SnapshotReceiver,
@@ -481,11 +482,9 @@ class PeerServicer:
         self.dropped_messages = 0  # well-formed, but not from the authenticated sender
         self.refused_calls = 0
         self._installing: set[str] = set()  # peers with an InstallSnapshot stream open
-        # The tasks serving the peers' Stream calls, and those reading their
-        # ForwardStream calls, which end_streams() ends.
-        self._streams: set[asyncio.Task[Any]] = set()
-        self._forward_readers: set[asyncio.Task[Any]] = set()
-        self._ending = False
+        # The peers' Stream calls and ForwardStream calls, which end_streams() ends.
+        self._streams = StreamsEnding()
+        self._forward_streams = StreamsEnding()
 
     async def identify(self, context: grpc.aio.ServicerContext[Any, Any], what: str) -> str | None:
         """The caller's member id (None when TLS is off); aborts the call with
@@ -660,31 +659,31 @@ class PeerServicer:
                 peer=context.peer(),
                 certificate=fingerprint(pem) if pem is not None else None,
             )
-        if self._ending:
+        if self._streams.ended:
             return raft_pb2.StreamSummary()
         batches = 0
         task = asyncio.current_task()
         assert task is not None
-        self._streams.add(task)
         try:
-            async for raw in requests:
-                try:
-                    messages = parse_batch(raw)
-                except CodecError as e:
-                    self.refusals.warning("peer_batch_rejected", error=str(e), peer=context.peer())
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad batch: {e}")
-                batches += 1
-                messages = self._from_sender(messages, sender, context.peer())
-                if messages:
-                    self.receive(messages)
+            with self._streams.track(task.cancel):
+                async for raw in requests:
+                    try:
+                        messages = parse_batch(raw)
+                    except CodecError as e:
+                        self.refusals.warning(
+                            "peer_batch_rejected", error=str(e), peer=context.peer()
+                        )
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad batch: {e}")
+                    batches += 1
+                    messages = self._from_sender(messages, sender, context.peer())
+                    if messages:
+                        self.receive(messages)
         except asyncio.CancelledError:
-            if not self._ending:
+            if not self._streams.ended:
                 raise
             # end_streams(): the node is stopping. The call ends with OK
             # (the peer reconnects with its back-off, as to any node that
             # went away).
-        finally:
-            self._streams.discard(task)
         return raft_pb2.StreamSummary(batches=batches)
 
     def end_streams(self) -> tuple[int, int]:
@@ -698,10 +697,7 @@ class PeerServicer:
         once; a ForwardStream reads nothing more, answers the writes it
         read, and ends saying that it proposed none of the others
         (``forward_batches``)."""
-        self._ending = True
-        for task in list(self._streams) + list(self._forward_readers):
-            task.cancel()
-        return len(self._streams), len(self._forward_readers)
+        return self._streams.end_all(), self._forward_streams.end_all()
 
     async def install_snapshot(
         self,
@@ -799,7 +795,7 @@ class PeerServicer:
         answer for was never read, so it goes to the next leader at once
         rather than failing as maybe applied."""
         await self.identify(context, "ForwardStream")
-        if self._ending:
+        if self._forward_streams.ended:
             await _refuse_unread_writes(context)
         ready: list[raft_pb2.ForwardAnswer] = []
         wakeup: asyncio.Event = asyncio.Event()
@@ -839,24 +835,23 @@ class PeerServicer:
             return reader.exception()
 
         reader = loop.create_task(read_all())
-        self._forward_readers.add(reader)
         try:
-            while reading or running or ready:
-                if not ready:
-                    await wakeup.wait()
-                    wakeup.clear()
-                    if read_failed() is not None:
-                        break
-                    continue
-                answers, ready = ready, []
-                yield raft_pb2.ForwardAnswers(answers=answers)
+            with self._forward_streams.track(reader.cancel):
+                while reading or running or ready:
+                    if not ready:
+                        await wakeup.wait()
+                        wakeup.clear()
+                        if read_failed() is not None:
+                            break
+                        continue
+                    answers, ready = ready, []
+                    yield raft_pb2.ForwardAnswers(answers=answers)
             failure = read_failed()
             if isinstance(failure, _BadBatch):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(failure))
             if reader.cancelled():
                 await _refuse_unread_writes(context)
         finally:
-            self._forward_readers.discard(reader)
             reader.cancel()
             for task in list(running):
                 task.cancel()

@@ -25,8 +25,9 @@ from aiohttp import web
 from ramraft import Application, ReplicatedModel
 from ramraft.proto import kv_pb2, kv_pb2_grpc
 from ramraft.server.node import Node
-from ramraft.server.rpc.ending import SHUTTING_DOWN, StreamsEnding
+from ramraft.server.rpc.ending import SHUTTING_DOWN
 from ramraft.server.rpc.streams import StreamServer
+from ramraft.server.runtime.ending import StreamsEnding
 from ramraft.server.web import tier
 from tests.server.test_stream_rounds import StreamContext
 from tests.web.solo import start_solo
