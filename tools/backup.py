@@ -388,8 +388,8 @@ def register(sub: Any) -> None:
             "model and session, at one committed index taken after a linearizable read point) "
             "from a node into --out, atomically, with a checksum over the whole file. "
             "With --verify FILE: check the checksum and decode the whole state without a node. "
-            "Needs a token with the admin role on clusters with tokens. A backup holds the state "
-            "machine only: there is no blob store yet, so there are no blobs to copy."
+            "After the state it carries every blob the state's catalog names (--verify hashes "
+            "each one). Needs a token with the admin role on clusters with tokens."
         ),
         epilog=(
             "examples:\n"

@@ -62,9 +62,13 @@ def _cmd_app_version(client: Any, args: argparse.Namespace) -> int:
     if not report["from_leader"]:
         print("ramraft: no leader answered: members' versions are unknown", file=sys.stderr)
     for m in report["members"]:
-        app = m["app_version_supported"] or "?"
-        kv = m["kv_version_supported"] or "?"
-        print(f"  {m['id']}: supports app {app}, key-value {kv}")
+        app, kv = m["app_version_supported"], m["kv_version_supported"]
+        if app and kv:
+            print(f"  {m['id']}: supports app {app}, key-value {kv}")
+        elif report["from_leader"]:
+            print(f"  {m['id']}: not known yet (it has not answered this leader; try again)")
+        else:
+            print(f"  {m['id']}: not known")
     return 0
 
 

@@ -56,6 +56,10 @@ from ramraft.server.runtime.loop import RaftRuntime
 log = structlog.get_logger("ramraft.steward")
 
 INTERVAL = 1.0  # seconds between the leader's rounds
+# How often the steward looks whether its node has become leader: a new
+# leader's first round (what each member supports, shown by `ramraft
+# app-version` and `ramraft status`) comes this soon, not up to INTERVAL later.
+LOOK_EVERY = 0.1
 INFO_TIMEOUT = 1.0  # seconds a member has to answer Peer.Info
 DIGEST_WAIT = 30.0  # seconds the leader waits for every member's digest of a check
 # Periodic checks leave at least this many times the last digest's duration
@@ -187,11 +191,20 @@ class Steward:
         await self.digests.close()
 
     async def _run(self) -> None:
+        # The term of this node's last round as leader, and when that round
+        # ended: a new term's first round comes at once, then one INTERVAL
+        # after the end of the one before (a member that does not answer
+        # makes a round last INFO_TIMEOUT; the rounds do not then run back to back).
+        led_term, led_at = -1, 0.0
         while True:
-            await asyncio.sleep(INTERVAL)
+            await asyncio.sleep(LOOK_EVERY)
             runtime = self.runtime
             if runtime.role is not Role.LEADER or runtime.halted or runtime.stopping:
                 continue
+            term = runtime.core.term if runtime.core is not None else 0
+            if term == led_term and time.monotonic() - led_at < INTERVAL:
+                continue
+            led_term = term
             try:
                 await self._lead_once()
             except (RequestError, TimeoutError) as e:
@@ -199,6 +212,7 @@ class Steward:
                 log.debug("steward_round_skipped", reason=str(e))
             except Exception:
                 log.exception("steward_round_failed")
+            led_at = time.monotonic()
 
     def _members(self) -> list[str]:
         core = self.runtime.core

@@ -618,6 +618,40 @@ def test_status_names_the_cluster_record_of_the_node_that_applied_most(
 
 
 @pytest.mark.parametrize(
+    ("from_leader", "unknown"),
+    [
+        (True, "n3: not known yet (it has not answered this leader; try again)"),
+        (False, "n3: not known"),
+    ],
+)
+def test_app_version_says_which_members_versions_are_not_known(
+    capsys: pytest.CaptureFixture[str], from_leader: bool, unknown: str
+) -> None:
+    """A member the leader has not heard from (0: not known) is said to be
+    so in words, not shown as version "?"."""
+    from ramraft.proto import admin_pb2
+    from ramraft.tools import versions
+
+    status = admin_pb2.StatusResponse(
+        node=admin_pb2.NodeStatus(cluster_id="c1", app_version=1, kv_version=2),
+        members=[
+            admin_pb2.MemberStatus(id="n1", app_version_supported=2, kv_version_supported=2),
+            admin_pb2.MemberStatus(id="n3"),
+        ],
+        members_from_leader=from_leader,
+    )
+    client = types.SimpleNamespace(status=lambda endpoint=None: status)
+    args = argparse.Namespace(action="show", json=False)
+    assert versions._cmd_app_version(client, args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "cluster c1 runs app version 1, key-value version 2",
+        "  n1: supports app 2, key-value 2",
+        f"  {unknown}",
+    ]
+
+
+@pytest.mark.parametrize(
     ("options", "words", "hint"),
     [
         ({}, "ipv4:127.0.0.1:7001: Socket closed", "give --tls-ca"),

@@ -6,6 +6,7 @@ switched) until every member answers as this release does."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,12 +17,13 @@ import pytest
 from ramraft.consensus import Role
 from ramraft.proto import admin_pb2, raft_pb2
 from ramraft.server.config import NodeConfig
+from ramraft.server.inprocess.clock import VirtualClock, VirtualTimeLoop, virtual_time
 from ramraft.server.machines.cluster import ClusterMachine, ClusterOp, ClusterState
 from ramraft.server.machines.kv import KVMachine
 from ramraft.server.request_errors import BadRequest, Unavailable
 from ramraft.server.rpc.services import AdminService
 from ramraft.server.runtime.node_api import InputLimits
-from ramraft.server.runtime.steward import CHECK_PACE, Steward
+from ramraft.server.runtime.steward import CHECK_PACE, INTERVAL, LOOK_EVERY, Steward
 from ramraft.server.runtime.transport import PEER_SERVICE, PeerTransport
 from ramraft.server.storage import open_memory_storage
 
@@ -70,7 +72,9 @@ class FakeRuntime:
         self.role = Role.LEADER
         self.halted = None
         self.stopping = False
-        self.core = SimpleNamespace(conf=SimpleNamespace(members=frozenset({"n1", "n2", "n3"})))
+        self.core = SimpleNamespace(
+            conf=SimpleNamespace(members=frozenset({"n1", "n2", "n3"})), term=1
+        )
         self.proposed: list[bytes] = []
         self.transport = SimpleNamespace(info=self._info)
         self.answers: dict[str, raft_pb2.InfoResponse | None] = {}
@@ -118,6 +122,60 @@ def test_the_cluster_is_named_only_when_every_member_answers_as_this_release(
     assert steward.known["n3"].current is (n3 is not None)
     if n3 is None:  # taken as supporting version 1 of everything
         assert (steward.known["n3"].app_supported, steward.known["n3"].kv_supported) == (1, 1)
+
+
+def test_a_new_leader_asks_its_members_at_once_then_every_interval() -> None:
+    """What each member supports (`ramraft app-version`, `ramraft status`) is
+    what the leader last heard in its rounds: a node that becomes leader
+    asks at once, in each new term, instead of up to INTERVAL later (it
+    used to show every member's versions as unknown for up to a second
+    after each leader change, as after every pod of a rollout). Then one
+    round every INTERVAL. On virtual time: the same every run."""
+    runtime = FakeRuntime()
+    runtime.answers = {"n2": current("n2"), "n3": current("n3")}
+    runtime.config.check_entries = 0
+    runtime.role = Role.FOLLOWER
+    clock = VirtualClock()
+    loop = VirtualTimeLoop(clock)
+    rounds: list[tuple[float, int]] = []  # (when, term) of each round's ask of n2
+    ask = runtime._info
+
+    async def info(peer: str, request: Any, timeout: float) -> Any:
+        if peer == "n2":
+            rounds.append((loop.time(), runtime.core.term))
+        return await ask(peer, request, timeout)
+
+    runtime.transport = SimpleNamespace(info=info)
+    elected: dict[int, float] = {}
+
+    async def main() -> None:
+        steward = Steward(runtime, lambda target: asyncio.sleep(0, ""))  # type: ignore[arg-type]
+        steward.start()
+        try:
+            await asyncio.sleep(0.55)
+            assert rounds == [], "a follower holds no rounds"
+            runtime.role, runtime.core.term = Role.LEADER, 2
+            elected[2] = loop.time()
+            await asyncio.sleep(3.0)
+            runtime.core.term = 3  # elected again, in a later term
+            elected[3] = loop.time()
+            await asyncio.sleep(0.5)
+            assert set(steward.known) == {"n1", "n2", "n3"}
+        finally:
+            await steward.close()
+
+    try:
+        with virtual_time(clock):
+            loop.run_until_complete(main())
+    finally:
+        loop.close()
+    for term in (2, 3):
+        first = min(at for at, t in rounds if t == term)
+        assert first - elected[term] <= 2 * LOOK_EVERY, (term, rounds)
+    in_term_2 = [at for at, t in rounds if t == 2]
+    assert len(in_term_2) >= 2
+    gaps = [b - a for a, b in itertools.pairwise(in_term_2)]
+    assert all(INTERVAL <= gap <= INTERVAL + 2 * LOOK_EVERY for gap in gaps), gaps
 
 
 def test_periodic_checks_are_paced_by_how_long_the_last_digest_took() -> None:
