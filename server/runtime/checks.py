@@ -33,7 +33,7 @@ import structlog
 
 from ramraft.server.machines.cluster import ClusterState
 from ramraft.server.machines.digest import digest_job
-from ramraft.server.machines.statemachine import SnapshotError, StateMachine
+from ramraft.server.machines.statemachine import SnapshotError, SnapshotJob, StateMachine
 
 log = structlog.get_logger("ramraft.checks")
 
@@ -77,17 +77,28 @@ class StateDigests:
     ``take(index)`` runs on the loop while the check entry is applied (the
     machine is then exactly at ``index``): it takes the view at once and
     hashes it in a worker thread. The newest KEEP_DIGESTS are kept; a digest
-    that failed is recorded as an empty string (not comparable)."""
+    that failed is recorded as an empty string (not comparable).
+
+    A node that applies several checks in one turn (it replays its log after
+    a restart, or catches up after a pause) digests only the newest of them:
+    a check whose hashing has not begun when a newer one is applied is
+    *superseded* (recorded as not comparable, its view closed). The leader
+    compares digests only while a check is new, so the older ones are asked
+    for by no one; hashing each would cost a pass over the whole state, and
+    their views (at most two may be open) used to crowd out the newest, the
+    one a leader may still be waiting for, with a warning on every restart."""
 
     def __init__(self, machine: StateMachine, cluster: Callable[[], ClusterState]) -> None:
         self.machine = machine
         self.cluster = cluster
         self.digests: dict[int, str] = {}
         self._pending: dict[int, asyncio.Task[None]] = {}
+        self._unstarted: dict[int, SnapshotJob] = {}  # views whose hashing has not begun
         self.last_seconds = 0.0  # how long the newest digest took (a view, then the hashing)
 
     def take(self, index: int) -> None:
         started = time.monotonic()
+        self._supersede(index)
         try:
             job = self.machine.snapshot()
         except SnapshotError as exc:
@@ -95,9 +106,12 @@ class StateDigests:
             self._keep(index, "")
             return
         state = self.cluster()
+        self._unstarted[index] = job
 
         async def run() -> None:
             try:
+                if self._unstarted.pop(index, None) is None:
+                    return  # superseded before it began
                 digest = await asyncio.to_thread(digest_job, job, state)
             except Exception as exc:  # a digest is an opinion; never kill the node for it
                 log.warning("state_check_failed", index=index, error=str(exc))
@@ -108,6 +122,13 @@ class StateDigests:
             self._keep(index, digest)
 
         self._pending[index] = asyncio.get_running_loop().create_task(run(), name="digest")
+
+    def _supersede(self, newer: int) -> None:
+        for index, job in self._unstarted.items():
+            job.close()
+            self._keep(index, "")
+            log.debug("state_check_superseded", index=index, newer=newer)
+        self._unstarted.clear()
 
     def _keep(self, index: int, digest: str) -> None:
         self.digests[index] = digest
@@ -122,3 +143,6 @@ class StateDigests:
         for task in list(self._pending.values()):
             task.cancel()
         self._pending.clear()
+        for job in self._unstarted.values():
+            job.close()
+        self._unstarted.clear()
