@@ -110,7 +110,7 @@ class AsyncRevisionsMixin:
         *,
         prefix: bool = False,
         start_revision: int = 0,
-        progress_notify: bool = False,
+        progress_notify: bool = True,
         progress: bool = False,
         timeout: float | None = None,
     ) -> AsyncWatcher:

@@ -3,8 +3,10 @@ transactions, watches and leases -- the request builders, the result types
 and the watch's resume rule. No I/O here.
 
 Watches resume: a watch remembers the next revision it needs (after the last
-event, or the last progress notification, it received); when its stream
-breaks it opens a new one, on the next node, from that revision. Every
+event, or the last progress notification, it received: a watch asks for
+them by default, and a stopping node sends one before it ends the stream);
+when its stream breaks it opens a new one, on the next node, from that
+revision. Every
 revision comes whole in one response, so nothing is missed or repeated. A
 node that no longer holds that revision answers "compacted": the watch then
 tries the other nodes, and raises :class:`WatchCompacted` only when none
@@ -331,7 +333,7 @@ class WatchState:
     key: str
     prefix: bool = False
     start_revision: int = 0
-    progress_notify: bool = False
+    progress_notify: bool = True
     progress: bool = False
     next_revision: int = 0
     """The next revision to ask for (0: not known yet: from now)."""

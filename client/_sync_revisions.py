@@ -119,7 +119,7 @@ class RevisionsMixin:
         *,
         prefix: bool = False,
         start_revision: int = 0,
-        progress_notify: bool = False,
+        progress_notify: bool = True,
         progress: bool = False,
         timeout: float | None = None,
     ) -> Watcher:
@@ -128,8 +128,13 @@ class RevisionsMixin:
         an iterator of WatchEvent, in revision order. It resumes on another
         node when its stream breaks, without a gap or a repeat; ``timeout``
         bounds each reconnection. With ``progress`` it also yields
-        WatchProgress notifications. ``close()`` it (or use ``with``);
-        closing the client closes its watches too."""
+        WatchProgress notifications. ``progress_notify`` (on by default)
+        asks the node for one whenever the watch has been quiet for its
+        --watch-progress-ms: they keep the revision a broken watch resumes
+        from recent, so that a quiet watch is not refused as compacted by a
+        node whose history starts later (one restarted from a snapshot).
+        ``close()`` it (or use ``with``); closing the client closes its
+        watches too."""
         state = WatchState(key, prefix, start_revision, progress_notify, progress)
         if self._closed:
             raise RuntimeError("the client is closed")

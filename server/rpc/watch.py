@@ -35,7 +35,8 @@ Rules
 - Progress: a watch created with ``progress_notify`` gets a response without
   events, carrying the node's revision, when it has sent everything up to
   that revision and has been quiet for ``progress_interval`` seconds; a
-  progress request gets one for every watch as soon as it is caught up.
+  progress request gets one for every watch as soon as it is caught up, and
+  so does every caught-up watch of a stream the node ends as it stops.
 """
 
 from __future__ import annotations
@@ -270,8 +271,16 @@ class WatchStream:
         self.wake.set()
 
     def shut_down(self) -> None:
-        """The node is stopping: send what there is, then end (WatchHub.shut_down)."""
+        """The node is stopping: send what there is, then end (WatchHub.shut_down).
+        Every watch that is caught up also gets a progress response: the
+        watcher resumes after this node's revision, not after its last
+        event, which on a quiet key may be older than what the node it
+        resumes on still holds (a restarted node's history starts at its
+        snapshot): it would be refused as compacted, though it missed
+        nothing."""
         self.shutting_down = True
+        for watch in self.watches.values():
+            watch.progress_wanted = True
         self.wake.set()
 
     @property

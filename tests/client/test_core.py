@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 
 import pytest
@@ -198,3 +199,23 @@ def test_an_async_lease_is_entered_once() -> None:
         return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
 
     assert asyncio.run(run()) == []  # no keep-alive left running
+
+
+def test_a_watch_asks_for_progress_notifications_by_default() -> None:
+    """They keep the revision a broken watch resumes from recent (a quiet
+    watch would otherwise resume from after its last event, which a node
+    restarted from a snapshot may no longer hold); only ``progress`` shows
+    them to the caller."""
+    from ramraft.client import AsyncClient, Client
+    from ramraft.client._revisions import WatchState
+    from ramraft.proto import kv_pb2
+
+    for method in (Client.watch, AsyncClient.watch):
+        assert inspect.signature(method).parameters["progress_notify"].default is True
+    state = WatchState("k", start_revision=5)
+    assert state.create().create.progress_notify
+    progress = kv_pb2.WatchResponse(header=kv_pb2.ResponseHeader(revision=40))
+    assert state.take(progress, "a:1", ["a:1"]) == []  # absorbed, not shown
+    assert state.next_revision == 41
+    off = WatchState("k", progress_notify=False)
+    assert not off.create().create.progress_notify

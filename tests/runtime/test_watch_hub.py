@@ -209,6 +209,37 @@ def test_progress_notifications() -> None:
     asyncio.run(scenario())
 
 
+def test_a_stopping_node_tells_each_caught_up_watch_its_revision() -> None:
+    """WatchHub.shut_down: the last batch of a stream tells every watch that
+    has everything the node's revision (a quiet watch's last event may be
+    long before it: resuming from there on a node restarted from a
+    snapshot would be refused as compacted), and a watch still behind gets
+    its events, never a progress past them."""
+
+    async def scenario() -> None:
+        node = Node(batch_bytes=1)  # one revision per response
+        stream = node.hub.open()
+        stream.create(WatchSpec("quiet"))
+        stream.create(WatchSpec("busy"))
+        await batch(stream)
+        busy_revisions = []
+        for _ in range(3):
+            node.put("other")
+            node.put("busy")
+            busy_revisions.append(node.kv.revision)
+        head = node.kv.revision
+        node.hub.shut_down()
+        outs = await batch(stream)
+        assert stream.over
+        quiet = [o for o in outs if o.watch_id == 1]
+        assert [(o.progress, o.revision) for o in quiet] == [(True, head)]
+        busy = [o for o in outs if o.watch_id == 2]
+        assert busy and not any(o.progress for o in busy), busy
+        assert events(busy) == [(busy_revisions[0], "busy")]  # one revision per response
+
+    asyncio.run(scenario())
+
+
 def test_ids_and_the_watch_limit() -> None:
     async def scenario() -> None:
         node = Node(max_watches=2)

@@ -147,14 +147,21 @@ def test_a_stopping_node_ends_its_http_watches(tmp_path: Path) -> None:
                 assert response.status == 200
                 created = await asyncio.wait_for(response.content.readuntil(b"\n\n"), 10)
                 assert b"event: created" in created
-                async with session.put(f"http://{http}/v1/kv/k", data=b"v") as put:
-                    assert put.status == 200
+                for key in ("k", "other"):
+                    async with session.put(f"http://{http}/v1/kv/{key}", data=b"v") as put:
+                        assert put.status == 200
                 stopping = asyncio.ensure_future(node.stop(transfer=False, grace=HANG_GUARD))
                 # The whole rest of the body, ended as a response ends (a
                 # cut one raises ClientPayloadError).
                 rest = await asyncio.wait_for(response.content.read(), HANG_GUARD)
                 await asyncio.wait_for(stopping, HANG_GUARD)
             assert b"event: change" in rest and b'"key": "k"' in rest, rest
+            # Its last word is the node's revision, with an id: the event
+            # source resumes after it (rpc/watch.py, WatchStream.shut_down).
+            # (a revision past the watch's last event: "other" was put too).
+            last = rest.strip().split(b"\n\n")[-1].split(b"\n")
+            assert b"event: progress" in last, rest
+            assert f"id: {node.kv.revision}".encode() in last and node.kv.revision == 3, rest
         finally:
             await node.stop(transfer=False, grace=1)
 

@@ -5,6 +5,7 @@ margins (named SAFETY_*), never speed assertions."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -371,6 +372,49 @@ def test_a_watch_on_a_follower_sees_every_change_once_in_order_across_kills(
         assert revisions == list(range(first, last + 1)), (revisions[:5], first, last)
         assert acknowledged <= {e.value for e in seen}
         assert cluster.grpc[follower] == watcher_nodes[0] and len(watcher_nodes) >= 2, watcher_nodes
+
+
+def test_a_quiet_watch_resumes_after_its_node_stops_though_history_moved_on(
+    cluster: ProcessCluster,
+) -> None:
+    """A watch on a prefix nobody writes, while more revisions than the
+    nodes' history holds (--watch-history-revisions 200) go to other keys;
+    then its node stops (SIGTERM). The node's last word to the watch is its
+    revision, so the watch resumes on another node from there and sees the
+    next change. Resumed from its start (the revision after its last event)
+    it was refused as compacted by every node, though it had missed
+    nothing; the same happened on nodes restarted from a snapshot, whose
+    history starts there (seen with `ramraft watch` across a rolling
+    restart)."""
+    leader = cluster.wait_for_leader()
+    on = next(i for i in cluster.ids if i != leader)
+    seen: list[object] = []
+    with cluster.client() as writer, starting_at(on, cluster, timeout=30) as watcher:
+        start = writer.range("quiet/").revision + 1
+        watch = watcher.watch("quiet/", prefix=True, start_revision=start)
+
+        def collect() -> None:
+            with contextlib.suppress(RamraftError):
+                seen.append(next(iter(watch)))
+
+        collector = threading.Thread(target=collect)
+        collector.start()
+        try:
+            cluster.wait_until(
+                lambda: watch._endpoint == cluster.grpc[on], SAFETY_CATCH_UP, "watch open on it"
+            )
+            for n in range(250):
+                writer.put(f"busy/{n % 5}", str(n))
+            assert cluster.stop(on) == 0
+            writer.put("quiet/now", b"1")
+            cluster.wait_until(lambda: bool(seen), SAFETY_CATCH_UP, "the watch's event")
+        finally:
+            watch.close()
+            collector.join(timeout=30)
+            cluster.restart(on)
+            cluster.wait_serving([on])
+    (event,) = seen
+    assert isinstance(event, WatchEvent) and event.key == "quiet/now", event
 
 
 def test_an_async_watch_resumes_and_a_progress_request_is_answered(
