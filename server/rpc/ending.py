@@ -39,12 +39,12 @@ async def until_set(items: AsyncIterator[T], stop: asyncio.Event) -> AsyncIterat
         return await anext(iterator)
 
     stopped = asyncio.ensure_future(stop.wait())
+    item: asyncio.Future[T] | None = None
     try:
         while True:
             item = asyncio.ensure_future(following())
             await asyncio.wait((item, stopped), return_when=asyncio.FIRST_COMPLETED)
             if not item.done():
-                item.cancel()
                 return
             try:
                 value = item.result()
@@ -53,3 +53,10 @@ async def until_set(items: AsyncIterator[T], stop: asyncio.Event) -> AsyncIterat
             yield value
     finally:
         stopped.cancel()
+        # Also when the reader is cancelled in the wait (the client went
+        # away): a read left running would end with the stream's end and
+        # asyncio would log it as an error ("never retrieved").
+        if item is not None:
+            item.cancel()
+            if item.done() and not item.cancelled():
+                item.exception()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from aiohttp import web
 from ramraft import Application, ReplicatedModel
 from ramraft.proto import kv_pb2, kv_pb2_grpc
 from ramraft.server.node import Node
-from ramraft.server.rpc.ending import SHUTTING_DOWN
+from ramraft.server.rpc.ending import SHUTTING_DOWN, until_set
 from ramraft.server.rpc.streams import StreamServer
 from ramraft.server.runtime.ending import StreamsEnding
 from ramraft.server.web import tier
@@ -301,3 +302,38 @@ def test_an_ended_stream_answers_what_it_read_and_reads_nothing_more() -> None:
 
     assert asyncio.run(main()) == [1]
     assert served == [1]
+
+
+def test_a_reader_cancelled_while_it_waits_leaves_no_read_behind() -> None:
+    """A keep-alive stream whose client goes away is cancelled while
+    ``until_set`` waits for its next request; the read it left running ended
+    with the stream and asyncio logged "Task exception was never retrieved"
+    at error level (seen on every rolling restart with `ramraft lease
+    keep-alive` connected)."""
+
+    async def main() -> list[dict[str, Any]]:
+        errors: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+        ended = asyncio.Event()
+
+        async def requests() -> AsyncIterator[int]:
+            await ended.wait()  # the client sends nothing, then goes away
+            return
+            yield 0  # an async generator
+
+        async def serve() -> None:
+            async for _ in until_set(requests(), asyncio.Event()):
+                raise AssertionError("no request was sent")
+
+        server = asyncio.ensure_future(serve())
+        await asyncio.sleep(0.01)
+        server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
+        ended.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        gc.collect()
+        return errors
+
+    assert asyncio.run(main()) == []
