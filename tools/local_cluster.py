@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,23 +164,37 @@ class HaltWatch:
     """Asks each serving node now and then (Admin Status) whether it halted
     at an entry its code cannot apply, and says so once per start: such a
     node runs on, so nothing else here would tell the user why it refuses
-    every request. A node that does not answer (starting, down, or wanting
-    a token this command does not have) is asked again later."""
+    every request. A node that does not answer (starting, down) is asked
+    again later. On nodes with --auth-tokens it asks with RAMRAFT_TOKEN, else
+    with a token of their token file (``status_token``); refused all the
+    same, it says so once and asks no more (each refusal is a warning in
+    the node's log)."""
 
-    def __init__(self, tls_dir: Path | None) -> None:
+    def __init__(self, tls_dir: Path | None, token: str | None = None) -> None:
         self.tls_dir = tls_dir
+        self.token = token
         self.clients: dict[str, Any] = {}
+        self.refused = False
 
     def check(self, node: LocalNode, now: float) -> None:
-        if node.halt_said or now - node.halt_checked_at < HALT_CHECK_EVERY:
+        if self.refused or node.halt_said or now - node.halt_checked_at < HALT_CHECK_EVERY:
             return
         node.halt_checked_at = now
         if not node.serving():
             return
         endpoint = str(node.ports["grpc"])
+        from ramraft.client import PermissionDenied, Unauthenticated
+
         try:
             client = self.clients.get(endpoint) or self._client(endpoint)
             halted = client.status(endpoint=endpoint).node.halted
+        except (Unauthenticated, PermissionDenied) as e:
+            self.refused = True
+            _say(
+                f"not watching the nodes for a halt: {node.id} refused the status call "
+                f"({e.details or e}); set RAMRAFT_TOKEN to a read token of --auth-tokens"
+            )
+            return
         except Exception:
             return
         if halted:
@@ -193,7 +208,7 @@ class HaltWatch:
         from ramraft.client import Client, TLSOptions
 
         tls = TLSOptions.from_files(*_client_tls(self.tls_dir)) if self.tls_dir else None
-        client = Client(endpoint, timeout=1.0, tls=tls, token=os.environ.get("RAMRAFT_TOKEN"))
+        client = Client(endpoint, timeout=1.0, tls=tls, token=self.token)
         self.clients[endpoint] = client
         return client
 
@@ -202,6 +217,36 @@ class HaltWatch:
             with contextlib.suppress(Exception):
                 client.close()
         self.clients.clear()
+
+
+def status_token(node_args: list[str], environ: Mapping[str, str]) -> str | None:
+    """The token HaltWatch asks with: RAMRAFT_TOKEN if set, else the least
+    powerful plain token (read, then write, then admin) of the nodes'
+    --auth-tokens file (a --node-arg, or RAMRAFT_AUTH_TOKENS, which the
+    nodes inherit), which is this user's own file; None without tokens, or
+    when the file holds only digests of them."""
+    if environ.get("RAMRAFT_TOKEN"):
+        return environ["RAMRAFT_TOKEN"]
+    path = environ.get("RAMRAFT_AUTH_TOKENS")
+    for at, arg in enumerate(node_args):
+        if arg.startswith("--auth-tokens="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--auth-tokens" and at + 1 < len(node_args):
+            path = node_args[at + 1]
+    if not path:
+        return None
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None  # the nodes say what is wrong with it
+    tokens: dict[str, str] = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 3 and not line.lstrip().startswith("#"):
+            role, _, token = parts
+            if not token.startswith("sha256:"):
+                tokens.setdefault(role.lower(), token)
+    return next((tokens[r] for r in ("read", "write", "admin") if r in tokens), None)
 
 
 def _client_tls(tls_dir: Path) -> tuple[Path, Path, Path]:
@@ -343,7 +388,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         if not _start_all(nodes, env, lambda: stop):
             return 1 if not stop else 0
         _print_addresses(nodes, args, tls_dir)
-        watch = HaltWatch(tls_dir)
+        watch = HaltWatch(tls_dir, status_token(args.node_arg, env))
         try:
             _supervise(nodes, env, args, lambda: stop, watch)
         finally:

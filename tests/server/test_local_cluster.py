@@ -26,7 +26,7 @@ import pytest
 from ramraft.client import Client
 from ramraft.proto import admin_pb2
 from ramraft.tools.cli import build_parser
-from ramraft.tools.local_cluster import _find_app
+from ramraft.tools.local_cluster import HALT_CHECK_EVERY, _find_app, status_token
 from tests.httpcalls import http
 from tests.ports import free_port_runs
 
@@ -373,6 +373,9 @@ def test_a_node_that_halts_is_reported(tmp_path: Path) -> None:
 
 
 def test_with_tokens_the_suggested_command_says_a_token_is_needed(tmp_path: Path) -> None:
+    """... and its own status calls (the halt watch) carry a token of the
+    file: the nodes refuse none of them. They used to go without one, and
+    every node logged a request_refused warning every 2 seconds."""
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("admin ops admin-token-0123456789abcdef\n")
     node_args = (f"--node-arg=--auth-tokens={tokens}", "--node-arg=--insecure")
@@ -380,4 +383,37 @@ def test_with_tokens_the_suggested_command_says_a_token_is_needed(tmp_path: Path
         cluster.start_serving()
         (try_line,) = [line for line in cluster.stdout().splitlines() if line.startswith("try:")]
         assert "--token-file FILE" in try_line
+        time.sleep(3 * HALT_CHECK_EVERY)  # time for every node to be asked (not a speed claim)
+        assert "request_refused" not in cluster.stderr()
+        assert "not watching" not in cluster.stderr()
         assert cluster.interrupt() == 0
+
+
+def test_with_tokens_it_cannot_use_it_asks_once_and_says_so(tmp_path: Path) -> None:
+    """A token file of digests only (no token this command could send): the
+    first refusal stops the halt watch, with a line saying why and what to
+    set; the nodes are not asked again (each refusal is a warning there)."""
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text(f"read ops sha256:{'ab' * 32}\n")
+    node_args = ("--node-arg=--auth-tokens", f"--node-arg={tokens}", "--node-arg=--insecure")
+    with local_cluster(tmp_path, *node_args) as cluster:
+        cluster.start_serving()
+        cluster.wait_for(lambda: "not watching the nodes" in cluster.stderr(), "the watch's line")
+        time.sleep(3 * HALT_CHECK_EVERY)  # time to ask again, were it to (not a speed claim)
+        assert "set RAMRAFT_TOKEN to a read token" in cluster.stderr()
+        assert cluster.stderr().count('"request_refused"') == 1, cluster.stderr()
+        assert cluster.interrupt() == 0
+
+
+def test_the_halt_watch_takes_the_least_powerful_plain_token(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text(
+        "# role name token\nadmin ops admin-token-0123456789abcdef\n"
+        f"read hashed sha256:{'ab' * 32}\nwrite app write-token-0123456789abcdef\n"
+    )
+    assert status_token([f"--auth-tokens={tokens}"], {}) == "write-token-0123456789abcdef"
+    assert status_token(["--auth-tokens", str(tokens)], {}) == "write-token-0123456789abcdef"
+    assert status_token([], {"RAMRAFT_AUTH_TOKENS": str(tokens)}) == "write-token-0123456789abcdef"
+    assert status_token([f"--auth-tokens={tokens}"], {"RAMRAFT_TOKEN": "mine"}) == "mine"
+    assert status_token([], {}) is None
+    assert status_token([f"--auth-tokens={tmp_path / 'missing'}"], {}) is None
