@@ -65,6 +65,16 @@ _END_OF_REQUESTS: Any = object()
 # back (see _Stream).
 GATHER_SECONDS = 0.001
 
+# Refusals another node would repeat (every node has the same tokens and
+# limits): a backup does not go on to the next node after them.
+_FINAL_FOR_EVERY_NODE = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    }
+)
+
 
 class _Stream:
     """One ``KV.StreamBatch`` (or ``KV.Stream``, where the node serves no
@@ -472,6 +482,8 @@ class Client(RevisionsMixin, _core.ClientBase):
                             endpoint=target,
                         ) from None
                     if info is not None:  # broken mid-file: what was written is no backup
+                        raise _core.error_from("Backup", error, target) from None
+                    if _core.error_code(error) in _FINAL_FOR_EVERY_NODE:
                         raise _core.error_from("Backup", error, target) from None
                     last = (error, target)
                     continue

@@ -6,6 +6,7 @@ stream too."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
-from ramraft.client import Client, DeadlineExceeded, PermissionDenied
+from ramraft.client import Client, DeadlineExceeded, PermissionDenied, Unauthenticated
 from ramraft.proto import admin_pb2, admin_pb2_grpc
 
 
@@ -112,12 +113,24 @@ def test_no_node_starting_is_a_deadline_exceeded(make: Any) -> None:
     assert time.monotonic() - started < 5
 
 
-def test_a_refusal_is_raised_as_what_it_is(make: Any) -> None:
-    first = make(refuse=grpc.StatusCode.PERMISSION_DENIED)
-    second = make(refuse=grpc.StatusCode.PERMISSION_DENIED)
-    client = Client(f"{first.address},{second.address}", timeout=5)
-    with client, pytest.raises(PermissionDenied, match="refused by the test"):
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (grpc.StatusCode.PERMISSION_DENIED, PermissionDenied),
+        (grpc.StatusCode.UNAUTHENTICATED, Unauthenticated),
+    ],
+)
+def test_a_refusal_is_raised_as_what_it_is_without_asking_every_node(
+    make: Any, code: grpc.StatusCode, error: type[Exception]
+) -> None:
+    """Every node has the same tokens: the next one would refuse too (and
+    log one more warning), so the first refusal is final."""
+    first = make(refuse=code)
+    second = make(refuse=code)
+    client = Client(f"{first.address},{second.address}", timeout=5, rng=random.Random(0))
+    with client, pytest.raises(error, match="refused by the test"):
         client.backup(lambda data: None)
+    assert first.calls + second.calls == 1
 
 
 def test_a_failing_write_stops_the_nodes_stream(make: Any) -> None:
