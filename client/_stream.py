@@ -248,10 +248,11 @@ def ended(
         return StreamStatus(code, details, leader)
     name = code.name if code is not None else "ended"
     # The details keep the transport's words ("failed to connect", "connection
-    # refused"): the retry policy reads them to tell a dead address.
-    return StreamStatus(
-        grpc.StatusCode.UNAVAILABLE,
-        f"the stream to {endpoint} broke before the answer came ({name}: {details}); "
-        "its requests are retried (a write with its session, so it is applied once)",
-        leader,
+    # refused"): the retry policy reads them to tell a dead address. No word
+    # of retries: this text also ends the error of a call that gave up.
+    what = (
+        f"cannot connect to {endpoint}"
+        if "failed to connect" in details.lower()
+        else f"the stream to {endpoint} broke before the answer came"
     )
+    return StreamStatus(grpc.StatusCode.UNAVAILABLE, f"{what} ({name}: {details})", leader)

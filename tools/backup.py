@@ -325,7 +325,7 @@ def run_backup(args: argparse.Namespace) -> int:
         )
         return EXIT_BAD_INPUT
     from ramraft.client.errors import RamraftError
-    from ramraft.tools.cli import UsageError, client_from_args
+    from ramraft.tools.cli import UsageError, client_error_text, client_from_args
 
     started = time.monotonic()
     try:
@@ -337,7 +337,10 @@ def run_backup(args: argparse.Namespace) -> int:
     except UsageError as e:
         print(f"ramraft: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (RamraftError, BackupError) as e:
+    except RamraftError as e:
+        print(f"ramraft: error: {client_error_text(args, e)}", file=sys.stderr)
+        return EXIT_ERROR
+    except BackupError as e:
         print(f"ramraft: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as e:

@@ -511,7 +511,14 @@ def _cmd_status(client: Client, args: argparse.Namespace) -> int:
             members = [_message_dict(m) for m in status.members]
     if all("error" in n for n in nodes):
         # No answer at all is an error, not a table of "unreachable" rows.
-        sys.stderr.write("ramraft: error: no node answered\n")
+        hint = (
+            NOT_RUNNING_HINT
+            if all(any(w in n["error"] for w in _NOTHING_LISTENS) for n in nodes)
+            else ""
+        )
+        sys.stderr.write(
+            f"ramraft: error: no node answered at {', '.join(client.endpoints)}{hint}\n"
+        )
         return EXIT_ERROR
     if json_from_args(args):
         _print_json({"nodes": nodes, "members": members or []})
@@ -858,7 +865,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"ramraft: error: {e}\n")
         return EXIT_USAGE
     except RamraftError as e:
-        sys.stderr.write(f"ramraft: error: {_one_line(str(e))}{_tls_hint(args, e)}\n")
+        sys.stderr.write(f"ramraft: error: {client_error_text(args, e)}\n")
         return EXIT_ERROR
     except BrokenPipeError:
         # The reader went away (e.g. `ramraft range | head`): not an error.
@@ -904,6 +911,30 @@ def _tls_hint(args: argparse.Namespace, error: RamraftError) -> str:
             "or RAMRAFT_TLS_CERT and RAMRAFT_TLS_KEY)"
         )
     return ""
+
+
+# grpc's words for an address where nothing listens.
+_NOTHING_LISTENS = ("Connection refused", "Failed to connect to remote host")
+
+NOT_RUNNING_HINT = (
+    " (is the cluster running? `ramraft cluster` starts one here; "
+    "--endpoints or RAMRAFT_ENDPOINTS say where it runs)"
+)
+
+
+def client_error_text(args: argparse.Namespace, error: RamraftError) -> str:
+    """A client error on one line, with the hint its words call for (TLS
+    options, or no cluster where the command looked)."""
+    return f"{_one_line(str(error))}{_tls_hint(args, error) or _not_running_hint(error)}"
+
+
+def _not_running_hint(error: RamraftError) -> str:
+    """For a call that gave up while the last node it tried refused the
+    connection: what a newcomer who has not started a cluster (or points
+    at the wrong one) needs to hear."""
+    if error.code not in (None, grpc.StatusCode.UNAVAILABLE):
+        return ""
+    return NOT_RUNNING_HINT if any(w in str(error) for w in _NOTHING_LISTENS) else ""
 
 
 def _one_line(text: str) -> str:

@@ -262,8 +262,26 @@ def test_status_asks_every_endpoint(servers, capsys) -> None:
 
 
 def test_status_with_no_node_answering_fails(capsys) -> None:
-    status, out, err = run(capsys, "status", "--endpoints", dead_address(), "--timeout", "0.5")
-    assert (status, out, err) == (3, "", "ramraft: error: no node answered\n")
+    address = dead_address()
+    status, out, err = run(capsys, "status", "--endpoints", address, "--timeout", "0.5")
+    assert (status, out) == (3, "")
+    assert err == f"ramraft: error: no node answered at {address}{cli.NOT_RUNNING_HINT}\n"
+
+
+@pytest.mark.parametrize(
+    "argv", [["put", "k", "v"], ["get", "k"], ["lease", "grant", "5"], ["backup", "--out", "b"]]
+)
+def test_no_cluster_where_the_command_looks_says_so(
+    capsys, argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a newcomer sees who has not started a cluster: one line ending
+    in the question to ask, without the transport's retry talk."""
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run(capsys, *argv, "--endpoints", dead_address(), "--timeout", "0.5")
+    assert (status, out) == (3, "")
+    assert err.startswith("ramraft: error: ") and err.count("\n") == 1, err
+    assert err.endswith(f"{cli.NOT_RUNNING_HINT}\n"), err
+    assert "retried" not in err
 
 
 def test_admin_commands(server: FakeServer, capsys) -> None:
