@@ -380,6 +380,12 @@ def wrap_description(text: str) -> str:
     return textwrap.fill(text, 78, break_on_hyphens=False)
 
 
+def help_from_doc(doc: str | None) -> str:
+    """A module docstring as --help text: its reStructuredText literals
+    (``ramraft bench``) as a terminal shows code (`ramraft bench`)."""
+    return (doc or "").replace("``", "`")
+
+
 def register(sub: Any) -> None:
     from ramraft.tools.cli import add_client_options
 

@@ -1338,11 +1338,13 @@ def _non_negative(text: str) -> float:
 
 
 def add_bench_parser(sub: Any) -> None:
+    from ramraft.tools.backup import help_from_doc
+
     p = sub.add_parser(
         "bench",
         help="measure writes/s, reads/s and latency of a 3-node cluster",
-        description=(__doc__ or "").split("\n\n", 1)[0],
-        epilog="\n\n".join((__doc__ or "").split("\n\n")[1:]),
+        description=help_from_doc(__doc__).split("\n\n", 1)[0],
+        epilog="\n\n".join(help_from_doc(__doc__).split("\n\n")[1:]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(

@@ -378,10 +378,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
+    from ramraft.tools.backup import help_from_doc
+
     p = sub.add_parser(
         "certs",
         help="make a CA and the node and client certificates of a cluster",
-        description=__doc__,
+        description=help_from_doc(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default="certs", help="directory for the PEM files (default ./certs)")

@@ -10,6 +10,7 @@ import json
 import sys
 import tempfile
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -410,6 +411,22 @@ def test_help_has_examples(capsys) -> None:
         assert command in out
     status, out, _ = run(capsys, "cas", "--help")
     assert status == 0 and "--absent" in out and "examples:" in out
+
+
+def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_no_help_shows_markup() -> None:
+    """Help texts made from docstrings show code as a terminal does
+    (`ramraft bench`), not as reStructuredText (``ramraft bench``)."""
+    shown = {p.prog: p.format_help() for p in _parsers(cli.build_parser())}
+    assert len(shown) > 30
+    assert [prog for prog, text in shown.items() if "``" in text] == []
 
 
 def test_no_command_prints_help_and_exits_2(capsys) -> None:
