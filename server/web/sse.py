@@ -20,7 +20,13 @@ entry's applied index; when one entry published several events, every one
 but the last is ``INDEX.N``, so a resume never skips the rest of an entry.
 If the history no longer reaches back to that id (or the node installed a
 snapshot from the leader, or restarted from one, in between), the stream
-starts with a ``reset`` event: the page should reload what it shows.
+starts with a ``reset`` event: the page should reload what it shows. So that
+a quiet page's id stays recent, a stream's keep-alive (after ``heartbeat``
+seconds of quiet) and its last message when the node stops are an id alone,
+the node's applied index: a browser takes it as its last event id without
+dispatching anything, and an open page comes through a rolling restart
+without a ``reset``. A node that is behind the id a browser resumes from
+does not send it the events up to that id again.
 
 Bounds ("put a limit on everything"): each connection's queue holds at most
 ``max_queue_events`` events and ``max_queue_bytes`` bytes; a browser that
@@ -104,6 +110,8 @@ class Subscription:
         self._bytes = 0
         self._wake = asyncio.Event()
         self.closed = ""  # why it was closed; empty while open
+        self.finishing = ""  # why it ends once what is queued is written (finish)
+        self.after: Position | None = None  # the client had every event up to it
         self.on_close: Callable[[Subscription], None] | None = None
 
     def __len__(self) -> int:
@@ -126,6 +134,17 @@ class Subscription:
         self._wake.set()
         return True
 
+    def finish(self, reason: str, last: bytes = b"") -> None:
+        """End once what is queued, then ``last``, is written (the node is
+        stopping: the client resumes elsewhere after the last id it got)."""
+        if self.closed or self.finishing:
+            return
+        if last:
+            self._frames.append(last)
+            self._bytes += len(last)
+        self.finishing = reason
+        self._wake.set()
+
     def close(self, reason: str) -> None:
         if self.closed:
             return
@@ -139,7 +158,7 @@ class Subscription:
     async def take(self, timeout: float | None = None) -> list[bytes]:
         """Everything queued, waiting up to ``timeout`` for something;
         empty on timeout or once closed."""
-        if not self._frames and not self.closed:
+        if not self._frames and not self.closed and not self.finishing:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
@@ -157,10 +176,13 @@ async def serve(
     heartbeat: float = DEFAULT_HEARTBEAT,
     write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     retry_ms: int = DEFAULT_RETRY_MS,
+    keep_alive: Callable[[], bytes] | None = None,
 ) -> web.StreamResponse:
-    """Stream ``subscription`` to the client until either side closes:
-    keep-alive comments every ``heartbeat`` seconds, a client that does not
-    take a write within ``write_timeout`` is cut off."""
+    """Stream ``subscription`` to the client until either side closes (or
+    it is finished: then after what it holds): a keep-alive every
+    ``heartbeat`` seconds of quiet (``keep_alive()``'s frame, else a
+    comment), a client that does not take a write within ``write_timeout``
+    is cut off."""
     response = web.StreamResponse(
         headers={
             "Content-Type": CONTENT_TYPE,
@@ -186,13 +208,16 @@ async def serve(
             if frames:
                 await _write(response, b"".join(frames), write_timeout)
                 quiet_since = loop.time()
+            elif subscription.finishing:
+                break  # all it held is written
             elif not subscription.closed and loop.time() - quiet_since >= heartbeat:
-                await _write(response, b": keep-alive\n\n", write_timeout)
+                frame = keep_alive() if keep_alive is not None else b": keep-alive\n\n"
+                await _write(response, frame, write_timeout)
                 quiet_since = loop.time()
     except (ConnectionError, TimeoutError, asyncio.CancelledError):
         pass  # the client went away or stalled: nothing more to tell it
     finally:
-        subscription.close("the stream ended")
+        subscription.close(subscription.finishing or "the stream ended")
     return response
 
 
@@ -224,6 +249,9 @@ class Position:
             raise BadRequest(f"{LAST_EVENT_ID} {text!r} is not an event id of this feed")
         return cls(index, seq)
 
+    def event_id(self) -> str:
+        return str(self.index) if self.seq == math.inf else f"{self.index}.{int(self.seq)}"
+
 
 @dataclass(frozen=True, slots=True)
 class _Event:
@@ -244,7 +272,11 @@ class EventFeed:
         max_streams: int = 1024,
         max_queue_events: int = 256,
         max_queue_bytes: int = 1 << 20,
+        applied: Callable[[], int] | None = None,
     ) -> None:
+        """``applied()``: the node's applied index (every event up to it has
+        been published here); without it, the newest event's index."""
+        self.applied = applied
         self.history_events = history_events
         self.history_bytes = history_bytes
         self.max_streams = max_streams
@@ -265,9 +297,27 @@ class EventFeed:
         return len(self._subscribers)
 
     def close_all(self, reason: str) -> None:
-        """End every open stream (the node is stopping)."""
+        """End every open stream (the node is stopping), each after what it
+        holds and then the node's applied index as its last id: the browser
+        resumes elsewhere from there, not from its last event, which may be
+        older than what the node it reaches still remembers (a node
+        restarted from a snapshot remembers nothing before it), so an open
+        page survives a rolling restart without a ``reset``."""
         for subscription in list(self._subscribers):
-            subscription.close(reason)
+            subscription.finish(reason, self.progress_frame(subscription))
+
+    def progress_frame(self, subscription: Subscription) -> bytes:
+        """An SSE message of an id alone (no event: a browser takes it as
+        its last event id and dispatches nothing): ``subscription`` has had
+        everything up to the node's applied index (or up to the id it
+        resumed from, when that is further on). The keep-alive of this
+        feed's streams, so that a quiet page's resume point stays recent
+        after a crash too."""
+        applied = self.applied() if self.applied is not None else self._last.index
+        position = max(Position(applied, math.inf), self._last)
+        if subscription.after is not None:
+            position = max(position, subscription.after)
+        return f"id: {position.event_id()}\n\n".encode()
 
     # ---- the machine's side ----------------------------------------------------------------
 
@@ -281,7 +331,9 @@ class EventFeed:
             event = _Event(position, topic, encode_event(data, event=topic, id=event_id))
             self._remember(event)
             for subscription, topics in list(self._subscribers.items()):
-                if topics is None or topic in topics:
+                if (topics is None or topic in topics) and (
+                    subscription.after is None or subscription.after < position
+                ):
                     subscription.offer(event.frame)
         self.published += len(events)
 
@@ -315,8 +367,7 @@ class EventFeed:
 
     def _reset_frame(self) -> bytes:
         last = self._last
-        event_id = str(last.index) if last.seq == math.inf else f"{last.index}.{int(last.seq)}"
-        return encode_event(f'{{"index":{last.index}}}', event="reset", id=event_id)
+        return encode_event(f'{{"index":{last.index}}}', event="reset", id=last.event_id())
 
     # ---- the browser's side ----------------------------------------------------------------
 
@@ -347,6 +398,9 @@ class EventFeed:
                 missed = [self._reset_frame()]
             for frame in missed:
                 subscription.offer(frame)
+            # A node behind the client (it had the events from a node
+            # further on) must not send it what it applies up to there again.
+            subscription.after = position
         self._subscribers[subscription] = wanted
         subscription.on_close = self._closed
         return subscription
@@ -368,4 +422,9 @@ class EventFeed:
         """Answer ``request`` with this feed's events on ``topics`` (for an
         application's own route), resuming after its ``Last-Event-ID``."""
         subscription = self.subscribe(topics, last_event_id(request))
-        return await serve(request, subscription, heartbeat=heartbeat)
+        return await serve(
+            request,
+            subscription,
+            heartbeat=heartbeat,
+            keep_alive=lambda: self.progress_frame(subscription),
+        )

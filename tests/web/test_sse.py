@@ -14,6 +14,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from examples.notes import app as notes_app
 from examples.notes.model import Board
@@ -106,6 +108,71 @@ def test_bad_ids_and_too_many_streams_are_refused() -> None:
         feed.subscribe(None)
     second.close("done")
     feed.subscribe(None)
+
+
+def test_a_stopping_node_sends_what_it_holds_then_its_applied_index_as_the_last_id() -> None:
+    """The page's browser then resumes elsewhere from the node's applied
+    index, not from its last event, which a node restarted from a later
+    snapshot no longer remembers (it would start with a reset)."""
+    feed = EventFeed(applied=lambda: 9)
+    feed.publish(5, [("notes", '"a"')])
+    page = feed.subscribe(["notes"], after="3")
+    feed.publish(7, [("notes", '"b"'), ("other", '"x"')])
+    feed.close_all("the node is shutting down")
+    assert frames(page) == [
+        'id: 5\nevent: notes\ndata: "a"\n\n',
+        'id: 7.0\nevent: notes\ndata: "b"\n\n',
+        "id: 9\n\n",  # an id alone: the browser's last event id, no event
+    ]
+    assert page.finishing and not page.closed  # closed once the stream wrote it
+
+
+def test_a_node_behind_the_page_sends_it_nothing_it_had() -> None:
+    """A browser that saw up to 9 on one node reconnects to a node that has
+    applied only 6: that node's events 7 to 9 are not sent again, and its
+    keep-alive ids never go back before 9."""
+    applied = [6]
+    feed = EventFeed(applied=lambda: applied[0])
+    feed.publish(6, [("t", "6")])
+    page = feed.subscribe(None, after="9")
+    assert frames(page) == []
+    assert feed.progress_frame(page) == b"id: 9\n\n"
+    for index in (7, 8, 9, 10):
+        feed.publish(index, [("t", str(index))])
+        applied[0] = index
+    assert [f.split("\n")[0] for f in frames(page)] == ["id: 10"]
+    assert feed.progress_frame(page) == b"id: 10\n\n"
+
+
+def test_a_quiet_stream_keeps_its_last_id_current_and_ends_after_it_at_a_stop() -> None:
+    """Over HTTP: a page with no events of its topics gets, as its
+    keep-alive, the node's applied index as an id, so a crash leaves its
+    resume point that recent; at the node's stop the response ends, after
+    what it held, with that id."""
+    applied = [40]
+    feed = EventFeed(applied=lambda: applied[0])
+
+    async def page(request: web.Request) -> web.StreamResponse:
+        return await feed.stream(request, ["notes"], heartbeat=0.05)
+
+    async def scenario() -> bytes:
+        app = web.Application()
+        app.router.add_get("/events", page)
+        async with TestServer(app) as server, aiohttp.ClientSession() as session:
+            async with session.get(server.make_url("/events")) as response:
+                first = await asyncio.wait_for(response.content.readuntil(b"id: 40\n\n"), 10)
+                applied[0] = 52
+                feed.publish(51, [("other", "1")])  # not this page's topic
+                more = await asyncio.wait_for(response.content.readuntil(b"id: 52\n\n"), 10)
+                applied[0] = 60
+                feed.publish(60, [("notes", '"n"')])
+                feed.close_all("the node is shutting down")
+                rest = await asyncio.wait_for(response.content.read(), 10)
+        return first + more + rest
+
+    body = asyncio.run(scenario())
+    assert b"other" not in body and b": keep-alive" not in body
+    assert body.endswith(b'id: 60\nevent: notes\ndata: "n"\n\nid: 60\n\n'), body
 
 
 def test_publishing_is_for_commands_and_takes_json_only() -> None:
