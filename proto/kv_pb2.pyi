@@ -1162,7 +1162,12 @@ class WatchCreateRequest(_message.Message):
     progress_notify: _builtins.bool
     """Send a progress notification (no events, header.revision = the node's
     revision, everything up to it sent) when the watch has been idle for a
-    while (--watch-progress-ms).
+    while (--watch-progress-ms). A client that resumes watches should ask
+    for them (the Python clients do) and resume from the newest revision it
+    heard + 1: resuming a quiet watch from its last event may be refused as
+    compacted by a node whose history starts later (one restarted from a
+    snapshot). A node that stops sends every caught-up watch one, asked for
+    or not, before it ends the stream.
     """
     watch_id: _builtins.int
     """The id to give the watch (0: the node picks one). Ids of one stream
