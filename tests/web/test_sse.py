@@ -158,16 +158,19 @@ def test_a_quiet_stream_keeps_its_last_id_current_and_ends_after_it_at_a_stop() 
     async def scenario() -> bytes:
         app = web.Application()
         app.router.add_get("/events", page)
-        async with TestServer(app) as server, aiohttp.ClientSession() as session:
-            async with session.get(server.make_url("/events")) as response:
-                first = await asyncio.wait_for(response.content.readuntil(b"id: 40\n\n"), 10)
-                applied[0] = 52
-                feed.publish(51, [("other", "1")])  # not this page's topic
-                more = await asyncio.wait_for(response.content.readuntil(b"id: 52\n\n"), 10)
-                applied[0] = 60
-                feed.publish(60, [("notes", '"n"')])
-                feed.close_all("the node is shutting down")
-                rest = await asyncio.wait_for(response.content.read(), 10)
+        async with (
+            TestServer(app) as server,
+            aiohttp.ClientSession() as session,
+            session.get(server.make_url("/events")) as response,
+        ):
+            first = await asyncio.wait_for(response.content.readuntil(b"id: 40\n\n"), 10)
+            applied[0] = 52
+            feed.publish(51, [("other", "1")])  # not this page's topic
+            more = await asyncio.wait_for(response.content.readuntil(b"id: 52\n\n"), 10)
+            applied[0] = 60
+            feed.publish(60, [("notes", '"n"')])
+            feed.close_all("the node is shutting down")
+            rest = await asyncio.wait_for(response.content.read(), 10)
         return first + more + rest
 
     body = asyncio.run(scenario())
