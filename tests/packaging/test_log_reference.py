@@ -65,6 +65,4 @@ def test_the_check_finds_a_new_warning_in_any_form(tmp_path: Path) -> None:
         "peer_odd": {"a.py:2"},
         "bug_here": {"a.py:6"},
     }
-    assert documented_events("| `disk_slow` | warning | x | y |\n| `x` | info |\n") == [
-        "disk_slow"
-    ]
+    assert documented_events("| `disk_slow` | warning | x | y |\n| `x` | info |\n") == ["disk_slow"]
