@@ -407,7 +407,10 @@ class HostedApp:
         the node serves)."""
         runtime = api.runtime
         self.machine.bind(model_proposer(api, self.sessions))
-        self.events = feed = EventFeed(applied=lambda: runtime.machine.applied_index)
+        self.events = feed = EventFeed(
+            applied=lambda: runtime.machine.applied_index,
+            committed=lambda: runtime.status().commit_index,
+        )
         self.machine.on_published = feed.publish
         runtime.listeners.append(feed.runtime_listener)
         self.jobs = JobRunner(node_id, self.app.model, runtime, self.app.jobs)

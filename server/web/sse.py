@@ -26,7 +26,9 @@ seconds of quiet) and its last message when the node stops are an id alone,
 the node's applied index: a browser takes it as its last event id without
 dispatching anything, and an open page comes through a rolling restart
 without a ``reset``. A node that is behind the id a browser resumes from
-does not send it the events up to that id again.
+does not send it the events up to that id again; an id past everything the
+cluster has committed (one of another life of the cluster: restored from a
+backup, or wiped) gets a ``reset``.
 
 Bounds ("put a limit on everything"): each connection's queue holds at most
 ``max_queue_events`` events and ``max_queue_bytes`` bytes; a browser that
@@ -273,10 +275,14 @@ class EventFeed:
         max_queue_events: int = 256,
         max_queue_bytes: int = 1 << 20,
         applied: Callable[[], int] | None = None,
+        committed: Callable[[], int] | None = None,
     ) -> None:
         """``applied()``: the node's applied index (every event up to it has
-        been published here); without it, the newest event's index."""
+        been published here); without it, the newest event's index.
+        ``committed()``: the commit index this node knows; a resume from an
+        id past it gets a reset."""
         self.applied = applied
+        self.committed = committed
         self.history_events = history_events
         self.history_bytes = history_bytes
         self.max_streams = max_streams
@@ -388,7 +394,14 @@ class EventFeed:
                 for event in self._history
                 if position < event.position and (wanted is None or event.topic in wanted)
             ]
-            if (
+            if self.committed is not None and position.index > self.committed():
+                # Past anything this cluster has committed: an id of another
+                # life of it (restored from a backup, or wiped). Holding back
+                # its events until the index got there would leave the page
+                # stale: it reloads instead.
+                missed = [self._reset_frame()]
+                position = self._last
+            elif (
                 position < self._floor
                 or len(missed) >= self.max_queue_events
                 or sum(map(len, missed)) >= self.max_queue_bytes

@@ -132,7 +132,7 @@ def test_a_node_behind_the_page_sends_it_nothing_it_had() -> None:
     applied only 6: that node's events 7 to 9 are not sent again, and its
     keep-alive ids never go back before 9."""
     applied = [6]
-    feed = EventFeed(applied=lambda: applied[0])
+    feed = EventFeed(applied=lambda: applied[0], committed=lambda: 10)
     feed.publish(6, [("t", "6")])
     page = feed.subscribe(None, after="9")
     assert frames(page) == []
@@ -142,6 +142,21 @@ def test_a_node_behind_the_page_sends_it_nothing_it_had() -> None:
         applied[0] = index
     assert [f.split("\n")[0] for f in frames(page)] == ["id: 10"]
     assert feed.progress_frame(page) == b"id: 10\n\n"
+
+
+def test_an_id_past_what_the_cluster_committed_gets_a_reset() -> None:
+    """An id of another life of the cluster (restored from a backup, or
+    wiped, so its indexes start lower): waiting for the index to get there
+    would leave the page stale, so it reloads; then it gets every event."""
+    feed = EventFeed(applied=lambda: 6, committed=lambda: 7)
+    feed.publish(6, [("t", "6")])
+    page = feed.subscribe(None, after="500")
+    assert frames(page) == ['id: 6\nevent: reset\ndata: {"index":6}\n\n']
+    feed.publish(7, [("t", "7")])
+    assert [f.split("\n")[0] for f in frames(page)] == ["id: 7"]
+    # Within what was committed (a node that lags): held back, not reset.
+    lagging = feed.subscribe(None, after="7")
+    assert frames(lagging) == []
 
 
 def test_a_quiet_stream_keeps_its_last_id_current_and_ends_after_it_at_a_stop() -> None:
