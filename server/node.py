@@ -15,7 +15,7 @@ everything serves, ``<data-dir>/ports.json`` says what the node listens on
 so that whoever started the process knows it is up; it is removed when the
 node stops.
 
-Shutdown on SIGTERM/SIGINT: stop taking new requests on this node, hand
+Shutdown on SIGTERM/SIGINT/SIGHUP: stop taking new requests on this node, hand
 leadership to the most caught-up voter that answered lately if we lead
 (none: no transfer, no wait), let in-flight writes finish (they commit under
 the new leader and resolve here when applied), flush, close, exit 0.
@@ -838,7 +838,11 @@ class Node:
     async def run_until_signalled(self) -> None:
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP too: a closed terminal (or a habit of `kill -HUP`) stops the
+        # node as SIGTERM does, not by the signal's default, which kills it
+        # without a hand-over. Certificates and tokens reload by themselves
+        # when their files change.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, stop_requested.set)
         await self.start()
         await stop_requested.wait()

@@ -383,6 +383,7 @@ def run_cluster(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)  # its terminal closed: stop the nodes, then exit
     _say(f"starting {args.nodes} nodes, data under {data.resolve()}")
     try:
         if not _start_all(nodes, env, lambda: stop):

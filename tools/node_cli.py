@@ -57,7 +57,7 @@ security (off by default; on in k8s/):
   Tokens without TLS protect nothing (cleartext tokens, an unauthenticated
   peer port): the node refuses to start so unless --insecure says so.
 
-exit status: 0 stopped cleanly (SIGTERM, Ctrl-C); 1 stopped by a failure
+exit status: 0 stopped cleanly (SIGTERM, Ctrl-C, SIGHUP); 1 stopped by a failure
 (storage, snapshot); 2 a bad setting, data directory or address; 4 a port is
 in use by another process (the same settings with another port can work).
 

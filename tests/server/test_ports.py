@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -142,6 +143,18 @@ def test_ports_json_says_where_the_node_listens_and_goes_at_stop(tmp_path: Path)
         assert cluster.http["n1"] == ports["http"]
         path = cluster.data_dir("n1") / "ports.json"
         assert cluster.stop("n1") == 0
+        assert not path.exists()
+
+
+def test_sighup_stops_a_node_as_sigterm_does(tmp_path: Path) -> None:
+    """A closed terminal (or `kill -HUP`, a reload elsewhere): the node stops
+    cleanly, exit 0, rather than die of the signal (exit -1, no hand-over,
+    its ports.json left behind)."""
+    with ProcessCluster(tmp_path, nodes=1) as cluster:
+        cluster.wait_for_leader()
+        path = cluster.data_dir("n1") / "ports.json"
+        assert cluster.kill("n1", signal.SIGHUP) == 0, cluster.node_log("n1")
+        assert "node_stopped" in cluster.node_log("n1")
         assert not path.exists()
 
 
