@@ -104,9 +104,9 @@ class LocalCluster:
         ids = ids or [f"n{i + 1}" for i in range(self.nodes)]
         return ",".join(f"127.0.0.1:{self.grpc_base + int(i[1:]) - 1}" for i in ids)
 
-    def interrupt(self) -> int:
+    def interrupt(self, sig: int = signal.SIGINT) -> int:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGINT)
+        self.proc.send_signal(sig)
         return self.proc.wait(timeout=SAFETY)
 
     def kill(self) -> None:
@@ -402,7 +402,11 @@ def test_with_tokens_it_cannot_use_it_asks_once_and_says_so(tmp_path: Path) -> N
         time.sleep(3 * HALT_CHECK_EVERY)  # time to ask again, were it to (not a speed claim)
         assert "set RAMRAFT_TOKEN to a read token" in cluster.stderr()
         assert cluster.stderr().count('"request_refused"') == 1, cluster.stderr()
-        assert cluster.interrupt() == 0
+        # Its terminal closed (SIGHUP): it stops its nodes as on Ctrl-C.
+        pids = [int(cluster.ports(n)["pid"]) for n in ("n1", "n2", "n3")]
+        assert cluster.interrupt(signal.SIGHUP) == 0
+        assert "ramraft cluster: stopped" in cluster.stderr()
+        assert not [pid for pid in pids if _alive(pid)]
 
 
 def test_the_halt_watch_takes_the_least_powerful_plain_token(tmp_path: Path) -> None:
