@@ -20,7 +20,8 @@ def main() -> int:
 
         return run()
     except KeyboardInterrupt:
-        sys.stderr.write("ramraft: interrupted\n")
+        if sys.stderr is not None:  # None: started with it closed (2>&-)
+            sys.stderr.write("ramraft: interrupted\n")
         return EXIT_INTERRUPTED
 
 

@@ -838,6 +838,14 @@ def _limit(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Started with standard output or error closed (`>&-`, `2>&-`): Python
+    # has no sys.stdout/sys.stderr, and the first line written (an answer, a
+    # log line of `ramraft node`) would raise. What would go there goes
+    # nowhere, as Python's print() does then; the exit status still tells.
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -854,11 +862,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    if sys.stdout is None:
-        # Started with standard output closed (>&-): Python has no
-        # sys.stdout. The answer goes nowhere, as Python's print() does
-        # then (and as after a broken pipe); the exit status still tells.
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
     try:
         return func(args)
     except UsageError as e:

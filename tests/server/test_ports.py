@@ -158,6 +158,38 @@ def test_sighup_stops_a_node_as_sigterm_does(tmp_path: Path) -> None:
         assert not path.exists()
 
 
+def _close_stdout_and_stderr() -> None:
+    os.close(1)
+    os.close(2)
+
+
+def test_a_node_started_with_its_output_closed_serves_and_stops(tmp_path: Path) -> None:
+    """`ramraft node ... >&- 2>&-` (a careless daemonization): Python has no
+    sys.stdout or sys.stderr, and the node died at its first log line,
+    before it made its data directory. Now its lines go nowhere and it
+    serves and stops as usual."""
+    from ramraft.tools.bench import free_ports
+
+    (port,) = free_ports(1)
+    data = tmp_path / "n1"
+    argv = [sys.executable, "-m", "ramraft", "node", "--id", "n1"]
+    argv += ["--peers", f"n1=127.0.0.1:{port}", "--data-dir", str(data)]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(argv, env=env, preexec_fn=_close_stdout_and_stderr)
+    try:
+        deadline = time.monotonic() + 60
+        while not (data / "ports.json").exists():
+            assert proc.poll() is None, f"the node exited {proc.returncode}"
+            assert time.monotonic() < deadline, "the node did not come up"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_a_stale_ports_json_is_replaced_before_anything_listens(tmp_path: Path) -> None:
     """A node killed with SIGKILL leaves its file; the next start removes it
     at once, so nobody reads the old pid while the new node is starting."""
