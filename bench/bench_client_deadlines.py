@@ -58,7 +58,16 @@ def fake_nodes(n: int) -> Iterator[list[FakeServer]]:
             server.stop()
 
 
-def _timed(call: Callable[[], object], expected: type[BaseException] | None = None) -> float:
+# A call that gives up on its deadline while every node answers UNAVAILABLE
+# ends in Unavailable, or in DeadlineExceeded when the deadline cut its last
+# attempt short (a slow machine: seen in CI); either is the documented end.
+GAVE_UP = (Unavailable, DeadlineExceeded)
+
+
+def _timed(
+    call: Callable[[], object],
+    expected: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+) -> float:
     started = time.perf_counter()
     try:
         call()
@@ -67,7 +76,7 @@ def _timed(call: Callable[[], object], expected: type[BaseException] | None = No
             raise
     else:
         if expected is not None:
-            raise AssertionError(f"expected {expected.__name__}")
+            raise AssertionError(f"expected {expected}")
     return time.perf_counter() - started
 
 
@@ -76,7 +85,7 @@ def gives_up_unavailable() -> float:
         for s in (a, b):
             s.node.always = Failure(grpc.StatusCode.UNAVAILABLE, "no leader")
         with Client([a.address, b.address], timeout=0.8) as c:
-            return _timed(lambda: c.put("k", b"v"), Unavailable) - 0.8
+            return _timed(lambda: c.put("k", b"v"), GAVE_UP) - 0.8
 
 
 def hung_node_deadline() -> float:
@@ -115,9 +124,9 @@ def async_gives_up_unavailable() -> float:
             started = time.perf_counter()
             try:
                 await c.put("k", b"v")
-            except Unavailable:
+            except GAVE_UP:
                 return time.perf_counter() - started - 0.6
-            raise AssertionError("expected Unavailable")
+            raise AssertionError("expected Unavailable (or DeadlineExceeded)")
 
     with fake_nodes(1) as (down,):
         down.node.always = Failure(grpc.StatusCode.UNAVAILABLE)
