@@ -235,18 +235,14 @@ def status_token(node_args: list[str], environ: Mapping[str, str]) -> str | None
             path = node_args[at + 1]
     if not path:
         return None
+    from ramraft.server.security.auth import AuthConfigError, is_digest, token_lines
+
     try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
+        lines = token_lines(Path(path).read_text(), path)
+    except (OSError, UnicodeDecodeError, AuthConfigError):
         return None  # the nodes say what is wrong with it
-    tokens: dict[str, str] = {}
-    for line in lines:
-        parts = line.split()
-        if len(parts) == 3 and not line.lstrip().startswith("#"):
-            role, _, token = parts
-            if not token.startswith("sha256:"):
-                tokens.setdefault(role.lower(), token)
-    return next((tokens[r] for r in ("read", "write", "admin") if r in tokens), None)
+    plain = [(role, secret) for role, _, secret in lines if not is_digest(secret)]
+    return min(plain, key=lambda entry: entry[0])[1] if plain else None
 
 
 def _client_tls(tls_dir: Path) -> tuple[Path, Path, Path]:

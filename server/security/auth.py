@@ -126,7 +126,23 @@ def digest(token: str) -> bytes:
 
 
 def parse_tokens(text: str, source: str = "tokens") -> list[tuple[bytes, Principal]]:
-    entries: list[tuple[bytes, Principal]] = []
+    """Each token's SHA-256 (a node keeps no token itself) and who it is."""
+    return [
+        (bytes.fromhex(secret[7:]) if is_digest(secret) else digest(secret), Principal(n, r))
+        for r, n, secret in token_lines(text, source)
+    ]
+
+
+def is_digest(secret: str) -> bool:
+    """Whether a token file's secret is a token's digest (``sha256:HEX``)."""
+    return _DIGEST.match(secret) is not None
+
+
+def token_lines(text: str, source: str = "tokens") -> list[tuple[AccessRole, str, str]]:
+    """The token file's lines as (role, name, secret), checked; a secret is
+    the token itself or ``sha256:HEX``, its digest. Raises AuthConfigError
+    naming the line (never a token)."""
+    entries: list[tuple[AccessRole, str, str]] = []
     names: set[str] = set()
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -151,16 +167,11 @@ def parse_tokens(text: str, source: str = "tokens") -> list[tuple[bytes, Princip
         if name in names:
             raise AuthConfigError(f"{source} line {number}: name {name!r} is used twice")
         names.add(name)
-        match = _DIGEST.match(secret)
-        if match is not None:
-            hashed = bytes.fromhex(match.group(1))
-        elif len(secret) < 16:
+        if not is_digest(secret) and len(secret) < 16:
             raise AuthConfigError(
                 f"{source} line {number} ({name}): the token is shorter than 16 characters"
             )
-        else:
-            hashed = digest(secret)
-        entries.append((hashed, Principal(name, role)))
+        entries.append((role, name, secret))
     if not entries:
         raise AuthConfigError(f"{source}: no tokens (a line is: ROLE NAME TOKEN)")
     return entries
