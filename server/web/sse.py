@@ -113,7 +113,9 @@ class Subscription:
         self._wake = asyncio.Event()
         self.closed = ""  # why it was closed; empty while open
         self.finishing = ""  # why it ends once what is queued is written (finish)
-        self.after: Position | None = None  # the client had every event up to it
+        # The client had every event up to it (it resumed from there); None
+        # once this node published past it.
+        self.after: Position | None = None
         self.on_close: Callable[[Subscription], None] | None = None
 
     def __len__(self) -> int:
@@ -337,9 +339,12 @@ class EventFeed:
             event = _Event(position, topic, encode_event(data, event=topic, id=event_id))
             self._remember(event)
             for subscription, topics in list(self._subscribers.items()):
-                if (topics is None or topic in topics) and (
-                    subscription.after is None or subscription.after < position
-                ):
+                after = subscription.after
+                if after is not None:
+                    if position <= after:
+                        continue  # it had this one from a node further on
+                    subscription.after = None  # passed: no comparison per event from now on
+                if topics is None or topic in topics:
                     subscription.offer(event.frame)
         self.published += len(events)
 
