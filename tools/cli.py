@@ -511,11 +511,7 @@ def _cmd_status(client: Client, args: argparse.Namespace) -> int:
             members = [_message_dict(m) for m in status.members]
     if all("error" in n for n in nodes):
         # No answer at all is an error, not a table of "unreachable" rows.
-        hint = (
-            NOT_RUNNING_HINT
-            if all(any(w in n["error"] for w in _NOTHING_LISTENS) for n in nodes)
-            else ""
-        )
+        hint = NOT_RUNNING_HINT if all(_nothing_listens(n["error"]) for n in nodes) else ""
         sys.stderr.write(
             f"ramraft: error: no node answered at {', '.join(client.endpoints)}{hint}\n"
         )
@@ -937,7 +933,11 @@ def _not_running_hint(error: RamraftError) -> str:
     at the wrong one) needs to hear."""
     if error.code not in (None, grpc.StatusCode.UNAVAILABLE):
         return ""
-    return NOT_RUNNING_HINT if any(w in str(error) for w in _NOTHING_LISTENS) else ""
+    return NOT_RUNNING_HINT if _nothing_listens(str(error)) else ""
+
+
+def _nothing_listens(text: str) -> bool:
+    return any(words in text for words in _NOTHING_LISTENS)
 
 
 def _one_line(text: str) -> str:
